@@ -1,0 +1,185 @@
+//! The command line: `serve`, `migrate`, `check-config`, `listeners`, `gen-secret`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use diesel::RunQueryDsl;
+
+use crate::config::{Config, Sources};
+use crate::db::{Db, establish, run_migrations, store};
+use crate::handlers::Registry;
+use crate::server::{ServeOptions, start};
+use crate::verification::SigningKey;
+
+/// zulip-listeners: event-driven features for a Zulip organisation.
+#[derive(Debug, Parser)]
+#[command(name = "zulip-listeners", version, about, long_about = None)]
+pub struct Cli {
+    /// A TOML file layered over config/default.toml (e.g. config/production.example.toml).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "ZULIP_LISTENERS_CONFIG"
+    )]
+    pub config: Option<PathBuf>,
+    /// A `botserverrc` downloaded from Zulip's bot settings; each section becomes a bot.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub botserverrc: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (applies pending migrations first).
+    Serve {
+        /// Run handlers but store nothing except the event log, post no reply and call
+        /// nothing external.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Load and validate the configuration, print a summary, and exit.
+    CheckConfig,
+    /// List every compiled-in handler: event types, users, state, runs and failures.
+    Listeners,
+    /// Print a new Standard Webhooks signing secret for the forwarder.
+    GenSecret,
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let sources = Sources {
+        config_file: cli.config.clone(),
+        botserverrc: cli.botserverrc.clone(),
+    };
+    if let Command::GenSecret = cli.command {
+        println!("{}", SigningKey::generate());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(&sources) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { dry_run } => serve(config, ServeOptions { dry_run }),
+        Command::Migrate => migrate(&config),
+        Command::CheckConfig => check_config(&config),
+        Command::Listeners => listeners(&config),
+        Command::GenSecret => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
+    crate::telemetry::init(&config.telemetry);
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        let server = start(config, options).await?;
+        server.wait().await
+    })
+}
+
+fn migrate(config: &Config) -> anyhow::Result<()> {
+    let target = config.database_target()?;
+    let mut conn = establish(&target).context("connecting to the database")?;
+    let applied = run_migrations(&mut conn)?;
+    if applied.is_empty() {
+        println!("The database is up to date.");
+    } else {
+        for name in applied {
+            println!("applied {name}");
+        }
+    }
+    Ok(())
+}
+
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    Registry::build(config)?;
+    println!("Configuration is valid.");
+    println!("  listen:    {}", config.server.bind);
+    println!("  database:  {:?}", config.database_target()?);
+    if config.bots.is_empty() {
+        println!("  bots:      none (outgoing webhooks will be refused)");
+    }
+    for (name, bot) in &config.bots {
+        let late = if bot.site.is_some() {
+            "late replies via REST"
+        } else {
+            "no late replies"
+        };
+        println!(
+            "  bot {name}: {} → {} ({late})",
+            bot.email,
+            bot.handler_names().join(", ")
+        );
+    }
+    println!(
+        "  forwarder: {} secret(s), handlers {}",
+        config.forwarder.secrets.len(),
+        config.forwarder.handlers.join(", ")
+    );
+    Ok(())
+}
+
+fn listeners(config: &Config) -> anyhow::Result<()> {
+    let registry = Registry::build(config)?;
+    let (db, _) = Db::open(&config.database).context("opening the database")?;
+    let rows = db.run_blocking(|c| {
+        Ok((
+            store::handler_counts(c)?,
+            crate::db::schema::listeners::table
+                .load::<crate::db::models::ListenerRow>(c)
+                .map_err(crate::db::DbError::from)?,
+        ))
+    });
+    let (counts, persisted) = rows?;
+    println!(
+        "{:<24} {:<10} {:<9} {:>8} {:>8}  {:<14} used by",
+        "handler", "events", "enabled", "runs", "failures", "disabled why"
+    );
+    for entry in registry.entries() {
+        let name = entry.handler.name();
+        let mut users: Vec<String> = config
+            .bots
+            .iter()
+            .filter(|(_, b)| b.handler_names().iter().any(|h| h == name))
+            .map(|(n, _)| format!("bot:{n}"))
+            .collect();
+        if config.forwarder.handlers.iter().any(|h| h == name) {
+            users.push("forwarder".into());
+        }
+        let count = counts.iter().find(|c| c.handler == name);
+        let row = persisted.iter().find(|r| r.name == name);
+        let enabled = entry.enabled() && row.is_none_or(|r| r.enabled);
+        println!(
+            "{:<24} {:<10} {:<9} {:>8} {:>8}  {:<14} {}",
+            name,
+            entry.handler.interest().describe(),
+            if enabled { "yes" } else { "no" },
+            count.map_or(0, |c| c.runs),
+            count.map_or(0, |c| c.failures),
+            row.and_then(|r| r.disabled_reason.clone())
+                .unwrap_or_else(|| "-".into()),
+            if users.is_empty() {
+                "-".into()
+            } else {
+                users.join(", ")
+            },
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,719 @@
+//! Configuration: what the server reads at start-up and how it is validated.
+//!
+//! Layers, later ones winning: the documented defaults in `config/default.toml` (compiled into
+//! the binary), an optional file given with `--config`, bots imported from a Zulip
+//! `botserverrc` (`--botserverrc`), then `ZULIP_LISTENERS_*` environment variables (nested keys
+//! joined with `__`, e.g. `ZULIP_LISTENERS_DATABASE__URL`). Secrets may be given inline, as a
+//! `*_file` path or through the environment; they are wrapped in [`Secret`] so that they never
+//! reach a log line or `Debug` output. [`Config::load`] validates everything and names the key
+//! at fault in every error.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The documented defaults, shipped in the repository and compiled into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of every environment variable the server reads.
+pub const ENV_PREFIX: &str = "ZULIP_LISTENERS_";
+
+/// Top-level sections; environment variables outside these are ignored (so that variables such
+/// as `ZULIP_LISTENERS_TEST_PG_URL` do not trip the unknown-key check).
+const SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "telemetry",
+    "outgoing",
+    "data_protection",
+    "bots",
+    "handlers",
+    "forwarder",
+];
+
+/// Handlers a bot runs when its `handlers` key is omitted.
+pub const DEFAULT_BOT_HANDLERS: &[&str] = &["command_bot"];
+
+/// A configuration problem, always naming the key it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(String),
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+    #[error("cannot read {what} `{path}`: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// A secret value (token, API key, signing secret). `Debug` and `Display` never show it.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(<empty>)"
+        } else {
+            "Secret(<redacted>)"
+        })
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub telemetry: TelemetryConfig,
+    pub outgoing: OutgoingConfig,
+    pub data_protection: DataProtectionConfig,
+    #[serde(default)]
+    pub bots: BTreeMap<String, BotConfig>,
+    #[serde(default)]
+    pub handlers: BTreeMap<String, HandlerSettings>,
+    pub forwarder: ForwarderConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8080`.
+    pub bind: String,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Largest request body accepted on the outgoing-webhook routes, in bytes.
+    pub max_body_bytes: usize,
+    /// How long handlers may take before the HTTP answer is sent without a reply.
+    #[serde(with = "humantime_serde")]
+    pub reply_deadline: Duration,
+    /// How long a graceful shutdown may take before connections are dropped.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path`, a plain file path, or `postgres://…`.
+    pub url: String,
+    /// Connections in the read pool.
+    pub pool_size: u32,
+    /// How long to wait for a pooled connection.
+    #[serde(with = "humantime_serde")]
+    pub connection_timeout: Duration,
+    /// Most rows the background writer groups into one transaction.
+    pub write_batch_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `info,zulip_listeners=debug`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutgoingConfig {
+    /// How long a (bot, message id) is remembered so that Zulip's retries are answered from the
+    /// record instead of running the handlers again.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataProtectionConfig {
+    /// Longest message content (in characters) stored by handlers or written to logs.
+    pub max_content_length: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwarderConfig {
+    /// Standard Webhooks signing secrets (`whsec_…`); several during a rotation.
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// A file with one secret per line, read in addition to `secrets`.
+    #[serde(default)]
+    pub secrets_file: Option<PathBuf>,
+    /// Handlers that receive forwarded events.
+    pub handlers: Vec<String>,
+}
+
+/// One outgoing-webhook bot.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotConfig {
+    /// The bot's Zulip email, as sent in `bot_email`.
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub token: Secret,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The bot's API key; with `site`, late replies are delivered through Zulip's REST API.
+    #[serde(default)]
+    pub api_key: Secret,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// The Zulip server, e.g. `https://chat.example.com`.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// The bot's display name, used to strip a leading mention when Zulip does not send it.
+    #[serde(default)]
+    pub full_name: Option<String>,
+    /// Handlers in the order they run; the first reply wins.
+    #[serde(default)]
+    pub handlers: Option<Vec<String>>,
+    /// Overrides `server.reply_deadline` for this bot.
+    #[serde(default, with = "humantime_serde")]
+    pub reply_deadline: Option<Duration>,
+}
+
+impl fmt::Debug for BotConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BotConfig")
+            .field("email", &self.email)
+            .field("token", &self.token)
+            .field("api_key", &self.api_key)
+            .field("site", &self.site)
+            .field("full_name", &self.full_name)
+            .field("handlers", &self.handlers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-handler settings: `enabled`, plus whatever keys the handler itself reads.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct HandlerSettings {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Where the configuration comes from, as given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub config_file: Option<PathBuf>,
+    pub botserverrc: Option<PathBuf>,
+}
+
+/// Which database the URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Config {
+    /// Reads every layer and validates the result.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = &sources.config_file {
+            if !path.is_file() {
+                return Err(ConfigError::Io {
+                    what: "configuration file",
+                    path: path.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        if let Some(path) = &sources.botserverrc {
+            let bots = read_botserverrc(path)?;
+            figment = figment.merge(Serialized::default("bots", bots));
+        }
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .filter(|key| SECTIONS.iter().any(|s| key.as_str().starts_with(s))),
+        );
+        Self::from_figment(figment)
+    }
+
+    /// Builds a configuration from TOML text layered over the defaults (used by tests and tools).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let mut config: Config = figment.extract().map_err(|e| {
+            let messages: Vec<String> = e.into_iter().map(|e| describe_figment_error(&e)).collect();
+            ConfigError::Parse(messages.join("; "))
+        })?;
+        config.resolve_secret_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        for (name, bot) in &mut self.bots {
+            if let Some(path) = bot.token_file.take() {
+                bot.token =
+                    Secret::new(read_secret_file(&path, &format!("bots.{name}.token_file"))?);
+            }
+            if let Some(path) = bot.api_key_file.take() {
+                bot.api_key = Secret::new(read_secret_file(
+                    &path,
+                    &format!("bots.{name}.api_key_file"),
+                )?);
+            }
+        }
+        if let Some(path) = self.forwarder.secrets_file.take() {
+            let text = read_secret_file(&path, "forwarder.secrets_file")?;
+            self.forwarder.secrets.extend(
+                text.split_whitespace()
+                    .filter(|s| !s.is_empty())
+                    .map(Secret::new),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.bind",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080",
+                    self.server.bind
+                ),
+            ));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        check_deadline("server.reply_deadline", self.server.reply_deadline)?;
+        if self.database.pool_size == 0 {
+            return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        if self.database.write_batch_size == 0 {
+            return Err(invalid("database.write_batch_size", "must be at least 1"));
+        }
+        self.database_target()?;
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.level).is_err() {
+            return Err(invalid(
+                "telemetry.level",
+                format!(
+                    "`{}` is not a log filter such as `info`",
+                    self.telemetry.level
+                ),
+            ));
+        }
+        if self.outgoing.dedup_window < Duration::from_secs(60) {
+            return Err(invalid(
+                "outgoing.dedup_window",
+                "must be at least 1m (Zulip retries for about 40 s)",
+            ));
+        }
+        if self.data_protection.max_content_length == 0 {
+            return Err(invalid(
+                "data_protection.max_content_length",
+                "must be at least 1",
+            ));
+        }
+        let mut emails = BTreeMap::new();
+        for (name, bot) in &self.bots {
+            self.validate_bot(name, bot)?;
+            if let Some(other) = emails.insert(bot.email.to_ascii_lowercase(), name) {
+                return Err(invalid(
+                    format!("bots.{name}.email"),
+                    format!("`{}` is also the email of bot `{other}`", bot.email),
+                ));
+            }
+        }
+        for (i, secret) in self.forwarder.secrets.iter().enumerate() {
+            if let Err(problem) = crate::verification::SigningKey::parse(secret.expose()) {
+                return Err(invalid(
+                    format!("forwarder.secrets[{i}]"),
+                    problem.to_string(),
+                ));
+            }
+        }
+        for (i, handler) in self.forwarder.handlers.iter().enumerate() {
+            if !crate::handlers::is_known(handler) {
+                return Err(invalid(
+                    format!("forwarder.handlers[{i}]"),
+                    unknown_handler_message(handler),
+                ));
+            }
+        }
+        for name in self.handlers.keys() {
+            if !crate::handlers::is_known(name) {
+                return Err(invalid(
+                    format!("handlers.{name}"),
+                    unknown_handler_message(name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_bot(&self, name: &str, bot: &BotConfig) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("bots.{name}.{k}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                format!("bots.{name}"),
+                "bot names may use only letters, digits, `-` and `_` (they appear in URLs)",
+            ));
+        }
+        if bot.email.trim().is_empty() || !bot.email.contains('@') {
+            return Err(invalid(
+                key("email"),
+                "required: the bot's email as shown in Zulip's bot settings",
+            ));
+        }
+        if bot.token.expose().trim().is_empty() {
+            return Err(invalid(
+                key("token"),
+                "required: the outgoing webhook token from Zulip (or `token_file`)",
+            ));
+        }
+        match (&bot.site, bot.api_key.is_empty()) {
+            (Some(site), _) if !(site.starts_with("https://") || site.starts_with("http://")) => {
+                return Err(invalid(
+                    key("site"),
+                    format!("`{site}` must start with https:// (or http://)"),
+                ));
+            }
+            (Some(_), true) => {
+                return Err(invalid(
+                    key("api_key"),
+                    "`site` is set but `api_key` is not; give both to enable late replies",
+                ));
+            }
+            (None, false) => {
+                return Err(invalid(
+                    key("site"),
+                    "`api_key` is set but `site` is not; give both to enable late replies",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(deadline) = bot.reply_deadline {
+            check_deadline(&key("reply_deadline"), deadline)?;
+        }
+        let handlers = bot.handler_names();
+        if handlers.is_empty() {
+            return Err(invalid(key("handlers"), "must name at least one handler"));
+        }
+        for (i, handler) in handlers.iter().enumerate() {
+            if !crate::handlers::is_known(handler) {
+                return Err(invalid(
+                    format!("bots.{name}.handlers[{i}]"),
+                    unknown_handler_message(handler),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings of one handler (empty when `[handlers.<name>]` is absent).
+    pub fn handler_settings(&self, name: &str) -> HandlerSettings {
+        self.handlers.get(name).cloned().unwrap_or(HandlerSettings {
+            enabled: true,
+            settings: serde_json::Map::new(),
+        })
+    }
+
+    /// Which database `database.url` names.
+    pub fn database_target(&self) -> Result<DatabaseTarget, ConfigError> {
+        parse_database_url(&self.database.url).map_err(|problem| invalid("database.url", problem))
+    }
+}
+
+impl BotConfig {
+    /// The bot's handler names, in order.
+    pub fn handler_names(&self) -> Vec<String> {
+        match &self.handlers {
+            Some(list) => list.clone(),
+            None => DEFAULT_BOT_HANDLERS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+fn check_deadline(key: &str, deadline: Duration) -> Result<(), ConfigError> {
+    if deadline < Duration::from_millis(100) || deadline >= Duration::from_secs(10) {
+        return Err(invalid(
+            key,
+            "must be between 100ms and 9.9s: Zulip gives up after 10 s and retries",
+        ));
+    }
+    Ok(())
+}
+
+fn unknown_handler_message(name: &str) -> String {
+    format!(
+        "unknown handler `{name}`; compiled-in handlers are: {}",
+        crate::handlers::KNOWN.join(", ")
+    )
+}
+
+fn describe_figment_error(error: &figment::Error) -> String {
+    let key = error.path.join(".");
+    let origin = error
+        .metadata
+        .as_ref()
+        .map(|m| format!(" (from {})", m.name))
+        .unwrap_or_default();
+    if key.is_empty() {
+        format!("{}{origin}", error.kind)
+    } else {
+        format!("key `{key}`: {}{origin}", error.kind)
+    }
+}
+
+fn read_secret_file(path: &Path, key: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        what: "secret file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value = text.trim().to_string();
+    if value.is_empty() {
+        return Err(invalid(key, format!("`{}` is empty", path.display())));
+    }
+    Ok(value)
+}
+
+/// Parses `sqlite://path`, `sqlite:path`, a plain path, or `postgres://…` / `postgresql://…`.
+pub fn parse_database_url(url: &str) -> Result<DatabaseTarget, String> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err("is empty; use sqlite://data/zulip-listeners.db or postgres://…".into());
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(DatabaseTarget::Postgres(url.to_string()));
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    if path.contains("://") {
+        return Err(format!(
+            "`{url}` has an unsupported scheme; use sqlite:// or postgres://"
+        ));
+    }
+    if path.is_empty() || path == ":memory:" {
+        return Err("needs a file: an in-memory SQLite database would lose every event".into());
+    }
+    Ok(DatabaseTarget::Sqlite(PathBuf::from(path)))
+}
+
+/// Reads a Zulip `botserverrc` / `zuliprc` (INI: one `[section]` per bot with `email`, `key`,
+/// `site`, `token`) into bot configurations. Section names become bot names; `[api]`, the
+/// section of a single bot's zuliprc, is named after the bot's email.
+pub fn read_botserverrc(path: &Path) -> Result<BTreeMap<String, BotConfig>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        what: "botserverrc",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_botserverrc(&text)
+}
+
+fn parse_botserverrc(text: &str) -> Result<BTreeMap<String, BotConfig>, ConfigError> {
+    let ini = ini::Ini::load_from_str(text)
+        .map_err(|e| ConfigError::Parse(format!("botserverrc: {e}")))?;
+    let mut bots = BTreeMap::new();
+    for (section, props) in ini.iter() {
+        let Some(section) = section else { continue };
+        let get = |k: &str| props.get(k).map(str::trim).filter(|v| !v.is_empty());
+        let email = get("email").ok_or_else(|| {
+            invalid(
+                format!("botserverrc [{section}].email"),
+                "missing; copy the file from Zulip's bot settings",
+            )
+        })?;
+        let token = get("token").ok_or_else(|| {
+            invalid(
+                format!("botserverrc [{section}].token"),
+                "missing; only outgoing-webhook bots have a token (see Zulip's bot settings)",
+            )
+        })?;
+        let name = if section.is_empty() || section == "api" {
+            email.split('@').next().unwrap_or(email).to_string()
+        } else {
+            section.to_string()
+        };
+        let name: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let api_key = get("key").map(Secret::new).unwrap_or_default();
+        let site = get("site")
+            .map(str::to_string)
+            .filter(|_| !api_key.is_empty());
+        bots.insert(
+            name,
+            BotConfig {
+                email: email.to_string(),
+                token: Secret::new(token),
+                token_file: None,
+                api_key: if site.is_some() {
+                    api_key
+                } else {
+                    Secret::default()
+                },
+                api_key_file: None,
+                site,
+                full_name: None,
+                handlers: None,
+                reply_deadline: None,
+            },
+        );
+    }
+    if bots.is_empty() {
+        return Err(ConfigError::Parse(
+            "botserverrc: no [bot] sections found".into(),
+        ));
+    }
+    Ok(bots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::from_toml("").expect("defaults load");
+        assert_eq!(config.server.bind, "127.0.0.1:8080");
+        assert_eq!(config.server.reply_deadline, Duration::from_secs(8));
+        assert!(config.bots.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[server]\nbnid = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bnid"), "{err}");
+    }
+
+    #[test]
+    fn bot_without_token_is_rejected_with_its_key() {
+        let err = Config::from_toml("[bots.helper]\nemail = \"helper-bot@example.com\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bots.helper.token"), "{err}");
+    }
+
+    #[test]
+    fn unknown_handler_is_rejected() {
+        let err = Config::from_toml(
+            "[bots.h]\nemail = \"h@x.org\"\ntoken = \"t\"\nhandlers = [\"nope\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("bots.h.handlers[0]") && err.contains("nope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let config =
+            Config::from_toml("[bots.h]\nemail = \"h@x.org\"\ntoken = \"supersecrettoken\"")
+                .expect("valid");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("supersecrettoken"), "{shown}");
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            parse_database_url("sqlite://data/x.db"),
+            Ok(DatabaseTarget::Sqlite("data/x.db".into()))
+        );
+        assert_eq!(
+            parse_database_url("/tmp/x.db"),
+            Ok(DatabaseTarget::Sqlite("/tmp/x.db".into()))
+        );
+        assert!(matches!(
+            parse_database_url("postgres://u@h/db"),
+            Ok(DatabaseTarget::Postgres(_))
+        ));
+        assert!(parse_database_url("mysql://x").is_err());
+        assert!(parse_database_url(":memory:").is_err());
+    }
+
+    #[test]
+    fn botserverrc_sections_become_bots() {
+        let bots = parse_botserverrc(
+            "[helloworld]\nemail=hello-bot@zulip.com\nkey=abcdef\nsite=https://chat.example.com\ntoken=abcd1234\n\n\
+             [api]\nemail=other-bot@zulip.com\nkey=\nsite=\ntoken=xyz\n",
+        )
+        .expect("parses");
+        let hello = &bots["helloworld"];
+        assert_eq!(hello.email, "hello-bot@zulip.com");
+        assert_eq!(hello.token.expose(), "abcd1234");
+        assert_eq!(hello.site.as_deref(), Some("https://chat.example.com"));
+        let other = &bots["other-bot"];
+        assert!(other.api_key.is_empty() && other.site.is_none());
+    }
+
+    #[test]
+    fn botserverrc_without_token_names_the_section() {
+        let err = parse_botserverrc("[b]\nemail=b@x.org\nkey=k\nsite=https://x.org\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[b].token"), "{err}");
+    }
+}

@@ -1,0 +1,230 @@
+//! Persistence: the connection type over SQLite and PostgreSQL, the r2d2 pool, the embedded
+//! migrations, and the one way the rest of the server reaches the database ([`Db::run`], which
+//! moves blocking diesel work off the async workers). Grouped writes go through [`writer`];
+//! the queries themselves live in [`store`].
+
+pub mod models;
+pub mod schema;
+pub mod store;
+pub mod writer;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::R2D2Connection;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::config::{DatabaseConfig, DatabaseTarget, parse_database_url};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// Per-connection SQLite settings: wait for the writer instead of failing, WAL for concurrent
+/// readers, and the durability level WAL makes safe.
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+
+/// One connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgres(diesel::PgConnection),
+    Sqlite(diesel::SqliteConnection),
+}
+
+/// Expands `$body` once per backend with `$c` bound to the concrete connection, for the few
+/// statements whose SQL differs (insert-or-ignore, `FOR UPDATE SKIP LOCKED`).
+#[macro_export]
+macro_rules! per_backend {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::db::DbConnection::Postgres($c) => $body,
+            $crate::db::DbConnection::Sqlite($c) => $body,
+        }
+    };
+}
+
+/// Which backend a pool talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Errors of the persistence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("no database connection available: {0}")]
+    Unavailable(#[from] r2d2::Error),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("cannot create the database folder `{path}`: {source}")]
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database task failed: {0}")]
+    Task(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Opens connections for r2d2, choosing the backend from the configured URL.
+#[derive(Debug, Clone)]
+pub struct ConnectionManager {
+    target: DatabaseTarget,
+}
+
+impl r2d2::ManageConnection for ConnectionManager {
+    type Connection = DbConnection;
+    type Error = DbError;
+
+    fn connect(&self) -> Result<DbConnection, DbError> {
+        establish(&self.target)
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), DbError> {
+        conn.ping().map_err(DbError::Query)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.is_broken()
+    }
+}
+
+/// Opens one connection, outside any pool (migrations, the background writer).
+pub fn establish(target: &DatabaseTarget) -> Result<DbConnection, DbError> {
+    match target {
+        DatabaseTarget::Sqlite(path) => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|source| DbError::Folder {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
+            }
+            let mut conn = diesel::SqliteConnection::establish(&path_str(path)?)?;
+            conn.batch_execute(SQLITE_PRAGMAS)?;
+            Ok(DbConnection::Sqlite(conn))
+        }
+        DatabaseTarget::Postgres(url) => Ok(DbConnection::Postgres(
+            diesel::PgConnection::establish(url)?,
+        )),
+    }
+}
+
+fn path_str(path: &Path) -> Result<String, DbError> {
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| DbError::Invalid(format!("database path {} is not UTF-8", path.display())))
+}
+
+/// Applies every pending migration of the connection's backend; returns their names.
+pub fn run_migrations(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
+    let applied = match conn {
+        DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
+        DbConnection::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS),
+    }
+    .map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(applied.iter().map(|v| v.to_string()).collect())
+}
+
+/// The pool and what the rest of the server needs to know about the database.
+#[derive(Clone)]
+pub struct Db {
+    pool: r2d2::Pool<ConnectionManager>,
+    target: DatabaseTarget,
+    backend: Backend,
+}
+
+impl Db {
+    /// Applies migrations on a dedicated connection, then builds the pool.
+    pub fn open(config: &DatabaseConfig) -> Result<(Db, Vec<String>), DbError> {
+        let target = parse_database_url(&config.url).map_err(DbError::Invalid)?;
+        let applied = run_migrations(&mut establish(&target)?)?;
+        let backend = match target {
+            DatabaseTarget::Sqlite(_) => Backend::Sqlite,
+            DatabaseTarget::Postgres(_) => Backend::Postgres,
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(config.pool_size)
+            .min_idle(Some(1))
+            .connection_timeout(config.connection_timeout)
+            .error_handler(Box::new(r2d2::LoggingErrorHandler))
+            .build(ConnectionManager {
+                target: target.clone(),
+            })?;
+        Ok((
+            Db {
+                pool,
+                target,
+                backend,
+            },
+            applied,
+        ))
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn target(&self) -> &DatabaseTarget {
+        &self.target
+    }
+
+    /// Runs blocking diesel work on the blocking thread pool with a pooled connection.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// The same, for callers that are not async (command-line tools).
+    pub fn run_blocking<T>(
+        &self,
+        work: impl FnOnce(&mut DbConnection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let mut conn = self.pool.get()?;
+        work(&mut conn)
+    }
+
+    /// Checks that a connection can be had within `timeout` and answers a query.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), DbError> {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get_timeout(timeout)?;
+            conn.ping().map_err(DbError::Query)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+}
+
+/// Milliseconds since the Unix epoch, the time unit of every `*_ms` column.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,98 @@
+//! Row types: what is inserted into and read from the tables in [`super::schema`].
+
+use diesel::prelude::*;
+
+use super::schema::{event_log, listeners, messages, outgoing_replies};
+
+/// One handler run. `None` fields are written as NULL (not DEFAULT), which lets a whole batch
+/// go out as a single multi-row INSERT on SQLite too.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = event_log, treat_none_as_default_value = false)]
+pub struct NewEventLog {
+    pub handler: String,
+    pub source: &'static str,
+    pub event_type: String,
+    pub bot: Option<String>,
+    pub realm: Option<String>,
+    pub realm_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub message_id: Option<i64>,
+    pub event_id: Option<String>,
+    pub duration_us: i64,
+    pub success: bool,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// A message stored by `message_logger`.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = messages, treat_none_as_default_value = false)]
+pub struct NewMessage {
+    pub message_id: i64,
+    pub realm: String,
+    pub realm_id: Option<i64>,
+    pub message_type: String,
+    pub stream_id: Option<i64>,
+    pub channel: Option<String>,
+    pub topic: Option<String>,
+    pub dm_recipients: Option<String>,
+    pub sender_id: Option<i64>,
+    pub sender_email: Option<String>,
+    pub sender_name: Option<String>,
+    pub content: String,
+    pub content_truncated: bool,
+    pub sent_at: Option<i64>,
+    pub source: &'static str,
+    pub deleted: bool,
+    pub edited_at: Option<i64>,
+    pub stored_at_ms: i64,
+}
+
+/// A stored message as read back.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = messages)]
+pub struct MessageRow {
+    pub message_id: i64,
+    pub realm: String,
+    pub message_type: String,
+    pub channel: Option<String>,
+    pub topic: Option<String>,
+    pub dm_recipients: Option<String>,
+    pub sender_id: Option<i64>,
+    pub sender_email: Option<String>,
+    pub sender_name: Option<String>,
+    pub content: String,
+    pub content_truncated: bool,
+    pub deleted: bool,
+    pub edited_at: Option<i64>,
+}
+
+/// The answer given to a (bot, message id).
+#[derive(Debug, Clone, Insertable, Queryable)]
+#[diesel(table_name = outgoing_replies)]
+pub struct ReplyRecord {
+    pub bot: String,
+    pub message_id: i64,
+    pub response: String,
+    pub created_at_ms: i64,
+}
+
+/// A handler's persisted state.
+#[derive(Debug, Clone, Insertable, Queryable, Selectable)]
+#[diesel(table_name = listeners)]
+pub struct ListenerRow {
+    pub name: String,
+    pub enabled: bool,
+    pub config: String,
+    pub disabled_reason: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Runs and failures of one handler, counted from the event log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandlerCounts {
+    pub handler: String,
+    pub runs: i64,
+    pub failures: i64,
+}

@@ -1,0 +1,528 @@
+//! Events: the typed form every request is turned into before handlers see it, and the parsers
+//! for Zulip's outgoing-webhook wire formats (generic JSON and Slack-style form).
+//!
+//! Parsing is tolerant the way Zulip's payloads require: unknown fields are ignored, every
+//! `message` field is optional, and the minimal bodies found in Zulip's own docs and tests work.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+/// Where an event came from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// An outgoing webhook for the named bot.
+    Outgoing { bot: Arc<str>, trigger: Trigger },
+    /// A batch posted by the Django forwarder.
+    Forwarder { event_id: String },
+}
+
+impl Origin {
+    pub fn source(&self) -> &'static str {
+        match self {
+            Origin::Outgoing { .. } => "outgoing",
+            Origin::Forwarder { .. } => "forwarder",
+        }
+    }
+}
+
+/// What made Zulip call an outgoing webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Mention,
+    /// `direct_message` (Zulip 8.0+) or the older `private_message`.
+    DirectMessage,
+}
+
+impl Trigger {
+    /// Reads Zulip's `trigger` value; `None` for values this server does not act on.
+    pub fn parse(value: &str) -> Option<Trigger> {
+        match value {
+            "mention" => Some(Trigger::Mention),
+            "direct_message" | "private_message" => Some(Trigger::DirectMessage),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Mention => "mention",
+            Trigger::DirectMessage => "direct_message",
+        }
+    }
+}
+
+/// The organisation an event belongs to, as far as it is known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Realm {
+    pub id: Option<i64>,
+    pub string_id: Option<String>,
+}
+
+/// An event, whatever its source.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub origin: Origin,
+    pub realm: Realm,
+    /// The user the event is about: sender, actor or person.
+    pub user_id: Option<i64>,
+    pub kind: EventKind,
+}
+
+/// The typed payload.
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    Message(Box<Message>),
+}
+
+impl Event {
+    /// Zulip's event type name.
+    pub fn event_type(&self) -> &str {
+        match &self.kind {
+            EventKind::Message(_) => "message",
+        }
+    }
+
+    pub fn message(&self) -> Option<&Message> {
+        match &self.kind {
+            EventKind::Message(m) => Some(m),
+        }
+    }
+
+    pub fn message_id(&self) -> Option<i64> {
+        self.message().and_then(|m| m.id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    Stream,
+    Private,
+}
+
+impl MessageType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::Stream => "stream",
+            MessageType::Private => "private",
+        }
+    }
+}
+
+/// A participant of a direct-message conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct Recipient {
+    #[serde(default)]
+    pub id: Option<i64>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub full_name: Option<String>,
+}
+
+/// A Zulip message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: Option<i64>,
+    pub message_type: MessageType,
+    /// The raw Markdown as sent, mention included.
+    pub content: String,
+    /// The text a command handler reads: `content` without a leading mention of the bot.
+    pub command: String,
+    pub sender_id: Option<i64>,
+    pub sender_email: Option<String>,
+    pub sender_full_name: Option<String>,
+    pub stream_id: Option<i64>,
+    /// Channel name (stream messages).
+    pub channel: Option<String>,
+    /// Topic; `""` is a valid topic in channels since Zulip 10.
+    pub topic: Option<String>,
+    /// Participants (direct messages).
+    pub recipients: Vec<Recipient>,
+    pub timestamp: Option<i64>,
+}
+
+/// A problem with the request body, reported to the client as 400.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PayloadError(pub String);
+
+/// The generic (Zulip-format) outgoing-webhook body.
+#[derive(Debug, Deserialize)]
+pub struct OutgoingPayload {
+    #[serde(default)]
+    pub bot_email: Option<String>,
+    #[serde(default)]
+    pub bot_full_name: Option<String>,
+    #[serde(default)]
+    pub data: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub trigger: Option<String>,
+    #[serde(default)]
+    pub message: Option<WireMessage>,
+}
+
+/// `message` as Zulip sends it (the `GET /messages` format), every field optional.
+#[derive(Debug, Default, Deserialize)]
+pub struct WireMessage {
+    #[serde(default)]
+    pub id: Option<i64>,
+    #[serde(default, rename = "type")]
+    pub message_type: Option<String>,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub display_recipient: Option<DisplayRecipient>,
+    #[serde(default)]
+    pub stream_id: Option<i64>,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub sender_id: Option<i64>,
+    #[serde(default)]
+    pub sender_email: Option<String>,
+    #[serde(default)]
+    pub sender_full_name: Option<String>,
+    #[serde(default)]
+    pub sender_realm_str: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+}
+
+/// A channel name, or the participants of a direct message.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DisplayRecipient {
+    Channel(String),
+    People(Vec<Recipient>),
+}
+
+impl OutgoingPayload {
+    /// Parses a generic-interface body.
+    pub fn parse(body: &[u8]) -> Result<Self, PayloadError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(PayloadError(
+                "the request body is empty; expected Zulip's outgoing-webhook JSON".into(),
+            ));
+        }
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(PayloadError(
+                "the body must be a JSON object (Zulip's outgoing-webhook format)".into(),
+            ));
+        }
+        serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                PayloadError(format!("unexpected field type in the body: {e}"))
+            }
+            _ => PayloadError(format!("the body is not valid JSON: {e}")),
+        })
+    }
+
+    /// The trigger to act on: the `trigger` field, or (for minimal bodies without one) the one
+    /// the message type implies. `Err` carries an unrecognised value.
+    pub fn trigger(&self) -> Result<Trigger, String> {
+        match self.trigger.as_deref() {
+            Some(value) => Trigger::parse(value).ok_or_else(|| value.to_string()),
+            None => Ok(
+                match self
+                    .message
+                    .as_ref()
+                    .and_then(|m| m.message_type.as_deref())
+                {
+                    Some("private") => Trigger::DirectMessage,
+                    _ => Trigger::Mention,
+                },
+            ),
+        }
+    }
+
+    /// Turns the body into an event for `bot`, stripping a leading mention of the bot (named
+    /// by `bot_full_name`, else `configured_name`; when neither is known, any leading mention).
+    pub fn into_event(
+        self,
+        bot: Arc<str>,
+        trigger: Trigger,
+        configured_name: Option<&str>,
+    ) -> Event {
+        let wire = self.message.unwrap_or_default();
+        let content = wire.content.or(self.data).unwrap_or_default();
+        let bot_name = self.bot_full_name.as_deref().or(configured_name);
+        let command = strip_leading_mention(&content, bot_name).to_string();
+        let message_type = match wire.message_type.as_deref() {
+            Some("private") => MessageType::Private,
+            Some(_) => MessageType::Stream,
+            None if trigger == Trigger::DirectMessage => MessageType::Private,
+            None => MessageType::Stream,
+        };
+        let (channel, recipients) = match wire.display_recipient {
+            Some(DisplayRecipient::Channel(name)) => (Some(name), Vec::new()),
+            Some(DisplayRecipient::People(people)) => (None, people),
+            None => (None, Vec::new()),
+        };
+        let sender_id = wire.sender_id;
+        Event {
+            origin: Origin::Outgoing { bot, trigger },
+            realm: Realm {
+                id: None,
+                string_id: wire.sender_realm_str,
+            },
+            user_id: sender_id,
+            kind: EventKind::Message(Box::new(Message {
+                id: wire.id,
+                message_type,
+                content,
+                command,
+                sender_id,
+                sender_email: wire.sender_email,
+                sender_full_name: wire.sender_full_name,
+                stream_id: wire.stream_id,
+                channel,
+                topic: wire.subject,
+                recipients,
+                timestamp: wire.timestamp,
+            })),
+        }
+    }
+}
+
+/// The Slack-compatible body (`application/x-www-form-urlencoded`). Zulip sends it for
+/// channel mentions only; ids carry Slack-style prefixes (`T`, `C`, `U`).
+#[derive(Debug, Deserialize)]
+pub struct SlackPayload {
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub team_id: Option<String>,
+    #[serde(default)]
+    pub team_domain: Option<String>,
+    #[serde(default)]
+    pub channel_id: Option<String>,
+    #[serde(default)]
+    pub channel_name: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub user_name: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub trigger_word: Option<String>,
+}
+
+impl SlackPayload {
+    pub fn parse(body: &[u8]) -> Result<Self, PayloadError> {
+        serde_urlencoded::from_bytes(body)
+            .map_err(|e| PayloadError(format!("the form body cannot be read: {e}")))
+    }
+
+    pub fn trigger(&self) -> Result<Trigger, String> {
+        match self.trigger_word.as_deref() {
+            None => Ok(Trigger::Mention),
+            Some(value) => Trigger::parse(value).ok_or_else(|| value.to_string()),
+        }
+    }
+
+    pub fn into_event(
+        self,
+        bot: Arc<str>,
+        trigger: Trigger,
+        configured_name: Option<&str>,
+    ) -> Event {
+        let content = self.text.unwrap_or_default();
+        let command = strip_leading_mention(&content, configured_name).to_string();
+        let sender_id = prefixed_id(self.user_id.as_deref(), 'U');
+        Event {
+            origin: Origin::Outgoing { bot, trigger },
+            realm: Realm {
+                id: prefixed_id(self.team_id.as_deref(), 'T'),
+                string_id: None,
+            },
+            user_id: sender_id,
+            kind: EventKind::Message(Box::new(Message {
+                id: None,
+                message_type: MessageType::Stream,
+                content,
+                command,
+                sender_id,
+                sender_email: None,
+                sender_full_name: self.user_name,
+                stream_id: prefixed_id(self.channel_id.as_deref(), 'C'),
+                channel: self.channel_name,
+                topic: None,
+                recipients: Vec::new(),
+                timestamp: self.timestamp.and_then(|t| t.parse().ok()),
+            })),
+        }
+    }
+}
+
+fn prefixed_id(value: Option<&str>, prefix: char) -> Option<i64> {
+    let value = value?;
+    value.strip_prefix(prefix).unwrap_or(value).parse().ok()
+}
+
+/// Removes a leading `@**Name**` or `@**Name|id**` (and the whitespace after it). With a
+/// name, only a mention of that name is removed; without one, any leading mention is.
+pub fn strip_leading_mention<'a>(content: &'a str, bot_name: Option<&str>) -> &'a str {
+    let trimmed = content.trim_start();
+    let Some(rest) = trimmed.strip_prefix("@**") else {
+        return trimmed.trim_end();
+    };
+    let Some(end) = rest.find("**") else {
+        return trimmed.trim_end();
+    };
+    let mentioned = &rest[..end];
+    let mentioned_name = mentioned.split('|').next().unwrap_or(mentioned);
+    let matches = match bot_name {
+        Some(name) => mentioned_name == name,
+        None => true,
+    };
+    if matches {
+        rest[end + 2..].trim()
+    } else {
+        trimmed.trim_end()
+    }
+}
+
+/// Zulip's limit on message length.
+pub const MAX_MESSAGE_LENGTH: usize = 10_000;
+const TRUNCATION_NOTE: &str = "\n[message truncated]";
+
+/// Prepares a reply the way Zulip would treat it: trailing whitespace and leading newlines
+/// removed, NUL bytes (which Zulip rejects) dropped, and anything beyond 10,000 characters cut
+/// with Zulip's own note. `None` when nothing is left to post.
+pub fn normalize_reply(reply: &str) -> Option<String> {
+    let cleaned: String;
+    let text = if reply.contains('\0') {
+        cleaned = reply.replace('\0', "");
+        cleaned.as_str()
+    } else {
+        reply
+    };
+    let text = text.trim_end().trim_start_matches('\n');
+    if text.is_empty() {
+        return None;
+    }
+    let chars = text.chars().count();
+    if chars <= MAX_MESSAGE_LENGTH {
+        return Some(text.to_string());
+    }
+    let keep = MAX_MESSAGE_LENGTH - TRUNCATION_NOTE.chars().count();
+    let mut cut: String = text.chars().take(keep).collect();
+    cut.push_str(TRUNCATION_NOTE);
+    Some(cut)
+}
+
+/// Cuts `text` to `max` characters, marking the cut with "…"; says whether it cut.
+pub fn truncate_chars(text: &str, max: usize) -> (String, bool) {
+    match text.char_indices().nth(max) {
+        None => (text.to_string(), false),
+        Some((byte, _)) => {
+            let mut cut = text[..byte].to_string();
+            cut.push('…');
+            (cut, true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_named_and_id_mentions() {
+        assert_eq!(
+            strip_leading_mention("@**Helper** ping", Some("Helper")),
+            "ping"
+        );
+        assert_eq!(
+            strip_leading_mention("@**Helper|42**   echo hi ", Some("Helper")),
+            "echo hi"
+        );
+        assert_eq!(
+            strip_leading_mention("@**Other** ping", Some("Helper")),
+            "@**Other** ping"
+        );
+        assert_eq!(strip_leading_mention("@**Anyone** ping", None), "ping");
+        assert_eq!(
+            strip_leading_mention("ping @**Helper**", Some("Helper")),
+            "ping @**Helper**"
+        );
+        assert_eq!(
+            strip_leading_mention("@**unterminated ping", None),
+            "@**unterminated ping"
+        );
+    }
+
+    #[test]
+    fn reply_normalisation_matches_zulip() {
+        assert_eq!(normalize_reply("\n\nhi  \n"), Some("hi".into()));
+        assert_eq!(normalize_reply("  \n"), None);
+        assert_eq!(normalize_reply("a\0b"), Some("ab".into()));
+        let long = "é".repeat(10_050);
+        let cut = normalize_reply(&long).expect("non-empty");
+        assert_eq!(cut.chars().count(), MAX_MESSAGE_LENGTH);
+        assert!(cut.ends_with("\n[message truncated]"));
+        let exact = "x".repeat(MAX_MESSAGE_LENGTH);
+        assert_eq!(normalize_reply(&exact), Some(exact.clone()));
+    }
+
+    #[test]
+    fn truncation_counts_characters() {
+        assert_eq!(truncate_chars("héllo", 10), ("héllo".into(), false));
+        assert_eq!(truncate_chars("héllo", 2), ("hé…".into(), true));
+    }
+
+    #[test]
+    fn ascii_escapes_and_surrogate_pairs_decode() {
+        let body = br#"{"token":"t","message":{"content":"h\u00e9llo \ud83d\ude00","subject":""}}"#;
+        let payload = OutgoingPayload::parse(body).expect("parses");
+        let event = payload.into_event("b".into(), Trigger::Mention, None);
+        let message = event.message().expect("message");
+        assert_eq!(message.content, "héllo 😀");
+        assert_eq!(message.topic.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn trigger_is_inferred_for_minimal_bodies() {
+        let p =
+            OutgoingPayload::parse(br#"{"data":"x","message":{"type":"private"}}"#).expect("ok");
+        assert_eq!(p.trigger(), Ok(Trigger::DirectMessage));
+        let p = OutgoingPayload::parse(br#"{"trigger":"private_message"}"#).expect("ok");
+        assert_eq!(p.trigger(), Ok(Trigger::DirectMessage));
+        let p = OutgoingPayload::parse(br#"{"trigger":"reaction"}"#).expect("ok");
+        assert_eq!(p.trigger(), Err("reaction".into()));
+    }
+
+    #[test]
+    fn malformed_bodies_are_explained() {
+        assert!(OutgoingPayload::parse(b"").unwrap_err().0.contains("empty"));
+        assert!(
+            OutgoingPayload::parse(b"[1]")
+                .unwrap_err()
+                .0
+                .contains("object")
+        );
+        assert!(OutgoingPayload::parse(b"{").unwrap_err().0.contains("JSON"));
+        let e = OutgoingPayload::parse(br#"{"message":{"id":"x"}}"#).unwrap_err();
+        assert!(e.0.contains("invalid type"), "{}", e.0);
+    }
+
+    #[test]
+    fn slack_form_maps_prefixed_ids() {
+        let body = b"token=v9fp&team_id=T1512&team_domain=zulip.example.com&channel_id=C123&channel_name=integrations&thread_ts=1532078950&timestamp=1532078950&user_id=U21&user_name=Full+Name&text=%40%2A%2Atest%2A%2A+ping&trigger_word=mention&service_id=27";
+        let payload = SlackPayload::parse(body).expect("parses");
+        assert_eq!(payload.trigger(), Ok(Trigger::Mention));
+        let event = payload.into_event("b".into(), Trigger::Mention, None);
+        let message = event.message().expect("message");
+        assert_eq!(event.realm.id, Some(1512));
+        assert_eq!(message.sender_id, Some(21));
+        assert_eq!(message.stream_id, Some(123));
+        assert_eq!(message.command, "ping");
+        assert_eq!(message.timestamp, Some(1_532_078_950));
+    }
+}

@@ -1,0 +1,94 @@
+//! `command_bot`: answers `help`, `ping`, `echo <text>` and `stats` when a bot is mentioned or
+//! sent a direct message.
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use super::{Context, Handler, HandlerResult, Interest, SettingsError, only_keys};
+use crate::config::HandlerSettings;
+use crate::db::store;
+use crate::events::{Event, Origin};
+
+pub struct CommandBot;
+
+const COMMANDS: &[(&str, &str)] = &[
+    ("help", "list these commands"),
+    ("ping", "answer `pong`"),
+    ("echo <text>", "repeat the text"),
+    ("stats", "events handled and failures per handler"),
+];
+
+impl CommandBot {
+    pub const NAME: &'static str = "command_bot";
+
+    pub fn from_settings(settings: &HandlerSettings) -> Result<Self, SettingsError> {
+        only_keys(Self::NAME, settings, &[])?;
+        Ok(CommandBot)
+    }
+
+    fn help() -> String {
+        let mut text = String::from("I understand these commands:\n");
+        for (command, what) in COMMANDS {
+            text.push_str(&format!("* `{command}`: {what}\n"));
+        }
+        text
+    }
+
+    async fn stats(cx: &Context) -> HandlerResult {
+        let counts = cx.db.run(store::handler_counts).await?;
+        if counts.is_empty() {
+            return Ok(Some("No events handled yet.".into()));
+        }
+        let mut text = String::from("| handler | events handled | failures |\n|---|---:|---:|\n");
+        for c in counts {
+            text.push_str(&format!(
+                "| {} | {} | {} |\n",
+                c.handler, c.runs, c.failures
+            ));
+        }
+        Ok(Some(text))
+    }
+}
+
+impl Handler for CommandBot {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn interest(&self) -> Interest {
+        Interest::Types(&["message"])
+    }
+
+    fn handle<'a>(&'a self, cx: &'a Context, event: &'a Event) -> BoxFuture<'a, HandlerResult> {
+        async move {
+            // Only messages addressed to a bot are commands; forwarded traffic is not.
+            if !matches!(event.origin, Origin::Outgoing { .. }) {
+                return Ok(None);
+            }
+            let Some(message) = event.message() else {
+                return Ok(None);
+            };
+            let text = message.command.trim();
+            let (word, rest) = match text.split_once(char::is_whitespace) {
+                Some((word, rest)) => (word, rest.trim()),
+                None => (text, ""),
+            };
+            match word.to_lowercase().as_str() {
+                "" | "help" => Ok(Some(Self::help())),
+                "ping" => Ok(Some("pong".into())),
+                "echo" if rest.is_empty() => Ok(Some("Usage: `echo <text>`".into())),
+                "echo" => Ok(Some(rest.to_string())),
+                "stats" => Self::stats(cx).await,
+                _ => Ok(Some(format!(
+                    "I don't know the command `{}`. Say `help` to see what I can do.",
+                    truncate_word(word)
+                ))),
+            }
+        }
+        .boxed()
+    }
+}
+
+fn truncate_word(word: &str) -> String {
+    crate::events::truncate_chars(&word.replace('`', "'"), 40).0
+}

@@ -1,0 +1,214 @@
+//! Handlers: the one trait every compiled-in feature implements, the explicit registry of
+//! built-ins, and the context they run with. Configuration decides which handlers run (a bot's
+//! `handlers` list, `[forwarder] handlers`) and with what settings (`[handlers.<name>]`).
+
+mod command_bot;
+mod message_logger;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::future::BoxFuture;
+
+use crate::config::{Config, DataProtectionConfig, HandlerSettings};
+use crate::db::writer::{WriteOp, Writer};
+use crate::db::{Db, DbError};
+use crate::events::Event;
+
+pub use command_bot::CommandBot;
+pub use message_logger::MessageLogger;
+
+/// Every compiled-in handler, by name.
+pub const KNOWN: &[&str] = &[CommandBot::NAME, MessageLogger::NAME];
+
+pub fn is_known(name: &str) -> bool {
+    KNOWN.contains(&name)
+}
+
+/// Which event types a handler wants.
+#[derive(Debug, Clone, Copy)]
+pub enum Interest {
+    /// Only these Zulip event types.
+    Types(&'static [&'static str]),
+    /// Every event, including types this server has no Rust type for.
+    All,
+}
+
+impl Interest {
+    pub fn wants(&self, event_type: &str) -> bool {
+        match self {
+            Interest::Types(types) => types.contains(&event_type),
+            Interest::All => true,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Interest::Types(types) => types.join(", "),
+            Interest::All => "*".to_string(),
+        }
+    }
+}
+
+/// Why a handler run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+/// What a handler produced: a reply to post in the conversation, or nothing.
+pub type HandlerResult = Result<Option<String>, HandlerError>;
+
+/// A compiled-in handler.
+pub trait Handler: Send + Sync + 'static {
+    /// The name used in configuration and the event log.
+    fn name(&self) -> &'static str;
+    /// Event types it wants.
+    fn interest(&self) -> Interest;
+    /// Handles one event. Must be idempotent: an event may be delivered more than once.
+    fn handle<'a>(&'a self, cx: &'a Context, event: &'a Event) -> BoxFuture<'a, HandlerResult>;
+}
+
+/// What handlers may use while running.
+pub struct Context {
+    pub db: Db,
+    writer: Writer,
+    /// In dry-run mode handlers run but store nothing and cause no external effects.
+    pub dry_run: bool,
+    pub data_protection: DataProtectionConfig,
+    pub registry: Arc<Registry>,
+}
+
+impl Context {
+    pub fn new(
+        db: Db,
+        writer: Writer,
+        dry_run: bool,
+        data_protection: DataProtectionConfig,
+        registry: Arc<Registry>,
+    ) -> Self {
+        Self {
+            db,
+            writer,
+            dry_run,
+            data_protection,
+            registry,
+        }
+    }
+
+    /// Queues a row for the background writer, unless in dry-run mode.
+    pub async fn store(&self, op: WriteOp) {
+        if self.dry_run {
+            tracing::debug!("dry run: not storing {op:?}");
+        } else {
+            self.writer.send(op).await;
+        }
+    }
+}
+
+/// A handler and its runtime state.
+pub struct Entry {
+    pub handler: Box<dyn Handler>,
+    enabled: AtomicBool,
+    pub settings: HandlerSettings,
+}
+
+impl Entry {
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+    }
+}
+
+/// Index of a handler in the [`Registry`].
+pub type HandlerId = usize;
+
+/// Every compiled-in handler, built with its settings.
+pub struct Registry {
+    entries: Vec<Entry>,
+}
+
+/// A handler's settings could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration key `handlers.{handler}.{key}`: {problem}")]
+pub struct SettingsError {
+    pub handler: &'static str,
+    pub key: String,
+    pub problem: String,
+}
+
+impl Registry {
+    /// Builds every built-in from `[handlers.<name>]`.
+    pub fn build(config: &Config) -> Result<Registry, SettingsError> {
+        let mut entries = Vec::with_capacity(KNOWN.len());
+        for name in KNOWN {
+            let settings = config.handler_settings(name);
+            let handler: Box<dyn Handler> = match *name {
+                CommandBot::NAME => Box::new(CommandBot::from_settings(&settings)?),
+                MessageLogger::NAME => Box::new(MessageLogger::from_settings(&settings)?),
+                other => unreachable_handler(other)?,
+            };
+            entries.push(Entry {
+                handler,
+                enabled: AtomicBool::new(settings.enabled),
+                settings,
+            });
+        }
+        Ok(Registry { entries })
+    }
+
+    pub fn id(&self, name: &str) -> Option<HandlerId> {
+        self.entries.iter().position(|e| e.handler.name() == name)
+    }
+
+    pub fn get(&self, id: HandlerId) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Resolves handler names (already validated by the configuration) to ids.
+    pub fn ids(&self, names: &[String]) -> Vec<HandlerId> {
+        names.iter().filter_map(|n| self.id(n)).collect()
+    }
+}
+
+fn unreachable_handler(name: &'static str) -> Result<Box<dyn Handler>, SettingsError> {
+    Err(SettingsError {
+        handler: name,
+        key: "".into(),
+        problem: "listed in KNOWN but not constructed by Registry::build".into(),
+    })
+}
+
+/// Rejects keys a handler does not read, so that typos are caught at start-up.
+pub(crate) fn only_keys(
+    handler: &'static str,
+    settings: &HandlerSettings,
+    allowed: &[&str],
+) -> Result<(), SettingsError> {
+    match settings
+        .settings
+        .keys()
+        .find(|k| !allowed.contains(&k.as_str()))
+    {
+        None => Ok(()),
+        Some(key) => Err(SettingsError {
+            handler,
+            key: key.clone(),
+            problem: if allowed.is_empty() {
+                "unknown setting; this handler has only `enabled`".into()
+            } else {
+                format!("unknown setting; known: enabled, {}", allowed.join(", "))
+            },
+        }),
+    }
+}

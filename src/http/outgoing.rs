@@ -1,0 +1,149 @@
+//! `POST /zulip/outgoing`, `POST /` and `POST /bots/{name}`: Zulip's outgoing webhooks.
+//!
+//! A valid request always gets a 2xx answer, because Zulip posts a public "Failure!" message
+//! for anything else. Misconfiguration (wrong token 401, unknown bot 404) and broken requests
+//! (400, 413) get a JSON error, which Zulip shows so that the administrator can fix it.
+
+use actix_web::{HttpRequest, HttpResponse, http::header, web};
+use tracing::Instrument;
+
+use super::{ApiError, AppState, json_ok, read_body};
+use crate::events::{OutgoingPayload, PayloadError, SlackPayload};
+use crate::processing::outgoing::{BotId, NO_REPLY};
+
+impl From<PayloadError> for ApiError {
+    fn from(e: PayloadError) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}
+
+/// `POST /zulip/outgoing` and `POST /`: the bot is named by the body.
+pub async fn by_body(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    handle(req, payload, state, None).await
+}
+
+/// `POST /bots/{name}`: the bot is named by the path.
+pub async fn by_path(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let bot = state
+        .outgoing
+        .bots
+        .by_name(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no bot named `{name}` is configured")))?;
+    handle(req, payload, state, Some(bot)).await
+}
+
+async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    path_bot: Option<BotId>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let slack = is_slack(&req, &body);
+    let bots = &state.outgoing.bots;
+    let (bot_id, trigger, event) = if slack {
+        let payload = SlackPayload::parse(&body)?;
+        let token = payload.token.as_deref().unwrap_or_default();
+        let bot_id = authenticate(&state, path_bot, None, token)?;
+        let trigger = match payload.trigger() {
+            Ok(trigger) => trigger,
+            Err(other) => return Ok(ignored_trigger(&other)),
+        };
+        let bot = bots.get(bot_id);
+        let event = payload.into_event(bot.name.clone(), trigger, bot.full_name.as_deref());
+        (bot_id, trigger, event)
+    } else {
+        let payload = OutgoingPayload::parse(&body)?;
+        let token = payload.token.as_deref().unwrap_or_default();
+        let bot_id = authenticate(&state, path_bot, payload.bot_email.as_deref(), token)?;
+        let trigger = match payload.trigger() {
+            Ok(trigger) => trigger,
+            Err(other) => return Ok(ignored_trigger(&other)),
+        };
+        let bot = bots.get(bot_id);
+        let event = payload.into_event(bot.name.clone(), trigger, bot.full_name.as_deref());
+        (bot_id, trigger, event)
+    };
+    let span = tracing::info_span!(
+        "outgoing",
+        bot = %bots.get(bot_id).name,
+        message_id = event.message_id(),
+        trigger = trigger.as_str(),
+    );
+    let answer = state.outgoing.handle(bot_id, event).instrument(span).await;
+    if slack {
+        let body = match &answer.reply {
+            Some(text) => serde_json::json!({ "text": &**text }).to_string(),
+            None => NO_REPLY.to_string(),
+        };
+        return Ok(json_ok(body));
+    }
+    Ok(json_ok(answer.body.to_string()))
+}
+
+/// Finds the bot and checks the token: by path, else by `bot_email`, else by the token alone.
+fn authenticate(
+    state: &AppState,
+    path_bot: Option<BotId>,
+    bot_email: Option<&str>,
+    token: &str,
+) -> Result<BotId, ApiError> {
+    let bots = &state.outgoing.bots;
+    if token.is_empty() {
+        return Err(ApiError::Unauthorized(
+            "the request carries no token; Zulip sends the bot's outgoing webhook token".into(),
+        ));
+    }
+    let bot_id = match (path_bot, bot_email) {
+        (Some(id), _) => id,
+        (None, Some(email)) => bots.by_email(email).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no configured bot has the email `{email}`; add it under [bots.<name>]"
+            ))
+        })?,
+        (None, None) => bots
+            .by_token(token)
+            .ok_or_else(|| ApiError::Unauthorized("the token matches no configured bot".into()))?,
+    };
+    if !bots.token_ok(bot_id, token) {
+        tracing::warn!(bot = %bots.get(bot_id).name, "outgoing webhook with a wrong token");
+        return Err(ApiError::Unauthorized(format!(
+            "the token does not match the one configured for bot `{}`",
+            bots.get(bot_id).name
+        )));
+    }
+    Ok(bot_id)
+}
+
+fn ignored_trigger(trigger: &str) -> HttpResponse {
+    tracing::info!(
+        trigger,
+        "outgoing webhook with a trigger this server does not act on; ignored"
+    );
+    json_ok(NO_REPLY)
+}
+
+/// Slack-format bodies come form-encoded; a JSON object sent with a form Content-Type (as
+/// `curl -d` does) is still read as Zulip's format.
+fn is_slack(req: &HttpRequest, body: &[u8]) -> bool {
+    let json_like = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    !json_like
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/x-www-form-urlencoded")
+            })
+}

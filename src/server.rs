@@ -1,0 +1,178 @@
+//! Assembles the server from the configuration: database and migrations, the background
+//! writer, handlers, bots, the retry record, background upkeep, and the HTTP listener.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::db::writer::{Writer, WriterThread};
+use crate::db::{Db, store};
+use crate::handlers::{Context, Registry};
+use crate::http::{AppState, routes};
+use crate::processing::Processor;
+use crate::processing::outgoing::{Bots, OutgoingService};
+use crate::zulip_api::ZulipClient;
+
+/// How often expired retry records are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Handlers run but store nothing and cause no external side effects.
+    pub dry_run: bool,
+}
+
+/// A started server.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub db: Db,
+    server: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    writer: Writer,
+    writer_thread: WriterThread,
+    upkeep: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Waits until the server stops (SIGTERM / SIGINT), then writes out everything pending.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.finish_after(None).await
+    }
+
+    /// Stops the server gracefully and writes out everything pending.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let handle = self.server.clone();
+        self.finish_after(Some(handle)).await
+    }
+
+    async fn finish_after(self, stop: Option<actix_web::dev::ServerHandle>) -> anyhow::Result<()> {
+        if let Some(handle) = stop {
+            handle.stop(true).await;
+        }
+        let served = self.task.await.context("the HTTP server task failed")?;
+        self.upkeep.abort();
+        self.writer.stop().await;
+        let thread = self.writer_thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .context("joining the database writer")?;
+        served.context("the HTTP server failed")?;
+        tracing::info!("stopped; everything pending was written");
+        Ok(())
+    }
+
+    /// Waits until everything queued for the database so far is written.
+    pub async fn flush(&self) {
+        self.writer.flush().await;
+    }
+}
+
+/// Opens the database (running migrations), starts every component and the HTTP listener.
+pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<RunningServer> {
+    let database = config.database.clone();
+    let (db, applied) = tokio::task::spawn_blocking(move || Db::open(&database))
+        .await
+        .context("opening the database")??;
+    for migration in &applied {
+        tracing::info!(migration, "applied migration");
+    }
+    let target = db.target().clone();
+    let batch_size = config.database.write_batch_size;
+    let (writer, writer_thread) =
+        tokio::task::spawn_blocking(move || Writer::spawn(&target, batch_size))
+            .await
+            .context("starting the database writer")??;
+
+    let registry = Arc::new(Registry::build(&config)?);
+    let listener_rows: Vec<(&'static str, String)> = registry
+        .entries()
+        .iter()
+        .map(|e| {
+            let settings = serde_json::Value::Object(e.settings.settings.clone()).to_string();
+            (e.handler.name(), settings)
+        })
+        .collect();
+    db.run(move |c| store::sync_listeners(c, &listener_rows))
+        .await
+        .context("recording the handlers")?;
+
+    let cx = Arc::new(Context::new(
+        db.clone(),
+        writer.clone(),
+        options.dry_run,
+        config.data_protection.clone(),
+        registry.clone(),
+    ));
+    let processor = Processor::new(cx, writer.clone());
+    let bots = Bots::build(&config, &registry);
+    if bots.is_empty() {
+        tracing::warn!(
+            "no bots are configured: outgoing webhooks will be answered 404 (see [bots.<name>] in config/default.toml)"
+        );
+    }
+    let zulip = ZulipClient::new().context("building the HTTP client for Zulip's API")?;
+    let outgoing = Arc::new(OutgoingService::new(
+        bots,
+        processor,
+        writer.clone(),
+        db.clone(),
+        zulip,
+        config.outgoing.dedup_window,
+        options.dry_run,
+    ));
+    let loaded = outgoing
+        .load_record()
+        .await
+        .context("loading the retry record")?;
+    tracing::info!(loaded, "retry record loaded");
+    if options.dry_run {
+        tracing::warn!(
+            "dry run: handlers run, but nothing is stored except the event log, no reply is posted and no external call is made"
+        );
+    }
+
+    let upkeep = tokio::spawn(upkeep(outgoing.clone()));
+    let state = web::Data::new(AppState {
+        outgoing,
+        max_body_bytes: config.server.max_body_bytes,
+    });
+    let listener = TcpListener::bind(&config.server.bind)
+        .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
+    let addr = listener.local_addr()?;
+    let mut http = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+        .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1))
+        .listen(listener)?;
+    if config.server.workers > 0 {
+        http = http.workers(config.server.workers);
+    }
+    let server = http.run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    tracing::info!(%addr, backend = db.backend().name(), "listening");
+    Ok(RunningServer {
+        addr,
+        db,
+        server: handle,
+        task,
+        writer,
+        writer_thread,
+        upkeep,
+    })
+}
+
+async fn upkeep(outgoing: Arc<OutgoingService>) {
+    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match outgoing.prune_record().await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "expired retry records removed"),
+            Err(error) => tracing::warn!(%error, "pruning the retry record failed"),
+        }
+    }
+}
