@@ -453,6 +453,14 @@ impl Config {
                     unknown_handler_message(handler),
                 ));
             }
+            if handler == crate::handlers::Relay::NAME
+                && !crate::handlers::Relay::is_configured(&self.handler_settings(handler))
+            {
+                return Err(invalid(
+                    format!("bots.{name}.handlers[{i}]"),
+                    "`relay` needs `url` under [handlers.relay]",
+                ));
+            }
         }
         Ok(())
     }

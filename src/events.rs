@@ -11,8 +11,12 @@ use serde::Deserialize;
 /// Where an event came from.
 #[derive(Debug, Clone)]
 pub enum Origin {
-    /// An outgoing webhook for the named bot.
-    Outgoing { bot: Arc<str>, trigger: Trigger },
+    /// An outgoing webhook for the named bot, with the body exactly as Zulip sent it.
+    Outgoing {
+        bot: Arc<str>,
+        trigger: Trigger,
+        raw: RawBody,
+    },
     /// A batch posted by the Django forwarder.
     Forwarder { event_id: String },
 }
@@ -24,6 +28,14 @@ impl Origin {
             Origin::Forwarder { .. } => "forwarder",
         }
     }
+}
+
+/// A request body as received (shared, not copied).
+#[derive(Debug, Clone)]
+pub struct RawBody {
+    pub bytes: bytes::Bytes,
+    /// Slack-style form encoding rather than JSON.
+    pub form: bool,
 }
 
 /// What made Zulip call an outgoing webhook.
@@ -245,6 +257,7 @@ impl OutgoingPayload {
         bot: Arc<str>,
         trigger: Trigger,
         configured_name: Option<&str>,
+        raw: bytes::Bytes,
     ) -> Event {
         let wire = self.message.unwrap_or_default();
         let content = wire.content.or(self.data).unwrap_or_default();
@@ -263,7 +276,14 @@ impl OutgoingPayload {
         };
         let sender_id = wire.sender_id;
         Event {
-            origin: Origin::Outgoing { bot, trigger },
+            origin: Origin::Outgoing {
+                bot,
+                trigger,
+                raw: RawBody {
+                    bytes: raw,
+                    form: false,
+                },
+            },
             realm: Realm {
                 id: None,
                 string_id: wire.sender_realm_str,
@@ -331,12 +351,20 @@ impl SlackPayload {
         bot: Arc<str>,
         trigger: Trigger,
         configured_name: Option<&str>,
+        raw: bytes::Bytes,
     ) -> Event {
         let content = self.text.unwrap_or_default();
         let command = strip_leading_mention(&content, configured_name).to_string();
         let sender_id = prefixed_id(self.user_id.as_deref(), 'U');
         Event {
-            origin: Origin::Outgoing { bot, trigger },
+            origin: Origin::Outgoing {
+                bot,
+                trigger,
+                raw: RawBody {
+                    bytes: raw,
+                    form: true,
+                },
+            },
             realm: Realm {
                 id: prefixed_id(self.team_id.as_deref(), 'T'),
                 string_id: None,
@@ -481,7 +509,7 @@ mod tests {
     fn ascii_escapes_and_surrogate_pairs_decode() {
         let body = br#"{"token":"t","message":{"content":"h\u00e9llo \ud83d\ude00","subject":""}}"#;
         let payload = OutgoingPayload::parse(body).expect("parses");
-        let event = payload.into_event("b".into(), Trigger::Mention, None);
+        let event = payload.into_event("b".into(), Trigger::Mention, None, bytes::Bytes::new());
         let message = event.message().expect("message");
         assert_eq!(message.content, "héllo 😀");
         assert_eq!(message.topic.as_deref(), Some(""));
@@ -517,7 +545,7 @@ mod tests {
         let body = b"token=v9fp&team_id=T1512&team_domain=zulip.example.com&channel_id=C123&channel_name=integrations&thread_ts=1532078950&timestamp=1532078950&user_id=U21&user_name=Full+Name&text=%40%2A%2Atest%2A%2A+ping&trigger_word=mention&service_id=27";
         let payload = SlackPayload::parse(body).expect("parses");
         assert_eq!(payload.trigger(), Ok(Trigger::Mention));
-        let event = payload.into_event("b".into(), Trigger::Mention, None);
+        let event = payload.into_event("b".into(), Trigger::Mention, None, bytes::Bytes::new());
         let message = event.message().expect("message");
         assert_eq!(event.realm.id, Some(1512));
         assert_eq!(message.sender_id, Some(21));

@@ -4,6 +4,7 @@
 
 mod command_bot;
 mod message_logger;
+mod relay;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +18,10 @@ use crate::events::Event;
 
 pub use command_bot::CommandBot;
 pub use message_logger::MessageLogger;
+pub use relay::Relay;
 
 /// Every compiled-in handler, by name.
-pub const KNOWN: &[&str] = &[CommandBot::NAME, MessageLogger::NAME];
+pub const KNOWN: &[&str] = &[CommandBot::NAME, MessageLogger::NAME, Relay::NAME];
 
 pub fn is_known(name: &str) -> bool {
     KNOWN.contains(&name)
@@ -152,6 +154,7 @@ impl Registry {
             let handler: Box<dyn Handler> = match *name {
                 CommandBot::NAME => Box::new(CommandBot::from_settings(&settings)?),
                 MessageLogger::NAME => Box::new(MessageLogger::from_settings(&settings)?),
+                Relay::NAME => Box::new(Relay::from_settings(&settings)?),
                 other => unreachable_handler(other)?,
             };
             entries.push(Entry {

@@ -59,7 +59,12 @@ async fn handle(
             Err(other) => return Ok(ignored_trigger(&other)),
         };
         let bot = bots.get(bot_id);
-        let event = payload.into_event(bot.name.clone(), trigger, bot.full_name.as_deref());
+        let event = payload.into_event(
+            bot.name.clone(),
+            trigger,
+            bot.full_name.as_deref(),
+            body.clone(),
+        );
         (bot_id, trigger, event)
     } else {
         let payload = OutgoingPayload::parse(&body)?;
@@ -70,7 +75,12 @@ async fn handle(
             Err(other) => return Ok(ignored_trigger(&other)),
         };
         let bot = bots.get(bot_id);
-        let event = payload.into_event(bot.name.clone(), trigger, bot.full_name.as_deref());
+        let event = payload.into_event(
+            bot.name.clone(),
+            trigger,
+            bot.full_name.as_deref(),
+            body.clone(),
+        );
         (bot_id, trigger, event)
     };
     let span = tracing::info_span!(

@@ -1,0 +1,465 @@
+//! Outgoing webhooks over real HTTP against the real server, on SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use diesel::prelude::*;
+use serde_json::json;
+use zulip_listeners::db::store;
+
+/// Zulip's official outgoing-webhook example (api docs, `zulip.yaml`), verbatim.
+const OFFICIAL_EXAMPLE: &str = r#"{
+    "bot_email": "outgoing-bot@localhost",
+    "bot_full_name": "Outgoing webhook test",
+    "data": "@**Outgoing webhook test** Zulip is the world\u2019s most productive group chat!",
+    "message": {
+        "avatar_url": "https://secure.gravatar.com/avatar/1f4f1575bf002ae562fea8fc4b861b09?d=identicon&version=1",
+        "client": "website",
+        "content": "@**Outgoing webhook test** Zulip is the world\u2019s most productive group chat!",
+        "display_recipient": "Verona",
+        "id": 112,
+        "is_me_message": false,
+        "reactions": [],
+        "recipient_id": 20,
+        "rendered_content": "<p><span class=\"user-mention\" data-user-id=\"25\">@Outgoing webhook test</span> Zulip is the world\u2019s most productive group chat!</p>",
+        "sender_email": "iago@zulip.com",
+        "sender_full_name": "Iago",
+        "sender_id": 5,
+        "sender_realm_str": "zulip",
+        "stream_id": 5,
+        "subject": "Verona2",
+        "submessages": [],
+        "timestamp": 1527876931,
+        "topic_links": [],
+        "type": "stream"
+    },
+    "token": "xvOzfurIutdRRVLzpXrIIHXJvNfaJLJ0",
+    "trigger": "mention"
+}"#;
+
+/// The official example with another message id and content.
+fn example(id: i64, content: &str) -> String {
+    let mut body: serde_json::Value = serde_json::from_str(OFFICIAL_EXAMPLE).expect("valid");
+    body["message"]["id"] = json!(id);
+    body["message"]["content"] = json!(content);
+    body["data"] = json!(content);
+    body.to_string()
+}
+
+/// A direct message (shape from the reference §1.6) with the given trigger spelling.
+fn direct_message(id: i64, trigger: &str, content: &str) -> String {
+    json!({
+        "bot_email": BOT_EMAIL,
+        "bot_full_name": "Helper",
+        "data": content,
+        "message": {
+            "client": "website",
+            "content": content,
+            "content_type": "text/x-markdown",
+            "display_recipient": [
+                {"id": 9, "email": "desdemona@zulip.example.com", "full_name": "Desdemona", "is_mirror_dummy": false},
+                {"id": 42, "email": BOT_EMAIL, "full_name": "Helper", "is_mirror_dummy": false}
+            ],
+            "id": id,
+            "recipient_id": 31,
+            "sender_email": "desdemona@zulip.example.com",
+            "sender_full_name": "Desdemona",
+            "sender_id": 9,
+            "sender_realm_str": "zulip",
+            "subject": "",
+            "timestamp": 1732371234,
+            "type": "private"
+        },
+        "token": TOKEN,
+        "trigger": trigger
+    })
+    .to_string()
+}
+
+#[actix_web::test]
+async fn official_example_gets_a_reply_and_is_logged() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let t = start_server(&db, &helper_bot(r#"["command_bot", "message_logger"]"#)).await;
+
+        let answer = t.post_json("/zulip/outgoing", OFFICIAL_EXAMPLE).await;
+        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
+        let reply = answer.json["content"].as_str().expect("a reply");
+        assert!(reply.contains("don't know the command `Zulip`"), "{reply}");
+
+        let answer = t
+            .post_json(
+                "/zulip/outgoing",
+                &example(113, "@**Outgoing webhook test** ping"),
+            )
+            .await;
+        assert_eq!(answer.json, json!({"content": "pong"}), "{backend:?}");
+
+        let (stored, logs) = t
+            .query(|c| {
+                (
+                    store::message_by_id(c, 112).expect("query"),
+                    log_rows_for(c, 112),
+                )
+            })
+            .await;
+        let stored = stored.expect("message 112 stored by message_logger");
+        assert_eq!(
+            stored.content,
+            "@**Outgoing webhook test** Zulip is the world\u{2019}s most productive group chat!"
+        );
+        assert_eq!(stored.realm, "zulip");
+        assert_eq!(stored.channel.as_deref(), Some("Verona"));
+        assert_eq!(stored.topic.as_deref(), Some("Verona2"));
+        assert_eq!(stored.sender_email.as_deref(), Some("iago@zulip.com"));
+        assert_eq!(stored.sender_name.as_deref(), Some("Iago"));
+        assert_eq!(
+            logs,
+            vec![
+                ("command_bot".to_string(), true),
+                ("message_logger".to_string(), true)
+            ],
+            "{backend:?}"
+        );
+        t.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn direct_messages_with_both_trigger_spellings() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let t = start_server(&db, &helper_bot(r#"["command_bot", "message_logger"]"#)).await;
+        for (id, trigger) in [(200, "direct_message"), (201, "private_message")] {
+            let answer = t
+                .post_json(
+                    "/zulip/outgoing",
+                    &direct_message(id, trigger, "echo hi there"),
+                )
+                .await;
+            assert_eq!(answer.status, 200);
+            assert_eq!(
+                answer.json,
+                json!({"content": "hi there"}),
+                "{backend:?} {trigger}"
+            );
+        }
+        let stored = t
+            .query(|c| store::message_by_id(c, 201).expect("query"))
+            .await
+            .expect("stored");
+        assert_eq!(stored.message_type, "private");
+        let recipients: serde_json::Value =
+            serde_json::from_str(stored.dm_recipients.as_deref().expect("recipients"))
+                .expect("json");
+        assert_eq!(recipients[0]["id"], json!(9));
+        t.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn minimal_bodies_from_zulips_docs_work() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start_server(&db, &helper_bot(r#"["command_bot"]"#)).await;
+
+    // deploying-bots.md (E2) without its stray trailing comma; and the botserver's test (E6).
+    let e2 = format!(
+        r#"{{"message":{{"content":"@**My Bot User** ping"}},"bot_email":"{BOT_EMAIL}","trigger":"mention","token":"{TOKEN}"}}"#
+    );
+    assert_eq!(
+        t.post_json("/zulip/outgoing", &e2).await.json,
+        json!({"content": "pong"})
+    );
+    let e6 = format!(
+        r#"{{"message":{{"content":"@**test** echo test message"}},"bot_email":"{BOT_EMAIL}","trigger":"mention","token":"{TOKEN}"}}"#
+    );
+    assert_eq!(
+        t.post_json("/", &e6).await.json,
+        json!({"content": "test message"})
+    );
+    // A captured Zulip 3.2 request (E5): no bot_email, no trigger, content only in `data`.
+    let e5 = format!(
+        r#"{{"data":"ping","token":"{TOKEN}","message":{{"sender_id":123456,"recipient_id":123456,"sender_full_name":"Jon Asch","type":"stream"}}}}"#
+    );
+    assert_eq!(
+        t.post_json("/zulip/outgoing", &e5).await.json,
+        json!({"content": "pong"})
+    );
+    // Empty topic in a channel, ASCII escapes and surrogate pairs.
+    let escaped = format!(
+        r#"{{"message":{{"id":7,"content":"echo h\u00e9llo \ud83d\ude00","subject":"","type":"stream"}},"bot_email":"{BOT_EMAIL}","trigger":"mention","token":"{TOKEN}"}}"#
+    );
+    assert_eq!(
+        t.post_json("/zulip/outgoing", &escaped).await.json,
+        json!({"content": "héllo 😀"})
+    );
+    // The documented E2 exactly as printed is not JSON: a clear 400.
+    let broken = r#"{"message":{"content":"@**My Bot User** hello world",},"bot_email":"x","trigger":"mention","token":"XXXX"}"#;
+    let answer = t.post_json("/zulip/outgoing", broken).await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json["error"], "malformed_request");
+    t.stop().await;
+}
+
+#[actix_web::test]
+async fn slack_format_is_answered_with_text() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start_server(&db, &helper_bot(r#"["command_bot"]"#)).await;
+    let form = format!(
+        "token={TOKEN}&team_id=T1512&team_domain=zulip.example.com&channel_id=C123&channel_name=integrations&thread_ts=1532078950&timestamp=1532078950&user_id=U21&user_name=Full+Name&text=%40%2A%2Atest%2A%2A+ping&trigger_word=mention&service_id=27"
+    );
+    let answer = t.post_form("/zulip/outgoing", &form).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json, json!({"text": "pong"}));
+    let wrong = form.replace(TOKEN, "nope");
+    assert_eq!(t.post_form("/zulip/outgoing", &wrong).await.status, 401);
+    t.stop().await;
+}
+
+#[actix_web::test]
+async fn mistakes_get_specific_json_errors() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let mut config = config_for(&db, &helper_bot(r#"["command_bot"]"#));
+    config.server.max_body_bytes = 4096;
+    let t = start_with(config, Default::default()).await;
+
+    let wrong_token = example(300, "ping").replace(TOKEN, "wrongwrongwrongwrongwrongwrong00");
+    let answer = t.post_json("/zulip/outgoing", &wrong_token).await;
+    assert_eq!(
+        (answer.status, answer.json["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    assert!(
+        answer.json["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("helper")
+    );
+
+    let unknown_bot = example(301, "ping").replace(BOT_EMAIL, "someone-else@localhost");
+    let answer = t.post_json("/zulip/outgoing", &unknown_bot).await;
+    assert_eq!(
+        (answer.status, answer.json["error"].as_str()),
+        (404, Some("not_found"))
+    );
+    assert_eq!(
+        t.post_json("/bots/nobody", &example(302, "ping"))
+            .await
+            .status,
+        404
+    );
+
+    for malformed in [
+        "",
+        "not json",
+        "[1,2]",
+        r#"{"message": {"id": "x"}}"#,
+        r#"{"token": 5}"#,
+    ] {
+        let answer = t.post_json("/zulip/outgoing", malformed).await;
+        assert_eq!(answer.status, 400, "{malformed:?}");
+        assert_eq!(answer.json["error"], "malformed_request");
+        assert!(
+            !answer.json["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        );
+    }
+
+    let huge = example(303, &"x".repeat(5000));
+    let answer = t.post_json("/zulip/outgoing", &huge).await;
+    assert_eq!(
+        (answer.status, answer.json["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+
+    let answer = t
+        .send(t.http.get(format!("{}/zulip/outgoing", t.base)))
+        .await;
+    assert_eq!(
+        (answer.status, answer.json["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    assert_eq!(
+        t.send(t.http.get(format!("{}/nowhere", t.base)))
+            .await
+            .status,
+        404
+    );
+
+    // A trigger this server does not act on is still a 2xx, so Zulip posts no failure.
+    let other = example(304, "ping").replace(r#""trigger":"mention""#, r#""trigger":"reaction""#);
+    let answer = t.post_json("/zulip/outgoing", &other).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json, json!({"response_not_required": true}));
+    t.stop().await;
+}
+
+#[actix_web::test]
+async fn retries_are_answered_once_even_across_a_restart() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let bots = helper_bot(r#"["command_bot", "message_logger"]"#);
+        let t = start_server(&db, &bots).await;
+        let body = example(400, "@**Outgoing webhook test** echo once");
+        let first = t.post_json("/zulip/outgoing", &body).await;
+        let second = t.post_json("/zulip/outgoing", &body).await;
+        assert_eq!(first.json, json!({"content": "once"}));
+        assert_eq!(
+            second.json, first.json,
+            "{backend:?}: a retry gets the same answer"
+        );
+        assert_eq!(
+            t.query(|c| log_rows_for(c, 400)).await.len(),
+            2,
+            "handlers ran once"
+        );
+        t.stop().await;
+
+        let t = start_server(&db, &bots).await;
+        let third = t.post_json("/zulip/outgoing", &body).await;
+        assert_eq!(
+            third.json, first.json,
+            "{backend:?}: remembered across a restart"
+        );
+        assert_eq!(
+            t.query(|c| log_rows_for(c, 400)).await.len(),
+            2,
+            "still ran once"
+        );
+        t.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn late_replies_reach_zulips_rest_api() {
+    let bot_service = Stub::start(
+        r#"{"content": "the slow answer"}"#,
+        Duration::from_millis(1200),
+    )
+    .await;
+    let zulip = Stub::start(
+        r#"{"result": "success", "msg": "", "id": 4242}"#,
+        Duration::ZERO,
+    )
+    .await;
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let extra = format!(
+            "[bots.helper]\nemail = \"{BOT_EMAIL}\"\ntoken = \"{TOKEN}\"\napi_key = \"bot-api-key\"\nsite = \"{}\"\nhandlers = [\"relay\"]\nreply_deadline = \"200ms\"\n[handlers.relay]\nurl = \"{}/\"\n",
+            zulip.url, bot_service.url
+        );
+        let t = start_server(&db, &extra).await;
+        let before = zulip.requests().len();
+        let started = std::time::Instant::now();
+        let answer = t
+            .post_json(
+                "/zulip/outgoing",
+                &example(500 + before as i64, "deploy please"),
+            )
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "answered at the deadline"
+        );
+        assert_eq!(answer.json, json!({"response_not_required": true}));
+
+        let posted = zulip.wait_for(before + 1, Duration::from_secs(10)).await;
+        let request = posted
+            .get(before)
+            .expect("late reply posted to the stub Zulip API");
+        assert_eq!(request.path, "/api/v1/messages");
+        let form: Vec<(String, String)> = serde_urlencoded::from_str(&request.body).expect("form");
+        let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(field("type"), Some("stream"));
+        assert_eq!(field("to"), Some("5"));
+        assert_eq!(field("topic"), Some("Verona2"));
+        assert_eq!(field("content"), Some("the slow answer"));
+        let expected_auth = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{BOT_EMAIL}:bot-api-key")
+            )
+        );
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some(expected_auth.as_str())
+        );
+        // The relay saw Zulip's body unchanged.
+        let relayed = bot_service.requests();
+        let last = relayed.last().expect("relayed");
+        assert!(last.body.contains("deploy please") && last.body.contains(TOKEN));
+        t.stop().await;
+    }
+    zulip.stop().await;
+    bot_service.stop().await;
+}
+
+#[actix_web::test]
+async fn botserverrc_from_zulip_configures_bots() {
+    let dir = tempfile::tempdir().expect("dir");
+    let rc = dir.path().join("botserverrc");
+    std::fs::write(
+        &rc,
+        format!("[helper]\nemail={BOT_EMAIL}\nkey=\nsite=\ntoken={TOKEN}\n"),
+    )
+    .expect("write rc");
+    let db = TestDatabase::new(Backend::Sqlite);
+    let conf = dir.path().join("server.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{}\"\n",
+            db.url
+        ),
+    )
+    .expect("write config");
+    let config = zulip_listeners::config::Config::load(&zulip_listeners::config::Sources {
+        config_file: Some(conf),
+        botserverrc: Some(rc),
+    })
+    .expect("loads");
+    let t = start_with(config, Default::default()).await;
+    let answer = t
+        .post_json(
+            "/bots/helper",
+            &example(600, "@**Outgoing webhook test** ping"),
+        )
+        .await;
+    assert_eq!(answer.json, json!({"content": "pong"}));
+    t.stop().await;
+}
+
+#[actix_web::test]
+async fn dry_run_writes_only_the_event_log() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let config = config_for(&db, &helper_bot(r#"["command_bot", "message_logger"]"#));
+    let t = start_with(
+        config,
+        zulip_listeners::server::ServeOptions { dry_run: true },
+    )
+    .await;
+    let answer = t.post_json("/zulip/outgoing", &example(700, "ping")).await;
+    assert_eq!(answer.json, json!({"response_not_required": true}));
+    let (logs, stored, replies) = t
+        .query(|c| {
+            use zulip_listeners::db::schema::outgoing_replies;
+            (
+                log_rows_for(c, 700),
+                store::message_by_id(c, 700).expect("query"),
+                outgoing_replies::table
+                    .count()
+                    .get_result::<i64>(c)
+                    .expect("count"),
+            )
+        })
+        .await;
+    assert_eq!(logs.len(), 2, "handlers ran and were logged");
+    assert!(stored.is_none(), "dry run stores no message");
+    assert_eq!(replies, 0, "dry run keeps no reply record");
+    t.stop().await;
+}
