@@ -1,0 +1,82 @@
+"""pytest setup: put the Zulip stand-in on sys.path, configure a minimal Django, share fixtures.
+
+Django is set up once, here, the way Zulip does it: the stand-in ``zerver.actions.typing``
+(which binds ``send_event_rollback_unsafe`` by name) is imported first, then ``django.setup()``
+runs the app's ``ready()``, which must wrap the function and rebind that module.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+FORWARDER_DIR = TESTS_DIR.parent
+for path in (FORWARDER_DIR, TESTS_DIR, TESTS_DIR / "stub_zulip"):
+    sys.path.insert(0, str(path))
+
+import django  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+settings.configure(
+    SECRET_KEY="forwarder-tests",
+    EXTERNAL_HOST="zulip.example.com",
+    USING_RABBITMQ=True,
+    INSTALLED_APPS=["zulip_listeners_forwarder"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    ZULIP_LISTENERS_URL="http://127.0.0.1:9/zulip/events",
+    ZULIP_LISTENERS_DEAD_LETTER_FILE=os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), f"zlf-tests-{os.getpid()}.deadletter.jsonl"
+    ),
+)
+
+import zerver.actions.typing  # noqa: E402,F401  (imported before ready(), as in Zulip)
+
+django.setup()
+
+from local_receiver import LocalReceiver  # noqa: E402
+from zerver.lib import queue as stub_queue  # noqa: E402
+from zproject import config as stub_config  # noqa: E402
+
+
+def make_secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture(autouse=True)
+def clean_stub_zulip() -> Iterator[None]:
+    stub_queue.reset()
+    stub_config.SECRETS.clear()
+    yield
+    stub_queue.reset()
+    stub_config.SECRETS.clear()
+
+
+@pytest.fixture
+def realm() -> SimpleNamespace:
+    return SimpleNamespace(
+        id=2,
+        string_id="acme",
+        uuid=uuid.UUID("8a3b2f7e-3c1d-4f5e-9a6b-0c1d2e3f4a5b"),
+        host="acme.example.com",
+    )
+
+
+@pytest.fixture
+def secret() -> str:
+    return make_secret()
+
+
+@pytest.fixture
+def receiver() -> Iterator[LocalReceiver]:
+    server = LocalReceiver()
+    server.start()
+    yield server
+    server.stop()

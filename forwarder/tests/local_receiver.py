@@ -1,0 +1,109 @@
+"""A real HTTP server on 127.0.0.1 that stands in for the zulip-listeners receiver in tests.
+
+It records every request (path, lower-cased headers, raw body) and answers from a script of
+responses; when the script runs out it answers ``200 {"accepted": N, "duplicates": 0}``.  A
+scripted response can also drop the connection or stall, to provoke client-side errors.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    drop_connection: bool = False
+    stall_seconds: float = 0.0
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class LocalReceiver:
+    def __init__(self, port: int = 0) -> None:
+        self.requests: list[Recorded] = []
+        self.script: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}/zulip/events"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def reply(self, *replies: Reply) -> None:
+        self.script.extend(replies)
+
+    def _next_reply(self, recorded: Recorded) -> Reply:
+        with self._lock:
+            self.requests.append(recorded)
+            if self.script:
+                return self.script.popleft()
+        try:
+            accepted = len(recorded.json()["events"])
+        except (ValueError, KeyError, TypeError):
+            accepted = 0
+        return Reply(200, {"accepted": accepted, "duplicates": 0})
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                reply = receiver._next_reply(Recorded(self.path, headers, body))
+                if reply.drop_connection:
+                    self.close_connection = True
+                    return
+                if reply.stall_seconds:
+                    time.sleep(reply.stall_seconds)
+                self._send(reply)
+
+            def _send(self, reply: Reply) -> None:
+                payload = json.dumps(reply.body if reply.body is not None else {}).encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for key, value in reply.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    self.close_connection = True  # the client gave up (timeout tests)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler

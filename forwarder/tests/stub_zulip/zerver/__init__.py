@@ -1,0 +1,1 @@
+"""Stand-in for Zulip's zerver package (tests only)."""

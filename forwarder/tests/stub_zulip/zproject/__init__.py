@@ -1,0 +1,1 @@
+"""Stand-in for Zulip's zproject package (tests only)."""

@@ -1,0 +1,318 @@
+"""The producer hook: wrapping, rebinding, never raising, filtering, queueing."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import override_settings
+from samples import message_event, message_users, reaction_event, realm_bot_add_event
+from zerver.actions import typing as stub_typing
+from zerver.lib import queue as stub_queue
+from zerver.tornado import django_api
+
+from zulip_listeners_forwarder import hook
+from zulip_listeners_forwarder.settings import QUEUE_NAME
+
+
+def forwarded() -> list[dict[str, Any]]:
+    return stub_queue.queued(QUEUE_NAME)
+
+
+def tornado() -> list[dict[str, Any]]:
+    return stub_queue.queued(django_api.TORNADO_QUEUE)
+
+
+# ---------------------------------------------------------------------------
+# Installation (done by AppConfig.ready() in conftest's django.setup())
+# ---------------------------------------------------------------------------
+
+
+def test_ready_installed_the_wrapper() -> None:
+    assert hook.is_wrapper(django_api.send_event_rollback_unsafe)
+    assert not hook.is_wrapper(django_api.send_event_rollback_unsafe.__wrapped__)
+
+
+def test_ready_rebound_modules_that_imported_the_function_by_name(realm: Any) -> None:
+    assert stub_typing.send_event_rollback_unsafe is django_api.send_event_rollback_unsafe
+
+    stub_typing.do_send_typing_notification(realm, 10, [10, 11])
+
+    assert len(tornado()) == 1, "Zulip's own delivery still happens"
+    [envelope] = forwarded()
+    assert envelope["type"] == "typing" and envelope["op"] == "start"
+    assert envelope["event"]["sender"] == {"user_id": 10, "email": "user10@example.com"}
+    assert envelope["audience"] == {"count": 2, "user_ids": [10, 11]}
+
+
+def test_install_is_idempotent(realm: Any) -> None:
+    wrapper = django_api.send_event_rollback_unsafe
+
+    assert hook.install() == []
+    hook.install()
+
+    assert django_api.send_event_rollback_unsafe is wrapper
+    assert not hook.is_wrapper(wrapper.__wrapped__)
+    django_api.send_event_rollback_unsafe(realm, reaction_event(), [10])
+    assert len(forwarded()) == 1
+
+
+def test_send_event_on_commit_goes_through_the_wrapper(realm: Any) -> None:
+    django_api.send_event_on_commit(realm, reaction_event(), [10, 11])
+
+    assert len(tornado()) == 1
+    assert [envelope["type"] for envelope in forwarded()] == ["reaction"]
+
+
+@pytest.fixture
+def fake_django_api() -> Iterator[types.ModuleType]:
+    """A throwaway module pair: an 'api' module and an early importer with an alias."""
+
+    def send_event(realm: Any, event: Any, users: Any) -> None:
+        pass
+
+    api = types.ModuleType("fake_zulip_django_api")
+    api.send_event = send_event  # type: ignore[attr-defined]  # older Zulip name only
+    importer = types.ModuleType("fake_zulip_importer")
+    importer.send_event = send_event  # type: ignore[attr-defined]
+    importer.notify = send_event  # type: ignore[attr-defined]  # `import ... as notify`
+    sys.modules[api.__name__] = api
+    sys.modules[importer.__name__] = importer
+    yield api
+    del sys.modules[api.__name__]
+    del sys.modules[importer.__name__]
+
+
+def test_install_wraps_older_name_and_rebinds_by_name_and_alias(
+    fake_django_api: types.ModuleType,
+) -> None:
+    original = fake_django_api.send_event
+
+    rebound = hook.install(fake_django_api, forward=lambda *args: None)
+
+    importer = sys.modules["fake_zulip_importer"]
+    assert hook.hook_name(fake_django_api) == "send_event"
+    assert hook.is_wrapper(fake_django_api.send_event)
+    assert fake_django_api.send_event.__wrapped__ is original
+    assert importer.send_event is fake_django_api.send_event
+    assert importer.notify is fake_django_api.send_event
+    assert "fake_zulip_importer.notify" in rebound
+    assert "fake_zulip_importer.send_event" in rebound
+    assert hook.install(fake_django_api) == []
+
+
+def test_hook_name_prefers_the_newer_name() -> None:
+    assert hook.hook_name(django_api) == "send_event_rollback_unsafe"
+    with pytest.raises(LookupError):
+        hook.hook_name(types.ModuleType("empty"))
+
+
+# ---------------------------------------------------------------------------
+# The wrapper's guarantees
+# ---------------------------------------------------------------------------
+
+
+def test_wrapper_calls_original_first_with_same_arguments() -> None:
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    realm, event, users = object(), {"type": "reaction"}, [1, 2]
+
+    def original(*args: Any) -> str:
+        assert calls == []
+        calls.append(("original", args))
+        return "zulip-result"
+
+    wrapper = hook.make_wrapper(original, lambda *args: calls.append(("forward", args)))
+
+    assert wrapper(realm, event, users) == "zulip-result"
+    assert [name for name, _ in calls] == ["original", "forward"]
+    assert all(args[0] is realm and args[1] is event and args[2] is users for _, args in calls)
+
+
+def test_wrapper_keeps_one_shot_iterators_usable() -> None:
+    seen: list[list[int]] = []
+    wrapper = hook.make_wrapper(
+        lambda realm, event, users: seen.append(list(users)),
+        lambda realm, event, users: seen.append(list(users)),
+    )
+
+    wrapper(None, {"type": "reaction"}, (uid for uid in [1, 2, 3]))
+
+    assert seen == [[1, 2, 3], [1, 2, 3]]
+
+
+def test_wrapper_never_raises_when_forwarding_fails(caplog: pytest.LogCaptureFixture) -> None:
+    def boom(*args: Any) -> None:
+        raise RuntimeError("normalisation exploded")
+
+    wrapper = hook.make_wrapper(lambda *args: None, boom)
+
+    with caplog.at_level(logging.ERROR, logger="zulip_listeners_forwarder"):
+        wrapper(None, {"type": "message"}, [])
+
+    assert "could not queue an event" in caplog.text
+    assert "normalisation exploded" in caplog.text
+
+
+def test_wrapper_propagates_zulips_own_errors_without_forwarding() -> None:
+    forwarded_calls: list[Any] = []
+
+    def original(*args: Any) -> None:
+        raise ValueError("zulip's problem")
+
+    wrapper = hook.make_wrapper(original, lambda *args: forwarded_calls.append(args))
+
+    with pytest.raises(ValueError, match="zulip's problem"):
+        wrapper(None, {}, [])
+    assert forwarded_calls == []
+
+
+def test_installed_wrapper_survives_normalisation_failure(
+    realm: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("message_dict")
+
+    monkeypatch.setattr(hook, "normalize_event", broken)
+
+    with caplog.at_level(logging.ERROR):
+        django_api.send_event_rollback_unsafe(realm, message_event(), message_users())
+
+    assert len(tornado()) == 1
+    assert forwarded() == []
+    assert "could not queue an event" in caplog.text
+
+
+def test_installed_wrapper_survives_publish_failure(
+    realm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("RabbitMQ is down")
+
+    monkeypatch.setattr(stub_queue, "queue_json_publish_rollback_unsafe", unreachable)
+
+    django_api.send_event_rollback_unsafe(realm, reaction_event(), [10])
+
+    assert len(tornado()) == 1
+
+
+def test_installed_wrapper_survives_unreadable_realm() -> None:
+    django_api.send_event_rollback_unsafe(object(), reaction_event(), [10])
+    assert len(tornado()) == 1
+
+
+# ---------------------------------------------------------------------------
+# Filtering and the envelope that gets queued
+# ---------------------------------------------------------------------------
+
+
+def test_message_event_is_queued_as_envelope_v1(realm: Any) -> None:
+    django_api.send_event_rollback_unsafe(realm, message_event(), message_users())
+
+    [envelope] = forwarded()
+    assert set(envelope) == {
+        "v",
+        "event_id",
+        "emitted_at_ms",
+        "server",
+        "realm",
+        "type",
+        "op",
+        "audience",
+        "event",
+    }
+    assert envelope["v"] == 1
+    assert envelope["server"] == {
+        "host": "zulip.example.com",
+        "zulip_version": "11.0-stub",
+        "feature_level": 400,
+    }
+    assert envelope["realm"] == {
+        "id": 2,
+        "uuid": "8a3b2f7e-3c1d-4f5e-9a6b-0c1d2e3f4a5b",
+        "string_id": "acme",
+    }
+    assert envelope["type"] == "message" and envelope["op"] is None
+    assert envelope["audience"] == {"count": 2, "user_ids": [11, 10]}
+    assert envelope["event"]["flags"] == ["read"]
+    assert envelope["event"]["message"]["content"] == "hi **all**"
+    assert "sender_delivery_email" not in envelope["event"]["message"]
+
+
+@override_settings(ZULIP_LISTENERS_INCLUDE_AUDIENCE_IDS=False)
+def test_audience_ids_can_be_omitted(realm: Any) -> None:
+    django_api.send_event_rollback_unsafe(realm, reaction_event(), [10, 11, 12])
+    assert forwarded()[0]["audience"] == {"count": 3}
+
+
+def test_default_allow_list_skips_other_types(realm: Any) -> None:
+    django_api.send_event_rollback_unsafe(realm, realm_bot_add_event(), [10])
+    django_api.send_event_rollback_unsafe(realm, {"type": "drafts", "op": "add"}, [10])
+
+    assert forwarded() == []
+    assert len(tornado()) == 2
+
+
+@override_settings(ZULIP_LISTENERS_EVENT_TYPES=["realm_bot"])
+def test_custom_type_allow_list(realm: Any) -> None:
+    django_api.send_event_rollback_unsafe(realm, realm_bot_add_event(), [10])
+    django_api.send_event_rollback_unsafe(realm, reaction_event(), [10])
+
+    [envelope] = forwarded()
+    assert envelope["type"] == "realm_bot"
+    assert "api_key" not in envelope["event"]["bot"]
+
+
+@pytest.mark.parametrize(
+    ("allowed", "expected"),
+    [
+        (["acme"], 1),
+        ([2], 1),
+        (["2"], 1),
+        (["other", 3], 0),
+        ([], 1),
+    ],
+)
+def test_realm_allow_list(realm: Any, allowed: list[Any], expected: int) -> None:
+    with override_settings(ZULIP_LISTENERS_REALMS=allowed):
+        django_api.send_event_rollback_unsafe(realm, reaction_event(), [10])
+
+    assert len(forwarded()) == expected
+    assert len(tornado()) == 1
+
+
+@override_settings(ZULIP_LISTENERS_URL="")
+def test_nothing_is_queued_without_a_receiver_url(realm: Any) -> None:
+    django_api.send_event_rollback_unsafe(realm, reaction_event(), [10])
+    assert forwarded() == []
+
+
+def test_older_queue_function_name_is_used_when_needed(
+    realm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.delattr(stub_queue, "queue_json_publish_rollback_unsafe")
+    monkeypatch.setattr(
+        stub_queue,
+        "queue_json_publish",
+        lambda name, event, processor: published.append((name, event)),
+        raising=False,
+    )
+
+    django_api.send_event_rollback_unsafe(realm, reaction_event(), [10])
+
+    assert [name for name, _ in published] == [QUEUE_NAME]
+
+
+def test_publish_passes_a_processor_for_servers_without_rabbitmq(
+    realm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_rabbitmq(name: str, event: dict[str, Any], processor: Any = None) -> None:
+        processor(event)
+
+    monkeypatch.setattr(stub_queue, "queue_json_publish_rollback_unsafe", no_rabbitmq)
+
+    django_api.send_event_rollback_unsafe(realm, reaction_event(), [10])  # must not raise

@@ -1,0 +1,388 @@
+"""The consumer's HTTP side: batch, sign (Standard Webhooks), POST, back off, dead-letter.
+
+This module owns delivery to the receiver and knows nothing about Zulip or Django, so it can be
+tested against a plain local HTTP server.
+
+* Envelopes are cut into batches of at most ``batch_size`` events and ``batch_max_bytes``
+  bytes; each batch's body is exactly ``{"events": [...]}`` as compact UTF-8 JSON.
+* Each batch gets one ``webhook-id`` (``msg_<uuid hex>``), kept across resends so the receiver
+  can deduplicate; every attempt is re-signed with a fresh ``webhook-timestamp``.
+* Batches go one at a time, in order.  2xx means done.  5xx, 408, 429, timeouts, connection
+  errors (and unexpected 1xx/3xx) are retried forever with exponential back-off (1 s doubling,
+  capped, a numeric ``Retry-After`` honoured).  A 413 for a batch of several events splits it
+  in two.  Any other 4xx appends the batch, status and response body as one JSON line to the
+  dead-letter file, and delivery moves on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import requests
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
+
+from . import __version__
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = f"zulip-listeners-forwarder/{__version__}"
+
+#: Statuses worth retrying besides 5xx.
+RETRYABLE_4XX = frozenset({408, 429})
+
+#: How much of a response body is kept in logs and dead-letter records.
+MAX_RESPONSE_BODY_CHARS = 64 * 1024
+
+_EMPTY_BODY_BYTES = len(b'{"events":[]}')
+
+
+def new_webhook_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def encode_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def encode_body(envelopes: Sequence[dict[str, Any]]) -> bytes:
+    """The request body, exactly: ``{"events": [envelope, ...]}`` as compact JSON bytes."""
+    return encode_json({"events": list(envelopes)})
+
+
+def chunk(
+    envelopes: Iterable[dict[str, Any]], max_events: int, max_bytes: int
+) -> Iterator[list[dict[str, Any]]]:
+    """Split envelopes, in order, into batches within both limits.
+
+    A single envelope larger than ``max_bytes`` still goes out, alone.
+    """
+    current: list[dict[str, Any]] = []
+    size = _EMPTY_BODY_BYTES
+    for envelope in envelopes:
+        added = len(encode_json(envelope)) + (1 if current else 0)
+        if current and (len(current) >= max_events or size + added > max_bytes):
+            yield current
+            current, size = [], _EMPTY_BODY_BYTES
+            added -= 1
+        current.append(envelope)
+        size += added
+    if current:
+        yield current
+
+
+# ---------------------------------------------------------------------------
+# Signing
+# ---------------------------------------------------------------------------
+
+
+class Signer:
+    """Standard Webhooks signatures with one or more ``whsec_`` secrets (key rotation)."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        if not secrets:
+            raise ValueError("at least one signing secret is required")
+        self._webhooks = [self._webhook(number, secret) for number, secret in enumerate(secrets)]
+
+    @staticmethod
+    def _webhook(number: int, secret: str) -> Webhook:
+        try:
+            return Webhook(secret)
+        except (ValueError, RuntimeError, EmptyWebhookSecretError) as exc:
+            # bad base64 or empty; never echo the secret itself
+            raise ValueError(f"signing secret #{number + 1} is not a valid whsec_ secret") from exc
+
+    def __repr__(self) -> str:
+        return f"Signer(<{len(self._webhooks)} secret(s) redacted>)"
+
+    def signature(self, msg_id: str, timestamp: int, body: bytes) -> str:
+        """The ``webhook-signature`` value: one ``v1,<base64>`` token per secret."""
+        when = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+        text = body.decode("utf-8")
+        return " ".join(webhook.sign(msg_id, when, text) for webhook in self._webhooks)
+
+    def headers(self, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": self.signature(msg_id, timestamp, body),
+        }
+
+
+# ---------------------------------------------------------------------------
+# Attempts and back-off
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    webhook_id: str
+    events: list[dict[str, Any]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one POST taught us: ``done``, ``retry`` or ``reject``."""
+
+    kind: str
+    status: int | None = None
+    retry_after: float | None = None
+    detail: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.kind == "done"
+
+    @property
+    def rejected(self) -> bool:
+        return self.kind == "reject"
+
+
+@dataclass
+class SendResult:
+    """Event counts for one or more batches."""
+
+    delivered: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+
+    def __iadd__(self, other: SendResult) -> SendResult:
+        self.delivered += other.delivered
+        self.dead_lettered += other.dead_lettered
+        self.batches += other.batches
+        return self
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a numeric ``Retry-After``; the HTTP-date form is ignored."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+@dataclass
+class Backoff:
+    """1 s, 2 s, 4 s … capped at ``maximum``; a server's ``Retry-After`` replaces the step."""
+
+    maximum: float
+    initial: float = 1.0
+    _next: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._next = min(self.initial, self.maximum)
+
+    def delay(self, retry_after: float | None = None) -> float:
+        chosen = self._next if retry_after is None else retry_after
+        self._next = min(self._next * 2, self.maximum)
+        return min(chosen, self.maximum)
+
+
+def classify(response: requests.Response) -> Attempt:
+    status = response.status_code
+    if 200 <= status < 300:
+        return Attempt("done", status)
+    detail = response.text[:MAX_RESPONSE_BODY_CHARS]
+    if 400 <= status < 500 and status not in RETRYABLE_4XX:
+        return Attempt("reject", status, detail=detail)
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return Attempt("retry", status, retry_after=retry_after, detail=detail)
+
+
+# ---------------------------------------------------------------------------
+# The sender
+# ---------------------------------------------------------------------------
+
+
+class BatchSender:
+    """Deliver envelopes to the receiver, one batch at a time, in order."""
+
+    def __init__(
+        self,
+        url: str,
+        secrets: Sequence[str],
+        session: requests.Session | None = None,
+        *,
+        timeout: float = 15.0,
+        max_backoff: float = 60.0,
+        batch_size: int = 100,
+        batch_max_bytes: int = 1_000_000,
+        dead_letter_path: str = "/var/log/zulip/zulip_listeners_forwarder.deadletter.jsonl",
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        id_factory: Callable[[], str] = new_webhook_id,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"receiver URL must start with http:// or https://, got {url!r}")
+        self.url = url
+        self.signer = Signer(secrets)
+        self.session = session if session is not None else requests.Session()
+        self.timeout = timeout
+        self.max_backoff = max_backoff
+        self.batch_size = batch_size
+        self.batch_max_bytes = batch_max_bytes
+        self.dead_letter_path = dead_letter_path
+        self.sleep = sleep
+        self.clock = clock
+        self.id_factory = id_factory
+
+    def send_all(self, envelopes: Iterable[dict[str, Any]]) -> SendResult:
+        """Cut ``envelopes`` into batches and deliver each before starting the next."""
+        result = SendResult()
+        for events in chunk(envelopes, self.batch_size, self.batch_max_bytes):
+            result += self.send_batch(events)
+        return result
+
+    def send_batch(self, events: list[dict[str, Any]]) -> SendResult:
+        return self.deliver(Batch(self.id_factory(), list(events), encode_body(events)))
+
+    def deliver(self, batch: Batch) -> SendResult:
+        """Send ``batch`` until it is accepted or rejected; retries keep its ``webhook-id``."""
+        backoff = Backoff(self.max_backoff)
+        attempts = 0
+        while True:
+            attempts += 1
+            attempt = self.attempt(batch)
+            if attempt.done:
+                logger.debug("batch %s delivered (%d events)", batch.webhook_id, len(batch.events))
+                return SendResult(delivered=len(batch.events), batches=1)
+            if attempt.rejected:
+                return self.reject(batch, attempt)
+            delay = backoff.delay(attempt.retry_after)
+            logger.warning(
+                "batch %s (%d events) not delivered, attempt %d: %s; retrying in %.1f s",
+                batch.webhook_id,
+                len(batch.events),
+                attempts,
+                describe(attempt),
+                delay,
+            )
+            self.sleep(delay)
+
+    def attempt(self, batch: Batch) -> Attempt:
+        """One signed POST, with a fresh timestamp and signature."""
+        timestamp = int(self.clock())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            **self.signer.headers(batch.webhook_id, timestamp, batch.body),
+        }
+        try:
+            response = self.session.post(
+                self.url,
+                data=batch.body,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.Timeout as exc:
+            return Attempt("retry", detail=f"timed out: {exc}")
+        except requests.ConnectionError as exc:
+            return Attempt("retry", detail=f"connection error: {exc}")
+        except requests.RequestException as exc:
+            return Attempt("retry", detail=f"request failed: {exc!r}")
+        with response:
+            return classify(response)
+
+    def reject(self, batch: Batch, attempt: Attempt) -> SendResult:
+        """A 413 splits a multi-event batch; any other rejection is dead-lettered."""
+        if attempt.status == 413 and len(batch.events) > 1:
+            middle = len(batch.events) // 2
+            logger.warning(
+                "batch %s too large for the receiver (%d events); splitting it",
+                batch.webhook_id,
+                len(batch.events),
+            )
+            result = self.send_batch(batch.events[:middle])
+            result += self.send_batch(batch.events[middle:])
+            return result
+        self.dead_letter(batch, attempt)
+        return SendResult(dead_lettered=len(batch.events), batches=1)
+
+    def dead_letter(self, batch: Batch, attempt: Attempt) -> None:
+        """Append one JSON line (batch + status + response body) and log an error."""
+        record = {
+            "dead_lettered_at": datetime.now(timezone.utc).isoformat(),
+            "webhook_id": batch.webhook_id,
+            "url": self.url,
+            "status": attempt.status,
+            "response_body": attempt.detail,
+            "events": batch.events,
+        }
+        line = encode_json(record).decode("utf-8") + "\n"
+        written = append_line(self.dead_letter_path, line)
+        logger.error(
+            "receiver rejected batch %s (%d events) with HTTP %s: %s; %s",
+            batch.webhook_id,
+            len(batch.events),
+            attempt.status,
+            attempt.detail[:500],
+            f"written to {self.dead_letter_path}"
+            if written
+            else f"could not write {self.dead_letter_path}, the record is: {line.rstrip()}",
+        )
+
+
+def describe(attempt: Attempt) -> str:
+    if attempt.status is None:
+        return attempt.detail
+    return f"HTTP {attempt.status} {attempt.detail[:200]}".rstrip()
+
+
+def append_line(path: str, line: str) -> bool:
+    """Append ``line`` durably; return False (after logging) if the file cannot be written."""
+    try:
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        logger.exception("cannot append to dead-letter file %s", path)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Dead-letter replay
+# ---------------------------------------------------------------------------
+
+
+def read_dead_letters(path: str) -> Iterator[list[dict[str, Any]]]:
+    """Yield the ``events`` of each dead-letter line; blank lines are skipped."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: not a JSON line: {exc}") from exc
+            events = record.get("events") if isinstance(record, dict) else None
+            if not isinstance(events, list):
+                raise ValueError(f'{path}:{number}: no "events" list')
+            yield events
+
+
+def resend_dead_letters(path: str, sender: BatchSender) -> SendResult:
+    """Send every dead-lettered batch again, in file order, with new ``webhook-id``s."""
+    result = SendResult()
+    for events in read_dead_letters(path):
+        result += sender.send_all(events)
+    return result

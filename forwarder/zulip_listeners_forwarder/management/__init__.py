@@ -1,0 +1,1 @@
+"""Django management commands shipped by the forwarder."""
