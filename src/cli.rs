@@ -49,6 +49,55 @@ pub enum Command {
     Listeners,
     /// Print a new Standard Webhooks signing secret for the forwarder.
     GenSecret,
+    /// Forwarded events that were not processed: list them, or queue them again.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// List events with the given status (dead by default), newest first.
+    List {
+        /// dead (retries used up), expired (too old when received), rate_limited, filtered.
+        #[arg(long, default_value = "dead")]
+        status: InboxStatus,
+        /// Most rows shown.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Queue events again with fresh retries; a running server processes them within a second.
+    Replay {
+        /// Only these event ids (repeatable).
+        #[arg(long = "id", value_name = "EVENT_ID", required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Every event with the status.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[arg(long, default_value = "dead")]
+        status: InboxStatus,
+    },
+}
+
+/// Inbox statuses an operator may list or replay.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum InboxStatus {
+    Dead,
+    Expired,
+    RateLimited,
+    Filtered,
+}
+
+impl InboxStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            InboxStatus::Dead => "dead",
+            InboxStatus::Expired => "expired",
+            InboxStatus::RateLimited => "rate_limited",
+            InboxStatus::Filtered => "filtered",
+        }
+    }
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -74,6 +123,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig => check_config(&config),
         Command::Listeners => listeners(&config),
         Command::GenSecret => Ok(()),
+        Command::DeadLetters { action } => dead_letters(&config, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,6 +230,52 @@ fn listeners(config: &Config) -> anyhow::Result<()> {
                 users.join(", ")
             },
         );
+    }
+    Ok(())
+}
+
+fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow::Result<()> {
+    let (db, _) = Db::open(&config.database).context("opening the database")?;
+    match action {
+        DeadLetterAction::List { status, limit } => {
+            let rows = db.run_blocking(|c| store::inbox_entries(c, &[status.as_str()], limit))?;
+            if rows.is_empty() {
+                println!("No {} events.", status.as_str());
+                return Ok(());
+            }
+            println!(
+                "{:<38} {:>6} {:<12} {:<22} {:>8}  last error",
+                "event_id", "realm", "user", "type/op", "attempts"
+            );
+            for row in rows {
+                let kind = match &row.op {
+                    Some(op) => format!("{}/{op}", row.event_type),
+                    None => row.event_type.clone(),
+                };
+                println!(
+                    "{:<38} {:>6} {:<12} {:<22} {:>8}  {}",
+                    row.event_id,
+                    row.realm_id,
+                    row.user_id.map_or("-".into(), |u| u.to_string()),
+                    kind,
+                    row.attempts,
+                    row.last_error.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+        DeadLetterAction::Replay { ids, all, status } => {
+            let status = status.as_str();
+            let count = db.run_blocking(|c| {
+                store::requeue(c, &[status], if all { None } else { Some(&ids) })
+            })?;
+            println!("{count} {status} event(s) queued again.");
+            if !all && count < ids.len() {
+                println!(
+                    "{} id(s) were not {status} events and were left alone.",
+                    ids.len() - count
+                );
+            }
+        }
     }
     Ok(())
 }

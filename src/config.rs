@@ -34,6 +34,7 @@ const SECTIONS: &[&str] = &[
     "bots",
     "handlers",
     "forwarder",
+    "filters",
 ];
 
 /// Handlers a bot runs when its `handlers` key is omitted.
@@ -103,6 +104,7 @@ pub struct Config {
     #[serde(default)]
     pub handlers: BTreeMap<String, HandlerSettings>,
     pub forwarder: ForwarderConfig,
+    pub filters: FiltersConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -178,6 +180,42 @@ pub struct ForwarderConfig {
     pub secrets_file: Option<PathBuf>,
     /// Handlers that receive forwarded events.
     pub handlers: Vec<String>,
+    /// Largest batch body accepted, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Most events accepted in one batch (413 above it).
+    pub max_batch_events: usize,
+    /// How far `webhook-timestamp` may be from this server's clock, either way.
+    #[serde(with = "humantime_serde")]
+    pub tolerance: Duration,
+    /// Worker tasks processing events (each realm's events go to one worker, in order).
+    pub workers: usize,
+    /// Retries after the first failed attempt before an event is dead.
+    pub max_retries: u32,
+    /// Delay before the first retry; doubled for each further one (at most 1 h).
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// How long one handler may take with one event.
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout: Duration,
+    /// How long an event handed to a worker stays claimed; after that (a crash on another
+    /// instance sharing PostgreSQL) any instance may take it.
+    #[serde(with = "humantime_serde")]
+    pub claim_lease: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FiltersConfig {
+    /// Events emitted longer ago than this are stored as `expired` and not dispatched;
+    /// "0s" turns the check off.
+    #[serde(with = "humantime_serde")]
+    pub max_event_age: Duration,
+}
+
+impl FiltersConfig {
+    pub fn max_event_age(&self) -> Option<Duration> {
+        (!self.max_event_age.is_zero()).then_some(self.max_event_age)
+    }
 }
 
 /// One outgoing-webhook bot.
@@ -374,6 +412,31 @@ impl Config {
                     problem.to_string(),
                 ));
             }
+        }
+        let f = &self.forwarder;
+        if f.max_body_bytes < 1024 {
+            return Err(invalid("forwarder.max_body_bytes", "must be at least 1024"));
+        }
+        if f.max_batch_events == 0 {
+            return Err(invalid("forwarder.max_batch_events", "must be at least 1"));
+        }
+        if f.workers == 0 || f.workers > 256 {
+            return Err(invalid("forwarder.workers", "must be between 1 and 256"));
+        }
+        if f.tolerance < Duration::from_secs(1) {
+            return Err(invalid("forwarder.tolerance", "must be at least 1s"));
+        }
+        if f.retry_delay.is_zero() {
+            return Err(invalid("forwarder.retry_delay", "must be more than 0s"));
+        }
+        if f.handler_timeout < Duration::from_millis(10) {
+            return Err(invalid(
+                "forwarder.handler_timeout",
+                "must be at least 10ms",
+            ));
+        }
+        if f.claim_lease < Duration::from_secs(1) {
+            return Err(invalid("forwarder.claim_lease", "must be at least 1s"));
         }
         for (i, handler) in self.forwarder.handlers.iter().enumerate() {
             if !crate::handlers::is_known(handler) {

@@ -4,6 +4,8 @@
 //! Parsing is tolerant the way Zulip's payloads require: unknown fields are ignored, every
 //! `message` field is optional, and the minimal bodies found in Zulip's own docs and tests work.
 
+pub mod forwarded;
+
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -78,13 +80,32 @@ pub struct Event {
     pub realm: Realm,
     /// The user the event is about: sender, actor or person.
     pub user_id: Option<i64>,
+    /// When Zulip emitted it (forwarded events), in Unix milliseconds.
+    pub occurred_at_ms: Option<i64>,
     pub kind: EventKind,
 }
 
-/// The typed payload.
+/// The typed payload. Forwarded event types without a Rust type (or with a shape this server
+/// does not recognise) are kept as raw JSON in [`EventKind::Other`].
 #[derive(Debug, Clone)]
 pub enum EventKind {
     Message(Box<Message>),
+    UpdateMessage(Box<forwarded::UpdateMessage>),
+    DeleteMessage(forwarded::DeleteMessage),
+    Reaction(forwarded::Reaction),
+    Subscription(forwarded::Subscription),
+    Stream(forwarded::StreamChange),
+    RealmUser(forwarded::RealmUser),
+    Presence(forwarded::Presence),
+    Typing(forwarded::Typing),
+    UpdateMessageFlags(forwarded::UpdateMessageFlags),
+    UserStatus(forwarded::UserStatus),
+    RealmEmoji(forwarded::RealmEmoji),
+    CustomProfileFields(forwarded::CustomProfileFields),
+    Other {
+        event_type: String,
+        raw: serde_json::Value,
+    },
 }
 
 impl Event {
@@ -92,17 +113,40 @@ impl Event {
     pub fn event_type(&self) -> &str {
         match &self.kind {
             EventKind::Message(_) => "message",
+            EventKind::UpdateMessage(_) => "update_message",
+            EventKind::DeleteMessage(_) => "delete_message",
+            EventKind::Reaction(_) => "reaction",
+            EventKind::Subscription(_) => "subscription",
+            EventKind::Stream(_) => "stream",
+            EventKind::RealmUser(_) => "realm_user",
+            EventKind::Presence(_) => "presence",
+            EventKind::Typing(_) => "typing",
+            EventKind::UpdateMessageFlags(_) => "update_message_flags",
+            EventKind::UserStatus(_) => "user_status",
+            EventKind::RealmEmoji(_) => "realm_emoji",
+            EventKind::CustomProfileFields(_) => "custom_profile_fields",
+            EventKind::Other { event_type, .. } => event_type,
         }
     }
 
     pub fn message(&self) -> Option<&Message> {
         match &self.kind {
             EventKind::Message(m) => Some(m),
+            _ => None,
         }
     }
 
+    /// The message the event is about, when there is exactly one.
     pub fn message_id(&self) -> Option<i64> {
-        self.message().and_then(|m| m.id)
+        match &self.kind {
+            EventKind::Message(m) => m.id,
+            EventKind::UpdateMessage(u) => u.message_id,
+            EventKind::Reaction(r) => r.message_id,
+            EventKind::DeleteMessage(d) if d.message_ids.len() == 1 => {
+                d.message_ids.first().copied()
+            }
+            _ => None,
+        }
     }
 }
 
@@ -259,22 +303,19 @@ impl OutgoingPayload {
         configured_name: Option<&str>,
         raw: bytes::Bytes,
     ) -> Event {
-        let wire = self.message.unwrap_or_default();
-        let content = wire.content.or(self.data).unwrap_or_default();
+        let mut wire = self.message.unwrap_or_default();
+        if wire.content.is_none() {
+            wire.content = self.data;
+        }
         let bot_name = self.bot_full_name.as_deref().or(configured_name);
-        let command = strip_leading_mention(&content, bot_name).to_string();
-        let message_type = match wire.message_type.as_deref() {
-            Some("private") => MessageType::Private,
-            Some(_) => MessageType::Stream,
-            None if trigger == Trigger::DirectMessage => MessageType::Private,
-            None => MessageType::Stream,
+        let realm_str = wire.sender_realm_str.take();
+        let default_type = match trigger {
+            Trigger::DirectMessage => MessageType::Private,
+            Trigger::Mention => MessageType::Stream,
         };
-        let (channel, recipients) = match wire.display_recipient {
-            Some(DisplayRecipient::Channel(name)) => (Some(name), Vec::new()),
-            Some(DisplayRecipient::People(people)) => (None, people),
-            None => (None, Vec::new()),
-        };
-        let sender_id = wire.sender_id;
+        let message = wire.into_message(default_type, |content| {
+            strip_leading_mention(content, bot_name).to_string()
+        });
         Event {
             origin: Origin::Outgoing {
                 bot,
@@ -286,23 +327,47 @@ impl OutgoingPayload {
             },
             realm: Realm {
                 id: None,
-                string_id: wire.sender_realm_str,
+                string_id: realm_str,
             },
-            user_id: sender_id,
-            kind: EventKind::Message(Box::new(Message {
-                id: wire.id,
-                message_type,
-                content,
-                command,
-                sender_id,
-                sender_email: wire.sender_email,
-                sender_full_name: wire.sender_full_name,
-                stream_id: wire.stream_id,
-                channel,
-                topic: wire.subject,
-                recipients,
-                timestamp: wire.timestamp,
-            })),
+            user_id: message.sender_id,
+            occurred_at_ms: None,
+            kind: EventKind::Message(Box::new(message)),
+        }
+    }
+}
+
+impl WireMessage {
+    /// The typed message; `command` derives the command text from the content.
+    pub fn into_message(
+        self,
+        default_type: MessageType,
+        command: impl FnOnce(&str) -> String,
+    ) -> Message {
+        let content = self.content.unwrap_or_default();
+        let command = command(&content);
+        let message_type = match self.message_type.as_deref() {
+            Some("private") => MessageType::Private,
+            Some(_) => MessageType::Stream,
+            None => default_type,
+        };
+        let (channel, recipients) = match self.display_recipient {
+            Some(DisplayRecipient::Channel(name)) => (Some(name), Vec::new()),
+            Some(DisplayRecipient::People(people)) => (None, people),
+            None => (None, Vec::new()),
+        };
+        Message {
+            id: self.id,
+            message_type,
+            content,
+            command,
+            sender_id: self.sender_id,
+            sender_email: self.sender_email,
+            sender_full_name: self.sender_full_name,
+            stream_id: self.stream_id,
+            channel,
+            topic: self.subject,
+            recipients,
+            timestamp: self.timestamp,
         }
     }
 }
@@ -370,6 +435,7 @@ impl SlackPayload {
                 string_id: None,
             },
             user_id: sender_id,
+            occurred_at_ms: None,
             kind: EventKind::Message(Box::new(Message {
                 id: None,
                 message_type: MessageType::Stream,

@@ -12,9 +12,11 @@ use crate::config::Config;
 use crate::db::writer::{Writer, WriterThread};
 use crate::db::{Db, store};
 use crate::handlers::{Context, Registry};
-use crate::http::{AppState, routes};
+use crate::http::{AppState, ForwarderState, routes};
 use crate::processing::Processor;
+use crate::processing::inbox::{Inbox, InboxTasks};
 use crate::processing::outgoing::{Bots, OutgoingService};
+use crate::verification::SigningKey;
 use crate::zulip_api::ZulipClient;
 
 /// How often expired retry records are pruned.
@@ -35,6 +37,7 @@ pub struct RunningServer {
     writer: Writer,
     writer_thread: WriterThread,
     upkeep: tokio::task::JoinHandle<()>,
+    inbox_tasks: InboxTasks,
 }
 
 impl RunningServer {
@@ -55,6 +58,7 @@ impl RunningServer {
         }
         let served = self.task.await.context("the HTTP server task failed")?;
         self.upkeep.abort();
+        self.inbox_tasks.stop().await;
         self.writer.stop().await;
         let thread = self.writer_thread;
         tokio::task::spawn_blocking(move || thread.join())
@@ -100,14 +104,23 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         .await
         .context("recording the handlers")?;
 
-    let cx = Arc::new(Context::new(
-        db.clone(),
-        writer.clone(),
-        options.dry_run,
-        config.data_protection.clone(),
-        registry.clone(),
-    ));
+    let cx = Arc::new(Context {
+        db: db.clone(),
+        dry_run: options.dry_run,
+        data_protection: config.data_protection.clone(),
+        registry: registry.clone(),
+    });
     let processor = Processor::new(cx, writer.clone());
+    let (inbox, inbox_tasks) = Inbox::start(
+        processor.clone(),
+        db.clone(),
+        registry.ids(&config.forwarder.handlers),
+        config.forwarder.clone(),
+        config.filters.max_event_age(),
+    )
+    .await
+    .context("starting the inbox workers")?;
+    let forwarder = forwarder_state(&config, inbox)?;
     let bots = Bots::build(&config, &registry);
     if bots.is_empty() {
         tracing::warn!(
@@ -139,6 +152,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let state = web::Data::new(AppState {
         outgoing,
         max_body_bytes: config.server.max_body_bytes,
+        forwarder,
     });
     let listener = TcpListener::bind(&config.server.bind)
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
@@ -161,7 +175,29 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         writer,
         writer_thread,
         upkeep,
+        inbox_tasks,
     })
+}
+
+fn forwarder_state(config: &Config, inbox: Arc<Inbox>) -> anyhow::Result<Option<ForwarderState>> {
+    let f = &config.forwarder;
+    if f.secrets.is_empty() {
+        tracing::info!("no forwarder secret configured: POST /zulip/events is off");
+        return Ok(None);
+    }
+    let keys = f
+        .secrets
+        .iter()
+        .map(|s| SigningKey::parse(s.expose()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("forwarder.secrets")?;
+    Ok(Some(ForwarderState {
+        inbox,
+        keys,
+        tolerance_secs: i64::try_from(f.tolerance.as_secs()).unwrap_or(i64::MAX),
+        max_body_bytes: f.max_body_bytes,
+        max_batch_events: f.max_batch_events,
+    }))
 }
 
 async fn upkeep(outgoing: Arc<OutgoingService>) {

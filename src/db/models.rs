@@ -96,3 +96,90 @@ pub struct HandlerCounts {
     pub runs: i64,
     pub failures: i64,
 }
+
+/// An event accepted from the forwarder.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = super::schema::inbox, treat_none_as_default_value = false)]
+pub struct NewInboxRow {
+    pub event_id: String,
+    pub webhook_id: String,
+    pub realm_id: i64,
+    pub realm: String,
+    pub user_id: Option<i64>,
+    pub event_type: String,
+    pub op: Option<String>,
+    pub payload: String,
+    pub status: &'static str,
+    pub attempts: i32,
+    pub next_attempt_at_ms: i64,
+    pub claimed_until_ms: i64,
+    pub last_error: Option<String>,
+    pub emitted_at_ms: Option<i64>,
+    pub received_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// An inbox row as listed by `dead-letters list`.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = super::schema::inbox)]
+pub struct InboxEntry {
+    pub event_id: String,
+    pub realm_id: i64,
+    pub realm: String,
+    pub user_id: Option<i64>,
+    pub event_type: String,
+    pub op: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub received_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A pending inbox row claimed for processing.
+#[derive(Debug, Clone, Queryable)]
+pub struct ClaimedRow {
+    pub event_id: String,
+    pub payload: String,
+    pub attempts: i32,
+}
+
+/// What user_activity_tracker adds for one (realm, user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityDelta {
+    pub realm_id: i64,
+    pub user_id: i64,
+    pub seen_at_ms: i64,
+    pub messages: i64,
+    pub reactions: i64,
+    pub presence: Option<(String, i64)>,
+    pub typing_at_ms: Option<i64>,
+}
+
+/// A user's activity as stored.
+#[derive(Debug, Clone, Queryable, Selectable, PartialEq, Eq)]
+#[diesel(table_name = super::schema::user_activity)]
+pub struct ActivityRow {
+    pub realm_id: i64,
+    pub user_id: i64,
+    pub last_seen_ms: i64,
+    pub message_count: i64,
+    pub reaction_count: i64,
+    pub last_presence: Option<String>,
+    pub last_presence_at_ms: Option<i64>,
+    pub last_typing_at_ms: Option<i64>,
+}
+
+/// A change to stored messages from an `update_message` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageEdit {
+    /// The edited message (content edits apply to it only).
+    pub message_id: Option<i64>,
+    /// Every message the edit touches (topic and channel moves).
+    pub message_ids: Vec<i64>,
+    /// New content (already cut to the data-protection length) and whether it was cut.
+    pub content: Option<(String, bool)>,
+    pub topic: Option<String>,
+    pub stream_id: Option<i64>,
+    pub edited_at: Option<i64>,
+}

@@ -63,4 +63,55 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(listeners, event_log, messages, outgoing_replies);
+diesel::allow_tables_to_appear_in_same_query!(
+    listeners,
+    event_log,
+    messages,
+    outgoing_replies,
+    inbox,
+    forwarder_batches,
+    user_activity
+);
+
+diesel::table! {
+    inbox (id) {
+        id -> BigInt,
+        event_id -> Text,
+        webhook_id -> Text,
+        realm_id -> BigInt,
+        realm -> Text,
+        user_id -> Nullable<BigInt>,
+        event_type -> Text,
+        op -> Nullable<Text>,
+        payload -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at_ms -> BigInt,
+        claimed_until_ms -> BigInt,
+        last_error -> Nullable<Text>,
+        emitted_at_ms -> Nullable<BigInt>,
+        received_at_ms -> BigInt,
+        updated_at_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    forwarder_batches (webhook_id) {
+        webhook_id -> Text,
+        events -> Integer,
+        received_at_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    user_activity (realm_id, user_id) {
+        realm_id -> BigInt,
+        user_id -> BigInt,
+        last_seen_ms -> BigInt,
+        message_count -> BigInt,
+        reaction_count -> BigInt,
+        last_presence -> Nullable<Text>,
+        last_presence_at_ms -> Nullable<BigInt>,
+        last_typing_at_ms -> Nullable<BigInt>,
+    }
+}

@@ -1,11 +1,19 @@
 //! The queries: every read and write the server makes, as plain functions on a connection.
 //! Callers run them through [`super::Db::run`] or the background [`super::writer`].
 
+use std::collections::HashSet;
+
 use diesel::dsl::count_star;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text};
 
-use super::models::{HandlerCounts, ListenerRow, MessageRow, NewEventLog, NewMessage, ReplyRecord};
-use super::schema::{event_log, listeners, messages, outgoing_replies};
+use super::models::{
+    ActivityDelta, ActivityRow, ClaimedRow, HandlerCounts, InboxEntry, ListenerRow, MessageEdit,
+    MessageRow, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
+};
+use super::schema::{
+    event_log, forwarder_batches, inbox, listeners, messages, outgoing_replies, user_activity,
+};
 use super::{DbConnection, DbError, now_ms};
 
 /// Rows per INSERT statement: keeps every statement below SQLite's 32,766 bound parameters.
@@ -137,4 +145,292 @@ pub fn message_by_id(conn: &mut DbConnection, id: i64) -> Result<Option<MessageR
 
 pub fn count_event_logs(conn: &mut DbConnection) -> Result<i64, DbError> {
     Ok(event_log::table.count().get_result(conn)?)
+}
+
+/// Records a signed batch by its `webhook-id`; `false` when it was already recorded.
+pub fn record_batch(
+    conn: &mut DbConnection,
+    webhook_id: &str,
+    events: i32,
+) -> Result<bool, DbError> {
+    let row = (
+        forwarder_batches::webhook_id.eq(webhook_id),
+        forwarder_batches::events.eq(events),
+        forwarder_batches::received_at_ms.eq(now_ms()),
+    );
+    let inserted = match conn {
+        DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(forwarder_batches::table)
+            .values(row)
+            .execute(c)?,
+        DbConnection::Postgres(c) => diesel::insert_into(forwarder_batches::table)
+            .values(row)
+            .on_conflict_do_nothing()
+            .execute(c)?,
+    };
+    Ok(inserted == 1)
+}
+
+/// Which of these event ids are already in the inbox.
+pub fn known_event_ids(conn: &mut DbConnection, ids: &[&str]) -> Result<HashSet<String>, DbError> {
+    let mut known = HashSet::new();
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let found: Vec<String> = inbox::table
+            .filter(inbox::event_id.eq_any(chunk))
+            .select(inbox::event_id)
+            .load(conn)?;
+        known.extend(found);
+    }
+    Ok(known)
+}
+
+/// Stores accepted events; an event id already stored is left as it is.
+pub fn insert_inbox(conn: &mut DbConnection, rows: &[NewInboxRow]) -> Result<(), DbError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT / 2) {
+        match conn {
+            DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(inbox::table)
+                .values(chunk)
+                .execute(c)?,
+            DbConnection::Postgres(c) => diesel::insert_into(inbox::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .execute(c)?,
+        };
+    }
+    Ok(())
+}
+
+/// Marks events processed.
+pub fn mark_done(conn: &mut DbConnection, ids: &[String]) -> Result<(), DbError> {
+    let now = now_ms();
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        diesel::update(inbox::table.filter(inbox::event_id.eq_any(chunk)))
+            .set((
+                inbox::status.eq("done"),
+                inbox::attempts.eq(inbox::attempts + 1),
+                inbox::claimed_until_ms.eq(0i64),
+                inbox::last_error.eq(None::<String>),
+                inbox::updated_at_ms.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Records a failed attempt: `next_attempt_at_ms` for another try, or `None` to give up (dead).
+pub fn mark_failed(
+    conn: &mut DbConnection,
+    event_id: &str,
+    attempts: i32,
+    next_attempt_at_ms: Option<i64>,
+    error: &str,
+) -> Result<(), DbError> {
+    let status = if next_attempt_at_ms.is_some() {
+        "pending"
+    } else {
+        "dead"
+    };
+    diesel::update(inbox::table.filter(inbox::event_id.eq(event_id)))
+        .set((
+            inbox::status.eq(status),
+            inbox::attempts.eq(attempts),
+            inbox::next_attempt_at_ms.eq(next_attempt_at_ms.unwrap_or(0)),
+            inbox::claimed_until_ms.eq(0i64),
+            inbox::last_error.eq(error),
+            inbox::updated_at_ms.eq(now_ms()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Gives events back to the next sweep at once (they could not be queued in memory).
+pub fn release_claims(conn: &mut DbConnection, ids: &[String]) -> Result<(), DbError> {
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        diesel::update(inbox::table.filter(inbox::event_id.eq_any(chunk)))
+            .set(inbox::claimed_until_ms.eq(0i64))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Ends every claim (single-instance start-up: nothing else can be working on them).
+pub fn release_all_claims(conn: &mut DbConnection) -> Result<usize, DbError> {
+    Ok(diesel::update(
+        inbox::table
+            .filter(inbox::status.eq("pending"))
+            .filter(inbox::claimed_until_ms.gt(0i64)),
+    )
+    .set(inbox::claimed_until_ms.eq(0i64))
+    .execute(conn)?)
+}
+
+/// Claims up to `limit` due pending events (oldest first) until `claim_until_ms`. On
+/// PostgreSQL rows locked by another instance's claim are skipped.
+pub fn claim_due(
+    conn: &mut DbConnection,
+    limit: i64,
+    claim_until_ms: i64,
+    skip: &HashSet<String>,
+) -> Result<Vec<ClaimedRow>, DbError> {
+    let now = now_ms();
+    conn.transaction(|conn| {
+        let due = inbox::table
+            .filter(inbox::status.eq("pending"))
+            .filter(inbox::next_attempt_at_ms.le(now))
+            .filter(inbox::claimed_until_ms.le(now))
+            .order(inbox::id)
+            .limit(limit)
+            .select((inbox::event_id, inbox::payload, inbox::attempts));
+        let rows: Vec<ClaimedRow> = match conn {
+            DbConnection::Postgres(c) => due.for_update().skip_locked().load(c)?,
+            DbConnection::Sqlite(c) => due.load(c)?,
+        };
+        let rows: Vec<ClaimedRow> = rows
+            .into_iter()
+            .filter(|r| !skip.contains(&r.event_id))
+            .collect();
+        let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            diesel::update(inbox::table.filter(inbox::event_id.eq_any(chunk)))
+                .set(inbox::claimed_until_ms.eq(claim_until_ms))
+                .execute(conn)?;
+        }
+        Ok(rows)
+    })
+}
+
+/// Inbox rows with one of `statuses`, newest first.
+pub fn inbox_entries(
+    conn: &mut DbConnection,
+    statuses: &[&str],
+    limit: i64,
+) -> Result<Vec<InboxEntry>, DbError> {
+    Ok(inbox::table
+        .filter(inbox::status.eq_any(statuses))
+        .order(inbox::id.desc())
+        .limit(limit)
+        .select(InboxEntry::as_select())
+        .load(conn)?)
+}
+
+/// Puts events with one of `statuses` back to pending with fresh attempts; `ids` limits it to
+/// those events. Returns how many were requeued.
+pub fn requeue(
+    conn: &mut DbConnection,
+    statuses: &[&str],
+    ids: Option<&[String]>,
+) -> Result<usize, DbError> {
+    let now = now_ms();
+    let target = inbox::table.filter(inbox::status.eq_any(statuses));
+    let changes = (
+        inbox::status.eq("pending"),
+        inbox::attempts.eq(0),
+        inbox::next_attempt_at_ms.eq(0i64),
+        inbox::claimed_until_ms.eq(0i64),
+        inbox::updated_at_ms.eq(now),
+    );
+    Ok(match ids {
+        Some(ids) => diesel::update(target.filter(inbox::event_id.eq_any(ids)))
+            .set(changes)
+            .execute(conn)?,
+        None => diesel::update(target).set(changes).execute(conn)?,
+    })
+}
+
+/// Events per inbox status.
+pub fn inbox_counts(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, DbError> {
+    Ok(inbox::table
+        .group_by(inbox::status)
+        .select((inbox::status, count_star()))
+        .order(inbox::status)
+        .load(conn)?)
+}
+
+/// Applies an `update_message` to stored messages.
+pub fn apply_edit(conn: &mut DbConnection, edit: &MessageEdit) -> Result<(), DbError> {
+    if let (Some(id), Some((content, truncated))) = (edit.message_id, &edit.content) {
+        diesel::update(messages::table.filter(messages::message_id.eq(id)))
+            .set((
+                messages::content.eq(content),
+                messages::content_truncated.eq(truncated),
+                messages::edited_at.eq(edit.edited_at),
+            ))
+            .execute(conn)?;
+    }
+    let moved: Vec<i64> = if edit.message_ids.is_empty() {
+        edit.message_id.into_iter().collect()
+    } else {
+        edit.message_ids.clone()
+    };
+    for chunk in moved.chunks(ROWS_PER_STATEMENT) {
+        if let Some(topic) = &edit.topic {
+            diesel::update(messages::table.filter(messages::message_id.eq_any(chunk)))
+                .set((
+                    messages::topic.eq(topic),
+                    messages::edited_at.eq(edit.edited_at),
+                ))
+                .execute(conn)?;
+        }
+        if let Some(stream_id) = edit.stream_id {
+            diesel::update(messages::table.filter(messages::message_id.eq_any(chunk)))
+                .set((
+                    messages::stream_id.eq(stream_id),
+                    messages::channel.eq(None::<String>),
+                    messages::edited_at.eq(edit.edited_at),
+                ))
+                .execute(conn)?;
+        }
+    }
+    Ok(())
+}
+
+/// Marks stored messages deleted (the row stays, so the log keeps its history).
+pub fn mark_deleted(conn: &mut DbConnection, ids: &[i64]) -> Result<(), DbError> {
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        diesel::update(messages::table.filter(messages::message_id.eq_any(chunk)))
+            .set(messages::deleted.eq(true))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+const ACTIVITY_UPSERT: &str = "INSERT INTO user_activity \
+    (realm_id, user_id, last_seen_ms, message_count, reaction_count, last_presence, last_presence_at_ms, last_typing_at_ms) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+    ON CONFLICT (realm_id, user_id) DO UPDATE SET \
+    last_seen_ms = CASE WHEN excluded.last_seen_ms > user_activity.last_seen_ms THEN excluded.last_seen_ms ELSE user_activity.last_seen_ms END, \
+    message_count = user_activity.message_count + excluded.message_count, \
+    reaction_count = user_activity.reaction_count + excluded.reaction_count, \
+    last_presence = COALESCE(excluded.last_presence, user_activity.last_presence), \
+    last_presence_at_ms = COALESCE(excluded.last_presence_at_ms, user_activity.last_presence_at_ms), \
+    last_typing_at_ms = COALESCE(excluded.last_typing_at_ms, user_activity.last_typing_at_ms)";
+
+/// Adds activity for a (realm, user), creating the row on first sight.
+pub fn add_activity(conn: &mut DbConnection, d: &ActivityDelta) -> Result<(), DbError> {
+    let (presence, presence_at) = match &d.presence {
+        Some((status, at)) => (Some(status.as_str()), Some(*at)),
+        None => (None, None),
+    };
+    let query = diesel::sql_query(ACTIVITY_UPSERT)
+        .bind::<BigInt, _>(d.realm_id)
+        .bind::<BigInt, _>(d.user_id)
+        .bind::<BigInt, _>(d.seen_at_ms)
+        .bind::<BigInt, _>(d.messages)
+        .bind::<BigInt, _>(d.reactions)
+        .bind::<Nullable<Text>, _>(presence)
+        .bind::<Nullable<BigInt>, _>(presence_at)
+        .bind::<Nullable<BigInt>, _>(d.typing_at_ms);
+    crate::per_backend!(conn, c => query.execute(c))?;
+    Ok(())
+}
+
+pub fn activity_of(
+    conn: &mut DbConnection,
+    realm: i64,
+    user: i64,
+) -> Result<Option<ActivityRow>, DbError> {
+    Ok(user_activity::table
+        .find((realm, user))
+        .select(ActivityRow::as_select())
+        .first(conn)
+        .optional()?)
 }

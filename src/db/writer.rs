@@ -1,28 +1,85 @@
-//! The background writer: one thread with its own connection that takes rows from a channel
-//! and writes whatever has accumulated in one transaction. Request handlers never wait for
-//! these writes, and SQLite sees a single writer.
+//! The background writer: one thread with its own connection that takes work from a channel
+//! and writes whatever has accumulated in one transaction (group commit). Everything the
+//! server writes while running goes through it, so SQLite sees a single writer:
+//!
+//! * forwarder intake — a batch's events, answered only after the commit;
+//! * the results of processing one event — handler effects, event-log rows and the inbox
+//!   status, always inside one transaction together, so effects land exactly once;
+//! * the outgoing-webhook retry record.
 
+use std::collections::HashSet;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::models::{NewEventLog, NewMessage, ReplyRecord};
+use super::models::{
+    ActivityDelta, MessageEdit, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
+};
 use super::{DbConnection, DbError, establish, store};
 use crate::config::DatabaseTarget;
 
-/// How many rows may wait for the writer before senders are slowed down.
-const CHANNEL_CAPACITY: usize = 65_536;
-/// How often a failing batch is tried again before it is written row by row.
+/// How much work may wait for the writer before senders are slowed down.
+const CHANNEL_CAPACITY: usize = 16_384;
+/// How often a failing batch is tried again before it is written item by item.
 const BATCH_ATTEMPTS: u32 = 5;
 
-/// A row (or a request) for the writer.
+/// A change a handler asks for; written with the run's event-log row.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    StoreMessage(Box<NewMessage>),
+    EditMessage(Box<MessageEdit>),
+    DeleteMessages(Vec<i64>),
+    Activity(ActivityDelta),
+}
+
+/// What became of a forwarded event.
+#[derive(Debug, Clone)]
+pub enum InboxOutcome {
+    Done(String),
+    Failed {
+        event_id: String,
+        attempts: i32,
+        /// `None`: retries are exhausted and the event is dead.
+        next_attempt_at_ms: Option<i64>,
+        error: String,
+    },
+}
+
+/// Everything one event's processing writes.
+#[derive(Debug, Default)]
+pub struct Processed {
+    pub effects: Vec<Effect>,
+    pub logs: Vec<NewEventLog>,
+    pub inbox: Option<InboxOutcome>,
+}
+
+/// A verified forwarder batch to store.
+#[derive(Debug)]
+pub struct Intake {
+    pub webhook_id: String,
+    pub rows: Vec<NewInboxRow>,
+    pub reply: oneshot::Sender<Result<IntakeResult, String>>,
+}
+
+/// What intake stored.
+#[derive(Debug, Clone, Default)]
+pub struct IntakeResult {
+    /// The batch's `webhook-id` had been accepted before; nothing was stored.
+    pub duplicate_batch: bool,
+    /// Event ids that were already in the inbox (not stored again).
+    pub known: HashSet<String>,
+}
+
+/// Work for the writer.
 #[derive(Debug)]
 pub enum WriteOp {
-    EventLog(NewEventLog),
-    Message(NewMessage),
+    Intake(Box<Intake>),
+    Processed(Box<Processed>),
     Reply(ReplyRecord),
+    /// Makes these claimed events due again at once.
+    Release(Vec<String>),
     /// Answered once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
     /// Like `Flush`, then the writer stops.
@@ -62,11 +119,31 @@ impl Writer {
         Ok((Writer { tx }, WriterThread(thread)))
     }
 
-    /// Queues a row; waits only when the writer is far behind.
+    /// Queues work; waits only when the writer is far behind.
     pub async fn send(&self, op: WriteOp) {
         if let Err(e) = self.tx.send(op).await {
-            tracing::error!(op = ?e.0, "database writer has stopped; row not written");
+            tracing::error!(op = ?e.0, "database writer has stopped; not written");
         }
+    }
+
+    /// Stores a forwarder batch and waits for the commit.
+    pub async fn intake(
+        &self,
+        webhook_id: String,
+        rows: Vec<NewInboxRow>,
+    ) -> Result<IntakeResult, String> {
+        let (reply, answer) = oneshot::channel();
+        let op = WriteOp::Intake(Box::new(Intake {
+            webhook_id,
+            rows,
+            reply,
+        }));
+        if self.tx.send(op).await.is_err() {
+            return Err("the database writer has stopped".into());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the database writer stopped before committing".into()))
     }
 
     /// Waits until everything queued so far is committed.
@@ -86,19 +163,34 @@ impl Writer {
 
 #[derive(Default)]
 struct Batch {
-    event_logs: Vec<NewEventLog>,
-    messages: Vec<NewMessage>,
+    intakes: Vec<Intake>,
+    processed: Vec<Processed>,
     replies: Vec<ReplyRecord>,
+    releases: Vec<String>,
     waiters: Vec<oneshot::Sender<()>>,
     stop: bool,
+    rows: usize,
 }
 
 impl Batch {
     fn push(&mut self, op: WriteOp) {
         match op {
-            WriteOp::EventLog(row) => self.event_logs.push(row),
-            WriteOp::Message(row) => self.messages.push(row),
-            WriteOp::Reply(row) => self.replies.push(row),
+            WriteOp::Intake(intake) => {
+                self.rows += intake.rows.len() + 1;
+                self.intakes.push(*intake);
+            }
+            WriteOp::Processed(p) => {
+                self.rows += p.effects.len() + p.logs.len() + 1;
+                self.processed.push(*p);
+            }
+            WriteOp::Reply(row) => {
+                self.rows += 1;
+                self.replies.push(row);
+            }
+            WriteOp::Release(ids) => {
+                self.rows += ids.len();
+                self.releases.extend(ids);
+            }
             WriteOp::Flush(tx) => self.waiters.push(tx),
             WriteOp::Stop(tx) => {
                 self.waiters.push(tx);
@@ -107,43 +199,107 @@ impl Batch {
         }
     }
 
-    fn rows(&self) -> usize {
-        self.event_logs.len() + self.messages.len() + self.replies.len()
-    }
-
-    fn write(&self, conn: &mut DbConnection) -> Result<(), DbError> {
+    /// Writes everything in one transaction; returns what each intake stored.
+    fn write(&self, conn: &mut DbConnection) -> Result<Vec<IntakeResult>, DbError> {
         conn.transaction(|conn| {
+            let mut results = Vec::with_capacity(self.intakes.len());
+            for intake in &self.intakes {
+                results.push(store_intake(conn, intake)?);
+            }
+            write_processed(conn, &self.processed)?;
             store::insert_replies(conn, &self.replies)?;
-            store::insert_messages(conn, &self.messages)?;
-            store::insert_event_logs(conn, &self.event_logs)
+            store::release_claims(conn, &self.releases)?;
+            Ok(results)
         })
     }
 
-    /// Last resort after repeated failures: each row on its own, so one bad row cannot hold
-    /// back the others.
-    fn write_row_by_row(&self, conn: &mut DbConnection) {
-        let mut failed = 0usize;
-        for row in &self.replies {
-            failed += usize::from(store::insert_replies(conn, std::slice::from_ref(row)).is_err());
+    fn finish(self, intake_results: Result<Vec<IntakeResult>, String>) -> bool {
+        match intake_results {
+            Ok(results) => {
+                for (intake, result) in self.intakes.into_iter().zip(results) {
+                    let _ = intake.reply.send(Ok(result));
+                }
+            }
+            Err(error) => {
+                for intake in self.intakes {
+                    let _ = intake.reply.send(Err(error.clone()));
+                }
+            }
         }
-        for row in &self.messages {
-            failed += usize::from(store::insert_messages(conn, std::slice::from_ref(row)).is_err());
-        }
-        for row in &self.event_logs {
-            failed +=
-                usize::from(store::insert_event_logs(conn, std::slice::from_ref(row)).is_err());
-        }
-        if failed > 0 {
-            tracing::error!(failed, "database writer could not store some rows");
-        }
-    }
-
-    fn finish(self) -> bool {
         for waiter in self.waiters {
             let _ = waiter.send(());
         }
         self.stop
     }
+}
+
+fn store_intake(conn: &mut DbConnection, intake: &Intake) -> Result<IntakeResult, DbError> {
+    let count = i32::try_from(intake.rows.len()).unwrap_or(i32::MAX);
+    if !store::record_batch(conn, &intake.webhook_id, count)? {
+        return Ok(IntakeResult {
+            duplicate_batch: true,
+            known: HashSet::new(),
+        });
+    }
+    let ids: Vec<&str> = intake.rows.iter().map(|r| r.event_id.as_str()).collect();
+    let known = store::known_event_ids(conn, &ids)?;
+    if known.is_empty() {
+        store::insert_inbox(conn, &intake.rows)?;
+    } else {
+        let fresh: Vec<NewInboxRow> = intake
+            .rows
+            .iter()
+            .filter(|r| !known.contains(&r.event_id))
+            .cloned()
+            .collect();
+        store::insert_inbox(conn, &fresh)?;
+    }
+    Ok(IntakeResult {
+        duplicate_batch: false,
+        known,
+    })
+}
+
+fn write_processed(conn: &mut DbConnection, processed: &[Processed]) -> Result<(), DbError> {
+    let mut messages = Vec::new();
+    let mut logs = Vec::new();
+    let mut done = Vec::new();
+    // Effects keep their order: a message is stored before a later edit of it applies.
+    let flush_messages = |conn: &mut DbConnection, messages: &mut Vec<NewMessage>| {
+        let result = store::insert_messages(conn, messages);
+        messages.clear();
+        result
+    };
+    for p in processed {
+        for effect in &p.effects {
+            match effect {
+                Effect::StoreMessage(m) => messages.push((**m).clone()),
+                Effect::EditMessage(edit) => {
+                    flush_messages(conn, &mut messages)?;
+                    store::apply_edit(conn, edit)?;
+                }
+                Effect::DeleteMessages(ids) => {
+                    flush_messages(conn, &mut messages)?;
+                    store::mark_deleted(conn, ids)?;
+                }
+                Effect::Activity(delta) => store::add_activity(conn, delta)?,
+            }
+        }
+        logs.extend(p.logs.iter().cloned());
+        match &p.inbox {
+            Some(InboxOutcome::Done(id)) => done.push(id.clone()),
+            Some(InboxOutcome::Failed {
+                event_id,
+                attempts,
+                next_attempt_at_ms,
+                error,
+            }) => store::mark_failed(conn, event_id, *attempts, *next_attempt_at_ms, error)?,
+            None => {}
+        }
+    }
+    flush_messages(conn, &mut messages)?;
+    store::insert_event_logs(conn, &logs)?;
+    store::mark_done(conn, &done)
 }
 
 fn run(
@@ -155,28 +311,45 @@ fn run(
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Batch::default();
         batch.push(first);
-        while batch.rows() < batch_size && !batch.stop {
+        while batch.rows < batch_size && !batch.stop {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
-        if batch.rows() > 0 {
-            write_with_retries(&mut conn, &target, &batch);
-        }
-        if batch.finish() {
+        let results = if batch.rows > 0 {
+            write_with_retries(&mut conn, &target, &mut batch)
+        } else {
+            Ok(Vec::new())
+        };
+        if batch.finish(results) {
             return;
         }
     }
 }
 
-fn write_with_retries(conn: &mut DbConnection, target: &DatabaseTarget, batch: &Batch) {
+/// Writes the batch, retrying with back-off. Intakes wait for one retry at most (their HTTP
+/// request is waiting; the forwarder re-sends on a 503); other work is retried longer and,
+/// as a last resort, item by item so that one bad row cannot hold back the rest.
+fn write_with_retries(
+    conn: &mut DbConnection,
+    target: &DatabaseTarget,
+    batch: &mut Batch,
+) -> Result<Vec<IntakeResult>, String> {
     let mut delay = Duration::from_millis(50);
+    let mut intake_error = None;
     for attempt in 1..=BATCH_ATTEMPTS {
         match batch.write(conn) {
-            Ok(()) => return,
+            Ok(results) => return intake_error.map_or(Ok(results), Err),
             Err(error) => {
-                tracing::warn!(%error, attempt, rows = batch.rows(), "database write failed; retrying");
+                tracing::warn!(%error, attempt, rows = batch.rows, "database write failed; retrying");
+                if attempt >= 2 && !batch.intakes.is_empty() {
+                    let message = error.to_string();
+                    for intake in batch.intakes.drain(..) {
+                        let _ = intake.reply.send(Err(message.clone()));
+                    }
+                    intake_error = Some(message);
+                }
                 std::thread::sleep(delay);
                 delay = (delay * 4).min(Duration::from_secs(5));
                 if let Ok(fresh) = establish(target) {
@@ -185,5 +358,21 @@ fn write_with_retries(conn: &mut DbConnection, target: &DatabaseTarget, batch: &
             }
         }
     }
-    batch.write_row_by_row(conn);
+    write_item_by_item(conn, batch);
+    Err(intake_error.unwrap_or_else(|| "database write failed".into()))
+}
+
+fn write_item_by_item(conn: &mut DbConnection, batch: &Batch) {
+    let mut failed = 0usize;
+    for p in &batch.processed {
+        let one = std::slice::from_ref(p);
+        failed += usize::from(conn.transaction(|c| write_processed(c, one)).is_err());
+    }
+    for row in &batch.replies {
+        failed += usize::from(store::insert_replies(conn, std::slice::from_ref(row)).is_err());
+    }
+    failed += usize::from(store::release_claims(conn, &batch.releases).is_err());
+    if failed > 0 {
+        tracing::error!(failed, "database writer could not store some results");
+    }
 }

@@ -4,7 +4,7 @@
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::{Context, Handler, HandlerResult, Interest, SettingsError, only_keys};
+use super::{Context, Effects, Handler, HandlerResult, Interest, SettingsError, only_keys};
 use crate::config::HandlerSettings;
 use crate::db::store;
 use crate::events::{Event, Origin};
@@ -59,7 +59,12 @@ impl Handler for CommandBot {
         Interest::Types(&["message"])
     }
 
-    fn handle<'a>(&'a self, cx: &'a Context, event: &'a Event) -> BoxFuture<'a, HandlerResult> {
+    fn handle<'a>(
+        &'a self,
+        cx: &'a Context,
+        event: &'a Event,
+        _effects: &'a mut Effects,
+    ) -> BoxFuture<'a, HandlerResult> {
         async move {
             // Only messages addressed to a bot are commands; forwarded traffic is not.
             if !matches!(event.origin, Origin::Outgoing { .. }) {

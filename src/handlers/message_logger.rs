@@ -1,15 +1,18 @@
 //! `message_logger`: stores every message it sees (id, realm, channel and topic or DM
-//! participants, sender, content cut to `data_protection.max_content_length`, timestamp).
+//! participants, sender, content cut to `data_protection.max_content_length`, timestamp) and,
+//! for forwarded events, keeps the stored copy true on edits, topic and channel moves, and
+//! deletions.
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::{Context, Handler, HandlerResult, Interest, SettingsError, only_keys};
+use super::{Context, Effects, Handler, HandlerResult, Interest, SettingsError, only_keys};
 use crate::config::HandlerSettings;
-use crate::db::models::NewMessage;
+use crate::db::models::{MessageEdit, NewMessage};
 use crate::db::now_ms;
-use crate::db::writer::WriteOp;
-use crate::events::{Event, Message, truncate_chars};
+use crate::db::writer::Effect;
+use crate::events::forwarded::UpdateMessage;
+use crate::events::{Event, EventKind, Message, truncate_chars};
 
 pub struct MessageLogger;
 
@@ -48,6 +51,30 @@ impl MessageLogger {
             stored_at_ms: now_ms(),
         }
     }
+
+    fn edit(cx: &Context, update: &UpdateMessage) -> Option<MessageEdit> {
+        // Zulip's own re-rendering (link previews) changes nothing a person wrote.
+        if update.rendering_only == Some(true) {
+            return None;
+        }
+        let content = update
+            .content
+            .as_deref()
+            .map(|c| truncate_chars(c, cx.data_protection.max_content_length));
+        let topic = update.subject.clone();
+        let stream_id = update.new_stream_id;
+        if content.is_none() && topic.is_none() && stream_id.is_none() {
+            return None;
+        }
+        Some(MessageEdit {
+            message_id: update.message_id,
+            message_ids: update.message_ids.clone(),
+            content,
+            topic,
+            stream_id,
+            edited_at: update.edit_timestamp,
+        })
+    }
 }
 
 impl Handler for MessageLogger {
@@ -56,20 +83,35 @@ impl Handler for MessageLogger {
     }
 
     fn interest(&self) -> Interest {
-        Interest::Types(&["message"])
+        Interest::Types(&["message", "update_message", "delete_message"])
     }
 
-    fn handle<'a>(&'a self, cx: &'a Context, event: &'a Event) -> BoxFuture<'a, HandlerResult> {
+    fn handle<'a>(
+        &'a self,
+        cx: &'a Context,
+        event: &'a Event,
+        effects: &'a mut Effects,
+    ) -> BoxFuture<'a, HandlerResult> {
         async move {
-            let Some(message) = event.message() else {
-                return Ok(None);
-            };
-            let Some(id) = message.id else {
-                tracing::debug!("message without an id (minimal or Slack-format body); not stored");
-                return Ok(None);
-            };
-            cx.store(WriteOp::Message(Self::row(cx, event, message, id)))
-                .await;
+            match &event.kind {
+                EventKind::Message(message) => match message.id {
+                    Some(id) => effects.push(Effect::StoreMessage(Box::new(Self::row(
+                        cx, event, message, id,
+                    )))),
+                    None => {
+                        tracing::debug!("message without an id (minimal or Slack body); not stored")
+                    }
+                },
+                EventKind::UpdateMessage(update) => {
+                    if let Some(edit) = Self::edit(cx, update) {
+                        effects.push(Effect::EditMessage(Box::new(edit)));
+                    }
+                }
+                EventKind::DeleteMessage(delete) if !delete.message_ids.is_empty() => {
+                    effects.push(Effect::DeleteMessages(delete.message_ids.clone()));
+                }
+                _ => {}
+            }
             Ok(None)
         }
         .boxed()

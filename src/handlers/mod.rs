@@ -5,6 +5,7 @@
 mod command_bot;
 mod message_logger;
 mod relay;
+mod user_activity_tracker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,16 +13,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures_util::future::BoxFuture;
 
 use crate::config::{Config, DataProtectionConfig, HandlerSettings};
-use crate::db::writer::{WriteOp, Writer};
+use crate::db::writer::Effect;
 use crate::db::{Db, DbError};
 use crate::events::Event;
 
 pub use command_bot::CommandBot;
 pub use message_logger::MessageLogger;
 pub use relay::Relay;
+pub use user_activity_tracker::UserActivityTracker;
 
 /// Every compiled-in handler, by name.
-pub const KNOWN: &[&str] = &[CommandBot::NAME, MessageLogger::NAME, Relay::NAME];
+pub const KNOWN: &[&str] = &[
+    CommandBot::NAME,
+    MessageLogger::NAME,
+    Relay::NAME,
+    UserActivityTracker::NAME,
+];
 
 pub fn is_known(name: &str) -> bool {
     KNOWN.contains(&name)
@@ -70,45 +77,44 @@ pub trait Handler: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Event types it wants.
     fn interest(&self) -> Interest;
-    /// Handles one event. Must be idempotent: an event may be delivered more than once.
-    fn handle<'a>(&'a self, cx: &'a Context, event: &'a Event) -> BoxFuture<'a, HandlerResult>;
+    /// Handles one event. Changes to stored data go into `effects`: they are written in the
+    /// same transaction as the run's event-log row (and, for forwarded events, the inbox
+    /// status), so they take effect exactly once even if the event is delivered again.
+    fn handle<'a>(
+        &'a self,
+        cx: &'a Context,
+        event: &'a Event,
+        effects: &'a mut Effects,
+    ) -> BoxFuture<'a, HandlerResult>;
+}
+
+/// The changes a handler run asks for.
+#[derive(Debug, Default)]
+pub struct Effects(Vec<Effect>);
+
+impl Effects {
+    pub fn push(&mut self, effect: Effect) {
+        self.0.push(effect);
+    }
+
+    pub fn into_inner(self) -> Vec<Effect> {
+        self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// What handlers may use while running.
 pub struct Context {
+    /// For reads; writes go through [`Effects`].
     pub db: Db,
-    writer: Writer,
-    /// In dry-run mode handlers run but store nothing and cause no external effects.
+    /// In dry-run mode handlers run but their effects are not written and they call nothing
+    /// external.
     pub dry_run: bool,
     pub data_protection: DataProtectionConfig,
     pub registry: Arc<Registry>,
-}
-
-impl Context {
-    pub fn new(
-        db: Db,
-        writer: Writer,
-        dry_run: bool,
-        data_protection: DataProtectionConfig,
-        registry: Arc<Registry>,
-    ) -> Self {
-        Self {
-            db,
-            writer,
-            dry_run,
-            data_protection,
-            registry,
-        }
-    }
-
-    /// Queues a row for the background writer, unless in dry-run mode.
-    pub async fn store(&self, op: WriteOp) {
-        if self.dry_run {
-            tracing::debug!("dry run: not storing {op:?}");
-        } else {
-            self.writer.send(op).await;
-        }
-    }
 }
 
 /// A handler and its runtime state.
@@ -155,6 +161,9 @@ impl Registry {
                 CommandBot::NAME => Box::new(CommandBot::from_settings(&settings)?),
                 MessageLogger::NAME => Box::new(MessageLogger::from_settings(&settings)?),
                 Relay::NAME => Box::new(Relay::from_settings(&settings)?),
+                UserActivityTracker::NAME => {
+                    Box::new(UserActivityTracker::from_settings(&settings)?)
+                }
                 other => unreachable_handler(other)?,
             };
             entries.push(Entry {

@@ -12,7 +12,9 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use reqwest::header::CONTENT_TYPE;
 
-use super::{Context, Handler, HandlerError, HandlerResult, Interest, SettingsError, only_keys};
+use super::{
+    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, only_keys,
+};
 use crate::config::HandlerSettings;
 use crate::events::{Event, Origin, truncate_chars};
 
@@ -121,7 +123,12 @@ impl Handler for Relay {
         Interest::Types(&["message"])
     }
 
-    fn handle<'a>(&'a self, cx: &'a Context, event: &'a Event) -> BoxFuture<'a, HandlerResult> {
+    fn handle<'a>(
+        &'a self,
+        cx: &'a Context,
+        event: &'a Event,
+        _effects: &'a mut Effects,
+    ) -> BoxFuture<'a, HandlerResult> {
         async move {
             let Origin::Outgoing { raw, .. } = &event.origin else {
                 return Ok(None);

@@ -20,6 +20,10 @@ pub enum ApiError {
     #[error("the request body is larger than the {limit} bytes allowed")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
+    TooManyEvents(String),
+    #[error("{0}")]
+    Signature(#[from] crate::verification::SignatureError),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -33,6 +37,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::TooManyEvents(_) => "too_many_events",
+            ApiError::Signature(e) => e.code(),
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -46,7 +52,10 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::TooManyEvents(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

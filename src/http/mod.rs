@@ -2,6 +2,7 @@
 //! into JSON with `Content-Type: application/json; charset=utf-8`.
 
 mod error;
+mod forwarder;
 mod outgoing;
 
 use std::sync::Arc;
@@ -12,12 +13,25 @@ use futures_util::StreamExt;
 
 pub use error::{ApiError, JSON_UTF8, json_ok};
 
+use crate::processing::inbox::Inbox;
 use crate::processing::outgoing::OutgoingService;
+use crate::verification::SigningKey;
 
 /// What request handlers share.
 pub struct AppState {
     pub outgoing: Arc<OutgoingService>,
     pub max_body_bytes: usize,
+    /// `None` when no forwarder secret is configured.
+    pub forwarder: Option<ForwarderState>,
+}
+
+/// What the forwarder route needs.
+pub struct ForwarderState {
+    pub inbox: Arc<Inbox>,
+    pub keys: Vec<SigningKey>,
+    pub tolerance_secs: i64,
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
 }
 
 /// Registers every route.
@@ -35,6 +49,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/bots/{name}")
             .route(web::post().to(outgoing::by_path))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/zulip/events")
+            .route(web::post().to(forwarder::intake))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -1,22 +1,24 @@
 //! Processing: running an event through a list of handlers. Every run is timed and written to
 //! the event log; the first reply is handed back as soon as it exists while later handlers
 //! keep running. The outgoing-webhook path (deadline, retries, late replies) is in
-//! [`outgoing`].
+//! [`outgoing`]; the forwarder path (durable inbox, workers, retries, dead letters) in
+//! [`inbox`].
 
+pub mod inbox;
 pub mod outgoing;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::db::models::NewEventLog;
 use crate::db::now_ms;
-use crate::db::writer::{WriteOp, Writer};
+use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::events::{Event, Origin, normalize_reply, truncate_chars};
-use crate::handlers::{Context, HandlerError, HandlerId};
+use crate::handlers::{Context, Effects, HandlerError, HandlerId};
 
 /// Longest error text kept in an event-log row.
 const MAX_ERROR_CHARS: usize = 1_000;
@@ -28,6 +30,15 @@ pub struct Processor {
     writer: Writer,
 }
 
+/// What running an event through its handlers produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Effects (empty in dry-run mode) and event-log rows, ready for the writer.
+    pub processed: Processed,
+    /// The first failure, as "handler: error".
+    pub first_error: Option<String>,
+}
+
 impl Processor {
     pub fn new(cx: Arc<Context>, writer: Writer) -> Self {
         Self { cx, writer }
@@ -37,9 +48,13 @@ impl Processor {
         &self.cx
     }
 
-    /// Starts running `handlers` in order on a task of its own. The receiver yields the first
-    /// reply (normalised for Zulip) as soon as a handler produces one, or `None` once all
-    /// handlers have finished without one.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Starts running `handlers` in order on a task of its own and writes the results. The
+    /// receiver yields the first reply (normalised for Zulip) as soon as a handler produces
+    /// one, or `None` once all handlers have finished without one.
     pub fn spawn(
         &self,
         event: Arc<Event>,
@@ -47,18 +62,26 @@ impl Processor {
     ) -> oneshot::Receiver<Option<String>> {
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
-        tokio::spawn(async move { this.run(&event, &handlers, Some(tx)).await });
+        tokio::spawn(async move {
+            let outcome = this.run(&event, &handlers, None, Some(tx)).await;
+            this.writer
+                .send(WriteOp::Processed(Box::new(outcome.processed)))
+                .await;
+        });
         rx
     }
 
-    /// Runs `handlers` in order; returns how many failed.
+    /// Runs `handlers` in order, each within `timeout` when one is given. Nothing is written
+    /// here: the caller sends [`Outcome::processed`] to the writer, together with whatever
+    /// else must be committed with it.
     pub async fn run(
         &self,
         event: &Event,
         handlers: &[HandlerId],
+        timeout: Option<Duration>,
         mut reply_to: Option<oneshot::Sender<Option<String>>>,
-    ) -> usize {
-        let mut failures = 0;
+    ) -> Outcome {
+        let mut outcome = Outcome::default();
         for &id in handlers {
             let Some(entry) = self.cx.registry.get(id) else {
                 continue;
@@ -66,29 +89,44 @@ impl Processor {
             if !entry.enabled() || !entry.handler.interest().wants(event.event_type()) {
                 continue;
             }
+            let name = entry.handler.name();
+            let mut effects = Effects::default();
             let started = Instant::now();
-            let outcome = AssertUnwindSafe(entry.handler.handle(&self.cx, event))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| Err(HandlerError::Failed("handler panicked".into())));
+            let run = AssertUnwindSafe(entry.handler.handle(&self.cx, event, &mut effects))
+                .catch_unwind();
+            let result = match timeout {
+                Some(limit) => match tokio::time::timeout(limit, run).await {
+                    Ok(result) => result,
+                    Err(_) => Ok(Err(HandlerError::Failed(format!(
+                        "timed out after {} ms",
+                        limit.as_millis()
+                    )))),
+                },
+                None => run.await,
+            }
+            .unwrap_or_else(|_| Err(HandlerError::Failed("handler panicked".into())));
             let duration_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
-            let error = match &outcome {
-                Ok(_) => None,
+            let error = match &result {
+                Ok(_) => {
+                    if !self.cx.dry_run {
+                        outcome.processed.effects.extend(effects.into_inner());
+                    }
+                    None
+                }
                 Err(e) => {
-                    failures += 1;
-                    tracing::warn!(handler = entry.handler.name(), error = %e, "handler failed");
-                    Some(truncate_chars(&e.to_string(), MAX_ERROR_CHARS).0)
+                    tracing::warn!(handler = name, error = %e, "handler failed");
+                    let text = truncate_chars(&e.to_string(), MAX_ERROR_CHARS).0;
+                    outcome
+                        .first_error
+                        .get_or_insert_with(|| format!("{name}: {text}"));
+                    Some(text)
                 }
             };
-            self.writer
-                .send(WriteOp::EventLog(log_row(
-                    event,
-                    entry.handler.name(),
-                    duration_us,
-                    error,
-                )))
-                .await;
-            if let Ok(Some(reply)) = outcome
+            outcome
+                .processed
+                .logs
+                .push(log_row(event, name, duration_us, error));
+            if let Ok(Some(reply)) = result
                 && let Some(reply) = normalize_reply(&reply)
                 && let Some(tx) = reply_to.take()
             {
@@ -98,7 +136,7 @@ impl Processor {
         if let Some(tx) = reply_to {
             let _ = tx.send(None);
         }
-        failures
+        outcome
     }
 }
 

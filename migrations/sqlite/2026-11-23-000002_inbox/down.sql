@@ -1,0 +1,3 @@
+DROP TABLE user_activity;
+DROP TABLE forwarder_batches;
+DROP TABLE inbox;

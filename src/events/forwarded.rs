@@ -1,0 +1,660 @@
+//! Events pushed by the Django forwarder: the batch body `{"events": [<envelope>, …]}`,
+//! envelope v1, and Rust types for the event kinds Zulip sends in its client-facing
+//! `GET /events` shape. Every field Zulip may omit is optional; unknown fields are ignored;
+//! unknown types are kept as raw JSON.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+use super::{Event, EventKind, MessageType, Origin, PayloadError, Realm, WireMessage};
+
+/// Longest `event_id` accepted (the forwarder sends UUIDs).
+const MAX_EVENT_ID_LEN: usize = 128;
+
+#[derive(Deserialize)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default)]
+    v: Option<i64>,
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    emitted_at_ms: Option<i64>,
+    #[serde(default)]
+    realm: Option<EnvelopeRealm>,
+    #[serde(default, rename = "type")]
+    event_type: Option<String>,
+    #[serde(default)]
+    op: Option<String>,
+    #[serde(default)]
+    audience: Option<Audience>,
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeRealm {
+    #[serde(default)]
+    id: Option<i64>,
+    #[serde(default)]
+    string_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Audience {
+    #[serde(default)]
+    user_ids: Option<Vec<i64>>,
+}
+
+/// One verified, parsed envelope.
+#[derive(Debug, Clone)]
+pub struct ForwardedEvent {
+    pub event_id: String,
+    pub realm_id: i64,
+    pub realm: String,
+    pub user_id: Option<i64>,
+    pub event_type: String,
+    pub op: Option<String>,
+    pub emitted_at_ms: Option<i64>,
+    /// The envelope exactly as received, for the inbox.
+    pub payload: String,
+    pub event: Event,
+}
+
+/// Why a batch body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("the batch has {0} events; at most {1} are accepted per request")]
+    TooMany(usize, usize),
+}
+
+/// Parses a batch body. Any envelope that is not v1 or lacks `event_id`, `type`, `realm.id` or
+/// `event` makes the whole batch a client error naming the envelope and the field.
+pub fn parse_batch(body: &[u8], max_events: usize) -> Result<Vec<ForwardedEvent>, BatchError> {
+    let batch: BatchBody = serde_json::from_slice(body).map_err(|e| {
+        BatchError::Malformed(format!(
+            "the body must be {{\"events\": [<envelope>, …]}}: {e}"
+        ))
+    })?;
+    if batch.events.len() > max_events {
+        return Err(BatchError::TooMany(batch.events.len(), max_events));
+    }
+    batch
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            parse_envelope(raw).map_err(|e| BatchError::Malformed(format!("events[{i}]: {}", e.0)))
+        })
+        .collect()
+}
+
+/// Parses one stored envelope (the inbox payload) again.
+pub fn parse_stored(payload: &str) -> Result<ForwardedEvent, PayloadError> {
+    let raw: &RawValue = serde_json::from_str(payload)
+        .map_err(|e| PayloadError(format!("stored envelope is not JSON: {e}")))?;
+    parse_envelope(raw)
+}
+
+fn parse_envelope(raw: &RawValue) -> Result<ForwardedEvent, PayloadError> {
+    let envelope: Envelope = serde_json::from_str(raw.get())
+        .map_err(|e| PayloadError(format!("not an envelope: {e}")))?;
+    if envelope.v != Some(1) {
+        return Err(PayloadError(format!(
+            "`v` must be 1 (envelope version), got {}",
+            envelope.v.map_or("nothing".into(), |v| v.to_string())
+        )));
+    }
+    let event_id = envelope
+        .event_id
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| PayloadError("`event_id` is missing".into()))?;
+    if event_id.len() > MAX_EVENT_ID_LEN {
+        return Err(PayloadError(format!(
+            "`event_id` is longer than {MAX_EVENT_ID_LEN} characters"
+        )));
+    }
+    let realm = envelope
+        .realm
+        .ok_or_else(|| PayloadError("`realm` is missing".into()))?;
+    let realm_id = realm
+        .id
+        .ok_or_else(|| PayloadError("`realm.id` is missing".into()))?;
+    let event_type = envelope
+        .event_type
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| PayloadError("`type` is missing".into()))?;
+    let event = envelope
+        .event
+        .ok_or_else(|| PayloadError("`event` is missing".into()))?;
+    let audience = envelope.audience.unwrap_or_default();
+    let kind = typed_kind(&event_type, envelope.op.as_deref(), event.get());
+    let user_id = user_about(&kind, audience.user_ids.as_deref());
+    let realm_string = realm.string_id.unwrap_or_default();
+    Ok(ForwardedEvent {
+        realm_id,
+        user_id,
+        op: envelope.op,
+        emitted_at_ms: envelope.emitted_at_ms,
+        payload: raw.get().to_string(),
+        event: Event {
+            origin: Origin::Forwarder {
+                event_id: event_id.clone(),
+            },
+            realm: Realm {
+                id: Some(realm_id),
+                string_id: Some(realm_string.clone()),
+            },
+            user_id,
+            occurred_at_ms: envelope.emitted_at_ms,
+            kind,
+        },
+        event_id,
+        realm: realm_string,
+        event_type,
+    })
+}
+
+fn typed<T: DeserializeOwned>(
+    event_type: &str,
+    json: &str,
+    wrap: impl FnOnce(T) -> EventKind,
+) -> EventKind {
+    match serde_json::from_str::<T>(json) {
+        Ok(value) => wrap(value),
+        Err(error) => {
+            tracing::warn!(event_type, %error, "event has an unexpected shape; kept as raw JSON");
+            other(event_type, json)
+        }
+    }
+}
+
+fn other(event_type: &str, json: &str) -> EventKind {
+    EventKind::Other {
+        event_type: event_type.to_string(),
+        raw: serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+fn typed_kind(event_type: &str, op: Option<&str>, json: &str) -> EventKind {
+    let op = op.map(str::to_string);
+    match event_type {
+        "message" => typed(event_type, json, |e: MessageEvent| {
+            EventKind::Message(Box::new(
+                e.message
+                    .into_message(MessageType::Stream, |c| c.to_string()),
+            ))
+        }),
+        "update_message" => typed(event_type, json, |e| EventKind::UpdateMessage(Box::new(e))),
+        "delete_message" => typed(event_type, json, EventKind::DeleteMessage),
+        "reaction" => typed(event_type, json, |e: Reaction| {
+            EventKind::Reaction(Reaction { op, ..e })
+        }),
+        "subscription" => typed(event_type, json, |e: Subscription| {
+            EventKind::Subscription(Subscription { op, ..e })
+        }),
+        "stream" => typed(event_type, json, |e: StreamChange| {
+            EventKind::Stream(StreamChange { op, ..e })
+        }),
+        "realm_user" => typed(event_type, json, |e: RealmUser| {
+            EventKind::RealmUser(RealmUser { op, ..e })
+        }),
+        "presence" => typed(event_type, json, EventKind::Presence),
+        "typing" => typed(event_type, json, |e: Typing| {
+            EventKind::Typing(Typing { op, ..e })
+        }),
+        "update_message_flags" => typed(event_type, json, |e: UpdateMessageFlags| {
+            EventKind::UpdateMessageFlags(UpdateMessageFlags { op, ..e })
+        }),
+        "user_status" => typed(event_type, json, EventKind::UserStatus),
+        "realm_emoji" => typed(event_type, json, |e: RealmEmoji| {
+            EventKind::RealmEmoji(RealmEmoji { op, ..e })
+        }),
+        "custom_profile_fields" => typed(event_type, json, EventKind::CustomProfileFields),
+        _ => other(event_type, json),
+    }
+}
+
+/// The user an event is about: sender, actor or person; for events Zulip sends only to the
+/// user concerned (own subscriptions, own flags), the single member of the audience.
+fn user_about(kind: &EventKind, audience: Option<&[i64]>) -> Option<i64> {
+    let sole_recipient = || match audience {
+        Some([only]) => Some(*only),
+        _ => None,
+    };
+    match kind {
+        EventKind::Message(m) => m.sender_id,
+        EventKind::UpdateMessage(u) => u.user_id,
+        EventKind::Reaction(r) => r.user_id.or(r.user.as_ref().and_then(|u| u.user_id)),
+        EventKind::RealmUser(r) => r.person.as_ref().and_then(|p| p.user_id),
+        EventKind::Presence(p) => p.user_id.or_else(|| {
+            p.presences
+                .as_ref()
+                .filter(|m| m.len() == 1)
+                .and_then(|m| m.keys().next())
+                .and_then(|k| k.parse().ok())
+        }),
+        EventKind::Typing(t) => t.sender.as_ref().and_then(|s| s.user_id),
+        EventKind::UserStatus(s) => s.user_id,
+        EventKind::Subscription(s)
+            if matches!(s.op.as_deref(), Some("peer_add" | "peer_remove")) =>
+        {
+            match s.user_ids.as_slice() {
+                [only] => Some(*only),
+                _ => None,
+            }
+        }
+        EventKind::Subscription(_) | EventKind::UpdateMessageFlags(_) => sole_recipient(),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct MessageEvent {
+    message: WireMessage,
+}
+
+/// `update_message`: a content edit, a topic or channel move, or a re-rendering.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpdateMessage {
+    /// The editor; `None` for Zulip's own re-rendering (link previews).
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    #[serde(default)]
+    pub message_id: Option<i64>,
+    #[serde(default)]
+    pub message_ids: Vec<i64>,
+    #[serde(default)]
+    pub edit_timestamp: Option<i64>,
+    #[serde(default)]
+    pub rendering_only: Option<bool>,
+    /// New raw content, when the content changed.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// New topic, when the topic changed.
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub orig_subject: Option<String>,
+    #[serde(default)]
+    pub stream_id: Option<i64>,
+    #[serde(default)]
+    pub new_stream_id: Option<i64>,
+    #[serde(default)]
+    pub stream_name: Option<String>,
+    #[serde(default)]
+    pub propagate_mode: Option<String>,
+}
+
+/// `delete_message` (always the bulk form from the server side).
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeleteMessage {
+    #[serde(default)]
+    pub message_ids: Vec<i64>,
+    #[serde(default)]
+    pub message_type: Option<String>,
+    #[serde(default)]
+    pub stream_id: Option<i64>,
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+/// A `{user_id, email, full_name}` object as older events carry it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserRef {
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+/// `reaction` `add` / `remove`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reaction {
+    #[serde(default)]
+    pub op: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    #[serde(default)]
+    pub user: Option<UserRef>,
+    #[serde(default)]
+    pub message_id: Option<i64>,
+    #[serde(default)]
+    pub emoji_name: Option<String>,
+    #[serde(default)]
+    pub emoji_code: Option<String>,
+    #[serde(default)]
+    pub reaction_type: Option<String>,
+}
+
+/// `subscription` (`add`, `remove`, `update`, `peer_add`, `peer_remove`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Subscription {
+    #[serde(default)]
+    pub op: Option<String>,
+    #[serde(default)]
+    pub subscriptions: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub stream_ids: Vec<i64>,
+    #[serde(default)]
+    pub user_ids: Vec<i64>,
+    #[serde(default)]
+    pub stream_id: Option<i64>,
+    #[serde(default)]
+    pub property: Option<String>,
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+}
+
+/// `stream` (`create`, `delete`, `update`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamChange {
+    #[serde(default)]
+    pub op: Option<String>,
+    #[serde(default)]
+    pub streams: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub stream_ids: Vec<i64>,
+    #[serde(default)]
+    pub stream_id: Option<i64>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub property: Option<String>,
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+}
+
+/// The `person` of a `realm_user` event: `user_id` plus whatever changed.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Person {
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    #[serde(default)]
+    pub full_name: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub is_active: Option<bool>,
+    #[serde(default)]
+    pub is_bot: Option<bool>,
+    #[serde(default)]
+    pub role: Option<i64>,
+}
+
+/// `realm_user` (`add`, `update`, `remove`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RealmUser {
+    #[serde(default)]
+    pub op: Option<String>,
+    #[serde(default)]
+    pub person: Option<Person>,
+}
+
+/// One client's entry in a legacy presence event.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClientPresence {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<f64>,
+}
+
+/// One user's entry in a modern presence event.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModernPresence {
+    #[serde(default)]
+    pub active_timestamp: Option<f64>,
+    #[serde(default)]
+    pub idle_timestamp: Option<f64>,
+}
+
+/// `presence`, legacy (`user_id` + per-client `presence`) or modern (`presences` by user id).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Presence {
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    #[serde(default)]
+    pub server_timestamp: Option<f64>,
+    #[serde(default)]
+    pub presence: Option<BTreeMap<String, ClientPresence>>,
+    #[serde(default)]
+    pub presences: Option<BTreeMap<String, ModernPresence>>,
+}
+
+impl Presence {
+    /// `active` when any client reports active, else `idle` when one reports idle.
+    pub fn status(&self) -> Option<&'static str> {
+        if let Some(clients) = &self.presence {
+            let statuses: Vec<&str> = clients
+                .values()
+                .filter_map(|c| c.status.as_deref())
+                .collect();
+            if statuses.contains(&"active") {
+                return Some("active");
+            }
+            if statuses.contains(&"idle") {
+                return Some("idle");
+            }
+        }
+        if let Some(users) = &self.presences {
+            let entry = users.values().next()?;
+            return Some(if entry.active_timestamp >= entry.idle_timestamp {
+                "active"
+            } else {
+                "idle"
+            });
+        }
+        None
+    }
+}
+
+/// `typing` `start` / `stop`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Typing {
+    #[serde(default)]
+    pub op: Option<String>,
+    #[serde(default)]
+    pub message_type: Option<String>,
+    #[serde(default)]
+    pub sender: Option<UserRef>,
+    #[serde(default)]
+    pub recipients: Vec<UserRef>,
+    #[serde(default)]
+    pub stream_id: Option<i64>,
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+/// `update_message_flags` `add` / `remove`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpdateMessageFlags {
+    #[serde(default)]
+    pub op: Option<String>,
+    #[serde(default)]
+    pub flag: Option<String>,
+    #[serde(default)]
+    pub messages: Vec<i64>,
+    #[serde(default)]
+    pub all: Option<bool>,
+}
+
+/// `user_status`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserStatus {
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    #[serde(default)]
+    pub away: Option<bool>,
+    #[serde(default)]
+    pub status_text: Option<String>,
+    #[serde(default)]
+    pub emoji_name: Option<String>,
+}
+
+/// `realm_emoji` (the complete set each time).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RealmEmoji {
+    #[serde(default)]
+    pub op: Option<String>,
+    #[serde(default)]
+    pub realm_emoji: BTreeMap<String, serde_json::Value>,
+}
+
+/// `custom_profile_fields` (the complete list each time).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CustomProfileFields {
+    #[serde(default)]
+    pub fields: Vec<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(event_type: &str, op: Option<&str>, event: &str) -> String {
+        format!(
+            r#"{{"v":1,"event_id":"e-{event_type}","emitted_at_ms":1700000000123,"server":{{"host":"h","zulip_version":"10.0","feature_level":300}},"realm":{{"id":2,"uuid":"u","string_id":"acme"}},"type":"{event_type}","op":{},"audience":{{"count":1,"user_ids":[10]}},"event":{event}}}"#,
+            op.map_or("null".to_string(), |o| format!("\"{o}\""))
+        )
+    }
+
+    fn one(event_type: &str, op: Option<&str>, event: &str) -> ForwardedEvent {
+        let body = format!(r#"{{"events":[{}]}}"#, envelope(event_type, op, event));
+        let mut events = parse_batch(body.as_bytes(), 100).expect("valid batch");
+        events.remove(0)
+    }
+
+    #[test]
+    fn reference_examples_become_typed_events() {
+        let m = one(
+            "message",
+            None,
+            r#"{"type":"message","flags":[],"message":{"id":123,"sender_id":10,"sender_full_name":"Iago","sender_email":"user10@acme.example.com","sender_realm_str":"acme","avatar_url":null,"client":"website","content":"hi **all**","content_type":"text/x-markdown","is_me_message":false,"reactions":[],"submessages":[],"recipient_id":20,"subject":"greetings","topic_links":[],"timestamp":1700000000,"type":"stream","display_recipient":"Denmark","stream_id":5}}"#,
+        );
+        assert_eq!(
+            (m.realm_id, m.user_id, m.event.message_id()),
+            (2, Some(10), Some(123))
+        );
+        assert_eq!(
+            m.event.message().and_then(|x| x.channel.as_deref()),
+            Some("Denmark")
+        );
+
+        let u = one(
+            "update_message",
+            None,
+            r#"{"type":"update_message","user_id":10,"edit_timestamp":1700000100,"message_id":123,"rendering_only":false,"stream_name":"Denmark","stream_id":5,"message_ids":[123],"orig_content":"hi **all**","content":"hi **everyone**","is_me_message":false,"flags":["read"]}"#,
+        );
+        assert!(
+            matches!(&u.event.kind, EventKind::UpdateMessage(x) if x.content.as_deref() == Some("hi **everyone**"))
+        );
+        assert_eq!(u.user_id, Some(10));
+
+        let d = one(
+            "delete_message",
+            None,
+            r#"{"type":"delete_message","message_ids":[123],"message_type":"stream","stream_id":5,"topic":"greetings"}"#,
+        );
+        assert!(matches!(&d.event.kind, EventKind::DeleteMessage(x) if x.message_ids == vec![123]));
+
+        let r = one(
+            "reaction",
+            Some("add"),
+            r#"{"type":"reaction","op":"add","user_id":10,"message_id":123,"emoji_name":"thumbs_up","emoji_code":"1f44d","reaction_type":"unicode_emoji"}"#,
+        );
+        assert!(matches!(&r.event.kind, EventKind::Reaction(x) if x.op.as_deref() == Some("add")));
+        assert_eq!(r.user_id, Some(10));
+
+        let p = one(
+            "presence",
+            None,
+            r#"{"type":"presence","email":"user10@acme.example.com","user_id":11,"server_timestamp":1700000000.12,"presence":{"website":{"client":"website","status":"active","timestamp":1700000000,"pushable":false}}}"#,
+        );
+        assert!(matches!(&p.event.kind, EventKind::Presence(x) if x.status() == Some("active")));
+        assert_eq!(p.user_id, Some(11));
+
+        let t = one(
+            "typing",
+            Some("start"),
+            r#"{"type":"typing","op":"start","message_type":"direct","sender":{"user_id":12,"email":"x"},"recipients":[{"user_id":12,"email":"x"}]}"#,
+        );
+        assert_eq!(t.user_id, Some(12));
+
+        let s = one(
+            "subscription",
+            Some("peer_add"),
+            r#"{"type":"subscription","op":"peer_add","stream_ids":[5],"user_ids":[13]}"#,
+        );
+        assert_eq!(s.user_id, Some(13));
+        let f = one(
+            "update_message_flags",
+            Some("add"),
+            r#"{"type":"update_message_flags","op":"add","operation":"add","flag":"starred","messages":[123],"all":false}"#,
+        );
+        assert_eq!(f.user_id, Some(10), "the acting user is the audience");
+
+        let ru = one(
+            "realm_user",
+            Some("update"),
+            r#"{"type":"realm_user","op":"update","person":{"user_id":14,"is_active":false}}"#,
+        );
+        assert_eq!(ru.user_id, Some(14));
+    }
+
+    #[test]
+    fn unknown_types_and_odd_shapes_stay_raw() {
+        let x = one(
+            "drafts",
+            Some("add"),
+            r#"{"type":"drafts","op":"add","drafts":[]}"#,
+        );
+        assert_eq!(x.event.event_type(), "drafts");
+        assert!(matches!(x.event.kind, EventKind::Other { .. }));
+        let odd = one(
+            "reaction",
+            Some("add"),
+            r#"{"type":"reaction","message_id":"not a number"}"#,
+        );
+        assert!(matches!(odd.event.kind, EventKind::Other { .. }));
+        assert_eq!(odd.event.event_type(), "reaction");
+    }
+
+    #[test]
+    fn bad_envelopes_name_the_field() {
+        let err = |body: &str| parse_batch(body.as_bytes(), 100).unwrap_err().to_string();
+        assert!(err(r#"{"evts":[]}"#).contains("\"events\""));
+        assert!(
+            err(r#"{"events":[{"v":1,"type":"x","realm":{"id":1},"event":{}}]}"#)
+                .contains("events[0]: `event_id` is missing")
+        );
+        assert!(
+            err(r#"{"events":[{"v":2,"event_id":"a","type":"x","realm":{"id":1},"event":{}}]}"#)
+                .contains("`v` must be 1")
+        );
+        assert!(
+            err(r#"{"events":[{"v":1,"event_id":"a","type":"x","realm":{},"event":{}}]}"#)
+                .contains("realm.id")
+        );
+        let many = format!(
+            r#"{{"events":[{}]}}"#,
+            vec![envelope("x", None, "{}"); 3].join(",")
+        );
+        assert!(
+            parse_batch(many.as_bytes(), 2)
+                .unwrap_err()
+                .to_string()
+                .contains("at most 2")
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! `user_activity_tracker`: per (realm, user), when they were last seen doing anything, how
+//! many messages they sent and reactions they added, their last presence status, and when
+//! they last started typing. Works on forwarded events (they carry the realm id).
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use super::{Context, Effects, Handler, HandlerResult, Interest, SettingsError, only_keys};
+use crate::config::HandlerSettings;
+use crate::db::models::ActivityDelta;
+use crate::db::writer::Effect;
+use crate::events::{Event, EventKind};
+
+pub struct UserActivityTracker;
+
+impl UserActivityTracker {
+    pub const NAME: &'static str = "user_activity_tracker";
+
+    pub fn from_settings(settings: &HandlerSettings) -> Result<Self, SettingsError> {
+        only_keys(Self::NAME, settings, &[])?;
+        Ok(UserActivityTracker)
+    }
+
+    /// What an event says about its user; `None` when it says nothing.
+    fn delta(event: &Event, realm_id: i64, user_id: i64, at_ms: i64) -> Option<ActivityDelta> {
+        let mut delta = ActivityDelta {
+            realm_id,
+            user_id,
+            seen_at_ms: at_ms,
+            messages: 0,
+            reactions: 0,
+            presence: None,
+            typing_at_ms: None,
+        };
+        match &event.kind {
+            EventKind::Message(_) => delta.messages = 1,
+            EventKind::Reaction(r) if r.op.as_deref() == Some("add") => delta.reactions = 1,
+            EventKind::Reaction(_) | EventKind::UpdateMessage(_) | EventKind::UserStatus(_) => {}
+            EventKind::Presence(p) => {
+                delta.presence = p.status().map(|s| (s.to_string(), at_ms));
+            }
+            EventKind::Typing(t) if t.op.as_deref() == Some("start") => {
+                delta.typing_at_ms = Some(at_ms);
+            }
+            EventKind::Typing(_) => {}
+            // Other events name a user they are about without that user acting.
+            _ => return None,
+        }
+        Some(delta)
+    }
+}
+
+impl Handler for UserActivityTracker {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn interest(&self) -> Interest {
+        Interest::Types(&[
+            "message",
+            "update_message",
+            "reaction",
+            "presence",
+            "typing",
+            "user_status",
+        ])
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _cx: &'a Context,
+        event: &'a Event,
+        effects: &'a mut Effects,
+    ) -> BoxFuture<'a, HandlerResult> {
+        async move {
+            let (Some(realm_id), Some(user_id)) = (event.realm.id, event.user_id) else {
+                return Ok(None);
+            };
+            let at_ms = event.occurred_at_ms.unwrap_or_else(crate::db::now_ms);
+            if let Some(delta) = Self::delta(event, realm_id, user_id, at_ms) {
+                effects.push(Effect::Activity(delta));
+            }
+            Ok(None)
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,66 @@
+//! `POST /zulip/events`: signed batches from the Django forwarder.
+//!
+//! The signature is checked on the raw bytes before anything is parsed; the answer is 200
+//! only once every event of the batch is committed to the inbox. A temporary problem on our
+//! side is a 503 with `Retry-After`, which the forwarder retries; only the sender's mistakes
+//! are 4xx, which the forwarder sets aside.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use tracing::Instrument;
+
+use super::{ApiError, AppState, json_ok, read_body};
+use crate::events::forwarded::{BatchError, parse_batch};
+use crate::verification::{SignedHeaders, verify};
+
+pub async fn intake(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(forwarder) = &state.forwarder else {
+        return Err(ApiError::NotFound(
+            "the forwarder intake is off: set [forwarder] secrets to turn it on".into(),
+        ));
+    };
+    let body = read_body(&req, payload, forwarder.max_body_bytes).await?;
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let headers = SignedHeaders {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let webhook_id = verify(
+        &forwarder.keys,
+        headers,
+        &body,
+        now,
+        forwarder.tolerance_secs,
+    )
+    .inspect_err(|e| tracing::warn!(reason = %e, "forwarder batch refused"))?;
+    let events = parse_batch(&body, forwarder.max_batch_events).map_err(|e| match e {
+        BatchError::TooMany(..) => ApiError::TooManyEvents(e.to_string()),
+        BatchError::Malformed(message) => ApiError::BadRequest(message),
+    })?;
+    let span = tracing::info_span!("forwarder_batch", webhook_id, events = events.len());
+    let summary = forwarder
+        .inbox
+        .accept(webhook_id, events)
+        .instrument(span)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "batch not stored");
+            ApiError::Unavailable(format!("the batch could not be stored; send it again: {e}"))
+        })?;
+    if summary.duplicate_batch {
+        tracing::info!("batch already accepted (webhook-id seen before)");
+    }
+    let body = serde_json::to_string(&summary)
+        .map_err(|e| ApiError::Internal(format!("cannot render the answer: {e}")))?;
+    Ok(json_ok(body))
+}
