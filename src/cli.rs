@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use diesel::RunQueryDsl;
 
 use crate::config::{Config, Sources};
-use crate::db::{Db, establish, run_migrations, store};
+use crate::db::{DbConnection, establish, run_migrations, store};
 use crate::handlers::Registry;
 use crate::server::{ServeOptions, start};
 use crate::verification::SigningKey;
@@ -143,6 +143,15 @@ fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     })
 }
 
+/// One connection for a command-line tool (no pool, no background threads), with the
+/// schema brought up to date.
+fn connect(config: &Config) -> anyhow::Result<DbConnection> {
+    let target = config.database_target()?;
+    let mut conn = establish(&target).context("connecting to the database")?;
+    run_migrations(&mut conn)?;
+    Ok(conn)
+}
+
 fn migrate(config: &Config) -> anyhow::Result<()> {
     let target = config.database_target()?;
     let mut conn = establish(&target).context("connecting to the database")?;
@@ -187,16 +196,11 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
 
 fn listeners(config: &Config) -> anyhow::Result<()> {
     let registry = Registry::build(config)?;
-    let (db, _) = Db::open(&config.database).context("opening the database")?;
-    let rows = db.run_blocking(|c| {
-        Ok((
-            store::handler_counts(c)?,
-            crate::db::schema::listeners::table
-                .load::<crate::db::models::ListenerRow>(c)
-                .map_err(crate::db::DbError::from)?,
-        ))
-    });
-    let (counts, persisted) = rows?;
+    let mut conn = connect(config)?;
+    let counts = store::handler_counts(&mut conn)?;
+    let persisted = crate::db::schema::listeners::table
+        .load::<crate::db::models::ListenerRow>(&mut conn)
+        .map_err(crate::db::DbError::from)?;
     println!(
         "{:<24} {:<10} {:<9} {:>8} {:>8}  {:<14} used by",
         "handler", "events", "enabled", "runs", "failures", "disabled why"
@@ -235,10 +239,10 @@ fn listeners(config: &Config) -> anyhow::Result<()> {
 }
 
 fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow::Result<()> {
-    let (db, _) = Db::open(&config.database).context("opening the database")?;
+    let mut conn = connect(config)?;
     match action {
         DeadLetterAction::List { status, limit } => {
-            let rows = db.run_blocking(|c| store::inbox_entries(c, &[status.as_str()], limit))?;
+            let rows = store::inbox_entries(&mut conn, &[status.as_str()], limit)?;
             if rows.is_empty() {
                 println!("No {} events.", status.as_str());
                 return Ok(());
@@ -265,9 +269,7 @@ fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow::Result<()>
         }
         DeadLetterAction::Replay { ids, all, status } => {
             let status = status.as_str();
-            let count = db.run_blocking(|c| {
-                store::requeue(c, &[status], if all { None } else { Some(&ids) })
-            })?;
+            let count = store::requeue(&mut conn, &[status], if all { None } else { Some(&ids) })?;
             println!("{count} {status} event(s) queued again.");
             if !all && count < ids.len() {
                 println!(

@@ -306,11 +306,10 @@ impl Config {
             let bots = read_botserverrc(path)?;
             figment = figment.merge(Serialized::default("bots", bots));
         }
-        figment = figment.merge(
-            Env::prefixed(ENV_PREFIX)
-                .split("__")
-                .filter(|key| SECTIONS.iter().any(|s| key.as_str().starts_with(s))),
-        );
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            SECTIONS.iter().any(|s| key.starts_with(s))
+        }));
         Self::from_figment(figment)
     }
 

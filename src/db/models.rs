@@ -183,3 +183,14 @@ pub struct MessageEdit {
     pub stream_id: Option<i64>,
     pub edited_at: Option<i64>,
 }
+
+/// An alert sent by keyword_alerts.
+#[derive(Debug, Clone, Insertable, Queryable)]
+#[diesel(table_name = super::schema::keyword_alerts)]
+pub struct AlertRecord {
+    pub rule: String,
+    pub message_id: i64,
+    pub realm: String,
+    pub target: String,
+    pub sent_at_ms: i64,
+}

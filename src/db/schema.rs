@@ -70,7 +70,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     outgoing_replies,
     inbox,
     forwarder_batches,
-    user_activity
+    user_activity,
+    keyword_alerts
 );
 
 diesel::table! {
@@ -113,5 +114,15 @@ diesel::table! {
         last_presence -> Nullable<Text>,
         last_presence_at_ms -> Nullable<BigInt>,
         last_typing_at_ms -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    keyword_alerts (rule, message_id) {
+        rule -> Text,
+        message_id -> BigInt,
+        realm -> Text,
+        target -> Text,
+        sent_at_ms -> BigInt,
     }
 }

@@ -8,11 +8,12 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::models::{
-    ActivityDelta, ActivityRow, ClaimedRow, HandlerCounts, InboxEntry, ListenerRow, MessageEdit,
-    MessageRow, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
+    ActivityDelta, ActivityRow, AlertRecord, ClaimedRow, HandlerCounts, InboxEntry, ListenerRow,
+    MessageEdit, MessageRow, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
 };
 use super::schema::{
-    event_log, forwarder_batches, inbox, listeners, messages, outgoing_replies, user_activity,
+    event_log, forwarder_batches, inbox, keyword_alerts, listeners, messages, outgoing_replies,
+    user_activity,
 };
 use super::{DbConnection, DbError, now_ms};
 
@@ -433,4 +434,30 @@ pub fn activity_of(
         .select(ActivityRow::as_select())
         .first(conn)
         .optional()?)
+}
+
+/// Records sent alerts; one already recorded is kept.
+pub fn insert_alerts(conn: &mut DbConnection, rows: &[AlertRecord]) -> Result<(), DbError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        match conn {
+            DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(keyword_alerts::table)
+                .values(chunk)
+                .execute(c)?,
+            DbConnection::Postgres(c) => diesel::insert_into(keyword_alerts::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .execute(c)?,
+        };
+    }
+    Ok(())
+}
+
+/// Which of `rules` already alerted about a message.
+pub fn alerted_rules(conn: &mut DbConnection, message_id: i64) -> Result<HashSet<String>, DbError> {
+    Ok(keyword_alerts::table
+        .filter(keyword_alerts::message_id.eq(message_id))
+        .select(keyword_alerts::rule)
+        .load::<String>(conn)?
+        .into_iter()
+        .collect())
 }

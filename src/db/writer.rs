@@ -15,7 +15,7 @@ use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::models::{
-    ActivityDelta, MessageEdit, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
+    ActivityDelta, AlertRecord, MessageEdit, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
 };
 use super::{DbConnection, DbError, establish, store};
 use crate::config::DatabaseTarget;
@@ -32,6 +32,7 @@ pub enum Effect {
     EditMessage(Box<MessageEdit>),
     DeleteMessages(Vec<i64>),
     Activity(ActivityDelta),
+    AlertSent(AlertRecord),
 }
 
 /// What became of a forwarded event.
@@ -53,6 +54,17 @@ pub struct Processed {
     pub effects: Vec<Effect>,
     pub logs: Vec<NewEventLog>,
     pub inbox: Option<InboxOutcome>,
+    /// Dropped only once the writer has committed this work (or given up on it).
+    pub after_commit: Option<AfterCommit>,
+}
+
+/// A value whose `Drop` must wait until the work it travels with is committed.
+pub struct AfterCommit(pub Box<dyn Send>);
+
+impl std::fmt::Debug for AfterCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterCommit")
+    }
 }
 
 /// A verified forwarder batch to store.
@@ -283,6 +295,9 @@ fn write_processed(conn: &mut DbConnection, processed: &[Processed]) -> Result<(
                     store::mark_deleted(conn, ids)?;
                 }
                 Effect::Activity(delta) => store::add_activity(conn, delta)?,
+                Effect::AlertSent(alert) => {
+                    store::insert_alerts(conn, std::slice::from_ref(alert))?
+                }
             }
         }
         logs.extend(p.logs.iter().cloned());

@@ -3,6 +3,7 @@
 //! `handlers` list, `[forwarder] handlers`) and with what settings (`[handlers.<name>]`).
 
 mod command_bot;
+mod keyword_alerts;
 mod message_logger;
 mod relay;
 mod user_activity_tracker;
@@ -18,6 +19,7 @@ use crate::db::{Db, DbError};
 use crate::events::Event;
 
 pub use command_bot::CommandBot;
+pub use keyword_alerts::KeywordAlerts;
 pub use message_logger::MessageLogger;
 pub use relay::Relay;
 pub use user_activity_tracker::UserActivityTracker;
@@ -26,6 +28,7 @@ pub use user_activity_tracker::UserActivityTracker;
 pub const KNOWN: &[&str] = &[
     CommandBot::NAME,
     MessageLogger::NAME,
+    KeywordAlerts::NAME,
     Relay::NAME,
     UserActivityTracker::NAME,
 ];
@@ -160,6 +163,7 @@ impl Registry {
             let handler: Box<dyn Handler> = match *name {
                 CommandBot::NAME => Box::new(CommandBot::from_settings(&settings)?),
                 MessageLogger::NAME => Box::new(MessageLogger::from_settings(&settings)?),
+                KeywordAlerts::NAME => Box::new(KeywordAlerts::from_settings(&settings, config)?),
                 Relay::NAME => Box::new(Relay::from_settings(&settings)?),
                 UserActivityTracker::NAME => {
                     Box::new(UserActivityTracker::from_settings(&settings)?)

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use super::Processor;
 use crate::config::ForwarderConfig;
 use crate::db::models::NewInboxRow;
-use crate::db::writer::{InboxOutcome, WriteOp, Writer};
+use crate::db::writer::{AfterCommit, InboxOutcome, WriteOp, Writer};
 use crate::db::{Backend, Db, DbError, now_ms, store};
 use crate::events::Event;
 use crate::events::forwarded::{ForwardedEvent, parse_stored};
@@ -42,6 +42,18 @@ struct Work {
     event_id: String,
     event: Event,
     attempts: i32,
+}
+
+/// Keeps an event id in the in-flight set until dropped (after the commit of its result).
+struct InFlight {
+    set: Arc<DashSet<String>>,
+    event_id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set.remove(&self.event_id);
+    }
 }
 
 /// What intake stored.
@@ -264,6 +276,11 @@ impl Inbox {
             )
             .await;
         let mut processed = outcome.processed;
+        // The event stays "in flight" (hidden from the sweeper) until its result is committed.
+        processed.after_commit = Some(AfterCommit(Box::new(InFlight {
+            set: self.in_flight.clone(),
+            event_id: item.event_id.clone(),
+        })));
         processed.inbox = Some(match outcome.first_error {
             None => InboxOutcome::Done(item.event_id.clone()),
             Some(error) => {

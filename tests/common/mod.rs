@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -222,19 +223,25 @@ pub struct Received {
 pub struct Stub {
     pub url: String,
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// The status every answer gets (200 unless changed).
+    pub status: Arc<AtomicU16>,
     handle: actix_web::dev::ServerHandle,
 }
 
 impl Stub {
     pub async fn start(answer: &'static str, delay: Duration) -> Stub {
         let received = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(200));
         let shared = received.clone();
+        let shared_status = status.clone();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind stub");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let server = HttpServer::new(move || {
             let shared = shared.clone();
+            let shared_status = shared_status.clone();
             App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
                 let shared = shared.clone();
+                let status = shared_status.load(Ordering::SeqCst);
                 async move {
                     shared.lock().expect("stub lock").push(Received {
                         path: req.path().to_string(),
@@ -246,7 +253,9 @@ impl Stub {
                         body: String::from_utf8_lossy(&body).into_owned(),
                     });
                     tokio::time::sleep(delay).await;
-                    HttpResponse::Ok()
+                    let code = actix_web::http::StatusCode::from_u16(status)
+                        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+                    HttpResponse::build(code)
                         .content_type("application/json")
                         .body(answer)
                 }
@@ -261,8 +270,13 @@ impl Stub {
         Stub {
             url,
             received,
+            status,
             handle,
         }
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> Vec<Received> {
@@ -283,5 +297,19 @@ impl Stub {
 
     pub async fn stop(self) {
         self.handle.stop(false).await;
+    }
+}
+
+/// Polls `check` until it returns true or `within` passes; returns the last result.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

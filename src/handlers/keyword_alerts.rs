@@ -1,0 +1,304 @@
+//! `keyword_alerts`: when a message matches a rule's regular expression, notify a channel
+//! through Zulip's REST API (as one of the configured bots) or POST a JSON alert to a webhook.
+//! Each (rule, message) alerts once; an alert that cannot be delivered fails the run, so a
+//! forwarded event is retried (and ends in dead letters if the target stays down).
+//!
+//! ```toml
+//! [handlers.keyword_alerts]
+//! rules = [
+//!   { name = "outage", pattern = "(?i)\\b(outage|is down)\\b", webhook = "https://hooks.example.com/alerts" },
+//!   { name = "deploys", pattern = "(?i)deploy", notify_bot = "helper", stream = "ops", topic = "deploys" },
+//! ]
+//! timeout = "10s"
+//! ```
+
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use regex::Regex;
+use serde::Deserialize;
+
+use super::{
+    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, only_keys,
+};
+use crate::config::{Config, HandlerSettings};
+use crate::db::models::AlertRecord;
+use crate::db::writer::Effect;
+use crate::db::{now_ms, store};
+use crate::events::{Event, Message, MessageType, truncate_chars};
+use crate::zulip_api::{BotApi, Destination, ZulipClient};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSettings {
+    name: String,
+    pattern: String,
+    #[serde(default)]
+    webhook: Option<String>,
+    #[serde(default)]
+    notify_bot: Option<String>,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+}
+
+enum Target {
+    Webhook(reqwest::Url),
+    Zulip {
+        api: BotApi,
+        destination: Destination,
+    },
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Webhook(url) => format!("webhook {}", url.host_str().unwrap_or("?")),
+            Target::Zulip { destination, .. } => match destination {
+                Destination::Channel { to, topic } => format!("#{to} > {topic}"),
+                Destination::Direct { to } => format!("direct message to {to}"),
+            },
+        }
+    }
+}
+
+struct Rule {
+    name: String,
+    pattern: Regex,
+    target: Target,
+}
+
+pub struct KeywordAlerts {
+    rules: Vec<Rule>,
+    http: reqwest::Client,
+    zulip: ZulipClient,
+}
+
+impl KeywordAlerts {
+    pub const NAME: &'static str = "keyword_alerts";
+
+    pub fn from_settings(
+        settings: &HandlerSettings,
+        config: &Config,
+    ) -> Result<Self, SettingsError> {
+        only_keys(Self::NAME, settings, &["rules", "timeout"])?;
+        let problem = |key: String, problem: String| SettingsError {
+            handler: Self::NAME,
+            key,
+            problem,
+        };
+        let timeout = match settings.settings.get("timeout") {
+            None => Duration::from_secs(10),
+            Some(value) => value
+                .as_str()
+                .and_then(|s| humantime::parse_duration(s).ok())
+                .ok_or_else(|| {
+                    problem(
+                        "timeout".into(),
+                        format!("`{value}` is not a duration like \"10s\""),
+                    )
+                })?,
+        };
+        let raw: Vec<RuleSettings> = match settings.settings.get("rules") {
+            None => Vec::new(),
+            Some(value) => serde_json::from_value(value.clone())
+                .map_err(|e| problem("rules".into(), e.to_string()))?,
+        };
+        let mut rules = Vec::with_capacity(raw.len());
+        for (i, rule) in raw.into_iter().enumerate() {
+            let key = |k: &str| format!("rules[{i}].{k}");
+            let pattern =
+                Regex::new(&rule.pattern).map_err(|e| problem(key("pattern"), e.to_string()))?;
+            let target = match (&rule.webhook, &rule.notify_bot) {
+                (Some(url), None) => Target::Webhook(
+                    reqwest::Url::parse(url)
+                        .ok()
+                        .filter(|u| matches!(u.scheme(), "http" | "https"))
+                        .ok_or_else(|| {
+                            problem(key("webhook"), format!("`{url}` is not an http(s) URL"))
+                        })?,
+                ),
+                (None, Some(bot)) => {
+                    let bot_config = config.bots.get(bot).ok_or_else(|| {
+                        problem(key("notify_bot"), format!("no bot `{bot}` under [bots]"))
+                    })?;
+                    let site = bot_config.site.clone().ok_or_else(|| {
+                        problem(
+                            key("notify_bot"),
+                            format!("bot `{bot}` needs api_key and site to post alerts"),
+                        )
+                    })?;
+                    let stream = rule.stream.clone().ok_or_else(|| {
+                        problem(
+                            key("stream"),
+                            "required with notify_bot: the channel to post in".into(),
+                        )
+                    })?;
+                    Target::Zulip {
+                        api: BotApi {
+                            site: site.trim_end_matches('/').to_string(),
+                            email: bot_config.email.clone(),
+                            api_key: bot_config.api_key.clone(),
+                        },
+                        destination: Destination::Channel {
+                            to: stream,
+                            topic: rule
+                                .topic
+                                .clone()
+                                .unwrap_or_else(|| format!("{} alerts", rule.name)),
+                        },
+                    }
+                }
+                _ => {
+                    return Err(problem(
+                        format!("rules[{i}]"),
+                        "give exactly one of `webhook` or `notify_bot`".into(),
+                    ));
+                }
+            };
+            rules.push(Rule {
+                name: rule.name,
+                pattern,
+                target,
+            });
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent(concat!("zulip-listeners/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| problem("timeout".into(), e.to_string()))?;
+        let zulip = ZulipClient::new().map_err(|e| problem("rules".into(), e.to_string()))?;
+        Ok(KeywordAlerts { rules, http, zulip })
+    }
+
+    async fn send(
+        &self,
+        cx: &Context,
+        rule: &Rule,
+        event: &Event,
+        message: &Message,
+        matched: &str,
+    ) -> Result<(), HandlerError> {
+        let excerpt = truncate_chars(
+            &message.content,
+            cx.data_protection.max_content_length.min(500),
+        )
+        .0;
+        match &rule.target {
+            Target::Webhook(url) => {
+                let body = serde_json::json!({
+                    "rule": rule.name,
+                    "matched": matched,
+                    "realm": event.realm.string_id,
+                    "realm_id": event.realm.id,
+                    "message": {
+                        "id": message.id,
+                        "type": message.message_type.as_str(),
+                        "stream_id": message.stream_id,
+                        "channel": message.channel,
+                        "topic": message.topic,
+                        "sender_id": message.sender_id,
+                        "sender_full_name": message.sender_full_name,
+                        "content": excerpt,
+                        "timestamp": message.timestamp,
+                    },
+                });
+                let response = self
+                    .http
+                    .post(url.clone())
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| HandlerError::Failed(format!("alert webhook unreachable: {e}")))?;
+                if !response.status().is_success() {
+                    return Err(HandlerError::Failed(format!(
+                        "alert webhook answered {}",
+                        response.status()
+                    )));
+                }
+            }
+            Target::Zulip { api, destination } => {
+                let place = match (message.message_type, &message.channel, &message.topic) {
+                    (MessageType::Stream, Some(channel), Some(topic)) => {
+                        format!("#**{channel}>{topic}**")
+                    }
+                    (MessageType::Stream, _, _) => "a channel".to_string(),
+                    (MessageType::Private, _, _) => "a direct message".to_string(),
+                };
+                let who = message.sender_full_name.as_deref().unwrap_or("Someone");
+                let content = format!(
+                    "**{}** matched `{}` — {who} in {place}:\n```quote\n{excerpt}\n```",
+                    rule.name,
+                    matched.replace('`', "'")
+                );
+                self.zulip
+                    .send_message(api, destination, &content)
+                    .await
+                    .map_err(|e| HandlerError::Failed(format!("alert not posted: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler for KeywordAlerts {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn interest(&self) -> Interest {
+        Interest::Types(&["message"])
+    }
+
+    fn handle<'a>(
+        &'a self,
+        cx: &'a Context,
+        event: &'a Event,
+        effects: &'a mut Effects,
+    ) -> BoxFuture<'a, HandlerResult> {
+        async move {
+            let Some(message) = event.message() else {
+                return Ok(None);
+            };
+            let matches: Vec<(&Rule, String)> = self
+                .rules
+                .iter()
+                .filter_map(|rule| {
+                    rule.pattern
+                        .find(&message.content)
+                        .map(|m| (rule, m.as_str().to_string()))
+                })
+                .collect();
+            if matches.is_empty() {
+                return Ok(None);
+            }
+            let already = match message.id {
+                Some(id) => cx.db.run(move |c| store::alerted_rules(c, id)).await?,
+                None => Default::default(),
+            };
+            for (rule, matched) in matches {
+                if already.contains(&rule.name) {
+                    continue;
+                }
+                if cx.dry_run {
+                    tracing::info!(rule = %rule.name, "dry run: not sending the alert");
+                    continue;
+                }
+                self.send(cx, rule, event, message, &matched).await?;
+                if let Some(id) = message.id {
+                    effects.push(Effect::AlertSent(AlertRecord {
+                        rule: rule.name.clone(),
+                        message_id: id,
+                        realm: event.realm.string_id.clone().unwrap_or_default(),
+                        target: rule.target.describe(),
+                        sent_at_ms: now_ms(),
+                    }));
+                }
+            }
+            Ok(None)
+        }
+        .boxed()
+    }
+}
