@@ -554,8 +554,10 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
                 .expect("q")
                 .expect("user");
             assert_eq!(
-                activity.message_count, 25,
-                "{backend:?}: user {user} counted exactly once per message"
+                activity.message_count,
+                25,
+                "{backend:?}: user {user} counted exactly once per message; runs: {:?}",
+                repeated_runs(&mut conn)
             );
         }
         assert!(
@@ -565,4 +567,23 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
         drop(conn);
         alerts.stop().await;
     }
+}
+
+/// Event-log rows of `user_activity_tracker` per message seen more than once, for diagnosis.
+fn repeated_runs(conn: &mut DbConnection) -> Vec<(Option<i64>, Option<String>, bool, i64)> {
+    use zulip_listeners::db::schema::event_log as log;
+    let rows: Vec<(Option<i64>, Option<String>, bool, i64)> = log::table
+        .filter(log::handler.eq("user_activity_tracker"))
+        .select((
+            log::message_id,
+            log::event_id,
+            log::success,
+            log::created_at_ms,
+        ))
+        .load(conn)
+        .expect("log");
+    rows.iter()
+        .filter(|r| rows.iter().filter(|o| o.0 == r.0).count() > 1)
+        .cloned()
+        .collect()
 }

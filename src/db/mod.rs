@@ -22,9 +22,12 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqli
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 /// Per-connection SQLite settings: wait for the writer instead of failing, WAL for concurrent
-/// readers, and the durability level WAL makes safe.
+/// readers, the durability level WAL makes safe (a crash of the process loses nothing that
+/// was committed), a 64 MiB page cache, and checkpoints every ~40 MiB of WAL rather than
+/// every 4 MiB (fewer rewrites of the same index pages under load).
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                              PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 10000;";
 
 /// One connection to either backend.
 #[derive(diesel::MultiConnection)]

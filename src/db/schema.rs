@@ -31,8 +31,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    messages (id) {
-        id -> BigInt,
+    messages (message_id) {
         message_id -> BigInt,
         realm -> Text,
         realm_id -> Nullable<BigInt>,

@@ -17,28 +17,52 @@ use super::schema::{
 };
 use super::{DbConnection, DbError, now_ms};
 
-/// Rows per INSERT statement: keeps every statement below SQLite's 32,766 bound parameters.
+/// Rows per multi-row statement: keeps every statement below SQLite's 32,766 bound
+/// parameters and PostgreSQL's 65,535.
 const ROWS_PER_STATEMENT: usize = 500;
 
-pub fn insert_event_logs(conn: &mut DbConnection, rows: &[NewEventLog]) -> Result<(), DbError> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        crate::per_backend!(conn, c => diesel::insert_into(event_log::table).values(chunk).execute(c))?;
+// Bulk inserts: on PostgreSQL one multi-row INSERT per chunk (fewer round trips); on SQLite,
+// which has no round trips, one prepared single-row INSERT reused for every row, which skips
+// parsing a new statement for each batch size.
+
+pub fn insert_event_logs(conn: &mut DbConnection, rows: &[&NewEventLog]) -> Result<(), DbError> {
+    match conn {
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                diesel::insert_into(event_log::table)
+                    .values(*row)
+                    .execute(c)?;
+            }
+        }
+        DbConnection::Postgres(c) => {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                diesel::insert_into(event_log::table)
+                    .values(chunk.to_vec())
+                    .execute(c)?;
+            }
+        }
     }
     Ok(())
 }
 
 /// Stores messages; a message id already stored is left as it is.
-pub fn insert_messages(conn: &mut DbConnection, rows: &[NewMessage]) -> Result<(), DbError> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        match conn {
-            DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(messages::table)
-                .values(chunk)
-                .execute(c)?,
-            DbConnection::Postgres(c) => diesel::insert_into(messages::table)
-                .values(chunk)
-                .on_conflict_do_nothing()
-                .execute(c)?,
-        };
+pub fn insert_messages(conn: &mut DbConnection, rows: &[&NewMessage]) -> Result<(), DbError> {
+    match conn {
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                diesel::insert_or_ignore_into(messages::table)
+                    .values(*row)
+                    .execute(c)?;
+            }
+        }
+        DbConnection::Postgres(c) => {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                diesel::insert_into(messages::table)
+                    .values(chunk.to_vec())
+                    .on_conflict_do_nothing()
+                    .execute(c)?;
+            }
+        }
     }
     Ok(())
 }
@@ -171,37 +195,47 @@ pub fn record_batch(
     Ok(inserted == 1)
 }
 
-/// Which of these event ids are already in the inbox.
-pub fn known_event_ids(conn: &mut DbConnection, ids: &[&str]) -> Result<HashSet<String>, DbError> {
+/// Stores accepted events; an event id already stored is left as it is. Returns the ids
+/// that were already stored.
+pub fn insert_inbox(
+    conn: &mut DbConnection,
+    rows: &[NewInboxRow],
+) -> Result<HashSet<String>, DbError> {
     let mut known = HashSet::new();
-    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let found: Vec<String> = inbox::table
-            .filter(inbox::event_id.eq_any(chunk))
-            .select(inbox::event_id)
-            .load(conn)?;
-        known.extend(found);
+    match conn {
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                let inserted = diesel::insert_or_ignore_into(inbox::table)
+                    .values(row)
+                    .execute(c)?;
+                if inserted == 0 {
+                    known.insert(row.event_id.clone());
+                }
+            }
+        }
+        DbConnection::Postgres(c) => {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT / 2) {
+                let inserted: HashSet<String> = diesel::insert_into(inbox::table)
+                    .values(chunk)
+                    .on_conflict_do_nothing()
+                    .returning(inbox::event_id)
+                    .get_results(c)?
+                    .into_iter()
+                    .collect();
+                known.extend(
+                    chunk
+                        .iter()
+                        .filter(|r| !inserted.contains(&r.event_id))
+                        .map(|r| r.event_id.clone()),
+                );
+            }
+        }
     }
     Ok(known)
 }
 
-/// Stores accepted events; an event id already stored is left as it is.
-pub fn insert_inbox(conn: &mut DbConnection, rows: &[NewInboxRow]) -> Result<(), DbError> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT / 2) {
-        match conn {
-            DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(inbox::table)
-                .values(chunk)
-                .execute(c)?,
-            DbConnection::Postgres(c) => diesel::insert_into(inbox::table)
-                .values(chunk)
-                .on_conflict_do_nothing()
-                .execute(c)?,
-        };
-    }
-    Ok(())
-}
-
-/// Marks events processed.
-pub fn mark_done(conn: &mut DbConnection, ids: &[String]) -> Result<(), DbError> {
+/// Marks events processed, a chunk of ids per statement.
+pub fn mark_done(conn: &mut DbConnection, ids: &[&str]) -> Result<(), DbError> {
     let now = now_ms();
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         diesel::update(inbox::table.filter(inbox::event_id.eq_any(chunk)))
@@ -274,8 +308,11 @@ pub fn claim_due(
 ) -> Result<Vec<ClaimedRow>, DbError> {
     let now = now_ms();
     conn.transaction(|conn| {
+        // The literal condition matches the partial index `inbox_due`.
         let due = inbox::table
-            .filter(inbox::status.eq("pending"))
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "status = 'pending'",
+            ))
             .filter(inbox::next_attempt_at_ms.le(now))
             .filter(inbox::claimed_until_ms.le(now))
             .order(inbox::id)
@@ -437,14 +474,14 @@ pub fn activity_of(
 }
 
 /// Records sent alerts; one already recorded is kept.
-pub fn insert_alerts(conn: &mut DbConnection, rows: &[AlertRecord]) -> Result<(), DbError> {
+pub fn insert_alerts(conn: &mut DbConnection, rows: &[&AlertRecord]) -> Result<(), DbError> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         match conn {
             DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(keyword_alerts::table)
-                .values(chunk)
+                .values(chunk.to_vec())
                 .execute(c)?,
             DbConnection::Postgres(c) => diesel::insert_into(keyword_alerts::table)
-                .values(chunk)
+                .values(chunk.to_vec())
                 .on_conflict_do_nothing()
                 .execute(c)?,
         };

@@ -7,7 +7,8 @@
 //!   status, always inside one transaction together, so effects land exactly once;
 //! * the outgoing-webhook retry record.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -253,56 +254,44 @@ fn store_intake(conn: &mut DbConnection, intake: &Intake) -> Result<IntakeResult
             known: HashSet::new(),
         });
     }
-    let ids: Vec<&str> = intake.rows.iter().map(|r| r.event_id.as_str()).collect();
-    let known = store::known_event_ids(conn, &ids)?;
-    if known.is_empty() {
-        store::insert_inbox(conn, &intake.rows)?;
-    } else {
-        let fresh: Vec<NewInboxRow> = intake
-            .rows
-            .iter()
-            .filter(|r| !known.contains(&r.event_id))
-            .cloned()
-            .collect();
-        store::insert_inbox(conn, &fresh)?;
-    }
+    let known = store::insert_inbox(conn, &intake.rows)?;
     Ok(IntakeResult {
         duplicate_batch: false,
         known,
     })
 }
 
+/// Writes the results of processing, grouped into as few statements as possible: messages,
+/// alerts and event-log rows as multi-row inserts, activity summed per (realm, user), inbox
+/// rows marked done together. Message effects keep their order, so a message is stored before
+/// a later edit of it applies.
 fn write_processed(conn: &mut DbConnection, processed: &[Processed]) -> Result<(), DbError> {
-    let mut messages = Vec::new();
-    let mut logs = Vec::new();
-    let mut done = Vec::new();
-    // Effects keep their order: a message is stored before a later edit of it applies.
-    let flush_messages = |conn: &mut DbConnection, messages: &mut Vec<NewMessage>| {
-        let result = store::insert_messages(conn, messages);
-        messages.clear();
-        result
-    };
+    let mut messages: Vec<&NewMessage> = Vec::new();
+    let mut alerts: Vec<&AlertRecord> = Vec::new();
+    let mut activity: HashMap<(i64, i64), ActivityDelta> = HashMap::new();
+    let mut logs: Vec<&NewEventLog> = Vec::with_capacity(processed.len() * 2);
+    let mut done: Vec<&str> = Vec::with_capacity(processed.len());
     for p in processed {
         for effect in &p.effects {
             match effect {
-                Effect::StoreMessage(m) => messages.push((**m).clone()),
+                Effect::StoreMessage(m) => messages.push(m),
                 Effect::EditMessage(edit) => {
-                    flush_messages(conn, &mut messages)?;
+                    store::insert_messages(conn, &messages)?;
+                    messages.clear();
                     store::apply_edit(conn, edit)?;
                 }
                 Effect::DeleteMessages(ids) => {
-                    flush_messages(conn, &mut messages)?;
+                    store::insert_messages(conn, &messages)?;
+                    messages.clear();
                     store::mark_deleted(conn, ids)?;
                 }
-                Effect::Activity(delta) => store::add_activity(conn, delta)?,
-                Effect::AlertSent(alert) => {
-                    store::insert_alerts(conn, std::slice::from_ref(alert))?
-                }
+                Effect::Activity(delta) => merge_activity(&mut activity, delta),
+                Effect::AlertSent(alert) => alerts.push(alert),
             }
         }
-        logs.extend(p.logs.iter().cloned());
+        logs.extend(p.logs.iter());
         match &p.inbox {
-            Some(InboxOutcome::Done(id)) => done.push(id.clone()),
+            Some(InboxOutcome::Done(id)) => done.push(id),
             Some(InboxOutcome::Failed {
                 event_id,
                 attempts,
@@ -312,9 +301,34 @@ fn write_processed(conn: &mut DbConnection, processed: &[Processed]) -> Result<(
             None => {}
         }
     }
-    flush_messages(conn, &mut messages)?;
+    store::insert_messages(conn, &messages)?;
+    store::insert_alerts(conn, &alerts)?;
+    for delta in activity.values() {
+        store::add_activity(conn, delta)?;
+    }
     store::insert_event_logs(conn, &logs)?;
     store::mark_done(conn, &done)
+}
+
+/// Adds one user's activity to what the batch already has for them.
+fn merge_activity(into: &mut HashMap<(i64, i64), ActivityDelta>, delta: &ActivityDelta) {
+    match into.entry((delta.realm_id, delta.user_id)) {
+        Entry::Vacant(slot) => {
+            slot.insert(delta.clone());
+        }
+        Entry::Occupied(mut slot) => {
+            let sum = slot.get_mut();
+            sum.seen_at_ms = sum.seen_at_ms.max(delta.seen_at_ms);
+            sum.messages += delta.messages;
+            sum.reactions += delta.reactions;
+            if let Some((status, at)) = &delta.presence
+                && sum.presence.as_ref().is_none_or(|(_, seen)| at >= seen)
+            {
+                sum.presence = Some((status.clone(), *at));
+            }
+            sum.typing_at_ms = sum.typing_at_ms.max(delta.typing_at_ms);
+        }
+    }
 }
 
 fn run(

@@ -276,6 +276,11 @@ impl Inbox {
             )
             .await;
         let mut processed = outcome.processed;
+        if outcome.first_error.is_some() {
+            // A failed event runs all its handlers again; applying the effects of the ones
+            // that succeeded now would apply them twice.
+            processed.effects.clear();
+        }
         // The event stays "in flight" (hidden from the sweeper) until its result is committed.
         processed.after_commit = Some(AfterCommit(Box::new(InFlight {
             set: self.in_flight.clone(),

@@ -19,7 +19,9 @@ CREATE TABLE inbox (
     received_at_ms BIGINT NOT NULL,
     updated_at_ms BIGINT NOT NULL
 );
-CREATE INDEX inbox_status_next ON inbox (status, next_attempt_at_ms);
+-- Only pending events are indexed, with both times the sweeper checks, so that its look-up
+-- reads neither processed events nor the payloads of events that are not due.
+CREATE INDEX inbox_due ON inbox (next_attempt_at_ms, claimed_until_ms) WHERE status = 'pending';
 
 -- Signed batches already accepted, by webhook-id, so that a re-sent batch is not stored twice.
 CREATE TABLE forwarder_batches (
