@@ -35,6 +35,7 @@ const SECTIONS: &[&str] = &[
     "handlers",
     "forwarder",
     "filters",
+    "rate_limits",
 ];
 
 /// Handlers a bot runs when its `handlers` key is omitted.
@@ -105,6 +106,7 @@ pub struct Config {
     pub handlers: BTreeMap<String, HandlerSettings>,
     pub forwarder: ForwarderConfig,
     pub filters: FiltersConfig,
+    pub rate_limits: RateLimitsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -167,6 +169,8 @@ pub struct OutgoingConfig {
 pub struct DataProtectionConfig {
     /// Longest message content (in characters) stored by handlers or written to logs.
     pub max_content_length: usize,
+    /// Mask email addresses and cut message content in log lines and stored error messages.
+    pub log_sanitization: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -201,6 +205,8 @@ pub struct ForwarderConfig {
     /// instance sharing PostgreSQL) any instance may take it.
     #[serde(with = "humantime_serde")]
     pub claim_lease: Duration,
+    /// Pending events above which new batches are refused with 429 until workers catch up.
+    pub max_backlog: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -210,6 +216,76 @@ pub struct FiltersConfig {
     /// "0s" turns the check off.
     #[serde(with = "humantime_serde")]
     pub max_event_age: Duration,
+    /// Realms served (numbers are realm ids, strings subdomains); empty = every realm.
+    #[serde(default)]
+    pub allowed_realms: Vec<RealmSelector>,
+    /// User ids whose events are not processed.
+    #[serde(default)]
+    pub blocked_users: Vec<i64>,
+}
+
+/// A realm named in `filters.allowed_realms`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RealmSelector {
+    Id(i64),
+    Subdomain(String),
+}
+
+/// A sustained rate with bursts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Events per minute, sustained.
+    pub per_minute: u32,
+    /// Events allowed at once after a quiet period.
+    pub burst: u32,
+}
+
+/// Quotas that replace the defaults for one intake path or one bot.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaOverrides {
+    #[serde(default)]
+    pub per_user: Option<QuotaConfig>,
+    #[serde(default)]
+    pub per_realm: Option<QuotaConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    pub enabled: bool,
+    pub per_user: QuotaConfig,
+    pub per_realm: QuotaConfig,
+    /// Overrides for outgoing webhooks (a bot stands for its realm).
+    #[serde(default)]
+    pub outgoing: QuotaOverrides,
+    /// Overrides for forwarded events.
+    #[serde(default)]
+    pub forwarder: QuotaOverrides,
+    /// The reply a user gets when their outgoing webhook is over quota; empty = no reply.
+    pub outgoing_notice: String,
+    /// How often idle limiter keys are forgotten.
+    #[serde(with = "humantime_serde")]
+    pub housekeeping_interval: Duration,
+}
+
+impl RateLimitsConfig {
+    /// (per realm, per user) quotas for a path, with a bot's own overrides on top.
+    pub fn quotas(
+        &self,
+        path: &QuotaOverrides,
+        bot: Option<&QuotaOverrides>,
+    ) -> (QuotaConfig, QuotaConfig) {
+        let pick = |f: fn(&QuotaOverrides) -> Option<QuotaConfig>, default: QuotaConfig| {
+            bot.and_then(f).or_else(|| f(path)).unwrap_or(default)
+        };
+        (
+            pick(|o| o.per_realm, self.per_realm),
+            pick(|o| o.per_user, self.per_user),
+        )
+    }
 }
 
 impl FiltersConfig {
@@ -246,6 +322,9 @@ pub struct BotConfig {
     /// Overrides `server.reply_deadline` for this bot.
     #[serde(default, with = "humantime_serde")]
     pub reply_deadline: Option<Duration>,
+    /// This bot's own quotas (over `rate_limits.outgoing` and the defaults).
+    #[serde(default)]
+    pub rate_limits: Option<QuotaOverrides>,
 }
 
 impl fmt::Debug for BotConfig {
@@ -257,6 +336,7 @@ impl fmt::Debug for BotConfig {
             .field("site", &self.site)
             .field("full_name", &self.full_name)
             .field("handlers", &self.handlers)
+            .field("rate_limits", &self.rate_limits)
             .finish_non_exhaustive()
     }
 }
@@ -437,6 +517,27 @@ impl Config {
         if f.claim_lease < Duration::from_secs(1) {
             return Err(invalid("forwarder.claim_lease", "must be at least 1s"));
         }
+        if f.max_backlog == 0 {
+            return Err(invalid("forwarder.max_backlog", "must be at least 1"));
+        }
+        let r = &self.rate_limits;
+        check_quota("rate_limits.per_user", &r.per_user)?;
+        check_quota("rate_limits.per_realm", &r.per_realm)?;
+        for (path, o) in [("outgoing", &r.outgoing), ("forwarder", &r.forwarder)] {
+            check_overrides(&format!("rate_limits.{path}"), o)?;
+        }
+        if r.housekeeping_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "rate_limits.housekeeping_interval",
+                "must be at least 1s",
+            ));
+        }
+        if r.outgoing_notice.chars().count() > crate::events::MAX_MESSAGE_LENGTH {
+            return Err(invalid(
+                "rate_limits.outgoing_notice",
+                "longer than a Zulip message",
+            ));
+        }
         for (i, handler) in self.forwarder.handlers.iter().enumerate() {
             if !crate::handlers::is_known(handler) {
                 return Err(invalid(
@@ -504,6 +605,9 @@ impl Config {
         if let Some(deadline) = bot.reply_deadline {
             check_deadline(&key("reply_deadline"), deadline)?;
         }
+        if let Some(overrides) = &bot.rate_limits {
+            check_overrides(&key("rate_limits"), overrides)?;
+        }
         let handlers = bot.handler_names();
         if handlers.is_empty() {
             return Err(invalid(key("handlers"), "must name at least one handler"));
@@ -557,6 +661,26 @@ fn check_deadline(key: &str, deadline: Duration) -> Result<(), ConfigError> {
             key,
             "must be between 100ms and 9.9s: Zulip gives up after 10 s and retries",
         ));
+    }
+    Ok(())
+}
+
+fn check_quota(key: &str, quota: &QuotaConfig) -> Result<(), ConfigError> {
+    if quota.per_minute == 0 {
+        return Err(invalid(format!("{key}.per_minute"), "must be at least 1"));
+    }
+    if quota.burst == 0 {
+        return Err(invalid(format!("{key}.burst"), "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn check_overrides(key: &str, overrides: &QuotaOverrides) -> Result<(), ConfigError> {
+    if let Some(q) = &overrides.per_user {
+        check_quota(&format!("{key}.per_user"), q)?;
+    }
+    if let Some(q) = &overrides.per_realm {
+        check_quota(&format!("{key}.per_realm"), q)?;
     }
     Ok(())
 }
@@ -685,6 +809,7 @@ fn parse_botserverrc(text: &str) -> Result<BTreeMap<String, BotConfig>, ConfigEr
                 full_name: None,
                 handlers: None,
                 reply_deadline: None,
+                rate_limits: None,
             },
         );
     }

@@ -11,10 +11,11 @@ use anyhow::Context as _;
 use crate::config::Config;
 use crate::db::writer::{Writer, WriterThread};
 use crate::db::{Db, store};
+use crate::filters::Filters;
 use crate::handlers::{Context, Registry};
 use crate::http::{AppState, ForwarderState, routes};
 use crate::processing::Processor;
-use crate::processing::inbox::{Inbox, InboxTasks};
+use crate::processing::inbox::{Admission, Inbox, InboxTasks};
 use crate::processing::outgoing::{Bots, OutgoingService};
 use crate::verification::SigningKey;
 use crate::zulip_api::ZulipClient;
@@ -77,6 +78,7 @@ impl RunningServer {
 
 /// Opens the database (running migrations), starts every component and the HTTP listener.
 pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<RunningServer> {
+    crate::telemetry::configure_scrubbing(&config.data_protection);
     let database = config.database.clone();
     let (db, applied) = tokio::task::spawn_blocking(move || Db::open(&database))
         .await
@@ -111,16 +113,17 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         registry: registry.clone(),
     });
     let processor = Processor::new(cx, writer.clone());
+    let filters = Arc::new(Filters::new(&config.filters));
     let (inbox, inbox_tasks) = Inbox::start(
         processor.clone(),
         db.clone(),
         registry.ids(&config.forwarder.handlers),
+        Admission::new(&config, filters.clone()),
         config.forwarder.clone(),
-        config.filters.max_event_age(),
     )
     .await
     .context("starting the inbox workers")?;
-    let forwarder = forwarder_state(&config, inbox)?;
+    let forwarder = forwarder_state(&config, inbox.clone())?;
     let bots = Bots::build(&config, &registry);
     if bots.is_empty() {
         tracing::warn!(
@@ -129,12 +132,12 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     }
     let zulip = ZulipClient::new().context("building the HTTP client for Zulip's API")?;
     let outgoing = Arc::new(OutgoingService::new(
+        &config,
         bots,
         processor,
-        writer.clone(),
         db.clone(),
         zulip,
-        config.outgoing.dedup_window,
+        filters,
         options.dry_run,
     ));
     let loaded = outgoing
@@ -148,7 +151,11 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         );
     }
 
-    let upkeep = tokio::spawn(upkeep(outgoing.clone()));
+    let upkeep = tokio::spawn(upkeep(
+        outgoing.clone(),
+        inbox.clone(),
+        config.rate_limits.housekeeping_interval,
+    ));
     let state = web::Data::new(AppState {
         outgoing,
         max_body_bytes: config.server.max_body_bytes,
@@ -200,15 +207,24 @@ fn forwarder_state(config: &Config, inbox: Arc<Inbox>) -> anyhow::Result<Option<
     }))
 }
 
-async fn upkeep(outgoing: Arc<OutgoingService>) {
-    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
-    tick.tick().await;
+/// Periodic upkeep: pruning the retry record, and forgetting idle rate-limit keys.
+async fn upkeep(outgoing: Arc<OutgoingService>, inbox: Arc<Inbox>, housekeeping: Duration) {
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    let mut limits = tokio::time::interval(housekeeping);
+    prune.tick().await;
+    limits.tick().await;
     loop {
-        tick.tick().await;
-        match outgoing.prune_record().await {
-            Ok(0) => {}
-            Ok(pruned) => tracing::debug!(pruned, "expired retry records removed"),
-            Err(error) => tracing::warn!(%error, "pruning the retry record failed"),
+        tokio::select! {
+            _ = prune.tick() => match outgoing.prune_record().await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::debug!(pruned, "expired retry records removed"),
+                Err(error) => tracing::warn!(%error, "pruning the retry record failed"),
+            },
+            _ = limits.tick() => {
+                let outgoing_keys = outgoing.bots.limiter_housekeeping();
+                let forwarder_keys = inbox.limiter_housekeeping();
+                tracing::info!(outgoing_keys, forwarder_keys, "rate limiter keys tracked");
+            }
         }
     }
 }

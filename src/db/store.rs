@@ -234,47 +234,38 @@ pub fn insert_inbox(
     Ok(known)
 }
 
-/// Marks events processed, a chunk of ids per statement.
-pub fn mark_done(conn: &mut DbConnection, ids: &[&str]) -> Result<(), DbError> {
-    let now = now_ms();
-    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        diesel::update(inbox::table.filter(inbox::event_id.eq_any(chunk)))
-            .set((
-                inbox::status.eq("done"),
-                inbox::attempts.eq(inbox::attempts + 1),
-                inbox::claimed_until_ms.eq(0i64),
-                inbox::last_error.eq(None::<String>),
-                inbox::updated_at_ms.eq(now),
-            ))
-            .execute(conn)?;
-    }
-    Ok(())
-}
-
-/// Records a failed attempt: `next_attempt_at_ms` for another try, or `None` to give up (dead).
-pub fn mark_failed(
+/// Records the end of one attempt at an event: `done`, `pending` again with
+/// `next_attempt_at_ms` for a retry, or `dead` when `retry_at` is `None` after a failure.
+/// Applies only if the event is still pending at the attempt it was taken at, so that a
+/// result that arrives twice (two workers holding the same event after a claim ran out)
+/// is recorded once; returns whether it applied.
+pub fn finish_attempt(
     conn: &mut DbConnection,
     event_id: &str,
-    attempts: i32,
-    next_attempt_at_ms: Option<i64>,
-    error: &str,
-) -> Result<(), DbError> {
-    let status = if next_attempt_at_ms.is_some() {
-        "pending"
-    } else {
-        "dead"
+    attempts_before: i32,
+    failure: Option<(Option<i64>, &str)>,
+) -> Result<bool, DbError> {
+    let target = inbox::table
+        .filter(inbox::event_id.eq(event_id))
+        .filter(inbox::status.eq("pending"))
+        .filter(inbox::attempts.eq(attempts_before));
+    let now = now_ms();
+    let (status, next_attempt_at_ms, error) = match failure {
+        None => ("done", 0, None),
+        Some((Some(at), error)) => ("pending", at, Some(error)),
+        Some((None, error)) => ("dead", 0, Some(error)),
     };
-    diesel::update(inbox::table.filter(inbox::event_id.eq(event_id)))
+    let updated = diesel::update(target)
         .set((
             inbox::status.eq(status),
-            inbox::attempts.eq(attempts),
-            inbox::next_attempt_at_ms.eq(next_attempt_at_ms.unwrap_or(0)),
+            inbox::attempts.eq(attempts_before + 1),
+            inbox::next_attempt_at_ms.eq(next_attempt_at_ms),
             inbox::claimed_until_ms.eq(0i64),
             inbox::last_error.eq(error),
-            inbox::updated_at_ms.eq(now_ms()),
+            inbox::updated_at_ms.eq(now),
         ))
         .execute(conn)?;
-    Ok(())
+    Ok(updated == 1)
 }
 
 /// Gives events back to the next sweep at once (they could not be queued in memory).

@@ -36,17 +36,15 @@ pub enum Effect {
     AlertSent(AlertRecord),
 }
 
-/// What became of a forwarded event.
+/// What became of one attempt at a forwarded event.
 #[derive(Debug, Clone)]
-pub enum InboxOutcome {
-    Done(String),
-    Failed {
-        event_id: String,
-        attempts: i32,
-        /// `None`: retries are exhausted and the event is dead.
-        next_attempt_at_ms: Option<i64>,
-        error: String,
-    },
+pub struct InboxOutcome {
+    pub event_id: String,
+    /// Attempts made before this one.
+    pub attempts_before: i32,
+    /// `None` when the event was processed; else when to try again (`None`: it is dead) and
+    /// why it failed.
+    pub failure: Option<(Option<i64>, String)>,
 }
 
 /// Everything one event's processing writes.
@@ -74,6 +72,14 @@ pub struct Intake {
     pub webhook_id: String,
     pub rows: Vec<NewInboxRow>,
     pub reply: oneshot::Sender<Result<IntakeResult, String>>,
+}
+
+/// Why intake did not store a batch.
+#[derive(Debug)]
+pub enum IntakeWriteError {
+    /// The writer did not take the batch in time.
+    Busy,
+    Failed(String),
 }
 
 /// What intake stored.
@@ -139,24 +145,35 @@ impl Writer {
         }
     }
 
-    /// Stores a forwarder batch and waits for the commit.
+    /// Stores a forwarder batch and waits for the commit. `Busy` when the writer has not
+    /// taken the batch within `wait` (it is far behind).
     pub async fn intake(
         &self,
         webhook_id: String,
         rows: Vec<NewInboxRow>,
-    ) -> Result<IntakeResult, String> {
+        wait: Duration,
+    ) -> Result<IntakeResult, IntakeWriteError> {
         let (reply, answer) = oneshot::channel();
         let op = WriteOp::Intake(Box::new(Intake {
             webhook_id,
             rows,
             reply,
         }));
-        if self.tx.send(op).await.is_err() {
-            return Err("the database writer has stopped".into());
+        match tokio::time::timeout(wait, self.tx.send(op)).await {
+            Err(_) => return Err(IntakeWriteError::Busy),
+            Ok(Err(_)) => {
+                return Err(IntakeWriteError::Failed(
+                    "the database writer has stopped".into(),
+                ));
+            }
+            Ok(Ok(())) => {}
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the database writer stopped before committing".into()))
+        match answer.await {
+            Ok(result) => result.map_err(IntakeWriteError::Failed),
+            Err(_) => Err(IntakeWriteError::Failed(
+                "the database writer stopped before committing".into(),
+            )),
+        }
     }
 
     /// Waits until everything queued so far is committed.
@@ -270,8 +287,19 @@ fn write_processed(conn: &mut DbConnection, processed: &[Processed]) -> Result<(
     let mut alerts: Vec<&AlertRecord> = Vec::new();
     let mut activity: HashMap<(i64, i64), ActivityDelta> = HashMap::new();
     let mut logs: Vec<&NewEventLog> = Vec::with_capacity(processed.len() * 2);
-    let mut done: Vec<&str> = Vec::with_capacity(processed.len());
     for p in processed {
+        // The inbox status goes first: a result for an event that is no longer pending at
+        // that attempt is a duplicate, and its effects must not be applied again.
+        if let Some(outcome) = &p.inbox {
+            let failure = outcome
+                .failure
+                .as_ref()
+                .map(|(retry_at, error)| (*retry_at, error.as_str()));
+            if !store::finish_attempt(conn, &outcome.event_id, outcome.attempts_before, failure)? {
+                tracing::warn!(event_id = %outcome.event_id, "a second result for an event already finished; ignored");
+                continue;
+            }
+        }
         for effect in &p.effects {
             match effect {
                 Effect::StoreMessage(m) => messages.push(m),
@@ -290,24 +318,13 @@ fn write_processed(conn: &mut DbConnection, processed: &[Processed]) -> Result<(
             }
         }
         logs.extend(p.logs.iter());
-        match &p.inbox {
-            Some(InboxOutcome::Done(id)) => done.push(id),
-            Some(InboxOutcome::Failed {
-                event_id,
-                attempts,
-                next_attempt_at_ms,
-                error,
-            }) => store::mark_failed(conn, event_id, *attempts, *next_attempt_at_ms, error)?,
-            None => {}
-        }
     }
     store::insert_messages(conn, &messages)?;
     store::insert_alerts(conn, &alerts)?;
     for delta in activity.values() {
         store::add_activity(conn, delta)?;
     }
-    store::insert_event_logs(conn, &logs)?;
-    store::mark_done(conn, &done)
+    store::insert_event_logs(conn, &logs)
 }
 
 /// Adds one user's activity to what the batch already has for them.

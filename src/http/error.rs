@@ -24,6 +24,8 @@ pub enum ApiError {
     #[error("{0}")]
     Signature(#[from] crate::verification::SignatureError),
     #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -39,6 +41,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::TooManyEvents(_) => "too_many_events",
             ApiError::Signature(e) => e.code(),
+            ApiError::TooManyRequests(_) => "over_capacity",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -56,6 +59,7 @@ impl ResponseError for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -65,8 +69,14 @@ impl ResponseError for ApiError {
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8)));
-        if let ApiError::Unavailable(_) = self {
-            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+        match self {
+            ApiError::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            ApiError::TooManyRequests(_) => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("30")));
+            }
+            _ => {}
         }
         response.body(body.to_string())
     }

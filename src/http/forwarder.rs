@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::{ApiError, AppState, json_ok, read_body};
 use crate::events::forwarded::{BatchError, parse_batch};
+use crate::processing::inbox::IntakeError;
 use crate::verification::{SignedHeaders, verify};
 
 pub async fn intake(
@@ -53,9 +54,19 @@ pub async fn intake(
         .accept(webhook_id, events)
         .instrument(span)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "batch not stored");
-            ApiError::Unavailable(format!("the batch could not be stored; send it again: {e}"))
+        .map_err(|e| match e {
+            IntakeError::Busy(why) => {
+                tracing::warn!(reason = %why, "batch refused: the server is over capacity");
+                ApiError::TooManyRequests(format!(
+                    "over capacity, send the batch again later: {why}"
+                ))
+            }
+            IntakeError::Failed(why) => {
+                tracing::error!(error = %why, "batch not stored");
+                ApiError::Unavailable(format!(
+                    "the batch could not be stored; send it again: {why}"
+                ))
+            }
         })?;
     if summary.duplicate_batch {
         tracing::info!("batch already accepted (webhook-id seen before)");

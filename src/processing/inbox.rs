@@ -13,6 +13,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashSet;
@@ -20,13 +21,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Processor;
-use crate::config::ForwarderConfig;
+use crate::config::{Config, ForwarderConfig};
 use crate::db::models::NewInboxRow;
-use crate::db::writer::{AfterCommit, InboxOutcome, WriteOp, Writer};
+use crate::db::writer::{AfterCommit, InboxOutcome, IntakeWriteError, WriteOp, Writer};
 use crate::db::{Backend, Db, DbError, now_ms, store};
 use crate::events::Event;
 use crate::events::forwarded::{ForwardedEvent, parse_stored};
+use crate::filters::Filters;
 use crate::handlers::HandlerId;
+use crate::ratelimit::Limits;
 
 /// Events a worker queue holds before intake leaves the rest to the sweeper.
 const QUEUE_CAPACITY: usize = 8_192;
@@ -65,8 +68,73 @@ pub struct IntakeSummary {
     pub duplicates: usize,
     /// Stored as `expired` (older than `filters.max_event_age`), not dispatched.
     pub expired: usize,
+    /// Stored as `filtered` (realm not allowed, user blocked), not dispatched.
+    pub filtered: usize,
+    /// Stored as `rate_limited`, not dispatched.
+    pub rate_limited: usize,
     /// The whole batch (`webhook-id`) had been accepted before.
     pub duplicate_batch: bool,
+}
+
+/// What decides whether a forwarded event is dispatched: its age, the filters, and the rate
+/// limits.
+pub struct Admission {
+    filters: Arc<Filters>,
+    limits: Option<Limits>,
+    max_event_age: Option<Duration>,
+    max_backlog: u64,
+    writer_wait: Duration,
+}
+
+impl Admission {
+    pub fn new(config: &Config, filters: Arc<Filters>) -> Admission {
+        let limits = config.rate_limits.enabled.then(|| {
+            let (per_realm, per_user) = config
+                .rate_limits
+                .quotas(&config.rate_limits.forwarder, None);
+            Limits::new(&per_realm, &per_user)
+        });
+        Admission {
+            filters,
+            limits,
+            max_event_age: config.filters.max_event_age(),
+            max_backlog: config.forwarder.max_backlog,
+            writer_wait: config.database.connection_timeout,
+        }
+    }
+
+    /// The status an accepted event is stored with, and why when it is not `pending`.
+    fn status(&self, event: &ForwardedEvent, now_ms: i64) -> (&'static str, Option<String>) {
+        if let (Some(age), Some(at)) = (self.max_event_age, event.emitted_at_ms)
+            && now_ms.saturating_sub(at) > millis(age)
+        {
+            let why = format!(
+                "emitted {} s ago, over filters.max_event_age",
+                (now_ms - at) / 1000
+            );
+            return ("expired", Some(why));
+        }
+        if let Some(why) = self.filters.reject(&event.event.realm, event.user_id) {
+            return ("filtered", Some(why));
+        }
+        if let Some(limits) = &self.limits
+            && let Some(why) = limits.check(event.realm_id, event.user_id).reason()
+        {
+            return ("rate_limited", Some(why));
+        }
+        ("pending", None)
+    }
+}
+
+/// Why a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// Too much is waiting already; the sender should try again later.
+    #[error("{0}")]
+    Busy(String),
+    /// Storing failed; nothing was acknowledged.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The inbox service.
@@ -78,7 +146,9 @@ pub struct Inbox {
     queues: Vec<mpsc::Sender<Work>>,
     in_flight: Arc<DashSet<String>>,
     config: ForwarderConfig,
-    max_event_age: Option<Duration>,
+    admission: Admission,
+    /// Pending events this server knows of (stored, not yet done or dead).
+    backlog: Arc<AtomicI64>,
 }
 
 /// The running workers and sweeper, to be stopped at shutdown.
@@ -104,9 +174,17 @@ impl Inbox {
         processor: Processor,
         db: Db,
         handlers: Vec<HandlerId>,
+        admission: Admission,
         config: ForwarderConfig,
-        max_event_age: Option<Duration>,
     ) -> Result<(Arc<Inbox>, InboxTasks), DbError> {
+        let pending = db
+            .run(|c| {
+                Ok(store::inbox_counts(c)?
+                    .into_iter()
+                    .find(|(s, _)| s == "pending"))
+            })
+            .await?
+            .map_or(0, |(_, n)| n);
         if db.backend() == Backend::Sqlite {
             let released = db.run(store::release_all_claims).await?;
             if released > 0 {
@@ -132,7 +210,8 @@ impl Inbox {
             queues,
             in_flight: Arc::new(DashSet::new()),
             config,
-            max_event_age,
+            admission,
+            backlog: Arc::new(AtomicI64::new(pending)),
         });
         let mut tasks = Vec::new();
         for rx in receivers {
@@ -148,7 +227,14 @@ impl Inbox {
         &self,
         webhook_id: &str,
         events: Vec<ForwardedEvent>,
-    ) -> Result<IntakeSummary, String> {
+    ) -> Result<IntakeSummary, IntakeError> {
+        let backlog = self.backlog.load(Ordering::Relaxed);
+        if backlog > i64::try_from(self.admission.max_backlog).unwrap_or(i64::MAX) {
+            return Err(IntakeError::Busy(format!(
+                "{backlog} events are waiting to be processed (forwarder.max_backlog {})",
+                self.admission.max_backlog
+            )));
+        }
         let now = now_ms();
         let claim_until = now + millis(self.config.claim_lease);
         let mut summary = IntakeSummary::default();
@@ -160,7 +246,11 @@ impl Inbox {
                 summary.duplicates += 1;
                 continue;
             }
-            let expired = self.is_expired(event.emitted_at_ms, now);
+            let (status, reason) = self.admission.status(&event, now);
+            let pending = status == "pending";
+            if let Some(reason) = &reason {
+                tracing::info!(event_id = %event.event_id, status, %reason, "event stored, not dispatched");
+            }
             rows.push(NewInboxRow {
                 event_id: event.event_id.clone(),
                 webhook_id: webhook_id.to_string(),
@@ -170,18 +260,22 @@ impl Inbox {
                 event_type: event.event_type,
                 op: event.op,
                 payload: event.payload,
-                status: if expired { "expired" } else { "pending" },
+                status,
                 attempts: 0,
                 next_attempt_at_ms: now,
-                claimed_until_ms: if expired { 0 } else { claim_until },
-                last_error: None,
+                claimed_until_ms: if pending { claim_until } else { 0 },
+                last_error: reason,
                 emitted_at_ms: event.emitted_at_ms,
                 received_at_ms: now,
                 updated_at_ms: now,
             });
-            if expired {
-                summary.expired += 1;
-            } else {
+            match status {
+                "expired" => summary.expired += 1,
+                "filtered" => summary.filtered += 1,
+                "rate_limited" => summary.rate_limited += 1,
+                _ => {}
+            }
+            if pending {
                 work.push(Work {
                     event_id: event.event_id,
                     event: event.event,
@@ -189,7 +283,16 @@ impl Inbox {
                 });
             }
         }
-        let stored = self.writer.intake(webhook_id.to_string(), rows).await?;
+        let stored = self
+            .writer
+            .intake(webhook_id.to_string(), rows, self.admission.writer_wait)
+            .await
+            .map_err(|e| match e {
+                IntakeWriteError::Busy => {
+                    IntakeError::Busy("the database writer is behind; try again shortly".into())
+                }
+                IntakeWriteError::Failed(e) => IntakeError::Failed(e),
+            })?;
         if stored.duplicate_batch {
             return Ok(IntakeSummary {
                 duplicate_batch: true,
@@ -198,12 +301,14 @@ impl Inbox {
             });
         }
         summary.duplicates += stored.known.len();
-        summary.accepted = seen.len() - stored.known.len() - summary.expired;
+        let not_dispatched = summary.expired + summary.filtered + summary.rate_limited;
+        summary.accepted = seen.len() - stored.known.len() - not_dispatched;
         let mut released = Vec::new();
         for item in work {
             if stored.known.contains(&item.event_id) {
                 continue;
             }
+            self.backlog.fetch_add(1, Ordering::Relaxed);
             if let Err(event_id) = self.dispatch(item) {
                 released.push(event_id);
             }
@@ -218,11 +323,12 @@ impl Inbox {
         Ok(summary)
     }
 
-    fn is_expired(&self, emitted_at_ms: Option<i64>, now: i64) -> bool {
-        match (self.max_event_age, emitted_at_ms) {
-            (Some(age), Some(at)) => now.saturating_sub(at) > millis(age),
-            _ => false,
-        }
+    /// Forgets idle rate-limit keys; returns the keys still tracked.
+    pub fn limiter_housekeeping(&self) -> usize {
+        self.admission
+            .limits
+            .as_ref()
+            .map_or(0, Limits::housekeeping)
     }
 
     /// Queues an event for the worker of its realm; gives its id back when the queue is full.
@@ -286,27 +392,42 @@ impl Inbox {
             set: self.in_flight.clone(),
             event_id: item.event_id.clone(),
         })));
-        processed.inbox = Some(match outcome.first_error {
-            None => InboxOutcome::Done(item.event_id.clone()),
-            Some(error) => {
-                let attempts = item.attempts + 1;
-                let next = (u32::try_from(attempts).unwrap_or(u32::MAX) <= self.config.max_retries)
-                    .then(|| now_ms() + millis(backoff(self.config.retry_delay, attempts)));
-                if next.is_none() {
-                    tracing::error!(event_id = %item.event_id, attempts, %error, "event failed too often; moved to dead letters");
-                }
-                InboxOutcome::Failed {
-                    event_id: item.event_id.clone(),
-                    attempts,
-                    next_attempt_at_ms: next,
-                    error,
-                }
+        let finished = match &outcome.first_error {
+            None => true,
+            Some(_) => {
+                u32::try_from(item.attempts + 1).unwrap_or(u32::MAX) > self.config.max_retries
             }
+        };
+        if finished {
+            // Clamped: replays from the command line were never counted in.
+            let _ = self
+                .backlog
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some((n - 1).max(0))
+                });
+        }
+        let failure = outcome.first_error.map(|error| {
+            let retry_at = (!finished)
+                .then(|| now_ms() + millis(backoff(self.config.retry_delay, item.attempts + 1)));
+            if finished {
+                tracing::error!(
+                    event_id = %item.event_id,
+                    attempts = item.attempts + 1,
+                    %error,
+                    "event failed too often; moved to dead letters"
+                );
+            }
+            (retry_at, error)
         });
+        processed.inbox = Some(InboxOutcome {
+            event_id: item.event_id.clone(),
+            attempts_before: item.attempts,
+            failure,
+        });
+        // `in_flight` is cleared by the guard once the writer has committed this.
         self.writer
             .send(WriteOp::Processed(Box::new(processed)))
             .await;
-        self.in_flight.remove(&item.event_id);
     }
 
     async fn sweep(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
@@ -343,11 +464,13 @@ impl Inbox {
                 Ok(parsed) => parsed.event,
                 Err(e) => {
                     let processed = crate::db::writer::Processed {
-                        inbox: Some(InboxOutcome::Failed {
+                        inbox: Some(InboxOutcome {
                             event_id: row.event_id,
-                            attempts: row.attempts,
-                            next_attempt_at_ms: None,
-                            error: format!("stored envelope cannot be read: {}", e.0),
+                            attempts_before: row.attempts,
+                            failure: Some((
+                                None,
+                                format!("stored envelope cannot be read: {}", e.0),
+                            )),
                         }),
                         ..Default::default()
                     };

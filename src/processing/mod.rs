@@ -19,6 +19,7 @@ use crate::db::now_ms;
 use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::events::{Event, Origin, normalize_reply, truncate_chars};
 use crate::handlers::{Context, Effects, HandlerError, HandlerId};
+use crate::telemetry::scrub;
 
 /// Longest error text kept in an event-log row.
 const MAX_ERROR_CHARS: usize = 1_000;
@@ -114,8 +115,9 @@ impl Processor {
                     None
                 }
                 Err(e) => {
-                    tracing::warn!(handler = name, error = %e, "handler failed");
-                    let text = truncate_chars(&e.to_string(), MAX_ERROR_CHARS).0;
+                    let full = e.to_string();
+                    let text = truncate_chars(&scrub(&full), MAX_ERROR_CHARS).0;
+                    tracing::warn!(handler = name, error = %text, "handler failed");
                     outcome
                         .first_error
                         .get_or_insert_with(|| format!("{name}: {text}"));
@@ -140,7 +142,13 @@ impl Processor {
     }
 }
 
-fn log_row(event: &Event, handler: &str, duration_us: i64, error: Option<String>) -> NewEventLog {
+/// An event-log row for one run of `handler` (or a guard that refused the event).
+pub(crate) fn log_row(
+    event: &Event,
+    handler: &str,
+    duration_us: i64,
+    error: Option<String>,
+) -> NewEventLog {
     let (bot, event_id) = match &event.origin {
         Origin::Outgoing { bot, .. } => (Some(bot.to_string()), None),
         Origin::Forwarder { event_id } => (None, Some(event_id.clone())),

@@ -9,13 +9,15 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tracing::Instrument;
 
-use super::Processor;
+use super::{Processor, log_row};
 use crate::config::{Config, Secret};
 use crate::db::models::ReplyRecord;
-use crate::db::writer::{WriteOp, Writer};
+use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::db::{Db, DbError, now_ms, store};
-use crate::events::{Event, Message};
+use crate::events::{Event, Message, normalize_reply};
+use crate::filters::Filters;
 use crate::handlers::{HandlerId, Registry};
+use crate::ratelimit::Limits;
 use crate::verification::token_matches;
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 
@@ -34,6 +36,8 @@ pub struct Bot {
     pub api: Option<BotApi>,
     pub handlers: Arc<[HandlerId]>,
     pub deadline: Duration,
+    /// The bot stands for its realm; `None` when rate limits are off.
+    limits: Option<Limits>,
 }
 
 /// All bots, with the look-ups requests need.
@@ -60,6 +64,12 @@ impl Bots {
                 api,
                 handlers: registry.ids(&bot.handler_names()).into(),
                 deadline: bot.reply_deadline.unwrap_or(config.server.reply_deadline),
+                limits: config.rate_limits.enabled.then(|| {
+                    let (per_realm, per_user) = config
+                        .rate_limits
+                        .quotas(&config.rate_limits.outgoing, bot.rate_limits.as_ref());
+                    Limits::new(&per_realm, &per_user)
+                }),
             });
         }
         let by_email = list
@@ -118,6 +128,15 @@ impl Bots {
     pub fn token_ok(&self, id: BotId, token: &str) -> bool {
         token_matches(&self.list[id].token, token)
     }
+
+    /// Forgets idle rate-limit keys of every bot; returns the keys still tracked.
+    pub fn limiter_housekeeping(&self) -> usize {
+        self.list
+            .iter()
+            .filter_map(|b| b.limits.as_ref())
+            .map(Limits::housekeeping)
+            .sum()
+    }
 }
 
 /// What became of a request: the JSON answer, and whether it came from the retry record.
@@ -166,29 +185,35 @@ pub struct OutgoingService {
     writer: Writer,
     db: Db,
     zulip: ZulipClient,
+    filters: Arc<Filters>,
     record: DashMap<(BotId, i64), Recorded>,
     window: Duration,
+    /// The reply for a user over quota (`None`: no reply).
+    notice: Option<String>,
     dry_run: bool,
 }
 
 impl OutgoingService {
     pub fn new(
+        config: &Config,
         bots: Bots,
         processor: Processor,
-        writer: Writer,
         db: Db,
         zulip: ZulipClient,
-        window: Duration,
+        filters: Arc<Filters>,
         dry_run: bool,
     ) -> Self {
+        let notice = normalize_reply(&config.rate_limits.outgoing_notice);
         Self {
             bots,
+            writer: processor.writer().clone(),
             processor,
-            writer,
             db,
             zulip,
+            filters,
             record: DashMap::new(),
-            window,
+            window: config.outgoing.dedup_window,
+            notice,
             dry_run,
         }
     }
@@ -244,6 +269,12 @@ impl OutgoingService {
                 }
             }
         }
+        if let Some(answer) = self.refuse(bot_id, &event).await {
+            if let Some((_, message_id)) = key {
+                self.remember(bot_id, message_id, &answer).await;
+            }
+            return answer;
+        }
         let bot = self.bots.get(bot_id);
         let event = Arc::new(event);
         let mut first_reply = self.processor.spawn(event.clone(), bot.handlers.clone());
@@ -260,7 +291,7 @@ impl OutgoingService {
         };
         let reply = if self.dry_run {
             if let Some(text) = &reply {
-                tracing::info!(reply = %crate::events::truncate_chars(text, 200).0, "dry run: not replying");
+                tracing::info!(reply = %crate::telemetry::scrub(text), "dry run: not replying");
             }
             None
         } else {
@@ -271,6 +302,35 @@ impl OutgoingService {
             self.remember(bot_id, message_id, &answer).await;
         }
         answer
+    }
+
+    /// The filters and the bot's rate limits: `Some(answer)` when the event is not to be
+    /// handled. A refusal is still a 200 (Zulip posts a public failure for anything else),
+    /// and it is written to the event log with its reason.
+    async fn refuse(&self, bot_id: BotId, event: &Event) -> Option<Answer> {
+        let (guard, reason, reply) =
+            if let Some(reason) = self.filters.reject(&event.realm, event.user_id) {
+                ("filters", reason, None)
+            } else {
+                let decision = self
+                    .bots
+                    .get(bot_id)
+                    .limits
+                    .as_ref()?
+                    .check(0, event.user_id);
+                let reason = decision.reason()?;
+                ("rate_limiter", reason, self.notice.clone())
+            };
+        tracing::info!(guard, %reason, user_id = ?event.user_id, "outgoing webhook not handled");
+        let row = log_row(event, guard, 0, Some(reason));
+        let processed = Processed {
+            logs: vec![row],
+            ..Processed::default()
+        };
+        self.writer
+            .send(WriteOp::Processed(Box::new(processed)))
+            .await;
+        Some(Answer::new(reply))
     }
 
     async fn remember(&self, bot_id: BotId, message_id: i64, answer: &Answer) {
