@@ -419,10 +419,17 @@ async fn failures_are_retried_then_dead_and_replayable() {
     alerts.stop().await;
 }
 
-/// A server process of its own, so that it can be killed.
+/// A server process of its own, so that it can be killed; killed too if a test fails.
 struct Process {
     child: Child,
     base: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn spawn_server(config: &std::path::Path) -> Process {
@@ -508,6 +515,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
         }
         server.child.kill().expect("SIGKILL");
         server.child.wait().expect("reaped");
+        drop(server);
 
         // Inspect the database directly: the kill left acknowledged events unprocessed.
         let target = zulip_listeners::config::parse_database_url(&db.url).expect("url");
@@ -523,7 +531,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
             "{backend:?}: the kill must interrupt work: {counts:?}"
         );
 
-        server = spawn_server(&config);
+        let server = spawn_server(&config);
         wait_healthy(&http, &server.base).await;
         let mut last = Vec::new();
         let all_done = eventually(Duration::from_secs(60), async || {
@@ -532,8 +540,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
         })
         .await;
         assert!(all_done, "{backend:?}: {last:?}");
-        server.child.kill().expect("stop");
-        let _ = server.child.wait();
+        drop(server);
 
         use zulip_listeners::db::schema::{keyword_alerts, messages};
         let stored: i64 = messages::table

@@ -234,35 +234,62 @@ pub fn insert_inbox(
     Ok(known)
 }
 
-/// Records the end of one attempt at an event: `done`, `pending` again with
-/// `next_attempt_at_ms` for a retry, or `dead` when `retry_at` is `None` after a failure.
-/// Applies only if the event is still pending at the attempt it was taken at, so that a
-/// result that arrives twice (two workers holding the same event after a claim ran out)
-/// is recorded once; returns whether it applied.
-pub fn finish_attempt(
+/// Marks events done that are still pending at the given attempt count, a chunk per
+/// statement; returns the ids it applied to (the others already have a result).
+pub fn finish_done(
+    conn: &mut DbConnection,
+    attempts_before: i32,
+    ids: &[&str],
+) -> Result<HashSet<String>, DbError> {
+    let now = now_ms();
+    let mut applied = HashSet::with_capacity(ids.len());
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let target = inbox::table
+            .filter(inbox::event_id.eq_any(chunk))
+            .filter(inbox::status.eq("pending"))
+            .filter(inbox::attempts.eq(attempts_before));
+        let changes = (
+            inbox::status.eq("done"),
+            inbox::attempts.eq(attempts_before + 1),
+            inbox::claimed_until_ms.eq(0i64),
+            inbox::last_error.eq(None::<String>),
+            inbox::updated_at_ms.eq(now),
+        );
+        let done: Vec<String> = crate::per_backend!(conn, c => diesel::update(target)
+            .set(changes)
+            .returning(inbox::event_id)
+            .get_results(c))?;
+        applied.extend(done);
+    }
+    Ok(applied)
+}
+
+/// Records a failed attempt at an event: `pending` again with `retry_at` for another try, or
+/// `dead` when `retry_at` is `None`. Applies only if the event is still pending at the attempt
+/// it was taken at; returns whether it applied.
+pub fn finish_failed(
     conn: &mut DbConnection,
     event_id: &str,
     attempts_before: i32,
-    failure: Option<(Option<i64>, &str)>,
+    retry_at: Option<i64>,
+    error: &str,
 ) -> Result<bool, DbError> {
     let target = inbox::table
         .filter(inbox::event_id.eq(event_id))
         .filter(inbox::status.eq("pending"))
         .filter(inbox::attempts.eq(attempts_before));
-    let now = now_ms();
-    let (status, next_attempt_at_ms, error) = match failure {
-        None => ("done", 0, None),
-        Some((Some(at), error)) => ("pending", at, Some(error)),
-        Some((None, error)) => ("dead", 0, Some(error)),
-    };
     let updated = diesel::update(target)
         .set((
-            inbox::status.eq(status),
+            inbox::status.eq(if retry_at.is_some() {
+                "pending"
+            } else {
+                "dead"
+            }),
             inbox::attempts.eq(attempts_before + 1),
-            inbox::next_attempt_at_ms.eq(next_attempt_at_ms),
+            inbox::next_attempt_at_ms.eq(retry_at.unwrap_or(0)),
             inbox::claimed_until_ms.eq(0i64),
             inbox::last_error.eq(error),
-            inbox::updated_at_ms.eq(now),
+            inbox::updated_at_ms.eq(now_ms()),
         ))
         .execute(conn)?;
     Ok(updated == 1)

@@ -287,15 +287,35 @@ fn write_processed(conn: &mut DbConnection, processed: &[Processed]) -> Result<(
     let mut alerts: Vec<&AlertRecord> = Vec::new();
     let mut activity: HashMap<(i64, i64), ActivityDelta> = HashMap::new();
     let mut logs: Vec<&NewEventLog> = Vec::with_capacity(processed.len() * 2);
+    // Inbox statuses go first: a result for an event that is no longer pending at that
+    // attempt is a duplicate (two workers held it after a claim ran out), and its effects
+    // must not be applied again. Successes are marked in bulk, failures one by one.
+    let mut done_by_attempt: HashMap<i32, Vec<&str>> = HashMap::new();
+    for outcome in processed.iter().filter_map(|p| p.inbox.as_ref()) {
+        if outcome.failure.is_none() {
+            done_by_attempt
+                .entry(outcome.attempts_before)
+                .or_default()
+                .push(&outcome.event_id);
+        }
+    }
+    let mut applied = HashSet::new();
+    for (attempts_before, ids) in &done_by_attempt {
+        applied.extend(store::finish_done(conn, *attempts_before, ids)?);
+    }
     for p in processed {
-        // The inbox status goes first: a result for an event that is no longer pending at
-        // that attempt is a duplicate, and its effects must not be applied again.
         if let Some(outcome) = &p.inbox {
-            let failure = outcome
-                .failure
-                .as_ref()
-                .map(|(retry_at, error)| (*retry_at, error.as_str()));
-            if !store::finish_attempt(conn, &outcome.event_id, outcome.attempts_before, failure)? {
+            let finished = match &outcome.failure {
+                None => applied.contains(&outcome.event_id),
+                Some((retry_at, error)) => store::finish_failed(
+                    conn,
+                    &outcome.event_id,
+                    outcome.attempts_before,
+                    *retry_at,
+                    error,
+                )?,
+            };
+            if !finished {
                 tracing::warn!(event_id = %outcome.event_id, "a second result for an event already finished; ignored");
                 continue;
             }

@@ -1,0 +1,399 @@
+//! Rate limits and guards over real HTTP: what a limited or filtered request gets on each
+//! path, and that nothing refused is lost.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{Value, json};
+use zulip_listeners::db::{DbConnection, store};
+use zulip_listeners::verification::SigningKey;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn mention(id: i64, sender: i64, realm: &str) -> String {
+    json!({
+        "bot_email": BOT_EMAIL, "bot_full_name": "Helper", "token": TOKEN, "trigger": "mention",
+        "data": "@**Helper** ping",
+        "message": {"id": id, "type": "stream", "content": "@**Helper** ping", "sender_id": sender,
+                    "sender_email": format!("user{sender}@example.com"), "sender_realm_str": realm,
+                    "stream_id": 5, "display_recipient": "general", "subject": "t"}
+    })
+    .to_string()
+}
+
+fn envelope(event_id: &str, realm: i64, sender: i64, message_id: i64, emitted_ms: i64) -> Value {
+    json!({
+        "v": 1, "event_id": event_id, "emitted_at_ms": emitted_ms,
+        "server": {"host": "h", "zulip_version": "10.2", "feature_level": 334},
+        "realm": {"id": realm, "uuid": "u", "string_id": format!("r{realm}")},
+        "type": "message", "op": null, "audience": {"count": 1, "user_ids": [sender]},
+        "event": {"type": "message", "flags": [], "message": {
+            "id": message_id, "sender_id": sender, "content": "hello", "type": "stream",
+            "display_recipient": "general", "stream_id": 5, "subject": "t", "timestamp": 1700000000}}
+    })
+}
+
+async fn post_events(t: &TestServer, webhook_id: &str, envelopes: Vec<Value>) -> Answer {
+    let body = json!({ "events": envelopes }).to_string();
+    let ts = now();
+    let key = SigningKey::parse(SECRET).expect("key");
+    t.send(
+        t.http
+            .post(format!("{}/zulip/events", t.base))
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", ts.to_string())
+            .header(
+                "webhook-signature",
+                key.sign(webhook_id, ts, body.as_bytes()),
+            )
+            .body(body),
+    )
+    .await
+}
+
+fn inbox_row(c: &mut DbConnection, status: &str) -> Vec<(String, Option<String>)> {
+    store::inbox_entries(c, &[status], 100)
+        .expect("inbox")
+        .into_iter()
+        .map(|e| (e.event_id, e.last_error))
+        .collect()
+}
+
+fn guard_rows(c: &mut DbConnection, guard: &str) -> Vec<Option<String>> {
+    use diesel::prelude::*;
+    use zulip_listeners::db::schema::event_log as log;
+    log::table
+        .filter(log::handler.eq(guard))
+        .select(log::error)
+        .load(c)
+        .expect("log")
+}
+
+#[actix_web::test]
+async fn outgoing_webhooks_over_quota_get_a_notice_not_an_error() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let extra = format!(
+        "{}[bots.helper.rate_limits.per_user]\nper_minute = 60\nburst = 2\n\
+         [bots.helper.rate_limits.per_realm]\nper_minute = 60\nburst = 4\n",
+        helper_bot(r#"["command_bot"]"#)
+    );
+    let t = start_server(&db, &extra).await;
+    let pong = json!({"content": "pong"});
+    assert_eq!(
+        t.post_json("/zulip/outgoing", &mention(1, 10, "zulip"))
+            .await
+            .json,
+        pong
+    );
+    assert_eq!(
+        t.post_json("/zulip/outgoing", &mention(2, 10, "zulip"))
+            .await
+            .json,
+        pong
+    );
+    let limited = t
+        .post_json("/zulip/outgoing", &mention(3, 10, "zulip"))
+        .await;
+    assert_eq!(
+        limited.status, 200,
+        "never an error status for Zulip to post publicly"
+    );
+    let notice = limited.json["content"]
+        .as_str()
+        .expect("the notice is the reply");
+    assert!(notice.contains("faster than I can answer"), "{notice}");
+    // Zulip's retry of the limited message gets the same answer, and costs no quota.
+    assert_eq!(
+        t.post_json("/zulip/outgoing", &mention(3, 10, "zulip"))
+            .await
+            .json,
+        limited.json
+    );
+
+    // Another user is not affected by user 10's quota …
+    assert_eq!(
+        t.post_json("/zulip/outgoing", &mention(4, 11, "zulip"))
+            .await
+            .json,
+        pong
+    );
+    // … until the realm's quota (4 at once) is used up, across users.
+    let capped = t
+        .post_json("/zulip/outgoing", &mention(5, 12, "zulip"))
+        .await;
+    assert_eq!(capped.json["content"].as_str(), Some(notice));
+
+    let rows = t.query(|c| guard_rows(c, "rate_limiter")).await;
+    assert_eq!(rows.len(), 2, "each refusal is in the event log: {rows:?}");
+    assert!(
+        rows[0]
+            .as_deref()
+            .unwrap_or_default()
+            .contains("user's rate limit")
+    );
+    assert!(
+        rows[1]
+            .as_deref()
+            .unwrap_or_default()
+            .contains("realm's rate limit")
+    );
+    t.stop().await;
+
+    // With an empty notice, a limited request gets no reply at all.
+    let db = TestDatabase::new(Backend::Sqlite);
+    let extra = format!(
+        "{}[rate_limits]\noutgoing_notice = \"\"\n[rate_limits.outgoing.per_user]\nper_minute = 1\nburst = 1\n",
+        helper_bot(r#"["command_bot"]"#)
+    );
+    let t = start_server(&db, &extra).await;
+    assert_eq!(
+        t.post_json("/zulip/outgoing", &mention(1, 10, "zulip"))
+            .await
+            .json,
+        pong
+    );
+    let quiet = t
+        .post_json("/zulip/outgoing", &mention(2, 10, "zulip"))
+        .await;
+    assert_eq!(quiet.json, json!({"response_not_required": true}));
+    t.stop().await;
+}
+
+#[actix_web::test]
+async fn forwarded_events_over_quota_are_kept_and_replayable() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let extra = format!(
+            "[forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"message_logger\"]\n\
+             [rate_limits.forwarder.per_user]\nper_minute = 60\nburst = 2\n"
+        );
+        let t = start_server(&db, &extra).await;
+        let ms = now() * 1000;
+        let events = (0..3)
+            .map(|i| envelope(&format!("q{i}"), 2, 10, 100 + i, ms))
+            .collect();
+        let answer = post_events(&t, "msg_quota", events).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            (
+                answer.json["accepted"].as_i64(),
+                answer.json["rate_limited"].as_i64()
+            ),
+            (Some(2), Some(1))
+        );
+
+        let limited = t.query(|c| inbox_row(c, "rate_limited")).await;
+        assert_eq!(limited.len(), 1, "{backend:?}");
+        assert_eq!(limited[0].0, "q2");
+        assert!(
+            limited[0]
+                .1
+                .as_deref()
+                .unwrap_or_default()
+                .contains("user's rate limit")
+        );
+        let kept = t.query(|c| store::message_by_id(c, 102).expect("q")).await;
+        assert!(kept.is_none(), "not dispatched");
+
+        let requeued = t
+            .query(|c| store::requeue(c, &["rate_limited"], None).expect("requeue"))
+            .await;
+        assert_eq!(requeued, 1);
+        let replayed = eventually(Duration::from_secs(10), async || {
+            t.query(|c| store::message_by_id(c, 102).expect("q"))
+                .await
+                .is_some()
+        })
+        .await;
+        assert!(
+            replayed,
+            "{backend:?}: a replayed rate-limited event is processed"
+        );
+        t.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn a_deep_backlog_is_answered_429_with_retry_after() {
+    let alerts = Stub::start(r#"{"ok": true}"#, Duration::from_millis(300)).await;
+    let db = TestDatabase::new(Backend::Sqlite);
+    let extra = format!(
+        "[forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nmax_backlog = 2\nhandlers = [\"keyword_alerts\"]\n\
+         [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
+        alerts.url
+    );
+    let t = start_server(&db, &extra).await;
+    let ms = now() * 1000;
+    let first = post_events(
+        &t,
+        "msg_b1",
+        (0..4)
+            .map(|i| envelope(&format!("b{i}"), 2, 10 + i, 200 + i, ms))
+            .collect(),
+    )
+    .await;
+    assert_eq!(first.status, 200);
+    let response = t
+        .http
+        .post(format!("{}/zulip/events", t.base))
+        .header("webhook-id", "msg_b2")
+        .header("webhook-timestamp", now().to_string())
+        .header(
+            "webhook-signature",
+            SigningKey::parse(SECRET)
+                .expect("key")
+                .sign("msg_b2", now(), br#"{"events":[]}"#),
+        )
+        .body(r#"{"events":[]}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 429);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("30")
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"], "over_capacity");
+
+    let drained = eventually(Duration::from_secs(15), async || {
+        post_events(&t, "msg_b3", vec![]).await.status == 200
+    })
+    .await;
+    assert!(drained, "accepted again once the workers caught up");
+    t.stop().await;
+    alerts.stop().await;
+}
+
+#[actix_web::test]
+async fn realm_and_user_filters_on_both_paths() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let extra = format!(
+            "{}[forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"message_logger\"]\n\
+             [filters]\nallowed_realms = [2, \"zulip\"]\nblocked_users = [13]\n",
+            helper_bot(r#"["command_bot"]"#)
+        );
+        let t = start_server(&db, &extra).await;
+        let pong = json!({"content": "pong"});
+        let quiet = json!({"response_not_required": true});
+        assert_eq!(
+            t.post_json("/zulip/outgoing", &mention(1, 10, "zulip"))
+                .await
+                .json,
+            pong
+        );
+        assert_eq!(
+            t.post_json("/zulip/outgoing", &mention(2, 10, "elsewhere"))
+                .await
+                .json,
+            quiet
+        );
+        assert_eq!(
+            t.post_json("/zulip/outgoing", &mention(3, 13, "zulip"))
+                .await
+                .json,
+            quiet
+        );
+        let rows = t.query(|c| guard_rows(c, "filters")).await;
+        assert_eq!(rows.len(), 2, "{backend:?}: {rows:?}");
+        assert!(
+            rows[0]
+                .as_deref()
+                .unwrap_or_default()
+                .contains("`elsewhere` is not in filters.allowed_realms")
+        );
+        assert!(
+            rows[1]
+                .as_deref()
+                .unwrap_or_default()
+                .contains("user 13 is in filters.blocked_users")
+        );
+
+        let ms = now() * 1000;
+        let old = ms - 2 * 24 * 3600 * 1000;
+        let answer = post_events(
+            &t,
+            "msg_filters",
+            vec![
+                envelope("ok", 2, 10, 300, ms),
+                envelope("other-realm", 3, 10, 301, ms),
+                envelope("blocked", 2, 13, 302, ms),
+                envelope("too-old", 2, 10, 303, old),
+            ],
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            (
+                answer.json["accepted"].as_i64(),
+                answer.json["filtered"].as_i64(),
+                answer.json["expired"].as_i64()
+            ),
+            (Some(1), Some(2), Some(1))
+        );
+        let (filtered, expired) = t
+            .query(|c| (inbox_row(c, "filtered"), inbox_row(c, "expired")))
+            .await;
+        let reason = |id: &str| {
+            filtered
+                .iter()
+                .find(|(e, _)| e == id)
+                .and_then(|(_, r)| r.clone())
+                .unwrap_or_default()
+        };
+        assert!(
+            reason("other-realm").contains("`r3` (id 3) is not in filters.allowed_realms"),
+            "{filtered:?}"
+        );
+        assert!(reason("blocked").contains("user 13"));
+        assert_eq!(expired.len(), 1);
+        assert!(
+            expired[0]
+                .1
+                .as_deref()
+                .unwrap_or_default()
+                .contains("max_event_age")
+        );
+        t.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn stored_errors_and_logs_are_sanitized() {
+    let service = Stub::start(
+        r#"{"detail": "no such user alice.smith@example.com"}"#,
+        Duration::ZERO,
+    )
+    .await;
+    service.set_status(500);
+    let db = TestDatabase::new(Backend::Sqlite);
+    let extra = format!(
+        "{}[handlers.relay]\nurl = \"{}/\"\n",
+        helper_bot(r#"["relay"]"#),
+        service.url
+    );
+    let t = start_server(&db, &extra).await;
+    let answer = t
+        .post_json("/zulip/outgoing", &mention(1, 10, "zulip"))
+        .await;
+    assert_eq!(answer.json, json!({"response_not_required": true}));
+    let errors = t.query(|c| guard_rows(c, "relay")).await;
+    let error = errors[0].clone().unwrap_or_default();
+    assert!(error.contains("a…@example.com"), "{error}");
+    assert!(!error.contains("alice.smith"), "{error}");
+    t.stop().await;
+    service.stop().await;
+}
