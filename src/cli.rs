@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use diesel::RunQueryDsl;
 
 use crate::config::{Config, Sources};
-use crate::db::{DbConnection, establish, run_migrations, store};
+use crate::db::{DbConnection, establish, retention, run_migrations, store};
 use crate::handlers::Registry;
 use crate::server::{ServeOptions, start};
 use crate::verification::SigningKey;
@@ -45,8 +45,23 @@ pub enum Command {
     Migrate,
     /// Load and validate the configuration, print a summary, and exit.
     CheckConfig,
-    /// List every compiled-in handler: event types, users, state, runs and failures.
-    Listeners,
+    /// List every compiled-in handler (event types, users, state, runs and failures), or
+    /// enable / disable one; a running server follows within seconds.
+    Listeners {
+        #[command(subcommand)]
+        action: Option<ListenerAction>,
+    },
+    /// Delete event-log rows, finished inbox rows, accepted batch ids, retry records and
+    /// statistics older than N days, in small batches.
+    Cleanup {
+        #[arg(long, value_name = "N")]
+        days: u32,
+    },
+    /// Summarise the event log per handler and interval into listener_stats.
+    Stats {
+        #[command(subcommand)]
+        action: StatsAction,
+    },
     /// Print a new Standard Webhooks signing secret for the forwarder.
     GenSecret,
     /// Forwarded events that were not processed: list them, or queue them again.
@@ -54,6 +69,24 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListenerAction {
+    /// Enable a handler (also after an automatic disable).
+    Enable { name: String },
+    /// Disable a handler until it is enabled again.
+    Disable {
+        name: String,
+        #[arg(long, default_value = "disabled from the command line")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StatsAction {
+    /// Aggregate every completed interval (`retention.aggregation_interval`) now.
+    Aggregate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,7 +154,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve { dry_run } => serve(config, ServeOptions { dry_run }),
         Command::Migrate => migrate(&config),
         Command::CheckConfig => check_config(&config),
-        Command::Listeners => listeners(&config),
+        Command::Listeners { action: None } => listeners(&config),
+        Command::Listeners {
+            action: Some(action),
+        } => set_listener(&config, action),
+        Command::Cleanup { days } => cleanup(&config, days),
+        Command::Stats {
+            action: StatsAction::Aggregate,
+        } => aggregate(&config),
         Command::GenSecret => Ok(()),
         Command::DeadLetters { action } => dead_letters(&config, action),
     };
@@ -135,11 +175,11 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
-    crate::telemetry::init(&config.telemetry);
+    let log_file = crate::telemetry::init(&config.telemetry).context("telemetry.file")?;
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         let server = start(config, options).await?;
-        server.wait().await
+        server.run_until_signalled(log_file).await
     })
 }
 
@@ -279,5 +319,100 @@ fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow::Result<()>
             }
         }
     }
+    Ok(())
+}
+
+fn set_listener(config: &Config, action: ListenerAction) -> anyhow::Result<()> {
+    let (name, enabled, reason) = match &action {
+        ListenerAction::Enable { name } => (name, true, None),
+        ListenerAction::Disable { name, reason } => (name, false, Some(reason.as_str())),
+    };
+    if !crate::handlers::is_known(name) {
+        anyhow::bail!(
+            "no handler named `{name}`; compiled-in handlers are: {}",
+            crate::handlers::KNOWN.join(", ")
+        );
+    }
+    let mut conn = connect(config)?;
+    let registry = Registry::build(config)?;
+    let rows: Vec<(&'static str, String)> = registry
+        .entries()
+        .iter()
+        .map(|e| {
+            let settings = serde_json::Value::Object(e.settings.settings.clone()).to_string();
+            (e.handler.name(), settings)
+        })
+        .collect();
+    store::sync_listeners(&mut conn, &rows)?;
+    store::set_listener_enabled(&mut conn, name, enabled, reason)?;
+    println!(
+        "{name} {}; a running server follows within {} seconds.",
+        if enabled { "enabled" } else { "disabled" },
+        10
+    );
+    Ok(())
+}
+
+/// Shows progress: redrawn in place on a terminal, one line per step otherwise.
+struct Progress {
+    terminal: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, table: &str, done: usize) {
+        if self.terminal {
+            eprint!("\r\x1b[2K{table}: {done} rows deleted");
+        } else {
+            eprintln!("{table}: {done} rows deleted");
+        }
+    }
+
+    fn finish(&self) {
+        if self.terminal {
+            eprintln!();
+        }
+    }
+}
+
+fn aggregate(config: &Config) -> anyhow::Result<()> {
+    let mut conn = connect(config)?;
+    let interval =
+        i64::try_from(config.retention.aggregation_interval.as_millis()).unwrap_or(i64::MAX);
+    let rows = retention::aggregate_stats(&mut conn, interval, crate::db::now_ms())?;
+    println!("{rows} statistics row(s) written.");
+    Ok(())
+}
+
+fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
+    let mut conn = connect(config)?;
+    let interval =
+        i64::try_from(config.retention.aggregation_interval.as_millis()).unwrap_or(i64::MAX);
+    // Summarise first, so that statistics survive the rows they are made from.
+    retention::aggregate_stats(&mut conn, interval, crate::db::now_ms())?;
+    let before = crate::db::now_ms() - i64::from(days) * 86_400_000;
+    let mut progress = Progress::new();
+    let report = retention::cleanup(
+        &mut conn,
+        before,
+        config.retention.batch_size,
+        &mut |table, n| progress.update(table, n),
+    )?;
+    progress.finish();
+    println!(
+        "Deleted {} rows older than {days} days: event_log {}, inbox {}, forwarder_batches {}, outgoing_replies {}, listener_stats {}.",
+        report.total(),
+        report.event_log,
+        report.inbox,
+        report.forwarder_batches,
+        report.outgoing_replies,
+        report.listener_stats
+    );
     Ok(())
 }

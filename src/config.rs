@@ -36,6 +36,10 @@ const SECTIONS: &[&str] = &[
     "forwarder",
     "filters",
     "rate_limits",
+    "metrics",
+    "admin",
+    "error_handling",
+    "retention",
 ];
 
 /// Handlers a bot runs when its `handlers` key is omitted.
@@ -107,6 +111,71 @@ pub struct Config {
     pub forwarder: ForwarderConfig,
     pub filters: FiltersConfig,
     pub rate_limits: RateLimitsConfig,
+    pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
+    pub error_handling: ErrorHandlingConfig,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Address of the separate listener that serves `GET /metrics`.
+    pub bind: String,
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/`; the admin API is off while it is empty.
+    #[serde(default)]
+    pub token: Secret,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorHandlingConfig {
+    /// Consecutive failures of a handler that open its circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps the handler from running.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// Failures within an hour above which a handler is disabled until an operator enables it.
+    pub max_failures_per_hour: u32,
+    /// A URL that receives a JSON POST for every breaker and auto-disable transition.
+    #[serde(default)]
+    pub notification_webhook: Option<String>,
+    /// A bot (with api_key and site) that posts the transitions to `notification_stream`.
+    #[serde(default)]
+    pub notification_bot: Option<String>,
+    #[serde(default)]
+    pub notification_stream: Option<String>,
+    #[serde(default)]
+    pub notification_topic: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Event-log rows, finished inbox rows and statistics older than this many days are
+    /// deleted by a daily pass; 0 keeps everything.
+    pub retention_days: u32,
+    /// Length of one `listener_stats` interval, aggregated in the background.
+    #[serde(with = "humantime_serde")]
+    pub aggregation_interval: Duration,
+    /// Rows deleted per transaction.
+    pub batch_size: i64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -153,6 +222,9 @@ pub struct TelemetryConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive such as `info` or `info,zulip_listeners=debug`; `RUST_LOG` wins.
     pub level: String,
+    /// Write logs to this file instead of stderr; reopened on SIGHUP (for logrotate).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -421,6 +493,9 @@ impl Config {
                 )?);
             }
         }
+        if let Some(path) = self.admin.token_file.take() {
+            self.admin.token = Secret::new(read_secret_file(&path, "admin.token_file")?);
+        }
         if let Some(path) = self.forwarder.secrets_file.take() {
             let text = read_secret_file(&path, "forwarder.secrets_file")?;
             self.forwarder.secrets.extend(
@@ -537,6 +612,59 @@ impl Config {
                 "rate_limits.outgoing_notice",
                 "longer than a Zulip message",
             ));
+        }
+        if self.metrics.enabled && self.metrics.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.bind",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:9898",
+                    self.metrics.bind
+                ),
+            ));
+        }
+        let e = &self.error_handling;
+        if e.breaker_failures == 0 {
+            return Err(invalid(
+                "error_handling.breaker_failures",
+                "must be at least 1",
+            ));
+        }
+        if e.max_failures_per_hour == 0 {
+            return Err(invalid(
+                "error_handling.max_failures_per_hour",
+                "must be at least 1",
+            ));
+        }
+        if let Some(bot) = &e.notification_bot {
+            if self.bots.get(bot).is_none_or(|b| b.site.is_none()) {
+                return Err(invalid(
+                    "error_handling.notification_bot",
+                    format!("`{bot}` must be a bot under [bots] with api_key and site"),
+                ));
+            }
+            if e.notification_stream.is_none() {
+                return Err(invalid(
+                    "error_handling.notification_stream",
+                    "required with notification_bot",
+                ));
+            }
+        }
+        if let Some(url) = &e.notification_webhook
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(invalid(
+                "error_handling.notification_webhook",
+                format!("`{url}` must be an http(s) URL"),
+            ));
+        }
+        if self.retention.aggregation_interval < Duration::from_secs(60) {
+            return Err(invalid(
+                "retention.aggregation_interval",
+                "must be at least 1m",
+            ));
+        }
+        if self.retention.batch_size < 1 {
+            return Err(invalid("retention.batch_size", "must be at least 1"));
         }
         for (i, handler) in self.forwarder.handlers.iter().enumerate() {
             if !crate::handlers::is_known(handler) {

@@ -1,8 +1,11 @@
-//! Assembles the server from the configuration: database and migrations, the background
-//! writer, handlers, bots, the retry record, background upkeep, and the HTTP listener.
+//! Assembles the server from the configuration — database and migrations, the background
+//! writer, handlers, bots, the retry record, background upkeep, the HTTP and metrics
+//! listeners — and takes it down gracefully: readiness off, listeners stop accepting,
+//! requests in flight and the workers' current events finish, everything pending is written.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
@@ -10,18 +13,23 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::db::writer::{Writer, WriterThread};
-use crate::db::{Db, store};
+use crate::db::{Db, now_ms, retention, store};
 use crate::filters::Filters;
 use crate::handlers::{Context, Registry};
-use crate::http::{AppState, ForwarderState, routes};
+use crate::http::{AppState, ForwarderState, InFlight, metrics_routes, observe, routes};
 use crate::processing::Processor;
+use crate::processing::announce::Announcer;
 use crate::processing::inbox::{Admission, Inbox, InboxTasks};
 use crate::processing::outgoing::{Bots, OutgoingService};
+use crate::telemetry::metric;
 use crate::verification::SigningKey;
 use crate::zulip_api::ZulipClient;
 
 /// How often expired retry records are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often gauges are refreshed and handler states are read back from the database (so that
+/// `zulip-listeners listeners enable|disable` reaches a running server).
+const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServeOptions {
@@ -32,9 +40,18 @@ pub struct ServeOptions {
 /// A started server.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The metrics listener's address, when metrics are on.
+    pub metrics_addr: Option<SocketAddr>,
     pub db: Db,
     server: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    metrics: Option<(
+        actix_web::dev::ServerHandle,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
+    ready: Arc<AtomicBool>,
+    in_flight: InFlight,
+    shutdown_timeout: Duration,
     writer: Writer,
     writer_thread: WriterThread,
     upkeep: tokio::task::JoinHandle<()>,
@@ -42,22 +59,56 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Waits until the server stops (SIGTERM / SIGINT), then writes out everything pending.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.finish_after(None).await
-    }
-
-    /// Stops the server gracefully and writes out everything pending.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let handle = self.server.clone();
-        self.finish_after(Some(handle)).await
-    }
-
-    async fn finish_after(self, stop: Option<actix_web::dev::ServerHandle>) -> anyhow::Result<()> {
-        if let Some(handle) = stop {
-            handle.stop(true).await;
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP reopens the log
+    /// file (`telemetry.file`).
+    pub async fn run_until_signalled(
+        self,
+        log_file: Option<Arc<crate::telemetry::LogFile>>,
+    ) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = hup.recv() => match &log_file {
+                    Some(file) => match file.reopen() {
+                        Ok(()) => tracing::info!("SIGHUP: log file reopened"),
+                        Err(error) => eprintln!("SIGHUP: cannot reopen the log file: {error}"),
+                    },
+                    None => tracing::info!("SIGHUP: no log file to reopen"),
+                },
+            }
         }
+        self.stop().await
+    }
+
+    /// Stops gracefully: readiness turns 503, the listeners stop accepting, requests in
+    /// flight and the workers' current events finish, everything pending is written.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.ready.store(false, Ordering::Relaxed);
+        // Stop accepting connections, then let the requests in flight finish.
+        self.server.pause().await;
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        while self.in_flight.count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.in_flight.count() > 0 {
+            tracing::warn!(
+                requests = self.in_flight.count(),
+                "shutdown timeout: dropping requests still in flight"
+            );
+        }
+        // Nothing is in flight any more: close idle keep-alive connections at once instead
+        // of waiting for clients to hang up.
+        self.server.stop(false).await;
         let served = self.task.await.context("the HTTP server task failed")?;
+        if let Some((handle, task)) = self.metrics {
+            handle.stop(false).await;
+            let _ = task.await;
+        }
         self.upkeep.abort();
         self.inbox_tasks.stop().await;
         self.writer.stop().await;
@@ -102,9 +153,11 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
             (e.handler.name(), settings)
         })
         .collect();
-    db.run(move |c| store::sync_listeners(c, &listener_rows))
+    let persisted = db
+        .run(move |c| store::sync_listeners(c, &listener_rows))
         .await
         .context("recording the handlers")?;
+    apply_persisted_state(&registry, &persisted);
 
     let cx = Arc::new(Context {
         db: db.clone(),
@@ -112,7 +165,12 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         data_protection: config.data_protection.clone(),
         registry: registry.clone(),
     });
-    let processor = Processor::new(cx, writer.clone());
+    let zulip = ZulipClient::new().context("building the HTTP client for Zulip's API")?;
+    let announcer = Arc::new(
+        Announcer::new(&config, db.clone(), zulip.clone())
+            .context("building the HTTP client for notifications")?,
+    );
+    let processor = Processor::new(cx, writer.clone(), announcer);
     let filters = Arc::new(Filters::new(&config.filters));
     let (inbox, inbox_tasks) = Inbox::start(
         processor.clone(),
@@ -130,7 +188,6 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
             "no bots are configured: outgoing webhooks will be answered 404 (see [bots.<name>] in config/default.toml)"
         );
     }
-    let zulip = ZulipClient::new().context("building the HTTP client for Zulip's API")?;
     let outgoing = Arc::new(OutgoingService::new(
         &config,
         bots,
@@ -151,39 +208,100 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         );
     }
 
-    let upkeep = tokio::spawn(upkeep(
-        outgoing.clone(),
-        inbox.clone(),
-        config.rate_limits.housekeeping_interval,
-    ));
+    let upkeep = tokio::spawn(upkeep(Upkeep {
+        outgoing: outgoing.clone(),
+        inbox: inbox.clone(),
+        registry: registry.clone(),
+        db: db.clone(),
+        housekeeping: config.rate_limits.housekeeping_interval,
+        retention: config.retention.clone(),
+    }));
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_token = (!config.admin.token.is_empty()).then(|| config.admin.token.clone());
+    if admin_token.is_none() {
+        tracing::info!("no admin token configured: the admin API is off");
+    }
     let state = web::Data::new(AppState {
         outgoing,
         max_body_bytes: config.server.max_body_bytes,
         forwarder,
+        registry,
+        ready: ready.clone(),
+        admin_token,
     });
     let listener = TcpListener::bind(&config.server.bind)
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
     let addr = listener.local_addr()?;
-    let mut http = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
-        .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1))
-        .listen(listener)?;
+    let shutdown_timeout = config.server.shutdown_timeout.as_secs().max(1);
+    let in_flight = InFlight::default();
+    let counted = in_flight.clone();
+    let mut http = HttpServer::new(move || {
+        let counted = counted.clone();
+        App::new()
+            .app_data(state.clone())
+            .wrap_fn(move |req, service| observe(req, service, &counted))
+            .configure(routes)
+    })
+    .disable_signals()
+    .shutdown_timeout(shutdown_timeout)
+    .listen(listener)?;
     if config.server.workers > 0 {
         http = http.workers(config.server.workers);
     }
     let server = http.run();
     let handle = server.handle();
     let task = tokio::spawn(server);
+    let (metrics, metrics_addr) = if config.metrics.enabled {
+        crate::telemetry::prometheus();
+        let listener = TcpListener::bind(&config.metrics.bind)
+            .with_context(|| format!("cannot listen on {} (metrics.bind)", config.metrics.bind))?;
+        let metrics_addr = listener.local_addr()?;
+        let server = HttpServer::new(|| App::new().configure(metrics_routes))
+            .disable_signals()
+            .workers(1)
+            .shutdown_timeout(shutdown_timeout)
+            .listen(listener)?
+            .run();
+        let metrics_handle = server.handle();
+        tracing::info!(addr = %metrics_addr, "metrics listening");
+        (
+            Some((metrics_handle, tokio::spawn(server))),
+            Some(metrics_addr),
+        )
+    } else {
+        (None, None)
+    };
+    ready.store(true, Ordering::Relaxed);
     tracing::info!(%addr, backend = db.backend().name(), "listening");
     Ok(RunningServer {
         addr,
+        metrics_addr,
         db,
         server: handle,
         task,
+        metrics,
+        ready,
+        in_flight,
+        shutdown_timeout: config.server.shutdown_timeout,
         writer,
         writer_thread,
         upkeep,
         inbox_tasks,
     })
+}
+
+/// Handlers disabled in the database (by an operator, or automatically) stay disabled.
+fn apply_persisted_state(registry: &Registry, rows: &[crate::db::models::ListenerRow]) {
+    for entry in registry.entries() {
+        let name = entry.handler.name();
+        if let Some(row) = rows.iter().find(|r| r.name == name) {
+            entry.apply_row(row);
+            if !entry.enabled() {
+                tracing::warn!(handler = name, reason = ?row.disabled_reason, "handler is disabled");
+            }
+        }
+        crate::telemetry::metric::handler_enabled(name, entry.enabled());
+    }
 }
 
 fn forwarder_state(config: &Config, inbox: Arc<Inbox>) -> anyhow::Result<Option<ForwarderState>> {
@@ -207,24 +325,109 @@ fn forwarder_state(config: &Config, inbox: Arc<Inbox>) -> anyhow::Result<Option<
     }))
 }
 
-/// Periodic upkeep: pruning the retry record, and forgetting idle rate-limit keys.
-async fn upkeep(outgoing: Arc<OutgoingService>, inbox: Arc<Inbox>, housekeeping: Duration) {
+struct Upkeep {
+    outgoing: Arc<OutgoingService>,
+    inbox: Arc<Inbox>,
+    registry: Arc<Registry>,
+    db: Db,
+    housekeeping: Duration,
+    retention: crate::config::RetentionConfig,
+}
+
+/// How often the retention pass runs.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// Periodic upkeep: pruning the retry record, forgetting idle rate-limit keys, refreshing
+/// gauges, and reading handler states back from the database.
+async fn upkeep(u: Upkeep) {
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
-    let mut limits = tokio::time::interval(housekeeping);
+    let mut limits = tokio::time::interval(u.housekeeping);
+    let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
+    let mut aggregate = tokio::time::interval(u.retention.aggregation_interval);
+    let mut retention = tokio::time::interval(RETENTION_INTERVAL);
     prune.tick().await;
     limits.tick().await;
     loop {
         tokio::select! {
-            _ = prune.tick() => match outgoing.prune_record().await {
+            _ = prune.tick() => match u.outgoing.prune_record().await {
                 Ok(0) => {}
                 Ok(pruned) => tracing::debug!(pruned, "expired retry records removed"),
                 Err(error) => tracing::warn!(%error, "pruning the retry record failed"),
             },
             _ = limits.tick() => {
-                let outgoing_keys = outgoing.bots.limiter_housekeeping();
-                let forwarder_keys = inbox.limiter_housekeeping();
+                let outgoing_keys = u.outgoing.bots.limiter_housekeeping();
+                let forwarder_keys = u.inbox.limiter_housekeeping();
+                metric::rate_limiter_keys("outgoing", outgoing_keys);
+                metric::rate_limiter_keys("forwarder", forwarder_keys);
                 tracing::info!(outgoing_keys, forwarder_keys, "rate limiter keys tracked");
+            }
+            _ = gauges.tick() => refresh(&u).await,
+            _ = aggregate.tick() => {
+                let interval = millis(u.retention.aggregation_interval);
+                match u.db.run(move |c| retention::aggregate_stats(c, interval, now_ms())).await {
+                    Ok(rows) => tracing::debug!(rows, "statistics aggregated"),
+                    Err(error) => tracing::warn!(%error, "aggregating statistics failed"),
+                }
+            }
+            _ = retention.tick() => {
+                if u.retention.retention_days > 0 {
+                    let before = now_ms() - i64::from(u.retention.retention_days) * 86_400_000;
+                    let batch = u.retention.batch_size;
+                    match u.db.run(move |c| retention::cleanup(c, before, batch, &mut |_, _| {})).await {
+                        Ok(report) => tracing::info!(deleted = report.total(), ?report, "retention pass done"),
+                        Err(error) => tracing::warn!(%error, "retention pass failed"),
+                    }
+                }
             }
         }
     }
+}
+
+async fn refresh(u: &Upkeep) {
+    if let Some(handle) = crate::telemetry::prometheus() {
+        handle.run_upkeep();
+    }
+    let (in_use, idle) = u.db.pool_state();
+    metric::db_pool(in_use, idle);
+    match u
+        .db
+        .run(|c| Ok((store::inbox_counts(c)?, store::listener_rows(c)?)))
+        .await
+    {
+        Ok((counts, rows)) => {
+            for status in [
+                "pending",
+                "done",
+                "dead",
+                "expired",
+                "rate_limited",
+                "filtered",
+            ] {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == status)
+                    .map_or(0, |(_, n)| *n);
+                metric::inbox_events(status, n);
+            }
+            for entry in u.registry.entries() {
+                let name = entry.handler.name();
+                let Some(row) = rows.iter().find(|r| r.name == name) else {
+                    continue;
+                };
+                if entry.apply_row(row) {
+                    tracing::info!(
+                        handler = name,
+                        enabled = entry.enabled(),
+                        "handler state read from the database"
+                    );
+                }
+                metric::handler_enabled(name, entry.enabled());
+            }
+        }
+        Err(error) => tracing::warn!(%error, "refreshing gauges failed"),
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -1,29 +1,202 @@
 //! Telemetry: the `tracing` subscriber (pretty or JSON lines, filtered by `telemetry.level`
-//! or `RUST_LOG`), and the scrubbing of personal data from log lines and stored error
-//! messages (`data_protection.log_sanitization`).
+//! or `RUST_LOG`, to stderr or to a file reopened on SIGHUP), the Prometheus metrics (one
+//! place that names them all: [`metric`]), and the scrubbing of personal data from log lines
+//! and stored error messages (`data_protection.log_sanitization`).
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use regex::Regex;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{DataProtectionConfig, LogFormat, TelemetryConfig};
 
-/// Installs the global subscriber; a second call (tests) leaves the first in place.
-pub fn init(config: &TelemetryConfig) {
+/// Installs the global subscriber; a second call (tests) leaves the first in place. Returns
+/// the log file, when logs go to one, so that SIGHUP can reopen it.
+pub fn init(config: &TelemetryConfig) -> std::io::Result<Option<Arc<LogFile>>> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let file = match &config.file {
+        Some(path) => Some(Arc::new(LogFile::open(path)?)),
+        None => None,
+    };
+    let writer = LogWriter(file.clone());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer)
+        .with_ansi(file.is_none());
     let result = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
     // Already installed (several servers in one test process): keep the first.
     let _ = result;
+    Ok(file)
+}
+
+/// A log file that can be reopened (after logrotate moved it away).
+pub struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl LogFile {
+    fn open(path: &Path) -> std::io::Result<LogFile> {
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file: Mutex::new(Self::append(path)?),
+        })
+    }
+
+    fn append(path: &Path) -> std::io::Result<File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    /// Opens the path again; later lines go to the new file.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let fresh = Self::append(&self.path)?;
+        match self.file.lock() {
+            Ok(mut file) => *file = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+}
+
+/// Where log lines go: the log file when there is one, else stderr.
+#[derive(Clone)]
+struct LogWriter(Option<Arc<LogFile>>);
+
+enum LogTarget<'a> {
+    File(std::sync::MutexGuard<'a, File>),
+    Stderr(std::io::Stderr),
+}
+
+impl Write for LogTarget<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            LogTarget::File(f) => f.write(buf),
+            LogTarget::Stderr(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            LogTarget::File(f) => f.flush(),
+            LogTarget::Stderr(e) => e.flush(),
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = LogTarget<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        match &self.0 {
+            Some(file) => match file.file.lock() {
+                Ok(guard) => LogTarget::File(guard),
+                Err(poisoned) => LogTarget::File(poisoned.into_inner()),
+            },
+            None => LogTarget::Stderr(std::io::stderr()),
+        }
+    }
+}
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's Prometheus recorder, installed on first use; `None` if another recorder was
+/// installed first.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_duration_seconds".into()),
+                    LATENCY_BUCKETS,
+                )
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Every metric the server exports, named in one place.
+pub mod metric {
+    use metrics::{counter, gauge, histogram};
+
+    /// An HTTP request answered.
+    pub fn http_request(route: &str, method: &str, status: u16, seconds: f64) {
+        let (route, method) = (route.to_string(), method.to_string());
+        counter!("zulip_listeners_http_requests_total", "route" => route.clone(), "method" => method, "status" => status.to_string())
+            .increment(1);
+        histogram!("zulip_listeners_http_request_duration_seconds", "route" => route)
+            .record(seconds);
+    }
+
+    /// An event received: `outcome` is accepted, duplicate, rate_limited, filtered or expired.
+    pub fn event_received(source: &'static str, event_type: &str, outcome: &'static str) {
+        counter!("zulip_listeners_events_received_total", "source" => source, "type" => event_type.to_string(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    /// A handler run.
+    pub fn handler_run(handler: &'static str, ok: bool, seconds: f64) {
+        let outcome = if ok { "success" } else { "failure" };
+        counter!("zulip_listeners_handler_runs_total", "handler" => handler, "outcome" => outcome)
+            .increment(1);
+        histogram!("zulip_listeners_handler_duration_seconds", "handler" => handler)
+            .record(seconds);
+    }
+
+    /// A reply delivered after the deadline through Zulip's REST API (`outcome`: sent,
+    /// failed, dropped).
+    pub fn late_reply(outcome: &'static str) {
+        counter!("zulip_listeners_late_replies_total", "outcome" => outcome).increment(1);
+    }
+
+    /// A handler's circuit breaker or auto-disable transition.
+    pub fn handler_transition(handler: &'static str, to: &'static str) {
+        counter!("zulip_listeners_handler_transitions_total", "handler" => handler, "to" => to)
+            .increment(1);
+    }
+
+    pub fn rate_limiter_keys(path: &'static str, keys: usize) {
+        gauge!("zulip_listeners_rate_limiter_keys", "path" => path).set(keys as f64);
+    }
+
+    /// Forwarded events in the inbox by status (`dead` are the dead letters).
+    pub fn inbox_events(status: &str, count: i64) {
+        gauge!("zulip_listeners_inbox_events", "status" => status.to_string()).set(count as f64);
+    }
+
+    pub fn db_pool(in_use: u32, idle: u32) {
+        gauge!("zulip_listeners_db_pool_connections", "state" => "in_use").set(f64::from(in_use));
+        gauge!("zulip_listeners_db_pool_connections", "state" => "idle").set(f64::from(idle));
+    }
+
+    pub fn handler_enabled(handler: &'static str, enabled: bool) {
+        gauge!("zulip_listeners_handler_enabled", "handler" => handler).set(if enabled {
+            1.0
+        } else {
+            0.0
+        });
+    }
 }
 
 struct Scrubber {

@@ -475,7 +475,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
         std::fs::write(
             &config,
             format!(
-                "[database]\nurl = \"{}\"\n[forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nclaim_lease = \"1s\"\n\
+                "[metrics]\nenabled = false\n[database]\nurl = \"{}\"\n[forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nclaim_lease = \"1s\"\n\
                  handlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
                  [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
                 db.url, alerts.url

@@ -4,6 +4,7 @@
 //! the queries themselves live in [`store`].
 
 pub mod models;
+pub mod retention;
 pub mod schema;
 pub mod store;
 pub mod writer;
@@ -210,6 +211,15 @@ impl Db {
     ) -> Result<T, DbError> {
         let mut conn = self.pool.get()?;
         work(&mut conn)
+    }
+
+    /// Connections of the pool: (in use, idle).
+    pub fn pool_state(&self) -> (u32, u32) {
+        let state = self.pool.state();
+        (
+            state.connections.saturating_sub(state.idle_connections),
+            state.idle_connections,
+        )
     }
 
     /// Checks that a connection can be had within `timeout` and answers a query.

@@ -120,7 +120,7 @@ pub struct NewInboxRow {
 }
 
 /// An inbox row as listed by `dead-letters list`.
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = super::schema::inbox)]
 pub struct InboxEntry {
     pub event_id: String,
@@ -193,4 +193,24 @@ pub struct AlertRecord {
     pub realm: String,
     pub target: String,
     pub sent_at_ms: i64,
+}
+
+/// An event-log row as listed by the admin API.
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = super::schema::event_log)]
+pub struct EventLogRow {
+    pub id: i64,
+    pub handler: String,
+    pub source: String,
+    pub event_type: String,
+    pub bot: Option<String>,
+    pub realm: Option<String>,
+    pub realm_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub message_id: Option<i64>,
+    pub event_id: Option<String>,
+    pub duration_us: i64,
+    pub success: bool,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
 }

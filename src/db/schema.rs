@@ -70,7 +70,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     inbox,
     forwarder_batches,
     user_activity,
-    keyword_alerts
+    keyword_alerts,
+    listener_stats
 );
 
 diesel::table! {
@@ -123,5 +124,18 @@ diesel::table! {
         realm -> Text,
         target -> Text,
         sent_at_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    listener_stats (handler, interval_start_ms) {
+        handler -> Text,
+        interval_start_ms -> BigInt,
+        interval_ms -> BigInt,
+        runs -> BigInt,
+        failures -> BigInt,
+        total_duration_us -> BigInt,
+        max_duration_us -> BigInt,
+        updated_at_ms -> BigInt,
     }
 }

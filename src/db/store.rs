@@ -8,8 +8,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::models::{
-    ActivityDelta, ActivityRow, AlertRecord, ClaimedRow, HandlerCounts, InboxEntry, ListenerRow,
-    MessageEdit, MessageRow, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
+    ActivityDelta, ActivityRow, AlertRecord, ClaimedRow, EventLogRow, HandlerCounts, InboxEntry,
+    ListenerRow, MessageEdit, MessageRow, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
 };
 use super::schema::{
     event_log, forwarder_batches, inbox, keyword_alerts, listeners, messages, outgoing_replies,
@@ -271,6 +271,7 @@ pub fn finish_failed(
     conn: &mut DbConnection,
     event_id: &str,
     attempts_before: i32,
+    attempts_after: i32,
     retry_at: Option<i64>,
     error: &str,
 ) -> Result<bool, DbError> {
@@ -285,7 +286,7 @@ pub fn finish_failed(
             } else {
                 "dead"
             }),
-            inbox::attempts.eq(attempts_before + 1),
+            inbox::attempts.eq(attempts_after),
             inbox::next_attempt_at_ms.eq(retry_at.unwrap_or(0)),
             inbox::claimed_until_ms.eq(0i64),
             inbox::last_error.eq(error),
@@ -515,4 +516,73 @@ pub fn alerted_rules(conn: &mut DbConnection, message_id: i64) -> Result<HashSet
         .load::<String>(conn)?
         .into_iter()
         .collect())
+}
+
+/// Enables or disables a handler in the `listeners` table; `false` when it has no row.
+pub fn set_listener_enabled(
+    conn: &mut DbConnection,
+    name: &str,
+    enabled: bool,
+    reason: Option<&str>,
+) -> Result<bool, DbError> {
+    let updated = diesel::update(listeners::table.find(name))
+        .set((
+            listeners::enabled.eq(enabled),
+            listeners::disabled_reason.eq(if enabled { None } else { reason }),
+            listeners::updated_at_ms.eq(now_ms()),
+        ))
+        .execute(conn)?;
+    Ok(updated == 1)
+}
+
+/// Every handler's persisted state.
+pub fn listener_rows(conn: &mut DbConnection) -> Result<Vec<ListenerRow>, DbError> {
+    Ok(listeners::table.order(listeners::name).load(conn)?)
+}
+
+/// A page of the event log, newest first, optionally filtered.
+pub fn event_log_page(
+    conn: &mut DbConnection,
+    handler: Option<&str>,
+    event_type: Option<&str>,
+    success: Option<bool>,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<EventLogRow>, DbError> {
+    let mut query = event_log::table.into_boxed();
+    if let Some(handler) = handler {
+        query = query.filter(event_log::handler.eq(handler.to_string()));
+    }
+    if let Some(event_type) = event_type {
+        query = query.filter(event_log::event_type.eq(event_type.to_string()));
+    }
+    if let Some(success) = success {
+        query = query.filter(event_log::success.eq(success));
+    }
+    Ok(query
+        .order(event_log::id.desc())
+        .offset(offset)
+        .limit(limit)
+        .select(EventLogRow::as_select())
+        .load(conn)?)
+}
+
+/// Handler runs and failures since `since_ms`, and the time of the newest run.
+pub fn activity_since(
+    conn: &mut DbConnection,
+    since_ms: i64,
+) -> Result<(i64, i64, Option<i64>), DbError> {
+    let runs: i64 = event_log::table
+        .filter(event_log::created_at_ms.ge(since_ms))
+        .count()
+        .get_result(conn)?;
+    let failures: i64 = event_log::table
+        .filter(event_log::created_at_ms.ge(since_ms))
+        .filter(event_log::success.eq(false))
+        .count()
+        .get_result(conn)?;
+    let last: Option<i64> = event_log::table
+        .select(diesel::dsl::max(event_log::created_at_ms))
+        .first(conn)?;
+    Ok((runs, failures, last))
 }

@@ -42,6 +42,8 @@ pub struct InboxOutcome {
     pub event_id: String,
     /// Attempts made before this one.
     pub attempts_before: i32,
+    /// `false` when the event was deferred without being tried (a circuit breaker is open).
+    pub counts_attempt: bool,
     /// `None` when the event was processed; else when to try again (`None`: it is dead) and
     /// why it failed.
     pub failure: Option<(Option<i64>, String)>,
@@ -311,6 +313,7 @@ fn write_processed(conn: &mut DbConnection, processed: &[Processed]) -> Result<(
                     conn,
                     &outcome.event_id,
                     outcome.attempts_before,
+                    outcome.attempts_before + i32::from(outcome.counts_attempt),
                     *retry_at,
                     error,
                 )?,

@@ -3,6 +3,7 @@
 //! `handlers` list, `[forwarder] handlers`) and with what settings (`[handlers.<name>]`).
 
 mod command_bot;
+pub mod health;
 mod keyword_alerts;
 mod message_logger;
 mod relay;
@@ -124,7 +125,13 @@ pub struct Context {
 pub struct Entry {
     pub handler: Box<dyn Handler>,
     enabled: AtomicBool,
+    /// Disabled automatically after too many failures (events that need it wait), as opposed
+    /// to disabled by an operator (events are handled without it).
+    auto_disabled: AtomicBool,
+    /// The `updated_at_ms` of this handler's database row when it was last applied.
+    applied_row_at_ms: std::sync::atomic::AtomicI64,
     pub settings: HandlerSettings,
+    pub health: health::Health,
 }
 
 impl Entry {
@@ -132,10 +139,52 @@ impl Entry {
         self.enabled.load(Ordering::Relaxed)
     }
 
+    /// Enables or disables the handler on an operator's word.
     pub fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Relaxed);
+        self.auto_disabled.store(false, Ordering::Relaxed);
+    }
+
+    /// Disables the handler because it failed too often.
+    pub fn disable_automatically(&self) {
+        self.enabled.store(false, Ordering::Relaxed);
+        self.auto_disabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Applies the handler's database row (enabled, and why not) if it changed since it was
+    /// last applied; returns whether it did. Only changes are followed, so a stale read never
+    /// undoes a newer decision made in memory.
+    pub fn apply_row(&self, row: &crate::db::models::ListenerRow) -> bool {
+        let seen = self.applied_row_at_ms.load(Ordering::Relaxed);
+        if row.updated_at_ms <= seen {
+            return false;
+        }
+        self.applied_row_at_ms
+            .store(row.updated_at_ms, Ordering::Relaxed);
+        let auto = row
+            .disabled_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(AUTO_DISABLED));
+        if row.enabled && self.settings.enabled {
+            if !self.enabled() {
+                self.health.reset();
+            }
+            self.set_enabled(true);
+        } else if !row.enabled && auto {
+            self.disable_automatically();
+        } else {
+            self.set_enabled(false);
+        }
+        true
+    }
+
+    pub fn auto_disabled(&self) -> bool {
+        !self.enabled() && self.auto_disabled.load(Ordering::Relaxed)
     }
 }
+
+/// The start of the stored reason of an automatic disable.
+pub const AUTO_DISABLED: &str = "auto-disabled:";
 
 /// Index of a handler in the [`Registry`].
 pub type HandlerId = usize;
@@ -173,7 +222,10 @@ impl Registry {
             entries.push(Entry {
                 handler,
                 enabled: AtomicBool::new(settings.enabled),
+                auto_disabled: AtomicBool::new(false),
+                applied_row_at_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
                 settings,
+                health: health::Health::new((&config.error_handling).into()),
             });
         }
         Ok(Registry { entries })

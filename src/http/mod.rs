@@ -1,11 +1,13 @@
 //! The HTTP surface: routes, request-body limits, and turning every answer (errors included)
 //! into JSON with `Content-Type: application/json; charset=utf-8`.
 
+mod admin;
 mod error;
 mod forwarder;
 mod outgoing;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse, http::header};
@@ -13,6 +15,8 @@ use futures_util::StreamExt;
 
 pub use error::{ApiError, JSON_UTF8, json_ok};
 
+use crate::config::Secret;
+use crate::handlers::Registry;
 use crate::processing::inbox::Inbox;
 use crate::processing::outgoing::OutgoingService;
 use crate::verification::SigningKey;
@@ -23,6 +27,11 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// `None` when no forwarder secret is configured.
     pub forwarder: Option<ForwarderState>,
+    pub registry: Arc<Registry>,
+    /// `false` once shutdown has begun (`/readyz` answers 503).
+    pub ready: Arc<AtomicBool>,
+    /// `None`: the admin API is off.
+    pub admin_token: Option<Secret>,
 }
 
 /// What the forwarder route needs.
@@ -58,16 +67,128 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/healthz")
-            .route(web::get().to(healthz))
+            .route(web::get().to(admin::healthz))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/readyz")
+            .route(web::get().to(admin::readyz))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::scope("/admin")
+            .service(
+                web::resource("/handlers")
+                    .route(web::get().to(admin::handlers))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/handlers/{name}/{action}")
+                    .route(web::post().to(admin::set_handler))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/events")
+                    .route(web::get().to(admin::events))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/dead-letters")
+                    .route(web::get().to(admin::dead_letters))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/dead-letters/replay")
+                    .route(web::post().to(admin::replay))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/stats")
+                    .route(web::get().to(admin::stats))
+                    .default_service(web::to(method_not_allowed)),
+            ),
+    )
+    .default_service(web::to(not_found));
+}
+
+/// Routes of the metrics listener: `GET /metrics` in Prometheus' text format.
+pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics))
             .default_service(web::to(method_not_allowed)),
     )
     .default_service(web::to(not_found));
 }
 
-async fn healthz() -> HttpResponse {
-    json_ok(r#"{"status":"ok"}"#)
+async fn metrics() -> HttpResponse {
+    let text = crate::telemetry::prometheus()
+        .map(|handle| handle.render())
+        .unwrap_or_default();
+    HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        ))
+        .body(text)
 }
 
+/// Requests being answered; a graceful shutdown waits for it to reach zero.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+struct InFlightGuard(InFlight);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Wraps the application: counts requests in flight, and counts and times every request by
+/// route pattern, method and status. Use with `App::wrap_fn`.
+pub fn observe<S, B>(
+    req: actix_web::dev::ServiceRequest,
+    service: &S,
+    in_flight: &InFlight,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
++ use<S, B>
+where
+    S: actix_web::dev::Service<
+            actix_web::dev::ServiceRequest,
+            Response = actix_web::dev::ServiceResponse<B>,
+            Error = actix_web::Error,
+        >,
+{
+    in_flight
+        .0
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let guard = InFlightGuard(in_flight.clone());
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
+    let call = service.call(req);
+    async move {
+        let _guard = guard;
+        let response = call.await?;
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".into());
+        crate::telemetry::metric::http_request(
+            &route,
+            &method,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        Ok(response)
+    }
+}
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
         "no route for {} {}",

@@ -30,6 +30,7 @@ use crate::events::forwarded::{ForwardedEvent, parse_stored};
 use crate::filters::Filters;
 use crate::handlers::HandlerId;
 use crate::ratelimit::Limits;
+use crate::telemetry::metric;
 
 /// Events a worker queue holds before intake leaves the rest to the sweeper.
 const QUEUE_CAPACITY: usize = 8_192;
@@ -244,10 +245,16 @@ impl Inbox {
         for event in events {
             if !seen.insert(event.event_id.clone()) {
                 summary.duplicates += 1;
+                metric::event_received("forwarder", &event.event_type, "duplicate");
                 continue;
             }
             let (status, reason) = self.admission.status(&event, now);
             let pending = status == "pending";
+            metric::event_received(
+                "forwarder",
+                &event.event_type,
+                if pending { "accepted" } else { status },
+            );
             if let Some(reason) = &reason {
                 tracing::info!(event_id = %event.event_id, status, %reason, "event stored, not dispatched");
             }
@@ -382,6 +389,30 @@ impl Inbox {
             )
             .await;
         let mut processed = outcome.processed;
+        if let (None, Some((handler, until_ms))) = (&outcome.first_error, outcome.deferred) {
+            // A handler it needs is paused by its circuit breaker: keep the event pending
+            // until the breaker lets a trial run through, without counting an attempt.
+            processed.effects.clear();
+            processed.after_commit = Some(AfterCommit(Box::new(InFlight {
+                set: self.in_flight.clone(),
+                event_id: item.event_id.clone(),
+            })));
+            processed.inbox = Some(InboxOutcome {
+                event_id: item.event_id.clone(),
+                attempts_before: item.attempts,
+                counts_attempt: false,
+                failure: Some((
+                    Some(until_ms),
+                    format!(
+                        "waiting for `{handler}`: its circuit breaker is open or it was disabled after failures"
+                    ),
+                )),
+            });
+            self.writer
+                .send(WriteOp::Processed(Box::new(processed)))
+                .await;
+            return;
+        }
         if outcome.first_error.is_some() {
             // A failed event runs all its handlers again; applying the effects of the ones
             // that succeeded now would apply them twice.
@@ -422,6 +453,7 @@ impl Inbox {
         processed.inbox = Some(InboxOutcome {
             event_id: item.event_id.clone(),
             attempts_before: item.attempts,
+            counts_attempt: true,
             failure,
         });
         // `in_flight` is cleared by the guard once the writer has committed this.
@@ -467,6 +499,7 @@ impl Inbox {
                         inbox: Some(InboxOutcome {
                             event_id: row.event_id,
                             attempts_before: row.attempts,
+                            counts_attempt: true,
                             failure: Some((
                                 None,
                                 format!("stored envelope cannot be read: {}", e.0),

@@ -4,6 +4,7 @@
 //! [`outgoing`]; the forwarder path (durable inbox, workers, retries, dead letters) in
 //! [`inbox`].
 
+pub mod announce;
 pub mod inbox;
 pub mod outgoing;
 
@@ -19,7 +20,11 @@ use crate::db::now_ms;
 use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::events::{Event, Origin, normalize_reply, truncate_chars};
 use crate::handlers::{Context, Effects, HandlerError, HandlerId};
-use crate::telemetry::scrub;
+use crate::telemetry::{metric, scrub};
+use announce::Announcer;
+
+/// How often events waiting for an automatically disabled handler look again.
+const AUTO_DISABLED_RECHECK_MS: i64 = 5_000;
 
 /// Longest error text kept in an event-log row.
 const MAX_ERROR_CHARS: usize = 1_000;
@@ -29,6 +34,7 @@ const MAX_ERROR_CHARS: usize = 1_000;
 pub struct Processor {
     cx: Arc<Context>,
     writer: Writer,
+    announcer: Arc<Announcer>,
 }
 
 /// What running an event through its handlers produced.
@@ -38,11 +44,18 @@ pub struct Outcome {
     pub processed: Processed,
     /// The first failure, as "handler: error".
     pub first_error: Option<String>,
+    /// A handler the event needs has an open circuit breaker: the handler and when it lets
+    /// a trial run through (Unix ms). The handler did not run.
+    pub deferred: Option<(&'static str, i64)>,
 }
 
 impl Processor {
-    pub fn new(cx: Arc<Context>, writer: Writer) -> Self {
-        Self { cx, writer }
+    pub fn new(cx: Arc<Context>, writer: Writer, announcer: Arc<Announcer>) -> Self {
+        Self {
+            cx,
+            writer,
+            announcer,
+        }
     }
 
     pub fn context(&self) -> &Arc<Context> {
@@ -87,10 +100,26 @@ impl Processor {
             let Some(entry) = self.cx.registry.get(id) else {
                 continue;
             };
-            if !entry.enabled() || !entry.handler.interest().wants(event.event_type()) {
+            if !entry.handler.interest().wants(event.event_type()) {
                 continue;
             }
             let name = entry.handler.name();
+            if entry.auto_disabled() {
+                // Until an operator looks at it, events that need it wait.
+                outcome
+                    .deferred
+                    .get_or_insert((name, now_ms() + AUTO_DISABLED_RECHECK_MS));
+                continue;
+            }
+            if !entry.enabled() {
+                continue;
+            }
+            if let Some(until) = entry.health.open_until(Instant::now()) {
+                let wait = until.saturating_duration_since(Instant::now());
+                let at_ms = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                outcome.deferred.get_or_insert((name, at_ms));
+                continue;
+            }
             let mut effects = Effects::default();
             let started = Instant::now();
             let run = AssertUnwindSafe(entry.handler.handle(&self.cx, event, &mut effects))
@@ -106,7 +135,13 @@ impl Processor {
                 None => run.await,
             }
             .unwrap_or_else(|_| Err(HandlerError::Failed("handler panicked".into())));
-            let duration_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
+            let elapsed = started.elapsed();
+            let duration_us = i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX);
+            metric::handler_run(name, result.is_ok(), elapsed.as_secs_f64());
+            let transitions = entry.health.record(result.is_ok(), Instant::now());
+            if !transitions.is_empty() {
+                self.announcer.announce(entry, transitions);
+            }
             let error = match &result {
                 Ok(_) => {
                     if !self.cx.dry_run {

@@ -18,6 +18,7 @@ use crate::events::{Event, Message, normalize_reply};
 use crate::filters::Filters;
 use crate::handlers::{HandlerId, Registry};
 use crate::ratelimit::Limits;
+use crate::telemetry::metric;
 use crate::verification::token_matches;
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 
@@ -218,6 +219,11 @@ impl OutgoingService {
         }
     }
 
+    /// The database (for the routes that share this service's pool).
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// Reloads the answers given within the window (so retries after a restart are still
     /// recognised). Returns how many were loaded.
     pub async fn load_record(&self) -> Result<usize, DbError> {
@@ -254,6 +260,7 @@ impl OutgoingService {
         if let Some(key) = key {
             match self.record.entry(key) {
                 Entry::Occupied(seen) => {
+                    metric::event_received("outgoing", "message", "duplicate");
                     tracing::info!(
                         message_id = key.1,
                         "retry of a message already handled; answering from the record"
@@ -275,6 +282,7 @@ impl OutgoingService {
             }
             return answer;
         }
+        metric::event_received("outgoing", "message", "accepted");
         let bot = self.bots.get(bot_id);
         let event = Arc::new(event);
         let mut first_reply = self.processor.spawn(event.clone(), bot.handlers.clone());
@@ -322,6 +330,15 @@ impl OutgoingService {
                 ("rate_limiter", reason, self.notice.clone())
             };
         tracing::info!(guard, %reason, user_id = ?event.user_id, "outgoing webhook not handled");
+        metric::event_received(
+            "outgoing",
+            "message",
+            if guard == "filters" {
+                "filtered"
+            } else {
+                "rate_limited"
+            },
+        );
         let row = log_row(event, guard, 0, Some(reason));
         let processed = Processed {
             logs: vec![row],
@@ -391,10 +408,12 @@ async fn deliver_late(
 ) {
     let Some(api) = api else {
         tracing::warn!("late reply dropped: the bot has no api_key and site to post it with");
+        metric::late_reply("dropped");
         return;
     };
     let Some(destination) = Destination::reply_to(message) else {
         tracing::warn!("late reply dropped: the message names no channel or recipients");
+        metric::late_reply("dropped");
         return;
     };
     if dry_run {
@@ -402,8 +421,14 @@ async fn deliver_late(
         return;
     }
     match zulip.send_message(api, &destination, reply).await {
-        Ok(id) => tracing::info!(reply_message_id = ?id, "late reply posted through the REST API"),
-        Err(error) => tracing::error!(%error, "late reply could not be posted"),
+        Ok(id) => {
+            metric::late_reply("sent");
+            tracing::info!(reply_message_id = ?id, "late reply posted through the REST API");
+        }
+        Err(error) => {
+            metric::late_reply("failed");
+            tracing::error!(%error, "late reply could not be posted");
+        }
     }
 }
 

@@ -105,7 +105,10 @@ pub fn config_for(db: &TestDatabase, extra: &str) -> Config {
         "[server]\nbind = \"127.0.0.1:0\"\nworkers = 2\n[database]\nurl = \"{}\"\npool_size = 4\n{extra}",
         db.url
     );
-    Config::from_toml(&toml).expect("test configuration is valid")
+    let mut config = Config::from_toml(&toml).expect("test configuration is valid");
+    // Every test server gets a metrics listener of its own.
+    config.metrics.bind = "127.0.0.1:0".into();
+    config
 }
 
 pub async fn start_server(db: &TestDatabase, extra: &str) -> TestServer {

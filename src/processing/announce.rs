@@ -1,0 +1,141 @@
+//! Announcing handler health transitions (circuit breaker opened or closed, handler
+//! disabled automatically): a log line and a metric always; a JSON POST to
+//! `error_handling.notification_webhook` and a message in Zulip from
+//! `error_handling.notification_bot` when configured. Auto-disable is also persisted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::db::{Db, store};
+use crate::handlers::Entry;
+use crate::handlers::health::Transition;
+use crate::telemetry::metric;
+use crate::zulip_api::{BotApi, Destination, ZulipClient};
+
+/// Where transitions go.
+pub struct Announcer {
+    db: Db,
+    http: reqwest::Client,
+    webhook: Option<String>,
+    zulip: Option<(ZulipClient, BotApi, Destination)>,
+}
+
+impl Announcer {
+    pub fn new(config: &Config, db: Db, zulip: ZulipClient) -> Result<Announcer, reqwest::Error> {
+        let e = &config.error_handling;
+        let via_zulip = e.notification_bot.as_ref().and_then(|name| {
+            let bot = config.bots.get(name)?;
+            let site = bot.site.clone()?;
+            Some((
+                zulip.clone(),
+                BotApi {
+                    site: site.trim_end_matches('/').to_string(),
+                    email: bot.email.clone(),
+                    api_key: bot.api_key.clone(),
+                },
+                Destination::Channel {
+                    to: e.notification_stream.clone()?,
+                    topic: e
+                        .notification_topic
+                        .clone()
+                        .unwrap_or_else(|| "zulip-listeners".into()),
+                },
+            ))
+        });
+        Ok(Announcer {
+            db,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            webhook: e.notification_webhook.clone(),
+            zulip: via_zulip,
+        })
+    }
+
+    /// Acts on the transitions of `entry` (on a task of its own; never blocks the caller).
+    pub fn announce(self: &Arc<Self>, entry: &Entry, transitions: Vec<Transition>) {
+        let handler = entry.handler.name();
+        for transition in &transitions {
+            match transition {
+                Transition::Opened { failures, cooldown } => {
+                    tracing::warn!(
+                        handler,
+                        failures,
+                        cooldown_s = cooldown.as_secs(),
+                        "circuit breaker opened"
+                    );
+                    metric::handler_transition(handler, "open");
+                }
+                Transition::Closed => {
+                    tracing::info!(handler, "circuit breaker closed");
+                    metric::handler_transition(handler, "closed");
+                }
+                Transition::Disable { failures_last_hour } => {
+                    tracing::error!(
+                        handler,
+                        failures_last_hour,
+                        "handler disabled automatically"
+                    );
+                    metric::handler_transition(handler, "disabled");
+                    metric::handler_enabled(handler, false);
+                    entry.disable_automatically();
+                }
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            for transition in transitions {
+                this.deliver(handler, &transition).await;
+            }
+        });
+    }
+
+    async fn deliver(&self, handler: &'static str, transition: &Transition) {
+        let (state, text) = match transition {
+            Transition::Opened { failures, cooldown } => (
+                "breaker_open",
+                format!(
+                    "Handler `{handler}` failed {failures} times in a row; it is paused for {} s.",
+                    cooldown.as_secs()
+                ),
+            ),
+            Transition::Closed => (
+                "breaker_closed",
+                format!("Handler `{handler}` works again."),
+            ),
+            Transition::Disable { failures_last_hour } => (
+                "disabled",
+                format!(
+                    "Handler `{handler}` failed {failures_last_hour} times within an hour and was disabled. \
+                     Enable it again with `zulip-listeners listeners enable {handler}` or the admin API."
+                ),
+            ),
+        };
+        if let Transition::Disable { .. } = transition {
+            let reason = format!("{} {text}", crate::handlers::AUTO_DISABLED);
+            if let Err(error) = self
+                .db
+                .run(move |c| store::set_listener_enabled(c, handler, false, Some(&reason)))
+                .await
+            {
+                tracing::error!(handler, %error, "could not persist the auto-disable");
+            }
+        }
+        if let Some(url) = &self.webhook {
+            let body = serde_json::json!({ "handler": handler, "state": state, "message": text });
+            match self.http.post(url).json(&body).send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => {
+                    tracing::warn!(status = %r.status(), "notification webhook refused the notice")
+                }
+                Err(error) => tracing::warn!(%error, "notification webhook unreachable"),
+            }
+        }
+        if let Some((client, api, destination)) = &self.zulip
+            && let Err(error) = client.send_message(api, destination, &text).await
+        {
+            tracing::warn!(%error, "could not post the notice to Zulip");
+        }
+    }
+}

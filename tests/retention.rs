@@ -1,0 +1,469 @@
+//! Statistics aggregation and data retention (`zulip_listeners::db::retention`) against a real
+//! database: SQLite always, PostgreSQL too when `ZULIP_LISTENERS_TEST_PG_URL` is set.
+
+mod common;
+
+use common::{TestDatabase, backends};
+use diesel::prelude::*;
+use zulip_listeners::db::models::{NewEventLog, NewInboxRow, ReplyRecord};
+use zulip_listeners::db::retention::{
+    CleanupReport, StatsRow, aggregate_stats, cleanup, stats_since,
+};
+use zulip_listeners::db::schema::{
+    event_log, forwarder_batches, inbox, listener_stats, outgoing_replies,
+};
+use zulip_listeners::db::{DbConnection, DbError, establish, run_migrations};
+
+/// One minute, the interval used throughout.
+const I: i64 = 60_000;
+/// A start of an interval (a multiple of `I`) in November 2023.
+const BASE: i64 = 1_699_999_980_000;
+
+fn open(db: &TestDatabase) -> DbConnection {
+    let target = zulip_listeners::config::parse_database_url(&db.url).expect("database url");
+    let mut conn = establish(&target).expect("connect");
+    run_migrations(&mut conn).expect("migrations");
+    conn
+}
+
+fn log(conn: &mut DbConnection, handler: &str, at_ms: i64, duration_us: i64, success: bool) {
+    let row = NewEventLog {
+        handler: handler.to_string(),
+        source: "test",
+        event_type: "message".to_string(),
+        bot: None,
+        realm: None,
+        realm_id: None,
+        user_id: None,
+        message_id: None,
+        event_id: None,
+        duration_us,
+        success,
+        error: (!success).then(|| "failed".to_string()),
+        created_at_ms: at_ms,
+    };
+    diesel::insert_into(event_log::table)
+        .values(&row)
+        .execute(conn)
+        .expect("insert event log row");
+}
+
+fn stats_row(
+    handler: &str,
+    start: i64,
+    runs: i64,
+    failures: i64,
+    total: i64,
+    max: i64,
+) -> StatsRow {
+    StatsRow {
+        handler: handler.to_string(),
+        interval_start_ms: start,
+        interval_ms: I,
+        runs,
+        failures,
+        total_duration_us: total,
+        max_duration_us: max,
+        updated_at_ms: 0,
+    }
+}
+
+/// The stored statistics with `updated_at_ms` checked against `now` and then blanked.
+fn stats(conn: &mut DbConnection, now: i64) -> Vec<StatsRow> {
+    stats_since(conn, 0)
+        .expect("stats")
+        .into_iter()
+        .map(|mut row| {
+            assert_eq!(
+                row.updated_at_ms, now,
+                "{row:?} was written by the last run"
+            );
+            row.updated_at_ms = 0;
+            row
+        })
+        .collect()
+}
+
+fn inbox_event(conn: &mut DbConnection, event_id: &str, status: &'static str, updated_at_ms: i64) {
+    let row = NewInboxRow {
+        event_id: event_id.to_string(),
+        webhook_id: "msg_test".to_string(),
+        realm_id: 2,
+        realm: "zulip".to_string(),
+        user_id: Some(10),
+        event_type: "message".to_string(),
+        op: None,
+        payload: "{}".to_string(),
+        status,
+        attempts: 1,
+        next_attempt_at_ms: 0,
+        claimed_until_ms: 0,
+        last_error: None,
+        emitted_at_ms: None,
+        received_at_ms: updated_at_ms,
+        updated_at_ms,
+    };
+    diesel::insert_into(inbox::table)
+        .values(&row)
+        .execute(conn)
+        .expect("insert inbox row");
+}
+
+fn batch(conn: &mut DbConnection, webhook_id: &str, received_at_ms: i64) {
+    diesel::insert_into(forwarder_batches::table)
+        .values((
+            forwarder_batches::webhook_id.eq(webhook_id),
+            forwarder_batches::events.eq(1),
+            forwarder_batches::received_at_ms.eq(received_at_ms),
+        ))
+        .execute(conn)
+        .expect("insert forwarder batch");
+}
+
+fn reply(conn: &mut DbConnection, bot: &str, message_id: i64, created_at_ms: i64) {
+    diesel::insert_into(outgoing_replies::table)
+        .values(ReplyRecord {
+            bot: bot.to_string(),
+            message_id,
+            response: "{}".to_string(),
+            created_at_ms,
+        })
+        .execute(conn)
+        .expect("insert reply");
+}
+
+fn stored_stats(conn: &mut DbConnection, handler: &str, start: i64) {
+    diesel::insert_into(listener_stats::table)
+        .values(stats_row(handler, start, 1, 0, 1, 1))
+        .execute(conn)
+        .expect("insert stats row");
+}
+
+fn no_progress() -> impl FnMut(&str, usize) {
+    |_: &str, _: usize| {}
+}
+
+#[test]
+fn aggregation_counts_completed_intervals_per_handler() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let conn = &mut open(&db);
+
+        assert_eq!(aggregate_stats(conn, I, BASE + 10 * I).expect("empty"), 0);
+        assert!(matches!(
+            aggregate_stats(conn, 0, BASE),
+            Err(DbError::Invalid(_))
+        ));
+
+        // Interval 0: `a` three runs (one failed), `b` one failed run.
+        log(conn, "a", BASE, 100, true);
+        log(conn, "a", BASE + 20_000, 300, false);
+        log(conn, "b", BASE + 30_000, 50, false);
+        log(conn, "a", BASE + I - 1, 200, true);
+        // Interval 1, from its first to its last millisecond.
+        log(conn, "a", BASE + I, 1_000, true);
+        log(conn, "a", BASE + 2 * I - 1, 10, true);
+        // Interval 2 is still open at `now` (it starts at `now`).
+        log(conn, "a", BASE + 2 * I, 5, true);
+        log(conn, "b", BASE + 2 * I + 10, 5, false);
+
+        let now = BASE + 2 * I;
+        assert_eq!(
+            aggregate_stats(conn, I, now).expect("aggregate"),
+            3,
+            "{backend:?}"
+        );
+        let expected = vec![
+            stats_row("a", BASE, 3, 1, 600, 300),
+            stats_row("b", BASE, 1, 1, 50, 50),
+            stats_row("a", BASE + I, 2, 0, 1_010, 1_000),
+        ];
+        assert_eq!(stats(conn, now), expected, "{backend:?}");
+
+        // Idempotent: the same run again rewrites the same rows.
+        assert_eq!(
+            aggregate_stats(conn, I, now).expect("again"),
+            3,
+            "{backend:?}"
+        );
+        assert_eq!(stats(conn, now), expected, "{backend:?}");
+
+        // Ordered by interval, then handler; `since` is inclusive.
+        let since: Vec<(String, i64)> = stats_since(conn, BASE + I)
+            .expect("since")
+            .into_iter()
+            .map(|r| (r.handler, r.interval_start_ms))
+            .collect();
+        assert_eq!(since, vec![("a".to_string(), BASE + I)], "{backend:?}");
+    }
+}
+
+#[test]
+fn late_rows_are_counted_by_the_next_run() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let conn = &mut open(&db);
+        log(conn, "a", BASE + 1, 100, true);
+        log(conn, "a", BASE + I + 1, 200, true);
+        let now = BASE + 2 * I + 1;
+        assert_eq!(aggregate_stats(conn, I, now).expect("aggregate"), 2);
+
+        // Committed late into both aggregated intervals (the latest and the one before), by
+        // a handler already known and by a new one; and one into the interval still open.
+        log(conn, "a", BASE + I + 2, 700, false);
+        log(conn, "c", BASE + 5, 30, true);
+        log(conn, "a", BASE + 2 * I + 1, 1, true);
+        let later = BASE + 2 * I + 2;
+        assert_eq!(aggregate_stats(conn, I, later).expect("next run"), 3);
+        assert_eq!(
+            stats(conn, later),
+            vec![
+                stats_row("a", BASE, 1, 0, 100, 100),
+                stats_row("c", BASE, 1, 0, 30, 30),
+                stats_row("a", BASE + I, 2, 1, 900, 700),
+            ],
+            "{backend:?}"
+        );
+
+        // Once interval 2 is complete it is aggregated, with the window starting one
+        // interval before the latest aggregated one (interval 1): interval 0 is recomputed.
+        let next = BASE + 3 * I;
+        assert_eq!(aggregate_stats(conn, I, next).expect("interval 2"), 4);
+        // The next run starts at interval 1, so a row arriving that late in interval 0 is not
+        // counted (the bound on the work).
+        log(conn, "a", BASE + 9, 1, true);
+        let last = BASE + 4 * I;
+        assert_eq!(aggregate_stats(conn, I, last).expect("interval 3"), 2);
+        let summary: Vec<(String, i64, i64, i64)> = stats_since(conn, 0)
+            .expect("stats")
+            .iter()
+            .map(|r| {
+                (
+                    r.handler.clone(),
+                    r.interval_start_ms,
+                    r.runs,
+                    r.updated_at_ms,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("a".to_string(), BASE, 1, next),
+                ("c".to_string(), BASE, 1, next),
+                ("a".to_string(), BASE + I, 2, last),
+                ("a".to_string(), BASE + 2 * I, 1, last),
+            ],
+            "{backend:?}"
+        );
+    }
+}
+
+#[test]
+fn cleanup_deletes_exactly_the_old_finished_rows() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let conn = &mut open(&db);
+        let before = 1_000_000;
+        let recent = 2_000_000;
+
+        log(conn, "a", before - 1, 1, true);
+        log(conn, "a", recent, 1, true);
+        log(conn, "b", 5, 1, false);
+        log(conn, "b", before, 1, true);
+
+        for (id, status) in [
+            ("done", "done"),
+            ("expired", "expired"),
+            ("filtered", "filtered"),
+            ("pending", "pending"),
+            ("dead", "dead"),
+            ("rate_limited", "rate_limited"),
+        ] {
+            inbox_event(conn, &format!("old-{id}"), status, 500);
+        }
+        inbox_event(conn, "recent-done", "done", recent);
+
+        batch(conn, "msg_old_1", 1);
+        batch(conn, "msg_new", recent);
+        batch(conn, "msg_old_2", before - 1);
+
+        reply(conn, "bot1", 1, 10);
+        reply(conn, "bot2", 1, 20);
+        reply(conn, "bot1", 2, 30);
+        reply(conn, "bot1", 3, recent);
+
+        stored_stats(conn, "a", 0);
+        stored_stats(conn, "b", 0);
+        stored_stats(conn, "a", before);
+
+        assert!(matches!(
+            cleanup(conn, before, 0, &mut no_progress()),
+            Err(DbError::Invalid(_))
+        ));
+
+        let mut tables = Vec::new();
+        let report = cleanup(conn, before, 100, &mut |table: &str, _: usize| {
+            tables.push(table.to_string())
+        })
+        .expect("cleanup");
+        assert_eq!(
+            report,
+            CleanupReport {
+                event_log: 2,
+                inbox: 3,
+                forwarder_batches: 2,
+                outgoing_replies: 3,
+                listener_stats: 2,
+            },
+            "{backend:?}"
+        );
+        assert_eq!(report.total(), 12);
+        assert_eq!(
+            tables,
+            [
+                "event_log",
+                "inbox",
+                "forwarder_batches",
+                "outgoing_replies",
+                "listener_stats"
+            ],
+            "{backend:?}: one batch per table"
+        );
+
+        let log_left: Vec<i64> = event_log::table
+            .select(event_log::created_at_ms)
+            .order(event_log::created_at_ms)
+            .load(conn)
+            .expect("event log");
+        assert_eq!(log_left, vec![before, recent], "{backend:?}");
+        let inbox_left: Vec<String> = inbox::table
+            .select(inbox::event_id)
+            .order(inbox::event_id)
+            .load(conn)
+            .expect("inbox");
+        assert_eq!(
+            inbox_left,
+            ["old-dead", "old-pending", "old-rate_limited", "recent-done"],
+            "{backend:?}: actionable events are kept"
+        );
+        let batches_left: Vec<String> = forwarder_batches::table
+            .select(forwarder_batches::webhook_id)
+            .load(conn)
+            .expect("batches");
+        assert_eq!(batches_left, ["msg_new"], "{backend:?}");
+        let replies_left: Vec<(String, i64)> = outgoing_replies::table
+            .select((outgoing_replies::bot, outgoing_replies::message_id))
+            .load(conn)
+            .expect("replies");
+        assert_eq!(replies_left, [("bot1".to_string(), 3)], "{backend:?}");
+        let stats_left: Vec<(String, i64)> = listener_stats::table
+            .select((listener_stats::handler, listener_stats::interval_start_ms))
+            .load(conn)
+            .expect("stats");
+        assert_eq!(stats_left, [("a".to_string(), before)], "{backend:?}");
+
+        // Nothing is left to delete.
+        let again = cleanup(conn, before, 100, &mut no_progress()).expect("again");
+        assert_eq!(again, CleanupReport::default(), "{backend:?}");
+    }
+}
+
+#[test]
+fn cleanup_works_in_batches() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let conn = &mut open(&db);
+        let before = 1_000_000;
+        let recent = 2_000_000;
+        // Old rows interleaved with recent ones, so that batches meet rows they must keep.
+        for i in 0..10 {
+            log(conn, "a", i, 1, true);
+            log(conn, "a", recent + i, 1, true);
+            inbox_event(conn, &format!("old-{i}"), "done", i);
+            inbox_event(conn, &format!("new-{i}"), "done", recent);
+            inbox_event(conn, &format!("pending-{i}"), "pending", i);
+            reply(conn, if i % 2 == 0 { "bot1" } else { "bot2" }, i, i);
+            reply(conn, "bot3", i, recent);
+            stored_stats(conn, &format!("h{}", i % 3), i * I);
+        }
+        // Exactly three batches' worth: the last batch finds nothing.
+        for i in 0..9 {
+            batch(conn, &format!("msg_old_{i}"), i);
+            batch(conn, &format!("msg_new_{i}"), recent);
+        }
+        stored_stats(conn, "h0", before);
+        stored_stats(conn, "h0", before + I);
+
+        let mut calls: Vec<(String, usize)> = Vec::new();
+        let report = cleanup(conn, before, 3, &mut |table: &str, deleted: usize| {
+            calls.push((table.to_string(), deleted))
+        })
+        .expect("cleanup");
+        let progress_of = |table: &str| -> Vec<usize> {
+            calls
+                .iter()
+                .filter(|(t, _)| t == table)
+                .map(|(_, n)| *n)
+                .collect()
+        };
+        assert_eq!(progress_of("event_log"), [3, 6, 9, 10], "{backend:?}");
+        assert_eq!(progress_of("inbox"), [3, 6, 9, 10], "{backend:?}");
+        assert_eq!(
+            progress_of("forwarder_batches"),
+            [3, 6, 9, 9],
+            "{backend:?}"
+        );
+        assert_eq!(
+            progress_of("outgoing_replies"),
+            [3, 6, 9, 10],
+            "{backend:?}"
+        );
+        assert_eq!(progress_of("listener_stats"), [3, 6, 9, 10], "{backend:?}");
+        assert_eq!(
+            report,
+            CleanupReport {
+                event_log: 10,
+                inbox: 10,
+                forwarder_batches: 9,
+                outgoing_replies: 10,
+                listener_stats: 10,
+            },
+            "{backend:?}"
+        );
+
+        let counts = |conn: &mut DbConnection| -> [i64; 5] {
+            [
+                event_log::table.count().get_result(conn).expect("count"),
+                inbox::table.count().get_result(conn).expect("count"),
+                forwarder_batches::table
+                    .count()
+                    .get_result(conn)
+                    .expect("count"),
+                outgoing_replies::table
+                    .count()
+                    .get_result(conn)
+                    .expect("count"),
+                listener_stats::table
+                    .count()
+                    .get_result(conn)
+                    .expect("count"),
+            ]
+        };
+        assert_eq!(counts(conn), [10, 20, 9, 10, 2], "{backend:?}");
+        let old_left: i64 = inbox::table
+            .filter(inbox::status.eq("done"))
+            .filter(inbox::updated_at_ms.lt(before))
+            .count()
+            .get_result(conn)
+            .expect("count");
+        assert_eq!(old_left, 0, "{backend:?}");
+
+        let starts: Vec<i64> = listener_stats::table
+            .select(listener_stats::interval_start_ms)
+            .order(listener_stats::interval_start_ms)
+            .load(conn)
+            .expect("stats");
+        assert_eq!(starts, [before, before + I], "{backend:?}");
+    }
+}
