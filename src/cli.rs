@@ -335,14 +335,7 @@ fn set_listener(config: &Config, action: ListenerAction) -> anyhow::Result<()> {
     }
     let mut conn = connect(config)?;
     let registry = Registry::build(config)?;
-    let rows: Vec<(&'static str, String)> = registry
-        .entries()
-        .iter()
-        .map(|e| {
-            let settings = serde_json::Value::Object(e.settings.settings.clone()).to_string();
-            (e.handler.name(), settings)
-        })
-        .collect();
+    let rows = registry.listener_rows();
     store::sync_listeners(&mut conn, &rows)?;
     store::set_listener_enabled(&mut conn, name, enabled, reason)?;
     println!(

@@ -145,14 +145,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
             .context("starting the database writer")??;
 
     let registry = Arc::new(Registry::build(&config)?);
-    let listener_rows: Vec<(&'static str, String)> = registry
-        .entries()
-        .iter()
-        .map(|e| {
-            let settings = serde_json::Value::Object(e.settings.settings.clone()).to_string();
-            (e.handler.name(), settings)
-        })
-        .collect();
+    let listener_rows = registry.listener_rows();
     let persisted = db
         .run(move |c| store::sync_listeners(c, &listener_rows))
         .await

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -322,23 +321,6 @@ async fn client_mistakes_get_specific_errors() {
     t.stop().await;
 }
 
-fn cli(config: &std::path::Path, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_zulip-listeners"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run the CLI");
-    assert!(
-        output.status.success(),
-        "{args:?}: {:?} {} {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 #[actix_web::test]
 async fn failures_are_retried_then_dead_and_replayable() {
     let alerts = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
@@ -419,51 +401,6 @@ async fn failures_are_retried_then_dead_and_replayable() {
     alerts.stop().await;
 }
 
-/// A server process of its own, so that it can be killed; killed too if a test fails.
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_server(config: &std::path::Path) -> Process {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let child = Command::new(env!("CARGO_BIN_EXE_zulip-listeners"))
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .env("ZULIP_LISTENERS_SERVER__BIND", format!("127.0.0.1:{port}"))
-        .env("ZULIP_LISTENERS_TELEMETRY__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the server");
-    Process {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn wait_healthy(http: &reqwest::Client, base: &str) {
-    let up = eventually(Duration::from_secs(20), async || {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    assert!(up, "server at {base} did not come up");
-}
-
 #[actix_web::test]
 async fn nothing_acknowledged_is_lost_across_sigkill() {
     for backend in backends() {
@@ -475,7 +412,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
         std::fs::write(
             &config,
             format!(
-                "[metrics]\nenabled = false\n[database]\nurl = \"{}\"\n[forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nclaim_lease = \"1s\"\n\
+                "[database]\nurl = \"{}\"\n[forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nclaim_lease = \"1s\"\n\
                  handlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
                  [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
                 db.url, alerts.url
@@ -483,8 +420,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
         )
         .expect("config");
         let http = reqwest::Client::new();
-        let mut server = spawn_server(&config);
-        wait_healthy(&http, &server.base).await;
+        let mut server = ServerProcess::start(&config).await;
 
         let key = SigningKey::parse(SECRET).expect("key");
         let mut acknowledged = 0;
@@ -531,8 +467,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
             "{backend:?}: the kill must interrupt work: {counts:?}"
         );
 
-        let server = spawn_server(&config);
-        wait_healthy(&http, &server.base).await;
+        let server = ServerProcess::start(&config).await;
         let mut last = Vec::new();
         let all_done = eventually(Duration::from_secs(60), async || {
             last = status_counts(&mut conn);

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -415,32 +414,6 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     notices.stop().await;
 }
 
-/// A server process of its own (killed if the test fails).
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 #[actix_web::test]
 async fn sigterm_finishes_work_in_hand_and_exits_cleanly() {
     let slow = Stub::start(r#"{"content": "slow answer"}"#, Duration::from_millis(1500)).await;
@@ -449,11 +422,10 @@ async fn sigterm_finishes_work_in_hand_and_exits_cleanly() {
         let db = TestDatabase::new(backend);
         let dir = tempfile::tempdir().expect("dir");
         let config = dir.path().join("c.toml");
-        let port = free_port();
         std::fs::write(
             &config,
             format!(
-                "[server]\nbind = \"127.0.0.1:{port}\"\nshutdown_timeout = \"10s\"\n[metrics]\nenabled = false\n[database]\nurl = \"{}\"\n\
+                "[server]\nshutdown_timeout = \"10s\"\n[database]\nurl = \"{}\"\n\
                  [forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nhandlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
                  [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n\
                  [handlers.relay]\nurl = \"{}/\"\n\
@@ -462,25 +434,9 @@ async fn sigterm_finishes_work_in_hand_and_exits_cleanly() {
             ),
         )
         .expect("config");
-        let child = Command::new(env!("CARGO_BIN_EXE_zulip-listeners"))
-            .args(["--config"])
-            .arg(&config)
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start");
-        let mut server = Process(child);
-        let base = format!("http://127.0.0.1:{port}");
+        let mut server = ServerProcess::start(&config).await;
+        let base = server.base.clone();
         let http = reqwest::Client::new();
-        let up = eventually(Duration::from_secs(20), async || {
-            http.get(format!("{base}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        assert!(up);
         let envelopes = (0..20)
             .map(|i| envelope(&format!("s{i}"), 700 + i, 20 + i % 3))
             .collect();
@@ -503,7 +459,7 @@ async fn sigterm_finishes_work_in_hand_and_exits_cleanly() {
             }
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        signal(&server.0, "TERM");
+        server.signal("TERM");
         let reply = in_flight
             .await
             .expect("task")
@@ -513,7 +469,7 @@ async fn sigterm_finishes_work_in_hand_and_exits_cleanly() {
         let status = {
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             loop {
-                if let Some(status) = server.0.try_wait().expect("wait") {
+                if let Some(status) = server.child.try_wait().expect("wait") {
                     break status;
                 }
                 assert!(
@@ -566,35 +522,18 @@ async fn log_file_is_reopened_on_sighup() {
     let dir = tempfile::tempdir().expect("dir");
     let log = dir.path().join("server.log");
     let config = dir.path().join("c.toml");
-    let port = free_port();
     std::fs::write(
         &config,
         format!(
-            "[server]\nbind = \"127.0.0.1:{port}\"\n[metrics]\nenabled = false\n[database]\nurl = \"{}\"\n[telemetry]\nformat = \"json\"\nfile = \"{}\"\n",
+            "[database]\nurl = \"{}\"\n[telemetry]\nformat = \"json\"\nfile = \"{}\"\n",
             db.url,
             log.display()
         ),
     )
     .expect("config");
-    let child = Command::new(env!("CARGO_BIN_EXE_zulip-listeners"))
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start");
-    let server = Process(child);
+    let server = ServerProcess::start(&config).await;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let up = eventually(Duration::from_secs(20), async || {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    assert!(up);
+    let base = server.base.clone();
     let first = std::fs::read_to_string(&log).expect("log written");
     assert!(
         first.lines().any(|l| l.contains("\"listening\"")),
@@ -603,7 +542,7 @@ async fn log_file_is_reopened_on_sighup() {
 
     let rotated = dir.path().join("server.log.1");
     std::fs::rename(&log, &rotated).expect("rotate");
-    signal(&server.0, "HUP");
+    server.signal("HUP");
     let reopened = eventually(Duration::from_secs(10), async || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("log file reopened"))
     })
@@ -614,21 +553,6 @@ async fn log_file_is_reopened_on_sighup() {
         "still serving"
     );
     drop(server);
-}
-
-fn cli(config: &std::path::Path, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_zulip-listeners"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run the CLI");
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[actix_web::test]

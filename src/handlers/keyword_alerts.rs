@@ -20,7 +20,8 @@ use regex::Regex;
 use serde::Deserialize;
 
 use super::{
-    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, only_keys,
+    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, http_client,
+    only_keys,
 };
 use crate::config::{Config, HandlerSettings};
 use crate::db::models::AlertRecord;
@@ -89,18 +90,6 @@ impl KeywordAlerts {
             key,
             problem,
         };
-        let timeout = match settings.settings.get("timeout") {
-            None => Duration::from_secs(10),
-            Some(value) => value
-                .as_str()
-                .and_then(|s| humantime::parse_duration(s).ok())
-                .ok_or_else(|| {
-                    problem(
-                        "timeout".into(),
-                        format!("`{value}` is not a duration like \"10s\""),
-                    )
-                })?,
-        };
         let raw: Vec<RuleSettings> = match settings.settings.get("rules") {
             None => Vec::new(),
             Some(value) => serde_json::from_value(value.clone())
@@ -164,11 +153,7 @@ impl KeywordAlerts {
                 target,
             });
         }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(concat!("zulip-listeners/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| problem("timeout".into(), e.to_string()))?;
+        let http = http_client(Self::NAME, settings, Duration::from_secs(10))?;
         let zulip = ZulipClient::new().map_err(|e| problem("rules".into(), e.to_string()))?;
         Ok(KeywordAlerts { rules, http, zulip })
     }

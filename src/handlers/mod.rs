@@ -243,6 +243,17 @@ impl Registry {
         &self.entries
     }
 
+    /// (name, settings as JSON) of every handler, for the `listeners` table.
+    pub fn listener_rows(&self) -> Vec<(&'static str, String)> {
+        self.entries
+            .iter()
+            .map(|e| {
+                let settings = serde_json::Value::Object(e.settings.settings.clone()).to_string();
+                (e.handler.name(), settings)
+            })
+            .collect()
+    }
+
     /// Resolves handler names (already validated by the configuration) to ids.
     pub fn ids(&self, names: &[String]) -> Vec<HandlerId> {
         names.iter().filter_map(|n| self.id(n)).collect()
@@ -279,4 +290,30 @@ pub(crate) fn only_keys(
             },
         }),
     }
+}
+
+/// An HTTP client for a handler that calls an external service, with the handler's `timeout`
+/// setting (a duration such as "10s"; `default` when absent).
+pub(crate) fn http_client(
+    handler: &'static str,
+    settings: &HandlerSettings,
+    default: std::time::Duration,
+) -> Result<reqwest::Client, SettingsError> {
+    let problem = |problem: String| SettingsError {
+        handler,
+        key: "timeout".into(),
+        problem,
+    };
+    let timeout = match settings.settings.get("timeout") {
+        None => default,
+        Some(value) => value
+            .as_str()
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .ok_or_else(|| problem(format!("`{value}` is not a duration like \"10s\"")))?,
+    };
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("zulip-listeners/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| problem(e.to_string()))
 }

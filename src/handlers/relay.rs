@@ -13,7 +13,8 @@ use futures_util::future::BoxFuture;
 use reqwest::header::CONTENT_TYPE;
 
 use super::{
-    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, only_keys,
+    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, http_client,
+    only_keys,
 };
 use crate::config::HandlerSettings;
 use crate::events::{Event, Origin, truncate_chars};
@@ -32,18 +33,6 @@ impl Relay {
             key: key.into(),
             problem,
         };
-        let timeout = match settings.settings.get("timeout") {
-            None => Duration::from_secs(30),
-            Some(value) => value
-                .as_str()
-                .and_then(|s| humantime::parse_duration(s).ok())
-                .ok_or_else(|| {
-                    problem(
-                        "timeout",
-                        format!("`{value}` is not a duration like \"30s\""),
-                    )
-                })?,
-        };
         let target = match settings.settings.get("url") {
             None => None,
             Some(value) => {
@@ -52,11 +41,7 @@ impl Relay {
                     .and_then(|s| reqwest::Url::parse(s).ok())
                     .filter(|u| matches!(u.scheme(), "http" | "https"))
                     .ok_or_else(|| problem("url", format!("`{value}` is not an http(s) URL")))?;
-                let client = reqwest::Client::builder()
-                    .timeout(timeout)
-                    .user_agent(concat!("zulip-listeners/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .map_err(|e| problem("url", e.to_string()))?;
+                let client = http_client(Self::NAME, settings, Duration::from_secs(30))?;
                 Some((url, client))
             }
         };

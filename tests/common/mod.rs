@@ -316,3 +316,79 @@ pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The server binary in a process of its own, on a free loopback port and without the
+/// metrics listener (both set through the environment, which wins over the file); killed
+/// when dropped, so that a failing test leaves nothing running.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl ServerProcess {
+    /// Starts `zulip-listeners --config <config> serve` and waits until `/healthz` answers.
+    pub async fn start(config: &std::path::Path) -> ServerProcess {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_zulip-listeners"))
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env("ZULIP_LISTENERS_SERVER__BIND", format!("127.0.0.1:{port}"))
+            .env("ZULIP_LISTENERS_METRICS__ENABLED", "false")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the server");
+        let server = ServerProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        let up = eventually(Duration::from_secs(20), async || {
+            http.get(format!("{}/healthz", server.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up, "server at {} did not come up", server.base);
+        server
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, …).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command-line tool of the binary with `--config`; returns its standard output.
+pub fn cli(config: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_zulip-listeners"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run the CLI");
+    assert!(
+        output.status.success(),
+        "{args:?}: {:?} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
