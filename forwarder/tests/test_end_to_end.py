@@ -146,6 +146,8 @@ def write_config(path: Path, port: int, database_url: str, secret: str) -> None:
     path.write_text(
         "[server]\n"
         f'bind = "127.0.0.1:{port}"\n'
+        "[metrics]\n"
+        "enabled = false\n"
         "[database]\n"
         f"url = {json.dumps(database_url)}\n"
         "[forwarder]\n"
