@@ -293,6 +293,24 @@ async fn client_mistakes_get_specific_errors() {
             .contains("events[0]: `event_id` is missing")
     );
 
+    // The routing header must agree with the signed body.
+    let one = batch(vec![envelope("routed", message(77, 1, "x"))]);
+    let routed = |realm: &str| {
+        signed(&t, "msg_routed", now(), &one, SECRET).header("x-zulip-listeners-realm", realm)
+    };
+    let wrong = t.send(routed("3")).await;
+    assert_eq!(wrong.status, 400);
+    assert!(
+        wrong.json["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("belongs to realm 2"),
+        "{:?}",
+        wrong.json
+    );
+    assert_eq!(t.send(routed("x")).await.status, 400);
+    assert_eq!(t.send(routed("2")).await.status, 200);
+
     let three = batch(
         (0..3)
             .map(|i| envelope(&format!("m{i}"), message(i, 1, "x")))

@@ -171,6 +171,22 @@ def test_batches_respect_the_byte_limit() -> None:
     assert [e for batch in batches for e in batch] == items
 
 
+def test_batches_hold_one_realm_and_name_it_for_routing(
+    receiver: LocalReceiver, secret: str, tmp_path: Path
+) -> None:
+    items = envelopes(6)
+    for index, item in enumerate(items):
+        item["realm"] = {"id": 2 if index in (0, 1, 4, 5) else 3, "uuid": "u", "string_id": "r"}
+
+    result = make_sender(receiver.url, [secret], tmp_path, batch_size=100).send_all(items)
+
+    assert result.delivered == 6 and result.batches == 3
+    bodies = [request.json()["events"] for request in receiver.requests]
+    assert [[event["seq"] for event in events] for events in bodies] == [[0, 1], [2, 3], [4, 5]]
+    routed = [request.headers["x-zulip-listeners-realm"] for request in receiver.requests]
+    assert routed == ["2", "3", "2"]
+
+
 def test_oversized_single_event_still_goes_alone() -> None:
     items = envelopes(3)
     assert [len(b) for b in chunk(items, max_events=100, max_bytes=10)] == [1, 1, 1]

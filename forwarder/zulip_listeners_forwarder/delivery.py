@@ -60,10 +60,21 @@ def encode_body(envelopes: Sequence[dict[str, Any]]) -> bytes:
     return encode_json({"events": list(envelopes)})
 
 
+#: Names the realm of every event in a batch, so that a proxy in front of several receivers
+#: can route each realm to one of them. The receiver checks it against the signed body.
+ROUTING_HEADER = "X-Zulip-Listeners-Realm"
+
+
+def realm_of(envelope: dict[str, Any]) -> Any:
+    realm = envelope.get("realm")
+    return realm.get("id") if isinstance(realm, dict) else None
+
+
 def chunk(
     envelopes: Iterable[dict[str, Any]], max_events: int, max_bytes: int
 ) -> Iterator[list[dict[str, Any]]]:
-    """Split envelopes, in order, into batches within both limits.
+    """Split envelopes, in order, into batches within both limits, each of one realm (a batch
+    ends where the realm changes, so order is kept).
 
     A single envelope larger than ``max_bytes`` still goes out, alone.
     """
@@ -71,7 +82,10 @@ def chunk(
     size = _EMPTY_BODY_BYTES
     for envelope in envelopes:
         added = len(encode_json(envelope)) + (1 if current else 0)
-        if current and (len(current) >= max_events or size + added > max_bytes):
+        realm_changes = bool(current) and realm_of(envelope) != realm_of(current[0])
+        if current and (
+            realm_changes or len(current) >= max_events or size + added > max_bytes
+        ):
             yield current
             current, size = [], _EMPTY_BODY_BYTES
             added -= 1
@@ -281,6 +295,9 @@ class BatchSender:
             "User-Agent": USER_AGENT,
             **self.signer.headers(batch.webhook_id, timestamp, batch.body),
         }
+        realms = {realm_of(event) for event in batch.events}
+        if len(realms) == 1 and isinstance(next(iter(realms)), int):
+            headers[ROUTING_HEADER] = str(next(iter(realms)))
         try:
             response = self.session.post(
                 self.url,

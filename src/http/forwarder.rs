@@ -48,6 +48,7 @@ pub async fn intake(
         BatchError::TooMany(..) => ApiError::TooManyEvents(e.to_string()),
         BatchError::Malformed(message) => ApiError::BadRequest(message),
     })?;
+    check_routing_header(&req, &events)?;
     let span = tracing::info_span!("forwarder_batch", webhook_id, events = events.len());
     let summary = forwarder
         .inbox
@@ -74,4 +75,32 @@ pub async fn intake(
     let body = serde_json::to_string(&summary)
         .map_err(|e| ApiError::Internal(format!("cannot render the answer: {e}")))?;
     Ok(json_ok(body))
+}
+
+/// The forwarder names the realm of a batch in `X-Zulip-Listeners-Realm`, so that a proxy in
+/// front of several instances can send each realm to the same instance (and so to the same
+/// rate limiter). The header is not signed; the signed body is checked against it.
+pub const ROUTING_HEADER: &str = "x-zulip-listeners-realm";
+
+fn check_routing_header(
+    req: &HttpRequest,
+    events: &[crate::events::forwarded::ForwardedEvent],
+) -> Result<(), ApiError> {
+    let Some(value) = req.headers().get(ROUTING_HEADER) else {
+        return Ok(());
+    };
+    let realm: i64 = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("header `{ROUTING_HEADER}` must be a realm id"))
+        })?;
+    match events.iter().position(|e| e.realm_id != realm) {
+        None => Ok(()),
+        Some(i) => Err(ApiError::BadRequest(format!(
+            "events[{i}] belongs to realm {}, but header `{ROUTING_HEADER}` says {realm}",
+            events[i].realm_id
+        ))),
+    }
 }
