@@ -339,6 +339,91 @@ async fn client_mistakes_get_specific_errors() {
     t.stop().await;
 }
 
+/// The stored envelope of an event, and its status.
+fn inbox_row(c: &mut DbConnection, event_id: &str) -> (String, String) {
+    use zulip_listeners::db::schema::inbox;
+    inbox::table
+        .filter(inbox::event_id.eq(event_id))
+        .select((inbox::status, inbox::payload))
+        .first(c)
+        .expect("inbox row")
+}
+
+#[actix_web::test]
+async fn pure_handlers_run_at_intake_without_overtaking_a_busy_realm() {
+    // keyword_alerts calls a slow webhook, so message events go to the inbox workers;
+    // message_logger alone handles edits, which are processed at intake when nothing of their
+    // realm is with a worker.
+    let alerts = Stub::start(r#"{"ok": true}"#, Duration::from_millis(700)).await;
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let extra = forwarder_config(&format!(
+            "handlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
+             [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
+            alerts.url
+        ));
+        let t = start_server(&db, &extra).await;
+
+        // A reaction's handlers are all pure: processed and committed before the answer.
+        let reaction = json!({"type": "reaction", "op": "add", "user_id": 11, "message_id": 4001, "emoji_name": "tada", "emoji_code": "1f389", "reaction_type": "unicode_emoji"});
+        let answer = post_batch(&t, "msg_pure", &batch(vec![envelope("p1", reaction)])).await;
+        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
+        assert_eq!(
+            (
+                answer.json["accepted"].as_i64(),
+                answer.json["processed"].as_i64()
+            ),
+            (Some(1), Some(1))
+        );
+        let (status, payload) = t.query(|c| inbox_row(c, "p1")).await;
+        assert_eq!(status, "done", "{backend:?}: done when acknowledged");
+        assert_eq!(payload, "", "a processed event's envelope is not kept");
+        let activity = t
+            .query(|c| store::activity_of(c, 2, 11).expect("q"))
+            .await
+            .expect("activity stored with the event");
+        assert_eq!(activity.reaction_count, 1);
+
+        // The message needs keyword_alerts: it goes to a worker (slow webhook). The edit that
+        // follows must wait behind it, or it would reach a message not stored yet.
+        let answer = post_batch(
+            &t,
+            "msg_slow",
+            &batch(vec![envelope("p2", message(4001, 10, "first words"))]),
+        )
+        .await;
+        assert_eq!(
+            answer.json["processed"], 0,
+            "{backend:?}: {:?}",
+            answer.json
+        );
+        let edit = json!({"type": "update_message", "user_id": 10, "edit_timestamp": 1700000200, "message_id": 4001, "message_ids": [4001], "rendering_only": false, "content": "second thoughts", "flags": []});
+        let answer = post_batch(&t, "msg_edit", &batch(vec![envelope("p3", edit)])).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.json["processed"], 0,
+            "{backend:?}: an edit must not overtake its realm's message: {:?}",
+            answer.json
+        );
+        wait_until_settled(&t, 3).await;
+        let stored = t
+            .query(|c| store::message_by_id(c, 4001).expect("q").expect("stored"))
+            .await;
+        assert_eq!(
+            stored.content, "second thoughts",
+            "{backend:?}: edit applied after the message"
+        );
+        let (status, payload) = t.query(|c| inbox_row(c, "p2")).await;
+        assert_eq!(
+            (status.as_str(), payload.as_str()),
+            ("done", ""),
+            "{backend:?}"
+        );
+        t.stop().await;
+    }
+    alerts.stop().await;
+}
+
 #[actix_web::test]
 async fn failures_are_retried_then_dead_and_replayable() {
     let alerts = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;

@@ -3,6 +3,7 @@
 //! moves blocking diesel work off the async workers). Grouped writes go through [`writer`];
 //! the queries themselves live in [`store`].
 
+pub mod checkpoint;
 pub mod models;
 pub mod retention;
 pub mod schema;
@@ -26,9 +27,10 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 /// readers, the durability level WAL makes safe (a crash of the process loses nothing that
 /// was committed), a 64 MiB page cache, and checkpoints every ~40 MiB of WAL rather than
 /// every 4 MiB (fewer rewrites of the same index pages under load).
-const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+const SQLITE_PRAGMAS: &str = "PRAGMA page_size = 16384; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
                               PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                              PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 10000;";
+                              PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 2500; \
+                              PRAGMA journal_size_limit = 67108864;";
 
 /// One connection to either backend.
 #[derive(diesel::MultiConnection)]

@@ -2,6 +2,7 @@
 //! Callers run them through [`super::Db::run`] or the background [`super::writer`].
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
 use diesel::dsl::count_star;
 use diesel::prelude::*;
@@ -234,8 +235,9 @@ pub fn insert_inbox(
     Ok(known)
 }
 
-/// Marks events done that are still pending at the given attempt count, a chunk per
-/// statement; returns the ids it applied to (the others already have a result).
+/// Marks events done that are still pending at the given attempt count (dropping their
+/// payload), a chunk per statement; returns the ids it applied to (the others already have a
+/// result).
 pub fn finish_done(
     conn: &mut DbConnection,
     attempts_before: i32,
@@ -250,6 +252,9 @@ pub fn finish_done(
             .filter(inbox::attempts.eq(attempts_before));
         let changes = (
             inbox::status.eq("done"),
+            // What a handler keeps of an event is in its own tables; the inbox keeps the
+            // envelope only while the event may still be processed or replayed.
+            inbox::payload.eq(""),
             inbox::attempts.eq(attempts_before + 1),
             inbox::claimed_until_ms.eq(0i64),
             inbox::last_error.eq(None::<String>),
@@ -393,6 +398,16 @@ pub fn requeue(
     })
 }
 
+/// Pending events (due or not), counted through the partial index `inbox_due`.
+pub fn pending_count(conn: &mut DbConnection) -> Result<i64, DbError> {
+    Ok(inbox::table
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "status = 'pending'",
+        ))
+        .select(count_star())
+        .first(conn)?)
+}
+
 /// Events per inbox status.
 pub fn inbox_counts(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, DbError> {
     Ok(inbox::table
@@ -450,10 +465,14 @@ pub fn mark_deleted(conn: &mut DbConnection, ids: &[i64]) -> Result<(), DbError>
     Ok(())
 }
 
-const ACTIVITY_UPSERT: &str = "INSERT INTO user_activity \
+/// Activity rows per upsert statement (8 parameters each).
+const ACTIVITY_ROWS_PER_STATEMENT: usize = 500;
+
+const ACTIVITY_UPSERT_HEAD: &str = "INSERT INTO user_activity \
     (realm_id, user_id, last_seen_ms, message_count, reaction_count, last_presence, last_presence_at_ms, last_typing_at_ms) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-    ON CONFLICT (realm_id, user_id) DO UPDATE SET \
+    VALUES ";
+
+const ACTIVITY_UPSERT_TAIL: &str = " ON CONFLICT (realm_id, user_id) DO UPDATE SET \
     last_seen_ms = CASE WHEN excluded.last_seen_ms > user_activity.last_seen_ms THEN excluded.last_seen_ms ELSE user_activity.last_seen_ms END, \
     message_count = user_activity.message_count + excluded.message_count, \
     reaction_count = user_activity.reaction_count + excluded.reaction_count, \
@@ -461,23 +480,84 @@ const ACTIVITY_UPSERT: &str = "INSERT INTO user_activity \
     last_presence_at_ms = COALESCE(excluded.last_presence_at_ms, user_activity.last_presence_at_ms), \
     last_typing_at_ms = COALESCE(excluded.last_typing_at_ms, user_activity.last_typing_at_ms)";
 
-/// Adds activity for a (realm, user), creating the row on first sight.
-pub fn add_activity(conn: &mut DbConnection, d: &ActivityDelta) -> Result<(), DbError> {
-    let (presence, presence_at) = match &d.presence {
-        Some((status, at)) => (Some(status.as_str()), Some(*at)),
-        None => (None, None),
-    };
-    let query = diesel::sql_query(ACTIVITY_UPSERT)
-        .bind::<BigInt, _>(d.realm_id)
-        .bind::<BigInt, _>(d.user_id)
-        .bind::<BigInt, _>(d.seen_at_ms)
-        .bind::<BigInt, _>(d.messages)
-        .bind::<BigInt, _>(d.reactions)
-        .bind::<Nullable<Text>, _>(presence)
-        .bind::<Nullable<BigInt>, _>(presence_at)
-        .bind::<Nullable<BigInt>, _>(d.typing_at_ms);
-    crate::per_backend!(conn, c => query.execute(c))?;
+/// Adds activity per (realm, user), creating rows on first sight: one multi-row upsert per
+/// chunk, so that a batch costs one statement rather than one per user. Each (realm, user)
+/// may appear only once in `deltas` (PostgreSQL refuses to update a row twice in one
+/// statement); the writer sums them first.
+pub fn add_activity<'a>(
+    conn: &mut DbConnection,
+    deltas: impl ExactSizeIterator<Item = &'a ActivityDelta>,
+) -> Result<(), DbError> {
+    let deltas: Vec<&ActivityDelta> = deltas.collect();
+    let numbered = matches!(conn, DbConnection::Postgres(_));
+    for chunk in deltas.chunks(ACTIVITY_ROWS_PER_STATEMENT) {
+        let mut sql = String::with_capacity(
+            ACTIVITY_UPSERT_HEAD.len() + ACTIVITY_UPSERT_TAIL.len() + chunk.len() * 48,
+        );
+        sql.push_str(ACTIVITY_UPSERT_HEAD);
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            if numbered {
+                let n = i * 8;
+                let _ = write!(
+                    sql,
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6,
+                    n + 7,
+                    n + 8
+                );
+            } else {
+                // Anonymous parameters: SQLite looks named ones up one by one.
+                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?)");
+            }
+        }
+        sql.push_str(ACTIVITY_UPSERT_TAIL);
+        match conn {
+            DbConnection::Sqlite(c) => {
+                bind_activity(diesel::sql_query(sql).into_boxed(), chunk).execute(c)?
+            }
+            DbConnection::Postgres(c) => {
+                bind_activity(diesel::sql_query(sql).into_boxed(), chunk).execute(c)?
+            }
+        };
+    }
     Ok(())
+}
+
+fn bind_activity<'f, DB>(
+    mut query: diesel::query_builder::BoxedSqlQuery<'f, DB, diesel::query_builder::SqlQuery>,
+    deltas: &[&'f ActivityDelta],
+) -> diesel::query_builder::BoxedSqlQuery<'f, DB, diesel::query_builder::SqlQuery>
+where
+    DB: diesel::backend::Backend
+        + diesel::sql_types::HasSqlType<BigInt>
+        + diesel::sql_types::HasSqlType<Text>,
+    i64: diesel::serialize::ToSql<BigInt, DB>,
+    str: diesel::serialize::ToSql<Text, DB>,
+{
+    for d in deltas {
+        let (presence, presence_at) = match &d.presence {
+            Some((status, at)) => (Some(status.as_str()), Some(*at)),
+            None => (None, None),
+        };
+        query = query
+            .bind::<BigInt, _>(d.realm_id)
+            .bind::<BigInt, _>(d.user_id)
+            .bind::<BigInt, _>(d.seen_at_ms)
+            .bind::<BigInt, _>(d.messages)
+            .bind::<BigInt, _>(d.reactions)
+            .bind::<Nullable<Text>, _>(presence)
+            .bind::<Nullable<BigInt>, _>(presence_at)
+            .bind::<Nullable<BigInt>, _>(d.typing_at_ms);
+    }
+    query
 }
 
 pub fn activity_of(

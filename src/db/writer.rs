@@ -13,8 +13,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use diesel::Connection;
+use diesel::connection::SimpleConnection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
 use super::models::{
     ActivityDelta, AlertRecord, MessageEdit, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
 };
@@ -68,11 +70,17 @@ impl std::fmt::Debug for AfterCommit {
     }
 }
 
+/// An intake's rows and the results processed with them.
+type IntakeData = (Vec<NewInboxRow>, Vec<(usize, Processed)>);
+
 /// A verified forwarder batch to store.
 #[derive(Debug)]
 pub struct Intake {
     pub webhook_id: String,
     pub rows: Vec<NewInboxRow>,
+    /// Results of events processed as they were accepted, by index in `rows`: written in the
+    /// same transaction, and only for rows that were not stored before.
+    pub processed: Vec<(usize, Processed)>,
     pub reply: oneshot::Sender<Result<IntakeResult, String>>,
 }
 
@@ -114,14 +122,37 @@ pub struct Writer {
 }
 
 /// The writer thread, to be joined at shutdown.
-pub struct WriterThread(JoinHandle<()>);
+pub struct WriterThread {
+    thread: JoinHandle<()>,
+    janitor: JoinHandle<()>,
+    checkpointer: Option<Checkpointer>,
+}
 
 impl WriterThread {
     pub fn join(self) {
-        if self.0.join().is_err() {
+        if self.thread.join().is_err() {
             tracing::error!("the database writer thread panicked");
         }
+        // The writer is gone, so is the janitor's channel: it ends once it has freed the rest.
+        if self.janitor.join().is_err() {
+            tracing::error!("the database janitor thread panicked");
+        }
+        if let Some(checkpointer) = self.checkpointer {
+            checkpointer.stop();
+        }
     }
+}
+
+/// The writer's own connection. On SQLite it leaves checkpoints to the [`Checkpointer`] and
+/// does one itself only if the log grows far beyond the usual.
+fn connect(target: &DatabaseTarget) -> Result<DbConnection, DbError> {
+    let mut conn = establish(target)?;
+    if let DbConnection::Sqlite(c) = &mut conn {
+        c.batch_execute(&format!(
+            "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};"
+        ))?;
+    }
+    Ok(conn)
 }
 
 impl Writer {
@@ -130,14 +161,27 @@ impl Writer {
         target: &DatabaseTarget,
         batch_size: usize,
     ) -> Result<(Writer, WriterThread), DbError> {
-        let conn = establish(target)?;
+        let conn = connect(target)?;
+        let checkpointer = Checkpointer::start(target)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (trash, spent) = std::sync::mpsc::channel::<Spent>();
+        let janitor = std::thread::Builder::new()
+            .name("db-janitor".into())
+            .spawn(move || spent.into_iter().for_each(drop))
+            .map_err(|e| DbError::Task(format!("cannot start the janitor thread: {e}")))?;
         let target = target.clone();
         let thread = std::thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || run(conn, target, rx, batch_size))
+            .spawn(move || run(conn, target, rx, batch_size, trash))
             .map_err(|e| DbError::Task(format!("cannot start the writer thread: {e}")))?;
-        Ok((Writer { tx }, WriterThread(thread)))
+        Ok((
+            Writer { tx },
+            WriterThread {
+                thread,
+                janitor,
+                checkpointer,
+            },
+        ))
     }
 
     /// Queues work; waits only when the writer is far behind.
@@ -153,12 +197,14 @@ impl Writer {
         &self,
         webhook_id: String,
         rows: Vec<NewInboxRow>,
+        processed: Vec<(usize, Processed)>,
         wait: Duration,
     ) -> Result<IntakeResult, IntakeWriteError> {
         let (reply, answer) = oneshot::channel();
         let op = WriteOp::Intake(Box::new(Intake {
             webhook_id,
             rows,
+            processed,
             reply,
         }));
         match tokio::time::timeout(wait, self.tx.send(op)).await {
@@ -209,6 +255,9 @@ impl Batch {
         match op {
             WriteOp::Intake(intake) => {
                 self.rows += intake.rows.len() + 1;
+                for (_, p) in &intake.processed {
+                    self.rows += p.effects.len() + p.logs.len();
+                }
                 self.intakes.push(*intake);
             }
             WriteOp::Processed(p) => {
@@ -235,34 +284,70 @@ impl Batch {
     fn write(&self, conn: &mut DbConnection) -> Result<Vec<IntakeResult>, DbError> {
         conn.transaction(|conn| {
             let mut results = Vec::with_capacity(self.intakes.len());
+            let mut processed: Vec<&Processed> = Vec::new();
             for intake in &self.intakes {
-                results.push(store_intake(conn, intake)?);
+                let result = store_intake(conn, intake)?;
+                if !result.duplicate_batch {
+                    processed.extend(
+                        intake
+                            .processed
+                            .iter()
+                            .filter(|(row, _)| {
+                                intake
+                                    .rows
+                                    .get(*row)
+                                    .is_some_and(|r| !result.known.contains(&r.event_id))
+                            })
+                            .map(|(_, p)| p),
+                    );
+                }
+                results.push(result);
             }
-            write_processed(conn, &self.processed)?;
+            processed.extend(self.processed.iter());
+            write_processed(conn, &processed)?;
             store::insert_replies(conn, &self.replies)?;
             store::release_claims(conn, &self.releases)?;
             Ok(results)
         })
     }
 
-    fn finish(self, intake_results: Result<Vec<IntakeResult>, String>) -> bool {
-        match intake_results {
-            Ok(results) => {
-                for (intake, result) in self.intakes.into_iter().zip(results) {
-                    let _ = intake.reply.send(Ok(result));
-                }
-            }
-            Err(error) => {
-                for intake in self.intakes {
-                    let _ = intake.reply.send(Err(error.clone()));
-                }
-            }
+    /// Answers whoever waits for this batch. Returns what is left to free (the janitor does
+    /// that, not the writer) and whether the writer stops.
+    fn finish(self, intake_results: Result<Vec<IntakeResult>, String>) -> (Spent, bool) {
+        let mut spent = Spent {
+            _intakes: Vec::with_capacity(self.intakes.len()),
+            _processed: self.processed,
+        };
+        let mut results = intake_results.map(Vec::into_iter);
+        for intake in self.intakes {
+            let Intake {
+                rows,
+                processed,
+                reply,
+                ..
+            } = intake;
+            let result = match &mut results {
+                Ok(results) => results
+                    .next()
+                    .ok_or_else(|| "the writer lost track of a batch".to_string()),
+                Err(error) => Err(error.clone()),
+            };
+            let _ = reply.send(result);
+            spent._intakes.push((rows, processed));
         }
         for waiter in self.waiters {
             let _ = waiter.send(());
         }
-        self.stop
+        (spent, self.stop)
     }
+}
+
+/// A committed batch's data. Freeing it takes time (many small allocations), so the writer
+/// hands it to the janitor thread instead; commit guards in it are dropped there too, after
+/// the commit as they require.
+struct Spent {
+    _intakes: Vec<IntakeData>,
+    _processed: Vec<Processed>,
 }
 
 fn store_intake(conn: &mut DbConnection, intake: &Intake) -> Result<IntakeResult, DbError> {
@@ -284,7 +369,7 @@ fn store_intake(conn: &mut DbConnection, intake: &Intake) -> Result<IntakeResult
 /// alerts and event-log rows as multi-row inserts, activity summed per (realm, user), inbox
 /// rows marked done together. Message effects keep their order, so a message is stored before
 /// a later edit of it applies.
-fn write_processed(conn: &mut DbConnection, processed: &[Processed]) -> Result<(), DbError> {
+fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<(), DbError> {
     let mut messages: Vec<&NewMessage> = Vec::new();
     let mut alerts: Vec<&AlertRecord> = Vec::new();
     let mut activity: HashMap<(i64, i64), ActivityDelta> = HashMap::new();
@@ -344,9 +429,7 @@ fn write_processed(conn: &mut DbConnection, processed: &[Processed]) -> Result<(
     }
     store::insert_messages(conn, &messages)?;
     store::insert_alerts(conn, &alerts)?;
-    for delta in activity.values() {
-        store::add_activity(conn, delta)?;
-    }
+    store::add_activity(conn, activity.values())?;
     store::insert_event_logs(conn, &logs)
 }
 
@@ -376,6 +459,7 @@ fn run(
     target: DatabaseTarget,
     mut rx: mpsc::Receiver<WriteOp>,
     batch_size: usize,
+    janitor: std::sync::mpsc::Sender<Spent>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Batch::default();
@@ -391,7 +475,11 @@ fn run(
         } else {
             Ok(Vec::new())
         };
-        if batch.finish(results) {
+        let (spent, stop) = batch.finish(results);
+        if let Err(unsent) = janitor.send(spent) {
+            drop(unsent.0);
+        }
+        if stop {
             return;
         }
     }
@@ -421,7 +509,7 @@ fn write_with_retries(
                 }
                 std::thread::sleep(delay);
                 delay = (delay * 4).min(Duration::from_secs(5));
-                if let Ok(fresh) = establish(target) {
+                if let Ok(fresh) = connect(target) {
                     *conn = fresh;
                 }
             }
@@ -434,8 +522,7 @@ fn write_with_retries(
 fn write_item_by_item(conn: &mut DbConnection, batch: &Batch) {
     let mut failed = 0usize;
     for p in &batch.processed {
-        let one = std::slice::from_ref(p);
-        failed += usize::from(conn.transaction(|c| write_processed(c, one)).is_err());
+        failed += usize::from(conn.transaction(|c| write_processed(c, &[p])).is_err());
     }
     for row in &batch.replies {
         failed += usize::from(store::insert_replies(conn, std::slice::from_ref(row)).is_err());

@@ -82,6 +82,10 @@ impl Handler for MessageLogger {
         Self::NAME
     }
 
+    fn is_pure(&self) -> bool {
+        true
+    }
+
     fn interest(&self) -> Interest {
         Interest::Types(&["message", "update_message", "delete_message"])
     }

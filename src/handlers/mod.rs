@@ -81,6 +81,13 @@ pub trait Handler: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Event types it wants.
     fn interest(&self) -> Interest;
+    /// `true` when [`Handler::handle`] only turns the event into effects: no I/O, no waiting,
+    /// nothing read from the database. A forwarded event whose handlers are all pure is
+    /// processed as it is accepted, and its effects are committed in the same transaction as
+    /// the event itself; other events go to the inbox workers.
+    fn is_pure(&self) -> bool {
+        false
+    }
     /// Handles one event. Changes to stored data go into `effects`: they are written in the
     /// same transaction as the run's event-log row (and, for forwarded events, the inbox
     /// status), so they take effect exactly once even if the event is delivered again.

@@ -55,6 +55,10 @@ impl Handler for UserActivityTracker {
         Self::NAME
     }
 
+    fn is_pure(&self) -> bool {
+        true
+    }
+
     fn interest(&self) -> Interest {
         Interest::Types(&[
             "message",

@@ -13,14 +13,14 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashSet;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::Processor;
+use super::{Outcome, Processor};
 use crate::config::{Config, ForwarderConfig};
 use crate::db::models::NewInboxRow;
 use crate::db::writer::{AfterCommit, InboxOutcome, IntakeWriteError, WriteOp, Writer};
@@ -41,23 +41,49 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest back-off between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
-/// One event for a worker.
+/// One event for a worker, tracked as in flight until its result is committed.
 struct Work {
-    event_id: String,
     event: Event,
     attempts: i32,
+    guard: InFlight,
 }
 
-/// Keeps an event id in the in-flight set until dropped (after the commit of its result).
+/// Keeps an event id in the in-flight set, and counted in its lane, until dropped (after the
+/// commit of its result).
 struct InFlight {
     set: Arc<DashSet<String>>,
+    lane: Arc<AtomicUsize>,
     event_id: String,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.set.remove(&self.event_id);
+        self.lane.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// One worker's queue. Each realm's events go to one lane, so that they are handled in order.
+struct Lane {
+    queue: mpsc::Sender<Work>,
+    /// Events queued or being processed in this lane, until their result is committed. A lane
+    /// with none lets new events of its realms be processed at intake without overtaking any.
+    outstanding: Arc<AtomicUsize>,
+}
+
+/// What one attempt at an event comes to.
+enum Verdict {
+    Done,
+    /// Pending again, due at `retry_at_ms`; `counts_attempt` is false when the event was
+    /// deferred (a handler it needs is paused) without being tried.
+    Retry {
+        retry_at_ms: i64,
+        error: String,
+        counts_attempt: bool,
+    },
+    Dead {
+        error: String,
+    },
 }
 
 /// What intake stored.
@@ -73,6 +99,9 @@ pub struct IntakeSummary {
     pub filtered: usize,
     /// Stored as `rate_limited`, not dispatched.
     pub rate_limited: usize,
+    /// Of the accepted events, those already processed when the batch was acknowledged (their
+    /// handlers are all pure); the others are with the workers.
+    pub processed: usize,
     /// The whole batch (`webhook-id`) had been accepted before.
     pub duplicate_batch: bool,
 }
@@ -144,7 +173,7 @@ pub struct Inbox {
     writer: Writer,
     db: Db,
     handlers: Arc<[HandlerId]>,
-    queues: Vec<mpsc::Sender<Work>>,
+    lanes: Vec<Lane>,
     in_flight: Arc<DashSet<String>>,
     config: ForwarderConfig,
     admission: Admission,
@@ -178,14 +207,7 @@ impl Inbox {
         admission: Admission,
         config: ForwarderConfig,
     ) -> Result<(Arc<Inbox>, InboxTasks), DbError> {
-        let pending = db
-            .run(|c| {
-                Ok(store::inbox_counts(c)?
-                    .into_iter()
-                    .find(|(s, _)| s == "pending"))
-            })
-            .await?
-            .map_or(0, |(_, n)| n);
+        let pending = db.run(store::pending_count).await?;
         if db.backend() == Backend::Sqlite {
             let released = db.run(store::release_all_claims).await?;
             if released > 0 {
@@ -196,11 +218,14 @@ impl Inbox {
             }
         }
         let (shutdown, watch_rx) = watch::channel(false);
-        let mut queues = Vec::new();
+        let mut lanes = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..config.workers.max(1) {
-            let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-            queues.push(tx);
+            let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
+            lanes.push(Lane {
+                queue,
+                outstanding: Arc::new(AtomicUsize::new(0)),
+            });
             receivers.push(rx);
         }
         let inbox = Arc::new(Inbox {
@@ -208,7 +233,7 @@ impl Inbox {
             processor,
             db,
             handlers: handlers.into(),
-            queues,
+            lanes,
             in_flight: Arc::new(DashSet::new()),
             config,
             admission,
@@ -222,8 +247,10 @@ impl Inbox {
         Ok((inbox, InboxTasks { shutdown, tasks }))
     }
 
-    /// Stores a verified batch (one transaction) and hands the new events to the workers.
-    /// Returns only after the commit; `Err` means nothing was acknowledged.
+    /// Stores a verified batch (one transaction) and returns only after the commit; `Err`
+    /// means nothing was acknowledged. An event whose handlers are all pure is processed
+    /// right here and its effects are committed with it (unless an earlier event of its realm
+    /// is still with a worker: order is kept); the others go to the workers after the commit.
     pub async fn accept(
         &self,
         webhook_id: &str,
@@ -241,7 +268,19 @@ impl Inbox {
         let mut summary = IntakeSummary::default();
         let mut seen = HashSet::with_capacity(events.len());
         let mut rows = Vec::with_capacity(events.len());
-        let mut work = Vec::with_capacity(events.len());
+        let mut processed = Vec::with_capacity(events.len());
+        // Events for the workers (lane, id, event), and ids of events processed here that
+        // stay pending (a failure to retry, or a paused handler) or are done.
+        let mut queued = Vec::new();
+        let mut waiting = Vec::new();
+        let mut done = Vec::new();
+        // Lanes this batch must not overtake: a worker has events of theirs, or an earlier
+        // event of this batch went to their worker.
+        let mut held: Vec<bool> = self
+            .lanes
+            .iter()
+            .map(|lane| lane.outstanding.load(Ordering::Acquire) > 0)
+            .collect();
         for event in events {
             if !seen.insert(event.event_id.clone()) {
                 summary.duplicates += 1;
@@ -258,8 +297,14 @@ impl Inbox {
             if let Some(reason) = &reason {
                 tracing::info!(event_id = %event.event_id, status, %reason, "event stored, not dispatched");
             }
-            rows.push(NewInboxRow {
-                event_id: event.event_id.clone(),
+            match status {
+                "expired" => summary.expired += 1,
+                "filtered" => summary.filtered += 1,
+                "rate_limited" => summary.rate_limited += 1,
+                _ => {}
+            }
+            let mut row = NewInboxRow {
+                event_id: event.event_id,
                 webhook_id: webhook_id.to_string(),
                 realm_id: event.realm_id,
                 realm: event.realm,
@@ -270,29 +315,64 @@ impl Inbox {
                 status,
                 attempts: 0,
                 next_attempt_at_ms: now,
-                claimed_until_ms: if pending { claim_until } else { 0 },
+                claimed_until_ms: 0,
                 last_error: reason,
                 emitted_at_ms: event.emitted_at_ms,
                 received_at_ms: now,
                 updated_at_ms: now,
-            });
-            match status {
-                "expired" => summary.expired += 1,
-                "filtered" => summary.filtered += 1,
-                "rate_limited" => summary.rate_limited += 1,
-                _ => {}
-            }
+            };
             if pending {
-                work.push(Work {
-                    event_id: event.event_id,
-                    event: event.event,
-                    attempts: 0,
-                });
+                let lane = self.lane_of(&event.event);
+                let outcome = (!held[lane]
+                    && self.processor.all_pure(&row.event_type, &self.handlers))
+                .then(|| self.processor.run_now(&event.event, &self.handlers))
+                .flatten();
+                match outcome {
+                    Some(mut outcome) => {
+                        match self.judge(&row.event_id, &mut outcome, 0) {
+                            Verdict::Done => {
+                                row.status = "done";
+                                row.attempts = 1;
+                                // Kept only while the event may be processed or replayed.
+                                row.payload = String::new();
+                                done.push(row.event_id.clone());
+                            }
+                            Verdict::Retry {
+                                retry_at_ms,
+                                error,
+                                counts_attempt,
+                            } => {
+                                row.attempts = i32::from(counts_attempt);
+                                row.next_attempt_at_ms = retry_at_ms;
+                                row.last_error = Some(error);
+                                held[lane] = true;
+                                waiting.push(row.event_id.clone());
+                            }
+                            Verdict::Dead { error } => {
+                                row.status = "dead";
+                                row.attempts = 1;
+                                row.last_error = Some(error);
+                            }
+                        }
+                        processed.push((rows.len(), outcome.processed));
+                    }
+                    None => {
+                        held[lane] = true;
+                        row.claimed_until_ms = claim_until;
+                        queued.push((lane, row.event_id.clone(), event.event));
+                    }
+                }
             }
+            rows.push(row);
         }
         let stored = self
             .writer
-            .intake(webhook_id.to_string(), rows, self.admission.writer_wait)
+            .intake(
+                webhook_id.to_string(),
+                rows,
+                processed,
+                self.admission.writer_wait,
+            )
             .await
             .map_err(|e| match e {
                 IntakeWriteError::Busy => {
@@ -307,17 +387,28 @@ impl Inbox {
                 ..IntakeSummary::default()
             });
         }
+        let new = |id: &String| !stored.known.contains(id);
         summary.duplicates += stored.known.len();
         let not_dispatched = summary.expired + summary.filtered + summary.rate_limited;
         summary.accepted = seen.len() - stored.known.len() - not_dispatched;
+        summary.processed = done.iter().filter(|id| new(id)).count();
+        let waiting = waiting.iter().filter(|id| new(id)).count();
+        self.backlog.fetch_add(
+            i64::try_from(waiting).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
         let mut released = Vec::new();
-        for item in work {
-            if stored.known.contains(&item.event_id) {
+        for (lane, event_id, event) in queued {
+            if !new(&event_id) {
                 continue;
             }
             self.backlog.fetch_add(1, Ordering::Relaxed);
-            if let Err(event_id) = self.dispatch(item) {
-                released.push(event_id);
+            let work = self.track(lane, event_id, event, 0);
+            match self.lanes[lane].queue.try_send(work) {
+                Ok(()) => {}
+                Err(
+                    mpsc::error::TrySendError::Full(work) | mpsc::error::TrySendError::Closed(work),
+                ) => released.push(work.guard.event_id.clone()),
             }
         }
         if !released.is_empty() {
@@ -338,26 +429,65 @@ impl Inbox {
             .map_or(0, Limits::housekeeping)
     }
 
-    /// Queues an event for the worker of its realm; gives its id back when the queue is full.
-    fn dispatch(&self, item: Work) -> Result<(), String> {
-        let queue = self.queue_for(&item.event);
-        self.in_flight.insert(item.event_id.clone());
-        match queue.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(
-                mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item),
-            ) => {
-                self.in_flight.remove(&item.event_id);
-                Err(item.event_id)
-            }
+    /// Marks an event in flight, counted in its lane, and wraps it for the lane's worker.
+    /// Dropping the work (a full queue) undoes both.
+    fn track(&self, lane: usize, event_id: String, event: Event, attempts: i32) -> Work {
+        self.in_flight.insert(event_id.clone());
+        let outstanding = self.lanes[lane].outstanding.clone();
+        outstanding.fetch_add(1, Ordering::AcqRel);
+        Work {
+            event,
+            attempts,
+            guard: InFlight {
+                set: self.in_flight.clone(),
+                lane: outstanding,
+                event_id,
+            },
         }
     }
 
-    /// Each realm's events go to one worker, so that they are handled in order.
-    fn queue_for(&self, event: &Event) -> &mpsc::Sender<Work> {
+    /// Each realm's events go to one lane, so that they are handled in order.
+    fn lane_of(&self, event: &Event) -> usize {
         let realm = event.realm.id.unwrap_or_default().unsigned_abs();
-        let index = usize::try_from(realm % self.queues.len() as u64).unwrap_or(0);
-        &self.queues[index]
+        usize::try_from(realm % self.lanes.len() as u64).unwrap_or(0)
+    }
+
+    /// What an attempt comes to. Effects are kept only when the event is done: a failed or
+    /// deferred event runs all its handlers again, and applying the effects of the ones that
+    /// succeeded now would apply them twice.
+    fn judge(&self, event_id: &str, outcome: &mut Outcome, attempts_before: i32) -> Verdict {
+        let Some(error) = outcome.first_error.take() else {
+            if let Some((handler, until_ms)) = outcome.deferred {
+                // A handler it needs is paused by its circuit breaker: keep the event pending
+                // until the breaker lets a trial run through, without counting an attempt.
+                outcome.processed.effects.clear();
+                return Verdict::Retry {
+                    retry_at_ms: until_ms,
+                    error: format!(
+                        "waiting for `{handler}`: its circuit breaker is open or it was disabled after failures"
+                    ),
+                    counts_attempt: false,
+                };
+            }
+            return Verdict::Done;
+        };
+        outcome.processed.effects.clear();
+        let attempts = attempts_before.saturating_add(1);
+        if u32::try_from(attempts).unwrap_or(u32::MAX) > self.config.max_retries {
+            tracing::error!(
+                event_id,
+                attempts,
+                %error,
+                "event failed too often; moved to dead letters"
+            );
+            Verdict::Dead { error }
+        } else {
+            Verdict::Retry {
+                retry_at_ms: now_ms() + millis(backoff(self.config.retry_delay, attempts)),
+                error,
+                counts_attempt: true,
+            }
+        }
     }
 
     async fn work(
@@ -379,55 +509,29 @@ impl Inbox {
     }
 
     async fn process(&self, item: Work) {
-        let outcome = self
+        let Work {
+            event,
+            attempts,
+            guard,
+        } = item;
+        let mut outcome = self
             .processor
             .run(
-                &item.event,
+                &event,
                 &self.handlers,
                 Some(self.config.handler_timeout),
                 None,
             )
             .await;
-        let mut processed = outcome.processed;
-        if let (None, Some((handler, until_ms))) = (&outcome.first_error, outcome.deferred) {
-            // A handler it needs is paused by its circuit breaker: keep the event pending
-            // until the breaker lets a trial run through, without counting an attempt.
-            processed.effects.clear();
-            processed.after_commit = Some(AfterCommit(Box::new(InFlight {
-                set: self.in_flight.clone(),
-                event_id: item.event_id.clone(),
-            })));
-            processed.inbox = Some(InboxOutcome {
-                event_id: item.event_id.clone(),
-                attempts_before: item.attempts,
-                counts_attempt: false,
-                failure: Some((
-                    Some(until_ms),
-                    format!(
-                        "waiting for `{handler}`: its circuit breaker is open or it was disabled after failures"
-                    ),
-                )),
-            });
-            self.writer
-                .send(WriteOp::Processed(Box::new(processed)))
-                .await;
-            return;
-        }
-        if outcome.first_error.is_some() {
-            // A failed event runs all its handlers again; applying the effects of the ones
-            // that succeeded now would apply them twice.
-            processed.effects.clear();
-        }
-        // The event stays "in flight" (hidden from the sweeper) until its result is committed.
-        processed.after_commit = Some(AfterCommit(Box::new(InFlight {
-            set: self.in_flight.clone(),
-            event_id: item.event_id.clone(),
-        })));
-        let finished = match &outcome.first_error {
-            None => true,
-            Some(_) => {
-                u32::try_from(item.attempts + 1).unwrap_or(u32::MAX) > self.config.max_retries
-            }
+        let verdict = self.judge(&guard.event_id, &mut outcome, attempts);
+        let (finished, counts_attempt, failure) = match verdict {
+            Verdict::Done => (true, true, None),
+            Verdict::Retry {
+                retry_at_ms,
+                error,
+                counts_attempt,
+            } => (false, counts_attempt, Some((Some(retry_at_ms), error))),
+            Verdict::Dead { error } => (true, true, Some((None, error))),
         };
         if finished {
             // Clamped: replays from the command line were never counted in.
@@ -437,26 +541,16 @@ impl Inbox {
                     Some((n - 1).max(0))
                 });
         }
-        let failure = outcome.first_error.map(|error| {
-            let retry_at = (!finished)
-                .then(|| now_ms() + millis(backoff(self.config.retry_delay, item.attempts + 1)));
-            if finished {
-                tracing::error!(
-                    event_id = %item.event_id,
-                    attempts = item.attempts + 1,
-                    %error,
-                    "event failed too often; moved to dead letters"
-                );
-            }
-            (retry_at, error)
-        });
+        let mut processed = outcome.processed;
         processed.inbox = Some(InboxOutcome {
-            event_id: item.event_id.clone(),
-            attempts_before: item.attempts,
-            counts_attempt: true,
+            event_id: guard.event_id.clone(),
+            attempts_before: attempts,
+            counts_attempt,
             failure,
         });
-        // `in_flight` is cleared by the guard once the writer has committed this.
+        // The event stays in flight (hidden from the sweeper, its lane busy) until the writer
+        // has committed this and drops the guard.
+        processed.after_commit = Some(AfterCommit(Box::new(guard)));
         self.writer
             .send(WriteOp::Processed(Box::new(processed)))
             .await;
@@ -513,16 +607,10 @@ impl Inbox {
                     continue;
                 }
             };
-            let queue = self.queue_for(&event);
-            self.in_flight.insert(row.event_id.clone());
-            let work = Work {
-                event_id: row.event_id,
-                event,
-                attempts: row.attempts,
-            };
-            if let Err(e) = queue.send(work).await {
-                self.in_flight.remove(&e.0.event_id);
-            }
+            let lane = self.lane_of(&event);
+            let work = self.track(lane, row.event_id, event, row.attempts);
+            // A closed queue (shutting down) drops the work, which releases it.
+            let _ = self.lanes[lane].queue.send(work).await;
         }
         if claimed > 0 {
             tracing::debug!(claimed, "sweeper queued due events");

@@ -85,6 +85,22 @@ impl Processor {
         rx
     }
 
+    /// Whether every handler in `handlers` that wants `event_type` is pure (see
+    /// [`crate::handlers::Handler::is_pure`]), so that the event can be processed at once.
+    pub fn all_pure(&self, event_type: &str, handlers: &[HandlerId]) -> bool {
+        handlers
+            .iter()
+            .filter_map(|&id| self.cx.registry.get(id))
+            .filter(|entry| entry.handler.interest().wants(event_type))
+            .all(|entry| entry.handler.is_pure())
+    }
+
+    /// Runs pure handlers to the end on the calling thread. `None` when one of them did not
+    /// finish at once (it was not pure after all); nothing of that run is kept.
+    pub fn run_now(&self, event: &Event, handlers: &[HandlerId]) -> Option<Outcome> {
+        self.run(event, handlers, None, None).now_or_never()
+    }
+
     /// Runs `handlers` in order, each within `timeout` when one is given. Nothing is written
     /// here: the caller sends [`Outcome::processed`] to the writer, together with whatever
     /// else must be committed with it.

@@ -1,0 +1,89 @@
+//! Background WAL checkpoints on SQLite. Committing through the write-ahead log is cheap;
+//! copying the log back into the database file (a checkpoint) is not. Left to SQLite, the
+//! connection whose commit crosses the threshold does it — the single writer, which then stops
+//! taking work for the length of the copy and its fsync. Here a thread with its own connection
+//! checkpoints in `PASSIVE` mode (it never waits for or blocks the writer) every
+//! [`INTERVAL`], so the writer only commits; when the log has grown long it restarts it. The writer keeps SQLite's own checkpoint with a
+//! much higher threshold as a safety net, should this thread ever fall behind.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::sql_types::Integer;
+use diesel::{QueryableByName, RunQueryDsl};
+
+use super::{DbConnection, DbError, establish};
+use crate::config::DatabaseTarget;
+
+/// How often the log is copied back.
+const INTERVAL: Duration = Duration::from_millis(250);
+
+/// Log frames (pages) above which the log is restarted: a `RESTART` checkpoint briefly holds
+/// the writer back (most of the log is already copied by then) so that the log is written from
+/// its start again instead of growing while the writer never pauses.
+const RESTART_FRAMES: i32 = 4096;
+
+/// WAL pages after which the writer checkpoints itself (the safety net).
+pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 65_536;
+
+/// The running checkpointer; stopping it runs one last checkpoint.
+pub struct Checkpointer {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing `target` when it is SQLite; `None` for PostgreSQL (which manages
+    /// its own).
+    pub fn start(target: &DatabaseTarget) -> Result<Option<Checkpointer>, DbError> {
+        let DbConnection::Sqlite(mut conn) = establish(target)? else {
+            return Ok(None);
+        };
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("db-checkpoint".into())
+            .spawn(move || {
+                loop {
+                    let last = !matches!(
+                        stopped.recv_timeout(INTERVAL),
+                        Err(mpsc::RecvTimeoutError::Timeout)
+                    );
+                    if let Err(error) = checkpoint(&mut conn) {
+                        tracing::warn!(%error, "WAL checkpoint failed; trying again shortly");
+                    }
+                    if last {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| DbError::Task(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Some(Checkpointer { stop, thread }))
+    }
+
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        if self.thread.join().is_err() {
+            tracing::error!("the WAL checkpoint thread panicked");
+        }
+    }
+}
+
+/// What `PRAGMA wal_checkpoint` reports.
+#[derive(QueryableByName)]
+struct Progress {
+    #[diesel(sql_type = Integer)]
+    log: i32,
+}
+
+/// Copies what it can of the log into the database file without waiting for anyone; when the
+/// log has grown long, finishes with a `RESTART` checkpoint.
+fn checkpoint(conn: &mut diesel::SqliteConnection) -> Result<(), DbError> {
+    let progress: Progress =
+        diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").get_result(conn)?;
+    if progress.log >= RESTART_FRAMES {
+        conn.batch_execute("PRAGMA wal_checkpoint(RESTART);")?;
+    }
+    Ok(())
+}
