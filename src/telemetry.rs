@@ -149,19 +149,39 @@ pub mod metric {
             .record(seconds);
     }
 
-    /// An event received: `outcome` is accepted, duplicate, rate_limited, filtered or expired.
-    pub fn event_received(source: &'static str, event_type: &str, outcome: &'static str) {
+    /// Events received: `outcome` is accepted, duplicate, rate_limited, filtered or expired.
+    pub fn events_received(
+        source: &'static str,
+        event_type: &str,
+        outcome: &'static str,
+        count: u64,
+    ) {
         counter!("zulip_listeners_events_received_total", "source" => source, "type" => event_type.to_string(), "outcome" => outcome)
-            .increment(1);
+            .increment(count);
     }
 
-    /// A handler run.
-    pub fn handler_run(handler: &'static str, ok: bool, seconds: f64) {
-        let outcome = if ok { "success" } else { "failure" };
-        counter!("zulip_listeners_handler_runs_total", "handler" => handler, "outcome" => outcome)
-            .increment(1);
-        histogram!("zulip_listeners_handler_duration_seconds", "handler" => handler)
-            .record(seconds);
+    /// A handler's run counters and latency histogram, looked up once and kept (a look-up
+    /// hashes the labels; a handler runs for every event).
+    pub struct HandlerRuns {
+        success: metrics::Counter,
+        failure: metrics::Counter,
+        duration: metrics::Histogram,
+    }
+
+    impl HandlerRuns {
+        pub fn new(handler: &'static str) -> HandlerRuns {
+            HandlerRuns {
+                success: counter!("zulip_listeners_handler_runs_total", "handler" => handler, "outcome" => "success"),
+                failure: counter!("zulip_listeners_handler_runs_total", "handler" => handler, "outcome" => "failure"),
+                duration: histogram!("zulip_listeners_handler_duration_seconds", "handler" => handler),
+            }
+        }
+
+        /// A handler run.
+        pub fn record(&self, ok: bool, seconds: f64) {
+            if ok { &self.success } else { &self.failure }.increment(1);
+            self.duration.record(seconds);
+        }
     }
 
     /// A reply delivered after the deadline through Zulip's REST API (`outcome`: sent,

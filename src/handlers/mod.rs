@@ -139,6 +139,8 @@ pub struct Entry {
     applied_row_at_ms: std::sync::atomic::AtomicI64,
     pub settings: HandlerSettings,
     pub health: health::Health,
+    /// Its run metrics, registered on first use (after the metrics recorder is installed).
+    runs: std::sync::OnceLock<crate::telemetry::metric::HandlerRuns>,
 }
 
 impl Entry {
@@ -183,6 +185,13 @@ impl Entry {
             self.set_enabled(false);
         }
         true
+    }
+
+    /// Records a run in the metrics.
+    pub fn record_run(&self, ok: bool, seconds: f64) {
+        self.runs
+            .get_or_init(|| crate::telemetry::metric::HandlerRuns::new(self.handler.name()))
+            .record(ok, seconds);
     }
 
     pub fn auto_disabled(&self) -> bool {
@@ -233,6 +242,7 @@ impl Registry {
                 applied_row_at_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
                 settings,
                 health: health::Health::new((&config.error_handling).into()),
+                runs: std::sync::OnceLock::new(),
             });
         }
         Ok(Registry { entries })

@@ -276,6 +276,7 @@ impl Inbox {
         let mut done = Vec::new();
         // Lanes this batch must not overtake: a worker has events of theirs, or an earlier
         // event of this batch went to their worker.
+        let mut tally = Tally::default();
         let mut held: Vec<bool> = self
             .lanes
             .iter()
@@ -284,16 +285,12 @@ impl Inbox {
         for event in events {
             if !seen.insert(event.event_id.clone()) {
                 summary.duplicates += 1;
-                metric::event_received("forwarder", &event.event_type, "duplicate");
+                tally.add(&event.event_type, "duplicate");
                 continue;
             }
             let (status, reason) = self.admission.status(&event, now);
             let pending = status == "pending";
-            metric::event_received(
-                "forwarder",
-                &event.event_type,
-                if pending { "accepted" } else { status },
-            );
+            tally.add(&event.event_type, if pending { "accepted" } else { status });
             if let Some(reason) = &reason {
                 tracing::info!(event_id = %event.event_id, status, %reason, "event stored, not dispatched");
             }
@@ -365,6 +362,7 @@ impl Inbox {
             }
             rows.push(row);
         }
+        tally.publish();
         let stored = self
             .writer
             .intake(
@@ -616,6 +614,30 @@ impl Inbox {
             tracing::debug!(claimed, "sweeper queued due events");
         }
         Ok(claimed)
+    }
+}
+
+/// Events received per (type, outcome) in one batch, published to the metrics once per batch
+/// rather than once per event.
+#[derive(Default)]
+struct Tally(Vec<(String, &'static str, u64)>);
+
+impl Tally {
+    fn add(&mut self, event_type: &str, outcome: &'static str) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(t, o, _)| *o == outcome && t == event_type)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => self.0.push((event_type.to_string(), outcome, 1)),
+        }
+    }
+
+    fn publish(self) {
+        for (event_type, outcome, n) in self.0 {
+            metric::events_received("forwarder", &event_type, outcome, n);
+        }
     }
 }
 

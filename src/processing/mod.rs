@@ -20,7 +20,7 @@ use crate::db::now_ms;
 use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::events::{Event, Origin, normalize_reply, truncate_chars};
 use crate::handlers::{Context, Effects, HandlerError, HandlerId};
-use crate::telemetry::{metric, scrub};
+use crate::telemetry::scrub;
 use announce::Announcer;
 
 /// How often events waiting for an automatically disabled handler look again.
@@ -153,7 +153,7 @@ impl Processor {
             .unwrap_or_else(|_| Err(HandlerError::Failed("handler panicked".into())));
             let elapsed = started.elapsed();
             let duration_us = i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX);
-            metric::handler_run(name, result.is_ok(), elapsed.as_secs_f64());
+            entry.record_run(result.is_ok(), elapsed.as_secs_f64());
             let transitions = entry.health.record(result.is_ok(), Instant::now());
             if !transitions.is_empty() {
                 self.announcer.announce(entry, transitions);

@@ -260,7 +260,7 @@ impl OutgoingService {
         if let Some(key) = key {
             match self.record.entry(key) {
                 Entry::Occupied(seen) => {
-                    metric::event_received("outgoing", "message", "duplicate");
+                    metric::events_received("outgoing", "message", "duplicate", 1);
                     tracing::info!(
                         message_id = key.1,
                         "retry of a message already handled; answering from the record"
@@ -282,7 +282,7 @@ impl OutgoingService {
             }
             return answer;
         }
-        metric::event_received("outgoing", "message", "accepted");
+        metric::events_received("outgoing", "message", "accepted", 1);
         let bot = self.bots.get(bot_id);
         let event = Arc::new(event);
         let mut first_reply = self.processor.spawn(event.clone(), bot.handlers.clone());
@@ -330,7 +330,7 @@ impl OutgoingService {
                 ("rate_limiter", reason, self.notice.clone())
             };
         tracing::info!(guard, %reason, user_id = ?event.user_id, "outgoing webhook not handled");
-        metric::event_received(
+        metric::events_received(
             "outgoing",
             "message",
             if guard == "filters" {
@@ -338,6 +338,7 @@ impl OutgoingService {
             } else {
                 "rate_limited"
             },
+            1,
         );
         let row = log_row(event, guard, 0, Some(reason));
         let processed = Processed {
