@@ -26,7 +26,7 @@ const INTERVAL: Duration = Duration::from_millis(250);
 const RESTART_FRAMES: i32 = 4096;
 
 /// WAL pages after which the writer checkpoints itself (the safety net).
-pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 65_536;
+pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 
 /// The running checkpointer; stopping it runs one last checkpoint.
 pub struct Checkpointer {
@@ -86,4 +86,56 @@ fn checkpoint(conn: &mut diesel::SqliteConnection) -> Result<(), DbError> {
         conn.batch_execute("PRAGMA wal_checkpoint(RESTART);")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_the_log_into_the_database_file_and_restarts_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.db");
+        let wal = dir.path().join("c.db-wal");
+        let target = DatabaseTarget::Sqlite(path.clone());
+        let DbConnection::Sqlite(mut writer) = establish(&target).expect("connect") else {
+            unreachable!("a SQLite target gives a SQLite connection");
+        };
+        // Like the writer, and stricter: never checkpoint on commit. About 75 MB of log.
+        writer
+            .batch_execute("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (x BLOB NOT NULL);")
+            .expect("setup");
+        for _ in 0..50 {
+            writer
+                .batch_execute(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) \
+                     INSERT INTO t SELECT randomblob(15000) FROM n;",
+                )
+                .expect("insert");
+        }
+        let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let before = size(&path);
+        assert!(size(&wal) > 70_000_000, "the rows are in the log");
+
+        let checkpointer = Checkpointer::start(&target)
+            .expect("start")
+            .expect("SQLite");
+        // Only a checkpoint grows the database file; only a restarted log is cut back to
+        // `journal_size_limit` (64 MiB) by the next commit.
+        let copied_and_restarted = || size(&path) > before + 70_000_000 && size(&wal) <= 67_108_864;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !copied_and_restarted() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            writer
+                .batch_execute("INSERT INTO t VALUES (randomblob(10));")
+                .expect("insert");
+        }
+        assert!(
+            copied_and_restarted(),
+            "database {} bytes (was {before}), log {} bytes",
+            size(&path),
+            size(&wal)
+        );
+        checkpointer.stop();
+    }
 }
