@@ -2,17 +2,18 @@
 //! copying the log back into the database file (a checkpoint) is not. Left to SQLite, the
 //! connection whose commit crosses the threshold does it — the single writer, which then stops
 //! taking work for the length of the copy and its fsync. Here a thread with its own connection
-//! checkpoints in `PASSIVE` mode (it never waits for or blocks the writer) every
-//! [`INTERVAL`], so the writer only commits; when the log has grown long it restarts it. The writer keeps SQLite's own checkpoint with a
-//! much higher threshold as a safety net, should this thread ever fall behind.
+//! checkpoints in `PASSIVE` mode (it never waits for or blocks the writer) every [`INTERVAL`],
+//! so that by the time the writer's own threshold ([`WRITER_AUTOCHECKPOINT_PAGES`]) is
+//! reached there is little left for it to copy; that last checkpoint, done by the writer
+//! between two transactions, lets the log start over from its beginning. (A `RESTART`
+//! checkpoint from this thread would have to win the write lock from a writer that hardly
+//! ever lets go of it, and would then hold the writer back while waiting for readers.)
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
-use diesel::sql_types::Integer;
-use diesel::{QueryableByName, RunQueryDsl};
 
 use super::{DbConnection, DbError, establish};
 use crate::config::DatabaseTarget;
@@ -20,13 +21,9 @@ use crate::config::DatabaseTarget;
 /// How often the log is copied back.
 const INTERVAL: Duration = Duration::from_millis(250);
 
-/// Log frames (pages) above which the log is restarted: a `RESTART` checkpoint briefly holds
-/// the writer back (most of the log is already copied by then) so that the log is written from
-/// its start again instead of growing while the writer never pauses.
-const RESTART_FRAMES: i32 = 4096;
-
-/// WAL pages after which the writer checkpoints itself (the safety net).
-pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+/// Log pages after which the writer checkpoints itself: it copies what this thread has not
+/// yet, and the log then starts over (64 MiB with 16 KiB pages).
+pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 4_096;
 
 /// The running checkpointer; stopping it runs one last checkpoint.
 pub struct Checkpointer {
@@ -70,22 +67,9 @@ impl Checkpointer {
     }
 }
 
-/// What `PRAGMA wal_checkpoint` reports.
-#[derive(QueryableByName)]
-struct Progress {
-    #[diesel(sql_type = Integer)]
-    log: i32,
-}
-
-/// Copies what it can of the log into the database file without waiting for anyone; when the
-/// log has grown long, finishes with a `RESTART` checkpoint.
+/// Copies what it can of the log into the database file without waiting for anyone.
 fn checkpoint(conn: &mut diesel::SqliteConnection) -> Result<(), DbError> {
-    let progress: Progress =
-        diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").get_result(conn)?;
-    if progress.log >= RESTART_FRAMES {
-        conn.batch_execute("PRAGMA wal_checkpoint(RESTART);")?;
-    }
-    Ok(())
+    Ok(conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);")?)
 }
 
 #[cfg(test)]
@@ -93,7 +77,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copies_the_log_into_the_database_file_and_restarts_it() {
+    fn copies_the_log_into_the_database_file_without_the_writer() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("c.db");
         let wal = dir.path().join("c.db-wal");
