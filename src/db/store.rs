@@ -37,12 +37,50 @@ pub fn insert_event_logs(conn: &mut DbConnection, rows: &[&NewEventLog]) -> Resu
         }
         DbConnection::Postgres(c) => {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                diesel::insert_into(event_log::table)
-                    .values(chunk.to_vec())
-                    .execute(c)?;
+                pg_insert_event_logs(c, chunk)?;
             }
         }
     }
+    Ok(())
+}
+
+/// On PostgreSQL, rows go in as one array per column (`unnest`): the statement stays short
+/// and the same for any number of rows, where a multi-row VALUES list would be parsed and
+/// planned anew, parameter by parameter, for every batch.
+fn pg_insert_event_logs(
+    c: &mut diesel::PgConnection,
+    rows: &[&NewEventLog],
+) -> Result<(), DbError> {
+    use diesel::sql_types::{Array, Bool};
+    diesel::sql_query(
+        "INSERT INTO event_log (handler, source, event_type, bot, realm, realm_id, user_id, \
+         message_id, event_id, duration_us, success, error, created_at_ms) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+         $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::bigint[], $11::boolean[], \
+         $12::text[], $13::bigint[])",
+    )
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.handler.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.source).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        rows.iter()
+            .map(|r| r.event_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.bot.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.realm.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.realm_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        rows.iter()
+            .map(|r| r.event_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.duration_us).collect::<Vec<_>>())
+    .bind::<Array<Bool>, _>(rows.iter().map(|r| r.success).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.created_at_ms).collect::<Vec<_>>())
+    .execute(c)?;
     Ok(())
 }
 
@@ -58,14 +96,124 @@ pub fn insert_messages(conn: &mut DbConnection, rows: &[&NewMessage]) -> Result<
         }
         DbConnection::Postgres(c) => {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                diesel::insert_into(messages::table)
-                    .values(chunk.to_vec())
-                    .on_conflict_do_nothing()
-                    .execute(c)?;
+                pg_insert_messages(c, chunk)?;
             }
         }
     }
     Ok(())
+}
+
+/// Messages as column arrays (see [`pg_insert_event_logs`]).
+fn pg_insert_messages(c: &mut diesel::PgConnection, rows: &[&NewMessage]) -> Result<(), DbError> {
+    use diesel::sql_types::{Array, Bool};
+    diesel::sql_query(
+        "INSERT INTO messages (message_id, realm, realm_id, message_type, stream_id, channel, \
+         topic, dm_recipients, sender_id, sender_email, sender_name, content, content_truncated, \
+         sent_at, source, deleted, edited_at, stored_at_ms) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
+         $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
+         $13::boolean[], $14::bigint[], $15::text[], $16::boolean[], $17::bigint[], $18::bigint[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.realm.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.realm_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        rows.iter()
+            .map(|r| r.message_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.stream_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        rows.iter()
+            .map(|r| r.channel.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.topic.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        rows.iter()
+            .map(|r| r.dm_recipients.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.sender_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        rows.iter()
+            .map(|r| r.sender_email.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        rows.iter()
+            .map(|r| r.sender_name.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.content.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Bool>, _>(rows.iter().map(|r| r.content_truncated).collect::<Vec<_>>())
+    .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.source).collect::<Vec<_>>())
+    .bind::<Array<Bool>, _>(rows.iter().map(|r| r.deleted).collect::<Vec<_>>())
+    .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.edited_at).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.stored_at_ms).collect::<Vec<_>>())
+    .execute(c)?;
+    Ok(())
+}
+
+/// An id returned by an insert.
+#[derive(QueryableByName)]
+struct InsertedEventId {
+    #[diesel(sql_type = Text)]
+    event_id: String,
+}
+
+/// Inbox rows as column arrays (see [`pg_insert_event_logs`]); returns the ids inserted (the
+/// others were stored before).
+fn pg_insert_inbox(
+    c: &mut diesel::PgConnection,
+    rows: &[NewInboxRow],
+) -> Result<HashSet<String>, DbError> {
+    use diesel::sql_types::{Array, Integer};
+    let inserted: Vec<InsertedEventId> = diesel::sql_query(
+        "INSERT INTO inbox (event_id, webhook_id, realm_id, realm, user_id, event_type, op, \
+         payload, status, attempts, next_attempt_at_ms, claimed_until_ms, last_error, \
+         emitted_at_ms, received_at_ms, updated_at_ms) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::integer[], $11::bigint[], \
+         $12::bigint[], $13::text[], $14::bigint[], $15::bigint[], $16::bigint[]) \
+         ON CONFLICT DO NOTHING RETURNING event_id",
+    )
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        rows.iter()
+            .map(|r| r.webhook_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.realm_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.realm.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        rows.iter()
+            .map(|r| r.event_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.op.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.status).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(rows.iter().map(|r| r.attempts).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(
+        rows.iter()
+            .map(|r| r.next_attempt_at_ms)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.claimed_until_ms).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        rows.iter()
+            .map(|r| r.last_error.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.emitted_at_ms).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.received_at_ms).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.updated_at_ms).collect::<Vec<_>>())
+    .load(c)?;
+    Ok(inserted.into_iter().map(|r| r.event_id).collect())
 }
 
 /// Records the answers given to outgoing webhooks; a (bot, message id) already recorded is kept.
@@ -215,14 +363,8 @@ pub fn insert_inbox(
             }
         }
         DbConnection::Postgres(c) => {
-            for chunk in rows.chunks(ROWS_PER_STATEMENT / 2) {
-                let inserted: HashSet<String> = diesel::insert_into(inbox::table)
-                    .values(chunk)
-                    .on_conflict_do_nothing()
-                    .returning(inbox::event_id)
-                    .get_results(c)?
-                    .into_iter()
-                    .collect();
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let inserted = pg_insert_inbox(c, chunk)?;
                 known.extend(
                     chunk
                         .iter()
