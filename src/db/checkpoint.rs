@@ -2,7 +2,7 @@
 //! copying the log back into the database file (a checkpoint) is not. Left to SQLite, the
 //! connection whose commit crosses the threshold does it — the single writer, which then stops
 //! taking work for the length of the copy and its fsync. Here a thread with its own connection
-//! checkpoints in `PASSIVE` mode (it never waits for or blocks the writer) every [`INTERVAL`],
+//! checkpoints in `PASSIVE` mode (it never waits for or blocks the writer) every 250 ms,
 //! so that by the time the writer's own threshold ([`WRITER_AUTOCHECKPOINT_PAGES`]) is
 //! reached there is little left for it to copy; that last checkpoint, done by the writer
 //! between two transactions, lets the log start over from its beginning. (A `RESTART`

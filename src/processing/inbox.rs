@@ -274,9 +274,9 @@ impl Inbox {
         let mut queued = Vec::new();
         let mut waiting = Vec::new();
         let mut done = Vec::new();
+        let mut tally = Tally::default();
         // Lanes this batch must not overtake: a worker has events of theirs, or an earlier
         // event of this batch went to their worker.
-        let mut tally = Tally::default();
         let mut held: Vec<bool> = self
             .lanes
             .iter()
