@@ -235,13 +235,33 @@ async fn forged_tampered_stale_and_replayed_batches() {
             ),
             (Some(0), Some(1))
         );
+        // A replay that mixes that event with new ones (one four-row statement on SQLite, of
+        // which the database skips one row): only the new ones are stored and counted.
+        let mixed = batch(vec![
+            envelope("r2", message(2002, 21, "new a")),
+            envelope("r1", message(2001, 20, "once")),
+            envelope("r3", message(2003, 21, "new b")),
+            envelope("r4", message(2004, 21, "new c")),
+        ]);
+        let mixed = post_batch(&t, "msg_mixed", &mixed).await;
+        assert_eq!(
+            (
+                mixed.json["accepted"].as_i64(),
+                mixed.json["duplicates"].as_i64()
+            ),
+            (Some(3), Some(1)),
+            "{backend:?}: {}",
+            mixed.json
+        );
+        wait_until_settled(&t, 4).await;
 
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (runs, activity) = t
+        let (runs, activity, newcomer) = t
             .query(|c| {
                 (
                     log_rows_for(c, 2001),
                     store::activity_of(c, 2, 20).expect("q"),
+                    store::activity_of(c, 2, 21).expect("q"),
                 )
             })
             .await;
@@ -251,6 +271,7 @@ async fn forged_tampered_stale_and_replayed_batches() {
             "{backend:?}: message_logger and user_activity_tracker ran once"
         );
         assert_eq!(activity.map(|a| a.message_count), Some(1), "counted once");
+        assert_eq!(newcomer.map(|a| a.message_count), Some(3), "{backend:?}");
         t.stop().await;
     }
 }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod models;
 pub mod retention;
 pub mod schema;
+mod sqlite_rows;
 pub mod store;
 pub mod writer;
 

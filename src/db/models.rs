@@ -4,8 +4,8 @@ use diesel::prelude::*;
 
 use super::schema::{event_log, listeners, messages, outgoing_replies};
 
-/// One handler run. `None` fields are written as NULL (not DEFAULT), which lets a whole batch
-/// go out as a single multi-row INSERT on SQLite too.
+/// One handler run. The writer inserts these in bulk (`store::insert_event_logs`); `None`
+/// fields are NULL, never a column default.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = event_log, treat_none_as_default_value = false)]
 pub struct NewEventLog {

@@ -16,24 +16,19 @@ use super::schema::{
     event_log, forwarder_batches, inbox, keyword_alerts, listeners, messages, outgoing_replies,
     user_activity,
 };
-use super::{DbConnection, DbError, now_ms};
+use super::{DbConnection, DbError, now_ms, sqlite_rows};
 
 /// Rows per multi-row statement: keeps every statement below SQLite's 32,766 bound
 /// parameters and PostgreSQL's 65,535.
 const ROWS_PER_STATEMENT: usize = 500;
 
-// Bulk inserts: on PostgreSQL one multi-row INSERT per chunk (fewer round trips); on SQLite,
-// which has no round trips, one prepared single-row INSERT reused for every row, which skips
-// parsing a new statement for each batch size.
+// Bulk inserts: on PostgreSQL one statement of column arrays per chunk; on SQLite multi-row
+// statements of fixed sizes, each prepared once (see `sqlite_rows`).
 
 pub fn insert_event_logs(conn: &mut DbConnection, rows: &[&NewEventLog]) -> Result<(), DbError> {
     match conn {
         DbConnection::Sqlite(c) => {
-            for row in rows {
-                diesel::insert_into(event_log::table)
-                    .values(*row)
-                    .execute(c)?;
-            }
+            sqlite_rows::insert(c, rows, |_, _, _| Ok(()))?;
         }
         DbConnection::Postgres(c) => {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
@@ -88,11 +83,7 @@ fn pg_insert_event_logs(
 pub fn insert_messages(conn: &mut DbConnection, rows: &[&NewMessage]) -> Result<(), DbError> {
     match conn {
         DbConnection::Sqlite(c) => {
-            for row in rows {
-                diesel::insert_or_ignore_into(messages::table)
-                    .values(*row)
-                    .execute(c)?;
-            }
+            sqlite_rows::insert(c, rows, |_, _, _| Ok(()))?;
         }
         DbConnection::Postgres(c) => {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
@@ -353,14 +344,13 @@ pub fn insert_inbox(
     let mut known = HashSet::new();
     match conn {
         DbConnection::Sqlite(c) => {
-            for row in rows {
-                let inserted = diesel::insert_or_ignore_into(inbox::table)
-                    .values(row)
-                    .execute(c)?;
-                if inserted == 0 {
-                    known.insert(row.event_id.clone());
+            let rows: Vec<&NewInboxRow> = rows.iter().collect();
+            sqlite_rows::insert(c, &rows, |c, chunk, inserted| {
+                if inserted < chunk.len() {
+                    known.extend(sqlite_known_events(c, chunk, inserted)?);
                 }
-            }
+                Ok(())
+            })?;
         }
         DbConnection::Postgres(c) => {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
@@ -375,6 +365,29 @@ pub fn insert_inbox(
         }
     }
     Ok(known)
+}
+
+/// The events of a multi-row `INSERT OR IGNORE` that were in the inbox before it: the
+/// statement skipped them. The rows it did insert got consecutive ids ending at
+/// `last_insert_rowid()` (an `INTEGER PRIMARY KEY` without AUTOINCREMENT takes the largest
+/// id plus one), so the skipped ones are those with a smaller id.
+fn sqlite_known_events(
+    c: &mut diesel::SqliteConnection,
+    chunk: &[&NewInboxRow],
+    inserted: usize,
+) -> QueryResult<Vec<String>> {
+    let ids = chunk.iter().map(|r| r.event_id.as_str());
+    if inserted == 0 {
+        return Ok(ids.map(str::to_string).collect());
+    }
+    let last: i64 =
+        diesel::select(diesel::dsl::sql::<BigInt>("last_insert_rowid()")).get_result(c)?;
+    let first_new = last - i64::try_from(inserted).unwrap_or(i64::MAX) + 1;
+    inbox::table
+        .select(inbox::event_id)
+        .filter(inbox::event_id.eq_any(ids.collect::<Vec<_>>()))
+        .filter(inbox::id.lt(first_new))
+        .load(c)
 }
 
 /// Marks events done that are still pending at the given attempt count (dropping their

@@ -1,0 +1,200 @@
+//! Bulk inserts on SQLite: many rows per statement, each statement prepared once and kept in
+//! diesel's statement cache.
+//!
+//! diesel's own `insert_into(..).values(..)` walks its whole query tree several times per
+//! statement (to decide whether it may be cached, to collect the binds, to look for default
+//! values), and a multi-row insert of a `Vec` is a new statement — new SQL, parsed anew — for
+//! every row count. Here a table's row type says once how its values are bound
+//! ([`SqliteRow`]), and a statement holds a fixed number of rows (64, 16, 4 or 1), so there are
+//! four prepared statements per table, each with a static query id, and the bind pass is the
+//! only walk that does any work. PostgreSQL has its own path (column arrays, in `store`).
+
+use std::marker::PhantomData;
+
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{BigInt, Bool, HasSqlType, Integer, Nullable, Text};
+use diesel::sqlite::{Sqlite, SqliteConnection};
+use diesel::{QueryResult, RunQueryDsl};
+
+use super::models::{NewEventLog, NewInboxRow, NewMessage};
+
+/// A row type written by [`insert`].
+pub trait SqliteRow: 'static {
+    /// The statement up to its values, e.g. `INSERT INTO t (a, b) VALUES `.
+    const INSERT: &'static str;
+    /// Binds the row's values in column order, through [`Values::bind`].
+    fn bind<'b>(&'b self, values: &mut Values<'_, '_, 'b>) -> QueryResult<()>;
+}
+
+/// Writes one row's `?, ?, …` and collects its values.
+pub struct Values<'p, 'a, 'b> {
+    out: &'p mut AstPass<'a, 'b, Sqlite>,
+    first: bool,
+}
+
+impl<'b> Values<'_, '_, 'b> {
+    /// The next column's value, as SQL type `T`.
+    pub fn bind<T, U>(&mut self, value: &'b U) -> QueryResult<&mut Self>
+    where
+        Sqlite: HasSqlType<T>,
+        U: ToSql<T, Sqlite> + ?Sized,
+    {
+        if !self.first {
+            self.out.push_sql(", ");
+        }
+        self.first = false;
+        self.out.push_bind_param::<T, U>(value)?;
+        Ok(self)
+    }
+}
+
+/// Statement sizes, largest first: a batch goes out in as few statements as these allow.
+const SIZES: [usize; 4] = [64, 16, 4, 1];
+
+/// Inserts `rows` in statements of 64, 16, 4 and 1 rows; returns the rows the database
+/// reports as inserted (fewer than `rows.len()` when `INSERT OR IGNORE` skipped some).
+/// `on_chunk` sees each statement's rows with the count it inserted, for callers that need
+/// to know which rows were skipped.
+pub fn insert<R: SqliteRow>(
+    conn: &mut SqliteConnection,
+    rows: &[&R],
+    mut on_chunk: impl FnMut(&mut SqliteConnection, &[&R], usize) -> QueryResult<()>,
+) -> QueryResult<usize> {
+    let mut inserted = 0;
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let size = SIZES
+            .into_iter()
+            .find(|size| *size <= rest.len())
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(size);
+        let count = match size {
+            64 => Chunk::<R, 64>::new(chunk).execute(conn)?,
+            16 => Chunk::<R, 16>::new(chunk).execute(conn)?,
+            4 => Chunk::<R, 4>::new(chunk).execute(conn)?,
+            _ => Chunk::<R, 1>::new(chunk).execute(conn)?,
+        };
+        on_chunk(conn, chunk, count)?;
+        inserted += count;
+        rest = tail;
+    }
+    Ok(inserted)
+}
+
+/// One statement of exactly `N` rows.
+struct Chunk<'a, R, const N: usize> {
+    rows: &'a [&'a R],
+}
+
+impl<'a, R, const N: usize> Chunk<'a, R, N> {
+    /// `rows` holds exactly `N` rows ([`insert`] splits them so).
+    fn new(rows: &'a [&'a R]) -> Self {
+        debug_assert_eq!(rows.len(), N);
+        Chunk { rows }
+    }
+}
+
+/// The cache key of a statement of `N` rows of `R`.
+struct ChunkId<R, const N: usize>(PhantomData<R>);
+
+impl<R: SqliteRow, const N: usize> QueryId for Chunk<'_, R, N> {
+    type QueryId = ChunkId<R, N>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<R: SqliteRow, const N: usize> QueryFragment<Sqlite> for Chunk<'_, R, N> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql(R::INSERT);
+        for (i, row) in self.rows.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { ", (" });
+            row.bind(&mut Values {
+                out: &mut out,
+                first: true,
+            })?;
+            out.push_sql(")");
+        }
+        Ok(())
+    }
+}
+
+impl<R, const N: usize> RunQueryDsl<SqliteConnection> for Chunk<'_, R, N> {}
+
+// The tables written this way. Column order follows the `INSERT` text.
+
+impl SqliteRow for NewEventLog {
+    const INSERT: &'static str = "INSERT INTO event_log (handler, source, event_type, bot, realm, \
+         realm_id, user_id, message_id, event_id, duration_us, success, error, created_at_ms) VALUES ";
+
+    fn bind<'b>(&'b self, v: &mut Values<'_, '_, 'b>) -> QueryResult<()> {
+        v.bind::<Text, _>(&self.handler)?
+            .bind::<Text, _>(self.source)?
+            .bind::<Text, _>(&self.event_type)?
+            .bind::<Nullable<Text>, _>(&self.bot)?
+            .bind::<Nullable<Text>, _>(&self.realm)?
+            .bind::<Nullable<BigInt>, _>(&self.realm_id)?
+            .bind::<Nullable<BigInt>, _>(&self.user_id)?
+            .bind::<Nullable<BigInt>, _>(&self.message_id)?
+            .bind::<Nullable<Text>, _>(&self.event_id)?
+            .bind::<BigInt, _>(&self.duration_us)?
+            .bind::<Bool, _>(&self.success)?
+            .bind::<Nullable<Text>, _>(&self.error)?
+            .bind::<BigInt, _>(&self.created_at_ms)?;
+        Ok(())
+    }
+}
+
+impl SqliteRow for NewMessage {
+    const INSERT: &'static str = "INSERT OR IGNORE INTO messages (message_id, realm, realm_id, \
+         message_type, stream_id, channel, topic, dm_recipients, sender_id, sender_email, \
+         sender_name, content, content_truncated, sent_at, source, deleted, edited_at, \
+         stored_at_ms) VALUES ";
+
+    fn bind<'b>(&'b self, v: &mut Values<'_, '_, 'b>) -> QueryResult<()> {
+        v.bind::<BigInt, _>(&self.message_id)?
+            .bind::<Text, _>(&self.realm)?
+            .bind::<Nullable<BigInt>, _>(&self.realm_id)?
+            .bind::<Text, _>(&self.message_type)?
+            .bind::<Nullable<BigInt>, _>(&self.stream_id)?
+            .bind::<Nullable<Text>, _>(&self.channel)?
+            .bind::<Nullable<Text>, _>(&self.topic)?
+            .bind::<Nullable<Text>, _>(&self.dm_recipients)?
+            .bind::<Nullable<BigInt>, _>(&self.sender_id)?
+            .bind::<Nullable<Text>, _>(&self.sender_email)?
+            .bind::<Nullable<Text>, _>(&self.sender_name)?
+            .bind::<Text, _>(&self.content)?
+            .bind::<Bool, _>(&self.content_truncated)?
+            .bind::<Nullable<BigInt>, _>(&self.sent_at)?
+            .bind::<Text, _>(self.source)?
+            .bind::<Bool, _>(&self.deleted)?
+            .bind::<Nullable<BigInt>, _>(&self.edited_at)?
+            .bind::<BigInt, _>(&self.stored_at_ms)?;
+        Ok(())
+    }
+}
+
+impl SqliteRow for NewInboxRow {
+    const INSERT: &'static str = "INSERT OR IGNORE INTO inbox (event_id, webhook_id, realm_id, \
+         realm, user_id, event_type, op, payload, status, attempts, next_attempt_at_ms, \
+         claimed_until_ms, last_error, emitted_at_ms, received_at_ms, updated_at_ms) VALUES ";
+
+    fn bind<'b>(&'b self, v: &mut Values<'_, '_, 'b>) -> QueryResult<()> {
+        v.bind::<Text, _>(&self.event_id)?
+            .bind::<Text, _>(&self.webhook_id)?
+            .bind::<BigInt, _>(&self.realm_id)?
+            .bind::<Text, _>(&self.realm)?
+            .bind::<Nullable<BigInt>, _>(&self.user_id)?
+            .bind::<Text, _>(&self.event_type)?
+            .bind::<Nullable<Text>, _>(&self.op)?
+            .bind::<Text, _>(&self.payload)?
+            .bind::<Text, _>(self.status)?
+            .bind::<Integer, _>(&self.attempts)?
+            .bind::<BigInt, _>(&self.next_attempt_at_ms)?
+            .bind::<BigInt, _>(&self.claimed_until_ms)?
+            .bind::<Nullable<Text>, _>(&self.last_error)?
+            .bind::<Nullable<BigInt>, _>(&self.emitted_at_ms)?
+            .bind::<BigInt, _>(&self.received_at_ms)?
+            .bind::<BigInt, _>(&self.updated_at_ms)?;
+        Ok(())
+    }
+}
