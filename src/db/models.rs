@@ -152,7 +152,9 @@ pub struct ActivityDelta {
     pub seen_at_ms: i64,
     pub messages: i64,
     pub reactions: i64,
-    pub presence: Option<(String, i64)>,
+    /// The last presence status seen and when; the two are set together.
+    pub presence: Option<String>,
+    pub presence_at_ms: Option<i64>,
     pub typing_at_ms: Option<i64>,
 }
 

@@ -17,12 +17,15 @@ use diesel::sql_types::{BigInt, Bool, HasSqlType, Integer, Nullable, Text};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel::{QueryResult, RunQueryDsl};
 
-use super::models::{NewEventLog, NewInboxRow, NewMessage};
+use super::models::{ActivityDelta, NewEventLog, NewInboxRow, NewMessage};
+use super::store::{ACTIVITY_UPSERT_HEAD, ACTIVITY_UPSERT_TAIL};
 
 /// A row type written by [`insert`].
 pub trait SqliteRow: 'static {
     /// The statement up to its values, e.g. `INSERT INTO t (a, b) VALUES `.
     const INSERT: &'static str;
+    /// What follows the values, e.g. an `ON CONFLICT` clause.
+    const TAIL: &'static str = "";
     /// Binds the row's values in column order, through [`Values::bind`].
     fn bind<'b>(&'b self, values: &mut Values<'_, '_, 'b>) -> QueryResult<()>;
 }
@@ -114,6 +117,7 @@ impl<R: SqliteRow, const N: usize> QueryFragment<Sqlite> for Chunk<'_, R, N> {
             })?;
             out.push_sql(")");
         }
+        out.push_sql(R::TAIL);
         Ok(())
     }
 }
@@ -195,6 +199,23 @@ impl SqliteRow for NewInboxRow {
             .bind::<Nullable<BigInt>, _>(&self.emitted_at_ms)?
             .bind::<BigInt, _>(&self.received_at_ms)?
             .bind::<BigInt, _>(&self.updated_at_ms)?;
+        Ok(())
+    }
+}
+
+impl SqliteRow for ActivityDelta {
+    const INSERT: &'static str = ACTIVITY_UPSERT_HEAD;
+    const TAIL: &'static str = ACTIVITY_UPSERT_TAIL;
+
+    fn bind<'b>(&'b self, v: &mut Values<'_, '_, 'b>) -> QueryResult<()> {
+        v.bind::<BigInt, _>(&self.realm_id)?
+            .bind::<BigInt, _>(&self.user_id)?
+            .bind::<BigInt, _>(&self.seen_at_ms)?
+            .bind::<BigInt, _>(&self.messages)?
+            .bind::<BigInt, _>(&self.reactions)?
+            .bind::<Nullable<Text>, _>(&self.presence)?
+            .bind::<Nullable<BigInt>, _>(&self.presence_at_ms)?
+            .bind::<Nullable<BigInt>, _>(&self.typing_at_ms)?;
         Ok(())
     }
 }

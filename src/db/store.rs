@@ -623,11 +623,11 @@ pub fn mark_deleted(conn: &mut DbConnection, ids: &[i64]) -> Result<(), DbError>
 /// Activity rows per upsert statement (8 parameters each).
 const ACTIVITY_ROWS_PER_STATEMENT: usize = 500;
 
-const ACTIVITY_UPSERT_HEAD: &str = "INSERT INTO user_activity \
+pub(super) const ACTIVITY_UPSERT_HEAD: &str = "INSERT INTO user_activity \
     (realm_id, user_id, last_seen_ms, message_count, reaction_count, last_presence, last_presence_at_ms, last_typing_at_ms) \
     VALUES ";
 
-const ACTIVITY_UPSERT_TAIL: &str = " ON CONFLICT (realm_id, user_id) DO UPDATE SET \
+pub(super) const ACTIVITY_UPSERT_TAIL: &str = " ON CONFLICT (realm_id, user_id) DO UPDATE SET \
     last_seen_ms = CASE WHEN excluded.last_seen_ms > user_activity.last_seen_ms THEN excluded.last_seen_ms ELSE user_activity.last_seen_ms END, \
     message_count = user_activity.message_count + excluded.message_count, \
     reaction_count = user_activity.reaction_count + excluded.reaction_count, \
@@ -635,84 +635,66 @@ const ACTIVITY_UPSERT_TAIL: &str = " ON CONFLICT (realm_id, user_id) DO UPDATE S
     last_presence_at_ms = COALESCE(excluded.last_presence_at_ms, user_activity.last_presence_at_ms), \
     last_typing_at_ms = COALESCE(excluded.last_typing_at_ms, user_activity.last_typing_at_ms)";
 
-/// Adds activity per (realm, user), creating rows on first sight: one multi-row upsert per
-/// chunk, so that a batch costs one statement rather than one per user. Each (realm, user)
-/// may appear only once in `deltas` (PostgreSQL refuses to update a row twice in one
-/// statement); the writer sums them first.
+/// Adds activity per (realm, user), creating rows on first sight: multi-row upserts, so that
+/// a batch costs a few statements rather than one per user. Each (realm, user) may appear
+/// only once in `deltas` (PostgreSQL refuses to update a row twice in one statement); the
+/// writer sums them first.
 pub fn add_activity<'a>(
     conn: &mut DbConnection,
     deltas: impl ExactSizeIterator<Item = &'a ActivityDelta>,
 ) -> Result<(), DbError> {
     let deltas: Vec<&ActivityDelta> = deltas.collect();
-    let numbered = matches!(conn, DbConnection::Postgres(_));
-    for chunk in deltas.chunks(ACTIVITY_ROWS_PER_STATEMENT) {
-        let mut sql = String::with_capacity(
-            ACTIVITY_UPSERT_HEAD.len() + ACTIVITY_UPSERT_TAIL.len() + chunk.len() * 48,
-        );
-        sql.push_str(ACTIVITY_UPSERT_HEAD);
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            if numbered {
-                let n = i * 8;
-                let _ = write!(
-                    sql,
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5,
-                    n + 6,
-                    n + 7,
-                    n + 8
-                );
-            } else {
-                // Anonymous parameters: SQLite looks named ones up one by one.
-                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?)");
+    match conn {
+        DbConnection::Sqlite(c) => {
+            sqlite_rows::insert(c, &deltas, |_, _, _| Ok(()))?;
+        }
+        DbConnection::Postgres(c) => {
+            for chunk in deltas.chunks(ACTIVITY_ROWS_PER_STATEMENT) {
+                pg_add_activity(c, chunk)?;
             }
         }
-        sql.push_str(ACTIVITY_UPSERT_TAIL);
-        match conn {
-            DbConnection::Sqlite(c) => {
-                bind_activity(diesel::sql_query(sql).into_boxed(), chunk).execute(c)?
-            }
-            DbConnection::Postgres(c) => {
-                bind_activity(diesel::sql_query(sql).into_boxed(), chunk).execute(c)?
-            }
-        };
     }
     Ok(())
 }
 
-fn bind_activity<'f, DB>(
-    mut query: diesel::query_builder::BoxedSqlQuery<'f, DB, diesel::query_builder::SqlQuery>,
-    deltas: &[&'f ActivityDelta],
-) -> diesel::query_builder::BoxedSqlQuery<'f, DB, diesel::query_builder::SqlQuery>
-where
-    DB: diesel::backend::Backend
-        + diesel::sql_types::HasSqlType<BigInt>
-        + diesel::sql_types::HasSqlType<Text>,
-    i64: diesel::serialize::ToSql<BigInt, DB>,
-    str: diesel::serialize::ToSql<Text, DB>,
-{
+fn pg_add_activity(c: &mut diesel::PgConnection, deltas: &[&ActivityDelta]) -> Result<(), DbError> {
+    let mut sql = String::with_capacity(
+        ACTIVITY_UPSERT_HEAD.len() + ACTIVITY_UPSERT_TAIL.len() + deltas.len() * 48,
+    );
+    sql.push_str(ACTIVITY_UPSERT_HEAD);
+    for i in 0..deltas.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let n = i * 8;
+        let _ = write!(
+            sql,
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7,
+            n + 8
+        );
+    }
+    sql.push_str(ACTIVITY_UPSERT_TAIL);
+    let mut query = diesel::sql_query(sql).into_boxed();
     for d in deltas {
-        let (presence, presence_at) = match &d.presence {
-            Some((status, at)) => (Some(status.as_str()), Some(*at)),
-            None => (None, None),
-        };
         query = query
             .bind::<BigInt, _>(d.realm_id)
             .bind::<BigInt, _>(d.user_id)
             .bind::<BigInt, _>(d.seen_at_ms)
             .bind::<BigInt, _>(d.messages)
             .bind::<BigInt, _>(d.reactions)
-            .bind::<Nullable<Text>, _>(presence)
-            .bind::<Nullable<BigInt>, _>(presence_at)
+            .bind::<Nullable<Text>, _>(d.presence.as_deref())
+            .bind::<Nullable<BigInt>, _>(d.presence_at_ms)
             .bind::<Nullable<BigInt>, _>(d.typing_at_ms);
     }
-    query
+    query.execute(c)?;
+    Ok(())
 }
 
 pub fn activity_of(

@@ -444,10 +444,11 @@ fn merge_activity(into: &mut HashMap<(i64, i64), ActivityDelta>, delta: &Activit
             sum.seen_at_ms = sum.seen_at_ms.max(delta.seen_at_ms);
             sum.messages += delta.messages;
             sum.reactions += delta.reactions;
-            if let Some((status, at)) = &delta.presence
-                && sum.presence.as_ref().is_none_or(|(_, seen)| at >= seen)
+            if let Some(at) = delta.presence_at_ms
+                && sum.presence_at_ms.is_none_or(|seen| at >= seen)
             {
-                sum.presence = Some((status.clone(), *at));
+                sum.presence.clone_from(&delta.presence);
+                sum.presence_at_ms = Some(at);
             }
             sum.typing_at_ms = sum.typing_at_ms.max(delta.typing_at_ms);
         }
@@ -530,5 +531,48 @@ fn write_item_by_item(conn: &mut DbConnection, batch: &Batch) {
     failed += usize::from(store::release_claims(conn, &batch.releases).is_err());
     if failed > 0 {
         tracing::error!(failed, "database writer could not store some results");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(seen: i64, presence: Option<(&str, i64)>) -> ActivityDelta {
+        ActivityDelta {
+            realm_id: 1,
+            user_id: 7,
+            seen_at_ms: seen,
+            messages: 1,
+            reactions: 0,
+            presence: presence.map(|(s, _)| s.to_string()),
+            presence_at_ms: presence.map(|(_, at)| at),
+            typing_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn activity_of_one_user_sums_and_keeps_the_latest_presence() {
+        let mut sums = HashMap::new();
+        merge_activity(&mut sums, &delta(10, Some(("active", 10))));
+        merge_activity(&mut sums, &delta(30, None));
+        // Arrives later in the batch but was seen earlier: does not replace "active".
+        merge_activity(&mut sums, &delta(20, Some(("idle", 5))));
+        let sum = &sums[&(1, 7)];
+        assert_eq!(
+            (
+                sum.seen_at_ms,
+                sum.messages,
+                sum.presence.as_deref(),
+                sum.presence_at_ms
+            ),
+            (30, 3, Some("active"), Some(10))
+        );
+        merge_activity(&mut sums, &delta(40, Some(("idle", 40))));
+        let sum = &sums[&(1, 7)];
+        assert_eq!(
+            (sum.presence.as_deref(), sum.presence_at_ms),
+            (Some("idle"), Some(40))
+        );
     }
 }

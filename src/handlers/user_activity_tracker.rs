@@ -30,6 +30,7 @@ impl UserActivityTracker {
             messages: 0,
             reactions: 0,
             presence: None,
+            presence_at_ms: None,
             typing_at_ms: None,
         };
         match &event.kind {
@@ -37,7 +38,10 @@ impl UserActivityTracker {
             EventKind::Reaction(r) if r.op.as_deref() == Some("add") => delta.reactions = 1,
             EventKind::Reaction(_) | EventKind::UpdateMessage(_) | EventKind::UserStatus(_) => {}
             EventKind::Presence(p) => {
-                delta.presence = p.status().map(|s| (s.to_string(), at_ms));
+                if let Some(status) = p.status() {
+                    delta.presence = Some(status.to_string());
+                    delta.presence_at_ms = Some(at_ms);
+                }
             }
             EventKind::Typing(t) if t.op.as_deref() == Some("start") => {
                 delta.typing_at_ms = Some(at_ms);
