@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::{Event, EventKind, MessageType, Origin, PayloadError, Realm, WireMessage};
@@ -20,24 +20,100 @@ struct BatchBody<'a> {
     events: Vec<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+/// One envelope, read in a single pass: its `event` is typed as it is read when `type` came
+/// before it (the forwarder writes `type` first), else it is kept raw and typed afterwards.
+#[derive(Default)]
 struct Envelope<'a> {
-    #[serde(default)]
     v: Option<i64>,
-    #[serde(default)]
     event_id: Option<String>,
-    #[serde(default)]
     emitted_at_ms: Option<i64>,
-    #[serde(default)]
     realm: Option<EnvelopeRealm>,
-    #[serde(default, rename = "type")]
     event_type: Option<String>,
-    #[serde(default)]
     op: Option<String>,
-    #[serde(default)]
     audience: Option<Audience>,
-    #[serde(borrow, default)]
-    event: Option<&'a RawValue>,
+    event: Option<EventField<'a>>,
+}
+
+enum EventField<'a> {
+    Typed(EventKind),
+    Raw(&'a RawValue),
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum EnvelopeKey {
+    V,
+    EventId,
+    EmittedAtMs,
+    Realm,
+    #[serde(rename = "type")]
+    Type,
+    Op,
+    Audience,
+    Event,
+    #[serde(other)]
+    Unknown,
+}
+
+impl<'a> Envelope<'a> {
+    /// Reads an envelope; with `type_event` false its `event` is always kept raw.
+    fn read(json: &'a str, type_event: bool) -> serde_json::Result<Self> {
+        let mut reader = serde_json::Deserializer::from_str(json);
+        let envelope =
+            serde::Deserializer::deserialize_map(&mut reader, EnvelopeVisitor { type_event })?;
+        reader.end()?;
+        Ok(envelope)
+    }
+}
+
+struct EnvelopeVisitor {
+    type_event: bool,
+}
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an envelope object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
+        let mut envelope = Envelope::default();
+        while let Some(key) = map.next_key::<EnvelopeKey>()? {
+            match key {
+                EnvelopeKey::V => envelope.v = map.next_value()?,
+                EnvelopeKey::EventId => envelope.event_id = map.next_value()?,
+                EnvelopeKey::EmittedAtMs => envelope.emitted_at_ms = map.next_value()?,
+                EnvelopeKey::Realm => envelope.realm = map.next_value()?,
+                EnvelopeKey::Type => envelope.event_type = map.next_value()?,
+                EnvelopeKey::Op => envelope.op = map.next_value()?,
+                EnvelopeKey::Audience => envelope.audience = map.next_value()?,
+                EnvelopeKey::Event => {
+                    envelope.event = match envelope.event_type.as_deref() {
+                        Some(event_type) if self.type_event => {
+                            Some(EventField::Typed(map.next_value_seed(KindOf(event_type))?))
+                        }
+                        _ => map.next_value::<Option<&RawValue>>()?.map(EventField::Raw),
+                    };
+                }
+                EnvelopeKey::Unknown => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(envelope)
+    }
+}
+
+/// Reads an event of the given type into its Rust type.
+struct KindOf<'t>(&'t str);
+
+impl<'de> DeserializeSeed<'de> for KindOf<'_> {
+    type Value = EventKind;
+
+    fn deserialize<D: Deserializer<'de>>(self, event: D) -> Result<EventKind, D::Error> {
+        kind_of(self.0, event)
+    }
 }
 
 #[derive(Deserialize)]
@@ -107,7 +183,10 @@ pub fn parse_stored(payload: &str) -> Result<ForwardedEvent, PayloadError> {
 }
 
 fn parse_envelope(raw: &RawValue) -> Result<ForwardedEvent, PayloadError> {
-    let envelope: Envelope = serde_json::from_str(raw.get())
+    // An `event` that does not have its type's shape fails the typed read; the envelope is
+    // then read again with the event raw, which `typed_kind` keeps as raw JSON.
+    let envelope = Envelope::read(raw.get(), true)
+        .or_else(|_| Envelope::read(raw.get(), false))
         .map_err(|e| PayloadError(format!("not an envelope: {e}")))?;
     if envelope.v != Some(1) {
         return Err(PayloadError(format!(
@@ -134,11 +213,13 @@ fn parse_envelope(raw: &RawValue) -> Result<ForwardedEvent, PayloadError> {
         .event_type
         .filter(|t| !t.is_empty())
         .ok_or_else(|| PayloadError("`type` is missing".into()))?;
-    let event = envelope
-        .event
-        .ok_or_else(|| PayloadError("`event` is missing".into()))?;
+    let mut kind = match envelope.event {
+        Some(EventField::Typed(kind)) => kind,
+        Some(EventField::Raw(json)) => typed_kind(&event_type, json.get()),
+        None => return Err(PayloadError("`event` is missing".into())),
+    };
+    set_op(&mut kind, &envelope.op);
     let audience = envelope.audience.unwrap_or_default();
-    let kind = typed_kind(&event_type, envelope.op.as_deref(), event.get());
     let user_id = user_about(&kind, audience.user_ids.as_deref());
     let realm_string = realm.string_id.unwrap_or_default();
     Ok(ForwardedEvent {
@@ -165,64 +246,67 @@ fn parse_envelope(raw: &RawValue) -> Result<ForwardedEvent, PayloadError> {
     })
 }
 
-fn typed<T: DeserializeOwned>(
-    event_type: &str,
-    json: &str,
-    wrap: impl FnOnce(T) -> EventKind,
-) -> EventKind {
-    match serde_json::from_str::<T>(json) {
-        Ok(value) => wrap(value),
+/// Types an event kept raw; one without its type's shape stays raw JSON.
+fn typed_kind(event_type: &str, json: &str) -> EventKind {
+    let mut reader = serde_json::Deserializer::from_str(json);
+    match kind_of(event_type, &mut reader).and_then(|kind| reader.end().map(|()| kind)) {
+        Ok(kind) => kind,
         Err(error) => {
             tracing::warn!(event_type, %error, "event has an unexpected shape; kept as raw JSON");
-            other(event_type, json)
+            EventKind::Other {
+                event_type: event_type.to_string(),
+                raw: serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+            }
         }
     }
 }
 
-fn other(event_type: &str, json: &str) -> EventKind {
-    EventKind::Other {
-        event_type: event_type.to_string(),
-        raw: serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
-    }
-}
-
-fn typed_kind(event_type: &str, op: Option<&str>, json: &str) -> EventKind {
-    let op = op.map(str::to_string);
-    match event_type {
-        "message" => typed(event_type, json, |e: MessageEvent| {
+/// The Rust type for each event type Zulip sends; other types as raw JSON.
+fn kind_of<'de, D: Deserializer<'de>>(event_type: &str, event: D) -> Result<EventKind, D::Error> {
+    Ok(match event_type {
+        "message" => {
+            let e = MessageEvent::deserialize(event)?;
             EventKind::Message(Box::new(
                 e.message
                     .into_message(MessageType::Stream, |c| c.to_string()),
             ))
-        }),
-        "update_message" => typed(event_type, json, |e| EventKind::UpdateMessage(Box::new(e))),
-        "delete_message" => typed(event_type, json, EventKind::DeleteMessage),
-        "reaction" => typed(event_type, json, |e: Reaction| {
-            EventKind::Reaction(Reaction { op, ..e })
-        }),
-        "subscription" => typed(event_type, json, |e: Subscription| {
-            EventKind::Subscription(Subscription { op, ..e })
-        }),
-        "stream" => typed(event_type, json, |e: StreamChange| {
-            EventKind::Stream(StreamChange { op, ..e })
-        }),
-        "realm_user" => typed(event_type, json, |e: RealmUser| {
-            EventKind::RealmUser(RealmUser { op, ..e })
-        }),
-        "presence" => typed(event_type, json, EventKind::Presence),
-        "typing" => typed(event_type, json, |e: Typing| {
-            EventKind::Typing(Typing { op, ..e })
-        }),
-        "update_message_flags" => typed(event_type, json, |e: UpdateMessageFlags| {
-            EventKind::UpdateMessageFlags(UpdateMessageFlags { op, ..e })
-        }),
-        "user_status" => typed(event_type, json, EventKind::UserStatus),
-        "realm_emoji" => typed(event_type, json, |e: RealmEmoji| {
-            EventKind::RealmEmoji(RealmEmoji { op, ..e })
-        }),
-        "custom_profile_fields" => typed(event_type, json, EventKind::CustomProfileFields),
-        _ => other(event_type, json),
-    }
+        }
+        "update_message" => EventKind::UpdateMessage(Box::new(UpdateMessage::deserialize(event)?)),
+        "delete_message" => EventKind::DeleteMessage(DeleteMessage::deserialize(event)?),
+        "reaction" => EventKind::Reaction(Reaction::deserialize(event)?),
+        "subscription" => EventKind::Subscription(Subscription::deserialize(event)?),
+        "stream" => EventKind::Stream(StreamChange::deserialize(event)?),
+        "realm_user" => EventKind::RealmUser(RealmUser::deserialize(event)?),
+        "presence" => EventKind::Presence(Presence::deserialize(event)?),
+        "typing" => EventKind::Typing(Typing::deserialize(event)?),
+        "update_message_flags" => {
+            EventKind::UpdateMessageFlags(UpdateMessageFlags::deserialize(event)?)
+        }
+        "user_status" => EventKind::UserStatus(UserStatus::deserialize(event)?),
+        "realm_emoji" => EventKind::RealmEmoji(RealmEmoji::deserialize(event)?),
+        "custom_profile_fields" => {
+            EventKind::CustomProfileFields(CustomProfileFields::deserialize(event)?)
+        }
+        _ => EventKind::Other {
+            event_type: event_type.to_string(),
+            raw: serde_json::Value::deserialize(event)?,
+        },
+    })
+}
+
+/// The envelope's `op` is the one that counts, for the kinds that have one.
+fn set_op(kind: &mut EventKind, op: &Option<String>) {
+    let slot = match kind {
+        EventKind::Reaction(e) => &mut e.op,
+        EventKind::Subscription(e) => &mut e.op,
+        EventKind::Stream(e) => &mut e.op,
+        EventKind::RealmUser(e) => &mut e.op,
+        EventKind::Typing(e) => &mut e.op,
+        EventKind::UpdateMessageFlags(e) => &mut e.op,
+        EventKind::RealmEmoji(e) => &mut e.op,
+        _ => return,
+    };
+    slot.clone_from(op);
 }
 
 /// The user an event is about: sender, actor or person; for events Zulip sends only to the
@@ -610,6 +694,20 @@ mod tests {
             r#"{"type":"realm_user","op":"update","person":{"user_id":14,"is_active":false}}"#,
         );
         assert_eq!(ru.user_id, Some(14));
+    }
+
+    #[test]
+    fn key_order_does_not_matter() {
+        // `event` before `type` and `op` (the forwarder writes them first, but JSON objects
+        // are unordered): the event is typed afterwards, with the envelope's op.
+        let body = r#"{"events":[{"event":{"type":"reaction","user_id":10,"message_id":123,"emoji_name":"tada"},"v":1,"event_id":"late","realm":{"id":2,"string_id":"acme"},"type":"reaction","extra":{"ignored":[1,2]},"op":"add"}]}"#;
+        let events = parse_batch(body.as_bytes(), 100).expect("valid batch");
+        let r = &events[0];
+        assert!(
+            matches!(&r.event.kind, EventKind::Reaction(x) if x.op.as_deref() == Some("add") && x.message_id == Some(123))
+        );
+        assert_eq!((r.user_id, r.op.as_deref()), (Some(10), Some("add")));
+        assert_eq!(r.payload, &body[11..body.len() - 2], "stored as received");
     }
 
     #[test]
