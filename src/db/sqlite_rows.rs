@@ -55,16 +55,19 @@ impl<'b> Values<'_, '_, 'b> {
 /// Statement sizes, largest first: a batch goes out in as few statements as these allow.
 const SIZES: [usize; 4] = [64, 16, 4, 1];
 
-/// Inserts `rows` in statements of 64, 16, 4 and 1 rows; returns the rows the database
-/// reports as inserted (fewer than `rows.len()` when `INSERT OR IGNORE` skipped some).
-/// `on_chunk` sees each statement's rows with the count it inserted, for callers that need
+/// Inserts `rows` in statements of 64, 16, 4 and 1 rows.
+pub fn insert<R: SqliteRow>(conn: &mut SqliteConnection, rows: &[&R]) -> QueryResult<()> {
+    insert_each_chunk(conn, rows, |_, _, _| Ok(()))
+}
+
+/// Like [`insert`]; `on_chunk` sees each statement's rows with the count the database
+/// reports as inserted (fewer when `INSERT OR IGNORE` skipped some), for callers that need
 /// to know which rows were skipped.
-pub fn insert<R: SqliteRow>(
+pub fn insert_each_chunk<R: SqliteRow>(
     conn: &mut SqliteConnection,
     rows: &[&R],
     mut on_chunk: impl FnMut(&mut SqliteConnection, &[&R], usize) -> QueryResult<()>,
-) -> QueryResult<usize> {
-    let mut inserted = 0;
+) -> QueryResult<()> {
     let mut rest = rows;
     while !rest.is_empty() {
         let size = SIZES
@@ -79,10 +82,9 @@ pub fn insert<R: SqliteRow>(
             _ => Chunk::<R, 1>::new(chunk).execute(conn)?,
         };
         on_chunk(conn, chunk, count)?;
-        inserted += count;
         rest = tail;
     }
-    Ok(inserted)
+    Ok(())
 }
 
 /// One statement of exactly `N` rows.

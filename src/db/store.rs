@@ -28,7 +28,7 @@ const ROWS_PER_STATEMENT: usize = 500;
 pub fn insert_event_logs(conn: &mut DbConnection, rows: &[&NewEventLog]) -> Result<(), DbError> {
     match conn {
         DbConnection::Sqlite(c) => {
-            sqlite_rows::insert(c, rows, |_, _, _| Ok(()))?;
+            sqlite_rows::insert(c, rows)?;
         }
         DbConnection::Postgres(c) => {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
@@ -83,7 +83,7 @@ fn pg_insert_event_logs(
 pub fn insert_messages(conn: &mut DbConnection, rows: &[&NewMessage]) -> Result<(), DbError> {
     match conn {
         DbConnection::Sqlite(c) => {
-            sqlite_rows::insert(c, rows, |_, _, _| Ok(()))?;
+            sqlite_rows::insert(c, rows)?;
         }
         DbConnection::Postgres(c) => {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
@@ -345,7 +345,7 @@ pub fn insert_inbox(
     match conn {
         DbConnection::Sqlite(c) => {
             let rows: Vec<&NewInboxRow> = rows.iter().collect();
-            sqlite_rows::insert(c, &rows, |c, chunk, inserted| {
+            sqlite_rows::insert_each_chunk(c, &rows, |c, chunk, inserted| {
                 if inserted < chunk.len() {
                     known.extend(sqlite_known_events(c, chunk, inserted)?);
                 }
@@ -646,7 +646,7 @@ pub fn add_activity<'a>(
     let deltas: Vec<&ActivityDelta> = deltas.collect();
     match conn {
         DbConnection::Sqlite(c) => {
-            sqlite_rows::insert(c, &deltas, |_, _, _| Ok(()))?;
+            sqlite_rows::insert(c, &deltas)?;
         }
         DbConnection::Postgres(c) => {
             for chunk in deltas.chunks(ACTIVITY_ROWS_PER_STATEMENT) {

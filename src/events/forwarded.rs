@@ -90,9 +90,9 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 EnvelopeKey::Audience => envelope.audience = map.next_value()?,
                 EnvelopeKey::Event => {
                     envelope.event = match envelope.event_type.as_deref() {
-                        Some(event_type) if self.type_event => {
-                            Some(EventField::Typed(map.next_value_seed(KindOf(event_type))?))
-                        }
+                        Some(event_type) if self.type_event => map
+                            .next_value_seed(KindOf(event_type))?
+                            .map(EventField::Typed),
                         _ => map.next_value::<Option<&RawValue>>()?.map(EventField::Raw),
                     };
                 }
@@ -105,14 +105,30 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
     }
 }
 
-/// Reads an event of the given type into its Rust type.
+/// Reads an event of the given type into its Rust type; `null` is no event.
 struct KindOf<'t>(&'t str);
 
 impl<'de> DeserializeSeed<'de> for KindOf<'_> {
-    type Value = EventKind;
+    type Value = Option<EventKind>;
 
-    fn deserialize<D: Deserializer<'de>>(self, event: D) -> Result<EventKind, D::Error> {
-        kind_of(self.0, event)
+    fn deserialize<D: Deserializer<'de>>(self, event: D) -> Result<Self::Value, D::Error> {
+        event.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KindOf<'_> {
+    type Value = Option<EventKind>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a `{}` event", self.0)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, event: D) -> Result<Self::Value, D::Error> {
+        kind_of(self.0, event).map(Some)
     }
 }
 
@@ -744,6 +760,12 @@ mod tests {
             err(r#"{"events":[{"v":1,"event_id":"a","type":"x","realm":{},"event":{}}]}"#)
                 .contains("realm.id")
         );
+        for event_type in ["drafts", "message"] {
+            let body = format!(
+                r#"{{"events":[{{"v":1,"event_id":"a","type":"{event_type}","realm":{{"id":1}},"event":null}}]}}"#
+            );
+            assert!(err(&body).contains("`event` is missing"), "{event_type}");
+        }
         let many = format!(
             r#"{{"events":[{}]}}"#,
             vec![envelope("x", None, "{}"); 3].join(",")
