@@ -210,7 +210,7 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     Registry::build(config)?;
     println!("Configuration is valid.");
     println!("  listen:    {}", config.server.bind);
-    println!("  database:  {:?}", config.database_target()?);
+    println!("  database:  {}", config.database_target()?);
     if config.bots.is_empty() {
         println!("  bots:      none (outgoing webhooks will be refused)");
     }
@@ -398,6 +398,24 @@ fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
         &mut |table, n| progress.update(table, n),
     )?;
     progress.finish();
+    let mut progress = Progress::new();
+    let personal = retention::expire_personal_data(
+        &mut conn,
+        &config.retention.personal_cutoffs(crate::db::now_ms()),
+        config.retention.batch_size,
+        &mut |table, n| progress.update(table, n),
+    )?;
+    progress.finish();
+    let r = &config.retention;
+    println!(
+        "Personal data (retention settings): {} message(s) erased (older than {} days), {} user_activity row(s) deleted (not seen for {} days), {} keyword_alerts row(s) deleted (older than {} days); 0 days keeps everything.",
+        personal.messages_erased,
+        r.message_retention_days,
+        personal.user_activity,
+        r.activity_retention_days,
+        personal.keyword_alerts,
+        r.alert_retention_days,
+    );
     println!(
         "Deleted {} rows older than {days} days: event_log {}, inbox {}, forwarder_batches {}, outgoing_replies {}, listener_stats {}.",
         report.total(),

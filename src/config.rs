@@ -176,6 +176,34 @@ pub struct RetentionConfig {
     pub aggregation_interval: Duration,
     /// Rows deleted per transaction.
     pub batch_size: i64,
+    /// Stored messages have their content and personal columns erased this many days after
+    /// they were stored; 0 keeps them.
+    pub message_retention_days: u32,
+    /// `user_activity` rows of users not seen for this many days are deleted; 0 keeps them.
+    pub activity_retention_days: u32,
+    /// Keyword-alert records older than this many days are deleted; 0 keeps them.
+    pub alert_retention_days: u32,
+}
+
+/// Shortest admin token accepted, in characters.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 24;
+
+/// Longest retention period accepted, in days (a century).
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
+impl RetentionConfig {
+    /// The cut-offs (Unix ms) of the personal-data retention at `now_ms`; `None` for a kind
+    /// kept forever.
+    pub fn personal_cutoffs(&self, now_ms: i64) -> crate::db::retention::PersonalCutoffs {
+        let before = |days: u32| {
+            (days > 0).then(|| now_ms.saturating_sub(i64::from(days).saturating_mul(86_400_000)))
+        };
+        crate::db::retention::PersonalCutoffs {
+            messages: before(self.message_retention_days),
+            activity: before(self.activity_retention_days),
+            alerts: before(self.alert_retention_days),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -195,7 +223,7 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://path`, a plain file path, or `postgres://…`.
@@ -413,13 +441,26 @@ impl fmt::Debug for BotConfig {
     }
 }
 
-/// Per-handler settings: `enabled`, plus whatever keys the handler itself reads.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// Per-handler settings: `enabled`, plus whatever keys the handler itself reads. `Debug`
+/// shows them through [`crate::redact::settings`] (no secrets, URLs cut to their origin).
+#[derive(Clone, Default, Deserialize, Serialize)]
 pub struct HandlerSettings {
     #[serde(default = "default_true")]
     pub enabled: bool,
     #[serde(flatten)]
     pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+impl fmt::Debug for HandlerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerSettings")
+            .field("enabled", &self.enabled)
+            .field(
+                "settings",
+                &crate::redact::settings(&serde_json::Value::Object(self.settings.clone())),
+            )
+            .finish()
+    }
 }
 
 fn default_true() -> bool {
@@ -433,11 +474,45 @@ pub struct Sources {
     pub botserverrc: Option<PathBuf>,
 }
 
-/// Which database the URL names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::redact::database_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("write_batch_size", &self.write_batch_size)
+            .finish()
+    }
+}
+
+/// Which database the URL names. `Debug` and `Display` mask a PostgreSQL password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseTarget {
     Sqlite(PathBuf),
     Postgres(String),
+}
+
+impl fmt::Debug for DatabaseTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseTarget::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            DatabaseTarget::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&crate::redact::database_url(url))
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Display for DatabaseTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseTarget::Sqlite(path) => write!(f, "SQLite {}", path.display()),
+            DatabaseTarget::Postgres(url) => {
+                write!(f, "PostgreSQL {}", crate::redact::database_url(url))
+            }
+        }
+    }
 }
 
 impl Config {
@@ -559,6 +634,16 @@ impl Config {
                 ));
             }
         }
+        let admin_token = self.admin.token.expose().trim();
+        if !admin_token.is_empty() && admin_token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+            return Err(invalid(
+                "admin.token",
+                format!(
+                    "is too short: use at least {MIN_ADMIN_TOKEN_CHARS} random characters \
+                     (e.g. `openssl rand -hex 24`)"
+                ),
+            ));
+        }
         for (i, secret) in self.forwarder.secrets.iter().enumerate() {
             if let Err(problem) = crate::verification::SigningKey::parse(secret.expose()) {
                 return Err(invalid(
@@ -649,13 +734,9 @@ impl Config {
                 ));
             }
         }
-        if let Some(url) = &e.notification_webhook
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(invalid(
-                "error_handling.notification_webhook",
-                format!("`{url}` must be an http(s) URL"),
-            ));
+        if let Some(url) = &e.notification_webhook {
+            crate::outbound::check_url(url)
+                .map_err(|p| invalid("error_handling.notification_webhook", p))?;
         }
         if self.retention.aggregation_interval < Duration::from_secs(60) {
             return Err(invalid(
@@ -665,6 +746,40 @@ impl Config {
         }
         if self.retention.batch_size < 1 {
             return Err(invalid("retention.batch_size", "must be at least 1"));
+        }
+        for (key, days) in [
+            ("retention.retention_days", self.retention.retention_days),
+            (
+                "retention.message_retention_days",
+                self.retention.message_retention_days,
+            ),
+            (
+                "retention.activity_retention_days",
+                self.retention.activity_retention_days,
+            ),
+            (
+                "retention.alert_retention_days",
+                self.retention.alert_retention_days,
+            ),
+        ] {
+            if days > MAX_RETENTION_DAYS {
+                return Err(invalid(
+                    key,
+                    format!("{days} is more than {MAX_RETENTION_DAYS} days; 0 keeps everything"),
+                ));
+            }
+        }
+        let alert_days = self.retention.alert_retention_days;
+        if alert_days > 0
+            && Duration::from_secs(u64::from(alert_days) * 86_400) <= self.filters.max_event_age
+        {
+            return Err(invalid(
+                "retention.alert_retention_days",
+                format!(
+                    "{alert_days} day(s) must be longer than filters.max_event_age, or a re-sent \
+                     event could alert a second time"
+                ),
+            ));
         }
         for (i, handler) in self.forwarder.handlers.iter().enumerate() {
             if !crate::handlers::is_known(handler) {
@@ -709,13 +824,10 @@ impl Config {
                 "required: the outgoing webhook token from Zulip (or `token_file`)",
             ));
         }
+        if let Some(site) = &bot.site {
+            crate::outbound::check_url(site).map_err(|p| invalid(key("site"), p))?;
+        }
         match (&bot.site, bot.api_key.is_empty()) {
-            (Some(site), _) if !(site.starts_with("https://") || site.starts_with("http://")) => {
-                return Err(invalid(
-                    key("site"),
-                    format!("`{site}` must start with https:// (or http://)"),
-                ));
-            }
             (Some(_), true) => {
                 return Err(invalid(
                     key("api_key"),

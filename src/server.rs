@@ -363,6 +363,12 @@ async fn upkeep(u: Upkeep) {
                 }
             }
             _ = retention.tick() => {
+                let cutoffs = u.retention.personal_cutoffs(now_ms());
+                let batch = u.retention.batch_size;
+                match u.db.run(move |c| retention::expire_personal_data(c, &cutoffs, batch, &mut |_, _| {})).await {
+                    Ok(report) => tracing::info!(changed = report.total(), ?report, "personal-data retention pass done"),
+                    Err(error) => tracing::warn!(%error, "personal-data retention pass failed"),
+                }
                 if u.retention.retention_days > 0 {
                     let before = now_ms() - i64::from(u.retention.retention_days) * 86_400_000;
                     let batch = u.retention.batch_size;

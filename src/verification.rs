@@ -29,6 +29,9 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
+/// Shortest signing key accepted, in bytes (the message of [`KeyError::TooShort`]).
+pub const MIN_KEY_BYTES: usize = 24;
+
 /// Why a key could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
@@ -44,7 +47,7 @@ impl SigningKey {
         let encoded = secret.trim();
         let encoded = encoded.strip_prefix("whsec_").unwrap_or(encoded);
         let bytes = BASE64.decode(encoded).map_err(|_| KeyError::NotBase64)?;
-        if bytes.len() < 16 {
+        if bytes.len() < MIN_KEY_BYTES {
             return Err(KeyError::TooShort);
         }
         Ok(SigningKey(bytes))

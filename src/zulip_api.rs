@@ -63,8 +63,9 @@ impl Destination {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZulipApiError {
+    /// The request failed; the text comes from [`crate::redact::http_error`] (no URL).
     #[error("request to Zulip failed: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(String),
     #[error("Zulip answered {status}: {message}")]
     Rejected { status: u16, message: String },
 }
@@ -85,10 +86,7 @@ pub struct ZulipClient {
 
 impl ZulipClient {
     pub fn new() -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .user_agent(concat!("zulip-listeners/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = crate::outbound::client(Duration::from_secs(20))?;
         Ok(Self { http })
     }
 
@@ -117,9 +115,13 @@ impl ZulipClient {
             .basic_auth(&api.email, Some(api.api_key.expose()))
             .form(&form)
             .send()
-            .await?;
+            .await
+            .map_err(|e| ZulipApiError::Http(crate::redact::http_error(e)))?;
         let status = response.status();
-        let text = response.text().await?;
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ZulipApiError::Http(crate::redact::http_error(e)))?;
         let parsed: Option<SendResponse> = serde_json::from_str(&text).ok();
         if !status.is_success() {
             let message = parsed

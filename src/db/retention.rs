@@ -11,6 +11,9 @@
 //!   accepted forwarder batch ids, outgoing-webhook replies and aggregated statistics — in
 //!   bounded batches, each its own short transaction, so that neither backend holds a long
 //!   write lock while the server keeps writing.
+//! * [`expire_personal_data`] does the same for personal data, each kind with its own period:
+//!   it erases the content and personal columns of stored messages (keeping a tombstone), and
+//!   deletes the activity of users not seen for long and old keyword-alert records.
 //!
 //! Both work on SQLite and PostgreSQL with the same queries. Neither adds an index to the hot
 //! tables: the aggregation reads the event log through its `(handler, created_at_ms)` index one
@@ -26,7 +29,10 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use diesel::upsert::excluded;
 
-use super::schema::{event_log, forwarder_batches, inbox, listener_stats, outgoing_replies};
+use super::schema::{
+    event_log, forwarder_batches, inbox, keyword_alerts, listener_stats, messages,
+    outgoing_replies, user_activity,
+};
 use super::{DbConnection, DbError};
 
 /// Inbox statuses that need nothing more and may be deleted once old. `pending`, `dead` and
@@ -85,6 +91,35 @@ impl CleanupReport {
             + self.forwarder_batches
             + self.outgoing_replies
             + self.listener_stats
+    }
+}
+
+/// Cut-offs (Unix ms) for [`expire_personal_data`]; `None` keeps that kind of data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PersonalCutoffs {
+    /// Messages stored before this lose their content and personal columns.
+    pub messages: Option<i64>,
+    /// Users last seen before this lose their `user_activity` row.
+    pub activity: Option<i64>,
+    /// Keyword-alert records sent before this are deleted.
+    pub alerts: Option<i64>,
+}
+
+/// Rows changed per table by [`expire_personal_data`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PersonalReport {
+    /// Messages whose content and personal columns were erased.
+    pub messages_erased: usize,
+    /// `user_activity` rows deleted.
+    pub user_activity: usize,
+    /// `keyword_alerts` rows deleted.
+    pub keyword_alerts: usize,
+}
+
+impl PersonalReport {
+    /// Rows changed in all tables together.
+    pub fn total(&self) -> usize {
+        self.messages_erased + self.user_activity + self.keyword_alerts
     }
 }
 
@@ -285,6 +320,142 @@ pub fn cleanup(
     })
 }
 
+/// Applies the personal-data retention, in batches like [`cleanup`]:
+///
+/// * `messages` stored before `cutoffs.messages` have their content, topic, sender email and
+///   name and direct-message recipients erased (the row stays as a tombstone, as for a message
+///   deleted in Zulip);
+/// * `user_activity` rows of users last seen before `cutoffs.activity` are deleted;
+/// * `keyword_alerts` records sent before `cutoffs.alerts` are deleted.
+pub fn expire_personal_data(
+    conn: &mut DbConnection,
+    cutoffs: &PersonalCutoffs,
+    batch_size: i64,
+    progress: &mut dyn FnMut(&str, usize),
+) -> Result<PersonalReport, DbError> {
+    if batch_size < 1 {
+        return Err(DbError::Invalid(format!(
+            "the cleanup batch size must be positive, not {batch_size}"
+        )));
+    }
+    let limit = batch_size.min(MAX_BATCH_SIZE);
+    let mut report = PersonalReport::default();
+    if let Some(before) = cutoffs.messages {
+        report.messages_erased = erase_old_messages(conn, before, limit, progress)?;
+    }
+    if let Some(before) = cutoffs.activity {
+        report.user_activity = clean_user_activity(conn, before, limit, progress)?;
+    }
+    if let Some(before) = cutoffs.alerts {
+        report.keyword_alerts = clean_keyword_alerts(conn, before, limit, progress)?;
+    }
+    Ok(report)
+}
+
+/// Messages stored before `before_ms` that still hold content or personal data, walked in id
+/// order; each batch erases them with the same conditions repeated.
+fn erase_old_messages(
+    conn: &mut DbConnection,
+    before_ms: i64,
+    limit: i64,
+    progress: &mut dyn FnMut(&str, usize),
+) -> Result<usize, DbError> {
+    let mut after = i64::MIN;
+    in_batches(conn, "messages", limit, progress, |conn| {
+        let not_erased = messages::content
+            .ne("")
+            .or(messages::topic.is_not_null())
+            .or(messages::dm_recipients.is_not_null())
+            .or(messages::sender_email.is_not_null())
+            .or(messages::sender_name.is_not_null());
+        let ids: Vec<i64> = messages::table
+            .select(messages::message_id)
+            .filter(messages::message_id.gt(after))
+            .filter(messages::stored_at_ms.lt(before_ms))
+            .filter(not_erased)
+            .order(messages::message_id)
+            .limit(limit)
+            .load(conn)?;
+        let Some(&last) = ids.last() else {
+            return Ok((0, 0));
+        };
+        after = last;
+        let erased = diesel::update(
+            messages::table
+                .filter(messages::message_id.eq_any(&ids))
+                .filter(messages::stored_at_ms.lt(before_ms)),
+        )
+        .set(super::store::scrubbed_message())
+        .execute(conn)?;
+        Ok((ids.len(), erased))
+    })
+}
+
+/// Activity of users last seen before `before_ms`; a batch's keys are deleted per realm in one
+/// transaction, repeating the condition (a user seen meanwhile is kept).
+fn clean_user_activity(
+    conn: &mut DbConnection,
+    before_ms: i64,
+    limit: i64,
+    progress: &mut dyn FnMut(&str, usize),
+) -> Result<usize, DbError> {
+    in_batches(conn, "user_activity", limit, progress, |conn| {
+        let keys: Vec<(i64, i64)> = user_activity::table
+            .select((user_activity::realm_id, user_activity::user_id))
+            .filter(user_activity::last_seen_ms.lt(before_ms))
+            .order((user_activity::realm_id, user_activity::user_id))
+            .limit(limit)
+            .load(conn)?;
+        let selected = keys.len();
+        let deleted = conn.transaction::<_, DbError, _>(|conn| {
+            let mut deleted = 0;
+            for (realm_id, users) in group_keys(keys) {
+                deleted += diesel::delete(
+                    user_activity::table
+                        .filter(user_activity::realm_id.eq(realm_id))
+                        .filter(user_activity::user_id.eq_any(&users))
+                        .filter(user_activity::last_seen_ms.lt(before_ms)),
+                )
+                .execute(conn)?;
+            }
+            Ok(deleted)
+        })?;
+        Ok((selected, deleted))
+    })
+}
+
+/// Keyword-alert records sent before `before_ms`; deleted per rule in one transaction.
+fn clean_keyword_alerts(
+    conn: &mut DbConnection,
+    before_ms: i64,
+    limit: i64,
+    progress: &mut dyn FnMut(&str, usize),
+) -> Result<usize, DbError> {
+    in_batches(conn, "keyword_alerts", limit, progress, |conn| {
+        let keys: Vec<(String, i64)> = keyword_alerts::table
+            .select((keyword_alerts::rule, keyword_alerts::message_id))
+            .filter(keyword_alerts::sent_at_ms.lt(before_ms))
+            .order((keyword_alerts::rule, keyword_alerts::message_id))
+            .limit(limit)
+            .load(conn)?;
+        let selected = keys.len();
+        let deleted = conn.transaction::<_, DbError, _>(|conn| {
+            let mut deleted = 0;
+            for (rule, ids) in group_keys(keys) {
+                deleted += diesel::delete(
+                    keyword_alerts::table
+                        .filter(keyword_alerts::rule.eq(&rule))
+                        .filter(keyword_alerts::message_id.eq_any(&ids))
+                        .filter(keyword_alerts::sent_at_ms.lt(before_ms)),
+                )
+                .execute(conn)?;
+            }
+            Ok(deleted)
+        })?;
+        Ok((selected, deleted))
+    })
+}
+
 /// Runs `batch` (which returns the rows it selected and deleted) until it selects fewer than
 /// `limit` rows, reporting progress after each; returns the rows deleted.
 fn in_batches(
@@ -471,8 +642,8 @@ fn clean_listener_stats(
 }
 
 /// Groups two-column keys by their first column.
-fn group_keys(keys: Vec<(String, i64)>) -> BTreeMap<String, Vec<i64>> {
-    let mut grouped: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+fn group_keys<K: Ord>(keys: Vec<(K, i64)>) -> BTreeMap<K, Vec<i64>> {
+    let mut grouped: BTreeMap<K, Vec<i64>> = BTreeMap::new();
     for (first, second) in keys {
         grouped.entry(first).or_default().push(second);
     }

@@ -575,13 +575,18 @@ pub fn inbox_counts(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, DbErr
 /// Applies an `update_message` to stored messages.
 pub fn apply_edit(conn: &mut DbConnection, edit: &MessageEdit) -> Result<(), DbError> {
     if let (Some(id), Some((content, truncated))) = (edit.message_id, &edit.content) {
-        diesel::update(messages::table.filter(messages::message_id.eq(id)))
-            .set((
-                messages::content.eq(content),
-                messages::content_truncated.eq(truncated),
-                messages::edited_at.eq(edit.edited_at),
-            ))
-            .execute(conn)?;
+        // A deleted message keeps no content, whatever a late edit carries.
+        diesel::update(
+            messages::table
+                .filter(messages::message_id.eq(id))
+                .filter(messages::deleted.eq(false)),
+        )
+        .set((
+            messages::content.eq(content),
+            messages::content_truncated.eq(truncated),
+            messages::edited_at.eq(edit.edited_at),
+        ))
+        .execute(conn)?;
     }
     let moved: Vec<i64> = if edit.message_ids.is_empty() {
         edit.message_id.into_iter().collect()
@@ -590,12 +595,16 @@ pub fn apply_edit(conn: &mut DbConnection, edit: &MessageEdit) -> Result<(), DbE
     };
     for chunk in moved.chunks(ROWS_PER_STATEMENT) {
         if let Some(topic) = &edit.topic {
-            diesel::update(messages::table.filter(messages::message_id.eq_any(chunk)))
-                .set((
-                    messages::topic.eq(topic),
-                    messages::edited_at.eq(edit.edited_at),
-                ))
-                .execute(conn)?;
+            diesel::update(
+                messages::table
+                    .filter(messages::message_id.eq_any(chunk))
+                    .filter(messages::deleted.eq(false)),
+            )
+            .set((
+                messages::topic.eq(topic),
+                messages::edited_at.eq(edit.edited_at),
+            ))
+            .execute(conn)?;
         }
         if let Some(stream_id) = edit.stream_id {
             diesel::update(messages::table.filter(messages::message_id.eq_any(chunk)))
@@ -610,14 +619,37 @@ pub fn apply_edit(conn: &mut DbConnection, edit: &MessageEdit) -> Result<(), DbE
     Ok(())
 }
 
-/// Marks stored messages deleted (the row stays, so the log keeps its history).
+/// Marks stored messages deleted and erases what they said and who was in them: the content,
+/// the topic, the sender's email and name and the direct-message recipients are cleared. The
+/// row stays as a tombstone (ids, channel, times), so that the log keeps its history and a
+/// re-sent copy of the message is not stored again.
 pub fn mark_deleted(conn: &mut DbConnection, ids: &[i64]) -> Result<(), DbError> {
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         diesel::update(messages::table.filter(messages::message_id.eq_any(chunk)))
-            .set(messages::deleted.eq(true))
+            .set((messages::deleted.eq(true), scrubbed_message()))
             .execute(conn)?;
     }
     Ok(())
+}
+
+/// The column values of a message whose content and personal data are erased.
+#[allow(clippy::type_complexity)]
+pub(crate) fn scrubbed_message() -> (
+    diesel::dsl::Eq<messages::content, &'static str>,
+    diesel::dsl::Eq<messages::content_truncated, bool>,
+    diesel::dsl::Eq<messages::topic, Option<String>>,
+    diesel::dsl::Eq<messages::dm_recipients, Option<String>>,
+    diesel::dsl::Eq<messages::sender_email, Option<String>>,
+    diesel::dsl::Eq<messages::sender_name, Option<String>>,
+) {
+    (
+        messages::content.eq(""),
+        messages::content_truncated.eq(false),
+        messages::topic.eq(None),
+        messages::dm_recipients.eq(None),
+        messages::sender_email.eq(None),
+        messages::sender_name.eq(None),
+    )
 }
 
 /// Activity rows per upsert statement (8 parameters each).

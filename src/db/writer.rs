@@ -115,6 +115,36 @@ pub enum WriteOp {
     Stop(oneshot::Sender<()>),
 }
 
+impl WriteOp {
+    /// The kind of work and how much of it, without any of its data (for log lines).
+    pub fn summary(&self) -> String {
+        let processed = |p: &Processed| {
+            format!(
+                "{} effect(s), {} event-log row(s){}",
+                p.effects.len(),
+                p.logs.len(),
+                if p.inbox.is_some() {
+                    ", an inbox result"
+                } else {
+                    ""
+                }
+            )
+        };
+        match self {
+            WriteOp::Intake(i) => format!(
+                "intake of a batch: {} event(s), {} processed",
+                i.rows.len(),
+                i.processed.len()
+            ),
+            WriteOp::Processed(p) => format!("processed event: {}", processed(p)),
+            WriteOp::Reply(_) => "an outgoing-webhook reply record".to_string(),
+            WriteOp::Release(ids) => format!("release of {} claim(s)", ids.len()),
+            WriteOp::Flush(_) => "flush".to_string(),
+            WriteOp::Stop(_) => "stop".to_string(),
+        }
+    }
+}
+
 /// The sending side; cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
@@ -187,7 +217,9 @@ impl Writer {
     /// Queues work; waits only when the writer is far behind.
     pub async fn send(&self, op: WriteOp) {
         if let Err(e) = self.tx.send(op).await {
-            tracing::error!(op = ?e.0, "database writer has stopped; not written");
+            // Only the kind of work and its size: the work itself holds message content,
+            // emails and event payloads.
+            tracing::error!(op = %e.0.summary(), "database writer has stopped; not written");
         }
     }
 

@@ -56,7 +56,7 @@ enum Target {
 impl Target {
     fn describe(&self) -> String {
         match self {
-            Target::Webhook(url) => format!("webhook {}", url.host_str().unwrap_or("?")),
+            Target::Webhook(url) => format!("webhook {}", crate::redact::origin_of(url)),
             Target::Zulip { destination, .. } => match destination {
                 Destination::Channel { to, topic } => format!("#{to} > {topic}"),
                 Destination::Direct { to } => format!("direct message to {to}"),
@@ -102,12 +102,7 @@ impl KeywordAlerts {
                 Regex::new(&rule.pattern).map_err(|e| problem(key("pattern"), e.to_string()))?;
             let target = match (&rule.webhook, &rule.notify_bot) {
                 (Some(url), None) => Target::Webhook(
-                    reqwest::Url::parse(url)
-                        .ok()
-                        .filter(|u| matches!(u.scheme(), "http" | "https"))
-                        .ok_or_else(|| {
-                            problem(key("webhook"), format!("`{url}` is not an http(s) URL"))
-                        })?,
+                    crate::outbound::check_url(url).map_err(|p| problem(key("webhook"), p))?,
                 ),
                 (None, Some(bot)) => {
                     let bot_config = config.bots.get(bot).ok_or_else(|| {
@@ -196,7 +191,12 @@ impl KeywordAlerts {
                     .json(&body)
                     .send()
                     .await
-                    .map_err(|e| HandlerError::Failed(format!("alert webhook unreachable: {e}")))?;
+                    .map_err(|e| {
+                        HandlerError::Failed(format!(
+                            "alert webhook unreachable: {}",
+                            crate::redact::http_error(e)
+                        ))
+                    })?;
                 if !response.status().is_success() {
                     return Err(HandlerError::Failed(format!(
                         "alert webhook answered {}",

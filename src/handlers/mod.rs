@@ -265,7 +265,11 @@ impl Registry {
         self.entries
             .iter()
             .map(|e| {
-                let settings = serde_json::Value::Object(e.settings.settings.clone()).to_string();
+                // Stored in the database and shown by tools: without secrets or URL paths.
+                let settings = crate::redact::settings(&serde_json::Value::Object(
+                    e.settings.settings.clone(),
+                ))
+                .to_string();
                 (e.handler.name(), settings)
             })
             .collect()
@@ -328,9 +332,5 @@ pub(crate) fn http_client(
             .and_then(|s| humantime::parse_duration(s).ok())
             .ok_or_else(|| problem(format!("`{value}` is not a duration like \"10s\"")))?,
     };
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .user_agent(concat!("zulip-listeners/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| problem(e.to_string()))
+    crate::outbound::client(timeout).map_err(|e| problem(crate::redact::http_error(e)))
 }

@@ -4,7 +4,12 @@
 //! service gives it retry deduplication, the reply deadline with late replies through the
 //! REST API, and the event log, without changing it.
 //!
-//! Settings: `url` (required when a bot uses the handler) and `timeout` (default "30s").
+//! The bot's outgoing-webhook `token` is taken out of what is relayed: it is the secret
+//! that lets anyone post as Zulip to this server, and the bot service has no use for it. A
+//! service that checks a token of its own gets the one in `token` / `token_file` instead.
+//!
+//! Settings: `url` (required when a bot uses the handler; https://, or http:// on loopback),
+//! `timeout` (default "30s"), and optionally `token` or `token_file`.
 
 use std::time::Duration;
 
@@ -16,18 +21,24 @@ use super::{
     Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, http_client,
     only_keys,
 };
-use crate::config::HandlerSettings;
+use crate::config::{HandlerSettings, Secret};
 use crate::events::{Event, Origin, truncate_chars};
 
 pub struct Relay {
     target: Option<(reqwest::Url, reqwest::Client)>,
+    /// The token sent to the bot service in place of the bot's own; none when unset.
+    token: Option<Secret>,
 }
 
 impl Relay {
     pub const NAME: &'static str = "relay";
 
     pub fn from_settings(settings: &HandlerSettings) -> Result<Self, SettingsError> {
-        only_keys(Self::NAME, settings, &["url", "timeout"])?;
+        only_keys(
+            Self::NAME,
+            settings,
+            &["url", "timeout", "token", "token_file"],
+        )?;
         let problem = |key: &str, problem: String| SettingsError {
             handler: Self::NAME,
             key: key.into(),
@@ -38,14 +49,71 @@ impl Relay {
             Some(value) => {
                 let url = value
                     .as_str()
-                    .and_then(|s| reqwest::Url::parse(s).ok())
-                    .filter(|u| matches!(u.scheme(), "http" | "https"))
-                    .ok_or_else(|| problem("url", format!("`{value}` is not an http(s) URL")))?;
+                    .ok_or_else(|| problem("url", "must be a string".into()))
+                    .and_then(|s| crate::outbound::check_url(s).map_err(|p| problem("url", p)))?;
                 let client = http_client(Self::NAME, settings, Duration::from_secs(30))?;
                 Some((url, client))
             }
         };
-        Ok(Relay { target })
+        let token = match (
+            settings.settings.get("token"),
+            settings.settings.get("token_file"),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(problem(
+                    "token_file",
+                    "give `token` or `token_file`, not both".into(),
+                ));
+            }
+            (Some(value), None) => {
+                let token = value.as_str().map(str::trim).unwrap_or_default();
+                if token.is_empty() {
+                    return Err(problem("token", "must be a non-empty string".into()));
+                }
+                Some(Secret::new(token))
+            }
+            (None, Some(value)) => {
+                let path = value
+                    .as_str()
+                    .ok_or_else(|| problem("token_file", "must be a path".into()))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| problem("token_file", format!("cannot read `{path}`: {e}")))?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(problem("token_file", format!("`{path}` is empty")));
+                }
+                Some(Secret::new(token))
+            }
+            (None, None) => None,
+        };
+        Ok(Relay { target, token })
+    }
+
+    /// The outgoing webhook as the bot service gets it: the bot's `token` removed and this
+    /// handler's own token, if any, in its place. `None` when the body cannot be read (it was
+    /// read before to get here, so this does not happen); the raw body is then not sent.
+    fn relayed_body(&self, bytes: &[u8], form: bool) -> Option<Vec<u8>> {
+        if form {
+            let mut pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes).ok()?;
+            pairs.retain(|(k, _)| k != "token");
+            if let Some(token) = &self.token {
+                pairs.push(("token".into(), token.expose().to_string()));
+            }
+            serde_urlencoded::to_string(&pairs)
+                .ok()
+                .map(String::into_bytes)
+        } else {
+            let mut object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(bytes).ok()?;
+            object.remove("token");
+            if let Some(token) = &self.token {
+                object.insert(
+                    "token".into(),
+                    serde_json::Value::String(token.expose().to_string()),
+                );
+            }
+            serde_json::to_vec(&object).ok()
+        }
     }
 
     /// Whether a URL is configured (a bot may only list `relay` then).
@@ -124,7 +192,10 @@ impl Handler for Relay {
                 ));
             };
             if cx.dry_run {
-                tracing::info!(%url, "dry run: not relaying to the bot service");
+                tracing::info!(
+                    target = %crate::redact::origin_of(url),
+                    "dry run: not relaying to the bot service"
+                );
                 return Ok(None);
             }
             let content_type = if raw.form {
@@ -132,18 +203,30 @@ impl Handler for Relay {
             } else {
                 "application/json"
             };
+            let Some(body) = self.relayed_body(&raw.bytes, raw.form) else {
+                return Err(HandlerError::Failed(
+                    "the outgoing webhook could not be re-encoded without its token".into(),
+                ));
+            };
             let response = client
                 .post(url.clone())
                 .header(CONTENT_TYPE, content_type)
-                .body(raw.bytes.clone())
+                .body(body)
                 .send()
                 .await
-                .map_err(|e| HandlerError::Failed(format!("bot service unreachable: {e}")))?;
+                .map_err(|e| {
+                    HandlerError::Failed(format!(
+                        "bot service unreachable: {}",
+                        crate::redact::http_error(e)
+                    ))
+                })?;
             let status = response.status();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| HandlerError::Failed(format!("bot service answer unreadable: {e}")))?;
+            let body = response.bytes().await.map_err(|e| {
+                HandlerError::Failed(format!(
+                    "bot service answer unreadable: {}",
+                    crate::redact::http_error(e)
+                ))
+            })?;
             if !status.is_success() {
                 return Err(HandlerError::Failed(format!(
                     "bot service answered {status}: {}",
@@ -159,6 +242,40 @@ impl Handler for Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn relay(token: Option<&str>) -> Relay {
+        Relay {
+            target: None,
+            token: token.map(Secret::new),
+        }
+    }
+
+    #[test]
+    fn the_bot_token_is_not_relayed() {
+        let json = br#"{"bot_email":"b@x.org","token":"BOTSECRET","data":"hi"}"#;
+        let out =
+            String::from_utf8(relay(None).relayed_body(json, false).expect("json")).expect("utf-8");
+        assert!(
+            !out.contains("BOTSECRET") && !out.contains("token"),
+            "{out}"
+        );
+        assert!(out.contains(r#""data":"hi""#), "{out}");
+        let out = String::from_utf8(relay(Some("own")).relayed_body(json, false).expect("json"))
+            .expect("utf-8");
+        assert!(
+            out.contains(r#""token":"own""#) && !out.contains("BOTSECRET"),
+            "{out}"
+        );
+        let form = b"token=BOTSECRET&text=hello+there&user_name=A";
+        let out = String::from_utf8(relay(Some("own")).relayed_body(form, true).expect("form"))
+            .expect("utf-8");
+        assert!(
+            out.contains("token=own") && !out.contains("BOTSECRET"),
+            "{out}"
+        );
+        assert!(out.contains("text=hello+there"), "{out}");
+        assert!(relay(None).relayed_body(b"[1]", false).is_none());
+    }
 
     #[test]
     fn replies_are_read_like_zulip_reads_them() {

@@ -45,9 +45,7 @@ impl Announcer {
         });
         Ok(Announcer {
             db,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            http: crate::outbound::client(Duration::from_secs(10))?,
             webhook: e.notification_webhook.clone(),
             zulip: via_zulip,
         })
@@ -127,9 +125,12 @@ impl Announcer {
             match self.http.post(url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => {
-                    tracing::warn!(status = %r.status(), "notification webhook refused the notice")
+                    tracing::warn!(status = %r.status(), target = %crate::redact::url_origin(url), "notification webhook refused the notice")
                 }
-                Err(error) => tracing::warn!(%error, "notification webhook unreachable"),
+                Err(error) => tracing::warn!(
+                    error = %crate::redact::http_error(error),
+                    "notification webhook unreachable"
+                ),
             }
         }
         if let Some((client, api, destination)) = &self.zulip
