@@ -541,7 +541,10 @@ impl Config {
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
         }
-        let largest_body = self.server.max_body_bytes.max(self.forwarder.max_body_bytes);
+        let largest_body = self
+            .server
+            .max_body_bytes
+            .max(self.forwarder.max_body_bytes);
         if self.server.unverified_body_bytes < largest_body {
             return Err(invalid(
                 "server.unverified_body_bytes",

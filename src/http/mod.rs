@@ -196,7 +196,9 @@ fn refuse_upgrade(req: &ServiceRequest) -> Option<HttpResponse> {
         "this server does not upgrade connections (no WebSocket or other protocol upgrade); \
          send the request without `Connection: Upgrade`",
     );
-    response.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+    response
+        .head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
     Some(response)
 }
 
@@ -283,7 +285,9 @@ where
 {
     let refused = match req.app_data::<web::Data<AppState>>() {
         Some(state) => admin::authorize(req.request(), state).err(),
-        None => Some(ApiError::Internal("the application state is missing".into())),
+        None => Some(ApiError::Internal(
+            "the application state is missing".into(),
+        )),
     };
     let call = match refused {
         Some(error) => {
