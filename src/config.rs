@@ -221,6 +221,15 @@ pub struct ServerConfig {
     /// How long a graceful shutdown may take before connections are dropped.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a request head, and separately its body (408
+    /// after it).
+    #[serde(with = "humantime_serde")]
+    pub client_timeout: Duration,
+    /// Most connections open at once (over all workers); more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Most bytes of request bodies being read (not yet verified) at once, over all
+    /// requests; a body that would exceed it is answered 503 with `Retry-After`.
+    pub unverified_body_bytes: usize,
 }
 
 #[derive(Clone, Deserialize, Serialize)]
@@ -596,6 +605,30 @@ impl Config {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
         check_deadline("server.reply_deadline", self.server.reply_deadline)?;
+        if self.server.client_timeout < Duration::from_millis(100)
+            || self.server.client_timeout > Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "server.client_timeout",
+                "must be between 100ms and 10m",
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        let largest_body = self
+            .server
+            .max_body_bytes
+            .max(self.forwarder.max_body_bytes);
+        if self.server.unverified_body_bytes < largest_body {
+            return Err(invalid(
+                "server.unverified_body_bytes",
+                format!(
+                    "must be at least the largest body allowed ({largest_body} bytes, \
+                     server.max_body_bytes / forwarder.max_body_bytes), or such a body could never be read"
+                ),
+            ));
+        }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
         }

@@ -221,6 +221,11 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         registry,
         ready: ready.clone(),
         admin_token,
+        body: crate::http::BodyRules::new(
+            config.server.client_timeout,
+            config.server.unverified_body_bytes,
+        ),
+        readiness: tokio::sync::Mutex::new(None),
     });
     let listener = TcpListener::bind(&config.server.bind)
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
@@ -228,7 +233,11 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let shutdown_timeout = config.server.shutdown_timeout.as_secs().max(1);
     let in_flight = InFlight::default();
     let counted = in_flight.clone();
-    let mut http = HttpServer::new(move || {
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let http = HttpServer::new(move || {
         let counted = counted.clone();
         App::new()
             .app_data(state.clone())
@@ -237,10 +246,15 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     })
     .disable_signals()
     .shutdown_timeout(shutdown_timeout)
+    // The request head must arrive within client_timeout (408 and close otherwise); a body
+    // has its own deadline (`http::body`). Idle keep-alive connections close after 5 s, and a
+    // client that does not close after our answer gets 1 s.
+    .client_request_timeout(config.server.client_timeout)
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .keep_alive(Duration::from_secs(5))
+    .max_connections(per_worker(config.server.max_connections, workers))
+    .workers(workers)
     .listen(listener)?;
-    if config.server.workers > 0 {
-        http = http.workers(config.server.workers);
-    }
     let server = http.run();
     let handle = server.handle();
     let task = tokio::spawn(server);
@@ -252,6 +266,9 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         let server = HttpServer::new(|| App::new().configure(metrics_routes))
             .disable_signals()
             .workers(1)
+            .client_request_timeout(config.server.client_timeout)
+            .keep_alive(Duration::from_secs(5))
+            .max_connections(64)
             .shutdown_timeout(shutdown_timeout)
             .listen(listener)?
             .run();
@@ -281,6 +298,11 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         upkeep,
         inbox_tasks,
     })
+}
+
+/// `server.max_connections` is for the whole server; actix counts per worker.
+fn per_worker(max_connections: usize, workers: usize) -> usize {
+    (max_connections / workers.max(1)).max(1)
 }
 
 /// Handlers disabled in the database (by an operator, or automatically) stay disabled.

@@ -141,8 +141,10 @@ pub mod metric {
     use metrics::{counter, gauge, histogram};
 
     /// An HTTP request answered.
-    pub fn http_request(route: &str, method: &str, status: u16, seconds: f64) {
-        let (route, method) = (route.to_string(), method.to_string());
+    /// `route` is a route pattern (or `unmatched`) and `method` one of a fixed set (see
+    /// `http::method_label`): no label value comes from the client as such.
+    pub fn http_request(route: &str, method: &'static str, status: u16, seconds: f64) {
+        let route = route.to_string();
         counter!("zulip_listeners_http_requests_total", "route" => route.clone(), "method" => method, "status" => status.to_string())
             .increment(1);
         histogram!("zulip_listeners_http_request_duration_seconds", "route" => route)
@@ -156,8 +158,73 @@ pub mod metric {
         outcome: &'static str,
         count: u64,
     ) {
-        counter!("zulip_listeners_events_received_total", "source" => source, "type" => event_type.to_string(), "outcome" => outcome)
+        counter!("zulip_listeners_events_received_total", "source" => source, "type" => event_type_label(event_type), "outcome" => outcome)
             .increment(count);
+    }
+
+    /// Zulip's event types, the only values of the `type` label; any other is `other` (the
+    /// type is written by the sender, so it must not grow the series without bound).
+    const EVENT_TYPES: &[&str] = &[
+        "alert_words",
+        "attachment",
+        "channel_folder",
+        "custom_profile_fields",
+        "default_stream_groups",
+        "default_streams",
+        "delete_message",
+        "drafts",
+        "has_zoom_token",
+        "heartbeat",
+        "invites_changed",
+        "message",
+        "muted_topics",
+        "muted_users",
+        "navigation_view",
+        "onboarding_steps",
+        "presence",
+        "reaction",
+        "realm",
+        "realm_bot",
+        "realm_domains",
+        "realm_emoji",
+        "realm_export",
+        "realm_export_consent",
+        "realm_linkifiers",
+        "realm_playgrounds",
+        "realm_user",
+        "realm_user_settings_defaults",
+        "reminders",
+        "restart",
+        "saved_snippets",
+        "scheduled_messages",
+        "stream",
+        "submessage",
+        "subscription",
+        "typing",
+        "typing_edit_message",
+        "update_display_settings",
+        "update_global_notifications",
+        "update_message",
+        "update_message_flags",
+        "user_group",
+        "user_settings",
+        "user_status",
+        "user_topic",
+        "web_reload_client",
+    ];
+
+    /// The `type` label for an event type: itself when Zulip has such a type, else `other`.
+    pub fn event_type_label(event_type: &str) -> &'static str {
+        EVENT_TYPES
+            .iter()
+            .find(|t| **t == event_type)
+            .copied()
+            .unwrap_or("other")
+    }
+
+    /// A request body refused while being read (`reason`: timeout, budget).
+    pub fn body_refused(reason: &'static str) {
+        counter!("zulip_listeners_http_bodies_refused_total", "reason" => reason).increment(1);
     }
 
     /// A handler's run counters and latency histogram, looked up once and kept (a look-up

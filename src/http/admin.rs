@@ -16,6 +16,10 @@ use crate::verification::token_matches;
 
 /// How long `/readyz` waits for a database connection.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one database ping answers `/readyz`.
+const READY_CACHE: Duration = Duration::from_secs(1);
+/// Largest body of an admin request (a replay list).
+const ADMIN_MAX_BODY: usize = 256 * 1024;
 
 /// `GET /healthz`: the process is alive; no dependency is checked.
 pub async fn healthz() -> HttpResponse {
@@ -26,13 +30,15 @@ pub async fn healthz() -> HttpResponse {
 /// 503 once shutdown has begun or while the database cannot be reached.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let accepting = state.ready.load(Ordering::Relaxed);
-    let database = state.outgoing.db().ping(READY_TIMEOUT).await;
+    let database = database_reachable(&state).await;
     let handlers = state.registry.entries().len();
-    let ok = accepting && database.is_ok();
+    let ok = accepting && database;
     let body = json!({
         "status": if ok { "ready" } else { "unavailable" },
         "accepting": accepting,
-        "database": match &database { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
+        // Never the database's own error text (it can name hosts and users): that goes to the
+        // log.
+        "database": if database { "ok" } else { "unreachable" },
         "handlers": handlers,
     });
     let mut response = if ok {
@@ -45,7 +51,27 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .body(body.to_string())
 }
 
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+/// Whether the database answers, pinged at most once per [`READY_CACHE`]: concurrent
+/// callers wait for the one ping in progress and share its result.
+async fn database_reachable(state: &AppState) -> bool {
+    let mut last = state.readiness.lock().await;
+    if let Some((at, reachable)) = *last
+        && at.elapsed() < READY_CACHE
+    {
+        return reachable;
+    }
+    let reachable = match state.outgoing.db().ping(READY_TIMEOUT).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "readiness: the database cannot be reached");
+            false
+        }
+    };
+    *last = Some((Instant::now(), reachable));
+    reachable
+}
+
+pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
         return Err(ApiError::NotFound(
             "the admin API is off: set [admin] token or token_file".into(),
@@ -180,6 +206,11 @@ pub async fn events(
     let q = query.into_inner();
     let page = q.page.unwrap_or(1).max(1);
     let per_page = q.per_page.unwrap_or(50).clamp(1, 500);
+    let offset = (page - 1).checked_mul(per_page).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "page {page} is too large for per_page {per_page} (the offset overflows)"
+        ))
+    })?;
     let rows = state
         .outgoing
         .db()
@@ -189,7 +220,7 @@ pub async fn events(
                 q.handler.as_deref(),
                 q.event_type.as_deref(),
                 q.success,
-                (page - 1) * per_page,
+                offset,
                 per_page,
             )
         })
@@ -253,9 +284,10 @@ pub struct ReplayRequest {
 pub async fn replay(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
+    let body = super::read_body(&req, payload, ADMIN_MAX_BODY, &state.body).await?;
     let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "expected {{\"ids\": [...]}} or {{\"all\": true}}: {e}"

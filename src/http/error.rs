@@ -20,6 +20,8 @@ pub enum ApiError {
     #[error("the request body is larger than the {limit} bytes allowed")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     TooManyEvents(String),
     #[error("{0}")]
     Signature(#[from] crate::verification::SignatureError),
@@ -39,6 +41,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::TooManyEvents(_) => "too_many_events",
             ApiError::Signature(e) => e.code(),
             ApiError::TooManyRequests(_) => "over_capacity",
@@ -58,6 +61,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } | ApiError::TooManyEvents(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -87,4 +91,32 @@ pub fn json_ok<B: actix_web::body::MessageBody + 'static>(body: B) -> HttpRespon
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8)))
         .body(body)
+}
+
+/// The error code of the JSON body for a status that did not come from an [`ApiError`]
+/// (the framework's own answers, e.g. an extractor refusing a query string).
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "malformed_request",
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        411 => "length_required",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        429 => "over_capacity",
+        503 => "unavailable",
+        s if s >= 500 => "internal_error",
+        _ => "bad_request",
+    }
+}
+
+/// A JSON error answer `{"error": code, "message": message}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    let body = serde_json::json!({ "error": code, "message": message });
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8)))
+        .body(body.to_string())
 }

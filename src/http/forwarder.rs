@@ -25,7 +25,7 @@ pub async fn intake(
             "the forwarder intake is off: set [forwarder] secrets to turn it on".into(),
         ));
     };
-    let body = read_body(&req, payload, forwarder.max_body_bytes).await?;
+    let body = read_body(&req, payload, forwarder.max_body_bytes, &state.body).await?;
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let headers = SignedHeaders {
         id: header("webhook-id"),

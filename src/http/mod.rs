@@ -2,6 +2,7 @@
 //! into JSON with `Content-Type: application/json; charset=utf-8`.
 
 mod admin;
+pub mod body;
 mod error;
 mod forwarder;
 mod outgoing;
@@ -9,11 +10,13 @@ mod outgoing;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use actix_web::web::{self, Bytes, BytesMut};
-use actix_web::{HttpRequest, HttpResponse, http::header};
-use futures_util::StreamExt;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::web;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, http::Method, http::header};
 
-pub use error::{ApiError, JSON_UTF8, json_ok};
+pub use body::{BodyRules, read_body};
+pub use error::{ApiError, JSON_UTF8, json_error, json_ok};
 
 use crate::config::Secret;
 use crate::handlers::Registry;
@@ -32,6 +35,11 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// `None`: the admin API is off.
     pub admin_token: Option<Secret>,
+    /// Deadline and shared budget for reading request bodies.
+    pub body: BodyRules,
+    /// The last database ping of `/readyz` (when, and whether it succeeded), reused for a
+    /// moment so that `/readyz` cannot be used to hammer the database.
+    pub readiness: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 /// What the forwarder route needs.
@@ -77,6 +85,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::scope("/admin")
+            .wrap_fn(admin_gate)
             .service(
                 web::resource("/handlers")
                     .route(web::get().to(admin::handlers))
@@ -151,44 +160,154 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// Wraps the application: counts requests in flight, and counts and times every request by
-/// route pattern, method and status. Use with `App::wrap_fn`.
+/// The method as a metric label: the standard methods by name, anything else `other` (a
+/// client can invent any number of method tokens).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Routes patterns that may appear as a metric label; anything else is `unmatched`.
+fn route_label(pattern: Option<String>) -> String {
+    pattern.unwrap_or_else(|| "unmatched".into())
+}
+
+/// No route speaks WebSocket (or any other protocol reached through `Upgrade`). Such a
+/// request is refused at once; left to the routes, its body would be read until the client
+/// closes (the framework treats it as an upgraded stream and ignores `Content-Length`).
+fn refuse_upgrade(req: &ServiceRequest) -> Option<HttpResponse> {
+    if !req.head().upgrade() {
+        return None;
+    }
+    tracing::debug!(path = req.path(), "upgrade request refused");
+    let mut response = json_error(
+        actix_web::http::StatusCode::BAD_REQUEST,
+        "upgrade_not_supported",
+        "this server does not upgrade connections (no WebSocket or other protocol upgrade); \
+         send the request without `Connection: Upgrade`",
+    );
+    response
+        .head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    Some(response)
+}
+
+/// Error answers the framework produced itself (an extractor refusing a query string, path
+/// or body, …) get the same JSON shape as ours.
+fn json_errors<B: MessageBody>(response: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response.map_into_left_body();
+    }
+    let message = match response.response().error() {
+        Some(_) if status.is_server_error() => "internal error; see the server log".to_string(),
+        Some(error) => error.to_string(),
+        None => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    if status.is_client_error() {
+        tracing::debug!(status = status.as_u16(), %message, "client error");
+    }
+    let mut json = json_error(status, error::code_for_status(status), &message);
+    for name in [header::RETRY_AFTER, header::ALLOW, header::WWW_AUTHENTICATE] {
+        if let Some(value) = response.headers().get(&name) {
+            json.headers_mut().insert(name, value.clone());
+        }
+    }
+    let (req, _) = response.into_parts();
+    ServiceResponse::new(req, json).map_into_right_body()
+}
+
+/// Wraps the application: counts requests in flight, counts and times every request by
+/// route pattern, method and status, refuses upgrade requests, and gives the framework's own
+/// error answers the JSON shape. Use with `App::wrap_fn`.
 pub fn observe<S, B>(
-    req: actix_web::dev::ServiceRequest,
+    req: ServiceRequest,
     service: &S,
     in_flight: &InFlight,
-) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
+) -> impl std::future::Future<Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>>
 + use<S, B>
 where
-    S: actix_web::dev::Service<
-            actix_web::dev::ServiceRequest,
-            Response = actix_web::dev::ServiceResponse<B>,
-            Error = actix_web::Error,
-        >,
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
 {
     in_flight
         .0
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let guard = InFlightGuard(in_flight.clone());
     let started = std::time::Instant::now();
-    let method = req.method().to_string();
-    let call = service.call(req);
+    let method = method_label(req.method());
+    let call = match refuse_upgrade(&req) {
+        Some(refusal) => Err(req.into_response(refusal)),
+        None => Ok(service.call(req)),
+    };
     async move {
         let _guard = guard;
-        let response = call.await?;
-        let route = response
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".into());
+        let response = match call {
+            Ok(call) => json_errors(call.await?),
+            Err(refused) => refused.map_into_right_body(),
+        };
+        let route = route_label(response.request().match_pattern());
         crate::telemetry::metric::http_request(
             &route,
-            &method,
+            method,
             response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );
         Ok(response)
     }
 }
+
+/// Checks the admin bearer token before anything else of the request is looked at (its
+/// body is never read without the token).
+fn admin_gate<S, B>(
+    req: ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>>
++ use<S, B>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let refused = match req.app_data::<web::Data<AppState>>() {
+        Some(state) => admin::authorize(req.request(), state).err(),
+        None => Some(ApiError::Internal(
+            "the application state is missing".into(),
+        )),
+    };
+    let call = match refused {
+        Some(error) => {
+            let mut response = error.error_response();
+            // The body was not read: do not keep a connection whose next bytes are that body.
+            response
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+            Err(req.into_response(response))
+        }
+        None => Ok(service.call(req)),
+    };
+    async move {
+        match call {
+            Ok(call) => Ok(call.await?.map_into_left_body()),
+            Err(refused) => Ok(refused.map_into_right_body()),
+        }
+    }
+}
+
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
         "no route for {} {}",
@@ -203,31 +322,4 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
         req.method(),
         req.path()
     )))
-}
-
-/// Reads the whole body, refusing more than `limit` bytes (413) before buffering it.
-pub async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::BadRequest(format!("the request body could not be read: {e}"))
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }

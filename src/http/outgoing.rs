@@ -47,7 +47,7 @@ async fn handle(
     state: web::Data<AppState>,
     path_bot: Option<BotId>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, state.max_body_bytes, &state.body).await?;
     let slack = is_slack(&req, &body);
     let bots = &state.outgoing.bots;
     let (bot_id, trigger, event) = if slack {

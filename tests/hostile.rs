@@ -1,0 +1,455 @@
+//! Hostile clients against the real server: slow and oversized bodies, invented methods,
+//! unauthenticated admin bodies, extractor errors, upgrade requests. Every test sends a
+//! bounded number of requests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ADMIN_TOKEN: &str = "hostile-admin-token-0123456789abcdef";
+
+/// A raw HTTP answer read off a socket.
+#[derive(Debug)]
+struct RawAnswer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl RawAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then_some(value.trim())
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json; charset=utf-8"),
+            "JSON answer expected: {self:?}"
+        );
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Reads one answer (head, then a `Content-Length` body or until the server closes).
+async fn read_answer(stream: &mut TcpStream, within: Duration) -> Option<RawAnswer> {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let status = head.split_whitespace().nth(1)?.parse().ok()?;
+            let mut answer = RawAnswer {
+                status,
+                head,
+                body: String::new(),
+            };
+            let length: usize = answer
+                .header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
+            }
+            let body_end = buf.len().min(end + 4 + length);
+            answer.body = String::from_utf8_lossy(&buf[end + 4..body_end]).into_owned();
+            return Some(answer);
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+async fn connect(base: &str) -> TcpStream {
+    let addr = base.trim_start_matches("http://");
+    TcpStream::connect(addr).await.expect("connect")
+}
+
+fn config_extra(server: &str) -> String {
+    format!(
+        "{server}\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{}",
+        helper_bot("[\"command_bot\"]")
+    )
+}
+
+/// `[server]` keys go into the `[server]` table the harness already opens.
+async fn start(db: &TestDatabase, server_keys: &str) -> TestServer {
+    let mut config = config_for(db, &config_extra(""));
+    let overrides: toml::Table = toml::from_str(server_keys).expect("server keys");
+    for (key, value) in overrides {
+        match (key.as_str(), value) {
+            ("client_timeout", toml::Value::String(v)) => {
+                config.server.client_timeout = humantime::parse_duration(&v).expect("duration")
+            }
+            ("unverified_body_bytes", toml::Value::Integer(v)) => {
+                config.server.unverified_body_bytes = v as usize
+            }
+            ("max_body_bytes", toml::Value::Integer(v)) => {
+                config.server.max_body_bytes = v as usize
+            }
+            (other, _) => panic!("unexpected key {other}"),
+        }
+    }
+    start_with(config, zulip_listeners::server::ServeOptions::default()).await
+}
+
+#[tokio::test]
+async fn a_trickled_body_gets_408_within_the_deadline() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start(&db, "client_timeout = \"1s\"").await;
+    let mut stream = connect(&t.base).await;
+    stream
+        .write_all(
+            b"POST /zulip/outgoing HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .expect("write");
+    let started = Instant::now();
+    // One byte every 200 ms: never idle, never done.
+    let (mut read_half, mut write_half) = stream.into_split();
+    let trickle = async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write_half.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    };
+    let trickler = tokio::spawn(trickle);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match read_half.read(&mut chunk).await {
+                Ok(n) if n > 0 => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if String::from_utf8_lossy(&buf).contains("request_timeout") {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    })
+    .await;
+    trickler.abort();
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(read.is_ok(), "no answer within 5 s to a trickled body");
+    assert!(text.starts_with("HTTP/1.1 408"), "408 expected: {text}");
+    assert!(text.contains("application/json"), "JSON expected: {text}");
+    assert!(
+        text.contains("server.client_timeout"),
+        "names the setting: {text}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "answered after {elapsed:?}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_request_head_is_cut_off() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start(&db, "client_timeout = \"1s\"").await;
+    let mut stream = connect(&t.base).await;
+    stream
+        .write_all(b"POST /zulip/outgoing HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    // The answer is a bare 408 (the framework writes it) or a closed connection.
+    let answer = read_answer(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "connection held for {:?}",
+        started.elapsed()
+    );
+    if let Some(answer) = answer {
+        assert_eq!(answer.status, 408, "{answer:?}");
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_being_read_share_a_budget() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    // Each connection sends 64 KiB of a declared 1 MiB body and then waits; the budget holds
+    // 2 MiB (at least the largest body allowed: forwarder.max_body_bytes is lowered too).
+    let mut config = config_for(&db, &config_extra(""));
+    config.server.client_timeout = Duration::from_secs(10);
+    config.server.max_body_bytes = 1 << 20;
+    config.forwarder.max_body_bytes = 1 << 20;
+    config.server.unverified_body_bytes = 2 << 20;
+    let t = start_with(config, zulip_listeners::server::ServeOptions::default()).await;
+    let piece = vec![b' '; 64 * 1024];
+    let mut streams = Vec::new();
+    for _ in 0..40 {
+        let mut stream = connect(&t.base).await;
+        stream
+            .write_all(b"POST /zulip/outgoing HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n")
+            .await
+            .expect("head");
+        stream.write_all(&piece).await.expect("piece");
+        streams.push(stream);
+    }
+    let mut refused = 0;
+    for stream in &mut streams {
+        if let Some(answer) = read_answer(stream, Duration::from_millis(300)).await {
+            assert_eq!(answer.status, 503, "{answer:?}");
+            assert!(answer.header("retry-after").is_some(), "{answer:?}");
+            let json = answer.json();
+            assert_eq!(json["error"], "unavailable");
+            assert!(
+                json["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("server.unverified_body_bytes")),
+                "{json}"
+            );
+            refused += 1;
+        }
+    }
+    // 2 MiB hold 32 pieces of 64 KiB; the other connections are refused.
+    assert!(
+        refused >= 8,
+        "only {refused} of 40 connections refused past the budget"
+    );
+    drop(streams);
+    // Once they are gone, the budget is free again: a normal request goes through.
+    let up = eventually(Duration::from_secs(5), async || {
+        let answer = t
+            .post_json(
+                "/zulip/outgoing",
+                &format!(
+                    r#"{{"bot_email":"{BOT_EMAIL}","token":"{TOKEN}","trigger":"mention","message":{{"id":42,"content":"ping","type":"private","sender_id":1,"sender_email":"a@b.c","sender_full_name":"A","timestamp":1}}}}"#
+                ),
+            )
+            .await;
+        answer.status == 200
+    })
+    .await;
+    assert!(up, "the budget was not given back");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn declared_sizes_do_not_reserve_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"sqlite://{}\"\n{}",
+            dir.path().join("db.sqlite").display(),
+            helper_bot("[\"command_bot\"]")
+        ),
+    )
+    .expect("config");
+    let server = ServerProcess::start(&config).await;
+    let pid = server.child.id();
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
+    let mut streams = Vec::new();
+    for _ in 0..300 {
+        let mut stream = connect(&server.base).await;
+        stream
+            .write_all(b"POST /zulip/outgoing HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{")
+            .await
+            .expect("write");
+        streams.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss();
+    drop(streams);
+    let grown_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 64,
+        "300 connections declaring 1 MiB grew RSS by {grown_mib} MiB ({before} kB → {after} kB)"
+    );
+}
+
+#[tokio::test]
+async fn invented_methods_share_one_metric_label() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start(&db, "").await;
+    let mut stream = connect(&t.base).await;
+    for i in 0..300 {
+        let request = format!("XMETHOD{i:05} /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let answer = read_answer(&mut stream, Duration::from_secs(5))
+            .await
+            .expect("answer");
+        assert_eq!(answer.status, 405);
+        answer.json();
+    }
+    let metrics_addr = t.server.metrics_addr.expect("metrics listener");
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("zulip_listeners_http_requests_total{"))
+        .collect();
+    assert!(
+        !text.contains("XMETHOD"),
+        "an invented method became a label"
+    );
+    assert!(
+        series
+            .iter()
+            .any(|l| l.contains("method=\"other\"") && l.contains("route=\"/healthz\"")),
+        "{series:?}"
+    );
+    assert!(series.len() < 20, "{} series: {series:?}", series.len());
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn admin_refuses_an_unauthenticated_body_before_reading_it() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start(&db, "").await;
+    let mut stream = connect(&t.base).await;
+    // 3 MB declared, a few bytes sent: the answer must not wait for the rest.
+    stream
+        .write_all(b"POST /admin/dead-letters/replay HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 3000000\r\n\r\n{\"all\":")
+        .await
+        .expect("write");
+    let answer = read_answer(&mut stream, Duration::from_secs(3))
+        .await
+        .expect("an answer before the body is sent");
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(answer.json()["error"], "unauthorized");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn admin_extractor_errors_are_json() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start(&db, "").await;
+    let get = |path: &str| {
+        t.http
+            .get(format!("{}{path}", t.base))
+            .bearer_auth(ADMIN_TOKEN)
+    };
+    for path in [
+        "/admin/events?page=abc",
+        "/admin/events?success=maybe",
+        "/admin/events?per_page=99999999999999999999999",
+        "/admin/dead-letters?limit=x",
+    ] {
+        let answer = t.send(get(path)).await;
+        assert_eq!(answer.status, 400, "{path}: {answer:?}");
+        assert_eq!(answer.json["error"], "malformed_request", "{path}");
+    }
+    // A replay body that is not JSON, and one too large.
+    let post = |body: Vec<u8>| {
+        t.http
+            .post(format!("{}/admin/dead-letters/replay", t.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let answer = t.send(post(b"{not json".to_vec())).await;
+    assert_eq!(answer.status, 400);
+    let answer = t.send(post(vec![b' '; 600 * 1024])).await;
+    assert_eq!(answer.status, 413, "{answer:?}");
+    assert_eq!(answer.json["error"], "payload_too_large");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn admin_page_overflow_is_400() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start(&db, "").await;
+    let answer = t
+        .send(
+            t.http
+                .get(format!(
+                    "{}/admin/events?page=9223372036854775807&per_page=500",
+                    t.base
+                ))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(
+        answer.json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("page")),
+        "{answer:?}"
+    );
+    // A reasonable page still works.
+    let answer = t
+        .send(
+            t.http
+                .get(format!("{}/admin/events?page=3&per_page=10", t.base))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn upgrade_requests_are_answered_at_once() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start(&db, "").await;
+    for path in ["/zulip/outgoing", "/zulip/events", "/healthz"] {
+        let mut stream = connect(&t.base).await;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let started = Instant::now();
+        let answer = read_answer(&mut stream, Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|| panic!("{path}: an upgrade request was held unanswered"));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(answer.status, 400, "{path}: {answer:?}");
+        assert_eq!(answer.json()["error"], "upgrade_not_supported");
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_shows_no_database_details() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start(&db, "").await;
+    let answer = t.send(t.http.get(format!("{}/readyz", t.base))).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json["database"], "ok");
+    // Many calls in a row reuse one ping (they all answer, quickly).
+    let started = Instant::now();
+    for _ in 0..50 {
+        let answer = t.send(t.http.get(format!("{}/readyz", t.base))).await;
+        assert_eq!(answer.status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    t.stop().await;
+}
