@@ -62,6 +62,14 @@ pub struct Limits<C: Clock = DefaultClock> {
     clock: C,
 }
 
+impl<C: Clock> std::fmt::Debug for Limits<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("tracked_keys", &(self.realms.len() + self.users.len()))
+            .finish()
+    }
+}
+
 impl Limits<DefaultClock> {
     pub fn new(per_realm: &QuotaConfig, per_user: &QuotaConfig) -> Self {
         Self::with_clock(per_realm, per_user, DefaultClock::default())

@@ -456,6 +456,27 @@ pub fn finish_failed(
     Ok(updated == 1)
 }
 
+/// Turns a row just stored by intake into a `rate_limited` one, with its envelope (rows
+/// processed at intake were stored without it) and no claim or result.
+pub fn mark_rate_limited(
+    conn: &mut DbConnection,
+    event_id: &str,
+    payload: &str,
+    reason: &str,
+) -> Result<(), DbError> {
+    diesel::update(inbox::table.filter(inbox::event_id.eq(event_id)))
+        .set((
+            inbox::status.eq("rate_limited"),
+            inbox::payload.eq(payload),
+            inbox::attempts.eq(0),
+            inbox::claimed_until_ms.eq(0i64),
+            inbox::last_error.eq(reason),
+            inbox::updated_at_ms.eq(now_ms()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
 /// Gives events back to the next sweep at once (they could not be queued in memory).
 pub fn release_claims(conn: &mut DbConnection, ids: &[String]) -> Result<(), DbError> {
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {

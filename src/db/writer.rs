@@ -9,6 +9,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use super::models::{
 };
 use super::{DbConnection, DbError, establish, store};
 use crate::config::DatabaseTarget;
+use crate::ratelimit::Limits;
 
 /// How much work may wait for the writer before senders are slowed down.
 const CHANNEL_CAPACITY: usize = 16_384;
@@ -81,7 +83,26 @@ pub struct Intake {
     /// Results of events processed as they were accepted, by index in `rows`: written in the
     /// same transaction, and only for rows that were not stored before.
     pub processed: Vec<(usize, Processed)>,
+    /// Payloads of rows processed at intake and stored without theirs (by index in `rows`),
+    /// put back if the row turns out to be rate-limited.
+    pub payloads: Vec<(usize, String)>,
+    /// The forwarder's rate limits, charged here for newly stored events only, after the
+    /// duplicate checks: a re-sent batch or event never consumes quota.
+    pub limits: Option<Arc<Limits>>,
+    /// The limiter's decisions once made (row index → reason), so that a retried write does
+    /// not charge the quota twice.
+    pub limited: Option<HashMap<usize, String>>,
     pub reply: oneshot::Sender<Result<IntakeResult, String>>,
+}
+
+/// What [`Writer::intake`] stores: see [`Intake`].
+#[derive(Debug)]
+pub struct IntakeBatch {
+    pub webhook_id: String,
+    pub rows: Vec<NewInboxRow>,
+    pub processed: Vec<(usize, Processed)>,
+    pub payloads: Vec<(usize, String)>,
+    pub limits: Option<Arc<Limits>>,
 }
 
 /// Why intake did not store a batch.
@@ -99,6 +120,9 @@ pub struct IntakeResult {
     pub duplicate_batch: bool,
     /// Event ids that were already in the inbox (not stored again).
     pub known: HashSet<String>,
+    /// Newly stored event ids that were over a rate limit: stored as `rate_limited`, their
+    /// results from intake (if any) discarded.
+    pub rate_limited: HashSet<String>,
 }
 
 /// Work for the writer.
@@ -227,16 +251,17 @@ impl Writer {
     /// taken the batch within `wait` (it is far behind).
     pub async fn intake(
         &self,
-        webhook_id: String,
-        rows: Vec<NewInboxRow>,
-        processed: Vec<(usize, Processed)>,
+        batch: IntakeBatch,
         wait: Duration,
     ) -> Result<IntakeResult, IntakeWriteError> {
         let (reply, answer) = oneshot::channel();
         let op = WriteOp::Intake(Box::new(Intake {
-            webhook_id,
-            rows,
-            processed,
+            webhook_id: batch.webhook_id,
+            rows: batch.rows,
+            processed: batch.processed,
+            payloads: batch.payloads,
+            limits: batch.limits,
+            limited: None,
             reply,
         }));
         match tokio::time::timeout(wait, self.tx.send(op)).await {
@@ -313,11 +338,11 @@ impl Batch {
     }
 
     /// Writes everything in one transaction; returns what each intake stored.
-    fn write(&self, conn: &mut DbConnection) -> Result<Vec<IntakeResult>, DbError> {
+    fn write(&mut self, conn: &mut DbConnection) -> Result<Vec<IntakeResult>, DbError> {
         conn.transaction(|conn| {
             let mut results = Vec::with_capacity(self.intakes.len());
             let mut processed: Vec<&Processed> = Vec::new();
-            for intake in &self.intakes {
+            for intake in &mut self.intakes {
                 let result = store_intake(conn, intake)?;
                 if !result.duplicate_batch {
                     processed.extend(
@@ -325,10 +350,10 @@ impl Batch {
                             .processed
                             .iter()
                             .filter(|(row, _)| {
-                                intake
-                                    .rows
-                                    .get(*row)
-                                    .is_some_and(|r| !result.known.contains(&r.event_id))
+                                intake.rows.get(*row).is_some_and(|r| {
+                                    !result.known.contains(&r.event_id)
+                                        && !result.rate_limited.contains(&r.event_id)
+                                })
                             })
                             .map(|(_, p)| p),
                     );
@@ -382,18 +407,48 @@ struct Spent {
     _processed: Vec<Processed>,
 }
 
-fn store_intake(conn: &mut DbConnection, intake: &Intake) -> Result<IntakeResult, DbError> {
+fn store_intake(conn: &mut DbConnection, intake: &mut Intake) -> Result<IntakeResult, DbError> {
     let count = i32::try_from(intake.rows.len()).unwrap_or(i32::MAX);
     if !store::record_batch(conn, &intake.webhook_id, count)? {
         return Ok(IntakeResult {
             duplicate_batch: true,
-            known: HashSet::new(),
+            ..IntakeResult::default()
         });
     }
     let known = store::insert_inbox(conn, &intake.rows)?;
+    // Quota is charged only now that duplicates are known, once per newly stored event that
+    // would be dispatched; the few over quota are turned into `rate_limited` rows.
+    if intake.limited.is_none() {
+        let mut limited = HashMap::new();
+        if let Some(limits) = &intake.limits {
+            for (index, row) in intake.rows.iter().enumerate() {
+                if matches!(row.status, "expired" | "filtered") || known.contains(&row.event_id) {
+                    continue;
+                }
+                if let Some(why) = limits.check(row.realm_id, row.user_id).reason() {
+                    tracing::info!(event_id = %row.event_id, reason = %why, "event stored as rate_limited, not dispatched");
+                    limited.insert(index, why);
+                }
+            }
+        }
+        intake.limited = Some(limited);
+    }
+    let mut rate_limited = HashSet::new();
+    for (index, why) in intake.limited.iter().flatten() {
+        let Some(row) = intake.rows.get(*index) else {
+            continue;
+        };
+        let payload = match intake.payloads.iter().find(|(i, _)| i == index) {
+            Some((_, payload)) => payload.as_str(),
+            None => row.payload.as_str(),
+        };
+        store::mark_rate_limited(conn, &row.event_id, payload, why)?;
+        rate_limited.insert(row.event_id.clone());
+    }
     Ok(IntakeResult {
         duplicate_batch: false,
         known,
+        rate_limited,
     })
 }
 

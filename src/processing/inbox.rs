@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 use super::{Outcome, Processor};
 use crate::config::{Config, ForwarderConfig};
 use crate::db::models::NewInboxRow;
-use crate::db::writer::{AfterCommit, InboxOutcome, IntakeWriteError, WriteOp, Writer};
+use crate::db::writer::{
+    AfterCommit, InboxOutcome, IntakeBatch, IntakeWriteError, WriteOp, Writer,
+};
 use crate::db::{Backend, Db, DbError, now_ms, store};
 use crate::events::Event;
 use crate::events::forwarded::{ForwardedEvent, parse_stored};
@@ -110,7 +112,7 @@ pub struct IntakeSummary {
 /// limits.
 pub struct Admission {
     filters: Arc<Filters>,
-    limits: Option<Limits>,
+    limits: Option<Arc<Limits>>,
     max_event_age: Option<Duration>,
     max_backlog: u64,
     writer_wait: Duration,
@@ -122,7 +124,7 @@ impl Admission {
             let (per_realm, per_user) = config
                 .rate_limits
                 .quotas(&config.rate_limits.forwarder, None);
-            Limits::new(&per_realm, &per_user)
+            Arc::new(Limits::new(&per_realm, &per_user))
         });
         Admission {
             filters,
@@ -140,18 +142,14 @@ impl Admission {
         {
             let why = format!(
                 "emitted {} s ago, over filters.max_event_age",
-                (now_ms - at) / 1000
+                now_ms.saturating_sub(at) / 1000
             );
             return ("expired", Some(why));
         }
         if let Some(why) = self.filters.reject(&event.event.realm, event.user_id) {
             return ("filtered", Some(why));
         }
-        if let Some(limits) = &self.limits
-            && let Some(why) = limits.check(event.realm_id, event.user_id).reason()
-        {
-            return ("rate_limited", Some(why));
-        }
+        // Rate limits are charged by the writer, once it knows which events are new.
         ("pending", None)
     }
 }
@@ -269,12 +267,15 @@ impl Inbox {
         let mut seen = HashSet::with_capacity(events.len());
         let mut rows = Vec::with_capacity(events.len());
         let mut processed = Vec::with_capacity(events.len());
+        let mut payloads = Vec::new();
+        // Every event of the batch, by its event id when it was the first with that id
+        // (else `None`: repeated within the batch), with its type.
+        let mut order: Vec<(Option<String>, String)> = Vec::with_capacity(events.len());
         // Events for the workers (lane, id, event), and ids of events processed here that
         // stay pending (a failure to retry, or a paused handler) or are done.
         let mut queued = Vec::new();
         let mut waiting = Vec::new();
         let mut done = Vec::new();
-        let mut tally = Tally::default();
         // Lanes this batch must not overtake: a worker has events of theirs, or an earlier
         // event of this batch went to their worker.
         let mut held: Vec<bool> = self
@@ -284,21 +285,14 @@ impl Inbox {
             .collect();
         for event in events {
             if !seen.insert(event.event_id.clone()) {
-                summary.duplicates += 1;
-                tally.add(&event.event_type, "duplicate");
+                order.push((None, event.event_type));
                 continue;
             }
+            order.push((Some(event.event_id.clone()), event.event_type.clone()));
             let (status, reason) = self.admission.status(&event, now);
             let pending = status == "pending";
-            tally.add(&event.event_type, if pending { "accepted" } else { status });
             if let Some(reason) = &reason {
                 tracing::info!(event_id = %event.event_id, status, %reason, "event stored, not dispatched");
-            }
-            match status {
-                "expired" => summary.expired += 1,
-                "filtered" => summary.filtered += 1,
-                "rate_limited" => summary.rate_limited += 1,
-                _ => {}
             }
             let mut row = NewInboxRow {
                 event_id: event.event_id,
@@ -330,8 +324,9 @@ impl Inbox {
                             Verdict::Done => {
                                 row.status = "done";
                                 row.attempts = 1;
-                                // Kept only while the event may be processed or replayed.
-                                row.payload = String::new();
+                                // Kept only while the event may be processed or replayed
+                                // (the writer puts it back if the event is rate-limited).
+                                payloads.push((rows.len(), std::mem::take(&mut row.payload)));
                                 done.push(row.event_id.clone());
                             }
                             Verdict::Retry {
@@ -362,13 +357,22 @@ impl Inbox {
             }
             rows.push(row);
         }
-        tally.publish();
+        // Each stored row's status as intake decided it, to count the batch once the
+        // writer has said which events were known or rate-limited.
+        let statuses: std::collections::HashMap<String, &'static str> = rows
+            .iter()
+            .map(|row| (row.event_id.clone(), row.status))
+            .collect();
         let stored = self
             .writer
             .intake(
-                webhook_id.to_string(),
-                rows,
-                processed,
+                IntakeBatch {
+                    webhook_id: webhook_id.to_string(),
+                    rows,
+                    processed,
+                    payloads,
+                    limits: self.admission.limits.clone(),
+                },
                 self.admission.writer_wait,
             )
             .await
@@ -378,17 +382,35 @@ impl Inbox {
                 }
                 IntakeWriteError::Failed(e) => IntakeError::Failed(e),
             })?;
-        if stored.duplicate_batch {
-            return Ok(IntakeSummary {
-                duplicate_batch: true,
-                duplicates: seen.len() + summary.duplicates,
-                ..IntakeSummary::default()
-            });
+        // Every event of the batch lands in exactly one bucket.
+        let mut tally = Tally::default();
+        for (event_id, event_type) in &order {
+            let bucket = match event_id {
+                _ if stored.duplicate_batch => "duplicate",
+                None => "duplicate",
+                Some(id) if stored.known.contains(id) => "duplicate",
+                Some(id) if stored.rate_limited.contains(id) => "rate_limited",
+                Some(id) => match statuses.get(id).copied() {
+                    Some("expired") => "expired",
+                    Some("filtered") => "filtered",
+                    _ => "accepted",
+                },
+            };
+            match bucket {
+                "duplicate" => summary.duplicates += 1,
+                "rate_limited" => summary.rate_limited += 1,
+                "expired" => summary.expired += 1,
+                "filtered" => summary.filtered += 1,
+                _ => summary.accepted += 1,
+            }
+            tally.add(event_type, bucket);
         }
-        let new = |id: &String| !stored.known.contains(id);
-        summary.duplicates += stored.known.len();
-        let not_dispatched = summary.expired + summary.filtered + summary.rate_limited;
-        summary.accepted = seen.len() - stored.known.len() - not_dispatched;
+        tally.publish();
+        if stored.duplicate_batch {
+            summary.duplicate_batch = true;
+            return Ok(summary);
+        }
+        let new = |id: &String| !stored.known.contains(id) && !stored.rate_limited.contains(id);
         summary.processed = done.iter().filter(|id| new(id)).count();
         let waiting = waiting.iter().filter(|id| new(id)).count();
         self.backlog.fetch_add(
@@ -424,7 +446,7 @@ impl Inbox {
         self.admission
             .limits
             .as_ref()
-            .map_or(0, Limits::housekeeping)
+            .map_or(0, |limits| limits.housekeeping())
     }
 
     /// Marks an event in flight, counted in its lane, and wraps it for the lane's worker.
