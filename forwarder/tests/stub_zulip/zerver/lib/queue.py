@@ -67,12 +67,17 @@ def connect() -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.URLParameters(amqp_url()))
 
 
-def reset() -> None:
-    """Delete every queue the current test declared, and drop cached clients."""
+def reset_clients() -> None:
+    """Close every client connection (what a process exit does)."""
     global _client
     _client = None
     while _clients:
         _clients.pop().close()
+
+
+def reset() -> None:
+    """Delete every queue the current test declared, and drop cached clients."""
+    reset_clients()
     if not _used:
         return
     connection = connect()
