@@ -88,9 +88,7 @@ def chunk(
     for envelope in envelopes:
         added = len(encode_json(envelope)) + (1 if current else 0)
         realm_changes = bool(current) and realm_of(envelope) != realm_of(current[0])
-        if current and (
-            realm_changes or len(current) >= max_events or size + added > max_bytes
-        ):
+        if current and (realm_changes or len(current) >= max_events or size + added > max_bytes):
             yield current
             current, size = [], _EMPTY_BODY_BYTES
             added -= 1

@@ -12,8 +12,9 @@ Publishing and consuming follow Zulip's ``SimpleQueueClient``:
 
 Differences, for the tests only:
 
-* every queue name gets a per-test prefix (:func:`isolate`), and :func:`reset` deletes the
-  queues a test used, so tests never see each other's messages;
+* every queue name gets a per-test prefix (:func:`isolate`; callers of ``ensure_queue`` see a
+  channel that maps the names), and :func:`reset` deletes the queues a test used, so tests
+  never see each other's messages;
 * with ``STOP_WHEN_IDLE`` (the default here), the consumer returns after an idle interval with
   nothing pending, instead of blocking forever as Zulip's does.
 """
@@ -117,6 +118,25 @@ def depth(queue_name: str) -> int:
         connection.close()
 
 
+class _IsolatedChannel:
+    """The pika channel as callers see it: logical queue names, mapped to this test's."""
+
+    def __init__(self, channel: BlockingChannel) -> None:
+        self._channel = channel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+    def queue_declare(self, queue: str, **kwargs: Any) -> Any:
+        return self._channel.queue_declare(queue=physical(queue), **kwargs)
+
+    def basic_publish(self, exchange: str, routing_key: str, body: bytes, **kwargs: Any) -> None:
+        self._channel.basic_publish(exchange, physical(routing_key), body, **kwargs)
+
+    def consume(self, queue: str, **kwargs: Any) -> Any:
+        return self._channel.consume(physical(queue), **kwargs)
+
+
 class SimpleQueueClient:
     def __init__(self, rabbitmq_heartbeat: int | None = 0, prefetch: int = 0) -> None:
         self.rabbitmq_heartbeat = rabbitmq_heartbeat
@@ -143,16 +163,17 @@ class SimpleQueueClient:
         if self.connection is None or not self.connection.is_open:
             self._connect()
         assert self.channel is not None
+        channel: Any = _IsolatedChannel(self.channel)
         if queue_name not in self.queues:
-            self.channel.queue_declare(queue=physical(queue_name), durable=True)
+            channel.queue_declare(queue=queue_name, durable=True)
             self.queues.add(queue_name)
-        callback(self.channel)
+        callback(channel)
 
     def publish(self, queue_name: str, body: bytes) -> None:
         def do_publish(channel: BlockingChannel) -> None:
             channel.basic_publish(
                 exchange="",
-                routing_key=physical(queue_name),
+                routing_key=queue_name,
                 properties=pika.BasicProperties(delivery_mode=2),
                 body=body,
             )
@@ -187,9 +208,7 @@ class SimpleQueueClient:
             max_processed: int | None = None
             self.is_consuming = True
             wait = timeout if timeout is not None else (IDLE_SECONDS if STOP_WHEN_IDLE else None)
-            for method, _properties, body in channel.consume(
-                physical(queue_name), inactivity_timeout=wait
-            ):
+            for method, _properties, body in channel.consume(queue_name, inactivity_timeout=wait):
                 if body is not None:
                     assert method is not None
                     events.append(orjson.loads(body))
