@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,8 @@ for path in (FORWARDER_DIR, TESTS_DIR, TESTS_DIR / "stub_zulip"):
 import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+QUEUE_ERROR_DIR = tempfile.mkdtemp(prefix="zlf-tests-queue-errors-")
+
 settings.configure(
     SECRET_KEY="forwarder-tests",
     EXTERNAL_HOST="zulip.example.com",
@@ -32,6 +35,7 @@ settings.configure(
     INSTALLED_APPS=["zulip_listeners_forwarder"],
     DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
     ZULIP_LISTENERS_URL="http://127.0.0.1:9/zulip/events",
+    QUEUE_ERROR_DIR=QUEUE_ERROR_DIR,
     ZULIP_LISTENERS_DEAD_LETTER_FILE=os.path.join(
         os.environ.get("TMPDIR", "/tmp"), f"zlf-tests-{os.getpid()}.deadletter.jsonl"
     ),
@@ -52,7 +56,8 @@ def make_secret() -> str:
 
 @pytest.fixture(autouse=True)
 def clean_stub_zulip() -> Iterator[None]:
-    stub_queue.reset()
+    """Each test gets RabbitMQ queues of its own, deleted afterwards."""
+    stub_queue.isolate()
     stub_config.SECRETS.clear()
     yield
     stub_queue.reset()

@@ -13,6 +13,7 @@ MESSAGE_DICT: dict[str, Any] = {
     "recipient_type_id": 5,
     "recipient_type": 2,
     "recipient_id": 20,
+    "sender_recipient_id": 77,
     "timestamp": 1700000000,
     "client": "website",
     "subject": "greetings",

@@ -21,6 +21,7 @@ from zulip_listeners_forwarder.delivery import (
     Backoff,
     Batch,
     BatchSender,
+    DeadLetterWriteError,
     Signer,
     chunk,
     encode_body,
@@ -375,8 +376,8 @@ def test_413_splits_the_batch_and_dead_letters_a_single_oversized_event(
     assert order == [1, 2]
 
 
-def test_unwritable_dead_letter_file_is_logged_not_raised(
-    receiver: LocalReceiver, secret: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_unwritable_dead_letter_file_raises_so_the_batch_is_not_acknowledged(
+    receiver: LocalReceiver, secret: str, tmp_path: Path
 ) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
@@ -385,11 +386,26 @@ def test_unwritable_dead_letter_file_is_logged_not_raised(
         receiver.url, [secret], tmp_path, dead_letter_path=str(blocker / "dead.jsonl")
     )
 
-    with caplog.at_level(logging.ERROR, logger="zulip_listeners_forwarder"):
-        result = sender.send_all(envelopes(1))
+    with pytest.raises(DeadLetterWriteError, match="cannot write batch"):
+        sender.send_all(envelopes(1))
 
-    assert result.dead_lettered == 1
-    assert "could not write" in caplog.text and '"status":400' in caplog.text
+
+def test_dead_letter_file_is_private(receiver: LocalReceiver, secret: str, tmp_path: Path) -> None:
+    receiver.reply(*[Reply(400, {"error": "bad_request", "message": "x"})] * 2)
+    fresh = tmp_path / "new" / "dead.jsonl"
+    make_sender(receiver.url, [secret], tmp_path, dead_letter_path=str(fresh)).send_all(
+        envelopes(1)
+    )
+    assert fresh.stat().st_mode & 0o777 == 0o600
+
+    loose = tmp_path / "loose.jsonl"
+    loose.write_text("")
+    loose.chmod(0o644)
+    make_sender(receiver.url, [secret], tmp_path, dead_letter_path=str(loose)).send_all(
+        envelopes(1)
+    )
+    assert loose.stat().st_mode & 0o777 == 0o600
+    assert len(loose.read_text().splitlines()) == 1
 
 
 def test_resend_dead_letters(receiver: LocalReceiver, secret: str, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""End to end: internal Zulip events → the real hook → stub queue → the real consumer → HTTP →
+"""End to end: internal Zulip events → the real hook → RabbitMQ → the real consumer → HTTP →
 the real ``zulip-listeners`` server binary → its database.
 
 The binary comes from ``$ZULIP_LISTENERS_BIN`` or ``../target/debug/zulip-listeners`` (relative
@@ -37,6 +37,7 @@ from samples import (
 from zerver.lib import queue as stub_queue
 from zerver.tornado import django_api
 from zproject import config as stub_config
+from zulip_shapes import PRESENCE_USER, TYPING_USER, VERSIONS, samples_for
 
 from zulip_listeners_forwarder.settings import QUEUE_NAME, SECRET_NAME, load_secrets, load_settings
 from zulip_listeners_forwarder.worker import ForwarderWorker, build_sender
@@ -343,3 +344,40 @@ def test_rejected_batch_is_dead_lettered_and_delivery_continues(
         server,
         forwarder,
     )
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_event_type_of_every_release_is_handled(
+    version: str, realm: Any, server: Server, database: Database, forwarder: Path
+) -> None:
+    """Zulip 9 / 10 / 11 / main shapes → hook → RabbitMQ → consumer → server: every event is
+    stored and typed; presence keeps its status and typing its time (issue 11, items 1-2)."""
+    for sample in samples_for(version):
+        django_api.send_event_rollback_unsafe(realm, sample.event, sample.users)
+    event_ids = queued_event_ids()
+    assert len(event_ids) == len(samples_for(version))
+
+    run_worker()
+
+    assert dead_letter_lines(forwarder) == []
+    poll(
+        "every inbox row to be 'done'",
+        lambda: all(inbox_status(database).get(eid) == "done" for eid in event_ids),
+        server,
+        forwarder,
+    )
+
+    def activity() -> dict[int, tuple[Any, Any]]:
+        rows = database.query("SELECT user_id, last_presence, last_typing_at_ms FROM user_activity")
+        return {int(user): (presence, typing) for user, presence, typing in rows}
+
+    poll(
+        "presence status and typing time in user_activity",
+        lambda: (
+            activity().get(PRESENCE_USER, (None, None))[0] == "active"
+            and activity().get(TYPING_USER, (None, None))[1] is not None
+        ),
+        server,
+        forwarder,
+    )
+    assert "unexpected shape" not in server.log_tail(400)

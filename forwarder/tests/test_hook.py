@@ -316,3 +316,71 @@ def test_publish_passes_a_processor_for_servers_without_rabbitmq(
     monkeypatch.setattr(stub_queue, "queue_json_publish_rollback_unsafe", no_rabbitmq)
 
     django_api.send_event_rollback_unsafe(realm, reaction_event(), [10])  # must not raise
+
+
+# ---------------------------------------------------------------------------
+# Bounded queue: shed, never block Zulip (issue 10)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from zulip_listeners_forwarder.shedding import QueueGuard
+
+    guard = QueueGuard()
+    monkeypatch.setattr(hook, "GUARD", guard)
+    yield guard
+
+
+def test_full_queue_sheds_with_a_count_a_log_line_and_a_report(
+    realm: Any, fresh_guard: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        override_settings(ZULIP_LISTENERS_MAX_QUEUED=3, ZULIP_LISTENERS_QUEUE_CHECK_SECONDS=0.001),
+        caplog.at_level(logging.WARNING, logger="zulip_listeners_forwarder"),
+    ):
+        for message_id in range(1, 7):
+            django_api.send_event_rollback_unsafe(realm, reaction_event(message_id), [10])
+
+    assert len(tornado()) == 6, "Zulip's own delivery is never affected"
+    # The broker's count may trail the last publish by a message: the bound is approximate.
+    kept = [e["event"]["message_id"] for e in forwarded()]
+    assert kept in ([1, 2, 3], [1, 2, 3, 4])
+    assert fresh_guard.shed_total == 6 - len(kept)
+    [warning] = [r.getMessage() for r in caplog.records if "shed" in r.getMessage()]
+    assert "events (ZULIP_LISTENERS_MAX_QUEUED=3)" in warning
+    assert "shed 1 event(s) since the last warning, 1 in total" in warning
+
+    stub_queue.reset()  # the consumer caught up
+    with override_settings(ZULIP_LISTENERS_MAX_QUEUED=3, ZULIP_LISTENERS_QUEUE_CHECK_SECONDS=0.001):
+        django_api.send_event_rollback_unsafe(realm, reaction_event(7), [10])
+        django_api.send_event_rollback_unsafe(realm, reaction_event(8), [10])
+
+    [first, second] = forwarded()
+    assert first["shed_before"] == 6 - len(kept), "the receiver learns how many were shed"
+    assert "shed_before" not in second
+
+
+def test_depth_is_checked_at_most_every_interval(realm: Any, fresh_guard: Any) -> None:
+    calls: list[int] = []
+    with override_settings(ZULIP_LISTENERS_MAX_QUEUED=2, ZULIP_LISTENERS_QUEUE_CHECK_SECONDS=60):
+        for message_id in range(1, 5):
+            assert hook.GUARD is fresh_guard
+            measured = fresh_guard.admit(2, 60, lambda: calls.append(1) or 0)
+            assert (measured is None) == (message_id > 2)
+    assert len(calls) == 1, "one RabbitMQ round trip per interval, not per event"
+
+
+def test_unmeasurable_queue_still_forwards(realm: Any, fresh_guard: Any) -> None:
+    def broken() -> int:
+        raise ConnectionError("RabbitMQ went away")
+
+    assert fresh_guard.admit(5, 0, broken) == 0
+
+
+def test_queue_limit_settings_are_validated() -> None:
+    from zulip_listeners_forwarder.settings import ForwarderConfigError, load_settings
+
+    for name in ("ZULIP_LISTENERS_MAX_QUEUED", "ZULIP_LISTENERS_QUEUE_CHECK_SECONDS"):
+        with override_settings(**{name: 0}), pytest.raises(ForwarderConfigError, match=name):
+            load_settings()

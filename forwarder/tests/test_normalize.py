@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 from typing import Any
 
 import pydantic
@@ -18,6 +19,7 @@ from samples import (
     update_message_users,
 )
 from zerver.lib.message_cache import MessageDict
+from zulip_shapes import VERSIONS, copy_sample, samples_for
 
 from zulip_listeners_forwarder.hook import zulip_finalizer
 from zulip_listeners_forwarder.normalize import normalize_event, to_jsonable
@@ -210,3 +212,114 @@ def test_to_jsonable_copies() -> None:
     copied = to_jsonable(source)
     copied["a"][0]["b"] = 2
     assert source == {"a": [{"b": 1}]}
+
+
+# ---------------------------------------------------------------------------
+# Zulip 9 / 10 / 11 / main shapes (issue 11)
+# ---------------------------------------------------------------------------
+
+
+def test_broken_finalizer_fallback_drops_every_internal_key() -> None:
+    event = message_event()
+    event["message_dict"]["can_access_sender"] = True
+
+    def finalize(message: dict[str, Any]) -> dict[str, Any]:
+        raise KeyError("sender_recipient_id")
+
+    message = normalize_event(event, message_users(), finalize=finalize)["message"]
+
+    assert "sender_recipient_id" not in message and "can_access_sender" not in message
+    assert set(message) == API_MESSAGE_KEYS
+
+
+def test_presence_in_the_zulip_12_shape_gets_both_api_forms() -> None:
+    event = {
+        "type": "presence",
+        "email": "user11@acme.example.com",
+        "user_id": 11,
+        "server_timestamp": 1700000000.5,
+        "legacy_presence": {
+            "website": {"client": "website", "status": "idle", "timestamp": 1700000000}
+        },
+        "modern_presence": {"active_timestamp": 1699990000, "idle_timestamp": 1700000000},
+    }
+
+    result = normalize_event(event, [10, 11])
+
+    assert result == {
+        "type": "presence",
+        "email": "user11@acme.example.com",
+        "user_id": 11,
+        "server_timestamp": 1700000000.5,
+        "presence": {"website": {"client": "website", "status": "idle", "timestamp": 1700000000}},
+        "presences": {"11": {"active_timestamp": 1699990000, "idle_timestamp": 1700000000}},
+    }
+
+
+def test_pydantic_optional_fields_left_out_not_null() -> None:
+    from zerver.actions.typing import TypingStartEvent, person
+
+    channel = TypingStartEvent(message_type="stream", sender=person(12), stream_id=5, topic="t")
+    direct = TypingStartEvent(message_type="direct", sender=person(12), recipients=[person(13)])
+
+    assert normalize_event(channel, [10]) == {
+        "type": "typing",
+        "op": "start",
+        "message_type": "stream",
+        "sender": {"user_id": 12, "email": "user12@example.com"},
+        "stream_id": 5,
+        "topic": "t",
+    }
+    assert "stream_id" not in normalize_event(direct, [13])
+    assert "topic" not in normalize_event(direct, [13])
+
+
+def test_channel_email_tokens_and_embedded_bot_config_are_redacted() -> None:
+    subscription = {
+        "type": "subscription",
+        "op": "add",
+        "subscriptions": [
+            {
+                "stream_id": 5,
+                "name": "Denmark",
+                "email_address": "denmark.0123456789abcdef0123456789abcdef@streams.example.com",
+            }
+        ],
+    }
+    stream = {
+        "type": "stream",
+        "op": "create",
+        "streams": [{"stream_id": 5, "name": "Denmark", "email_token": "0123456789abcdef"}],
+    }
+    embedded = realm_bot_add_event()
+    embedded["bot"]["bot_type"] = 4
+    embedded["bot"]["services"] = [
+        {"service_name": "giphy", "config_data": {"key": "giphy-api-key-12345"}}
+    ]
+
+    for event in (subscription, stream, embedded):
+        text = repr(normalize_event(event, [10]))
+        for secret in ("0123456789abcdef", "giphy-api-key", "abcdefABCDEF"):
+            assert secret not in text, text
+    assert normalize_event(embedded, [10])["bot"]["services"] == [{"service_name": "giphy"}]
+    assert normalize_event(subscription, [10])["subscriptions"][0]["name"] == "Denmark"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_event_type_of_every_release_normalises(version: str) -> None:
+    results = {}
+    for sample in samples_for(version):
+        result = normalize_event(copy_sample(sample).event, sample.users)
+        json.dumps(result, allow_nan=False)
+        results[sample.name] = result
+
+    presence = results["presence"]
+    assert presence["presence"]["website"]["status"] == "active"
+    assert "legacy_presence" not in presence and "modern_presence" not in presence
+    for name in ("typing (direct)", "typing (channel)"):
+        assert None not in results[name].values(), results[name]
+    assert results["typing (direct)"]["recipients"][1]["user_id"] == 13
+    assert results["typing (channel)"]["topic"] == "greetings"
+    message = results["message"]["message"]
+    assert "sender_recipient_id" not in message and "sender_delivery_email" not in message
+    assert "delivery_email" not in results["realm_user add"]["person"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 from local_receiver import LocalReceiver, Reply
@@ -187,3 +188,110 @@ def test_command_will_not_resend_the_live_file(configured: Path) -> None:
     configured.write_text("")
     with pytest.raises(CommandError, match="move it aside"):
         call_command("run_zulip_listeners_forwarder", "--resend", str(configured))
+
+
+# ---------------------------------------------------------------------------
+# Zulip's do_consume acknowledges a batch whose consume_batch raised (issue 11)
+# ---------------------------------------------------------------------------
+
+
+class ExplodingSender:
+    """A sender with a bug: every delivery raises an unexpected exception."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.url = real.url
+
+    def send_all(self, events: list[dict[str, Any]]) -> None:
+        raise RuntimeError("unexpected bug in delivery")
+
+    def write_dead_letter(self, *args: Any, **kwargs: Any) -> None:
+        self.real.write_dead_letter(*args, **kwargs)
+
+
+def test_unexpected_error_dead_letters_the_batch_instead_of_losing_it(
+    configured: Path, realm: Any
+) -> None:
+    for message_id in (1, 2):
+        django_api.send_event_rollback_unsafe(realm, reaction_event(message_id), [10])
+    worker = ForwarderWorker()
+    worker.sender = ExplodingSender(worker.sender)  # type: ignore[assignment]
+    worker.setup()
+    worker.start()
+
+    assert worker.consume_errors == [], "Zulip's do_consume would have acked and dropped it"
+    assert stub_queue.queued(QUEUE_NAME) == []
+    [line] = configured.read_text().splitlines()
+    record = json.loads(line)
+    assert [e["event"]["message_id"] for e in record["events"]] == [1, 2]
+    assert "RuntimeError: unexpected bug in delivery" in record["response_body"]
+
+
+def test_batch_goes_back_to_rabbitmq_when_it_cannot_be_dead_lettered(
+    configured: Path, realm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zulip_listeners_forwarder import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "REQUEUE_PAUSE_SECONDS", 0.0)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    django_api.send_event_rollback_unsafe(realm, reaction_event(7), [10])
+    with override_settings(ZULIP_LISTENERS_DEAD_LETTER_FILE=str(blocker / "dead.jsonl")):
+        worker = ForwarderWorker()
+    worker.sender = ExplodingSender(worker.sender)  # type: ignore[assignment]
+    worker.setup()
+
+    with pytest.raises(worker_module.BatchRequeued):
+        worker.start()
+
+    stub_queue.reset_clients()  # the consumer's connection closes as the process exits
+    [event] = stub_queue.queued(QUEUE_NAME)
+    assert event["event"]["message_id"] == 7
+
+
+def test_stand_in_reproduces_zulips_ack_after_an_exception(configured: Path, realm: Any) -> None:
+    """What the fix guards against: Zulip acks a batch whose consume_batch raised."""
+    from zerver.worker.base import LoopQueueProcessingWorker
+
+    class Naive(LoopQueueProcessingWorker):
+        queue_name = QUEUE_NAME
+
+        def consume_batch(self, events: list[dict[str, Any]]) -> None:
+            raise RuntimeError("boom")
+
+    django_api.send_event_rollback_unsafe(realm, reaction_event(8), [10])
+    naive = Naive()
+    naive.setup()
+    naive.start()
+
+    assert len(naive.consume_errors) == 1
+    assert stub_queue.queued(QUEUE_NAME) == [], "acknowledged: gone from RabbitMQ"
+    errors = Path(settings.QUEUE_ERROR_DIR) / f"{QUEUE_NAME}.errors"
+    assert '"message_id":8' in errors.read_text()
+
+
+def test_consumer_refuses_zulip_older_than_9(
+    configured: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import version
+
+    monkeypatch.setattr(version, "ZULIP_VERSION", "8.4")
+    with pytest.raises(
+        CommandError, match=r"needs Zulip 9\.0 or newer; this server runs Zulip 8\.4"
+    ):
+        call_command("run_zulip_listeners_forwarder")
+
+
+def test_consumer_refuses_zulip_without_worker_base(
+    configured: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "zerver.worker.base" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(CommandError, match=r"zerver/worker/base\.py is missing"):
+        call_command("run_zulip_listeners_forwarder")

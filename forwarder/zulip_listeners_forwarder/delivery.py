@@ -45,6 +45,11 @@ MAX_RESPONSE_BODY_CHARS = 64 * 1024
 _EMPTY_BODY_BYTES = len(b'{"events":[]}')
 
 
+class DeadLetterWriteError(OSError):
+    """The dead-letter file could not be written: the batch is in neither place, so the
+    caller must not acknowledge it."""
+
+
 def new_webhook_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
@@ -83,9 +88,7 @@ def chunk(
     for envelope in envelopes:
         added = len(encode_json(envelope)) + (1 if current else 0)
         realm_changes = bool(current) and realm_of(envelope) != realm_of(current[0])
-        if current and (
-            realm_changes or len(current) >= max_events or size + added > max_bytes
-        ):
+        if current and (realm_changes or len(current) >= max_events or size + added > max_bytes):
             yield current
             current, size = [], _EMPTY_BODY_BYTES
             added -= 1
@@ -331,26 +334,48 @@ class BatchSender:
         return SendResult(dead_lettered=len(batch.events), batches=1)
 
     def dead_letter(self, batch: Batch, attempt: Attempt) -> None:
-        """Append one JSON line (batch + status + response body) and log an error."""
+        """Append one JSON line (batch + status + response body) and log an error.
+
+        Raises :class:`DeadLetterWriteError` when the line cannot be written, so that the
+        batch is not acknowledged (the consumer re-queues it instead).
+        """
+        self.write_dead_letter(
+            batch.webhook_id,
+            batch.events,
+            status=attempt.status,
+            detail=attempt.detail,
+            reason=f"receiver rejected it with HTTP {attempt.status}: {attempt.detail[:500]}",
+        )
+
+    def write_dead_letter(
+        self,
+        webhook_id: str,
+        events: list[dict[str, Any]],
+        *,
+        status: int | None,
+        detail: str,
+        reason: str,
+    ) -> None:
         record = {
             "dead_lettered_at": datetime.now(timezone.utc).isoformat(),
-            "webhook_id": batch.webhook_id,
+            "webhook_id": webhook_id,
             "url": self.url,
-            "status": attempt.status,
-            "response_body": attempt.detail,
-            "events": batch.events,
+            "status": status,
+            "response_body": detail,
+            "events": events,
         }
         line = encode_json(record).decode("utf-8") + "\n"
-        written = append_line(self.dead_letter_path, line)
+        if not append_line(self.dead_letter_path, line):
+            raise DeadLetterWriteError(
+                f"cannot write batch {webhook_id} ({len(events)} events) to the dead-letter"
+                f" file {self.dead_letter_path}"
+            )
         logger.error(
-            "receiver rejected batch %s (%d events) with HTTP %s: %s; %s",
-            batch.webhook_id,
-            len(batch.events),
-            attempt.status,
-            attempt.detail[:500],
-            f"written to {self.dead_letter_path}"
-            if written
-            else f"could not write {self.dead_letter_path}, the record is: {line.rstrip()}",
+            "batch %s (%d events) dead-lettered to %s: %s",
+            webhook_id,
+            len(events),
+            self.dead_letter_path,
+            reason,
         )
 
 
@@ -360,13 +385,22 @@ def describe(attempt: Attempt) -> str:
     return f"HTTP {attempt.status} {attempt.detail[:200]}".rstrip()
 
 
+#: The dead-letter file holds event content (messages, names): readable by its owner only.
+DEAD_LETTER_MODE = 0o600
+
+
 def append_line(path: str, line: str) -> bool:
-    """Append ``line`` durably; return False (after logging) if the file cannot be written."""
+    """Append ``line`` durably to a file only its owner can read (created 0600, and tightened
+    to 0600 if it already existed with wider permissions); return False (after logging) if
+    the file cannot be written."""
     try:
         directory = os.path.dirname(path)
         if directory:
-            os.makedirs(directory, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, DEAD_LETTER_MODE)
+        with open(descriptor, "a", encoding="utf-8") as handle:
+            if os.fstat(descriptor).st_mode & 0o077:
+                os.fchmod(descriptor, DEAD_LETTER_MODE)
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())

@@ -30,6 +30,7 @@ from django.conf import settings as django_settings
 from .envelope import ServerInfo, build_envelope, realm_info
 from .normalize import Finalizer, audience_ids, event_field, normalize_event
 from .settings import QUEUE_NAME, ForwarderSettings, load_settings
+from .shedding import GUARD, rabbitmq_depth
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def forward_event(realm: Any, event: Any, users: Iterable[Any]) -> None:
         return
     if not conf.wants_realm(realm.id, realm.string_id):
         return
-    publish(make_envelope(realm, event, users, conf))
+    publish(make_envelope(realm, event, users, conf), conf)
 
 
 def make_envelope(
@@ -248,11 +249,24 @@ def publisher(queue_module: ModuleType) -> Callable[..., None]:
     raise LookupError(f"{queue_module.__name__} has none of {', '.join(PUBLISH_NAMES)}")
 
 
-def publish(envelope: dict[str, Any]) -> None:
-    """Put the envelope on the durable queue through Zulip's own queue client."""
+def publish(envelope: dict[str, Any], conf: ForwarderSettings | None = None) -> bool:
+    """Put the envelope on the durable queue through Zulip's own queue client, unless the
+    queue is full (then the event is shed and counted, see :mod:`.shedding`)."""
     from zerver.lib import queue
 
+    conf = conf if conf is not None else load_settings()
+    if getattr(django_settings, "USING_RABBITMQ", True):
+        shed_before = GUARD.admit(
+            conf.max_queued,
+            conf.queue_check_seconds,
+            lambda: rabbitmq_depth(queue, QUEUE_NAME),
+        )
+        if shed_before is None:
+            return False
+        if shed_before:
+            envelope["shed_before"] = shed_before
     publisher(queue)(QUEUE_NAME, envelope, processor=without_rabbitmq)
+    return True
 
 
 def without_rabbitmq(envelope: dict[str, Any]) -> None:

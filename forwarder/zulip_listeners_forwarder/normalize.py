@@ -38,6 +38,9 @@ MESSAGE_INTERNAL_KEYS = frozenset(
         "sender_avatar_version",
         "sender_is_mirror_dummy",
         "sender_email_address_visibility",
+        # added by bulk_hydrate_sender_info / the caller; finalize_payload pops both
+        "sender_recipient_id",
+        "can_access_sender",
     }
 )
 
@@ -50,8 +53,14 @@ UPDATE_MESSAGE_INTERNAL_KEYS = frozenset(
     }
 )
 
-#: Keys that are always secret, wherever they appear.
-SECRET_KEYS = frozenset({"api_key"})
+#: Keys that are always secret, wherever they appear: bot API keys, and a channel's
+#: email-gateway token (``email_token``, or the address that embeds it, ``email_address``, in
+#: channel and subscription objects of older Zulip).
+SECRET_KEYS = frozenset({"api_key", "email_token", "email_address"})
+
+#: Secret keys inside a bot's ``services`` list: an outgoing-webhook bot's ``token`` and an
+#: embedded bot's ``config_data`` (its third-party API keys).
+SERVICE_SECRET_KEYS = frozenset({"token", "config_data"})
 
 #: Keys that hold a user's real (delivery) email address.
 DELIVERY_EMAIL_KEYS = frozenset({"delivery_email", "sender_delivery_email"})
@@ -73,12 +82,22 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(key): to_jsonable(item) for key, item in value.items()}
     if hasattr(value, "model_dump") and callable(value.model_dump):
-        return to_jsonable(value.model_dump())
+        return to_jsonable(dump_model(value))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_jsonable(dataclasses.asdict(value))
     if isinstance(value, (list, tuple, set, frozenset)):
         return [to_jsonable(item) for item in value]
     return _jsonable_scalar(value)
+
+
+def dump_model(model: Any) -> Any:
+    """A pydantic event as Zulip's API shows it: optional fields that are ``None`` are left
+    out (Zulip main's typing events declare ``recipients`` / ``stream_id`` / ``topic`` as
+    ``X | None = None``; the API omits them rather than sending ``null``)."""
+    try:
+        return model.model_dump(mode="json", exclude_none=True)
+    except TypeError:  # a model_dump without pydantic's keyword arguments
+        return model.model_dump()
 
 
 def _jsonable_scalar(value: Any) -> Any:
@@ -218,13 +237,42 @@ def normalize_update_message_event(event: Mapping[str, Any], users: list[Any]) -
 
 
 # ---------------------------------------------------------------------------
+# presence
+# ---------------------------------------------------------------------------
+
+
+def normalize_presence_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Zulip ≥ 12 (PR #35627) sends ``legacy_presence`` (per client) and ``modern_presence``
+    (this user's timestamps) and lets Tornado build each client's format.  Build both API
+    forms, ``presence`` (legacy, per client) and ``presences`` (modern, by user id), as
+    older Zulip and older receivers expect them.  Older shapes pass through unchanged.
+    """
+    if "legacy_presence" not in event and "modern_presence" not in event:
+        return dict(event)
+    clean = {
+        key: value
+        for key, value in event.items()
+        if key not in ("legacy_presence", "modern_presence")
+    }
+    legacy = event.get("legacy_presence")
+    if isinstance(legacy, Mapping) and "presence" not in clean:
+        clean["presence"] = dict(legacy)
+    modern = event.get("modern_presence")
+    user_id = event.get("user_id")
+    if isinstance(modern, Mapping) and user_id is not None and "presences" not in clean:
+        clean["presences"] = {str(user_id): dict(modern)}
+    return clean
+
+
+# ---------------------------------------------------------------------------
 # Redaction
 # ---------------------------------------------------------------------------
 
 
 def redact(value: Any, *, include_delivery_emails: bool, parent_key: str | None = None) -> Any:
-    """Remove secrets everywhere: ``api_key`` keys, ``token`` inside bot ``services`` lists,
-    and (unless enabled) ``delivery_email`` / ``sender_delivery_email`` keys."""
+    """Remove secrets everywhere: ``api_key``, channel email tokens (``email_token``,
+    ``email_address``), ``token`` and ``config_data`` inside bot ``services`` lists, and
+    (unless enabled) ``delivery_email`` / ``sender_delivery_email`` keys."""
     if isinstance(value, list):
         return [
             redact(item, include_delivery_emails=include_delivery_emails, parent_key=parent_key)
@@ -243,7 +291,7 @@ def redact(value: Any, *, include_delivery_emails: bool, parent_key: str | None 
 def _is_redacted_key(key: str, parent_key: str | None, include_delivery_emails: bool) -> bool:
     if key in SECRET_KEYS:
         return True
-    if key == "token" and parent_key == "services":
+    if key in SERVICE_SECRET_KEYS and parent_key == "services":
         return True
     return key in DELIVERY_EMAIL_KEYS and not include_delivery_emails
 
@@ -270,6 +318,8 @@ def normalize_event(
         shaped = normalize_message_event(plain, user_list, finalize, include_delivery_emails)
     elif event_type == "update_message":
         shaped = normalize_update_message_event(plain, user_list)
+    elif event_type == "presence":
+        shaped = normalize_presence_event(plain)
     else:
         shaped = plain
     redacted: dict[str, Any] = redact(shaped, include_delivery_emails=include_delivery_emails)

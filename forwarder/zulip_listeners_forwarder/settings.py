@@ -45,6 +45,9 @@ DEFAULT_BATCH_SECONDS = 1.0
 DEFAULT_BATCH_MAX_BYTES = 1_000_000
 DEFAULT_TIMEOUT_SECONDS = 15.0
 DEFAULT_MAX_BACKOFF_SECONDS = 60.0
+#: Events the queue may hold before the producer sheds new ones (see shedding.py).
+DEFAULT_MAX_QUEUED = 100_000
+DEFAULT_QUEUE_CHECK_SECONDS = 2.0
 DEFAULT_DEAD_LETTER_FILE = "/var/log/zulip/zulip_listeners_forwarder.deadletter.jsonl"
 
 
@@ -67,6 +70,8 @@ class ForwarderSettings:
     timeout_seconds: float
     max_backoff_seconds: float
     dead_letter_file: str
+    max_queued: int = DEFAULT_MAX_QUEUED
+    queue_check_seconds: float = DEFAULT_QUEUE_CHECK_SECONDS
 
     @property
     def enabled(self) -> bool:
@@ -144,6 +149,16 @@ def load_settings() -> ForwarderSettings:
         dead_letter_file=str(
             _setting("ZULIP_LISTENERS_DEAD_LETTER_FILE", DEFAULT_DEAD_LETTER_FILE)
             or DEFAULT_DEAD_LETTER_FILE
+        ),
+        max_queued=_positive(
+            "ZULIP_LISTENERS_MAX_QUEUED",
+            _setting("ZULIP_LISTENERS_MAX_QUEUED", DEFAULT_MAX_QUEUED),
+            int,
+        ),
+        queue_check_seconds=_positive(
+            "ZULIP_LISTENERS_QUEUE_CHECK_SECONDS",
+            _setting("ZULIP_LISTENERS_QUEUE_CHECK_SECONDS", DEFAULT_QUEUE_CHECK_SECONDS),
+            float,
         ),
     )
 

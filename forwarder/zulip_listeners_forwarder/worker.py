@@ -1,20 +1,27 @@
 """The consumer's Zulip glue: a ``LoopQueueProcessingWorker`` on the forwarder's queue.
 
 Zulip's queue client hands ``consume_batch`` up to ``batch_size`` events, or whatever arrived
-within ``sleep_delay`` seconds, and acknowledges them to RabbitMQ only when ``consume_batch``
-returns.  This module only adapts that to :class:`~.delivery.BatchSender`, which retries
-inside ``consume_batch`` until every batch is delivered or dead-lettered.  Zulip's own
-per-batch timeout is turned off (``MAX_CONSUME_SECONDS = None``) because a receiver outage
-legitimately keeps one call busy for as long as it lasts.
+within ``sleep_delay`` seconds, and acknowledges them to RabbitMQ when ``consume_batch``
+returns.  Zulip's ``do_consume`` also acknowledges a batch whose ``consume_batch`` raised an
+``Exception`` (after logging it and appending it to the queue's error file), so an exception
+escaping from here would drop the batch from the queue.  ``consume_batch`` therefore returns
+only once every event is delivered or written to the dead-letter file; when neither is
+possible it raises :class:`BatchRequeued`, a ``BaseException`` that ``do_consume`` does not
+catch, so the queue client *nacks* the batch (RabbitMQ keeps it) and the process exits for
+supervisor to restart it.
+
+Zulip's own per-batch timeout is turned off (``MAX_CONSUME_SECONDS = None``) because a
+receiver outage legitimately keeps one call busy for as long as it lasts.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
-from zerver.worker.base import LoopQueueProcessingWorker
-
-from .delivery import BatchSender
+from .delivery import BatchSender, new_webhook_id
 from .settings import (
     QUEUE_NAME,
     ForwarderConfigError,
@@ -22,6 +29,25 @@ from .settings import (
     load_secrets,
     load_settings,
 )
+from .versions import require_supported_zulip
+
+require_supported_zulip()
+
+from zerver.worker.base import LoopQueueProcessingWorker  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: Pause before giving a batch back to RabbitMQ, so that a persistent fault (a full disk)
+#: does not turn into a tight redelivery loop.
+REQUEUE_PAUSE_SECONDS = 10.0
+
+
+class BatchRequeued(BaseException):
+    """Raised out of ``consume_batch`` to make Zulip's queue client nack (re-queue) the batch.
+
+    It derives from ``BaseException`` on purpose: Zulip's ``do_consume`` catches ``Exception``
+    and would acknowledge the batch.
+    """
 
 
 def build_sender(conf: ForwarderSettings, secrets: list[str]) -> BatchSender:
@@ -36,6 +62,42 @@ def build_sender(conf: ForwarderSettings, secrets: list[str]) -> BatchSender:
         batch_max_bytes=conf.batch_max_bytes,
         dead_letter_path=conf.dead_letter_file,
     )
+
+
+def consume_safely(
+    sender: BatchSender,
+    events: list[dict[str, Any]],
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Deliver ``events``; on any unexpected error dead-letter them; if even that fails,
+    raise :class:`BatchRequeued`.  Never lets an ``Exception`` escape."""
+    try:
+        sender.send_all(events)
+        return
+    except Exception as exc:
+        failure = exc
+        logger.exception(
+            "unexpected error while delivering a batch of %d events; dead-lettering it",
+            len(events),
+        )
+    try:
+        sender.write_dead_letter(
+            new_webhook_id(),
+            list(events),
+            status=None,
+            detail=f"{type(failure).__name__}: {failure}",
+            reason=f"the forwarder failed to deliver it: {failure!r}",
+        )
+        return
+    except Exception:
+        logger.exception(
+            "cannot dead-letter a batch of %d events either; giving it back to RabbitMQ"
+            " in %.0f s and exiting (supervisor restarts the consumer)",
+            len(events),
+            REQUEUE_PAUSE_SECONDS,
+        )
+    sleep(REQUEUE_PAUSE_SECONDS)
+    raise BatchRequeued(f"batch of {len(events)} events re-queued")
 
 
 class ForwarderWorker(LoopQueueProcessingWorker):
@@ -59,4 +121,4 @@ class ForwarderWorker(LoopQueueProcessingWorker):
         super().__init__(**kwargs)
 
     def consume_batch(self, events: list[dict[str, Any]]) -> None:
-        self.sender.send_all(events)
+        consume_safely(self.sender, events)

@@ -372,7 +372,7 @@ pub struct UpdateMessage {
     pub user_id: Option<i64>,
     #[serde(default)]
     pub message_id: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub message_ids: Vec<i64>,
     #[serde(default)]
     pub edit_timestamp: Option<i64>,
@@ -399,7 +399,7 @@ pub struct UpdateMessage {
 /// `delete_message` (always the bulk form from the server side).
 #[derive(Debug, Clone, Deserialize)]
 pub struct DeleteMessage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub message_ids: Vec<i64>,
     #[serde(default)]
     pub message_type: Option<String>,
@@ -442,11 +442,11 @@ pub struct Reaction {
 pub struct Subscription {
     #[serde(default)]
     pub op: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub subscriptions: Vec<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub stream_ids: Vec<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub user_ids: Vec<i64>,
     #[serde(default)]
     pub stream_id: Option<i64>,
@@ -461,9 +461,9 @@ pub struct Subscription {
 pub struct StreamChange {
     #[serde(default)]
     pub op: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub streams: Vec<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub stream_ids: Vec<i64>,
     #[serde(default)]
     pub stream_id: Option<i64>,
@@ -530,12 +530,19 @@ pub struct Presence {
     pub presence: Option<BTreeMap<String, ClientPresence>>,
     #[serde(default)]
     pub presences: Option<BTreeMap<String, ModernPresence>>,
+    /// Zulip ≥ 12 (PR #35627) sends the internal event with `legacy_presence` (per client,
+    /// like `presence`) and `modern_presence` (this user's timestamps) instead; forwarders
+    /// from before that change pass it through unchanged.
+    #[serde(default)]
+    pub legacy_presence: Option<BTreeMap<String, ClientPresence>>,
+    #[serde(default)]
+    pub modern_presence: Option<ModernPresence>,
 }
 
 impl Presence {
     /// `active` when any client reports active, else `idle` when one reports idle.
     pub fn status(&self) -> Option<&'static str> {
-        if let Some(clients) = &self.presence {
+        if let Some(clients) = self.presence.as_ref().or(self.legacy_presence.as_ref()) {
             let statuses: Vec<&str> = clients
                 .values()
                 .filter_map(|c| c.status.as_deref())
@@ -547,16 +554,26 @@ impl Presence {
                 return Some("idle");
             }
         }
-        if let Some(users) = &self.presences {
-            let entry = users.values().next()?;
-            return Some(if entry.active_timestamp >= entry.idle_timestamp {
-                "active"
-            } else {
-                "idle"
-            });
-        }
-        None
+        let entry = match &self.presences {
+            Some(users) => users.values().next(),
+            None => self.modern_presence.as_ref(),
+        }?;
+        Some(if entry.active_timestamp >= entry.idle_timestamp {
+            "active"
+        } else {
+            "idle"
+        })
     }
+}
+
+/// For collections Zulip may send as `null` (pydantic events dumped without `exclude_none`):
+/// `null` reads as empty, like an absent key.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// `typing` `start` / `stop`.
@@ -568,7 +585,7 @@ pub struct Typing {
     pub message_type: Option<String>,
     #[serde(default)]
     pub sender: Option<UserRef>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub recipients: Vec<UserRef>,
     #[serde(default)]
     pub stream_id: Option<i64>,
@@ -583,7 +600,7 @@ pub struct UpdateMessageFlags {
     pub op: Option<String>,
     #[serde(default)]
     pub flag: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub messages: Vec<i64>,
     #[serde(default)]
     pub all: Option<bool>,
@@ -607,14 +624,14 @@ pub struct UserStatus {
 pub struct RealmEmoji {
     #[serde(default)]
     pub op: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub realm_emoji: BTreeMap<String, serde_json::Value>,
 }
 
 /// `custom_profile_fields` (the complete list each time).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CustomProfileFields {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub fields: Vec<serde_json::Value>,
 }
 
@@ -710,6 +727,101 @@ mod tests {
             r#"{"type":"realm_user","op":"update","person":{"user_id":14,"is_active":false}}"#,
         );
         assert_eq!(ru.user_id, Some(14));
+    }
+
+    #[test]
+    fn presence_in_the_zulip_12_internal_shape_keeps_its_status() {
+        // `send_presence_changed` since Zulip PR #35627: no `presence` / `presences` key.
+        let p = one(
+            "presence",
+            None,
+            r#"{"type":"presence","email":"user11@acme.example.com","user_id":11,"server_timestamp":1700000000.5,"legacy_presence":{"website":{"client":"website","status":"idle","timestamp":1700000000,"pushable":false}},"modern_presence":{"active_timestamp":1699990000,"idle_timestamp":1700000000}}"#,
+        );
+        assert!(matches!(&p.event.kind, EventKind::Presence(x) if x.status() == Some("idle")));
+        assert_eq!(p.user_id, Some(11));
+        let modern_only = one(
+            "presence",
+            None,
+            r#"{"type":"presence","user_id":11,"modern_presence":{"active_timestamp":1700000000,"idle_timestamp":1699990000}}"#,
+        );
+        assert!(
+            matches!(&modern_only.event.kind, EventKind::Presence(x) if x.status() == Some("active"))
+        );
+        // The client-facing modern form (a normalising forwarder) still reads.
+        let modern = one(
+            "presence",
+            None,
+            r#"{"type":"presence","presences":{"11":{"active_timestamp":1700000000,"idle_timestamp":1700000000}}}"#,
+        );
+        assert_eq!(modern.user_id, Some(11));
+        assert!(
+            matches!(&modern.event.kind, EventKind::Presence(x) if x.status() == Some("active"))
+        );
+    }
+
+    #[test]
+    fn nulls_for_optional_fields_are_absent_fields() {
+        // Pydantic typing events (Zulip PR #39243) dumped without `exclude_none`.
+        let channel = one(
+            "typing",
+            Some("start"),
+            r#"{"type":"typing","op":"start","message_type":"stream","sender":{"user_id":12,"email":"x"},"recipients":null,"stream_id":5,"topic":"greetings"}"#,
+        );
+        assert!(
+            matches!(&channel.event.kind, EventKind::Typing(t) if t.recipients.is_empty() && t.stream_id == Some(5))
+        );
+        assert_eq!(channel.user_id, Some(12));
+        let direct = one(
+            "typing",
+            Some("stop"),
+            r#"{"type":"typing","op":"stop","message_type":"direct","sender":{"user_id":12,"email":"x"},"recipients":[{"user_id":13,"email":"y"}],"stream_id":null,"topic":null}"#,
+        );
+        assert!(
+            matches!(&direct.event.kind, EventKind::Typing(t) if t.recipients.len() == 1 && t.topic.is_none())
+        );
+        for (event_type, op, event) in [
+            (
+                "delete_message",
+                None,
+                r#"{"type":"delete_message","message_ids":null,"message_id":7}"#,
+            ),
+            (
+                "subscription",
+                Some("peer_add"),
+                r#"{"type":"subscription","op":"peer_add","stream_ids":[5],"user_ids":[13],"subscriptions":null}"#,
+            ),
+            (
+                "stream",
+                Some("delete"),
+                r#"{"type":"stream","op":"delete","streams":null,"stream_ids":[5]}"#,
+            ),
+            (
+                "update_message_flags",
+                Some("add"),
+                r#"{"type":"update_message_flags","op":"add","flag":"read","messages":null,"all":null}"#,
+            ),
+            (
+                "realm_emoji",
+                Some("update"),
+                r#"{"type":"realm_emoji","op":"update","realm_emoji":null}"#,
+            ),
+            (
+                "custom_profile_fields",
+                None,
+                r#"{"type":"custom_profile_fields","fields":null}"#,
+            ),
+            (
+                "presence",
+                None,
+                r#"{"type":"presence","user_id":11,"presence":null,"presences":null,"legacy_presence":{"website":{"status":"active","timestamp":null}},"modern_presence":null}"#,
+            ),
+        ] {
+            let e = one(event_type, op, event);
+            assert!(
+                !matches!(e.event.kind, EventKind::Other { .. }),
+                "{event_type} with nulls stayed raw"
+            );
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from zulip_listeners_forwarder.delivery import resend_dead_letters
 from zulip_listeners_forwarder.settings import ForwarderConfigError, load_secrets, load_settings
+from zulip_listeners_forwarder.versions import UnsupportedZulipError, require_supported_zulip
 
 logger = logging.getLogger("zulip_listeners_forwarder.command")
 
@@ -50,7 +51,11 @@ class Command(BaseCommand):
     def consume(self) -> None:
         if not getattr(settings, "USING_RABBITMQ", True):
             raise CommandError("Cannot consume the forwarder queue when USING_RABBITMQ is False")
-        from zulip_listeners_forwarder.worker import ForwarderWorker
+        try:
+            require_supported_zulip()
+            from zulip_listeners_forwarder.worker import ForwarderWorker
+        except UnsupportedZulipError as exc:
+            raise CommandError(str(exc)) from exc
 
         worker = ForwarderWorker()
         worker.setup()

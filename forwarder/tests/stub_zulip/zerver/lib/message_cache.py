@@ -43,6 +43,8 @@ class MessageDict:
             "sender_realm_id",
         ):
             del obj[key]
+        obj.pop("sender_recipient_id")  # like Zulip: no default, the wide dict always has it
+        obj.pop("can_access_sender", None)
         obj.pop("recipient_type", None)
         obj.pop("recipient_type_id", None)
         return obj

@@ -17,8 +17,8 @@ def send_event_rollback_unsafe(
 ) -> None:
     """`users` is a list of user IDs, or in some special cases like message
     send/update or embeds, dictionaries containing extra data."""
-    if hasattr(event, "model_dump"):
-        event = event.model_dump()
+    if hasattr(event, "model_dump"):  # how main serialises BaseEvents for Tornado is unread
+        event = event.model_dump(mode="json")
     queue_json_publish_rollback_unsafe(TORNADO_QUEUE, dict(event=event, users=list(users)))
 
 

@@ -1,11 +1,17 @@
-"""Stand-in for zerver/worker/base.py: the queue worker classes, without RabbitMQ or stats."""
+"""Stand-in for zerver/worker/base.py: the queue worker classes (no statistics, Sentry or
+SIGALRM), with Zulip's error handling in ``do_consume``."""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
+
+import orjson
+from django.conf import settings
 
 from zerver.lib.queue import SimpleQueueClient
 
@@ -37,12 +43,23 @@ class QueueProcessingWorker(ABC):
     def do_consume(
         self, consume_func: Callable[[list[dict[str, Any]]], None], events: list[dict[str, Any]]
     ) -> None:
-        # Like Zulip: an exception is logged and recorded, and the events count as consumed.
+        # Like Zulip: an Exception is handled here and the call returns normally, so the queue
+        # client acknowledges the batch; a BaseException (SystemExit...) propagates and the
+        # queue client nacks it.
         try:
             consume_func(events)
         except Exception as e:
-            logging.exception("Problem handling data on queue %s", self.queue_name)
-            self.consume_errors.append((events, e))
+            self._handle_consume_exception(events, e)
+
+    def _handle_consume_exception(self, events: list[dict[str, Any]], exception: Exception) -> None:
+        # Zulip logs, appends the events to QUEUE_ERROR_DIR/<queue>.errors and may restart.
+        logging.exception("Problem handling data on queue %s", self.queue_name, stack_info=True)
+        os.makedirs(settings.QUEUE_ERROR_DIR, exist_ok=True)
+        path = os.path.join(settings.QUEUE_ERROR_DIR, f"{self.queue_name}.errors")
+        line = f"{time.asctime()}\t{orjson.dumps(events).decode()}\n"
+        with open(path, "a") as f:
+            f.write(line)
+        self.consume_errors.append((events, exception))  # stand-in only, for assertions
 
     def setup(self) -> None:
         self.q = SimpleQueueClient(prefetch=self.PREFETCH)

@@ -1,0 +1,115 @@
+"""Bound what the producer queues, so that the forwarder can never block Zulip.
+
+A receiver outage or a stopped consumer makes the ``zulip_listeners_forwarder`` queue grow;
+unbounded, it would eventually trip RabbitMQ's memory or disk alarm, and RabbitMQ then blocks
+*every* publisher, Zulip's own ``send_event`` included.  The producer therefore checks the
+queue's depth (at most every ``ZULIP_LISTENERS_QUEUE_CHECK_SECONDS``, with the same
+idempotent ``queue_declare(durable=True)`` Zulip itself issues, which answers the message
+count) and, at ``ZULIP_LISTENERS_MAX_QUEUED`` events, *sheds*: the event is not queued.
+Shedding is counted (per process), logged (a WARNING at most once a minute, with the count)
+and reported to the receiver: the next envelope this process does queue carries
+``"shed_before": N``, the number of events it shed since its previous one.
+
+Nothing here waits: a failed depth check keeps the last known depth (and queues), and the
+check never sleeps or retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: At most one "shedding" warning per process per this many seconds.
+LOG_INTERVAL_SECONDS = 60.0
+
+
+@dataclass
+class QueueGuard:
+    """Per-process state: the last known queue depth and what was shed."""
+
+    clock: Callable[[], float] = time.monotonic
+    depth: int = 0
+    checked_at: float | None = None
+    queued_since_check: int = 0
+    shed_total: int = 0
+    shed_unreported: int = 0
+    shed_unlogged: int = 0
+    logged_at: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def admit(
+        self, limit: int, check_seconds: float, measure: Callable[[], int | None]
+    ) -> int | None:
+        """``None`` to shed the event; otherwise the number of events shed before it (for
+        the envelope's ``shed_before``), which is then considered reported."""
+        now = self.clock()
+        with self._lock:
+            stale = self.checked_at is None or now - self.checked_at >= check_seconds
+        if stale:
+            measured = _safely(measure)
+            with self._lock:
+                self.checked_at = now
+                if measured is not None:
+                    self.depth, self.queued_since_check = measured, 0
+        with self._lock:
+            if self.depth + self.queued_since_check >= limit:
+                self.shed_total += 1
+                self.shed_unreported += 1
+                self.shed_unlogged += 1
+                self._log(now, limit)
+                return None
+            self.queued_since_check += 1
+            reported, self.shed_unreported = self.shed_unreported, 0
+            return reported
+
+    def _log(self, now: float, limit: int) -> None:
+        if self.logged_at is not None and now - self.logged_at < LOG_INTERVAL_SECONDS:
+            return
+        logger.warning(
+            "zulip_listeners_forwarder: queue holds %d events (ZULIP_LISTENERS_MAX_QUEUED=%d);"
+            " shed %d event(s) since the last warning, %d in total in this process."
+            " Is the consumer running and the receiver reachable?",
+            self.depth + self.queued_since_check,
+            limit,
+            self.shed_unlogged,
+            self.shed_total,
+        )
+        self.logged_at, self.shed_unlogged = now, 0
+
+
+def _safely(measure: Callable[[], int | None]) -> int | None:
+    try:
+        return measure()
+    except Exception:
+        logger.debug("could not measure the forwarder queue; keeping the last depth", exc_info=True)
+        return None
+
+
+def rabbitmq_depth(queue_module: Any, queue_name: str) -> int | None:
+    """The queue's message count through Zulip's own (per-thread) queue client.
+
+    Uses the exact declaration Zulip's ``ensure_queue`` makes (``durable=True``), so it never
+    fails or alters the queue; ``None`` where the client is not a blocking one (Tornado).
+    """
+    get_client = getattr(queue_module, "get_queue_client", None)
+    if get_client is None:
+        return None
+    counts: list[int] = []
+
+    def declare(channel: Any) -> None:
+        frame = channel.queue_declare(queue=queue_name, durable=True)
+        count = getattr(getattr(frame, "method", None), "message_count", None)
+        if isinstance(count, int):
+            counts.append(count)
+
+    get_client().ensure_queue(queue_name, declare)
+    return counts[0] if counts else None
+
+
+GUARD = QueueGuard()
