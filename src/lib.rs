@@ -5,12 +5,14 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod events;
 pub mod filters;
 pub mod handlers;
 pub mod http;
 pub mod processing;
 pub mod ratelimit;
+pub mod sample;
 pub mod server;
 pub mod telemetry;
 pub mod verification;
