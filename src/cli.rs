@@ -48,6 +48,9 @@ pub enum Command {
     /// List every compiled-in handler (event types, users, state, runs and failures), or
     /// enable / disable one; a running server follows within seconds.
     Listeners {
+        /// Print the list as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(subcommand)]
         action: Option<ListenerAction>,
     },
@@ -64,6 +67,22 @@ pub enum Command {
     },
     /// Print a new Standard Webhooks signing secret for the forwarder.
     GenSecret,
+    /// Check the installation: configuration, database (reachable, migrations, disk space),
+    /// each bot's Zulip site and API key, the forwarder secret, the public URL and the clock.
+    /// Prints a fix for every failure; exits 0 only when every check passes.
+    Doctor {
+        /// The URL Zulip calls (the bot's Endpoint URL, e.g.
+        /// https://listeners.example.com/zulip/outgoing): checked to reach this server.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+    /// Post a signed sample batch (a message and a typing event) to a running server's
+    /// /zulip/events with the configured forwarder secret: the forwarder path without Zulip.
+    SendSample {
+        /// Where to post (default: http://<server.bind>/zulip/events).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
     /// Forwarded events that were not processed: list them, or queue them again.
     DeadLetters {
         #[command(subcommand)]
@@ -143,6 +162,9 @@ pub fn run(cli: Cli) -> ExitCode {
         println!("{}", SigningKey::generate());
         return ExitCode::SUCCESS;
     }
+    if let Command::Doctor { url } = &cli.command {
+        return crate::doctor::run(&sources, url.as_deref());
+    }
     let config = match Config::load(&sources) {
         Ok(config) => config,
         Err(error) => {
@@ -154,15 +176,17 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve { dry_run } => serve(config, ServeOptions { dry_run }),
         Command::Migrate => migrate(&config),
         Command::CheckConfig => check_config(&config),
-        Command::Listeners { action: None } => listeners(&config),
+        Command::Listeners { json, action: None } => listeners(&config, json),
         Command::Listeners {
             action: Some(action),
+            ..
         } => set_listener(&config, action),
         Command::Cleanup { days } => cleanup(&config, days),
         Command::Stats {
             action: StatsAction::Aggregate,
         } => aggregate(&config),
-        Command::GenSecret => Ok(()),
+        Command::GenSecret | Command::Doctor { .. } => Ok(()),
+        Command::SendSample { url } => crate::sample::send(&config, url.as_deref()),
         Command::DeadLetters { action } => dead_letters(&config, action),
     };
     match result {
@@ -234,17 +258,14 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn listeners(config: &Config) -> anyhow::Result<()> {
+fn listeners(config: &Config, json: bool) -> anyhow::Result<()> {
     let registry = Registry::build(config)?;
     let mut conn = connect(config)?;
     let counts = store::handler_counts(&mut conn)?;
     let persisted = crate::db::schema::listeners::table
         .load::<crate::db::models::ListenerRow>(&mut conn)
         .map_err(crate::db::DbError::from)?;
-    println!(
-        "{:<24} {:<10} {:<9} {:>8} {:>8}  {:<14} used by",
-        "handler", "events", "enabled", "runs", "failures", "disabled why"
-    );
+    let mut rows = Vec::new();
     for entry in registry.entries() {
         let name = entry.handler.name();
         let mut users: Vec<String> = config
@@ -258,24 +279,98 @@ fn listeners(config: &Config) -> anyhow::Result<()> {
         }
         let count = counts.iter().find(|c| c.handler == name);
         let row = persisted.iter().find(|r| r.name == name);
-        let enabled = entry.enabled() && row.is_none_or(|r| r.enabled);
-        println!(
-            "{:<24} {:<10} {:<9} {:>8} {:>8}  {:<14} {}",
-            name,
-            entry.handler.interest().describe(),
-            if enabled { "yes" } else { "no" },
-            count.map_or(0, |c| c.runs),
-            count.map_or(0, |c| c.failures),
-            row.and_then(|r| r.disabled_reason.clone())
-                .unwrap_or_else(|| "-".into()),
-            if users.is_empty() {
-                "-".into()
-            } else {
-                users.join(", ")
-            },
-        );
+        rows.push(serde_json::json!({
+            "handler": name,
+            "events": entry.handler.interest().describe(),
+            "enabled": entry.enabled() && row.is_none_or(|r| r.enabled),
+            "runs": count.map_or(0, |c| c.runs),
+            "failures": count.map_or(0, |c| c.failures),
+            "disabled_reason": row.and_then(|r| r.disabled_reason.clone()),
+            "used_by": users,
+        }));
     }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Bool(b) => (if *b { "yes" } else { "no" }).to_string(),
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::Array(a) if a.is_empty() => "-".to_string(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|u| u.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            LISTENER_COLUMNS
+                .iter()
+                .map(|(key, _, _)| text(&row[*key]))
+                .collect()
+        })
+        .collect();
+    print!("{}", align_table(&LISTENER_COLUMNS, &table));
     Ok(())
+}
+
+/// The `listeners` table: JSON key, heading, right-aligned.
+const LISTENER_COLUMNS: [(&str, &str, bool); 7] = [
+    ("handler", "handler", false),
+    ("events", "events", false),
+    ("enabled", "enabled", false),
+    ("runs", "runs", true),
+    ("failures", "failures", true),
+    ("disabled_reason", "disabled why", false),
+    ("used_by", "used by", false),
+];
+
+/// Lays out a table with every column as wide as its widest cell (in characters), two spaces
+/// between columns. Control characters in cells are replaced so that nothing can break a line.
+fn align_table(columns: &[(&str, &str, bool)], rows: &[Vec<String>]) -> String {
+    let clean = |cell: &str| -> String {
+        cell.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
+    let heading: Vec<String> = columns.iter().map(|(_, h, _)| (*h).to_string()).collect();
+    let cells: Vec<Vec<String>> = std::iter::once(heading)
+        .chain(rows.iter().map(|r| r.iter().map(|c| clean(c)).collect()))
+        .collect();
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &cells {
+        let mut line = String::new();
+        for (i, (_, _, right)) in columns.iter().enumerate() {
+            let cell = row.get(i).map_or("", String::as_str);
+            let pad = " ".repeat(widths[i].saturating_sub(cell.chars().count()));
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if *right {
+                line.push_str(&pad);
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&pad);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow::Result<()> {

@@ -249,7 +249,11 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal.
     Pretty,
+    /// Uncoloured lines without a timestamp, for journald (which adds its own).
+    Plain,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 

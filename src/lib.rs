@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod events;
 pub mod filters;
 pub mod handlers;
@@ -13,6 +14,7 @@ pub mod outbound;
 pub mod processing;
 pub mod ratelimit;
 pub mod redact;
+pub mod sample;
 pub mod server;
 pub mod telemetry;
 pub mod verification;

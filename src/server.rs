@@ -89,6 +89,7 @@ impl RunningServer {
     /// flight and the workers' current events finish, everything pending is written.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.ready.store(false, Ordering::Relaxed);
+        metric::ready(false);
         // Stop accepting connections, then let the requests in flight finish.
         self.server.pause().await;
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
@@ -175,6 +176,10 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     .await
     .context("starting the inbox workers")?;
     let forwarder = forwarder_state(&config, inbox.clone())?;
+    if forwarder.is_some() {
+        // Counts from start-up, so that a forwarder that never sends is noticed too.
+        metric::forwarder_batch_accepted();
+    }
     let bots = Bots::build(&config, &registry);
     if bots.is_empty() {
         tracing::warn!(
@@ -201,6 +206,8 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         );
     }
 
+    let ready = Arc::new(AtomicBool::new(false));
+    metric::initialise(&registry.entries().iter().map(|e| e.handler.name()).collect::<Vec<_>>());
     let upkeep = tokio::spawn(upkeep(Upkeep {
         outgoing: outgoing.clone(),
         inbox: inbox.clone(),
@@ -208,8 +215,8 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         db: db.clone(),
         housekeeping: config.rate_limits.housekeeping_interval,
         retention: config.retention.clone(),
+        ready: ready.clone(),
     }));
-    let ready = Arc::new(AtomicBool::new(false));
     let admin_token = (!config.admin.token.is_empty()).then(|| config.admin.token.clone());
     if admin_token.is_none() {
         tracing::info!("no admin token configured: the admin API is off");
@@ -282,6 +289,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         (None, None)
     };
     ready.store(true, Ordering::Relaxed);
+    metric::ready(true);
     tracing::info!(%addr, backend = db.backend().name(), "listening");
     Ok(RunningServer {
         addr,
@@ -347,6 +355,8 @@ struct Upkeep {
     db: Db,
     housekeeping: Duration,
     retention: crate::config::RetentionConfig,
+    /// Taking traffic (false before start-up completes and once shutdown begins).
+    ready: Arc<AtomicBool>,
 }
 
 /// How often the retention pass runs.
@@ -412,10 +422,19 @@ async fn refresh(u: &Upkeep) {
     metric::db_pool(in_use, idle);
     match u
         .db
-        .run(|c| Ok((store::inbox_counts(c)?, store::listener_rows(c)?)))
+        .run(|c| {
+            Ok((
+                store::inbox_counts(c)?,
+                store::listener_rows(c)?,
+                store::oldest_pending_ms(c)?,
+            ))
+        })
         .await
     {
-        Ok((counts, rows)) => {
+        Ok((counts, rows, oldest)) => {
+            metric::ready(u.ready.load(Ordering::Relaxed));
+            let lag = oldest.map_or(0.0, |ms| (now_ms() - ms).max(0) as f64 / 1000.0);
+            metric::inbox_lag(lag);
             for status in [
                 "pending",
                 "done",
@@ -445,7 +464,11 @@ async fn refresh(u: &Upkeep) {
                 metric::handler_enabled(name, entry.enabled());
             }
         }
-        Err(error) => tracing::warn!(%error, "refreshing gauges failed"),
+        Err(error) => {
+            // The database did not answer: /readyz says 503 too.
+            metric::ready(false);
+            tracing::warn!(%error, "refreshing gauges failed");
+        }
     }
 }
 

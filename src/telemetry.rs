@@ -27,13 +27,19 @@ pub fn init(config: &TelemetryConfig) -> std::io::Result<Option<Arc<LogFile>>> {
         None => None,
     };
     let writer = LogWriter(file.clone());
+    // Colour codes only for a person at a terminal: never in a file, a pipe or journald.
+    let ansi = config.format == LogFormat::Pretty && file.is_none() && {
+        use std::io::IsTerminal;
+        std::io::stderr().is_terminal()
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(file.is_none());
+        .with_ansi(ansi);
     let result = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Plain => builder.compact().without_time().try_init(),
     };
     // Already installed (several servers in one test process): keep the first.
     let _ = result;
@@ -275,6 +281,47 @@ pub mod metric {
     pub fn db_pool(in_use: u32, idle: u32) {
         gauge!("zulip_listeners_db_pool_connections", "state" => "in_use").set(f64::from(in_use));
         gauge!("zulip_listeners_db_pool_connections", "state" => "idle").set(f64::from(idle));
+    }
+
+    /// 1 while the server takes traffic and its database answers (as `/readyz`), else 0.
+    pub fn ready(ready: bool) {
+        gauge!("zulip_listeners_ready").set(if ready { 1.0 } else { 0.0 });
+    }
+
+    /// How long the oldest pending forwarded event has waited, in seconds (0 when none is).
+    pub fn inbox_lag(seconds: f64) {
+        gauge!("zulip_listeners_inbox_oldest_pending_age_seconds").set(seconds);
+    }
+
+    /// A forwarder batch was verified and stored: the time, in unix seconds.
+    pub fn forwarder_batch_accepted() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        gauge!("zulip_listeners_forwarder_last_batch_timestamp_seconds").set(now);
+    }
+
+    /// Registers the series that alert rules look at with their starting values, so that
+    /// they exist before the first event (a rule over a missing series never fires).
+    pub fn initialise(handlers: &[&'static str]) {
+        for &handler in handlers {
+            for outcome in ["success", "failure"] {
+                counter!("zulip_listeners_handler_runs_total", "handler" => handler, "outcome" => outcome)
+                    .increment(0);
+            }
+            for to in ["open", "closed", "disabled"] {
+                counter!("zulip_listeners_handler_transitions_total", "handler" => handler, "to" => to)
+                    .increment(0);
+            }
+        }
+        for outcome in ["sent", "failed", "dropped"] {
+            counter!("zulip_listeners_late_replies_total", "outcome" => outcome).increment(0);
+        }
+        for path in ["outgoing", "forwarder"] {
+            rate_limiter_keys(path, 0);
+        }
+        ready(false);
+        inbox_lag(0.0);
     }
 
     pub fn handler_enabled(handler: &'static str, enabled: bool) {

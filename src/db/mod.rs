@@ -150,6 +150,19 @@ pub fn run_migrations(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
     Ok(applied.iter().map(|v| v.to_string()).collect())
 }
 
+/// Migrations of the connection's backend not yet applied (names), without applying them.
+pub fn pending_migrations(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
+    let pending = match conn {
+        DbConnection::Sqlite(c) => c
+            .pending_migrations(SQLITE_MIGRATIONS)
+            .map(|list| list.iter().map(|m| m.name().to_string()).collect()),
+        DbConnection::Postgres(c) => c
+            .pending_migrations(POSTGRES_MIGRATIONS)
+            .map(|list| list.iter().map(|m| m.name().to_string()).collect()),
+    };
+    pending.map_err(|e| DbError::Migration(e.to_string()))
+}
+
 /// The pool and what the rest of the server needs to know about the database.
 #[derive(Clone)]
 pub struct Db {

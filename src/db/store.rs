@@ -593,6 +593,14 @@ pub fn inbox_counts(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, DbErr
         .load(conn)?)
 }
 
+/// When the oldest pending forwarded event was received (unix ms), if any is pending.
+pub fn oldest_pending_ms(conn: &mut DbConnection) -> Result<Option<i64>, DbError> {
+    Ok(inbox::table
+        .filter(inbox::status.eq("pending"))
+        .select(diesel::dsl::min(inbox::received_at_ms))
+        .first::<Option<i64>>(conn)?)
+}
+
 /// Applies an `update_message` to stored messages.
 pub fn apply_edit(conn: &mut DbConnection, edit: &MessageEdit) -> Result<(), DbError> {
     if let (Some(id), Some((content, truncated))) = (edit.message_id, &edit.content) {

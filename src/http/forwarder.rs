@@ -69,6 +69,7 @@ pub async fn intake(
                 ))
             }
         })?;
+    crate::telemetry::metric::forwarder_batch_accepted();
     if summary.duplicate_batch {
         tracing::info!("batch already accepted (webhook-id seen before)");
     }
