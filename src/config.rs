@@ -215,9 +215,14 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Largest request body accepted on the outgoing-webhook routes, in bytes.
     pub max_body_bytes: usize,
-    /// How long handlers may take before the HTTP answer is sent without a reply.
+    /// How long handlers may take before the HTTP answer is sent without a reply; `None`
+    /// derives it from `zulip_outgoing_webhook_timeout` (see [`ServerConfig::reply_deadline`]).
+    #[serde(default, with = "humantime_serde")]
+    pub reply_deadline: Option<Duration>,
+    /// Zulip's `OUTGOING_WEBHOOK_TIMEOUT_SECONDS` (default 10 s): how long Zulip waits for an
+    /// answer before it gives up and retries.
     #[serde(with = "humantime_serde")]
-    pub reply_deadline: Duration,
+    pub zulip_outgoing_webhook_timeout: Duration,
     /// How long a graceful shutdown may take before connections are dropped.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -230,6 +235,19 @@ pub struct ServerConfig {
     /// Most bytes of request bodies being read (not yet verified) at once, over all
     /// requests; a body that would exceed it is answered 503 with `Retry-After`.
     pub unverified_body_bytes: usize,
+}
+
+impl ServerConfig {
+    /// The reply deadline: `reply_deadline` when set, else four fifths of Zulip's timeout
+    /// (8 s for Zulip's default 10 s), which leaves time for the answer to travel back.
+    pub fn reply_deadline(&self) -> Duration {
+        self.reply_deadline
+            .unwrap_or_else(|| derived_deadline(self.zulip_outgoing_webhook_timeout))
+    }
+}
+
+fn derived_deadline(zulip_timeout: Duration) -> Duration {
+    zulip_timeout.mul_f64(0.8)
 }
 
 #[derive(Clone, Deserialize, Serialize)]
@@ -608,7 +626,18 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
-        check_deadline("server.reply_deadline", self.server.reply_deadline)?;
+        let zulip_timeout = self.server.zulip_outgoing_webhook_timeout;
+        if zulip_timeout < Duration::from_secs(1) || zulip_timeout > Duration::from_secs(600) {
+            return Err(invalid(
+                "server.zulip_outgoing_webhook_timeout",
+                "must be between 1s and 600s (Zulip's OUTGOING_WEBHOOK_TIMEOUT_SECONDS)",
+            ));
+        }
+        check_deadline(
+            "server.reply_deadline",
+            self.server.reply_deadline(),
+            zulip_timeout,
+        )?;
         if self.server.client_timeout < Duration::from_millis(100)
             || self.server.client_timeout > Duration::from_secs(600)
         {
@@ -880,7 +909,11 @@ impl Config {
             _ => {}
         }
         if let Some(deadline) = bot.reply_deadline {
-            check_deadline(&key("reply_deadline"), deadline)?;
+            check_deadline(
+                &key("reply_deadline"),
+                deadline,
+                self.server.zulip_outgoing_webhook_timeout,
+            )?;
         }
         if let Some(overrides) = &bot.rate_limits {
             check_overrides(&key("rate_limits"), overrides)?;
@@ -932,11 +965,22 @@ impl BotConfig {
     }
 }
 
-fn check_deadline(key: &str, deadline: Duration) -> Result<(), ConfigError> {
-    if deadline < Duration::from_millis(100) || deadline >= Duration::from_secs(10) {
+/// A reply deadline must end before Zulip stops waiting (`server.zulip_outgoing_webhook_timeout`):
+/// otherwise Zulip retries while the first run still holds the request, and that run's reply
+/// is lost.
+fn check_deadline(
+    key: &str,
+    deadline: Duration,
+    zulip_timeout: Duration,
+) -> Result<(), ConfigError> {
+    if deadline < Duration::from_millis(100) || deadline >= zulip_timeout {
         return Err(invalid(
             key,
-            "must be between 100ms and 9.9s: Zulip gives up after 10 s and retries",
+            format!(
+                "must be at least 100ms and below server.zulip_outgoing_webhook_timeout ({}): \
+                 Zulip gives up after that and retries",
+                humantime::format_duration(zulip_timeout)
+            ),
         ));
     }
     Ok(())
@@ -1106,8 +1150,50 @@ mod tests {
     fn defaults_are_valid() {
         let config = Config::from_toml("").expect("defaults load");
         assert_eq!(config.server.bind, "127.0.0.1:8080");
-        assert_eq!(config.server.reply_deadline, Duration::from_secs(8));
+        assert_eq!(config.server.reply_deadline(), Duration::from_secs(8));
+        assert_eq!(
+            config.server.zulip_outgoing_webhook_timeout,
+            Duration::from_secs(10)
+        );
         assert!(config.bots.is_empty());
+    }
+
+    #[test]
+    fn reply_deadline_follows_zulips_outgoing_webhook_timeout() {
+        let longer = Config::from_toml("[server]\nzulip_outgoing_webhook_timeout = \"30s\"\n")
+            .expect("a longer Zulip timeout loads");
+        assert_eq!(longer.server.reply_deadline(), Duration::from_secs(24));
+        let explicit = Config::from_toml(
+            "[server]\nzulip_outgoing_webhook_timeout = \"30s\"\nreply_deadline = \"20s\"\n",
+        )
+        .expect("a deadline below a longer Zulip timeout loads");
+        assert_eq!(explicit.server.reply_deadline(), Duration::from_secs(20));
+        let shorter = Config::from_toml("[server]\nzulip_outgoing_webhook_timeout = \"5s\"\n")
+            .expect("a shorter Zulip timeout loads");
+        assert_eq!(shorter.server.reply_deadline(), Duration::from_secs(4));
+
+        let err = Config::from_toml(
+            "[server]\nzulip_outgoing_webhook_timeout = \"5s\"\nreply_deadline = \"8s\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("server.reply_deadline") && err.contains("zulip_outgoing_webhook_timeout"),
+            "{err}"
+        );
+        let err = Config::from_toml(
+            "[server]\nzulip_outgoing_webhook_timeout = \"5s\"\n[bots.b]\nemail = \"b@x\"\ntoken = \"t\"\nreply_deadline = \"6s\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bots.b.reply_deadline"), "{err}");
+        let err = Config::from_toml("[server]\nzulip_outgoing_webhook_timeout = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.zulip_outgoing_webhook_timeout"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -64,7 +64,9 @@ impl Bots {
                 full_name: bot.full_name.clone(),
                 api,
                 handlers: registry.ids(&bot.handler_names()).into(),
-                deadline: bot.reply_deadline.unwrap_or(config.server.reply_deadline),
+                deadline: bot
+                    .reply_deadline
+                    .unwrap_or_else(|| config.server.reply_deadline()),
                 limits: config.rate_limits.enabled.then(|| {
                     let (per_realm, per_user) = config
                         .rate_limits
