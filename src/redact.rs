@@ -51,9 +51,9 @@ pub fn database_url(url: &str) -> String {
             trimmed.split("://").next().unwrap_or("postgres")
         );
     };
-    if parsed.password().is_some() {
-        // Cannot fail for a URL with a host, which one with a password has.
-        let _ = parsed.set_password(Some(REDACTED));
+    if parsed.password().is_some() && parsed.set_password(Some(REDACTED)).is_err() {
+        // A password the URL type cannot replace: show nothing of the URL's authority.
+        return format!("{}://{REDACTED}", parsed.scheme());
     }
     if parsed.query().is_some() {
         let pairs: Vec<(String, String)> = parsed
@@ -158,6 +158,7 @@ mod tests {
         assert!(shown.contains("sslmode=require"), "{shown}");
         assert_eq!(database_url("sqlite://data/x.db"), "sqlite://data/x.db");
         assert!(!database_url("postgres://u:p@[bad").contains(":p@"));
+        assert!(!database_url("postgres://u:pw9@/db?host=/run/pg").contains("pw9"));
     }
 
     #[test]

@@ -5,12 +5,14 @@ mod common;
 
 use common::{TestDatabase, backends};
 use diesel::prelude::*;
-use zulip_listeners::db::models::{NewEventLog, NewInboxRow, ReplyRecord};
+use zulip_listeners::db::models::{AlertRecord, NewEventLog, NewInboxRow, NewMessage, ReplyRecord};
 use zulip_listeners::db::retention::{
-    CleanupReport, StatsRow, aggregate_stats, cleanup, stats_since,
+    CleanupReport, PersonalCutoffs, PersonalReport, StatsRow, aggregate_stats, cleanup,
+    expire_personal_data, stats_since,
 };
 use zulip_listeners::db::schema::{
-    event_log, forwarder_batches, inbox, listener_stats, outgoing_replies,
+    event_log, forwarder_batches, inbox, keyword_alerts, listener_stats, messages,
+    outgoing_replies, user_activity,
 };
 use zulip_listeners::db::{DbConnection, DbError, establish, run_migrations};
 
@@ -466,4 +468,210 @@ fn cleanup_works_in_batches() {
             .expect("stats");
         assert_eq!(starts, [before, before + I], "{backend:?}");
     }
+}
+
+/// A message as `message_logger` stores it, stored at `stored_at_ms`.
+fn stored_message(conn: &mut DbConnection, id: i64, stored_at_ms: i64) {
+    let row = NewMessage {
+        message_id: id,
+        realm: "zulip".to_string(),
+        realm_id: Some(2),
+        message_type: "private".to_string(),
+        stream_id: None,
+        channel: None,
+        topic: Some("secret plans".to_string()),
+        dm_recipients: Some("[10, 11]".to_string()),
+        sender_id: Some(10),
+        sender_email: Some("alice@example.com".to_string()),
+        sender_name: Some("Alice".to_string()),
+        content: format!("message {id}: my password is hunter2"),
+        content_truncated: false,
+        sent_at: Some(stored_at_ms / 1000),
+        source: "forwarder",
+        deleted: false,
+        edited_at: None,
+        stored_at_ms,
+    };
+    diesel::insert_into(messages::table)
+        .values(&row)
+        .execute(conn)
+        .expect("insert message");
+}
+
+fn activity(conn: &mut DbConnection, realm_id: i64, user_id: i64, last_seen_ms: i64) {
+    diesel::insert_into(user_activity::table)
+        .values((
+            user_activity::realm_id.eq(realm_id),
+            user_activity::user_id.eq(user_id),
+            user_activity::last_seen_ms.eq(last_seen_ms),
+            user_activity::message_count.eq(1i64),
+            user_activity::reaction_count.eq(0i64),
+        ))
+        .execute(conn)
+        .expect("insert activity");
+}
+
+fn alert(conn: &mut DbConnection, rule: &str, message_id: i64, sent_at_ms: i64) {
+    diesel::insert_into(keyword_alerts::table)
+        .values(AlertRecord {
+            rule: rule.to_string(),
+            message_id,
+            realm: "zulip".to_string(),
+            target: "webhook https://hooks.example.com".to_string(),
+            sent_at_ms,
+        })
+        .execute(conn)
+        .expect("insert alert");
+}
+
+/// (id, content, topic, dm_recipients, sender_email, sender_name, sender_id) of every message.
+type Kept = (
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
+
+fn message_rows(conn: &mut DbConnection) -> Vec<Kept> {
+    messages::table
+        .select((
+            messages::message_id,
+            messages::content,
+            messages::topic,
+            messages::dm_recipients,
+            messages::sender_email,
+            messages::sender_name,
+            messages::sender_id,
+        ))
+        .order(messages::message_id)
+        .load(conn)
+        .expect("messages")
+}
+
+#[test]
+fn personal_data_is_erased_or_deleted_after_its_own_period() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let conn = &mut open(&db);
+        let messages_before = BASE + 100 * I;
+        let activity_before = BASE + 50 * I;
+        let alerts_before = BASE + 20 * I;
+        // Seven messages on either side of the cut-off, five users, six alerts.
+        for id in 1..=7 {
+            stored_message(conn, id, messages_before - 7 * I + id * I);
+        }
+        for user in 1..=5 {
+            activity(conn, 2 + user % 2, user, activity_before - 3 * I + user * I);
+        }
+        for (i, rule) in ["a", "b", "a", "b", "a", "b"].iter().enumerate() {
+            alert(conn, rule, i as i64, alerts_before - 3 * I + i as i64 * I);
+        }
+
+        // Nothing is touched while every period is 0 (keep).
+        let report = expire_personal_data(conn, &PersonalCutoffs::default(), 2, &mut no_progress())
+            .expect("retention");
+        assert_eq!(report, PersonalReport::default(), "{backend:?}");
+
+        let cutoffs = PersonalCutoffs {
+            messages: Some(messages_before),
+            activity: Some(activity_before),
+            alerts: Some(alerts_before),
+        };
+        let mut calls = Vec::new();
+        let report = expire_personal_data(conn, &cutoffs, 2, &mut |table: &str, n: usize| {
+            calls.push((table.to_string(), n))
+        })
+        .expect("retention");
+        assert_eq!(
+            report,
+            PersonalReport {
+                messages_erased: 7 - 1,
+                user_activity: 2,
+                keyword_alerts: 3,
+            },
+            "{backend:?}"
+        );
+        assert!(
+            calls.iter().any(|(t, n)| t == "messages" && *n == 2),
+            "worked in batches of 2: {calls:?}"
+        );
+
+        let rows = message_rows(conn);
+        assert_eq!(rows.len(), 7, "{backend:?}: tombstones stay");
+        for (id, content, topic, dm, email, name, sender) in &rows {
+            if *id < 7 {
+                assert_eq!(
+                    (content.as_str(), topic, dm, email, name),
+                    ("", &None, &None, &None, &None),
+                    "{backend:?}: message {id} erased"
+                );
+                assert_eq!(*sender, Some(10), "ids are kept");
+            } else {
+                assert!(
+                    content.contains("hunter2"),
+                    "{backend:?}: message 7 is recent"
+                );
+                assert_eq!(email.as_deref(), Some("alice@example.com"));
+            }
+        }
+        let users: Vec<i64> = user_activity::table
+            .select(user_activity::user_id)
+            .order(user_activity::user_id)
+            .load(conn)
+            .expect("activity");
+        assert_eq!(users, [3, 4, 5], "{backend:?}");
+        let alerts: Vec<i64> = keyword_alerts::table
+            .select(keyword_alerts::message_id)
+            .order(keyword_alerts::message_id)
+            .load(conn)
+            .expect("alerts");
+        assert_eq!(alerts, [3, 4, 5], "{backend:?}");
+
+        // A second pass finds nothing left to do.
+        let again = expire_personal_data(conn, &cutoffs, 2, &mut no_progress()).expect("again");
+        assert_eq!(again, PersonalReport::default(), "{backend:?}");
+    }
+}
+
+#[test]
+fn the_cleanup_command_applies_the_personal_data_settings() {
+    let db = TestDatabase::new(common::Backend::Sqlite);
+    let now = zulip_listeners::db::now_ms();
+    let day = 86_400_000;
+    {
+        let conn = &mut open(&db);
+        stored_message(conn, 1, now - 31 * day);
+        stored_message(conn, 2, now - day);
+        activity(conn, 2, 1, now - 91 * day);
+        activity(conn, 2, 2, now - 89 * day);
+        alert(conn, "r", 1, now - 31 * day);
+        alert(conn, "r", 2, now - 29 * day);
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[database]\nurl = \"{}\"\n", db.url.replace('\\', "\\\\")),
+    )
+    .expect("write config");
+    // The general period is long; the personal-data defaults (30/90/30 days) still apply.
+    let out = common::cli(&config, &["cleanup", "--days", "365"]);
+    assert!(out.contains("1 message(s) erased"), "{out}");
+    let conn = &mut open(&db);
+    let rows = message_rows(conn);
+    assert_eq!(rows[0].1, "", "old message erased: {rows:?}");
+    assert!(rows[1].1.contains("hunter2"), "recent message kept");
+    let users: Vec<i64> = user_activity::table
+        .select(user_activity::user_id)
+        .load(conn)
+        .expect("activity");
+    assert_eq!(users, [2]);
+    let alerts: Vec<i64> = keyword_alerts::table
+        .select(keyword_alerts::message_id)
+        .load(conn)
+        .expect("alerts");
+    assert_eq!(alerts, [2]);
 }
