@@ -409,3 +409,56 @@ async fn late_handler_results_are_written_during_a_graceful_shutdown() {
     }
     slow.stop().await;
 }
+
+#[actix_web::test]
+async fn nul_in_stored_text_fields_is_a_client_mistake() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let t = start_server(&db, &forwarder_config("")).await;
+        let answer = post_batch(
+            &t,
+            "msg_nul",
+            &batch(vec![envelope("a\u{0}b", message(1, 10, "x"))]),
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{backend:?}: {:?}", answer.json);
+        assert!(
+            answer.json["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("`event_id` contains a NUL character"),
+            "{:?}",
+            answer.json
+        );
+        t.stop().await;
+    }
+}
+
+#[test]
+fn database_synchronous_is_validated() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let good = |value: &str| {
+        zulip_listeners::config::Config::from_toml(&format!(
+            "[database]\nurl = \"{}\"\nsynchronous = \"{value}\"\n",
+            db.url
+        ))
+    };
+    assert_eq!(
+        good("normal").map(|c| c.database.sqlite_synchronous()).ok(),
+        Some("NORMAL")
+    );
+    let error = good("sometimes")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(error.contains("database.synchronous"), "{error}");
+    let default =
+        zulip_listeners::config::Config::from_toml(&format!("[database]\nurl = \"{}\"\n", db.url))
+            .map(|c| c.database.sqlite_synchronous())
+            .ok();
+    assert_eq!(
+        default,
+        Some("FULL"),
+        "acknowledged writes are durable by default"
+    );
+}

@@ -367,3 +367,55 @@ fn longest_run(text: &str, c: char) -> usize {
     }
     longest
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(content: &str, name: &str, topic: &str) -> Message {
+        Message {
+            id: Some(1),
+            message_type: MessageType::Stream,
+            content: content.into(),
+            command: content.into(),
+            sender_id: Some(10),
+            sender_email: None,
+            sender_full_name: Some(name.into()),
+            stream_id: Some(5),
+            channel: Some("general".into()),
+            topic: Some(topic.into()),
+            recipients: Vec::new(),
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn alert_text_cannot_mention_or_leave_the_quote() {
+        let content = "deploy\n```\n@**all** fake outage, click [here](https://evil.example)\n````";
+        let m = message(content, "Eve @**all**", "t**opic");
+        let text = alert_text("deploys", "deploy\n```\n@**all**", &m, content);
+        for needle in ["@**", "@*", "@_*"] {
+            assert!(!text.contains(needle), "{needle} in {text}");
+        }
+        // The fence is longer than any backtick run inside it, so nothing closes it early.
+        let fence = "`".repeat(5);
+        assert!(text.contains(&format!("{fence}quote\n")), "{text}");
+        assert!(text.ends_with(&format!("\n{fence}")), "{text}");
+        // A topic with `**` is not made into a channel link it could break out of.
+        assert!(!text.contains("#**general>"), "{text}");
+        assert!(text.contains("t\\*\\*opic"), "{text}");
+        // The matched text is one line of inline code.
+        assert!(
+            text.starts_with("**deploys** matched `deploy ''' @\u{200B}**all**`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn plain_names_keep_their_channel_link() {
+        let m = message("outage", "Ann", "deploys");
+        let text = alert_text("outage", "outage", &m, "outage");
+        assert!(text.contains("Ann in #**general>deploys**"), "{text}");
+        assert!(text.contains("```quote\noutage\n```"), "{text}");
+    }
+}
