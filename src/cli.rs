@@ -136,6 +136,8 @@ pub enum DeadLetterAction {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum InboxStatus {
     Dead,
+    /// Waiting for a paused or disabled handler (retried on their own when it is back).
+    Parked,
     Expired,
     RateLimited,
     Filtered,
@@ -145,6 +147,7 @@ impl InboxStatus {
     fn as_str(self) -> &'static str {
         match self {
             InboxStatus::Dead => "dead",
+            InboxStatus::Parked => "parked",
             InboxStatus::Expired => "expired",
             InboxStatus::RateLimited => "rate_limited",
             InboxStatus::Filtered => "filtered",

@@ -262,6 +262,21 @@ pub struct DatabaseConfig {
     pub connection_timeout: Duration,
     /// Most rows the background writer groups into one transaction.
     pub write_batch_size: usize,
+    /// SQLite `synchronous` of the writer's connection: `full` (every commit, intake included,
+    /// is on disk before it is acknowledged), `extra`, or `normal` (faster; a power loss or OS
+    /// crash may roll back the last commits).
+    pub synchronous: String,
+}
+
+impl DatabaseConfig {
+    /// The `PRAGMA synchronous` value for the writer's SQLite connection.
+    pub fn sqlite_synchronous(&self) -> &'static str {
+        match self.synchronous.as_str() {
+            "normal" => "NORMAL",
+            "extra" => "EXTRA",
+            _ => "FULL",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -667,6 +682,18 @@ impl Config {
         }
         if self.database.write_batch_size == 0 {
             return Err(invalid("database.write_batch_size", "must be at least 1"));
+        }
+        if !matches!(
+            self.database.synchronous.as_str(),
+            "full" | "extra" | "normal"
+        ) {
+            return Err(invalid(
+                "database.synchronous",
+                format!(
+                    "`{}` is not one of `full`, `extra`, `normal`",
+                    self.database.synchronous
+                ),
+            ));
         }
         self.database_target()?;
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.level).is_err() {

@@ -21,6 +21,7 @@ use crate::processing::Processor;
 use crate::processing::announce::Announcer;
 use crate::processing::inbox::{Admission, Inbox, InboxTasks};
 use crate::processing::outgoing::{Bots, OutgoingService};
+use crate::processing::tasks::TaskTracker;
 use crate::telemetry::metric;
 use crate::verification::SigningKey;
 use crate::zulip_api::ZulipClient;
@@ -52,6 +53,7 @@ pub struct RunningServer {
     ready: Arc<AtomicBool>,
     in_flight: InFlight,
     shutdown_timeout: Duration,
+    tasks: TaskTracker,
     writer: Writer,
     writer_thread: WriterThread,
     upkeep: tokio::task::JoinHandle<()>,
@@ -111,6 +113,18 @@ impl RunningServer {
             let _ = task.await;
         }
         self.upkeep.abort();
+        // Handler runs that go on after their HTTP answer, late replies and notifications
+        // write their results through the writer: let them finish first.
+        let left = self
+            .tasks
+            .wait(remaining(deadline).max(Duration::from_secs(1)))
+            .await;
+        if left > 0 {
+            tracing::warn!(
+                tasks = left,
+                "shutdown timeout: background handler runs did not finish; their results are not written"
+            );
+        }
         self.inbox_tasks.stop().await;
         self.writer.stop().await;
         let thread = self.writer_thread;
@@ -128,6 +142,11 @@ impl RunningServer {
     }
 }
 
+/// Time left until `deadline`.
+fn remaining(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
+}
+
 /// Opens the database (running migrations), starts every component and the HTTP listener.
 pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<RunningServer> {
     crate::telemetry::configure_scrubbing(&config.data_protection);
@@ -140,8 +159,9 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     }
     let target = db.target().clone();
     let batch_size = config.database.write_batch_size;
+    let synchronous = config.database.sqlite_synchronous();
     let (writer, writer_thread) =
-        tokio::task::spawn_blocking(move || Writer::spawn(&target, batch_size))
+        tokio::task::spawn_blocking(move || Writer::spawn(&target, batch_size, synchronous))
             .await
             .context("starting the database writer")??;
 
@@ -160,11 +180,12 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         registry: registry.clone(),
     });
     let zulip = ZulipClient::new().context("building the HTTP client for Zulip's API")?;
+    let tasks = TaskTracker::new();
     let announcer = Arc::new(
-        Announcer::new(&config, db.clone(), zulip.clone())
+        Announcer::new(&config, db.clone(), zulip.clone(), tasks.clone())
             .context("building the HTTP client for notifications")?,
     );
-    let processor = Processor::new(cx, writer.clone(), announcer);
+    let processor = Processor::new(cx, writer.clone(), announcer, tasks.clone());
     let filters = Arc::new(Filters::new(&config.filters));
     let (inbox, inbox_tasks) = Inbox::start(
         processor.clone(),
@@ -301,6 +322,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         ready,
         in_flight,
         shutdown_timeout: config.server.shutdown_timeout,
+        tasks,
         writer,
         writer_thread,
         upkeep,
@@ -427,16 +449,26 @@ async fn refresh(u: &Upkeep) {
                 store::inbox_counts(c)?,
                 store::listener_rows(c)?,
                 store::oldest_pending_ms(c)?,
+                store::parked_by_handler(c)?,
             ))
         })
         .await
     {
-        Ok((counts, rows, oldest)) => {
+        Ok((counts, rows, oldest, parked)) => {
             metric::ready(u.ready.load(Ordering::Relaxed));
             let lag = oldest.map_or(0.0, |ms| (now_ms() - ms).max(0) as f64 / 1000.0);
             metric::inbox_lag(lag);
+            for entry in u.registry.entries() {
+                let name = entry.handler.name();
+                let n = parked
+                    .iter()
+                    .find(|(h, _)| h == name)
+                    .map_or(0, |(_, n)| *n);
+                metric::inbox_parked(name, n);
+            }
             for status in [
                 "pending",
+                "parked",
                 "done",
                 "dead",
                 "expired",

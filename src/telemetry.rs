@@ -273,6 +273,12 @@ pub mod metric {
         gauge!("zulip_listeners_rate_limiter_keys", "path" => path).set(keys as f64);
     }
 
+    /// Forwarded events parked behind a paused or disabled handler, per handler.
+    pub fn inbox_parked(handler: &str, count: i64) {
+        gauge!("zulip_listeners_inbox_parked_events", "handler" => handler.to_string())
+            .set(count as f64);
+    }
+
     /// Forwarded events in the inbox by status (`dead` are the dead letters).
     pub fn inbox_events(status: &str, count: i64) {
         gauge!("zulip_listeners_inbox_events", "status" => status.to_string()).set(count as f64);

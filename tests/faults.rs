@@ -218,3 +218,247 @@ async fn resent_batches_and_events_consume_no_rate_limit_quota() {
         t.stop().await;
     }
 }
+
+/// Parked events (status, last error) of the inbox.
+fn parked(c: &mut DbConnection) -> Vec<String> {
+    inbox::table
+        .filter(inbox::status.eq("parked"))
+        .select(inbox::event_id)
+        .load(c)
+        .expect("inbox")
+}
+
+fn count_status(c: &mut DbConnection, status: &str) -> i64 {
+    inbox::table
+        .filter(inbox::status.eq(status))
+        .count()
+        .get_result(c)
+        .expect("count")
+}
+
+#[actix_web::test]
+async fn a_disabled_handler_parks_its_events_without_stalling_intake() {
+    let target = Stub::start(r#"{"ok": true}"#, std::time::Duration::ZERO).await;
+    target.set_status(500);
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let extra = format!(
+            "{}[admin]\ntoken = \"{ADMIN}\"\n\
+             [error_handling]\nbreaker_failures = 100\nmax_failures_per_hour = 2\n\
+             [handlers.keyword_alerts]\nrules = [{{ name = \"alpha\", pattern = \"alpha\", webhook = \"{}/alert\" }}]\n",
+            forwarder_config(
+                "handlers = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\nretry_delay = \"100ms\"\nmax_retries = 50\nmax_backlog = 2\n"
+            ),
+            target.url
+        );
+        let t = start_server(&db, &extra).await;
+        let four = batch(
+            (0..4)
+                .map(|i| envelope(&format!("p{i}"), message(100 + i, 10, "alpha incident")))
+                .collect(),
+        );
+        assert_eq!(post_batch(&t, "msg_park_1", &four).await.status, 200);
+        // Three failures disable keyword_alerts; every event then waits for it, parked.
+        let mut last = Vec::new();
+        let all_parked = eventually(std::time::Duration::from_secs(20), async || {
+            last = t.query(parked).await;
+            last.len() == 4 && t.query(|c| count_status(c, "pending")).await == 0
+        })
+        .await;
+        assert!(all_parked, "{backend:?}: parked {last:?}");
+
+        // Over max_backlog in total, yet another realm's batch is accepted, and so is this
+        // realm's: parked events are not a backlog.
+        let other = batch(vec![envelope_in("r3", 3, 0, message(200, 11, "hello"))]);
+        let answer = post_batch(&t, "msg_park_other_realm", &other).await;
+        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
+        let same = batch(vec![envelope("p9", message(109, 10, "beta"))]);
+        let answer = post_batch(&t, "msg_park_same_realm", &same).await;
+        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
+
+        // Visible to operators.
+        let listed = t
+            .send(
+                t.http
+                    .get(format!("{}/admin/dead-letters?status=parked", t.base))
+                    .bearer_auth(ADMIN),
+            )
+            .await;
+        assert_eq!(listed.status, 200, "{:?}", listed.json);
+        assert!(
+            listed
+                .json
+                .to_string()
+                .contains("waiting for `keyword_alerts`"),
+            "{:?}",
+            listed.json
+        );
+        t.stop().await;
+    }
+    target.stop().await;
+}
+
+const ADMIN: &str = "admin-token-for-the-faults-tests-0123456789";
+
+#[actix_web::test]
+async fn a_failed_rule_does_not_repeat_alerts_already_delivered() {
+    let ok = Stub::start(r#"{"ok": true}"#, std::time::Duration::ZERO).await;
+    let bad = Stub::start(r#"{"ok": false}"#, std::time::Duration::ZERO).await;
+    bad.set_status(500);
+    for backend in backends() {
+        let (ok_before, bad_before) = (ok.requests().len(), bad.requests().len());
+        let db = TestDatabase::new(backend);
+        let extra = format!(
+            "{}[handlers.keyword_alerts]\nrules = [\
+             {{ name = \"good\", pattern = \"alpha.*\", webhook = \"{}/ok\" }}, \
+             {{ name = \"broken\", pattern = \"alpha\", webhook = \"{}/bad\" }}]\n",
+            forwarder_config(
+                "handlers = [\"keyword_alerts\"]\nmax_retries = 2\nretry_delay = \"100ms\"\n"
+            ),
+            ok.url,
+            bad.url
+        );
+        let t = start_server(&db, &extra).await;
+        let long = format!("alpha {}", "x".repeat(3000));
+        let answer = post_batch(
+            &t,
+            "msg_alert_once",
+            &batch(vec![envelope("once", message(501, 10, &long))]),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        let dead = eventually(std::time::Duration::from_secs(20), async || {
+            t.query(|c| count_status(c, "dead")).await == 1
+        })
+        .await;
+        assert!(dead, "{backend:?}: the event ends dead");
+        assert_eq!(
+            bad.requests().len() - bad_before,
+            3,
+            "the failing rule is tried three times"
+        );
+        let delivered = &ok.requests()[ok_before..];
+        assert_eq!(delivered.len(), 1, "{backend:?}: the good rule alerts once");
+        let body: Value = serde_json::from_str(&delivered[0].body).expect("json");
+        let matched = body["matched"].as_str().unwrap_or_default();
+        assert!(
+            matched.chars().count() <= 501,
+            "matched is limited like the content: {} chars",
+            matched.chars().count()
+        );
+        t.stop().await;
+    }
+    ok.stop().await;
+    bad.stop().await;
+}
+
+#[actix_web::test]
+async fn late_handler_results_are_written_during_a_graceful_shutdown() {
+    let slow = Stub::start(r#"{"ok": true}"#, std::time::Duration::from_secs(2)).await;
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let extra = format!(
+            "{}[handlers.keyword_alerts]\nrules = [{{ name = \"slow\", pattern = \"ping\", webhook = \"{}/slow\" }}]\n",
+            helper_bot("[\"command_bot\", \"keyword_alerts\", \"message_logger\"]"),
+            slow.url
+        );
+        let t = start_server(&db, &extra).await;
+        let body = json!({
+            "bot_email": BOT_EMAIL, "token": TOKEN, "trigger": "mention", "data": "ping",
+            "message": {"id": 555001, "content": "ping", "type": "stream", "sender_id": 11,
+                        "sender_email": "a@example.com", "sender_full_name": "A",
+                        "display_recipient": "general", "subject": "t", "timestamp": 1732371234}
+        });
+        let started = std::time::Instant::now();
+        let answer = t.post_json("/zulip/outgoing", &body.to_string()).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.json);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "answered before the slow handler ends"
+        );
+        let server_db = t.server.db.clone();
+        t.stop().await;
+        let (messages, alerts) = server_db
+            .run(|c| {
+                use zulip_listeners::db::schema::{keyword_alerts, messages};
+                let m: i64 = messages::table
+                    .filter(messages::message_id.eq(555001))
+                    .count()
+                    .get_result(c)?;
+                let a: i64 = keyword_alerts::table
+                    .filter(keyword_alerts::message_id.eq(555001))
+                    .count()
+                    .get_result(c)?;
+                Ok((m, a))
+            })
+            .await
+            .expect("database");
+        let logs = server_db
+            .run(|c| {
+                use zulip_listeners::db::schema::event_log as log;
+                Ok(log::table
+                    .select((log::handler, log::success, log::error))
+                    .load::<(String, bool, Option<String>)>(c)?)
+            })
+            .await;
+        assert_eq!(
+            (messages, alerts),
+            (1, 1),
+            "{backend:?}: the message and the alert record are stored; event log {logs:?}"
+        );
+    }
+    slow.stop().await;
+}
+
+#[actix_web::test]
+async fn nul_in_stored_text_fields_is_a_client_mistake() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let t = start_server(&db, &forwarder_config("")).await;
+        let answer = post_batch(
+            &t,
+            "msg_nul",
+            &batch(vec![envelope("a\u{0}b", message(1, 10, "x"))]),
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{backend:?}: {:?}", answer.json);
+        assert!(
+            answer.json["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("`event_id` contains a NUL character"),
+            "{:?}",
+            answer.json
+        );
+        t.stop().await;
+    }
+}
+
+#[test]
+fn database_synchronous_is_validated() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let good = |value: &str| {
+        zulip_listeners::config::Config::from_toml(&format!(
+            "[database]\nurl = \"{}\"\nsynchronous = \"{value}\"\n",
+            db.url
+        ))
+    };
+    assert_eq!(
+        good("normal").map(|c| c.database.sqlite_synchronous()).ok(),
+        Some("NORMAL")
+    );
+    let error = good("sometimes")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(error.contains("database.synchronous"), "{error}");
+    let default =
+        zulip_listeners::config::Config::from_toml(&format!("[database]\nurl = \"{}\"\n", db.url))
+            .map(|c| c.database.sqlite_synchronous())
+            .ok();
+    assert_eq!(
+        default,
+        Some("FULL"),
+        "acknowledged writes are durable by default"
+    );
+}

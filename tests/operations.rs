@@ -330,7 +330,7 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     let mut waiting = Vec::new();
     let paused = eventually(Duration::from_secs(5), async || {
         waiting = t
-            .query(|c| store::inbox_entries(c, &["pending"], 10).expect("q"))
+            .query(|c| store::inbox_entries(c, &["parked"], 10).expect("q"))
             .await;
         waiting.len() == 1
             && waiting[0]
@@ -342,7 +342,7 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     .await;
     assert!(
         paused,
-        "the event waits for the breaker, still pending: {waiting:?}"
+        "the event waits for the breaker, parked: {waiting:?}"
     );
     let list = admin(&t, reqwest::Method::GET, "/admin/handlers", Some(ADMIN)).await;
     let alerts = list.json["handlers"]
@@ -385,7 +385,13 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     // While disabled after failures, the event keeps waiting (it is not processed without
     // the handler).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(count_of(&t.query(counts).await, "pending"), 1);
+    let now = t.query(counts).await;
+    assert_eq!(
+        count_of(&now, "parked") + count_of(&now, "pending"),
+        1,
+        "{now:?}"
+    );
+    assert_eq!(count_of(&now, "done"), 0, "{now:?}");
 
     // The target recovers; an operator enables the handler; the waiting event is processed.
     let failed_calls = target.requests().len();

@@ -26,7 +26,8 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 
 /// Per-connection SQLite settings: 16 KiB pages (applies only when the file is created), wait
 /// for the writer instead of failing, WAL for concurrent readers, the durability level WAL
-/// makes safe (a crash of the process loses nothing that was committed), a 64 MiB page cache,
+/// makes safe (a crash of the process loses nothing that was committed; the writer's own
+/// connection, which commits everything acknowledged, uses `database.synchronous`), a 64 MiB page cache,
 /// a checkpoint after 2,500 pages of log (the writer's own connection raises this: see
 /// [`checkpoint`]), and a log file cut back to 64 MiB when it starts over.
 const SQLITE_PRAGMAS: &str = "PRAGMA page_size = 16384; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \

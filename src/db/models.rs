@@ -142,6 +142,9 @@ pub struct ClaimedRow {
     pub event_id: String,
     pub payload: String,
     pub attempts: i32,
+    /// `pending`, or `parked` (waiting for a paused or disabled handler).
+    pub status: String,
+    pub realm_id: i64,
 }
 
 /// What user_activity_tracker adds for one (realm, user).

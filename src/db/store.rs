@@ -403,7 +403,7 @@ pub fn finish_done(
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let target = inbox::table
             .filter(inbox::event_id.eq_any(chunk))
-            .filter(inbox::status.eq("pending"))
+            .filter(inbox::status.eq_any(["pending", "parked"]))
             .filter(inbox::attempts.eq(attempts_before));
         let changes = (
             inbox::status.eq("done"),
@@ -424,9 +424,10 @@ pub fn finish_done(
     Ok(applied)
 }
 
-/// Records a failed attempt at an event: `pending` again with `retry_at` for another try, or
-/// `dead` when `retry_at` is `None`. Applies only if the event is still pending at the attempt
-/// it was taken at; returns whether it applied.
+/// Records a failed attempt at an event: `pending` again with `retry_at` for another try
+/// (`parked` when it was not tried because a handler it needs is paused or disabled), or
+/// `dead` when `retry_at` is `None`. Applies only if the event is still pending (or parked) at
+/// the attempt it was taken at; returns whether it applied.
 pub fn finish_failed(
     conn: &mut DbConnection,
     event_id: &str,
@@ -437,15 +438,16 @@ pub fn finish_failed(
 ) -> Result<bool, DbError> {
     let target = inbox::table
         .filter(inbox::event_id.eq(event_id))
-        .filter(inbox::status.eq("pending"))
+        .filter(inbox::status.eq_any(["pending", "parked"]))
         .filter(inbox::attempts.eq(attempts_before));
+    let status = match retry_at {
+        None => "dead",
+        Some(_) if attempts_after == attempts_before => "parked",
+        Some(_) => "pending",
+    };
     let updated = diesel::update(target)
         .set((
-            inbox::status.eq(if retry_at.is_some() {
-                "pending"
-            } else {
-                "dead"
-            }),
+            inbox::status.eq(status),
             inbox::attempts.eq(attempts_after),
             inbox::next_attempt_at_ms.eq(retry_at.unwrap_or(0)),
             inbox::claimed_until_ms.eq(0i64),
@@ -508,20 +510,32 @@ pub fn claim_due(
 ) -> Result<Vec<ClaimedRow>, DbError> {
     let now = now_ms();
     conn.transaction(|conn| {
-        // The literal condition matches the partial index `inbox_due`.
-        let due = inbox::table
-            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
-                "status = 'pending'",
-            ))
-            .filter(inbox::next_attempt_at_ms.le(now))
-            .filter(inbox::claimed_until_ms.le(now))
-            .order(inbox::id)
-            .limit(limit)
-            .select((inbox::event_id, inbox::payload, inbox::attempts));
-        let rows: Vec<ClaimedRow> = match conn {
-            DbConnection::Postgres(c) => due.for_update().skip_locked().load(c)?,
-            DbConnection::Sqlite(c) => due.load(c)?,
-        };
+        // The literal conditions match the partial indexes `inbox_due` and `inbox_parked`.
+        let mut rows: Vec<ClaimedRow> = Vec::new();
+        for status in ["status = 'pending'", "status = 'parked'"] {
+            let room = limit.saturating_sub(i64::try_from(rows.len()).unwrap_or(i64::MAX));
+            if room <= 0 {
+                break;
+            }
+            let due = inbox::table
+                .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(status))
+                .filter(inbox::next_attempt_at_ms.le(now))
+                .filter(inbox::claimed_until_ms.le(now))
+                .order(inbox::id)
+                .limit(room)
+                .select((
+                    inbox::event_id,
+                    inbox::payload,
+                    inbox::attempts,
+                    inbox::status,
+                    inbox::realm_id,
+                ));
+            let found: Vec<ClaimedRow> = match conn {
+                DbConnection::Postgres(c) => due.for_update().skip_locked().load(c)?,
+                DbConnection::Sqlite(c) => due.load(c)?,
+            };
+            rows.extend(found);
+        }
         let rows: Vec<ClaimedRow> = rows
             .into_iter()
             .filter(|r| !skip.contains(&r.event_id))
@@ -582,6 +596,49 @@ pub fn pending_count(conn: &mut DbConnection) -> Result<i64, DbError> {
         ))
         .select(count_star())
         .first(conn)?)
+}
+
+/// Pending events (due or not) per realm id.
+pub fn pending_by_realm(conn: &mut DbConnection) -> Result<Vec<(i64, i64)>, DbError> {
+    Ok(inbox::table
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "status = 'pending'",
+        ))
+        .group_by(inbox::realm_id)
+        .select((inbox::realm_id, count_star()))
+        .load(conn)?)
+}
+
+/// The reason stored with an event parked behind `handler`.
+pub fn parked_reason(handler: &str) -> String {
+    format!(
+        "waiting for `{handler}`: its circuit breaker is open or it was disabled after failures"
+    )
+}
+
+/// Parked events per handler they wait for.
+pub fn parked_by_handler(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, DbError> {
+    let rows: Vec<(Option<String>, i64)> = inbox::table
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "status = 'parked'",
+        ))
+        .group_by(inbox::last_error)
+        .select((inbox::last_error, count_star()))
+        .load(conn)?;
+    let mut by_handler: Vec<(String, i64)> = Vec::new();
+    for (reason, n) in rows {
+        let handler = reason
+            .as_deref()
+            .and_then(|r| r.strip_prefix("waiting for `"))
+            .and_then(|r| r.split('`').next())
+            .unwrap_or("unknown")
+            .to_string();
+        match by_handler.iter_mut().find(|(h, _)| *h == handler) {
+            Some((_, total)) => *total += n,
+            None => by_handler.push((handler, n)),
+        }
+    }
+    Ok(by_handler)
 }
 
 /// Events per inbox status.

@@ -40,6 +40,15 @@ pub enum Effect {
     AlertSent(AlertRecord),
 }
 
+impl Effect {
+    /// Whether the effect records something already done outside (an alert delivered): such
+    /// effects are kept when the run fails, so that a retry does not do it again. The others
+    /// are applied only with a successful run (a retry produces them again).
+    pub fn records_delivery(&self) -> bool {
+        matches!(self, Effect::AlertSent(_))
+    }
+}
+
 /// What became of one attempt at a forwarded event.
 #[derive(Debug, Clone)]
 pub struct InboxOutcome {
@@ -199,23 +208,25 @@ impl WriterThread {
 
 /// The writer's own connection. On SQLite it leaves checkpoints to the [`Checkpointer`] and
 /// does one itself only if the log grows far beyond the usual.
-fn connect(target: &DatabaseTarget) -> Result<DbConnection, DbError> {
+fn connect(target: &DatabaseTarget, synchronous: &str) -> Result<DbConnection, DbError> {
     let mut conn = establish(target)?;
     if let DbConnection::Sqlite(c) = &mut conn {
         c.batch_execute(&format!(
-            "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};"
+            "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}; PRAGMA synchronous = {synchronous};"
         ))?;
     }
     Ok(conn)
 }
 
 impl Writer {
-    /// Opens the writer's connection and starts its thread.
+    /// Opens the writer's connection and starts its thread. `synchronous` is the SQLite
+    /// `PRAGMA synchronous` of the writer's connection (`FULL`, `EXTRA` or `NORMAL`).
     pub fn spawn(
         target: &DatabaseTarget,
         batch_size: usize,
+        synchronous: &'static str,
     ) -> Result<(Writer, WriterThread), DbError> {
-        let conn = connect(target)?;
+        let conn = connect(target, synchronous)?;
         let checkpointer = Checkpointer::start(target)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (trash, spent) = std::sync::mpsc::channel::<Spent>();
@@ -226,7 +237,7 @@ impl Writer {
         let target = target.clone();
         let thread = std::thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || run(conn, target, rx, batch_size, trash))
+            .spawn(move || run(conn, target, synchronous, rx, batch_size, trash))
             .map_err(|e| DbError::Task(format!("cannot start the writer thread: {e}")))?;
         Ok((
             Writer { tx },
@@ -545,6 +556,7 @@ fn merge_activity(into: &mut HashMap<(i64, i64), ActivityDelta>, delta: &Activit
 fn run(
     mut conn: DbConnection,
     target: DatabaseTarget,
+    synchronous: &'static str,
     mut rx: mpsc::Receiver<WriteOp>,
     batch_size: usize,
     janitor: std::sync::mpsc::Sender<Spent>,
@@ -559,7 +571,7 @@ fn run(
             }
         }
         let results = if batch.rows > 0 {
-            write_with_retries(&mut conn, &target, &mut batch)
+            write_with_retries(&mut conn, &target, synchronous, &mut batch)
         } else {
             Ok(Vec::new())
         };
@@ -579,6 +591,7 @@ fn run(
 fn write_with_retries(
     conn: &mut DbConnection,
     target: &DatabaseTarget,
+    synchronous: &str,
     batch: &mut Batch,
 ) -> Result<Vec<IntakeResult>, String> {
     let mut delay = Duration::from_millis(50);
@@ -597,7 +610,7 @@ fn write_with_retries(
                 }
                 std::thread::sleep(delay);
                 delay = (delay * 4).min(Duration::from_secs(5));
-                if let Ok(fresh) = connect(target) {
+                if let Ok(fresh) = connect(target, synchronous) {
                     *conn = fresh;
                 }
             }

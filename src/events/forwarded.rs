@@ -238,6 +238,18 @@ fn parse_envelope(raw: &RawValue) -> Result<ForwardedEvent, PayloadError> {
     let audience = envelope.audience.unwrap_or_default();
     let user_id = user_about(&kind, audience.user_ids.as_deref());
     let realm_string = realm.string_id.unwrap_or_default();
+    // Stored in text columns: PostgreSQL refuses NUL in text, and a batch it refuses would be
+    // re-sent (503) forever.
+    for (field, value) in [
+        ("event_id", Some(event_id.as_str())),
+        ("type", Some(event_type.as_str())),
+        ("op", envelope.op.as_deref()),
+        ("realm.string_id", Some(realm_string.as_str())),
+    ] {
+        if value.is_some_and(|v| v.contains('\0')) {
+            return Err(PayloadError(format!("`{field}` contains a NUL character")));
+        }
+    }
     Ok(ForwardedEvent {
         realm_id,
         user_id,

@@ -1,7 +1,13 @@
 //! `keyword_alerts`: when a message matches a rule's regular expression, notify a channel
 //! through Zulip's REST API (as one of the configured bots) or POST a JSON alert to a webhook.
 //! Each (rule, message) alerts once; an alert that cannot be delivered fails the run, so a
-//! forwarded event is retried (and ends in dead letters if the target stays down).
+//! forwarded event is retried (and ends in dead letters if the target stays down). The alerts
+//! that were delivered are recorded even when another rule's failed, so a retry sends only
+//! what failed.
+//!
+//! Everything taken from the message (excerpt, matched text, sender name, channel, topic) is
+//! shortened and neutralised before it goes into an alert: no mention (`@**all**`, `@*group*`)
+//! and no Markdown that could leave the quote block.
 //!
 //! ```toml
 //! [handlers.keyword_alerts]
@@ -29,6 +35,13 @@ use crate::db::writer::Effect;
 use crate::db::{now_ms, store};
 use crate::events::{Event, Message, MessageType, truncate_chars};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
+
+/// Most characters of the matched text in an alert.
+const MAX_MATCHED_CHARS: usize = 200;
+/// Most characters of a name (sender, channel, topic) in an alert.
+const MAX_NAME_CHARS: usize = 100;
+/// Most characters of the message excerpt in an alert.
+const MAX_EXCERPT_CHARS: usize = 500;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,7 +176,12 @@ impl KeywordAlerts {
     ) -> Result<(), HandlerError> {
         let excerpt = truncate_chars(
             &message.content,
-            cx.data_protection.max_content_length.min(500),
+            cx.data_protection.max_content_length.min(MAX_EXCERPT_CHARS),
+        )
+        .0;
+        let matched = truncate_chars(
+            matched,
+            cx.data_protection.max_content_length.min(MAX_MATCHED_CHARS),
         )
         .0;
         match &rule.target {
@@ -205,19 +223,7 @@ impl KeywordAlerts {
                 }
             }
             Target::Zulip { api, destination } => {
-                let place = match (message.message_type, &message.channel, &message.topic) {
-                    (MessageType::Stream, Some(channel), Some(topic)) => {
-                        format!("#**{channel}>{topic}**")
-                    }
-                    (MessageType::Stream, _, _) => "a channel".to_string(),
-                    (MessageType::Private, _, _) => "a direct message".to_string(),
-                };
-                let who = message.sender_full_name.as_deref().unwrap_or("Someone");
-                let content = format!(
-                    "**{}** matched `{}` — {who} in {place}:\n```quote\n{excerpt}\n```",
-                    rule.name,
-                    matched.replace('`', "'")
-                );
+                let content = alert_text(&rule.name, &matched, message, &excerpt);
                 self.zulip
                     .send_message(api, destination, &content)
                     .await
@@ -263,6 +269,8 @@ impl Handler for KeywordAlerts {
                 Some(id) => cx.db.run(move |c| store::alerted_rules(c, id)).await?,
                 None => Default::default(),
             };
+            // Every rule gets its try; the ones delivered are recorded even if another fails.
+            let mut failure = None;
             for (rule, matched) in matches {
                 if already.contains(&rule.name) {
                     continue;
@@ -271,7 +279,10 @@ impl Handler for KeywordAlerts {
                     tracing::info!(rule = %rule.name, "dry run: not sending the alert");
                     continue;
                 }
-                self.send(cx, rule, event, message, &matched).await?;
+                if let Err(e) = self.send(cx, rule, event, message, &matched).await {
+                    failure.get_or_insert(e);
+                    continue;
+                }
                 if let Some(id) = message.id {
                     effects.push(Effect::AlertSent(AlertRecord {
                         rule: rule.name.clone(),
@@ -282,8 +293,129 @@ impl Handler for KeywordAlerts {
                     }));
                 }
             }
-            Ok(None)
+            match failure {
+                Some(e) => Err(e),
+                None => Ok(None),
+            }
         }
         .boxed()
+    }
+}
+
+/// The text of an alert posted to Zulip. Only the rule's name (from the configuration) is
+/// used as it is; everything from the message is neutralised.
+fn alert_text(rule: &str, matched: &str, message: &Message, excerpt: &str) -> String {
+    let place = match (message.message_type, &message.channel, &message.topic) {
+        (MessageType::Stream, Some(channel), Some(topic)) => {
+            let linkable = |s: &str| {
+                s.chars().count() <= MAX_NAME_CHARS
+                    && !s.contains(['*', '>', '`', '@', '\n', '\r', '[', ']'])
+            };
+            if linkable(channel) && linkable(topic) {
+                format!("#**{channel}>{topic}**")
+            } else {
+                format!("{} > {}", inline(channel), inline(topic))
+            }
+        }
+        (MessageType::Stream, _, _) => "a channel".to_string(),
+        (MessageType::Private, _, _) => "a direct message".to_string(),
+    };
+    let who = message
+        .sender_full_name
+        .as_deref()
+        .map_or_else(|| "Someone".to_string(), inline);
+    let code = no_mentions(&one_line(matched)).replace('`', "'");
+    let body = no_mentions(excerpt);
+    let fence = "`".repeat(longest_run(&body, '`').max(2) + 1);
+    format!("**{rule}** matched `{code}` — {who} in {place}:\n{fence}quote\n{body}\n{fence}")
+}
+
+/// A name shortened to one line, with Markdown and mentions neutralised.
+fn inline(text: &str) -> String {
+    let short = truncate_chars(&one_line(text), MAX_NAME_CHARS).0;
+    let mut out = String::with_capacity(short.len() + 8);
+    for c in no_mentions(&short).chars() {
+        if matches!(
+            c,
+            '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '<' | '>' | '#' | '~' | '|' | '$'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Puts a zero-width space after every `@`, so that no mention syntax (`@**all**`,
+/// `@*group*`, `@_**name**`) can match.
+fn no_mentions(text: &str) -> String {
+    text.replace('@', "@\u{200B}")
+}
+
+/// The longest run of `c` in `text`.
+fn longest_run(text: &str, c: char) -> usize {
+    let (mut longest, mut run) = (0, 0);
+    for ch in text.chars() {
+        run = if ch == c { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    longest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(content: &str, name: &str, topic: &str) -> Message {
+        Message {
+            id: Some(1),
+            message_type: MessageType::Stream,
+            content: content.into(),
+            command: content.into(),
+            sender_id: Some(10),
+            sender_email: None,
+            sender_full_name: Some(name.into()),
+            stream_id: Some(5),
+            channel: Some("general".into()),
+            topic: Some(topic.into()),
+            recipients: Vec::new(),
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn alert_text_cannot_mention_or_leave_the_quote() {
+        let content = "deploy\n```\n@**all** fake outage, click [here](https://evil.example)\n````";
+        let m = message(content, "Eve @**all**", "t**opic");
+        let text = alert_text("deploys", "deploy\n```\n@**all**", &m, content);
+        for needle in ["@**", "@*", "@_*"] {
+            assert!(!text.contains(needle), "{needle} in {text}");
+        }
+        // The fence is longer than any backtick run inside it, so nothing closes it early.
+        let fence = "`".repeat(5);
+        assert!(text.contains(&format!("{fence}quote\n")), "{text}");
+        assert!(text.ends_with(&format!("\n{fence}")), "{text}");
+        // A topic with `**` is not made into a channel link it could break out of.
+        assert!(!text.contains("#**general>"), "{text}");
+        assert!(text.contains("t\\*\\*opic"), "{text}");
+        // The matched text is one line of inline code.
+        assert!(
+            text.starts_with("**deploys** matched `deploy ''' @\u{200B}**all**`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn plain_names_keep_their_channel_link() {
+        let m = message("outage", "Ann", "deploys");
+        let text = alert_text("outage", "outage", &m, "outage");
+        assert!(text.contains("Ann in #**general>deploys**"), "{text}");
+        assert!(text.contains("```quote\noutage\n```"), "{text}");
     }
 }

@@ -237,7 +237,7 @@ pub struct InboxQuery {
     limit: Option<i64>,
 }
 
-const REPLAYABLE: &[&str] = &["dead", "rate_limited", "expired", "filtered"];
+const REPLAYABLE: &[&str] = &["dead", "parked", "rate_limited", "expired", "filtered"];
 
 fn replayable(status: Option<String>) -> Result<String, ApiError> {
     let status = status.unwrap_or_else(|| "dead".into());

@@ -3,6 +3,7 @@
 //! `error_handling.notification_webhook` and a message in Zulip from
 //! `error_handling.notification_bot` when configured. Auto-disable is also persisted.
 
+use super::tasks::TaskTracker;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +20,16 @@ pub struct Announcer {
     http: reqwest::Client,
     webhook: Option<String>,
     zulip: Option<(ZulipClient, BotApi, Destination)>,
+    tasks: TaskTracker,
 }
 
 impl Announcer {
-    pub fn new(config: &Config, db: Db, zulip: ZulipClient) -> Result<Announcer, reqwest::Error> {
+    pub fn new(
+        config: &Config,
+        db: Db,
+        zulip: ZulipClient,
+        tasks: TaskTracker,
+    ) -> Result<Announcer, reqwest::Error> {
         let e = &config.error_handling;
         let via_zulip = e.notification_bot.as_ref().and_then(|name| {
             let bot = config.bots.get(name)?;
@@ -48,6 +55,7 @@ impl Announcer {
             http: crate::outbound::client(Duration::from_secs(10))?,
             webhook: e.notification_webhook.clone(),
             zulip: via_zulip,
+            tasks,
         })
     }
 
@@ -82,7 +90,7 @@ impl Announcer {
             }
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             for transition in transitions {
                 this.deliver(handler, &transition).await;
             }

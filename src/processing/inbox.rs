@@ -13,10 +13,10 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dashmap::DashSet;
+use dashmap::{DashMap, DashSet};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -48,6 +48,10 @@ struct Work {
     event: Event,
     attempts: i32,
     guard: InFlight,
+    /// The event's realm, and whether it is counted in that realm's backlog (it is pending,
+    /// not parked).
+    realm_id: i64,
+    counted: bool,
 }
 
 /// Keeps an event id in the in-flight set, and counted in its lane, until dropped (after the
@@ -175,8 +179,32 @@ pub struct Inbox {
     in_flight: Arc<DashSet<String>>,
     config: ForwarderConfig,
     admission: Admission,
-    /// Pending events this server knows of (stored, not yet done or dead).
-    backlog: Arc<AtomicI64>,
+    /// Pending events this server knows of (stored, not yet done, dead or parked), per
+    /// realm: a realm whose events pile up is refused new batches, the others are not.
+    backlog: Backlog,
+}
+
+/// Pending events per realm id.
+#[derive(Default)]
+struct Backlog(DashMap<i64, i64>);
+
+impl Backlog {
+    fn add(&self, realm_id: i64, n: i64) {
+        if n != 0 {
+            *self.0.entry(realm_id).or_insert(0) += n;
+        }
+    }
+
+    /// One fewer; clamped at zero (replays from the command line were never counted in).
+    fn done(&self, realm_id: i64) {
+        if let Some(mut n) = self.0.get_mut(&realm_id) {
+            *n = (*n - 1).max(0);
+        }
+    }
+
+    fn of(&self, realm_id: i64) -> i64 {
+        self.0.get(&realm_id).map_or(0, |n| *n)
+    }
 }
 
 /// The running workers and sweeper, to be stopped at shutdown.
@@ -205,7 +233,11 @@ impl Inbox {
         admission: Admission,
         config: ForwarderConfig,
     ) -> Result<(Arc<Inbox>, InboxTasks), DbError> {
-        let pending = db.run(store::pending_count).await?;
+        let pending = db.run(store::pending_by_realm).await?;
+        let backlog = Backlog::default();
+        for (realm_id, n) in pending {
+            backlog.add(realm_id, n);
+        }
         if db.backend() == Backend::Sqlite {
             let released = db.run(store::release_all_claims).await?;
             if released > 0 {
@@ -235,7 +267,7 @@ impl Inbox {
             in_flight: Arc::new(DashSet::new()),
             config,
             admission,
-            backlog: Arc::new(AtomicI64::new(pending)),
+            backlog,
         });
         let mut tasks = Vec::new();
         for rx in receivers {
@@ -254,12 +286,20 @@ impl Inbox {
         webhook_id: &str,
         events: Vec<ForwardedEvent>,
     ) -> Result<IntakeSummary, IntakeError> {
-        let backlog = self.backlog.load(Ordering::Relaxed);
-        if backlog > i64::try_from(self.admission.max_backlog).unwrap_or(i64::MAX) {
-            return Err(IntakeError::Busy(format!(
-                "{backlog} events are waiting to be processed (forwarder.max_backlog {})",
-                self.admission.max_backlog
-            )));
+        // Only the batch's own realms count: one realm's pile-up (a slow handler) does not
+        // stop the others, and events parked behind a paused or disabled handler are not
+        // counted at all.
+        let max = i64::try_from(self.admission.max_backlog).unwrap_or(i64::MAX);
+        let mut realms: Vec<i64> = events.iter().map(|e| e.realm_id).collect();
+        realms.sort_unstable();
+        realms.dedup();
+        for realm_id in realms {
+            let backlog = self.backlog.of(realm_id);
+            if backlog > max {
+                return Err(IntakeError::Busy(format!(
+                    "{backlog} events of realm {realm_id} are waiting to be processed (forwarder.max_backlog {max})"
+                )));
+            }
         }
         let now = now_ms();
         let claim_until = now + millis(self.config.claim_lease);
@@ -338,7 +378,12 @@ impl Inbox {
                                 row.next_attempt_at_ms = retry_at_ms;
                                 row.last_error = Some(error);
                                 held[lane] = true;
-                                waiting.push(row.event_id.clone());
+                                if counts_attempt {
+                                    waiting.push((row.realm_id, row.event_id.clone()));
+                                } else {
+                                    // Behind a paused or disabled handler: not in the backlog.
+                                    row.status = "parked";
+                                }
                             }
                             Verdict::Dead { error } => {
                                 row.status = "dead";
@@ -351,7 +396,7 @@ impl Inbox {
                     None => {
                         held[lane] = true;
                         row.claimed_until_ms = claim_until;
-                        queued.push((lane, row.event_id.clone(), event.event));
+                        queued.push((lane, row.realm_id, row.event_id.clone(), event.event));
                     }
                 }
             }
@@ -412,18 +457,16 @@ impl Inbox {
         }
         let new = |id: &String| !stored.known.contains(id) && !stored.rate_limited.contains(id);
         summary.processed = done.iter().filter(|id| new(id)).count();
-        let waiting = waiting.iter().filter(|id| new(id)).count();
-        self.backlog.fetch_add(
-            i64::try_from(waiting).unwrap_or(i64::MAX),
-            Ordering::Relaxed,
-        );
+        for (realm_id, _) in waiting.iter().filter(|(_, id)| new(id)) {
+            self.backlog.add(*realm_id, 1);
+        }
         let mut released = Vec::new();
-        for (lane, event_id, event) in queued {
+        for (lane, realm_id, event_id, event) in queued {
             if !new(&event_id) {
                 continue;
             }
-            self.backlog.fetch_add(1, Ordering::Relaxed);
-            let work = self.track(lane, event_id, event, 0);
+            self.backlog.add(realm_id, 1);
+            let work = self.track(lane, event_id, event, 0, realm_id, true);
             match self.lanes[lane].queue.try_send(work) {
                 Ok(()) => {}
                 Err(
@@ -451,13 +494,23 @@ impl Inbox {
 
     /// Marks an event in flight, counted in its lane, and wraps it for the lane's worker.
     /// Dropping the work (a full queue) undoes both.
-    fn track(&self, lane: usize, event_id: String, event: Event, attempts: i32) -> Work {
+    fn track(
+        &self,
+        lane: usize,
+        event_id: String,
+        event: Event,
+        attempts: i32,
+        realm_id: i64,
+        counted: bool,
+    ) -> Work {
         self.in_flight.insert(event_id.clone());
         let outstanding = self.lanes[lane].outstanding.clone();
         outstanding.fetch_add(1, Ordering::AcqRel);
         Work {
             event,
             attempts,
+            realm_id,
+            counted,
             guard: InFlight {
                 set: self.in_flight.clone(),
                 lane: outstanding,
@@ -474,24 +527,30 @@ impl Inbox {
 
     /// What an attempt comes to. Effects are kept only when the event is done: a failed or
     /// deferred event runs all its handlers again, and applying the effects of the ones that
-    /// succeeded now would apply them twice.
+    /// succeeded now would apply them twice. Records of deliveries already made (alerts) are
+    /// kept in every case: the retry skips them.
     fn judge(&self, event_id: &str, outcome: &mut Outcome, attempts_before: i32) -> Verdict {
         let Some(error) = outcome.first_error.take() else {
             if let Some((handler, until_ms)) = outcome.deferred {
                 // A handler it needs is paused by its circuit breaker: keep the event pending
                 // until the breaker lets a trial run through, without counting an attempt.
-                outcome.processed.effects.clear();
+                outcome
+                    .processed
+                    .effects
+                    .retain(crate::db::writer::Effect::records_delivery);
                 return Verdict::Retry {
                     retry_at_ms: until_ms,
-                    error: format!(
-                        "waiting for `{handler}`: its circuit breaker is open or it was disabled after failures"
-                    ),
+                    error: store::parked_reason(handler),
                     counts_attempt: false,
                 };
             }
             return Verdict::Done;
         };
-        outcome.processed.effects.clear();
+        // Deliveries already made stay recorded, so that the retry does not repeat them.
+        outcome
+            .processed
+            .effects
+            .retain(crate::db::writer::Effect::records_delivery);
         let attempts = attempts_before.saturating_add(1);
         if u32::try_from(attempts).unwrap_or(u32::MAX) > self.config.max_retries {
             tracing::error!(
@@ -533,6 +592,8 @@ impl Inbox {
             event,
             attempts,
             guard,
+            realm_id,
+            counted,
         } = item;
         let mut outcome = self
             .processor
@@ -553,13 +614,10 @@ impl Inbox {
             } => (false, counts_attempt, Some((Some(retry_at_ms), error))),
             Verdict::Dead { error } => (true, true, Some((None, error))),
         };
-        if finished {
-            // Clamped: replays from the command line were never counted in.
-            let _ = self
-                .backlog
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some((n - 1).max(0))
-                });
+        // Finished or parked: out of the realm's backlog, if it was in (a parked event is
+        // not, nor is it when it runs again).
+        if counted && (finished || !counts_attempt) {
+            self.backlog.done(realm_id);
         }
         let mut processed = outcome.processed;
         processed.inbox = Some(InboxOutcome {
@@ -628,7 +686,15 @@ impl Inbox {
                 }
             };
             let lane = self.lane_of(&event);
-            let work = self.track(lane, row.event_id, event, row.attempts);
+            let counted = row.status == "pending";
+            let work = self.track(
+                lane,
+                row.event_id,
+                event,
+                row.attempts,
+                row.realm_id,
+                counted,
+            );
             // A closed queue (shutting down) drops the work, which releases it.
             let _ = self.lanes[lane].queue.send(work).await;
         }

@@ -7,6 +7,7 @@
 pub mod announce;
 pub mod inbox;
 pub mod outgoing;
+pub mod tasks;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -17,11 +18,12 @@ use tokio::sync::oneshot;
 
 use crate::db::models::NewEventLog;
 use crate::db::now_ms;
-use crate::db::writer::{Processed, WriteOp, Writer};
+use crate::db::writer::{Effect, Processed, WriteOp, Writer};
 use crate::events::{Event, Origin, normalize_reply, truncate_chars};
 use crate::handlers::{Context, Effects, HandlerError, HandlerId};
 use crate::telemetry::scrub;
 use announce::Announcer;
+use tasks::TaskTracker;
 
 /// How often events waiting for an automatically disabled handler look again.
 const AUTO_DISABLED_RECHECK_MS: i64 = 5_000;
@@ -35,6 +37,7 @@ pub struct Processor {
     cx: Arc<Context>,
     writer: Writer,
     announcer: Arc<Announcer>,
+    tasks: TaskTracker,
 }
 
 /// What running an event through its handlers produced.
@@ -50,12 +53,23 @@ pub struct Outcome {
 }
 
 impl Processor {
-    pub fn new(cx: Arc<Context>, writer: Writer, announcer: Arc<Announcer>) -> Self {
+    pub fn new(
+        cx: Arc<Context>,
+        writer: Writer,
+        announcer: Arc<Announcer>,
+        tasks: TaskTracker,
+    ) -> Self {
         Self {
             cx,
             writer,
             announcer,
+            tasks,
         }
+    }
+
+    /// The background tasks a graceful shutdown waits for.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     pub fn context(&self) -> &Arc<Context> {
@@ -76,7 +90,9 @@ impl Processor {
     ) -> oneshot::Receiver<Option<String>> {
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
-        tokio::spawn(async move {
+        // Tracked: the results must be written even when the run ends after the answer and a
+        // shutdown has begun.
+        self.tasks.spawn(async move {
             let outcome = this.run(&event, &handlers, None, Some(tx)).await;
             this.writer
                 .send(WriteOp::Processed(Box::new(outcome.processed)))
@@ -166,6 +182,15 @@ impl Processor {
                     None
                 }
                 Err(e) => {
+                    // What the handler delivered before it failed stays recorded.
+                    if !self.cx.dry_run {
+                        outcome.processed.effects.extend(
+                            effects
+                                .into_inner()
+                                .into_iter()
+                                .filter(Effect::records_delivery),
+                        );
+                    }
                     let full = e.to_string();
                     let text = truncate_chars(&scrub(&full), MAX_ERROR_CHARS).0;
                     tracing::warn!(handler = name, error = %text, "handler failed");

@@ -386,7 +386,7 @@ impl OutgoingService {
         let zulip = self.zulip.clone();
         let dry_run = self.dry_run;
         let span = tracing::info_span!("late_reply", bot = %name, message_id = ?event.message_id());
-        tokio::spawn(
+        self.processor.tasks().spawn(
             async move {
                 let Ok(Some(reply)) = first_reply.await else {
                     tracing::info!("handlers finished late without a reply");
