@@ -16,6 +16,7 @@ use crate::db::writer::{Writer, WriterThread};
 use crate::db::{Db, now_ms, retention, store};
 use crate::filters::Filters;
 use crate::handlers::{Context, Registry};
+use crate::http::listener::ListenerLimits;
 use crate::http::{AppState, ForwarderState, InFlight, metrics_routes, observe, routes};
 use crate::processing::Processor;
 use crate::processing::announce::Announcer;
@@ -265,25 +266,25 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let http = HttpServer::new(move || {
+    // Every request head must arrive within client_timeout (the first of a connection gets a
+    // 408, later ones a closed connection), and a body has its own deadline (`http::body`).
+    // Idle keep-alive connections close after 5 s, and a client that does not close after
+    // our answer gets 1 s.
+    let limits = ListenerLimits {
+        workers,
+        max_connections_per_worker: per_worker(config.server.max_connections, workers),
+        client_timeout: config.server.client_timeout,
+        keep_alive: Duration::from_secs(5),
+        disconnect_timeout: Duration::from_secs(1),
+        shutdown_timeout_secs: shutdown_timeout,
+    };
+    let server = crate::http::listener::serve(listener, limits, move || {
         let counted = counted.clone();
         App::new()
             .app_data(state.clone())
             .wrap_fn(move |req, service| observe(req, service, &counted))
             .configure(routes)
-    })
-    .disable_signals()
-    .shutdown_timeout(shutdown_timeout)
-    // The request head must arrive within client_timeout (408 and close otherwise); a body
-    // has its own deadline (`http::body`). Idle keep-alive connections close after 5 s, and a
-    // client that does not close after our answer gets 1 s.
-    .client_request_timeout(config.server.client_timeout)
-    .client_disconnect_timeout(Duration::from_secs(1))
-    .keep_alive(Duration::from_secs(5))
-    .max_connections(per_worker(config.server.max_connections, workers))
-    .workers(workers)
-    .listen(listener)?;
-    let server = http.run();
+    })?;
     let handle = server.handle();
     let task = tokio::spawn(server);
     let (metrics, metrics_addr) = if config.metrics.enabled {

@@ -36,14 +36,82 @@ pub fn init(config: &TelemetryConfig) -> std::io::Result<Option<Arc<LogFile>>> {
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(ansi);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let result = match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
-        LogFormat::Plain => builder.compact().without_time().try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(ClientMistakes)
+            .try_init(),
+        LogFormat::Pretty => builder.compact().finish().with(ClientMistakes).try_init(),
+        LogFormat::Plain => builder
+            .compact()
+            .without_time()
+            .finish()
+            .with(ClientMistakes)
+            .try_init(),
     };
     // Already installed (several servers in one test process): keep the first.
     let _ = result;
     Ok(file)
+}
+
+/// The HTTP parser logs every connection it gives up on at ERROR (`stream error: …`), client
+/// mistakes included: a bad request line, bad bytes in a header, a client that hung up or
+/// timed out. Those are not our errors: they are counted
+/// (`zulip_listeners_http_client_errors_total`) and not logged at ERROR. The parser logs each
+/// of them at TRACE too (`actix_http=trace` shows them). Its other stream errors stay ERROR.
+struct ClientMistakes;
+
+/// The `stream error` texts (actix-http's `DispatchError`) that are the client's doing.
+const CLIENT_STREAM_ERRORS: &[&str] = &[
+    "stream error: request parse error",
+    "stream error: I/O error",
+    "stream error: request did not complete",
+    "stream error: connection shutdown timeout",
+    "stream error: handler dropped payload",
+];
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientMistakes {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let meta = event.metadata();
+        if *meta.level() != tracing::Level::ERROR || !meta.target().starts_with("actix_http::h1") {
+            return true;
+        }
+        let mut message = MessageText(String::new());
+        event.record(&mut message);
+        if CLIENT_STREAM_ERRORS
+            .iter()
+            .any(|prefix| message.0.starts_with(prefix))
+        {
+            metric::http_client_error();
+            return false;
+        }
+        true
+    }
+}
+
+struct MessageText(String);
+
+impl tracing::field::Visit for MessageText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            use std::fmt::Write as _;
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        }
+    }
 }
 
 /// A log file that can be reopened (after logrotate moved it away).
@@ -226,6 +294,12 @@ pub mod metric {
             .find(|t| **t == event_type)
             .copied()
             .unwrap_or("other")
+    }
+
+    /// A connection the HTTP parser gave up on because of the client (a malformed request,
+    /// a hang-up, a timeout).
+    pub fn http_client_error() {
+        counter!("zulip_listeners_http_client_errors_total").increment(1);
     }
 
     /// A request body refused while being read (`reason`: timeout, budget).

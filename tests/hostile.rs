@@ -453,3 +453,93 @@ async fn readyz_shows_no_database_details() {
     assert!(started.elapsed() < Duration::from_secs(5));
     t.stop().await;
 }
+
+#[tokio::test]
+async fn malformed_requests_are_not_logged_as_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    let log = dir.path().join("server.log");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"sqlite://{}\"\n[telemetry]\nformat = \"json\"\nlevel = \"info\"\nfile = \"{}\"\n",
+            dir.path().join("db.sqlite").display(),
+            log.display()
+        ),
+    )
+    .expect("config");
+    let server = ServerProcess::start(&config).await;
+    for request in [
+        &b"GARBAGE\r\n\r\n"[..],
+        &b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad\x01Header: y\r\n\r\n"[..],
+        &b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+    ] {
+        let mut stream = connect(&server.base).await;
+        stream.write_all(request).await.expect("write");
+        let answer = read_answer(&mut stream, Duration::from_secs(3))
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status, 400, "{answer:?}");
+    }
+    // The server is fine and has logged nothing at ERROR for those.
+    let ok = reqwest::get(format!("{}/healthz", server.base))
+        .await
+        .expect("healthz");
+    assert!(ok.status().is_success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = std::fs::read_to_string(&log).expect("log file");
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("\"ERROR\"")).collect();
+    assert!(
+        errors.is_empty(),
+        "client mistakes logged at ERROR: {errors:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_head_on_a_kept_alive_connection_is_cut_off() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start(&db, "client_timeout = \"1s\"").await;
+    let mut stream = connect(&t.base).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let first = read_answer(&mut stream, Duration::from_secs(3))
+        .await
+        .expect("first answer");
+    assert_eq!(first.status, 200);
+    // The second request's head trickles in and never ends.
+    let started = Instant::now();
+    let (mut read_half, mut write_half) = stream.into_split();
+    let trickler = tokio::spawn(async move {
+        let _ = write_half.write_all(b"GET /healthz HTTP/1.1\r\n").await;
+        for i in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write_half
+                .write_all(format!("X-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut chunk = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match read_half.read(&mut chunk).await {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    })
+    .await;
+    trickler.abort();
+    assert!(
+        closed.is_ok(),
+        "a trickled second head held the connection for {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    t.stop().await;
+}

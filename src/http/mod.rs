@@ -5,6 +5,7 @@ mod admin;
 pub mod body;
 mod error;
 mod forwarder;
+pub mod listener;
 mod outgoing;
 
 use std::sync::Arc;

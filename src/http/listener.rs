@@ -1,0 +1,227 @@
+//! The HTTP listener: actix-web's application served by actix-server and actix-http directly,
+//! so that every connection can be wrapped in [`HeadDeadline`].
+//!
+//! actix-http times out only the *first* request head of a connection
+//! (`client_request_timeout`); once a kept-alive connection has answered one request, the
+//! head of the next may trickle in forever, a byte now and then (slow-loris). The wrapper
+//! gives every request head the same deadline, `server.client_timeout`.
+
+use std::future::Future;
+use std::io;
+use std::net::TcpListener;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_http::HttpService;
+use actix_http::h1::H1Service;
+use actix_service::{IntoServiceFactory, ServiceFactoryExt as _, fn_service, map_config};
+use actix_web::App;
+use actix_web::dev::{AppConfig, Server};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// How the listener treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    pub workers: usize,
+    /// Connections per worker.
+    pub max_connections_per_worker: usize,
+    /// Deadline for each request head (and, in the application, each body).
+    pub client_timeout: Duration,
+    pub keep_alive: Duration,
+    pub disconnect_timeout: Duration,
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Serves the application built by `app` on `listener`.
+pub fn serve<F, T, B>(listener: TcpListener, limits: ListenerLimits, app: F) -> io::Result<Server>
+where
+    F: Fn() -> App<T> + Send + Clone + 'static,
+    T: actix_web::dev::ServiceFactory<
+            actix_web::dev::ServiceRequest,
+            Config = (),
+            Response = actix_web::dev::ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: actix_web::body::MessageBody + 'static,
+{
+    let server = Server::build()
+        .workers(limits.workers)
+        .max_concurrent_connections(limits.max_connections_per_worker)
+        .shutdown_timeout(limits.shutdown_timeout_secs)
+        .disable_signals()
+        .listen("zulip-listeners", listener, move || {
+            let factory = app()
+                .into_factory()
+                .map_err(|err: actix_web::Error| err.as_response_error().error_response());
+            let http: H1Service<HeadDeadline<TcpStream>, _, _> = HttpService::build()
+                .keep_alive(limits.keep_alive)
+                .client_request_timeout(limits.client_timeout)
+                .client_disconnect_timeout(limits.disconnect_timeout)
+                .h1(map_config(factory, |_| AppConfig::default()));
+            let deadline = limits.client_timeout;
+            fn_service(move |io: TcpStream| {
+                let peer = io.peer_addr().ok();
+                let _ = io.set_nodelay(true);
+                std::future::ready(Ok::<_, actix_http::error::DispatchError>((
+                    HeadDeadline::new(io, deadline),
+                    peer,
+                )))
+            })
+            .and_then(http)
+        })?
+        .run();
+    Ok(server)
+}
+
+/// A connection on which every request head must arrive within a deadline.
+///
+/// It watches the bytes read: the first byte after an answer was written (or the very first
+/// byte) starts the clock, the blank line that ends the head (`\r\n\r\n`) stops it. If the
+/// clock runs out, reading fails with `TimedOut` and the connection is closed. Bodies and
+/// the application's own time are not counted (the application gives bodies their own
+/// deadline).
+pub struct HeadDeadline<T> {
+    io: T,
+    limit: Duration,
+    /// Waiting for the end of a head.
+    in_head: bool,
+    /// How much of `\r\n\r\n` the last bytes read matched.
+    matched: u8,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> HeadDeadline<T> {
+    pub fn new(io: T, limit: Duration) -> HeadDeadline<T> {
+        HeadDeadline {
+            io,
+            limit,
+            in_head: true,
+            matched: 0,
+            timer: None,
+        }
+    }
+
+    /// Follows the bytes read; true once the head's end is seen.
+    fn scan(&mut self, bytes: &[u8]) {
+        if !self.in_head || bytes.is_empty() {
+            return;
+        }
+        if self.timer.is_none() {
+            self.timer = Some(Box::pin(tokio::time::sleep_until(
+                Instant::now() + self.limit,
+            )));
+        }
+        for &b in bytes {
+            self.matched = match (self.matched, b) {
+                (0 | 2, b'\r') => self.matched + 1,
+                (1 | 3, b'\n') => self.matched + 1,
+                (_, b'\r') => 1,
+                _ => 0,
+            };
+            if self.matched == 4 {
+                self.in_head = false;
+                self.matched = 0;
+                self.timer = None;
+                return;
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(timer) = &mut this.timer
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            tracing::debug!("request head not received within server.client_timeout; closing");
+            crate::telemetry::metric::body_refused("head_timeout");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not received within server.client_timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let filled = buf.filled();
+            let new = filled.get(before..).unwrap_or_default().to_vec();
+            this.scan(&new);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            // An answer is going out: what is read next starts a new head.
+            this.in_head = true;
+            this.matched = 0;
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            this.in_head = true;
+            this.matched = 0;
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_head_end_stops_the_clock_and_an_answer_restarts_it() {
+        let mut d = HeadDeadline::new((), Duration::from_secs(1));
+        d.scan(b"GET / HTTP/1.1\r\nHost: x\r");
+        assert!(d.in_head && d.timer.is_some());
+        d.scan(b"\n\r\nbody\r\n\r\n");
+        assert!(!d.in_head && d.timer.is_none(), "the head ended");
+        d.scan(b"more body");
+        assert!(d.timer.is_none(), "body bytes are not timed");
+        d.in_head = true; // as after an answer is written
+        d.scan(b"\r\r\n");
+        assert_eq!(d.matched, 2, "a stray CR restarts the match");
+    }
+}
