@@ -242,6 +242,10 @@ async fn a_deep_backlog_is_answered_429_with_retry_after() {
     )
     .await;
     assert_eq!(first.status, 200);
+    // The backlog is realm 2's: another realm's batch is still accepted.
+    let other = post_events(&t, "msg_other_realm", vec![envelope("o1", 3, 10, 300, ms)]).await;
+    assert_eq!(other.status, 200, "{:?}", other.json);
+    let more = json!({ "events": [envelope("b9", 2, 10, 209, ms)] }).to_string();
     let response = t
         .http
         .post(format!("{}/zulip/events", t.base))
@@ -251,9 +255,9 @@ async fn a_deep_backlog_is_answered_429_with_retry_after() {
             "webhook-signature",
             SigningKey::parse(SECRET)
                 .expect("key")
-                .sign("msg_b2", now(), br#"{"events":[]}"#),
+                .sign("msg_b2", now(), more.as_bytes()),
         )
-        .body(r#"{"events":[]}"#)
+        .body(more.clone())
         .send()
         .await
         .expect("sent");
@@ -269,7 +273,10 @@ async fn a_deep_backlog_is_answered_429_with_retry_after() {
     assert_eq!(body["error"], "over_capacity");
 
     let drained = eventually(Duration::from_secs(15), async || {
-        post_events(&t, "msg_b3", vec![]).await.status == 200
+        post_events(&t, "msg_b3", vec![envelope("b10", 2, 10, 210, ms)])
+            .await
+            .status
+            == 200
     })
     .await;
     assert!(drained, "accepted again once the workers caught up");
