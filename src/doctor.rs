@@ -81,8 +81,14 @@ pub fn run(sources: &Sources, url: Option<&str>) -> ExitCode {
 }
 
 fn config_failure(error: &ConfigError) -> Check {
+    let what = error.to_string();
+    let what = if what.starts_with("configuration") {
+        what
+    } else {
+        format!("configuration: {what}")
+    };
     Check::fail(
-        format!("configuration: {error}"),
+        what,
         "correct the key named above in your --config file or ZULIP_LISTENERS_* variable (config/default.toml documents every key), then run `zulip-listeners check-config`",
     )
 }
