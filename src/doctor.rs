@@ -81,8 +81,14 @@ pub fn run(sources: &Sources, url: Option<&str>) -> ExitCode {
 }
 
 fn config_failure(error: &ConfigError) -> Check {
+    let what = error.to_string();
+    let what = if what.starts_with("configuration") {
+        what
+    } else {
+        format!("configuration: {what}")
+    };
     Check::fail(
-        format!("configuration: {error}"),
+        what,
         "correct the key named above in your --config file or ZULIP_LISTENERS_* variable (config/default.toml documents every key), then run `zulip-listeners check-config`",
     )
 }
@@ -241,10 +247,7 @@ fn check_disk(path: &Path) -> Check {
             let bytes = kib.saturating_mul(1024);
             let shown = format!("{:.1} GiB", bytes as f64 / (1024.0 * 1024.0 * 1024.0));
             if bytes >= MIN_FREE_BYTES {
-                Check::ok(format!(
-                    "disk space: {shown} free for {}",
-                    folder.display()
-                ))
+                Check::ok(format!("disk space: {shown} free for {}", folder.display()))
             } else {
                 Check::fail(
                     format!(
@@ -424,7 +427,7 @@ async fn check_bot(http: &reqwest::Client, name: &str, bot: &BotConfig) -> (Chec
         Err(error) => {
             return (
                 Check::fail(
-                    format!("bot {name}: Zulip at {site} unreachable: {error}"),
+                    format!("bot {name}: Zulip at {site} unreachable: {}", chain(&error)),
                     format!(
                         "check bots.{name}.site (scheme, host name, port), DNS, any proxy and the TLS certificate; try `curl {site}/api/v1/server_settings` from this machine"
                     ),
@@ -467,9 +470,7 @@ async fn check_bot(http: &reqwest::Client, name: &str, bot: &BotConfig) -> (Chec
         )
     } else {
         Check::fail(
-            format!(
-                "bot {name}: {site}/api/v1/users/me answered {status}, not a Zulip API answer"
-            ),
+            format!("bot {name}: {site}/api/v1/users/me answered {status}, not a Zulip API answer"),
             format!(
                 "check that bots.{name}.site is the Zulip server's base URL (e.g. https://chat.example.com, no path)"
             ),
@@ -492,7 +493,7 @@ async fn check_public_url(http: &reqwest::Client, url: &str) -> (Check, Option<i
         Err(error) => {
             return (
                 Check::fail(
-                    format!("public URL {url} unreachable: {error}"),
+                    format!("public URL {url} unreachable: {}", chain(&error)),
                     "check DNS, the reverse proxy (deploy/nginx/) and its TLS certificate, and that the server runs (`systemctl status zulip-listeners`)",
                 ),
                 None,
@@ -516,6 +517,22 @@ async fn check_public_url(http: &reqwest::Client, url: &str) -> (Check, Option<i
         )
     };
     (check, offset)
+}
+
+/// An error with its causes ("error sending request: connection refused"), as reqwest's
+/// own message leaves them out.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A PostgreSQL URL without its password.

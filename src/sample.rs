@@ -27,8 +27,10 @@ pub fn default_url(config: &Config) -> String {
 
 /// The batch: a channel message and a typing notification from one user of realm 1.
 pub fn sample_batch(now_ms: i64) -> String {
-    let server = json!({"host": "zulip.example.com", "zulip_version": "10.2", "feature_level": 334});
-    let realm = json!({"id": 1, "uuid": "00000000-0000-4000-8000-000000000001", "string_id": "sample"});
+    let server =
+        json!({"host": "zulip.example.com", "zulip_version": "10.2", "feature_level": 334});
+    let realm =
+        json!({"id": 1, "uuid": "00000000-0000-4000-8000-000000000001", "string_id": "sample"});
     let message_id = now_ms;
     json!({"events": [
         {"v": 1, "event_id": uuid::Uuid::new_v4().to_string(), "emitted_at_ms": now_ms,
@@ -69,31 +71,36 @@ pub fn send(config: &Config, url: Option<&str>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the HTTP client")?;
-    let (status, answer) = runtime.block_on(async {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        let response = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
-            .send()
-            .await?;
-        let status = response.status();
-        Ok::<_, reqwest::Error>((status, response.text().await?))
-    })
-    .with_context(|| format!("posting the sample batch to {url} (is the server running?)"))?;
+    let (status, answer) = runtime
+        .block_on(async {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?;
+            let response = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature)
+                .body(body)
+                .send()
+                .await?;
+            let status = response.status();
+            Ok::<_, reqwest::Error>((status, response.text().await?))
+        })
+        .with_context(|| format!("posting the sample batch to {url} (is the server running?)"))?;
     println!("POST {url} → {status}");
     println!("{answer}");
     if status.is_success() {
-        println!("The server accepted the signed batch (2 events: a message and a typing notification).");
+        println!(
+            "The server accepted the signed batch (2 events: a message and a typing notification)."
+        );
         return Ok(());
     }
     let hint = match status.as_u16() {
-        401 => "the signature was refused: the server runs with another forwarder secret, or the clocks differ by more than forwarder.tolerance",
+        401 => {
+            "the signature was refused: the server runs with another forwarder secret, or the clocks differ by more than forwarder.tolerance"
+        }
         404 => "the server has no forwarder secret configured, or the URL is not its /zulip/events",
         _ => "see the server's answer above",
     };

@@ -229,7 +229,13 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     }
 
     let ready = Arc::new(AtomicBool::new(false));
-    metric::initialise(&registry.entries().iter().map(|e| e.handler.name()).collect::<Vec<_>>());
+    metric::initialise(
+        &registry
+            .entries()
+            .iter()
+            .map(|e| e.handler.name())
+            .collect::<Vec<_>>(),
+    );
     let upkeep = tokio::spawn(upkeep(Upkeep {
         outgoing: outgoing.clone(),
         inbox: inbox.clone(),

@@ -146,7 +146,10 @@ async fn logs_carry_no_colour_codes_off_a_terminal() {
         server.wait_up().await;
         let stderr = server.stop();
         let log = String::from_utf8_lossy(&stderr);
-        assert!(log.contains("stopped"), "{format}: the log was written: {log}");
+        assert!(
+            log.contains("stopped"),
+            "{format}: the log was written: {log}"
+        );
         assert!(
             !stderr.contains(&0x1b),
             "{format}: an ESC byte (ANSI colour) in the piped log: {log:?}"
@@ -161,7 +164,8 @@ async fn logs_carry_no_colour_codes_off_a_terminal() {
             "plain" => {
                 let first = log.lines().next().unwrap_or_default();
                 assert!(
-                    first.trim_start().starts_with("INFO") || first.trim_start().starts_with("WARN"),
+                    first.trim_start().starts_with("INFO")
+                        || first.trim_start().starts_with("WARN"),
                     "plain lines start with the level (journald adds the time): {first}"
                 );
             }
@@ -195,7 +199,8 @@ async fn listeners_table_aligns_whatever_the_content_and_has_json() {
         &["listeners", "disable", "keyword_alerts", "--reason", reason],
     );
 
-    let listed: Value = serde_json::from_str(&cli(&config, &["listeners", "--json"])).expect("JSON");
+    let listed: Value =
+        serde_json::from_str(&cli(&config, &["listeners", "--json"])).expect("JSON");
     let rows = listed.as_array().expect("an array");
     let alerts = rows
         .iter()
@@ -221,7 +226,10 @@ async fn listeners_table_aligns_whatever_the_content_and_has_json() {
         let chars: Vec<char> = line.chars().collect();
         let from = |i: usize| chars[i.min(chars.len())..].iter().collect::<String>();
         let reason = row["disabled_reason"].as_str().unwrap_or("-");
-        assert!(from(why).starts_with(reason), "column `disabled why`:\n{table}");
+        assert!(
+            from(why).starts_with(reason),
+            "column `disabled why`:\n{table}"
+        );
         let users: Vec<&str> = row["used_by"]
             .as_array()
             .expect("used_by")
@@ -346,7 +354,9 @@ impl FakeZulip {
                         };
                         let date = httpdate::fmt_http_date(when);
                         if key == API_KEY {
-                            HttpResponse::Ok().insert_header(("date", date)).json(json!({
+                            HttpResponse::Ok()
+                                .insert_header(("date", date))
+                                .json(json!({
                                 "result": "success", "msg": "", "email": email,
                                 "user_id": 42, "is_bot": true, "full_name": "Helper"}))
                         } else {
@@ -418,7 +428,10 @@ async fn doctor_passes_on_a_sound_installation() {
             "[ ok ] public URL",
             "[ ok ] clock in sync",
         ] {
-            assert!(said.contains(expected), "{backend:?}: `{expected}` in\n{said}");
+            assert!(
+                said.contains(expected),
+                "{backend:?}: `{expected}` in\n{said}"
+            );
         }
         if backend == Backend::Sqlite {
             assert!(said.contains("[ ok ] disk space"), "{said}");
@@ -456,7 +469,10 @@ async fn doctor_names_a_fix_for_every_failure_and_exits_non_zero() {
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     let failures = said.lines().filter(|l| l.starts_with("[FAIL]")).count();
-    let fixes = said.lines().filter(|l| l.trim_start().starts_with("fix: ")).count();
+    let fixes = said
+        .lines()
+        .filter(|l| l.trim_start().starts_with("fix: "))
+        .count();
     assert_eq!(failures, 6, "{said}");
     assert_eq!(fixes, failures, "a fix for every failure:\n{said}");
     for expected in [
@@ -481,7 +497,12 @@ async fn doctor_names_a_fix_for_every_failure_and_exits_non_zero() {
     let out = doctor(config, None).await;
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("[FAIL] configuration") && said.contains("server.workers") && said.contains("fix: "), "{said}");
+    assert!(
+        said.contains("[FAIL] configuration")
+            && said.contains("server.workers")
+            && said.contains("fix: "),
+        "{said}"
+    );
     zulip.handle.stop(false).await;
 }
 
@@ -522,7 +543,10 @@ async fn monitoring_bundle_uses_only_exported_metrics() {
         "ServerErrors",
         "NotReady",
     ] {
-        assert!(rules.contains(&format!("alert: ZulipListeners{alert}")), "{alert}");
+        assert!(
+            rules.contains(&format!("alert: ZulipListeners{alert}")),
+            "{alert}"
+        );
     }
 
     let db = TestDatabase::new(Backend::Sqlite);
@@ -540,7 +564,9 @@ async fn monitoring_bundle_uses_only_exported_metrics() {
     );
     let body = zulip_listeners::sample::sample_batch(now_secs() * 1000);
     let ts = now_secs();
-    let signature = SigningKey::parse(SECRET).expect("key").sign("msg_1", ts, body.as_bytes());
+    let signature = SigningKey::parse(SECRET)
+        .expect("key")
+        .sign("msg_1", ts, body.as_bytes());
     let answer = t
         .send(
             t.http
@@ -579,6 +605,38 @@ async fn monitoring_bundle_uses_only_exported_metrics() {
         missing.is_empty()
     })
     .await;
-    assert!(all_there, "used by deploy/monitoring/ but not exported: {missing:?}");
+    assert!(
+        all_there,
+        "used by deploy/monitoring/ but not exported: {missing:?}"
+    );
     t.stop().await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct SslRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    ssl: bool,
+}
+
+#[test]
+fn postgres_over_tls_works_with_the_bundled_libpq() {
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    use diesel::prelude::*;
+    let db = TestDatabase::new(Backend::Postgres);
+    let url = format!("{}&sslmode=require", db.url);
+    let mut conn = diesel::PgConnection::establish(&url)
+        .unwrap_or_else(|e| panic!("TLS connection to PostgreSQL ({e}); is ssl on there?"));
+    let row: SslRow = diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .get_result(&mut conn)
+        .expect("pg_stat_ssl");
+    assert!(row.ssl, "the connection is encrypted");
+
+    // The binary's libpq speaks TLS too.
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, format!("[database]\nurl = \"{url}\"\n")).expect("config");
+    let said = cli(&config, &["migrate"]);
+    assert!(!said.is_empty(), "{said}");
 }
