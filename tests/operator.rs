@@ -448,11 +448,9 @@ async fn doctor_names_a_fix_for_every_failure_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("c.toml");
     let closed = format!("http://127.0.0.1:{}", free_port());
-    // A secret the server accepts (16 bytes) but shorter than recommended.
-    let short = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode([7u8; 16])
-    );
+    // A secret the server accepts (24 bytes) but without the `whsec_` prefix the forwarder's
+    // library expects.
+    let short = base64::engine::general_purpose::STANDARD.encode([7u8; 24]);
     std::fs::write(
         &config,
         format!(
@@ -482,7 +480,7 @@ async fn doctor_names_a_fix_for_every_failure_and_exits_non_zero() {
         "refuses its api_key (401 Unauthorized: Invalid API key)",
         "bot gone: Zulip at",
         "unreachable",
-        "has only 16 bytes",
+        "lacks the `whsec_` prefix",
         "public URL",
         "clock: -600 s off",
         "NTP",
