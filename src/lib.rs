@@ -7,6 +7,9 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod filters;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handlers;
 pub mod http;
 pub mod processing;
