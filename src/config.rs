@@ -591,7 +591,7 @@ impl Config {
         Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(text)))
     }
 
-    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+    pub(crate) fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let mut config: Config = figment.extract().map_err(|e| {
             let messages: Vec<String> = e.into_iter().map(|e| describe_figment_error(&e)).collect();
             ConfigError::Parse(messages.join("; "))
@@ -1103,10 +1103,12 @@ pub fn read_botserverrc(path: &Path) -> Result<BTreeMap<String, BotConfig>, Conf
     parse_botserverrc(&text)
 }
 
-fn parse_botserverrc(text: &str) -> Result<BTreeMap<String, BotConfig>, ConfigError> {
+pub(crate) fn parse_botserverrc(text: &str) -> Result<BTreeMap<String, BotConfig>, ConfigError> {
     let ini = ini::Ini::load_from_str(text)
         .map_err(|e| ConfigError::Parse(format!("botserverrc: {e}")))?;
     let mut bots = BTreeMap::new();
+    // Bot name -> the section it came from, so that two sections never name one bot.
+    let mut sections: BTreeMap<String, &str> = BTreeMap::new();
     for (section, props) in ini.iter() {
         let Some(section) = section else { continue };
         let get = |k: &str| props.get(k).map(str::trim).filter(|v| !v.is_empty());
@@ -1137,6 +1139,14 @@ fn parse_botserverrc(text: &str) -> Result<BTreeMap<String, BotConfig>, ConfigEr
                 }
             })
             .collect();
+        if let Some(previous) = sections.insert(name.clone(), section) {
+            return Err(invalid(
+                format!("botserverrc [{section}]"),
+                format!(
+                    "names the same bot `{name}` as section [{previous}]; give each bot its own section"
+                ),
+            ));
+        }
         let api_key = get("key").map(Secret::new).unwrap_or_default();
         let site = get("site")
             .map(str::to_string)
@@ -1300,5 +1310,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("[b].token"), "{err}");
+    }
+
+    #[test]
+    fn botserverrc_sections_naming_one_bot_are_refused() {
+        // Found by the botserverrc fuzz target: `[a.b]` and `[a_b]` (or one section written
+        // twice) became one bot, and the first was dropped without a word.
+        for text in [
+            "[a.b]\nemail=a@x.org\ntoken=t1\n[a_b]\nemail=b@x.org\ntoken=t2\n",
+            "[a]\nemail=a@x.org\ntoken=t1\n[a]\nemail=b@x.org\ntoken=t2\n",
+            "[api]\nemail=a@x.org\ntoken=t1\n[a]\nemail=b@x.org\ntoken=t2\n",
+        ] {
+            let err = parse_botserverrc(text).unwrap_err().to_string();
+            assert!(err.contains("names the same bot"), "{text}: {err}");
+        }
     }
 }

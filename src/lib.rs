@@ -8,6 +8,9 @@ pub mod db;
 pub mod doctor;
 pub mod events;
 pub mod filters;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handlers;
 pub mod http;
 pub mod outbound;

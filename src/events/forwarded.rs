@@ -39,7 +39,7 @@ enum EventField<'a> {
     Raw(&'a RawValue),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Copy)]
 #[serde(field_identifier, rename_all = "snake_case")]
 enum EnvelopeKey {
     V,
@@ -53,6 +53,23 @@ enum EnvelopeKey {
     Event,
     #[serde(other)]
     Unknown,
+}
+
+impl EnvelopeKey {
+    /// The key as written, for the error about a repeated one.
+    fn name(self) -> &'static str {
+        match self {
+            EnvelopeKey::V => "v",
+            EnvelopeKey::EventId => "event_id",
+            EnvelopeKey::EmittedAtMs => "emitted_at_ms",
+            EnvelopeKey::Realm => "realm",
+            EnvelopeKey::Type => "type",
+            EnvelopeKey::Op => "op",
+            EnvelopeKey::Audience => "audience",
+            EnvelopeKey::Event => "event",
+            EnvelopeKey::Unknown => "?",
+        }
+    }
 }
 
 impl<'a> Envelope<'a> {
@@ -79,7 +96,17 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
         let mut envelope = Envelope::default();
+        // A key given twice is refused, as serde's derived readers do: with `type` twice the
+        // event was typed by the first while the envelope kept the second.
+        let mut seen = 0u16;
         while let Some(key) = map.next_key::<EnvelopeKey>()? {
+            if !matches!(key, EnvelopeKey::Unknown) {
+                let bit = 1u16 << (key as u16);
+                if seen & bit != 0 {
+                    return Err(serde::de::Error::duplicate_field(key.name()));
+                }
+                seen |= bit;
+            }
             match key {
                 EnvelopeKey::V => envelope.v = map.next_value()?,
                 EnvelopeKey::EventId => envelope.event_id = map.next_value()?,
@@ -890,6 +917,15 @@ mod tests {
             );
             assert!(err(&body).contains("`event` is missing"), "{event_type}");
         }
+        // Found with the batch fuzz target's key-order check: `type` twice typed the event as
+        // the first and stored it as the second; read again in another key order it changed
+        // meaning.
+        let twice = r#"{"events":[{"v":1,"event_id":"a","realm":{"id":1},"type":"reaction","event":{"type":"reaction","user_id":10,"message_id":1,"emoji_name":"tada"},"type":"presence"}]}"#;
+        assert!(
+            err(twice).contains("events[0]: not an envelope: duplicate field `type`"),
+            "{}",
+            err(twice)
+        );
         let many = format!(
             r#"{{"events":[{}]}}"#,
             vec![envelope("x", None, "{}"); 3].join(",")
