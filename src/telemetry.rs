@@ -381,6 +381,11 @@ pub mod metric {
         gauge!("zulip_listeners_forwarder_last_batch_timestamp_seconds").set(now);
     }
 
+    /// Events the forwarder reported as shed (dropped before queueing, its queue being full).
+    pub fn forwarder_shed(events: u64) {
+        counter!("zulip_listeners_forwarder_shed_events_total").increment(events);
+    }
+
     /// Registers the series that alert rules look at with their starting values, so that
     /// they exist before the first event (a rule over a missing series never fires).
     pub fn initialise(handlers: &[&'static str]) {
@@ -400,6 +405,7 @@ pub mod metric {
         for path in ["outgoing", "forwarder"] {
             rate_limiter_keys(path, 0);
         }
+        forwarder_shed(0);
         ready(false);
         inbox_lag(0.0);
     }

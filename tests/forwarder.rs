@@ -653,3 +653,48 @@ fn repeated_runs(conn: &mut DbConnection) -> Vec<(Option<i64>, Option<String>, b
         .cloned()
         .collect()
 }
+
+/// The forwarder's count of events it shed (`shed_before`, on the next envelope it queues) is
+/// counted once per batch, not again when the batch is re-sent.
+#[actix_web::test]
+async fn events_the_forwarder_shed_are_counted_once() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start_server(&db, &forwarder_config("")).await;
+    let metrics_addr = t.server.metrics_addr.expect("metrics listener");
+    let shed_total = async || -> f64 {
+        let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body");
+        text.lines()
+            .find_map(|l| l.strip_prefix("zulip_listeners_forwarder_shed_events_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = shed_total().await;
+    let mut first = envelope("shed-1", message(9101, 10, "after a full queue"));
+    first["shed_before"] = json!(7);
+    let body = batch(vec![first]);
+    assert_eq!(post_batch(&t, "msg_shed_1", &body).await.status, 200);
+    // The same batch again (its webhook-id seen before): not counted twice.
+    assert_eq!(post_batch(&t, "msg_shed_1", &body).await.status, 200);
+    let mut second = envelope("shed-2", message(9102, 10, "later"));
+    second["shed_before"] = json!(3);
+    let plain = envelope("shed-3", message(9103, 10, "nothing shed"));
+    assert_eq!(
+        post_batch(&t, "msg_shed_2", &batch(vec![second, plain]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(shed_total().await - before, 10.0);
+
+    // A count that is not a non-negative integer is the client's mistake, named.
+    let mut wrong = envelope("shed-4", message(9104, 10, "x"));
+    wrong["shed_before"] = json!("many");
+    let answer = post_batch(&t, "msg_shed_3", &batch(vec![wrong])).await;
+    assert_eq!(answer.status, 400, "{:?}", answer.json);
+    t.stop().await;
+}

@@ -32,6 +32,7 @@ struct Envelope<'a> {
     op: Option<String>,
     audience: Option<Audience>,
     event: Option<EventField<'a>>,
+    shed_before: Option<u64>,
 }
 
 enum EventField<'a> {
@@ -51,6 +52,7 @@ enum EnvelopeKey {
     Op,
     Audience,
     Event,
+    ShedBefore,
     #[serde(other)]
     Unknown,
 }
@@ -67,6 +69,7 @@ impl EnvelopeKey {
             EnvelopeKey::Op => "op",
             EnvelopeKey::Audience => "audience",
             EnvelopeKey::Event => "event",
+            EnvelopeKey::ShedBefore => "shed_before",
             EnvelopeKey::Unknown => "?",
         }
     }
@@ -115,6 +118,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 EnvelopeKey::Type => envelope.event_type = map.next_value()?,
                 EnvelopeKey::Op => envelope.op = map.next_value()?,
                 EnvelopeKey::Audience => envelope.audience = map.next_value()?,
+                EnvelopeKey::ShedBefore => envelope.shed_before = map.next_value()?,
                 EnvelopeKey::Event => {
                     envelope.event = match envelope.event_type.as_deref() {
                         Some(event_type) if self.type_event => map
@@ -186,6 +190,9 @@ pub struct ForwardedEvent {
     /// The envelope exactly as received, for the inbox.
     pub payload: String,
     pub event: Event,
+    /// Events the forwarder shed (dropped, its queue being full) since the envelope before
+    /// this one: the envelope's optional `shed_before`.
+    pub shed_before: u64,
 }
 
 /// Why a batch body was refused.
@@ -283,6 +290,7 @@ fn parse_envelope(raw: &RawValue) -> Result<ForwardedEvent, PayloadError> {
         op: envelope.op,
         emitted_at_ms: envelope.emitted_at_ms,
         payload: raw.get().to_string(),
+        shed_before: envelope.shed_before.unwrap_or(0),
         event: Event {
             origin: Origin::Forwarder {
                 event_id: event_id.clone(),

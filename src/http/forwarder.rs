@@ -49,6 +49,11 @@ pub async fn intake(
         BatchError::Malformed(message) => ApiError::BadRequest(message),
     })?;
     check_routing_header(&req, &events)?;
+    let shed: u64 = events.iter().map(|e| e.shed_before).sum();
+    let shed_realm = events
+        .iter()
+        .find(|e| e.shed_before > 0)
+        .map(|e| e.realm_id);
     let span = tracing::info_span!("forwarder_batch", webhook_id, events = events.len());
     let summary = forwarder
         .inbox
@@ -72,6 +77,14 @@ pub async fn intake(
     crate::telemetry::metric::forwarder_batch_accepted();
     if summary.duplicate_batch {
         tracing::info!("batch already accepted (webhook-id seen before)");
+    } else if shed > 0 {
+        // Counted once: a re-sent batch (same webhook-id) is not counted again.
+        crate::telemetry::metric::forwarder_shed(shed);
+        tracing::warn!(
+            shed,
+            realm = shed_realm,
+            "the forwarder shed events before this batch (its queue was full): they are lost"
+        );
     }
     let body = serde_json::to_string(&summary)
         .map_err(|e| ApiError::Internal(format!("cannot render the answer: {e}")))?;
