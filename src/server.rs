@@ -229,6 +229,11 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     }
 
     let ready = Arc::new(AtomicBool::new(false));
+    // The recorder first, so that the series registered below are kept (a metric recorded
+    // before it is installed goes nowhere).
+    if config.metrics.enabled {
+        crate::telemetry::prometheus();
+    }
     metric::initialise(
         &registry
             .entries()
@@ -294,7 +299,6 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let handle = server.handle();
     let task = tokio::spawn(server);
     let (metrics, metrics_addr) = if config.metrics.enabled {
-        crate::telemetry::prometheus();
         let listener = TcpListener::bind(&config.metrics.bind)
             .with_context(|| format!("cannot listen on {} (metrics.bind)", config.metrics.bind))?;
         let metrics_addr = listener.local_addr()?;
