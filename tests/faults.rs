@@ -298,6 +298,79 @@ async fn a_disabled_handler_parks_its_events_without_stalling_intake() {
     target.stop().await;
 }
 
+/// Pending events that have been tried at least once.
+fn tried_pending(c: &mut DbConnection) -> i64 {
+    inbox::table
+        .filter(inbox::status.eq("pending"))
+        .filter(inbox::attempts.ge(1))
+        .count()
+        .get_result(c)
+        .expect("count")
+}
+
+#[actix_web::test]
+async fn a_failing_handler_holds_back_only_the_events_that_need_it() {
+    let target = Stub::start(r#"{"ok": true}"#, std::time::Duration::ZERO).await;
+    target.set_status(500);
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        // keyword_alerts keeps failing (never disabled): its events stay pending, waiting
+        // for a retry an hour away.
+        let extra = format!(
+            "{}[error_handling]\nbreaker_failures = 1000\nmax_failures_per_hour = 1000\n\
+             [handlers.keyword_alerts]\nrules = [{{ name = \"alpha\", pattern = \"alpha\", webhook = \"{}/alert\" }}]\n",
+            forwarder_config(
+                "handlers = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\nretry_delay = \"1h\"\nmax_retries = 50\nmax_backlog = 2\n"
+            ),
+            target.url
+        );
+        let t = start_server(&db, &extra).await;
+        let four = batch(
+            (0..4)
+                .map(|i| envelope(&format!("k{i}"), message(100 + i, 10, "alpha incident")))
+                .collect(),
+        );
+        assert_eq!(post_batch(&t, "msg_listener_1", &four).await.status, 200);
+        let tried = eventually(std::time::Duration::from_secs(20), async || {
+            t.query(tried_pending).await == 4
+        })
+        .await;
+        assert!(tried, "{backend:?}: the four events failed once and wait");
+
+        // Realm 2 is over max_backlog for keyword_alerts, yet a delete (which only the pure
+        // message_logger wants) is accepted and processed at once.
+        let delete = batch(vec![envelope(
+            "d1",
+            json!({"type": "delete_message", "message_ids": [100], "message_type": "stream", "stream_id": 5, "topic": "greetings"}),
+        )]);
+        let answer = post_batch(&t, "msg_listener_delete", &delete).await;
+        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
+        assert_eq!(answer.json["accepted"], 1, "{backend:?}: {:?}", answer.json);
+        let done = eventually(std::time::Duration::from_secs(10), async || {
+            t.query(|c| inbox_status(c, "d1")).await.0 == "done"
+        })
+        .await;
+        assert!(done, "{backend:?}: the delete is not held back");
+
+        // A message needs keyword_alerts too: refused, naming realm and handler.
+        let more = batch(vec![envelope("k9", message(109, 10, "hello"))]);
+        let answer = post_batch(&t, "msg_listener_message", &more).await;
+        assert_eq!(answer.status, 429, "{backend:?}: {:?}", answer.json);
+        assert_eq!(answer.json["error"], "over_capacity");
+        let text = answer.json.to_string();
+        assert!(
+            text.contains("realm 2") && text.contains("keyword_alerts"),
+            "{backend:?}: {text}"
+        );
+        // Another realm's messages are still accepted.
+        let other = batch(vec![envelope_in("r3", 3, 0, message(300, 11, "alpha"))]);
+        let answer = post_batch(&t, "msg_listener_other_realm", &other).await;
+        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
+        t.stop().await;
+    }
+    target.stop().await;
+}
+
 const ADMIN: &str = "admin-token-for-the-faults-tests-0123456789";
 
 #[actix_web::test]

@@ -281,10 +281,12 @@ fn cleanup_deletes_exactly_the_old_finished_rows() {
             ("pending", "pending"),
             ("dead", "dead"),
             ("rate_limited", "rate_limited"),
+            ("parked", "parked"),
         ] {
             inbox_event(conn, &format!("old-{id}"), status, 500);
         }
         inbox_event(conn, "recent-done", "done", recent);
+        inbox_event(conn, "recent-rate_limited", "rate_limited", recent);
 
         batch(conn, "msg_old_1", 1);
         batch(conn, "msg_new", recent);
@@ -313,14 +315,14 @@ fn cleanup_deletes_exactly_the_old_finished_rows() {
             report,
             CleanupReport {
                 event_log: 2,
-                inbox: 3,
+                inbox: 4,
                 forwarder_batches: 2,
                 outgoing_replies: 3,
                 listener_stats: 2,
             },
             "{backend:?}"
         );
-        assert_eq!(report.total(), 12);
+        assert_eq!(report.total(), 13);
         assert_eq!(
             tables,
             [
@@ -346,8 +348,14 @@ fn cleanup_deletes_exactly_the_old_finished_rows() {
             .expect("inbox");
         assert_eq!(
             inbox_left,
-            ["old-dead", "old-pending", "old-rate_limited", "recent-done"],
-            "{backend:?}: actionable events are kept"
+            [
+                "old-dead",
+                "old-parked",
+                "old-pending",
+                "recent-done",
+                "recent-rate_limited"
+            ],
+            "{backend:?}: events still to be processed or looked at are kept; old rate-limited ones (with their payload) are not"
         );
         let batches_left: Vec<String> = forwarder_batches::table
             .select(forwarder_batches::webhook_id)

@@ -35,9 +35,11 @@ use super::schema::{
 };
 use super::{DbConnection, DbError};
 
-/// Inbox statuses that need nothing more and may be deleted once old. `pending`, `dead` and
-/// `rate_limited` events are kept whatever their age: they can still be processed or replayed.
-pub const FINISHED_INBOX_STATUSES: [&str; 3] = ["done", "expired", "filtered"];
+/// Inbox statuses that may be deleted once old. `rate_limited` events keep their envelope
+/// (the message content) for a replay, so they go after the retention period like the rest of
+/// the stored data. `pending`, `parked` and `dead` events are kept whatever their age: they
+/// are still to be processed, or to be looked at by an operator.
+pub const FINISHED_INBOX_STATUSES: [&str; 4] = ["done", "expired", "filtered", "rate_limited"];
 
 /// The largest batch [`cleanup`] deletes at once (larger requests are reduced to it): keeps
 /// the key list of one statement well below the bound-parameter limits of both backends.
@@ -287,8 +289,8 @@ pub fn stats_since(conn: &mut DbConnection, since_ms: i64) -> Result<Vec<StatsRo
 /// Deletes data older than `before_ms`:
 ///
 /// * `event_log` rows created before it;
-/// * `inbox` events that are finished (see [`FINISHED_INBOX_STATUSES`]) and were last
-///   updated before it — pending, dead and rate-limited events are kept;
+/// * `inbox` events that are finished or rate-limited (see [`FINISHED_INBOX_STATUSES`]) and
+///   were last updated before it — pending, parked and dead events are kept;
 /// * `forwarder_batches` received before it (a batch that old is refused by its signature's
 ///   timestamp anyway);
 /// * `outgoing_replies` created before it;

@@ -598,14 +598,16 @@ pub fn pending_count(conn: &mut DbConnection) -> Result<i64, DbError> {
         .first(conn)?)
 }
 
-/// Pending events (due or not) per realm id.
-pub fn pending_by_realm(conn: &mut DbConnection) -> Result<Vec<(i64, i64)>, DbError> {
+/// Pending events (due or not) per realm id and event type.
+pub fn pending_by_realm_and_type(
+    conn: &mut DbConnection,
+) -> Result<Vec<(i64, String, i64)>, DbError> {
     Ok(inbox::table
         .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
             "status = 'pending'",
         ))
-        .group_by(inbox::realm_id)
-        .select((inbox::realm_id, count_star()))
+        .group_by((inbox::realm_id, inbox::event_type))
+        .select((inbox::realm_id, inbox::event_type, count_star()))
         .load(conn)?)
 }
 

@@ -180,30 +180,37 @@ pub struct Inbox {
     config: ForwarderConfig,
     admission: Admission,
     /// Pending events this server knows of (stored, not yet done, dead or parked), per
-    /// realm: a realm whose events pile up is refused new batches, the others are not.
+    /// realm and per listener they wait for: a realm whose events pile up behind one handler
+    /// is refused new batches of events that need that handler; other handlers' events and
+    /// other realms are not.
     backlog: Backlog,
 }
 
-/// Pending events per realm id.
+/// What a pending event is counted against: its realm, and a non-pure handler it waits for
+/// (`None`: it waits only for pure handlers, queued behind earlier events of its realm).
+type BacklogKey = (i64, Option<HandlerId>);
+
+/// Pending events per [`BacklogKey`]. An event that needs several non-pure handlers is
+/// counted against each of them.
 #[derive(Default)]
-struct Backlog(DashMap<i64, i64>);
+struct Backlog(DashMap<BacklogKey, i64>);
 
 impl Backlog {
-    fn add(&self, realm_id: i64, n: i64) {
+    fn add(&self, key: BacklogKey, n: i64) {
         if n != 0 {
-            *self.0.entry(realm_id).or_insert(0) += n;
+            *self.0.entry(key).or_insert(0) += n;
         }
     }
 
     /// One fewer; clamped at zero (replays from the command line were never counted in).
-    fn done(&self, realm_id: i64) {
-        if let Some(mut n) = self.0.get_mut(&realm_id) {
+    fn done(&self, key: BacklogKey) {
+        if let Some(mut n) = self.0.get_mut(&key) {
             *n = (*n - 1).max(0);
         }
     }
 
-    fn of(&self, realm_id: i64) -> i64 {
-        self.0.get(&realm_id).map_or(0, |n| *n)
+    fn of(&self, key: BacklogKey) -> i64 {
+        self.0.get(&key).map_or(0, |n| *n)
     }
 }
 
@@ -233,10 +240,12 @@ impl Inbox {
         admission: Admission,
         config: ForwarderConfig,
     ) -> Result<(Arc<Inbox>, InboxTasks), DbError> {
-        let pending = db.run(store::pending_by_realm).await?;
+        let pending = db.run(store::pending_by_realm_and_type).await?;
         let backlog = Backlog::default();
-        for (realm_id, n) in pending {
-            backlog.add(realm_id, n);
+        for (realm_id, event_type, n) in pending {
+            for listener in waits_for(&processor, &handlers, &event_type) {
+                backlog.add((realm_id, listener), n);
+            }
         }
         if db.backend() == Backend::Sqlite {
             let released = db.run(store::release_all_claims).await?;
@@ -286,19 +295,29 @@ impl Inbox {
         webhook_id: &str,
         events: Vec<ForwardedEvent>,
     ) -> Result<IntakeSummary, IntakeError> {
-        // Only the batch's own realms count: one realm's pile-up (a slow handler) does not
-        // stop the others, and events parked behind a paused or disabled handler are not
-        // counted at all.
+        // Only the batch's own realms and the listeners its events need count: one realm's
+        // pile-up does not stop the others, a broken handler's pending events do not stop
+        // events that only other handlers want, and events parked behind a paused or
+        // disabled handler are not counted at all.
         let max = i64::try_from(self.admission.max_backlog).unwrap_or(i64::MAX);
-        let mut realms: Vec<i64> = events.iter().map(|e| e.realm_id).collect();
-        realms.sort_unstable();
-        realms.dedup();
-        for realm_id in realms {
-            let backlog = self.backlog.of(realm_id);
-            if backlog > max {
-                return Err(IntakeError::Busy(format!(
-                    "{backlog} events of realm {realm_id} are waiting to be processed (forwarder.max_backlog {max})"
-                )));
+        let mut kinds: Vec<(i64, &str)> = events
+            .iter()
+            .map(|e| (e.realm_id, e.event_type.as_str()))
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        for (realm_id, event_type) in kinds {
+            for listener in self.waits_for(event_type) {
+                let backlog = self.backlog.of((realm_id, listener));
+                if backlog > max {
+                    let what = match listener.and_then(|id| self.processor.handler_name(id)) {
+                        Some(name) => format!("waiting for `{name}`"),
+                        None => "waiting to be processed".to_string(),
+                    };
+                    return Err(IntakeError::Busy(format!(
+                        "{backlog} events of realm {realm_id} are {what} (forwarder.max_backlog {max})"
+                    )));
+                }
             }
         }
         let now = now_ms();
@@ -379,7 +398,11 @@ impl Inbox {
                                 row.last_error = Some(error);
                                 held[lane] = true;
                                 if counts_attempt {
-                                    waiting.push((row.realm_id, row.event_id.clone()));
+                                    waiting.push((
+                                        row.realm_id,
+                                        row.event_type.clone(),
+                                        row.event_id.clone(),
+                                    ));
                                 } else {
                                     // Behind a paused or disabled handler: not in the backlog.
                                     row.status = "parked";
@@ -457,15 +480,15 @@ impl Inbox {
         }
         let new = |id: &String| !stored.known.contains(id) && !stored.rate_limited.contains(id);
         summary.processed = done.iter().filter(|id| new(id)).count();
-        for (realm_id, _) in waiting.iter().filter(|(_, id)| new(id)) {
-            self.backlog.add(*realm_id, 1);
+        for (realm_id, event_type, _) in waiting.iter().filter(|(_, _, id)| new(id)) {
+            self.count_in(*realm_id, event_type);
         }
         let mut released = Vec::new();
         for (lane, realm_id, event_id, event) in queued {
             if !new(&event_id) {
                 continue;
             }
-            self.backlog.add(realm_id, 1);
+            self.count_in(realm_id, event.event_type());
             let work = self.track(lane, event_id, event, 0, realm_id, true);
             match self.lanes[lane].queue.try_send(work) {
                 Ok(()) => {}
@@ -516,6 +539,18 @@ impl Inbox {
                 lane: outstanding,
                 event_id,
             },
+        }
+    }
+
+    /// The listeners an event of `event_type` is counted against (see [`BacklogKey`]).
+    fn waits_for(&self, event_type: &str) -> Vec<Option<HandlerId>> {
+        waits_for(&self.processor, &self.handlers, event_type)
+    }
+
+    /// Counts one more pending event of `realm_id` and `event_type`.
+    fn count_in(&self, realm_id: i64, event_type: &str) {
+        for listener in self.waits_for(event_type) {
+            self.backlog.add((realm_id, listener), 1);
         }
     }
 
@@ -617,7 +652,9 @@ impl Inbox {
         // Finished or parked: out of the realm's backlog, if it was in (a parked event is
         // not, nor is it when it runs again).
         if counted && (finished || !counts_attempt) {
-            self.backlog.done(realm_id);
+            for listener in self.waits_for(event.event_type()) {
+                self.backlog.done((realm_id, listener));
+            }
         }
         let mut processed = outcome.processed;
         processed.inbox = Some(InboxOutcome {
@@ -726,6 +763,21 @@ impl Tally {
         for (event_type, outcome, n) in self.0 {
             metric::events_received("forwarder", &event_type, outcome, n);
         }
+    }
+}
+
+/// The non-pure handlers of `handlers` that want `event_type`, or `[None]` when there is
+/// none (see [`BacklogKey`]).
+fn waits_for(
+    processor: &Processor,
+    handlers: &[HandlerId],
+    event_type: &str,
+) -> Vec<Option<HandlerId>> {
+    let impure = processor.impure_for(event_type, handlers);
+    if impure.is_empty() {
+        vec![None]
+    } else {
+        impure.into_iter().map(Some).collect()
     }
 }
 

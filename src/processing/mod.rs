@@ -111,6 +111,25 @@ impl Processor {
             .all(|entry| entry.handler.is_pure())
     }
 
+    /// The handlers in `handlers` that want `event_type` and are not pure: those an event of
+    /// that type waits for in a worker.
+    pub fn impure_for(&self, event_type: &str, handlers: &[HandlerId]) -> Vec<HandlerId> {
+        handlers
+            .iter()
+            .copied()
+            .filter(|&id| {
+                self.cx.registry.get(id).is_some_and(|entry| {
+                    entry.handler.interest().wants(event_type) && !entry.handler.is_pure()
+                })
+            })
+            .collect()
+    }
+
+    /// A handler's name.
+    pub fn handler_name(&self, id: HandlerId) -> Option<&'static str> {
+        self.cx.registry.get(id).map(|entry| entry.handler.name())
+    }
+
     /// Runs pure handlers to the end on the calling thread. `None` when one of them did not
     /// finish at once (it was not pure after all); nothing of that run is kept.
     pub fn run_now(&self, event: &Event, handlers: &[HandlerId]) -> Option<Outcome> {
