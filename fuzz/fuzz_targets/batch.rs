@@ -38,6 +38,12 @@ fuzz_target!(|data: &[u8]| {
             serde_json::from_str::<serde_json::Value>(&event.payload),
         ) {
             let reordered = value.to_string();
+            // serde_json's float parsing is not exact: a long mantissa read, printed and read
+            // again can move by one bit. The stored payload is the text as received, so such
+            // envelopes are left out too.
+            if serde_json::from_str::<serde_json::Value>(&reordered).ok() != Some(value) {
+                continue;
+            }
             match parse_stored(&reordered) {
                 Ok(again) => {
                     assert_eq!(again.event_type, event.event_type);
