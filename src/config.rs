@@ -1314,8 +1314,8 @@ mod tests {
 
     #[test]
     fn botserverrc_sections_naming_one_bot_are_refused() {
-        // Found by the botserverrc fuzz target: `[a.b]` and `[a_b]` (or one section written
-        // twice) became one bot, and the first was dropped without a word.
+        // Found while writing the botserverrc fuzz target: `[a.b]` and `[a_b]` (or one section
+        // written twice) became one bot, and the first was dropped without a word.
         for text in [
             "[a.b]\nemail=a@x.org\ntoken=t1\n[a_b]\nemail=b@x.org\ntoken=t2\n",
             "[a]\nemail=a@x.org\ntoken=t1\n[a]\nemail=b@x.org\ntoken=t2\n",
