@@ -247,3 +247,74 @@ async fn process_metrics_are_plausible() {
     );
     t.stop().await;
 }
+
+#[actix_web::test]
+async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
+    let target = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+    target.set_status(500);
+    let db = TestDatabase::new(Backend::Sqlite);
+    let extra = format!(
+        "[forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
+         [admin]\ntoken = \"{ADMIN}\"\n\
+         [error_handling]\nbreaker_failures = 1000\nmax_failures_per_hour = 2\n\
+         [handlers.keyword_alerts]\nrules = [{{ name = \"broken\", pattern = \"broken\", webhook = \"{}/alert\" }}]\n",
+        target.url
+    );
+    let t = start_server(&db, &extra).await;
+    let body = json!({ "events": [envelope("c1", 801)] }).to_string();
+    let ts = now();
+    let signature = SigningKey::parse(SECRET)
+        .expect("key")
+        .sign("msg_c", ts, body.as_bytes());
+    let sent = t
+        .send(
+            t.http
+                .post(format!("{}/zulip/events", t.base))
+                .header("webhook-id", "msg_c")
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", signature)
+                .body(body),
+        )
+        .await;
+    assert_eq!(sent.status, 200);
+
+    let degraded = health_until(&t, |a| {
+        reasons(a)
+            .iter()
+            .any(|r| r.contains("failed 3 times within an hour"))
+    })
+    .await;
+    let all = reasons(&degraded);
+    assert!(
+        all.iter().any(|r| r
+            .starts_with("handler `keyword_alerts` auto-disabled: Handler `keyword_alerts` failed 3 times within an hour and was disabled.")),
+        "{all:?}"
+    );
+    assert_eq!(degraded.json["status"], "degraded");
+    assert!(
+        degraded.json["handlers"].as_array().is_some_and(|h| h
+            .iter()
+            .any(|h| h["name"] == "keyword_alerts" && h["state"] == "auto_disabled")),
+        "{:?}",
+        degraded.json
+    );
+
+    target.set_status(200);
+    assert_eq!(
+        admin_post(&t, "/admin/handlers/keyword_alerts/enable")
+            .await
+            .status,
+        200
+    );
+    t.send(
+        t.http
+            .post(format!("{}/admin/dead-letters/replay", t.base))
+            .bearer_auth(ADMIN)
+            .body(r#"{"all": true, "status": "parked"}"#),
+    )
+    .await;
+    let ok = health_until(&t, |a| a.json["status"] == "ok").await;
+    assert_eq!(ok.json["status"], "ok", "{:?}", ok.json);
+    t.stop().await;
+    target.stop().await;
+}
