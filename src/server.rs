@@ -266,6 +266,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
             config.server.unverified_body_bytes,
         ),
         readiness: tokio::sync::Mutex::new(None),
+        health_facts: tokio::sync::Mutex::new(None),
     });
     let listener = TcpListener::bind(&config.server.bind)
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
@@ -448,6 +449,7 @@ async fn upkeep(u: Upkeep) {
 }
 
 async fn refresh(u: &Upkeep) {
+    crate::telemetry::process::refresh();
     if let Some(handle) = crate::telemetry::prometheus() {
         handle.run_upkeep();
     }

@@ -210,6 +210,8 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+pub mod process;
+
 /// Every metric the server exports, named in one place.
 pub mod metric {
     use metrics::{counter, gauge, histogram};

@@ -1,6 +1,6 @@
 //! The admin API under `/admin/`, behind a bearer token compared in constant time (401
 //! without it; the whole API answers 404 while no token is configured), and the health
-//! routes `/healthz` and `/readyz`.
+//! routes `/healthz`, `/readyz` and `/health`.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, json_ok};
+use super::{ApiError, AppState, HealthFacts, json_ok};
 use crate::db::{now_ms, store};
 use crate::telemetry::metric;
 use crate::verification::token_matches;
@@ -49,6 +49,156 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     response
         .insert_header((header::CONTENT_TYPE, super::JSON_UTF8))
         .body(body.to_string())
+}
+
+/// `GET /health`: `ok`, `degraded` (200, with one reason per handler whose circuit breaker
+/// is open or that is disabled at runtime, and for dead letters or parked events) or
+/// `unavailable` (503, when `/readyz` would answer 503). Every reason is the server's own
+/// text: handler names, counts and the stored auto-disable reason; never a database error.
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let accepting = state.ready.load(Ordering::Relaxed);
+    let database = database_reachable(&state).await;
+    let mut unavailable = Vec::new();
+    if !accepting {
+        unavailable.push("not accepting traffic: shutting down or still starting".to_string());
+    }
+    if !database {
+        unavailable.push("the database cannot be reached".to_string());
+    }
+    let facts = if database {
+        let facts = health_facts(&state).await;
+        if facts.is_none() {
+            unavailable.push("the database did not answer the health query".to_string());
+        }
+        facts
+    } else {
+        None
+    };
+
+    let now = Instant::now();
+    let mut reasons = Vec::new();
+    let mut handlers = Vec::new();
+    for entry in state.registry.entries() {
+        let name = entry.handler.name();
+        let stored = facts.as_ref().and_then(|f| {
+            f.disabled_reasons
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, r)| r.clone())
+        });
+        let handler_state = if !entry.settings.enabled {
+            // Off in the configuration file: a deliberate, static choice, not a degradation.
+            "off"
+        } else if entry.auto_disabled() {
+            let why = stored
+                .filter(|r| r.starts_with(crate::handlers::AUTO_DISABLED))
+                .unwrap_or_else(|| {
+                    format!(
+                        "{} too many failures within an hour",
+                        crate::handlers::AUTO_DISABLED
+                    )
+                });
+            reasons.push(format!("handler `{name}` {why}"));
+            "auto_disabled"
+        } else if !entry.enabled() {
+            reasons.push(format!(
+                "handler `{name}` is disabled by an operator (admin API or command line)"
+            ));
+            "disabled"
+        } else if let Some(until) = entry.health.open_until(now) {
+            let secs = until.saturating_duration_since(now).as_secs_f64().ceil() as u64;
+            reasons.push(format!(
+                "handler `{name}`: circuit breaker open after repeated failures (trial run in {secs} s)"
+            ));
+            "breaker_open"
+        } else {
+            "ok"
+        };
+        handlers.push(json!({ "name": name, "state": handler_state }));
+    }
+    if let Some(f) = &facts {
+        if f.dead > 0 {
+            reasons.push(format!(
+                "{} dead letter(s): forwarded events that failed every retry (GET /admin/dead-letters)",
+                f.dead
+            ));
+        }
+        if f.parked > 0 {
+            reasons.push(format!(
+                "{} event(s) parked, waiting for a paused or disabled handler",
+                f.parked
+            ));
+        }
+    }
+
+    let status = if !unavailable.is_empty() {
+        "unavailable"
+    } else if reasons.is_empty() {
+        "ok"
+    } else {
+        "degraded"
+    };
+    unavailable.extend(reasons);
+    let body = json!({
+        "status": status,
+        "reasons": unavailable,
+        "accepting": accepting,
+        "database": if database { "ok" } else { "unreachable" },
+        "handlers": handlers,
+        "dead_letters": facts.as_ref().map(|f| f.dead),
+        "parked_events": facts.as_ref().map(|f| f.parked),
+    });
+    let mut response = if status == "unavailable" {
+        HttpResponse::ServiceUnavailable()
+    } else {
+        HttpResponse::Ok()
+    };
+    response
+        .insert_header((header::CONTENT_TYPE, super::JSON_UTF8))
+        .body(body.to_string())
+}
+
+/// The database facts of `/health`, read at most once per [`READY_CACHE`] (an
+/// unauthenticated route must not be a way to load the database); `None` when the query
+/// failed or took longer than [`READY_TIMEOUT`] (the error goes to the log only).
+async fn health_facts(state: &AppState) -> Option<HealthFacts> {
+    let mut last = state.health_facts.lock().await;
+    if let Some((at, facts)) = &*last
+        && at.elapsed() < READY_CACHE
+    {
+        return facts.clone();
+    }
+    let query = state.outgoing.db().run(|c| {
+        let rows = store::listener_rows(c)?;
+        let counts = store::inbox_counts(c)?;
+        let count = |status: &str| {
+            counts
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n)
+        };
+        Ok(HealthFacts {
+            disabled_reasons: rows
+                .into_iter()
+                .map(|r| (r.name, r.disabled_reason))
+                .collect(),
+            dead: count("dead"),
+            parked: count("parked"),
+        })
+    });
+    let facts = match tokio::time::timeout(READY_TIMEOUT, query).await {
+        Ok(Ok(facts)) => Some(facts),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "health: reading handler states and dead letters failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("health: the database did not answer within the readiness timeout");
+            None
+        }
+    };
+    *last = Some((Instant::now(), facts.clone()));
+    facts
 }
 
 /// Whether the database answers, pinged at most once per [`READY_CACHE`]: concurrent

@@ -41,6 +41,18 @@ pub struct AppState {
     /// The last database ping of `/readyz` (when, and whether it succeeded), reused for a
     /// moment so that `/readyz` cannot be used to hammer the database.
     pub readiness: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// The database facts of the last `GET /health` (handler rows, dead and parked counts),
+    /// reused for a moment like the readiness ping; `None` inside: the query failed.
+    pub health_facts: tokio::sync::Mutex<Option<(std::time::Instant, Option<HealthFacts>)>>,
+}
+
+/// What `GET /health` reads from the database.
+#[derive(Clone)]
+pub struct HealthFacts {
+    /// Each handler's stored disabled reason, if any.
+    pub disabled_reasons: Vec<(String, Option<String>)>,
+    pub dead: i64,
+    pub parked: i64,
 }
 
 /// What the forwarder route needs.
@@ -77,6 +89,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/healthz")
             .route(web::get().to(admin::healthz))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/health")
+            .route(web::get().to(admin::health))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -132,6 +149,7 @@ pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn metrics() -> HttpResponse {
+    crate::telemetry::process::refresh();
     let text = crate::telemetry::prometheus()
         .map(|handle| handle.render())
         .unwrap_or_default();

@@ -1,0 +1,320 @@
+//! `GET /health` (ok, degraded with reasons, unavailable) and the process metrics on
+//! `/metrics`.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{Value, json};
+use zulip_listeners::verification::SigningKey;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const ADMIN: &str = "admin-token-for-tests-0123456789";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn health(t: &TestServer) -> Answer {
+    t.send(t.http.get(format!("{}/health", t.base))).await
+}
+
+fn reasons(answer: &Answer) -> Vec<String> {
+    answer.json["reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn admin_post(t: &TestServer, path: &str) -> Answer {
+    t.send(t.http.post(format!("{}{path}", t.base)).bearer_auth(ADMIN))
+        .await
+}
+
+/// Polls `/health` until `check` holds (the database facts are cached for a second).
+async fn health_until(t: &TestServer, check: impl Fn(&Answer) -> bool) -> Answer {
+    let mut last = None;
+    eventually(Duration::from_secs(10), async || {
+        let answer = health(t).await;
+        let ok = check(&answer);
+        last = Some(answer);
+        ok
+    })
+    .await;
+    match last {
+        Some(answer) => answer,
+        None => panic!("no answer from /health"),
+    }
+}
+
+#[actix_web::test]
+async fn ok_then_degraded_by_an_operator_then_ok_again() {
+    for backend in backends() {
+        let db = TestDatabase::new(backend);
+        let t = start_server(&db, &format!("[admin]\ntoken = \"{ADMIN}\"\n")).await;
+
+        let start = health(&t).await;
+        assert_eq!(start.status, 200, "{:?}", start.json);
+        assert_eq!(start.json["status"], "ok", "{:?}", start.json);
+        assert_eq!(reasons(&start), Vec::<String>::new());
+        assert_eq!(start.json["database"], "ok");
+        assert!(
+            start.json["handlers"]
+                .as_array()
+                .is_some_and(|h| h.len() >= 4 && h.iter().all(|h| h["state"] == "ok")),
+            "{:?}",
+            start.json
+        );
+
+        assert_eq!(
+            admin_post(&t, "/admin/handlers/relay/disable").await.status,
+            200
+        );
+        let degraded = health_until(&t, |a| a.json["status"] == "degraded").await;
+        assert_eq!(degraded.status, 200, "degraded still answers 200");
+        assert_eq!(
+            reasons(&degraded),
+            vec![
+                "handler `relay` is disabled by an operator (admin API or command line)"
+                    .to_string()
+            ],
+            "{:?}",
+            degraded.json
+        );
+        assert!(
+            degraded.json["handlers"].as_array().is_some_and(|h| h
+                .iter()
+                .any(|h| h["name"] == "relay" && h["state"] == "disabled")),
+            "{:?}",
+            degraded.json
+        );
+
+        assert_eq!(
+            admin_post(&t, "/admin/handlers/relay/enable").await.status,
+            200
+        );
+        let ok = health_until(&t, |a| a.json["status"] == "ok").await;
+        assert_eq!(
+            (ok.status, ok.json["status"].as_str()),
+            (200, Some("ok")),
+            "{:?}",
+            ok.json
+        );
+        t.stop().await;
+    }
+}
+
+fn envelope(event_id: &str, message_id: i64) -> Value {
+    json!({"v": 1, "event_id": event_id, "emitted_at_ms": now() * 1000,
+           "server": {"host": "h", "zulip_version": "10.2", "feature_level": 334},
+           "realm": {"id": 2, "uuid": "u", "string_id": "acme"}, "type": "message", "op": null,
+           "audience": {"count": 1, "user_ids": [10]},
+           "event": {"type": "message", "flags": [], "message": {"id": message_id, "sender_id": 10,
+               "content": "the build is broken", "type": "stream", "display_recipient": "ops",
+               "stream_id": 5, "subject": "ci", "timestamp": 1700000000}}})
+}
+
+#[actix_web::test]
+async fn an_open_breaker_degrades_until_the_handler_recovers() {
+    let target = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+    target.set_status(500);
+    let db = TestDatabase::new(Backend::Sqlite);
+    let extra = format!(
+        "[forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
+         [admin]\ntoken = \"{ADMIN}\"\n\
+         [error_handling]\nbreaker_failures = 2\nbreaker_cooldown = \"60s\"\nmax_failures_per_hour = 1000\n\
+         [handlers.keyword_alerts]\nrules = [{{ name = \"broken\", pattern = \"broken\", webhook = \"{}/alert\" }}]\n",
+        target.url
+    );
+    let t = start_server(&db, &extra).await;
+    assert_eq!(health(&t).await.json["status"], "ok");
+
+    let body = json!({ "events": [envelope("b1", 701)] }).to_string();
+    let ts = now();
+    let signature = SigningKey::parse(SECRET)
+        .expect("key")
+        .sign("msg_b", ts, body.as_bytes());
+    let sent = t
+        .send(
+            t.http
+                .post(format!("{}/zulip/events", t.base))
+                .header("webhook-id", "msg_b")
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", signature)
+                .body(body),
+        )
+        .await;
+    assert_eq!(sent.status, 200);
+
+    let degraded = health_until(&t, |a| {
+        reasons(a)
+            .iter()
+            .any(|r| r.contains("circuit breaker open"))
+            && reasons(a).iter().any(|r| r.contains("parked"))
+    })
+    .await;
+    assert_eq!(
+        (degraded.status, degraded.json["status"].as_str()),
+        (200, Some("degraded")),
+        "{:?}",
+        degraded.json
+    );
+    let all = reasons(&degraded);
+    assert!(
+        all.iter()
+            .any(|r| r.starts_with("handler `keyword_alerts`: circuit breaker open")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter().any(|r| r.starts_with("1 event(s) parked")),
+        "{all:?}"
+    );
+    assert_eq!(degraded.json["parked_events"], 1);
+    let text = degraded.json.to_string();
+    assert!(
+        !text.contains("broken") && !text.contains(&target.url),
+        "no event or target text in /health: {text}"
+    );
+
+    // The target recovers and an operator enables the handler (which closes the breaker) and
+    // replays the parked event: it is processed and the service is ok again.
+    target.set_status(200);
+    assert_eq!(
+        admin_post(&t, "/admin/handlers/keyword_alerts/enable")
+            .await
+            .status,
+        200
+    );
+    // An event parked behind the breaker waits for its cool-down (60 s here): replay it now.
+    let replay = t
+        .send(
+            t.http
+                .post(format!("{}/admin/dead-letters/replay", t.base))
+                .bearer_auth(ADMIN)
+                .body(r#"{"all": true, "status": "parked"}"#),
+        )
+        .await;
+    assert_eq!(replay.json["requeued"], 1, "{:?}", replay.json);
+    let ok = health_until(&t, |a| a.json["status"] == "ok").await;
+    assert_eq!(ok.json["status"], "ok", "{:?}", ok.json);
+    t.stop().await;
+    target.stop().await;
+}
+
+#[actix_web::test]
+async fn process_metrics_are_plausible() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let t = start_server(&db, "").await;
+    let addr = t.server.metrics_addr.expect("metrics listener");
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let value = |name: &str| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .unwrap_or_else(|| panic!("no {name} in the scrape"));
+        match sample.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a number"),
+        }
+    };
+    assert!(value("process_resident_memory_bytes") > 1_048_576.0);
+    assert!(value("process_open_fds") > 0.0);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    let started = value("process_start_time_seconds");
+    let now = now() as f64;
+    assert!(
+        started <= now + 1.0 && started > now - 3600.0,
+        "started {started}, now {now}"
+    );
+    t.stop().await;
+}
+
+#[actix_web::test]
+async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
+    let target = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+    target.set_status(500);
+    let db = TestDatabase::new(Backend::Sqlite);
+    let extra = format!(
+        "[forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
+         [admin]\ntoken = \"{ADMIN}\"\n\
+         [error_handling]\nbreaker_failures = 1000\nmax_failures_per_hour = 2\n\
+         [handlers.keyword_alerts]\nrules = [{{ name = \"broken\", pattern = \"broken\", webhook = \"{}/alert\" }}]\n",
+        target.url
+    );
+    let t = start_server(&db, &extra).await;
+    let body = json!({ "events": [envelope("c1", 801)] }).to_string();
+    let ts = now();
+    let signature = SigningKey::parse(SECRET)
+        .expect("key")
+        .sign("msg_c", ts, body.as_bytes());
+    let sent = t
+        .send(
+            t.http
+                .post(format!("{}/zulip/events", t.base))
+                .header("webhook-id", "msg_c")
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", signature)
+                .body(body),
+        )
+        .await;
+    assert_eq!(sent.status, 200);
+
+    let degraded = health_until(&t, |a| {
+        reasons(a)
+            .iter()
+            .any(|r| r.contains("failed 3 times within an hour"))
+    })
+    .await;
+    let all = reasons(&degraded);
+    assert!(
+        all.iter().any(|r| r
+            .starts_with("handler `keyword_alerts` auto-disabled: Handler `keyword_alerts` failed 3 times within an hour and was disabled.")),
+        "{all:?}"
+    );
+    assert_eq!(degraded.json["status"], "degraded");
+    assert!(
+        degraded.json["handlers"].as_array().is_some_and(|h| h
+            .iter()
+            .any(|h| h["name"] == "keyword_alerts" && h["state"] == "auto_disabled")),
+        "{:?}",
+        degraded.json
+    );
+
+    target.set_status(200);
+    assert_eq!(
+        admin_post(&t, "/admin/handlers/keyword_alerts/enable")
+            .await
+            .status,
+        200
+    );
+    t.send(
+        t.http
+            .post(format!("{}/admin/dead-letters/replay", t.base))
+            .bearer_auth(ADMIN)
+            .body(r#"{"all": true, "status": "parked"}"#),
+    )
+    .await;
+    let ok = health_until(&t, |a| a.json["status"] == "ok").await;
+    assert_eq!(ok.json["status"], "ok", "{:?}", ok.json);
+    t.stop().await;
+    target.stop().await;
+}
