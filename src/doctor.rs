@@ -311,14 +311,8 @@ fn check_secrets(config: &Config) -> Vec<Check> {
 /// Each bot's Zulip site and API key, the public URL, and the clock.
 async fn check_network(config: &Config, url: Option<&str>) -> Vec<Check> {
     let mut checks = Vec::new();
-    let http = match reqwest::Client::builder()
-        .timeout(CHECK_TIMEOUT)
-        .user_agent(concat!(
-            "zulip-listeners-doctor/",
-            env!("CARGO_PKG_VERSION")
-        ))
-        .build()
-    {
+    // The server's own client rules: an API key is never re-sent to another origin.
+    let http = match crate::outbound::client(CHECK_TIMEOUT) {
         Ok(http) => http,
         Err(error) => {
             checks.push(Check::fail(

@@ -73,9 +73,7 @@ pub fn send(config: &Config, url: Option<&str>) -> anyhow::Result<()> {
         .context("starting the HTTP client")?;
     let (status, answer) = runtime
         .block_on(async {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?;
+            let http = crate::outbound::client(Duration::from_secs(10))?;
             let response = http
                 .post(&url)
                 .header("content-type", "application/json")
