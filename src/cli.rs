@@ -54,8 +54,9 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<ListenerAction>,
     },
-    /// Delete event-log rows, finished inbox rows, accepted batch ids, retry records and
-    /// statistics older than N days, in small batches.
+    /// Delete event-log rows, finished and rate-limited inbox rows, accepted batch ids, retry
+    /// records and statistics older than N days, in small batches; also applies the personal-data
+    /// periods of [retention] (message content, user activity, keyword-alert history).
     Cleanup {
         #[arg(long, value_name = "N")]
         days: u32,
