@@ -33,6 +33,7 @@ const SECTIONS: &[&str] = &[
     "data_protection",
     "bots",
     "handlers",
+    "listeners",
     "forwarder",
     "filters",
     "rate_limits",
@@ -108,6 +109,9 @@ pub struct Config {
     pub bots: BTreeMap<String, BotConfig>,
     #[serde(default)]
     pub handlers: BTreeMap<String, HandlerSettings>,
+    /// Named listeners: instances of compiled-in handlers with their own scope and settings.
+    #[serde(default)]
+    pub listeners: BTreeMap<String, ListenerConfig>,
     pub forwarder: ForwarderConfig,
     pub filters: FiltersConfig,
     pub rate_limits: RateLimitsConfig,
@@ -328,7 +332,7 @@ pub struct ForwarderConfig {
     /// A file with one secret per line, read in addition to `secrets`.
     #[serde(default)]
     pub secrets_file: Option<PathBuf>,
-    /// Handlers that receive forwarded events.
+    /// Listeners that receive forwarded events (a handler name is the listener of that name).
     pub handlers: Vec<String>,
     /// Largest batch body accepted, in bytes (413 above it).
     pub max_body_bytes: usize,
@@ -370,12 +374,28 @@ pub struct FiltersConfig {
     pub blocked_users: Vec<i64>,
 }
 
-/// A realm named in `filters.allowed_realms`.
+/// A realm named in `filters.allowed_realms` or a listener's scope.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum RealmSelector {
     Id(i64),
     Subdomain(String),
+}
+
+/// A channel named in a listener's scope.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ChannelSelector {
+    Id(i64),
+    Name(String),
+}
+
+/// A user named in a listener's scope.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum UserSelector {
+    Id(i64),
+    Email(String),
 }
 
 /// A sustained rate with bursts.
@@ -388,8 +408,8 @@ pub struct QuotaConfig {
     pub burst: u32,
 }
 
-/// Quotas that replace the defaults for one intake path or one bot.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// Quotas that replace the defaults for one intake path, one bot or one listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaOverrides {
     #[serde(default)]
@@ -462,7 +482,8 @@ pub struct BotConfig {
     /// The bot's display name, used to strip a leading mention when Zulip does not send it.
     #[serde(default)]
     pub full_name: Option<String>,
-    /// Handlers in the order they run; the first reply wins.
+    /// Listeners in the order they run (a handler name is the listener of that name); the
+    /// first reply wins.
     #[serde(default)]
     pub handlers: Option<Vec<String>>,
     /// Overrides `server.reply_deadline` for this bot.
@@ -493,6 +514,10 @@ impl fmt::Debug for BotConfig {
 pub struct HandlerSettings {
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// The listener these settings are for (set by the listener registry; handlers that
+    /// record what they did use it to keep listeners of one handler apart).
+    #[serde(skip)]
+    pub listener: String,
     #[serde(flatten)]
     pub settings: serde_json::Map<String, serde_json::Value>,
 }
@@ -511,6 +536,38 @@ impl fmt::Debug for HandlerSettings {
 
 fn default_true() -> bool {
     true
+}
+
+/// One `[listeners.<name>]`: a named instance of a compiled-in handler. Which handler names
+/// exist, and whether `settings` suit the handler, is checked by the listener registry
+/// ([`crate::listeners::Registry::build`]), which owns them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// The compiled-in handler this listener runs.
+    pub handler: String,
+    #[serde(default)]
+    pub description: String,
+    /// Narrows the handler's event types; empty = all of them.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Scope: realms (ids or subdomains); empty = every realm.
+    #[serde(default)]
+    pub realms: Vec<RealmSelector>,
+    /// Scope: channels (ids or names); empty = events anywhere, including those in no channel.
+    #[serde(default)]
+    pub streams: Vec<ChannelSelector>,
+    /// Scope: the users events are about (sender, actor or person; ids or emails).
+    #[serde(default)]
+    pub users: Vec<UserSelector>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The handler's own settings (see `[handlers.<handler>]` in config/default.toml).
+    #[serde(default)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// This listener's own quotas for its outward actions; none when absent.
+    #[serde(default)]
+    pub rate_limits: Option<QuotaOverrides>,
 }
 
 /// Where the configuration comes from, as given on the command line.
@@ -874,22 +931,14 @@ impl Config {
                 ),
             ));
         }
-        for (i, handler) in self.forwarder.handlers.iter().enumerate() {
-            if !crate::handlers::is_known(handler) {
-                return Err(invalid(
-                    format!("forwarder.handlers[{i}]"),
-                    unknown_handler_message(handler),
-                ));
+        for (name, listener) in &self.listeners {
+            check_listener_name(name)?;
+            if let Some(overrides) = &listener.rate_limits {
+                check_overrides(&format!("listeners.{name}.rate_limits"), overrides)?;
             }
         }
-        for name in self.handlers.keys() {
-            if !crate::handlers::is_known(name) {
-                return Err(invalid(
-                    format!("handlers.{name}"),
-                    unknown_handler_message(name),
-                ));
-            }
-        }
+        // Whether listener names and handler settings exist and suit their handlers is
+        // checked by the listener registry, which owns the handler names.
         Ok(())
     }
 
@@ -945,25 +994,8 @@ impl Config {
         if let Some(overrides) = &bot.rate_limits {
             check_overrides(&key("rate_limits"), overrides)?;
         }
-        let handlers = bot.handler_names();
-        if handlers.is_empty() {
-            return Err(invalid(key("handlers"), "must name at least one handler"));
-        }
-        for (i, handler) in handlers.iter().enumerate() {
-            if !crate::handlers::is_known(handler) {
-                return Err(invalid(
-                    format!("bots.{name}.handlers[{i}]"),
-                    unknown_handler_message(handler),
-                ));
-            }
-            if handler == crate::handlers::Relay::NAME
-                && !crate::handlers::Relay::is_configured(&self.handler_settings(handler))
-            {
-                return Err(invalid(
-                    format!("bots.{name}.handlers[{i}]"),
-                    "`relay` needs `url` under [handlers.relay]",
-                ));
-            }
+        if bot.handler_names().is_empty() {
+            return Err(invalid(key("handlers"), "must name at least one listener"));
         }
         Ok(())
     }
@@ -972,6 +1004,7 @@ impl Config {
     pub fn handler_settings(&self, name: &str) -> HandlerSettings {
         self.handlers.get(name).cloned().unwrap_or(HandlerSettings {
             enabled: true,
+            listener: String::new(),
             settings: serde_json::Map::new(),
         })
     }
@@ -1033,11 +1066,20 @@ fn check_overrides(key: &str, overrides: &QuotaOverrides) -> Result<(), ConfigEr
     Ok(())
 }
 
-fn unknown_handler_message(name: &str) -> String {
-    format!(
-        "unknown handler `{name}`; compiled-in handlers are: {}",
-        crate::handlers::KNOWN.join(", ")
-    )
+/// Listener names appear in URLs, metrics and the CLI.
+fn check_listener_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            format!("listeners.{name}"),
+            "listener names are 1 to 64 letters, digits, `-` and `_` (they appear in URLs)",
+        ));
+    }
+    Ok(())
 }
 
 fn describe_figment_error(error: &figment::Error) -> String {
@@ -1247,19 +1289,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bots.helper.token"), "{err}");
-    }
-
-    #[test]
-    fn unknown_handler_is_rejected() {
-        let err = Config::from_toml(
-            "[bots.h]\nemail = \"h@x.org\"\ntoken = \"t\"\nhandlers = [\"nope\"]",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("bots.h.handlers[0]") && err.contains("nope"),
-            "{err}"
-        );
     }
 
     #[test]

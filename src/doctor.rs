@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{BotConfig, Config, ConfigError, DatabaseTarget, Sources};
 use crate::db::{establish, pending_migrations};
-use crate::handlers::Registry;
+use crate::listeners::Registry;
 use crate::verification::SigningKey;
 
 /// How long one network check (database, Zulip, the public URL) may take.

@@ -13,6 +13,7 @@ pub mod filters;
 pub mod fuzzing;
 pub mod handlers;
 pub mod http;
+pub mod listeners;
 pub mod outbound;
 pub mod processing;
 pub mod ratelimit;

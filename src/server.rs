@@ -15,9 +15,10 @@ use crate::config::Config;
 use crate::db::writer::{Writer, WriterThread};
 use crate::db::{Db, now_ms, retention, store};
 use crate::filters::Filters;
-use crate::handlers::{Context, Registry};
+use crate::handlers::Context;
 use crate::http::listener::ListenerLimits;
 use crate::http::{AppState, ForwarderState, InFlight, metrics_routes, observe, routes};
+use crate::listeners::Registry;
 use crate::processing::Processor;
 use crate::processing::announce::Announcer;
 use crate::processing::inbox::{Admission, Inbox, InboxTasks};
@@ -29,9 +30,12 @@ use crate::zulip_api::ZulipClient;
 
 /// How often expired retry records are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-/// How often gauges are refreshed and handler states are read back from the database (so that
-/// `zulip-listeners listeners enable|disable` reaches a running server).
+/// How often gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often listener states and runtime changes are read back from the database, so that a
+/// change made through another server or the CLI applies here within this time.
+const LISTENER_SYNC_INTERVAL: Duration = Duration::from_secs(LISTENER_SYNC_SECONDS);
+pub const LISTENER_SYNC_SECONDS: u64 = 3;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServeOptions {
@@ -169,24 +173,35 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let registry = Arc::new(Registry::build(&config)?);
     let listener_rows = registry.listener_rows();
     let persisted = db
-        .run(move |c| store::sync_listeners(c, &listener_rows))
+        .run(move |c| crate::db::listeners::sync(c, &listener_rows))
         .await
-        .context("recording the handlers")?;
+        .context("recording the listeners")?;
     apply_persisted_state(&registry, &persisted);
 
     let cx = Arc::new(Context {
         db: db.clone(),
         dry_run: options.dry_run,
         data_protection: config.data_protection.clone(),
-        registry: registry.clone(),
     });
     let zulip = ZulipClient::new().context("building the HTTP client for Zulip's API")?;
     let tasks = TaskTracker::new();
     let announcer = Arc::new(
-        Announcer::new(&config, db.clone(), zulip.clone(), tasks.clone())
-            .context("building the HTTP client for notifications")?,
+        Announcer::new(
+            &config,
+            db.clone(),
+            registry.clone(),
+            zulip.clone(),
+            tasks.clone(),
+        )
+        .context("building the HTTP client for notifications")?,
     );
-    let processor = Processor::new(cx, writer.clone(), announcer, tasks.clone());
+    let processor = Processor::new(
+        cx,
+        registry.clone(),
+        writer.clone(),
+        announcer,
+        tasks.clone(),
+    );
     let filters = Arc::new(Filters::new(&config.filters));
     let (inbox, inbox_tasks) = Inbox::start(
         processor.clone(),
@@ -238,7 +253,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         &registry
             .entries()
             .iter()
-            .map(|e| e.handler.name())
+            .map(|e| e.name())
             .collect::<Vec<_>>(),
     );
     let upkeep = tokio::spawn(upkeep(Upkeep {
@@ -347,14 +362,18 @@ fn per_worker(max_connections: usize, workers: usize) -> usize {
     (max_connections / workers.max(1)).max(1)
 }
 
-/// Handlers disabled in the database (by an operator, or automatically) stay disabled.
+/// Runtime changes stored in the database win over the file; listeners disabled there (by an
+/// operator, or automatically) stay disabled.
 fn apply_persisted_state(registry: &Registry, rows: &[crate::db::models::ListenerRow]) {
     for entry in registry.entries() {
-        let name = entry.handler.name();
+        let name = entry.name();
         if let Some(row) = rows.iter().find(|r| r.name == name) {
-            entry.apply_row(row);
+            registry.apply_row(row);
+            if row.overrides.is_some() {
+                tracing::info!(listener = name, "runtime changes from the database apply");
+            }
             if !entry.enabled() {
-                tracing::warn!(handler = name, reason = ?row.disabled_reason, "handler is disabled");
+                tracing::warn!(listener = name, reason = ?row.disabled_reason, "listener is disabled");
             }
         }
         crate::telemetry::metric::handler_enabled(name, entry.enabled());
@@ -402,6 +421,7 @@ async fn upkeep(u: Upkeep) {
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     let mut limits = tokio::time::interval(u.housekeeping);
     let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
+    let mut listeners = tokio::time::interval(LISTENER_SYNC_INTERVAL);
     let mut aggregate = tokio::time::interval(u.retention.aggregation_interval);
     let mut retention = tokio::time::interval(RETENTION_INTERVAL);
     prune.tick().await;
@@ -421,6 +441,7 @@ async fn upkeep(u: Upkeep) {
                 tracing::info!(outgoing_keys, forwarder_keys, "rate limiter keys tracked");
             }
             _ = gauges.tick() => refresh(&u).await,
+            _ = listeners.tick() => sync_listeners(&u).await,
             _ = aggregate.tick() => {
                 let interval = millis(u.retention.aggregation_interval);
                 match u.db.run(move |c| retention::aggregate_stats(c, interval, now_ms())).await {
@@ -448,6 +469,28 @@ async fn upkeep(u: Upkeep) {
     }
 }
 
+/// Reads listener states and runtime changes back from the database (made through another
+/// server sharing it, the CLI, or the breaker elsewhere) and applies what changed.
+async fn sync_listeners(u: &Upkeep) {
+    match u.db.run(crate::db::listeners::rows).await {
+        Ok(rows) => {
+            for row in &rows {
+                if u.registry.apply_row(row) {
+                    tracing::info!(
+                        listener = row.name,
+                        enabled = u.registry.by_name(&row.name).is_some_and(|e| e.enabled()),
+                        "listener state read from the database"
+                    );
+                }
+            }
+            for entry in u.registry.entries() {
+                metric::handler_enabled(entry.name(), entry.enabled());
+            }
+        }
+        Err(error) => tracing::warn!(%error, "reading listener states failed"),
+    }
+}
+
 async fn refresh(u: &Upkeep) {
     crate::telemetry::process::refresh();
     if let Some(handle) = crate::telemetry::prometheus() {
@@ -460,19 +503,18 @@ async fn refresh(u: &Upkeep) {
         .run(|c| {
             Ok((
                 store::inbox_counts(c)?,
-                store::listener_rows(c)?,
                 store::oldest_pending_ms(c)?,
                 store::parked_by_handler(c)?,
             ))
         })
         .await
     {
-        Ok((counts, rows, oldest, parked)) => {
+        Ok((counts, oldest, parked)) => {
             metric::ready(u.ready.load(Ordering::Relaxed));
             let lag = oldest.map_or(0.0, |ms| (now_ms() - ms).max(0) as f64 / 1000.0);
             metric::inbox_lag(lag);
             for entry in u.registry.entries() {
-                let name = entry.handler.name();
+                let name = entry.name();
                 let n = parked
                     .iter()
                     .find(|(h, _)| h == name)
@@ -493,20 +535,6 @@ async fn refresh(u: &Upkeep) {
                     .find(|(s, _)| s == status)
                     .map_or(0, |(_, n)| *n);
                 metric::inbox_events(status, n);
-            }
-            for entry in u.registry.entries() {
-                let name = entry.handler.name();
-                let Some(row) = rows.iter().find(|r| r.name == name) else {
-                    continue;
-                };
-                if entry.apply_row(row) {
-                    tracing::info!(
-                        handler = name,
-                        enabled = entry.enabled(),
-                        "handler state read from the database"
-                    );
-                }
-                metric::handler_enabled(name, entry.enabled());
             }
         }
         Err(error) => {

@@ -318,10 +318,11 @@ pub mod metric {
     }
 
     impl HandlerRuns {
-        pub fn new(handler: &'static str) -> HandlerRuns {
+        pub fn new(handler: &str) -> HandlerRuns {
+            let handler = handler.to_string();
             HandlerRuns {
-                success: counter!("zulip_listeners_handler_runs_total", "handler" => handler, "outcome" => "success"),
-                failure: counter!("zulip_listeners_handler_runs_total", "handler" => handler, "outcome" => "failure"),
+                success: counter!("zulip_listeners_handler_runs_total", "handler" => handler.clone(), "outcome" => "success"),
+                failure: counter!("zulip_listeners_handler_runs_total", "handler" => handler.clone(), "outcome" => "failure"),
                 duration: histogram!("zulip_listeners_handler_duration_seconds", "handler" => handler),
             }
         }
@@ -340,8 +341,8 @@ pub mod metric {
     }
 
     /// A handler's circuit breaker or auto-disable transition.
-    pub fn handler_transition(handler: &'static str, to: &'static str) {
-        counter!("zulip_listeners_handler_transitions_total", "handler" => handler, "to" => to)
+    pub fn handler_transition(handler: &str, to: &'static str) {
+        counter!("zulip_listeners_handler_transitions_total", "handler" => handler.to_string(), "to" => to)
             .increment(1);
     }
 
@@ -390,14 +391,14 @@ pub mod metric {
 
     /// Registers the series that alert rules look at with their starting values, so that
     /// they exist before the first event (a rule over a missing series never fires).
-    pub fn initialise(handlers: &[&'static str]) {
+    pub fn initialise(handlers: &[&str]) {
         for &handler in handlers {
             for outcome in ["success", "failure"] {
-                counter!("zulip_listeners_handler_runs_total", "handler" => handler, "outcome" => outcome)
+                counter!("zulip_listeners_handler_runs_total", "handler" => handler.to_string(), "outcome" => outcome)
                     .increment(0);
             }
             for to in ["open", "closed", "disabled"] {
-                counter!("zulip_listeners_handler_transitions_total", "handler" => handler, "to" => to)
+                counter!("zulip_listeners_handler_transitions_total", "handler" => handler.to_string(), "to" => to)
                     .increment(0);
             }
         }
@@ -412,12 +413,9 @@ pub mod metric {
         inbox_lag(0.0);
     }
 
-    pub fn handler_enabled(handler: &'static str, enabled: bool) {
-        gauge!("zulip_listeners_handler_enabled", "handler" => handler).set(if enabled {
-            1.0
-        } else {
-            0.0
-        });
+    pub fn handler_enabled(handler: &str, enabled: bool) {
+        gauge!("zulip_listeners_handler_enabled", "handler" => handler.to_string())
+            .set(if enabled { 1.0 } else { 0.0 });
     }
 }
 

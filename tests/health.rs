@@ -67,7 +67,7 @@ async fn ok_then_degraded_by_an_operator_then_ok_again() {
         assert_eq!(reasons(&start), Vec::<String>::new());
         assert_eq!(start.json["database"], "ok");
         assert!(
-            start.json["handlers"]
+            start.json["listeners"]
                 .as_array()
                 .is_some_and(|h| h.len() >= 4 && h.iter().all(|h| h["state"] == "ok")),
             "{:?}",
@@ -75,7 +75,9 @@ async fn ok_then_degraded_by_an_operator_then_ok_again() {
         );
 
         assert_eq!(
-            admin_post(&t, "/admin/handlers/relay/disable").await.status,
+            admin_post(&t, "/admin/listeners/relay/disable")
+                .await
+                .status,
             200
         );
         let degraded = health_until(&t, |a| a.json["status"] == "degraded").await;
@@ -83,14 +85,14 @@ async fn ok_then_degraded_by_an_operator_then_ok_again() {
         assert_eq!(
             reasons(&degraded),
             vec![
-                "handler `relay` is disabled by an operator (admin API or command line)"
+                "listener `relay` is disabled by an operator (admin API or command line)"
                     .to_string()
             ],
             "{:?}",
             degraded.json
         );
         assert!(
-            degraded.json["handlers"].as_array().is_some_and(|h| h
+            degraded.json["listeners"].as_array().is_some_and(|h| h
                 .iter()
                 .any(|h| h["name"] == "relay" && h["state"] == "disabled")),
             "{:?}",
@@ -98,7 +100,7 @@ async fn ok_then_degraded_by_an_operator_then_ok_again() {
         );
 
         assert_eq!(
-            admin_post(&t, "/admin/handlers/relay/enable").await.status,
+            admin_post(&t, "/admin/listeners/relay/enable").await.status,
             200
         );
         let ok = health_until(&t, |a| a.json["status"] == "ok").await;
@@ -170,7 +172,7 @@ async fn an_open_breaker_degrades_until_the_handler_recovers() {
     let all = reasons(&degraded);
     assert!(
         all.iter()
-            .any(|r| r.starts_with("handler `keyword_alerts`: circuit breaker open")),
+            .any(|r| r.starts_with("listener `keyword_alerts`: circuit breaker open")),
         "{all:?}"
     );
     assert!(
@@ -188,7 +190,7 @@ async fn an_open_breaker_degrades_until_the_handler_recovers() {
     // replays the parked event: it is processed and the service is ok again.
     target.set_status(200);
     assert_eq!(
-        admin_post(&t, "/admin/handlers/keyword_alerts/enable")
+        admin_post(&t, "/admin/listeners/keyword_alerts/enable")
             .await
             .status,
         200
@@ -287,12 +289,12 @@ async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
     let all = reasons(&degraded);
     assert!(
         all.iter().any(|r| r
-            .starts_with("handler `keyword_alerts` auto-disabled: Handler `keyword_alerts` failed 3 times within an hour and was disabled.")),
+            .starts_with("listener `keyword_alerts` auto-disabled: Listener `keyword_alerts` failed 3 times within an hour and was disabled.")),
         "{all:?}"
     );
     assert_eq!(degraded.json["status"], "degraded");
     assert!(
-        degraded.json["handlers"].as_array().is_some_and(|h| h
+        degraded.json["listeners"].as_array().is_some_and(|h| h
             .iter()
             .any(|h| h["name"] == "keyword_alerts" && h["state"] == "auto_disabled")),
         "{:?}",
@@ -301,7 +303,7 @@ async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
 
     target.set_status(200);
     assert_eq!(
-        admin_post(&t, "/admin/handlers/keyword_alerts/enable")
+        admin_post(&t, "/admin/listeners/keyword_alerts/enable")
             .await
             .status,
         200

@@ -174,7 +174,7 @@ async fn admin_api_requires_its_token_and_controls_handlers() {
     for backend in backends() {
         let db = TestDatabase::new(backend);
         let off = start_server(&db, "").await;
-        let answer = admin(&off, reqwest::Method::GET, "/admin/handlers", Some(ADMIN)).await;
+        let answer = admin(&off, reqwest::Method::GET, "/admin/listeners", Some(ADMIN)).await;
         assert_eq!(answer.status, 404, "off without a token");
         off.stop().await;
 
@@ -184,13 +184,13 @@ async fn admin_api_requires_its_token_and_controls_handlers() {
         );
         let t = start_server(&db, &extra).await;
         assert_eq!(
-            admin(&t, reqwest::Method::GET, "/admin/handlers", None)
+            admin(&t, reqwest::Method::GET, "/admin/listeners", None)
                 .await
                 .status,
             401
         );
         assert_eq!(
-            admin(&t, reqwest::Method::GET, "/admin/handlers", Some("wrong"))
+            admin(&t, reqwest::Method::GET, "/admin/listeners", Some("wrong"))
                 .await
                 .status,
             401
@@ -200,8 +200,8 @@ async fn admin_api_requires_its_token_and_controls_handlers() {
             t.post_json("/zulip/outgoing", &ping(1)).await.json["content"],
             "pong"
         );
-        let list = admin(&t, reqwest::Method::GET, "/admin/handlers", Some(ADMIN)).await;
-        let bot = list.json["handlers"]
+        let list = admin(&t, reqwest::Method::GET, "/admin/listeners", Some(ADMIN)).await;
+        let bot = list.json["listeners"]
             .as_array()
             .expect("list")
             .iter()
@@ -216,11 +216,18 @@ async fn admin_api_requires_its_token_and_controls_handlers() {
         let off = admin(
             &t,
             reqwest::Method::POST,
-            "/admin/handlers/command_bot/disable",
+            "/admin/listeners/command_bot/disable",
             Some(ADMIN),
         )
         .await;
-        assert_eq!(off.json, json!({"name": "command_bot", "enabled": false}));
+        assert_eq!(
+            (
+                &off.json["name"],
+                &off.json["enabled"],
+                &off.json["changed"]
+            ),
+            (&json!("command_bot"), &json!(false), &json!(["enabled"]))
+        );
         assert_eq!(
             t.post_json("/zulip/outgoing", &ping(2)).await.json,
             json!({"response_not_required": true})
@@ -236,7 +243,7 @@ async fn admin_api_requires_its_token_and_controls_handlers() {
         admin(
             &t,
             reqwest::Method::POST,
-            "/admin/handlers/command_bot/enable",
+            "/admin/listeners/command_bot/enable",
             Some(ADMIN),
         )
         .await;
@@ -270,7 +277,7 @@ async fn admin_api_requires_its_token_and_controls_handlers() {
         );
         assert!(stats.json["last_event_time_ms"].as_i64().is_some());
         assert!(
-            stats.json["active_handlers"]
+            stats.json["active_listeners"]
                 .as_array()
                 .expect("list")
                 .iter()
@@ -280,7 +287,7 @@ async fn admin_api_requires_its_token_and_controls_handlers() {
             admin(
                 &t,
                 reqwest::Method::POST,
-                "/admin/handlers/nope/disable",
+                "/admin/listeners/nope/disable",
                 Some(ADMIN)
             )
             .await
@@ -344,8 +351,8 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
         paused,
         "the event waits for the breaker, parked: {waiting:?}"
     );
-    let list = admin(&t, reqwest::Method::GET, "/admin/handlers", Some(ADMIN)).await;
-    let alerts = list.json["handlers"]
+    let list = admin(&t, reqwest::Method::GET, "/admin/listeners", Some(ADMIN)).await;
+    let alerts = list.json["listeners"]
         .as_array()
         .expect("list")
         .iter()
@@ -367,7 +374,7 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     .await;
     assert!(disabled, "auto-disable announced");
     let reason = eventually(Duration::from_secs(5), async || {
-        t.query(|c| store::listener_rows(c).expect("rows"))
+        t.query(|c| zulip_listeners::db::listeners::rows(c).expect("rows"))
             .await
             .iter()
             .any(|r| {
@@ -399,7 +406,7 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     admin(
         &t,
         reqwest::Method::POST,
-        "/admin/handlers/keyword_alerts/enable",
+        "/admin/listeners/keyword_alerts/enable",
         Some(ADMIN),
     )
     .await;

@@ -13,7 +13,7 @@ use diesel::prelude::*;
 use serde_json::{Value, json};
 use zulip_listeners::config::Config;
 use zulip_listeners::db::store;
-use zulip_listeners::handlers::Registry;
+use zulip_listeners::listeners::Registry;
 use zulip_listeners::verification::SigningKey;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{event_log, listeners, messages, outgoing_replies};
+use super::schema::{event_log, listener_history, listeners, messages, outgoing_replies};
 
 /// One handler run. The writer inserts these in bulk (`store::insert_event_logs`); `None`
 /// fields are NULL, never a column default.
@@ -77,7 +77,8 @@ pub struct ReplyRecord {
     pub created_at_ms: i64,
 }
 
-/// A handler's persisted state.
+/// A listener's persisted state: its file definition (redacted, for tools), the operator's
+/// or breaker's enable state, and the runtime overrides (JSON) that win over the file.
 #[derive(Debug, Clone, Insertable, Queryable, Selectable)]
 #[diesel(table_name = listeners)]
 pub struct ListenerRow {
@@ -87,6 +88,23 @@ pub struct ListenerRow {
     pub disabled_reason: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    pub overrides: Option<String>,
+}
+
+/// One change of one field of a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = listener_history)]
+pub struct HistoryRow {
+    #[diesel(skip_insertion)]
+    #[serde(skip)]
+    pub id: i64,
+    pub listener: String,
+    pub changed_at_ms: i64,
+    /// `admin API`, `CLI`, `breaker` or `replay`.
+    pub source: String,
+    pub field: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
 }
 
 /// Runs and failures of one handler, counted from the event log.

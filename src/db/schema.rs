@@ -8,6 +8,19 @@ diesel::table! {
         disabled_reason -> Nullable<Text>,
         created_at_ms -> BigInt,
         updated_at_ms -> BigInt,
+        overrides -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    listener_history (id) {
+        id -> BigInt,
+        listener -> Text,
+        changed_at_ms -> BigInt,
+        source -> Text,
+        field -> Text,
+        old_value -> Nullable<Text>,
+        new_value -> Nullable<Text>,
     }
 }
 
@@ -64,6 +77,7 @@ diesel::table! {
 
 diesel::allow_tables_to_appear_in_same_query!(
     listeners,
+    listener_history,
     event_log,
     messages,
     outgoing_replies,

@@ -10,11 +10,10 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::models::{
     ActivityDelta, ActivityRow, AlertRecord, ClaimedRow, EventLogRow, HandlerCounts, InboxEntry,
-    ListenerRow, MessageEdit, MessageRow, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
+    MessageEdit, MessageRow, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
 };
 use super::schema::{
-    event_log, forwarder_batches, inbox, keyword_alerts, listeners, messages, outgoing_replies,
-    user_activity,
+    event_log, forwarder_batches, inbox, keyword_alerts, messages, outgoing_replies, user_activity,
 };
 use super::{DbConnection, DbError, now_ms, sqlite_rows};
 
@@ -265,39 +264,6 @@ pub fn handler_counts(conn: &mut DbConnection) -> Result<Vec<HandlerCounts>, DbE
         .collect();
     counts.sort_by(|a, b| a.handler.cmp(&b.handler));
     Ok(counts)
-}
-
-/// Makes sure every compiled-in handler has a `listeners` row, records its current settings,
-/// and returns all rows.
-pub fn sync_listeners(
-    conn: &mut DbConnection,
-    handlers: &[(&'static str, String)],
-) -> Result<Vec<ListenerRow>, DbError> {
-    let now = now_ms();
-    conn.transaction::<_, DbError, _>(|conn| {
-        for (name, config) in handlers {
-            let updated = diesel::update(listeners::table.find(*name))
-                .set((
-                    listeners::config.eq(config),
-                    listeners::updated_at_ms.eq(now),
-                ))
-                .execute(conn)?;
-            if updated == 0 {
-                diesel::insert_into(listeners::table)
-                    .values(ListenerRow {
-                        name: name.to_string(),
-                        enabled: true,
-                        config: config.clone(),
-                        disabled_reason: None,
-                        created_at_ms: now,
-                        updated_at_ms: now,
-                    })
-                    .execute(conn)?;
-            }
-        }
-        Ok(())
-    })?;
-    Ok(listeners::table.order(listeners::name).load(conn)?)
 }
 
 pub fn message_by_id(conn: &mut DbConnection, id: i64) -> Result<Option<MessageRow>, DbError> {
@@ -853,28 +819,6 @@ pub fn alerted_rules(conn: &mut DbConnection, message_id: i64) -> Result<HashSet
         .load::<String>(conn)?
         .into_iter()
         .collect())
-}
-
-/// Enables or disables a handler in the `listeners` table; `false` when it has no row.
-pub fn set_listener_enabled(
-    conn: &mut DbConnection,
-    name: &str,
-    enabled: bool,
-    reason: Option<&str>,
-) -> Result<bool, DbError> {
-    let updated = diesel::update(listeners::table.find(name))
-        .set((
-            listeners::enabled.eq(enabled),
-            listeners::disabled_reason.eq(if enabled { None } else { reason }),
-            listeners::updated_at_ms.eq(now_ms()),
-        ))
-        .execute(conn)?;
-    Ok(updated == 1)
-}
-
-/// Every handler's persisted state.
-pub fn listener_rows(conn: &mut DbConnection) -> Result<Vec<ListenerRow>, DbError> {
-    Ok(listeners::table.order(listeners::name).load(conn)?)
 }
 
 /// A page of the event log, newest first, optionally filtered.

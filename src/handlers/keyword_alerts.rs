@@ -80,6 +80,10 @@ impl Target {
 
 struct Rule {
     name: String,
+    /// What its deliveries are recorded under: the rule's name, prefixed with the listener's
+    /// name for a listener other than `keyword_alerts` itself (two listeners may both have a
+    /// rule called "deploy", and each alerts once).
+    key: String,
     pattern: Regex,
     target: Target,
 }
@@ -155,8 +159,13 @@ impl KeywordAlerts {
                     ));
                 }
             };
+            let key = match settings.listener.as_str() {
+                "" | Self::NAME => rule.name.clone(),
+                listener => format!("{listener}/{}", rule.name),
+            };
             rules.push(Rule {
                 name: rule.name,
+                key,
                 pattern,
                 target,
             });
@@ -272,7 +281,7 @@ impl Handler for KeywordAlerts {
             // Every rule gets its try; the ones delivered are recorded even if another fails.
             let mut failure = None;
             for (rule, matched) in matches {
-                if already.contains(&rule.name) {
+                if already.contains(&rule.key) {
                     continue;
                 }
                 if cx.dry_run {
@@ -285,7 +294,7 @@ impl Handler for KeywordAlerts {
                 }
                 if let Some(id) = message.id {
                     effects.push(Effect::AlertSent(AlertRecord {
-                        rule: rule.name.clone(),
+                        rule: rule.key.clone(),
                         message_id: id,
                         realm: event.realm.string_id.clone().unwrap_or_default(),
                         target: rule.target.describe(),

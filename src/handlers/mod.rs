@@ -1,6 +1,7 @@
-//! Handlers: the one trait every compiled-in feature implements, the explicit registry of
-//! built-ins, and the context they run with. Configuration decides which handlers run (a bot's
-//! `handlers` list, `[forwarder] handlers`) and with what settings (`[handlers.<name>]`).
+//! Handlers: the one trait every compiled-in feature implements, the explicit list of
+//! built-ins ([`KNOWN`], [`build`]), and the context they run with. Which handlers run, on
+//! what and with which settings is decided by the listeners built from them
+//! ([`crate::listeners`]).
 
 mod command_bot;
 pub mod health;
@@ -8,9 +9,6 @@ mod keyword_alerts;
 mod message_logger;
 mod relay;
 mod user_activity_tracker;
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::future::BoxFuture;
 
@@ -125,89 +123,6 @@ pub struct Context {
     /// external.
     pub dry_run: bool,
     pub data_protection: DataProtectionConfig,
-    pub registry: Arc<Registry>,
-}
-
-/// A handler and its runtime state.
-pub struct Entry {
-    pub handler: Box<dyn Handler>,
-    enabled: AtomicBool,
-    /// Disabled automatically after too many failures (events that need it wait), as opposed
-    /// to disabled by an operator (events are handled without it).
-    auto_disabled: AtomicBool,
-    /// The `updated_at_ms` of this handler's database row when it was last applied.
-    applied_row_at_ms: std::sync::atomic::AtomicI64,
-    pub settings: HandlerSettings,
-    pub health: health::Health,
-    /// Its run metrics, registered on first use (after the metrics recorder is installed).
-    runs: std::sync::OnceLock<crate::telemetry::metric::HandlerRuns>,
-}
-
-impl Entry {
-    pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
-    }
-
-    /// Enables or disables the handler on an operator's word.
-    pub fn set_enabled(&self, enabled: bool) {
-        self.enabled.store(enabled, Ordering::Relaxed);
-        self.auto_disabled.store(false, Ordering::Relaxed);
-    }
-
-    /// Disables the handler because it failed too often.
-    pub fn disable_automatically(&self) {
-        self.enabled.store(false, Ordering::Relaxed);
-        self.auto_disabled.store(true, Ordering::Relaxed);
-    }
-
-    /// Applies the handler's database row (enabled, and why not) if it changed since it was
-    /// last applied; returns whether it did. Only changes are followed, so a stale read never
-    /// undoes a newer decision made in memory.
-    pub fn apply_row(&self, row: &crate::db::models::ListenerRow) -> bool {
-        let seen = self.applied_row_at_ms.load(Ordering::Relaxed);
-        if row.updated_at_ms <= seen {
-            return false;
-        }
-        self.applied_row_at_ms
-            .store(row.updated_at_ms, Ordering::Relaxed);
-        let auto = row
-            .disabled_reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with(AUTO_DISABLED));
-        if row.enabled && self.settings.enabled {
-            if !self.enabled() {
-                self.health.reset();
-            }
-            self.set_enabled(true);
-        } else if !row.enabled && auto {
-            self.disable_automatically();
-        } else {
-            self.set_enabled(false);
-        }
-        true
-    }
-
-    /// Records a run in the metrics.
-    pub fn record_run(&self, ok: bool, seconds: f64) {
-        self.runs
-            .get_or_init(|| crate::telemetry::metric::HandlerRuns::new(self.handler.name()))
-            .record(ok, seconds);
-    }
-
-    pub fn auto_disabled(&self) -> bool {
-        !self.enabled() && self.auto_disabled.load(Ordering::Relaxed)
-    }
-}
-
-/// The start of the stored reason of an automatic disable.
-pub const AUTO_DISABLED: &str = "auto-disabled:";
-
-/// Index of a handler in the [`Registry`].
-pub type HandlerId = usize;
-
-/// Every compiled-in handler, built with its settings.
-pub struct Registry {
-    entries: Vec<Entry>,
 }
 
 /// A handler's settings could not be used.
@@ -219,73 +134,23 @@ pub struct SettingsError {
     pub problem: String,
 }
 
-impl Registry {
-    /// Builds every built-in from `[handlers.<name>]`.
-    pub fn build(config: &Config) -> Result<Registry, SettingsError> {
-        let mut entries = Vec::with_capacity(KNOWN.len());
-        for name in KNOWN {
-            let settings = config.handler_settings(name);
-            let handler: Box<dyn Handler> = match *name {
-                CommandBot::NAME => Box::new(CommandBot::from_settings(&settings)?),
-                MessageLogger::NAME => Box::new(MessageLogger::from_settings(&settings)?),
-                KeywordAlerts::NAME => Box::new(KeywordAlerts::from_settings(&settings, config)?),
-                Relay::NAME => Box::new(Relay::from_settings(&settings)?),
-                UserActivityTracker::NAME => {
-                    Box::new(UserActivityTracker::from_settings(&settings)?)
-                }
-                other => unreachable_handler(other)?,
-            };
-            entries.push(Entry {
-                handler,
-                enabled: AtomicBool::new(settings.enabled),
-                auto_disabled: AtomicBool::new(false),
-                applied_row_at_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
-                settings,
-                health: health::Health::new((&config.error_handling).into()),
-                runs: std::sync::OnceLock::new(),
-            });
-        }
-        Ok(Registry { entries })
+/// Builds the compiled-in handler `kind` with `settings`; `None` when no handler has that
+/// name. Adding a handler means one line here and one in [`KNOWN`].
+pub fn build(
+    kind: &str,
+    settings: &HandlerSettings,
+    config: &Config,
+) -> Option<Result<Box<dyn Handler>, SettingsError>> {
+    fn boxed<H: Handler>(h: Result<H, SettingsError>) -> Result<Box<dyn Handler>, SettingsError> {
+        h.map(|h| Box::new(h) as Box<dyn Handler>)
     }
-
-    pub fn id(&self, name: &str) -> Option<HandlerId> {
-        self.entries.iter().position(|e| e.handler.name() == name)
-    }
-
-    pub fn get(&self, id: HandlerId) -> Option<&Entry> {
-        self.entries.get(id)
-    }
-
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
-    }
-
-    /// (name, settings as JSON) of every handler, for the `listeners` table.
-    pub fn listener_rows(&self) -> Vec<(&'static str, String)> {
-        self.entries
-            .iter()
-            .map(|e| {
-                // Stored in the database and shown by tools: without secrets or URL paths.
-                let settings = crate::redact::settings(&serde_json::Value::Object(
-                    e.settings.settings.clone(),
-                ))
-                .to_string();
-                (e.handler.name(), settings)
-            })
-            .collect()
-    }
-
-    /// Resolves handler names (already validated by the configuration) to ids.
-    pub fn ids(&self, names: &[String]) -> Vec<HandlerId> {
-        names.iter().filter_map(|n| self.id(n)).collect()
-    }
-}
-
-fn unreachable_handler(name: &'static str) -> Result<Box<dyn Handler>, SettingsError> {
-    Err(SettingsError {
-        handler: name,
-        key: "".into(),
-        problem: "listed in KNOWN but not constructed by Registry::build".into(),
+    Some(match kind {
+        CommandBot::NAME => boxed(CommandBot::from_settings(settings)),
+        MessageLogger::NAME => boxed(MessageLogger::from_settings(settings)),
+        KeywordAlerts::NAME => boxed(KeywordAlerts::from_settings(settings, config)),
+        Relay::NAME => boxed(Relay::from_settings(settings)),
+        UserActivityTracker::NAME => boxed(UserActivityTracker::from_settings(settings)),
+        _ => return None,
     })
 }
 

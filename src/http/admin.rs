@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::{ApiError, AppState, HealthFacts, json_ok};
 use crate::db::{now_ms, store};
+use crate::listeners::changes::{self, ChangeError, FieldError, Overrides};
 use crate::telemetry::metric;
 use crate::verification::token_matches;
 
@@ -79,36 +80,40 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let mut reasons = Vec::new();
     let mut handlers = Vec::new();
     for entry in state.registry.entries() {
-        let name = entry.handler.name();
+        let name = entry.name();
         let stored = facts.as_ref().and_then(|f| {
             f.disabled_reasons
                 .iter()
                 .find(|(n, _)| n == name)
                 .and_then(|(_, r)| r.clone())
         });
-        let handler_state = if !entry.settings.enabled {
+        let handler_state = if !entry.enabled()
+            && !entry.auto_disabled()
+            && !entry.file_definition().enabled
+            && stored.is_none()
+        {
             // Off in the configuration file: a deliberate, static choice, not a degradation.
             "off"
         } else if entry.auto_disabled() {
             let why = stored
-                .filter(|r| r.starts_with(crate::handlers::AUTO_DISABLED))
+                .filter(|r| r.starts_with(crate::listeners::AUTO_DISABLED))
                 .unwrap_or_else(|| {
                     format!(
                         "{} too many failures within an hour",
-                        crate::handlers::AUTO_DISABLED
+                        crate::listeners::AUTO_DISABLED
                     )
                 });
-            reasons.push(format!("handler `{name}` {why}"));
+            reasons.push(format!("listener `{name}` {why}"));
             "auto_disabled"
         } else if !entry.enabled() {
             reasons.push(format!(
-                "handler `{name}` is disabled by an operator (admin API or command line)"
+                "listener `{name}` is disabled by an operator (admin API or command line)"
             ));
             "disabled"
         } else if let Some(until) = entry.health.open_until(now) {
             let secs = until.saturating_duration_since(now).as_secs_f64().ceil() as u64;
             reasons.push(format!(
-                "handler `{name}`: circuit breaker open after repeated failures (trial run in {secs} s)"
+                "listener `{name}`: circuit breaker open after repeated failures (trial run in {secs} s)"
             ));
             "breaker_open"
         } else {
@@ -144,7 +149,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "reasons": unavailable,
         "accepting": accepting,
         "database": if database { "ok" } else { "unreachable" },
-        "handlers": handlers,
+        "listeners": handlers,
         "dead_letters": facts.as_ref().map(|f| f.dead),
         "parked_events": facts.as_ref().map(|f| f.parked),
     });
@@ -169,7 +174,7 @@ async fn health_facts(state: &AppState) -> Option<HealthFacts> {
         return facts.clone();
     }
     let query = state.outgoing.db().run(|c| {
-        let rows = store::listener_rows(c)?;
+        let rows = crate::db::listeners::rows(c)?;
         let counts = store::inbox_counts(c)?;
         let count = |status: &str| {
             counts
@@ -246,8 +251,8 @@ fn db_error(e: crate::db::DbError) -> ApiError {
     ApiError::Unavailable(format!("database: {e}"))
 }
 
-/// `GET /admin/handlers`: every compiled-in handler with its state and statistics.
-pub async fn handlers(
+/// `GET /admin/listeners`: every listener with its definition, state and run counts.
+pub async fn listeners(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -255,47 +260,91 @@ pub async fn handlers(
     let (counts, rows) = state
         .outgoing
         .db()
-        .run(|c| Ok((store::handler_counts(c)?, store::listener_rows(c)?)))
+        .run(|c| Ok((store::handler_counts(c)?, crate::db::listeners::rows(c)?)))
         .await
         .map_err(db_error)?;
-    let now = Instant::now();
     let list: Vec<_> = state
         .registry
         .entries()
         .iter()
         .map(|entry| {
-            let name = entry.handler.name();
+            let name = entry.name();
             let count = counts.iter().find(|c| c.handler == name);
-            let row = rows.iter().find(|r| r.name == name);
-            let open_for = entry
-                .health
-                .open_until(now)
-                .map(|u| u.saturating_duration_since(now));
-            json!({
-                "name": name,
-                "event_types": entry.handler.interest().describe(),
-                "enabled": entry.enabled(),
-                "disabled_reason": row.and_then(|r| r.disabled_reason.clone()),
-                "breaker": if open_for.is_some() { "open" } else { "closed" },
-                "breaker_open_for_ms": open_for.map(|d| d.as_millis() as u64),
-                "failures_last_hour": entry.health.failures_last_hour(now),
-                "runs": count.map_or(0, |c| c.runs),
-                "failures": count.map_or(0, |c| c.failures),
-            })
+            let mut view = state
+                .registry
+                .view(entry, rows.iter().find(|r| r.name == name));
+            view["runs"] = json!(count.map_or(0, |c| c.runs));
+            view["failures"] = json!(count.map_or(0, |c| c.failures));
+            view
         })
         .collect();
-    Ok(json_ok(json!({ "handlers": list }).to_string()))
+    Ok(json_ok(json!({ "listeners": list }).to_string()))
 }
 
-/// `POST /admin/handlers/{name}/{enable|disable}`: takes effect at once and is persisted.
-pub async fn set_handler(
+/// Statistics and history shown for one listener: the last 24 hours.
+const STATS_WINDOW_MS: i64 = 86_400_000;
+/// History rows shown for one listener.
+const HISTORY_ROWS: i64 = 100;
+
+/// `GET /admin/listeners/{name}`: one listener with its statistics of the last 24 hours and
+/// its history of changes.
+pub async fn listener(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let name = path.into_inner();
+    let entry = state
+        .registry
+        .by_name(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no listener named `{name}`")))?;
+    let key = name.clone();
+    let (row, stats, history) = state
+        .outgoing
+        .db()
+        .run(move |c| {
+            Ok((
+                crate::db::listeners::row(c, &key)?,
+                crate::db::listeners::run_stats(c, &key, now_ms() - STATS_WINDOW_MS)?,
+                crate::db::listeners::history(c, &key, HISTORY_ROWS)?,
+            ))
+        })
+        .await
+        .map_err(db_error)?;
+    let mut view = state.registry.view(entry, row.as_ref());
+    view["stats"] = json!(stats);
+    view["history"] = json!(history);
+    Ok(json_ok(view.to_string()))
+}
+
+/// `PATCH /admin/listeners/{name}` with any of `enabled`, `description`, `events`, `realms`,
+/// `streams`, `users`, `settings`: checked like the configuration file (400 naming the
+/// field), stored, applied here at once and by other servers sharing the database within
+/// seconds, and recorded in the listener's history.
+pub async fn patch_listener(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let body = super::read_body(&req, payload, ADMIN_MAX_BODY, &state.body).await?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
+    let patch = Overrides::parse(&value).map_err(invalid_field)?;
+    change_listener(&state, path.into_inner(), patch).await
+}
+
+/// `POST /admin/listeners/{name}/enable` or `…/disable`: the same as a PATCH of `enabled`.
+pub async fn set_listener(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let (name, action) = path.into_inner();
-    let enable = match action.as_str() {
+    let enabled = match action.as_str() {
         "enable" => true,
         "disable" => false,
         other => {
@@ -304,36 +353,69 @@ pub async fn set_handler(
             )));
         }
     };
-    let id = state
-        .registry
-        .id(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("no handler named `{name}`")))?;
-    let entry = state
-        .registry
-        .get(id)
-        .ok_or_else(|| ApiError::NotFound(format!("no handler named `{name}`")))?;
-    let handler = entry.handler.name();
-    state
+    let patch = Overrides {
+        enabled: Some(enabled),
+        ..Overrides::default()
+    };
+    change_listener(&state, name, patch).await
+}
+
+fn invalid_field(e: FieldError) -> ApiError {
+    ApiError::InvalidField {
+        field: e.field,
+        problem: e.problem,
+    }
+}
+
+async fn change_listener(
+    state: &web::Data<AppState>,
+    name: String,
+    patch: Overrides,
+) -> Result<HttpResponse, ApiError> {
+    if state.registry.by_name(&name).is_none() {
+        return Err(ApiError::NotFound(format!("no listener named `{name}`")));
+    }
+    let registry = state.registry.clone();
+    let key = name.clone();
+    let result = state
         .outgoing
         .db()
         .run(move |c| {
-            store::set_listener_enabled(c, handler, enable, Some("disabled through the admin API"))
+            Ok(changes::change(
+                c,
+                &registry,
+                &key,
+                &patch,
+                changes::source::ADMIN_API,
+                None,
+            ))
         })
         .await
         .map_err(db_error)?;
-    if enable {
-        entry.health.reset();
+    let (row, history) = match result {
+        Ok(done) => done,
+        Err(ChangeError::NotFound(name)) => {
+            return Err(ApiError::NotFound(format!("no listener named `{name}`")));
+        }
+        Err(ChangeError::Invalid(e)) => return Err(invalid_field(e)),
+        Err(ChangeError::Database(e)) => return Err(db_error(e)),
+    };
+    state.registry.apply_row(&row);
+    let entry = state
+        .registry
+        .by_name(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no listener named `{name}`")))?;
+    metric::handler_enabled(&name, entry.enabled());
+    for change in &history {
+        tracing::info!(
+            listener = name,
+            field = change.field,
+            "listener changed through the admin API"
+        );
     }
-    entry.set_enabled(enable);
-    metric::handler_enabled(handler, enable);
-    tracing::info!(
-        handler,
-        enabled = enable,
-        "handler state changed through the admin API"
-    );
-    Ok(json_ok(
-        json!({ "name": handler, "enabled": enable }).to_string(),
-    ))
+    let mut view = state.registry.view(entry, Some(&row));
+    view["changed"] = json!(history.iter().map(|h| h.field.as_str()).collect::<Vec<_>>());
+    Ok(json_ok(view.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -481,7 +563,7 @@ pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         .entries()
         .iter()
         .filter(|e| e.enabled() && e.health.open_until(Instant::now()).is_none())
-        .map(|e| e.handler.name())
+        .map(|e| e.name())
         .collect();
     let error_rate = if hour_runs > 0 {
         hour_failures as f64 / hour_runs as f64
@@ -495,7 +577,7 @@ pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
             "runs_last_hour": hour_runs,
             "failures_last_hour": hour_failures,
             "last_event_time_ms": last,
-            "active_handlers": active,
+            "active_listeners": active,
         })
         .to_string(),
     ))

@@ -11,6 +11,9 @@ pub const JSON_UTF8: &str = "application/json; charset=utf-8";
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// One field of the request is not acceptable; the body names it in `field`.
+    #[error("`{field}`: {problem}")]
+    InvalidField { field: String, problem: String },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -37,6 +40,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "malformed_request",
+            ApiError::InvalidField { .. } => "invalid_field",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -54,7 +58,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -70,7 +74,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let mut body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        if let ApiError::InvalidField { field, .. } = self {
+            body["field"] = serde_json::Value::String(field.clone());
+        }
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8)));
         match self {

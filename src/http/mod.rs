@@ -20,7 +20,7 @@ pub use body::{BodyRules, read_body};
 pub use error::{ApiError, JSON_UTF8, json_error, json_ok};
 
 use crate::config::Secret;
-use crate::handlers::Registry;
+use crate::listeners::Registry;
 use crate::processing::inbox::Inbox;
 use crate::processing::outgoing::OutgoingService;
 use crate::verification::SigningKey;
@@ -105,13 +105,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/admin")
             .wrap_fn(admin_gate)
             .service(
-                web::resource("/handlers")
-                    .route(web::get().to(admin::handlers))
+                web::resource("/listeners")
+                    .route(web::get().to(admin::listeners))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
-                web::resource("/handlers/{name}/{action}")
-                    .route(web::post().to(admin::set_handler))
+                web::resource("/listeners/{name}")
+                    .route(web::get().to(admin::listener))
+                    .route(web::patch().to(admin::patch_listener))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/listeners/{name}/{action}")
+                    .route(web::post().to(admin::set_listener))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(

@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::db::{Db, store};
-use crate::handlers::Entry;
+use crate::db::Db;
 use crate::handlers::health::Transition;
+use crate::listeners::{AUTO_DISABLED, Entry, Registry, changes};
 use crate::telemetry::metric;
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 
 /// Where transitions go.
 pub struct Announcer {
     db: Db,
+    registry: Arc<Registry>,
     http: reqwest::Client,
     webhook: Option<String>,
     zulip: Option<(ZulipClient, BotApi, Destination)>,
@@ -27,6 +28,7 @@ impl Announcer {
     pub fn new(
         config: &Config,
         db: Db,
+        registry: Arc<Registry>,
         zulip: ZulipClient,
         tasks: TaskTracker,
     ) -> Result<Announcer, reqwest::Error> {
@@ -52,6 +54,7 @@ impl Announcer {
         });
         Ok(Announcer {
             db,
+            registry,
             http: crate::outbound::client(Duration::from_secs(10))?,
             webhook: e.notification_webhook.clone(),
             zulip: via_zulip,
@@ -61,7 +64,7 @@ impl Announcer {
 
     /// Acts on the transitions of `entry` (on a task of its own; never blocks the caller).
     pub fn announce(self: &Arc<Self>, entry: &Entry, transitions: Vec<Transition>) {
-        let handler = entry.handler.name();
+        let handler = entry.name().to_string();
         for transition in &transitions {
             match transition {
                 Transition::Opened { failures, cooldown } => {
@@ -71,11 +74,11 @@ impl Announcer {
                         cooldown_s = cooldown.as_secs(),
                         "circuit breaker opened"
                     );
-                    metric::handler_transition(handler, "open");
+                    metric::handler_transition(&handler, "open");
                 }
                 Transition::Closed => {
                     tracing::info!(handler, "circuit breaker closed");
-                    metric::handler_transition(handler, "closed");
+                    metric::handler_transition(&handler, "closed");
                 }
                 Transition::Disable { failures_last_hour } => {
                     tracing::error!(
@@ -83,8 +86,8 @@ impl Announcer {
                         failures_last_hour,
                         "handler disabled automatically"
                     );
-                    metric::handler_transition(handler, "disabled");
-                    metric::handler_enabled(handler, false);
+                    metric::handler_transition(&handler, "disabled");
+                    metric::handler_enabled(&handler, false);
                     entry.disable_automatically();
                 }
             }
@@ -92,37 +95,42 @@ impl Announcer {
         let this = self.clone();
         self.tasks.spawn(async move {
             for transition in transitions {
-                this.deliver(handler, &transition).await;
+                this.deliver(&handler, &transition).await;
             }
         });
     }
 
-    async fn deliver(&self, handler: &'static str, transition: &Transition) {
+    async fn deliver(&self, handler: &str, transition: &Transition) {
         let (state, text) = match transition {
             Transition::Opened { failures, cooldown } => (
                 "breaker_open",
                 format!(
-                    "Handler `{handler}` failed {failures} times in a row; it is paused for {} s.",
+                    "Listener `{handler}` failed {failures} times in a row; it is paused for {} s.",
                     cooldown.as_secs()
                 ),
             ),
             Transition::Closed => (
                 "breaker_closed",
-                format!("Handler `{handler}` works again."),
+                format!("Listener `{handler}` works again."),
             ),
             Transition::Disable { failures_last_hour } => (
                 "disabled",
                 format!(
-                    "Handler `{handler}` failed {failures_last_hour} times within an hour and was disabled. \
+                    "Listener `{handler}` failed {failures_last_hour} times within an hour and was disabled. \
                      Enable it again with `zulip-listeners listeners enable {handler}` or the admin API."
                 ),
             ),
         };
         if let Transition::Disable { .. } = transition {
-            let reason = format!("{} {text}", crate::handlers::AUTO_DISABLED);
+            let reason = format!("{AUTO_DISABLED} {text}");
+            let registry = self.registry.clone();
+            let name = handler.to_string();
             if let Err(error) = self
                 .db
-                .run(move |c| store::set_listener_enabled(c, handler, false, Some(&reason)))
+                .run(move |c| {
+                    changes::disable_automatically(c, &registry, &name, &reason)
+                        .map_err(|e| crate::db::DbError::Task(e.to_string()))
+                })
                 .await
             {
                 tracing::error!(handler, %error, "could not persist the auto-disable");

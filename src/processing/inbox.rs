@@ -30,7 +30,7 @@ use crate::db::{Backend, Db, DbError, now_ms, store};
 use crate::events::Event;
 use crate::events::forwarded::{ForwardedEvent, parse_stored};
 use crate::filters::Filters;
-use crate::handlers::HandlerId;
+use crate::listeners::ListenerId as HandlerId;
 use crate::ratelimit::Limits;
 use crate::telemetry::metric;
 
@@ -566,7 +566,7 @@ impl Inbox {
     /// kept in every case: the retry skips them.
     fn judge(&self, event_id: &str, outcome: &mut Outcome, attempts_before: i32) -> Verdict {
         let Some(error) = outcome.first_error.take() else {
-            if let Some((handler, until_ms)) = outcome.deferred {
+            if let Some((handler, until_ms)) = outcome.deferred.take() {
                 // A handler it needs is paused by its circuit breaker: keep the event pending
                 // until the breaker lets a trial run through, without counting an attempt.
                 outcome
@@ -575,7 +575,7 @@ impl Inbox {
                     .retain(crate::db::writer::Effect::records_delivery);
                 return Verdict::Retry {
                     retry_at_ms: until_ms,
-                    error: store::parked_reason(handler),
+                    error: store::parked_reason(&handler),
                     counts_attempt: false,
                 };
             }

@@ -20,7 +20,8 @@ use crate::db::models::NewEventLog;
 use crate::db::now_ms;
 use crate::db::writer::{Effect, Processed, WriteOp, Writer};
 use crate::events::{Event, Origin, normalize_reply, truncate_chars};
-use crate::handlers::{Context, Effects, HandlerError, HandlerId};
+use crate::handlers::{Context, Effects, HandlerError};
+use crate::listeners::{ListenerId as HandlerId, Registry};
 use crate::telemetry::scrub;
 use announce::Announcer;
 use tasks::TaskTracker;
@@ -35,6 +36,7 @@ const MAX_ERROR_CHARS: usize = 1_000;
 #[derive(Clone)]
 pub struct Processor {
     cx: Arc<Context>,
+    registry: Arc<Registry>,
     writer: Writer,
     announcer: Arc<Announcer>,
     tasks: TaskTracker,
@@ -49,18 +51,20 @@ pub struct Outcome {
     pub first_error: Option<String>,
     /// A handler the event needs has an open circuit breaker: the handler and when it lets
     /// a trial run through (Unix ms). The handler did not run.
-    pub deferred: Option<(&'static str, i64)>,
+    pub deferred: Option<(String, i64)>,
 }
 
 impl Processor {
     pub fn new(
         cx: Arc<Context>,
+        registry: Arc<Registry>,
         writer: Writer,
         announcer: Arc<Announcer>,
         tasks: TaskTracker,
     ) -> Self {
         Self {
             cx,
+            registry,
             writer,
             announcer,
             tasks,
@@ -74,6 +78,10 @@ impl Processor {
 
     pub fn context(&self) -> &Arc<Context> {
         &self.cx
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     pub fn writer(&self) -> &Writer {
@@ -101,14 +109,15 @@ impl Processor {
         rx
     }
 
-    /// Whether every handler in `handlers` that wants `event_type` is pure (see
+    /// Whether every listener in `handlers` that takes `event_type` is pure (see
     /// [`crate::handlers::Handler::is_pure`]), so that the event can be processed at once.
     pub fn all_pure(&self, event_type: &str, handlers: &[HandlerId]) -> bool {
         handlers
             .iter()
-            .filter_map(|&id| self.cx.registry.get(id))
-            .filter(|entry| entry.handler.interest().wants(event_type))
-            .all(|entry| entry.handler.is_pure())
+            .filter_map(|&id| self.registry.get(id))
+            .map(|entry| entry.live())
+            .filter(|live| live.wants_type(event_type))
+            .all(|live| live.handler.is_pure())
     }
 
     /// The handlers in `handlers` that want `event_type` and are not pure: those an event of
@@ -118,16 +127,17 @@ impl Processor {
             .iter()
             .copied()
             .filter(|&id| {
-                self.cx.registry.get(id).is_some_and(|entry| {
-                    entry.handler.interest().wants(event_type) && !entry.handler.is_pure()
+                self.registry.get(id).is_some_and(|entry| {
+                    let live = entry.live();
+                    live.wants_type(event_type) && !live.handler.is_pure()
                 })
             })
             .collect()
     }
 
-    /// A handler's name.
-    pub fn handler_name(&self, id: HandlerId) -> Option<&'static str> {
-        self.cx.registry.get(id).map(|entry| entry.handler.name())
+    /// A listener's name.
+    pub fn handler_name(&self, id: HandlerId) -> Option<&str> {
+        self.registry.get(id).map(|entry| entry.name())
     }
 
     /// Runs pure handlers to the end on the calling thread. `None` when one of them did not
@@ -148,18 +158,19 @@ impl Processor {
     ) -> Outcome {
         let mut outcome = Outcome::default();
         for &id in handlers {
-            let Some(entry) = self.cx.registry.get(id) else {
+            let Some(entry) = self.registry.get(id) else {
                 continue;
             };
-            if !entry.handler.interest().wants(event.event_type()) {
+            let live = entry.live();
+            if !live.wants(event) {
                 continue;
             }
-            let name = entry.handler.name();
+            let name = entry.name();
             if entry.auto_disabled() {
                 // Until an operator looks at it, events that need it wait.
                 outcome
                     .deferred
-                    .get_or_insert((name, now_ms() + AUTO_DISABLED_RECHECK_MS));
+                    .get_or_insert((name.to_string(), now_ms() + AUTO_DISABLED_RECHECK_MS));
                 continue;
             }
             if !entry.enabled() {
@@ -168,13 +179,13 @@ impl Processor {
             if let Some(until) = entry.health.open_until(Instant::now()) {
                 let wait = until.saturating_duration_since(Instant::now());
                 let at_ms = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-                outcome.deferred.get_or_insert((name, at_ms));
+                outcome.deferred.get_or_insert((name.to_string(), at_ms));
                 continue;
             }
             let mut effects = Effects::default();
             let started = Instant::now();
-            let run = AssertUnwindSafe(entry.handler.handle(&self.cx, event, &mut effects))
-                .catch_unwind();
+            let run =
+                AssertUnwindSafe(live.handler.handle(&self.cx, event, &mut effects)).catch_unwind();
             let result = match timeout {
                 Some(limit) => match tokio::time::timeout(limit, run).await {
                     Ok(result) => result,

@@ -16,7 +16,7 @@ use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::db::{Db, DbError, now_ms, store};
 use crate::events::{Event, Message, normalize_reply};
 use crate::filters::Filters;
-use crate::handlers::{HandlerId, Registry};
+use crate::listeners::{ListenerId as HandlerId, Registry};
 use crate::ratelimit::Limits;
 use crate::telemetry::metric;
 use crate::verification::token_matches;

@@ -392,3 +392,20 @@ pub fn cli(config: &std::path::Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// Runs a command-line tool that may fail: whether it succeeded, and its standard output and
+/// error together.
+pub fn cli_status(config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_zulip-listeners"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run the CLI");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}

@@ -1,0 +1,2 @@
+DROP TABLE listener_history;
+ALTER TABLE listeners DROP COLUMN overrides;

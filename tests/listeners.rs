@@ -1,0 +1,413 @@
+//! Listeners: named instances of one handler with their own scopes, changed at runtime
+//! through the admin API and the CLI (validated, stored, surviving restarts, followed by
+//! other servers sharing the database, recorded in history), with statistics per listener.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Answer, Backend, Stub, TestDatabase, TestServer, backends, cli, eventually, start_server,
+};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "listeners-test-admin-token-0123456789";
+const TOKEN: &str = common::TOKEN;
+const BOT_EMAIL: &str = common::BOT_EMAIL;
+
+/// A bot running two `keyword_alerts` listeners, one per channel, each alerting its own stub.
+fn config(eng: &Stub, ops: &Stub) -> String {
+    format!(
+        r#"[admin]
+token = "{ADMIN}"
+[bots.helper]
+email = "{BOT_EMAIL}"
+token = "{TOKEN}"
+handlers = ["alerts-eng", "alerts-ops"]
+[listeners.alerts-eng]
+handler = "keyword_alerts"
+description = "Deploy talk in #engineering"
+events = ["message"]
+streams = ["Engineering"]
+[listeners.alerts-eng.settings]
+rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/eng" }}]
+[listeners.alerts-ops]
+handler = "keyword_alerts"
+streams = [42]
+[listeners.alerts-ops.settings]
+rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/ops" }}]
+"#,
+        eng.url, ops.url
+    )
+}
+
+/// An outgoing webhook for a message in a channel.
+fn message(id: i64, channel: &str, stream_id: i64) -> String {
+    json!({"bot_email": BOT_EMAIL, "bot_full_name": "Helper", "token": TOKEN, "trigger": "mention",
+           "message": {"id": id, "type": "stream", "content": "@**Helper** deploy at noon",
+                       "sender_id": 10, "sender_email": "iago@zulip.example",
+                       "sender_realm_str": "zulip", "display_recipient": channel,
+                       "stream_id": stream_id, "subject": "release"}})
+    .to_string()
+}
+
+async fn admin(t: &TestServer, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
+    let mut request = t
+        .http
+        .request(method, format!("{}{path}", t.base))
+        .bearer_auth(ADMIN);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    t.send(request).await
+}
+
+async fn patch(t: &TestServer, name: &str, body: Value) -> Answer {
+    admin(
+        t,
+        reqwest::Method::PATCH,
+        &format!("/admin/listeners/{name}"),
+        Some(body),
+    )
+    .await
+}
+
+/// Sends a message and waits until the stubs have seen `eng` and `ops` alerts in all.
+async fn alerts_after(
+    t: &TestServer,
+    id: i64,
+    channel: &str,
+    stream_id: i64,
+    eng: &Stub,
+    ops: &Stub,
+) -> (usize, usize) {
+    let answer = t
+        .post_json("/zulip/outgoing", &message(id, channel, stream_id))
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    t.server.flush().await;
+    // Alerts go out on the handler's own task; give them a moment, then count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.server.flush().await;
+    (eng.requests().len(), ops.requests().len())
+}
+
+#[actix_web::test]
+async fn two_listeners_of_one_handler_keep_their_scopes_and_change_at_runtime() {
+    for backend in backends() {
+        let eng = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+        let ops = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+        let db = TestDatabase::new(backend);
+        let t = start_server(&db, &config(&eng, &ops)).await;
+
+        // Scope by channel name (any case) for one, by channel id for the other.
+        assert_eq!(
+            alerts_after(&t, 101, "engineering", 7, &eng, &ops).await,
+            (1, 0),
+            "{backend:?}"
+        );
+        assert_eq!(
+            alerts_after(&t, 102, "ops", 42, &eng, &ops).await,
+            (1, 1),
+            "{backend:?}"
+        );
+        assert_eq!(
+            alerts_after(&t, 103, "random", 9, &eng, &ops).await,
+            (1, 1),
+            "{backend:?}"
+        );
+
+        // Widen alerts-eng to #ops as well: applies at once, without a restart.
+        let changed = patch(
+            &t,
+            "alerts-eng",
+            json!({"streams": ["engineering", 42], "description": "Deploys"}),
+        )
+        .await;
+        assert_eq!(changed.status, 200, "{:?}", changed.json);
+        assert_eq!(changed.json["changed"], json!(["description", "streams"]));
+        assert_eq!(
+            changed.json["overridden"],
+            json!(["description", "streams"])
+        );
+        assert_eq!(
+            alerts_after(&t, 104, "ops", 42, &eng, &ops).await,
+            (2, 2),
+            "{backend:?}"
+        );
+
+        // Invalid changes: 400 naming the field, nothing stored.
+        for (body, field) in [
+            (json!({"streams": ["eng", true]}), "streams[1]"),
+            (json!({"events": ["presence"]}), "events[0]"),
+            (json!({"settings": {"bogus": 1}}), "settings.bogus"),
+            (
+                json!({"settings": {"rules": [{"name": "x", "pattern": "("}]}}),
+                "settings.rules[0]",
+            ),
+            (json!({"handler": "relay"}), "handler"),
+            (json!({"enabled": "yes"}), "enabled"),
+            (json!({}), ""),
+        ] {
+            let refused = patch(&t, "alerts-eng", body.clone()).await;
+            assert_eq!(refused.status, 400, "{body}: {:?}", refused.json);
+            assert_eq!(refused.json["error"], "invalid_field", "{body}");
+            assert!(
+                refused.json["field"]
+                    .as_str()
+                    .is_some_and(|f| f.starts_with(field)),
+                "{body}: {:?}",
+                refused.json
+            );
+        }
+        let not_json = t
+            .send(
+                t.http
+                    .patch(format!("{}/admin/listeners/alerts-eng", t.base))
+                    .bearer_auth(ADMIN)
+                    .body("{streams"),
+            )
+            .await;
+        assert_eq!(not_json.status, 400);
+        assert_eq!(
+            patch(&t, "nope", json!({"enabled": false})).await.status,
+            404
+        );
+        let unauthorised = t
+            .send(
+                t.http
+                    .patch(format!("{}/admin/listeners/alerts-eng", t.base))
+                    .body("{}"),
+            )
+            .await;
+        assert_eq!(unauthorised.status, 401);
+
+        // Statistics and history.
+        let shown = admin(
+            &t,
+            reqwest::Method::GET,
+            "/admin/listeners/alerts-eng",
+            None,
+        )
+        .await;
+        assert_eq!(shown.status, 200);
+        let view = &shown.json;
+        assert_eq!(view["handler"], "keyword_alerts");
+        assert_eq!(view["description"], "Deploys");
+        assert_eq!(view["streams"], json!(["engineering", 42]));
+        assert_eq!(view["used_by"], json!(["bot:helper"]));
+        let stats = &view["stats"];
+        assert_eq!(stats["runs"], 2, "{backend:?}: runs of alerts-eng: {stats}");
+        assert_eq!(stats["failures"], 0);
+        assert_eq!(stats["success_rate"], 1.0);
+        assert!(stats["p95_duration_ms"].as_f64().is_some(), "{stats}");
+        assert!(stats["last_run_at_ms"].as_i64().is_some(), "{stats}");
+        let history = view["history"].as_array().expect("history");
+        let fields: Vec<&str> = history.iter().filter_map(|h| h["field"].as_str()).collect();
+        assert_eq!(
+            fields,
+            vec!["streams", "description"],
+            "newest first (one change, id order)"
+        );
+        let streams = &history[0];
+        assert_eq!(streams["source"], "admin API");
+        assert_eq!(streams["old_value"], r#"["Engineering"]"#);
+        assert_eq!(streams["new_value"], r#"["engineering",42]"#);
+        let ops_view = admin(
+            &t,
+            reqwest::Method::GET,
+            "/admin/listeners/alerts-ops",
+            None,
+        )
+        .await;
+        assert_eq!(
+            ops_view.json["stats"]["runs"], 2,
+            "alerts-ops ran for #ops only"
+        );
+
+        // Disabled through the shorthand, the same change with its history.
+        let off = admin(
+            &t,
+            reqwest::Method::POST,
+            "/admin/listeners/alerts-ops/disable",
+            None,
+        )
+        .await;
+        assert_eq!((off.status, &off.json["state"]), (200, &json!("disabled")));
+        assert_eq!(
+            alerts_after(&t, 105, "ops", 42, &eng, &ops).await,
+            (3, 2),
+            "{backend:?}"
+        );
+        t.stop().await;
+
+        // Survives a restart: the database wins over the file.
+        let t = start_server(&db, &config(&eng, &ops)).await;
+        assert_eq!(
+            alerts_after(&t, 106, "ops", 42, &eng, &ops).await,
+            (4, 2),
+            "{backend:?}"
+        );
+        let list = admin(&t, reqwest::Method::GET, "/admin/listeners", None).await;
+        let names: Vec<&str> = list.json["listeners"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|l| l["name"].as_str())
+            .collect();
+        assert!(
+            names.contains(&"alerts-eng") && names.contains(&"keyword_alerts"),
+            "{names:?}"
+        );
+        // A settings key set to null goes back to the file's value.
+        let on = patch(
+            &t,
+            "alerts-ops",
+            json!({"enabled": true, "settings": {"timeout": "2s"}}),
+        )
+        .await;
+        assert_eq!(on.status, 200, "{:?}", on.json);
+        assert_eq!(on.json["settings"]["timeout"], "2s");
+        let back = patch(&t, "alerts-ops", json!({"settings": {"timeout": null}})).await;
+        assert!(
+            back.json["settings"].get("timeout").is_none(),
+            "{:?}",
+            back.json
+        );
+        assert_eq!(
+            alerts_after(&t, 107, "ops", 42, &eng, &ops).await,
+            (5, 3),
+            "{backend:?}"
+        );
+        t.stop().await;
+        eng.stop().await;
+        ops.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn the_cli_changes_listeners_and_a_running_server_follows() {
+    for backend in backends() {
+        let eng = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+        let ops = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+        let db = TestDatabase::new(backend);
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            format!("[database]\nurl = \"{}\"\n{}", db.url, config(&eng, &ops)),
+        )
+        .expect("config");
+        let t = start_server(&db, &config(&eng, &ops)).await;
+
+        let said = cli(
+            &file,
+            &[
+                "listeners",
+                "set",
+                "alerts-ops",
+                "--streams",
+                "42,ops",
+                "--setting",
+                "timeout=\"3s\"",
+            ],
+        );
+        assert!(
+            said.contains("alerts-ops: streams [42] -> [42,\"ops\"]"),
+            "{said}"
+        );
+        let said = cli(&file, &["listeners", "set", "alerts-eng", "--streams", ""]);
+        assert!(said.contains("streams"), "{said}");
+        // Unscoped now: alerts-eng sees #random too, once the server has read the change.
+        let mut next = 200;
+        let followed = eventually(Duration::from_secs(10), async || {
+            next += 1;
+            let before = eng.requests().len();
+            alerts_after(&t, next, "random", 9, &eng, &ops).await.0 > before
+        })
+        .await;
+        assert!(
+            followed,
+            "{backend:?}: the running server applied the CLI change"
+        );
+
+        let shown: Value =
+            serde_json::from_str(&cli(&file, &["listeners", "show", "alerts-ops", "--json"]))
+                .expect("JSON");
+        assert_eq!(shown["streams"], json!([42, "ops"]));
+        assert_eq!(shown["settings"]["timeout"], "3s");
+        let sources: Vec<&str> = shown["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .filter_map(|h| h["source"].as_str())
+            .collect();
+        assert!(
+            sources.iter().all(|s| *s == "CLI") && !sources.is_empty(),
+            "{sources:?}"
+        );
+        let text = cli(&file, &["listeners", "show", "alerts-ops"]);
+        assert!(
+            text.contains("history (newest first):") && text.contains("CLI"),
+            "{text}"
+        );
+        let table = cli(&file, &["listeners"]);
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("alerts-ops") && l.contains("streams: 42 ops")),
+            "{table}"
+        );
+
+        // Invalid changes are refused with the field named, and change nothing.
+        let (ok, said) = common::cli_status(
+            &file,
+            &["listeners", "set", "alerts-ops", "--events", "presence"],
+        );
+        assert!(!ok && said.contains("events[0]"), "{said}");
+        let (ok, said) =
+            common::cli_status(&file, &["listeners", "set", "nope", "--description", "x"]);
+        assert!(!ok && said.contains("no listener named `nope`"), "{said}");
+        t.stop().await;
+        eng.stop().await;
+        ops.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn servers_sharing_a_database_follow_each_others_changes() {
+    for backend in backends() {
+        if backend != Backend::Postgres {
+            continue;
+        }
+        let eng = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+        let ops = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+        let db = TestDatabase::new(backend);
+        let first = start_server(&db, &config(&eng, &ops)).await;
+        let second = start_server(&db, &config(&eng, &ops)).await;
+        let changed = patch(&first, "alerts-ops", json!({"streams": ["random"]})).await;
+        assert_eq!(changed.status, 200);
+        let started = std::time::Instant::now();
+        let followed = eventually(Duration::from_secs(10), async || {
+            let view = admin(
+                &second,
+                reqwest::Method::GET,
+                "/admin/listeners/alerts-ops",
+                None,
+            )
+            .await;
+            view.json["streams"] == json!(["random"])
+        })
+        .await;
+        assert!(followed, "the second server applied the change within 10 s");
+        eprintln!("followed after {:?}", started.elapsed());
+        assert_eq!(
+            alerts_after(&second, 301, "random", 9, &eng, &ops).await,
+            (0, 1)
+        );
+        first.stop().await;
+        second.stop().await;
+    }
+}
