@@ -436,6 +436,8 @@ async fn upkeep(u: Upkeep) {
             _ = limits.tick() => {
                 let outgoing_keys = u.outgoing.bots.limiter_housekeeping();
                 let forwarder_keys = u.inbox.limiter_housekeeping();
+                let listener_keys = u.registry.limiter_housekeeping();
+                metric::rate_limiter_keys("listeners", listener_keys);
                 metric::rate_limiter_keys("outgoing", outgoing_keys);
                 metric::rate_limiter_keys("forwarder", forwarder_keys);
                 tracing::info!(outgoing_keys, forwarder_keys, "rate limiter keys tracked");

@@ -346,6 +346,12 @@ pub mod metric {
             .increment(1);
     }
 
+    /// An event skipped by one listener because it was over the listener's own quota.
+    pub fn listener_rate_limited(listener: &str) {
+        counter!("zulip_listeners_listener_rate_limited_total", "handler" => listener.to_string())
+            .increment(1);
+    }
+
     pub fn rate_limiter_keys(path: &'static str, keys: usize) {
         gauge!("zulip_listeners_rate_limiter_keys", "path" => path).set(keys as f64);
     }
@@ -405,7 +411,7 @@ pub mod metric {
         for outcome in ["sent", "failed", "dropped"] {
             counter!("zulip_listeners_late_replies_total", "outcome" => outcome).increment(0);
         }
-        for path in ["outgoing", "forwarder"] {
+        for path in ["outgoing", "forwarder", "listeners"] {
             rate_limiter_keys(path, 0);
         }
         forwarder_shed(0);

@@ -411,3 +411,85 @@ async fn servers_sharing_a_database_follow_each_others_changes() {
         second.stop().await;
     }
 }
+
+#[actix_web::test]
+async fn a_listener_over_its_own_quota_is_skipped_alone() {
+    for backend in backends() {
+        let hook = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+        let db = TestDatabase::new(backend);
+        let extra = format!(
+            r#"[admin]
+token = "{ADMIN}"
+[bots.helper]
+email = "{BOT_EMAIL}"
+token = "{TOKEN}"
+handlers = ["quiet-alerts", "message_logger"]
+[listeners.quiet-alerts]
+handler = "keyword_alerts"
+rate_limits = {{ per_user = {{ per_minute = 1, burst = 1 }} }}
+[listeners.quiet-alerts.settings]
+rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/hook" }}]
+"#,
+            hook.url
+        );
+        let t = start_server(&db, &extra).await;
+        for id in 401..=403 {
+            let answer = t
+                .post_json("/zulip/outgoing", &message(id, "ops", 42))
+                .await;
+            assert_eq!(answer.status, 200);
+        }
+        t.server.flush().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        t.server.flush().await;
+        assert_eq!(
+            hook.requests().len(),
+            1,
+            "{backend:?}: one alert within the quota"
+        );
+        // The bookkeeping listener has no quota: it stored every message.
+        let stored = t
+            .query(|c| {
+                (401..=403)
+                    .filter(|id| {
+                        zulip_listeners::db::store::message_by_id(c, *id)
+                            .ok()
+                            .flatten()
+                            .is_some()
+                    })
+                    .count()
+            })
+            .await;
+        assert_eq!(stored, 3, "{backend:?}");
+        let view = admin(
+            &t,
+            reqwest::Method::GET,
+            "/admin/listeners/quiet-alerts",
+            None,
+        )
+        .await;
+        let stats = &view.json["stats"];
+        assert_eq!(
+            (&stats["runs"], &stats["failures"], &stats["rate_limited"]),
+            (&json!(1), &json!(0), &json!(2)),
+            "{backend:?}: {stats}"
+        );
+        let page = admin(
+            &t,
+            reqwest::Method::GET,
+            "/admin/events?handler=quiet-alerts&success=false",
+            None,
+        )
+        .await;
+        let skipped = page.json["events"].as_array().expect("events");
+        assert_eq!(skipped.len(), 2);
+        assert!(
+            skipped.iter().all(|e| e["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("rate_limited: "))),
+            "{skipped:?}"
+        );
+        t.stop().await;
+        hook.stop().await;
+    }
+}

@@ -8,6 +8,10 @@ use super::models::{HistoryRow, ListenerRow};
 use super::schema::{event_log, listener_history, listeners};
 use super::{DbConnection, DbError, now_ms};
 
+/// The start of the event-log error of an event a listener skipped because it was over its
+/// own quota: not a failure, and counted apart in the statistics.
+pub const RATE_LIMITED: &str = "rate_limited: ";
+
 /// Makes sure every listener has a row, records its file definition (redacted) and returns
 /// all rows.
 pub fn sync(
@@ -130,8 +134,11 @@ const DURATION_SAMPLE: i64 = 10_000;
 /// What a listener's runs since some time came to; times are of the newest 10,000 runs.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct RunStats {
+    /// Runs (events skipped over the listener's own quota are not runs).
     pub runs: i64,
     pub failures: i64,
+    /// Events skipped because the listener was over its own quota.
+    pub rate_limited: i64,
     /// Share of runs that succeeded, 0 to 1; `None` without runs.
     pub success_rate: Option<f64>,
     pub avg_duration_ms: Option<f64>,
@@ -153,13 +160,25 @@ pub fn run_stats(conn: &mut DbConnection, name: &str, since_ms: i64) -> Result<R
     if runs == 0 {
         return Ok(RunStats::default());
     }
-    let failures: i64 = recent()
+    let unsuccessful: i64 = recent()
         .filter(event_log::success.eq(false))
         .select(count_star())
         .first(conn)?;
+    let rate_limited: i64 = recent()
+        .filter(event_log::success.eq(false))
+        .filter(event_log::error.like(format!("{RATE_LIMITED}%")))
+        .select(count_star())
+        .first(conn)?;
+    let failures = unsuccessful - rate_limited;
+    let runs = runs - rate_limited;
     let last_run_at_ms: Option<i64> = recent().select(max(event_log::created_at_ms)).first(conn)?;
     // Times from the newest runs only: a bounded read however busy the listener is.
     let durations: Vec<i64> = recent()
+        .filter(
+            event_log::success
+                .eq(true)
+                .or(event_log::error.not_like(format!("{RATE_LIMITED}%"))),
+        )
         .order(event_log::id.desc())
         .limit(DURATION_SAMPLE)
         .select(event_log::duration_us)
@@ -171,6 +190,7 @@ pub fn run_stats(conn: &mut DbConnection, name: &str, since_ms: i64) -> Result<R
     let p95 = percentile(&sorted, 0.95);
     let last_error: Option<(Option<String>, i64)> = recent()
         .filter(event_log::success.eq(false))
+        .filter(event_log::error.not_like(format!("{RATE_LIMITED}%")))
         .order(event_log::id.desc())
         .select((event_log::error, event_log::created_at_ms))
         .first(conn)
@@ -178,8 +198,9 @@ pub fn run_stats(conn: &mut DbConnection, name: &str, since_ms: i64) -> Result<R
     Ok(RunStats {
         runs,
         failures,
-        success_rate: Some((runs - failures) as f64 / runs as f64),
-        avg_duration_ms: Some(total as f64 / sampled / 1000.0),
+        rate_limited,
+        success_rate: (runs > 0).then(|| (runs - failures) as f64 / runs as f64),
+        avg_duration_ms: (runs > 0).then(|| total as f64 / sampled / 1000.0),
         p95_duration_ms: p95.map(|us| us as f64 / 1000.0),
         last_run_at_ms,
         last_error: last_error.as_ref().and_then(|(e, _)| e.clone()),

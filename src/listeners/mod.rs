@@ -13,10 +13,11 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::Serialize;
 
-use crate::config::{Config, HandlerSettings, QuotaOverrides};
+use crate::config::{Config, HandlerSettings, QuotaConfig, QuotaOverrides};
 use crate::db::models::ListenerRow;
 use crate::events::Event;
 use crate::handlers::{self, Handler, health};
+use crate::ratelimit::Limits;
 use changes::{FieldError, Overrides};
 
 pub use scope::Scope;
@@ -51,10 +52,12 @@ fn redacted<S: serde::Serializer>(
     crate::redact::settings(&serde_json::Value::Object(settings.clone())).serialize(s)
 }
 
-/// A listener as it runs now: its definition and the handler built from it.
+/// A listener as it runs now: its definition, the handler built from it, and its own quotas.
 pub struct Live {
     pub definition: Definition,
     pub handler: Box<dyn Handler>,
+    /// The listener's own quotas (`rate_limits`), when it has any.
+    pub limits: Option<Limits>,
 }
 
 impl Live {
@@ -283,6 +286,14 @@ impl Registry {
 
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// Forgets idle keys of the listeners' own quotas; returns the keys still tracked.
+    pub fn limiter_housekeeping(&self) -> usize {
+        self.entries
+            .iter()
+            .filter_map(|e| e.live().limits.as_ref().map(Limits::housekeeping))
+            .sum()
     }
 
     /// Resolves listener names (already checked by [`Registry::build`]) to ids.
@@ -533,9 +544,20 @@ fn prepare(name: &str, definition: &Definition, config: &Config) -> Result<Live,
             ));
         }
     }
+    let limits = definition.rate_limits.as_ref().map(|quotas| {
+        let unlimited = QuotaConfig {
+            per_minute: u32::MAX,
+            burst: u32::MAX,
+        };
+        Limits::new(
+            &quotas.per_realm.unwrap_or(unlimited),
+            &quotas.per_user.unwrap_or(unlimited),
+        )
+    });
     Ok(Live {
         definition: definition.clone(),
         handler,
+        limits,
     })
 }
 

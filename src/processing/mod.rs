@@ -182,6 +182,24 @@ impl Processor {
                 outcome.deferred.get_or_insert((name.to_string(), at_ms));
                 continue;
             }
+            // Outgoing webhooks carry no realm id: they count against realm 0 (Zulip user ids
+            // are unique across the realms of one server, so user quotas still hold).
+            if let Some(limits) = &live.limits
+                && let Some(reason) = limits
+                    .check(event.realm.id.unwrap_or(0), event.user_id)
+                    .reason()
+            {
+                // Over this listener's own quota: skipped for it alone, and logged.
+                tracing::info!(listener = name, %reason, "event skipped: over the listener's quota");
+                crate::telemetry::metric::listener_rate_limited(name);
+                outcome.processed.logs.push(log_row(
+                    event,
+                    name,
+                    0,
+                    Some(format!("{}{reason}", crate::db::listeners::RATE_LIMITED)),
+                ));
+                continue;
+            }
             let mut effects = Effects::default();
             let started = Instant::now();
             let run =
