@@ -8,6 +8,7 @@ mod keyword_alerts;
 mod message_logger;
 mod relay;
 mod user_activity_tracker;
+mod welcome_bot;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,7 @@ pub use keyword_alerts::KeywordAlerts;
 pub use message_logger::MessageLogger;
 pub use relay::Relay;
 pub use user_activity_tracker::UserActivityTracker;
+pub use welcome_bot::WelcomeBot;
 
 /// Every compiled-in handler, by name.
 pub const KNOWN: &[&str] = &[
@@ -32,6 +34,7 @@ pub const KNOWN: &[&str] = &[
     KeywordAlerts::NAME,
     Relay::NAME,
     UserActivityTracker::NAME,
+    WelcomeBot::NAME,
 ];
 
 pub fn is_known(name: &str) -> bool {
@@ -233,6 +236,7 @@ impl Registry {
                 UserActivityTracker::NAME => {
                     Box::new(UserActivityTracker::from_settings(&settings)?)
                 }
+                WelcomeBot::NAME => Box::new(WelcomeBot::from_settings(&settings, config)?),
                 other => unreachable_handler(other)?,
             };
             entries.push(Entry {
