@@ -148,13 +148,25 @@ async fn a_new_member_is_greeted_once_and_bots_never() {
         let db = TestDatabase::new(backend);
         let before = zulip.requests().len();
         let t = start_server(&db, &config(&zulip, CHANNELS)).await;
-        post(&t, "b1", vec![envelope("u14", &[10, 11], user_added(14, "New Person", false))]).await;
+        post(
+            &t,
+            "b1",
+            vec![envelope(
+                "u14",
+                &[10, 11],
+                user_added(14, "New Person", false),
+            )],
+        )
+        .await;
         settle(&t, 1).await;
         let sent = zulip.requests()[before..].to_vec();
         assert_eq!(sent.len(), 1, "{backend:?}: {sent:?}");
         assert_eq!(sent[0].path, "/api/v1/messages");
         assert!(
-            sent[0].authorization.as_deref().is_some_and(|a| a.starts_with("Basic ")),
+            sent[0]
+                .authorization
+                .as_deref()
+                .is_some_and(|a| a.starts_with("Basic ")),
             "posted as the bot"
         );
         let form = fields(&sent[0]);
@@ -182,26 +194,79 @@ async fn a_new_member_is_greeted_once_and_bots_never() {
             ],
         )
         .await;
-        post(&t, "b3", vec![envelope("u14", &[10, 11], user_added(14, "New Person", false))]).await;
+        post(
+            &t,
+            "b3",
+            vec![envelope(
+                "u14",
+                &[10, 11],
+                user_added(14, "New Person", false),
+            )],
+        )
+        .await;
         // A bot joins, then is subscribed to a greeted channel: neither is greeted.
-        post(&t, "b4", vec![envelope("u15", &[10], user_added(15, "Helper Bot", true))]).await;
+        post(
+            &t,
+            "b4",
+            vec![envelope("u15", &[10], user_added(15, "Helper Bot", true))],
+        )
+        .await;
         settle(&t, 4).await;
-        post(&t, "b5", vec![envelope("s15", &[15], subscribed(&[(7, "engineering")]))]).await;
+        post(
+            &t,
+            "b5",
+            vec![envelope("s15", &[15], subscribed(&[(7, "engineering")]))],
+        )
+        .await;
         settle(&t, 5).await;
-        assert_eq!(zulip.requests().len() - before, 1, "{backend:?}: greeted once");
+        assert_eq!(
+            zulip.requests().len() - before,
+            1,
+            "{backend:?}: greeted once"
+        );
+        // Zulip's `add` events for one user in one batch: the second runs before the first's
+        // record is committed, and still does not greet again.
+        post(
+            &t,
+            "b5b",
+            vec![
+                envelope("u16-a", &[10], user_added(16, "Other Person", false)),
+                envelope("u16-b", &[12], user_added(16, "Other Person", false)),
+            ],
+        )
+        .await;
+        settle(&t, 7).await;
+        assert_eq!(
+            zulip.requests().len() - before,
+            2,
+            "{backend:?}: user 16 greeted once"
+        );
         assert_eq!(
             t.query(greetings).await,
-            vec![(2, 14, "realm".to_string()), (2, 15, "bot".to_string())]
+            vec![
+                (2, 14, "realm".to_string()),
+                (2, 15, "bot".to_string()),
+                (2, 16, "realm".to_string())
+            ]
         );
         t.stop().await;
 
         // After a restart (nothing remembered in memory), the record still holds.
         let t = start_server(&db, &config(&zulip, CHANNELS)).await;
-        post(&t, "b6", vec![envelope("u14-d", &[20], user_added(14, "New Person", false))]).await;
-        settle(&t, 6).await;
+        post(
+            &t,
+            "b6",
+            vec![envelope(
+                "u14-d",
+                &[20],
+                user_added(14, "New Person", false),
+            )],
+        )
+        .await;
+        settle(&t, 8).await;
         assert_eq!(
             zulip.requests().len() - before,
-            1,
+            2,
             "{backend:?}: not greeted again after a restart"
         );
         t.stop().await;
@@ -213,10 +278,19 @@ async fn a_new_member_is_greeted_once_and_bots_never() {
 async fn subscriptions_greet_in_configured_channels_only() {
     let zulip = Stub::start(ZULIP_OK, Duration::ZERO).await;
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start_server(&db, &config(&zulip, &format!("new_user_message = \"\"\n{CHANNELS}"))).await;
+    let t = start_server(
+        &db,
+        &config(&zulip, &format!("new_user_message = \"\"\n{CHANNELS}")),
+    )
+    .await;
 
     // Not configured: nothing.
-    post(&t, "s1", vec![envelope("s20-a", &[20], subscribed(&[(9, "random")]))]).await;
+    post(
+        &t,
+        "s1",
+        vec![envelope("s20-a", &[20], subscribed(&[(9, "random")]))],
+    )
+    .await;
     settle(&t, 1).await;
     assert!(zulip.requests().is_empty(), "{:?}", zulip.requests());
 
@@ -225,26 +299,57 @@ async fn subscriptions_greet_in_configured_channels_only() {
     post(
         &t,
         "s2",
-        vec![envelope("s20-b", &[20], subscribed(&[(7, "engineering"), (8, "help"), (9, "random")]))],
+        vec![envelope(
+            "s20-b",
+            &[20],
+            subscribed(&[(7, "engineering"), (8, "help"), (9, "random")]),
+        )],
     )
     .await;
     settle(&t, 2).await;
-    let sent: Vec<_> = zulip.wait_for(2, Duration::from_secs(5)).await.iter().map(fields).collect();
+    let sent: Vec<_> = zulip
+        .wait_for(2, Duration::from_secs(5))
+        .await
+        .iter()
+        .map(fields)
+        .collect();
     assert_eq!(sent.len(), 2, "{sent:?}");
-    let dm = sent.iter().find(|f| f["type"] == "private").expect("a direct message");
+    let dm = sent
+        .iter()
+        .find(|f| f["type"] == "private")
+        .expect("a direct message");
     assert_eq!(dm["to"], "[20]");
     assert_eq!(dm["content"], "Welcome to #**Engineering**, @**|20**!");
-    let post_in_channel = sent.iter().find(|f| f["type"] == "stream").expect("a channel post");
+    let post_in_channel = sent
+        .iter()
+        .find(|f| f["type"] == "stream")
+        .expect("a channel post");
     assert_eq!(
-        (post_in_channel["to"].as_str(), post_in_channel["topic"].as_str()),
+        (
+            post_in_channel["to"].as_str(),
+            post_in_channel["topic"].as_str()
+        ),
         ("help", "new faces")
     );
-    assert_eq!(post_in_channel["content"], "Welcome to #**help**, @**|20**!");
+    assert_eq!(
+        post_in_channel["content"],
+        "Welcome to #**help**, @**|20**!"
+    );
 
     // Unsubscribed and subscribed again: already greeted there. A new user joining (with
     // new_user_message = "") is not greeted either.
-    post(&t, "s3", vec![envelope("s20-c", &[20], subscribed(&[(7, "Engineering")]))]).await;
-    post(&t, "s4", vec![envelope("u21", &[10], user_added(21, "Someone", false))]).await;
+    post(
+        &t,
+        "s3",
+        vec![envelope("s20-c", &[20], subscribed(&[(7, "Engineering")]))],
+    )
+    .await;
+    post(
+        &t,
+        "s4",
+        vec![envelope("u21", &[10], user_added(21, "Someone", false))],
+    )
+    .await;
     settle(&t, 4).await;
     assert_eq!(zulip.requests().len(), 2);
     assert_eq!(
@@ -260,14 +365,30 @@ async fn subscriptions_greet_in_configured_channels_only() {
 
 #[actix_web::test]
 async fn a_failing_zulip_is_retried_and_greets_once() {
-    let zulip = Stub::start(r#"{"result": "error", "msg": "Internal server error"}"#, Duration::ZERO).await;
+    let zulip = Stub::start(
+        r#"{"result": "error", "msg": "Internal server error"}"#,
+        Duration::ZERO,
+    )
+    .await;
     zulip.set_status(500);
     let db = TestDatabase::new(Backend::Sqlite);
     let t = start_server(&db, &config(&zulip, CHANNELS)).await;
-    post(&t, "f1", vec![envelope("u30", &[10], user_added(30, "Retry Person", false))]).await;
+    post(
+        &t,
+        "f1",
+        vec![envelope(
+            "u30",
+            &[10],
+            user_added(30, "Retry Person", false),
+        )],
+    )
+    .await;
     let failed = zulip.wait_for(2, Duration::from_secs(10)).await;
     assert!(failed.len() >= 2, "tried and retried: {failed:?}");
-    assert!(t.query(greetings).await.is_empty(), "nothing recorded while Zulip fails");
+    assert!(
+        t.query(greetings).await.is_empty(),
+        "nothing recorded while Zulip fails"
+    );
 
     zulip.set_status(200);
     let switched = zulip.requests().len();
@@ -275,7 +396,11 @@ async fn a_failing_zulip_is_retried_and_greets_once() {
     // Give a wrongly repeated run time to show up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after: Vec<_> = zulip.requests()[switched..].to_vec();
-    assert_eq!(after.len(), 1, "greeted once when Zulip was back: {after:?}");
+    assert_eq!(
+        after.len(),
+        1,
+        "greeted once when Zulip was back: {after:?}"
+    );
     assert_eq!(fields(&after[0])["to"], "[30]");
     assert_eq!(t.query(greetings).await, vec![(2, 30, "realm".to_string())]);
     let runs: Vec<bool> = t
@@ -359,19 +484,54 @@ fn invalid_settings_are_refused_naming_the_key() {
         ("", listed, "handlers.welcome_bot.bot`"),
         ("bot = \"nobody\"\n", listed, "handlers.welcome_bot.bot`"),
         ("bot = \"plain\"\n", listed, "handlers.welcome_bot.bot`"),
-        ("bot = \"greeter\"\nnew_user_message = 5\n", listed, "handlers.welcome_bot.new_user_message`"),
-        ("bot = \"greeter\"\nnew_user_mesage = \"hi\"\n", listed, "handlers.welcome_bot.new_user_mesage`"),
-        ("bot = \"greeter\"\nnew_user_message = \"Hi {email}\"\n", listed, "handlers.welcome_bot.new_user_message`"),
-        ("bot = \"greeter\"\ntopic = \"t\"\n", listed, "handlers.welcome_bot.topic`"),
-        ("bot = \"greeter\"\ntimeout = \"soon\"\n", listed, "handlers.welcome_bot.timeout`"),
-        ("bot = \"greeter\"\nchannels = [{ channel = \"a\", mesage = \"x\" }]\n", listed, "handlers.welcome_bot.channels`"),
-        ("bot = \"greeter\"\nchannels = [{ channel = \"a\" }, { channel = \"b\", message = \"{name} is here\" }]\n", listed, "handlers.welcome_bot.channels[1].message`"),
-        ("bot = \"greeter\"\nchannels = [{ channel = \"a\" }, { channel = \"A\" }]\n", listed, "handlers.welcome_bot.channels[1].channel`"),
+        (
+            "bot = \"greeter\"\nnew_user_message = 5\n",
+            listed,
+            "handlers.welcome_bot.new_user_message`",
+        ),
+        (
+            "bot = \"greeter\"\nnew_user_mesage = \"hi\"\n",
+            listed,
+            "handlers.welcome_bot.new_user_mesage`",
+        ),
+        (
+            "bot = \"greeter\"\nnew_user_message = \"Hi {email}\"\n",
+            listed,
+            "handlers.welcome_bot.new_user_message`",
+        ),
+        (
+            "bot = \"greeter\"\ntopic = \"t\"\n",
+            listed,
+            "handlers.welcome_bot.topic`",
+        ),
+        (
+            "bot = \"greeter\"\ntimeout = \"soon\"\n",
+            listed,
+            "handlers.welcome_bot.timeout`",
+        ),
+        (
+            "bot = \"greeter\"\nchannels = [{ channel = \"a\", mesage = \"x\" }]\n",
+            listed,
+            "handlers.welcome_bot.channels`",
+        ),
+        (
+            "bot = \"greeter\"\nchannels = [{ channel = \"a\" }, { channel = \"b\", message = \"{name} is here\" }]\n",
+            listed,
+            "handlers.welcome_bot.channels[1].message`",
+        ),
+        (
+            "bot = \"greeter\"\nchannels = [{ channel = \"a\" }, { channel = \"A\" }]\n",
+            listed,
+            "handlers.welcome_bot.channels[1].channel`",
+        ),
         // Not listed for the forwarder, the settings are still checked.
         ("bot = \"nobody\"\n", "[]", "handlers.welcome_bot.bot`"),
     ] {
         let (ok, out) = check_config(settings, handlers);
-        assert!(!ok && out.contains(key), "{settings:?}: expected `{key}` in: {out}");
+        assert!(
+            !ok && out.contains(key),
+            "{settings:?}: expected `{key}` in: {out}"
+        );
     }
     // Not listed and no bot: fine (the section in config/default.toml is like this).
     let (ok, out) = check_config("", "[]");

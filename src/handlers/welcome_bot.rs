@@ -77,8 +77,7 @@ const REMEMBER_SENT: Duration = Duration::from_secs(600);
 /// Most greetings remembered in memory; older ones are forgotten first.
 const MAX_REMEMBERED: usize = 10_000;
 
-const DEFAULT_NEW_USER_MESSAGE: &str =
-    "Welcome, {mention}! :wave: We are glad to have you here.";
+const DEFAULT_NEW_USER_MESSAGE: &str = "Welcome, {mention}! :wave: We are glad to have you here.";
 const DEFAULT_CHANNEL_MESSAGE: &str = "Welcome to {channel}, {mention}!";
 const DEFAULT_NEW_USER_TOPIC: &str = "new members";
 
@@ -210,8 +209,7 @@ impl WelcomeBot {
             .unwrap_or_else(|| DEFAULT_NEW_USER_MESSAGE.into());
         check_template(&template, &["mention", "name"])
             .map_err(|p| problem("new_user_message", p))?;
-        let new_user =
-            (!template.trim().is_empty()).then_some(NewUserGreeting { template, place });
+        let new_user = (!template.trim().is_empty()).then_some(NewUserGreeting { template, place });
         let mut channels: Vec<ChannelGreeting> = Vec::with_capacity(raw.channels.len());
         for (i, entry) in raw.channels.into_iter().enumerate() {
             let key = |k: &str| format!("channels[{i}].{k}");
@@ -292,8 +290,17 @@ impl WelcomeBot {
             person.full_name.as_deref(),
             None,
         );
-        self.deliver(cx, api, realm_id, user_id, JOINED, &greeting.place, &content, effects)
-            .await?;
+        self.deliver(
+            cx,
+            api,
+            realm_id,
+            user_id,
+            JOINED,
+            &greeting.place,
+            &content,
+            effects,
+        )
+        .await?;
         Ok(None)
     }
 
@@ -317,7 +324,11 @@ impl WelcomeBot {
         let wanted: Vec<&ChannelGreeting> = self
             .channels
             .iter()
-            .filter(|c| added.iter().any(|a| c.key.strip_prefix("channel:") == Some(a)))
+            .filter(|c| {
+                added
+                    .iter()
+                    .any(|a| c.key.strip_prefix("channel:") == Some(a))
+            })
             .collect();
         if wanted.is_empty() {
             return Ok(None);
@@ -378,7 +389,11 @@ impl WelcomeBot {
             return Ok(());
         }
         let Some(mut claim) = self.claim(realm_id, user_id, key) else {
-            tracing::debug!(greeting = key, user_id, "greeting already sent by this process");
+            tracing::debug!(
+                greeting = key,
+                user_id,
+                "greeting already sent by this process"
+            );
             return Ok(());
         };
         let destination = match place {
@@ -715,7 +730,10 @@ mod tests {
         assert!(check_template("JSON {\"a\": 1} and {}", &["mention"]).is_ok());
         let err = check_template("{name} joined {channel}", &["mention", "channel"])
             .expect_err("name is unknown for channels");
-        assert!(err.contains("{name}") && err.contains("use {mention}"), "{err}");
+        assert!(
+            err.contains("{name}") && err.contains("use {mention}"),
+            "{err}"
+        );
         let err = check_template("{email}", &["mention", "name"]).expect_err("no emails");
         assert!(err.contains("`{email}`"), "{err}");
     }
