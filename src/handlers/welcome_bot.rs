@@ -71,6 +71,8 @@ const JOINED: &str = "realm";
 const BOT: &str = "bot";
 /// Longest a name may be to go into a mention as it is.
 const MAX_MENTION_NAME_CHARS: usize = 100;
+/// Longest template accepted.
+const MAX_TEMPLATE_CHARS: usize = 8_000;
 /// How long a greeting sent by this process is remembered in memory (its record is committed
 /// long before).
 const REMEMBER_SENT: Duration = Duration::from_secs(600);
@@ -597,8 +599,15 @@ fn non_empty(text: String) -> Option<String> {
     (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
 
-/// Checks that a template uses only `allowed` placeholders.
+/// Checks that a template uses only `allowed` placeholders and leaves room, once filled in,
+/// within Zulip's 10,000-character limit.
 fn check_template(template: &str, allowed: &[&str]) -> Result<(), String> {
+    if template.chars().count() > MAX_TEMPLATE_CHARS {
+        return Err(format!(
+            "is longer than {MAX_TEMPLATE_CHARS} characters (Zulip accepts messages of up to \
+             10,000)"
+        ));
+    }
     let mut rest = template;
     while let Some(start) = rest.find('{') {
         let after = &rest[start + 1..];
@@ -734,6 +743,7 @@ mod tests {
             err.contains("{name}") && err.contains("use {mention}"),
             "{err}"
         );
+        assert!(check_template(&"x".repeat(8_001), &["mention"]).is_err());
         let err = check_template("{email}", &["mention", "name"]).expect_err("no emails");
         assert!(err.contains("`{email}`"), "{err}");
     }
