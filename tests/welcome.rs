@@ -456,8 +456,13 @@ fn check_config(settings: &str, forwarder_handlers: &str) -> (bool, String) {
              [bots.greeter]\nemail = \"{GREETER_EMAIL}\"\ntoken = \"{TOKEN}\"\napi_key = \"K\"\nsite = \"https://chat.example.com\"\n\
              [bots.plain]\nemail = \"plain-bot@acme.example.com\"\ntoken = \"{TOKEN}x\"\n\
              [forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = {forwarder_handlers}\n\
-             [handlers.welcome_bot]\nenabled = true\n{settings}",
-            db.display()
+             [handlers.welcome_bot]\n{enabled}{settings}",
+            db.display(),
+            enabled = if settings.contains("enabled") {
+                ""
+            } else {
+                "enabled = true\n"
+            },
         ),
     )
     .expect("write");
@@ -533,7 +538,9 @@ fn invalid_settings_are_refused_naming_the_key() {
             "{settings:?}: expected `{key}` in: {out}"
         );
     }
-    // Not listed and no bot: fine (the section in config/default.toml is like this).
+    // No bot, and not listed or switched off: fine (config/default.toml is like this).
     let (ok, out) = check_config("", "[]");
+    assert!(ok, "{out}");
+    let (ok, out) = check_config("enabled = false\n", listed);
     assert!(ok, "{out}");
 }

@@ -138,7 +138,8 @@ struct ChannelGreeting {
 }
 
 pub struct WelcomeBot {
-    /// `None` when no bot is configured (the handler is then not in `[forwarder] handlers`).
+    /// `None` when no bot is configured (the handler is then off or not in `[forwarder]
+    /// handlers`).
     api: Option<BotApi>,
     /// `None` when `new_user_message = ""`.
     new_user: Option<NewUserGreeting>,
@@ -162,7 +163,9 @@ impl WelcomeBot {
             problem,
         };
         let api = match &raw.bot {
-            None if config.forwarder.handlers.iter().any(|h| h == Self::NAME) => {
+            None if settings.enabled
+                && config.forwarder.handlers.iter().any(|h| h == Self::NAME) =>
+            {
                 return Err(problem(
                     "bot",
                     "required when [forwarder] handlers lists welcome_bot: the [bots.<name>] \
