@@ -544,3 +544,115 @@ fn invalid_settings_are_refused_naming_the_key() {
     let (ok, out) = check_config("enabled = false\n", listed);
     assert!(ok, "{out}");
 }
+
+/// A stand-in for Zulip that answers 500 to channel posts while `fail_channel_posts` is set,
+/// and 200 to everything else; records every request body.
+struct PickyZulip {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    fail_channel_posts: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl PickyZulip {
+    fn start() -> PickyZulip {
+        use actix_web::{App, HttpResponse, HttpServer, web};
+        use std::sync::atomic::Ordering;
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (shared_bodies, shared_fail) = (bodies.clone(), fail.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = HttpServer::new(move || {
+            let (bodies, fail) = (shared_bodies.clone(), shared_fail.clone());
+            App::new().default_service(web::to(move |body: web::Bytes| {
+                let text = String::from_utf8_lossy(&body).into_owned();
+                let refuse = fail.load(Ordering::SeqCst) && text.contains("type=stream");
+                bodies.lock().expect("lock").push(text);
+                async move {
+                    if refuse {
+                        HttpResponse::InternalServerError().body(r#"{"result":"error","msg":"x"}"#)
+                    } else {
+                        HttpResponse::Ok().body(ZULIP_OK)
+                    }
+                }
+            }))
+        })
+        .workers(1)
+        .listen(listener)
+        .expect("listen")
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        PickyZulip {
+            url,
+            bodies,
+            fail_channel_posts: fail,
+            handle,
+        }
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().expect("lock").clone()
+    }
+}
+
+#[actix_web::test]
+async fn a_partly_failed_run_is_retried_without_repeating_what_was_sent() {
+    let zulip = PickyZulip::start();
+    let db = TestDatabase::new(Backend::Sqlite);
+    let extra = format!(
+        "[bots.greeter]\nemail = \"{GREETER_EMAIL}\"\ntoken = \"{TOKEN}\"\napi_key = \"KEY123\"\nsite = \"{}\"\n\
+         [forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"welcome_bot\"]\nmax_retries = 20\nretry_delay = \"100ms\"\n\
+         [handlers.welcome_bot]\nenabled = true\nbot = \"greeter\"\n{CHANNELS}",
+        zulip.url
+    );
+    let t = start_server(&db, &extra).await;
+    // Engineering greets by direct message (accepted), help posts in the channel (refused).
+    post(
+        &t,
+        "p1",
+        vec![envelope(
+            "s50",
+            &[50],
+            subscribed(&[(7, "engineering"), (8, "help")]),
+        )],
+    )
+    .await;
+    let tried = eventually(Duration::from_secs(10), async || {
+        zulip
+            .bodies()
+            .iter()
+            .filter(|b| b.contains("type=stream"))
+            .count()
+            >= 3
+    })
+    .await;
+    assert!(tried, "the channel post was retried: {:?}", zulip.bodies());
+    let direct = |bodies: &[String]| bodies.iter().filter(|b| b.contains("type=private")).count();
+    assert_eq!(
+        direct(&zulip.bodies()),
+        1,
+        "the direct message is not sent again"
+    );
+    assert_eq!(
+        t.query(greetings).await,
+        vec![(2, 50, "channel:engineering".to_string())],
+        "what was delivered is recorded although the run failed"
+    );
+
+    zulip
+        .fail_channel_posts
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    settle(&t, 1).await;
+    assert_eq!(direct(&zulip.bodies()), 1);
+    assert_eq!(
+        t.query(greetings).await,
+        vec![
+            (2, 50, "channel:engineering".to_string()),
+            (2, 50, "channel:help".to_string())
+        ]
+    );
+    t.stop().await;
+    zulip.handle.stop(false).await;
+}
