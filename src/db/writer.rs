@@ -56,9 +56,9 @@ impl Effect {
 }
 
 /// A handler's own kind of write, so that a handler with a table of its own needs no variant
-/// here. Applied in the writer's transaction, in order with the run's other effects; it must
-/// be idempotent (insert-or-ignore), since a result may be written item by item after a
-/// failed batch.
+/// here. Applied in the writer's transaction together with the run's other effects, its
+/// event-log row and the inbox status. Make it idempotent (insert-or-ignore): two runs can
+/// record the same thing (an event delivered twice, two processes).
 pub trait CustomEffect: Send + Sync + std::fmt::Debug {
     fn apply(&self, conn: &mut DbConnection) -> Result<(), diesel::result::Error>;
     /// See [`Effect::records_delivery`].
