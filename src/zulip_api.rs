@@ -1,5 +1,6 @@
 //! The small part of Zulip's REST API the server calls: `POST /api/v1/messages`, to deliver a
-//! bot's reply that was ready only after the HTTP answer had gone back to Zulip.
+//! bot's reply that was ready only after the HTTP answer had gone back to Zulip, and to post
+//! alerts and greetings as a bot.
 
 use std::time::Duration;
 
@@ -88,6 +89,11 @@ impl ZulipClient {
     pub fn new() -> Result<Self, reqwest::Error> {
         let http = crate::outbound::client(Duration::from_secs(20))?;
         Ok(Self { http })
+    }
+
+    /// With a client built by [`crate::outbound::client`] (for a timeout of the caller's).
+    pub fn with_client(http: reqwest::Client) -> Self {
+        Self { http }
     }
 
     /// Posts `content` as the bot; returns the new message's id.

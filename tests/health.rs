@@ -69,7 +69,11 @@ async fn ok_then_degraded_by_an_operator_then_ok_again() {
         assert!(
             start.json["listeners"]
                 .as_array()
-                .is_some_and(|h| h.len() >= 4 && h.iter().all(|h| h["state"] == "ok")),
+                // Every handler is fine; "off" ones (welcome_bot in config/default.toml) are
+                // switched off in the file, which is not a degradation.
+                .is_some_and(
+                    |h| h.len() >= 4 && h.iter().all(|h| h["state"] == "ok" || h["state"] == "off")
+                ),
             "{:?}",
             start.json
         );

@@ -260,3 +260,42 @@ pub fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod migration_tests {
+    /// Diesel orders and records migrations by the part of the folder name before the first
+    /// `_`: two folders with one version would silently run only one of them.
+    #[test]
+    fn migration_versions_are_unique_and_the_same_on_both_backends() {
+        let versions = |backend: &str| -> Vec<String> {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(backend);
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            names
+        };
+        let sqlite = versions("sqlite");
+        assert!(!sqlite.is_empty());
+        assert_eq!(
+            sqlite,
+            versions("postgres"),
+            "one migration per backend, same names"
+        );
+        let mut seen = std::collections::HashSet::new();
+        for name in &sqlite {
+            let version = name.split('_').next().unwrap_or_default();
+            assert!(
+                seen.insert(version.to_string()),
+                "version {version} used twice: {name}"
+            );
+        }
+    }
+}

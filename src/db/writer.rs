@@ -31,13 +31,15 @@ const CHANNEL_CAPACITY: usize = 16_384;
 const BATCH_ATTEMPTS: u32 = 5;
 
 /// A change a handler asks for; written with the run's event-log row.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Effect {
     StoreMessage(Box<NewMessage>),
     EditMessage(Box<MessageEdit>),
     DeleteMessages(Vec<i64>),
     Activity(ActivityDelta),
     AlertSent(AlertRecord),
+    /// A write to a handler's own table, defined in the handler's module.
+    Custom(Box<dyn CustomEffect>),
 }
 
 impl Effect {
@@ -45,7 +47,23 @@ impl Effect {
     /// effects are kept when the run fails, so that a retry does not do it again. The others
     /// are applied only with a successful run (a retry produces them again).
     pub fn records_delivery(&self) -> bool {
-        matches!(self, Effect::AlertSent(_))
+        match self {
+            Effect::AlertSent(_) => true,
+            Effect::Custom(custom) => custom.records_delivery(),
+            _ => false,
+        }
+    }
+}
+
+/// A handler's own kind of write, so that a handler with a table of its own needs no variant
+/// here. Applied in the writer's transaction together with the run's other effects, its
+/// event-log row and the inbox status. Make it idempotent (insert-or-ignore): two runs can
+/// record the same thing (an event delivered twice, two processes).
+pub trait CustomEffect: Send + Sync + std::fmt::Debug {
+    fn apply(&self, conn: &mut DbConnection) -> Result<(), diesel::result::Error>;
+    /// See [`Effect::records_delivery`].
+    fn records_delivery(&self) -> bool {
+        false
     }
 }
 
@@ -521,6 +539,7 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
                 }
                 Effect::Activity(delta) => merge_activity(&mut activity, delta),
                 Effect::AlertSent(alert) => alerts.push(alert),
+                Effect::Custom(custom) => custom.apply(conn)?,
             }
         }
         logs.extend(p.logs.iter());

@@ -503,6 +503,33 @@ pub struct Subscription {
     pub value: Option<serde_json::Value>,
 }
 
+/// A channel named in a `subscription` event: the `stream_id` and `name` of one entry of
+/// `subscriptions` (`add`: the full subscription; `remove`: just these two).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRef {
+    pub stream_id: Option<i64>,
+    pub name: Option<String>,
+}
+
+impl Subscription {
+    /// The channels of `subscriptions`; entries without an id or a name are left out.
+    pub fn channels(&self) -> Vec<ChannelRef> {
+        self.subscriptions
+            .iter()
+            .filter_map(|entry| {
+                let channel = ChannelRef {
+                    stream_id: entry.get("stream_id").and_then(serde_json::Value::as_i64),
+                    name: entry
+                        .get("name")
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_string),
+                };
+                (channel.stream_id.is_some() || channel.name.is_some()).then_some(channel)
+            })
+            .collect()
+    }
+}
+
 /// `stream` (`create`, `delete`, `update`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct StreamChange {
@@ -546,6 +573,10 @@ pub struct RealmUser {
     pub op: Option<String>,
     #[serde(default)]
     pub person: Option<Person>,
+    /// Set on the placeholder `add` sent to guests who cannot see the new user (one of up to
+    /// three `add` events Zulip sends for one new user); its name is not the user's.
+    #[serde(default)]
+    pub inaccessible_user: Option<bool>,
 }
 
 /// One client's entry in a legacy presence event.
@@ -944,5 +975,38 @@ mod tests {
                 .to_string()
                 .contains("at most 2")
         );
+    }
+
+    #[test]
+    fn subscription_add_and_realm_user_add_carry_what_a_greeting_needs() {
+        let s = one(
+            "subscription",
+            Some("add"),
+            r##"{"type":"subscription","op":"add","subscriptions":[{"name":"Denmark","stream_id":5,"color":"#76ce90","is_muted":false,"subscribers":[10],"subscriber_count":1},{"color":"#fff"},null]}"##,
+        );
+        let EventKind::Subscription(sub) = &s.event.kind else {
+            panic!("not typed: {:?}", s.event.kind);
+        };
+        assert_eq!(
+            sub.channels(),
+            vec![ChannelRef {
+                stream_id: Some(5),
+                name: Some("Denmark".into())
+            }]
+        );
+        // One event per subscriber, sent to that subscriber: the audience's only member.
+        assert_eq!(s.user_id, Some(10));
+
+        let u = one(
+            "realm_user",
+            Some("add"),
+            r#"{"type":"realm_user","op":"add","inaccessible_user":true,"person":{"user_id":14,"full_name":"Unknown user","is_bot":null,"is_active":true}}"#,
+        );
+        let EventKind::RealmUser(user) = &u.event.kind else {
+            panic!("not typed: {:?}", u.event.kind);
+        };
+        assert_eq!(user.inaccessible_user, Some(true));
+        assert_eq!(user.person.as_ref().and_then(|p| p.is_bot), None);
+        assert_eq!(u.user_id, Some(14));
     }
 }

@@ -340,7 +340,7 @@ fn alert_text(rule: &str, matched: &str, message: &Message, excerpt: &str) -> St
 }
 
 /// A name shortened to one line, with Markdown and mentions neutralised.
-fn inline(text: &str) -> String {
+pub(super) fn inline(text: &str) -> String {
     let short = truncate_chars(&one_line(text), MAX_NAME_CHARS).0;
     let mut out = String::with_capacity(short.len() + 8);
     for c in no_mentions(&short).chars() {

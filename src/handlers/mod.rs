@@ -9,6 +9,7 @@ mod keyword_alerts;
 mod message_logger;
 mod relay;
 mod user_activity_tracker;
+mod welcome_bot;
 
 use futures_util::future::BoxFuture;
 
@@ -22,6 +23,7 @@ pub use keyword_alerts::KeywordAlerts;
 pub use message_logger::MessageLogger;
 pub use relay::Relay;
 pub use user_activity_tracker::UserActivityTracker;
+pub use welcome_bot::WelcomeBot;
 
 /// Every compiled-in handler, by name.
 pub const KNOWN: &[&str] = &[
@@ -30,6 +32,7 @@ pub const KNOWN: &[&str] = &[
     KeywordAlerts::NAME,
     Relay::NAME,
     UserActivityTracker::NAME,
+    WelcomeBot::NAME,
 ];
 
 pub fn is_known(name: &str) -> bool {
@@ -150,6 +153,7 @@ pub fn build(
         KeywordAlerts::NAME => boxed(KeywordAlerts::from_settings(settings, config)),
         Relay::NAME => boxed(Relay::from_settings(settings)),
         UserActivityTracker::NAME => boxed(UserActivityTracker::from_settings(settings)),
+        WelcomeBot::NAME => boxed(WelcomeBot::from_settings(settings, config)),
         _ => return None,
     })
 }

@@ -1,0 +1,1 @@
+DROP TABLE welcome_greetings;
