@@ -4,7 +4,9 @@
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::{Context, Effects, Handler, HandlerResult, Interest, SettingsError, only_keys};
+use super::{
+    Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
+};
 use crate::config::HandlerSettings;
 use crate::db::store;
 use crate::events::{Event, Origin};
@@ -22,7 +24,7 @@ impl CommandBot {
     pub const NAME: &'static str = "command_bot";
 
     pub fn from_settings(settings: &HandlerSettings) -> Result<Self, SettingsError> {
-        only_keys(Self::NAME, settings, &[])?;
+        typed_settings::<NoSettings>(Self::NAME, settings)?;
         Ok(CommandBot)
     }
 

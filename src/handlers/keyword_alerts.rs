@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use super::{
     Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, http_client,
-    only_keys,
+    typed_settings,
 };
 use crate::config::{Config, HandlerSettings};
 use crate::db::models::AlertRecord;
@@ -42,6 +42,17 @@ const MAX_MATCHED_CHARS: usize = 200;
 const MAX_NAME_CHARS: usize = 100;
 /// Most characters of the message excerpt in an alert.
 const MAX_EXCERPT_CHARS: usize = 500;
+
+/// `[handlers.keyword_alerts]` (or a listener's `settings`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeywordSettings {
+    #[serde(default)]
+    rules: Vec<RuleSettings>,
+    /// How long one webhook call may take (default 10 s).
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,17 +112,13 @@ impl KeywordAlerts {
         settings: &HandlerSettings,
         config: &Config,
     ) -> Result<Self, SettingsError> {
-        only_keys(Self::NAME, settings, &["rules", "timeout"])?;
+        let typed: KeywordSettings = typed_settings(Self::NAME, settings)?;
         let problem = |key: String, problem: String| SettingsError {
             handler: Self::NAME,
             key,
             problem,
         };
-        let raw: Vec<RuleSettings> = match settings.settings.get("rules") {
-            None => Vec::new(),
-            Some(value) => serde_json::from_value(value.clone())
-                .map_err(|e| problem("rules".into(), e.to_string()))?,
-        };
+        let raw = typed.rules;
         let mut rules = Vec::with_capacity(raw.len());
         for (i, rule) in raw.into_iter().enumerate() {
             let key = |k: &str| format!("rules[{i}].{k}");
@@ -170,7 +177,7 @@ impl KeywordAlerts {
                 target,
             });
         }
-        let http = http_client(Self::NAME, settings, Duration::from_secs(10))?;
+        let http = http_client(Self::NAME, typed.timeout, Duration::from_secs(10))?;
         let zulip = ZulipClient::new().map_err(|e| problem("rules".into(), e.to_string()))?;
         Ok(KeywordAlerts { rules, http, zulip })
     }

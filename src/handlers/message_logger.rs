@@ -6,7 +6,9 @@
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::{Context, Effects, Handler, HandlerResult, Interest, SettingsError, only_keys};
+use super::{
+    Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
+};
 use crate::config::HandlerSettings;
 use crate::db::models::{MessageEdit, NewMessage};
 use crate::db::now_ms;
@@ -20,7 +22,7 @@ impl MessageLogger {
     pub const NAME: &'static str = "message_logger";
 
     pub fn from_settings(settings: &HandlerSettings) -> Result<Self, SettingsError> {
-        only_keys(Self::NAME, settings, &[])?;
+        typed_settings::<NoSettings>(Self::NAME, settings)?;
         Ok(MessageLogger)
     }
 

@@ -158,48 +158,48 @@ pub fn build(
     })
 }
 
-/// Rejects keys a handler does not read, so that typos are caught at start-up.
-pub(crate) fn only_keys(
+/// Reads a handler's settings (without `enabled`) into its own typed struct — the one way
+/// handlers read settings; an error names the key at fault. Every field of `T` must have a
+/// default (the key is found by reading each one alone), and `T` should deny unknown fields
+/// so that typos are caught at start-up.
+pub(crate) fn typed_settings<T: serde::de::DeserializeOwned>(
     handler: &'static str,
     settings: &HandlerSettings,
-    allowed: &[&str],
-) -> Result<(), SettingsError> {
-    match settings
-        .settings
-        .keys()
-        .find(|k| !allowed.contains(&k.as_str()))
-    {
-        None => Ok(()),
-        Some(key) => Err(SettingsError {
+) -> Result<T, SettingsError> {
+    let all = serde_json::Value::Object(settings.settings.clone());
+    serde_json::from_value(all).map_err(|error| {
+        let key = settings
+            .settings
+            .iter()
+            .find(|(key, value)| {
+                let alone = serde_json::Map::from_iter([((*key).clone(), (*value).clone())]);
+                serde_json::from_value::<T>(serde_json::Value::Object(alone)).is_err()
+            })
+            .map(|(key, _)| key.clone())
+            .unwrap_or_default();
+        SettingsError {
             handler,
-            key: key.clone(),
-            problem: if allowed.is_empty() {
-                "unknown setting; this handler has only `enabled`".into()
-            } else {
-                format!("unknown setting; known: enabled, {}", allowed.join(", "))
-            },
-        }),
-    }
+            key,
+            problem: error.to_string(),
+        }
+    })
 }
 
+/// The settings of a handler that has none but `enabled`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoSettings {}
+
 /// An HTTP client for a handler that calls an external service, with the handler's `timeout`
-/// setting (a duration such as "10s"; `default` when absent).
+/// setting (`default` when absent).
 pub(crate) fn http_client(
     handler: &'static str,
-    settings: &HandlerSettings,
+    timeout: Option<std::time::Duration>,
     default: std::time::Duration,
 ) -> Result<reqwest::Client, SettingsError> {
-    let problem = |problem: String| SettingsError {
+    crate::outbound::client(timeout.unwrap_or(default)).map_err(|e| SettingsError {
         handler,
         key: "timeout".into(),
-        problem,
-    };
-    let timeout = match settings.settings.get("timeout") {
-        None => default,
-        Some(value) => value
-            .as_str()
-            .and_then(|s| humantime::parse_duration(s).ok())
-            .ok_or_else(|| problem(format!("`{value}` is not a duration like \"10s\"")))?,
-    };
-    crate::outbound::client(timeout).map_err(|e| problem(crate::redact::http_error(e)))
+        problem: crate::redact::http_error(e),
+    })
 }

@@ -19,10 +19,27 @@ use reqwest::header::CONTENT_TYPE;
 
 use super::{
     Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, http_client,
-    only_keys,
+    typed_settings,
 };
 use crate::config::{HandlerSettings, Secret};
 use crate::events::{Event, Origin, truncate_chars};
+
+/// `[handlers.relay]` (or a listener's `settings`).
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelaySettings {
+    /// The bot service's URL.
+    #[serde(default)]
+    url: Option<String>,
+    /// How long one call may take (default 30 s).
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    /// The token sent to the bot service instead of the bot's own.
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<std::path::PathBuf>,
+}
 
 pub struct Relay {
     target: Option<(reqwest::Url, reqwest::Client)>,
@@ -34,53 +51,47 @@ impl Relay {
     pub const NAME: &'static str = "relay";
 
     pub fn from_settings(settings: &HandlerSettings) -> Result<Self, SettingsError> {
-        only_keys(
-            Self::NAME,
-            settings,
-            &["url", "timeout", "token", "token_file"],
-        )?;
+        let typed: RelaySettings = typed_settings(Self::NAME, settings)?;
         let problem = |key: &str, problem: String| SettingsError {
             handler: Self::NAME,
             key: key.into(),
             problem,
         };
-        let target = match settings.settings.get("url") {
+        let target = match typed.url {
             None => None,
-            Some(value) => {
-                let url = value
-                    .as_str()
-                    .ok_or_else(|| problem("url", "must be a string".into()))
-                    .and_then(|s| crate::outbound::check_url(s).map_err(|p| problem("url", p)))?;
-                let client = http_client(Self::NAME, settings, Duration::from_secs(30))?;
+            Some(url) => {
+                let url = crate::outbound::check_url(&url).map_err(|p| problem("url", p))?;
+                let client = http_client(Self::NAME, typed.timeout, Duration::from_secs(30))?;
                 Some((url, client))
             }
         };
-        let token = match (
-            settings.settings.get("token"),
-            settings.settings.get("token_file"),
-        ) {
+        let token = match (typed.token, typed.token_file) {
             (Some(_), Some(_)) => {
                 return Err(problem(
                     "token_file",
                     "give `token` or `token_file`, not both".into(),
                 ));
             }
-            (Some(value), None) => {
-                let token = value.as_str().map(str::trim).unwrap_or_default();
+            (Some(token), None) => {
+                let token = token.trim();
                 if token.is_empty() {
                     return Err(problem("token", "must be a non-empty string".into()));
                 }
                 Some(Secret::new(token))
             }
-            (None, Some(value)) => {
-                let path = value
-                    .as_str()
-                    .ok_or_else(|| problem("token_file", "must be a path".into()))?;
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| problem("token_file", format!("cannot read `{path}`: {e}")))?;
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    problem(
+                        "token_file",
+                        format!("cannot read `{}`: {e}", path.display()),
+                    )
+                })?;
                 let token = text.trim();
                 if token.is_empty() {
-                    return Err(problem("token_file", format!("`{path}` is empty")));
+                    return Err(problem(
+                        "token_file",
+                        format!("`{}` is empty", path.display()),
+                    ));
                 }
                 Some(Secret::new(token))
             }

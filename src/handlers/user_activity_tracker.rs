@@ -5,7 +5,9 @@
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::{Context, Effects, Handler, HandlerResult, Interest, SettingsError, only_keys};
+use super::{
+    Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
+};
 use crate::config::HandlerSettings;
 use crate::db::models::ActivityDelta;
 use crate::db::writer::Effect;
@@ -17,7 +19,7 @@ impl UserActivityTracker {
     pub const NAME: &'static str = "user_activity_tracker";
 
     pub fn from_settings(settings: &HandlerSettings) -> Result<Self, SettingsError> {
-        only_keys(Self::NAME, settings, &[])?;
+        typed_settings::<NoSettings>(Self::NAME, settings)?;
         Ok(UserActivityTracker)
     }
 

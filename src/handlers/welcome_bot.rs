@@ -44,10 +44,11 @@ use diesel::prelude::*;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 
 use super::keyword_alerts::inline;
-use super::{Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError};
+use super::{
+    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, typed_settings,
+};
 use crate::config::{Config, HandlerSettings};
 use crate::db::writer::{CustomEffect, Effect};
 use crate::db::{DbConnection, DbError, now_ms};
@@ -570,31 +571,6 @@ async fn greeted(cx: &Context, realm_id: i64, user_id: i64) -> Result<HashSet<St
                 .collect())
         })
         .await
-}
-
-/// Reads a handler's settings (without `enabled`) into `T`; an error names the key at fault.
-/// Every field of `T` must have a default: the key is found by reading each one alone.
-fn typed_settings<T: DeserializeOwned>(
-    handler: &'static str,
-    settings: &HandlerSettings,
-) -> Result<T, SettingsError> {
-    let all = serde_json::Value::Object(settings.settings.clone());
-    serde_json::from_value(all).map_err(|error| {
-        let key = settings
-            .settings
-            .iter()
-            .find(|(key, value)| {
-                let alone = serde_json::Map::from_iter([((*key).clone(), (*value).clone())]);
-                serde_json::from_value::<T>(serde_json::Value::Object(alone)).is_err()
-            })
-            .map(|(key, _)| key.clone())
-            .unwrap_or_default();
-        SettingsError {
-            handler,
-            key,
-            problem: error.to_string(),
-        }
-    })
 }
 
 fn non_empty(text: String) -> Option<String> {
