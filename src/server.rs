@@ -505,7 +505,7 @@ async fn refresh(u: &Upkeep) {
         .run(|c| {
             Ok((
                 store::inbox_counts(c)?,
-                store::oldest_pending_ms(c)?,
+                store::oldest_pending_by_type(c)?,
                 store::parked_by_handler(c)?,
             ))
         })
@@ -513,8 +513,21 @@ async fn refresh(u: &Upkeep) {
     {
         Ok((counts, oldest, parked)) => {
             metric::ready(u.ready.load(Ordering::Relaxed));
-            let lag = oldest.map_or(0.0, |ms| (now_ms() - ms).max(0) as f64 / 1000.0);
-            metric::inbox_lag(lag);
+            let now = now_ms();
+            let age = |at: Option<i64>| at.map_or(0.0, |ms| (now - ms).max(0) as f64 / 1000.0);
+            metric::inbox_lag(age(oldest.iter().map(|(_, at)| *at).min()));
+            // Per forwarder listener: the oldest pending event of a type it takes.
+            for &id in u.inbox.listeners() {
+                if let Some(entry) = u.registry.get(id) {
+                    let live = entry.live();
+                    let at = oldest
+                        .iter()
+                        .filter(|(t, _)| live.wants_type(t))
+                        .map(|(_, at)| *at)
+                        .min();
+                    metric::listener_lag(entry.name(), age(at));
+                }
+            }
             for entry in u.registry.entries() {
                 let name = entry.name();
                 let n = parked

@@ -382,6 +382,13 @@ pub mod metric {
         gauge!("zulip_listeners_inbox_oldest_pending_age_seconds").set(seconds);
     }
 
+    /// How long the oldest pending forwarded event of a type a listener takes has waited, in
+    /// seconds (0 when none is).
+    pub fn listener_lag(listener: &str, seconds: f64) {
+        gauge!("zulip_listeners_listener_queue_lag_seconds", "handler" => listener.to_string())
+            .set(seconds);
+    }
+
     /// A forwarder batch was verified and stored: the time, in unix seconds.
     pub fn forwarder_batch_accepted() {
         let now = std::time::SystemTime::now()

@@ -220,6 +220,19 @@ async fn process_metrics_are_plausible() {
     let db = TestDatabase::new(Backend::Sqlite);
     let t = start_server(&db, "").await;
     let addr = t.server.metrics_addr.expect("metrics listener");
+    // The gauges are refreshed in the background: the per-listener queue lag appears once
+    // the first refresh has run.
+    let lag_exported = eventually(Duration::from_secs(10), async || {
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text")
+            .contains("zulip_listeners_listener_queue_lag_seconds{handler=\"message_logger\"} 0")
+    })
+    .await;
+    assert!(lag_exported, "queue lag per forwarder listener");
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .expect("scrape")

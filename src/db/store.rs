@@ -620,10 +620,24 @@ pub fn inbox_counts(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, DbErr
 
 /// When the oldest pending forwarded event was received (unix ms), if any is pending.
 pub fn oldest_pending_ms(conn: &mut DbConnection) -> Result<Option<i64>, DbError> {
-    Ok(inbox::table
+    Ok(oldest_pending_by_type(conn)?
+        .into_iter()
+        .map(|(_, at)| at)
+        .min())
+}
+
+/// When the oldest pending event of each type was received (read through the index of
+/// pending rows).
+pub fn oldest_pending_by_type(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, DbError> {
+    let rows: Vec<(String, Option<i64>)> = inbox::table
         .filter(inbox::status.eq("pending"))
-        .select(diesel::dsl::min(inbox::received_at_ms))
-        .first::<Option<i64>>(conn)?)
+        .group_by(inbox::event_type)
+        .select((inbox::event_type, diesel::dsl::min(inbox::received_at_ms)))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(t, at)| at.map(|at| (t, at)))
+        .collect())
 }
 
 /// Applies an `update_message` to stored messages.

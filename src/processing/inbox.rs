@@ -507,6 +507,11 @@ impl Inbox {
         Ok(summary)
     }
 
+    /// The listeners that get forwarded events.
+    pub fn listeners(&self) -> &[HandlerId] {
+        &self.handlers
+    }
+
     /// Forgets idle rate-limit keys; returns the keys still tracked.
     pub fn limiter_housekeeping(&self) -> usize {
         self.admission
