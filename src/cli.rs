@@ -141,6 +141,19 @@ pub enum ListenerAction {
 pub enum StatsAction {
     /// Aggregate every completed interval (`retention.aggregation_interval`) now.
     Aggregate,
+    /// Print the aggregated statistics per interval and listener (runs, failures, success
+    /// rate, average and longest run), newest interval first.
+    Show {
+        /// Only this listener.
+        #[arg(long, value_name = "NAME")]
+        listener: Option<String>,
+        /// How far back, in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +240,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Stats {
             action: StatsAction::Aggregate,
         } => aggregate(&config),
+        Command::Stats {
+            action:
+                StatsAction::Show {
+                    listener,
+                    hours,
+                    json,
+                },
+        } => show_stats(&config, listener.as_deref(), hours, json),
         Command::GenSecret | Command::Doctor { .. } => Ok(()),
         Command::SendSample { url } => crate::sample::send(&config, url.as_deref()),
         Command::DeadLetters { action } => dead_letters(&config, action),
@@ -713,6 +734,70 @@ fn aggregate(config: &Config) -> anyhow::Result<()> {
     println!("{rows} statistics row(s) written.");
     Ok(())
 }
+
+fn show_stats(
+    config: &Config,
+    listener: Option<&str>,
+    hours: u32,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut conn = connect(config)?;
+    let since = crate::db::now_ms() - i64::from(hours) * 3_600_000;
+    let mut rows = retention::stats_since(&mut conn, since)?;
+    rows.retain(|r| listener.is_none_or(|l| r.handler == l));
+    rows.reverse();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!(
+            "No statistics in the last {hours} h (they are aggregated every \
+             retention.aggregation_interval; `stats aggregate` does it now)."
+        );
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let rate = if r.runs > 0 {
+                format!(
+                    "{:.1} %",
+                    (r.runs - r.failures) as f64 * 100.0 / r.runs as f64
+                )
+            } else {
+                "-".into()
+            };
+            let avg = if r.runs > 0 {
+                format!("{:.1}", r.total_duration_us as f64 / r.runs as f64 / 1000.0)
+            } else {
+                "-".into()
+            };
+            vec![
+                format_ms(r.interval_start_ms),
+                r.handler.clone(),
+                r.runs.to_string(),
+                r.failures.to_string(),
+                rate,
+                avg,
+                format!("{:.1}", r.max_duration_us as f64 / 1000.0),
+            ]
+        })
+        .collect();
+    print!("{}", align_table(&STATS_COLUMNS, &table));
+    Ok(())
+}
+
+/// The `stats show` table: heading and right-aligned (the key is unused).
+const STATS_COLUMNS: [(&str, &str, bool); 7] = [
+    ("", "interval start", false),
+    ("", "listener", false),
+    ("", "runs", true),
+    ("", "failures", true),
+    ("", "success", true),
+    ("", "avg ms", true),
+    ("", "max ms", true),
+];
 
 fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
     let mut conn = connect(config)?;

@@ -361,6 +361,29 @@ async fn the_cli_changes_listeners_and_a_running_server_follows() {
             "{table}"
         );
 
+        // Per-interval statistics: aggregate as if the current interval had ended.
+        t.server.flush().await;
+        let target = zulip_listeners::config::parse_database_url(&db.url).expect("url");
+        let mut conn = zulip_listeners::db::establish(&target).expect("connect");
+        let later = zulip_listeners::db::now_ms() + 600_000;
+        zulip_listeners::db::retention::aggregate_stats(&mut conn, 300_000, later)
+            .expect("aggregate");
+        let intervals: Value = serde_json::from_str(&cli(
+            &file,
+            &["stats", "show", "--listener", "alerts-eng", "--json"],
+        ))
+        .expect("JSON");
+        let intervals = intervals.as_array().expect("rows");
+        assert!(
+            !intervals.is_empty() && intervals.iter().all(|r| r["handler"] == "alerts-eng"),
+            "{intervals:?}"
+        );
+        let table = cli(&file, &["stats", "show", "--listener", "alerts-eng"]);
+        assert!(
+            table.starts_with("interval start") && table.contains("alerts-eng"),
+            "{table}"
+        );
+
         // Invalid changes are refused with the field named, and change nothing.
         let (ok, said) = common::cli_status(
             &file,
