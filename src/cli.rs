@@ -476,6 +476,20 @@ fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow::Result<()>
         DeadLetterAction::Replay { ids, all, status } => {
             let status = status.as_str();
             let count = store::requeue(&mut conn, &[status], if all { None } else { Some(&ids) })?;
+            let requested = if all {
+                "all".to_string()
+            } else {
+                format!("{} id(s)", ids.len())
+            };
+            crate::db::listeners::record(
+                &mut conn,
+                &[crate::listeners::changes::replay_record(
+                    crate::listeners::changes::source::CLI,
+                    status,
+                    &requested,
+                    count,
+                )],
+            )?;
             println!("{count} {status} event(s) queued again.");
             if !all && count < ids.len() {
                 println!(

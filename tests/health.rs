@@ -209,6 +209,28 @@ async fn an_open_breaker_degrades_until_the_handler_recovers() {
         )
         .await;
     assert_eq!(replay.json["requeued"], 1, "{:?}", replay.json);
+    // The replay is kept in the audit trail.
+    let audit = t
+        .send(
+            t.http
+                .get(format!("{}/admin/dead-letters?status=parked", t.base))
+                .bearer_auth(ADMIN),
+        )
+        .await;
+    let replays = audit.json["replays"].as_array().expect("replays");
+    assert_eq!(
+        (
+            &replays[0]["source"],
+            &replays[0]["old_value"],
+            &replays[0]["new_value"]
+        ),
+        (
+            &json!("admin API"),
+            &json!("parked: all"),
+            &json!("1 requeued")
+        ),
+        "{replays:?}"
+    );
     let ok = health_until(&t, |a| a.json["status"] == "ok").await;
     assert_eq!(ok.json["status"], "ok", "{:?}", ok.json);
     t.stop().await;

@@ -493,13 +493,20 @@ pub async fn dead_letters(
     let q = query.into_inner();
     let status = replayable(q.status)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let rows = state
+    let (rows, replays) = state
         .outgoing
         .db()
-        .run(move |c| store::inbox_entries(c, &[status.as_str()], limit))
+        .run(move |c| {
+            Ok((
+                store::inbox_entries(c, &[status.as_str()], limit)?,
+                crate::db::listeners::history(c, changes::REPLAYS, 20)?,
+            ))
+        })
         .await
         .map_err(db_error)?;
-    Ok(json_ok(json!({ "events": rows }).to_string()))
+    Ok(json_ok(
+        json!({ "events": rows, "replays": replays }).to_string(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -533,10 +540,27 @@ pub async fn replay(
     let status = replayable(request.status)?;
     let ids = request.ids;
     let all = request.all;
+    let requested = if all {
+        "all".to_string()
+    } else {
+        format!("{} id(s)", ids.len())
+    };
     let requeued = state
         .outgoing
         .db()
-        .run(move |c| store::requeue(c, &[status.as_str()], (!all).then_some(ids.as_slice())))
+        .run(move |c| {
+            let requeued = store::requeue(c, &[status.as_str()], (!all).then_some(ids.as_slice()))?;
+            crate::db::listeners::record(
+                c,
+                &[changes::replay_record(
+                    changes::source::ADMIN_API,
+                    &status,
+                    &requested,
+                    requeued,
+                )],
+            )?;
+            Ok(requeued)
+        })
         .await
         .map_err(db_error)?;
     Ok(json_ok(json!({ "requeued": requeued }).to_string()))

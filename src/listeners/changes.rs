@@ -385,6 +385,23 @@ pub fn disable_automatically(
     })
 }
 
+/// The history row of a dead-letter replay (kept under the listener name `*`: a replay
+/// concerns every listener the events wait for).
+pub fn replay_record(source: &str, status: &str, requested: &str, requeued: usize) -> HistoryRow {
+    HistoryRow {
+        id: 0,
+        listener: REPLAYS.to_string(),
+        changed_at_ms: now_ms(),
+        source: source.to_string(),
+        field: "replay".to_string(),
+        old_value: Some(format!("{status}: {requested}")),
+        new_value: Some(format!("{requeued} requeued")),
+    }
+}
+
+/// The listener name replays are recorded under.
+pub const REPLAYS: &str = "*";
+
 /// A listener's definition as a stored row makes it: the file's, the overrides on top, and
 /// `enabled` as the operator or the breaker last left it.
 pub fn effective(entry: &Entry, row: &ListenerRow) -> Definition {
