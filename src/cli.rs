@@ -294,7 +294,7 @@ fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 fn check_config(config: &Config) -> anyhow::Result<()> {
-    Registry::build(config)?;
+    let registry = Registry::build(config)?;
     println!("Configuration is valid.");
     println!("  listen:    {}", config.server.bind);
     println!("  database:  {}", config.database_target()?);
@@ -314,10 +314,25 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
         );
     }
     println!(
-        "  forwarder: {} secret(s), handlers {}",
+        "  forwarder: {} secret(s), listeners {}",
         config.forwarder.secrets.len(),
         config.forwarder.handlers.join(", ")
     );
+    for name in config.listeners.keys() {
+        if let Some(entry) = registry.by_name(name) {
+            let live = entry.live();
+            println!(
+                "  listener {name}: {} on {}{}",
+                live.handler.name(),
+                live.describe_events(),
+                if live.definition.scope.is_unrestricted() {
+                    String::new()
+                } else {
+                    " (scoped)".to_string()
+                }
+            );
+        }
+    }
     Ok(())
 }
 
