@@ -332,13 +332,7 @@ pub fn change(
     source: &str,
     reason: Option<&str>,
 ) -> Result<(ListenerRow, Vec<HistoryRow>), ChangeError> {
-    let entry = registry
-        .by_name(name)
-        .ok_or_else(|| ChangeError::NotFound(name.to_string()))?;
-    conn.transaction::<_, ChangeError, _>(|conn| {
-        db::listeners::lock(conn, name)?;
-        let row = db::listeners::row(conn, name)?.unwrap_or_else(|| fresh_row(entry));
-        let before = effective(entry, &row);
+    save_change(conn, registry, name, source, |entry, row| {
         let merged = Overrides::from_stored(row.overrides.as_deref()).merged(patch);
         registry
             .check(entry, &merged)
@@ -353,10 +347,7 @@ pub fn change(
                 reason.map_or_else(|| format!("disabled through the {source}"), str::to_string)
             });
         }
-        let after = effective(entry, &new_row);
-        let history = history(name, source, &before, &after, now_ms());
-        let saved = db::listeners::save(conn, &new_row, &history)?;
-        Ok((saved, history))
+        Ok(new_row)
     })
 }
 
@@ -367,6 +358,26 @@ pub fn disable_automatically(
     name: &str,
     reason: &str,
 ) -> Result<ListenerRow, ChangeError> {
+    let (row, _) = save_change(conn, registry, name, source::BREAKER, |_, row| {
+        Ok(ListenerRow {
+            enabled: false,
+            disabled_reason: Some(reason.to_string()),
+            ..row
+        })
+    })?;
+    Ok(row)
+}
+
+/// One change of a listener's stored row, in one transaction that holds the row's write lock
+/// from the start: `edit` turns the stored row into the new one; the fields that differ in
+/// effect are written to the history.
+fn save_change(
+    conn: &mut DbConnection,
+    registry: &Registry,
+    name: &str,
+    source: &str,
+    edit: impl FnOnce(&Entry, ListenerRow) -> Result<ListenerRow, ChangeError>,
+) -> Result<(ListenerRow, Vec<HistoryRow>), ChangeError> {
     let entry = registry
         .by_name(name)
         .ok_or_else(|| ChangeError::NotFound(name.to_string()))?;
@@ -374,14 +385,11 @@ pub fn disable_automatically(
         db::listeners::lock(conn, name)?;
         let row = db::listeners::row(conn, name)?.unwrap_or_else(|| fresh_row(entry));
         let before = effective(entry, &row);
-        let new_row = ListenerRow {
-            enabled: false,
-            disabled_reason: Some(reason.to_string()),
-            ..row
-        };
+        let new_row = edit(entry, row)?;
         let after = effective(entry, &new_row);
-        let history = history(name, source::BREAKER, &before, &after, now_ms());
-        Ok(db::listeners::save(conn, &new_row, &history)?)
+        let history = history(name, source, &before, &after, now_ms());
+        let saved = db::listeners::save(conn, &new_row, &history)?;
+        Ok((saved, history))
     })
 }
 
