@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from zulip_listeners_forwarder.envelope import ServerInfo, build_envelope, realm_info
+from zulip_listeners_forwarder.envelope import ServerInfo, build_envelope, new_event_id, realm_info
 
 SERVER = ServerInfo(host="zulip.example.com", zulip_version="11.0", feature_level=400)
 
@@ -31,7 +31,7 @@ def test_envelope_v1_shape(realm: Any) -> None:
         "audience": {"count": 2, "user_ids": [10, 11]},
         "event": {"type": "reaction", "op": "add", "message_id": 1},
     }
-    assert uuid.UUID(envelope["event_id"]).version == 4
+    assert uuid.UUID(envelope["event_id"]).version == 7
     json.dumps(envelope)
 
 
@@ -57,3 +57,19 @@ def test_event_ids_are_unique(realm: Any) -> None:
         for _ in range(100)
     }
     assert len(ids) == 100
+
+
+def test_event_ids_are_uuid7_in_time_order() -> None:
+    import time as _time
+
+    before_ms = int(_time.time() * 1000)
+    ids = [new_event_id() for _ in range(5000)]
+    after_ms = int(_time.time() * 1000)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    # Made later, sorts later (also within one millisecond), as text and as numbers.
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    first_ms = parsed[0].int >> 80
+    last_ms = parsed[-1].int >> 80
+    assert before_ms <= first_ms <= last_ms <= after_ms + 2

@@ -2,7 +2,7 @@
 
 This module owns the envelope's exact shape::
 
-    {"v": 1, "event_id": "<uuid4>", "emitted_at_ms": 1700000000123,
+    {"v": 1, "event_id": "<uuid7>", "emitted_at_ms": 1700000000123,
      "server": {"host": "...", "zulip_version": "...", "feature_level": 0},
      "realm": {"id": 2, "uuid": "...", "string_id": "acme"},
      "type": "message", "op": null,
@@ -15,6 +15,8 @@ Pure Python, no Zulip imports.
 
 from __future__ import annotations
 
+import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -60,8 +62,34 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_last_uuid7 = [0, 0]  # (milliseconds, 12-bit sequence) of the last id made
+_uuid7_lock = threading.Lock()
+
+
 def new_event_id() -> str:
-    return str(uuid.uuid4())
+    """A UUIDv7 (RFC 9562): the Unix time in milliseconds, then random bits.
+
+    Ids made later sort later, so the server's unique index on them grows at its end instead of
+    being written all over (random UUID4 ids halve its insert rate). Within one millisecond a
+    12-bit sequence keeps them increasing (RFC 9562 §6.2, method 1). Python has ``uuid.uuid7``
+    only from 3.14.
+    """
+    with _uuid7_lock:
+        ms = now_ms()
+        last_ms, seq = _last_uuid7
+        if ms <= last_ms:
+            ms, seq = last_ms, seq + 1
+            if seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
+                ms, seq = ms + 1, 0
+        else:
+            seq = secrets.randbits(11)  # leave room to count up within the millisecond
+        _last_uuid7[0], _last_uuid7[1] = ms, seq
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76  # version 7
+    value |= seq << 64  # rand_a: the sequence
+    value |= 0b10 << 62  # variant
+    value |= secrets.randbits(62)  # rand_b
+    return str(uuid.UUID(int=value))
 
 
 def build_envelope(
