@@ -25,18 +25,42 @@ pub use relay::Relay;
 pub use user_activity_tracker::UserActivityTracker;
 pub use welcome_bot::WelcomeBot;
 
-/// Every compiled-in handler, by name.
-pub const KNOWN: &[&str] = &[
-    CommandBot::NAME,
-    MessageLogger::NAME,
-    KeywordAlerts::NAME,
-    Relay::NAME,
-    UserActivityTracker::NAME,
-    WelcomeBot::NAME,
+/// Every compiled-in handler: the one registry of built-ins.
+///
+/// Adding a handler is one line here (and its file): its name and how it is built from its
+/// settings.
+const BUILT_IN: &[(&str, Constructor)] = &[
+    (CommandBot::NAME, |s, _| boxed(CommandBot::from_settings(s))),
+    (MessageLogger::NAME, |s, _| {
+        boxed(MessageLogger::from_settings(s))
+    }),
+    (KeywordAlerts::NAME, |s, c| {
+        boxed(KeywordAlerts::from_settings(s, c))
+    }),
+    (Relay::NAME, |s, _| boxed(Relay::from_settings(s))),
+    (UserActivityTracker::NAME, |s, _| {
+        boxed(UserActivityTracker::from_settings(s))
+    }),
+    (WelcomeBot::NAME, |s, c| {
+        boxed(WelcomeBot::from_settings(s, c))
+    }),
 ];
 
+/// Builds a handler from its settings (and the whole configuration, for handlers that refer
+/// to a bot).
+type Constructor = fn(&HandlerSettings, &Config) -> Result<Box<dyn Handler>, SettingsError>;
+
+fn boxed<H: Handler>(handler: Result<H, SettingsError>) -> Result<Box<dyn Handler>, SettingsError> {
+    handler.map(|h| Box::new(h) as Box<dyn Handler>)
+}
+
+/// The names of every compiled-in handler, in the order they are listed.
+pub fn known() -> impl Iterator<Item = &'static str> {
+    BUILT_IN.iter().map(|(name, _)| *name)
+}
+
 pub fn is_known(name: &str) -> bool {
-    KNOWN.contains(&name)
+    known().any(|k| k == name)
 }
 
 /// Which event types a handler wants.
@@ -138,24 +162,16 @@ pub struct SettingsError {
 }
 
 /// Builds the compiled-in handler `kind` with `settings`; `None` when no handler has that
-/// name. Adding a handler means one line here and one in [`KNOWN`].
+/// name.
 pub fn build(
     kind: &str,
     settings: &HandlerSettings,
     config: &Config,
 ) -> Option<Result<Box<dyn Handler>, SettingsError>> {
-    fn boxed<H: Handler>(h: Result<H, SettingsError>) -> Result<Box<dyn Handler>, SettingsError> {
-        h.map(|h| Box::new(h) as Box<dyn Handler>)
-    }
-    Some(match kind {
-        CommandBot::NAME => boxed(CommandBot::from_settings(settings)),
-        MessageLogger::NAME => boxed(MessageLogger::from_settings(settings)),
-        KeywordAlerts::NAME => boxed(KeywordAlerts::from_settings(settings, config)),
-        Relay::NAME => boxed(Relay::from_settings(settings)),
-        UserActivityTracker::NAME => boxed(UserActivityTracker::from_settings(settings)),
-        WelcomeBot::NAME => boxed(WelcomeBot::from_settings(settings, config)),
-        _ => return None,
-    })
+    BUILT_IN
+        .iter()
+        .find(|(name, _)| *name == kind)
+        .map(|(_, construct)| construct(settings, config))
 }
 
 /// Reads a handler's settings (without `enabled`) into its own typed struct — the one way

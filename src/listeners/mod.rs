@@ -447,7 +447,7 @@ fn config_key(name: &str, legacy: bool, field: &str) -> String {
 fn unknown_handler(name: &str) -> String {
     format!(
         "unknown handler `{name}`; compiled-in handlers are: {}",
-        handlers::KNOWN.join(", ")
+        handlers::known().collect::<Vec<_>>().join(", ")
     )
 }
 
@@ -455,8 +455,8 @@ fn unknown_handler(name: &str) -> String {
 /// `[handlers.<name>]`, unless `[listeners.<name>]` redefines it), then `[listeners.*]`.
 fn definitions(config: &Config) -> Result<Vec<(String, Definition)>, ListenerError> {
     let mut out = Vec::new();
-    for kind in handlers::KNOWN {
-        if config.listeners.contains_key(*kind) {
+    for kind in handlers::known() {
+        if config.listeners.contains_key(kind) {
             continue;
         }
         let settings = config.handler_settings(kind);
