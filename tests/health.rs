@@ -332,6 +332,32 @@ async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
         "{all:?}"
     );
     assert_eq!(degraded.json["status"], "degraded");
+    // The breaker's decision is in the listener's history.
+    let shown = t
+        .send(
+            t.http
+                .get(format!("{}/admin/listeners/keyword_alerts", t.base))
+                .bearer_auth(ADMIN),
+        )
+        .await;
+    let last = &shown.json["history"][0];
+    assert_eq!(
+        (
+            &last["source"],
+            &last["field"],
+            &last["old_value"],
+            &last["new_value"]
+        ),
+        (
+            &json!("breaker"),
+            &json!("enabled"),
+            &json!("true"),
+            &json!("false")
+        ),
+        "{:?}",
+        shown.json["history"]
+    );
+    assert_eq!(shown.json["state"], "auto_disabled");
     assert!(
         degraded.json["listeners"].as_array().is_some_and(|h| h
             .iter()
