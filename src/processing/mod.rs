@@ -7,6 +7,7 @@
 pub mod announce;
 pub mod inbox;
 pub mod outgoing;
+pub mod processes;
 pub mod tasks;
 
 use std::panic::AssertUnwindSafe;
