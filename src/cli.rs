@@ -187,8 +187,7 @@ pub fn run(cli: Cli) -> ExitCode {
             config,
             ServeOptions {
                 dry_run,
-                listeners: listeners
-                    .map(|l| l.into_iter().map(|n| n.trim().to_string()).collect()),
+                listeners: listeners.map(|l| l.into_iter().map(|n| n.trim().to_string()).collect()),
             },
         ),
         Command::Migrate => migrate(&config),

@@ -164,7 +164,9 @@ fn own_listeners(
     }
     let mut ids = Vec::with_capacity(listeners.len());
     for name in listeners {
-        let id = registry.id(name).filter(|_| config.forwarder.handlers.contains(name));
+        let id = registry
+            .id(name)
+            .filter(|_| config.forwarder.handlers.contains(name));
         match id {
             Some(id) if !ids.contains(&id) => ids.push(id),
             Some(_) => {}
@@ -230,7 +232,12 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     );
     let processor = Processor::new(cx, writer.clone(), announcer, tasks.clone());
     let filters = Arc::new(Filters::new(&config.filters));
-    let mine = own_listeners(&config, &registry, db.backend(), options.listeners.as_deref())?;
+    let mine = own_listeners(
+        &config,
+        &registry,
+        db.backend(),
+        options.listeners.as_deref(),
+    )?;
     let (inbox, inbox_tasks) = Inbox::start(
         processor.clone(),
         db.clone(),

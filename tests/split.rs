@@ -82,7 +82,12 @@ async fn post(http: &reqwest::Client, base: &str, first: i64, n: i64) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-fn server_config(dir: &std::path::Path, name: &str, db: &TestDatabase, alerts: &str) -> std::path::PathBuf {
+fn server_config(
+    dir: &std::path::Path,
+    name: &str,
+    db: &TestDatabase,
+    alerts: &str,
+) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
@@ -164,7 +169,10 @@ async fn wait_all_done(c: &mut DbConnection, total: i64, phase: &str) {
         last.0 == total
     })
     .await;
-    assert!(done, "{phase}: (done, pending) = {last:?}, expected {total} done");
+    assert!(
+        done,
+        "{phase}: (done, pending) = {last:?}, expected {total} done"
+    );
 }
 
 #[actix_web::test]
@@ -207,7 +215,11 @@ async fn two_processes_run_every_listener_exactly_once_across_a_kill() {
             b.child.kill().expect("SIGKILL");
             b.child.wait().expect("reaped");
         }
-        let base = if i % 2 == 0 || i >= 8 { &a.base } else { &b.base };
+        let base = if i % 2 == 0 || i >= 8 {
+            &a.base
+        } else {
+            &b.base
+        };
         if post(&http, base, first, 20).await {
             acked.extend(first..first + 20);
         }
@@ -216,7 +228,10 @@ async fn two_processes_run_every_listener_exactly_once_across_a_kill() {
     assert_eq!(sent, 16);
     // Work of the killed process waits (claims run out after the lease), and its listener is
     // reported as run by no live process, until it is back.
-    assert!(count_of(&mut conn, "pending") > 0, "the kill left work undone");
+    assert!(
+        count_of(&mut conn, "pending") > 0,
+        "the kill left work undone"
+    );
     drop(b);
     let b = ServerProcess::start_with_args(&config_b, &["--listeners", "keyword_alerts"]).await;
     wait_all_done(&mut conn, acked.len() as i64, "phase 2").await;

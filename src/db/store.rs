@@ -10,7 +10,8 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::models::{
     ActivityDelta, ActivityRow, AlertRecord, ClaimedWork, EventLogRow, HandlerCounts, InboxEntry,
-    ListenerRow, MessageEdit, MessageRow, NewEventLog, NewInboxRow, NewMessage, NewWorkRow, ProcessRow, ReplyRecord,
+    ListenerRow, MessageEdit, MessageRow, NewEventLog, NewInboxRow, NewMessage, NewWorkRow,
+    ProcessRow, ReplyRecord,
 };
 use super::schema::{
     event_log, forwarder_batches, inbox, inbox_work, keyword_alerts, listener_processes, listeners,
@@ -683,7 +684,11 @@ pub fn claim_work(
 ) -> Result<Vec<ClaimedWork>, DbError> {
     let now = now_ms();
     let pg = matches!(conn, DbConnection::Postgres(_));
-    let lock = if pg { " FOR UPDATE OF w SKIP LOCKED" } else { "" };
+    let lock = if pg {
+        " FOR UPDATE OF w SKIP LOCKED"
+    } else {
+        ""
+    };
     conn.transaction(|conn| {
         let query = format!(
             "SELECT w.event_id, i.event_type, w.status, w.attempts, w.next_attempt_at_ms \

@@ -407,10 +407,9 @@ impl Inbox {
             };
             if pending {
                 let lane = self.lane_of(&event.event);
-                let outcome = (!held[lane]
-                    && self.processor.all_pure(&row.event_type, &self.mine))
-                .then(|| self.processor.run_now(&event.event, &self.mine))
-                .flatten();
+                let outcome = (!held[lane] && self.processor.all_pure(&row.event_type, &self.mine))
+                    .then(|| self.processor.run_now(&event.event, &self.mine))
+                    .flatten();
                 match outcome {
                     Some(outcome)
                         if !self.split
@@ -437,9 +436,7 @@ impl Inbox {
                             payloads.push((rows.len(), std::mem::take(&mut row.payload)));
                             done.push(row.event_id.clone());
                         } else {
-                            let tried = left
-                                .iter()
-                                .any(|w| w.attempts > 0 && w.status != "dead");
+                            let tried = left.iter().any(|w| w.attempts > 0 && w.status != "dead");
                             summarise(&mut row, &left);
                             if left.iter().any(|w| {
                                 w.status != "dead" && self.mine_names.contains(&w.listener)
@@ -669,12 +666,7 @@ impl Inbox {
 
     /// What is left of an event after this process's listeners ran it at intake: a work row
     /// per listener that failed (to retry, or dead) or did not run because it is paused.
-    fn left_after_intake(
-        &self,
-        row: &NewInboxRow,
-        outcome: &Outcome,
-        now: i64,
-    ) -> Vec<NewWorkRow> {
+    fn left_after_intake(&self, row: &NewInboxRow, outcome: &Outcome, now: i64) -> Vec<NewWorkRow> {
         let mut left = Vec::new();
         for id in self.wanting(&self.mine, &row.event_type) {
             let name = self.name(id);
@@ -682,7 +674,10 @@ impl Inbox {
             {
                 Some(log) if log.success => continue,
                 Some(log) => (
-                    Some(format!("{name}: {}", log.error.as_deref().unwrap_or("failed"))),
+                    Some(format!(
+                        "{name}: {}",
+                        log.error.as_deref().unwrap_or("failed")
+                    )),
                     None,
                 ),
                 None => match outcome.deferred {
@@ -717,13 +712,9 @@ impl Inbox {
 
     /// Whether a listener is paused: disabled after failures, or its circuit breaker open.
     fn is_paused(&self, id: HandlerId) -> bool {
-        self.processor
-            .context()
-            .registry
-            .get(id)
-            .is_some_and(|e| {
-                e.auto_disabled() || e.health.open_until(std::time::Instant::now()).is_some()
-            })
+        self.processor.context().registry.get(id).is_some_and(|e| {
+            e.auto_disabled() || e.health.open_until(std::time::Instant::now()).is_some()
+        })
     }
 
     /// Counts one more pending event of `realm_id` and `event_type`.
@@ -936,7 +927,8 @@ impl Inbox {
                 Ok(parsed) => parsed.event,
                 Err(e) => {
                     for row in &group {
-                        let Some(listener) = self.mine_names.iter().copied().find(|n| *n == row.listener)
+                        let Some(listener) =
+                            self.mine_names.iter().copied().find(|n| *n == row.listener)
                         else {
                             continue;
                         };
