@@ -146,6 +146,8 @@ pub struct IntakeResult {
 pub enum WriteOp {
     Intake(Box<Intake>),
     Processed(Box<Processed>),
+    /// Several results committed in one transaction (one event's listeners).
+    ProcessedAll(Vec<Processed>),
     Reply(ReplyRecord),
     /// Makes the work of these listeners on these claimed events due again at once.
     Release(Vec<String>, Vec<&'static str>),
@@ -177,6 +179,7 @@ impl WriteOp {
                 i.processed.len()
             ),
             WriteOp::Processed(p) => format!("processed event: {}", processed(p)),
+            WriteOp::ProcessedAll(all) => format!("{} results of one processed event", all.len()),
             WriteOp::Reply(_) => "an outgoing-webhook reply record".to_string(),
             WriteOp::Release(ids, _) => format!("release of {} claim(s)", ids.len()),
             WriteOp::Flush(_) => "flush".to_string(),
@@ -339,6 +342,12 @@ impl Batch {
             WriteOp::Processed(p) => {
                 self.rows += p.effects.len() + p.logs.len() + 1;
                 self.processed.push(*p);
+            }
+            WriteOp::ProcessedAll(all) => {
+                for p in all {
+                    self.rows += p.effects.len() + p.logs.len() + 1;
+                    self.processed.push(p);
+                }
             }
             WriteOp::Reply(row) => {
                 self.rows += 1;

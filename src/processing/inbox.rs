@@ -7,9 +7,16 @@
 //! A failed event is retried with exponential back-off and, once `max_retries` is used up,
 //! marked dead; operators replay dead letters with `zulip-listeners dead-letters replay`.
 //!
-//! Nothing acknowledged is lost: events handed to workers are *claimed* in the database
-//! until a lease runs out, and a sweeper picks up whatever is due and unclaimed — retries,
-//! replays, and everything left pending by a crash.
+//! Work is tracked per (event, listener): every listener run not completed at intake has an
+//! `inbox_work` row, deleted in the transaction that commits that listener's effects and
+//! event-log row; the inbox row's status sums up what is left (`done` when nothing is). A
+//! retry or a replay runs only the listeners that did not succeed. With `serve --listeners`
+//! a process runs only some listeners and leaves the others' work to the processes that run
+//! them (PostgreSQL; see [`super::processes`]).
+//!
+//! Nothing acknowledged is lost: work handed to workers is *claimed* in the database until a
+//! lease runs out, and a sweeper picks up whatever of its listeners' work is due and
+//! unclaimed — retries, replays, and everything left pending by a crash.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -460,6 +467,7 @@ impl Inbox {
                             .into_iter()
                             .filter(|&id| self.needs_work(id))
                             .collect();
+                        let before = work.len();
                         for &id in &local {
                             work.push(self.work_row(&row.event_id, id, claim_until, now));
                         }
@@ -474,7 +482,7 @@ impl Inbox {
                                 event.event,
                                 local,
                             ));
-                        } else if !work.iter().any(|w| w.event_id == row.event_id) {
+                        } else if work.len() == before {
                             // No listener wants it.
                             row.status = "done";
                             row.attempts = 1;
@@ -855,16 +863,12 @@ impl Inbox {
             }
         }
         // The event stays in flight (hidden from the sweeper, its lane busy) until the writer
-        // has committed its last result and drops the guard.
+        // has committed its results, together, and drops the guard.
         match results.last_mut() {
             Some(last) => last.after_commit = Some(AfterCommit(Box::new(guard))),
             None => drop(guard),
         }
-        for processed in results {
-            self.writer
-                .send(WriteOp::Processed(Box::new(processed)))
-                .await;
-        }
+        self.writer.send(WriteOp::ProcessedAll(results)).await;
     }
 
     async fn sweep(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
