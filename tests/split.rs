@@ -360,7 +360,11 @@ async fn a_replayed_event_without_work_runs_every_listener_once() {
                     .body(r#"{"all": true, "status": "expired"}"#),
             )
             .await;
-        assert_eq!(replayed.json["requeued"], 1, "{backend:?}: {:?}", replayed.json);
+        assert_eq!(
+            replayed.json["requeued"], 1,
+            "{backend:?}: {:?}",
+            replayed.json
+        );
         let done = eventually(Duration::from_secs(15), async || {
             t.query(|c| count_of(c, "done")).await == 1
         })
