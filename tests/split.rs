@@ -370,7 +370,7 @@ async fn a_replayed_event_without_work_runs_every_listener_once() {
         })
         .await;
         assert!(done, "{backend:?}: replayed event processed");
-        let runs = t.query(|c| runs(c)).await;
+        let runs = t.query(runs).await;
         for listener in ["message_logger", "user_activity_tracker"] {
             assert_eq!(
                 runs.get(&("x1".to_string(), listener.to_string())),
