@@ -506,6 +506,7 @@ async fn refresh(u: &Upkeep) {
     if let Some(handle) = crate::telemetry::prometheus() {
         handle.run_upkeep();
     }
+    u.inbox.refresh_gauges();
     let (in_use, idle) = u.db.pool_state();
     metric::db_pool(in_use, idle);
     match u

@@ -579,6 +579,16 @@ impl Inbox {
         Ok(summary)
     }
 
+    /// On SQLite this one server runs every forwarder listener: each has one live process
+    /// (`zulip_listeners_listener_live_processes`; on PostgreSQL the heartbeat sets it).
+    pub fn refresh_gauges(&self) {
+        if self.db.backend() == Backend::Sqlite {
+            for &id in self.handlers.iter() {
+                metric::listener_live_processes(self.name(id), 1);
+            }
+        }
+    }
+
     /// Forgets idle rate-limit keys; returns the keys still tracked.
     pub fn limiter_housekeeping(&self) -> usize {
         self.admission
