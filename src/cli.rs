@@ -39,6 +39,12 @@ pub enum Command {
         /// nothing external.
         #[arg(long)]
         dry_run: bool,
+        /// Run only these forwarder listeners in this process (comma-separated, e.g.
+        /// `message_logger,user_activity_tracker`); processes sharing one PostgreSQL database
+        /// together run every listener once per event. PostgreSQL only. Outgoing-webhook
+        /// bots are unaffected: they run in whichever process receives the request.
+        #[arg(long, value_delimiter = ',')]
+        listeners: Option<Vec<String>>,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -224,7 +230,13 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve { dry_run } => serve(config, ServeOptions { dry_run }),
+        Command::Serve { dry_run, listeners } => serve(
+            config,
+            ServeOptions {
+                dry_run,
+                listeners: listeners.map(|l| l.into_iter().map(|n| n.trim().to_string()).collect()),
+            },
+        ),
         Command::Migrate => migrate(&config),
         Command::CheckConfig => check_config(&config),
         Command::Listeners { json, action: None } => listeners(&config, json),

@@ -37,10 +37,13 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
 const LISTENER_SYNC_INTERVAL: Duration = Duration::from_secs(LISTENER_SYNC_SECONDS);
 pub const LISTENER_SYNC_SECONDS: u64 = 3;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
     /// Handlers run but store nothing and cause no external side effects.
     pub dry_run: bool,
+    /// `serve --listeners`: the forwarder listeners this process runs (`None`: all of
+    /// them). PostgreSQL only; other processes sharing the database run the rest.
+    pub listeners: Option<Vec<String>>,
 }
 
 /// A started server.
@@ -147,6 +150,47 @@ impl RunningServer {
     }
 }
 
+/// The forwarder listeners this process runs (`serve --listeners`), checked: each must be a
+/// forwarder listener, and the database PostgreSQL (on SQLite one server owns the database
+/// and releases every claim at start-up, so listeners left out would never run).
+fn own_listeners(
+    config: &Config,
+    registry: &Registry,
+    backend: crate::db::Backend,
+    listeners: Option<&[String]>,
+) -> anyhow::Result<Option<Vec<crate::listeners::ListenerId>>> {
+    let Some(listeners) = listeners else {
+        return Ok(None);
+    };
+    let forwarder = config.forwarder.handlers.join(", ");
+    if listeners.is_empty() {
+        anyhow::bail!("--listeners is empty; name one or more of: {forwarder}");
+    }
+    let mut ids = Vec::with_capacity(listeners.len());
+    for name in listeners {
+        let id = registry
+            .id(name)
+            .filter(|_| config.forwarder.handlers.contains(name));
+        match id {
+            Some(id) if !ids.contains(&id) => ids.push(id),
+            Some(_) => {}
+            None => anyhow::bail!(
+                "--listeners: `{name}` is not a forwarder listener (known: {}; [forwarder] handlers: {forwarder})",
+                crate::handlers::known().collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    if backend == crate::db::Backend::Sqlite {
+        anyhow::bail!(
+            "--listeners needs PostgreSQL: on SQLite one server owns the database and runs every listener (listeners left out would never run); drop --listeners, or move to PostgreSQL to split listeners across processes"
+        );
+    }
+    // Ids in configuration order, the order listeners run in.
+    let mut ordered = registry.ids(&config.forwarder.handlers);
+    ordered.retain(|id| ids.contains(id));
+    Ok(Some(ordered))
+}
+
 /// Time left until `deadline`.
 fn remaining(deadline: tokio::time::Instant) -> Duration {
     deadline.saturating_duration_since(tokio::time::Instant::now())
@@ -203,10 +247,17 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         tasks.clone(),
     );
     let filters = Arc::new(Filters::new(&config.filters));
+    let mine = own_listeners(
+        &config,
+        &registry,
+        db.backend(),
+        options.listeners.as_deref(),
+    )?;
     let (inbox, inbox_tasks) = Inbox::start(
         processor.clone(),
         db.clone(),
         registry.ids(&config.forwarder.handlers),
+        mine,
         Admission::new(&config, filters.clone()),
         config.forwarder.clone(),
     )
@@ -269,7 +320,9 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     if admin_token.is_none() {
         tracing::info!("no admin token configured: the admin API is off");
     }
+    let coverage = inbox.coverage.clone();
     let state = web::Data::new(AppState {
+        coverage,
         outgoing,
         max_body_bytes: config.server.max_body_bytes,
         forwarder,
@@ -498,6 +551,7 @@ async fn refresh(u: &Upkeep) {
     if let Some(handle) = crate::telemetry::prometheus() {
         handle.run_upkeep();
     }
+    u.inbox.refresh_gauges();
     let (in_use, idle) = u.db.pool_state();
     metric::db_pool(in_use, idle);
     match u

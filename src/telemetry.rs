@@ -362,6 +362,13 @@ pub mod metric {
             .set(count as f64);
     }
 
+    /// Live serving processes that run a forwarder listener (`serve --listeners`); 0 for an
+    /// enabled listener means its events wait until a process that runs it starts.
+    pub fn listener_live_processes(listener: &str, count: usize) {
+        gauge!("zulip_listeners_listener_live_processes", "listener" => listener.to_string())
+            .set(count as f64);
+    }
+
     /// Forwarded events in the inbox by status (`dead` are the dead letters).
     pub fn inbox_events(status: &str, count: i64) {
         gauge!("zulip_listeners_inbox_events", "status" => status.to_string()).set(count as f64);

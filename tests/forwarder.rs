@@ -513,6 +513,16 @@ async fn failures_are_retried_then_dead_and_replayable() {
         assert!(done, "{backend:?}: replayed event processed");
         let alerted = t.query(|c| store::alerted_rules(c, 3001).expect("q")).await;
         assert!(alerted.contains("outage"));
+        // Retries and the replay ran only the listener that failed: message_logger ran the
+        // event once.
+        let runs = t.query(|c| log_rows_for(c, 3001)).await;
+        assert_eq!(
+            runs.iter()
+                .filter(|(h, _)| h == "message_logger")
+                .collect::<Vec<_>>(),
+            vec![&("message_logger".to_string(), true)],
+            "{backend:?}: {runs:?}"
+        );
         let sent = alerts.requests();
         let last: Value = serde_json::from_str(&sent.last().expect("alert").body).expect("json");
         assert_eq!(

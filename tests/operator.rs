@@ -540,6 +540,7 @@ async fn monitoring_bundle_uses_only_exported_metrics() {
         "ForwarderSilent",
         "ServerErrors",
         "NotReady",
+        "ListenerUnserved",
     ] {
         assert!(
             rules.contains(&format!("alert: ZulipListeners{alert}")),

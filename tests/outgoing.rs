@@ -440,7 +440,10 @@ async fn dry_run_writes_only_the_event_log() {
     let config = config_for(&db, &helper_bot(r#"["command_bot", "message_logger"]"#));
     let t = start_with(
         config,
-        zulip_listeners::server::ServeOptions { dry_run: true },
+        zulip_listeners::server::ServeOptions {
+            dry_run: true,
+            ..Default::default()
+        },
     )
     .await;
     let answer = t.post_json("/zulip/outgoing", &example(700, "ping")).await;

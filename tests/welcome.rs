@@ -427,7 +427,14 @@ async fn dry_run_sends_and_records_nothing() {
     let zulip = Stub::start(ZULIP_OK, Duration::ZERO).await;
     let db = TestDatabase::new(Backend::Sqlite);
     let config = config_for(&db, &config(&zulip, CHANNELS));
-    let t = start_with(config, ServeOptions { dry_run: true }).await;
+    let t = start_with(
+        config,
+        ServeOptions {
+            dry_run: true,
+            ..ServeOptions::default()
+        },
+    )
+    .await;
     post(
         &t,
         "d1",

@@ -107,7 +107,7 @@ mod tests {
         // Only a checkpoint grows the database file; only a restarted log is cut back to
         // `journal_size_limit` (64 MiB) by the next commit.
         let copied_and_restarted = || size(&path) > before + 70_000_000 && size(&wal) <= 67_108_864;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !copied_and_restarted() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
             writer

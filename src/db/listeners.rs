@@ -12,6 +12,15 @@ use super::{DbConnection, DbError, now_ms};
 /// own quota: not a failure, and counted apart in the statistics.
 pub const RATE_LIMITED: &str = "rate_limited: ";
 
+/// Whether an event-log row is a listener's skip over its own quota (not a failure).
+pub fn is_rate_limited(row: &super::models::NewEventLog) -> bool {
+    !row.success
+        && row
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(RATE_LIMITED))
+}
+
 /// Makes sure every listener has a row, records its file definition (redacted) and returns
 /// all rows.
 pub fn sync(

@@ -165,6 +165,53 @@ pub struct ClaimedRow {
     pub realm_id: i64,
 }
 
+/// Work for one listener on one forwarded event (see the `inbox_work` table).
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = super::schema::inbox_work, treat_none_as_default_value = false)]
+pub struct NewWorkRow {
+    pub event_id: String,
+    pub listener: &'static str,
+    pub status: &'static str,
+    pub attempts: i32,
+    pub next_attempt_at_ms: i64,
+    pub claimed_until_ms: i64,
+    pub last_error: Option<String>,
+    pub updated_at_ms: i64,
+}
+
+/// A work row claimed for processing, with its event.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct ClaimedWork {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub event_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub listener: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub attempts: i32,
+    /// `pending`, or `parked` (waiting for a paused or disabled listener).
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub status: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub payload: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub realm_id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub event_type: String,
+}
+
+/// A serving process and the listeners it runs.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = super::schema::listener_processes)]
+pub struct ProcessRow {
+    pub process_id: String,
+    pub host: String,
+    pub pid: i64,
+    /// Comma-separated listener names.
+    pub listeners: String,
+    pub started_at_ms: i64,
+    pub heartbeat_at_ms: i64,
+}
+
 /// What user_activity_tracker adds for one (realm, user).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActivityDelta {

@@ -85,7 +85,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     forwarder_batches,
     user_activity,
     keyword_alerts,
-    listener_stats
+    listener_stats,
+    inbox_work,
+    listener_processes
 );
 
 diesel::table! {
@@ -151,5 +153,29 @@ diesel::table! {
         total_duration_us -> BigInt,
         max_duration_us -> BigInt,
         updated_at_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    inbox_work (event_id, listener) {
+        event_id -> Text,
+        listener -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at_ms -> BigInt,
+        claimed_until_ms -> BigInt,
+        last_error -> Nullable<Text>,
+        updated_at_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    listener_processes (process_id) {
+        process_id -> Text,
+        host -> Text,
+        pid -> BigInt,
+        listeners -> Text,
+        started_at_ms -> BigInt,
+        heartbeat_at_ms -> BigInt,
     }
 }

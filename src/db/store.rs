@@ -1,7 +1,7 @@
 //! The queries: every read and write the server makes, as plain functions on a connection.
 //! Callers run them through [`super::Db::run`] or the background [`super::writer`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use diesel::dsl::count_star;
@@ -9,11 +9,13 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::models::{
-    ActivityDelta, ActivityRow, AlertRecord, ClaimedRow, EventLogRow, HandlerCounts, InboxEntry,
-    MessageEdit, MessageRow, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
+    ActivityDelta, ActivityRow, AlertRecord, ClaimedWork, EventLogRow, HandlerCounts, InboxEntry,
+    MessageEdit, MessageRow, NewEventLog, NewInboxRow, NewMessage, NewWorkRow, ProcessRow,
+    ReplyRecord,
 };
 use super::schema::{
-    event_log, forwarder_batches, inbox, keyword_alerts, messages, outgoing_replies, user_activity,
+    event_log, forwarder_batches, inbox, inbox_work, keyword_alerts, listener_processes, messages,
+    outgoing_replies, user_activity,
 };
 use super::{DbConnection, DbError, now_ms, sqlite_rows};
 
@@ -356,56 +358,86 @@ fn sqlite_known_events(
         .load(c)
 }
 
-/// Marks events done that are still pending at the given attempt count (dropping their
-/// payload), a chunk per statement; returns the ids it applied to (the others already have a
-/// result).
-pub fn finish_done(
+/// Statuses of an inbox row whose event still has work (or is dead).
+const OPEN_STATUSES: [&str; 3] = ["pending", "parked", "dead"];
+
+/// Stores work rows for events just stored; a row already there is kept.
+pub fn insert_work(conn: &mut DbConnection, rows: &[&NewWorkRow]) -> Result<(), DbError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let chunk: Vec<NewWorkRow> = chunk.iter().map(|r| (*r).clone()).collect();
+        match conn {
+            DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(inbox_work::table)
+                .values(&chunk)
+                .execute(c)?,
+            DbConnection::Postgres(c) => diesel::insert_into(inbox_work::table)
+                .values(&chunk)
+                .on_conflict_do_nothing()
+                .execute(c)?,
+        };
+    }
+    Ok(())
+}
+
+/// On PostgreSQL, locks the inbox rows of `event_ids` (in id order, so that two writers never
+/// wait for each other in a cycle) for the rest of the transaction: two processes finishing
+/// different listeners of one event then settle its status one after the other, each seeing
+/// the other's work rows as committed. SQLite has one writer; nothing to do.
+pub fn lock_events(conn: &mut DbConnection, event_ids: &[&str]) -> Result<(), DbError> {
+    if let DbConnection::Postgres(c) = conn {
+        for chunk in event_ids.chunks(ROWS_PER_STATEMENT) {
+            inbox::table
+                .filter(inbox::event_id.eq_any(chunk))
+                .order(inbox::id)
+                .select(inbox::id)
+                .for_update()
+                .load::<i64>(c)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records successful runs of `listener` (deleting their work rows) for events whose work is
+/// still pending or parked at the given attempt count; returns the event ids it applied to
+/// (the others already have a result: a second run after a claim ran out).
+pub fn finish_work_done(
     conn: &mut DbConnection,
+    listener: &str,
     attempts_before: i32,
     ids: &[&str],
 ) -> Result<HashSet<String>, DbError> {
-    let now = now_ms();
     let mut applied = HashSet::with_capacity(ids.len());
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let target = inbox::table
-            .filter(inbox::event_id.eq_any(chunk))
-            .filter(inbox::status.eq_any(["pending", "parked"]))
-            .filter(inbox::attempts.eq(attempts_before));
-        let changes = (
-            inbox::status.eq("done"),
-            // What a handler keeps of an event is in its own tables; the inbox keeps the
-            // envelope only while the event may still be processed or replayed.
-            inbox::payload.eq(""),
-            inbox::attempts.eq(attempts_before + 1),
-            inbox::claimed_until_ms.eq(0i64),
-            inbox::last_error.eq(None::<String>),
-            inbox::updated_at_ms.eq(now),
-        );
-        let done: Vec<String> = crate::per_backend!(conn, c => diesel::update(target)
-            .set(changes)
-            .returning(inbox::event_id)
+        let target = inbox_work::table
+            .filter(inbox_work::listener.eq(listener))
+            .filter(inbox_work::event_id.eq_any(chunk))
+            .filter(inbox_work::status.eq_any(["pending", "parked"]))
+            .filter(inbox_work::attempts.eq(attempts_before));
+        let done: Vec<String> = crate::per_backend!(conn, c => diesel::delete(target)
+            .returning(inbox_work::event_id)
             .get_results(c))?;
         applied.extend(done);
     }
     Ok(applied)
 }
 
-/// Records a failed attempt at an event: `pending` again with `retry_at` for another try
-/// (`parked` when it was not tried because a handler it needs is paused or disabled), or
-/// `dead` when `retry_at` is `None`. Applies only if the event is still pending (or parked) at
-/// the attempt it was taken at; returns whether it applied.
-pub fn finish_failed(
+/// Records a failed attempt of `listener` at an event: `pending` again with `retry_at`
+/// (`parked` when it was not tried because the listener is paused or disabled), or `dead`
+/// when `retry_at` is `None`. Applies only if the work is still pending (or parked) at the
+/// attempt it was taken at; returns whether it applied.
+pub fn finish_work_failed(
     conn: &mut DbConnection,
     event_id: &str,
+    listener: &str,
     attempts_before: i32,
     attempts_after: i32,
     retry_at: Option<i64>,
     error: &str,
 ) -> Result<bool, DbError> {
-    let target = inbox::table
-        .filter(inbox::event_id.eq(event_id))
-        .filter(inbox::status.eq_any(["pending", "parked"]))
-        .filter(inbox::attempts.eq(attempts_before));
+    let target = inbox_work::table
+        .filter(inbox_work::event_id.eq(event_id))
+        .filter(inbox_work::listener.eq(listener))
+        .filter(inbox_work::status.eq_any(["pending", "parked"]))
+        .filter(inbox_work::attempts.eq(attempts_before));
     let status = match retry_at {
         None => "dead",
         Some(_) if attempts_after == attempts_before => "parked",
@@ -413,15 +445,114 @@ pub fn finish_failed(
     };
     let updated = diesel::update(target)
         .set((
-            inbox::status.eq(status),
-            inbox::attempts.eq(attempts_after),
-            inbox::next_attempt_at_ms.eq(retry_at.unwrap_or(0)),
-            inbox::claimed_until_ms.eq(0i64),
-            inbox::last_error.eq(error),
-            inbox::updated_at_ms.eq(now_ms()),
+            inbox_work::status.eq(status),
+            inbox_work::attempts.eq(attempts_after),
+            inbox_work::next_attempt_at_ms.eq(retry_at.unwrap_or(0)),
+            inbox_work::claimed_until_ms.eq(0i64),
+            inbox_work::last_error.eq(error),
+            inbox_work::updated_at_ms.eq(now_ms()),
         ))
         .execute(conn)?;
     Ok(updated == 1)
+}
+
+/// Brings the inbox rows of events whose work changed up to date: `done` (payload dropped)
+/// when no work is left, else `pending` while a listener may still run it, `parked` while
+/// every listener left waits for a paused one, `dead` once all that is left is dead.
+/// `attempts` is the most any listener made (at least `attempts` given per event); `errors`
+/// holds the newest failure per event, kept as the row's `last_error`.
+pub fn settle_events(
+    conn: &mut DbConnection,
+    attempts: &HashMap<&str, i32>,
+    errors: &HashMap<&str, &str>,
+) -> Result<(), DbError> {
+    let now = now_ms();
+    // Done first, grouped by attempts so that each group is one statement.
+    let mut by_attempts: HashMap<i32, Vec<&str>> = HashMap::new();
+    for (id, n) in attempts {
+        by_attempts.entry(*n).or_default().push(id);
+    }
+    let mut done = HashSet::new();
+    for (n, ids) in &by_attempts {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let target = inbox::table
+                .filter(inbox::event_id.eq_any(chunk))
+                .filter(inbox::status.eq_any(OPEN_STATUSES))
+                .filter(diesel::dsl::not(diesel::dsl::exists(
+                    inbox_work::table.filter(inbox_work::event_id.eq(inbox::event_id)),
+                )));
+            let changes = (
+                inbox::status.eq("done"),
+                // What a listener keeps of an event is in its own tables; the inbox keeps
+                // the envelope only while the event may still be processed or replayed.
+                inbox::payload.eq(""),
+                inbox::attempts.eq(diesel::dsl::sql::<diesel::sql_types::Integer>(&format!(
+                    "CASE WHEN attempts > {n} THEN attempts ELSE {n} END"
+                ))),
+                inbox::claimed_until_ms.eq(0i64),
+                inbox::last_error.eq(None::<String>),
+                inbox::updated_at_ms.eq(now),
+            );
+            let ids: Vec<String> = crate::per_backend!(conn, c => diesel::update(target)
+                .set(changes)
+                .returning(inbox::event_id)
+                .get_results(c))?;
+            done.extend(ids);
+        }
+    }
+    // The others still have work: their status follows what is left.
+    for (id, n) in attempts {
+        if done.contains(*id) {
+            continue;
+        }
+        let left: Vec<(String, i32, i64)> = inbox_work::table
+            .filter(inbox_work::event_id.eq(*id))
+            .select((
+                inbox_work::status,
+                inbox_work::attempts,
+                inbox_work::next_attempt_at_ms,
+            ))
+            .load(conn)?;
+        let status = if left.iter().any(|(s, _, _)| s == "pending") {
+            "pending"
+        } else if left.iter().any(|(s, _, _)| s == "parked") {
+            "parked"
+        } else {
+            "dead"
+        };
+        let most = left.iter().map(|(_, a, _)| *a).max().unwrap_or(0).max(*n);
+        let next = left
+            .iter()
+            .filter(|(s, _, _)| s != "dead")
+            .map(|(_, _, at)| *at)
+            .min()
+            .unwrap_or(0);
+        let target = inbox::table
+            .filter(inbox::event_id.eq(*id))
+            .filter(inbox::status.eq_any(OPEN_STATUSES));
+        match errors.get(id) {
+            Some(error) => diesel::update(target)
+                .set((
+                    inbox::status.eq(status),
+                    inbox::attempts.eq(most),
+                    inbox::next_attempt_at_ms.eq(next),
+                    inbox::claimed_until_ms.eq(0i64),
+                    inbox::last_error.eq(*error),
+                    inbox::updated_at_ms.eq(now),
+                ))
+                .execute(conn)?,
+            None => diesel::update(target)
+                .set((
+                    inbox::status.eq(status),
+                    inbox::attempts.eq(most),
+                    inbox::next_attempt_at_ms.eq(next),
+                    inbox::claimed_until_ms.eq(0i64),
+                    inbox::updated_at_ms.eq(now),
+                ))
+                .execute(conn)?,
+        };
+    }
+    Ok(())
 }
 
 /// Turns a row just stored by intake into a `rate_limited` one, with its envelope (rows
@@ -445,12 +576,21 @@ pub fn mark_rate_limited(
     Ok(())
 }
 
-/// Gives events back to the next sweep at once (they could not be queued in memory).
-pub fn release_claims(conn: &mut DbConnection, ids: &[String]) -> Result<(), DbError> {
+/// Gives work back to the next sweep at once (it could not be queued in memory): the work of
+/// `listeners` on these events.
+pub fn release_claims(
+    conn: &mut DbConnection,
+    ids: &[String],
+    listeners: &[&str],
+) -> Result<(), DbError> {
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        diesel::update(inbox::table.filter(inbox::event_id.eq_any(chunk)))
-            .set(inbox::claimed_until_ms.eq(0i64))
-            .execute(conn)?;
+        diesel::update(
+            inbox_work::table
+                .filter(inbox_work::event_id.eq_any(chunk))
+                .filter(inbox_work::listener.eq_any(listeners)),
+        )
+        .set(inbox_work::claimed_until_ms.eq(0i64))
+        .execute(conn)?;
     }
     Ok(())
 }
@@ -458,59 +598,146 @@ pub fn release_claims(conn: &mut DbConnection, ids: &[String]) -> Result<(), DbE
 /// Ends every claim (single-instance start-up: nothing else can be working on them).
 pub fn release_all_claims(conn: &mut DbConnection) -> Result<usize, DbError> {
     Ok(diesel::update(
-        inbox::table
-            .filter(inbox::status.eq("pending"))
-            .filter(inbox::claimed_until_ms.gt(0i64)),
+        inbox_work::table
+            .filter(inbox_work::status.eq_any(["pending", "parked"]))
+            .filter(inbox_work::claimed_until_ms.gt(0i64)),
     )
-    .set(inbox::claimed_until_ms.eq(0i64))
+    .set(inbox_work::claimed_until_ms.eq(0i64))
     .execute(conn)?)
 }
 
-/// Claims up to `limit` due pending events (oldest first) until `claim_until_ms`. On
-/// PostgreSQL rows locked by another instance's claim are skipped.
-pub fn claim_due(
+/// Lists names for SQL text. Listener names are compiled in (letters and underscores); any
+/// other character is dropped rather than quoted.
+fn sql_names(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| {
+            let clean: String = n
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            format!("'{clean}'")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A `'*'` work row to expand.
+#[derive(QueryableByName)]
+struct StarRow {
+    #[diesel(sql_type = Text)]
+    event_id: String,
+    #[diesel(sql_type = Text)]
+    event_type: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    attempts: i32,
+    #[diesel(sql_type = BigInt)]
+    next_attempt_at_ms: i64,
+}
+
+/// Claims up to `limit` due work rows of `listeners` (oldest event first) until
+/// `claim_until_ms`, skipping events in `skip` (in flight here). Work rows for `'*'` (every
+/// listener) are first expanded into one row per listener that `wanted_by` names for the
+/// event's type. On PostgreSQL rows locked by another process's claim are skipped.
+pub fn claim_work(
     conn: &mut DbConnection,
     limit: i64,
     claim_until_ms: i64,
     skip: &HashSet<String>,
-) -> Result<Vec<ClaimedRow>, DbError> {
+    listeners: &[&str],
+    wanted_by: &dyn Fn(&str) -> Vec<&'static str>,
+) -> Result<Vec<ClaimedWork>, DbError> {
     let now = now_ms();
+    let pg = matches!(conn, DbConnection::Postgres(_));
+    let lock = if pg {
+        " FOR UPDATE OF w SKIP LOCKED"
+    } else {
+        ""
+    };
     conn.transaction(|conn| {
-        // The literal conditions match the partial indexes `inbox_due` and `inbox_parked`.
-        let mut rows: Vec<ClaimedRow> = Vec::new();
-        for status in ["status = 'pending'", "status = 'parked'"] {
-            let room = limit.saturating_sub(i64::try_from(rows.len()).unwrap_or(i64::MAX));
-            if room <= 0 {
-                break;
+        let query = format!(
+            "SELECT w.event_id, i.event_type, w.status, w.attempts, w.next_attempt_at_ms \
+             FROM inbox_work w JOIN inbox i ON i.event_id = w.event_id \
+             WHERE w.listener = '*' AND w.status IN ('pending', 'parked') \
+             ORDER BY i.id LIMIT {limit}{lock}"
+        );
+        let stars: Vec<StarRow> =
+            crate::per_backend!(&mut *conn, c => diesel::sql_query(&query).load(c))?;
+        if !stars.is_empty() {
+            let mut rows = Vec::new();
+            for star in &stars {
+                for listener in wanted_by(&star.event_type) {
+                    rows.push(NewWorkRow {
+                        event_id: star.event_id.clone(),
+                        listener,
+                        status: if star.status == "parked" {
+                            "parked"
+                        } else {
+                            "pending"
+                        },
+                        attempts: star.attempts,
+                        next_attempt_at_ms: star.next_attempt_at_ms,
+                        claimed_until_ms: 0,
+                        last_error: None,
+                        updated_at_ms: now,
+                    });
+                }
             }
-            let due = inbox::table
-                .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(status))
-                .filter(inbox::next_attempt_at_ms.le(now))
-                .filter(inbox::claimed_until_ms.le(now))
-                .order(inbox::id)
-                .limit(room)
-                .select((
-                    inbox::event_id,
-                    inbox::payload,
-                    inbox::attempts,
-                    inbox::status,
-                    inbox::realm_id,
-                ));
-            let found: Vec<ClaimedRow> = match conn {
-                DbConnection::Postgres(c) => due.for_update().skip_locked().load(c)?,
-                DbConnection::Sqlite(c) => due.load(c)?,
-            };
-            rows.extend(found);
+            insert_work(conn, &rows.iter().collect::<Vec<_>>())?;
+            let ids: Vec<&str> = stars.iter().map(|s| s.event_id.as_str()).collect();
+            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                diesel::delete(
+                    inbox_work::table
+                        .filter(inbox_work::listener.eq("*"))
+                        .filter(inbox_work::event_id.eq_any(chunk)),
+                )
+                .execute(conn)?;
+            }
+            // An event no listener wants any more is done.
+            let attempts: HashMap<&str, i32> = stars
+                .iter()
+                .map(|s| (s.event_id.as_str(), s.attempts))
+                .collect();
+            lock_events(conn, &ids)?;
+            settle_events(conn, &attempts, &HashMap::new())?;
         }
-        let rows: Vec<ClaimedRow> = rows
+        if listeners.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The literal status condition matches the partial index `inbox_work_due`.
+        let query = format!(
+            "SELECT w.event_id, w.listener, w.attempts, w.status, i.payload, i.realm_id, \
+             i.event_type FROM inbox_work w JOIN inbox i ON i.event_id = w.event_id \
+             WHERE w.status IN ('pending', 'parked') AND w.next_attempt_at_ms <= {now} \
+             AND w.claimed_until_ms <= {now} AND w.listener IN ({}) \
+             ORDER BY i.id, w.listener LIMIT {limit}{lock}",
+            sql_names(listeners)
+        );
+        let rows: Vec<ClaimedWork> =
+            crate::per_backend!(&mut *conn, c => diesel::sql_query(&query).load(c))?;
+        let rows: Vec<ClaimedWork> = rows
             .into_iter()
             .filter(|r| !skip.contains(&r.event_id))
             .collect();
-        let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            diesel::update(inbox::table.filter(inbox::event_id.eq_any(chunk)))
-                .set(inbox::claimed_until_ms.eq(claim_until_ms))
+        let mut by_listener: HashMap<&str, Vec<&str>> = HashMap::new();
+        for row in &rows {
+            by_listener
+                .entry(row.listener.as_str())
+                .or_default()
+                .push(row.event_id.as_str());
+        }
+        for (listener, ids) in by_listener {
+            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                diesel::update(
+                    inbox_work::table
+                        .filter(inbox_work::listener.eq(listener))
+                        .filter(inbox_work::event_id.eq_any(chunk)),
+                )
+                .set(inbox_work::claimed_until_ms.eq(claim_until_ms))
                 .execute(conn)?;
+            }
         }
         Ok(rows)
     })
@@ -531,26 +758,81 @@ pub fn inbox_entries(
 }
 
 /// Puts events with one of `statuses` back to pending with fresh attempts; `ids` limits it to
-/// those events. Returns how many were requeued.
+/// those events. Only the listeners that did not succeed run again: the event's work rows
+/// (dead or parked ones) become pending; an event that has none (it was never dispatched:
+/// rate-limited, filtered, expired) gets a `'*'` row, every listener that wants it. Returns
+/// how many were requeued.
 pub fn requeue(
     conn: &mut DbConnection,
     statuses: &[&str],
     ids: Option<&[String]>,
 ) -> Result<usize, DbError> {
     let now = now_ms();
-    let target = inbox::table.filter(inbox::status.eq_any(statuses));
-    let changes = (
-        inbox::status.eq("pending"),
-        inbox::attempts.eq(0),
-        inbox::next_attempt_at_ms.eq(0i64),
-        inbox::claimed_until_ms.eq(0i64),
-        inbox::updated_at_ms.eq(now),
-    );
-    Ok(match ids {
-        Some(ids) => diesel::update(target.filter(inbox::event_id.eq_any(ids)))
-            .set(changes)
-            .execute(conn)?,
-        None => diesel::update(target).set(changes).execute(conn)?,
+    conn.transaction(|conn| {
+        let target = || inbox::table.filter(inbox::status.eq_any(statuses));
+        let found: Vec<String> = match ids {
+            Some(ids) => {
+                let mut found = Vec::new();
+                for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                    found.extend(
+                        target()
+                            .filter(inbox::event_id.eq_any(chunk))
+                            .select(inbox::event_id)
+                            .load::<String>(conn)?,
+                    );
+                }
+                found
+            }
+            None => target().select(inbox::event_id).load(conn)?,
+        };
+        let mut requeued = 0;
+        for chunk in found.chunks(ROWS_PER_STATEMENT) {
+            let with_work: HashSet<String> = inbox_work::table
+                .filter(inbox_work::event_id.eq_any(chunk))
+                .select(inbox_work::event_id)
+                .distinct()
+                .load::<String>(conn)?
+                .into_iter()
+                .collect();
+            diesel::update(inbox_work::table.filter(inbox_work::event_id.eq_any(chunk)))
+                .set((
+                    inbox_work::status.eq("pending"),
+                    inbox_work::attempts.eq(0),
+                    inbox_work::next_attempt_at_ms.eq(0i64),
+                    inbox_work::claimed_until_ms.eq(0i64),
+                    inbox_work::updated_at_ms.eq(now),
+                ))
+                .execute(conn)?;
+            let stars: Vec<NewWorkRow> = chunk
+                .iter()
+                .filter(|id| !with_work.contains(*id))
+                .map(|id| NewWorkRow {
+                    event_id: id.clone(),
+                    listener: "*",
+                    status: "pending",
+                    attempts: 0,
+                    next_attempt_at_ms: 0,
+                    claimed_until_ms: 0,
+                    last_error: None,
+                    updated_at_ms: now,
+                })
+                .collect();
+            insert_work(conn, &stars.iter().collect::<Vec<_>>())?;
+            requeued += diesel::update(
+                inbox::table
+                    .filter(inbox::status.eq_any(statuses))
+                    .filter(inbox::event_id.eq_any(chunk)),
+            )
+            .set((
+                inbox::status.eq("pending"),
+                inbox::attempts.eq(0),
+                inbox::next_attempt_at_ms.eq(0i64),
+                inbox::claimed_until_ms.eq(0i64),
+                inbox::updated_at_ms.eq(now),
+            ))
+            .execute(conn)?;
+        }
+        Ok(requeued)
     })
 }
 
@@ -584,29 +866,54 @@ pub fn parked_reason(handler: &str) -> String {
     )
 }
 
-/// Parked events per handler they wait for.
+/// Parked work per listener it waits for.
 pub fn parked_by_handler(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, DbError> {
-    let rows: Vec<(Option<String>, i64)> = inbox::table
-        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
-            "status = 'parked'",
+    Ok(inbox_work::table
+        .filter(inbox_work::status.eq("parked"))
+        .group_by(inbox_work::listener)
+        .select((inbox_work::listener, count_star()))
+        .load(conn)?)
+}
+
+/// Records this process and its listeners, or refreshes its heartbeat.
+pub fn heartbeat(conn: &mut DbConnection, row: &ProcessRow) -> Result<(), DbError> {
+    let updated = diesel::update(listener_processes::table.find(&row.process_id))
+        .set((
+            listener_processes::listeners.eq(&row.listeners),
+            listener_processes::heartbeat_at_ms.eq(row.heartbeat_at_ms),
         ))
-        .group_by(inbox::last_error)
-        .select((inbox::last_error, count_star()))
-        .load(conn)?;
-    let mut by_handler: Vec<(String, i64)> = Vec::new();
-    for (reason, n) in rows {
-        let handler = reason
-            .as_deref()
-            .and_then(|r| r.strip_prefix("waiting for `"))
-            .and_then(|r| r.split('`').next())
-            .unwrap_or("unknown")
-            .to_string();
-        match by_handler.iter_mut().find(|(h, _)| *h == handler) {
-            Some((_, total)) => *total += n,
-            None => by_handler.push((handler, n)),
-        }
+        .execute(conn)?;
+    if updated == 0 {
+        diesel::insert_into(listener_processes::table)
+            .values(row)
+            .execute(conn)?;
     }
-    Ok(by_handler)
+    Ok(())
+}
+
+/// Every registered process.
+pub fn processes(conn: &mut DbConnection) -> Result<Vec<ProcessRow>, DbError> {
+    Ok(listener_processes::table
+        .order(listener_processes::started_at_ms)
+        .select(ProcessRow::as_select())
+        .load(conn)?)
+}
+
+/// Forgets a process (it stopped), and processes silent since before `stale_before_ms`.
+pub fn forget_process(
+    conn: &mut DbConnection,
+    process_id: &str,
+    stale_before_ms: i64,
+) -> Result<(), DbError> {
+    diesel::delete(
+        listener_processes::table.filter(
+            listener_processes::process_id
+                .eq(process_id)
+                .or(listener_processes::heartbeat_at_ms.lt(stale_before_ms)),
+        ),
+    )
+    .execute(conn)?;
+    Ok(())
 }
 
 /// Events per inbox status.

@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
 use super::models::{
-    ActivityDelta, AlertRecord, MessageEdit, NewEventLog, NewInboxRow, NewMessage, ReplyRecord,
+    ActivityDelta, AlertRecord, MessageEdit, NewEventLog, NewInboxRow, NewMessage, NewWorkRow,
+    ReplyRecord,
 };
 use super::{DbConnection, DbError, establish, store};
 use crate::config::DatabaseTarget;
@@ -67,10 +68,12 @@ pub trait CustomEffect: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// What became of one attempt at a forwarded event.
+/// What became of one listener's attempt at a forwarded event.
 #[derive(Debug, Clone)]
 pub struct InboxOutcome {
     pub event_id: String,
+    /// The listener whose work this is (its `inbox_work` row).
+    pub listener: &'static str,
     /// Attempts made before this one.
     pub attempts_before: i32,
     /// `false` when the event was deferred without being tried (a circuit breaker is open).
@@ -113,6 +116,9 @@ pub struct Intake {
     /// Payloads of rows processed at intake and stored without theirs (by index in `rows`),
     /// put back if the row turns out to be rate-limited.
     pub payloads: Vec<(usize, String)>,
+    /// Work rows for listener runs not completed at intake, stored only with their event
+    /// (not for events stored before or rate-limited).
+    pub work: Vec<NewWorkRow>,
     /// The forwarder's rate limits, charged here for newly stored events only, after the
     /// duplicate checks: a re-sent batch or event never consumes quota.
     pub limits: Option<Arc<Limits>>,
@@ -129,6 +135,7 @@ pub struct IntakeBatch {
     pub rows: Vec<NewInboxRow>,
     pub processed: Vec<(usize, Processed)>,
     pub payloads: Vec<(usize, String)>,
+    pub work: Vec<NewWorkRow>,
     pub limits: Option<Arc<Limits>>,
 }
 
@@ -157,9 +164,11 @@ pub struct IntakeResult {
 pub enum WriteOp {
     Intake(Box<Intake>),
     Processed(Box<Processed>),
+    /// Several results committed in one transaction (one event's listeners).
+    ProcessedAll(Vec<Processed>),
     Reply(ReplyRecord),
-    /// Makes these claimed events due again at once.
-    Release(Vec<String>),
+    /// Makes the work of these listeners on these claimed events due again at once.
+    Release(Vec<String>, Vec<&'static str>),
     /// Answered once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
     /// Like `Flush`, then the writer stops.
@@ -188,8 +197,9 @@ impl WriteOp {
                 i.processed.len()
             ),
             WriteOp::Processed(p) => format!("processed event: {}", processed(p)),
+            WriteOp::ProcessedAll(all) => format!("{} results of one processed event", all.len()),
             WriteOp::Reply(_) => "an outgoing-webhook reply record".to_string(),
-            WriteOp::Release(ids) => format!("release of {} claim(s)", ids.len()),
+            WriteOp::Release(ids, _) => format!("release of {} claim(s)", ids.len()),
             WriteOp::Flush(_) => "flush".to_string(),
             WriteOp::Stop(_) => "stop".to_string(),
         }
@@ -289,6 +299,7 @@ impl Writer {
             rows: batch.rows,
             processed: batch.processed,
             payloads: batch.payloads,
+            work: batch.work,
             limits: batch.limits,
             limited: None,
             reply,
@@ -330,7 +341,7 @@ struct Batch {
     intakes: Vec<Intake>,
     processed: Vec<Processed>,
     replies: Vec<ReplyRecord>,
-    releases: Vec<String>,
+    releases: Vec<(Vec<String>, Vec<&'static str>)>,
     waiters: Vec<oneshot::Sender<()>>,
     stop: bool,
     rows: usize,
@@ -350,13 +361,19 @@ impl Batch {
                 self.rows += p.effects.len() + p.logs.len() + 1;
                 self.processed.push(*p);
             }
+            WriteOp::ProcessedAll(all) => {
+                for p in all {
+                    self.rows += p.effects.len() + p.logs.len() + 1;
+                    self.processed.push(p);
+                }
+            }
             WriteOp::Reply(row) => {
                 self.rows += 1;
                 self.replies.push(row);
             }
-            WriteOp::Release(ids) => {
+            WriteOp::Release(ids, listeners) => {
                 self.rows += ids.len();
-                self.releases.extend(ids);
+                self.releases.push((ids, listeners));
             }
             WriteOp::Flush(tx) => self.waiters.push(tx),
             WriteOp::Stop(tx) => {
@@ -392,7 +409,9 @@ impl Batch {
             processed.extend(self.processed.iter());
             write_processed(conn, &processed)?;
             store::insert_replies(conn, &self.replies)?;
-            store::release_claims(conn, &self.releases)?;
+            for (ids, listeners) in &self.releases {
+                store::release_claims(conn, ids, listeners)?;
+            }
             Ok(results)
         })
     }
@@ -474,6 +493,12 @@ fn store_intake(conn: &mut DbConnection, intake: &mut Intake) -> Result<IntakeRe
         store::mark_rate_limited(conn, &row.event_id, payload, why)?;
         rate_limited.insert(row.event_id.clone());
     }
+    let work: Vec<&NewWorkRow> = intake
+        .work
+        .iter()
+        .filter(|w| !known.contains(&w.event_id) && !rate_limited.contains(&w.event_id))
+        .collect();
+    store::insert_work(conn, &work)?;
     Ok(IntakeResult {
         duplicate_batch: false,
         known,
@@ -490,39 +515,66 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
     let mut alerts: Vec<&AlertRecord> = Vec::new();
     let mut activity: HashMap<(i64, i64), ActivityDelta> = HashMap::new();
     let mut logs: Vec<&NewEventLog> = Vec::with_capacity(processed.len() * 2);
-    // Inbox statuses go first: a result for an event that is no longer pending at that
-    // attempt is a duplicate (two workers held it after a claim ran out), and its effects
-    // must not be applied again. Successes are marked in bulk, failures one by one.
-    let mut done_by_attempt: HashMap<i32, Vec<&str>> = HashMap::new();
+    // Work statuses go first: a result for work that is no longer pending at that attempt
+    // is a duplicate (two workers held it after a claim ran out), and its effects must not
+    // be applied again. Successes are recorded in bulk, failures one by one.
+    let mut events: Vec<&str> = processed
+        .iter()
+        .filter_map(|p| p.inbox.as_ref())
+        .map(|o| o.event_id.as_str())
+        .collect();
+    if events.is_empty() {
+        // Outgoing-webhook results only.
+    } else {
+        events.sort_unstable();
+        events.dedup();
+        store::lock_events(conn, &events)?;
+    }
+    let mut done_by_work: HashMap<(&str, i32), Vec<&str>> = HashMap::new();
     for outcome in processed.iter().filter_map(|p| p.inbox.as_ref()) {
         if outcome.failure.is_none() {
-            done_by_attempt
-                .entry(outcome.attempts_before)
+            done_by_work
+                .entry((outcome.listener, outcome.attempts_before))
                 .or_default()
                 .push(&outcome.event_id);
         }
     }
-    let mut applied = HashSet::new();
-    for (attempts_before, ids) in &done_by_attempt {
-        applied.extend(store::finish_done(conn, *attempts_before, ids)?);
+    let mut applied: HashSet<(String, &str)> = HashSet::new();
+    for ((listener, attempts_before), ids) in &done_by_work {
+        for id in store::finish_work_done(conn, listener, *attempts_before, ids)? {
+            applied.insert((id, listener));
+        }
     }
+    // Events whose work changed, with the attempts made and the newest failure.
+    let mut settle: HashMap<&str, i32> = HashMap::new();
+    let mut errors: HashMap<&str, &str> = HashMap::new();
     for p in processed {
         if let Some(outcome) = &p.inbox {
+            let attempts_after = outcome.attempts_before + i32::from(outcome.counts_attempt);
             let finished = match &outcome.failure {
-                None => applied.contains(&outcome.event_id),
-                Some((retry_at, error)) => store::finish_failed(
-                    conn,
-                    &outcome.event_id,
-                    outcome.attempts_before,
-                    outcome.attempts_before + i32::from(outcome.counts_attempt),
-                    *retry_at,
-                    error,
-                )?,
+                None => applied.contains(&(outcome.event_id.clone(), outcome.listener)),
+                Some((retry_at, error)) => {
+                    let applied = store::finish_work_failed(
+                        conn,
+                        &outcome.event_id,
+                        outcome.listener,
+                        outcome.attempts_before,
+                        attempts_after,
+                        *retry_at,
+                        error,
+                    )?;
+                    if applied {
+                        errors.insert(&outcome.event_id, error);
+                    }
+                    applied
+                }
             };
             if !finished {
-                tracing::warn!(event_id = %outcome.event_id, "a second result for an event already finished; ignored");
+                tracing::warn!(event_id = %outcome.event_id, listener = outcome.listener, "a second result for work already finished; ignored");
                 continue;
             }
+            let most = settle.entry(&outcome.event_id).or_insert(0);
+            *most = (*most).max(attempts_after);
         }
         for effect in &p.effects {
             match effect {
@@ -547,6 +599,7 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
     store::insert_messages(conn, &messages)?;
     store::insert_alerts(conn, &alerts)?;
     store::add_activity(conn, activity.values())?;
+    store::settle_events(conn, &settle, &errors)?;
     store::insert_event_logs(conn, &logs)
 }
 
@@ -647,7 +700,9 @@ fn write_item_by_item(conn: &mut DbConnection, batch: &Batch) {
     for row in &batch.replies {
         failed += usize::from(store::insert_replies(conn, std::slice::from_ref(row)).is_err());
     }
-    failed += usize::from(store::release_claims(conn, &batch.releases).is_err());
+    for (ids, listeners) in &batch.releases {
+        failed += usize::from(store::release_claims(conn, ids, listeners).is_err());
+    }
     if failed > 0 {
         tracing::error!(failed, "database writer could not store some results");
     }

@@ -121,6 +121,11 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         };
         handlers.push(json!({ "name": name, "state": handler_state }));
     }
+    for name in state.coverage.unserved() {
+        reasons.push(format!(
+            "listener `{name}` is run by no live process: its forwarded events wait (start `serve --listeners` with it)"
+        ));
+    }
     if let Some(f) = &facts {
         if f.dead > 0 {
             reasons.push(format!(

@@ -44,6 +44,8 @@ pub struct AppState {
     /// The database facts of the last `GET /health` (handler rows, dead and parked counts),
     /// reused for a moment like the readiness ping; `None` inside: the query failed.
     pub health_facts: tokio::sync::Mutex<Option<(std::time::Instant, Option<HealthFacts>)>>,
+    /// Which enabled forwarder listeners no live process runs (`serve --listeners`).
+    pub coverage: Arc<crate::processing::processes::Coverage>,
 }
 
 /// What `GET /health` reads from the database.

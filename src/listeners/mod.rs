@@ -85,7 +85,9 @@ impl Live {
 
 /// A listener and its runtime state.
 pub struct Entry {
-    name: String,
+    /// Leaked once when the registry is built (a handful of short names per process), so that
+    /// it can travel in metric labels and database rows without copies.
+    name: &'static str,
     /// The definition from the configuration file.
     file: Definition,
     live: RwLock<Arc<Live>>,
@@ -101,8 +103,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn name(&self) -> &str {
-        &self.name
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
     /// The definition from the configuration file, before runtime changes.
@@ -165,7 +167,7 @@ impl Entry {
     /// Records a run in the metrics.
     pub fn record_run(&self, ok: bool, seconds: f64) {
         self.runs
-            .get_or_init(|| crate::telemetry::metric::HandlerRuns::new(&self.name))
+            .get_or_init(|| crate::telemetry::metric::HandlerRuns::new(self.name))
             .record(ok, seconds);
     }
 }
@@ -214,7 +216,7 @@ impl Registry {
             })?;
             entries.push(Entry {
                 enabled: AtomicBool::new(definition.enabled),
-                name,
+                name: Box::leak(name.into_boxed_str()),
                 file: definition,
                 live: RwLock::new(Arc::new(live)),
                 auto_disabled: AtomicBool::new(false),
@@ -238,7 +240,7 @@ impl Registry {
                 "unknown listener `{name}`; defined are: {}",
                 self.entries
                     .iter()
-                    .map(|e| e.name.as_str())
+                    .map(|e| e.name)
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -307,7 +309,7 @@ impl Registry {
             .iter()
             .map(|e| {
                 let json = serde_json::to_string(&e.file).unwrap_or_else(|_| "{}".into());
-                (e.name.clone(), json)
+                (e.name.to_string(), json)
             })
             .collect()
     }
@@ -315,7 +317,7 @@ impl Registry {
     /// What `entry` would be with `overrides` (the stored ones) applied, checked against its
     /// handler without changing anything.
     pub fn check(&self, entry: &Entry, overrides: &Overrides) -> Result<Live, FieldError> {
-        prepare(&entry.name, &entry.file.with(overrides), &self.config)
+        prepare(entry.name, &entry.file.with(overrides), &self.config)
     }
 
     /// Applies a listener's database row if it changed since it was last applied (state and
@@ -338,7 +340,7 @@ impl Registry {
         let mut current = entry.live().definition.clone();
         current.enabled = definition.enabled;
         if current != definition {
-            match prepare(&entry.name, &definition, &self.config) {
+            match prepare(entry.name, &definition, &self.config) {
                 Ok(live) => entry.replace(live),
                 Err(error) => tracing::error!(
                     listener = entry.name,
@@ -429,7 +431,7 @@ impl Registry {
             "failures_last_hour": entry.health.failures_last_hour(now),
             "pure": live.handler.is_pure(),
             "overridden": overridden,
-            "used_by": self.used_by(&entry.name),
+            "used_by": self.used_by(entry.name),
         })
     }
 }

@@ -7,9 +7,16 @@
 //! A failed event is retried with exponential back-off and, once `max_retries` is used up,
 //! marked dead; operators replay dead letters with `zulip-listeners dead-letters replay`.
 //!
-//! Nothing acknowledged is lost: events handed to workers are *claimed* in the database
-//! until a lease runs out, and a sweeper picks up whatever is due and unclaimed — retries,
-//! replays, and everything left pending by a crash.
+//! Work is tracked per (event, listener): every listener run not completed at intake has an
+//! `inbox_work` row, deleted in the transaction that commits that listener's effects and
+//! event-log row; the inbox row's status sums up what is left (`done` when nothing is). A
+//! retry or a replay runs only the listeners that did not succeed. With `serve --listeners`
+//! a process runs only some listeners and leaves the others' work to the processes that run
+//! them (PostgreSQL; see [`super::processes`]).
+//!
+//! Nothing acknowledged is lost: work handed to workers is *claimed* in the database until a
+//! lease runs out, and a sweeper picks up whatever of its listeners' work is due and
+//! unclaimed — retries, replays, and everything left pending by a crash.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use super::{Outcome, Processor};
 use crate::config::{Config, ForwarderConfig};
-use crate::db::models::NewInboxRow;
+use crate::db::models::{NewInboxRow, NewWorkRow};
 use crate::db::writer::{
     AfterCommit, InboxOutcome, IntakeBatch, IntakeWriteError, WriteOp, Writer,
 };
@@ -46,7 +53,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// One event for a worker, tracked as in flight until its result is committed.
 struct Work {
     event: Event,
-    attempts: i32,
+    /// This process's listeners that still have to run the event (in configuration order),
+    /// with the attempts each has made.
+    listeners: Vec<(HandlerId, i32)>,
     guard: InFlight,
     /// The event's realm, and whether it is counted in that realm's backlog (it is pending,
     /// not parked).
@@ -174,7 +183,16 @@ pub struct Inbox {
     processor: Processor,
     writer: Writer,
     db: Db,
+    /// Every forwarder listener (`[forwarder] handlers`): each enabled one runs every
+    /// forwarded event it wants exactly once, in whichever process runs it.
     handlers: Arc<[HandlerId]>,
+    /// The listeners this process runs (`serve --listeners`; all of them by default).
+    mine: Arc<[HandlerId]>,
+    mine_names: Vec<&'static str>,
+    /// `mine` is not every listener: other processes run the rest.
+    split: bool,
+    /// The enabled listeners no live process runs (PostgreSQL; see [`super::processes`]).
+    pub coverage: Arc<super::processes::Coverage>,
     lanes: Vec<Lane>,
     in_flight: Arc<DashSet<String>>,
     config: ForwarderConfig,
@@ -237,13 +255,20 @@ impl Inbox {
         processor: Processor,
         db: Db,
         handlers: Vec<HandlerId>,
+        mine: Option<Vec<HandlerId>>,
         admission: Admission,
         config: ForwarderConfig,
     ) -> Result<(Arc<Inbox>, InboxTasks), DbError> {
+        let mine = mine.unwrap_or_else(|| handlers.clone());
+        let split = handlers.iter().any(|id| !mine.contains(id));
+        let mine_names: Vec<&'static str> = mine
+            .iter()
+            .filter_map(|&id| processor.handler_name(id))
+            .collect();
         let pending = db.run(store::pending_by_realm_and_type).await?;
         let backlog = Backlog::default();
         for (realm_id, event_type, n) in pending {
-            for listener in waits_for(&processor, &handlers, &event_type) {
+            for listener in waits_for(&processor, &mine, &event_type) {
                 backlog.add((realm_id, listener), n);
             }
         }
@@ -272,6 +297,10 @@ impl Inbox {
             processor,
             db,
             handlers: handlers.into(),
+            mine: mine.into(),
+            mine_names,
+            split,
+            coverage: Arc::default(),
             lanes,
             in_flight: Arc::new(DashSet::new()),
             config,
@@ -281,6 +310,16 @@ impl Inbox {
         let mut tasks = Vec::new();
         for rx in receivers {
             tasks.push(tokio::spawn(inbox.clone().work(rx, watch_rx.clone())));
+        }
+        if inbox.db.backend() == Backend::Postgres {
+            tasks.push(tokio::spawn(super::processes::run(
+                inbox.db.clone(),
+                inbox.processor.clone(),
+                inbox.handlers.clone(),
+                inbox.mine_names.clone(),
+                inbox.coverage.clone(),
+                watch_rx.clone(),
+            )));
         }
         tasks.push(tokio::spawn(inbox.clone().sweep(watch_rx)));
         Ok((inbox, InboxTasks { shutdown, tasks }))
@@ -335,6 +374,8 @@ impl Inbox {
         let mut queued = Vec::new();
         let mut waiting = Vec::new();
         let mut done = Vec::new();
+        // Work rows for listener runs not completed here.
+        let mut work: Vec<NewWorkRow> = Vec::new();
         // Lanes this batch must not overtake: a worker has events of theirs, or an earlier
         // event of this batch went to their worker.
         let mut held: Vec<bool> = self
@@ -373,53 +414,81 @@ impl Inbox {
             };
             if pending {
                 let lane = self.lane_of(&event.event);
-                let outcome = (!held[lane]
-                    && self.processor.all_pure(&row.event_type, &self.handlers))
-                .then(|| self.processor.run_now(&event.event, &self.handlers))
-                .flatten();
+                let outcome = (!held[lane] && self.processor.all_pure(&row.event_type, &self.mine))
+                    .then(|| self.processor.run_now(&event.event, &self.mine))
+                    .flatten();
                 match outcome {
-                    Some(mut outcome) => {
-                        match self.judge(&row.event_id, &mut outcome, 0) {
-                            Verdict::Done => {
-                                row.status = "done";
-                                row.attempts = 1;
-                                // Kept only while the event may be processed or replayed
-                                // (the writer puts it back if the event is rate-limited).
-                                payloads.push((rows.len(), std::mem::take(&mut row.payload)));
-                                done.push(row.event_id.clone());
-                            }
-                            Verdict::Retry {
-                                retry_at_ms,
-                                error,
-                                counts_attempt,
-                            } => {
-                                row.attempts = i32::from(counts_attempt);
-                                row.next_attempt_at_ms = retry_at_ms;
-                                row.last_error = Some(error);
+                    Some(outcome)
+                        if !self.split
+                            && outcome.first_error.is_none()
+                            && outcome.deferred.is_none() =>
+                    {
+                        // Every listener ran it: nothing is left to track.
+                        row.status = "done";
+                        row.attempts = 1;
+                        // Kept only while the event may be processed or replayed
+                        // (the writer puts it back if the event is rate-limited).
+                        payloads.push((rows.len(), std::mem::take(&mut row.payload)));
+                        done.push(row.event_id.clone());
+                        processed.push((rows.len(), outcome.processed));
+                    }
+                    Some(outcome) => {
+                        // A listener failed or waits, or other processes run some: work rows
+                        // for what is left, effects of the runs that succeeded kept.
+                        let mut left = self.left_after_intake(&row, &outcome, now);
+                        left.extend(self.remote_work(&row, now));
+                        if left.is_empty() {
+                            row.status = "done";
+                            row.attempts = 1;
+                            payloads.push((rows.len(), std::mem::take(&mut row.payload)));
+                            done.push(row.event_id.clone());
+                        } else {
+                            let tried = left.iter().any(|w| w.attempts > 0 && w.status != "dead");
+                            summarise(&mut row, &left);
+                            if left.iter().any(|w| {
+                                w.status != "dead" && self.mine_names.contains(&w.listener)
+                            }) {
                                 held[lane] = true;
-                                if counts_attempt {
-                                    waiting.push((
-                                        row.realm_id,
-                                        row.event_type.clone(),
-                                        row.event_id.clone(),
-                                    ));
-                                } else {
-                                    // Behind a paused or disabled handler: not in the backlog.
-                                    row.status = "parked";
-                                }
                             }
-                            Verdict::Dead { error } => {
-                                row.status = "dead";
-                                row.attempts = 1;
-                                row.last_error = Some(error);
+                            if row.status == "pending" && tried {
+                                waiting.push((
+                                    row.realm_id,
+                                    row.event_type.clone(),
+                                    row.event_id.clone(),
+                                ));
                             }
+                            work.extend(left);
                         }
                         processed.push((rows.len(), outcome.processed));
                     }
                     None => {
-                        held[lane] = true;
-                        row.claimed_until_ms = claim_until;
-                        queued.push((lane, row.realm_id, row.event_id.clone(), event.event));
+                        let local: Vec<HandlerId> = self
+                            .wanting(&self.mine, &row.event_type)
+                            .into_iter()
+                            .filter(|&id| self.needs_work(id))
+                            .collect();
+                        let before = work.len();
+                        for &id in &local {
+                            work.push(self.work_row(&row.event_id, id, claim_until, now));
+                        }
+                        work.extend(self.remote_work(&row, now));
+                        if !local.is_empty() {
+                            held[lane] = true;
+                            let local = local.into_iter().map(|id| (id, 0)).collect();
+                            queued.push((
+                                lane,
+                                row.realm_id,
+                                row.event_id.clone(),
+                                event.event,
+                                local,
+                            ));
+                        } else if work.len() == before {
+                            // No listener wants it.
+                            row.status = "done";
+                            row.attempts = 1;
+                            payloads.push((rows.len(), std::mem::take(&mut row.payload)));
+                            done.push(row.event_id.clone());
+                        }
                     }
                 }
             }
@@ -439,6 +508,7 @@ impl Inbox {
                     rows,
                     processed,
                     payloads,
+                    work,
                     limits: self.admission.limits.clone(),
                 },
                 self.admission.writer_wait,
@@ -484,12 +554,12 @@ impl Inbox {
             self.count_in(*realm_id, event_type);
         }
         let mut released = Vec::new();
-        for (lane, realm_id, event_id, event) in queued {
+        for (lane, realm_id, event_id, event, listeners) in queued {
             if !new(&event_id) {
                 continue;
             }
             self.count_in(realm_id, event.event_type());
-            let work = self.track(lane, event_id, event, 0, realm_id, true);
+            let work = self.track(lane, event_id, event, listeners, realm_id, true);
             match self.lanes[lane].queue.try_send(work) {
                 Ok(()) => {}
                 Err(
@@ -502,7 +572,9 @@ impl Inbox {
                 count = released.len(),
                 "worker queues are full; the sweeper will take these events"
             );
-            self.writer.send(WriteOp::Release(released)).await;
+            self.writer
+                .send(WriteOp::Release(released, self.mine_names.clone()))
+                .await;
         }
         Ok(summary)
     }
@@ -510,6 +582,16 @@ impl Inbox {
     /// The listeners that get forwarded events.
     pub fn listeners(&self) -> &[HandlerId] {
         &self.handlers
+    }
+
+    /// On SQLite this one server runs every forwarder listener: each has one live process
+    /// (`zulip_listeners_listener_live_processes`; on PostgreSQL the heartbeat sets it).
+    pub fn refresh_gauges(&self) {
+        if self.db.backend() == Backend::Sqlite {
+            for &id in self.handlers.iter() {
+                metric::listener_live_processes(self.name(id), 1);
+            }
+        }
     }
 
     /// Forgets idle rate-limit keys; returns the keys still tracked.
@@ -527,7 +609,7 @@ impl Inbox {
         lane: usize,
         event_id: String,
         event: Event,
-        attempts: i32,
+        listeners: Vec<(HandlerId, i32)>,
         realm_id: i64,
         counted: bool,
     ) -> Work {
@@ -536,7 +618,7 @@ impl Inbox {
         outstanding.fetch_add(1, Ordering::AcqRel);
         Work {
             event,
-            attempts,
+            listeners,
             realm_id,
             counted,
             guard: InFlight {
@@ -549,7 +631,109 @@ impl Inbox {
 
     /// The listeners an event of `event_type` is counted against (see [`BacklogKey`]).
     fn waits_for(&self, event_type: &str) -> Vec<Option<HandlerId>> {
-        waits_for(&self.processor, &self.handlers, event_type)
+        waits_for(&self.processor, &self.mine, event_type)
+    }
+
+    /// The listeners of `list` that want `event_type`, in order.
+    fn wanting(&self, list: &[HandlerId], event_type: &str) -> Vec<HandlerId> {
+        let registry = &self.processor.registry();
+        list.iter()
+            .copied()
+            .filter(|&id| registry.get(id).is_some_and(|e| e.wants_type(event_type)))
+            .collect()
+    }
+
+    /// Whether a listener gets work: it is enabled, or disabled after failures (events wait
+    /// for it). A listener disabled by an operator is left out, as it is from a run.
+    fn needs_work(&self, id: HandlerId) -> bool {
+        self.processor
+            .registry()
+            .get(id)
+            .is_some_and(|e| e.enabled() || e.auto_disabled())
+    }
+
+    fn name(&self, id: HandlerId) -> &'static str {
+        self.processor.handler_name(id).unwrap_or("unknown")
+    }
+
+    /// A pending work row for listener `id`, claimed until `claim_until` (0: unclaimed).
+    fn work_row(&self, event_id: &str, id: HandlerId, claim_until: i64, now: i64) -> NewWorkRow {
+        NewWorkRow {
+            event_id: event_id.to_string(),
+            listener: self.name(id),
+            status: "pending",
+            attempts: 0,
+            next_attempt_at_ms: now,
+            claimed_until_ms: claim_until,
+            last_error: None,
+            updated_at_ms: now,
+        }
+    }
+
+    /// Work rows for the listeners other processes run.
+    fn remote_work(&self, row: &NewInboxRow, now: i64) -> Vec<NewWorkRow> {
+        if !self.split {
+            return Vec::new();
+        }
+        self.wanting(&self.handlers, &row.event_type)
+            .into_iter()
+            .filter(|id| !self.mine.contains(id) && self.needs_work(*id))
+            .map(|id| self.work_row(&row.event_id, id, 0, now))
+            .collect()
+    }
+
+    /// What is left of an event after this process's listeners ran it at intake: a work row
+    /// per listener that failed (to retry, or dead) or did not run because it is paused.
+    fn left_after_intake(&self, row: &NewInboxRow, outcome: &Outcome, now: i64) -> Vec<NewWorkRow> {
+        let mut left = Vec::new();
+        for id in self.wanting(&self.mine, &row.event_type) {
+            let name = self.name(id);
+            let (error, deferred) = match outcome.processed.logs.iter().find(|l| l.handler == name)
+            {
+                // Done, or skipped over the listener's own quota (logged; not retried).
+                Some(log) if log.success || crate::db::listeners::is_rate_limited(log) => continue,
+                Some(log) => (
+                    Some(format!(
+                        "{name}: {}",
+                        log.error.as_deref().unwrap_or("failed")
+                    )),
+                    None,
+                ),
+                None => match outcome.deferred {
+                    Some((_, at)) if self.is_paused(id) => (None, Some((name, at))),
+                    // Disabled by an operator, or did not run at all: nothing to do.
+                    _ => continue,
+                },
+            };
+            let mut work = self.work_row(&row.event_id, id, 0, now);
+            match self.verdict(&row.event_id, error, deferred, 0) {
+                Verdict::Done => continue,
+                Verdict::Retry {
+                    retry_at_ms,
+                    error,
+                    counts_attempt,
+                } => {
+                    work.attempts = i32::from(counts_attempt);
+                    work.status = if counts_attempt { "pending" } else { "parked" };
+                    work.next_attempt_at_ms = retry_at_ms;
+                    work.last_error = Some(error);
+                }
+                Verdict::Dead { error } => {
+                    work.attempts = 1;
+                    work.status = "dead";
+                    work.last_error = Some(error);
+                }
+            }
+            left.push(work);
+        }
+        left
+    }
+
+    /// Whether a listener is paused: disabled after failures, or its circuit breaker open.
+    fn is_paused(&self, id: HandlerId) -> bool {
+        self.processor.registry().get(id).is_some_and(|e| {
+            e.auto_disabled() || e.health.open_until(std::time::Instant::now()).is_some()
+        })
     }
 
     /// Counts one more pending event of `realm_id` and `event_type`.
@@ -570,27 +754,45 @@ impl Inbox {
     /// succeeded now would apply them twice. Records of deliveries already made (alerts) are
     /// kept in every case: the retry skips them.
     fn judge(&self, event_id: &str, outcome: &mut Outcome, attempts_before: i32) -> Verdict {
-        let Some(error) = outcome.first_error.take() else {
-            if let Some((handler, until_ms)) = outcome.deferred.take() {
-                // A handler it needs is paused by its circuit breaker: keep the event pending
+        if outcome.first_error.is_some() || outcome.deferred.is_some() {
+            // Deliveries already made stay recorded, so that the retry does not repeat them.
+            outcome
+                .processed
+                .effects
+                .retain(crate::db::writer::Effect::records_delivery);
+        }
+        self.verdict(
+            event_id,
+            outcome.first_error.take(),
+            outcome
+                .deferred
+                .as_ref()
+                .map(|(name, at)| (name.as_str(), *at)),
+            attempts_before,
+        )
+    }
+
+    /// What a failure (`error`), or a listener that is paused (`deferred`), comes to after
+    /// `attempts_before` attempts.
+    fn verdict(
+        &self,
+        event_id: &str,
+        error: Option<String>,
+        deferred: Option<(&str, i64)>,
+        attempts_before: i32,
+    ) -> Verdict {
+        let Some(error) = error else {
+            if let Some((handler, until_ms)) = deferred {
+                // A listener it needs is paused by its circuit breaker: keep the work pending
                 // until the breaker lets a trial run through, without counting an attempt.
-                outcome
-                    .processed
-                    .effects
-                    .retain(crate::db::writer::Effect::records_delivery);
                 return Verdict::Retry {
                     retry_at_ms: until_ms,
-                    error: store::parked_reason(&handler),
+                    error: store::parked_reason(handler),
                     counts_attempt: false,
                 };
             }
             return Verdict::Done;
         };
-        // Deliveries already made stay recorded, so that the retry does not repeat them.
-        outcome
-            .processed
-            .effects
-            .retain(crate::db::writer::Effect::records_delivery);
         let attempts = attempts_before.saturating_add(1);
         if u32::try_from(attempts).unwrap_or(u32::MAX) > self.config.max_retries {
             tracing::error!(
@@ -630,50 +832,57 @@ impl Inbox {
     async fn process(&self, item: Work) {
         let Work {
             event,
-            attempts,
+            listeners,
             guard,
             realm_id,
             counted,
         } = item;
-        let mut outcome = self
-            .processor
-            .run(
-                &event,
-                &self.handlers,
-                Some(self.config.handler_timeout),
-                None,
-            )
-            .await;
-        let verdict = self.judge(&guard.event_id, &mut outcome, attempts);
-        let (finished, counts_attempt, failure) = match verdict {
-            Verdict::Done => (true, true, None),
-            Verdict::Retry {
-                retry_at_ms,
-                error,
+        // Each listener's run is its own result (its effects, event-log row and work row
+        // committed together), so that one listener's failure never repeats another's run.
+        let mut results = Vec::with_capacity(listeners.len());
+        let mut retrying = false;
+        for (id, attempts) in listeners {
+            let mut outcome = self
+                .processor
+                .run(&event, &[id], Some(self.config.handler_timeout), None)
+                .await;
+            let verdict = self.judge(&guard.event_id, &mut outcome, attempts);
+            let (counts_attempt, failure) = match verdict {
+                Verdict::Done => (true, None),
+                Verdict::Retry {
+                    retry_at_ms,
+                    error,
+                    counts_attempt,
+                } => {
+                    retrying |= counts_attempt;
+                    (counts_attempt, Some((Some(retry_at_ms), error)))
+                }
+                Verdict::Dead { error } => (true, Some((None, error))),
+            };
+            let mut processed = outcome.processed;
+            processed.inbox = Some(InboxOutcome {
+                event_id: guard.event_id.clone(),
+                listener: self.name(id),
+                attempts_before: attempts,
                 counts_attempt,
-            } => (false, counts_attempt, Some((Some(retry_at_ms), error))),
-            Verdict::Dead { error } => (true, true, Some((None, error))),
-        };
+                failure,
+            });
+            results.push(processed);
+        }
         // Finished or parked: out of the realm's backlog, if it was in (a parked event is
         // not, nor is it when it runs again).
-        if counted && (finished || !counts_attempt) {
+        if counted && !retrying {
             for listener in self.waits_for(event.event_type()) {
                 self.backlog.done((realm_id, listener));
             }
         }
-        let mut processed = outcome.processed;
-        processed.inbox = Some(InboxOutcome {
-            event_id: guard.event_id.clone(),
-            attempts_before: attempts,
-            counts_attempt,
-            failure,
-        });
         // The event stays in flight (hidden from the sweeper, its lane busy) until the writer
-        // has committed this and drops the guard.
-        processed.after_commit = Some(AfterCommit(Box::new(guard)));
-        self.writer
-            .send(WriteOp::Processed(Box::new(processed)))
-            .await;
+        // has committed its results, together, and drops the guard.
+        match results.last_mut() {
+            Some(last) => last.after_commit = Some(AfterCommit(Box::new(guard))),
+            None => drop(guard),
+        }
+        self.writer.send(WriteOp::ProcessedAll(results)).await;
     }
 
     async fn sweep(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
@@ -696,52 +905,90 @@ impl Inbox {
         }
     }
 
-    /// Claims due events and queues them; returns how many were claimed.
+    /// Claims due work of this process's listeners and queues it, one item per event;
+    /// returns how many work rows were claimed.
     async fn sweep_once(&self) -> Result<usize, DbError> {
         let skip: HashSet<String> = self.in_flight.iter().map(|id| id.clone()).collect();
         let claim_until = now_ms() + millis(self.config.claim_lease);
+        let names = self.mine_names.clone();
+        let processor = self.processor.clone();
+        let all = self.handlers.clone();
         let rows = self
             .db
-            .run(move |c| store::claim_due(c, SWEEP_BATCH, claim_until, &skip))
+            .run(move |c| {
+                let wanted_by = |event_type: &str| -> Vec<&'static str> {
+                    let registry = processor.registry();
+                    all.iter()
+                        .copied()
+                        .filter(|&id| {
+                            registry.get(id).is_some_and(|e| {
+                                e.wants_type(event_type) && (e.enabled() || e.auto_disabled())
+                            })
+                        })
+                        .filter_map(|id| processor.handler_name(id))
+                        .collect()
+                };
+                store::claim_work(c, SWEEP_BATCH, claim_until, &skip, &names, &wanted_by)
+            })
             .await?;
         let claimed = rows.len();
-        for row in rows {
-            let event = match parse_stored(&row.payload) {
+        let registry = self.processor.registry().clone();
+        let mut rows = rows.into_iter().peekable();
+        while let Some(first) = rows.next() {
+            let mut group = vec![first];
+            while let Some(next) = rows.next_if(|r| r.event_id == group[0].event_id) {
+                group.push(next);
+            }
+            let head = &group[0];
+            let event = match parse_stored(&head.payload) {
                 Ok(parsed) => parsed.event,
                 Err(e) => {
-                    let processed = crate::db::writer::Processed {
-                        inbox: Some(InboxOutcome {
-                            event_id: row.event_id,
-                            attempts_before: row.attempts,
-                            counts_attempt: true,
-                            failure: Some((
-                                None,
-                                format!("stored envelope cannot be read: {}", e.0),
-                            )),
-                        }),
-                        ..Default::default()
-                    };
-                    self.writer
-                        .send(WriteOp::Processed(Box::new(processed)))
-                        .await;
+                    for row in &group {
+                        let Some(listener) =
+                            self.mine_names.iter().copied().find(|n| *n == row.listener)
+                        else {
+                            continue;
+                        };
+                        let processed = crate::db::writer::Processed {
+                            inbox: Some(InboxOutcome {
+                                event_id: row.event_id.clone(),
+                                listener,
+                                attempts_before: row.attempts,
+                                counts_attempt: true,
+                                failure: Some((
+                                    None,
+                                    format!("stored envelope cannot be read: {}", e.0),
+                                )),
+                            }),
+                            ..Default::default()
+                        };
+                        self.writer
+                            .send(WriteOp::Processed(Box::new(processed)))
+                            .await;
+                    }
                     continue;
                 }
             };
+            let mut listeners: Vec<(HandlerId, i32)> = group
+                .iter()
+                .filter_map(|r| registry.id(&r.listener).map(|id| (id, r.attempts)))
+                .collect();
+            listeners.sort_by_key(|(id, _)| self.mine.iter().position(|m| m == id));
+            let counted = group.iter().any(|r| r.status == "pending");
             let lane = self.lane_of(&event);
-            let counted = row.status == "pending";
             let work = self.track(
                 lane,
-                row.event_id,
+                head.event_id.clone(),
                 event,
-                row.attempts,
-                row.realm_id,
+                listeners,
+                head.realm_id,
                 counted,
             );
             // A closed queue (shutting down) drops the work, which releases it.
             let _ = self.lanes[lane].queue.send(work).await;
         }
         if claimed > 0 {
-            tracing::debug!(claimed, "sweeper queued due events");
+            tracing::debug!(claimed, "sweeper queued due work");
         }
         Ok(claimed)
     }
@@ -783,6 +1030,31 @@ fn waits_for(
         vec![None]
     } else {
         impure.into_iter().map(Some).collect()
+    }
+}
+
+/// Sets an inbox row's status from the work left of its event: `pending` while a listener
+/// may still run it, `parked` while every one left waits for a paused listener, `dead` when
+/// all that is left is dead.
+fn summarise(row: &mut NewInboxRow, left: &[NewWorkRow]) {
+    row.status = if left.iter().any(|w| w.status == "pending") {
+        "pending"
+    } else if left.iter().any(|w| w.status == "parked") {
+        "parked"
+    } else {
+        "dead"
+    };
+    row.attempts = left.iter().map(|w| w.attempts).max().unwrap_or(0);
+    if let Some(next) = left
+        .iter()
+        .filter(|w| w.status != "dead")
+        .map(|w| w.next_attempt_at_ms)
+        .min()
+    {
+        row.next_attempt_at_ms = next;
+    }
+    if let Some(error) = left.iter().find_map(|w| w.last_error.clone()) {
+        row.last_error = Some(error);
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod announce;
 pub mod inbox;
 pub mod outgoing;
+pub mod processes;
 pub mod tasks;
 
 use std::panic::AssertUnwindSafe;
@@ -136,7 +137,7 @@ impl Processor {
     }
 
     /// A listener's name.
-    pub fn handler_name(&self, id: HandlerId) -> Option<&str> {
+    pub fn handler_name(&self, id: HandlerId) -> Option<&'static str> {
         self.registry.get(id).map(|entry| entry.name())
     }
 

@@ -328,6 +328,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `zulip-listeners --config <config> serve` and waits until `/healthz` answers.
     pub async fn start(config: &std::path::Path) -> ServerProcess {
+        ServerProcess::start_with_args(config, &[]).await
+    }
+
+    /// Like [`ServerProcess::start`], with more arguments after `serve`.
+    pub async fn start_with_args(config: &std::path::Path, args: &[&str]) -> ServerProcess {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -336,6 +341,7 @@ impl ServerProcess {
             .arg("--config")
             .arg(config)
             .arg("serve")
+            .args(args)
             .env("ZULIP_LISTENERS_SERVER__BIND", format!("127.0.0.1:{port}"))
             .env("ZULIP_LISTENERS_METRICS__ENABLED", "false")
             .stdout(std::process::Stdio::null())

@@ -1,0 +1,3 @@
+DROP TABLE listener_processes;
+DROP INDEX inbox_work_due;
+DROP TABLE inbox_work;
