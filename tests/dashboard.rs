@@ -207,7 +207,7 @@ async fn every_page_and_form_refuses_without_a_session() {
         assert_eq!(answer.status(), 401, "{form} without a session");
     }
     // Nothing was changed or replayed.
-    let (enabled, dead) = t
+    let (still_enabled, dead) = t
         .query(|c| {
             let rows = zulip_listeners::db::listeners::rows(c).expect("rows");
             let enabled = rows.iter().find(|r| r.name == "pinger").is_none_or(|r| r.enabled);
@@ -215,7 +215,7 @@ async fn every_page_and_form_refuses_without_a_session() {
             (enabled, dead)
         })
         .await;
-    assert!(enabled);
+    assert!(still_enabled);
     assert_eq!(dead, 2);
 
     // With the bearer token every page answers.
