@@ -75,7 +75,7 @@ pub fn lines(
         }
         root.present().ok()?;
     }
-    Some(responsive(svg, size))
+    Some(responsive(svg, size, "xMidYMid meet"))
 }
 
 /// A small line without axes: the shape of a listener's runs over time.
@@ -111,15 +111,16 @@ pub fn sparkline(values: &[f64], failures: &[f64]) -> Option<String> {
         }
         root.present().ok()?;
     }
-    Some(responsive(svg, size))
+    // A sparkline stretches to whatever box the page gives it.
+    Some(responsive(svg, size, "none"))
 }
 
 /// Lets the SVG scale with the page (CSS sets its width): keeps the view box, drops the
 /// fixed size, and names it as an image for screen readers.
-fn responsive(svg: String, (w, h): (u32, u32)) -> String {
+fn responsive(svg: String, (w, h): (u32, u32), aspect: &str) -> String {
     svg.replacen(
         &format!("width=\"{w}\" height=\"{h}\""),
-        "role=\"img\" preserveAspectRatio=\"xMidYMid meet\"",
+        &format!("role=\"img\" preserveAspectRatio=\"{aspect}\""),
         1,
     )
 }

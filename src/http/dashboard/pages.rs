@@ -707,7 +707,7 @@ pub fn dead_letters(
                                 td.num { (r.attempts) }
                                 td { small { (r.last_error.as_deref().map(|e| shorten(e, 160)).unwrap_or_default()) } }
                                 td {
-                                    a.button href=(ctx.url(&format!("/ui/dead-letters/replay?status={status}&id={}", query_value(&r.event_id)))) class="replay" { "Replay…" }
+                                    a.button.replay href=(ctx.url(&format!("/ui/dead-letters/replay?status={status}&id={}", query_value(&r.event_id)))) { "Replay…" }
                                 }
                             }
                         }
