@@ -15,7 +15,7 @@ use zulip_listeners::db::{establish, now_ms, retention, run_migrations, store};
 use zulip_listeners::server::{ServeOptions, start};
 
 const ADMIN: &str = "dashboard-bench-admin-token-0123456789";
-const LISTENERS: &[&str] = &["pinger", "alerts", "logger", "activity", "relay"];
+const LISTENERS: &[&str] = &["pinger", "alerts", "logger", "activity", "replies"];
 const DAY_MS: i64 = 86_400_000;
 
 fn config(url: &str) -> Config {
@@ -43,7 +43,7 @@ rules = [{{ name = "deploy", pattern = "deploy", webhook = "http://127.0.0.1:9/h
 handler = "message_logger"
 [listeners.activity]
 handler = "user_activity_tracker"
-[listeners.relay]
+[listeners.replies]
 handler = "command_bot"
 "#
     );
@@ -156,7 +156,7 @@ async fn main() {
         "/admin/ui/listeners/alerts".into(),
         "/admin/ui/events".into(),
         format!("/admin/ui/events?before={middle}"),
-        "/admin/ui/events?listener=relay&success=false".into(),
+        "/admin/ui/events?listener=replies&success=false".into(),
         "/admin/ui/events?realm=no-such-realm".into(),
         format!("/admin/ui/events?type=typing&until={since}"),
         format!("/admin/ui/events/{middle}"),

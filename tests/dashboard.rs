@@ -160,7 +160,13 @@ const FORMS: &[(&str, &str)] = &[
 
 #[tokio::test]
 async fn every_page_and_form_refuses_without_a_session() {
-    let db = TestDatabase::new(Backend::Sqlite);
+    for backend in common::backends() {
+        refusals_and_forms(backend).await;
+    }
+}
+
+async fn refusals_and_forms(backend: Backend) {
+    let db = TestDatabase::new(backend);
     let t = start_server(&db, &config()).await;
     seed(&t).await;
     let http = no_redirects();
