@@ -217,7 +217,11 @@ pub fn inbox_entry(conn: &mut DbConnection, event_id: &str) -> Result<Option<Inb
 }
 
 /// Whether an inbox row with this event id and one of `statuses` exists.
-pub fn inbox_has(conn: &mut DbConnection, event_id: &str, statuses: &[&str]) -> Result<bool, DbError> {
+pub fn inbox_has(
+    conn: &mut DbConnection,
+    event_id: &str,
+    statuses: &[&str],
+) -> Result<bool, DbError> {
     let n: i64 = inbox::table
         .filter(inbox::event_id.eq(event_id))
         .filter(inbox::status.eq_any(statuses))

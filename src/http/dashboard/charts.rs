@@ -160,12 +160,21 @@ mod tests {
             color: GREEN,
             points: vec![(0, 1.0), (60_000, 3.0), (120_000, 2.0)],
         }];
-        let svg = lines(&series, (0, 120_000), "events/min", |x| x.to_string(), (600, 200))
-            .expect("chart drawn");
+        let svg = lines(
+            &series,
+            (0, 120_000),
+            "events/min",
+            |x| x.to_string(),
+            (600, 200),
+        )
+        .expect("chart drawn");
         assert!(svg.starts_with("<svg"), "{svg}");
         assert!(svg.contains("viewBox=\"0 0 600 200\""), "{svg}");
         let tag = svg.lines().next().unwrap_or_default();
-        assert!(!tag.contains("width="), "the size comes from the page: {tag}");
+        assert!(
+            !tag.contains("width="),
+            "the size comes from the page: {tag}"
+        );
         let spark = sparkline(&[1.0, 4.0, 2.0], &[0.0, 1.0, 0.0]).expect("sparkline drawn");
         assert!(spark.contains("<polyline"), "{spark}");
     }

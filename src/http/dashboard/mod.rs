@@ -444,7 +444,9 @@ async fn stylesheet() -> HttpResponse {
 async fn login_form(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let base = base_of(&req, &state.dashboard);
     if state.admin_token.is_none() {
-        return authenticate(&req, &state).err().unwrap_or_else(|| see_other(&base));
+        return authenticate(&req, &state)
+            .err()
+            .unwrap_or_else(|| see_other(&base));
     }
     pages::login(&base, None, StatusCode::OK)
 }
@@ -456,7 +458,9 @@ async fn login(
 ) -> HttpResponse {
     let base = base_of(&req, &state.dashboard);
     let Some(token) = state.admin_token.clone() else {
-        return authenticate(&req, &state).err().unwrap_or_else(|| see_other(&base));
+        return authenticate(&req, &state)
+            .err()
+            .unwrap_or_else(|| see_other(&base));
     };
     let client = req
         .peer_addr()
@@ -484,11 +488,7 @@ async fn login(
     if given.is_empty() || !token_matches(&token, given) {
         state.dashboard.record_failure(client);
         tracing::info!(%client, "dashboard: failed sign-in");
-        return pages::login(
-            &base,
-            Some("Wrong token."),
-            StatusCode::UNAUTHORIZED,
-        );
+        return pages::login(&base, Some("Wrong token."), StatusCode::UNAUTHORIZED);
     }
     let (session, _) = state.dashboard.open_session();
     let secure = if over_https(&req) { "; Secure" } else { "" };
@@ -837,10 +837,7 @@ async fn change_listener(
             } else {
                 format!("changed: {}", changed.join(", "))
             };
-            see_other(&format!(
-                "{back}?done={}",
-                pages::query_value(&done)
-            ))
+            see_other(&format!("{back}?done={}", pages::query_value(&done)))
         }
         Err(Refusal::Invalid(e)) => {
             // Show the form again with the problem, keeping what was typed.
@@ -1021,7 +1018,12 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         .as_deref()
         .map(pages::parse_time)
         .transpose()
-        .and_then(|since| Ok((since, q.until.as_deref().map(pages::parse_time).transpose()?)));
+        .and_then(|since| {
+            Ok((
+                since,
+                q.until.as_deref().map(pages::parse_time).transpose()?,
+            ))
+        });
     let (since, until) = match times {
         Ok(times) => times,
         Err(problem) => {
@@ -1193,16 +1195,18 @@ async fn confirm_replay(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
                 .run(move |c| queries::inbox_has(c, &key, &[status]).map(i64::from))
                 .await
         }
-        None => state
-            .outgoing
-            .db()
-            .run(move |c| {
-                Ok(store::inbox_counts(c)?
-                    .into_iter()
-                    .find(|(s, _)| s == status)
-                    .map_or(0, |(_, n)| n))
-            })
-            .await,
+        None => {
+            state
+                .outgoing
+                .db()
+                .run(move |c| {
+                    Ok(store::inbox_counts(c)?
+                        .into_iter()
+                        .find(|(s, _)| s == status)
+                        .map_or(0, |(_, n)| n))
+                })
+                .await
+        }
     };
     match count {
         Ok(count) => pages::confirm_replay(&ctx, status, id.as_deref(), count),
@@ -1231,7 +1235,7 @@ async fn replay(
         .map(|(_, v)| v.trim().to_string())
         .collect();
     let all = given(&form, "all") == Some("1");
-    if ids.is_empty() == !all {
+    if ids.is_empty() != all {
         return pages::message(
             StatusCode::BAD_REQUEST,
             &ctx.base,
@@ -1246,7 +1250,11 @@ async fn replay(
         .await;
     match requeued {
         Ok(n) => {
-            tracing::info!(requeued = n, status, "dead letters replayed through the dashboard");
+            tracing::info!(
+                requeued = n,
+                status,
+                "dead letters replayed through the dashboard"
+            );
             see_other(&ctx.url(&format!("/ui/dead-letters?status={status}&replayed={n}")))
         }
         Err(e) => db_failed(&ctx, e),

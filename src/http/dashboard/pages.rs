@@ -31,7 +31,11 @@ fn layout(base: &str, ctx: Option<&Ctx>, title: &str, current: &str, body: Marku
         ("overview", "Overview", format!("{base}/")),
         ("listeners", "Listeners", format!("{base}/ui/listeners")),
         ("events", "Events", format!("{base}/ui/events")),
-        ("dead-letters", "Dead letters", format!("{base}/ui/dead-letters")),
+        (
+            "dead-letters",
+            "Dead letters",
+            format!("{base}/ui/dead-letters"),
+        ),
     ];
     html! {
         (DOCTYPE)
@@ -112,7 +116,10 @@ fn svg(chart: Option<String>) -> Markup {
 }
 
 pub fn overview(ctx: &Ctx, data: &Overview) -> HttpResponse {
-    let status = data.health["status"].as_str().unwrap_or("unknown").to_string();
+    let status = data.health["status"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
     let reasons: Vec<String> = data.health["reasons"]
         .as_array()
         .map(|r| {
@@ -425,19 +432,10 @@ pub fn listener(
             .unwrap_or(current)
     };
     let scope = serde_json::to_value(&definition.scope).unwrap_or_default();
-    let scope_field = |key: &str| -> String {
-        typed(
-            key,
-            scope
-                .get(key)
-                .map_or("[]".into(), |v| v.to_string()),
-        )
-    };
+    let scope_field =
+        |key: &str| -> String { typed(key, scope.get(key).map_or("[]".into(), |v| v.to_string())) };
     let settings = crate::redact::settings(&serde_json::Value::Object(definition.settings.clone()));
-    let events_url = ctx.url(&format!(
-        "/ui/events?listener={}",
-        query_value(name)
-    ));
+    let events_url = ctx.url(&format!("/ui/events?listener={}", query_value(name)));
     let body = html! {
         (flash(&pairs))
         @if let Some(error) = error {
@@ -511,7 +509,13 @@ pub fn listener(
     };
     respond(
         StatusCode::OK,
-        layout(&ctx.base, Some(ctx), &format!("Listener {name}"), "listeners", body),
+        layout(
+            &ctx.base,
+            Some(ctx),
+            &format!("Listener {name}"),
+            "listeners",
+            body,
+        ),
     )
 }
 
@@ -667,7 +671,13 @@ pub fn event(
     };
     respond(
         StatusCode::OK,
-        layout(&ctx.base, Some(ctx), &format!("Event {}", row.id), "events", body),
+        layout(
+            &ctx.base,
+            Some(ctx),
+            &format!("Event {}", row.id),
+            "events",
+            body,
+        ),
     )
 }
 
@@ -893,16 +903,25 @@ mod tests {
         assert_eq!(time_text(0), "1970-01-01 00:00:00");
         let at = parse_time("2026-12-02T14:30").expect("valid");
         assert_eq!(time_text(at), "2026-12-02 14:30:00");
-        assert_eq!(parse_time("2024-02-29 23:59:59").map(time_text), Ok("2024-02-29 23:59:59".into()));
+        assert_eq!(
+            parse_time("2024-02-29 23:59:59").map(time_text),
+            Ok("2024-02-29 23:59:59".into())
+        );
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("2026-13-01").is_err());
-        assert_eq!(clock(parse_time("2026-01-01T07:05").unwrap_or_default()), "07:05");
+        assert_eq!(
+            clock(parse_time("2026-01-01T07:05").unwrap_or_default()),
+            "07:05"
+        );
     }
 
     #[test]
     fn buckets_fill_gaps_with_zero() {
         let points = per_bucket([(120_000, 6)].into_iter(), 0, 180_000, 60_000, 1.0);
-        assert_eq!(points, vec![(0, 0.0), (60_000, 0.0), (120_000, 6.0), (180_000, 0.0)]);
+        assert_eq!(
+            points,
+            vec![(0, 0.0), (60_000, 0.0), (120_000, 6.0), (180_000, 0.0)]
+        );
     }
 
     #[test]
