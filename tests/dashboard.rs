@@ -308,6 +308,53 @@ async fn refusals_and_forms(backend: Backend) {
         Some("dashboard")
     );
 
+    // An edit changes only what differs from the definition, through the admin API's code.
+    let answer = http
+        .post(format!("{}/admin/ui/listeners/alerts-eng", t.base))
+        .header("cookie", &cookie)
+        .form(&[
+            ("action", "edit"),
+            ("csrf", csrf.as_str()),
+            ("description", "Deploys, all realms but one"),
+            ("events", "message"),
+            ("realms", "[2]"),
+            ("streams", "[\"Engineering\"]"),
+            ("users", ""),
+            ("settings", ""),
+        ])
+        .send()
+        .await
+        .expect("form");
+    assert_eq!(answer.status(), 303);
+    let location = answer
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        location.contains("changed%3A+description%2C+realms")
+            || location.contains("changed%3A+realms%2C+description"),
+        "{location}"
+    );
+    let view = t
+        .send(
+            t.http
+                .get(format!("{}/admin/listeners/alerts-eng", t.base))
+                .bearer_auth(ADMIN),
+        )
+        .await
+        .json;
+    assert_eq!(view["realms"], serde_json::json!([2]));
+    assert_eq!(view["description"], "Deploys, all realms but one");
+    assert_eq!(view["streams"], serde_json::json!(["Engineering"]));
+    let sources: Vec<String> = view["history"]
+        .as_array()
+        .map(|h| h.iter().map(|r| r["source"].to_string()).collect())
+        .unwrap_or_default();
+    assert!(sources.len() >= 2, "{view}");
+    assert!(sources.iter().all(|s| s == "\"dashboard\""), "{sources:?}");
+
     // An invalid edit names the field and changes nothing.
     let answer = http
         .post(format!("{}/admin/ui/listeners/alerts-eng", t.base))
@@ -749,7 +796,10 @@ async fn in_a_real_browser() {
         .iter()
         .filter(|r| r.status == "dead" && r.attempts == 5)
         .count();
-    assert_eq!(untouched, 1, "one of the two dead letters was replayed: {rows:?}");
+    assert_eq!(
+        untouched, 1,
+        "one of the two dead letters was replayed: {rows:?}"
+    );
 
     // On a phone.
     browser.resize(390, 844).await;

@@ -471,9 +471,9 @@ pub fn listener(
                 input id="description" name="description" value=(typed("description", definition.description.clone()));
                 label for="events" { "Event types (comma-separated; empty: all the handler takes)" }
                 input id="events" name="events" value=(typed("events", definition.events.join(", ")));
-                label for="realms" { "Realms (JSON list, e.g. [{\"id\": 2}])" }
+                label for="realms" { "Realms (JSON list of ids or subdomains, e.g. [2, \"zulip\"]; empty: all)" }
                 textarea id="realms" name="realms" rows="2" { (scope_field("realms")) }
-                label for="streams" { "Channels (JSON list)" }
+                label for="streams" { "Channels (JSON list of ids or names)" }
                 textarea id="streams" name="streams" rows="2" { (scope_field("streams")) }
                 label for="users" { "Users (JSON list)" }
                 textarea id="users" name="users" rows="2" { (scope_field("users")) }
