@@ -137,6 +137,10 @@ pub struct AdminConfig {
     pub token: Secret,
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// The path in front of `/admin` under which the browser reaches the dashboard through a
+    /// reverse proxy (e.g. `/listeners`); unset: the proxy's `X-Forwarded-Prefix`, if any.
+    #[serde(default)]
+    pub public_path: Option<String>,
 }
 
 impl fmt::Debug for AdminConfig {

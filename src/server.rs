@@ -335,6 +335,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         ),
         readiness: tokio::sync::Mutex::new(None),
         health_facts: tokio::sync::Mutex::new(None),
+        dashboard: crate::http::Dashboard::new(config.admin.public_path.clone()),
     });
     let listener = TcpListener::bind(&config.server.bind)
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;

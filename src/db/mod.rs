@@ -4,6 +4,7 @@
 //! the queries themselves live in [`store`].
 
 pub mod checkpoint;
+pub mod dashboard;
 pub mod listeners;
 pub mod models;
 pub mod retention;

@@ -57,8 +57,21 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// `unavailable` (503, when `/readyz` would answer 503). Every reason is the server's own
 /// text: handler names, counts and the stored auto-disable reason; never a database error.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let body = health_report(&state).await;
+    let mut response = if body["status"] == "unavailable" {
+        HttpResponse::ServiceUnavailable()
+    } else {
+        HttpResponse::Ok()
+    };
+    response
+        .insert_header((header::CONTENT_TYPE, super::JSON_UTF8))
+        .body(body.to_string())
+}
+
+/// The body of `GET /health` (also shown on the dashboard's overview).
+pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
     let accepting = state.ready.load(Ordering::Relaxed);
-    let database = database_reachable(&state).await;
+    let database = database_reachable(state).await;
     let mut unavailable = Vec::new();
     if !accepting {
         unavailable.push("not accepting traffic: shutting down or still starting".to_string());
@@ -67,7 +80,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         unavailable.push("the database cannot be reached".to_string());
     }
     let facts = if database {
-        let facts = health_facts(&state).await;
+        let facts = health_facts(state).await;
         if facts.is_none() {
             unavailable.push("the database did not answer the health query".to_string());
         }
@@ -149,7 +162,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "degraded"
     };
     unavailable.extend(reasons);
-    let body = json!({
+    json!({
         "status": status,
         "reasons": unavailable,
         "accepting": accepting,
@@ -157,15 +170,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "listeners": handlers,
         "dead_letters": facts.as_ref().map(|f| f.dead),
         "parked_events": facts.as_ref().map(|f| f.parked),
-    });
-    let mut response = if status == "unavailable" {
-        HttpResponse::ServiceUnavailable()
-    } else {
-        HttpResponse::Ok()
-    };
-    response
-        .insert_header((header::CONTENT_TYPE, super::JSON_UTF8))
-        .body(body.to_string())
+    })
 }
 
 /// The database facts of `/health`, read at most once per [`READY_CACHE`] (an

@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod body;
+mod dashboard;
 mod error;
 mod forwarder;
 pub mod listener;
@@ -17,6 +18,7 @@ use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, http::Method, http::header};
 
 pub use body::{BodyRules, read_body};
+pub use dashboard::Dashboard;
 pub use error::{ApiError, JSON_UTF8, json_error, json_ok};
 
 use crate::config::Secret;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub health_facts: tokio::sync::Mutex<Option<(std::time::Instant, Option<HealthFacts>)>>,
     /// Which enabled forwarder listeners no live process runs (`serve --listeners`).
     pub coverage: Arc<crate::processing::processes::Coverage>,
+    /// Sessions and sign-in attempts of the dashboard (`/admin/`, `/admin/ui/…`).
+    pub dashboard: Dashboard,
 }
 
 /// What `GET /health` reads from the database.
@@ -103,6 +107,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(admin::readyz))
             .default_service(web::to(method_not_allowed)),
     )
+    // The dashboard's pages come first: they take a session cookie or the bearer token.
+    .configure(dashboard::routes)
     .service(
         web::scope("/admin")
             .wrap_fn(admin_gate)
@@ -237,7 +243,8 @@ fn json_errors<B: MessageBody>(response: ServiceResponse<B>) -> ServiceResponse<
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        // The dashboard's own error pages are HTML on purpose.
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response.map_into_left_body();
     }

@@ -288,6 +288,7 @@ pub mod source {
     pub const CLI: &str = "CLI";
     pub const BREAKER: &str = "breaker";
     pub const REPLAY: &str = "replay";
+    pub const DASHBOARD: &str = "dashboard";
 }
 
 /// Why a change was not made.
