@@ -516,3 +516,136 @@ rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/hook" }}]
         hook.stop().await;
     }
 }
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A forwarded message from user 10 in #ops.
+fn forwarded(event_id: &str, message_id: i64) -> Value {
+    json!({"v": 1, "event_id": event_id, "emitted_at_ms": unix_now() * 1000,
+           "server": {"host": "h", "zulip_version": "10.2", "feature_level": 334},
+           "realm": {"id": 2, "uuid": "u", "string_id": "acme"}, "type": "message", "op": null,
+           "audience": {"count": 1, "user_ids": [10]},
+           "event": {"type": "message", "flags": [], "message": {"id": message_id, "sender_id": 10,
+               "content": "deploy now", "type": "stream", "display_recipient": "ops",
+               "stream_id": 42, "subject": "ci", "timestamp": 1700000000}}})
+}
+
+#[actix_web::test]
+async fn a_forwarded_event_over_a_listener_quota_is_set_aside_and_replayable_for_it_alone() {
+    for backend in backends() {
+        let hook = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+        let db = TestDatabase::new(backend);
+        let extra = format!(
+            r#"[admin]
+token = "{ADMIN}"
+[forwarder]
+secrets = ["{SECRET}"]
+handlers = ["quiet-alerts", "message_logger"]
+workers = 1
+[listeners.quiet-alerts]
+handler = "keyword_alerts"
+rate_limits = {{ per_user = {{ per_minute = 60, burst = 1 }} }}
+[listeners.quiet-alerts.settings]
+rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/hook" }}]
+"#,
+            hook.url
+        );
+        let t = start_server(&db, &extra).await;
+        let body = json!({"events": [forwarded("q1", 501), forwarded("q2", 502)]}).to_string();
+        let ts = unix_now();
+        let signature = zulip_listeners::verification::SigningKey::parse(SECRET)
+            .expect("key")
+            .sign("msg_q", ts, body.as_bytes());
+        let sent = t
+            .send(
+                t.http
+                    .post(format!("{}/zulip/events", t.base))
+                    .header("webhook-id", "msg_q")
+                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-signature", signature)
+                    .body(body),
+            )
+            .await;
+        assert_eq!(sent.status, 200, "{:?}", sent.json);
+        // The second event is over quota for quiet-alerts only: set aside as rate_limited.
+        let set_aside = eventually(Duration::from_secs(10), async || {
+            let page = admin(
+                &t,
+                reqwest::Method::GET,
+                "/admin/dead-letters?status=rate_limited",
+                None,
+            )
+            .await;
+            page.json["events"]
+                .as_array()
+                .is_some_and(|e| e.len() == 1 && e[0]["event_id"] == "q2")
+        })
+        .await;
+        assert!(set_aside, "{backend:?}: q2 is rate_limited");
+        assert_eq!(
+            hook.requests().len(),
+            1,
+            "{backend:?}: one alert within the quota"
+        );
+        t.server.flush().await;
+        let logged = t
+            .query(|c| {
+                zulip_listeners::db::store::message_by_id(c, 502)
+                    .ok()
+                    .flatten()
+                    .is_some()
+            })
+            .await;
+        assert!(logged, "{backend:?}: message_logger ran on q2 all the same");
+
+        // A second later the quota allows one more: the replay runs quiet-alerts alone.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let replay = admin(
+            &t,
+            reqwest::Method::POST,
+            "/admin/dead-letters/replay",
+            Some(json!({"ids": ["q2"], "status": "rate_limited"})),
+        )
+        .await;
+        assert_eq!(replay.json["requeued"], 1, "{:?}", replay.json);
+        let alerted =
+            eventually(Duration::from_secs(10), async || hook.requests().len() == 2).await;
+        assert!(alerted, "{backend:?}: the replay ran quiet-alerts");
+        t.server.flush().await;
+        let runs = t
+            .query(|c| {
+                zulip_listeners::db::store::event_log_page(
+                    c,
+                    Some("message_logger"),
+                    None,
+                    None,
+                    0,
+                    100,
+                )
+                .map(|rows| rows.len())
+                .unwrap_or_default()
+            })
+            .await;
+        assert_eq!(runs, 2, "{backend:?}: message_logger was not run again");
+        let done = eventually(Duration::from_secs(10), async || {
+            let page = admin(
+                &t,
+                reqwest::Method::GET,
+                "/admin/dead-letters?status=rate_limited",
+                None,
+            )
+            .await;
+            page.json["events"].as_array().is_some_and(|e| e.is_empty())
+        })
+        .await;
+        assert!(done, "{backend:?}: nothing is left rate_limited");
+        t.stop().await;
+        hook.stop().await;
+    }
+}

@@ -30,7 +30,7 @@ use diesel::sql_types::BigInt;
 use diesel::upsert::excluded;
 
 use super::schema::{
-    event_log, forwarder_batches, inbox, keyword_alerts, listener_stats, messages,
+    event_log, forwarder_batches, inbox, inbox_work, keyword_alerts, listener_stats, messages,
     outgoing_replies, user_activity,
 };
 use super::{DbConnection, DbError};
@@ -520,18 +520,22 @@ fn clean_inbox(
 ) -> Result<usize, DbError> {
     let mut after = i64::MIN;
     in_batches(conn, "inbox", limit, progress, |conn| {
-        let ids: Vec<i64> = inbox::table
-            .select(inbox::id)
+        let keys: Vec<(i64, String)> = inbox::table
+            .select((inbox::id, inbox::event_id))
             .filter(inbox::id.gt(after))
             .filter(inbox::status.eq_any(FINISHED_INBOX_STATUSES))
             .filter(inbox::updated_at_ms.lt(before_ms))
             .order(inbox::id)
             .limit(limit)
             .load(conn)?;
-        let Some(&last) = ids.last() else {
+        let Some(&(last, _)) = keys.last() else {
             return Ok((0, 0));
         };
         after = last;
+        let (ids, event_ids): (Vec<i64>, Vec<String>) = keys.into_iter().unzip();
+        // Work set aside with the event (listeners' quota skips) goes with it.
+        diesel::delete(inbox_work::table.filter(inbox_work::event_id.eq_any(&event_ids)))
+            .execute(conn)?;
         let deleted = diesel::delete(
             inbox::table
                 .filter(inbox::id.eq_any(&ids))

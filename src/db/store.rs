@@ -420,6 +420,17 @@ pub fn finish_work_done(
     Ok(applied)
 }
 
+/// What becomes of a listener's work after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkThen {
+    /// Tried again at this time (parked when the attempt was not counted).
+    RetryAt(i64),
+    /// Retries used up: a dead letter.
+    Dead,
+    /// Skipped over the listener's own quota: kept as `rate_limited`, replayable.
+    SetAside,
+}
+
 /// Records a failed attempt of `listener` at an event: `pending` again with `retry_at`
 /// (`parked` when it was not tried because the listener is paused or disabled), or `dead`
 /// when `retry_at` is `None`. Applies only if the work is still pending (or parked) at the
@@ -430,7 +441,7 @@ pub fn finish_work_failed(
     listener: &str,
     attempts_before: i32,
     attempts_after: i32,
-    retry_at: Option<i64>,
+    then: WorkThen,
     error: &str,
 ) -> Result<bool, DbError> {
     let target = inbox_work::table
@@ -438,10 +449,11 @@ pub fn finish_work_failed(
         .filter(inbox_work::listener.eq(listener))
         .filter(inbox_work::status.eq_any(["pending", "parked"]))
         .filter(inbox_work::attempts.eq(attempts_before));
-    let status = match retry_at {
-        None => "dead",
-        Some(_) if attempts_after == attempts_before => "parked",
-        Some(_) => "pending",
+    let (status, retry_at) = match then {
+        WorkThen::SetAside => ("rate_limited", None),
+        WorkThen::Dead => ("dead", None),
+        WorkThen::RetryAt(at) if attempts_after == attempts_before => ("parked", Some(at)),
+        WorkThen::RetryAt(at) => ("pending", Some(at)),
     };
     let updated = diesel::update(target)
         .set((
@@ -517,13 +529,16 @@ pub fn settle_events(
             "pending"
         } else if left.iter().any(|(s, _, _)| s == "parked") {
             "parked"
-        } else {
+        } else if left.iter().any(|(s, _, _)| s == "dead") {
             "dead"
+        } else {
+            // Only listeners that skipped it over their own quota: replayable for them.
+            "rate_limited"
         };
         let most = left.iter().map(|(_, a, _)| *a).max().unwrap_or(0).max(*n);
         let next = left
             .iter()
-            .filter(|(s, _, _)| s != "dead")
+            .filter(|(s, _, _)| s != "dead" && s != "rate_limited")
             .map(|(_, _, at)| *at)
             .min()
             .unwrap_or(0);

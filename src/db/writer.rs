@@ -81,6 +81,9 @@ pub struct InboxOutcome {
     /// `None` when the event was processed; else when to try again (`None`: it is dead) and
     /// why it failed.
     pub failure: Option<(Option<i64>, String)>,
+    /// The failure is the listener skipping the event over its own quota: its work is set
+    /// aside as `rate_limited` (replayable), not retried.
+    pub rate_limited: bool,
 }
 
 /// Everything one event's processing writes.
@@ -560,7 +563,11 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
                         outcome.listener,
                         outcome.attempts_before,
                         attempts_after,
-                        *retry_at,
+                        match (retry_at, outcome.rate_limited) {
+                            (Some(at), _) => store::WorkThen::RetryAt(*at),
+                            (None, true) => store::WorkThen::SetAside,
+                            (None, false) => store::WorkThen::Dead,
+                        },
                         error,
                     )?;
                     if applied {

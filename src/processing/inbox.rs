@@ -443,11 +443,14 @@ impl Inbox {
                             payloads.push((rows.len(), std::mem::take(&mut row.payload)));
                             done.push(row.event_id.clone());
                         } else {
-                            let tried = left.iter().any(|w| w.attempts > 0 && w.status != "dead");
+                            let settled =
+                                |w: &NewWorkRow| w.status == "dead" || w.status == "rate_limited";
+                            let tried = left.iter().any(|w| w.attempts > 0 && !settled(w));
                             summarise(&mut row, &left);
-                            if left.iter().any(|w| {
-                                w.status != "dead" && self.mine_names.contains(&w.listener)
-                            }) {
+                            if left
+                                .iter()
+                                .any(|w| !settled(w) && self.mine_names.contains(&w.listener))
+                            {
                                 held[lane] = true;
                             }
                             if row.status == "pending" && tried {
@@ -690,8 +693,19 @@ impl Inbox {
             let name = self.name(id);
             let (error, deferred) = match outcome.processed.logs.iter().find(|l| l.handler == name)
             {
-                // Done, or skipped over the listener's own quota (logged; not retried).
-                Some(log) if log.success || crate::db::listeners::is_rate_limited(log) => continue,
+                Some(log) if log.success => continue,
+                Some(log) if crate::db::listeners::is_rate_limited(log) => {
+                    // Skipped over the listener's own quota: set aside, replayable.
+                    let mut work = self.work_row(&row.event_id, id, 0, now);
+                    work.attempts = 1;
+                    work.status = "rate_limited";
+                    work.last_error = Some(format!(
+                        "{name}: {}",
+                        log.error.as_deref().unwrap_or("rate limited")
+                    ));
+                    left.push(work);
+                    continue;
+                }
                 Some(log) => (
                     Some(format!(
                         "{name}: {}",
@@ -846,8 +860,16 @@ impl Inbox {
                 .processor
                 .run(&event, &[id], Some(self.config.handler_timeout), None)
                 .await;
+            let skipped = outcome
+                .processed
+                .logs
+                .iter()
+                .find(|l| crate::db::listeners::is_rate_limited(l))
+                .map(|l| format!("{}: {}", self.name(id), l.error.as_deref().unwrap_or("")));
             let verdict = self.judge(&guard.event_id, &mut outcome, attempts);
             let (counts_attempt, failure) = match verdict {
+                // Skipped over the listener's own quota: set aside, replayable, not retried.
+                _ if skipped.is_some() => (true, skipped.clone().map(|e| (None, e))),
                 Verdict::Done => (true, None),
                 Verdict::Retry {
                     retry_at_ms,
@@ -866,6 +888,7 @@ impl Inbox {
                 attempts_before: attempts,
                 counts_attempt,
                 failure,
+                rate_limited: skipped.is_some(),
             });
             results.push(processed);
         }
@@ -959,6 +982,7 @@ impl Inbox {
                                     None,
                                     format!("stored envelope cannot be read: {}", e.0),
                                 )),
+                                rate_limited: false,
                             }),
                             ..Default::default()
                         };
@@ -1035,19 +1059,21 @@ fn waits_for(
 
 /// Sets an inbox row's status from the work left of its event: `pending` while a listener
 /// may still run it, `parked` while every one left waits for a paused listener, `dead` when
-/// all that is left is dead.
+/// what is left is dead, `rate_limited` when it is only skips over listeners' own quotas.
 fn summarise(row: &mut NewInboxRow, left: &[NewWorkRow]) {
     row.status = if left.iter().any(|w| w.status == "pending") {
         "pending"
     } else if left.iter().any(|w| w.status == "parked") {
         "parked"
-    } else {
+    } else if left.iter().any(|w| w.status == "dead") {
         "dead"
+    } else {
+        "rate_limited"
     };
     row.attempts = left.iter().map(|w| w.attempts).max().unwrap_or(0);
     if let Some(next) = left
         .iter()
-        .filter(|w| w.status != "dead")
+        .filter(|w| w.status != "dead" && w.status != "rate_limited")
         .map(|w| w.next_attempt_at_ms)
         .min()
     {
