@@ -89,12 +89,12 @@ fn an_invalid_budget_is_refused_naming_the_key() {
         assert!(text.contains(problem), "{budget}: {text}");
     }
     // Too many connections for the budget: the message says what to change.
-    let error = config(
+    let Err(error) = config(
         "pool_size = 100\n[server]\nmemory_budget = \"16MiB\"",
         "sqlite://x.db",
-    )
-    .err()
-    .expect("a 16MiB budget over 102 connections was accepted");
+    ) else {
+        panic!("a 16MiB budget over 102 connections was accepted");
+    };
     let text = error.to_string();
     assert!(
         text.contains("server.memory_budget") && text.contains("database.pool_size"),
