@@ -243,9 +243,89 @@ pub struct ServerConfig {
     /// Most bytes of request bodies being read (not yet verified) at once, over all
     /// requests; a body that would exceed it is answered 503 with `Retry-After`.
     pub unverified_body_bytes: usize,
+    /// The memory the server sizes its caches and pools for, like `"64MiB"`: a quarter of it
+    /// is SQLite's page cache, shared evenly by every connection (see [`ServerConfig::memory`]).
+    pub memory_budget: String,
+}
+
+/// Smallest `server.memory_budget` accepted.
+const MIN_MEMORY_BUDGET: u64 = 16 << 20;
+/// Smallest SQLite page cache a connection may be left with (16 pages of 16 KiB).
+const MIN_SQLITE_CACHE_PER_CONNECTION: u64 = 256 << 10;
+
+/// How `server.memory_budget` is shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// The whole budget, in bytes.
+    pub budget_bytes: u64,
+    /// SQLite connections that hold a page cache: the pool, the writer's and the
+    /// checkpointer's.
+    pub sqlite_connections: u64,
+    /// Page cache of each SQLite connection, in bytes (`PRAGMA cache_size = -KiB`).
+    pub sqlite_cache_per_connection: u64,
+}
+
+impl MemoryPlan {
+    /// A quarter of `budget_bytes` for SQLite's page caches, split over the pool's
+    /// connections plus the writer's and the checkpointer's. The rest is headroom for what
+    /// traffic allocates (bodies being read, batches in flight, rate-limiter keys).
+    pub fn new(budget_bytes: u64, pool_size: u32) -> MemoryPlan {
+        let sqlite_connections = u64::from(pool_size) + 2;
+        MemoryPlan {
+            budget_bytes,
+            sqlite_connections,
+            sqlite_cache_per_connection: budget_bytes / 4 / sqlite_connections,
+        }
+    }
+
+    /// The value for `PRAGMA cache_size` (negative: KiB rather than pages).
+    pub fn sqlite_cache_size_pragma(&self) -> i64 {
+        -i64::try_from(self.sqlite_cache_per_connection / 1024).unwrap_or(i64::MAX)
+    }
+
+    /// Page-cache bytes of every SQLite connection together, at most.
+    pub fn sqlite_cache_total(&self) -> u64 {
+        self.sqlite_cache_per_connection * self.sqlite_connections
+    }
+}
+
+/// Reads a size like `64MiB`, `512 KiB`, `1GiB`, `65536` (bytes); `MB`/`KB`/`GB` are read as
+/// their binary counterparts.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like \"64MiB\""))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use B, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 impl ServerConfig {
+    /// How the memory budget is shared out with a pool of `pool_size` connections.
+    /// `memory_budget` was checked at load; an unreadable value falls back to the default.
+    pub fn memory(&self, pool_size: u32) -> MemoryPlan {
+        MemoryPlan::new(
+            parse_byte_size(&self.memory_budget).unwrap_or(64 << 20),
+            pool_size,
+        )
+    }
+
     /// The reply deadline: `reply_deadline` when set, else four fifths of Zulip's timeout
     /// (8 s for Zulip's default 10 s), which leaves time for the answer to travel back.
     pub fn reply_deadline(&self) -> Duration {
@@ -740,6 +820,26 @@ impl Config {
         }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        let budget = parse_byte_size(&self.server.memory_budget)
+            .map_err(|problem| invalid("server.memory_budget", problem))?;
+        if budget < MIN_MEMORY_BUDGET {
+            return Err(invalid(
+                "server.memory_budget",
+                format!("must be at least 16MiB (is {budget} bytes)"),
+            ));
+        }
+        let plan = MemoryPlan::new(budget, self.database.pool_size);
+        if plan.sqlite_cache_per_connection < MIN_SQLITE_CACHE_PER_CONNECTION {
+            return Err(invalid(
+                "server.memory_budget",
+                format!(
+                    "leaves {} KiB of page cache per database connection (a quarter of the budget \
+                     over database.pool_size + 2 connections); at least 256 KiB is needed: raise \
+                     the budget or lower database.pool_size",
+                    plan.sqlite_cache_per_connection / 1024
+                ),
+            ));
         }
         if self.database.write_batch_size == 0 {
             return Err(invalid("database.write_batch_size", "must be at least 1"));

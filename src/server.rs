@@ -200,7 +200,8 @@ fn remaining(deadline: tokio::time::Instant) -> Duration {
 pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<RunningServer> {
     crate::telemetry::configure_scrubbing(&config.data_protection);
     let database = config.database.clone();
-    let (db, applied) = tokio::task::spawn_blocking(move || Db::open(&database))
+    let memory = config.server.memory(config.database.pool_size);
+    let (db, applied) = tokio::task::spawn_blocking(move || Db::open(&database, memory))
         .await
         .context("opening the database")??;
     for migration in &applied {
@@ -555,6 +556,7 @@ async fn refresh(u: &Upkeep) {
     u.inbox.refresh_gauges();
     let (in_use, idle) = u.db.pool_state();
     metric::db_pool(in_use, idle);
+    metric::memory(u.db.memory(), u.db.backend());
     match u
         .db
         .run(|c| {

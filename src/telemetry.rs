@@ -374,6 +374,19 @@ pub mod metric {
         gauge!("zulip_listeners_inbox_events", "status" => status.to_string()).set(count as f64);
     }
 
+    /// Where memory goes: the configured budget, the most SQLite's page caches may take
+    /// (per connection × connections), and what SQLite has allocated now.
+    pub fn memory(plan: crate::config::MemoryPlan, backend: crate::db::Backend) {
+        gauge!("zulip_listeners_memory_budget_bytes").set(plan.budget_bytes as f64);
+        if backend == crate::db::Backend::Sqlite {
+            gauge!("zulip_listeners_sqlite_cache_limit_bytes")
+                .set(plan.sqlite_cache_total() as f64);
+        }
+        if let Some(used) = crate::db::sqlite_memory_used() {
+            gauge!("zulip_listeners_sqlite_memory_bytes").set(used as f64);
+        }
+    }
+
     pub fn db_pool(in_use: u32, idle: u32) {
         gauge!("zulip_listeners_db_pool_connections", "state" => "in_use").set(f64::from(in_use));
         gauge!("zulip_listeners_db_pool_connections", "state" => "idle").set(f64::from(idle));

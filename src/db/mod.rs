@@ -21,7 +21,9 @@ use diesel::prelude::*;
 use diesel::r2d2::R2D2Connection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::config::{DatabaseConfig, DatabaseTarget, parse_database_url};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::config::{DatabaseConfig, DatabaseTarget, MemoryPlan, parse_database_url};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -29,13 +31,37 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 /// Per-connection SQLite settings: 16 KiB pages (applies only when the file is created), wait
 /// for the writer instead of failing, WAL for concurrent readers, the durability level WAL
 /// makes safe (a crash of the process loses nothing that was committed; the writer's own
-/// connection, which commits everything acknowledged, uses `database.synchronous`), a 64 MiB page cache,
+/// connection, which commits everything acknowledged, uses `database.synchronous`),
 /// a checkpoint after 2,500 pages of log (the writer's own connection raises this: see
-/// [`checkpoint`]), and a log file cut back to 64 MiB when it starts over.
+/// [`checkpoint`]), and a log file cut back to 64 MiB when it starts over. The page cache is
+/// set apart: its size comes from `server.memory_budget` (see [`MemoryPlan`]).
 const SQLITE_PRAGMAS: &str = "PRAGMA page_size = 16384; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
                               PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                              PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 2500; \
+                              PRAGMA wal_autocheckpoint = 2500; \
                               PRAGMA journal_size_limit = 67108864;";
+
+/// `PRAGMA cache_size` of connections opened with [`establish`] (the writer's, the
+/// checkpointer's, command-line tools): the share [`Db::open`] derived from the memory budget,
+/// SQLite's own default (2,000 KiB) until then.
+static SQLITE_CACHE_SIZE: AtomicI64 = AtomicI64::new(-2000);
+
+/// Bytes SQLite has allocated in this process (page caches, schemas, statements), from
+/// `sqlite3_status64(SQLITE_STATUS_MEMORY_USED)`; `None` when SQLite does not count.
+pub fn sqlite_memory_used() -> Option<u64> {
+    let (mut current, mut highwater) = (0i64, 0i64);
+    // SAFETY: sqlite3_status64 only writes the two integers it is given pointers to.
+    let rc = unsafe {
+        libsqlite3_sys::sqlite3_status64(
+            libsqlite3_sys::SQLITE_STATUS_MEMORY_USED,
+            &mut current,
+            &mut highwater,
+            0,
+        )
+    };
+    (rc == libsqlite3_sys::SQLITE_OK)
+        .then(|| u64::try_from(current).ok())
+        .flatten()
+}
 
 /// One connection to either backend.
 #[derive(diesel::MultiConnection)]
@@ -98,6 +124,8 @@ pub enum DbError {
 #[derive(Debug, Clone)]
 pub struct ConnectionManager {
     target: DatabaseTarget,
+    /// `PRAGMA cache_size` of each pooled SQLite connection.
+    cache_size: i64,
 }
 
 impl r2d2::ManageConnection for ConnectionManager {
@@ -105,7 +133,7 @@ impl r2d2::ManageConnection for ConnectionManager {
     type Error = DbError;
 
     fn connect(&self) -> Result<DbConnection, DbError> {
-        establish(&self.target)
+        establish_with_cache(&self.target, self.cache_size)
     }
 
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), DbError> {
@@ -117,8 +145,17 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 }
 
-/// Opens one connection, outside any pool (migrations, the background writer).
+/// Opens one connection, outside any pool (migrations, the background writer), with the page
+/// cache [`Db::open`] derived from the memory budget.
 pub fn establish(target: &DatabaseTarget) -> Result<DbConnection, DbError> {
+    establish_with_cache(target, SQLITE_CACHE_SIZE.load(Ordering::Relaxed))
+}
+
+/// Opens one connection with `PRAGMA cache_size = cache_size` on SQLite (negative: KiB).
+pub fn establish_with_cache(
+    target: &DatabaseTarget,
+    cache_size: i64,
+) -> Result<DbConnection, DbError> {
     match target {
         DatabaseTarget::Sqlite(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -129,6 +166,7 @@ pub fn establish(target: &DatabaseTarget) -> Result<DbConnection, DbError> {
             }
             let mut conn = diesel::SqliteConnection::establish(&path_str(path)?)?;
             conn.batch_execute(SQLITE_PRAGMAS)?;
+            conn.batch_execute(&format!("PRAGMA cache_size = {cache_size};"))?;
             Ok(DbConnection::Sqlite(conn))
         }
         DatabaseTarget::Postgres(url) => Ok(DbConnection::Postgres(
@@ -172,12 +210,17 @@ pub struct Db {
     pool: r2d2::Pool<ConnectionManager>,
     target: DatabaseTarget,
     backend: Backend,
+    memory: MemoryPlan,
 }
 
 impl Db {
-    /// Applies migrations on a dedicated connection, then builds the pool.
-    pub fn open(config: &DatabaseConfig) -> Result<(Db, Vec<String>), DbError> {
+    /// Applies migrations on a dedicated connection, then builds the pool. Every SQLite
+    /// connection of the process opened from now on (pooled or by [`establish`]) gets the page
+    /// cache `memory` allots it.
+    pub fn open(config: &DatabaseConfig, memory: MemoryPlan) -> Result<(Db, Vec<String>), DbError> {
         let target = parse_database_url(&config.url).map_err(DbError::Invalid)?;
+        let cache_size = memory.sqlite_cache_size_pragma();
+        SQLITE_CACHE_SIZE.store(cache_size, Ordering::Relaxed);
         let applied = run_migrations(&mut establish(&target)?)?;
         let backend = match target {
             DatabaseTarget::Sqlite(_) => Backend::Sqlite,
@@ -190,12 +233,14 @@ impl Db {
             .error_handler(Box::new(r2d2::LoggingErrorHandler))
             .build(ConnectionManager {
                 target: target.clone(),
+                cache_size,
             })?;
         Ok((
             Db {
                 pool,
                 target,
                 backend,
+                memory,
             },
             applied,
         ))
@@ -207,6 +252,11 @@ impl Db {
 
     pub fn target(&self) -> &DatabaseTarget {
         &self.target
+    }
+
+    /// How the memory budget was shared out when the pool was built.
+    pub fn memory(&self) -> MemoryPlan {
+        self.memory
     }
 
     /// Runs blocking diesel work on the blocking thread pool with a pooled connection.
