@@ -531,6 +531,20 @@ mod webdriver {
         }
 
         async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+            match self.try_call(method, path, body).await {
+                Ok(value) => value,
+                Err(error) => panic!("webdriver {path}: {error}"),
+            }
+        }
+
+        /// A WebDriver command; `Err` with WebDriver's error (e.g. no such element while a
+        /// page is still loading).
+        async fn try_call(
+            &self,
+            method: reqwest::Method,
+            path: &str,
+            body: Value,
+        ) -> Result<Value, Value> {
             let request = self.http.request(method, format!("{}{path}", self.session));
             let request = if body.is_null() {
                 request
@@ -545,9 +559,34 @@ mod webdriver {
                 .await
                 .expect("webdriver JSON");
             if answer["value"]["error"].is_string() {
-                panic!("webdriver {path}: {}", answer["value"]);
+                return Err(answer["value"].clone());
             }
-            answer["value"].clone()
+            Ok(answer["value"].clone())
+        }
+
+        /// The text of an element, or `None` while there is none (the page is loading).
+        pub async fn try_text(&self, css: &str) -> Option<String> {
+            let element = self
+                .try_call(
+                    reqwest::Method::POST,
+                    "/element",
+                    json!({"using": "css selector", "value": css}),
+                )
+                .await
+                .ok()?;
+            let id = element
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(Value::as_str)?
+                .to_string();
+            self.try_call(
+                reqwest::Method::GET,
+                &format!("/element/{id}/text"),
+                Value::Null,
+            )
+            .await
+            .ok()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
         }
 
         pub async fn goto(&self, url: &str) {
@@ -702,10 +741,14 @@ async fn start_driver() -> Driver {
 /// Waits until the text of `css` contains `wanted`.
 async fn wait_text(browser: &webdriver::Browser, css: &str, wanted: &str) -> String {
     let mut text = String::new();
-    for _ in 0..50 {
-        text = browser.text(css).await;
-        if text.contains(wanted) {
-            return text;
+    // A click that submits a form navigates: the element may be missing (or stale) until
+    // the next page is there.
+    for _ in 0..100 {
+        if let Some(found) = browser.try_text(css).await {
+            text = found;
+            if text.contains(wanted) {
+                return text;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -810,6 +853,8 @@ async fn in_a_real_browser() {
 
     // Signing out: every page sends the browser back to the sign-in form.
     browser.click("form.logout button").await;
+    // Signed out once the sign-in form is there.
+    wait_text(&browser, "#sign-in", "").await;
     for page in PAGES {
         browser.goto(&format!("{base}{page}")).await;
         assert!(
