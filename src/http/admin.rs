@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState, HealthFacts, json_ok};
+use crate::db::models::{HistoryRow, ListenerRow};
 use crate::db::{now_ms, store};
 use crate::listeners::changes::{self, ChangeError, FieldError, Overrides};
 use crate::telemetry::metric;
@@ -382,27 +383,7 @@ async fn change_listener(
     name: String,
     patch: Overrides,
 ) -> Result<HttpResponse, ApiError> {
-    if state.registry.by_name(&name).is_none() {
-        return Err(ApiError::NotFound(format!("no listener named `{name}`")));
-    }
-    let registry = state.registry.clone();
-    let key = name.clone();
-    let result = state
-        .outgoing
-        .db()
-        .run(move |c| {
-            Ok(changes::change(
-                c,
-                &registry,
-                &key,
-                &patch,
-                changes::source::ADMIN_API,
-                None,
-            ))
-        })
-        .await
-        .map_err(db_error)?;
-    let (row, history) = match result {
+    let (row, history) = match apply_change(state, &name, patch, changes::source::ADMIN_API).await {
         Ok(done) => done,
         Err(ChangeError::NotFound(name)) => {
             return Err(ApiError::NotFound(format!("no listener named `{name}`")));
@@ -410,22 +391,47 @@ async fn change_listener(
         Err(ChangeError::Invalid(e)) => return Err(invalid_field(e)),
         Err(ChangeError::Database(e)) => return Err(db_error(e)),
     };
-    state.registry.apply_row(&row);
     let entry = state
         .registry
         .by_name(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no listener named `{name}`")))?;
-    metric::handler_enabled(&name, entry.enabled());
+    let mut view = state.registry.view(entry, Some(&row));
+    view["changed"] = json!(history.iter().map(|h| h.field.as_str()).collect::<Vec<_>>());
+    Ok(json_ok(view.to_string()))
+}
+
+/// Makes an operator's change to a listener (through [`changes::change`], recorded with
+/// `source`) and applies it to this server at once: the one path of the admin API and the
+/// dashboard.
+pub(super) async fn apply_change(
+    state: &AppState,
+    name: &str,
+    patch: Overrides,
+    source: &'static str,
+) -> Result<(ListenerRow, Vec<HistoryRow>), ChangeError> {
+    if state.registry.by_name(name).is_none() {
+        return Err(ChangeError::NotFound(name.to_string()));
+    }
+    let registry = state.registry.clone();
+    let key = name.to_string();
+    let (row, history) = state
+        .outgoing
+        .db()
+        .run(move |c| Ok(changes::change(c, &registry, &key, &patch, source, None)))
+        .await??;
+    state.registry.apply_row(&row);
+    if let Some(entry) = state.registry.by_name(name) {
+        metric::handler_enabled(name, entry.enabled());
+    }
     for change in &history {
         tracing::info!(
             listener = name,
             field = change.field,
-            "listener changed through the admin API"
+            source,
+            "listener changed"
         );
     }
-    let mut view = state.registry.view(entry, Some(&row));
-    view["changed"] = json!(history.iter().map(|h| h.field.as_str()).collect::<Vec<_>>());
-    Ok(json_ok(view.to_string()))
+    Ok((row, history))
 }
 
 #[derive(Deserialize)]

@@ -31,7 +31,7 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 
 use super::{AppState, method_not_allowed};
-use crate::db::models::{HistoryRow, ListenerRow};
+use crate::db::models::ListenerRow;
 use crate::db::{DbError, dashboard as queries, now_ms, store};
 use crate::listeners::changes::{self, ChangeError, Overrides};
 use crate::verification::token_matches;
@@ -923,45 +923,18 @@ async fn apply(state: &AppState, name: &str, patch: Overrides) -> Result<Vec<Str
     if patch == Overrides::default() {
         return Ok(Vec::new());
     }
-    let registry = state.registry.clone();
-    let key = name.to_string();
-    let result = state
-        .outgoing
-        .db()
-        .run(move |c| {
-            Ok(changes::change(
-                c,
-                &registry,
-                &key,
-                &patch,
-                changes::source::DASHBOARD,
-                None,
-            ))
-        })
-        .await
-        .map_err(Refusal::Database)?;
-    let (row, history): (ListenerRow, Vec<HistoryRow>) = match result {
-        Ok(done) => done,
-        Err(ChangeError::NotFound(name)) => {
-            return Err(Refusal::Invalid(changes::FieldError::new(
-                "",
-                format!("no listener named `{name}`"),
-            )));
-        }
-        Err(ChangeError::Invalid(e)) => return Err(Refusal::Invalid(e)),
-        Err(ChangeError::Database(e)) => return Err(Refusal::Database(e)),
-    };
-    state.registry.apply_row(&row);
-    if let Some(entry) = state.registry.by_name(name) {
-        crate::telemetry::metric::handler_enabled(name, entry.enabled());
-    }
-    for change in &history {
-        tracing::info!(
-            listener = name,
-            field = change.field,
-            "listener changed through the dashboard"
-        );
-    }
+    let history =
+        match super::admin::apply_change(state, name, patch, changes::source::DASHBOARD).await {
+            Ok((_, history)) => history,
+            Err(ChangeError::NotFound(name)) => {
+                return Err(Refusal::Invalid(changes::FieldError::new(
+                    "",
+                    format!("no listener named `{name}`"),
+                )));
+            }
+            Err(ChangeError::Invalid(e)) => return Err(Refusal::Invalid(e)),
+            Err(ChangeError::Database(e)) => return Err(Refusal::Database(e)),
+        };
     Ok(history.into_iter().map(|h| h.field).collect())
 }
 
