@@ -1,14 +1,21 @@
-//! Events: the typed form every request is turned into before handlers see it, and the parsers
-//! for Zulip's outgoing-webhook wire formats (generic JSON and Slack-style form).
+//! Events: the typed [`Event`] every request is turned into before handlers see it — where it
+//! came from, its realm, the user it is about and its [`EventKind`] — and which Rust type each
+//! Zulip event type becomes (`EventKind::read`).
 //!
-//! Parsing is tolerant the way Zulip's payloads require: unknown fields are ignored, every
-//! `message` field is optional, and the minimal bodies found in Zulip's own docs and tests work.
+//! The submodules: [`kinds`] (the Zulip event types handlers consume), [`outgoing`] (the
+//! outgoing-webhook wire formats), [`forwarded`] (the forwarder's batch wire format) and
+//! [`text`] (Zulip's text rules for replies).
 
 pub mod forwarded;
+pub mod kinds;
+pub mod outgoing;
+pub mod text;
 
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+use outgoing::WireMessage;
 
 /// Where an event came from.
 #[derive(Debug, Clone)]
@@ -90,18 +97,18 @@ pub struct Event {
 #[derive(Debug, Clone)]
 pub enum EventKind {
     Message(Box<Message>),
-    UpdateMessage(Box<forwarded::UpdateMessage>),
-    DeleteMessage(forwarded::DeleteMessage),
-    Reaction(forwarded::Reaction),
-    Subscription(forwarded::Subscription),
-    Stream(forwarded::StreamChange),
-    RealmUser(forwarded::RealmUser),
-    Presence(forwarded::Presence),
-    Typing(forwarded::Typing),
-    UpdateMessageFlags(forwarded::UpdateMessageFlags),
-    UserStatus(forwarded::UserStatus),
-    RealmEmoji(forwarded::RealmEmoji),
-    CustomProfileFields(forwarded::CustomProfileFields),
+    UpdateMessage(Box<kinds::UpdateMessage>),
+    DeleteMessage(kinds::DeleteMessage),
+    Reaction(kinds::Reaction),
+    Subscription(kinds::Subscription),
+    Stream(kinds::StreamChange),
+    RealmUser(kinds::RealmUser),
+    Presence(kinds::Presence),
+    Typing(kinds::Typing),
+    UpdateMessageFlags(kinds::UpdateMessageFlags),
+    UserStatus(kinds::UserStatus),
+    RealmEmoji(kinds::RealmEmoji),
+    CustomProfileFields(kinds::CustomProfileFields),
     Other {
         event_type: String,
         raw: serde_json::Value,
@@ -148,6 +155,51 @@ impl Event {
             _ => None,
         }
     }
+}
+
+impl EventKind {
+    /// Reads an event of Zulip type `event_type` into its Rust type (the one place that maps
+    /// type names to types); a type without one is kept as raw JSON. An event that does not
+    /// have its type's shape is an error.
+    fn read<'de, D: Deserializer<'de>>(event_type: &str, event: D) -> Result<EventKind, D::Error> {
+        Ok(match event_type {
+            "message" => {
+                let e = MessageEvent::deserialize(event)?;
+                EventKind::Message(Box::new(
+                    e.message
+                        .into_message(MessageType::Stream, |c| c.to_string()),
+                ))
+            }
+            "update_message" => {
+                EventKind::UpdateMessage(Box::new(kinds::UpdateMessage::deserialize(event)?))
+            }
+            "delete_message" => EventKind::DeleteMessage(kinds::DeleteMessage::deserialize(event)?),
+            "reaction" => EventKind::Reaction(kinds::Reaction::deserialize(event)?),
+            "subscription" => EventKind::Subscription(kinds::Subscription::deserialize(event)?),
+            "stream" => EventKind::Stream(kinds::StreamChange::deserialize(event)?),
+            "realm_user" => EventKind::RealmUser(kinds::RealmUser::deserialize(event)?),
+            "presence" => EventKind::Presence(kinds::Presence::deserialize(event)?),
+            "typing" => EventKind::Typing(kinds::Typing::deserialize(event)?),
+            "update_message_flags" => {
+                EventKind::UpdateMessageFlags(kinds::UpdateMessageFlags::deserialize(event)?)
+            }
+            "user_status" => EventKind::UserStatus(kinds::UserStatus::deserialize(event)?),
+            "realm_emoji" => EventKind::RealmEmoji(kinds::RealmEmoji::deserialize(event)?),
+            "custom_profile_fields" => {
+                EventKind::CustomProfileFields(kinds::CustomProfileFields::deserialize(event)?)
+            }
+            _ => EventKind::Other {
+                event_type: event_type.to_string(),
+                raw: serde_json::Value::deserialize(event)?,
+            },
+        })
+    }
+}
+
+/// A `message` event: the message in the `GET /messages` format.
+#[derive(Deserialize)]
+struct MessageEvent {
+    message: WireMessage,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,420 +255,85 @@ pub struct Message {
 #[error("{0}")]
 pub struct PayloadError(pub String);
 
-/// The generic (Zulip-format) outgoing-webhook body.
-#[derive(Debug, Deserialize)]
-pub struct OutgoingPayload {
-    #[serde(default)]
-    pub bot_email: Option<String>,
-    #[serde(default)]
-    pub bot_full_name: Option<String>,
-    #[serde(default)]
-    pub data: Option<String>,
-    #[serde(default)]
-    pub token: Option<String>,
-    #[serde(default)]
-    pub trigger: Option<String>,
-    #[serde(default)]
-    pub message: Option<WireMessage>,
-}
-
-/// `message` as Zulip sends it (the `GET /messages` format), every field optional.
-#[derive(Debug, Default, Deserialize)]
-pub struct WireMessage {
-    #[serde(default)]
-    pub id: Option<i64>,
-    #[serde(default, rename = "type")]
-    pub message_type: Option<String>,
-    #[serde(default)]
-    pub content: Option<String>,
-    #[serde(default)]
-    pub display_recipient: Option<DisplayRecipient>,
-    #[serde(default)]
-    pub stream_id: Option<i64>,
-    #[serde(default)]
-    pub subject: Option<String>,
-    #[serde(default)]
-    pub sender_id: Option<i64>,
-    #[serde(default)]
-    pub sender_email: Option<String>,
-    #[serde(default)]
-    pub sender_full_name: Option<String>,
-    #[serde(default)]
-    pub sender_realm_str: Option<String>,
-    #[serde(default)]
-    pub timestamp: Option<i64>,
-}
-
-/// A channel name, or the participants of a direct message.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum DisplayRecipient {
-    Channel(String),
-    People(Vec<Recipient>),
-}
-
-impl OutgoingPayload {
-    /// Parses a generic-interface body.
-    pub fn parse(body: &[u8]) -> Result<Self, PayloadError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(PayloadError(
-                "the request body is empty; expected Zulip's outgoing-webhook JSON".into(),
-            ));
-        }
-        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(PayloadError(
-                "the body must be a JSON object (Zulip's outgoing-webhook format)".into(),
-            ));
-        }
-        serde_json::from_slice(body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => {
-                PayloadError(format!("unexpected field type in the body: {e}"))
-            }
-            _ => PayloadError(format!("the body is not valid JSON: {e}")),
-        })
-    }
-
-    /// The trigger to act on: the `trigger` field, or (for minimal bodies without one) the one
-    /// the message type implies. `Err` carries an unrecognised value.
-    pub fn trigger(&self) -> Result<Trigger, String> {
-        match self.trigger.as_deref() {
-            Some(value) => Trigger::parse(value).ok_or_else(|| value.to_string()),
-            None => Ok(
-                match self
-                    .message
-                    .as_ref()
-                    .and_then(|m| m.message_type.as_deref())
-                {
-                    Some("private") => Trigger::DirectMessage,
-                    _ => Trigger::Mention,
-                },
-            ),
-        }
-    }
-
-    /// Turns the body into an event for `bot`, stripping a leading mention of the bot (named
-    /// by `bot_full_name`, else `configured_name`; when neither is known, any leading mention).
-    pub fn into_event(
-        self,
-        bot: Arc<str>,
-        trigger: Trigger,
-        configured_name: Option<&str>,
-        raw: bytes::Bytes,
-    ) -> Event {
-        let mut wire = self.message.unwrap_or_default();
-        if wire.content.is_none() {
-            wire.content = self.data;
-        }
-        let bot_name = self.bot_full_name.as_deref().or(configured_name);
-        let realm_str = wire.sender_realm_str.take();
-        let default_type = match trigger {
-            Trigger::DirectMessage => MessageType::Private,
-            Trigger::Mention => MessageType::Stream,
-        };
-        let message = wire.into_message(default_type, |content| {
-            strip_leading_mention(content, bot_name).to_string()
-        });
-        Event {
-            origin: Origin::Outgoing {
-                bot,
-                trigger,
-                raw: RawBody {
-                    bytes: raw,
-                    form: false,
-                },
-            },
-            realm: Realm {
-                id: None,
-                string_id: realm_str,
-            },
-            user_id: message.sender_id,
-            occurred_at_ms: None,
-            kind: EventKind::Message(Box::new(message)),
-        }
-    }
-}
-
-impl WireMessage {
-    /// The typed message; `command` derives the command text from the content.
-    pub fn into_message(
-        self,
-        default_type: MessageType,
-        command: impl FnOnce(&str) -> String,
-    ) -> Message {
-        let content = self.content.unwrap_or_default();
-        let command = command(&content);
-        let message_type = match self.message_type.as_deref() {
-            Some("private") => MessageType::Private,
-            Some(_) => MessageType::Stream,
-            None => default_type,
-        };
-        let (channel, recipients) = match self.display_recipient {
-            Some(DisplayRecipient::Channel(name)) => (Some(name), Vec::new()),
-            Some(DisplayRecipient::People(people)) => (None, people),
-            None => (None, Vec::new()),
-        };
-        Message {
-            id: self.id,
-            message_type,
-            content,
-            command,
-            sender_id: self.sender_id,
-            sender_email: self.sender_email,
-            sender_full_name: self.sender_full_name,
-            stream_id: self.stream_id,
-            channel,
-            topic: self.subject,
-            recipients,
-            timestamp: self.timestamp,
-        }
-    }
-}
-
-/// The Slack-compatible body (`application/x-www-form-urlencoded`). Zulip sends it for
-/// channel mentions only; ids carry Slack-style prefixes (`T`, `C`, `U`).
-#[derive(Debug, Deserialize)]
-pub struct SlackPayload {
-    #[serde(default)]
-    pub token: Option<String>,
-    #[serde(default)]
-    pub team_id: Option<String>,
-    #[serde(default)]
-    pub team_domain: Option<String>,
-    #[serde(default)]
-    pub channel_id: Option<String>,
-    #[serde(default)]
-    pub channel_name: Option<String>,
-    #[serde(default)]
-    pub timestamp: Option<String>,
-    #[serde(default)]
-    pub user_id: Option<String>,
-    #[serde(default)]
-    pub user_name: Option<String>,
-    #[serde(default)]
-    pub text: Option<String>,
-    #[serde(default)]
-    pub trigger_word: Option<String>,
-}
-
-impl SlackPayload {
-    pub fn parse(body: &[u8]) -> Result<Self, PayloadError> {
-        serde_urlencoded::from_bytes(body)
-            .map_err(|e| PayloadError(format!("the form body cannot be read: {e}")))
-    }
-
-    pub fn trigger(&self) -> Result<Trigger, String> {
-        match self.trigger_word.as_deref() {
-            None => Ok(Trigger::Mention),
-            Some(value) => Trigger::parse(value).ok_or_else(|| value.to_string()),
-        }
-    }
-
-    pub fn into_event(
-        self,
-        bot: Arc<str>,
-        trigger: Trigger,
-        configured_name: Option<&str>,
-        raw: bytes::Bytes,
-    ) -> Event {
-        let content = self.text.unwrap_or_default();
-        let command = strip_leading_mention(&content, configured_name).to_string();
-        let sender_id = prefixed_id(self.user_id.as_deref(), 'U');
-        Event {
-            origin: Origin::Outgoing {
-                bot,
-                trigger,
-                raw: RawBody {
-                    bytes: raw,
-                    form: true,
-                },
-            },
-            realm: Realm {
-                id: prefixed_id(self.team_id.as_deref(), 'T'),
-                string_id: None,
-            },
-            user_id: sender_id,
-            occurred_at_ms: None,
-            kind: EventKind::Message(Box::new(Message {
-                id: None,
-                message_type: MessageType::Stream,
-                content,
-                command,
-                sender_id,
-                sender_email: None,
-                sender_full_name: self.user_name,
-                stream_id: prefixed_id(self.channel_id.as_deref(), 'C'),
-                channel: self.channel_name,
-                topic: None,
-                recipients: Vec::new(),
-                timestamp: self.timestamp.and_then(|t| t.parse().ok()),
-            })),
-        }
-    }
-}
-
-fn prefixed_id(value: Option<&str>, prefix: char) -> Option<i64> {
-    let value = value?;
-    value.strip_prefix(prefix).unwrap_or(value).parse().ok()
-}
-
-/// Removes a leading `@**Name**` or `@**Name|id**` (and the whitespace after it). With a
-/// name, only a mention of that name is removed; without one, any leading mention is.
-pub fn strip_leading_mention<'a>(content: &'a str, bot_name: Option<&str>) -> &'a str {
-    let trimmed = content.trim_start();
-    let Some(rest) = trimmed.strip_prefix("@**") else {
-        return trimmed.trim_end();
-    };
-    let Some(end) = rest.find("**") else {
-        return trimmed.trim_end();
-    };
-    let mentioned = &rest[..end];
-    let mentioned_name = mentioned.split('|').next().unwrap_or(mentioned);
-    let matches = match bot_name {
-        Some(name) => mentioned_name == name,
-        None => true,
-    };
-    if matches {
-        rest[end + 2..].trim()
-    } else {
-        trimmed.trim_end()
-    }
-}
-
-/// Zulip's limit on message length.
-pub const MAX_MESSAGE_LENGTH: usize = 10_000;
-const TRUNCATION_NOTE: &str = "\n[message truncated]";
-
-/// Prepares a reply the way Zulip would treat it: trailing whitespace and leading newlines
-/// removed, NUL bytes (which Zulip rejects) dropped, and anything beyond 10,000 characters cut
-/// with Zulip's own note. `None` when nothing is left to post.
-pub fn normalize_reply(reply: &str) -> Option<String> {
-    let cleaned: String;
-    let text = if reply.contains('\0') {
-        cleaned = reply.replace('\0', "");
-        cleaned.as_str()
-    } else {
-        reply
-    };
-    let text = text.trim_end().trim_start_matches('\n');
-    if text.is_empty() {
-        return None;
-    }
-    let chars = text.chars().count();
-    if chars <= MAX_MESSAGE_LENGTH {
-        return Some(text.to_string());
-    }
-    let keep = MAX_MESSAGE_LENGTH - TRUNCATION_NOTE.chars().count();
-    let mut cut: String = text.chars().take(keep).collect();
-    cut.push_str(TRUNCATION_NOTE);
-    Some(cut)
-}
-
-/// Cuts `text` to `max` characters, marking the cut with "…"; says whether it cut.
-pub fn truncate_chars(text: &str, max: usize) -> (String, bool) {
-    match text.char_indices().nth(max) {
-        None => (text.to_string(), false),
-        Some((byte, _)) => {
-            let mut cut = text[..byte].to_string();
-            cut.push('…');
-            (cut, true)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::forwarded::testing::one;
 
     #[test]
-    fn strips_named_and_id_mentions() {
-        assert_eq!(
-            strip_leading_mention("@**Helper** ping", Some("Helper")),
-            "ping"
+    fn reference_examples_become_typed_events() {
+        let m = one(
+            "message",
+            None,
+            r#"{"type":"message","flags":[],"message":{"id":123,"sender_id":10,"sender_full_name":"Iago","sender_email":"user10@acme.example.com","sender_realm_str":"acme","avatar_url":null,"client":"website","content":"hi **all**","content_type":"text/x-markdown","is_me_message":false,"reactions":[],"submessages":[],"recipient_id":20,"subject":"greetings","topic_links":[],"timestamp":1700000000,"type":"stream","display_recipient":"Denmark","stream_id":5}}"#,
         );
         assert_eq!(
-            strip_leading_mention("@**Helper|42**   echo hi ", Some("Helper")),
-            "echo hi"
+            (m.realm_id, m.user_id, m.event.message_id()),
+            (2, Some(10), Some(123))
         );
         assert_eq!(
-            strip_leading_mention("@**Other** ping", Some("Helper")),
-            "@**Other** ping"
+            m.event.message().and_then(|x| x.channel.as_deref()),
+            Some("Denmark")
         );
-        assert_eq!(strip_leading_mention("@**Anyone** ping", None), "ping");
-        assert_eq!(
-            strip_leading_mention("ping @**Helper**", Some("Helper")),
-            "ping @**Helper**"
+
+        let u = one(
+            "update_message",
+            None,
+            r#"{"type":"update_message","user_id":10,"edit_timestamp":1700000100,"message_id":123,"rendering_only":false,"stream_name":"Denmark","stream_id":5,"message_ids":[123],"orig_content":"hi **all**","content":"hi **everyone**","is_me_message":false,"flags":["read"]}"#,
         );
-        assert_eq!(
-            strip_leading_mention("@**unterminated ping", None),
-            "@**unterminated ping"
-        );
-    }
-
-    #[test]
-    fn reply_normalisation_matches_zulip() {
-        assert_eq!(normalize_reply("\n\nhi  \n"), Some("hi".into()));
-        assert_eq!(normalize_reply("  \n"), None);
-        assert_eq!(normalize_reply("a\0b"), Some("ab".into()));
-        let long = "é".repeat(10_050);
-        let cut = normalize_reply(&long).expect("non-empty");
-        assert_eq!(cut.chars().count(), MAX_MESSAGE_LENGTH);
-        assert!(cut.ends_with("\n[message truncated]"));
-        let exact = "x".repeat(MAX_MESSAGE_LENGTH);
-        assert_eq!(normalize_reply(&exact), Some(exact.clone()));
-    }
-
-    #[test]
-    fn truncation_counts_characters() {
-        assert_eq!(truncate_chars("héllo", 10), ("héllo".into(), false));
-        assert_eq!(truncate_chars("héllo", 2), ("hé…".into(), true));
-    }
-
-    #[test]
-    fn ascii_escapes_and_surrogate_pairs_decode() {
-        let body = br#"{"token":"t","message":{"content":"h\u00e9llo \ud83d\ude00","subject":""}}"#;
-        let payload = OutgoingPayload::parse(body).expect("parses");
-        let event = payload.into_event("b".into(), Trigger::Mention, None, bytes::Bytes::new());
-        let message = event.message().expect("message");
-        assert_eq!(message.content, "héllo 😀");
-        assert_eq!(message.topic.as_deref(), Some(""));
-    }
-
-    #[test]
-    fn trigger_is_inferred_for_minimal_bodies() {
-        let p =
-            OutgoingPayload::parse(br#"{"data":"x","message":{"type":"private"}}"#).expect("ok");
-        assert_eq!(p.trigger(), Ok(Trigger::DirectMessage));
-        let p = OutgoingPayload::parse(br#"{"trigger":"private_message"}"#).expect("ok");
-        assert_eq!(p.trigger(), Ok(Trigger::DirectMessage));
-        let p = OutgoingPayload::parse(br#"{"trigger":"reaction"}"#).expect("ok");
-        assert_eq!(p.trigger(), Err("reaction".into()));
-    }
-
-    #[test]
-    fn malformed_bodies_are_explained() {
-        assert!(OutgoingPayload::parse(b"").unwrap_err().0.contains("empty"));
         assert!(
-            OutgoingPayload::parse(b"[1]")
-                .unwrap_err()
-                .0
-                .contains("object")
+            matches!(&u.event.kind, EventKind::UpdateMessage(x) if x.content.as_deref() == Some("hi **everyone**"))
         );
-        assert!(OutgoingPayload::parse(b"{").unwrap_err().0.contains("JSON"));
-        let e = OutgoingPayload::parse(br#"{"message":{"id":"x"}}"#).unwrap_err();
-        assert!(e.0.contains("invalid type"), "{}", e.0);
-    }
+        assert_eq!(u.user_id, Some(10));
 
-    #[test]
-    fn slack_form_maps_prefixed_ids() {
-        let body = b"token=v9fp&team_id=T1512&team_domain=zulip.example.com&channel_id=C123&channel_name=integrations&thread_ts=1532078950&timestamp=1532078950&user_id=U21&user_name=Full+Name&text=%40%2A%2Atest%2A%2A+ping&trigger_word=mention&service_id=27";
-        let payload = SlackPayload::parse(body).expect("parses");
-        assert_eq!(payload.trigger(), Ok(Trigger::Mention));
-        let event = payload.into_event("b".into(), Trigger::Mention, None, bytes::Bytes::new());
-        let message = event.message().expect("message");
-        assert_eq!(event.realm.id, Some(1512));
-        assert_eq!(message.sender_id, Some(21));
-        assert_eq!(message.stream_id, Some(123));
-        assert_eq!(message.command, "ping");
-        assert_eq!(message.timestamp, Some(1_532_078_950));
+        let d = one(
+            "delete_message",
+            None,
+            r#"{"type":"delete_message","message_ids":[123],"message_type":"stream","stream_id":5,"topic":"greetings"}"#,
+        );
+        assert!(matches!(&d.event.kind, EventKind::DeleteMessage(x) if x.message_ids == vec![123]));
+
+        let r = one(
+            "reaction",
+            Some("add"),
+            r#"{"type":"reaction","op":"add","user_id":10,"message_id":123,"emoji_name":"thumbs_up","emoji_code":"1f44d","reaction_type":"unicode_emoji"}"#,
+        );
+        assert!(matches!(&r.event.kind, EventKind::Reaction(x) if x.op.as_deref() == Some("add")));
+        assert_eq!(r.user_id, Some(10));
+
+        let p = one(
+            "presence",
+            None,
+            r#"{"type":"presence","email":"user10@acme.example.com","user_id":11,"server_timestamp":1700000000.12,"presence":{"website":{"client":"website","status":"active","timestamp":1700000000,"pushable":false}}}"#,
+        );
+        assert!(matches!(&p.event.kind, EventKind::Presence(x) if x.status() == Some("active")));
+        assert_eq!(p.user_id, Some(11));
+
+        let t = one(
+            "typing",
+            Some("start"),
+            r#"{"type":"typing","op":"start","message_type":"direct","sender":{"user_id":12,"email":"x"},"recipients":[{"user_id":12,"email":"x"}]}"#,
+        );
+        assert_eq!(t.user_id, Some(12));
+
+        let s = one(
+            "subscription",
+            Some("peer_add"),
+            r#"{"type":"subscription","op":"peer_add","stream_ids":[5],"user_ids":[13]}"#,
+        );
+        assert_eq!(s.user_id, Some(13));
+        let f = one(
+            "update_message_flags",
+            Some("add"),
+            r#"{"type":"update_message_flags","op":"add","operation":"add","flag":"starred","messages":[123],"all":false}"#,
+        );
+        assert_eq!(f.user_id, Some(10), "the acting user is the audience");
+
+        let ru = one(
+            "realm_user",
+            Some("update"),
+            r#"{"type":"realm_user","op":"update","person":{"user_id":14,"is_active":false}}"#,
+        );
+        assert_eq!(ru.user_id, Some(14));
     }
 }

@@ -1,9 +1,10 @@
 //! Handlers: the one trait every compiled-in feature implements, the explicit list of
-//! built-ins ([`KNOWN`], [`build`]), and the context they run with. Which handlers run, on
-//! what and with which settings is decided by the listeners built from them
-//! ([`crate::listeners`]).
+//! built-ins ([`known`], [`build`]), the context they run with, and what a run may change
+//! ([`Effect`], [`CustomEffect`], collected in [`Effects`]). Which handlers run, on what and
+//! with which settings is decided by the listeners built from them ([`crate::listeners`]).
 
 mod command_bot;
+mod effects;
 pub mod health;
 mod keyword_alerts;
 mod message_logger;
@@ -14,11 +15,12 @@ mod welcome_bot;
 use futures_util::future::BoxFuture;
 
 use crate::config::{Config, DataProtectionConfig, HandlerSettings};
-use crate::db::writer::Effect;
 use crate::db::{Db, DbError};
 use crate::events::Event;
 
+pub use crate::db::writer::effect::{CustomEffect, Effect};
 pub use command_bot::CommandBot;
+pub use effects::Effects;
 pub use keyword_alerts::KeywordAlerts;
 pub use message_logger::MessageLogger;
 pub use relay::Relay;
@@ -122,24 +124,6 @@ pub trait Handler: Send + Sync + 'static {
         event: &'a Event,
         effects: &'a mut Effects,
     ) -> BoxFuture<'a, HandlerResult>;
-}
-
-/// The changes a handler run asks for.
-#[derive(Debug, Default)]
-pub struct Effects(Vec<Effect>);
-
-impl Effects {
-    pub fn push(&mut self, effect: Effect) {
-        self.0.push(effect);
-    }
-
-    pub fn into_inner(self) -> Vec<Effect> {
-        self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// What handlers may use while running.

@@ -6,11 +6,11 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::{
-    Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
+    Context, Effect, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError,
+    typed_settings,
 };
 use crate::config::HandlerSettings;
 use crate::db::models::ActivityDelta;
-use crate::db::writer::Effect;
 use crate::events::{Event, EventKind};
 
 pub struct UserActivityTracker;
