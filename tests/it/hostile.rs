@@ -2,11 +2,10 @@
 //! unauthenticated admin bodies, extractor errors, upgrade requests. Every test sends a
 //! bounded number of requests.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

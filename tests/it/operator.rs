@@ -2,7 +2,6 @@
 //! terminal, `doctor`, the monitoring bundle's metric names, the "Try it" commands
 //! (`curl` → pong, `send-sample`), and the `listeners` table and its JSON.
 
-mod common;
 
 use std::io::Read as _;
 use std::net::TcpListener;
@@ -14,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use base64::Engine as _;
-use common::*;
+use crate::support::*;
 use serde_json::{Value, json};
 use zulip_listeners::verification::SigningKey;
 

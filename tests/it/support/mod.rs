@@ -2,7 +2,6 @@
 //! PostgreSQL server named by `ZULIP_LISTENERS_TEST_PG_URL` when set), the real server
 //! started on 127.0.0.1:0, and loopback stand-ins for external systems (Zulip's REST API, an
 //! existing bot service).
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU16, Ordering};
