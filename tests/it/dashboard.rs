@@ -6,12 +6,12 @@
 //! `docs/screenshots/`; it runs when `ZULIP_LISTENERS_TEST_BROWSER` is set (`.ci/run` sets it
 //! after installing Debian's `chromium` and `chromium-driver`).
 
-
 use std::time::Duration;
 
 use crate::support::{Backend, TestDatabase, TestServer, start_server};
+use zulip_listeners::clock::now_ms;
 use zulip_listeners::db::models::{NewEventLog, NewInboxRow};
-use zulip_listeners::db::{now_ms, store};
+use zulip_listeners::db::store;
 
 const ADMIN: &str = "dashboard-test-admin-token-0123456789";
 const BROWSER_ENV: &str = "ZULIP_LISTENERS_TEST_BROWSER";

@@ -2,7 +2,6 @@
 //! quota, a failing handler does not stall other realms, alerts are delivered once and cannot
 //! inject mentions, and late results survive a graceful shutdown.
 
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::support::*;

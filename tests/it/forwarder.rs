@@ -1,7 +1,6 @@
 //! Forwarder batches over real HTTP against the real server: verification, durable intake,
 //! processing by the handlers, retries, dead letters, and recovery after SIGKILL.
 
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::*;

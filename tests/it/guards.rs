@@ -1,7 +1,6 @@
 //! Rate limits and guards over real HTTP: what a limited or filtered request gets on each
 //! path, and that nothing refused is lost.
 
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::*;

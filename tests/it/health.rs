@@ -1,7 +1,6 @@
 //! `GET /health` (ok, degraded with reasons, unavailable) and the process metrics on
 //! `/metrics`.
 
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::*;

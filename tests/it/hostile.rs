@@ -2,7 +2,6 @@
 //! unauthenticated admin bodies, extractor errors, upgrade requests. Every test sends a
 //! bounded number of requests.
 
-
 use std::time::{Duration, Instant};
 
 use crate::support::*;

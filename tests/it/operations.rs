@@ -1,7 +1,6 @@
 //! Running it in production: health, metrics, the admin API, circuit breakers and
 //! auto-disable, graceful shutdown, and log files reopened on SIGHUP.
 
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::*;

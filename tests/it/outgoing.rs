@@ -1,6 +1,5 @@
 //! Outgoing webhooks over real HTTP against the real server, on SQLite and PostgreSQL.
 
-
 use std::time::Duration;
 
 use crate::support::*;

@@ -1,7 +1,6 @@
 //! Statistics aggregation and data retention (`zulip_listeners::db::retention`) against a real
 //! database: SQLite always, PostgreSQL too when `ZULIP_LISTENERS_TEST_PG_URL` is set.
 
-
 use crate::support::{TestDatabase, backends};
 use diesel::prelude::*;
 use zulip_listeners::db::models::{AlertRecord, NewEventLog, NewInboxRow, NewMessage, ReplyRecord};
@@ -646,7 +645,7 @@ fn personal_data_is_erased_or_deleted_after_its_own_period() {
 #[test]
 fn the_cleanup_command_applies_the_personal_data_settings() {
     let db = TestDatabase::new(crate::support::Backend::Sqlite);
-    let now = zulip_listeners::db::now_ms();
+    let now = zulip_listeners::clock::now_ms();
     let day = 86_400_000;
     {
         let conn = &mut open(&db);

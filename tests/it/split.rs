@@ -3,7 +3,6 @@
 //! every listener exactly once per event, also when one is killed mid-load and restarted.
 //! Also: the "run by no live process" report of `/health`, and the start-up errors.
 
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -2,7 +2,6 @@
 //! loopback stand-in for Zulip's REST API, each greeting sent once across retries, repeated
 //! events and restarts.
 
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::*;
