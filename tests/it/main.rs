@@ -8,7 +8,6 @@ mod faults;
 mod forwarder;
 mod guards;
 mod health;
-mod hostile;
 mod listeners;
 mod memory_budget;
 mod operations;
