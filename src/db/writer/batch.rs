@@ -19,6 +19,7 @@ const BATCH_ATTEMPTS: u32 = 5;
 /// An intake's rows and the results processed with them.
 type IntakeData = (Vec<NewInboxRow>, Vec<(usize, Processed)>);
 
+/// The work taken from the channel for one transaction, and who waits for it.
 #[derive(Default)]
 struct Batch {
     intakes: Vec<Intake>,
