@@ -41,8 +41,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
 use super::keyword_alerts::inline;
@@ -152,8 +150,6 @@ pub struct WelcomeBot {
 }
 
 impl WelcomeBot {
-    pub const NAME: &'static str = "welcome_bot";
-
     pub fn from_settings(
         settings: &HandlerSettings,
         config: &Config,
@@ -473,39 +469,25 @@ impl Drop for Claim<'_> {
 }
 
 impl Handler for WelcomeBot {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    const NAME: &'static str = "welcome_bot";
+    const INTEREST: Interest = Interest::Types(&["realm_user", "subscription"]);
 
-    fn interest(&self) -> Interest {
-        Interest::Types(&["realm_user", "subscription"])
-    }
-
-    fn handle<'a>(
-        &'a self,
-        cx: &'a Context,
-        event: &'a Event,
-        effects: &'a mut Effects,
-    ) -> BoxFuture<'a, HandlerResult> {
-        async move {
-            // Only forwarded events carry the realm id the records are kept under.
-            let Some(realm_id) = event.realm.id else {
-                return Ok(None);
-            };
-            match &event.kind {
-                EventKind::RealmUser(u) if u.op.as_deref() == Some("add") => {
-                    self.on_new_user(cx, realm_id, u, effects).await
-                }
-                // Sent to the subscriber alone: the event's user is the one subscribed.
-                EventKind::Subscription(s) if s.op.as_deref() == Some("add") => match event.user_id
-                {
-                    Some(user_id) => self.on_subscribed(cx, realm_id, user_id, s, effects).await,
-                    None => Ok(None),
-                },
-                _ => Ok(None),
+    async fn handle(&self, cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
+        // Only forwarded events carry the realm id the records are kept under.
+        let Some(realm_id) = event.realm.id else {
+            return Ok(None);
+        };
+        match &event.kind {
+            EventKind::RealmUser(u) if u.op.as_deref() == Some("add") => {
+                self.on_new_user(cx, realm_id, u, effects).await
             }
+            // Sent to the subscriber alone: the event's user is the one subscribed.
+            EventKind::Subscription(s) if s.op.as_deref() == Some("add") => match event.user_id {
+                Some(user_id) => self.on_subscribed(cx, realm_id, user_id, s, effects).await,
+                None => Ok(None),
+            },
+            _ => Ok(None),
         }
-        .boxed()
     }
 }
 
