@@ -79,5 +79,5 @@ impl Handler for CommandBot {
 }
 
 fn truncate_word(word: &str) -> String {
-    crate::events::truncate_chars(&word.replace('`', "'"), 40).0
+    crate::events::text::truncate_chars(&word.replace('`', "'"), 40).0
 }

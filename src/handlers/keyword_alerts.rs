@@ -24,15 +24,15 @@ use regex::Regex;
 use serde::Deserialize;
 
 use super::{
-    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, http_client,
-    typed_settings,
+    Context, Effect, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError,
+    http_client, typed_settings,
 };
 use crate::clock::now_ms;
 use crate::config::{Config, HandlerSettings};
 use crate::db::models::AlertRecord;
 use crate::db::store;
-use crate::db::writer::Effect;
-use crate::events::{Event, Message, MessageType, truncate_chars};
+use crate::events::text::truncate_chars;
+use crate::events::{Event, Message, MessageType};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 
 /// Most characters of the matched text in an alert.

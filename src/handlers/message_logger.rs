@@ -4,14 +4,15 @@
 //! deletions.
 
 use super::{
-    Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
+    Context, Effect, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError,
+    typed_settings,
 };
 use crate::clock::now_ms;
 use crate::config::{Config, HandlerSettings};
 use crate::db::models::{MessageEdit, NewMessage};
-use crate::db::writer::Effect;
-use crate::events::forwarded::UpdateMessage;
-use crate::events::{Event, EventKind, Message, truncate_chars};
+use crate::events::kinds::UpdateMessage;
+use crate::events::text::truncate_chars;
+use crate::events::{Event, EventKind, Message};
 
 pub struct MessageLogger;
 

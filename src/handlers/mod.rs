@@ -1,9 +1,10 @@
 //! Handlers: the one trait every compiled-in feature implements ([`Handler`]), the explicit list
-//! of built-ins ([`BUILT_IN`], [`build`]), and the context they run with. Which handlers run, on
-//! what and with which settings is decided by the listeners built from them
-//! ([`crate::listeners`]).
+//! of built-ins ([`BUILT_IN`], [`build`]), the context they run with, and what a run may change
+//! ([`Effect`], [`CustomEffect`], collected in [`Effects`]). Which handlers run, on what and
+//! with which settings is decided by the listeners built from them ([`crate::listeners`]).
 
 mod command_bot;
+mod effects;
 pub mod health;
 mod keyword_alerts;
 mod message_logger;
@@ -14,11 +15,12 @@ mod welcome_bot;
 use futures_util::future::BoxFuture;
 
 use crate::config::{Config, DataProtectionConfig, HandlerSettings};
-use crate::db::writer::Effect;
 use crate::db::{Db, DbError};
 use crate::events::Event;
 
+pub use crate::db::writer::effect::{CustomEffect, Effect};
 pub use command_bot::CommandBot;
+pub use effects::Effects;
 pub use keyword_alerts::KeywordAlerts;
 pub use message_logger::MessageLogger;
 pub use relay::Relay;
@@ -162,24 +164,6 @@ impl<H: Handler> Runnable for H {
         effects: &'a mut Effects,
     ) -> BoxFuture<'a, HandlerResult> {
         Box::pin(Handler::handle(self, cx, event, effects))
-    }
-}
-
-/// The changes a handler run asks for.
-#[derive(Debug, Default)]
-pub struct Effects(Vec<Effect>);
-
-impl Effects {
-    pub fn push(&mut self, effect: Effect) {
-        self.0.push(effect);
-    }
-
-    pub fn into_inner(self) -> Vec<Effect> {
-        self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

@@ -20,7 +20,8 @@ use super::{
     typed_settings,
 };
 use crate::config::{Config, HandlerSettings, Secret};
-use crate::events::{Event, Origin, truncate_chars};
+use crate::events::text::truncate_chars;
+use crate::events::{Event, Origin};
 
 /// `[handlers.relay]` (or a listener's `settings`).
 #[derive(Default, serde::Deserialize)]

@@ -3,11 +3,11 @@
 //! they last started typing. Works on forwarded events (they carry the realm id).
 
 use super::{
-    Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
+    Context, Effect, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError,
+    typed_settings,
 };
 use crate::config::{Config, HandlerSettings};
 use crate::db::models::ActivityDelta;
-use crate::db::writer::Effect;
 use crate::events::{Event, EventKind};
 
 pub struct UserActivityTracker;

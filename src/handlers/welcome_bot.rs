@@ -45,13 +45,13 @@ use serde::Deserialize;
 
 use super::keyword_alerts::inline;
 use super::{
-    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, typed_settings,
+    Context, CustomEffect, Effect, Effects, Handler, HandlerError, HandlerResult, Interest,
+    SettingsError, typed_settings,
 };
 use crate::clock::now_ms;
 use crate::config::{Config, HandlerSettings};
-use crate::db::writer::{CustomEffect, Effect};
 use crate::db::{DbConnection, DbError};
-use crate::events::forwarded::{Person, RealmUser, Subscription};
+use crate::events::kinds::{Person, RealmUser, Subscription};
 use crate::events::{Event, EventKind};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 
