@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::Inbox;
 use crate::events::Event;
-use crate::listeners::ListenerId as HandlerId;
+use crate::listeners::ListenerId;
 use crate::processing::Processor;
 
 /// One event for a worker, tracked as in flight until its result is committed.
@@ -18,7 +18,7 @@ pub(super) struct Work {
     pub(super) event: Event,
     /// This process's listeners that still have to run the event (in configuration order),
     /// with the attempts each has made.
-    pub(super) listeners: Vec<(HandlerId, i32)>,
+    pub(super) listeners: Vec<(ListenerId, i32)>,
     pub(super) guard: InFlight,
     /// The event's realm, and whether it is counted in that realm's backlog (it is pending,
     /// not parked).
@@ -49,11 +49,11 @@ pub(super) struct Lane {
     pub(super) outstanding: Arc<AtomicUsize>,
 }
 
-/// What a pending event is counted against: its realm, and a non-pure handler it waits for
-/// (`None`: it waits only for pure handlers, queued behind earlier events of its realm).
-pub(super) type BacklogKey = (i64, Option<HandlerId>);
+/// What a pending event is counted against: its realm, and a non-pure listener it waits for
+/// (`None`: it waits only for pure listeners, queued behind earlier events of its realm).
+pub(super) type BacklogKey = (i64, Option<ListenerId>);
 
-/// Pending events per [`BacklogKey`]. An event that needs several non-pure handlers is
+/// Pending events per [`BacklogKey`]. An event that needs several non-pure listeners is
 /// counted against each of them.
 #[derive(Default)]
 pub(super) struct Backlog(DashMap<BacklogKey, i64>);
@@ -85,7 +85,7 @@ impl Inbox {
         lane: usize,
         event_id: String,
         event: Event,
-        listeners: Vec<(HandlerId, i32)>,
+        listeners: Vec<(ListenerId, i32)>,
         realm_id: i64,
         counted: bool,
     ) -> Work {
@@ -106,7 +106,7 @@ impl Inbox {
     }
 
     /// The listeners an event of `event_type` is counted against (see [`BacklogKey`]).
-    pub(super) fn waits_for(&self, event_type: &str) -> Vec<Option<HandlerId>> {
+    pub(super) fn waits_for(&self, event_type: &str) -> Vec<Option<ListenerId>> {
         waits_for(&self.processor, &self.mine, event_type)
     }
 
@@ -124,14 +124,14 @@ impl Inbox {
     }
 }
 
-/// The non-pure handlers of `handlers` that want `event_type`, or `[None]` when there is
+/// The non-pure listeners of `listeners` that want `event_type`, or `[None]` when there is
 /// none (see [`BacklogKey`]).
 pub(super) fn waits_for(
     processor: &Processor,
-    handlers: &[HandlerId],
+    listeners: &[ListenerId],
     event_type: &str,
-) -> Vec<Option<HandlerId>> {
-    let impure = processor.impure_for(event_type, handlers);
+) -> Vec<Option<ListenerId>> {
+    let impure = processor.impure_for(event_type, listeners);
     if impure.is_empty() {
         vec![None]
     } else {

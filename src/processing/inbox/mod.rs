@@ -3,7 +3,7 @@
 //! A verified batch is written to the `inbox` table in one transaction and acknowledged only
 //! after the commit. Newly stored events then go straight to in-memory worker queues (one
 //! queue per worker, chosen by realm, so each realm's events are handled in order). Each
-//! event's handler effects, event-log rows and new inbox status are committed together.
+//! event's listener effects, event-log rows and new inbox status are committed together.
 //! A failed event is retried with exponential back-off and, once `max_retries` is used up,
 //! marked dead; operators replay dead letters with `zulip-listeners dead-letters replay`.
 //!
@@ -21,6 +21,7 @@
 mod admission;
 mod intake;
 mod lanes;
+mod plan;
 mod retry;
 mod sweeper;
 mod worker;
@@ -36,7 +37,7 @@ use super::Processor;
 use crate::config::ForwarderConfig;
 use crate::db::writer::Writer;
 use crate::db::{Backend, Db, DbError, store};
-use crate::listeners::ListenerId as HandlerId;
+use crate::listeners::ListenerId;
 use crate::telemetry::metric;
 use lanes::{Backlog, Lane, waits_for};
 
@@ -53,9 +54,9 @@ pub struct Inbox {
     db: Db,
     /// Every forwarder listener (`[forwarder] handlers`): each enabled one runs every
     /// forwarded event it wants exactly once, in whichever process runs it.
-    handlers: Arc<[HandlerId]>,
+    listeners: Arc<[ListenerId]>,
     /// The listeners this process runs (`serve --listeners`; all of them by default).
-    mine: Arc<[HandlerId]>,
+    mine: Arc<[ListenerId]>,
     mine_names: Vec<&'static str>,
     /// `mine` is not every listener: other processes run the rest.
     split: bool,
@@ -66,8 +67,8 @@ pub struct Inbox {
     config: ForwarderConfig,
     admission: Admission,
     /// Pending events this server knows of (stored, not yet done, dead or parked), per
-    /// realm and per listener they wait for: a realm whose events pile up behind one handler
-    /// is refused new batches of events that need that handler; other handlers' events and
+    /// realm and per listener they wait for: a realm whose events pile up behind one listener
+    /// is refused new batches of events that need that listener; other listeners' events and
     /// other realms are not.
     backlog: Backlog,
 }
@@ -94,13 +95,13 @@ impl Inbox {
     pub async fn start(
         processor: Processor,
         db: Db,
-        handlers: Vec<HandlerId>,
-        mine: Option<Vec<HandlerId>>,
+        listeners: Vec<ListenerId>,
+        mine: Option<Vec<ListenerId>>,
         admission: Admission,
         config: ForwarderConfig,
     ) -> Result<(Arc<Inbox>, InboxTasks), DbError> {
-        let mine = mine.unwrap_or_else(|| handlers.clone());
-        let split = handlers.iter().any(|id| !mine.contains(id));
+        let mine = mine.unwrap_or_else(|| listeners.clone());
+        let split = listeners.iter().any(|id| !mine.contains(id));
         let mine_names: Vec<&'static str> = mine
             .iter()
             .filter_map(|&id| processor.handler_name(id))
@@ -136,7 +137,7 @@ impl Inbox {
             writer: processor.writer().clone(),
             processor,
             db,
-            handlers: handlers.into(),
+            listeners: listeners.into(),
             mine: mine.into(),
             mine_names,
             split,
@@ -155,7 +156,7 @@ impl Inbox {
             tasks.push(tokio::spawn(super::processes::run(
                 inbox.db.clone(),
                 inbox.processor.clone(),
-                inbox.handlers.clone(),
+                inbox.listeners.clone(),
                 inbox.mine_names.clone(),
                 inbox.coverage.clone(),
                 watch_rx.clone(),
@@ -166,15 +167,15 @@ impl Inbox {
     }
 
     /// The listeners that get forwarded events.
-    pub fn listeners(&self) -> &[HandlerId] {
-        &self.handlers
+    pub fn listeners(&self) -> &[ListenerId] {
+        &self.listeners
     }
 
     /// On SQLite this one server runs every forwarder listener: each has one live process
     /// (`zulip_listeners_listener_live_processes`; on PostgreSQL the heartbeat sets it).
     pub fn refresh_gauges(&self) {
         if self.db.backend() == Backend::Sqlite {
-            for &id in self.handlers.iter() {
+            for &id in self.listeners.iter() {
                 metric::listener_live_processes(self.name(id), 1);
             }
         }
@@ -182,14 +183,11 @@ impl Inbox {
 
     /// Forgets idle rate-limit keys; returns the keys still tracked.
     pub fn limiter_housekeeping(&self) -> usize {
-        self.admission
-            .limits
-            .as_ref()
-            .map_or(0, |limits| limits.housekeeping())
+        self.admission.housekeeping()
     }
 
     /// The listeners of `list` that want `event_type`, in order.
-    fn wanting(&self, list: &[HandlerId], event_type: &str) -> Vec<HandlerId> {
+    fn wanting(&self, list: &[ListenerId], event_type: &str) -> Vec<ListenerId> {
         let registry = &self.processor.registry();
         list.iter()
             .copied()
@@ -199,14 +197,14 @@ impl Inbox {
 
     /// Whether a listener gets work: it is enabled, or disabled after failures (events wait
     /// for it). A listener disabled by an operator is left out, as it is from a run.
-    fn needs_work(&self, id: HandlerId) -> bool {
+    fn needs_work(&self, id: ListenerId) -> bool {
         self.processor
             .registry()
             .get(id)
             .is_some_and(|e| e.enabled() || e.auto_disabled())
     }
 
-    fn name(&self, id: HandlerId) -> &'static str {
+    fn name(&self, id: ListenerId) -> &'static str {
         self.processor.handler_name(id).unwrap_or("unknown")
     }
 }

@@ -15,7 +15,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 pub(super) enum Verdict {
     Done,
     /// Pending again, due at `retry_at_ms`; `counts_attempt` is false when the event was
-    /// deferred (a handler it needs is paused) without being tried.
+    /// deferred (a listener it needs is paused) without being tried.
     Retry {
         retry_at_ms: i64,
         error: String,
@@ -28,7 +28,7 @@ pub(super) enum Verdict {
 
 impl Inbox {
     /// What an attempt comes to. Effects are kept only when the event is done: a failed or
-    /// deferred event runs all its handlers again, and applying the effects of the ones that
+    /// deferred event runs all its listeners again, and applying the effects of the ones that
     /// succeeded now would apply them twice. Records of deliveries already made (alerts) are
     /// kept in every case: the retry skips them.
     pub(super) fn judge(
@@ -65,12 +65,12 @@ impl Inbox {
         attempts_before: i32,
     ) -> Verdict {
         let Some(error) = error else {
-            if let Some((handler, until_ms)) = deferred {
+            if let Some((listener, until_ms)) = deferred {
                 // A listener it needs is paused by its circuit breaker: keep the work pending
                 // until the breaker lets a trial run through, without counting an attempt.
                 return Verdict::Retry {
                     retry_at_ms: until_ms,
-                    error: store::parked_reason(handler),
+                    error: store::parked_reason(listener),
                     counts_attempt: false,
                 };
             }

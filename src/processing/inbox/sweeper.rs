@@ -12,7 +12,7 @@ use crate::clock::{millis, now_ms};
 use crate::db::writer::{InboxOutcome, WriteOp};
 use crate::db::{DbError, store};
 use crate::events::forwarded::parse_stored;
-use crate::listeners::ListenerId as HandlerId;
+use crate::listeners::ListenerId;
 
 /// Rows the sweeper claims per query.
 const SWEEP_BATCH: i64 = 1_000;
@@ -47,7 +47,7 @@ impl Inbox {
         let claim_until = now_ms() + millis(self.config.claim_lease);
         let names = self.mine_names.clone();
         let processor = self.processor.clone();
-        let all = self.handlers.clone();
+        let all = self.listeners.clone();
         let rows = self
             .db
             .run(move |c| {
@@ -105,7 +105,7 @@ impl Inbox {
                     continue;
                 }
             };
-            let mut listeners: Vec<(HandlerId, i32)> = group
+            let mut listeners: Vec<(ListenerId, i32)> = group
                 .iter()
                 .filter_map(|r| registry.id(&r.listener).map(|id| (id, r.attempts)))
                 .collect();
