@@ -177,9 +177,7 @@ impl WelcomeBot {
                     .bots
                     .get(bot)
                     .ok_or_else(|| problem("bot", format!("no bot `{bot}` under [bots]")))?;
-                let site = bot_config
-                    .site
-                    .clone()
+                let api = BotApi::from_config(bot_config)
                     .filter(|_| !bot_config.api_key.is_empty())
                     .ok_or_else(|| {
                         problem(
@@ -187,11 +185,7 @@ impl WelcomeBot {
                             format!("bot `{bot}` needs api_key and site to post greetings"),
                         )
                     })?;
-                Some(BotApi {
-                    site: site.trim_end_matches('/').to_string(),
-                    email: bot_config.email.clone(),
-                    api_key: bot_config.api_key.clone(),
-                })
+                Some(api)
             }
         };
         let place = match (raw.channel, raw.topic) {
