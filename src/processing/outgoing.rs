@@ -64,7 +64,7 @@ impl Bots {
                 token: bot.token.clone(),
                 full_name: bot.full_name.clone(),
                 api,
-                handlers: registry.ids(&bot.handler_names()).into(),
+                handlers: registry.ids(&bot.listener_names()).into(),
                 deadline: bot
                     .reply_deadline
                     .unwrap_or_else(|| config.server.reply_deadline()),
