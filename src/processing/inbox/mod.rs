@@ -52,7 +52,7 @@ pub struct Inbox {
     processor: Processor,
     writer: Writer,
     db: Db,
-    /// Every forwarder listener (`[forwarder] handlers`): each enabled one runs every
+    /// Every forwarder listener (`[forwarder] listeners`): each enabled one runs every
     /// forwarded event it wants exactly once, in whichever process runs it.
     listeners: Arc<[ListenerId]>,
     /// The listeners this process runs (`serve --listeners`; all of them by default).
