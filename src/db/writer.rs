@@ -17,6 +17,7 @@ use diesel::Connection;
 use diesel::connection::SimpleConnection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::attempt::AttemptResult;
 use super::checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
 use super::models::{
     ActivityDelta, AlertRecord, MessageEdit, NewEventLog, NewInboxRow, NewMessage, NewWorkRow,
@@ -76,14 +77,7 @@ pub struct InboxOutcome {
     pub listener: &'static str,
     /// Attempts made before this one.
     pub attempts_before: i32,
-    /// `false` when the event was deferred without being tried (a circuit breaker is open).
-    pub counts_attempt: bool,
-    /// `None` when the event was processed; else when to try again (`None`: it is dead) and
-    /// why it failed.
-    pub failure: Option<(Option<i64>, String)>,
-    /// The failure is the listener skipping the event over its own quota: its work is set
-    /// aside as `rate_limited` (replayable), not retried.
-    pub rate_limited: bool,
+    pub result: AttemptResult,
 }
 
 /// Everything one event's processing writes.
@@ -535,7 +529,7 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
     }
     let mut done_by_work: HashMap<(&str, i32), Vec<&str>> = HashMap::new();
     for outcome in processed.iter().filter_map(|p| p.inbox.as_ref()) {
-        if outcome.failure.is_none() {
+        if outcome.result == AttemptResult::Done {
             done_by_work
                 .entry((outcome.listener, outcome.attempts_before))
                 .or_default()
@@ -553,21 +547,17 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
     let mut errors: HashMap<&str, &str> = HashMap::new();
     for p in processed {
         if let Some(outcome) = &p.inbox {
-            let attempts_after = outcome.attempts_before + i32::from(outcome.counts_attempt);
-            let finished = match &outcome.failure {
-                None => applied.contains(&(outcome.event_id.clone(), outcome.listener)),
-                Some((retry_at, error)) => {
+            let attempts_after =
+                outcome.attempts_before + i32::from(outcome.result.counts_attempt());
+            let finished = match (outcome.result.then(), outcome.result.error()) {
+                (Some(then), Some(error)) => {
                     let applied = store::finish_work_failed(
                         conn,
                         &outcome.event_id,
                         outcome.listener,
                         outcome.attempts_before,
                         attempts_after,
-                        match (retry_at, outcome.rate_limited) {
-                            (Some(at), _) => store::WorkThen::RetryAt(*at),
-                            (None, true) => store::WorkThen::SetAside,
-                            (None, false) => store::WorkThen::Dead,
-                        },
+                        then,
                         error,
                     )?;
                     if applied {
@@ -575,6 +565,7 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
                     }
                     applied
                 }
+                _ => applied.contains(&(outcome.event_id.clone(), outcome.listener)),
             };
             if !finished {
                 tracing::warn!(event_id = %outcome.event_id, listener = outcome.listener, "a second result for work already finished; ignored");
