@@ -8,7 +8,8 @@ use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use tracing::Instrument;
 
 use super::{ApiError, AppState, json_ok, read_body};
-use crate::events::{OutgoingPayload, PayloadError, SlackPayload};
+use crate::events::PayloadError;
+use crate::events::outgoing::{OutgoingPayload, SlackPayload};
 use crate::processing::bots::BotId;
 use crate::processing::outgoing::NO_REPLY;
 

@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::db::models::ReplyRecord;
 use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::db::{Db, DbError, store};
-use crate::events::{Event, Message, normalize_reply};
+use crate::events::text::normalize_reply;
+use crate::events::{Event, Message};
 use crate::telemetry::metric;
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 

@@ -29,7 +29,7 @@ impl Inbox {
             outcome
                 .processed
                 .effects
-                .retain(crate::db::writer::Effect::records_delivery);
+                .retain(crate::handlers::Effect::records_delivery);
         }
         self.decide_for(
             event_id,
