@@ -10,7 +10,8 @@ use tracing::Instrument;
 use super::{ApiError, AppState, json_ok, read_body};
 use crate::events::PayloadError;
 use crate::events::outgoing::{OutgoingPayload, SlackPayload};
-use crate::processing::outgoing::{BotId, NO_REPLY};
+use crate::processing::bots::BotId;
+use crate::processing::outgoing::NO_REPLY;
 
 impl From<PayloadError> for ApiError {
     fn from(e: PayloadError) -> Self {
