@@ -68,7 +68,7 @@ impl RateLimitsConfig {
 /// Text that fits in one Zulip message.
 fn zulip_message<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     checked::text_where(deserializer, |text| {
-        if text.chars().count() > crate::events::MAX_MESSAGE_LENGTH {
+        if text.chars().count() > crate::events::text::MAX_MESSAGE_LENGTH {
             Err("longer than a Zulip message")
         } else {
             Ok(())
