@@ -3,6 +3,7 @@
 //! moves blocking diesel work off the async workers). Grouped writes go through [`writer`];
 //! the queries themselves live in [`store`].
 
+pub mod attempt;
 pub mod checkpoint;
 pub mod dashboard;
 pub mod listeners;

@@ -213,7 +213,7 @@ mod tests {
         };
         let quota = QuotaConfig {
             per_minute: std::num::NonZeroU32::MIN,
-            burst: std::num::NonZeroU32::new(burst).expect("a test burst is not zero"),
+            burst: std::num::NonZeroU32::new(burst).expect("a test quota is not zero"),
         };
         Guards::new(
             Arc::new(Filters::new(&filters)),
