@@ -14,14 +14,12 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::Serialize;
 
-use crate::config::{Config, HandlerSettings, QuotaConfig, QuotaOverrides};
+use crate::config::{Config, HandlerSettings, QuotaConfig, QuotaOverrides, Scope};
 use crate::db::models::ListenerRow;
 use crate::events::Event;
 use crate::handlers::{self, Handler, Runnable, health};
 use crate::ratelimit::Limits;
 use changes::{FieldError, Overrides};
-
-pub use scope::Scope;
 
 /// Index of a listener in the [`Registry`].
 pub type ListenerId = usize;
@@ -504,11 +502,7 @@ fn definitions(config: &Config) -> Result<Vec<(String, Definition)>, ListenerErr
                 handler: listener.handler.clone(),
                 description: listener.description.clone(),
                 events: listener.events.clone(),
-                scope: Scope {
-                    realms: listener.realms.clone(),
-                    streams: listener.streams.clone(),
-                    users: listener.users.clone(),
-                },
+                scope: listener.scope.clone(),
                 enabled: listener.enabled,
                 settings: listener.settings.clone(),
                 rate_limits: listener.rate_limits.clone(),
