@@ -22,8 +22,9 @@ use crate::http::{AppState, ForwarderState, InFlight, metrics_routes, observe, r
 use crate::listeners::Registry;
 use crate::processing::Processor;
 use crate::processing::announce::Announcer;
+use crate::processing::bots::Bots;
 use crate::processing::inbox::{Admission, Inbox, InboxTasks};
-use crate::processing::outgoing::{Bots, OutgoingService};
+use crate::processing::outgoing::OutgoingService;
 use crate::processing::tasks::TaskTracker;
 use crate::telemetry::metric;
 use crate::verification::SigningKey;
@@ -270,7 +271,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         // Counts from start-up, so that a forwarder that never sends is noticed too.
         metric::forwarder_batch_accepted();
     }
-    let bots = Bots::build(&config, &registry);
+    let bots = Bots::build(&config, &registry, &filters);
     if bots.is_empty() {
         tracing::warn!(
             "no bots are configured: outgoing webhooks will be answered 404 (see [bots.<name>] in config/default.toml)"
@@ -282,7 +283,6 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         processor,
         db.clone(),
         zulip,
-        filters,
         options.dry_run,
     ));
     let loaded = outgoing

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::config::{Config, HandlerSettings, QuotaConfig, QuotaOverrides};
 use crate::db::models::ListenerRow;
 use crate::events::Event;
-use crate::handlers::{self, Handler, health};
+use crate::handlers::{self, Handler, Runnable, health};
 use crate::ratelimit::Limits;
 use changes::{FieldError, Overrides};
 
@@ -55,7 +55,7 @@ fn redacted<S: serde::Serializer>(
 /// A listener as it runs now: its definition, the handler built from it, and its own quotas.
 pub struct Live {
     pub definition: Definition,
-    pub handler: Box<dyn Handler>,
+    pub handler: Box<dyn Runnable>,
     /// The listener's own quotas (`rate_limits`), when it has any.
     pub limits: Option<Limits>,
 }
