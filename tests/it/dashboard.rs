@@ -21,19 +21,12 @@ fn app(db: &TestDatabase) -> TestApp {
     TestApp::new(db)
         .admin()
         .helper(&["alerts-eng", "pinger"])
-        .toml(
-            r#"[listeners.alerts-eng]
-handler = "keyword_alerts"
-description = "Deploy talk in #engineering"
-events = ["message"]
-streams = ["Engineering"]
-[listeners.alerts-eng.settings]
-rules = [{ name = "deploy", pattern = "(?i)deploy", webhook = "http://127.0.0.1:9/eng" }]
-[listeners.pinger]
-handler = "command_bot"
-description = "Answers ping and help"
-"#,
+        .deploy_alerts(
+            "alerts-eng",
+            "description = \"Deploy talk in #engineering\"\nevents = [\"message\"]\nstreams = [\"Engineering\"]\n",
+            "http://127.0.0.1:9/eng",
         )
+        .toml("[listeners.pinger]\nhandler = \"command_bot\"\ndescription = \"Answers ping and help\"\n")
 }
 
 /// Event-log rows over the last two hours, some failed, and two dead letters.
@@ -85,6 +78,11 @@ async fn seed(t: &TestServer) {
     .await;
 }
 
+/// A response header as text (`None` when absent or not text).
+fn header<'a>(answer: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    answer.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -102,10 +100,7 @@ async fn sign_in(t: &TestServer, http: &reqwest::Client) -> (String, String) {
         .await
         .expect("sign in");
     assert_eq!(answer.status(), 303);
-    let set_cookie = answer
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
+    let set_cookie = header(&answer, "set-cookie")
         .expect("a session cookie")
         .to_string();
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
@@ -167,14 +162,7 @@ async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
             .await
             .expect("page");
         assert_eq!(answer.status(), 303, "{page} without a session");
-        assert_eq!(
-            answer
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok()),
-            Some("/admin/login"),
-            "{page}"
-        );
+        assert_eq!(header(&answer, "location"), Some("/admin/login"), "{page}");
         let body = answer.text().await.expect("body");
         assert!(!body.contains("alerts-eng"), "{page} leaks: {body}");
         // A made-up or stale cookie is no session either.
@@ -229,16 +217,10 @@ async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
             .expect("page");
         assert_eq!(answer.status(), 200, "{page} with the bearer token");
         assert_eq!(
-            answer
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok()),
+            header(&answer, "content-type"),
             Some("text/html; charset=utf-8")
         );
-        let csp = answer
-            .headers()
-            .get("content-security-policy")
-            .and_then(|v| v.to_str().ok())
+        let csp = header(&answer, "content-security-policy")
             .unwrap_or_default()
             .to_string();
         assert!(csp.contains("default-src 'none'"), "{csp}");
@@ -315,12 +297,7 @@ async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
         .await
         .expect("form");
     assert_eq!(answer.status(), 303);
-    let location = answer
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let location = header(&answer, "location").unwrap_or_default().to_string();
     assert!(
         location.contains("changed%3A+description%2C+realms")
             || location.contains("changed%3A+realms%2C+description"),
@@ -402,23 +379,20 @@ async fn links_follow_the_proxy_path_prefix_and_https() {
         .send()
         .await
         .expect("page");
-    assert_eq!(
-        answer
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok()),
-        Some("/zl/admin/login")
-    );
-    let page = http
-        .get(format!("{}/admin/ui/events", t.base))
-        .header("x-forwarded-prefix", "/zl")
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("body");
+    assert_eq!(header(&answer, "location"), Some("/zl/admin/login"));
+    // The events page, signed in with the token, behind a proxy that says `prefix`.
+    let events_page = async |prefix: &str| {
+        http.get(format!("{}/admin/ui/events", t.base))
+            .header("x-forwarded-prefix", prefix)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("body")
+    };
+    let page = events_page("/zl").await;
     assert!(page.contains("href=\"/zl/admin/ui/style.css\""), "{page}");
     assert!(page.contains("href=\"/zl/admin/ui/listeners\""), "{page}");
     assert!(
@@ -426,16 +400,7 @@ async fn links_follow_the_proxy_path_prefix_and_https() {
         "every link has the prefix: {page}"
     );
     // A prefix that is not a plain path is ignored.
-    let page = http
-        .get(format!("{}/admin/ui/events", t.base))
-        .header("x-forwarded-prefix", "/x\"><script>")
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("body");
+    let page = events_page("/x\"><script>").await;
     assert!(page.contains("href=\"/admin/ui/listeners\""));
     assert!(!page.contains("<script>"));
     // Behind an HTTPS proxy the cookie is Secure, with the prefixed path.
@@ -448,21 +413,12 @@ async fn links_follow_the_proxy_path_prefix_and_https() {
         .await
         .expect("login");
     assert_eq!(answer.status(), 303);
-    let cookie = answer
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
+    let cookie = header(&answer, "set-cookie")
         .unwrap_or_default()
         .to_string();
     assert!(cookie.contains("; Secure"), "{cookie}");
     assert!(cookie.contains("Path=/zl/admin;"), "{cookie}");
-    assert_eq!(
-        answer
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok()),
-        Some("/zl/admin/")
-    );
+    assert_eq!(header(&answer, "location"), Some("/zl/admin/"));
     t.stop().await;
 }
 

@@ -35,16 +35,21 @@ async fn every_event_of_a_batch_is_counted_in_exactly_one_bucket(backend: Backen
         .toml("[filters]\nblocked_users = [99]\n[rate_limits.forwarder.per_user]\nper_minute = 1\nburst = 1\n")
         .start()
         .await;
+    let filtered = || envelope("filtered", message(1, 99, "blocked user"));
+    let expired = || envelope_in("expired", 2, 3 * 86_400, message(2, 10, "old"));
+    let limited_b = || envelope("limited_b", message(4, 20, "second of user 20"));
+    let fresh = || envelope("fresh", message(5, 30, "hello"));
+    let new = || envelope("new", message(6, 40, "new"));
     let first = t
-        .post_batch(
+        .post_events(
             "msg_sums_1",
-            &batch(vec![
-                envelope("filtered", message(1, 99, "blocked user")),
-                envelope_in("expired", 2, 3 * 86_400, message(2, 10, "old")),
+            vec![
+                filtered(),
+                expired(),
                 envelope("limited_a", message(3, 20, "first of user 20")),
-                envelope("limited_b", message(4, 20, "second of user 20")),
-                envelope("fresh", message(5, 30, "hello")),
-            ]),
+                limited_b(),
+                fresh(),
+            ],
         )
         .await;
     assert_eq!(first.status, 200, "{:?}", first.json);
@@ -53,31 +58,23 @@ async fn every_event_of_a_batch_is_counted_in_exactly_one_bucket(backend: Backen
     // The same events again, one of them twice, plus one new: only duplicates and the
     // new one, whatever the stored events' status is.
     let again = t
-        .post_batch(
+        .post_events(
             "msg_sums_2",
-            &batch(vec![
-                envelope("filtered", message(1, 99, "blocked user")),
-                envelope_in("expired", 2, 3 * 86_400, message(2, 10, "old")),
-                envelope("limited_b", message(4, 20, "second of user 20")),
-                envelope("limited_b", message(4, 20, "second of user 20")),
-                envelope("fresh", message(5, 30, "hello")),
-                envelope("new", message(6, 40, "new")),
-            ]),
+            vec![
+                filtered(),
+                expired(),
+                limited_b(),
+                limited_b(),
+                fresh(),
+                new(),
+            ],
         )
         .await;
     assert_eq!(again.status, 200, "{:?}", again.json);
     assert_eq!(buckets(&again), [1, 5, 0, 0, 0], "{:?}", again.json);
 
     // A re-sent batch (same webhook-id) is all duplicates.
-    let resent = t
-        .post_batch(
-            "msg_sums_2",
-            &batch(vec![
-                envelope("filtered", message(1, 99, "blocked user")),
-                envelope("new", message(6, 40, "new")),
-            ]),
-        )
-        .await;
+    let resent = t.post_events("msg_sums_2", vec![filtered(), new()]).await;
     assert_eq!(buckets(&resent), [0, 2, 0, 0, 0], "{:?}", resent.json);
     assert_eq!(resent.json["duplicate_batch"], true);
     t.stop().await;
@@ -138,6 +135,38 @@ async fn resent_batches_and_events_consume_no_rate_limit_quota(backend: Backend)
     t.stop().await;
 }
 
+/// A server whose forwarded events go to message_logger and keyword_alerts (one worker, a
+/// backlog of 2 at most, 50 retries `retry_delay` apart), alerting `target` on `alpha`;
+/// `error_handling` is the `[error_handling]` table.
+fn logger_and_alerts(
+    db: &TestDatabase,
+    target: &Stub,
+    retry_delay: &str,
+    error_handling: &str,
+) -> TestApp {
+    TestApp::new(db).forwarder().toml(&format!(
+        "[forwarder]\nhandlers = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\nretry_delay = \"{retry_delay}\"\nmax_retries = 50\nmax_backlog = 2\n\
+         [error_handling]\n{error_handling}\
+         [handlers.keyword_alerts]\nrules = [{{ name = \"alpha\", pattern = \"alpha\", webhook = \"{}/alert\" }}]\n",
+        target.url
+    ))
+}
+
+/// A batch of four realm-2 messages from user 10 that the `alpha` rule matches, event ids
+/// `<prefix>0` to `<prefix>3`.
+fn four_alpha_messages(prefix: &str) -> String {
+    batch(
+        (0..4)
+            .map(|i| {
+                envelope(
+                    &format!("{prefix}{i}"),
+                    message(100 + i, 10, "alpha incident"),
+                )
+            })
+            .collect(),
+    )
+}
+
 /// Parked events (status, last error) of the inbox.
 fn parked(c: &mut DbConnection) -> Vec<String> {
     inbox::table
@@ -149,25 +178,18 @@ fn parked(c: &mut DbConnection) -> Vec<String> {
 
 backend_test!(async fn a_disabled_handler_parks_its_events_without_stalling_intake);
 async fn a_disabled_handler_parks_its_events_without_stalling_intake(backend: Backend) {
-    let target = Stub::start(r#"{"ok": true}"#, std::time::Duration::ZERO).await;
-    target.set_status(500);
+    let target = Stub::failing().await;
     let db = TestDatabase::new(backend);
-    let t = TestApp::new(&db)
-        .forwarder()
-        .admin()
-        .toml(&format!(
-            "[forwarder]\nhandlers = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\nretry_delay = \"100ms\"\nmax_retries = 50\nmax_backlog = 2\n\
-             [error_handling]\nbreaker_failures = 100\nmax_failures_per_hour = 2\n\
-             [handlers.keyword_alerts]\nrules = [{{ name = \"alpha\", pattern = \"alpha\", webhook = \"{}/alert\" }}]\n",
-            target.url
-        ))
-        .start()
-        .await;
-    let four = batch(
-        (0..4)
-            .map(|i| envelope(&format!("p{i}"), message(100 + i, 10, "alpha incident")))
-            .collect(),
-    );
+    let t = logger_and_alerts(
+        &db,
+        &target,
+        "100ms",
+        "breaker_failures = 100\nmax_failures_per_hour = 2\n",
+    )
+    .admin()
+    .start()
+    .await;
+    let four = four_alpha_messages("p");
     assert_eq!(t.post_batch("msg_park_1", &four).await.status, 200);
     // Three failures disable keyword_alerts; every event then waits for it, parked.
     let mut last = Vec::new();
@@ -216,26 +238,19 @@ fn tried_pending(c: &mut DbConnection) -> i64 {
 
 backend_test!(async fn a_failing_handler_holds_back_only_the_events_that_need_it);
 async fn a_failing_handler_holds_back_only_the_events_that_need_it(backend: Backend) {
-    let target = Stub::start(r#"{"ok": true}"#, std::time::Duration::ZERO).await;
-    target.set_status(500);
+    let target = Stub::failing().await;
     let db = TestDatabase::new(backend);
     // keyword_alerts keeps failing (never disabled): its events stay pending, waiting
     // for a retry an hour away.
-    let t = TestApp::new(&db)
-        .forwarder()
-        .toml(&format!(
-            "[forwarder]\nhandlers = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\nretry_delay = \"1h\"\nmax_retries = 50\nmax_backlog = 2\n\
-             [error_handling]\nbreaker_failures = 1000\nmax_failures_per_hour = 1000\n\
-             [handlers.keyword_alerts]\nrules = [{{ name = \"alpha\", pattern = \"alpha\", webhook = \"{}/alert\" }}]\n",
-            target.url
-        ))
-        .start()
-        .await;
-    let four = batch(
-        (0..4)
-            .map(|i| envelope(&format!("k{i}"), message(100 + i, 10, "alpha incident")))
-            .collect(),
-    );
+    let t = logger_and_alerts(
+        &db,
+        &target,
+        "1h",
+        "breaker_failures = 1000\nmax_failures_per_hour = 1000\n",
+    )
+    .start()
+    .await;
+    let four = four_alpha_messages("k");
     assert_eq!(t.post_batch("msg_listener_1", &four).await.status, 200);
     let tried = eventually(std::time::Duration::from_secs(20), async || {
         t.query(tried_pending).await == 4

@@ -349,8 +349,7 @@ async fn pure_handlers_run_at_intake_without_overtaking_a_busy_realm(backend: Ba
 
 backend_test!(async fn failures_are_retried_then_dead_and_replayable);
 async fn failures_are_retried_then_dead_and_replayable(backend: Backend) {
-    let alerts = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
-    alerts.set_status(500);
+    let alerts = Stub::failing().await;
     let db = TestDatabase::new(backend);
     let t = TestApp::new(&db)
         .forwarder()

@@ -7,13 +7,13 @@ use crate::support::*;
 use serde_json::{Value, json};
 use zulip_listeners::db::{DbConnection, store};
 
-/// An outgoing webhook mentioning `helper` (`ping`) from `sender` of realm `realm`.
-fn mention_from(id: i64, sender: i64, realm: &str) -> String {
+/// Posts an outgoing webhook mentioning `helper` (`ping`) from `sender` of realm `realm`.
+async fn ping_from(t: &TestServer, id: i64, sender: i64, realm: &str) -> Answer {
     let mut body = mention_json(id, "@**Helper** ping");
     body["message"]["sender_id"] = json!(sender);
     body["message"]["sender_email"] = json!(format!("user{sender}@example.com"));
     body["message"]["sender_realm_str"] = json!(realm);
-    body.to_string()
+    t.post_json("/zulip/outgoing", &body.to_string()).await
 }
 
 /// A forwarded message from `sender` in realm `realm` (`r<id>`), emitted at `emitted_ms`.
@@ -52,21 +52,9 @@ async fn outgoing_webhooks_over_quota_get_a_notice_not_an_error() {
         .start()
         .await;
     let pong = json!({"content": "pong"});
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention_from(1, 10, "zulip"))
-            .await
-            .json,
-        pong
-    );
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention_from(2, 10, "zulip"))
-            .await
-            .json,
-        pong
-    );
-    let limited = t
-        .post_json("/zulip/outgoing", &mention_from(3, 10, "zulip"))
-        .await;
+    assert_eq!(ping_from(&t, 1, 10, "zulip").await.json, pong);
+    assert_eq!(ping_from(&t, 2, 10, "zulip").await.json, pong);
+    let limited = ping_from(&t, 3, 10, "zulip").await;
     assert_eq!(
         limited.status, 200,
         "never an error status for Zulip to post publicly"
@@ -76,24 +64,12 @@ async fn outgoing_webhooks_over_quota_get_a_notice_not_an_error() {
         .expect("the notice is the reply");
     assert!(notice.contains("faster than I can answer"), "{notice}");
     // Zulip's retry of the limited message gets the same answer, and costs no quota.
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention_from(3, 10, "zulip"))
-            .await
-            .json,
-        limited.json
-    );
+    assert_eq!(ping_from(&t, 3, 10, "zulip").await.json, limited.json);
 
     // Another user is not affected by user 10's quota …
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention_from(4, 11, "zulip"))
-            .await
-            .json,
-        pong
-    );
+    assert_eq!(ping_from(&t, 4, 11, "zulip").await.json, pong);
     // … until the realm's quota (4 at once) is used up, across users.
-    let capped = t
-        .post_json("/zulip/outgoing", &mention_from(5, 12, "zulip"))
-        .await;
+    let capped = ping_from(&t, 5, 12, "zulip").await;
     assert_eq!(capped.json["content"].as_str(), Some(notice));
 
     let rows = t.query(|c| log_errors(c, "rate_limiter")).await;
@@ -119,15 +95,8 @@ async fn outgoing_webhooks_over_quota_get_a_notice_not_an_error() {
         .toml("[rate_limits]\noutgoing_notice = \"\"\n[rate_limits.outgoing.per_user]\nper_minute = 1\nburst = 1\n")
         .start()
         .await;
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention_from(1, 10, "zulip"))
-            .await
-            .json,
-        pong
-    );
-    let quiet = t
-        .post_json("/zulip/outgoing", &mention_from(2, 10, "zulip"))
-        .await;
+    assert_eq!(ping_from(&t, 1, 10, "zulip").await.json, pong);
+    let quiet = ping_from(&t, 2, 10, "zulip").await;
     assert_eq!(quiet.json, json!({"response_not_required": true}));
     t.stop().await;
 }
@@ -258,24 +227,9 @@ async fn realm_and_user_filters_on_both_paths(backend: Backend) {
         .await;
     let pong = json!({"content": "pong"});
     let quiet = json!({"response_not_required": true});
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention_from(1, 10, "zulip"))
-            .await
-            .json,
-        pong
-    );
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention_from(2, 10, "elsewhere"))
-            .await
-            .json,
-        quiet
-    );
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention_from(3, 13, "zulip"))
-            .await
-            .json,
-        quiet
-    );
+    assert_eq!(ping_from(&t, 1, 10, "zulip").await.json, pong);
+    assert_eq!(ping_from(&t, 2, 10, "elsewhere").await.json, quiet);
+    assert_eq!(ping_from(&t, 3, 13, "zulip").await.json, quiet);
     let rows = t.query(|c| log_errors(c, "filters")).await;
     assert_eq!(rows.len(), 2, "{backend:?}: {rows:?}");
     assert!(
@@ -353,9 +307,7 @@ async fn stored_errors_and_logs_are_sanitized() {
         .toml(&format!("[handlers.relay]\nurl = \"{}/\"\n", service.url))
         .start()
         .await;
-    let answer = t
-        .post_json("/zulip/outgoing", &mention_from(1, 10, "zulip"))
-        .await;
+    let answer = ping_from(&t, 1, 10, "zulip").await;
     assert_eq!(answer.json, json!({"response_not_required": true}));
     let errors = t.query(|c| log_errors(c, "relay")).await;
     let error = errors[0].clone().unwrap_or_default();

@@ -19,6 +19,23 @@ fn reasons(answer: &Answer) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A server with the admin API whose keyword_alerts listener alerts a target answering 500
+/// on broken builds, with `error_handling` as configuration.
+async fn with_a_failing_target(db: &TestDatabase, error_handling: &str) -> (TestServer, Stub) {
+    let target = Stub::failing().await;
+    let t = TestApp::new(db)
+        .alerting_on_broken(&target.url)
+        .admin()
+        .toml(error_handling)
+        .start()
+        .await;
+    (t, target)
+}
+
+async fn admin_post(t: &TestServer, path: &str) -> Answer {
+    t.send(t.admin(Method::POST, path)).await
+}
+
 /// Polls `/health` until `check` holds (the database facts are cached for a second).
 async fn health_until(t: &TestServer, check: impl Fn(&Answer) -> bool) -> Answer {
     let mut last = None;
@@ -58,7 +75,7 @@ async fn ok_then_degraded_by_an_operator_then_ok_again(backend: Backend) {
     );
 
     assert_eq!(
-        t.send(t.admin(Method::POST, "/admin/listeners/relay/disable"))
+        admin_post(&t, "/admin/listeners/relay/disable")
             .await
             .status,
         200
@@ -80,9 +97,7 @@ async fn ok_then_degraded_by_an_operator_then_ok_again(backend: Backend) {
     );
 
     assert_eq!(
-        t.send(t.admin(Method::POST, "/admin/listeners/relay/enable"))
-            .await
-            .status,
+        admin_post(&t, "/admin/listeners/relay/enable").await.status,
         200
     );
     let ok = health_until(&t, |a| a.json["status"] == "ok").await;
@@ -97,20 +112,8 @@ async fn ok_then_degraded_by_an_operator_then_ok_again(backend: Backend) {
 
 #[actix_web::test]
 async fn an_open_breaker_degrades_until_the_handler_recovers() {
-    let target = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
-    target.set_status(500);
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = TestApp::new(&db)
-        .forwarder()
-        .admin()
-        .toml(&format!(
-            "[forwarder]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
-             [error_handling]\nbreaker_failures = 2\nbreaker_cooldown = \"60s\"\nmax_failures_per_hour = 1000\n\
-             [handlers.keyword_alerts]\nrules = [{{ name = \"broken\", pattern = \"broken\", webhook = \"{}/alert\" }}]\n",
-            target.url
-        ))
-        .start()
-        .await;
+    let (t, target) = with_a_failing_target(&db, "[error_handling]\nbreaker_failures = 2\nbreaker_cooldown = \"60s\"\nmax_failures_per_hour = 1000\n").await;
     assert_eq!(t.health().await.json["status"], "ok");
 
     let sent = t
@@ -152,7 +155,7 @@ async fn an_open_breaker_degrades_until_the_handler_recovers() {
     // replays the parked event: it is processed and the service is ok again.
     target.set_status(200);
     assert_eq!(
-        t.send(t.admin(Method::POST, "/admin/listeners/keyword_alerts/enable"))
+        admin_post(&t, "/admin/listeners/keyword_alerts/enable")
             .await
             .status,
         200
@@ -233,20 +236,12 @@ async fn process_metrics_are_plausible() {
 
 #[actix_web::test]
 async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
-    let target = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
-    target.set_status(500);
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = TestApp::new(&db)
-        .forwarder()
-        .admin()
-        .toml(&format!(
-            "[forwarder]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
-             [error_handling]\nbreaker_failures = 1000\nmax_failures_per_hour = 2\n\
-             [handlers.keyword_alerts]\nrules = [{{ name = \"broken\", pattern = \"broken\", webhook = \"{}/alert\" }}]\n",
-            target.url
-        ))
-        .start()
-        .await;
+    let (t, target) = with_a_failing_target(
+        &db,
+        "[error_handling]\nbreaker_failures = 1000\nmax_failures_per_hour = 2\n",
+    )
+    .await;
     let sent = t
         .post_events("msg_c", vec![broken_build("c1", 801, 10)])
         .await;
@@ -297,7 +292,7 @@ async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
 
     target.set_status(200);
     assert_eq!(
-        t.send(t.admin(Method::POST, "/admin/listeners/keyword_alerts/enable"))
+        admin_post(&t, "/admin/listeners/keyword_alerts/enable")
             .await
             .status,
         200

@@ -15,22 +15,12 @@ fn app(db: &TestDatabase, eng: &Stub, ops: &Stub) -> TestApp {
     TestApp::new(db)
         .admin()
         .helper(&["alerts-eng", "alerts-ops"])
-        .toml(&format!(
-            r#"[listeners.alerts-eng]
-handler = "keyword_alerts"
-description = "Deploy talk in #engineering"
-events = ["message"]
-streams = ["Engineering"]
-[listeners.alerts-eng.settings]
-rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/eng" }}]
-[listeners.alerts-ops]
-handler = "keyword_alerts"
-streams = [42]
-[listeners.alerts-ops.settings]
-rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/ops" }}]
-"#,
-            eng.url, ops.url
-        ))
+        .deploy_alerts(
+            "alerts-eng",
+            "description = \"Deploy talk in #engineering\"\nevents = [\"message\"]\nstreams = [\"Engineering\"]\n",
+            &format!("{}/eng", eng.url),
+        )
+        .deploy_alerts("alerts-ops", "streams = [42]\n", &format!("{}/ops", ops.url))
 }
 
 /// An outgoing webhook for a message in a channel.
@@ -416,15 +406,11 @@ async fn a_listener_over_its_own_quota_is_skipped_alone(backend: Backend) {
     let t = TestApp::new(&db)
         .admin()
         .helper(&["quiet-alerts", "message_logger"])
-        .toml(&format!(
-            r#"[listeners.quiet-alerts]
-handler = "keyword_alerts"
-rate_limits = {{ per_user = {{ per_minute = 1, burst = 1 }} }}
-[listeners.quiet-alerts.settings]
-rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/hook" }}]
-"#,
-            hook.url
-        ))
+        .deploy_alerts(
+            "quiet-alerts",
+            "rate_limits = { per_user = { per_minute = 1, burst = 1 } }\n",
+            &format!("{}/hook", hook.url),
+        )
         .start()
         .await;
     for id in 401..=403 {
@@ -502,18 +488,12 @@ async fn a_forwarded_event_over_a_listener_quota_is_set_aside_and_replayable_for
     let t = TestApp::new(&db)
         .admin()
         .forwarder()
-        .toml(&format!(
-            r#"[forwarder]
-handlers = ["quiet-alerts", "message_logger"]
-workers = 1
-[listeners.quiet-alerts]
-handler = "keyword_alerts"
-rate_limits = {{ per_user = {{ per_minute = 60, burst = 1 }} }}
-[listeners.quiet-alerts.settings]
-rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/hook" }}]
-"#,
-            hook.url
-        ))
+        .toml("[forwarder]\nhandlers = [\"quiet-alerts\", \"message_logger\"]\nworkers = 1\n")
+        .deploy_alerts(
+            "quiet-alerts",
+            "rate_limits = { per_user = { per_minute = 60, burst = 1 } }\n",
+            &format!("{}/hook", hook.url),
+        )
         .start()
         .await;
     let sent = t
@@ -521,15 +501,20 @@ rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/hook" }}]
         .await;
     assert_eq!(sent.status, 200, "{:?}", sent.json);
     // The second event is over quota for quiet-alerts only: set aside as rate_limited.
-    let set_aside = eventually(Duration::from_secs(10), async || {
-        let page = admin(
+    let rate_limited = async || {
+        admin(
             &t,
             reqwest::Method::GET,
             "/admin/dead-letters?status=rate_limited",
             None,
         )
-        .await;
-        page.json["events"]
+        .await
+        .json["events"]
+            .clone()
+    };
+    let set_aside = eventually(Duration::from_secs(10), async || {
+        rate_limited()
+            .await
             .as_array()
             .is_some_and(|e| e.len() == 1 && e[0]["event_id"] == "q2")
     })
@@ -580,14 +565,10 @@ rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/hook" }}]
         .await;
     assert_eq!(runs, 2, "{backend:?}: message_logger was not run again");
     let done = eventually(Duration::from_secs(10), async || {
-        let page = admin(
-            &t,
-            reqwest::Method::GET,
-            "/admin/dead-letters?status=rate_limited",
-            None,
-        )
-        .await;
-        page.json["events"].as_array().is_some_and(|e| e.is_empty())
+        rate_limited()
+            .await
+            .as_array()
+            .is_some_and(|e| e.is_empty())
     })
     .await;
     assert!(done, "{backend:?}: nothing is left rate_limited");

@@ -232,13 +232,11 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     target.set_status(500);
     let db = TestDatabase::new(Backend::Sqlite);
     let t = TestApp::new(&db)
-        .forwarder()
+        .alerting_on_broken(&target.url)
         .admin()
         .toml(&format!(
-            "[forwarder]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
-             [error_handling]\nbreaker_failures = 2\nbreaker_cooldown = \"1s\"\nmax_failures_per_hour = 4\nnotification_webhook = \"{}/notices\"\n\
-             [handlers.keyword_alerts]\nrules = [{{ name = \"broken\", pattern = \"broken\", webhook = \"{}/alert\" }}]\n",
-            notices.url, target.url
+            "[error_handling]\nbreaker_failures = 2\nbreaker_cooldown = \"1s\"\nmax_failures_per_hour = 4\nnotification_webhook = \"{}/notices\"\n",
+            notices.url
         ))
         .start()
         .await;

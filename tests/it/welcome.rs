@@ -15,16 +15,6 @@ use zulip_listeners::server::ServeOptions;
 const GREETER_EMAIL: &str = "greeter-bot@acme.example.com";
 const ZULIP_OK: &str = r#"{"result": "success", "msg": "", "id": 42}"#;
 
-// The handler's own table, as the migration creates it.
-diesel::table! {
-    welcome_greetings (realm_id, user_id, greeting) {
-        realm_id -> BigInt,
-        user_id -> BigInt,
-        greeting -> Text,
-        sent_at_ms -> BigInt,
-    }
-}
-
 /// A server whose forwarded events go to welcome_bot, posting as `greeter` to Zulip at
 /// `site`; `welcome` is more of its settings.
 fn app(db: &TestDatabase, site: &str, welcome: &str) -> TestApp {
@@ -74,16 +64,30 @@ fn fields(received: &Received) -> std::collections::HashMap<String, String> {
     serde_urlencoded::from_str(&received.body).expect("form body")
 }
 
+/// A row of welcome_bot's own table (`welcome_greetings`, which it keeps to itself).
+#[derive(diesel::QueryableByName)]
+struct Greeting {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    realm_id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    greeting: String,
+}
+
+/// The greetings recorded: (realm, user, greeting), by user and greeting.
 fn greetings(c: &mut DbConnection) -> Vec<(i64, i64, String)> {
-    welcome_greetings::table
-        .select((
-            welcome_greetings::realm_id,
-            welcome_greetings::user_id,
-            welcome_greetings::greeting,
-        ))
-        .order((welcome_greetings::user_id, welcome_greetings::greeting))
-        .load(c)
-        .expect("welcome_greetings")
+    let query = diesel::sql_query(
+        "SELECT realm_id, user_id, greeting FROM welcome_greetings ORDER BY user_id, greeting",
+    );
+    let rows: Vec<Greeting> = match c {
+        DbConnection::Sqlite(c) => query.load(c),
+        DbConnection::Postgres(c) => query.load(c),
+    }
+    .expect("welcome_greetings");
+    rows.into_iter()
+        .map(|g| (g.realm_id, g.user_id, g.greeting))
+        .collect()
 }
 
 backend_test!(async fn a_new_member_is_greeted_once_and_bots_never);

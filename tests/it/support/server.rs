@@ -59,6 +59,26 @@ impl TestApp {
         self.toml(&helper_bot(handlers))
     }
 
+    /// [`TestApp::forwarder`] with forwarded events going to keyword_alerts alone (one worker,
+    /// 50 retries 50 ms apart), which alerts `{target}/alert` on messages saying "broken" (as
+    /// [`super::broken_build`] does).
+    pub fn alerting_on_broken(self, target: &str) -> TestApp {
+        self.forwarder().toml(&format!(
+            "[forwarder]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
+             [handlers.keyword_alerts]\nrules = [{{ name = \"broken\", pattern = \"broken\", webhook = \"{target}/alert\" }}]\n"
+        ))
+    }
+
+    /// `[listeners.<name>]`: a keyword_alerts listener that alerts `webhook` on messages about
+    /// deploys; `scope` is more of its keys (description, events, streams, rate_limits, …).
+    pub fn deploy_alerts(self, name: &str, scope: &str, webhook: &str) -> TestApp {
+        self.toml(&format!(
+            "[listeners.{name}]\nhandler = \"keyword_alerts\"\n{scope}\
+             [listeners.{name}.settings]\n\
+             rules = [{{ name = \"deploy\", pattern = \"(?i)deploy\", webhook = \"{webhook}\" }}]\n"
+        ))
+    }
+
     /// The admin API and dashboard, with the token [`ADMIN`].
     pub fn admin(self) -> TestApp {
         self.toml(&format!("[admin]\ntoken = \"{ADMIN}\"\n"))

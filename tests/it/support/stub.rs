@@ -70,6 +70,13 @@ impl Stub {
         }
     }
 
+    /// A webhook target that answers 500 (until [`Stub::set_status`] says otherwise).
+    pub async fn failing() -> Stub {
+        let target = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
+        target.set_status(500);
+        target
+    }
+
     pub fn set_status(&self, status: u16) {
         self.status.store(status, Ordering::SeqCst);
     }
