@@ -9,9 +9,10 @@
 
 use std::time::{Duration, Instant};
 
+use zulip_listeners::clock::now_ms;
 use zulip_listeners::config::{Config, parse_database_url};
 use zulip_listeners::db::models::{NewEventLog, NewInboxRow};
-use zulip_listeners::db::{establish, now_ms, retention, run_migrations, store};
+use zulip_listeners::db::{establish, retention, run_migrations, store};
 use zulip_listeners::server::{ServeOptions, start};
 
 const ADMIN: &str = "dashboard-bench-admin-token-0123456789";

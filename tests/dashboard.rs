@@ -11,8 +11,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, TestDatabase, TestServer, start_server};
+use zulip_listeners::clock::now_ms;
 use zulip_listeners::db::models::{NewEventLog, NewInboxRow};
-use zulip_listeners::db::{now_ms, store};
+use zulip_listeners::db::store;
 
 const ADMIN: &str = "dashboard-test-admin-token-0123456789";
 const BROWSER_ENV: &str = "ZULIP_LISTENERS_TEST_BROWSER";

@@ -647,7 +647,7 @@ fn personal_data_is_erased_or_deleted_after_its_own_period() {
 #[test]
 fn the_cleanup_command_applies_the_personal_data_settings() {
     let db = TestDatabase::new(common::Backend::Sqlite);
-    let now = zulip_listeners::db::now_ms();
+    let now = zulip_listeners::clock::now_ms();
     let day = 86_400_000;
     {
         let conn = &mut open(&db);

@@ -6,7 +6,8 @@ use diesel::prelude::*;
 
 use super::models::{HistoryRow, ListenerRow};
 use super::schema::{event_log, listener_history, listeners};
-use super::{DbConnection, DbError, now_ms};
+use super::{DbConnection, DbError};
+use crate::clock::now_ms;
 
 /// The start of the event-log error of an event a listener skipped because it was over its
 /// own quota: not a failure, and counted apart in the statistics.

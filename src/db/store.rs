@@ -17,7 +17,8 @@ use super::schema::{
     event_log, forwarder_batches, inbox, inbox_work, keyword_alerts, listener_processes, messages,
     outgoing_replies, user_activity,
 };
-use super::{DbConnection, DbError, now_ms, sqlite_rows};
+use super::{DbConnection, DbError, sqlite_rows};
+use crate::clock::now_ms;
 
 /// Rows per multi-row statement: keeps every statement below SQLite's 32,766 bound
 /// parameters and PostgreSQL's 65,535.

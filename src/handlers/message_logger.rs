@@ -9,9 +9,9 @@ use futures_util::future::BoxFuture;
 use super::{
     Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
 };
+use crate::clock::now_ms;
 use crate::config::HandlerSettings;
 use crate::db::models::{MessageEdit, NewMessage};
-use crate::db::now_ms;
 use crate::db::writer::Effect;
 use crate::events::forwarded::UpdateMessage;
 use crate::events::{Event, EventKind, Message, truncate_chars};

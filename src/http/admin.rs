@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState, HealthFacts, json_ok};
+use crate::clock::now_ms;
 use crate::db::models::{HistoryRow, ListenerRow};
-use crate::db::{now_ms, store};
+use crate::db::store;
 use crate::listeners::changes::{self, ChangeError, FieldError, Overrides};
 use crate::telemetry::metric;
 use crate::verification::token_matches;

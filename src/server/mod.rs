@@ -11,9 +11,10 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 
+use crate::clock::{millis, now_ms};
 use crate::config::Config;
 use crate::db::writer::{Writer, WriterThread};
-use crate::db::{Db, now_ms, retention, store};
+use crate::db::{Db, retention, store};
 use crate::filters::Filters;
 use crate::handlers::Context;
 use crate::http::listener::ListenerLimits;
@@ -615,8 +616,4 @@ async fn refresh(u: &Upkeep) {
             tracing::warn!(%error, "refreshing gauges failed");
         }
     }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

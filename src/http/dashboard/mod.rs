@@ -31,8 +31,9 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 
 use super::{AppState, method_not_allowed};
+use crate::clock::now_ms;
 use crate::db::models::ListenerRow;
-use crate::db::{DbError, dashboard as queries, now_ms, store};
+use crate::db::{DbError, dashboard as queries, store};
 use crate::listeners::changes::{self, ChangeError, Overrides};
 use crate::verification::token_matches;
 
