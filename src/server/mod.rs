@@ -1,9 +1,12 @@
-//! Assembles the server from the configuration — database and migrations, the background
-//! writer, handlers, bots, the retry record, background upkeep, the HTTP and metrics
-//! listeners — and takes it down gracefully: readiness off, listeners stop accepting,
-//! requests in flight and the workers' current events finish, everything pending is written.
+//! Assembles the server from the configuration: database and migrations, the background
+//! writer, listeners and their stored state, bots, the inbox workers, the retry record,
+//! background upkeep ([`upkeep`]), the HTTP and metrics servers. The [`RunningServer`] it
+//! returns takes it down gracefully.
 
-use std::net::{SocketAddr, TcpListener};
+mod running;
+mod upkeep;
+
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,31 +14,27 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 
-use crate::clock::{millis, now_ms};
 use crate::config::Config;
-use crate::db::writer::{Writer, WriterThread};
-use crate::db::{Db, retention, store};
+use crate::db::Db;
+use crate::db::writer::Writer;
 use crate::filters::Filters;
 use crate::handlers::Context;
-use crate::http::listener::ListenerLimits;
+use crate::http::connections::ConnectionLimits;
 use crate::http::{AppState, ForwarderState, InFlight, metrics_routes, observe, routes};
 use crate::listeners::Registry;
 use crate::processing::Processor;
 use crate::processing::announce::Announcer;
-use crate::processing::inbox::{Admission, Inbox, InboxTasks};
+use crate::processing::inbox::{Admission, Inbox};
 use crate::processing::outgoing::{Bots, OutgoingService};
 use crate::processing::tasks::TaskTracker;
 use crate::telemetry::metric;
 use crate::verification::SigningKey;
 use crate::zulip_api::ZulipClient;
 
-/// How often expired retry records are pruned.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-/// How often gauges are refreshed.
-const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
-/// How often listener states and runtime changes are read back from the database, so that a
-/// change made through another server or the CLI applies here within this time.
-const LISTENER_SYNC_INTERVAL: Duration = Duration::from_secs(LISTENER_SYNC_SECONDS);
+pub use running::RunningServer;
+
+/// Seconds within which a change to a listener made elsewhere (another server sharing the
+/// database, the CLI) applies here: how often states are read back from the database.
 pub const LISTENER_SYNC_SECONDS: u64 = 3;
 
 #[derive(Debug, Clone, Default)]
@@ -45,110 +44,6 @@ pub struct ServeOptions {
     /// `serve --listeners`: the forwarder listeners this process runs (`None`: all of
     /// them). PostgreSQL only; other processes sharing the database run the rest.
     pub listeners: Option<Vec<String>>,
-}
-
-/// A started server.
-pub struct RunningServer {
-    pub addr: SocketAddr,
-    /// The metrics listener's address, when metrics are on.
-    pub metrics_addr: Option<SocketAddr>,
-    pub db: Db,
-    server: actix_web::dev::ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    metrics: Option<(
-        actix_web::dev::ServerHandle,
-        tokio::task::JoinHandle<std::io::Result<()>>,
-    )>,
-    ready: Arc<AtomicBool>,
-    in_flight: InFlight,
-    shutdown_timeout: Duration,
-    tasks: TaskTracker,
-    writer: Writer,
-    writer_thread: WriterThread,
-    upkeep: tokio::task::JoinHandle<()>,
-    inbox_tasks: InboxTasks,
-}
-
-impl RunningServer {
-    /// Serves until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP reopens the log
-    /// file (`telemetry.file`).
-    pub async fn run_until_signalled(
-        self,
-        log_file: Option<Arc<crate::telemetry::LogFile>>,
-    ) -> anyhow::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-                _ = hup.recv() => match &log_file {
-                    Some(file) => match file.reopen() {
-                        Ok(()) => tracing::info!("SIGHUP: log file reopened"),
-                        Err(error) => eprintln!("SIGHUP: cannot reopen the log file: {error}"),
-                    },
-                    None => tracing::info!("SIGHUP: no log file to reopen"),
-                },
-            }
-        }
-        self.stop().await
-    }
-
-    /// Stops gracefully: readiness turns 503, the listeners stop accepting, requests in
-    /// flight and the workers' current events finish, everything pending is written.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.ready.store(false, Ordering::Relaxed);
-        metric::ready(false);
-        // Stop accepting connections, then let the requests in flight finish.
-        self.server.pause().await;
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
-        while self.in_flight.count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if self.in_flight.count() > 0 {
-            tracing::warn!(
-                requests = self.in_flight.count(),
-                "shutdown timeout: dropping requests still in flight"
-            );
-        }
-        // Nothing is in flight any more: close idle keep-alive connections at once instead
-        // of waiting for clients to hang up.
-        self.server.stop(false).await;
-        let served = self.task.await.context("the HTTP server task failed")?;
-        if let Some((handle, task)) = self.metrics {
-            handle.stop(false).await;
-            let _ = task.await;
-        }
-        self.upkeep.abort();
-        // Handler runs that go on after their HTTP answer, late replies and notifications
-        // write their results through the writer: let them finish first.
-        let left = self
-            .tasks
-            .wait(remaining(deadline).max(Duration::from_secs(1)))
-            .await;
-        if left > 0 {
-            tracing::warn!(
-                tasks = left,
-                "shutdown timeout: background handler runs did not finish; their results are not written"
-            );
-        }
-        self.inbox_tasks.stop().await;
-        self.writer.stop().await;
-        let thread = self.writer_thread;
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .context("joining the database writer")?;
-        served.context("the HTTP server failed")?;
-        tracing::info!("stopped; everything pending was written");
-        Ok(())
-    }
-
-    /// Waits until everything queued for the database so far is written.
-    pub async fn flush(&self) {
-        self.writer.flush().await;
-    }
 }
 
 /// The forwarder listeners this process runs (`serve --listeners`), checked: each must be a
@@ -192,12 +87,7 @@ fn own_listeners(
     Ok(Some(ordered))
 }
 
-/// Time left until `deadline`.
-fn remaining(deadline: tokio::time::Instant) -> Duration {
-    deadline.saturating_duration_since(tokio::time::Instant::now())
-}
-
-/// Opens the database (running migrations), starts every component and the HTTP listener.
+/// Opens the database (running migrations), starts every component and the HTTP server.
 pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<RunningServer> {
     crate::telemetry::configure_scrubbing(&config.data_protection);
     let database = config.database.clone();
@@ -309,7 +199,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
             .map(|e| e.name())
             .collect::<Vec<_>>(),
     );
-    let upkeep = tokio::spawn(upkeep(Upkeep {
+    let upkeep = tokio::spawn(upkeep::upkeep(upkeep::Upkeep {
         outgoing: outgoing.clone(),
         inbox: inbox.clone(),
         registry: registry.clone(),
@@ -324,6 +214,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     }
     let coverage = inbox.coverage.clone();
     let state = web::Data::new(AppState {
+        db: db.clone(),
         coverage,
         outgoing,
         max_body_bytes: config.server.max_body_bytes,
@@ -339,9 +230,9 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         health_facts: tokio::sync::Mutex::new(None),
         dashboard: crate::http::Dashboard::new(config.admin.public_path.clone()),
     });
-    let listener = TcpListener::bind(&config.server.bind)
+    let socket = TcpListener::bind(&config.server.bind)
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
-    let addr = listener.local_addr()?;
+    let addr = socket.local_addr()?;
     let shutdown_timeout = config.server.shutdown_timeout.as_secs().max(1);
     let in_flight = InFlight::default();
     let counted = in_flight.clone();
@@ -353,7 +244,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     // 408, later ones a closed connection), and a body has its own deadline (`http::body`).
     // Idle keep-alive connections close after 5 s, and a client that does not close after
     // our answer gets 1 s.
-    let limits = ListenerLimits {
+    let limits = ConnectionLimits {
         workers,
         max_connections_per_worker: per_worker(config.server.max_connections, workers),
         client_timeout: config.server.client_timeout,
@@ -361,7 +252,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         disconnect_timeout: Duration::from_secs(1),
         shutdown_timeout_secs: shutdown_timeout,
     };
-    let server = crate::http::listener::serve(listener, limits, move || {
+    let server = crate::http::connections::serve(socket, limits, move || {
         let counted = counted.clone();
         App::new()
             .app_data(state.clone())
@@ -371,9 +262,9 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let handle = server.handle();
     let task = tokio::spawn(server);
     let (metrics, metrics_addr) = if config.metrics.enabled {
-        let listener = TcpListener::bind(&config.metrics.bind)
+        let socket = TcpListener::bind(&config.metrics.bind)
             .with_context(|| format!("cannot listen on {} (metrics.bind)", config.metrics.bind))?;
-        let metrics_addr = listener.local_addr()?;
+        let metrics_addr = socket.local_addr()?;
         let server = HttpServer::new(|| App::new().configure(metrics_routes))
             .disable_signals()
             .workers(1)
@@ -381,7 +272,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
             .keep_alive(Duration::from_secs(5))
             .max_connections(64)
             .shutdown_timeout(shutdown_timeout)
-            .listen(listener)?
+            .listen(socket)?
             .run();
         let metrics_handle = server.handle();
         tracing::info!(addr = %metrics_addr, "metrics listening");
@@ -455,165 +346,4 @@ fn forwarder_state(config: &Config, inbox: Arc<Inbox>) -> anyhow::Result<Option<
         max_body_bytes: f.max_body_bytes,
         max_batch_events: f.max_batch_events,
     }))
-}
-
-struct Upkeep {
-    outgoing: Arc<OutgoingService>,
-    inbox: Arc<Inbox>,
-    registry: Arc<Registry>,
-    db: Db,
-    housekeeping: Duration,
-    retention: crate::config::RetentionConfig,
-    /// Taking traffic (false before start-up completes and once shutdown begins).
-    ready: Arc<AtomicBool>,
-}
-
-/// How often the retention pass runs.
-const RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
-
-/// Periodic upkeep: pruning the retry record, forgetting idle rate-limit keys, refreshing
-/// gauges, and reading handler states back from the database.
-async fn upkeep(u: Upkeep) {
-    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
-    let mut limits = tokio::time::interval(u.housekeeping);
-    let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
-    let mut listeners = tokio::time::interval(LISTENER_SYNC_INTERVAL);
-    let mut aggregate = tokio::time::interval(u.retention.aggregation_interval);
-    let mut retention = tokio::time::interval(RETENTION_INTERVAL);
-    prune.tick().await;
-    limits.tick().await;
-    loop {
-        tokio::select! {
-            _ = prune.tick() => match u.outgoing.prune_record().await {
-                Ok(0) => {}
-                Ok(pruned) => tracing::debug!(pruned, "expired retry records removed"),
-                Err(error) => tracing::warn!(%error, "pruning the retry record failed"),
-            },
-            _ = limits.tick() => {
-                let outgoing_keys = u.outgoing.bots.limiter_housekeeping();
-                let forwarder_keys = u.inbox.limiter_housekeeping();
-                let listener_keys = u.registry.limiter_housekeeping();
-                metric::rate_limiter_keys("listeners", listener_keys);
-                metric::rate_limiter_keys("outgoing", outgoing_keys);
-                metric::rate_limiter_keys("forwarder", forwarder_keys);
-                tracing::info!(outgoing_keys, forwarder_keys, "rate limiter keys tracked");
-            }
-            _ = gauges.tick() => refresh(&u).await,
-            _ = listeners.tick() => sync_listeners(&u).await,
-            _ = aggregate.tick() => {
-                let interval = millis(u.retention.aggregation_interval);
-                match u.db.run(move |c| retention::aggregate_stats(c, interval, now_ms())).await {
-                    Ok(rows) => tracing::debug!(rows, "statistics aggregated"),
-                    Err(error) => tracing::warn!(%error, "aggregating statistics failed"),
-                }
-            }
-            _ = retention.tick() => {
-                let cutoffs = u.retention.personal_cutoffs(now_ms());
-                let batch = u.retention.batch_size;
-                match u.db.run(move |c| retention::expire_personal_data(c, &cutoffs, batch, &mut |_, _| {})).await {
-                    Ok(report) => tracing::info!(changed = report.total(), ?report, "personal-data retention pass done"),
-                    Err(error) => tracing::warn!(%error, "personal-data retention pass failed"),
-                }
-                if u.retention.retention_days > 0 {
-                    let before = now_ms() - i64::from(u.retention.retention_days) * 86_400_000;
-                    let batch = u.retention.batch_size;
-                    match u.db.run(move |c| retention::cleanup(c, before, batch, &mut |_, _| {})).await {
-                        Ok(report) => tracing::info!(deleted = report.total(), ?report, "retention pass done"),
-                        Err(error) => tracing::warn!(%error, "retention pass failed"),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Reads listener states and runtime changes back from the database (made through another
-/// server sharing it, the CLI, or the breaker elsewhere) and applies what changed.
-async fn sync_listeners(u: &Upkeep) {
-    match u.db.run(crate::db::listeners::rows).await {
-        Ok(rows) => {
-            for row in &rows {
-                if u.registry.apply_row(row) {
-                    tracing::info!(
-                        listener = row.name,
-                        enabled = u.registry.by_name(&row.name).is_some_and(|e| e.enabled()),
-                        "listener state read from the database"
-                    );
-                }
-            }
-            for entry in u.registry.entries() {
-                metric::handler_enabled(entry.name(), entry.enabled());
-            }
-        }
-        Err(error) => tracing::warn!(%error, "reading listener states failed"),
-    }
-}
-
-async fn refresh(u: &Upkeep) {
-    crate::telemetry::process::refresh();
-    if let Some(handle) = crate::telemetry::prometheus() {
-        handle.run_upkeep();
-    }
-    u.inbox.refresh_gauges();
-    let (in_use, idle) = u.db.pool_state();
-    metric::db_pool(in_use, idle);
-    metric::memory(u.db.memory(), u.db.backend());
-    match u
-        .db
-        .run(|c| {
-            Ok((
-                store::inbox_counts(c)?,
-                store::oldest_pending_by_type(c)?,
-                store::parked_by_handler(c)?,
-            ))
-        })
-        .await
-    {
-        Ok((counts, oldest, parked)) => {
-            metric::ready(u.ready.load(Ordering::Relaxed));
-            let now = now_ms();
-            let age = |at: Option<i64>| at.map_or(0.0, |ms| (now - ms).max(0) as f64 / 1000.0);
-            metric::inbox_lag(age(oldest.iter().map(|(_, at)| *at).min()));
-            // Per forwarder listener: the oldest pending event of a type it takes.
-            for &id in u.inbox.listeners() {
-                if let Some(entry) = u.registry.get(id) {
-                    let live = entry.live();
-                    let at = oldest
-                        .iter()
-                        .filter(|(t, _)| live.wants_type(t))
-                        .map(|(_, at)| *at)
-                        .min();
-                    metric::listener_lag(entry.name(), age(at));
-                }
-            }
-            for entry in u.registry.entries() {
-                let name = entry.name();
-                let n = parked
-                    .iter()
-                    .find(|(h, _)| h == name)
-                    .map_or(0, |(_, n)| *n);
-                metric::inbox_parked(name, n);
-            }
-            for status in [
-                "pending",
-                "parked",
-                "done",
-                "dead",
-                "expired",
-                "rate_limited",
-                "filtered",
-            ] {
-                let n = counts
-                    .iter()
-                    .find(|(s, _)| s == status)
-                    .map_or(0, |(_, n)| *n);
-                metric::inbox_events(status, n);
-            }
-        }
-        Err(error) => {
-            // The database did not answer: /readyz says 503 too.
-            metric::ready(false);
-            tracing::warn!(%error, "refreshing gauges failed");
-        }
-    }
 }
