@@ -4,8 +4,8 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::session::{authenticate, read_form};
-use super::{REPLAYABLE, db_failed, given, pages, query, see_other};
+use super::session::read_form;
+use super::{Ctx, REPLAYABLE, db_failed, given, pages, query, see_other};
 use crate::db::{dashboard as queries, store};
 use crate::http::AppState;
 
@@ -21,16 +21,15 @@ fn status_of(pairs: &[(String, String)]) -> &'static str {
         .unwrap_or("dead")
 }
 
-pub(super) async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let ctx = match authenticate(&req, &state) {
-        Ok(ctx) => ctx,
-        Err(refused) => return refused,
-    };
+pub(super) async fn dead_letters(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let pairs = query(&req);
     let status = status_of(&pairs);
     let read = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| {
             Ok((
                 store::inbox_counts(c)?,
@@ -45,11 +44,11 @@ pub(super) async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -
 }
 
 /// `GET …/dead-letters/replay?status=&id=` (or `all=1`): asks for confirmation.
-pub(super) async fn confirm_replay(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let ctx = match authenticate(&req, &state) {
-        Ok(ctx) => ctx,
-        Err(refused) => return refused,
-    };
+pub(super) async fn confirm_replay(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let pairs = query(&req);
     let status = status_of(&pairs);
     let id = given(&pairs, "id").map(str::to_string);
@@ -60,15 +59,13 @@ pub(super) async fn confirm_replay(req: HttpRequest, state: web::Data<AppState>)
         Some(id) => {
             let key = id.clone();
             state
-                .outgoing
-                .db()
+                .db
                 .run(move |c| queries::inbox_has(c, &key, &[status]).map(i64::from))
                 .await
         }
         None => {
             state
-                .outgoing
-                .db()
+                .db
                 .run(move |c| {
                     Ok(store::inbox_counts(c)?
                         .into_iter()
@@ -86,14 +83,11 @@ pub(super) async fn confirm_replay(req: HttpRequest, state: web::Data<AppState>)
 
 /// `POST …/dead-letters/replay` with `status` and `id` or `all=1`: queues the events again.
 pub(super) async fn replay(
+    ctx: Ctx,
     req: HttpRequest,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let ctx = match authenticate(&req, &state) {
-        Ok(ctx) => ctx,
-        Err(refused) => return refused,
-    };
     let form = match read_form(&req, &state, &ctx, payload).await {
         Ok(form) => form,
         Err(refused) => return refused,
@@ -114,8 +108,7 @@ pub(super) async fn replay(
         );
     }
     let requeued = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| store::requeue(c, &[status], (!all).then_some(ids.as_slice())))
         .await;
     match requeued {

@@ -6,8 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::pages::{self, EventsPage, EventsQuery};
-use super::session::authenticate;
-use super::{db_failed, given, query};
+use super::{Ctx, db_failed, given, listener_names, query};
 use crate::db::dashboard as queries;
 use crate::http::AppState;
 
@@ -34,19 +33,10 @@ fn events_query(pairs: &[(String, String)]) -> EventsQuery {
     }
 }
 
-pub(super) async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let ctx = match authenticate(&req, &state) {
-        Ok(ctx) => ctx,
-        Err(refused) => return refused,
-    };
+pub(super) async fn events(ctx: Ctx, req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let pairs = query(&req);
     let q = events_query(&pairs);
-    let names: Vec<String> = state
-        .registry
-        .entries()
-        .iter()
-        .map(|e| e.name().to_string())
-        .collect();
+    let names = listener_names(&state);
     let times = q
         .since
         .as_deref()
@@ -77,8 +67,7 @@ pub(super) async fn events(req: HttpRequest, state: web::Data<AppState>) -> Http
     let filter = q.filter.clone();
     let before = q.before;
     let read = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| {
             let Some(newest) = queries::newest_event_id(c)? else {
                 return Ok(EventsPage {
@@ -134,14 +123,10 @@ pub(super) async fn events(req: HttpRequest, state: web::Data<AppState>) -> Http
 const SAME_EVENT_SPAN: i64 = 5_000;
 
 pub(super) async fn event(
-    req: HttpRequest,
+    ctx: Ctx,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let ctx = match authenticate(&req, &state) {
-        Ok(ctx) => ctx,
-        Err(refused) => return refused,
-    };
     let Ok(id) = path.into_inner().parse::<i64>() else {
         return pages::message(
             StatusCode::NOT_FOUND,
@@ -151,8 +136,7 @@ pub(super) async fn event(
         );
     };
     let read = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| {
             let Some(row) = queries::event_by_id(c, id)? else {
                 return Ok(None);

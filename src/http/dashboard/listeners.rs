@@ -7,8 +7,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::pages::{self, ListenerLine};
-use super::session::{authenticate, read_form};
-use super::{DAY_MS, DEFAULT_INTERVAL_MS, db_failed, field, given, query, see_other};
+use super::session::read_form;
+use super::{
+    Ctx, DAY_MS, DEFAULT_INTERVAL_MS, db_failed, field, given, listener_names, query, see_other,
+};
 use crate::clock::now_ms;
 use crate::db::models::ListenerRow;
 use crate::db::{DbError, dashboard as queries};
@@ -53,8 +55,7 @@ async fn read_listeners(
 ) -> Result<(Vec<ListenerRow>, Vec<ListenerFigures>, i64), DbError> {
     let now = now_ms();
     state
-        .outgoing
-        .db()
+        .db
         .run(move |c| {
             let rows = crate::db::listeners::rows(c)?;
             let interval_ms = queries::newest_interval(c)?
@@ -97,17 +98,22 @@ fn listener_line(
     }
 }
 
-pub(super) async fn listeners(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let ctx = match authenticate(&req, &state) {
-        Ok(ctx) => ctx,
-        Err(refused) => return refused,
-    };
-    let names: Vec<String> = state
-        .registry
-        .entries()
-        .iter()
-        .map(|e| e.name().to_string())
-        .collect();
+/// The page for a listener name the registry does not know.
+fn no_such_listener(ctx: &Ctx, name: &str) -> HttpResponse {
+    pages::message(
+        StatusCode::NOT_FOUND,
+        &ctx.base,
+        "No such listener",
+        &format!("There is no listener named `{name}`."),
+    )
+}
+
+pub(super) async fn listeners(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let names = listener_names(&state);
     let (rows, figures, interval_ms) = match read_listeners(&state, names).await {
         Ok(read) => read,
         Err(e) => return db_failed(&ctx, e),
@@ -123,27 +129,18 @@ pub(super) async fn listeners(req: HttpRequest, state: web::Data<AppState>) -> H
 }
 
 pub(super) async fn listener(
+    ctx: Ctx,
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let ctx = match authenticate(&req, &state) {
-        Ok(ctx) => ctx,
-        Err(refused) => return refused,
-    };
     let name = path.into_inner();
     let Some(entry) = state.registry.by_name(&name) else {
-        return pages::message(
-            StatusCode::NOT_FOUND,
-            &ctx.base,
-            "No such listener",
-            &format!("There is no listener named `{name}`."),
-        );
+        return no_such_listener(&ctx, &name);
     };
     let key = name.clone();
     let history = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| crate::db::listeners::history(c, &key, 50))
         .await;
     let read = read_listeners(&state, vec![name]).await;
@@ -162,27 +159,19 @@ pub(super) async fn listener(
 /// `POST /admin/ui/listeners/{name}` with `action` = `enable`, `disable` or `edit` (and the
 /// edited fields): the same change as the admin API's, recorded with source `dashboard`.
 pub(super) async fn change_listener(
+    ctx: Ctx,
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let ctx = match authenticate(&req, &state) {
-        Ok(ctx) => ctx,
-        Err(refused) => return refused,
-    };
     let form = match read_form(&req, &state, &ctx, payload).await {
         Ok(form) => form,
         Err(refused) => return refused,
     };
     let name = path.into_inner();
     let Some(entry) = state.registry.by_name(&name) else {
-        return pages::message(
-            StatusCode::NOT_FOUND,
-            &ctx.base,
-            "No such listener",
-            &format!("There is no listener named `{name}`."),
-        );
+        return no_such_listener(&ctx, &name);
     };
     let patch = match field(&form, "action") {
         Some("enable") => Ok(Overrides {

@@ -104,6 +104,16 @@ impl Ctx {
     }
 }
 
+/// Every listener's name, in the registry's order.
+fn listener_names(state: &AppState) -> Vec<String> {
+    state
+        .registry
+        .entries()
+        .iter()
+        .map(|e| e.name().to_string())
+        .collect()
+}
+
 fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()
         .find(|(k, _)| k == name)

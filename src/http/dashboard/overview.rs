@@ -1,24 +1,18 @@
 //! The overview page (`/admin/`): health, events per minute over the last hour and the last
 //! 24 hours, the inbox by status, queue lag, and late replies.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 
 use super::pages::{self, Overview};
-use super::session::authenticate;
-use super::{DAY_MS, DEFAULT_INTERVAL_MS, HOUR_MS, db_failed};
+use super::{Ctx, DAY_MS, DEFAULT_INTERVAL_MS, HOUR_MS, db_failed};
 use crate::clock::now_ms;
 use crate::db::{dashboard as queries, store};
 use crate::http::AppState;
 
-pub(super) async fn overview(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let ctx = match authenticate(&req, &state) {
-        Ok(ctx) => ctx,
-        Err(refused) => return refused,
-    };
+pub(super) async fn overview(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let now = now_ms();
     let read = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| {
             let hour_start = (now - HOUR_MS) / 60_000 * 60_000;
             let minutes = queries::runs_by_bucket(c, hour_start, 60_000)?;

@@ -8,8 +8,12 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::future::{Ready, ready};
+
+use actix_web::dev::Payload;
+use actix_web::error::InternalError;
 use actix_web::http::{StatusCode, header};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use rand::Rng;
 use subtle::ConstantTimeEq;
 
@@ -220,6 +224,22 @@ pub(super) fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Ctx, H
     }
 }
 
+/// Every page's route takes a [`Ctx`] as its first argument: who is asking is settled before
+/// anything else of the request (its body included) is looked at, and a refusal from
+/// [`authenticate`] is the answer.
+impl FromRequest for Ctx {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Ctx, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let ctx = match req.app_data::<web::Data<AppState>>() {
+            Some(state) => authenticate(req, state),
+            None => Err(HttpResponse::InternalServerError().finish()),
+        };
+        ready(ctx.map_err(|refused| InternalError::from_response("refused", refused).into()))
+    }
+}
+
 /// Whether the browser's `Origin`, when it sends one, is this server as the browser sees it.
 fn same_origin(req: &HttpRequest) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
@@ -354,14 +374,11 @@ pub(super) async fn login(
 }
 
 pub(super) async fn logout(
+    ctx: Ctx,
     req: HttpRequest,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let ctx = match authenticate(&req, &state) {
-        Ok(ctx) => ctx,
-        Err(refused) => return refused,
-    };
     if let Err(refused) = read_form(&req, &state, &ctx, payload).await {
         return refused;
     }
