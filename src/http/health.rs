@@ -47,14 +47,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "database": if database { "ok" } else { "unreachable" },
         "handlers": listeners,
     });
-    let mut response = if ok {
-        HttpResponse::Ok()
-    } else {
-        HttpResponse::ServiceUnavailable()
-    };
-    response
-        .insert_header((header::CONTENT_TYPE, super::JSON_UTF8))
-        .body(body.to_string())
+    answer(ok, &body)
 }
 
 /// `GET /health`: `ok`, `degraded` (200, with one reason per listener whose circuit breaker
@@ -63,10 +56,15 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// text: listener names, counts and the stored auto-disable reason; never a database error.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let body = health_report(&state).await;
-    let mut response = if body["status"] == "unavailable" {
-        HttpResponse::ServiceUnavailable()
-    } else {
+    answer(body["status"] != "unavailable", &body)
+}
+
+/// 200 with `body`, or 503 when the server cannot take traffic.
+fn answer(available: bool, body: &serde_json::Value) -> HttpResponse {
+    let mut response = if available {
         HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
     };
     response
         .insert_header((header::CONTENT_TYPE, super::JSON_UTF8))

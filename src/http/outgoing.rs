@@ -4,14 +4,12 @@
 //! for anything else. Misconfiguration (wrong token 401, unknown bot 404) and broken requests
 //! (400, 413) get a JSON error, which Zulip shows so that the administrator can fix it.
 
-use std::sync::Arc;
-
 use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use tracing::Instrument;
 
 use super::{ApiError, AppState, json_ok, read_body};
 use crate::events::{Event, OutgoingPayload, PayloadError, SlackPayload, Trigger};
-use crate::processing::outgoing::{BotId, NO_REPLY};
+use crate::processing::outgoing::{Bot, BotId, NO_REPLY};
 
 /// `POST /zulip/outgoing` and `POST /`: the bot is named by the body.
 pub async fn by_body(
@@ -52,13 +50,7 @@ async fn handle(
         Ok(trigger) => trigger,
         Err(other) => return Ok(ignored_trigger(&other)),
     };
-    let bot = bots.get(bot_id);
-    let event = payload.into_event(
-        bot.name.clone(),
-        trigger,
-        bot.full_name.as_deref(),
-        body.clone(),
-    );
+    let event = payload.into_event(trigger, bots.get(bot_id), body.clone());
     let span = tracing::info_span!(
         "outgoing",
         bot = %bots.get(bot_id).name,
@@ -114,16 +106,12 @@ impl Payload {
         }
     }
 
-    fn into_event(
-        self,
-        bot: Arc<str>,
-        trigger: Trigger,
-        configured_name: Option<&str>,
-        raw: bytes::Bytes,
-    ) -> Event {
+    /// The event for `bot`, with a leading mention of it stripped from the message.
+    fn into_event(self, trigger: Trigger, bot: &Bot, raw: bytes::Bytes) -> Event {
+        let (name, full_name) = (bot.name.clone(), bot.full_name.as_deref());
         match self {
-            Payload::Zulip(p) => p.into_event(bot, trigger, configured_name, raw),
-            Payload::Slack(p) => p.into_event(bot, trigger, configured_name, raw),
+            Payload::Zulip(p) => p.into_event(name, trigger, full_name, raw),
+            Payload::Slack(p) => p.into_event(name, trigger, full_name, raw),
         }
     }
 }
