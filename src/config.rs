@@ -946,7 +946,7 @@ impl Config {
                 "must be at least 1s",
             ));
         }
-        if r.outgoing_notice.chars().count() > crate::events::MAX_MESSAGE_LENGTH {
+        if r.outgoing_notice.chars().count() > crate::events::text::MAX_MESSAGE_LENGTH {
             return Err(invalid(
                 "rate_limits.outgoing_notice",
                 "longer than a Zulip message",

@@ -132,7 +132,7 @@ impl ZulipClient {
         if !status.is_success() {
             let message = parsed
                 .and_then(|p| p.msg)
-                .unwrap_or_else(|| crate::events::truncate_chars(&text, 200).0);
+                .unwrap_or_else(|| crate::events::text::truncate_chars(&text, 200).0);
             return Err(ZulipApiError::Rejected {
                 status: status.as_u16(),
                 message,

@@ -8,7 +8,8 @@ use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use tracing::Instrument;
 
 use super::{ApiError, AppState, json_ok, read_body};
-use crate::events::{Event, OutgoingPayload, PayloadError, SlackPayload, Trigger};
+use crate::events::outgoing::{OutgoingPayload, SlackPayload};
+use crate::events::{Event, PayloadError, Trigger};
 use crate::processing::outgoing::{Bot, BotId, NO_REPLY};
 
 /// `POST /zulip/outgoing` and `POST /`: the bot is named by the body.

@@ -12,7 +12,7 @@ use super::scope::Scope;
 use crate::config::QuotaOverrides;
 use crate::db::models::ListenerRow;
 use crate::events::Event;
-use crate::handlers::{Handler, health};
+use crate::handlers::{Runnable, health};
 use crate::ratelimit::Limits;
 
 /// The start of the stored reason of an automatic disable.
@@ -45,7 +45,7 @@ fn redacted<S: serde::Serializer>(
 /// A listener as it runs now: its definition, the handler built from it, and its own quotas.
 pub struct Live {
     pub definition: Definition,
-    pub handler: Box<dyn Handler>,
+    pub handler: Box<dyn Runnable>,
     /// The listener's own quotas (`rate_limits`), when it has any.
     pub limits: Option<Limits>,
 }

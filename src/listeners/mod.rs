@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, HandlerSettings, QuotaConfig};
 use crate::db::models::ListenerRow;
-use crate::handlers::{self, health};
+use crate::handlers::{self, Handler, health};
 use crate::ratelimit::Limits;
 use changes::{FieldError, Overrides};
 

@@ -774,7 +774,7 @@ impl Inbox {
             outcome
                 .processed
                 .effects
-                .retain(crate::db::writer::Effect::records_delivery);
+                .retain(crate::handlers::Effect::records_delivery);
         }
         self.verdict(
             event_id,

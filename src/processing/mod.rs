@@ -19,9 +19,10 @@ use tokio::sync::oneshot;
 
 use crate::clock::now_ms;
 use crate::db::models::NewEventLog;
-use crate::db::writer::{Effect, Processed, WriteOp, Writer};
-use crate::events::{Event, Origin, normalize_reply, truncate_chars};
-use crate::handlers::{Context, Effects, HandlerError};
+use crate::db::writer::{Processed, WriteOp, Writer};
+use crate::events::text::{normalize_reply, truncate_chars};
+use crate::events::{Event, Origin};
+use crate::handlers::{Context, Effect, Effects, HandlerError};
 use crate::listeners::{ListenerId as HandlerId, Registry};
 use crate::telemetry::scrub;
 use announce::Announcer;

@@ -42,15 +42,13 @@ mod template;
 
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
 use super::{
     Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, typed_settings,
 };
 use crate::config::{Config, HandlerSettings};
-use crate::events::forwarded::{RealmUser, Subscription};
+use crate::events::kinds::{RealmUser, Subscription};
 use crate::events::{Event, EventKind};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 use claims::Claims;
@@ -133,8 +131,6 @@ pub struct WelcomeBot {
 }
 
 impl WelcomeBot {
-    pub const NAME: &'static str = "welcome_bot";
-
     pub fn from_settings(
         settings: &HandlerSettings,
         config: &Config,
@@ -404,39 +400,25 @@ impl WelcomeBot {
 }
 
 impl Handler for WelcomeBot {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    const NAME: &'static str = "welcome_bot";
+    const INTEREST: Interest = Interest::Types(&["realm_user", "subscription"]);
 
-    fn interest(&self) -> Interest {
-        Interest::Types(&["realm_user", "subscription"])
-    }
-
-    fn handle<'a>(
-        &'a self,
-        cx: &'a Context,
-        event: &'a Event,
-        effects: &'a mut Effects,
-    ) -> BoxFuture<'a, HandlerResult> {
-        async move {
-            // Only forwarded events carry the realm id the records are kept under.
-            let Some(realm_id) = event.realm.id else {
-                return Ok(None);
-            };
-            match &event.kind {
-                EventKind::RealmUser(u) if u.op.as_deref() == Some("add") => {
-                    self.on_new_user(cx, realm_id, u, effects).await
-                }
-                // Sent to the subscriber alone: the event's user is the one subscribed.
-                EventKind::Subscription(s) if s.op.as_deref() == Some("add") => match event.user_id
-                {
-                    Some(user_id) => self.on_subscribed(cx, realm_id, user_id, s, effects).await,
-                    None => Ok(None),
-                },
-                _ => Ok(None),
+    async fn handle(&self, cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
+        // Only forwarded events carry the realm id the records are kept under.
+        let Some(realm_id) = event.realm.id else {
+            return Ok(None);
+        };
+        match &event.kind {
+            EventKind::RealmUser(u) if u.op.as_deref() == Some("add") => {
+                self.on_new_user(cx, realm_id, u, effects).await
             }
+            // Sent to the subscriber alone: the event's user is the one subscribed.
+            EventKind::Subscription(s) if s.op.as_deref() == Some("add") => match event.user_id {
+                Some(user_id) => self.on_subscribed(cx, realm_id, user_id, s, effects).await,
+                None => Ok(None),
+            },
+            _ => Ok(None),
         }
-        .boxed()
     }
 }
 

@@ -7,9 +7,8 @@ use std::collections::HashSet;
 use diesel::prelude::*;
 
 use crate::clock::now_ms;
-use crate::db::writer::{CustomEffect, Effect};
 use crate::db::{DbConnection, DbError};
-use crate::handlers::Context;
+use crate::handlers::{Context, CustomEffect, Effect};
 
 diesel::table! {
     /// One row per greeting sent (or, with `greeting = "bot"`, per bot never to greet).

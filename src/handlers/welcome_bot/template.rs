@@ -1,7 +1,7 @@
 //! The greeting texts of `welcome_bot`: checking a configured template's placeholders, and
 //! filling one in with a mention, a neutralised name and a channel link.
 
-use crate::events::forwarded::Person;
+use crate::events::kinds::Person;
 use crate::handlers::keyword_alerts::inline;
 
 /// Longest a name may be to go into a mention as it is.
