@@ -175,8 +175,7 @@ pub fn run(cli: Cli) -> ExitCode {
 /// One connection for a command-line tool (no pool, no background threads), with the
 /// schema brought up to date.
 fn connect(config: &Config) -> anyhow::Result<DbConnection> {
-    let target = config.database_target()?;
-    let mut conn = establish(&target).context("connecting to the database")?;
+    let mut conn = establish(&config.database.url).context("connecting to the database")?;
     run_migrations(&mut conn)?;
     Ok(conn)
 }

@@ -18,8 +18,7 @@ pub(super) fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()>
 }
 
 pub(super) fn migrate(config: &Config) -> anyhow::Result<()> {
-    let target = config.database_target()?;
-    let mut conn = establish(&target).context("connecting to the database")?;
+    let mut conn = establish(&config.database.url).context("connecting to the database")?;
     let applied = run_migrations(&mut conn)?;
     if applied.is_empty() {
         println!("The database is up to date.");
@@ -33,9 +32,10 @@ pub(super) fn migrate(config: &Config) -> anyhow::Result<()> {
 
 pub(super) fn check_config(config: &Config) -> anyhow::Result<()> {
     let registry = Registry::build(config)?;
+    crate::verification::signing_keys(&config.forwarder.secrets)?;
     println!("Configuration is valid.");
     println!("  listen:    {}", config.server.bind);
-    println!("  database:  {}", config.database_target()?);
+    println!("  database:  {}", config.database.url);
     if config.bots.is_empty() {
         println!("  bots:      none (outgoing webhooks will be refused)");
     }
@@ -48,13 +48,13 @@ pub(super) fn check_config(config: &Config) -> anyhow::Result<()> {
         println!(
             "  bot {name}: {} → {} ({late})",
             bot.email,
-            bot.handler_names().join(", ")
+            bot.listener_names().join(", ")
         );
     }
     println!(
         "  forwarder: {} secret(s), listeners {}",
         config.forwarder.secrets.len(),
-        config.forwarder.handlers.join(", ")
+        config.forwarder.listener_names().join(", ")
     );
     for name in config.listeners.keys() {
         if let Some(entry) = registry.by_name(name) {

@@ -117,7 +117,7 @@ pub(super) fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
     let mut progress = Progress::new();
     let personal = retention::expire_personal_data(
         &mut conn,
-        &config.retention.personal_cutoffs(crate::clock::now_ms()),
+        &retention::PersonalCutoffs::from_config(&config.retention, crate::clock::now_ms()),
         config.retention.batch_size,
         &mut |table, n| progress.update(table, n),
     )?;

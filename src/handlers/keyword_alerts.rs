@@ -129,7 +129,7 @@ impl KeywordAlerts {
                     let bot_config = config.bots.get(bot).ok_or_else(|| {
                         problem(key("notify_bot"), format!("no bot `{bot}` under [bots]"))
                     })?;
-                    let site = bot_config.site.clone().ok_or_else(|| {
+                    let api = BotApi::from_config(bot_config).ok_or_else(|| {
                         problem(
                             key("notify_bot"),
                             format!("bot `{bot}` needs api_key and site to post alerts"),
@@ -142,11 +142,7 @@ impl KeywordAlerts {
                         )
                     })?;
                     Target::Zulip {
-                        api: BotApi {
-                            site: site.trim_end_matches('/').to_string(),
-                            email: bot_config.email.clone(),
-                            api_key: bot_config.api_key.clone(),
-                        },
+                        api,
                         destination: Destination::Channel {
                             to: stream,
                             topic: rule

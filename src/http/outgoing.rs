@@ -10,7 +10,8 @@ use tracing::Instrument;
 use super::{ApiError, AppState, json_ok, read_body};
 use crate::events::outgoing::{OutgoingPayload, SlackPayload};
 use crate::events::{Event, PayloadError, Trigger};
-use crate::processing::outgoing::{Bot, BotId, NO_REPLY};
+use crate::processing::bots::{Bot, BotId};
+use crate::processing::outgoing::NO_REPLY;
 
 /// `POST /zulip/outgoing` and `POST /`: the bot is named by the body.
 pub async fn by_body(

@@ -13,10 +13,16 @@ impl Registry {
             .config
             .bots
             .iter()
-            .filter(|(_, b)| b.handler_names().iter().any(|h| h == name))
+            .filter(|(_, b)| b.listener_names().iter().any(|h| h == name))
             .map(|(n, _)| format!("bot:{n}"))
             .collect();
-        if self.config.forwarder.handlers.iter().any(|h| h == name) {
+        if self
+            .config
+            .forwarder
+            .listener_names()
+            .iter()
+            .any(|h| h == name)
+        {
             users.push("forwarder".into());
         }
         users

@@ -1,10 +1,12 @@
 //! Processing: running an event through a list of handlers. Every run is timed and written to
 //! the event log; the first reply is handed back as soon as it exists while later handlers
 //! keep running. The outgoing-webhook path (deadline, retries, late replies) is in
-//! [`outgoing`]; the forwarder path (durable inbox, workers, retries, dead letters) in
-//! [`inbox`].
+//! [`outgoing`], its bots in [`bots`]; the forwarder path (durable inbox, workers, retries,
+//! dead letters) in [`inbox`]. Both pass events through the same [`guards`].
 
 pub mod announce;
+pub mod bots;
+pub mod guards;
 pub mod inbox;
 pub mod outgoing;
 pub mod processes;

@@ -72,7 +72,7 @@ pub(super) async fn upkeep(u: Upkeep) {
                 }
             }
             _ = retention.tick() => {
-                let cutoffs = u.retention.personal_cutoffs(now_ms());
+                let cutoffs = retention::PersonalCutoffs::from_config(&u.retention, now_ms());
                 let batch = u.retention.batch_size;
                 match u.db.run(move |c| retention::expire_personal_data(c, &cutoffs, batch, &mut |_, _| {})).await {
                     Ok(report) => tracing::info!(changed = report.total(), ?report, "personal-data retention pass done"),

@@ -120,7 +120,7 @@ struct ChannelGreeting {
 
 pub struct WelcomeBot {
     /// `None` when no bot is configured (the handler is then off or not in `[forwarder]
-    /// handlers`).
+    /// listeners`).
     api: Option<BotApi>,
     /// `None` when `new_user_message = ""`.
     new_user: Option<NewUserGreeting>,
@@ -143,11 +143,15 @@ impl WelcomeBot {
         };
         let api = match &raw.bot {
             None if settings.enabled
-                && config.forwarder.handlers.iter().any(|h| h == Self::NAME) =>
+                && config
+                    .forwarder
+                    .listener_names()
+                    .iter()
+                    .any(|h| h == Self::NAME) =>
             {
                 return Err(problem(
                     "bot",
-                    "required when [forwarder] handlers lists welcome_bot: the [bots.<name>] \
+                    "required when [forwarder] listeners lists welcome_bot: the [bots.<name>] \
                      (with api_key and site) that posts the greetings"
                         .into(),
                 ));
@@ -158,9 +162,7 @@ impl WelcomeBot {
                     .bots
                     .get(bot)
                     .ok_or_else(|| problem("bot", format!("no bot `{bot}` under [bots]")))?;
-                let site = bot_config
-                    .site
-                    .clone()
+                let api = BotApi::from_config(bot_config)
                     .filter(|_| !bot_config.api_key.is_empty())
                     .ok_or_else(|| {
                         problem(
@@ -168,11 +170,7 @@ impl WelcomeBot {
                             format!("bot `{bot}` needs api_key and site to post greetings"),
                         )
                     })?;
-                Some(BotApi {
-                    site: site.trim_end_matches('/').to_string(),
-                    email: bot_config.email.clone(),
-                    api_key: bot_config.api_key.clone(),
-                })
+                Some(api)
             }
         };
         let place = match (raw.channel, raw.topic) {

@@ -103,7 +103,7 @@ pub fn config_for(db: &TestDatabase, extra: &str) -> Config {
     );
     let mut config = Config::from_toml(&toml).expect("test configuration is valid");
     // Every test server gets a metrics listener of its own.
-    config.metrics.bind = "127.0.0.1:0".into();
+    config.metrics.bind = ([127, 0, 0, 1], 0).into();
     config
 }
 
