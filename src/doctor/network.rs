@@ -105,24 +105,15 @@ async fn check_bot(http: &reqwest::Client, name: &str, bot: &BotConfig) -> (Chec
         );
     }
     let site = site_of(bot);
-    let response = http
+    let request = http
         .get(format!("{site}/api/v1/users/me"))
-        .basic_auth(&bot.email, Some(bot.api_key.expose()))
-        .send()
-        .await;
-    let response = match response {
+        .basic_auth(&bot.email, Some(bot.api_key.expose()));
+    let fix = format!(
+        "check bots.{name}.site (scheme, host name, port), DNS, any proxy and the TLS certificate; try `curl {site}/api/v1/server_settings` from this machine"
+    );
+    let response = match send(request, &format!("bot {name}: Zulip at {site}"), fix).await {
         Ok(response) => response,
-        Err(error) => {
-            return (
-                Check::fail(
-                    format!("bot {name}: Zulip at {site} unreachable: {}", chain(&error)),
-                    format!(
-                        "check bots.{name}.site (scheme, host name, port), DNS, any proxy and the TLS certificate; try `curl {site}/api/v1/server_settings` from this machine"
-                    ),
-                ),
-                None,
-            );
-        }
+        Err(failed) => return failed,
     };
     let offset = date_offset(&response);
     let status = response.status();
@@ -170,23 +161,14 @@ async fn check_bot(http: &reqwest::Client, name: &str, bot: &BotConfig) -> (Chec
 /// POSTs an empty body to the public URL: this server answers it with its own JSON error,
 /// which shows that the route reaches it.
 async fn check_public_url(http: &reqwest::Client, url: &str) -> (Check, Option<i64>) {
-    let response = http
+    let request = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body("{}")
-        .send()
-        .await;
-    let response = match response {
+        .body("{}");
+    let fix = "check DNS, the reverse proxy (deploy/nginx/) and its TLS certificate, and that the server runs (`systemctl status zulip-listeners`)";
+    let response = match send(request, &format!("public URL {url}"), fix).await {
         Ok(response) => response,
-        Err(error) => {
-            return (
-                Check::fail(
-                    format!("public URL {url} unreachable: {}", chain(&error)),
-                    "check DNS, the reverse proxy (deploy/nginx/) and its TLS certificate, and that the server runs (`systemctl status zulip-listeners`)",
-                ),
-                None,
-            );
-        }
+        Err(failed) => return failed,
     };
     let offset = date_offset(&response);
     let status = response.status();
@@ -205,6 +187,21 @@ async fn check_public_url(http: &reqwest::Client, url: &str) -> (Check, Option<i
         )
     };
     (check, offset)
+}
+
+/// Sends a check's request; `Err` is the failed check of a server that did not answer: `what`
+/// unreachable, with the causes.
+async fn send(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    fix: impl Into<String>,
+) -> Result<reqwest::Response, (Check, Option<i64>)> {
+    request.send().await.map_err(|error| {
+        (
+            Check::fail(format!("{what} unreachable: {}", chain(&error)), fix),
+            None,
+        )
+    })
 }
 
 /// An error with its causes ("error sending request: connection refused"), as reqwest's

@@ -40,14 +40,14 @@ pub(super) async fn events(ctx: Ctx, req: HttpRequest, state: web::Data<AppState
     let times = q
         .since
         .as_deref()
-        .map(pages::format::parse_time)
+        .map(crate::clock::parse_utc)
         .transpose()
         .and_then(|since| {
             Ok((
                 since,
                 q.until
                     .as_deref()
-                    .map(pages::format::parse_time)
+                    .map(crate::clock::parse_utc)
                     .transpose()?,
             ))
         });

@@ -5,8 +5,9 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use maud::html;
 
-use super::format::{query_value, shorten, time_text};
+use super::format::{query_value, shorten};
 use super::{csrf_field, flash, layout, respond};
+use crate::clock::utc_text;
 use crate::db::models::InboxEntry;
 use crate::http::dashboard::{Ctx, REPLAYABLE};
 
@@ -40,7 +41,7 @@ pub fn dead_letters(
                         @for r in rows {
                             tr {
                                 td { small { (r.event_id) } }
-                                td { (time_text(r.received_at_ms)) }
+                                td { (utc_text(r.received_at_ms)) }
                                 td { (r.realm) }
                                 td { (r.event_type) (r.op.as_deref().map(|op| format!(" / {op}")).unwrap_or_default()) }
                                 td.num { (r.attempts) }

@@ -5,8 +5,9 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use maud::html;
 
-use super::format::{encode_pairs, path_segment, shorten, time_text};
+use super::format::{encode_pairs, path_segment, shorten};
 use super::{layout, respond};
+use crate::clock::utc_text;
 use crate::db::dashboard as queries;
 use crate::db::models::{EventLogRow, InboxEntry};
 use crate::http::dashboard::Ctx;
@@ -100,7 +101,7 @@ pub fn events(
                         @for r in &page.rows {
                             tr class=(if r.success { "ok" } else { "failed" }) {
                                 td { a href=(ctx.url(&format!("/ui/events/{}", r.id))) { (r.id) } }
-                                td { (time_text(r.created_at_ms)) }
+                                td { (utc_text(r.created_at_ms)) }
                                 td { (r.handler) }
                                 td { (r.source) }
                                 td { (r.event_type) }
@@ -138,7 +139,7 @@ pub fn event(
     let body = html! {
         dl.detail {
             dt { "listener" } dd { a href=(ctx.url(&format!("/ui/listeners/{}", path_segment(&row.handler)))) { (row.handler) } }
-            dt { "when (UTC)" } dd { (time_text(row.created_at_ms)) }
+            dt { "when (UTC)" } dd { (utc_text(row.created_at_ms)) }
             dt { "source" } dd { (row.source) }
             dt { "type" } dd { (row.event_type) }
             dt { "bot" } dd { (row.bot.as_deref().unwrap_or("–")) }
@@ -155,7 +156,7 @@ pub fn event(
         }
         @if let Some(entry) = inbox {
             h2 { "In the inbox" }
-            p { "Status " strong { (entry.status) } ", " (entry.attempts) " attempt(s), received " (time_text(entry.received_at_ms)) "." }
+            p { "Status " strong { (entry.status) } ", " (entry.attempts) " attempt(s), received " (utc_text(entry.received_at_ms)) "." }
             @if let Some(e) = &entry.last_error { pre.error { (e) } }
         }
         @if related.len() > 1 {

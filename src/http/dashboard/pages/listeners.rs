@@ -6,8 +6,9 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use maud::{Markup, PreEscaped, html};
 
-use super::format::{path_segment, query_value, time_text};
+use super::format::{path_segment, query_value};
 use super::{csrf_field, flash, layout, respond};
+use crate::clock::utc_text;
 use crate::db::models::HistoryRow;
 use crate::http::dashboard::charts;
 use crate::http::dashboard::{Ctx, field};
@@ -191,7 +192,7 @@ pub fn listener(
                         tbody {
                             @for h in history {
                                 tr {
-                                    td { (time_text(h.changed_at_ms)) }
+                                    td { (utc_text(h.changed_at_ms)) }
                                     td { (h.source) }
                                     td { (h.field) }
                                     td { small { (h.old_value.as_deref().unwrap_or("–")) } }
