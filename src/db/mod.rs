@@ -3,6 +3,7 @@
 //! moves blocking diesel work off the async workers). Grouped writes go through [`writer`];
 //! the queries themselves live in [`store`].
 
+pub mod attempt;
 pub mod checkpoint;
 pub mod dashboard;
 pub mod listeners;
@@ -23,7 +24,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use crate::config::{DatabaseConfig, DatabaseTarget, MemoryPlan, parse_database_url};
+use crate::config::{DatabaseConfig, DatabaseTarget, MemoryPlan};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -218,7 +219,7 @@ impl Db {
     /// connection of the process opened from now on (pooled or by [`establish`]) gets the page
     /// cache `memory` allots it.
     pub fn open(config: &DatabaseConfig, memory: MemoryPlan) -> Result<(Db, Vec<String>), DbError> {
-        let target = parse_database_url(&config.url).map_err(DbError::Invalid)?;
+        let target = config.url.clone();
         let cache_size = memory.sqlite_cache_size_pragma();
         SQLITE_CACHE_SIZE.store(cache_size, Ordering::Relaxed);
         let applied = run_migrations(&mut establish(&target)?)?;
@@ -227,7 +228,7 @@ impl Db {
             DatabaseTarget::Postgres(_) => Backend::Postgres,
         };
         let pool = r2d2::Pool::builder()
-            .max_size(config.pool_size)
+            .max_size(config.pool_size.get())
             .min_idle(Some(1))
             .connection_timeout(config.connection_timeout)
             .error_handler(Box::new(r2d2::LoggingErrorHandler))

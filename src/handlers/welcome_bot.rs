@@ -162,11 +162,15 @@ impl WelcomeBot {
         };
         let api = match &raw.bot {
             None if settings.enabled
-                && config.forwarder.handlers.iter().any(|h| h == Self::NAME) =>
+                && config
+                    .forwarder
+                    .listener_names()
+                    .iter()
+                    .any(|h| h == Self::NAME) =>
             {
                 return Err(problem(
                     "bot",
-                    "required when [forwarder] handlers lists welcome_bot: the [bots.<name>] \
+                    "required when [forwarder] listeners lists welcome_bot: the [bots.<name>] \
                      (with api_key and site) that posts the greetings"
                         .into(),
                 ));

@@ -8,6 +8,7 @@
 pub mod changes;
 pub mod scope;
 
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -197,7 +198,7 @@ pub struct Registry {
 
 impl Registry {
     /// Builds every listener from the configuration and checks every reference to one
-    /// (`[forwarder] handlers`, each bot's `handlers`).
+    /// (`[forwarder] listeners`, each bot's `listeners`).
     pub fn build(config: &Config) -> Result<Registry, ListenerError> {
         for name in config.handlers.keys() {
             if !handlers::is_known(name) {
@@ -245,14 +246,15 @@ impl Registry {
                     .join(", ")
             ),
         };
-        for (i, name) in config.forwarder.handlers.iter().enumerate() {
+        for (i, name) in config.forwarder.listener_names().iter().enumerate() {
             if self.id(name).is_none() {
-                return Err(unknown(format!("forwarder.handlers[{i}]"), name));
+                let key = config.forwarder.listeners_key();
+                return Err(unknown(format!("{key}[{i}]"), name));
             }
         }
         for (bot, bot_config) in &config.bots {
-            for (i, name) in bot_config.handler_names().iter().enumerate() {
-                let key = format!("bots.{bot}.handlers[{i}]");
+            for (i, name) in bot_config.listener_names().iter().enumerate() {
+                let key = format!("{}[{i}]", bot_config.listeners_key(bot));
                 let Some(entry) = self.by_name(name) else {
                     return Err(unknown(key, name));
                 };
@@ -370,10 +372,16 @@ impl Registry {
             .config
             .bots
             .iter()
-            .filter(|(_, b)| b.handler_names().iter().any(|h| h == name))
+            .filter(|(_, b)| b.listener_names().iter().any(|h| h == name))
             .map(|(n, _)| format!("bot:{n}"))
             .collect();
-        if self.config.forwarder.handlers.iter().any(|h| h == name) {
+        if self
+            .config
+            .forwarder
+            .listener_names()
+            .iter()
+            .any(|h| h == name)
+        {
             users.push("forwarder".into());
         }
         users
@@ -548,8 +556,8 @@ fn prepare(name: &str, definition: &Definition, config: &Config) -> Result<Live,
     }
     let limits = definition.rate_limits.as_ref().map(|quotas| {
         let unlimited = QuotaConfig {
-            per_minute: u32::MAX,
-            burst: u32::MAX,
+            per_minute: NonZeroU32::MAX,
+            burst: NonZeroU32::MAX,
         };
         Limits::new(
             &quotas.per_realm.unwrap_or(unlimited),

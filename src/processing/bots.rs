@@ -47,7 +47,7 @@ impl Bots {
                 token: bot.token.clone(),
                 full_name: bot.full_name.clone(),
                 api: BotApi::from_config(bot),
-                listeners: registry.ids(&bot.handler_names()).into(),
+                listeners: registry.ids(&bot.listener_names()).into(),
                 deadline: bot
                     .reply_deadline
                     .unwrap_or_else(|| config.server.reply_deadline()),

@@ -212,8 +212,8 @@ mod tests {
             blocked_users: vec![99],
         };
         let quota = QuotaConfig {
-            per_minute: 1,
-            burst,
+            per_minute: std::num::NonZeroU32::MIN,
+            burst: std::num::NonZeroU32::new(burst).expect("a test quota is not zero"),
         };
         Guards::new(
             Arc::new(Filters::new(&filters)),

@@ -100,7 +100,7 @@ fn check_config_does_not_print_the_database_password() {
 
     let parsed =
         Config::from_toml("[database]\nurl = \"postgres://u:S3cretDbPass@h/db\"\n").expect("valid");
-    let shown = format!("{parsed:?} {:?}", parsed.database_target());
+    let shown = format!("{parsed:?} {:?}", parsed.database.url);
     assert!(!shown.contains("S3cretDbPass"), "{shown}");
 }
 
@@ -252,13 +252,17 @@ async fn relay_sends_its_own_token_not_the_bots() {
     service.stop().await;
 }
 
-/// The configuration error for `extra` (validation, then the handlers' settings).
+/// The configuration error for `extra` (validation, then the handlers' settings and the
+/// forwarder's signing keys, as `check-config` does).
 fn config_error(extra: &str) -> String {
     match Config::from_toml(extra) {
         Err(e) => e.to_string(),
         Ok(config) => match Registry::build(&config) {
             Err(e) => e.to_string(),
-            Ok(_) => panic!("accepted: {extra}"),
+            Ok(_) => match zulip_listeners::verification::signing_keys(&config.forwarder.secrets) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("accepted: {extra}"),
+            },
         },
     }
 }

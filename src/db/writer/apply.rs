@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::effect::Effect;
 use super::{Intake, IntakeResult, Processed};
+use crate::db::attempt::AttemptResult;
 use crate::db::models::{ActivityDelta, AlertRecord, NewEventLog, NewMessage, NewWorkRow};
 use crate::db::{DbConnection, DbError, store};
 
@@ -93,7 +94,7 @@ pub(super) fn write_processed(
     }
     let mut done_by_work: HashMap<(&str, i32), Vec<&str>> = HashMap::new();
     for outcome in processed.iter().filter_map(|p| p.inbox.as_ref()) {
-        if outcome.failure.is_none() {
+        if outcome.result == AttemptResult::Done {
             done_by_work
                 .entry((outcome.listener, outcome.attempts_before))
                 .or_default()
@@ -111,21 +112,17 @@ pub(super) fn write_processed(
     let mut errors: HashMap<&str, &str> = HashMap::new();
     for p in processed {
         if let Some(outcome) = &p.inbox {
-            let attempts_after = outcome.attempts_before + i32::from(outcome.counts_attempt);
-            let finished = match &outcome.failure {
-                None => applied.contains(&(outcome.event_id.clone(), outcome.listener)),
-                Some((retry_at, error)) => {
+            let attempts_after =
+                outcome.attempts_before + i32::from(outcome.result.counts_attempt());
+            let finished = match (outcome.result.then(), outcome.result.error()) {
+                (Some(then), Some(error)) => {
                     let applied = store::finish_work_failed(
                         conn,
                         &outcome.event_id,
                         outcome.listener,
                         outcome.attempts_before,
                         attempts_after,
-                        match (retry_at, outcome.rate_limited) {
-                            (Some(at), _) => store::WorkThen::RetryAt(*at),
-                            (None, true) => store::WorkThen::SetAside,
-                            (None, false) => store::WorkThen::Dead,
-                        },
+                        then,
                         error,
                     )?;
                     if applied {
@@ -133,6 +130,7 @@ pub(super) fn write_processed(
                     }
                     applied
                 }
+                _ => applied.contains(&(outcome.event_id.clone(), outcome.listener)),
             };
             if !finished {
                 tracing::warn!(event_id = %outcome.event_id, listener = outcome.listener, "a second result for work already finished; ignored");

@@ -24,6 +24,7 @@ use std::time::Duration;
 use diesel::connection::SimpleConnection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::attempt::AttemptResult;
 use super::checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
 use super::models::{NewEventLog, NewInboxRow, NewWorkRow, ReplyRecord};
 use super::{DbConnection, DbError, establish};
@@ -43,14 +44,7 @@ pub struct InboxOutcome {
     pub listener: &'static str,
     /// Attempts made before this one.
     pub attempts_before: i32,
-    /// `false` when the event was deferred without being tried (a circuit breaker is open).
-    pub counts_attempt: bool,
-    /// `None` when the event was processed; else when to try again (`None`: it is dead) and
-    /// why it failed.
-    pub failure: Option<(Option<i64>, String)>,
-    /// The failure is the listener skipping the event over its own quota: its work is set
-    /// aside as `rate_limited` (replayable), not retried.
-    pub rate_limited: bool,
+    pub result: AttemptResult,
 }
 
 /// Everything one event's processing writes.

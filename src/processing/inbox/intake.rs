@@ -1,6 +1,7 @@
-//! Intake of a verified batch, in three steps: [`Inbox::admit`] (the backlog), plan (rows,
-//! statuses, pure listeners run here; see [`super::plan`]), one write of the whole batch, then
-//! dispatch of the new events to the workers and the batch's counts.
+//! Intake of a verified batch ([`Inbox::accept`]), step by step: admit (the backlog; see
+//! [`super::admission`]), plan (rows, statuses, pure listeners run here; see
+//! [`super::plan`]), one write of the whole batch, then the batch's counts and dispatch of
+//! the new events to the workers.
 
 use std::collections::HashMap;
 

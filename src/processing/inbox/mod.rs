@@ -17,6 +17,11 @@
 //! Nothing acknowledged is lost: work handed to workers is *claimed* in the database until a
 //! lease runs out, and a sweeper picks up whatever of its listeners' work is due and
 //! unclaimed — retries, replays, and everything left pending by a crash.
+//!
+//! By stage: `admission.rs` (backlog and guards), `plan.rs` (rows, runs at intake, work),
+//! `intake.rs` (`accept`: admit, plan, write, dispatch), `lanes.rs` (per-realm ordered
+//! queues, in-flight guard, backlog counts), `worker.rs`, `retry.rs` (what an attempt comes
+//! to), `sweeper.rs`; this file holds the service, its start and stop.
 
 mod admission;
 mod intake;
@@ -52,7 +57,7 @@ pub struct Inbox {
     processor: Processor,
     writer: Writer,
     db: Db,
-    /// Every forwarder listener (`[forwarder] handlers`): each enabled one runs every
+    /// Every forwarder listener (`[forwarder] listeners`): each enabled one runs every
     /// forwarded event it wants exactly once, in whichever process runs it.
     listeners: Arc<[ListenerId]>,
     /// The listeners this process runs (`serve --listeners`; all of them by default).

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use super::Inbox;
-use super::retry::Verdict;
 use crate::clock::{millis, now_ms};
+use crate::db::attempt::AttemptResult;
 use crate::db::models::{NewInboxRow, NewWorkRow};
 use crate::db::writer::IntakeBatch;
 use crate::events::Event;
@@ -243,53 +243,39 @@ impl Inbox {
         let mut left = Vec::new();
         for id in self.wanting(&self.mine, &row.event_type) {
             let name = self.name(id);
-            let (error, deferred) = match outcome.processed.logs.iter().find(|l| l.handler == name)
-            {
+            let result = match outcome.processed.logs.iter().find(|l| l.handler == name) {
                 Some(log) if log.success => continue,
+                // Skipped over the listener's own quota: set aside, replayable.
                 Some(log) if crate::db::listeners::is_rate_limited(log) => {
-                    // Skipped over the listener's own quota: set aside, replayable.
-                    let mut work = self.work_row(&row.event_id, id, 0, now);
-                    work.attempts = 1;
-                    work.status = "rate_limited";
-                    work.last_error = Some(format!(
-                        "{name}: {}",
-                        log.error.as_deref().unwrap_or("rate limited")
-                    ));
-                    left.push(work);
-                    continue;
+                    AttemptResult::SetAside {
+                        reason: format!(
+                            "{name}: {}",
+                            log.error.as_deref().unwrap_or("rate limited")
+                        ),
+                    }
                 }
-                Some(log) => (
-                    Some(format!(
-                        "{name}: {}",
-                        log.error.as_deref().unwrap_or("failed")
-                    )),
-                    None,
-                ),
+                Some(log) => {
+                    let error = format!("{name}: {}", log.error.as_deref().unwrap_or("failed"));
+                    self.decide_for(&row.event_id, Some(error), None, 0)
+                }
                 None => match outcome.deferred {
-                    Some((_, at)) if self.is_paused(id) => (None, Some((name, at))),
+                    Some((_, at)) if self.is_paused(id) => {
+                        self.decide_for(&row.event_id, None, Some((name, at)), 0)
+                    }
                     // Disabled by an operator, or did not run at all: nothing to do.
                     _ => continue,
                 },
             };
+            let Some(error) = result.error() else {
+                continue;
+            };
             let mut work = self.work_row(&row.event_id, id, 0, now);
-            match self.verdict(&row.event_id, error, deferred, 0) {
-                Verdict::Done => continue,
-                Verdict::Retry {
-                    retry_at_ms,
-                    error,
-                    counts_attempt,
-                } => {
-                    work.attempts = i32::from(counts_attempt);
-                    work.status = if counts_attempt { "pending" } else { "parked" };
-                    work.next_attempt_at_ms = retry_at_ms;
-                    work.last_error = Some(error);
-                }
-                Verdict::Dead { error } => {
-                    work.attempts = 1;
-                    work.status = "dead";
-                    work.last_error = Some(error);
-                }
+            work.attempts = i32::from(result.counts_attempt());
+            work.status = result.work_status();
+            if let Some(at) = result.due_at_ms() {
+                work.next_attempt_at_ms = at;
             }
+            work.last_error = Some(error.to_string());
             left.push(work);
         }
         left

@@ -1,30 +1,17 @@
-//! What one attempt at an event comes to: done, pending again after a back-off (or parked
-//! behind a paused listener), or dead once `max_retries` is used up.
+//! What one attempt at an event comes to ([`AttemptResult`]): done, pending again after an
+//! exponential back-off, parked behind a paused listener, or dead once `forwarder.max_retries`
+//! is used up. [`decide`] and [`backoff`] are pure; [`Inbox::judge`] applies them to a run.
 
 use std::time::Duration;
 
 use super::Inbox;
 use crate::clock::{millis, now_ms};
+use crate::db::attempt::AttemptResult;
 use crate::db::store;
 use crate::processing::Outcome;
 
 /// Longest back-off between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
-
-/// What one attempt at an event comes to.
-pub(super) enum Verdict {
-    Done,
-    /// Pending again, due at `retry_at_ms`; `counts_attempt` is false when the event was
-    /// deferred (a listener it needs is paused) without being tried.
-    Retry {
-        retry_at_ms: i64,
-        error: String,
-        counts_attempt: bool,
-    },
-    Dead {
-        error: String,
-    },
-}
 
 impl Inbox {
     /// What an attempt comes to. Effects are kept only when the event is done: a failed or
@@ -36,7 +23,7 @@ impl Inbox {
         event_id: &str,
         outcome: &mut Outcome,
         attempts_before: i32,
-    ) -> Verdict {
+    ) -> AttemptResult {
         if outcome.first_error.is_some() || outcome.deferred.is_some() {
             // Deliveries already made stay recorded, so that the retry does not repeat them.
             outcome
@@ -44,7 +31,7 @@ impl Inbox {
                 .effects
                 .retain(crate::handlers::Effect::records_delivery);
         }
-        self.verdict(
+        self.decide_for(
             event_id,
             outcome.first_error.take(),
             outcome
@@ -57,40 +44,62 @@ impl Inbox {
 
     /// What a failure (`error`), or a listener that is paused (`deferred`), comes to after
     /// `attempts_before` attempts.
-    pub(super) fn verdict(
+    pub(super) fn decide_for(
         &self,
         event_id: &str,
         error: Option<String>,
         deferred: Option<(&str, i64)>,
         attempts_before: i32,
-    ) -> Verdict {
-        let Some(error) = error else {
-            if let Some((listener, until_ms)) = deferred {
-                // A listener it needs is paused by its circuit breaker: keep the work pending
-                // until the breaker lets a trial run through, without counting an attempt.
-                return Verdict::Retry {
-                    retry_at_ms: until_ms,
-                    error: store::parked_reason(listener),
-                    counts_attempt: false,
-                };
-            }
-            return Verdict::Done;
-        };
-        let attempts = attempts_before.saturating_add(1);
-        if u32::try_from(attempts).unwrap_or(u32::MAX) > self.config.max_retries {
+    ) -> AttemptResult {
+        let result = decide(
+            error,
+            deferred,
+            attempts_before,
+            self.config.max_retries,
+            self.config.retry_delay,
+            now_ms(),
+        );
+        if let AttemptResult::Dead { error } = &result {
             tracing::error!(
                 event_id,
-                attempts,
+                attempts = attempts_before.saturating_add(1),
                 %error,
                 "event failed too often; moved to dead letters"
             );
-            Verdict::Dead { error }
-        } else {
-            Verdict::Retry {
-                retry_at_ms: now_ms() + millis(backoff(self.config.retry_delay, attempts)),
-                error,
-                counts_attempt: true,
-            }
+        }
+        result
+    }
+}
+
+/// What a failure (`error`), or a listener that is paused until some time (`deferred`),
+/// comes to after `attempts_before` attempts, with at most `max_retries` and back-off from
+/// `retry_delay`.
+fn decide(
+    error: Option<String>,
+    deferred: Option<(&str, i64)>,
+    attempts_before: i32,
+    max_retries: u32,
+    retry_delay: Duration,
+    now_ms: i64,
+) -> AttemptResult {
+    let Some(error) = error else {
+        if let Some((listener, until_ms)) = deferred {
+            // A listener it needs is paused by its circuit breaker: keep the work pending
+            // until the breaker lets a trial run through, without counting an attempt.
+            return AttemptResult::Parked {
+                until_ms,
+                reason: store::parked_reason(listener),
+            };
+        }
+        return AttemptResult::Done;
+    };
+    let attempts = attempts_before.saturating_add(1);
+    if u32::try_from(attempts).unwrap_or(u32::MAX) > max_retries {
+        AttemptResult::Dead { error }
+    } else {
+        AttemptResult::RetryAt {
+            at_ms: now_ms + millis(backoff(retry_delay, attempts)),
+            error,
         }
     }
 }
@@ -114,5 +123,46 @@ mod tests {
         assert_eq!(backoff(base, 2), Duration::from_secs(4));
         assert_eq!(backoff(base, 5), Duration::from_secs(32));
         assert_eq!(backoff(base, 40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_failure_is_retried_with_back_off_then_dead() {
+        let base = Duration::from_secs(2);
+        let error = || Some("boom".to_string());
+        assert_eq!(
+            decide(error(), None, 0, 2, base, 1_000),
+            AttemptResult::RetryAt {
+                at_ms: 3_000,
+                error: "boom".into()
+            }
+        );
+        assert_eq!(
+            decide(error(), None, 1, 2, base, 1_000),
+            AttemptResult::RetryAt {
+                at_ms: 5_000,
+                error: "boom".into()
+            }
+        );
+        assert_eq!(
+            decide(error(), None, 2, 2, base, 1_000),
+            AttemptResult::Dead {
+                error: "boom".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_paused_listener_parks_without_an_attempt_and_success_is_done() {
+        let base = Duration::from_secs(2);
+        let parked = decide(None, Some(("echo", 9_000)), 3, 2, base, 1_000);
+        assert!(matches!(
+            parked,
+            AttemptResult::Parked {
+                until_ms: 9_000,
+                ..
+            }
+        ));
+        assert!(!parked.counts_attempt());
+        assert_eq!(decide(None, None, 5, 2, base, 1_000), AttemptResult::Done);
     }
 }

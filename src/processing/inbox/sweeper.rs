@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::Inbox;
 use crate::clock::{millis, now_ms};
+use crate::db::attempt::AttemptResult;
 use crate::db::writer::{InboxOutcome, WriteOp};
 use crate::db::{DbError, store};
 use crate::events::forwarded::parse_stored;
@@ -89,12 +90,9 @@ impl Inbox {
                                 event_id: row.event_id.clone(),
                                 listener,
                                 attempts_before: row.attempts,
-                                counts_attempt: true,
-                                failure: Some((
-                                    None,
-                                    format!("stored envelope cannot be read: {}", e.0),
-                                )),
-                                rate_limited: false,
+                                result: AttemptResult::Dead {
+                                    error: format!("stored envelope cannot be read: {}", e.0),
+                                },
                             }),
                             ..Default::default()
                         };

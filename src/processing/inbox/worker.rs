@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Inbox;
 use super::lanes::Work;
-use super::retry::Verdict;
+use crate::db::attempt::AttemptResult;
 use crate::db::writer::{AfterCommit, InboxOutcome, WriteOp};
 
 impl Inbox {
@@ -52,29 +52,19 @@ impl Inbox {
                 .iter()
                 .find(|l| crate::db::listeners::is_rate_limited(l))
                 .map(|l| format!("{}: {}", self.name(id), l.error.as_deref().unwrap_or("")));
-            let verdict = self.judge(&guard.event_id, &mut outcome, attempts);
-            let (counts_attempt, failure) = match verdict {
+            let judged = self.judge(&guard.event_id, &mut outcome, attempts);
+            let result = match skipped {
                 // Skipped over the listener's own quota: set aside, replayable, not retried.
-                _ if skipped.is_some() => (true, skipped.clone().map(|e| (None, e))),
-                Verdict::Done => (true, None),
-                Verdict::Retry {
-                    retry_at_ms,
-                    error,
-                    counts_attempt,
-                } => {
-                    retrying |= counts_attempt;
-                    (counts_attempt, Some((Some(retry_at_ms), error)))
-                }
-                Verdict::Dead { error } => (true, Some((None, error))),
+                Some(reason) => AttemptResult::SetAside { reason },
+                None => judged,
             };
+            retrying |= matches!(result, AttemptResult::RetryAt { .. });
             let mut processed = outcome.processed;
             processed.inbox = Some(InboxOutcome {
                 event_id: guard.event_id.clone(),
                 listener: self.name(id),
                 attempts_before: attempts,
-                counts_attempt,
-                failure,
-                rate_limited: skipped.is_some(),
+                result,
             });
             results.push(processed);
         }

@@ -93,7 +93,7 @@ impl TestApp {
     pub fn config(&self) -> Config {
         let text = toml::to_string(&self.table).expect("TOML");
         let mut config = Config::from_toml(&text).expect("test configuration is valid");
-        config.metrics.bind = "127.0.0.1:0".into();
+        config.metrics.bind = ([127, 0, 0, 1], 0).into();
         config
     }
 
