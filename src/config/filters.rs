@@ -28,7 +28,10 @@ impl FiltersConfig {
 
 /// A realm named in `filters.allowed_realms` or a listener's scope.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a realm id (number) or subdomain (string)"
+)]
 pub enum RealmSelector {
     Id(i64),
     Subdomain(String),

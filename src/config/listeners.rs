@@ -51,15 +51,9 @@ pub struct ListenerConfig {
     /// Narrows the handler's event types; empty = all of them.
     #[serde(default)]
     pub events: Vec<String>,
-    /// Scope: realms (ids or subdomains); empty = every realm.
-    #[serde(default)]
-    pub realms: Vec<RealmSelector>,
-    /// Scope: channels (ids or names); empty = events anywhere, including those in no channel.
-    #[serde(default)]
-    pub streams: Vec<ChannelSelector>,
-    /// Scope: the users events are about (sender, actor or person; ids or emails).
-    #[serde(default)]
-    pub users: Vec<UserSelector>,
+    /// `realms`, `streams` and `users`, written beside the other keys.
+    #[serde(flatten)]
+    pub scope: Scope,
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// The handler's own settings (see `[handlers.<handler>]` in config/default.toml).
@@ -70,9 +64,28 @@ pub struct ListenerConfig {
     pub rate_limits: Option<QuotaOverrides>,
 }
 
+/// The realms, channels and users a listener's events must concern, as configured (the
+/// listeners module decides what it admits).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    /// Realms (ids or subdomains); empty = every realm.
+    #[serde(default)]
+    pub realms: Vec<RealmSelector>,
+    /// Channels (ids or names); empty = events anywhere, including those in no channel.
+    #[serde(default)]
+    pub streams: Vec<ChannelSelector>,
+    /// The users events are about (sender, actor or person; ids or emails).
+    #[serde(default)]
+    pub users: Vec<UserSelector>,
+}
+
 /// A channel named in a listener's scope.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a channel id (number) or name (string) in `streams`"
+)]
 pub enum ChannelSelector {
     Id(i64),
     Name(String),
@@ -80,7 +93,10 @@ pub enum ChannelSelector {
 
 /// A user named in a listener's scope.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a user id (number) or email (string) in `users`"
+)]
 pub enum UserSelector {
     Id(i64),
     Email(String),

@@ -43,7 +43,7 @@ pub use botserverrc::{ImportedBot, parse_botserverrc, read_botserverrc};
 pub use database::{DatabaseConfig, DatabaseTarget, Synchronous, parse_database_url};
 pub use filters::{FiltersConfig, RealmSelector};
 pub use forwarder::{DEFAULT_FORWARDER_LISTENERS, ForwarderConfig};
-pub use listeners::{ChannelSelector, HandlerSettings, ListenerConfig, UserSelector};
+pub use listeners::{ChannelSelector, HandlerSettings, ListenerConfig, Scope, UserSelector};
 pub use rate_limits::{QuotaConfig, QuotaOverrides, RateLimitsConfig};
 pub use retention::{MAX_RETENTION_DAYS, RetentionConfig};
 pub use secret::Secret;
@@ -284,6 +284,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`forwarder.secrets[1]`"), "{err}");
+    }
+
+    #[test]
+    fn listener_keys_are_named() {
+        let listener = "[listeners.l]\nhandler = \"relay\"\n";
+        let config =
+            Config::from_toml(&format!("{listener}realms = [7, \"acme\"]\n")).expect("valid");
+        assert_eq!(config.listeners["l"].scope.realms.len(), 2);
+        // `realms`, `streams` and `users` are read as one `Scope` (serde `flatten`), so figment
+        // names the listener; the message names the field.
+        for (extra, field) in [
+            ("scope = 1\n", "`scope`"),
+            ("realms = [true]\n", "realm id"),
+            ("users = [true]\n", "`users`"),
+        ] {
+            let err = Config::from_toml(&format!("{listener}{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("`listeners.l`") && err.contains(field),
+                "{extra}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The rules that relate several keys, checked once the layers are read and the secret files
-//! resolved. A rule about one value alone is checked while it is read (see [`super::checked`]
-//! and the section types).
+//! The rules checked once the layers are read and the secret files resolved: those that relate
+//! several keys, those about map keys (bot and listener names), and those about secrets that
+//! may come from a `*_file`. A rule about one value alone is checked while it is read (see
+//! [`super::checked`] and the section types).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -127,23 +127,15 @@ impl OutgoingPayload {
         let message = wire.into_message(default_type, |content| {
             strip_leading_mention(content, bot_name).to_string()
         });
-        Event {
-            origin: Origin::Outgoing {
-                bot,
-                trigger,
-                raw: RawBody {
-                    bytes: raw,
-                    form: false,
-                },
-            },
-            realm: Realm {
-                id: None,
-                string_id: realm_str,
-            },
-            user_id: message.sender_id,
-            occurred_at_ms: None,
-            kind: EventKind::Message(Box::new(message)),
-        }
+        let realm = Realm {
+            id: None,
+            string_id: realm_str,
+        };
+        let raw = RawBody {
+            bytes: raw,
+            form: false,
+        };
+        outgoing_event(bot, trigger, raw, realm, message)
     }
 }
 
@@ -232,36 +224,46 @@ impl SlackPayload {
         let content = self.text.unwrap_or_default();
         let command = strip_leading_mention(&content, configured_name).to_string();
         let sender_id = prefixed_id(self.user_id.as_deref(), 'U');
-        Event {
-            origin: Origin::Outgoing {
-                bot,
-                trigger,
-                raw: RawBody {
-                    bytes: raw,
-                    form: true,
-                },
-            },
-            realm: Realm {
-                id: prefixed_id(self.team_id.as_deref(), 'T'),
-                string_id: None,
-            },
-            user_id: sender_id,
-            occurred_at_ms: None,
-            kind: EventKind::Message(Box::new(Message {
-                id: None,
-                message_type: MessageType::Stream,
-                content,
-                command,
-                sender_id,
-                sender_email: None,
-                sender_full_name: self.user_name,
-                stream_id: prefixed_id(self.channel_id.as_deref(), 'C'),
-                channel: self.channel_name,
-                topic: None,
-                recipients: Vec::new(),
-                timestamp: self.timestamp.and_then(|t| t.parse().ok()),
-            })),
-        }
+        let realm = Realm {
+            id: prefixed_id(self.team_id.as_deref(), 'T'),
+            string_id: None,
+        };
+        let message = Message {
+            id: None,
+            message_type: MessageType::Stream,
+            content,
+            command,
+            sender_id,
+            sender_email: None,
+            sender_full_name: self.user_name,
+            stream_id: prefixed_id(self.channel_id.as_deref(), 'C'),
+            channel: self.channel_name,
+            topic: None,
+            recipients: Vec::new(),
+            timestamp: self.timestamp.and_then(|t| t.parse().ok()),
+        };
+        let raw = RawBody {
+            bytes: raw,
+            form: true,
+        };
+        outgoing_event(bot, trigger, raw, realm, message)
+    }
+}
+
+/// The event for a message that came by outgoing webhook: about its sender, time unknown.
+fn outgoing_event(
+    bot: Arc<str>,
+    trigger: Trigger,
+    raw: RawBody,
+    realm: Realm,
+    message: Message,
+) -> Event {
+    Event {
+        origin: Origin::Outgoing { bot, trigger, raw },
+        realm,
+        user_id: message.sender_id,
+        occurred_at_ms: None,
+        kind: EventKind::Message(Box::new(message)),
     }
 }
 

@@ -11,24 +11,28 @@ use crate::db::attempt::AttemptResult;
 use crate::db::models::{ActivityDelta, AlertRecord, NewEventLog, NewMessage, NewWorkRow};
 use crate::db::{DbConnection, DbError, store};
 
+/// Stores a forwarder batch: nothing when its `webhook-id` was seen before; else its new inbox
+/// rows, the quota charged for them (those over it stored as `rate_limited`) and the work rows
+/// of the rest.
 pub(super) fn store_intake(
     conn: &mut DbConnection,
     intake: &mut Intake,
 ) -> Result<IntakeResult, DbError> {
-    let count = i32::try_from(intake.rows.len()).unwrap_or(i32::MAX);
-    if !store::record_batch(conn, &intake.webhook_id, count)? {
+    let batch = &intake.batch;
+    let count = i32::try_from(batch.rows.len()).unwrap_or(i32::MAX);
+    if !store::record_batch(conn, &batch.webhook_id, count)? {
         return Ok(IntakeResult {
             duplicate_batch: true,
             ..IntakeResult::default()
         });
     }
-    let known = store::insert_inbox(conn, &intake.rows)?;
+    let known = store::insert_inbox(conn, &batch.rows)?;
     // Quota is charged only now that duplicates are known, once per newly stored event that
     // would be dispatched; the few over quota are turned into `rate_limited` rows.
     if intake.limited.is_none() {
         let mut limited = HashMap::new();
-        if let Some(limits) = &intake.limits {
-            for (index, row) in intake.rows.iter().enumerate() {
+        if let Some(limits) = &batch.limits {
+            for (index, row) in batch.rows.iter().enumerate() {
                 if matches!(row.status, "expired" | "filtered") || known.contains(&row.event_id) {
                     continue;
                 }
@@ -42,17 +46,17 @@ pub(super) fn store_intake(
     }
     let mut rate_limited = HashSet::new();
     for (index, why) in intake.limited.iter().flatten() {
-        let Some(row) = intake.rows.get(*index) else {
+        let Some(row) = batch.rows.get(*index) else {
             continue;
         };
-        let payload = match intake.payloads.iter().find(|(i, _)| i == index) {
+        let payload = match batch.payloads.iter().find(|(i, _)| i == index) {
             Some((_, payload)) => payload.as_str(),
             None => row.payload.as_str(),
         };
         store::mark_rate_limited(conn, &row.event_id, payload, why)?;
         rate_limited.insert(row.event_id.clone());
     }
-    let work: Vec<&NewWorkRow> = intake
+    let work: Vec<&NewWorkRow> = batch
         .work
         .iter()
         .filter(|w| !known.contains(&w.event_id) && !rate_limited.contains(&w.event_id))

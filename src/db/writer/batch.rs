@@ -8,7 +8,7 @@ use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::{store_intake, write_processed};
-use super::{Intake, IntakeResult, Processed, WriteOp, connect};
+use super::{Intake, IntakeBatch, IntakeResult, Processed, WriteOp, connect};
 use crate::config::DatabaseTarget;
 use crate::db::models::{NewInboxRow, ReplyRecord};
 use crate::db::{DbConnection, DbError, store};
@@ -19,6 +19,7 @@ const BATCH_ATTEMPTS: u32 = 5;
 /// An intake's rows and the results processed with them.
 type IntakeData = (Vec<NewInboxRow>, Vec<(usize, Processed)>);
 
+/// The work taken from the channel for one transaction, and who waits for it.
 #[derive(Default)]
 struct Batch {
     intakes: Vec<Intake>,
@@ -34,8 +35,8 @@ impl Batch {
     fn push(&mut self, op: WriteOp) {
         match op {
             WriteOp::Intake(intake) => {
-                self.rows += intake.rows.len() + 1;
-                for (_, p) in &intake.processed {
+                self.rows += intake.batch.rows.len() + 1;
+                for (_, p) in &intake.batch.processed {
                     self.rows += p.effects.len() + p.logs.len();
                 }
                 self.intakes.push(*intake);
@@ -76,10 +77,11 @@ impl Batch {
                 if !result.duplicate_batch {
                     processed.extend(
                         intake
+                            .batch
                             .processed
                             .iter()
                             .filter(|(row, _)| {
-                                intake.rows.get(*row).is_some_and(|r| {
+                                intake.batch.rows.get(*row).is_some_and(|r| {
                                     !result.known.contains(&r.event_id)
                                         && !result.rate_limited.contains(&r.event_id)
                                 })
@@ -109,8 +111,9 @@ impl Batch {
         let mut results = intake_results.map(Vec::into_iter);
         for intake in self.intakes {
             let Intake {
-                rows,
-                processed,
+                batch: IntakeBatch {
+                    rows, processed, ..
+                },
                 reply,
                 ..
             } = intake;

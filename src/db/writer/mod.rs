@@ -66,9 +66,9 @@ impl std::fmt::Debug for AfterCommit {
     }
 }
 
-/// A verified forwarder batch to store.
+/// A verified forwarder batch to store ([`Writer::intake`]).
 #[derive(Debug)]
-pub struct Intake {
+pub struct IntakeBatch {
     pub webhook_id: String,
     pub rows: Vec<NewInboxRow>,
     /// Results of events processed as they were accepted, by index in `rows`: written in the
@@ -83,21 +83,16 @@ pub struct Intake {
     /// The forwarder's rate limits, charged here for newly stored events only, after the
     /// duplicate checks: a re-sent batch or event never consumes quota.
     pub limits: Option<Arc<Limits>>,
+}
+
+/// A batch on its way through the writer, with whoever waits for its commit.
+#[derive(Debug)]
+pub struct Intake {
+    pub batch: IntakeBatch,
     /// The limiter's decisions once made (row index → reason), so that a retried write does
     /// not charge the quota twice.
     pub limited: Option<HashMap<usize, String>>,
     pub reply: oneshot::Sender<Result<IntakeResult, String>>,
-}
-
-/// What [`Writer::intake`] stores: see [`Intake`].
-#[derive(Debug)]
-pub struct IntakeBatch {
-    pub webhook_id: String,
-    pub rows: Vec<NewInboxRow>,
-    pub processed: Vec<(usize, Processed)>,
-    pub payloads: Vec<(usize, String)>,
-    pub work: Vec<NewWorkRow>,
-    pub limits: Option<Arc<Limits>>,
 }
 
 /// Why intake did not store a batch.
@@ -154,8 +149,8 @@ impl WriteOp {
         match self {
             WriteOp::Intake(i) => format!(
                 "intake of a batch: {} event(s), {} processed",
-                i.rows.len(),
-                i.processed.len()
+                i.batch.rows.len(),
+                i.batch.processed.len()
             ),
             WriteOp::Processed(p) => format!("processed event: {}", processed(p)),
             WriteOp::ProcessedAll(all) => format!("{} results of one processed event", all.len()),
@@ -256,12 +251,7 @@ impl Writer {
     ) -> Result<IntakeResult, IntakeWriteError> {
         let (reply, answer) = oneshot::channel();
         let op = WriteOp::Intake(Box::new(Intake {
-            webhook_id: batch.webhook_id,
-            rows: batch.rows,
-            processed: batch.processed,
-            payloads: batch.payloads,
-            work: batch.work,
-            limits: batch.limits,
+            batch,
             limited: None,
             reply,
         }));
