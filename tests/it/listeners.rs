@@ -332,8 +332,7 @@ async fn the_cli_changes_listeners_and_a_running_server_follows(backend: Backend
 
     // Per-interval statistics: aggregate as if the current interval had ended.
     t.server.flush().await;
-    let target = zulip_listeners::config::parse_database_url(&db.url).expect("url");
-    let mut conn = zulip_listeners::db::establish(&target).expect("connect");
+    let mut conn = db.connect();
     let later = zulip_listeners::clock::now_ms() + 600_000;
     zulip_listeners::db::retention::aggregate_stats(&mut conn, 300_000, later).expect("aggregate");
     let intervals: Value = serde_json::from_str(&cli(
