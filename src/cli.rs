@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Sources};
-use crate::db::{DbConnection, establish, retention, run_migrations, store};
+use crate::db::tables::inbox::InboxStatus;
+use crate::db::{DbConnection, establish, retention, run_migrations, tables};
 use crate::listeners::Registry;
 use crate::server::{ServeOptions, start};
 use crate::verification::SigningKey;
@@ -186,26 +187,31 @@ pub enum DeadLetterAction {
     },
 }
 
-/// Inbox statuses an operator may list or replay.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum InboxStatus {
-    Dead,
-    /// Waiting for a paused or disabled handler (retried on their own when it is back).
-    Parked,
-    Expired,
-    RateLimited,
-    Filtered,
-}
+/// The inbox statuses an operator may list or replay, as command-line values: clap's
+/// spelling of enum values (`rate-limited`), in the order `--help` lists them.
+impl clap::ValueEnum for InboxStatus {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            InboxStatus::Dead,
+            InboxStatus::Parked,
+            InboxStatus::Expired,
+            InboxStatus::RateLimited,
+            InboxStatus::Filtered,
+        ]
+    }
 
-impl InboxStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            InboxStatus::Dead => "dead",
-            InboxStatus::Parked => "parked",
-            InboxStatus::Expired => "expired",
-            InboxStatus::RateLimited => "rate_limited",
-            InboxStatus::Filtered => "filtered",
-        }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            InboxStatus::Dead => PossibleValue::new("dead"),
+            InboxStatus::Parked => PossibleValue::new("parked").help(
+                "Waiting for a paused or disabled handler (retried on their own when it is back)",
+            ),
+            InboxStatus::Expired => PossibleValue::new("expired"),
+            InboxStatus::RateLimited => PossibleValue::new("rate-limited"),
+            InboxStatus::Filtered => PossibleValue::new("filtered"),
+            InboxStatus::Pending | InboxStatus::Done => return None,
+        })
     }
 }
 
@@ -351,8 +357,8 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
 fn listeners(config: &Config, json: bool) -> anyhow::Result<()> {
     let registry = Registry::build(config)?;
     let mut conn = connect(config)?;
-    let counts = store::handler_counts(&mut conn)?;
-    let persisted = crate::db::listeners::rows(&mut conn)?;
+    let counts = tables::event_log::listener_counts(&mut conn)?;
+    let persisted = crate::db::tables::listeners::rows(&mut conn)?;
     let mut rows = Vec::new();
     for entry in registry.entries() {
         let name = entry.name();
@@ -360,7 +366,7 @@ fn listeners(config: &Config, json: bool) -> anyhow::Result<()> {
         if let Some(row) = row {
             registry.apply_row(row);
         }
-        let count = counts.iter().find(|c| c.handler == name);
+        let count = counts.iter().find(|c| c.listener == name);
         let mut view = registry.view(entry, row);
         let scope: Vec<String> = ["realms", "streams", "users"]
             .iter()
@@ -475,7 +481,7 @@ fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow::Result<()>
     let mut conn = connect(config)?;
     match action {
         DeadLetterAction::List { status, limit } => {
-            let rows = store::inbox_entries(&mut conn, &[status.as_str()], limit)?;
+            let rows = tables::inbox::inbox_entries(&mut conn, &[status], limit)?;
             if rows.is_empty() {
                 println!("No {} events.", status.as_str());
                 return Ok(());
@@ -501,18 +507,21 @@ fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow::Result<()>
             }
         }
         DeadLetterAction::Replay { ids, all, status } => {
-            let status = status.as_str();
-            let count = store::requeue(&mut conn, &[status], if all { None } else { Some(&ids) })?;
+            let count = tables::inbox_work::requeue(
+                &mut conn,
+                &[status],
+                if all { None } else { Some(&ids) },
+            )?;
             let requested = if all {
                 "all".to_string()
             } else {
                 format!("{} id(s)", ids.len())
             };
-            crate::db::listeners::record(
+            crate::db::tables::listeners::record(
                 &mut conn,
                 &[crate::listeners::changes::replay_record(
                     crate::listeners::changes::source::CLI,
-                    status,
+                    status.as_str(),
                     &requested,
                     count,
                 )],
@@ -588,7 +597,7 @@ fn set_listener(config: &Config, action: ListenerAction) -> anyhow::Result<()> {
     let patch = crate::listeners::changes::Overrides::parse(&change)
         .map_err(|e| anyhow::anyhow!("listener `{name}`: {e}"))?;
     let mut conn = connect(config)?;
-    crate::db::listeners::sync(&mut conn, &registry.listener_rows())?;
+    crate::db::tables::listeners::sync(&mut conn, &registry.listener_rows())?;
     let (_, history) = crate::listeners::changes::change(
         &mut conn,
         &registry,
@@ -659,13 +668,13 @@ fn show_listener(config: &Config, name: &str, json: bool) -> anyhow::Result<()> 
         );
     };
     let mut conn = connect(config)?;
-    let row = crate::db::listeners::row(&mut conn, name)?;
+    let row = crate::db::tables::listeners::row(&mut conn, name)?;
     if let Some(row) = &row {
         registry.apply_row(row);
     }
     let since = crate::db::now_ms() - 86_400_000;
-    let stats = crate::db::listeners::run_stats(&mut conn, name, since)?;
-    let history = crate::db::listeners::history(&mut conn, name, 20)?;
+    let stats = crate::db::tables::event_log::run_stats(&mut conn, name, since)?;
+    let history = crate::db::tables::listeners::history(&mut conn, name, 20)?;
     let mut view = registry.view(entry, row.as_ref());
     // The breaker lives in the serving process; this process has not run anything.
     if let Some(object) = view.as_object_mut() {
@@ -771,7 +780,7 @@ fn aggregate(config: &Config) -> anyhow::Result<()> {
     let mut conn = connect(config)?;
     let interval =
         i64::try_from(config.retention.aggregation_interval.as_millis()).unwrap_or(i64::MAX);
-    let rows = retention::aggregate_stats(&mut conn, interval, crate::db::now_ms())?;
+    let rows = tables::listener_stats::aggregate_stats(&mut conn, interval, crate::db::now_ms())?;
     println!("{rows} statistics row(s) written.");
     Ok(())
 }
@@ -784,8 +793,8 @@ fn show_stats(
 ) -> anyhow::Result<()> {
     let mut conn = connect(config)?;
     let since = crate::db::now_ms() - i64::from(hours) * 3_600_000;
-    let mut rows = retention::stats_since(&mut conn, since)?;
-    rows.retain(|r| listener.is_none_or(|l| r.handler == l));
+    let mut rows = tables::listener_stats::stats_since(&mut conn, since)?;
+    rows.retain(|r| listener.is_none_or(|l| r.listener == l));
     rows.reverse();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -816,7 +825,7 @@ fn show_stats(
             };
             vec![
                 format_ms(r.interval_start_ms),
-                r.handler.clone(),
+                r.listener.clone(),
                 r.runs.to_string(),
                 r.failures.to_string(),
                 rate,
@@ -845,7 +854,7 @@ fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
     let interval =
         i64::try_from(config.retention.aggregation_interval.as_millis()).unwrap_or(i64::MAX);
     // Summarise first, so that statistics survive the rows they are made from.
-    retention::aggregate_stats(&mut conn, interval, crate::db::now_ms())?;
+    tables::listener_stats::aggregate_stats(&mut conn, interval, crate::db::now_ms())?;
     let before = crate::db::now_ms() - i64::from(days) * 86_400_000;
     let mut progress = Progress::new();
     let report = retention::cleanup(

@@ -12,8 +12,9 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 
 use crate::config::Config;
+use crate::db::tables::inbox::InboxStatus;
 use crate::db::writer::{Writer, WriterThread};
-use crate::db::{Db, now_ms, retention, store};
+use crate::db::{Db, now_ms, retention, tables};
 use crate::filters::Filters;
 use crate::handlers::Context;
 use crate::http::listener::ListenerLimits;
@@ -218,7 +219,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let registry = Arc::new(Registry::build(&config)?);
     let listener_rows = registry.listener_rows();
     let persisted = db
-        .run(move |c| crate::db::listeners::sync(c, &listener_rows))
+        .run(move |c| crate::db::tables::listeners::sync(c, &listener_rows))
         .await
         .context("recording the listeners")?;
     apply_persisted_state(&registry, &persisted);
@@ -419,7 +420,7 @@ fn per_worker(max_connections: usize, workers: usize) -> usize {
 
 /// Runtime changes stored in the database win over the file; listeners disabled there (by an
 /// operator, or automatically) stay disabled.
-fn apply_persisted_state(registry: &Registry, rows: &[crate::db::models::ListenerRow]) {
+fn apply_persisted_state(registry: &Registry, rows: &[crate::db::tables::listeners::ListenerRow]) {
     for entry in registry.entries() {
         let name = entry.name();
         if let Some(row) = rows.iter().find(|r| r.name == name) {
@@ -501,7 +502,7 @@ async fn upkeep(u: Upkeep) {
             _ = listeners.tick() => sync_listeners(&u).await,
             _ = aggregate.tick() => {
                 let interval = millis(u.retention.aggregation_interval);
-                match u.db.run(move |c| retention::aggregate_stats(c, interval, now_ms())).await {
+                match u.db.run(move |c| tables::listener_stats::aggregate_stats(c, interval, now_ms())).await {
                     Ok(rows) => tracing::debug!(rows, "statistics aggregated"),
                     Err(error) => tracing::warn!(%error, "aggregating statistics failed"),
                 }
@@ -529,7 +530,7 @@ async fn upkeep(u: Upkeep) {
 /// Reads listener states and runtime changes back from the database (made through another
 /// server sharing it, the CLI, or the breaker elsewhere) and applies what changed.
 async fn sync_listeners(u: &Upkeep) {
-    match u.db.run(crate::db::listeners::rows).await {
+    match u.db.run(crate::db::tables::listeners::rows).await {
         Ok(rows) => {
             for row in &rows {
                 if u.registry.apply_row(row) {
@@ -561,9 +562,9 @@ async fn refresh(u: &Upkeep) {
         .db
         .run(|c| {
             Ok((
-                store::inbox_counts(c)?,
-                store::oldest_pending_by_type(c)?,
-                store::parked_by_handler(c)?,
+                tables::inbox::inbox_counts(c)?,
+                tables::inbox::oldest_pending_by_type(c)?,
+                tables::inbox_work::parked_by_listener(c)?,
             ))
         })
         .await
@@ -593,20 +594,12 @@ async fn refresh(u: &Upkeep) {
                     .map_or(0, |(_, n)| *n);
                 metric::inbox_parked(name, n);
             }
-            for status in [
-                "pending",
-                "parked",
-                "done",
-                "dead",
-                "expired",
-                "rate_limited",
-                "filtered",
-            ] {
+            for &status in InboxStatus::ALL {
                 let n = counts
                     .iter()
-                    .find(|(s, _)| s == status)
+                    .find(|(s, _)| *s == status)
                     .map_or(0, |(_, n)| *n);
-                metric::inbox_events(status, n);
+                metric::inbox_events(status.as_str(), n);
             }
         }
         Err(error) => {

@@ -11,8 +11,11 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, TestDatabase, TestServer, start_server};
-use zulip_listeners::db::models::{NewEventLog, NewInboxRow};
-use zulip_listeners::db::{now_ms, store};
+use zulip_listeners::db::tables::{
+    event_log::NewEventLog,
+    inbox::{InboxStatus, NewInboxRow},
+};
+use zulip_listeners::db::{now_ms, tables};
 
 const ADMIN: &str = "dashboard-test-admin-token-0123456789";
 const BROWSER_ENV: &str = "ZULIP_LISTENERS_TEST_BROWSER";
@@ -47,7 +50,7 @@ async fn seed(t: &TestServer) {
         let now = now_ms();
         let rows: Vec<NewEventLog> = (0..600)
             .map(|i| NewEventLog {
-                handler: if i % 3 == 0 { "pinger" } else { "alerts-eng" }.into(),
+                listener: if i % 3 == 0 { "pinger" } else { "alerts-eng" }.into(),
                 source: if i % 2 == 0 { "outgoing" } else { "forwarder" },
                 event_type: "message".into(),
                 bot: Some("helper".into()),
@@ -63,8 +66,9 @@ async fn seed(t: &TestServer) {
             })
             .collect();
         let refs: Vec<&NewEventLog> = rows.iter().collect();
-        store::insert_event_logs(c, &refs).expect("event log rows");
-        zulip_listeners::db::retention::aggregate_stats(c, 300_000, now).expect("stats");
+        tables::event_log::insert_event_logs(c, &refs).expect("event log rows");
+        zulip_listeners::db::tables::listener_stats::aggregate_stats(c, 300_000, now)
+            .expect("stats");
         let dead: Vec<NewInboxRow> = (0..2)
             .map(|i| NewInboxRow {
                 event_id: format!("dead-{i}"),
@@ -75,7 +79,7 @@ async fn seed(t: &TestServer) {
                 event_type: "reaction".into(),
                 op: Some("add".into()),
                 payload: "{}".into(),
-                status: "dead",
+                status: InboxStatus::Dead,
                 attempts: 5,
                 next_attempt_at_ms: 0,
                 claimed_until_ms: 0,
@@ -85,7 +89,7 @@ async fn seed(t: &TestServer) {
                 updated_at_ms: now,
             })
             .collect();
-        store::insert_inbox(c, &dead).expect("dead letters");
+        tables::inbox::insert_inbox(c, &dead).expect("dead letters");
     })
     .await;
 }
@@ -218,12 +222,14 @@ async fn refusals_and_forms(backend: Backend) {
     // Nothing was changed or replayed.
     let (still_enabled, dead) = t
         .query(|c| {
-            let rows = zulip_listeners::db::listeners::rows(c).expect("rows");
+            let rows = zulip_listeners::db::tables::listeners::rows(c).expect("rows");
             let enabled = rows
                 .iter()
                 .find(|r| r.name == "pinger")
                 .is_none_or(|r| r.enabled);
-            let dead = store::inbox_entries(c, &["dead"], 10).expect("inbox").len();
+            let dead = tables::inbox::inbox_entries(c, &[InboxStatus::Dead], 10)
+                .expect("inbox")
+                .len();
             (enabled, dead)
         })
         .await;
@@ -301,7 +307,9 @@ async fn refusals_and_forms(backend: Backend) {
     assert_eq!(answer.status(), 303);
     assert!(!enabled(&t, "pinger").await);
     let history = t
-        .query(|c| zulip_listeners::db::listeners::history(c, "pinger", 5).expect("history"))
+        .query(|c| {
+            zulip_listeners::db::tables::listeners::history(c, "pinger", 5).expect("history")
+        })
         .await;
     assert_eq!(
         history.first().map(|h| h.source.as_str()),
@@ -831,13 +839,22 @@ async fn in_a_real_browser() {
     // again: its empty payload fails at once); the other is untouched.
     let rows = t
         .query(|c| {
-            store::inbox_entries(c, &["dead", "pending", "done", "failed", "parked"], 10)
-                .expect("inbox")
+            tables::inbox::inbox_entries(
+                c,
+                &[
+                    InboxStatus::Dead,
+                    InboxStatus::Pending,
+                    InboxStatus::Done,
+                    InboxStatus::Parked,
+                ],
+                10,
+            )
+            .expect("inbox")
         })
         .await;
     let untouched = rows
         .iter()
-        .filter(|r| r.status == "dead" && r.attempts == 5)
+        .filter(|r| r.status == InboxStatus::Dead && r.attempts == 5)
         .count();
     assert_eq!(
         untouched, 1,

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::{Value, json};
-use zulip_listeners::db::{DbConnection, store};
+use zulip_listeners::db::tables::inbox::InboxStatus;
+use zulip_listeners::db::{DbConnection, tables};
 use zulip_listeners::verification::SigningKey;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -61,7 +62,7 @@ async fn post_events(t: &TestServer, webhook_id: &str, envelopes: Vec<Value>) ->
 }
 
 fn inbox_row(c: &mut DbConnection, status: &str) -> Vec<(String, Option<String>)> {
-    store::inbox_entries(c, &[status], 100)
+    tables::inbox::inbox_entries(c, &[status.parse().expect("status")], 100)
         .expect("inbox")
         .into_iter()
         .map(|e| (e.event_id, e.last_error))
@@ -72,7 +73,7 @@ fn guard_rows(c: &mut DbConnection, guard: &str) -> Vec<Option<String>> {
     use diesel::prelude::*;
     use zulip_listeners::db::schema::event_log as log;
     log::table
-        .filter(log::handler.eq(guard))
+        .filter(log::listener.eq(guard))
         .select(log::error)
         .load(c)
         .expect("log")
@@ -201,15 +202,19 @@ async fn forwarded_events_over_quota_are_kept_and_replayable() {
                 .unwrap_or_default()
                 .contains("user's rate limit")
         );
-        let kept = t.query(|c| store::message_by_id(c, 102).expect("q")).await;
+        let kept = t
+            .query(|c| tables::messages::message_by_id(c, 102).expect("q"))
+            .await;
         assert!(kept.is_none(), "not dispatched");
 
         let requeued = t
-            .query(|c| store::requeue(c, &["rate_limited"], None).expect("requeue"))
+            .query(|c| {
+                tables::inbox_work::requeue(c, &[InboxStatus::RateLimited], None).expect("requeue")
+            })
             .await;
         assert_eq!(requeued, 1);
         let replayed = eventually(Duration::from_secs(10), async || {
-            t.query(|c| store::message_by_id(c, 102).expect("q"))
+            t.query(|c| tables::messages::message_by_id(c, 102).expect("q"))
                 .await
                 .is_some()
         })

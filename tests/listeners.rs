@@ -366,7 +366,7 @@ async fn the_cli_changes_listeners_and_a_running_server_follows() {
         let target = zulip_listeners::config::parse_database_url(&db.url).expect("url");
         let mut conn = zulip_listeners::db::establish(&target).expect("connect");
         let later = zulip_listeners::db::now_ms() + 600_000;
-        zulip_listeners::db::retention::aggregate_stats(&mut conn, 300_000, later)
+        zulip_listeners::db::tables::listener_stats::aggregate_stats(&mut conn, 300_000, later)
             .expect("aggregate");
         let intervals: Value = serde_json::from_str(&cli(
             &file,
@@ -475,7 +475,7 @@ rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/hook" }}]
             .query(|c| {
                 (401..=403)
                     .filter(|id| {
-                        zulip_listeners::db::store::message_by_id(c, *id)
+                        zulip_listeners::db::tables::messages::message_by_id(c, *id)
                             .ok()
                             .flatten()
                             .is_some()
@@ -596,7 +596,7 @@ rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/hook" }}]
         t.server.flush().await;
         let logged = t
             .query(|c| {
-                zulip_listeners::db::store::message_by_id(c, 502)
+                zulip_listeners::db::tables::messages::message_by_id(c, 502)
                     .ok()
                     .flatten()
                     .is_some()
@@ -620,7 +620,7 @@ rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "{}/hook" }}]
         t.server.flush().await;
         let runs = t
             .query(|c| {
-                zulip_listeners::db::store::event_log_page(
+                zulip_listeners::db::tables::event_log::event_log_page(
                     c,
                     Some("message_logger"),
                     None,

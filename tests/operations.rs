@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::{Value, json};
-use zulip_listeners::db::{DbConnection, store};
+use zulip_listeners::db::tables::inbox::InboxStatus;
+use zulip_listeners::db::{DbConnection, tables};
 use zulip_listeners::verification::SigningKey;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -64,7 +65,11 @@ async fn admin(t: &TestServer, method: reqwest::Method, path: &str, token: Optio
 }
 
 fn counts(c: &mut DbConnection) -> Vec<(String, i64)> {
-    store::inbox_counts(c).expect("counts")
+    tables::inbox::inbox_counts(c)
+        .expect("counts")
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n))
+        .collect()
 }
 
 fn count_of(counts: &[(String, i64)], status: &str) -> i64 {
@@ -337,7 +342,7 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     let mut waiting = Vec::new();
     let paused = eventually(Duration::from_secs(5), async || {
         waiting = t
-            .query(|c| store::inbox_entries(c, &["parked"], 10).expect("q"))
+            .query(|c| tables::inbox::inbox_entries(c, &[InboxStatus::Parked], 10).expect("q"))
             .await;
         waiting.len() == 1
             && waiting[0]
@@ -374,7 +379,7 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     .await;
     assert!(disabled, "auto-disable announced");
     let reason = eventually(Duration::from_secs(5), async || {
-        t.query(|c| zulip_listeners::db::listeners::rows(c).expect("rows"))
+        t.query(|c| zulip_listeners::db::tables::listeners::rows(c).expect("rows"))
             .await
             .iter()
             .any(|r| {
@@ -520,7 +525,7 @@ async fn sigterm_finishes_work_in_hand_and_exits_cleanly() {
             .expect("count");
         assert_eq!((stored, alerted), (done, done), "{backend:?}");
         let counted: i64 = (20..23)
-            .filter_map(|u| store::activity_of(&mut conn, 2, u).expect("q"))
+            .filter_map(|u| tables::user_activity::activity_of(&mut conn, 2, u).expect("q"))
             .map(|a| a.message_count)
             .sum();
         assert_eq!(counted, done, "{backend:?}");
@@ -641,5 +646,5 @@ async fn operator_commands_for_handlers_statistics_and_retention() {
 fn t_count_event_log(db: &TestDatabase) -> i64 {
     let target = zulip_listeners::config::parse_database_url(&db.url).expect("url");
     let mut conn = zulip_listeners::db::establish(&target).expect("connect");
-    store::count_event_logs(&mut conn).expect("count")
+    tables::event_log::count_event_logs(&mut conn).expect("count")
 }

@@ -12,7 +12,7 @@ use common::*;
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zulip_listeners::config::Config;
-use zulip_listeners::db::store;
+use zulip_listeners::db::tables;
 use zulip_listeners::listeners::Registry;
 use zulip_listeners::verification::SigningKey;
 
@@ -105,7 +105,7 @@ async fn a_deleted_message_keeps_no_content_nor_personal_data() {
         .await;
         assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
         let stored = t
-            .query(|c| store::message_by_id(c, 3001).expect("q"))
+            .query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
             .await
             .expect("stored");
         assert!(
@@ -133,14 +133,14 @@ async fn a_deleted_message_keeps_no_content_nor_personal_data() {
         assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
 
         let deleted = eventually(Duration::from_secs(10), async || {
-            t.query(|c| store::message_by_id(c, 3001).expect("q"))
+            t.query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
                 .await
                 .is_some_and(|m| m.deleted)
         })
         .await;
         assert!(deleted, "{backend:?}: delete applied");
         let m = t
-            .query(|c| store::message_by_id(c, 3001).expect("q"))
+            .query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
             .await
             .expect("tombstone kept");
         assert_eq!(m.content, "", "{backend:?}: {m:?}");
@@ -198,7 +198,7 @@ async fn webhook_urls_stay_out_of_the_event_log_admin_api_and_listeners() {
         .query(|c| {
             use zulip_listeners::db::schema::event_log as log;
             log::table
-                .filter(log::handler.eq("keyword_alerts"))
+                .filter(log::listener.eq("keyword_alerts"))
                 .select(log::error)
                 .load(c)
                 .expect("event log")

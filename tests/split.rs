@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::*;
 use diesel::prelude::*;
 use serde_json::{Value, json};
-use zulip_listeners::db::{DbConnection, store};
+use zulip_listeners::db::{DbConnection, tables};
 use zulip_listeners::server::ServeOptions;
 use zulip_listeners::verification::SigningKey;
 
@@ -109,7 +109,7 @@ fn runs(c: &mut DbConnection) -> HashMap<(String, String), i64> {
     use zulip_listeners::db::schema::event_log as log;
     let rows: Vec<(Option<String>, String)> = log::table
         .filter(log::success.eq(true))
-        .select((log::event_id, log::handler))
+        .select((log::event_id, log::listener))
         .load(c)
         .expect("event log");
     let mut counts = HashMap::new();
@@ -122,10 +122,10 @@ fn runs(c: &mut DbConnection) -> HashMap<(String, String), i64> {
 }
 
 fn count_of(c: &mut DbConnection, status: &str) -> i64 {
-    store::inbox_counts(c)
+    tables::inbox::inbox_counts(c)
         .expect("counts")
         .iter()
-        .find(|(s, _)| s == status)
+        .find(|(s, _)| s.as_str() == status)
         .map_or(0, |(_, n)| *n)
 }
 
@@ -157,7 +157,9 @@ fn assert_exactly_once(c: &mut DbConnection, acked: &[i64], phase: &str) {
         *expected.entry(40 + id % 4).or_insert(0) += 1;
     }
     for (user, n) in expected {
-        let activity = store::activity_of(c, 2, user).expect("q").expect("user");
+        let activity = tables::user_activity::activity_of(c, 2, user)
+            .expect("q")
+            .expect("user");
         assert_eq!(activity.message_count, n, "{phase}: user {user}");
     }
 }

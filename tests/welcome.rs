@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::*;
 use diesel::prelude::*;
 use serde_json::{Value, json};
-use zulip_listeners::db::{DbConnection, store};
+use zulip_listeners::db::{DbConnection, tables};
 use zulip_listeners::server::ServeOptions;
 use zulip_listeners::verification::SigningKey;
 
@@ -104,10 +104,10 @@ async fn post(t: &TestServer, webhook_id: &str, envelopes: Vec<Value>) {
 }
 
 fn count_of(c: &mut DbConnection, status: &str) -> i64 {
-    store::inbox_counts(c)
+    tables::inbox::inbox_counts(c)
         .expect("counts")
         .iter()
-        .find(|(s, _)| s == status)
+        .find(|(s, _)| s.as_str() == status)
         .map_or(0, |(_, n)| *n)
 }
 
@@ -407,7 +407,7 @@ async fn a_failing_zulip_is_retried_and_greets_once() {
         .query(|c| {
             use zulip_listeners::db::schema::event_log as log;
             log::table
-                .filter(log::handler.eq("welcome_bot"))
+                .filter(log::listener.eq("welcome_bot"))
                 .order(log::id)
                 .select(log::success)
                 .load::<bool>(c)

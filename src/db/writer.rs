@@ -18,11 +18,16 @@ use diesel::connection::SimpleConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
-use super::models::{
-    ActivityDelta, AlertRecord, MessageEdit, NewEventLog, NewInboxRow, NewMessage, NewWorkRow,
-    ReplyRecord,
+use super::tables::{
+    event_log::NewEventLog,
+    inbox::{InboxStatus, NewInboxRow},
+    inbox_work::NewWorkRow,
+    keyword_alerts::AlertRecord,
+    messages::{MessageEdit, NewMessage},
+    replies::ReplyRecord,
+    user_activity::ActivityDelta,
 };
-use super::{DbConnection, DbError, establish, store};
+use super::{DbConnection, DbError, establish, tables};
 use crate::config::DatabaseTarget;
 use crate::ratelimit::Limits;
 
@@ -411,9 +416,9 @@ impl Batch {
             }
             processed.extend(self.processed.iter());
             write_processed(conn, &processed)?;
-            store::insert_replies(conn, &self.replies)?;
+            tables::replies::insert_replies(conn, &self.replies)?;
             for (ids, listeners) in &self.releases {
-                store::release_claims(conn, ids, listeners)?;
+                tables::inbox_work::release_claims(conn, ids, listeners)?;
             }
             Ok(results)
         })
@@ -460,20 +465,22 @@ struct Spent {
 
 fn store_intake(conn: &mut DbConnection, intake: &mut Intake) -> Result<IntakeResult, DbError> {
     let count = i32::try_from(intake.rows.len()).unwrap_or(i32::MAX);
-    if !store::record_batch(conn, &intake.webhook_id, count)? {
+    if !tables::batches::record_batch(conn, &intake.webhook_id, count)? {
         return Ok(IntakeResult {
             duplicate_batch: true,
             ..IntakeResult::default()
         });
     }
-    let known = store::insert_inbox(conn, &intake.rows)?;
+    let known = tables::inbox::insert_inbox(conn, &intake.rows)?;
     // Quota is charged only now that duplicates are known, once per newly stored event that
     // would be dispatched; the few over quota are turned into `rate_limited` rows.
     if intake.limited.is_none() {
         let mut limited = HashMap::new();
         if let Some(limits) = &intake.limits {
             for (index, row) in intake.rows.iter().enumerate() {
-                if matches!(row.status, "expired" | "filtered") || known.contains(&row.event_id) {
+                if matches!(row.status, InboxStatus::Expired | InboxStatus::Filtered)
+                    || known.contains(&row.event_id)
+                {
                     continue;
                 }
                 if let Some(why) = limits.check(row.realm_id, row.user_id).reason() {
@@ -493,7 +500,7 @@ fn store_intake(conn: &mut DbConnection, intake: &mut Intake) -> Result<IntakeRe
             Some((_, payload)) => payload.as_str(),
             None => row.payload.as_str(),
         };
-        store::mark_rate_limited(conn, &row.event_id, payload, why)?;
+        tables::inbox::mark_rate_limited(conn, &row.event_id, payload, why)?;
         rate_limited.insert(row.event_id.clone());
     }
     let work: Vec<&NewWorkRow> = intake
@@ -501,7 +508,7 @@ fn store_intake(conn: &mut DbConnection, intake: &mut Intake) -> Result<IntakeRe
         .iter()
         .filter(|w| !known.contains(&w.event_id) && !rate_limited.contains(&w.event_id))
         .collect();
-    store::insert_work(conn, &work)?;
+    tables::inbox_work::insert_work(conn, &work)?;
     Ok(IntakeResult {
         duplicate_batch: false,
         known,
@@ -531,7 +538,7 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
     } else {
         events.sort_unstable();
         events.dedup();
-        store::lock_events(conn, &events)?;
+        tables::inbox::lock_events(conn, &events)?;
     }
     let mut done_by_work: HashMap<(&str, i32), Vec<&str>> = HashMap::new();
     for outcome in processed.iter().filter_map(|p| p.inbox.as_ref()) {
@@ -544,7 +551,7 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
     }
     let mut applied: HashSet<(String, &str)> = HashSet::new();
     for ((listener, attempts_before), ids) in &done_by_work {
-        for id in store::finish_work_done(conn, listener, *attempts_before, ids)? {
+        for id in tables::inbox_work::finish_work_done(conn, listener, *attempts_before, ids)? {
             applied.insert((id, listener));
         }
     }
@@ -557,16 +564,16 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
             let finished = match &outcome.failure {
                 None => applied.contains(&(outcome.event_id.clone(), outcome.listener)),
                 Some((retry_at, error)) => {
-                    let applied = store::finish_work_failed(
+                    let applied = tables::inbox_work::finish_work_failed(
                         conn,
                         &outcome.event_id,
                         outcome.listener,
                         outcome.attempts_before,
                         attempts_after,
                         match (retry_at, outcome.rate_limited) {
-                            (Some(at), _) => store::WorkThen::RetryAt(*at),
-                            (None, true) => store::WorkThen::SetAside,
-                            (None, false) => store::WorkThen::Dead,
+                            (Some(at), _) => tables::inbox_work::WorkThen::RetryAt(*at),
+                            (None, true) => tables::inbox_work::WorkThen::SetAside,
+                            (None, false) => tables::inbox_work::WorkThen::Dead,
                         },
                         error,
                     )?;
@@ -587,14 +594,14 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
             match effect {
                 Effect::StoreMessage(m) => messages.push(m),
                 Effect::EditMessage(edit) => {
-                    store::insert_messages(conn, &messages)?;
+                    tables::messages::insert_messages(conn, &messages)?;
                     messages.clear();
-                    store::apply_edit(conn, edit)?;
+                    tables::messages::apply_edit(conn, edit)?;
                 }
                 Effect::DeleteMessages(ids) => {
-                    store::insert_messages(conn, &messages)?;
+                    tables::messages::insert_messages(conn, &messages)?;
                     messages.clear();
-                    store::mark_deleted(conn, ids)?;
+                    tables::messages::mark_deleted(conn, ids)?;
                 }
                 Effect::Activity(delta) => merge_activity(&mut activity, delta),
                 Effect::AlertSent(alert) => alerts.push(alert),
@@ -603,11 +610,11 @@ fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<
         }
         logs.extend(p.logs.iter());
     }
-    store::insert_messages(conn, &messages)?;
-    store::insert_alerts(conn, &alerts)?;
-    store::add_activity(conn, activity.values())?;
-    store::settle_events(conn, &settle, &errors)?;
-    store::insert_event_logs(conn, &logs)
+    tables::messages::insert_messages(conn, &messages)?;
+    tables::keyword_alerts::insert_alerts(conn, &alerts)?;
+    tables::user_activity::add_activity(conn, activity.values())?;
+    tables::inbox_work::settle_events(conn, &settle, &errors)?;
+    tables::event_log::insert_event_logs(conn, &logs)
 }
 
 /// Adds one user's activity to what the batch already has for them.
@@ -705,10 +712,11 @@ fn write_item_by_item(conn: &mut DbConnection, batch: &Batch) {
         failed += usize::from(conn.transaction(|c| write_processed(c, &[p])).is_err());
     }
     for row in &batch.replies {
-        failed += usize::from(store::insert_replies(conn, std::slice::from_ref(row)).is_err());
+        failed +=
+            usize::from(tables::replies::insert_replies(conn, std::slice::from_ref(row)).is_err());
     }
     for (ids, listeners) in &batch.releases {
-        failed += usize::from(store::release_claims(conn, ids, listeners).is_err());
+        failed += usize::from(tables::inbox_work::release_claims(conn, ids, listeners).is_err());
     }
     if failed > 0 {
         tracing::error!(failed, "database writer could not store some results");

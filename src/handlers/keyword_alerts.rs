@@ -30,9 +30,9 @@ use super::{
     typed_settings,
 };
 use crate::config::{Config, HandlerSettings};
-use crate::db::models::AlertRecord;
+use crate::db::tables::keyword_alerts::AlertRecord;
 use crate::db::writer::Effect;
-use crate::db::{now_ms, store};
+use crate::db::{now_ms, tables};
 use crate::events::{Event, Message, MessageType, truncate_chars};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 
@@ -282,7 +282,11 @@ impl Handler for KeywordAlerts {
                 return Ok(None);
             }
             let already = match message.id {
-                Some(id) => cx.db.run(move |c| store::alerted_rules(c, id)).await?,
+                Some(id) => {
+                    cx.db
+                        .run(move |c| tables::keyword_alerts::alerted_rules(c, id))
+                        .await?
+                }
                 None => Default::default(),
             };
             // Every rule gets its try; the ones delivered are recorded even if another fails.

@@ -10,8 +10,8 @@ use super::{
     Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
 };
 use crate::config::HandlerSettings;
-use crate::db::models::{MessageEdit, NewMessage};
 use crate::db::now_ms;
+use crate::db::tables::messages::{MessageEdit, NewMessage};
 use crate::db::writer::Effect;
 use crate::events::forwarded::UpdateMessage;
 use crate::events::{Event, EventKind, Message, truncate_chars};

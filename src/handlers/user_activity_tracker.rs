@@ -9,7 +9,7 @@ use super::{
     Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
 };
 use crate::config::HandlerSettings;
-use crate::db::models::ActivityDelta;
+use crate::db::tables::user_activity::ActivityDelta;
 use crate::db::writer::Effect;
 use crate::events::{Event, EventKind};
 

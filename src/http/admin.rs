@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState, HealthFacts, json_ok};
-use crate::db::models::{HistoryRow, ListenerRow};
-use crate::db::{now_ms, store};
+use crate::db::tables::inbox::InboxStatus;
+use crate::db::tables::listeners::{HistoryRow, ListenerRow};
+use crate::db::{now_ms, tables};
 use crate::listeners::changes::{self, ChangeError, FieldError, Overrides};
 use crate::telemetry::metric;
 use crate::verification::token_matches;
@@ -185,12 +186,12 @@ async fn health_facts(state: &AppState) -> Option<HealthFacts> {
         return facts.clone();
     }
     let query = state.outgoing.db().run(|c| {
-        let rows = crate::db::listeners::rows(c)?;
-        let counts = store::inbox_counts(c)?;
-        let count = |status: &str| {
+        let rows = crate::db::tables::listeners::rows(c)?;
+        let counts = tables::inbox::inbox_counts(c)?;
+        let count = |status: InboxStatus| {
             counts
                 .iter()
-                .find(|(s, _)| s == status)
+                .find(|(s, _)| *s == status)
                 .map_or(0, |(_, n)| *n)
         };
         Ok(HealthFacts {
@@ -198,8 +199,8 @@ async fn health_facts(state: &AppState) -> Option<HealthFacts> {
                 .into_iter()
                 .map(|r| (r.name, r.disabled_reason))
                 .collect(),
-            dead: count("dead"),
-            parked: count("parked"),
+            dead: count(InboxStatus::Dead),
+            parked: count(InboxStatus::Parked),
         })
     });
     let facts = match tokio::time::timeout(READY_TIMEOUT, query).await {
@@ -271,7 +272,12 @@ pub async fn listeners(
     let (counts, rows) = state
         .outgoing
         .db()
-        .run(|c| Ok((store::handler_counts(c)?, crate::db::listeners::rows(c)?)))
+        .run(|c| {
+            Ok((
+                tables::event_log::listener_counts(c)?,
+                crate::db::tables::listeners::rows(c)?,
+            ))
+        })
         .await
         .map_err(db_error)?;
     let list: Vec<_> = state
@@ -280,7 +286,7 @@ pub async fn listeners(
         .iter()
         .map(|entry| {
             let name = entry.name();
-            let count = counts.iter().find(|c| c.handler == name);
+            let count = counts.iter().find(|c| c.listener == name);
             let mut view = state
                 .registry
                 .view(entry, rows.iter().find(|r| r.name == name));
@@ -316,9 +322,9 @@ pub async fn listener(
         .db()
         .run(move |c| {
             Ok((
-                crate::db::listeners::row(c, &key)?,
-                crate::db::listeners::run_stats(c, &key, now_ms() - STATS_WINDOW_MS)?,
-                crate::db::listeners::history(c, &key, HISTORY_ROWS)?,
+                crate::db::tables::listeners::row(c, &key)?,
+                crate::db::tables::event_log::run_stats(c, &key, now_ms() - STATS_WINDOW_MS)?,
+                crate::db::tables::listeners::history(c, &key, HISTORY_ROWS)?,
             ))
         })
         .await
@@ -463,7 +469,7 @@ pub async fn events(
         .outgoing
         .db()
         .run(move |c| {
-            store::event_log_page(
+            tables::event_log::event_log_page(
                 c,
                 q.handler.as_deref(),
                 q.event_type.as_deref(),
@@ -485,18 +491,20 @@ pub struct InboxQuery {
     limit: Option<i64>,
 }
 
-const REPLAYABLE: &[&str] = &["dead", "parked", "rate_limited", "expired", "filtered"];
-
-fn replayable(status: Option<String>) -> Result<String, ApiError> {
-    let status = status.unwrap_or_else(|| "dead".into());
-    if REPLAYABLE.contains(&status.as_str()) {
-        Ok(status)
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "status `{status}` is not one of {}",
-            REPLAYABLE.join(", ")
-        )))
-    }
+/// The replayable status a request names; dead when it names none.
+fn replayable(status: Option<String>) -> Result<InboxStatus, ApiError> {
+    let Some(status) = status else {
+        return Ok(InboxStatus::Dead);
+    };
+    InboxStatus::REPLAYABLE
+        .into_iter()
+        .find(|s| s.as_str() == status)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "status `{status}` is not one of {}",
+                InboxStatus::REPLAYABLE.map(InboxStatus::as_str).join(", ")
+            ))
+        })
 }
 
 /// `GET /admin/dead-letters?status=dead&limit=50`: forwarded events not processed.
@@ -514,8 +522,8 @@ pub async fn dead_letters(
         .db()
         .run(move |c| {
             Ok((
-                store::inbox_entries(c, &[status.as_str()], limit)?,
-                crate::db::listeners::history(c, changes::REPLAYS, 20)?,
+                tables::inbox::inbox_entries(c, &[status], limit)?,
+                crate::db::tables::listeners::history(c, changes::REPLAYS, 20)?,
             ))
         })
         .await
@@ -565,12 +573,13 @@ pub async fn replay(
         .outgoing
         .db()
         .run(move |c| {
-            let requeued = store::requeue(c, &[status.as_str()], (!all).then_some(ids.as_slice()))?;
-            crate::db::listeners::record(
+            let requeued =
+                tables::inbox_work::requeue(c, &[status], (!all).then_some(ids.as_slice()))?;
+            crate::db::tables::listeners::record(
                 c,
                 &[changes::replay_record(
                     changes::source::ADMIN_API,
-                    &status,
+                    status.as_str(),
                     &requested,
                     requeued,
                 )],
@@ -592,8 +601,8 @@ pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         .db()
         .run(move |c| {
             Ok((
-                store::activity_since(c, now - 300_000)?,
-                store::activity_since(c, now - 3_600_000)?,
+                tables::event_log::activity_since(c, now - 300_000)?,
+                tables::event_log::activity_since(c, now - 3_600_000)?,
             ))
         })
         .await

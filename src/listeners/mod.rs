@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use serde::Serialize;
 
 use crate::config::{Config, HandlerSettings, QuotaConfig, QuotaOverrides};
-use crate::db::models::ListenerRow;
+use crate::db::tables::listeners::ListenerRow;
 use crate::events::Event;
 use crate::handlers::{self, Handler, health};
 use crate::ratelimit::Limits;

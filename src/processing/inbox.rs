@@ -29,11 +29,12 @@ use tokio::task::JoinHandle;
 
 use super::{Outcome, Processor};
 use crate::config::{Config, ForwarderConfig};
-use crate::db::models::{NewInboxRow, NewWorkRow};
+use crate::db::tables::inbox::{InboxStatus, NewInboxRow};
+use crate::db::tables::inbox_work::{self, NewWorkRow, WorkStatus};
 use crate::db::writer::{
     AfterCommit, InboxOutcome, IntakeBatch, IntakeWriteError, WriteOp, Writer,
 };
-use crate::db::{Backend, Db, DbError, now_ms, store};
+use crate::db::{Backend, Db, DbError, now_ms, tables};
 use crate::events::Event;
 use crate::events::forwarded::{ForwardedEvent, parse_stored};
 use crate::filters::Filters;
@@ -149,7 +150,7 @@ impl Admission {
     }
 
     /// The status an accepted event is stored with, and why when it is not `pending`.
-    fn status(&self, event: &ForwardedEvent, now_ms: i64) -> (&'static str, Option<String>) {
+    fn status(&self, event: &ForwardedEvent, now_ms: i64) -> (InboxStatus, Option<String>) {
         if let (Some(age), Some(at)) = (self.max_event_age, event.emitted_at_ms)
             && now_ms.saturating_sub(at) > millis(age)
         {
@@ -157,13 +158,13 @@ impl Admission {
                 "emitted {} s ago, over filters.max_event_age",
                 now_ms.saturating_sub(at) / 1000
             );
-            return ("expired", Some(why));
+            return (InboxStatus::Expired, Some(why));
         }
         if let Some(why) = self.filters.reject(&event.event.realm, event.user_id) {
-            return ("filtered", Some(why));
+            return (InboxStatus::Filtered, Some(why));
         }
         // Rate limits are charged by the writer, once it knows which events are new.
-        ("pending", None)
+        (InboxStatus::Pending, None)
     }
 }
 
@@ -265,7 +266,7 @@ impl Inbox {
             .iter()
             .filter_map(|&id| processor.handler_name(id))
             .collect();
-        let pending = db.run(store::pending_by_realm_and_type).await?;
+        let pending = db.run(tables::inbox::pending_by_realm_and_type).await?;
         let backlog = Backlog::default();
         for (realm_id, event_type, n) in pending {
             for listener in waits_for(&processor, &mine, &event_type) {
@@ -273,7 +274,7 @@ impl Inbox {
             }
         }
         if db.backend() == Backend::Sqlite {
-            let released = db.run(store::release_all_claims).await?;
+            let released = db.run(tables::inbox_work::release_all_claims).await?;
             if released > 0 {
                 tracing::info!(
                     released,
@@ -390,9 +391,9 @@ impl Inbox {
             }
             order.push((Some(event.event_id.clone()), event.event_type.clone()));
             let (status, reason) = self.admission.status(&event, now);
-            let pending = status == "pending";
+            let pending = status == InboxStatus::Pending;
             if let Some(reason) = &reason {
-                tracing::info!(event_id = %event.event_id, status, %reason, "event stored, not dispatched");
+                tracing::info!(event_id = %event.event_id, status = status.as_str(), %reason, "event stored, not dispatched");
             }
             let mut row = NewInboxRow {
                 event_id: event.event_id,
@@ -424,7 +425,7 @@ impl Inbox {
                             && outcome.deferred.is_none() =>
                     {
                         // Every listener ran it: nothing is left to track.
-                        row.status = "done";
+                        row.status = InboxStatus::Done;
                         row.attempts = 1;
                         // Kept only while the event may be processed or replayed
                         // (the writer puts it back if the event is rate-limited).
@@ -438,13 +439,12 @@ impl Inbox {
                         let mut left = self.left_after_intake(&row, &outcome, now);
                         left.extend(self.remote_work(&row, now));
                         if left.is_empty() {
-                            row.status = "done";
+                            row.status = InboxStatus::Done;
                             row.attempts = 1;
                             payloads.push((rows.len(), std::mem::take(&mut row.payload)));
                             done.push(row.event_id.clone());
                         } else {
-                            let settled =
-                                |w: &NewWorkRow| w.status == "dead" || w.status == "rate_limited";
+                            let settled = |w: &NewWorkRow| !w.status.is_open();
                             let tried = left.iter().any(|w| w.attempts > 0 && !settled(w));
                             summarise(&mut row, &left);
                             if left
@@ -453,7 +453,7 @@ impl Inbox {
                             {
                                 held[lane] = true;
                             }
-                            if row.status == "pending" && tried {
+                            if row.status == InboxStatus::Pending && tried {
                                 waiting.push((
                                     row.realm_id,
                                     row.event_type.clone(),
@@ -487,7 +487,7 @@ impl Inbox {
                             ));
                         } else if work.len() == before {
                             // No listener wants it.
-                            row.status = "done";
+                            row.status = InboxStatus::Done;
                             row.attempts = 1;
                             payloads.push((rows.len(), std::mem::take(&mut row.payload)));
                             done.push(row.event_id.clone());
@@ -499,7 +499,7 @@ impl Inbox {
         }
         // Each stored row's status as intake decided it, to count the batch once the
         // writer has said which events were known or rate-limited.
-        let statuses: std::collections::HashMap<String, &'static str> = rows
+        let statuses: std::collections::HashMap<String, InboxStatus> = rows
             .iter()
             .map(|row| (row.event_id.clone(), row.status))
             .collect();
@@ -532,8 +532,8 @@ impl Inbox {
                 Some(id) if stored.known.contains(id) => "duplicate",
                 Some(id) if stored.rate_limited.contains(id) => "rate_limited",
                 Some(id) => match statuses.get(id).copied() {
-                    Some("expired") => "expired",
-                    Some("filtered") => "filtered",
+                    Some(InboxStatus::Expired) => "expired",
+                    Some(InboxStatus::Filtered) => "filtered",
                     _ => "accepted",
                 },
             };
@@ -664,7 +664,7 @@ impl Inbox {
         NewWorkRow {
             event_id: event_id.to_string(),
             listener: self.name(id),
-            status: "pending",
+            status: WorkStatus::Pending,
             attempts: 0,
             next_attempt_at_ms: now,
             claimed_until_ms: claim_until,
@@ -691,14 +691,14 @@ impl Inbox {
         let mut left = Vec::new();
         for id in self.wanting(&self.mine, &row.event_type) {
             let name = self.name(id);
-            let (error, deferred) = match outcome.processed.logs.iter().find(|l| l.handler == name)
+            let (error, deferred) = match outcome.processed.logs.iter().find(|l| l.listener == name)
             {
                 Some(log) if log.success => continue,
-                Some(log) if crate::db::listeners::is_rate_limited(log) => {
+                Some(log) if crate::db::tables::event_log::is_rate_limited(log) => {
                     // Skipped over the listener's own quota: set aside, replayable.
                     let mut work = self.work_row(&row.event_id, id, 0, now);
                     work.attempts = 1;
-                    work.status = "rate_limited";
+                    work.status = WorkStatus::RateLimited;
                     work.last_error = Some(format!(
                         "{name}: {}",
                         log.error.as_deref().unwrap_or("rate limited")
@@ -728,13 +728,17 @@ impl Inbox {
                     counts_attempt,
                 } => {
                     work.attempts = i32::from(counts_attempt);
-                    work.status = if counts_attempt { "pending" } else { "parked" };
+                    work.status = if counts_attempt {
+                        WorkStatus::Pending
+                    } else {
+                        WorkStatus::Parked
+                    };
                     work.next_attempt_at_ms = retry_at_ms;
                     work.last_error = Some(error);
                 }
                 Verdict::Dead { error } => {
                     work.attempts = 1;
-                    work.status = "dead";
+                    work.status = WorkStatus::Dead;
                     work.last_error = Some(error);
                 }
             }
@@ -801,7 +805,7 @@ impl Inbox {
                 // until the breaker lets a trial run through, without counting an attempt.
                 return Verdict::Retry {
                     retry_at_ms: until_ms,
-                    error: store::parked_reason(handler),
+                    error: tables::inbox_work::parked_reason(handler),
                     counts_attempt: false,
                 };
             }
@@ -864,7 +868,7 @@ impl Inbox {
                 .processed
                 .logs
                 .iter()
-                .find(|l| crate::db::listeners::is_rate_limited(l))
+                .find(|l| crate::db::tables::event_log::is_rate_limited(l))
                 .map(|l| format!("{}: {}", self.name(id), l.error.as_deref().unwrap_or("")));
             let verdict = self.judge(&guard.event_id, &mut outcome, attempts);
             let (counts_attempt, failure) = match verdict {
@@ -951,7 +955,7 @@ impl Inbox {
                         .filter_map(|id| processor.handler_name(id))
                         .collect()
                 };
-                store::claim_work(c, SWEEP_BATCH, claim_until, &skip, &names, &wanted_by)
+                tables::claims::claim_work(c, SWEEP_BATCH, claim_until, &skip, &names, &wanted_by)
             })
             .await?;
         let claimed = rows.len();
@@ -998,7 +1002,7 @@ impl Inbox {
                 .filter_map(|r| registry.id(&r.listener).map(|id| (id, r.attempts)))
                 .collect();
             listeners.sort_by_key(|(id, _)| self.mine.iter().position(|m| m == id));
-            let counted = group.iter().any(|r| r.status == "pending");
+            let counted = group.iter().any(|r| r.status == WorkStatus::Pending);
             let lane = self.lane_of(&event);
             let work = self.track(
                 lane,
@@ -1061,19 +1065,11 @@ fn waits_for(
 /// may still run it, `parked` while every one left waits for a paused listener, `dead` when
 /// what is left is dead, `rate_limited` when it is only skips over listeners' own quotas.
 fn summarise(row: &mut NewInboxRow, left: &[NewWorkRow]) {
-    row.status = if left.iter().any(|w| w.status == "pending") {
-        "pending"
-    } else if left.iter().any(|w| w.status == "parked") {
-        "parked"
-    } else if left.iter().any(|w| w.status == "dead") {
-        "dead"
-    } else {
-        "rate_limited"
-    };
+    row.status = inbox_work::event_status(left.iter().map(|w| w.status));
     row.attempts = left.iter().map(|w| w.attempts).max().unwrap_or(0);
     if let Some(next) = left
         .iter()
-        .filter(|w| w.status != "dead" && w.status != "rate_limited")
+        .filter(|w| w.status.is_open())
         .map(|w| w.next_attempt_at_ms)
         .min()
     {

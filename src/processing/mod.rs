@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
-use crate::db::models::NewEventLog;
 use crate::db::now_ms;
+use crate::db::tables::event_log::NewEventLog;
 use crate::db::writer::{Effect, Processed, WriteOp, Writer};
 use crate::events::{Event, Origin, normalize_reply, truncate_chars};
 use crate::handlers::{Context, Effects, HandlerError};
@@ -197,7 +197,10 @@ impl Processor {
                     event,
                     name,
                     0,
-                    Some(format!("{}{reason}", crate::db::listeners::RATE_LIMITED)),
+                    Some(format!(
+                        "{}{reason}",
+                        crate::db::tables::event_log::RATE_LIMITED
+                    )),
                 ));
                 continue;
             }
@@ -279,7 +282,7 @@ pub(crate) fn log_row(
         Origin::Forwarder { event_id } => (None, Some(event_id.clone())),
     };
     NewEventLog {
-        handler: handler.to_string(),
+        listener: handler.to_string(),
         source: event.origin.source(),
         event_type: event.event_type().to_string(),
         bot,

@@ -11,9 +11,9 @@ use tracing::Instrument;
 
 use super::{Processor, log_row};
 use crate::config::{Config, Secret};
-use crate::db::models::ReplyRecord;
+use crate::db::tables::replies::ReplyRecord;
 use crate::db::writer::{Processed, WriteOp, Writer};
-use crate::db::{Db, DbError, now_ms, store};
+use crate::db::{Db, DbError, now_ms, tables};
 use crate::events::{Event, Message, normalize_reply};
 use crate::filters::Filters;
 use crate::listeners::{ListenerId as HandlerId, Registry};
@@ -230,7 +230,10 @@ impl OutgoingService {
     /// recognised). Returns how many were loaded.
     pub async fn load_record(&self) -> Result<usize, DbError> {
         let since = now_ms() - window_ms(self.window);
-        let rows = self.db.run(move |c| store::replies_since(c, since)).await?;
+        let rows = self
+            .db
+            .run(move |c| tables::replies::replies_since(c, since))
+            .await?;
         let mut loaded = 0;
         for row in rows {
             if let Some(bot) = self.bots.by_name(&row.bot) {
@@ -252,7 +255,7 @@ impl OutgoingService {
         let cutoff = now_ms() - window_ms(self.window);
         self.record.retain(|_, r| r.at_ms >= cutoff);
         self.db
-            .run(move |c| store::delete_replies_before(c, cutoff))
+            .run(move |c| tables::replies::delete_replies_before(c, cutoff))
             .await
     }
 

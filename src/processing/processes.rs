@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Processor;
-use crate::db::models::ProcessRow;
-use crate::db::{Db, now_ms, store};
+use crate::db::tables::processes::ProcessRow;
+use crate::db::{Db, now_ms, tables};
 use crate::listeners::ListenerId as HandlerId;
 use crate::telemetry::metric;
 
@@ -86,9 +86,9 @@ pub async fn run(
         };
         let result = db
             .run(move |c| {
-                store::heartbeat(c, &row)?;
-                store::forget_process(c, "", now - FORGET_AFTER_MS)?;
-                store::processes(c)
+                tables::processes::heartbeat(c, &row)?;
+                tables::processes::forget_process(c, "", now - FORGET_AFTER_MS)?;
+                tables::processes::processes(c)
             })
             .await;
         match result {
@@ -118,7 +118,7 @@ pub async fn run(
     }
     let id = process_id.clone();
     if let Err(error) = db
-        .run(move |c| store::forget_process(c, &id, i64::MIN))
+        .run(move |c| tables::processes::forget_process(c, &id, i64::MIN))
         .await
     {
         tracing::warn!(%error, "removing this process's registration failed");

@@ -208,7 +208,7 @@ pub fn log_rows_for(
     log::table
         .filter(log::message_id.eq(message))
         .order(log::id)
-        .select((log::handler, log::success))
+        .select((log::listener, log::success))
         .load(conn)
         .expect("event log")
 }

@@ -1,24 +1,40 @@
-//! The `listeners` and `listener_history` tables, and the per-listener run statistics read
-//! from the event log.
+//! The `listeners` and `listener_history` tables: each configured listener's persisted state
+//! (its file definition, the operator's or breaker's enable state, runtime overrides) and
+//! the history of changes to it.
 
-use diesel::dsl::{count_star, max};
 use diesel::prelude::*;
 
-use super::models::{HistoryRow, ListenerRow};
-use super::schema::{event_log, listener_history, listeners};
-use super::{DbConnection, DbError, now_ms};
+use crate::db::schema::{listener_history, listeners};
+use crate::db::{DbConnection, DbError, now_ms};
 
-/// The start of the event-log error of an event a listener skipped because it was over its
-/// own quota: not a failure, and counted apart in the statistics.
-pub const RATE_LIMITED: &str = "rate_limited: ";
+/// A listener's persisted state: its file definition (redacted, for tools), the operator's
+/// or breaker's enable state, and the runtime overrides (JSON) that win over the file.
+#[derive(Debug, Clone, Insertable, Queryable, Selectable)]
+#[diesel(table_name = listeners)]
+pub struct ListenerRow {
+    pub name: String,
+    pub enabled: bool,
+    pub config: String,
+    pub disabled_reason: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub overrides: Option<String>,
+}
 
-/// Whether an event-log row is a listener's skip over its own quota (not a failure).
-pub fn is_rate_limited(row: &super::models::NewEventLog) -> bool {
-    !row.success
-        && row
-            .error
-            .as_deref()
-            .is_some_and(|e| e.starts_with(RATE_LIMITED))
+/// One change of one field of a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = listener_history)]
+pub struct HistoryRow {
+    #[diesel(skip_insertion)]
+    #[serde(skip)]
+    pub id: i64,
+    pub listener: String,
+    pub changed_at_ms: i64,
+    /// `admin API`, `CLI`, `breaker` or `replay`.
+    pub source: String,
+    pub field: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
 }
 
 /// Makes sure every listener has a row, records its file definition (redacted) and returns
@@ -135,107 +151,4 @@ pub fn history(
         .order(listener_history::id.desc())
         .limit(limit)
         .load(conn)?)
-}
-
-/// Runs whose durations make the average and the 95th percentile.
-const DURATION_SAMPLE: i64 = 10_000;
-
-/// What a listener's runs since some time came to; times are of the newest 10,000 runs.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct RunStats {
-    /// Runs (events skipped over the listener's own quota are not runs).
-    pub runs: i64,
-    pub failures: i64,
-    /// Events skipped because the listener was over its own quota.
-    pub rate_limited: i64,
-    /// Share of runs that succeeded, 0 to 1; `None` without runs.
-    pub success_rate: Option<f64>,
-    pub avg_duration_ms: Option<f64>,
-    pub p95_duration_ms: Option<f64>,
-    pub last_run_at_ms: Option<i64>,
-    pub last_error: Option<String>,
-    pub last_error_at_ms: Option<i64>,
-}
-
-/// Run statistics of one listener from its event-log rows created since `since_ms` (read
-/// through the `(handler, created_at_ms)` index).
-pub fn run_stats(conn: &mut DbConnection, name: &str, since_ms: i64) -> Result<RunStats, DbError> {
-    let recent = || {
-        event_log::table
-            .filter(event_log::handler.eq(name))
-            .filter(event_log::created_at_ms.ge(since_ms))
-    };
-    let runs: i64 = recent().select(count_star()).first(conn)?;
-    if runs == 0 {
-        return Ok(RunStats::default());
-    }
-    let unsuccessful: i64 = recent()
-        .filter(event_log::success.eq(false))
-        .select(count_star())
-        .first(conn)?;
-    let rate_limited: i64 = recent()
-        .filter(event_log::success.eq(false))
-        .filter(event_log::error.like(format!("{RATE_LIMITED}%")))
-        .select(count_star())
-        .first(conn)?;
-    let failures = unsuccessful - rate_limited;
-    let runs = runs - rate_limited;
-    let last_run_at_ms: Option<i64> = recent().select(max(event_log::created_at_ms)).first(conn)?;
-    // Times from the newest runs only: a bounded read however busy the listener is.
-    let durations: Vec<i64> = recent()
-        .filter(
-            event_log::success
-                .eq(true)
-                .or(event_log::error.not_like(format!("{RATE_LIMITED}%"))),
-        )
-        .order(event_log::id.desc())
-        .limit(DURATION_SAMPLE)
-        .select(event_log::duration_us)
-        .load(conn)?;
-    let sampled = durations.len().max(1) as f64;
-    let total: i64 = durations.iter().sum();
-    let mut sorted = durations;
-    sorted.sort_unstable();
-    let p95 = percentile(&sorted, 0.95);
-    let last_error: Option<(Option<String>, i64)> = recent()
-        .filter(event_log::success.eq(false))
-        .filter(event_log::error.not_like(format!("{RATE_LIMITED}%")))
-        .order(event_log::id.desc())
-        .select((event_log::error, event_log::created_at_ms))
-        .first(conn)
-        .optional()?;
-    Ok(RunStats {
-        runs,
-        failures,
-        rate_limited,
-        success_rate: (runs > 0).then(|| (runs - failures) as f64 / runs as f64),
-        avg_duration_ms: (runs > 0).then(|| total as f64 / sampled / 1000.0),
-        p95_duration_ms: p95.map(|us| us as f64 / 1000.0),
-        last_run_at_ms,
-        last_error: last_error.as_ref().and_then(|(e, _)| e.clone()),
-        last_error_at_ms: last_error.map(|(_, at)| at),
-    })
-}
-
-/// The nearest-rank percentile of sorted values.
-fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn nearest_rank_percentile() {
-        let values: Vec<i64> = (1..=100).collect();
-        assert_eq!(percentile(&values, 0.95), Some(95));
-        assert_eq!(percentile(&[7], 0.95), Some(7));
-        assert_eq!(percentile(&[1, 2], 0.95), Some(2));
-        assert_eq!(percentile(&[], 0.95), None);
-    }
 }

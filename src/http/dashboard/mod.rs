@@ -31,8 +31,9 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 
 use super::{AppState, method_not_allowed};
-use crate::db::models::ListenerRow;
-use crate::db::{DbError, dashboard as queries, now_ms, store};
+use crate::db::tables::inbox::InboxStatus;
+use crate::db::tables::listeners::ListenerRow;
+use crate::db::{DbError, now_ms, tables};
 use crate::listeners::changes::{self, ChangeError, Overrides};
 use crate::verification::token_matches;
 
@@ -51,8 +52,6 @@ const FORM_MAX_BODY: usize = 64 * 1024;
 const EVENT_WINDOW: i64 = 20_000;
 /// Event-log rows per page.
 const EVENTS_PER_PAGE: i64 = 50;
-/// Inbox statuses an operator may list and replay.
-const REPLAYABLE: &[&str] = &["dead", "parked", "rate_limited", "expired", "filtered"];
 /// Dead letters listed per page.
 const DEAD_LETTERS_SHOWN: i64 = 100;
 
@@ -542,7 +541,7 @@ pub struct Overview {
     pub interval_ms: i64,
     /// Event-log runs after the newest `listener_stats` interval, in buckets of `interval_ms`.
     pub tail: Vec<(i64, String, bool, i64)>,
-    pub inbox: Vec<(String, i64)>,
+    pub inbox: Vec<(InboxStatus, i64)>,
     pub oldest_pending_ms: Option<i64>,
     pub health: serde_json::Value,
     /// Late replies since the server started, by outcome.
@@ -564,24 +563,24 @@ async fn overview(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
         .db()
         .run(move |c| {
             let hour_start = (now - HOUR_MS) / 60_000 * 60_000;
-            let minutes = queries::runs_by_bucket(c, hour_start, 60_000)?;
+            let minutes = tables::event_log::runs_by_bucket(c, hour_start, 60_000)?;
             let day_start = now - DAY_MS;
-            let newest = queries::newest_interval(c)?;
+            let newest = tables::listener_stats::newest_interval(c)?;
             let interval_ms = newest.map_or(DEFAULT_INTERVAL_MS, |(_, len)| len.max(60_000));
-            let intervals = queries::stats_by_interval(c, day_start)?;
+            let intervals = tables::listener_stats::stats_by_interval(c, day_start)?;
             let tail_start = newest
                 .map_or(day_start, |(start, len)| start + len)
                 .max(day_start)
                 / interval_ms
                 * interval_ms;
-            let tail = queries::runs_by_bucket(c, tail_start, interval_ms)?;
+            let tail = tables::event_log::runs_by_bucket(c, tail_start, interval_ms)?;
             Ok((
                 minutes,
                 intervals,
                 interval_ms,
                 tail,
-                store::inbox_counts(c)?,
-                store::oldest_pending_ms(c)?,
+                tables::inbox::inbox_counts(c)?,
+                tables::inbox::oldest_pending_ms(c)?,
             ))
         })
         .await;
@@ -682,14 +681,19 @@ async fn read_listeners(
         .outgoing
         .db()
         .run(move |c| {
-            let rows = crate::db::listeners::rows(c)?;
-            let interval_ms = queries::newest_interval(c)?
+            let rows = crate::db::tables::listeners::rows(c)?;
+            let interval_ms = tables::listener_stats::newest_interval(c)?
                 .map_or(DEFAULT_INTERVAL_MS, |(_, len)| len.max(60_000));
             let mut figures = Vec::new();
             for name in names {
                 figures.push(ListenerFigures {
-                    intervals: queries::listener_intervals(c, &name, now - DAY_MS)?,
-                    durations: queries::recent_durations(c, &name, now - DAY_MS, P95_SAMPLE)?,
+                    intervals: tables::listener_stats::listener_intervals(c, &name, now - DAY_MS)?,
+                    durations: tables::event_log::recent_durations(
+                        c,
+                        &name,
+                        now - DAY_MS,
+                        P95_SAMPLE,
+                    )?,
                 });
             }
             Ok((rows, figures, interval_ms))
@@ -770,7 +774,7 @@ async fn listener(
     let history = state
         .outgoing
         .db()
-        .run(move |c| crate::db::listeners::history(c, &key, 50))
+        .run(move |c| crate::db::tables::listeners::history(c, &key, 50))
         .await;
     let read = read_listeners(&state, vec![name]).await;
     let ((rows, mut figures, interval_ms), history) = match (read, history) {
@@ -940,7 +944,7 @@ async fn apply(state: &AppState, name: &str, patch: Overrides) -> Result<Vec<Str
 
 /// The event-log page's filters, from the query string.
 pub struct EventsQuery {
-    pub filter: queries::EventFilter,
+    pub filter: tables::event_log::EventFilter,
     pub since: Option<String>,
     pub until: Option<String>,
     pub before: Option<i64>,
@@ -948,7 +952,7 @@ pub struct EventsQuery {
 
 /// A page of the event log and where the next one starts.
 pub struct EventsPage {
-    pub rows: Vec<crate::db::models::EventLogRow>,
+    pub rows: Vec<crate::db::tables::event_log::EventLogRow>,
     /// The ids looked at: `(low, high)`.
     pub searched: Option<(i64, i64)>,
     /// `before=` of the next (older) page.
@@ -957,8 +961,8 @@ pub struct EventsPage {
 
 fn events_query(pairs: &[(String, String)]) -> EventsQuery {
     EventsQuery {
-        filter: queries::EventFilter {
-            handler: given(pairs, "listener").map(str::to_string),
+        filter: tables::event_log::EventFilter {
+            listener: given(pairs, "listener").map(str::to_string),
             realm: given(pairs, "realm").map(str::to_string),
             event_type: given(pairs, "type").map(str::to_string),
             success: match given(pairs, "success") {
@@ -1016,7 +1020,7 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         .outgoing
         .db()
         .run(move |c| {
-            let Some(newest) = queries::newest_event_id(c)? else {
+            let Some(newest) = tables::event_log::newest_event_id(c)? else {
                 return Ok(EventsPage {
                     rows: Vec::new(),
                     searched: None,
@@ -1025,11 +1029,11 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             };
             let mut high = before.map_or(newest, |b| b.saturating_sub(1).min(newest));
             if let Some(until) = until {
-                high = high.min(queries::id_at_or_before(c, until)?.unwrap_or(-1));
+                high = high.min(tables::event_log::id_at_or_before(c, until)?.unwrap_or(-1));
             }
-            let mut floor = queries::oldest_event_id(c)?.unwrap_or(0);
+            let mut floor = tables::event_log::oldest_event_id(c)?.unwrap_or(0);
             if let Some(since) = since {
-                floor = floor.max(queries::id_at_or_after(c, since)?.unwrap_or(i64::MAX));
+                floor = floor.max(tables::event_log::id_at_or_after(c, since)?.unwrap_or(i64::MAX));
             }
             if high < floor {
                 return Ok(EventsPage {
@@ -1039,7 +1043,8 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                 });
             }
             let low = floor.max(high.saturating_sub(EVENT_WINDOW - 1));
-            let mut rows = queries::event_window(c, &filter, low, high, EVENTS_PER_PAGE + 1)?;
+            let mut rows =
+                tables::event_log::event_window(c, &filter, low, high, EVENTS_PER_PAGE + 1)?;
             let older = if rows.len() > EVENTS_PER_PAGE as usize {
                 rows.truncate(EVENTS_PER_PAGE as usize);
                 rows.last().map(|r| r.id)
@@ -1090,13 +1095,13 @@ async fn event(
         .outgoing
         .db()
         .run(move |c| {
-            let Some(row) = queries::event_by_id(c, id)? else {
+            let Some(row) = tables::event_log::event_by_id(c, id)? else {
                 return Ok(None);
             };
             let (related, inbox) = match &row.event_id {
                 Some(event_id) => (
-                    queries::runs_of_event(c, event_id, row.id, SAME_EVENT_SPAN)?,
-                    queries::inbox_entry(c, event_id)?,
+                    tables::event_log::runs_of_event(c, event_id, row.id, SAME_EVENT_SPAN)?,
+                    tables::inbox::inbox_entry(c, event_id)?,
                 ),
                 None => (Vec::new(), None),
             };
@@ -1115,13 +1120,13 @@ async fn event(
     }
 }
 
-fn status_of(pairs: &[(String, String)]) -> &'static str {
-    let wanted = given(pairs, "status").unwrap_or("dead");
-    REPLAYABLE
-        .iter()
-        .copied()
-        .find(|s| *s == wanted)
-        .unwrap_or("dead")
+/// The replayable status a request names; dead by default.
+fn status_of(pairs: &[(String, String)]) -> InboxStatus {
+    let wanted = given(pairs, "status");
+    InboxStatus::REPLAYABLE
+        .into_iter()
+        .find(|s| Some(s.as_str()) == wanted)
+        .unwrap_or(InboxStatus::Dead)
 }
 
 async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -1136,8 +1141,8 @@ async fn dead_letters(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         .db()
         .run(move |c| {
             Ok((
-                store::inbox_counts(c)?,
-                store::inbox_entries(c, &[status], DEAD_LETTERS_SHOWN)?,
+                tables::inbox::inbox_counts(c)?,
+                tables::inbox::inbox_entries(c, &[status], DEAD_LETTERS_SHOWN)?,
             ))
         })
         .await;
@@ -1165,7 +1170,7 @@ async fn confirm_replay(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
             state
                 .outgoing
                 .db()
-                .run(move |c| queries::inbox_has(c, &key, &[status]).map(i64::from))
+                .run(move |c| tables::inbox::inbox_has(c, &key, &[status]).map(i64::from))
                 .await
         }
         None => {
@@ -1173,16 +1178,16 @@ async fn confirm_replay(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
                 .outgoing
                 .db()
                 .run(move |c| {
-                    Ok(store::inbox_counts(c)?
+                    Ok(tables::inbox::inbox_counts(c)?
                         .into_iter()
-                        .find(|(s, _)| s == status)
+                        .find(|(s, _)| *s == status)
                         .map_or(0, |(_, n)| n))
                 })
                 .await
         }
     };
     match count {
-        Ok(count) => pages::confirm_replay(&ctx, status, id.as_deref(), count),
+        Ok(count) => pages::confirm_replay(&ctx, status.as_str(), id.as_deref(), count),
         Err(e) => db_failed(&ctx, e),
     }
 }
@@ -1219,13 +1224,13 @@ async fn replay(
     let requeued = state
         .outgoing
         .db()
-        .run(move |c| store::requeue(c, &[status], (!all).then_some(ids.as_slice())))
+        .run(move |c| tables::inbox_work::requeue(c, &[status], (!all).then_some(ids.as_slice())))
         .await;
     match requeued {
         Ok(n) => {
             tracing::info!(
                 requeued = n,
-                status,
+                status = status.as_str(),
                 "dead letters replayed through the dashboard"
             );
             see_other(&ctx.url(&format!("/ui/dead-letters?status={status}&replayed={n}")))

@@ -7,7 +7,11 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::charts::{self, Series};
 use super::{Ctx, EventsPage, EventsQuery, ListenerLine, Overview};
-use crate::db::models::{EventLogRow, HistoryRow, InboxEntry};
+use crate::db::tables::{
+    event_log::EventLogRow,
+    inbox::{InboxEntry, InboxStatus},
+    listeners::HistoryRow,
+};
 use crate::listeners::Definition;
 
 /// Everything the dashboard loads is its own: no inline style or script runs.
@@ -252,7 +256,7 @@ pub fn overview(ctx: &Ctx, data: &Overview) -> HttpResponse {
                         tbody {
                             @for (s, n) in &data.inbox {
                                 tr {
-                                    td { (s) }
+                                    td { (s.as_str()) }
                                     td.num { (n) }
                                 }
                             }
@@ -528,7 +532,7 @@ pub fn events(
 ) -> HttpResponse {
     let f = &q.filter;
     let mut keep: Vec<(&str, String)> = Vec::new();
-    if let Some(v) = &f.handler {
+    if let Some(v) = &f.listener {
         keep.push(("listener", v.clone()));
     }
     if let Some(v) = &f.realm {
@@ -561,7 +565,7 @@ pub fn events(
                 select name="listener" {
                     option value="" { "any" }
                     @for n in names {
-                        option value=(n) selected[f.handler.as_deref() == Some(n.as_str())] { (n) }
+                        option value=(n) selected[f.listener.as_deref() == Some(n.as_str())] { (n) }
                     }
                 }
             }
@@ -592,7 +596,7 @@ pub fn events(
                             tr class=(if r.success { "ok" } else { "failed" }) {
                                 td { a href=(ctx.url(&format!("/ui/events/{}", r.id))) { (r.id) } }
                                 td { (time_text(r.created_at_ms)) }
-                                td { (r.handler) }
+                                td { (r.listener) }
                                 td { (r.source) }
                                 td { (r.event_type) }
                                 td { (r.realm.as_deref().unwrap_or("–")) }
@@ -628,7 +632,7 @@ pub fn event(
 ) -> HttpResponse {
     let body = html! {
         dl.detail {
-            dt { "listener" } dd { a href=(ctx.url(&format!("/ui/listeners/{}", path_segment(&row.handler)))) { (row.handler) } }
+            dt { "listener" } dd { a href=(ctx.url(&format!("/ui/listeners/{}", path_segment(&row.listener)))) { (row.listener) } }
             dt { "when (UTC)" } dd { (time_text(row.created_at_ms)) }
             dt { "source" } dd { (row.source) }
             dt { "type" } dd { (row.event_type) }
@@ -658,7 +662,7 @@ pub fn event(
                         @for r in related {
                             tr {
                                 td { a href=(ctx.url(&format!("/ui/events/{}", r.id))) { (r.id) } }
-                                td { (r.handler) }
+                                td { (r.listener) }
                                 td { (if r.success { "ok" } else { "failed" }) }
                                 td { small { (r.error.as_deref().map(|e| shorten(e, 120)).unwrap_or_default()) } }
                             }
@@ -683,18 +687,18 @@ pub fn event(
 
 pub fn dead_letters(
     ctx: &Ctx,
-    status: &str,
-    counts: &[(String, i64)],
+    status: InboxStatus,
+    counts: &[(InboxStatus, i64)],
     rows: &[InboxEntry],
     pairs: &[(String, String)],
 ) -> HttpResponse {
-    let count = |s: &str| counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
+    let count = |s: InboxStatus| counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
     let body = html! {
         (flash(pairs))
         nav.tabs {
-            @for s in super::REPLAYABLE {
-                a href=(ctx.url(&format!("/ui/dead-letters?status={s}"))) class=[(*s == status).then_some("current")] {
-                    (s.replace('_', " ")) " (" (count(s)) ")"
+            @for s in InboxStatus::REPLAYABLE {
+                a href=(ctx.url(&format!("/ui/dead-letters?status={s}"))) class=[(s == status).then_some("current")] {
+                    (s.as_str().replace('_', " ")) " (" (count(s)) ")"
                 }
             }
         }
