@@ -9,12 +9,13 @@
 
 use std::time::{Duration, Instant};
 
+use zulip_listeners::clock::now_ms;
 use zulip_listeners::config::{Config, parse_database_url};
 use zulip_listeners::db::tables::{
     event_log::NewEventLog,
     inbox::{InboxStatus, NewInboxRow},
 };
-use zulip_listeners::db::{establish, now_ms, run_migrations, tables};
+use zulip_listeners::db::{establish, run_migrations, tables};
 use zulip_listeners::server::{ServeOptions, start};
 
 const ADMIN: &str = "dashboard-bench-admin-token-0123456789";

@@ -672,7 +672,7 @@ fn show_listener(config: &Config, name: &str, json: bool) -> anyhow::Result<()> 
     if let Some(row) = &row {
         registry.apply_row(row);
     }
-    let since = crate::db::now_ms() - 86_400_000;
+    let since = crate::clock::now_ms() - 86_400_000;
     let stats = crate::db::tables::event_log::run_stats(&mut conn, name, since)?;
     let history = crate::db::tables::listeners::history(&mut conn, name, 20)?;
     let mut view = registry.view(entry, row.as_ref());
@@ -778,9 +778,9 @@ impl Progress {
 
 fn aggregate(config: &Config) -> anyhow::Result<()> {
     let mut conn = connect(config)?;
-    let interval =
-        i64::try_from(config.retention.aggregation_interval.as_millis()).unwrap_or(i64::MAX);
-    let rows = tables::listener_stats::aggregate_stats(&mut conn, interval, crate::db::now_ms())?;
+    let interval = crate::clock::millis(config.retention.aggregation_interval);
+    let rows =
+        tables::listener_stats::aggregate_stats(&mut conn, interval, crate::clock::now_ms())?;
     println!("{rows} statistics row(s) written.");
     Ok(())
 }
@@ -792,7 +792,7 @@ fn show_stats(
     json: bool,
 ) -> anyhow::Result<()> {
     let mut conn = connect(config)?;
-    let since = crate::db::now_ms() - i64::from(hours) * 3_600_000;
+    let since = crate::clock::now_ms() - i64::from(hours) * 3_600_000;
     let mut rows = tables::listener_stats::stats_since(&mut conn, since)?;
     rows.retain(|r| listener.is_none_or(|l| r.listener == l));
     rows.reverse();
@@ -851,11 +851,10 @@ const STATS_COLUMNS: [(&str, &str, bool); 7] = [
 
 fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
     let mut conn = connect(config)?;
-    let interval =
-        i64::try_from(config.retention.aggregation_interval.as_millis()).unwrap_or(i64::MAX);
+    let interval = crate::clock::millis(config.retention.aggregation_interval);
     // Summarise first, so that statistics survive the rows they are made from.
-    tables::listener_stats::aggregate_stats(&mut conn, interval, crate::db::now_ms())?;
-    let before = crate::db::now_ms() - i64::from(days) * 86_400_000;
+    tables::listener_stats::aggregate_stats(&mut conn, interval, crate::clock::now_ms())?;
+    let before = crate::clock::now_ms() - i64::from(days) * 86_400_000;
     let mut progress = Progress::new();
     let report = retention::cleanup(
         &mut conn,
@@ -867,7 +866,7 @@ fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
     let mut progress = Progress::new();
     let personal = retention::expire_personal_data(
         &mut conn,
-        &config.retention.personal_cutoffs(crate::db::now_ms()),
+        &config.retention.personal_cutoffs(crate::clock::now_ms()),
         config.retention.batch_size,
         &mut |table, n| progress.update(table, n),
     )?;

@@ -3,6 +3,7 @@
 //! verifies them, runs compiled-in handlers, and persists what they produce.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod doctor;

@@ -62,7 +62,7 @@ pub fn send(config: &Config, url: Option<&str>) -> anyhow::Result<()> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .context("the system clock is before 1970")?;
-    let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+    let now_ms = crate::clock::millis(now);
     let timestamp = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
     let body = sample_batch(now_ms);
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());

@@ -11,10 +11,11 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 
+use crate::clock::{millis, now_ms};
 use crate::config::Config;
 use crate::db::tables::inbox::InboxStatus;
 use crate::db::writer::{Writer, WriterThread};
-use crate::db::{Db, now_ms, retention, tables};
+use crate::db::{Db, retention, tables};
 use crate::filters::Filters;
 use crate::handlers::Context;
 use crate::http::listener::ListenerLimits;
@@ -608,8 +609,4 @@ async fn refresh(u: &Upkeep) {
             tracing::warn!(%error, "refreshing gauges failed");
         }
     }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -13,7 +13,7 @@ mod text_enum;
 pub mod writer;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -301,14 +301,6 @@ impl Db {
         .await
         .map_err(|e| DbError::Task(e.to_string()))?
     }
-}
-
-/// Milliseconds since the Unix epoch, the time unit of every `*_ms` column.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

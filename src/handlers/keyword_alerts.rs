@@ -29,10 +29,11 @@ use super::{
     Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, http_client,
     typed_settings,
 };
+use crate::clock::now_ms;
 use crate::config::{Config, HandlerSettings};
+use crate::db::tables;
 use crate::db::tables::keyword_alerts::AlertRecord;
 use crate::db::writer::Effect;
-use crate::db::{now_ms, tables};
 use crate::events::{Event, Message, MessageType, truncate_chars};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 

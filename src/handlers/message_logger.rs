@@ -9,8 +9,8 @@ use futures_util::future::BoxFuture;
 use super::{
     Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
 };
+use crate::clock::now_ms;
 use crate::config::HandlerSettings;
-use crate::db::now_ms;
 use crate::db::tables::messages::{MessageEdit, NewMessage};
 use crate::db::writer::Effect;
 use crate::events::forwarded::UpdateMessage;

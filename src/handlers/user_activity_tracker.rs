@@ -86,7 +86,7 @@ impl Handler for UserActivityTracker {
             let (Some(realm_id), Some(user_id)) = (event.realm.id, event.user_id) else {
                 return Ok(None);
             };
-            let at_ms = event.occurred_at_ms.unwrap_or_else(crate::db::now_ms);
+            let at_ms = event.occurred_at_ms.unwrap_or_else(crate::clock::now_ms);
             if let Some(delta) = Self::delta(event, realm_id, user_id, at_ms) {
                 effects.push(Effect::Activity(delta));
             }

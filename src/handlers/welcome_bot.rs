@@ -49,9 +49,10 @@ use super::keyword_alerts::inline;
 use super::{
     Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, typed_settings,
 };
+use crate::clock::now_ms;
 use crate::config::{Config, HandlerSettings};
 use crate::db::writer::{CustomEffect, Effect};
-use crate::db::{DbConnection, DbError, now_ms};
+use crate::db::{DbConnection, DbError};
 use crate::events::forwarded::{Person, RealmUser, Subscription};
 use crate::events::{Event, EventKind};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};

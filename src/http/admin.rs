@@ -10,9 +10,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState, HealthFacts, json_ok};
+use crate::clock::now_ms;
+use crate::db::tables;
 use crate::db::tables::inbox::InboxStatus;
 use crate::db::tables::listeners::{HistoryRow, ListenerRow};
-use crate::db::{now_ms, tables};
 use crate::listeners::changes::{self, ChangeError, FieldError, Overrides};
 use crate::telemetry::metric;
 use crate::verification::token_matches;

@@ -9,9 +9,10 @@ use diesel::Connection;
 
 use super::scope::Scope;
 use super::{Definition, Entry, Registry};
+use crate::clock::now_ms;
 use crate::config::{ChannelSelector, RealmSelector, UserSelector};
 use crate::db::tables::listeners::{HistoryRow, ListenerRow};
-use crate::db::{self, DbConnection, DbError, now_ms};
+use crate::db::{self, DbConnection, DbError};
 
 /// Fields an operator may change, as named in requests and in the history.
 pub const FIELDS: &[&str] = &[

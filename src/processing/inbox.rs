@@ -28,13 +28,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{Outcome, Processor};
+use crate::clock::{millis, now_ms};
 use crate::config::{Config, ForwarderConfig};
 use crate::db::tables::inbox::{InboxStatus, NewInboxRow};
 use crate::db::tables::inbox_work::{self, NewWorkRow, WorkStatus};
 use crate::db::writer::{
     AfterCommit, InboxOutcome, IntakeBatch, IntakeWriteError, WriteOp, Writer,
 };
-use crate::db::{Backend, Db, DbError, now_ms, tables};
+use crate::db::{Backend, Db, DbError, tables};
 use crate::events::Event;
 use crate::events::forwarded::{ForwardedEvent, parse_stored};
 use crate::filters::Filters;
@@ -1086,10 +1087,6 @@ fn backoff(base: Duration, attempts: i32) -> Duration {
         .unwrap_or(0)
         .min(20);
     base.saturating_mul(1u32 << exponent).min(MAX_BACKOFF)
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

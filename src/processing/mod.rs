@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
-use crate::db::now_ms;
+use crate::clock::now_ms;
 use crate::db::tables::event_log::NewEventLog;
 use crate::db::writer::{Effect, Processed, WriteOp, Writer};
 use crate::events::{Event, Origin, normalize_reply, truncate_chars};
@@ -179,7 +179,7 @@ impl Processor {
             }
             if let Some(until) = entry.health.open_until(Instant::now()) {
                 let wait = until.saturating_duration_since(Instant::now());
-                let at_ms = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                let at_ms = now_ms() + crate::clock::millis(wait);
                 outcome.deferred.get_or_insert((name.to_string(), at_ms));
                 continue;
             }

@@ -10,10 +10,11 @@ use dashmap::mapref::entry::Entry;
 use tracing::Instrument;
 
 use super::{Processor, log_row};
+use crate::clock::{millis, now_ms};
 use crate::config::{Config, Secret};
 use crate::db::tables::replies::ReplyRecord;
 use crate::db::writer::{Processed, WriteOp, Writer};
-use crate::db::{Db, DbError, now_ms, tables};
+use crate::db::{Db, DbError, tables};
 use crate::events::{Event, Message, normalize_reply};
 use crate::filters::Filters;
 use crate::listeners::{ListenerId as HandlerId, Registry};
@@ -229,7 +230,7 @@ impl OutgoingService {
     /// Reloads the answers given within the window (so retries after a restart are still
     /// recognised). Returns how many were loaded.
     pub async fn load_record(&self) -> Result<usize, DbError> {
-        let since = now_ms() - window_ms(self.window);
+        let since = now_ms() - millis(self.window);
         let rows = self
             .db
             .run(move |c| tables::replies::replies_since(c, since))
@@ -252,7 +253,7 @@ impl OutgoingService {
 
     /// Forgets answers older than the window, in memory and in the database.
     pub async fn prune_record(&self) -> Result<usize, DbError> {
-        let cutoff = now_ms() - window_ms(self.window);
+        let cutoff = now_ms() - millis(self.window);
         self.record.retain(|_, r| r.at_ms >= cutoff);
         self.db
             .run(move |c| tables::replies::delete_replies_before(c, cutoff))
@@ -436,8 +437,4 @@ async fn deliver_late(
             tracing::error!(%error, "late reply could not be posted");
         }
     }
-}
-
-fn window_ms(window: Duration) -> i64 {
-    i64::try_from(window.as_millis()).unwrap_or(i64::MAX)
 }

@@ -14,8 +14,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Processor;
+use crate::clock::now_ms;
 use crate::db::tables::processes::ProcessRow;
-use crate::db::{Db, now_ms, tables};
+use crate::db::{Db, tables};
 use crate::listeners::ListenerId as HandlerId;
 use crate::telemetry::metric;
 
@@ -128,7 +129,7 @@ pub async fn run(
 /// The enabled listeners of `all` that no live process in `rows` runs; sets the gauge of
 /// live processes per listener.
 fn check(processor: &Processor, all: &[HandlerId], rows: &[ProcessRow], now: i64) -> Vec<String> {
-    let stale_before = now - i64::try_from(STALE_AFTER.as_millis()).unwrap_or(i64::MAX);
+    let stale_before = now - crate::clock::millis(STALE_AFTER);
     let live: Vec<&ProcessRow> = rows
         .iter()
         .filter(|r| r.heartbeat_at_ms >= stale_before)

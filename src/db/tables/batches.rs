@@ -3,8 +3,9 @@
 
 use diesel::prelude::*;
 
+use crate::clock::now_ms;
 use crate::db::schema::forwarder_batches;
-use crate::db::{DbConnection, DbError, now_ms};
+use crate::db::{DbConnection, DbError};
 
 /// Records a signed batch by its `webhook-id`; `false` when it was already recorded.
 pub fn record_batch(

@@ -10,9 +10,10 @@ use diesel::sql_types::{BigInt, Text};
 
 use super::inbox::lock_events;
 use super::inbox_work::{EVERY_LISTENER, NewWorkRow, WorkStatus, insert_work, settle_events};
+use crate::clock::now_ms;
 use crate::db::bulk::ROWS_PER_STATEMENT;
 use crate::db::schema::inbox_work;
-use crate::db::{DbConnection, DbError, now_ms};
+use crate::db::{DbConnection, DbError};
 
 /// A work row claimed for processing, with its event.
 #[derive(Debug, Clone, QueryableByName)]

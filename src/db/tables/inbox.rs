@@ -9,10 +9,11 @@ use diesel::dsl::count_star;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
+use crate::clock::now_ms;
 use crate::db::bulk::{self, ROWS_PER_STATEMENT, bulk_row};
 use crate::db::schema::inbox;
 use crate::db::text_enum::text_enum;
-use crate::db::{DbConnection, DbError, now_ms};
+use crate::db::{DbConnection, DbError};
 
 text_enum! {
     /// Where a forwarded event stands (`inbox.status`).

@@ -11,10 +11,11 @@ use diesel::dsl::count_star;
 use diesel::prelude::*;
 
 use super::inbox::InboxStatus;
+use crate::clock::now_ms;
 use crate::db::bulk::ROWS_PER_STATEMENT;
 use crate::db::schema::{inbox, inbox_work};
 use crate::db::text_enum::text_enum;
-use crate::db::{DbConnection, DbError, now_ms};
+use crate::db::{DbConnection, DbError};
 
 text_enum! {
     /// Where one listener's work on one event stands (`inbox_work.status`).

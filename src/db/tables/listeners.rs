@@ -4,8 +4,9 @@
 
 use diesel::prelude::*;
 
+use crate::clock::now_ms;
 use crate::db::schema::{listener_history, listeners};
-use crate::db::{DbConnection, DbError, now_ms};
+use crate::db::{DbConnection, DbError};
 
 /// A listener's persisted state: its file definition (redacted, for tools), the operator's
 /// or breaker's enable state, and the runtime overrides (JSON) that win over the file.

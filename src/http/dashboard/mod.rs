@@ -31,9 +31,10 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 
 use super::{AppState, method_not_allowed};
+use crate::clock::now_ms;
 use crate::db::tables::inbox::InboxStatus;
 use crate::db::tables::listeners::ListenerRow;
-use crate::db::{DbError, now_ms, tables};
+use crate::db::{DbError, tables};
 use crate::listeners::changes::{self, ChangeError, Overrides};
 use crate::verification::token_matches;
 

@@ -1,11 +1,9 @@
 //! Forwarder batches over real HTTP against the real server: verification, durable intake,
 //! processing by the handlers, retries, dead letters, and recovery after SIGKILL.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::support::*;
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zulip_listeners::db::{DbConnection, tables};

@@ -1,10 +1,8 @@
 //! Outgoing webhooks over real HTTP against the real server, on SQLite and PostgreSQL.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use diesel::prelude::*;
 use serde_json::json;
 use zulip_listeners::db::tables;

@@ -3,12 +3,10 @@
 //! every listener exactly once per event, also when one is killed mid-load and restarted.
 //! Also: the "run by no live process" report of `/health`, and the start-up errors.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::support::*;
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zulip_listeners::db::{DbConnection, tables};

@@ -2,18 +2,16 @@
 //! through the admin API and the CLI (validated, stored, surviving restarts, followed by
 //! other servers sharing the database, recorded in history), with statistics per listener.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
+use crate::support::{
     Answer, Backend, Stub, TestDatabase, TestServer, backends, cli, eventually, start_server,
 };
 use serde_json::{Value, json};
 
 const ADMIN: &str = "listeners-test-admin-token-0123456789";
-const TOKEN: &str = common::TOKEN;
-const BOT_EMAIL: &str = common::BOT_EMAIL;
+const TOKEN: &str = crate::support::TOKEN;
+const BOT_EMAIL: &str = crate::support::BOT_EMAIL;
 
 /// A bot running two `keyword_alerts` listeners, one per channel, each alerting its own stub.
 fn config(eng: &Stub, ops: &Stub) -> String {
@@ -365,7 +363,7 @@ async fn the_cli_changes_listeners_and_a_running_server_follows() {
         t.server.flush().await;
         let target = zulip_listeners::config::parse_database_url(&db.url).expect("url");
         let mut conn = zulip_listeners::db::establish(&target).expect("connect");
-        let later = zulip_listeners::db::now_ms() + 600_000;
+        let later = zulip_listeners::clock::now_ms() + 600_000;
         zulip_listeners::db::tables::listener_stats::aggregate_stats(&mut conn, 300_000, later)
             .expect("aggregate");
         let intervals: Value = serde_json::from_str(&cli(
@@ -385,13 +383,13 @@ async fn the_cli_changes_listeners_and_a_running_server_follows() {
         );
 
         // Invalid changes are refused with the field named, and change nothing.
-        let (ok, said) = common::cli_status(
+        let (ok, said) = crate::support::cli_status(
             &file,
             &["listeners", "set", "alerts-ops", "--events", "presence"],
         );
         assert!(!ok && said.contains("events[0]"), "{said}");
         let (ok, said) =
-            common::cli_status(&file, &["listeners", "set", "nope", "--description", "x"]);
+            crate::support::cli_status(&file, &["listeners", "set", "nope", "--description", "x"]);
         assert!(!ok && said.contains("no listener named `nope`"), "{said}");
         t.stop().await;
         eng.stop().await;

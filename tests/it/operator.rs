@@ -2,8 +2,6 @@
 //! terminal, `doctor`, the monitoring bundle's metric names, the "Try it" commands
 //! (`curl` → pong, `send-sample`), and the `listeners` table and its JSON.
 
-mod common;
-
 use std::io::Read as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use base64::Engine as _;
-use common::*;
 use serde_json::{Value, json};
 use zulip_listeners::verification::SigningKey;
 

@@ -2,7 +2,6 @@
 //! PostgreSQL server named by `ZULIP_LISTENERS_TEST_PG_URL` when set), the real server
 //! started on 127.0.0.1:0, and loopback stand-ins for external systems (Zulip's REST API, an
 //! existing bot service).
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -36,7 +35,6 @@ pub fn backends() -> Vec<Backend> {
 /// A database of its own for one test, removed afterwards.
 pub struct TestDatabase {
     pub url: String,
-    pub backend: Backend,
     _dir: Option<tempfile::TempDir>,
     pg: Option<(String, String)>,
 }
@@ -49,7 +47,6 @@ impl TestDatabase {
                 let url = format!("sqlite://{}", dir.path().join("test.db").display());
                 TestDatabase {
                     url,
-                    backend,
                     _dir: Some(dir),
                     pg: None,
                 }
@@ -65,7 +62,6 @@ impl TestDatabase {
                 let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
                 TestDatabase {
                     url,
-                    backend,
                     _dir: None,
                     pg: Some((base, schema)),
                 }
@@ -125,11 +121,10 @@ pub async fn start_with(config: Config, options: ServeOptions) -> TestServer {
     }
 }
 
-/// An HTTP answer: status, Content-Type, and the body as JSON.
+/// An HTTP answer (always JSON): status and body.
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
-    pub content_type: String,
     pub json: serde_json::Value,
 }
 
@@ -150,11 +145,7 @@ impl TestServer {
             content_type, "application/json; charset=utf-8",
             "every answer is JSON"
         );
-        Answer {
-            status,
-            content_type,
-            json,
-        }
+        Answer { status, json }
     }
 
     pub async fn post_json(&self, path: &str, body: &str) -> Answer {

@@ -1,11 +1,9 @@
 //! Rate limits and guards over real HTTP: what a limited or filtered request gets on each
 //! path, and that nothing refused is lost.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::support::*;
 use serde_json::{Value, json};
 use zulip_listeners::db::tables::inbox::InboxStatus;
 use zulip_listeners::db::{DbConnection, tables};

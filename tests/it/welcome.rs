@@ -2,11 +2,9 @@
 //! loopback stand-in for Zulip's REST API, each greeting sent once across retries, repeated
 //! events and restarts.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::support::*;
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zulip_listeners::db::{DbConnection, tables};

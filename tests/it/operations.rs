@@ -1,11 +1,9 @@
 //! Running it in production: health, metrics, the admin API, circuit breakers and
 //! auto-disable, graceful shutdown, and log files reopened on SIGHUP.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::support::*;
 use serde_json::{Value, json};
 use zulip_listeners::db::tables::inbox::InboxStatus;
 use zulip_listeners::db::{DbConnection, tables};

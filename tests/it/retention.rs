@@ -1,9 +1,7 @@
 //! Statistics aggregation and data retention (`zulip_listeners::db::retention`) against a real
 //! database: SQLite always, PostgreSQL too when `ZULIP_LISTENERS_TEST_PG_URL` is set.
 
-mod common;
-
-use common::{TestDatabase, backends};
+use crate::support::{TestDatabase, backends};
 use diesel::prelude::*;
 use zulip_listeners::db::retention::{
     CleanupReport, PersonalCutoffs, PersonalReport, cleanup, expire_personal_data,
@@ -649,8 +647,8 @@ fn personal_data_is_erased_or_deleted_after_its_own_period() {
 
 #[test]
 fn the_cleanup_command_applies_the_personal_data_settings() {
-    let db = TestDatabase::new(common::Backend::Sqlite);
-    let now = zulip_listeners::db::now_ms();
+    let db = TestDatabase::new(crate::support::Backend::Sqlite);
+    let now = zulip_listeners::clock::now_ms();
     let day = 86_400_000;
     {
         let conn = &mut open(&db);
@@ -669,7 +667,7 @@ fn the_cleanup_command_applies_the_personal_data_settings() {
     )
     .expect("write config");
     // The general period is long; the personal-data defaults (30/90/30 days) still apply.
-    let out = common::cli(&config, &["cleanup", "--days", "365"]);
+    let out = crate::support::cli(&config, &["cleanup", "--days", "365"]);
     assert!(out.contains("1 message(s) erased"), "{out}");
     let conn = &mut open(&db);
     let rows = message_rows(conn);

@@ -6,16 +6,15 @@
 //! `docs/screenshots/`; it runs when `ZULIP_LISTENERS_TEST_BROWSER` is set (`.ci/run` sets it
 //! after installing Debian's `chromium` and `chromium-driver`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, TestDatabase, TestServer, start_server};
+use crate::support::{Backend, TestDatabase, TestServer, start_server};
+use zulip_listeners::clock::now_ms;
+use zulip_listeners::db::tables;
 use zulip_listeners::db::tables::{
     event_log::NewEventLog,
     inbox::{InboxStatus, NewInboxRow},
 };
-use zulip_listeners::db::{now_ms, tables};
 
 const ADMIN: &str = "dashboard-test-admin-token-0123456789";
 const BROWSER_ENV: &str = "ZULIP_LISTENERS_TEST_BROWSER";
@@ -39,8 +38,8 @@ rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "http://127.0.0.1
 handler = "command_bot"
 description = "Answers ping and help"
 "#,
-        common::BOT_EMAIL,
-        common::TOKEN
+        crate::support::BOT_EMAIL,
+        crate::support::TOKEN
     )
 }
 
@@ -164,7 +163,7 @@ const FORMS: &[(&str, &str)] = &[
 
 #[tokio::test]
 async fn every_page_and_form_refuses_without_a_session() {
-    for backend in common::backends() {
+    for backend in crate::support::backends() {
         refusals_and_forms(backend).await;
     }
 }
@@ -736,7 +735,7 @@ async fn start_driver() -> Driver {
         child,
         url: format!("http://127.0.0.1:{port}"),
     };
-    let ready = common::eventually(Duration::from_secs(20), async || {
+    let ready = crate::support::eventually(Duration::from_secs(20), async || {
         reqwest::get(format!("{}/status", driver.url))
             .await
             .is_ok_and(|r| r.status().is_success())

@@ -1,12 +1,19 @@
 //! Hostile clients against the real server: slow and oversized bodies, invented methods,
 //! unauthenticated admin bodies, extractor errors, upgrade requests. Every test sends a
 //! bounded number of requests.
+//!
+//! A test binary of its own, not a module of `tests/it`: `invented_methods_share_one_metric_label`
+//! counts the label sets of the process-wide metrics recorder, which the other integration tests
+//! would fill if they ran in the same process. It shares their harness, `tests/it/support`.
 
-mod common;
+// Not every part of the shared harness is used here.
+#[allow(dead_code, unused_imports)]
+#[path = "../it/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

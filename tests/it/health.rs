@@ -1,11 +1,9 @@
 //! `GET /health` (ok, degraded with reasons, unavailable) and the process metrics on
 //! `/metrics`.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::support::*;
 use serde_json::{Value, json};
 use zulip_listeners::verification::SigningKey;
 

@@ -2,11 +2,9 @@
 //! quota, a failing handler does not stall other realms, alerts are delivered once and cannot
 //! inject mentions, and late results survive a graceful shutdown.
 
-mod common;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::support::*;
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zulip_listeners::db::DbConnection;

@@ -2,13 +2,11 @@
 //! secrets and webhook URLs stay out of every output, outbound calls do not follow redirects
 //! to other hosts and need https, `relay` does not pass the bot token on, weak keys are refused.
 
-mod common;
-
 use std::net::TcpListener;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use common::*;
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zulip_listeners::config::Config;

@@ -1,0 +1,20 @@
+//! The integration tests, one binary: each module is one area, run against the real server
+//! (started in this process on 127.0.0.1:0, or as a process of its own) and real databases.
+//! `support` holds the shared harness.
+
+mod architecture;
+mod dashboard;
+mod faults;
+mod forwarder;
+mod guards;
+mod health;
+mod listeners;
+mod memory_budget;
+mod operations;
+mod operator;
+mod outgoing;
+mod privacy;
+mod retention;
+mod split;
+mod support;
+mod welcome;
