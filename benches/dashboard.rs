@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use zulip_listeners::clock::now_ms;
 use zulip_listeners::config::{Config, parse_database_url};
 use zulip_listeners::db::tables::{
-    event_log::NewEventLog,
+    event_log::EventLogRow,
     inbox::{InboxStatus, NewInboxRow},
 };
 use zulip_listeners::db::{establish, run_migrations, tables};
@@ -74,10 +74,11 @@ fn fill(url: &str, rows: i64) {
     let chunk = 20_000;
     let mut i = 0i64;
     while i < rows {
-        let batch: Vec<NewEventLog> = (i..(i + chunk).min(rows))
-            .map(|n| NewEventLog {
+        let batch: Vec<EventLogRow> = (i..(i + chunk).min(rows))
+            .map(|n| EventLogRow {
+                id: 0,
                 listener: LISTENERS[(n % 5) as usize].to_string(),
-                source: if n % 3 == 0 { "outgoing" } else { "forwarder" },
+                source: if n % 3 == 0 { "outgoing" } else { "forwarder" }.into(),
                 event_type: ["message", "reaction", "typing", "presence"][(n % 4) as usize].into(),
                 bot: Some("helper".into()),
                 realm: Some(format!("realm{}", n % 20)),
@@ -91,7 +92,7 @@ fn fill(url: &str, rows: i64) {
                 created_at_ms: start + n * step,
             })
             .collect();
-        let refs: Vec<&NewEventLog> = batch.iter().collect();
+        let refs: Vec<&EventLogRow> = batch.iter().collect();
         use diesel::Connection as _;
         conn.transaction(|c| tables::event_log::insert_event_logs(c, &refs))
             .unwrap_or_else(|e| panic!("{e}"));

@@ -123,7 +123,7 @@ macro_rules! bulk_field {
 ///
 /// ```ignore
 /// bulk_row! {
-///     NewMessage => messages,
+///     MessageRow => messages,
 ///     sqlite: "INSERT OR IGNORE INTO" + "",
 ///     postgres: "ON CONFLICT DO NOTHING",
 ///     columns: (message_id, realm, /* … */ last_seen_ms = seen_at_ms),

@@ -84,6 +84,39 @@ impl PersonalReport {
     }
 }
 
+/// Deletes the rows of a table keyed by two columns, `(first: type, second)` (the second an
+/// `i64`), whose `time` column is before `before`, through [`Batches::run`]: each batch
+/// reads keys in `order`, then deletes them per first column in one transaction, repeating
+/// the time condition (a row touched meanwhile is kept). Evaluates to the rows deleted.
+macro_rules! keyed_cleanup {
+    ($conn:expr, $batches:expr, $table:ident, ($first:ident: $key:ty, $second:ident),
+     $time:ident < $before:expr, order $order:expr) => {
+        $batches.run($conn, stringify!($table), |conn, limit| {
+            let keys: Vec<($key, i64)> = $table::table
+                .select(($table::$first, $table::$second))
+                .filter($table::$time.lt($before))
+                .order($order)
+                .limit(limit)
+                .load(conn)?;
+            let selected = keys.len();
+            let deleted = conn.transaction::<_, DbError, _>(|conn| {
+                let mut deleted = 0;
+                for (first, seconds) in group_keys(keys) {
+                    deleted += diesel::delete(
+                        $table::table
+                            .filter($table::$first.eq(&first))
+                            .filter($table::$second.eq_any(&seconds))
+                            .filter($table::$time.lt($before)),
+                    )
+                    .execute(conn)?;
+                }
+                Ok(deleted)
+            })?;
+            Ok((selected, deleted))
+        })
+    };
+}
+
 /// Deletes data older than `before_ms`:
 ///
 /// * `event_log` rows created before it;
@@ -105,18 +138,19 @@ pub fn cleanup(
     batch_size: i64,
     progress: &mut dyn FnMut(&str, usize),
 ) -> Result<CleanupReport, DbError> {
-    if batch_size < 1 {
-        return Err(DbError::Invalid(format!(
-            "the cleanup batch size must be positive, not {batch_size}"
-        )));
-    }
-    let limit = batch_size.min(MAX_BATCH_SIZE);
+    let mut batches = Batches::new(batch_size, progress)?;
     Ok(CleanupReport {
-        event_log: clean_event_log(conn, before_ms, limit, progress)?,
-        inbox: clean_inbox(conn, before_ms, limit, progress)?,
-        forwarder_batches: clean_forwarder_batches(conn, before_ms, limit, progress)?,
-        outgoing_replies: clean_outgoing_replies(conn, before_ms, limit, progress)?,
-        listener_stats: clean_listener_stats(conn, before_ms, limit, progress)?,
+        event_log: clean_event_log(conn, before_ms, &mut batches)?,
+        inbox: clean_inbox(conn, before_ms, &mut batches)?,
+        forwarder_batches: clean_forwarder_batches(conn, before_ms, &mut batches)?,
+        // Oldest first through `outgoing_replies_created`.
+        outgoing_replies: keyed_cleanup!(conn, batches, outgoing_replies,
+            (bot: String, message_id), created_at_ms < before_ms,
+            order outgoing_replies::created_at_ms)?,
+        // Oldest first through `listener_stats_interval`.
+        listener_stats: keyed_cleanup!(conn, batches, listener_stats,
+            (listener: String, interval_start_ms), interval_start_ms < before_ms,
+            order listener_stats::interval_start_ms)?,
     })
 }
 
@@ -125,7 +159,8 @@ pub fn cleanup(
 /// * `messages` stored before `cutoffs.messages` have their content, topic, sender email and
 ///   name and direct-message recipients erased (the row stays as a tombstone, as for a message
 ///   deleted in Zulip);
-/// * `user_activity` rows of users last seen before `cutoffs.activity` are deleted;
+/// * `user_activity` rows of users last seen before `cutoffs.activity` are deleted (a user
+///   seen meanwhile is kept);
 /// * `keyword_alerts` records sent before `cutoffs.alerts` are deleted.
 pub fn expire_personal_data(
     conn: &mut DbConnection,
@@ -133,23 +168,64 @@ pub fn expire_personal_data(
     batch_size: i64,
     progress: &mut dyn FnMut(&str, usize),
 ) -> Result<PersonalReport, DbError> {
-    if batch_size < 1 {
-        return Err(DbError::Invalid(format!(
-            "the cleanup batch size must be positive, not {batch_size}"
-        )));
-    }
-    let limit = batch_size.min(MAX_BATCH_SIZE);
+    let mut batches = Batches::new(batch_size, progress)?;
     let mut report = PersonalReport::default();
     if let Some(before) = cutoffs.messages {
-        report.messages_erased = erase_old_messages(conn, before, limit, progress)?;
+        report.messages_erased = erase_old_messages(conn, before, &mut batches)?;
     }
     if let Some(before) = cutoffs.activity {
-        report.user_activity = clean_user_activity(conn, before, limit, progress)?;
+        report.user_activity = keyed_cleanup!(conn, batches, user_activity,
+            (realm_id: i64, user_id), last_seen_ms < before,
+            order (user_activity::realm_id, user_activity::user_id))?;
     }
     if let Some(before) = cutoffs.alerts {
-        report.keyword_alerts = clean_keyword_alerts(conn, before, limit, progress)?;
+        report.keyword_alerts = keyed_cleanup!(conn, batches, keyword_alerts,
+            (rule: String, message_id), sent_at_ms < before,
+            order (keyword_alerts::rule, keyword_alerts::message_id))?;
     }
     Ok(report)
+}
+
+/// How a retention job walks a table: at most `limit` rows a batch, `progress` told after
+/// each.
+struct Batches<'p> {
+    limit: i64,
+    progress: &'p mut dyn FnMut(&str, usize),
+}
+
+impl<'p> Batches<'p> {
+    /// Refuses a batch size below 1 and caps it at [`MAX_BATCH_SIZE`].
+    fn new(batch_size: i64, progress: &'p mut dyn FnMut(&str, usize)) -> Result<Self, DbError> {
+        if batch_size < 1 {
+            return Err(DbError::Invalid(format!(
+                "the cleanup batch size must be positive, not {batch_size}"
+            )));
+        }
+        Ok(Batches {
+            limit: batch_size.min(MAX_BATCH_SIZE),
+            progress,
+        })
+    }
+
+    /// Runs `batch` (given the limit; it returns the rows it selected and deleted) until it
+    /// selects fewer than the limit, reporting progress after each; returns the rows deleted.
+    fn run(
+        &mut self,
+        conn: &mut DbConnection,
+        table: &str,
+        mut batch: impl FnMut(&mut DbConnection, i64) -> Result<(usize, usize), DbError>,
+    ) -> Result<usize, DbError> {
+        let full = usize::try_from(self.limit).unwrap_or(usize::MAX);
+        let mut deleted = 0;
+        loop {
+            let (selected, removed) = batch(conn, self.limit)?;
+            deleted += removed;
+            (self.progress)(table, deleted);
+            if selected < full {
+                return Ok(deleted);
+            }
+        }
+    }
 }
 
 /// Messages stored before `before_ms` that still hold content or personal data, walked in id
@@ -157,11 +233,10 @@ pub fn expire_personal_data(
 fn erase_old_messages(
     conn: &mut DbConnection,
     before_ms: i64,
-    limit: i64,
-    progress: &mut dyn FnMut(&str, usize),
+    b: &mut Batches,
 ) -> Result<usize, DbError> {
     let mut after = i64::MIN;
-    in_batches(conn, "messages", limit, progress, |conn| {
+    b.run(conn, "messages", |conn, limit| {
         let not_erased = messages::content
             .ne("")
             .or(messages::topic.is_not_null())
@@ -191,102 +266,15 @@ fn erase_old_messages(
     })
 }
 
-/// Activity of users last seen before `before_ms`; a batch's keys are deleted per realm in one
-/// transaction, repeating the condition (a user seen meanwhile is kept).
-fn clean_user_activity(
-    conn: &mut DbConnection,
-    before_ms: i64,
-    limit: i64,
-    progress: &mut dyn FnMut(&str, usize),
-) -> Result<usize, DbError> {
-    in_batches(conn, "user_activity", limit, progress, |conn| {
-        let keys: Vec<(i64, i64)> = user_activity::table
-            .select((user_activity::realm_id, user_activity::user_id))
-            .filter(user_activity::last_seen_ms.lt(before_ms))
-            .order((user_activity::realm_id, user_activity::user_id))
-            .limit(limit)
-            .load(conn)?;
-        let selected = keys.len();
-        let deleted = conn.transaction::<_, DbError, _>(|conn| {
-            let mut deleted = 0;
-            for (realm_id, users) in group_keys(keys) {
-                deleted += diesel::delete(
-                    user_activity::table
-                        .filter(user_activity::realm_id.eq(realm_id))
-                        .filter(user_activity::user_id.eq_any(&users))
-                        .filter(user_activity::last_seen_ms.lt(before_ms)),
-                )
-                .execute(conn)?;
-            }
-            Ok(deleted)
-        })?;
-        Ok((selected, deleted))
-    })
-}
-
-/// Keyword-alert records sent before `before_ms`; deleted per rule in one transaction.
-fn clean_keyword_alerts(
-    conn: &mut DbConnection,
-    before_ms: i64,
-    limit: i64,
-    progress: &mut dyn FnMut(&str, usize),
-) -> Result<usize, DbError> {
-    in_batches(conn, "keyword_alerts", limit, progress, |conn| {
-        let keys: Vec<(String, i64)> = keyword_alerts::table
-            .select((keyword_alerts::rule, keyword_alerts::message_id))
-            .filter(keyword_alerts::sent_at_ms.lt(before_ms))
-            .order((keyword_alerts::rule, keyword_alerts::message_id))
-            .limit(limit)
-            .load(conn)?;
-        let selected = keys.len();
-        let deleted = conn.transaction::<_, DbError, _>(|conn| {
-            let mut deleted = 0;
-            for (rule, ids) in group_keys(keys) {
-                deleted += diesel::delete(
-                    keyword_alerts::table
-                        .filter(keyword_alerts::rule.eq(&rule))
-                        .filter(keyword_alerts::message_id.eq_any(&ids))
-                        .filter(keyword_alerts::sent_at_ms.lt(before_ms)),
-                )
-                .execute(conn)?;
-            }
-            Ok(deleted)
-        })?;
-        Ok((selected, deleted))
-    })
-}
-
-/// Runs `batch` (which returns the rows it selected and deleted) until it selects fewer than
-/// `limit` rows, reporting progress after each; returns the rows deleted.
-fn in_batches(
-    conn: &mut DbConnection,
-    table: &str,
-    limit: i64,
-    progress: &mut dyn FnMut(&str, usize),
-    mut batch: impl FnMut(&mut DbConnection) -> Result<(usize, usize), DbError>,
-) -> Result<usize, DbError> {
-    let full = usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut deleted = 0;
-    loop {
-        let (selected, removed) = batch(conn)?;
-        deleted += removed;
-        progress(table, deleted);
-        if selected < full {
-            return Ok(deleted);
-        }
-    }
-}
-
 /// Event-log rows, walked in id order (ids grow with time, so old rows come first); each
 /// batch continues after the previous one's last id rather than rescanning from the start.
 fn clean_event_log(
     conn: &mut DbConnection,
     before_ms: i64,
-    limit: i64,
-    progress: &mut dyn FnMut(&str, usize),
+    b: &mut Batches,
 ) -> Result<usize, DbError> {
     let mut after = i64::MIN;
-    in_batches(conn, "event_log", limit, progress, |conn| {
+    b.run(conn, "event_log", |conn, limit| {
         let ids: Vec<i64> = event_log::table
             .select(event_log::id)
             .filter(event_log::id.gt(after))
@@ -310,14 +298,9 @@ fn clean_event_log(
 
 /// Finished inbox events, walked in id order. The delete repeats the status condition, so an
 /// event requeued between the look-up and the delete is kept.
-fn clean_inbox(
-    conn: &mut DbConnection,
-    before_ms: i64,
-    limit: i64,
-    progress: &mut dyn FnMut(&str, usize),
-) -> Result<usize, DbError> {
+fn clean_inbox(conn: &mut DbConnection, before_ms: i64, b: &mut Batches) -> Result<usize, DbError> {
     let mut after = i64::MIN;
-    in_batches(conn, "inbox", limit, progress, |conn| {
+    b.run(conn, "inbox", |conn, limit| {
         let keys: Vec<(i64, String)> = inbox::table
             .select((inbox::id, inbox::event_id))
             .filter(inbox::id.gt(after))
@@ -349,11 +332,10 @@ fn clean_inbox(
 fn clean_forwarder_batches(
     conn: &mut DbConnection,
     before_ms: i64,
-    limit: i64,
-    progress: &mut dyn FnMut(&str, usize),
+    b: &mut Batches,
 ) -> Result<usize, DbError> {
     let mut after: Option<String> = None;
-    in_batches(conn, "forwarder_batches", limit, progress, |conn| {
+    b.run(conn, "forwarder_batches", |conn, limit| {
         let old = forwarder_batches::table
             .select(forwarder_batches::webhook_id)
             .filter(forwarder_batches::received_at_ms.lt(before_ms))
@@ -376,72 +358,6 @@ fn clean_forwarder_batches(
         )
         .execute(conn)?;
         Ok((ids.len(), deleted))
-    })
-}
-
-/// Outgoing-webhook replies, oldest first through `outgoing_replies_created`; a batch's keys
-/// are deleted per bot in one transaction.
-fn clean_outgoing_replies(
-    conn: &mut DbConnection,
-    before_ms: i64,
-    limit: i64,
-    progress: &mut dyn FnMut(&str, usize),
-) -> Result<usize, DbError> {
-    in_batches(conn, "outgoing_replies", limit, progress, |conn| {
-        let keys: Vec<(String, i64)> = outgoing_replies::table
-            .select((outgoing_replies::bot, outgoing_replies::message_id))
-            .filter(outgoing_replies::created_at_ms.lt(before_ms))
-            .order(outgoing_replies::created_at_ms)
-            .limit(limit)
-            .load(conn)?;
-        let selected = keys.len();
-        let deleted = conn.transaction::<_, DbError, _>(|conn| {
-            let mut deleted = 0;
-            for (bot, ids) in group_keys(keys) {
-                deleted += diesel::delete(
-                    outgoing_replies::table
-                        .filter(outgoing_replies::bot.eq(&bot))
-                        .filter(outgoing_replies::message_id.eq_any(&ids))
-                        .filter(outgoing_replies::created_at_ms.lt(before_ms)),
-                )
-                .execute(conn)?;
-            }
-            Ok(deleted)
-        })?;
-        Ok((selected, deleted))
-    })
-}
-
-/// Statistics rows, oldest first through `listener_stats_interval`; a batch's keys are
-/// deleted per listener in one transaction.
-fn clean_listener_stats(
-    conn: &mut DbConnection,
-    before_ms: i64,
-    limit: i64,
-    progress: &mut dyn FnMut(&str, usize),
-) -> Result<usize, DbError> {
-    in_batches(conn, "listener_stats", limit, progress, |conn| {
-        let keys: Vec<(String, i64)> = listener_stats::table
-            .select((listener_stats::listener, listener_stats::interval_start_ms))
-            .filter(listener_stats::interval_start_ms.lt(before_ms))
-            .order(listener_stats::interval_start_ms)
-            .limit(limit)
-            .load(conn)?;
-        let selected = keys.len();
-        let deleted = conn.transaction::<_, DbError, _>(|conn| {
-            let mut deleted = 0;
-            for (listener, starts) in group_keys(keys) {
-                deleted += diesel::delete(
-                    listener_stats::table
-                        .filter(listener_stats::listener.eq(&listener))
-                        .filter(listener_stats::interval_start_ms.eq_any(&starts))
-                        .filter(listener_stats::interval_start_ms.lt(before_ms)),
-                )
-                .execute(conn)?;
-            }
-            Ok(deleted)
-        })?;
-        Ok((selected, deleted))
     })
 }
 

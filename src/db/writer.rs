@@ -19,11 +19,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
 use super::tables::{
-    event_log::NewEventLog,
+    event_log::EventLogRow,
     inbox::{InboxStatus, NewInboxRow},
     inbox_work::NewWorkRow,
     keyword_alerts::AlertRecord,
-    messages::{MessageEdit, NewMessage},
+    messages::{MessageEdit, MessageRow},
     replies::ReplyRecord,
     user_activity::ActivityDelta,
 };
@@ -39,7 +39,7 @@ const BATCH_ATTEMPTS: u32 = 5;
 /// A change a handler asks for; written with the run's event-log row.
 #[derive(Debug)]
 pub enum Effect {
-    StoreMessage(Box<NewMessage>),
+    StoreMessage(Box<MessageRow>),
     EditMessage(Box<MessageEdit>),
     DeleteMessages(Vec<i64>),
     Activity(ActivityDelta),
@@ -95,7 +95,7 @@ pub struct InboxOutcome {
 #[derive(Debug, Default)]
 pub struct Processed {
     pub effects: Vec<Effect>,
-    pub logs: Vec<NewEventLog>,
+    pub logs: Vec<EventLogRow>,
     pub inbox: Option<InboxOutcome>,
     /// Dropped only once the writer has committed this work (or given up on it).
     pub after_commit: Option<AfterCommit>,
@@ -521,10 +521,10 @@ fn store_intake(conn: &mut DbConnection, intake: &mut Intake) -> Result<IntakeRe
 /// rows marked done together. Message effects keep their order, so a message is stored before
 /// a later edit of it applies.
 fn write_processed(conn: &mut DbConnection, processed: &[&Processed]) -> Result<(), DbError> {
-    let mut messages: Vec<&NewMessage> = Vec::new();
+    let mut messages: Vec<&MessageRow> = Vec::new();
     let mut alerts: Vec<&AlertRecord> = Vec::new();
     let mut activity: HashMap<(i64, i64), ActivityDelta> = HashMap::new();
-    let mut logs: Vec<&NewEventLog> = Vec::with_capacity(processed.len() * 2);
+    let mut logs: Vec<&EventLogRow> = Vec::with_capacity(processed.len() * 2);
     // Work statuses go first: a result for work that is no longer pending at that attempt
     // is a duplicate (two workers held it after a claim ran out), and its effects must not
     // be applied again. Successes are recorded in bulk, failures one by one.

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::clock::now_ms;
 use crate::config::HandlerSettings;
-use crate::db::tables::messages::{MessageEdit, NewMessage};
+use crate::db::tables::messages::{MessageEdit, MessageRow};
 use crate::db::writer::Effect;
 use crate::events::forwarded::UpdateMessage;
 use crate::events::{Event, EventKind, Message, truncate_chars};
@@ -26,13 +26,13 @@ impl MessageLogger {
         Ok(MessageLogger)
     }
 
-    fn row(cx: &Context, event: &Event, message: &Message, id: i64) -> NewMessage {
+    fn row(cx: &Context, event: &Event, message: &Message, id: i64) -> MessageRow {
         let (content, content_truncated) =
             truncate_chars(&message.content, cx.data_protection.max_content_length);
         let dm_recipients = (!message.recipients.is_empty())
             .then(|| serde_json::to_string(&message.recipients).ok())
             .flatten();
-        NewMessage {
+        MessageRow {
             message_id: id,
             realm: event.realm.string_id.clone().unwrap_or_default(),
             realm_id: event.realm.id,
@@ -47,7 +47,7 @@ impl MessageLogger {
             content,
             content_truncated,
             sent_at: message.timestamp,
-            source: event.origin.source(),
+            source: event.origin.source().into(),
             deleted: false,
             edited_at: None,
             stored_at_ms: now_ms(),

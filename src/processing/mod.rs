@@ -18,7 +18,7 @@ use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::clock::now_ms;
-use crate::db::tables::event_log::NewEventLog;
+use crate::db::tables::event_log::EventLogRow;
 use crate::db::writer::{Effect, Processed, WriteOp, Writer};
 use crate::events::{Event, Origin, normalize_reply, truncate_chars};
 use crate::handlers::{Context, Effects, HandlerError};
@@ -276,14 +276,15 @@ pub(crate) fn log_row(
     handler: &str,
     duration_us: i64,
     error: Option<String>,
-) -> NewEventLog {
+) -> EventLogRow {
     let (bot, event_id) = match &event.origin {
         Origin::Outgoing { bot, .. } => (Some(bot.to_string()), None),
         Origin::Forwarder { event_id } => (None, Some(event_id.clone())),
     };
-    NewEventLog {
+    EventLogRow {
+        id: 0,
         listener: handler.to_string(),
-        source: event.origin.source(),
+        source: event.origin.source().into(),
         event_type: event.event_type().to_string(),
         bot,
         realm: event.realm.string_id.clone(),

@@ -12,7 +12,7 @@ use crate::support::{Backend, TestDatabase, TestServer, start_server};
 use zulip_listeners::clock::now_ms;
 use zulip_listeners::db::tables;
 use zulip_listeners::db::tables::{
-    event_log::NewEventLog,
+    event_log::EventLogRow,
     inbox::{InboxStatus, NewInboxRow},
 };
 
@@ -47,10 +47,11 @@ description = "Answers ping and help"
 async fn seed(t: &TestServer) {
     t.query(|c| {
         let now = now_ms();
-        let rows: Vec<NewEventLog> = (0..600)
-            .map(|i| NewEventLog {
+        let rows: Vec<EventLogRow> = (0..600)
+            .map(|i| EventLogRow {
+                id: 0,
                 listener: if i % 3 == 0 { "pinger" } else { "alerts-eng" }.into(),
-                source: if i % 2 == 0 { "outgoing" } else { "forwarder" },
+                source: if i % 2 == 0 { "outgoing" } else { "forwarder" }.into(),
                 event_type: "message".into(),
                 bot: Some("helper".into()),
                 realm: Some("zulip".into()),
@@ -64,7 +65,7 @@ async fn seed(t: &TestServer) {
                 created_at_ms: now - 7_200_000 + i * 12_000,
             })
             .collect();
-        let refs: Vec<&NewEventLog> = rows.iter().collect();
+        let refs: Vec<&EventLogRow> = rows.iter().collect();
         tables::event_log::insert_event_logs(c, &refs).expect("event log rows");
         zulip_listeners::db::tables::listener_stats::aggregate_stats(c, 300_000, now)
             .expect("stats");

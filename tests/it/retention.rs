@@ -12,7 +12,7 @@ use zulip_listeners::db::schema::{
 };
 use zulip_listeners::db::tables::listener_stats::{StatsRow, aggregate_stats, stats_since};
 use zulip_listeners::db::tables::{
-    event_log::NewEventLog, inbox::NewInboxRow, keyword_alerts::AlertRecord, messages::NewMessage,
+    event_log::EventLogRow, inbox::NewInboxRow, keyword_alerts::AlertRecord, messages::MessageRow,
     replies::ReplyRecord,
 };
 use zulip_listeners::db::{DbConnection, DbError, establish, run_migrations};
@@ -30,9 +30,10 @@ fn open(db: &TestDatabase) -> DbConnection {
 }
 
 fn log(conn: &mut DbConnection, handler: &str, at_ms: i64, duration_us: i64, success: bool) {
-    let row = NewEventLog {
+    let row = EventLogRow {
+        id: 0,
         listener: handler.to_string(),
-        source: "test",
+        source: "test".into(),
         event_type: "message".to_string(),
         bot: None,
         realm: None,
@@ -481,7 +482,7 @@ fn cleanup_works_in_batches() {
 
 /// A message as `message_logger` stores it, stored at `stored_at_ms`.
 fn stored_message(conn: &mut DbConnection, id: i64, stored_at_ms: i64) {
-    let row = NewMessage {
+    let row = MessageRow {
         message_id: id,
         realm: "zulip".to_string(),
         realm_id: Some(2),
@@ -496,7 +497,7 @@ fn stored_message(conn: &mut DbConnection, id: i64, stored_at_ms: i64) {
         content: format!("message {id}: my password is hunter2"),
         content_truncated: false,
         sent_at: Some(stored_at_ms / 1000),
-        source: "forwarder",
+        source: "forwarder".into(),
         deleted: false,
         edited_at: None,
         stored_at_ms,

@@ -3,6 +3,8 @@
 //! dashboard and API (counts through the `event_log_created` index, pages that look at a
 //! bounded range of ids), each fast with millions of rows.
 
+use std::borrow::Cow;
+
 use diesel::dsl::{count_star, max, sql};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text};
@@ -11,13 +13,19 @@ use crate::db::bulk::{self, bulk_row};
 use crate::db::schema::event_log;
 use crate::db::{DbConnection, DbError};
 
-/// One listener run. The writer inserts these in bulk ([`insert_event_logs`]); `None` fields
-/// are NULL, never a column default.
-#[derive(Debug, Clone, Insertable)]
+/// One listener run: written in bulk by the writer ([`insert_event_logs`]; `None` fields are
+/// NULL, never a column default), and listed by the admin API and the dashboard.
+#[derive(Debug, Clone, Insertable, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = event_log, treat_none_as_default_value = false)]
-pub struct NewEventLog {
+pub struct EventLogRow {
+    /// The database's id: 0 until the row is stored (never inserted).
+    #[diesel(skip_insertion)]
+    pub id: i64,
+    /// Shown as `handler` by the admin API.
+    #[serde(rename = "handler")]
     pub listener: String,
-    pub source: &'static str,
+    /// `outgoing` or `forwarder` when written by this server.
+    pub source: Cow<'static, str>,
     pub event_type: String,
     pub bot: Option<String>,
     pub realm: Option<String>,
@@ -32,35 +40,13 @@ pub struct NewEventLog {
 }
 
 bulk_row! {
-    NewEventLog => event_log,
+    EventLogRow => event_log,
     sqlite: "INSERT INTO" + "",
     postgres: "",
     columns: (
         listener, source, event_type, bot, realm, realm_id, user_id, message_id, event_id,
         duration_us, success, error, created_at_ms,
     ),
-}
-
-/// An event-log row as listed by the admin API and the dashboard.
-#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
-#[diesel(table_name = event_log)]
-pub struct EventLogRow {
-    pub id: i64,
-    /// Shown as `handler` by the admin API.
-    #[serde(rename = "handler")]
-    pub listener: String,
-    pub source: String,
-    pub event_type: String,
-    pub bot: Option<String>,
-    pub realm: Option<String>,
-    pub realm_id: Option<i64>,
-    pub user_id: Option<i64>,
-    pub message_id: Option<i64>,
-    pub event_id: Option<String>,
-    pub duration_us: i64,
-    pub success: bool,
-    pub error: Option<String>,
-    pub created_at_ms: i64,
 }
 
 /// Runs and failures of one listener, counted from the event log.
@@ -76,7 +62,7 @@ pub struct ListenerCounts {
 pub const RATE_LIMITED: &str = "rate_limited: ";
 
 /// Whether an event-log row is a listener's skip over its own quota (not a failure).
-pub fn is_rate_limited(row: &NewEventLog) -> bool {
+pub fn is_rate_limited(row: &EventLogRow) -> bool {
     !row.success
         && row
             .error
@@ -85,7 +71,7 @@ pub fn is_rate_limited(row: &NewEventLog) -> bool {
 }
 
 /// Appends listener runs.
-pub fn insert_event_logs(conn: &mut DbConnection, rows: &[&NewEventLog]) -> Result<(), DbError> {
+pub fn insert_event_logs(conn: &mut DbConnection, rows: &[&EventLogRow]) -> Result<(), DbError> {
     bulk::insert(conn, rows)
 }
 

@@ -307,6 +307,20 @@ pub fn parked_by_listener(conn: &mut DbConnection) -> Result<Vec<(String, i64)>,
         .load(conn)?)
 }
 
+/// The changes that put an `inbox` or `inbox_work` row back to `$status` with fresh retries,
+/// due at once and unclaimed.
+macro_rules! fresh_retries {
+    ($table:ident, $status:expr, $now:expr) => {
+        (
+            $table::status.eq($status),
+            $table::attempts.eq(0),
+            $table::next_attempt_at_ms.eq(0i64),
+            $table::claimed_until_ms.eq(0i64),
+            $table::updated_at_ms.eq($now),
+        )
+    };
+}
+
 /// Puts events with one of `statuses` back to pending with fresh attempts; `ids` limits it to
 /// those events. Only the listeners that did not succeed run again: the event's work rows
 /// (dead or parked ones) become pending; an event that has none (it was never dispatched:
@@ -345,13 +359,7 @@ pub fn requeue(
                 .into_iter()
                 .collect();
             diesel::update(inbox_work::table.filter(inbox_work::event_id.eq_any(chunk)))
-                .set((
-                    inbox_work::status.eq(WorkStatus::Pending),
-                    inbox_work::attempts.eq(0),
-                    inbox_work::next_attempt_at_ms.eq(0i64),
-                    inbox_work::claimed_until_ms.eq(0i64),
-                    inbox_work::updated_at_ms.eq(now),
-                ))
+                .set(fresh_retries!(inbox_work, WorkStatus::Pending, now))
                 .execute(conn)?;
             let stars: Vec<NewWorkRow> = chunk
                 .iter()
@@ -373,13 +381,7 @@ pub fn requeue(
                     .filter(inbox::status.eq_any(statuses))
                     .filter(inbox::event_id.eq_any(chunk)),
             )
-            .set((
-                inbox::status.eq(InboxStatus::Pending),
-                inbox::attempts.eq(0),
-                inbox::next_attempt_at_ms.eq(0i64),
-                inbox::claimed_until_ms.eq(0i64),
-                inbox::updated_at_ms.eq(now),
-            ))
+            .set(fresh_retries!(inbox, InboxStatus::Pending, now))
             .execute(conn)?;
         }
         Ok(requeued)

@@ -2,16 +2,18 @@
 //! already stored is kept), their later edits and deletions, and the erasure of what a
 //! message said and who was in it (used by deletions and by [`crate::db::retention`]).
 
+use std::borrow::Cow;
+
 use diesel::prelude::*;
 
 use crate::db::bulk::{self, ROWS_PER_STATEMENT, bulk_row};
 use crate::db::schema::messages;
 use crate::db::{DbConnection, DbError};
 
-/// A message stored by `message_logger`.
-#[derive(Debug, Clone, Insertable)]
+/// A message stored by `message_logger` (written in bulk), as read back by tests.
+#[derive(Debug, Clone, Insertable, Queryable, Selectable)]
 #[diesel(table_name = messages, treat_none_as_default_value = false)]
-pub struct NewMessage {
+pub struct MessageRow {
     pub message_id: i64,
     pub realm: String,
     pub realm_id: Option<i64>,
@@ -26,14 +28,15 @@ pub struct NewMessage {
     pub content: String,
     pub content_truncated: bool,
     pub sent_at: Option<i64>,
-    pub source: &'static str,
+    /// `outgoing` or `forwarder`.
+    pub source: Cow<'static, str>,
     pub deleted: bool,
     pub edited_at: Option<i64>,
     pub stored_at_ms: i64,
 }
 
 bulk_row! {
-    NewMessage => messages,
+    MessageRow => messages,
     sqlite: "INSERT OR IGNORE INTO" + "",
     postgres: "ON CONFLICT DO NOTHING",
     columns: (
@@ -41,25 +44,6 @@ bulk_row! {
         sender_id, sender_email, sender_name, content, content_truncated, sent_at, source,
         deleted, edited_at, stored_at_ms,
     ),
-}
-
-/// A stored message as read back ([`message_by_id`]).
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = messages)]
-pub struct MessageRow {
-    pub message_id: i64,
-    pub realm: String,
-    pub message_type: String,
-    pub channel: Option<String>,
-    pub topic: Option<String>,
-    pub dm_recipients: Option<String>,
-    pub sender_id: Option<i64>,
-    pub sender_email: Option<String>,
-    pub sender_name: Option<String>,
-    pub content: String,
-    pub content_truncated: bool,
-    pub deleted: bool,
-    pub edited_at: Option<i64>,
 }
 
 /// A change to stored messages from an `update_message` event.
@@ -77,7 +61,7 @@ pub struct MessageEdit {
 }
 
 /// Stores messages; a message id already stored is left as it is.
-pub fn insert_messages(conn: &mut DbConnection, rows: &[&NewMessage]) -> Result<(), DbError> {
+pub fn insert_messages(conn: &mut DbConnection, rows: &[&MessageRow]) -> Result<(), DbError> {
     bulk::insert(conn, rows)
 }
 

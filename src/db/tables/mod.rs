@@ -28,9 +28,9 @@ mod tests {
     use diesel::prelude::*;
     use diesel::sqlite::Sqlite;
 
-    use super::event_log::NewEventLog;
+    use super::event_log::EventLogRow;
     use super::inbox::NewInboxRow;
-    use super::messages::NewMessage;
+    use super::messages::MessageRow;
     use super::user_activity::ActivityDelta;
     use crate::db::bulk::BulkRow;
     use crate::db::schema::{event_log, inbox, messages, user_activity};
@@ -84,11 +84,11 @@ mod tests {
 
     #[test]
     fn bulk_inserts_write_every_column_of_their_table() {
-        check::<NewEventLog>(
+        check::<EventLogRow>(
             select_all(event_log::table.select(event_log::all_columns)),
             &["id"],
         );
-        check::<NewMessage>(
+        check::<MessageRow>(
             select_all(messages::table.select(messages::all_columns)),
             &[],
         );
@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn the_postgres_statement_sends_one_array_per_column() {
         assert_eq!(
-            NewMessage::pg_sql(),
+            MessageRow::pg_sql(),
             "INSERT INTO messages (message_id, realm, realm_id, message_type, stream_id, \
              channel, topic, dm_recipients, sender_id, sender_email, sender_name, content, \
              content_truncated, sent_at, source, deleted, edited_at, stored_at_ms) \
