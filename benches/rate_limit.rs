@@ -3,6 +3,7 @@
 //! time a housekeeping pass over them takes.
 
 use std::hint::black_box;
+use std::num::NonZeroU32;
 use std::time::Instant;
 
 use zulip_listeners::config::QuotaConfig;
@@ -15,10 +16,14 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).expect("the benchmark's quotas are not zero")
+}
+
 fn main() {
     let generous = QuotaConfig {
-        per_minute: u32::MAX / 2,
-        burst: 1_000_000,
+        per_minute: nonzero(u32::MAX / 2),
+        burst: nonzero(1_000_000),
     };
     for users in [1i64, 1_000, 100_000] {
         let limits = Limits::new(&generous, &generous);
@@ -38,8 +43,8 @@ fn main() {
 
     // The defaults (100/min per user): a key stays tracked for a while after its last event.
     let per_user = QuotaConfig {
-        per_minute: 100,
-        burst: 20,
+        per_minute: nonzero(100),
+        burst: nonzero(20),
     };
     let before = resident_bytes();
     let limits = Limits::new(&generous, &per_user);

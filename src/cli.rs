@@ -291,15 +291,13 @@ fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
 /// One connection for a command-line tool (no pool, no background threads), with the
 /// schema brought up to date.
 fn connect(config: &Config) -> anyhow::Result<DbConnection> {
-    let target = config.database_target()?;
-    let mut conn = establish(&target).context("connecting to the database")?;
+    let mut conn = establish(&config.database.url).context("connecting to the database")?;
     run_migrations(&mut conn)?;
     Ok(conn)
 }
 
 fn migrate(config: &Config) -> anyhow::Result<()> {
-    let target = config.database_target()?;
-    let mut conn = establish(&target).context("connecting to the database")?;
+    let mut conn = establish(&config.database.url).context("connecting to the database")?;
     let applied = run_migrations(&mut conn)?;
     if applied.is_empty() {
         println!("The database is up to date.");
@@ -313,9 +311,10 @@ fn migrate(config: &Config) -> anyhow::Result<()> {
 
 fn check_config(config: &Config) -> anyhow::Result<()> {
     let registry = Registry::build(config)?;
+    crate::verification::signing_keys(&config.forwarder.secrets)?;
     println!("Configuration is valid.");
     println!("  listen:    {}", config.server.bind);
-    println!("  database:  {}", config.database_target()?);
+    println!("  database:  {}", config.database.url);
     if config.bots.is_empty() {
         println!("  bots:      none (outgoing webhooks will be refused)");
     }
@@ -328,13 +327,13 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
         println!(
             "  bot {name}: {} → {} ({late})",
             bot.email,
-            bot.handler_names().join(", ")
+            bot.listener_names().join(", ")
         );
     }
     println!(
         "  forwarder: {} secret(s), listeners {}",
         config.forwarder.secrets.len(),
-        config.forwarder.handlers.join(", ")
+        config.forwarder.listener_names().join(", ")
     );
     for name in config.listeners.keys() {
         if let Some(entry) = registry.by_name(name) {
@@ -866,7 +865,7 @@ fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
     let mut progress = Progress::new();
     let personal = retention::expire_personal_data(
         &mut conn,
-        &config.retention.personal_cutoffs(crate::clock::now_ms()),
+        &retention::PersonalCutoffs::from_config(&config.retention, crate::clock::now_ms()),
         config.retention.batch_size,
         &mut |table, n| progress.update(table, n),
     )?;

@@ -125,10 +125,7 @@ fn check_all(config: &Config, url: Option<&str>) -> Vec<Check> {
             "correct the handler settings named above, then run `zulip-listeners check-config`",
         )),
     }
-    match config.database_target() {
-        Ok(target) => checks.extend(check_database(&target)),
-        Err(error) => checks.push(config_failure(&error)),
-    }
+    checks.extend(check_database(&config.database.url));
     checks.extend(check_secrets(config));
 
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -5,7 +5,6 @@
 //! whose state is back to fresh, so memory stays bounded by the number of recently active
 //! users.
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -48,9 +47,7 @@ impl Decision {
 
 /// Builds a governor quota: `per_minute` sustained, bursts of `burst`.
 pub fn quota(config: &QuotaConfig) -> Quota {
-    let per_minute = NonZeroU32::new(config.per_minute).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
-    Quota::per_minute(per_minute).allow_burst(burst)
+    Quota::per_minute(config.per_minute).allow_burst(config.burst)
 }
 
 type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -123,7 +120,11 @@ mod tests {
     use super::*;
 
     fn q(per_minute: u32, burst: u32) -> QuotaConfig {
-        QuotaConfig { per_minute, burst }
+        let n = |v| std::num::NonZeroU32::new(v).expect("a test quota is not zero");
+        QuotaConfig {
+            per_minute: n(per_minute),
+            burst: n(burst),
+        }
     }
 
     fn limits(

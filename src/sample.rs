@@ -13,15 +13,13 @@ use crate::verification::SigningKey;
 /// Where the sample goes when no `--url` is given: the configured listen address, with a
 /// wildcard address replaced by loopback.
 pub fn default_url(config: &Config) -> String {
-    let bind = config.server.bind.trim();
-    let bind = bind
-        .strip_prefix("0.0.0.0:")
-        .map(|port| format!("127.0.0.1:{port}"))
-        .or_else(|| {
-            bind.strip_prefix("[::]:")
-                .map(|port| format!("[::1]:{port}"))
-        })
-        .unwrap_or_else(|| bind.to_string());
+    let mut bind = config.server.bind;
+    if bind.ip().is_unspecified() {
+        bind.set_ip(match bind {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
     format!("http://{bind}/zulip/events")
 }
 

@@ -23,11 +23,12 @@ use crate::http::{AppState, ForwarderState, InFlight, metrics_routes, observe, r
 use crate::listeners::Registry;
 use crate::processing::Processor;
 use crate::processing::announce::Announcer;
+use crate::processing::bots::Bots;
 use crate::processing::inbox::{Admission, Inbox, InboxTasks};
-use crate::processing::outgoing::{Bots, OutgoingService};
+use crate::processing::outgoing::OutgoingService;
 use crate::processing::tasks::TaskTracker;
 use crate::telemetry::metric;
-use crate::verification::SigningKey;
+use crate::verification::{SigningKey, signing_keys};
 use crate::zulip_api::ZulipClient;
 
 /// How often expired retry records are pruned.
@@ -164,7 +165,8 @@ fn own_listeners(
     let Some(listeners) = listeners else {
         return Ok(None);
     };
-    let forwarder = config.forwarder.handlers.join(", ");
+    let forwarder_listeners = config.forwarder.listener_names();
+    let forwarder = forwarder_listeners.join(", ");
     if listeners.is_empty() {
         anyhow::bail!("--listeners is empty; name one or more of: {forwarder}");
     }
@@ -172,12 +174,12 @@ fn own_listeners(
     for name in listeners {
         let id = registry
             .id(name)
-            .filter(|_| config.forwarder.handlers.contains(name));
+            .filter(|_| forwarder_listeners.contains(name));
         match id {
             Some(id) if !ids.contains(&id) => ids.push(id),
             Some(_) => {}
             None => anyhow::bail!(
-                "--listeners: `{name}` is not a forwarder listener (known: {}; [forwarder] handlers: {forwarder})",
+                "--listeners: `{name}` is not a forwarder listener (known: {}; [forwarder] listeners: {forwarder})",
                 crate::handlers::known().collect::<Vec<_>>().join(", ")
             ),
         }
@@ -188,7 +190,7 @@ fn own_listeners(
         );
     }
     // Ids in configuration order, the order listeners run in.
-    let mut ordered = registry.ids(&config.forwarder.handlers);
+    let mut ordered = registry.ids(&forwarder_listeners);
     ordered.retain(|id| ids.contains(id));
     Ok(Some(ordered))
 }
@@ -201,6 +203,7 @@ fn remaining(deadline: tokio::time::Instant) -> Duration {
 /// Opens the database (running migrations), starts every component and the HTTP listener.
 pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<RunningServer> {
     crate::telemetry::configure_scrubbing(&config.data_protection);
+    let keys = signing_keys(&config.forwarder.secrets)?;
     let database = config.database.clone();
     let memory = config.server.memory(config.database.pool_size);
     let (db, applied) = tokio::task::spawn_blocking(move || Db::open(&database, memory))
@@ -210,7 +213,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         tracing::info!(migration, "applied migration");
     }
     let target = db.target().clone();
-    let batch_size = config.database.write_batch_size;
+    let batch_size = config.database.write_batch_size.get();
     let synchronous = config.database.sqlite_synchronous();
     let (writer, writer_thread) =
         tokio::task::spawn_blocking(move || Writer::spawn(&target, batch_size, synchronous))
@@ -259,19 +262,19 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let (inbox, inbox_tasks) = Inbox::start(
         processor.clone(),
         db.clone(),
-        registry.ids(&config.forwarder.handlers),
+        registry.ids(&config.forwarder.listener_names()),
         mine,
         Admission::new(&config, filters.clone()),
         config.forwarder.clone(),
     )
     .await
     .context("starting the inbox workers")?;
-    let forwarder = forwarder_state(&config, inbox.clone())?;
+    let forwarder = forwarder_state(&config, keys, inbox.clone());
     if forwarder.is_some() {
         // Counts from start-up, so that a forwarder that never sends is noticed too.
         metric::forwarder_batch_accepted();
     }
-    let bots = Bots::build(&config, &registry);
+    let bots = Bots::build(&config, &registry, &filters);
     if bots.is_empty() {
         tracing::warn!(
             "no bots are configured: outgoing webhooks will be answered 404 (see [bots.<name>] in config/default.toml)"
@@ -283,7 +286,6 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         processor,
         db.clone(),
         zulip,
-        filters,
         options.dry_run,
     ));
     let loaded = outgoing
@@ -340,7 +342,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         health_facts: tokio::sync::Mutex::new(None),
         dashboard: crate::http::Dashboard::new(config.admin.public_path.clone()),
     });
-    let listener = TcpListener::bind(&config.server.bind)
+    let listener = TcpListener::bind(config.server.bind)
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
     let addr = listener.local_addr()?;
     let shutdown_timeout = config.server.shutdown_timeout.as_secs().max(1);
@@ -356,7 +358,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     // our answer gets 1 s.
     let limits = ListenerLimits {
         workers,
-        max_connections_per_worker: per_worker(config.server.max_connections, workers),
+        max_connections_per_worker: per_worker(config.server.max_connections.get(), workers),
         client_timeout: config.server.client_timeout,
         keep_alive: Duration::from_secs(5),
         disconnect_timeout: Duration::from_secs(1),
@@ -372,7 +374,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let handle = server.handle();
     let task = tokio::spawn(server);
     let (metrics, metrics_addr) = if config.metrics.enabled {
-        let listener = TcpListener::bind(&config.metrics.bind)
+        let listener = TcpListener::bind(config.metrics.bind)
             .with_context(|| format!("cannot listen on {} (metrics.bind)", config.metrics.bind))?;
         let metrics_addr = listener.local_addr()?;
         let server = HttpServer::new(|| App::new().configure(metrics_routes))
@@ -437,25 +439,23 @@ fn apply_persisted_state(registry: &Registry, rows: &[crate::db::tables::listene
     }
 }
 
-fn forwarder_state(config: &Config, inbox: Arc<Inbox>) -> anyhow::Result<Option<ForwarderState>> {
+fn forwarder_state(
+    config: &Config,
+    keys: Vec<SigningKey>,
+    inbox: Arc<Inbox>,
+) -> Option<ForwarderState> {
     let f = &config.forwarder;
-    if f.secrets.is_empty() {
+    if keys.is_empty() {
         tracing::info!("no forwarder secret configured: POST /zulip/events is off");
-        return Ok(None);
+        return None;
     }
-    let keys = f
-        .secrets
-        .iter()
-        .map(|s| SigningKey::parse(s.expose()))
-        .collect::<Result<Vec<_>, _>>()
-        .context("forwarder.secrets")?;
-    Ok(Some(ForwarderState {
+    Some(ForwarderState {
         inbox,
         keys,
         tolerance_secs: i64::try_from(f.tolerance.as_secs()).unwrap_or(i64::MAX),
         max_body_bytes: f.max_body_bytes,
         max_batch_events: f.max_batch_events,
-    }))
+    })
 }
 
 struct Upkeep {
@@ -509,7 +509,7 @@ async fn upkeep(u: Upkeep) {
                 }
             }
             _ = retention.tick() => {
-                let cutoffs = u.retention.personal_cutoffs(now_ms());
+                let cutoffs = retention::PersonalCutoffs::from_config(&u.retention, now_ms());
                 let batch = u.retention.batch_size;
                 match u.db.run(move |c| retention::expire_personal_data(c, &cutoffs, batch, &mut |_, _| {})).await {
                     Ok(report) => tracing::info!(changed = report.total(), ?report, "personal-data retention pass done"),

@@ -478,7 +478,7 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
         None => Cow::Borrowed(text),
         Some(s) => {
             let masked = s.email.replace_all(text, "$1…@$2");
-            match crate::events::truncate_chars(&masked, s.max_chars) {
+            match crate::events::text::truncate_chars(&masked, s.max_chars) {
                 (cut, true) => Cow::Owned(cut),
                 (_, false) => masked,
             }

@@ -8,7 +8,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
+use crate::config::{ConfigError, Secret};
 
 /// Compares a received token with the configured one in constant time.
 pub fn token_matches(expected: &Secret, received: &str) -> bool {
@@ -17,6 +17,21 @@ pub fn token_matches(expected: &Secret, received: &str) -> bool {
     // `ct_eq` on slices of different lengths returns false without comparing; the length of
     // a token is not secret (Zulip's are always 32 characters).
     !expected.is_empty() && bool::from(expected.ct_eq(received))
+}
+
+/// The forwarder's signing keys (`forwarder.secrets`, after `secrets_file`), or an error
+/// naming the first that cannot be read, as `forwarder.secrets[N]`.
+pub fn signing_keys(secrets: &[Secret]) -> Result<Vec<SigningKey>, ConfigError> {
+    secrets
+        .iter()
+        .enumerate()
+        .map(|(i, secret)| {
+            SigningKey::parse(secret.expose()).map_err(|problem| ConfigError::Invalid {
+                key: format!("forwarder.secrets[{i}]"),
+                problem: problem.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// A Standard Webhooks signing key (`whsec_<base64>`).

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Secret;
+use crate::config::{BotConfig, Secret};
 use crate::events::{Message, MessageType};
 
 /// A bot's REST credentials.
@@ -16,6 +16,18 @@ pub struct BotApi {
     pub site: String,
     pub email: String,
     pub api_key: Secret,
+}
+
+impl BotApi {
+    /// A bot's credentials, when its configuration names the Zulip server (`site`).
+    pub fn from_config(bot: &BotConfig) -> Option<BotApi> {
+        let site = bot.site.as_ref()?;
+        Some(BotApi {
+            site: site.trim_end_matches('/').to_string(),
+            email: bot.email.clone(),
+            api_key: bot.api_key.clone(),
+        })
+    }
 }
 
 /// Where a message goes.
@@ -132,7 +144,7 @@ impl ZulipClient {
         if !status.is_success() {
             let message = parsed
                 .and_then(|p| p.msg)
-                .unwrap_or_else(|| crate::events::truncate_chars(&text, 200).0);
+                .unwrap_or_else(|| crate::events::text::truncate_chars(&text, 200).0);
             return Err(ZulipApiError::Rejected {
                 status: status.as_u16(),
                 message,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -52,6 +53,16 @@ from zproject import config as stub_config  # noqa: E402
 
 def make_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stops a process a test started: politely, then by force after ten seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(autouse=True)

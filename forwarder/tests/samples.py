@@ -60,6 +60,25 @@ API_MESSAGE_KEYS = {
 }
 
 
+# The user-id lists Zulip attaches to message and edit events to decide on notifications;
+# empty in these samples, so that nobody would be notified.
+NOTIFICATION_LISTS = (
+    "online_push_user_ids",
+    "dm_mention_push_disabled_user_ids",
+    "dm_mention_email_disabled_user_ids",
+    "stream_push_user_ids",
+    "stream_email_user_ids",
+    "topic_wildcard_mention_user_ids",
+    "stream_wildcard_mention_user_ids",
+    "followed_topic_push_user_ids",
+    "followed_topic_email_user_ids",
+)
+
+
+def no_notifications() -> dict[str, list[int]]:
+    return {key: [] for key in NOTIFICATION_LISTS}
+
+
 def message_event(message_id: int = 123, content: str = "hi **all**") -> dict[str, Any]:
     message_dict = copy.deepcopy(MESSAGE_DICT)
     message_dict["id"] = message_id
@@ -69,15 +88,7 @@ def message_event(message_id: int = 123, content: str = "hi **all**") -> dict[st
         "message": message_id,
         "message_dict": message_dict,
         "presence_idle_user_ids": [11],
-        "online_push_user_ids": [],
-        "dm_mention_push_disabled_user_ids": [],
-        "dm_mention_email_disabled_user_ids": [],
-        "stream_push_user_ids": [],
-        "stream_email_user_ids": [],
-        "topic_wildcard_mention_user_ids": [],
-        "stream_wildcard_mention_user_ids": [],
-        "followed_topic_push_user_ids": [],
-        "followed_topic_email_user_ids": [],
+        **no_notifications(),
         "muted_sender_user_ids": [],
         "all_bot_user_ids": [],
         "push_device_registered_user_ids": [],
@@ -112,15 +123,7 @@ def update_message_event(message_id: int = 123, content: str = "hi **everyone**"
         "is_me_message": False,
         "prior_mention_user_ids": [],
         "presence_idle_user_ids": [],
-        "online_push_user_ids": [],
-        "dm_mention_push_disabled_user_ids": [],
-        "dm_mention_email_disabled_user_ids": [],
-        "stream_push_user_ids": [],
-        "stream_email_user_ids": [],
-        "topic_wildcard_mention_user_ids": [],
-        "stream_wildcard_mention_user_ids": [],
-        "followed_topic_push_user_ids": [],
-        "followed_topic_email_user_ids": [],
+        **no_notifications(),
         "topic_wildcard_mention_in_followed_topic_user_ids": [],
         "stream_wildcard_mention_in_followed_topic_user_ids": [],
         "muted_sender_user_ids": [],

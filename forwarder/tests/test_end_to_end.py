@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_secret
+from conftest import make_secret, stop_process
 from django.test import override_settings
 from samples import (
     message_event,
@@ -198,12 +198,7 @@ def server(database: Database, tmp_path: Path) -> Iterator[Server]:
         wait_until_healthy(process, handle)
         yield handle
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 # ---------------------------------------------------------------------------

@@ -335,17 +335,19 @@ def fresh_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 def test_full_queue_sheds_with_a_count_a_log_line_and_a_report(
     realm: Any, fresh_guard: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The depth is measured once (the queue is empty) and then counted locally: a broker
+    # re-measured after every publish reports its count late under load, which would let a
+    # varying number of events through (the measuring itself is tested below).
     with (
-        override_settings(ZULIP_LISTENERS_MAX_QUEUED=3, ZULIP_LISTENERS_QUEUE_CHECK_SECONDS=0.001),
+        override_settings(ZULIP_LISTENERS_MAX_QUEUED=3, ZULIP_LISTENERS_QUEUE_CHECK_SECONDS=60),
         caplog.at_level(logging.WARNING, logger="zulip_listeners_forwarder"),
     ):
         for message_id in range(1, 7):
             django_api.send_event_rollback_unsafe(realm, reaction_event(message_id), [10])
 
     assert len(tornado()) == 6, "Zulip's own delivery is never affected"
-    # The broker's count may trail the last publish by a message: the bound is approximate.
     kept = [e["event"]["message_id"] for e in forwarded()]
-    assert kept in ([1, 2, 3], [1, 2, 3, 4])
+    assert kept == [1, 2, 3]
     assert fresh_guard.shed_total == 6 - len(kept)
     [warning] = [r.getMessage() for r in caplog.records if "shed" in r.getMessage()]
     assert "events (ZULIP_LISTENERS_MAX_QUEUED=3)" in warning

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import stop_process
 import requests
 from local_receiver import LocalReceiver, Reply
 
@@ -114,12 +115,7 @@ def start_nginx(tmp_path: Path, upstream_port: int) -> Iterator[Proxy]:
                 time.sleep(0.05)
         yield Proxy(f"http://127.0.0.1:{port}", tmp_path / "zulip-listeners.error.log")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture

@@ -14,7 +14,13 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from samples import MESSAGE_DICT, message_event, message_users, update_message_event
+from samples import (
+    MESSAGE_DICT,
+    message_event,
+    message_users,
+    realm_user_add_event,
+    update_message_event,
+)
 from zerver.actions.typing import TypingStartEvent, person
 
 VERSIONS = ("9", "10", "11", "main")
@@ -178,23 +184,7 @@ def samples_for(version: str) -> list[Sample]:
             [13],
         ),
         *_stream(version),
-        Sample(
-            "realm_user add",
-            {
-                "type": "realm_user",
-                "op": "add",
-                "person": {
-                    "user_id": 14,
-                    "email": "user14@acme.example.com",
-                    "delivery_email": "new.person@example.com",
-                    "full_name": "New Person",
-                    "role": 400,
-                    "is_bot": False,
-                    "is_active": True,
-                },
-            },
-            [10, 11, 14],
-        ),
+        Sample("realm_user add", realm_user_add_event(), [10, 11, 14]),
         Sample(
             "realm_user deactivate",
             {"type": "realm_user", "op": "update", "person": {"user_id": 14, "is_active": False}},

@@ -5,10 +5,9 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use zulip_listeners::events::{
-    Event, MAX_MESSAGE_LENGTH, OutgoingPayload, SlackPayload, normalize_reply,
-    strip_leading_mention, truncate_chars,
-};
+use zulip_listeners::events::Event;
+use zulip_listeners::events::outgoing::{OutgoingPayload, SlackPayload, strip_leading_mention};
+use zulip_listeners::events::text::{MAX_MESSAGE_LENGTH, normalize_reply, truncate_chars};
 
 fuzz_target!(|data: &[u8]| {
     let raw = bytes::Bytes::copy_from_slice(data);

@@ -3,6 +3,7 @@
 //! moves blocking diesel work off the async workers). The rows and queries of each table live
 //! in [`tables`]; grouped writes go through [`writer`]; old data is removed by [`retention`].
 
+pub mod attempt;
 mod bulk;
 pub mod checkpoint;
 pub mod retention;
@@ -22,7 +23,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use crate::config::{DatabaseConfig, DatabaseTarget, MemoryPlan, parse_database_url};
+use crate::config::{DatabaseConfig, DatabaseTarget, MemoryPlan};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -217,7 +218,7 @@ impl Db {
     /// connection of the process opened from now on (pooled or by [`establish`]) gets the page
     /// cache `memory` allots it.
     pub fn open(config: &DatabaseConfig, memory: MemoryPlan) -> Result<(Db, Vec<String>), DbError> {
-        let target = parse_database_url(&config.url).map_err(DbError::Invalid)?;
+        let target = config.url.clone();
         let cache_size = memory.sqlite_cache_size_pragma();
         SQLITE_CACHE_SIZE.store(cache_size, Ordering::Relaxed);
         let applied = run_migrations(&mut establish(&target)?)?;
@@ -226,7 +227,7 @@ impl Db {
             DatabaseTarget::Postgres(_) => Backend::Postgres,
         };
         let pool = r2d2::Pool::builder()
-            .max_size(config.pool_size)
+            .max_size(config.pool_size.get())
             .min_idle(Some(1))
             .connection_timeout(config.connection_timeout)
             .error_handler(Box::new(r2d2::LoggingErrorHandler))

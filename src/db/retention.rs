@@ -66,6 +66,20 @@ pub struct PersonalCutoffs {
     pub alerts: Option<i64>,
 }
 
+impl PersonalCutoffs {
+    /// The cut-offs of `[retention]` at `now_ms`; `None` for a kind kept forever.
+    pub fn from_config(config: &crate::config::RetentionConfig, now_ms: i64) -> PersonalCutoffs {
+        let before = |days: u32| {
+            (days > 0).then(|| now_ms.saturating_sub(i64::from(days).saturating_mul(86_400_000)))
+        };
+        PersonalCutoffs {
+            messages: before(config.message_retention_days),
+            activity: before(config.activity_retention_days),
+            alerts: before(config.alert_retention_days),
+        }
+    }
+}
+
 /// Rows changed per table by [`expire_personal_data`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PersonalReport {

@@ -1,13 +1,10 @@
 //! `command_bot`: answers `help`, `ping`, `echo <text>` and `stats` when a bot is mentioned or
 //! sent a direct message.
 
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
-
 use super::{
     Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
 };
-use crate::config::HandlerSettings;
+use crate::config::{Config, HandlerSettings};
 use crate::db::tables;
 use crate::events::{Event, Origin};
 
@@ -21,9 +18,7 @@ const COMMANDS: &[(&str, &str)] = &[
 ];
 
 impl CommandBot {
-    pub const NAME: &'static str = "command_bot";
-
-    pub fn from_settings(settings: &HandlerSettings) -> Result<Self, SettingsError> {
+    pub fn from_settings(settings: &HandlerSettings, _: &Config) -> Result<Self, SettingsError> {
         typed_settings::<NoSettings>(Self::NAME, settings)?;
         Ok(CommandBot)
     }
@@ -53,49 +48,36 @@ impl CommandBot {
 }
 
 impl Handler for CommandBot {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    const NAME: &'static str = "command_bot";
+    const INTEREST: Interest = Interest::Types(&["message"]);
 
-    fn interest(&self) -> Interest {
-        Interest::Types(&["message"])
-    }
-
-    fn handle<'a>(
-        &'a self,
-        cx: &'a Context,
-        event: &'a Event,
-        _effects: &'a mut Effects,
-    ) -> BoxFuture<'a, HandlerResult> {
-        async move {
-            // Only messages addressed to a bot are commands; forwarded traffic is not.
-            if !matches!(event.origin, Origin::Outgoing { .. }) {
-                return Ok(None);
-            }
-            let Some(message) = event.message() else {
-                return Ok(None);
-            };
-            let text = message.command.trim();
-            let (word, rest) = match text.split_once(char::is_whitespace) {
-                Some((word, rest)) => (word, rest.trim()),
-                None => (text, ""),
-            };
-            match word.to_lowercase().as_str() {
-                "" | "help" => Ok(Some(Self::help())),
-                "ping" => Ok(Some("pong".into())),
-                "echo" if rest.is_empty() => Ok(Some("Usage: `echo <text>`".into())),
-                "echo" => Ok(Some(rest.to_string())),
-                "stats" => Self::stats(cx).await,
-                _ => Ok(Some(format!(
-                    "I don't know the command `{}`. Say `help` to see what I can do.",
-                    truncate_word(word)
-                ))),
-            }
+    async fn handle(&self, cx: &Context, event: &Event, _effects: &mut Effects) -> HandlerResult {
+        // Only messages addressed to a bot are commands; forwarded traffic is not.
+        if !matches!(event.origin, Origin::Outgoing { .. }) {
+            return Ok(None);
         }
-        .boxed()
+        let Some(message) = event.message() else {
+            return Ok(None);
+        };
+        let text = message.command.trim();
+        let (word, rest) = match text.split_once(char::is_whitespace) {
+            Some((word, rest)) => (word, rest.trim()),
+            None => (text, ""),
+        };
+        match word.to_lowercase().as_str() {
+            "" | "help" => Ok(Some(Self::help())),
+            "ping" => Ok(Some("pong".into())),
+            "echo" if rest.is_empty() => Ok(Some("Usage: `echo <text>`".into())),
+            "echo" => Ok(Some(rest.to_string())),
+            "stats" => Self::stats(cx).await,
+            _ => Ok(Some(format!(
+                "I don't know the command `{}`. Say `help` to see what I can do.",
+                truncate_word(word)
+            ))),
+        }
     }
 }
 
 fn truncate_word(word: &str) -> String {
-    crate::events::truncate_chars(&word.replace('`', "'"), 40).0
+    crate::events::text::truncate_chars(&word.replace('`', "'"), 40).0
 }

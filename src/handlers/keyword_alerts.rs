@@ -20,21 +20,19 @@
 
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use regex::Regex;
 use serde::Deserialize;
 
 use super::{
-    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, http_client,
-    typed_settings,
+    Context, Effect, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError,
+    http_client, typed_settings,
 };
 use crate::clock::now_ms;
 use crate::config::{Config, HandlerSettings};
 use crate::db::tables;
 use crate::db::tables::keyword_alerts::AlertRecord;
-use crate::db::writer::Effect;
-use crate::events::{Event, Message, MessageType, truncate_chars};
+use crate::events::text::truncate_chars;
+use crate::events::{Event, Message, MessageType};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 
 /// Most characters of the matched text in an alert.
@@ -107,8 +105,6 @@ pub struct KeywordAlerts {
 }
 
 impl KeywordAlerts {
-    pub const NAME: &'static str = "keyword_alerts";
-
     pub fn from_settings(
         settings: &HandlerSettings,
         config: &Config,
@@ -133,7 +129,7 @@ impl KeywordAlerts {
                     let bot_config = config.bots.get(bot).ok_or_else(|| {
                         problem(key("notify_bot"), format!("no bot `{bot}` under [bots]"))
                     })?;
-                    let site = bot_config.site.clone().ok_or_else(|| {
+                    let api = BotApi::from_config(bot_config).ok_or_else(|| {
                         problem(
                             key("notify_bot"),
                             format!("bot `{bot}` needs api_key and site to post alerts"),
@@ -146,11 +142,7 @@ impl KeywordAlerts {
                         )
                     })?;
                     Target::Zulip {
-                        api: BotApi {
-                            site: site.trim_end_matches('/').to_string(),
-                            email: bot_config.email.clone(),
-                            api_key: bot_config.api_key.clone(),
-                        },
+                        api,
                         destination: Destination::Channel {
                             to: stream,
                             topic: rule
@@ -252,74 +244,61 @@ impl KeywordAlerts {
 }
 
 impl Handler for KeywordAlerts {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    const NAME: &'static str = "keyword_alerts";
+    const INTEREST: Interest = Interest::Types(&["message"]);
 
-    fn interest(&self) -> Interest {
-        Interest::Types(&["message"])
-    }
-
-    fn handle<'a>(
-        &'a self,
-        cx: &'a Context,
-        event: &'a Event,
-        effects: &'a mut Effects,
-    ) -> BoxFuture<'a, HandlerResult> {
-        async move {
-            let Some(message) = event.message() else {
-                return Ok(None);
-            };
-            let matches: Vec<(&Rule, String)> = self
-                .rules
-                .iter()
-                .filter_map(|rule| {
-                    rule.pattern
-                        .find(&message.content)
-                        .map(|m| (rule, m.as_str().to_string()))
-                })
-                .collect();
-            if matches.is_empty() {
-                return Ok(None);
+    async fn handle(&self, cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
+        let Some(message) = event.message() else {
+            return Ok(None);
+        };
+        let matches: Vec<(&Rule, String)> = self
+            .rules
+            .iter()
+            .filter_map(|rule| {
+                rule.pattern
+                    .find(&message.content)
+                    .map(|m| (rule, m.as_str().to_string()))
+            })
+            .collect();
+        if matches.is_empty() {
+            return Ok(None);
+        }
+        let already = match message.id {
+            Some(id) => {
+                cx.db
+                    .run(move |c| tables::keyword_alerts::alerted_rules(c, id))
+                    .await?
             }
-            let already = match message.id {
-                Some(id) => {
-                    cx.db
-                        .run(move |c| tables::keyword_alerts::alerted_rules(c, id))
-                        .await?
-                }
-                None => Default::default(),
-            };
-            // Every rule gets its try; the ones delivered are recorded even if another fails.
-            let mut failure = None;
-            for (rule, matched) in matches {
-                if already.contains(&rule.key) {
-                    continue;
-                }
-                if cx.dry_run {
-                    tracing::info!(rule = %rule.name, "dry run: not sending the alert");
-                    continue;
-                }
-                if let Err(e) = self.send(cx, rule, event, message, &matched).await {
-                    failure.get_or_insert(e);
-                    continue;
-                }
-                if let Some(id) = message.id {
-                    effects.push(Effect::AlertSent(AlertRecord {
-                        rule: rule.key.clone(),
-                        message_id: id,
-                        realm: event.realm.string_id.clone().unwrap_or_default(),
-                        target: rule.target.describe(),
-                        sent_at_ms: now_ms(),
-                    }));
-                }
+            None => Default::default(),
+        };
+        // Every rule gets its try; the ones delivered are recorded even if another fails.
+        let mut failure = None;
+        for (rule, matched) in matches {
+            if already.contains(&rule.key) {
+                continue;
             }
-            match failure {
-                Some(e) => Err(e),
-                None => Ok(None),
+            if cx.dry_run {
+                tracing::info!(rule = %rule.name, "dry run: not sending the alert");
+                continue;
+            }
+            if let Err(e) = self.send(cx, rule, event, message, &matched).await {
+                failure.get_or_insert(e);
+                continue;
+            }
+            if let Some(id) = message.id {
+                effects.push(Effect::AlertSent(AlertRecord {
+                    rule: rule.key.clone(),
+                    message_id: id,
+                    realm: event.realm.string_id.clone().unwrap_or_default(),
+                    target: rule.target.describe(),
+                    sent_at_ms: now_ms(),
+                }));
             }
         }
-        .boxed()
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
     }
 }
 

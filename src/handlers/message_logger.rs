@@ -3,25 +3,21 @@
 //! for forwarded events, keeps the stored copy true on edits, topic and channel moves, and
 //! deletions.
 
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
-
 use super::{
-    Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
+    Context, Effect, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError,
+    typed_settings,
 };
 use crate::clock::now_ms;
-use crate::config::HandlerSettings;
+use crate::config::{Config, HandlerSettings};
 use crate::db::tables::messages::{MessageEdit, MessageRow};
-use crate::db::writer::Effect;
-use crate::events::forwarded::UpdateMessage;
-use crate::events::{Event, EventKind, Message, truncate_chars};
+use crate::events::kinds::UpdateMessage;
+use crate::events::text::truncate_chars;
+use crate::events::{Event, EventKind, Message};
 
 pub struct MessageLogger;
 
 impl MessageLogger {
-    pub const NAME: &'static str = "message_logger";
-
-    pub fn from_settings(settings: &HandlerSettings) -> Result<Self, SettingsError> {
+    pub fn from_settings(settings: &HandlerSettings, _: &Config) -> Result<Self, SettingsError> {
         typed_settings::<NoSettings>(Self::NAME, settings)?;
         Ok(MessageLogger)
     }
@@ -80,46 +76,30 @@ impl MessageLogger {
 }
 
 impl Handler for MessageLogger {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    const NAME: &'static str = "message_logger";
+    const INTEREST: Interest = Interest::Types(&["message", "update_message", "delete_message"]);
+    const PURE: bool = true;
 
-    fn is_pure(&self) -> bool {
-        true
-    }
-
-    fn interest(&self) -> Interest {
-        Interest::Types(&["message", "update_message", "delete_message"])
-    }
-
-    fn handle<'a>(
-        &'a self,
-        cx: &'a Context,
-        event: &'a Event,
-        effects: &'a mut Effects,
-    ) -> BoxFuture<'a, HandlerResult> {
-        async move {
-            match &event.kind {
-                EventKind::Message(message) => match message.id {
-                    Some(id) => effects.push(Effect::StoreMessage(Box::new(Self::row(
-                        cx, event, message, id,
-                    )))),
-                    None => {
-                        tracing::debug!("message without an id (minimal or Slack body); not stored")
-                    }
-                },
-                EventKind::UpdateMessage(update) => {
-                    if let Some(edit) = Self::edit(cx, update) {
-                        effects.push(Effect::EditMessage(Box::new(edit)));
-                    }
+    async fn handle(&self, cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
+        match &event.kind {
+            EventKind::Message(message) => match message.id {
+                Some(id) => effects.push(Effect::StoreMessage(Box::new(Self::row(
+                    cx, event, message, id,
+                )))),
+                None => {
+                    tracing::debug!("message without an id (minimal or Slack body); not stored")
                 }
-                EventKind::DeleteMessage(delete) if !delete.message_ids.is_empty() => {
-                    effects.push(Effect::DeleteMessages(delete.message_ids.clone()));
+            },
+            EventKind::UpdateMessage(update) => {
+                if let Some(edit) = Self::edit(cx, update) {
+                    effects.push(Effect::EditMessage(Box::new(edit)));
                 }
-                _ => {}
             }
-            Ok(None)
+            EventKind::DeleteMessage(delete) if !delete.message_ids.is_empty() => {
+                effects.push(Effect::DeleteMessages(delete.message_ids.clone()));
+            }
+            _ => {}
         }
-        .boxed()
+        Ok(None)
     }
 }

@@ -1,9 +1,10 @@
-//! Handlers: the one trait every compiled-in feature implements, the explicit list of
-//! built-ins ([`KNOWN`], [`build`]), and the context they run with. Which handlers run, on
-//! what and with which settings is decided by the listeners built from them
-//! ([`crate::listeners`]).
+//! Handlers: the one trait every compiled-in feature implements ([`Handler`]), the explicit list
+//! of built-ins ([`BUILT_IN`], [`build`]), the context they run with, and what a run may change
+//! ([`Effect`], [`CustomEffect`], collected in [`Effects`]). Which handlers run, on what and
+//! with which settings is decided by the listeners built from them ([`crate::listeners`]).
 
 mod command_bot;
+mod effects;
 pub mod health;
 mod keyword_alerts;
 mod message_logger;
@@ -14,11 +15,12 @@ mod welcome_bot;
 use futures_util::future::BoxFuture;
 
 use crate::config::{Config, DataProtectionConfig, HandlerSettings};
-use crate::db::writer::Effect;
 use crate::db::{Db, DbError};
 use crate::events::Event;
 
+pub use crate::db::writer::effect::{CustomEffect, Effect};
 pub use command_bot::CommandBot;
+pub use effects::Effects;
 pub use keyword_alerts::KeywordAlerts;
 pub use message_logger::MessageLogger;
 pub use relay::Relay;
@@ -27,31 +29,35 @@ pub use welcome_bot::WelcomeBot;
 
 /// Every compiled-in handler: the one registry of built-ins.
 ///
-/// Adding a handler is one line here (and its file): its name and how it is built from its
+/// Adding a handler is its file and one line here: its type and how it is built from its
 /// settings.
 const BUILT_IN: &[(&str, Constructor)] = &[
-    (CommandBot::NAME, |s, _| boxed(CommandBot::from_settings(s))),
-    (MessageLogger::NAME, |s, _| {
-        boxed(MessageLogger::from_settings(s))
+    (CommandBot::NAME, |s, c| {
+        erase(CommandBot::from_settings(s, c))
+    }),
+    (MessageLogger::NAME, |s, c| {
+        erase(MessageLogger::from_settings(s, c))
     }),
     (KeywordAlerts::NAME, |s, c| {
-        boxed(KeywordAlerts::from_settings(s, c))
+        erase(KeywordAlerts::from_settings(s, c))
     }),
-    (Relay::NAME, |s, _| boxed(Relay::from_settings(s))),
-    (UserActivityTracker::NAME, |s, _| {
-        boxed(UserActivityTracker::from_settings(s))
+    (Relay::NAME, |s, c| erase(Relay::from_settings(s, c))),
+    (UserActivityTracker::NAME, |s, c| {
+        erase(UserActivityTracker::from_settings(s, c))
     }),
     (WelcomeBot::NAME, |s, c| {
-        boxed(WelcomeBot::from_settings(s, c))
+        erase(WelcomeBot::from_settings(s, c))
     }),
 ];
 
 /// Builds a handler from its settings (and the whole configuration, for handlers that refer
-/// to a bot).
-type Constructor = fn(&HandlerSettings, &Config) -> Result<Box<dyn Handler>, SettingsError>;
+/// to a bot), type-erased for the registry.
+type Constructor = fn(&HandlerSettings, &Config) -> Result<Box<dyn Runnable>, SettingsError>;
 
-fn boxed<H: Handler>(handler: Result<H, SettingsError>) -> Result<Box<dyn Handler>, SettingsError> {
-    handler.map(|h| Box::new(h) as Box<dyn Handler>)
+fn erase<H: Handler>(
+    handler: Result<H, SettingsError>,
+) -> Result<Box<dyn Runnable>, SettingsError> {
+    handler.map(|h| Box::new(h) as Box<dyn Runnable>)
 }
 
 /// The names of every compiled-in handler, in the order they are listed.
@@ -100,22 +106,36 @@ pub enum HandlerError {
 /// What a handler produced: a reply to post in the conversation, or nothing.
 pub type HandlerResult = Result<Option<String>, HandlerError>;
 
-/// A compiled-in handler.
-pub trait Handler: Send + Sync + 'static {
-    /// The name used in configuration and the event log.
-    fn name(&self) -> &'static str;
+/// A compiled-in handler: what a handler author implements.
+pub trait Handler: Send + Sync + Sized + 'static {
+    /// The name used in configuration, and the name of the handler's own listener.
+    const NAME: &'static str;
     /// Event types it wants.
-    fn interest(&self) -> Interest;
+    const INTEREST: Interest;
     /// `true` when [`Handler::handle`] only turns the event into effects: no I/O, no waiting,
     /// nothing read from the database. A forwarded event whose handlers are all pure is
     /// processed as it is accepted, and its effects are committed in the same transaction as
     /// the event itself; other events go to the inbox workers.
-    fn is_pure(&self) -> bool {
-        false
-    }
+    const PURE: bool = false;
+
     /// Handles one event. Changes to stored data go into `effects`: they are written in the
     /// same transaction as the run's event-log row (and, for forwarded events, the inbox
     /// status), so they take effect exactly once even if the event is delivered again.
+    /// Implement it as an `async fn`.
+    fn handle(
+        &self,
+        cx: &Context,
+        event: &Event,
+        effects: &mut Effects,
+    ) -> impl Future<Output = HandlerResult> + Send;
+}
+
+/// A handler as the registry and the processors hold it: [`Handler`] with its type erased,
+/// implemented once for every handler.
+pub trait Runnable: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn interest(&self) -> Interest;
+    fn is_pure(&self) -> bool;
     fn handle<'a>(
         &'a self,
         cx: &'a Context,
@@ -124,21 +144,26 @@ pub trait Handler: Send + Sync + 'static {
     ) -> BoxFuture<'a, HandlerResult>;
 }
 
-/// The changes a handler run asks for.
-#[derive(Debug, Default)]
-pub struct Effects(Vec<Effect>);
-
-impl Effects {
-    pub fn push(&mut self, effect: Effect) {
-        self.0.push(effect);
+impl<H: Handler> Runnable for H {
+    fn name(&self) -> &'static str {
+        H::NAME
     }
 
-    pub fn into_inner(self) -> Vec<Effect> {
-        self.0
+    fn interest(&self) -> Interest {
+        H::INTEREST
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    fn is_pure(&self) -> bool {
+        H::PURE
+    }
+
+    fn handle<'a>(
+        &'a self,
+        cx: &'a Context,
+        event: &'a Event,
+        effects: &'a mut Effects,
+    ) -> BoxFuture<'a, HandlerResult> {
+        Box::pin(Handler::handle(self, cx, event, effects))
     }
 }
 
@@ -167,7 +192,7 @@ pub fn build(
     kind: &str,
     settings: &HandlerSettings,
     config: &Config,
-) -> Option<Result<Box<dyn Handler>, SettingsError>> {
+) -> Option<Result<Box<dyn Runnable>, SettingsError>> {
     BUILT_IN
         .iter()
         .find(|(name, _)| *name == kind)

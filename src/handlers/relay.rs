@@ -13,16 +13,15 @@
 
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use reqwest::header::CONTENT_TYPE;
 
 use super::{
     Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, http_client,
     typed_settings,
 };
-use crate::config::{HandlerSettings, Secret};
-use crate::events::{Event, Origin, truncate_chars};
+use crate::config::{Config, HandlerSettings, Secret};
+use crate::events::text::truncate_chars;
+use crate::events::{Event, Origin};
 
 /// `[handlers.relay]` (or a listener's `settings`).
 #[derive(Default, serde::Deserialize)]
@@ -48,9 +47,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub const NAME: &'static str = "relay";
-
-    pub fn from_settings(settings: &HandlerSettings) -> Result<Self, SettingsError> {
+    pub fn from_settings(settings: &HandlerSettings, _: &Config) -> Result<Self, SettingsError> {
         let typed: RelaySettings = typed_settings(Self::NAME, settings)?;
         let problem = |key: &str, problem: String| SettingsError {
             handler: Self::NAME,
@@ -179,74 +176,61 @@ fn is_truthy(value: &serde_json::Value) -> bool {
 }
 
 impl Handler for Relay {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    const NAME: &'static str = "relay";
+    const INTEREST: Interest = Interest::Types(&["message"]);
 
-    fn interest(&self) -> Interest {
-        Interest::Types(&["message"])
-    }
-
-    fn handle<'a>(
-        &'a self,
-        cx: &'a Context,
-        event: &'a Event,
-        _effects: &'a mut Effects,
-    ) -> BoxFuture<'a, HandlerResult> {
-        async move {
-            let Origin::Outgoing { raw, .. } = &event.origin else {
-                return Ok(None);
-            };
-            let Some((url, client)) = &self.target else {
-                return Err(HandlerError::Failed(
-                    "handlers.relay.url is not configured".into(),
-                ));
-            };
-            if cx.dry_run {
-                tracing::info!(
-                    target = %crate::redact::origin_of(url),
-                    "dry run: not relaying to the bot service"
-                );
-                return Ok(None);
-            }
-            let content_type = if raw.form {
-                "application/x-www-form-urlencoded"
-            } else {
-                "application/json"
-            };
-            let Some(body) = self.relayed_body(&raw.bytes, raw.form) else {
-                return Err(HandlerError::Failed(
-                    "the outgoing webhook could not be re-encoded without its token".into(),
-                ));
-            };
-            let response = client
-                .post(url.clone())
-                .header(CONTENT_TYPE, content_type)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| {
-                    HandlerError::Failed(format!(
-                        "bot service unreachable: {}",
-                        crate::redact::http_error(e)
-                    ))
-                })?;
-            let status = response.status();
-            let body = response.bytes().await.map_err(|e| {
+    async fn handle(&self, cx: &Context, event: &Event, _effects: &mut Effects) -> HandlerResult {
+        let Origin::Outgoing { raw, .. } = &event.origin else {
+            return Ok(None);
+        };
+        let Some((url, client)) = &self.target else {
+            return Err(HandlerError::Failed(
+                "handlers.relay.url is not configured".into(),
+            ));
+        };
+        if cx.dry_run {
+            tracing::info!(
+                target = %crate::redact::origin_of(url),
+                "dry run: not relaying to the bot service"
+            );
+            return Ok(None);
+        }
+        let content_type = if raw.form {
+            "application/x-www-form-urlencoded"
+        } else {
+            "application/json"
+        };
+        let Some(body) = self.relayed_body(&raw.bytes, raw.form) else {
+            return Err(HandlerError::Failed(
+                "the outgoing webhook could not be re-encoded without its token".into(),
+            ));
+        };
+        let response = client
+            .post(url.clone())
+            .header(CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
                 HandlerError::Failed(format!(
-                    "bot service answer unreadable: {}",
+                    "bot service unreachable: {}",
                     crate::redact::http_error(e)
                 ))
             })?;
-            if !status.is_success() {
-                return Err(HandlerError::Failed(format!(
-                    "bot service answered {status}: {}",
-                    truncate_chars(&String::from_utf8_lossy(&body), 200).0
-                )));
-            }
-            parse_reply(&body, raw.form)
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| {
+            HandlerError::Failed(format!(
+                "bot service answer unreadable: {}",
+                crate::redact::http_error(e)
+            ))
+        })?;
+        if !status.is_success() {
+            return Err(HandlerError::Failed(format!(
+                "bot service answered {status}: {}",
+                truncate_chars(&String::from_utf8_lossy(&body), 200).0
+            )));
         }
-        .boxed()
+        parse_reply(&body, raw.form)
     }
 }
 

@@ -2,23 +2,18 @@
 //! many messages they sent and reactions they added, their last presence status, and when
 //! they last started typing. Works on forwarded events (they carry the realm id).
 
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
-
 use super::{
-    Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
+    Context, Effect, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError,
+    typed_settings,
 };
-use crate::config::HandlerSettings;
+use crate::config::{Config, HandlerSettings};
 use crate::db::tables::user_activity::ActivityDelta;
-use crate::db::writer::Effect;
 use crate::events::{Event, EventKind};
 
 pub struct UserActivityTracker;
 
 impl UserActivityTracker {
-    pub const NAME: &'static str = "user_activity_tracker";
-
-    pub fn from_settings(settings: &HandlerSettings) -> Result<Self, SettingsError> {
+    pub fn from_settings(settings: &HandlerSettings, _: &Config) -> Result<Self, SettingsError> {
         typed_settings::<NoSettings>(Self::NAME, settings)?;
         Ok(UserActivityTracker)
     }
@@ -57,41 +52,25 @@ impl UserActivityTracker {
 }
 
 impl Handler for UserActivityTracker {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    const NAME: &'static str = "user_activity_tracker";
+    const INTEREST: Interest = Interest::Types(&[
+        "message",
+        "update_message",
+        "reaction",
+        "presence",
+        "typing",
+        "user_status",
+    ]);
+    const PURE: bool = true;
 
-    fn is_pure(&self) -> bool {
-        true
-    }
-
-    fn interest(&self) -> Interest {
-        Interest::Types(&[
-            "message",
-            "update_message",
-            "reaction",
-            "presence",
-            "typing",
-            "user_status",
-        ])
-    }
-
-    fn handle<'a>(
-        &'a self,
-        _cx: &'a Context,
-        event: &'a Event,
-        effects: &'a mut Effects,
-    ) -> BoxFuture<'a, HandlerResult> {
-        async move {
-            let (Some(realm_id), Some(user_id)) = (event.realm.id, event.user_id) else {
-                return Ok(None);
-            };
-            let at_ms = event.occurred_at_ms.unwrap_or_else(crate::clock::now_ms);
-            if let Some(delta) = Self::delta(event, realm_id, user_id, at_ms) {
-                effects.push(Effect::Activity(delta));
-            }
-            Ok(None)
+    async fn handle(&self, _cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
+        let (Some(realm_id), Some(user_id)) = (event.realm.id, event.user_id) else {
+            return Ok(None);
+        };
+        let at_ms = event.occurred_at_ms.unwrap_or_else(crate::clock::now_ms);
+        if let Some(delta) = Self::delta(event, realm_id, user_id, at_ms) {
+            effects.push(Effect::Activity(delta));
         }
-        .boxed()
+        Ok(None)
     }
 }

@@ -41,19 +41,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
 use super::keyword_alerts::inline;
 use super::{
-    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, typed_settings,
+    Context, CustomEffect, Effect, Effects, Handler, HandlerError, HandlerResult, Interest,
+    SettingsError, typed_settings,
 };
 use crate::clock::now_ms;
 use crate::config::{Config, HandlerSettings};
-use crate::db::writer::{CustomEffect, Effect};
 use crate::db::{DbConnection, DbError};
-use crate::events::forwarded::{Person, RealmUser, Subscription};
+use crate::events::kinds::{Person, RealmUser, Subscription};
 use crate::events::{Event, EventKind};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 
@@ -152,8 +150,6 @@ pub struct WelcomeBot {
 }
 
 impl WelcomeBot {
-    pub const NAME: &'static str = "welcome_bot";
-
     pub fn from_settings(
         settings: &HandlerSettings,
         config: &Config,
@@ -166,11 +162,15 @@ impl WelcomeBot {
         };
         let api = match &raw.bot {
             None if settings.enabled
-                && config.forwarder.handlers.iter().any(|h| h == Self::NAME) =>
+                && config
+                    .forwarder
+                    .listener_names()
+                    .iter()
+                    .any(|h| h == Self::NAME) =>
             {
                 return Err(problem(
                     "bot",
-                    "required when [forwarder] handlers lists welcome_bot: the [bots.<name>] \
+                    "required when [forwarder] listeners lists welcome_bot: the [bots.<name>] \
                      (with api_key and site) that posts the greetings"
                         .into(),
                 ));
@@ -181,9 +181,7 @@ impl WelcomeBot {
                     .bots
                     .get(bot)
                     .ok_or_else(|| problem("bot", format!("no bot `{bot}` under [bots]")))?;
-                let site = bot_config
-                    .site
-                    .clone()
+                let api = BotApi::from_config(bot_config)
                     .filter(|_| !bot_config.api_key.is_empty())
                     .ok_or_else(|| {
                         problem(
@@ -191,11 +189,7 @@ impl WelcomeBot {
                             format!("bot `{bot}` needs api_key and site to post greetings"),
                         )
                     })?;
-                Some(BotApi {
-                    site: site.trim_end_matches('/').to_string(),
-                    email: bot_config.email.clone(),
-                    api_key: bot_config.api_key.clone(),
-                })
+                Some(api)
             }
         };
         let place = match (raw.channel, raw.topic) {
@@ -473,39 +467,25 @@ impl Drop for Claim<'_> {
 }
 
 impl Handler for WelcomeBot {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    const NAME: &'static str = "welcome_bot";
+    const INTEREST: Interest = Interest::Types(&["realm_user", "subscription"]);
 
-    fn interest(&self) -> Interest {
-        Interest::Types(&["realm_user", "subscription"])
-    }
-
-    fn handle<'a>(
-        &'a self,
-        cx: &'a Context,
-        event: &'a Event,
-        effects: &'a mut Effects,
-    ) -> BoxFuture<'a, HandlerResult> {
-        async move {
-            // Only forwarded events carry the realm id the records are kept under.
-            let Some(realm_id) = event.realm.id else {
-                return Ok(None);
-            };
-            match &event.kind {
-                EventKind::RealmUser(u) if u.op.as_deref() == Some("add") => {
-                    self.on_new_user(cx, realm_id, u, effects).await
-                }
-                // Sent to the subscriber alone: the event's user is the one subscribed.
-                EventKind::Subscription(s) if s.op.as_deref() == Some("add") => match event.user_id
-                {
-                    Some(user_id) => self.on_subscribed(cx, realm_id, user_id, s, effects).await,
-                    None => Ok(None),
-                },
-                _ => Ok(None),
+    async fn handle(&self, cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
+        // Only forwarded events carry the realm id the records are kept under.
+        let Some(realm_id) = event.realm.id else {
+            return Ok(None);
+        };
+        match &event.kind {
+            EventKind::RealmUser(u) if u.op.as_deref() == Some("add") => {
+                self.on_new_user(cx, realm_id, u, effects).await
             }
+            // Sent to the subscriber alone: the event's user is the one subscribed.
+            EventKind::Subscription(s) if s.op.as_deref() == Some("add") => match event.user_id {
+                Some(user_id) => self.on_subscribed(cx, realm_id, user_id, s, effects).await,
+                None => Ok(None),
+            },
+            _ => Ok(None),
         }
-        .boxed()
     }
 }
 

@@ -8,8 +8,10 @@ use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use tracing::Instrument;
 
 use super::{ApiError, AppState, json_ok, read_body};
-use crate::events::{OutgoingPayload, PayloadError, SlackPayload};
-use crate::processing::outgoing::{BotId, NO_REPLY};
+use crate::events::PayloadError;
+use crate::events::outgoing::{OutgoingPayload, SlackPayload};
+use crate::processing::bots::BotId;
+use crate::processing::outgoing::NO_REPLY;
 
 impl From<PayloadError> for ApiError {
     fn from(e: PayloadError) -> Self {

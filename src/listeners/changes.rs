@@ -7,10 +7,9 @@ use serde_json::{Map, Value};
 
 use diesel::Connection;
 
-use super::scope::Scope;
 use super::{Definition, Entry, Registry};
 use crate::clock::now_ms;
-use crate::config::{ChannelSelector, RealmSelector, UserSelector};
+use crate::config::{ChannelSelector, RealmSelector, Scope, UserSelector};
 use crate::db::tables::listeners::{HistoryRow, ListenerRow};
 use crate::db::{self, DbConnection, DbError};
 

@@ -8,19 +8,18 @@
 pub mod changes;
 pub mod scope;
 
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::Serialize;
 
-use crate::config::{Config, HandlerSettings, QuotaConfig, QuotaOverrides};
+use crate::config::{Config, HandlerSettings, QuotaConfig, QuotaOverrides, Scope};
 use crate::db::tables::listeners::ListenerRow;
 use crate::events::Event;
-use crate::handlers::{self, Handler, health};
+use crate::handlers::{self, Handler, Runnable, health};
 use crate::ratelimit::Limits;
 use changes::{FieldError, Overrides};
-
-pub use scope::Scope;
 
 /// Index of a listener in the [`Registry`].
 pub type ListenerId = usize;
@@ -55,7 +54,7 @@ fn redacted<S: serde::Serializer>(
 /// A listener as it runs now: its definition, the handler built from it, and its own quotas.
 pub struct Live {
     pub definition: Definition,
-    pub handler: Box<dyn Handler>,
+    pub handler: Box<dyn Runnable>,
     /// The listener's own quotas (`rate_limits`), when it has any.
     pub limits: Option<Limits>,
 }
@@ -197,7 +196,7 @@ pub struct Registry {
 
 impl Registry {
     /// Builds every listener from the configuration and checks every reference to one
-    /// (`[forwarder] handlers`, each bot's `handlers`).
+    /// (`[forwarder] listeners`, each bot's `listeners`).
     pub fn build(config: &Config) -> Result<Registry, ListenerError> {
         for name in config.handlers.keys() {
             if !handlers::is_known(name) {
@@ -245,14 +244,15 @@ impl Registry {
                     .join(", ")
             ),
         };
-        for (i, name) in config.forwarder.handlers.iter().enumerate() {
+        for (i, name) in config.forwarder.listener_names().iter().enumerate() {
             if self.id(name).is_none() {
-                return Err(unknown(format!("forwarder.handlers[{i}]"), name));
+                let key = config.forwarder.listeners_key();
+                return Err(unknown(format!("{key}[{i}]"), name));
             }
         }
         for (bot, bot_config) in &config.bots {
-            for (i, name) in bot_config.handler_names().iter().enumerate() {
-                let key = format!("bots.{bot}.handlers[{i}]");
+            for (i, name) in bot_config.listener_names().iter().enumerate() {
+                let key = format!("{}[{i}]", bot_config.listeners_key(bot));
                 let Some(entry) = self.by_name(name) else {
                     return Err(unknown(key, name));
                 };
@@ -370,10 +370,16 @@ impl Registry {
             .config
             .bots
             .iter()
-            .filter(|(_, b)| b.handler_names().iter().any(|h| h == name))
+            .filter(|(_, b)| b.listener_names().iter().any(|h| h == name))
             .map(|(n, _)| format!("bot:{n}"))
             .collect();
-        if self.config.forwarder.handlers.iter().any(|h| h == name) {
+        if self
+            .config
+            .forwarder
+            .listener_names()
+            .iter()
+            .any(|h| h == name)
+        {
             users.push("forwarder".into());
         }
         users
@@ -496,11 +502,7 @@ fn definitions(config: &Config) -> Result<Vec<(String, Definition)>, ListenerErr
                 handler: listener.handler.clone(),
                 description: listener.description.clone(),
                 events: listener.events.clone(),
-                scope: Scope {
-                    realms: listener.realms.clone(),
-                    streams: listener.streams.clone(),
-                    users: listener.users.clone(),
-                },
+                scope: listener.scope.clone(),
                 enabled: listener.enabled,
                 settings: listener.settings.clone(),
                 rate_limits: listener.rate_limits.clone(),
@@ -548,8 +550,8 @@ fn prepare(name: &str, definition: &Definition, config: &Config) -> Result<Live,
     }
     let limits = definition.rate_limits.as_ref().map(|quotas| {
         let unlimited = QuotaConfig {
-            per_minute: u32::MAX,
-            burst: u32::MAX,
+            per_minute: NonZeroU32::MAX,
+            burst: NonZeroU32::MAX,
         };
         Limits::new(
             &quotas.per_realm.unwrap_or(unlimited),

@@ -1,22 +1,9 @@
-//! A listener's scope: which realms, channels and users its events must concern. An empty
-//! list does not restrict; names are compared without regard to case, as Zulip does.
+//! What a listener's scope (`config::Scope`: the realms, channels and users its events must
+//! concern) admits. An empty list does not restrict; names are compared without regard to
+//! case, as Zulip does.
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::{ChannelSelector, RealmSelector, UserSelector};
+use crate::config::{ChannelSelector, RealmSelector, Scope, UserSelector};
 use crate::events::{Event, EventKind};
-
-/// Realms, channels and users a listener is limited to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Scope {
-    #[serde(default)]
-    pub realms: Vec<RealmSelector>,
-    #[serde(default)]
-    pub streams: Vec<ChannelSelector>,
-    #[serde(default)]
-    pub users: Vec<UserSelector>,
-}
 
 impl Scope {
     /// Whether `event` is within every non-empty part of the scope. An event that names no

@@ -34,15 +34,10 @@ impl Announcer {
     ) -> Result<Announcer, reqwest::Error> {
         let e = &config.error_handling;
         let via_zulip = e.notification_bot.as_ref().and_then(|name| {
-            let bot = config.bots.get(name)?;
-            let site = bot.site.clone()?;
+            let api = BotApi::from_config(config.bots.get(name)?)?;
             Some((
                 zulip.clone(),
-                BotApi {
-                    site: site.trim_end_matches('/').to_string(),
-                    email: bot.email.clone(),
-                    api_key: bot.api_key.clone(),
-                },
+                api,
                 Destination::Channel {
                     to: e.notification_stream.clone()?,
                     topic: e

@@ -1,10 +1,12 @@
 //! Processing: running an event through a list of handlers. Every run is timed and written to
 //! the event log; the first reply is handed back as soon as it exists while later handlers
 //! keep running. The outgoing-webhook path (deadline, retries, late replies) is in
-//! [`outgoing`]; the forwarder path (durable inbox, workers, retries, dead letters) in
-//! [`inbox`].
+//! [`outgoing`], its bots in [`bots`]; the forwarder path (durable inbox, workers, retries,
+//! dead letters) in [`inbox`]. Both pass events through the same [`guards`].
 
 pub mod announce;
+pub mod bots;
+pub mod guards;
 pub mod inbox;
 pub mod outgoing;
 pub mod processes;
@@ -19,9 +21,10 @@ use tokio::sync::oneshot;
 
 use crate::clock::now_ms;
 use crate::db::tables::event_log::EventLogRow;
-use crate::db::writer::{Effect, Processed, WriteOp, Writer};
-use crate::events::{Event, Origin, normalize_reply, truncate_chars};
-use crate::handlers::{Context, Effects, HandlerError};
+use crate::db::writer::{Processed, WriteOp, Writer};
+use crate::events::text::{normalize_reply, truncate_chars};
+use crate::events::{Event, Origin};
+use crate::handlers::{Context, Effect, Effects, HandlerError};
 use crate::listeners::{ListenerId as HandlerId, Registry};
 use crate::telemetry::scrub;
 use announce::Announcer;

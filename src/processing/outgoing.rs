@@ -1,7 +1,7 @@
-//! The outgoing-webhook path: the configured bots, the record that answers Zulip's retries
-//! without running handlers twice, the reply deadline, and late replies through the REST API.
+//! The outgoing-webhook path: the guards, the record that answers Zulip's retries without
+//! running listeners twice, the reply deadline, and late replies through the REST API. The
+//! bots themselves are in [`super::bots`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,139 +9,21 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tracing::Instrument;
 
+use super::bots::{BotId, Bots};
+use super::guards::{Guard, Refused, Subject};
 use super::{Processor, log_row};
 use crate::clock::{millis, now_ms};
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::db::tables::replies::ReplyRecord;
 use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::db::{Db, DbError, tables};
-use crate::events::{Event, Message, normalize_reply};
-use crate::filters::Filters;
-use crate::listeners::{ListenerId as HandlerId, Registry};
-use crate::ratelimit::Limits;
+use crate::events::text::normalize_reply;
+use crate::events::{Event, Message};
 use crate::telemetry::metric;
-use crate::verification::token_matches;
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 
 /// The answer Zulip gets when there is nothing to post.
 pub const NO_REPLY: &str = r#"{"response_not_required":true}"#;
-
-/// Index of a bot in [`Bots`].
-pub type BotId = usize;
-
-/// One configured outgoing-webhook bot, ready for requests.
-pub struct Bot {
-    pub name: Arc<str>,
-    email: String,
-    token: Secret,
-    pub full_name: Option<String>,
-    pub api: Option<BotApi>,
-    pub handlers: Arc<[HandlerId]>,
-    pub deadline: Duration,
-    /// The bot stands for its realm; `None` when rate limits are off.
-    limits: Option<Limits>,
-}
-
-/// All bots, with the look-ups requests need.
-pub struct Bots {
-    list: Vec<Bot>,
-    by_email: HashMap<String, BotId>,
-    by_name: HashMap<String, BotId>,
-}
-
-impl Bots {
-    pub fn build(config: &Config, registry: &Registry) -> Bots {
-        let mut list = Vec::with_capacity(config.bots.len());
-        for (name, bot) in &config.bots {
-            let api = bot.site.as_ref().map(|site| BotApi {
-                site: site.trim_end_matches('/').to_string(),
-                email: bot.email.clone(),
-                api_key: bot.api_key.clone(),
-            });
-            list.push(Bot {
-                name: Arc::from(name.as_str()),
-                email: bot.email.to_ascii_lowercase(),
-                token: bot.token.clone(),
-                full_name: bot.full_name.clone(),
-                api,
-                handlers: registry.ids(&bot.handler_names()).into(),
-                deadline: bot
-                    .reply_deadline
-                    .unwrap_or_else(|| config.server.reply_deadline()),
-                limits: config.rate_limits.enabled.then(|| {
-                    let (per_realm, per_user) = config
-                        .rate_limits
-                        .quotas(&config.rate_limits.outgoing, bot.rate_limits.as_ref());
-                    Limits::new(&per_realm, &per_user)
-                }),
-            });
-        }
-        let by_email = list
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (b.email.clone(), i))
-            .collect();
-        let by_name = list
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (b.name.to_string(), i))
-            .collect();
-        Bots {
-            list,
-            by_email,
-            by_name,
-        }
-    }
-
-    pub fn get(&self, id: BotId) -> &Bot {
-        &self.list[id]
-    }
-
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    pub fn by_name(&self, name: &str) -> Option<BotId> {
-        self.by_name.get(name).copied()
-    }
-
-    pub fn by_email(&self, email: &str) -> Option<BotId> {
-        if let Some(id) = self.by_email.get(email) {
-            return Some(*id);
-        }
-        self.by_email.get(&email.to_ascii_lowercase()).copied()
-    }
-
-    /// The bot whose token this is (for bodies that name no bot). Every bot's token is
-    /// compared, so the time taken does not reveal which one matched.
-    pub fn by_token(&self, token: &str) -> Option<BotId> {
-        let mut found = None;
-        for (id, bot) in self.list.iter().enumerate() {
-            if token_matches(&bot.token, token) && found.is_none() {
-                found = Some(id);
-            }
-        }
-        found
-    }
-
-    /// Whether `token` is this bot's.
-    pub fn token_ok(&self, id: BotId, token: &str) -> bool {
-        token_matches(&self.list[id].token, token)
-    }
-
-    /// Forgets idle rate-limit keys of every bot; returns the keys still tracked.
-    pub fn limiter_housekeeping(&self) -> usize {
-        self.list
-            .iter()
-            .filter_map(|b| b.limits.as_ref())
-            .map(Limits::housekeeping)
-            .sum()
-    }
-}
 
 /// What became of a request: the JSON answer, and whether it came from the retry record.
 pub struct Answer {
@@ -189,7 +71,6 @@ pub struct OutgoingService {
     writer: Writer,
     db: Db,
     zulip: ZulipClient,
-    filters: Arc<Filters>,
     record: DashMap<(BotId, i64), Recorded>,
     window: Duration,
     /// The reply for a user over quota (`None`: no reply).
@@ -204,7 +85,6 @@ impl OutgoingService {
         processor: Processor,
         db: Db,
         zulip: ZulipClient,
-        filters: Arc<Filters>,
         dry_run: bool,
     ) -> Self {
         let notice = normalize_reply(&config.rate_limits.outgoing_notice);
@@ -214,7 +94,6 @@ impl OutgoingService {
             processor,
             db,
             zulip,
-            filters,
             record: DashMap::new(),
             window: config.outgoing.dedup_window,
             notice,
@@ -291,7 +170,7 @@ impl OutgoingService {
         metric::events_received("outgoing", "message", "accepted", 1);
         let bot = self.bots.get(bot_id);
         let event = Arc::new(event);
-        let mut first_reply = self.processor.spawn(event.clone(), bot.handlers.clone());
+        let mut first_reply = self.processor.spawn(event.clone(), bot.listeners.clone());
         let reply = match tokio::time::timeout(bot.deadline, &mut first_reply).await {
             Ok(reply) => reply.unwrap_or(None),
             Err(_) => {
@@ -318,35 +197,30 @@ impl OutgoingService {
         answer
     }
 
-    /// The filters and the bot's rate limits: `Some(answer)` when the event is not to be
-    /// handled. A refusal is still a 200 (Zulip posts a public failure for anything else),
-    /// and it is written to the event log with its reason.
+    /// The bot's guards (filters, then its rate limits): `Some(answer)` when the event is not
+    /// to be handled. A refusal is still a 200 (Zulip posts a public failure for anything
+    /// else), and it is written to the event log with its reason.
     async fn refuse(&self, bot_id: BotId, event: &Event) -> Option<Answer> {
-        let (guard, reason, reply) =
-            if let Some(reason) = self.filters.reject(&event.realm, event.user_id) {
-                ("filters", reason, None)
-            } else {
-                let decision = self
-                    .bots
-                    .get(bot_id)
-                    .limits
-                    .as_ref()?
-                    .check(0, event.user_id);
-                let reason = decision.reason()?;
-                ("rate_limiter", reason, self.notice.clone())
-            };
-        tracing::info!(guard, %reason, user_id = ?event.user_id, "outgoing webhook not handled");
-        metric::events_received(
-            "outgoing",
-            "message",
-            if guard == "filters" {
-                "filtered"
-            } else {
-                "rate_limited"
-            },
-            1,
-        );
-        let row = log_row(event, guard, 0, Some(reason));
+        let subject = Subject {
+            realm: &event.realm,
+            // The bot stands for its realm.
+            realm_key: 0,
+            user_id: event.user_id,
+            emitted_at_ms: None,
+        };
+        let Refused { guard, reason } = self
+            .bots
+            .get(bot_id)
+            .guards
+            .check(subject, now_ms())
+            .err()?;
+        let reply = match guard {
+            Guard::RateLimit => self.notice.clone(),
+            Guard::MaxAge | Guard::Filters => None,
+        };
+        tracing::info!(guard = guard.name(), %reason, user_id = ?event.user_id, "outgoing webhook not handled");
+        metric::events_received("outgoing", "message", guard.outcome(), 1);
+        let row = log_row(event, guard.name(), 0, Some(reason));
         let processed = Processed {
             logs: vec![row],
             ..Processed::default()

@@ -5,9 +5,11 @@
 //! A test binary of its own, not a module of `tests/it`: `invented_methods_share_one_metric_label`
 //! counts the label sets of the process-wide metrics recorder, which the other integration tests
 //! would fill if they ran in the same process. It shares their harness, `tests/it/support`.
+//!
+//! Long file: the hostile-client scenarios with the raw-socket reader they share, one per test.
 
 // Not every part of the shared harness is used here.
-#[allow(dead_code, unused_imports)]
+#[allow(dead_code, unused_imports, unused_macros)]
 #[path = "../it/support/mod.rs"]
 mod support;
 
@@ -16,8 +18,6 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const ADMIN_TOKEN: &str = "hostile-admin-token-0123456789abcdef";
 
 /// A raw HTTP answer read off a socket.
 #[derive(Debug)]
@@ -87,38 +87,23 @@ async fn connect(base: &str) -> TcpStream {
     TcpStream::connect(addr).await.expect("connect")
 }
 
-fn config_extra(server: &str) -> String {
-    format!(
-        "{server}\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{}",
-        helper_bot("[\"command_bot\"]")
-    )
-}
-
-/// `[server]` keys go into the `[server]` table the harness already opens.
-async fn start(db: &TestDatabase, server_keys: &str) -> TestServer {
-    let mut config = config_for(db, &config_extra(""));
-    let overrides: toml::Table = toml::from_str(server_keys).expect("server keys");
-    for (key, value) in overrides {
-        match (key.as_str(), value) {
-            ("client_timeout", toml::Value::String(v)) => {
-                config.server.client_timeout = humantime::parse_duration(&v).expect("duration")
-            }
-            ("unverified_body_bytes", toml::Value::Integer(v)) => {
-                config.server.unverified_body_bytes = v as usize
-            }
-            ("max_body_bytes", toml::Value::Integer(v)) => {
-                config.server.max_body_bytes = v as usize
-            }
-            (other, _) => panic!("unexpected key {other}"),
+/// The server with the admin API and `helper` running command_bot; `client_timeout` set
+/// directly when given.
+async fn start(db: &TestDatabase, client_timeout: Option<Duration>) -> TestServer {
+    let app = TestApp::new(db).admin().helper(&["command_bot"]);
+    match client_timeout {
+        Some(timeout) => {
+            app.start_edited(|c| c.server.client_timeout = timeout)
+                .await
         }
+        None => app.start().await,
     }
-    start_with(config, zulip_listeners::server::ServeOptions::default()).await
 }
 
 #[tokio::test]
 async fn a_trickled_body_gets_408_within_the_deadline() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start(&db, "client_timeout = \"1s\"").await;
+    let t = start(&db, Some(Duration::from_secs(1))).await;
     let mut stream = connect(&t.base).await;
     stream
         .write_all(
@@ -174,7 +159,7 @@ async fn a_trickled_body_gets_408_within_the_deadline() {
 #[tokio::test]
 async fn a_slow_request_head_is_cut_off() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start(&db, "client_timeout = \"1s\"").await;
+    let t = start(&db, Some(Duration::from_secs(1))).await;
     let mut stream = connect(&t.base).await;
     stream
         .write_all(b"POST /zulip/outgoing HTTP/1.1\r\nHost: x\r\n")
@@ -199,12 +184,16 @@ async fn bodies_being_read_share_a_budget() {
     let db = TestDatabase::new(Backend::Sqlite);
     // Each connection sends 64 KiB of a declared 1 MiB body and then waits; the budget holds
     // 2 MiB (at least the largest body allowed: forwarder.max_body_bytes is lowered too).
-    let mut config = config_for(&db, &config_extra(""));
-    config.server.client_timeout = Duration::from_secs(10);
-    config.server.max_body_bytes = 1 << 20;
-    config.forwarder.max_body_bytes = 1 << 20;
-    config.server.unverified_body_bytes = 2 << 20;
-    let t = start_with(config, zulip_listeners::server::ServeOptions::default()).await;
+    let t = TestApp::new(&db)
+        .admin()
+        .helper(&["command_bot"])
+        .start_edited(|config| {
+            config.server.client_timeout = Duration::from_secs(10);
+            config.server.max_body_bytes = 1 << 20;
+            config.forwarder.max_body_bytes = 1 << 20;
+            config.server.unverified_body_bytes = 2 << 20;
+        })
+        .await;
     let piece = vec![b' '; 64 * 1024];
     let mut streams = Vec::new();
     for _ in 0..40 {
@@ -257,18 +246,9 @@ async fn bodies_being_read_share_a_budget() {
 
 #[tokio::test]
 async fn declared_sizes_do_not_reserve_memory() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\nurl = \"sqlite://{}\"\n{}",
-            dir.path().join("db.sqlite").display(),
-            helper_bot("[\"command_bot\"]")
-        ),
-    )
-    .expect("config");
-    let server = ServerProcess::start(&config).await;
+    let db = TestDatabase::new(Backend::Sqlite);
+    let config = db.config_file(&helper_bot(&["command_bot"]));
+    let server = ServerProcess::start(&config.path).await;
     let pid = server.child.id();
     let rss = || -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -301,7 +281,7 @@ async fn declared_sizes_do_not_reserve_memory() {
 #[tokio::test]
 async fn invented_methods_share_one_metric_label() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start(&db, "").await;
+    let t = start(&db, None).await;
     let mut stream = connect(&t.base).await;
     for i in 0..300 {
         let request = format!("XMETHOD{i:05} /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -312,13 +292,7 @@ async fn invented_methods_share_one_metric_label() {
         assert_eq!(answer.status, 405);
         answer.json();
     }
-    let metrics_addr = t.server.metrics_addr.expect("metrics listener");
-    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = t.metrics().await;
     let series: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("zulip_listeners_http_requests_total{"))
@@ -340,7 +314,7 @@ async fn invented_methods_share_one_metric_label() {
 #[tokio::test]
 async fn admin_refuses_an_unauthenticated_body_before_reading_it() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start(&db, "").await;
+    let t = start(&db, None).await;
     let mut stream = connect(&t.base).await;
     // 3 MB declared, a few bytes sent: the answer must not wait for the rest.
     stream
@@ -358,12 +332,8 @@ async fn admin_refuses_an_unauthenticated_body_before_reading_it() {
 #[tokio::test]
 async fn admin_extractor_errors_are_json() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start(&db, "").await;
-    let get = |path: &str| {
-        t.http
-            .get(format!("{}{path}", t.base))
-            .bearer_auth(ADMIN_TOKEN)
-    };
+    let t = start(&db, None).await;
+    let get = |path: &str| t.admin(reqwest::Method::GET, path);
     for path in [
         "/admin/events?page=abc",
         "/admin/events?success=maybe",
@@ -376,9 +346,7 @@ async fn admin_extractor_errors_are_json() {
     }
     // A replay body that is not JSON, and one too large.
     let post = |body: Vec<u8>| {
-        t.http
-            .post(format!("{}/admin/dead-letters/replay", t.base))
-            .bearer_auth(ADMIN_TOKEN)
+        t.admin(reqwest::Method::POST, "/admin/dead-letters/replay")
             .header("content-type", "application/json")
             .body(body)
     };
@@ -393,16 +361,12 @@ async fn admin_extractor_errors_are_json() {
 #[tokio::test]
 async fn admin_page_overflow_is_400() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start(&db, "").await;
+    let t = start(&db, None).await;
     let answer = t
-        .send(
-            t.http
-                .get(format!(
-                    "{}/admin/events?page=9223372036854775807&per_page=500",
-                    t.base
-                ))
-                .bearer_auth(ADMIN_TOKEN),
-        )
+        .send(t.admin(
+            reqwest::Method::GET,
+            "/admin/events?page=9223372036854775807&per_page=500",
+        ))
         .await;
     assert_eq!(answer.status, 400, "{answer:?}");
     assert!(
@@ -413,11 +377,7 @@ async fn admin_page_overflow_is_400() {
     );
     // A reasonable page still works.
     let answer = t
-        .send(
-            t.http
-                .get(format!("{}/admin/events?page=3&per_page=10", t.base))
-                .bearer_auth(ADMIN_TOKEN),
-        )
+        .send(t.admin(reqwest::Method::GET, "/admin/events?page=3&per_page=10"))
         .await;
     assert_eq!(answer.status, 200, "{answer:?}");
     t.stop().await;
@@ -426,7 +386,7 @@ async fn admin_page_overflow_is_400() {
 #[tokio::test]
 async fn upgrade_requests_are_answered_at_once() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start(&db, "").await;
+    let t = start(&db, None).await;
     for path in ["/zulip/outgoing", "/zulip/events", "/healthz"] {
         let mut stream = connect(&t.base).await;
         let request = format!(
@@ -447,7 +407,7 @@ async fn upgrade_requests_are_answered_at_once() {
 #[tokio::test]
 async fn readyz_shows_no_database_details() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start(&db, "").await;
+    let t = start(&db, None).await;
     let answer = t.send(t.http.get(format!("{}/readyz", t.base))).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json["database"], "ok");
@@ -505,7 +465,7 @@ async fn malformed_requests_are_not_logged_as_errors() {
 #[tokio::test]
 async fn a_slow_head_on_a_kept_alive_connection_is_cut_off() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start(&db, "client_timeout = \"1s\"").await;
+    let t = start(&db, Some(Duration::from_secs(1))).await;
     let mut stream = connect(&t.base).await;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

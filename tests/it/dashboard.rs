@@ -5,10 +5,10 @@
 //! replays a dead letter and signs out. The browser test saves a screenshot of each page to
 //! `docs/screenshots/`; it runs when `ZULIP_LISTENERS_TEST_BROWSER` is set (`.ci/run` sets it
 //! after installing Debian's `chromium` and `chromium-driver`).
+//!
+//! Long file: every page and form of the dashboard and the browser walk-through that takes the screenshots, each a scenario of its own, read best side by side.
 
-use std::time::Duration;
-
-use crate::support::{Backend, TestDatabase, TestServer, start_server};
+use crate::support::*;
 use zulip_listeners::clock::now_ms;
 use zulip_listeners::db::tables;
 use zulip_listeners::db::tables::{
@@ -16,31 +16,20 @@ use zulip_listeners::db::tables::{
     inbox::{InboxStatus, NewInboxRow},
 };
 
-const ADMIN: &str = "dashboard-test-admin-token-0123456789";
 const BROWSER_ENV: &str = "ZULIP_LISTENERS_TEST_BROWSER";
 
-fn config() -> String {
-    format!(
-        r#"[admin]
-token = "{ADMIN}"
-[bots.helper]
-email = "{}"
-token = "{}"
-handlers = ["alerts-eng", "pinger"]
-[listeners.alerts-eng]
-handler = "keyword_alerts"
-description = "Deploy talk in #engineering"
-events = ["message"]
-streams = ["Engineering"]
-[listeners.alerts-eng.settings]
-rules = [{{ name = "deploy", pattern = "(?i)deploy", webhook = "http://127.0.0.1:9/eng" }}]
-[listeners.pinger]
-handler = "command_bot"
-description = "Answers ping and help"
-"#,
-        crate::support::BOT_EMAIL,
-        crate::support::TOKEN
-    )
+/// The bot `helper` with a `keyword_alerts` listener and a `command_bot` one; the dashboard
+/// signs in with [`ADMIN`].
+fn app(db: &TestDatabase) -> TestApp {
+    TestApp::new(db)
+        .admin()
+        .helper(&["alerts-eng", "pinger"])
+        .deploy_alerts(
+            "alerts-eng",
+            "description = \"Deploy talk in #engineering\"\nevents = [\"message\"]\nstreams = [\"Engineering\"]\n",
+            "http://127.0.0.1:9/eng",
+        )
+        .toml("[listeners.pinger]\nhandler = \"command_bot\"\ndescription = \"Answers ping and help\"\n")
 }
 
 /// Event-log rows over the last two hours, some failed, and two dead letters.
@@ -94,6 +83,11 @@ async fn seed(t: &TestServer) {
     .await;
 }
 
+/// A response header as text (`None` when absent or not text).
+fn header<'a>(answer: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    answer.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -111,10 +105,7 @@ async fn sign_in(t: &TestServer, http: &reqwest::Client) -> (String, String) {
         .await
         .expect("sign in");
     assert_eq!(answer.status(), 303);
-    let set_cookie = answer
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
+    let set_cookie = header(&answer, "set-cookie")
         .expect("a session cookie")
         .to_string();
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
@@ -162,16 +153,10 @@ const FORMS: &[(&str, &str)] = &[
     ("/admin/logout", ""),
 ];
 
-#[tokio::test]
-async fn every_page_and_form_refuses_without_a_session() {
-    for backend in crate::support::backends() {
-        refusals_and_forms(backend).await;
-    }
-}
-
-async fn refusals_and_forms(backend: Backend) {
+backend_test!(async fn every_page_and_form_refuses_without_a_session);
+async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
     let db = TestDatabase::new(backend);
-    let t = start_server(&db, &config()).await;
+    let t = app(&db).start().await;
     seed(&t).await;
     let http = no_redirects();
 
@@ -182,14 +167,7 @@ async fn refusals_and_forms(backend: Backend) {
             .await
             .expect("page");
         assert_eq!(answer.status(), 303, "{page} without a session");
-        assert_eq!(
-            answer
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok()),
-            Some("/admin/login"),
-            "{page}"
-        );
+        assert_eq!(header(&answer, "location"), Some("/admin/login"), "{page}");
         let body = answer.text().await.expect("body");
         assert!(!body.contains("alerts-eng"), "{page} leaks: {body}");
         // A made-up or stale cookie is no session either.
@@ -246,16 +224,10 @@ async fn refusals_and_forms(backend: Backend) {
             .expect("page");
         assert_eq!(answer.status(), 200, "{page} with the bearer token");
         assert_eq!(
-            answer
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok()),
+            header(&answer, "content-type"),
             Some("text/html; charset=utf-8")
         );
-        let csp = answer
-            .headers()
-            .get("content-security-policy")
-            .and_then(|v| v.to_str().ok())
+        let csp = header(&answer, "content-security-policy")
             .unwrap_or_default()
             .to_string();
         assert!(csp.contains("default-src 'none'"), "{csp}");
@@ -334,12 +306,7 @@ async fn refusals_and_forms(backend: Backend) {
         .await
         .expect("form");
     assert_eq!(answer.status(), 303);
-    let location = answer
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let location = header(&answer, "location").unwrap_or_default().to_string();
     assert!(
         location.contains("changed%3A+description%2C+realms")
             || location.contains("changed%3A+realms%2C+description"),
@@ -413,7 +380,7 @@ async fn refusals_and_forms(backend: Backend) {
 #[tokio::test]
 async fn links_follow_the_proxy_path_prefix_and_https() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start_server(&db, &config()).await;
+    let t = app(&db).start().await;
     let http = no_redirects();
     let answer = http
         .get(format!("{}/admin/ui/events", t.base))
@@ -421,23 +388,20 @@ async fn links_follow_the_proxy_path_prefix_and_https() {
         .send()
         .await
         .expect("page");
-    assert_eq!(
-        answer
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok()),
-        Some("/zl/admin/login")
-    );
-    let page = http
-        .get(format!("{}/admin/ui/events", t.base))
-        .header("x-forwarded-prefix", "/zl")
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("body");
+    assert_eq!(header(&answer, "location"), Some("/zl/admin/login"));
+    // The events page, signed in with the token, behind a proxy that says `prefix`.
+    let events_page = async |prefix: &str| {
+        http.get(format!("{}/admin/ui/events", t.base))
+            .header("x-forwarded-prefix", prefix)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("body")
+    };
+    let page = events_page("/zl").await;
     assert!(page.contains("href=\"/zl/admin/ui/style.css\""), "{page}");
     assert!(page.contains("href=\"/zl/admin/ui/listeners\""), "{page}");
     assert!(
@@ -445,16 +409,7 @@ async fn links_follow_the_proxy_path_prefix_and_https() {
         "every link has the prefix: {page}"
     );
     // A prefix that is not a plain path is ignored.
-    let page = http
-        .get(format!("{}/admin/ui/events", t.base))
-        .header("x-forwarded-prefix", "/x\"><script>")
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("body");
+    let page = events_page("/x\"><script>").await;
     assert!(page.contains("href=\"/admin/ui/listeners\""));
     assert!(!page.contains("<script>"));
     // Behind an HTTPS proxy the cookie is Secure, with the prefixed path.
@@ -467,21 +422,12 @@ async fn links_follow_the_proxy_path_prefix_and_https() {
         .await
         .expect("login");
     assert_eq!(answer.status(), 303);
-    let cookie = answer
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
+    let cookie = header(&answer, "set-cookie")
         .unwrap_or_default()
         .to_string();
     assert!(cookie.contains("; Secure"), "{cookie}");
     assert!(cookie.contains("Path=/zl/admin;"), "{cookie}");
-    assert_eq!(
-        answer
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok()),
-        Some("/zl/admin/")
-    );
+    assert_eq!(header(&answer, "location"), Some("/zl/admin/"));
     t.stop().await;
 }
 
@@ -498,271 +444,6 @@ async fn enabled(t: &TestServer, name: &str) -> bool {
     answer.json["enabled"] == true
 }
 
-/// A small WebDriver client (W3C protocol over HTTP) for chromedriver.
-mod webdriver {
-    use serde_json::{Value, json};
-
-    pub struct Browser {
-        http: reqwest::Client,
-        session: String,
-    }
-
-    impl Browser {
-        pub async fn start(driver: &str) -> Browser {
-            let http = reqwest::Client::new();
-            let caps = json!({"capabilities": {"alwaysMatch": {
-                "browserName": "chrome",
-                "goog:chromeOptions": {
-                    "binary": "/usr/bin/chromium",
-                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                             "--disable-dev-shm-usage", "--window-size=1280,900",
-                             "--hide-scrollbars", "--force-device-scale-factor=1"]
-                }
-            }}});
-            let answer: Value = http
-                .post(format!("{driver}/session"))
-                .json(&caps)
-                .send()
-                .await
-                .expect("new session")
-                .json()
-                .await
-                .expect("session JSON");
-            let session = answer["value"]["sessionId"]
-                .as_str()
-                .unwrap_or_else(|| panic!("no session: {answer}"))
-                .to_string();
-            Browser {
-                http,
-                session: format!("{driver}/session/{session}"),
-            }
-        }
-
-        async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-            match self.try_call(method, path, body).await {
-                Ok(value) => value,
-                Err(error) => panic!("webdriver {path}: {error}"),
-            }
-        }
-
-        /// A WebDriver command; `Err` with WebDriver's error (e.g. no such element while a
-        /// page is still loading).
-        async fn try_call(
-            &self,
-            method: reqwest::Method,
-            path: &str,
-            body: Value,
-        ) -> Result<Value, Value> {
-            let request = self.http.request(method, format!("{}{path}", self.session));
-            let request = if body.is_null() {
-                request
-            } else {
-                request.json(&body)
-            };
-            let answer: Value = request
-                .send()
-                .await
-                .expect("webdriver call")
-                .json()
-                .await
-                .expect("webdriver JSON");
-            if answer["value"]["error"].is_string() {
-                return Err(answer["value"].clone());
-            }
-            Ok(answer["value"].clone())
-        }
-
-        /// The text of an element, or `None` while there is none (the page is loading).
-        pub async fn try_text(&self, css: &str) -> Option<String> {
-            let element = self
-                .try_call(
-                    reqwest::Method::POST,
-                    "/element",
-                    json!({"using": "css selector", "value": css}),
-                )
-                .await
-                .ok()?;
-            let id = element
-                .as_object()
-                .and_then(|o| o.values().next())
-                .and_then(Value::as_str)?
-                .to_string();
-            self.try_call(
-                reqwest::Method::GET,
-                &format!("/element/{id}/text"),
-                Value::Null,
-            )
-            .await
-            .ok()
-            .map(|v| v.as_str().unwrap_or_default().to_string())
-        }
-
-        pub async fn goto(&self, url: &str) {
-            self.call(reqwest::Method::POST, "/url", json!({ "url": url }))
-                .await;
-        }
-
-        pub async fn url(&self) -> String {
-            self.call(reqwest::Method::GET, "/url", Value::Null)
-                .await
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        }
-
-        pub async fn find(&self, css: &str) -> String {
-            let element = self
-                .call(
-                    reqwest::Method::POST,
-                    "/element",
-                    json!({"using": "css selector", "value": css}),
-                )
-                .await;
-            element
-                .as_object()
-                .and_then(|o| o.values().next())
-                .and_then(Value::as_str)
-                .unwrap_or_else(|| panic!("no element {css}"))
-                .to_string()
-        }
-
-        pub async fn text(&self, css: &str) -> String {
-            let element = self.find(css).await;
-            self.call(
-                reqwest::Method::GET,
-                &format!("/element/{element}/text"),
-                Value::Null,
-            )
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-        }
-
-        pub async fn click(&self, css: &str) {
-            let element = self.find(css).await;
-            self.call(
-                reqwest::Method::POST,
-                &format!("/element/{element}/click"),
-                json!({}),
-            )
-            .await;
-        }
-
-        pub async fn type_into(&self, css: &str, text: &str) {
-            let element = self.find(css).await;
-            self.call(
-                reqwest::Method::POST,
-                &format!("/element/{element}/value"),
-                json!({ "text": text }),
-            )
-            .await;
-        }
-
-        pub async fn resize(&self, width: u32, height: u32) {
-            self.call(
-                reqwest::Method::POST,
-                "/window/rect",
-                json!({"width": width, "height": height}),
-            )
-            .await;
-        }
-
-        /// Saves a PNG of the whole page (Chromium's full-page capture through the DevTools
-        /// command chromedriver forwards; the viewport alone if that is unavailable).
-        pub async fn screenshot(&self, path: &std::path::Path) {
-            use base64::Engine as _;
-            let full = self
-                .http
-                .post(format!("{}/goog/cdp/execute", self.session))
-                .json(&json!({"cmd": "Page.captureScreenshot",
-                              "params": {"captureBeyondViewport": true, "format": "png"}}))
-                .send()
-                .await
-                .ok();
-            let mut data = None;
-            if let Some(answer) = full
-                && let Ok(value) = answer.json::<Value>().await
-            {
-                data = value["value"]["data"].as_str().map(str::to_string);
-            }
-            let data = match data {
-                Some(data) => data,
-                None => self
-                    .call(reqwest::Method::GET, "/screenshot", Value::Null)
-                    .await
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            };
-            let png = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .expect("base64 PNG");
-            assert!(png.starts_with(b"\x89PNG"), "a PNG");
-            std::fs::write(path, png).expect("screenshot written");
-        }
-
-        pub async fn quit(self) {
-            let _ = self.http.delete(&self.session).send().await;
-        }
-    }
-}
-
-/// chromedriver on a free port, stopped when dropped.
-struct Driver {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_driver() -> Driver {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = std::process::Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromedriver starts (Debian package chromium-driver)");
-    let driver = Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let ready = crate::support::eventually(Duration::from_secs(20), async || {
-        reqwest::get(format!("{}/status", driver.url))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    assert!(ready, "chromedriver answers on {}", driver.url);
-    driver
-}
-
-/// Waits until the text of `css` contains `wanted`.
-async fn wait_text(browser: &webdriver::Browser, css: &str, wanted: &str) -> String {
-    let mut text = String::new();
-    // A click that submits a form navigates: the element may be missing (or stale) until
-    // the next page is there.
-    for _ in 0..100 {
-        if let Some(found) = browser.try_text(css).await {
-            text = found;
-            if text.contains(wanted) {
-                return text;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{css} never showed {wanted:?}; last: {text:?}")
-}
-
 #[tokio::test]
 async fn in_a_real_browser() {
     if std::env::var(BROWSER_ENV).is_err() {
@@ -775,10 +456,10 @@ async fn in_a_real_browser() {
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot folder");
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start_server(&db, &config()).await;
+    let t = app(&db).start().await;
     seed(&t).await;
     let driver = start_driver().await;
-    let browser = webdriver::Browser::start(&driver.url).await;
+    let browser = Browser::start(&driver.url).await;
     let base = &t.base;
 
     // Without a session the browser lands on the sign-in form.

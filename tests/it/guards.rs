@@ -1,62 +1,36 @@
 //! Rate limits and guards over real HTTP: what a limited or filtered request gets on each
 //! path, and that nothing refused is lost.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::support::*;
 use serde_json::{Value, json};
 use zulip_listeners::db::tables::inbox::InboxStatus;
 use zulip_listeners::db::{DbConnection, tables};
-use zulip_listeners::verification::SigningKey;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// Posts an outgoing webhook mentioning `helper` (`ping`) from `sender` of realm `realm`.
+async fn ping_from(t: &TestServer, id: i64, sender: i64, realm: &str) -> Answer {
+    let mut body = mention_json(id, "@**Helper** ping");
+    body["message"]["sender_id"] = json!(sender);
+    body["message"]["sender_email"] = json!(format!("user{sender}@example.com"));
+    body["message"]["sender_realm_str"] = json!(realm);
+    t.post_json("/zulip/outgoing", &body.to_string()).await
 }
 
-fn mention(id: i64, sender: i64, realm: &str) -> String {
-    json!({
-        "bot_email": BOT_EMAIL, "bot_full_name": "Helper", "token": TOKEN, "trigger": "mention",
-        "data": "@**Helper** ping",
-        "message": {"id": id, "type": "stream", "content": "@**Helper** ping", "sender_id": sender,
-                    "sender_email": format!("user{sender}@example.com"), "sender_realm_str": realm,
-                    "stream_id": 5, "display_recipient": "general", "subject": "t"}
-    })
-    .to_string()
-}
-
-fn envelope(event_id: &str, realm: i64, sender: i64, message_id: i64, emitted_ms: i64) -> Value {
-    json!({
-        "v": 1, "event_id": event_id, "emitted_at_ms": emitted_ms,
-        "server": {"host": "h", "zulip_version": "10.2", "feature_level": 334},
-        "realm": {"id": realm, "uuid": "u", "string_id": format!("r{realm}")},
-        "type": "message", "op": null, "audience": {"count": 1, "user_ids": [sender]},
-        "event": {"type": "message", "flags": [], "message": {
-            "id": message_id, "sender_id": sender, "content": "hello", "type": "stream",
-            "display_recipient": "general", "stream_id": 5, "subject": "t", "timestamp": 1700000000}}
-    })
-}
-
-async fn post_events(t: &TestServer, webhook_id: &str, envelopes: Vec<Value>) -> Answer {
-    let body = json!({ "events": envelopes }).to_string();
-    let ts = now();
-    let key = SigningKey::parse(SECRET).expect("key");
-    t.send(
-        t.http
-            .post(format!("{}/zulip/events", t.base))
-            .header("webhook-id", webhook_id)
-            .header("webhook-timestamp", ts.to_string())
-            .header(
-                "webhook-signature",
-                key.sign(webhook_id, ts, body.as_bytes()),
-            )
-            .body(body),
-    )
-    .await
+/// A forwarded message from `sender` in realm `realm` (`r<id>`), emitted at `emitted_ms`.
+fn envelope_from(
+    event_id: &str,
+    realm: i64,
+    sender: i64,
+    message_id: i64,
+    emitted_ms: i64,
+) -> Value {
+    let event = channel_message(message_id, sender, "hello", ("general", 5, "t"));
+    Envelope::new(event_id, event)
+        .realm(realm, &format!("r{realm}"))
+        .audience(&[sender])
+        .emitted_at_ms(emitted_ms)
+        .json()
 }
 
 fn inbox_row(c: &mut DbConnection, status: &str) -> Vec<(String, Option<String>)> {
@@ -67,41 +41,21 @@ fn inbox_row(c: &mut DbConnection, status: &str) -> Vec<(String, Option<String>)
         .collect()
 }
 
-fn guard_rows(c: &mut DbConnection, guard: &str) -> Vec<Option<String>> {
-    use diesel::prelude::*;
-    use zulip_listeners::db::schema::event_log as log;
-    log::table
-        .filter(log::listener.eq(guard))
-        .select(log::error)
-        .load(c)
-        .expect("log")
-}
-
 #[actix_web::test]
 async fn outgoing_webhooks_over_quota_get_a_notice_not_an_error() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let extra = format!(
-        "{}[bots.helper.rate_limits.per_user]\nper_minute = 60\nburst = 2\n\
-         [bots.helper.rate_limits.per_realm]\nper_minute = 60\nburst = 4\n",
-        helper_bot(r#"["command_bot"]"#)
-    );
-    let t = start_server(&db, &extra).await;
-    let pong = json!({"content": "pong"});
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention(1, 10, "zulip"))
-            .await
-            .json,
-        pong
-    );
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention(2, 10, "zulip"))
-            .await
-            .json,
-        pong
-    );
-    let limited = t
-        .post_json("/zulip/outgoing", &mention(3, 10, "zulip"))
+    let t = TestApp::new(&db)
+        .helper(&["command_bot"])
+        .toml(
+            "[bots.helper.rate_limits.per_user]\nper_minute = 60\nburst = 2\n\
+             [bots.helper.rate_limits.per_realm]\nper_minute = 60\nburst = 4\n",
+        )
+        .start()
         .await;
+    let pong = json!({"content": "pong"});
+    assert_eq!(ping_from(&t, 1, 10, "zulip").await.json, pong);
+    assert_eq!(ping_from(&t, 2, 10, "zulip").await.json, pong);
+    let limited = ping_from(&t, 3, 10, "zulip").await;
     assert_eq!(
         limited.status, 200,
         "never an error status for Zulip to post publicly"
@@ -111,27 +65,15 @@ async fn outgoing_webhooks_over_quota_get_a_notice_not_an_error() {
         .expect("the notice is the reply");
     assert!(notice.contains("faster than I can answer"), "{notice}");
     // Zulip's retry of the limited message gets the same answer, and costs no quota.
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention(3, 10, "zulip"))
-            .await
-            .json,
-        limited.json
-    );
+    assert_eq!(ping_from(&t, 3, 10, "zulip").await.json, limited.json);
 
     // Another user is not affected by user 10's quota …
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention(4, 11, "zulip"))
-            .await
-            .json,
-        pong
-    );
+    assert_eq!(ping_from(&t, 4, 11, "zulip").await.json, pong);
     // … until the realm's quota (4 at once) is used up, across users.
-    let capped = t
-        .post_json("/zulip/outgoing", &mention(5, 12, "zulip"))
-        .await;
+    let capped = ping_from(&t, 5, 12, "zulip").await;
     assert_eq!(capped.json["content"].as_str(), Some(notice));
 
-    let rows = t.query(|c| guard_rows(c, "rate_limiter")).await;
+    let rows = t.query(|c| log_errors(c, "rate_limiter")).await;
     assert_eq!(rows.len(), 2, "each refusal is in the event log: {rows:?}");
     assert!(
         rows[0]
@@ -149,118 +91,107 @@ async fn outgoing_webhooks_over_quota_get_a_notice_not_an_error() {
 
     // With an empty notice, a limited request gets no reply at all.
     let db = TestDatabase::new(Backend::Sqlite);
-    let extra = format!(
-        "{}[rate_limits]\noutgoing_notice = \"\"\n[rate_limits.outgoing.per_user]\nper_minute = 1\nburst = 1\n",
-        helper_bot(r#"["command_bot"]"#)
-    );
-    let t = start_server(&db, &extra).await;
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &mention(1, 10, "zulip"))
-            .await
-            .json,
-        pong
-    );
-    let quiet = t
-        .post_json("/zulip/outgoing", &mention(2, 10, "zulip"))
+    let t = TestApp::new(&db)
+        .helper(&["command_bot"])
+        .toml("[rate_limits]\noutgoing_notice = \"\"\n[rate_limits.outgoing.per_user]\nper_minute = 1\nburst = 1\n")
+        .start()
         .await;
+    assert_eq!(ping_from(&t, 1, 10, "zulip").await.json, pong);
+    let quiet = ping_from(&t, 2, 10, "zulip").await;
     assert_eq!(quiet.json, json!({"response_not_required": true}));
     t.stop().await;
 }
 
-#[actix_web::test]
-async fn forwarded_events_over_quota_are_kept_and_replayable() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let extra = format!(
-            "[forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"message_logger\"]\n\
-             [rate_limits.forwarder.per_user]\nper_minute = 60\nburst = 2\n"
-        );
-        let t = start_server(&db, &extra).await;
-        let ms = now() * 1000;
-        let events = (0..3)
-            .map(|i| envelope(&format!("q{i}"), 2, 10, 100 + i, ms))
-            .collect();
-        let answer = post_events(&t, "msg_quota", events).await;
-        assert_eq!(answer.status, 200);
-        assert_eq!(
-            (
-                answer.json["accepted"].as_i64(),
-                answer.json["rate_limited"].as_i64()
-            ),
-            (Some(2), Some(1))
-        );
+backend_test!(async fn forwarded_events_over_quota_are_kept_and_replayable);
+async fn forwarded_events_over_quota_are_kept_and_replayable(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let t = TestApp::new(&db)
+        .forwarder()
+        .toml(
+            "[forwarder]\nhandlers = [\"message_logger\"]\n\
+             [rate_limits.forwarder.per_user]\nper_minute = 60\nburst = 2\n",
+        )
+        .start()
+        .await;
+    let ms = now_s() * 1000;
+    let events = (0..3)
+        .map(|i| envelope_from(&format!("q{i}"), 2, 10, 100 + i, ms))
+        .collect();
+    let answer = t.post_events("msg_quota", events).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        (
+            answer.json["accepted"].as_i64(),
+            answer.json["rate_limited"].as_i64()
+        ),
+        (Some(2), Some(1))
+    );
 
-        let limited = t.query(|c| inbox_row(c, "rate_limited")).await;
-        assert_eq!(limited.len(), 1, "{backend:?}");
-        assert_eq!(limited[0].0, "q2");
-        assert!(
-            limited[0]
-                .1
-                .as_deref()
-                .unwrap_or_default()
-                .contains("user's rate limit")
-        );
-        let kept = t
-            .query(|c| tables::messages::message_by_id(c, 102).expect("q"))
-            .await;
-        assert!(kept.is_none(), "not dispatched");
+    let limited = t.query(|c| inbox_row(c, "rate_limited")).await;
+    assert_eq!(limited.len(), 1, "{backend:?}");
+    assert_eq!(limited[0].0, "q2");
+    assert!(
+        limited[0]
+            .1
+            .as_deref()
+            .unwrap_or_default()
+            .contains("user's rate limit")
+    );
+    let kept = t
+        .query(|c| tables::messages::message_by_id(c, 102).expect("q"))
+        .await;
+    assert!(kept.is_none(), "not dispatched");
 
-        let requeued = t
-            .query(|c| {
-                tables::inbox_work::requeue(c, &[InboxStatus::RateLimited], None).expect("requeue")
-            })
-            .await;
-        assert_eq!(requeued, 1);
-        let replayed = eventually(Duration::from_secs(10), async || {
-            t.query(|c| tables::messages::message_by_id(c, 102).expect("q"))
-                .await
-                .is_some()
+    let requeued = t
+        .query(|c| {
+            tables::inbox_work::requeue(c, &[InboxStatus::RateLimited], None).expect("requeue")
         })
         .await;
-        assert!(
-            replayed,
-            "{backend:?}: a replayed rate-limited event is processed"
-        );
-        t.stop().await;
-    }
+    assert_eq!(requeued, 1);
+    let replayed = eventually(Duration::from_secs(10), async || {
+        t.query(|c| tables::messages::message_by_id(c, 102).expect("q"))
+            .await
+            .is_some()
+    })
+    .await;
+    assert!(
+        replayed,
+        "{backend:?}: a replayed rate-limited event is processed"
+    );
+    t.stop().await;
 }
 
 #[actix_web::test]
 async fn a_deep_backlog_is_answered_429_with_retry_after() {
     let alerts = Stub::start(r#"{"ok": true}"#, Duration::from_millis(300)).await;
     let db = TestDatabase::new(Backend::Sqlite);
-    let extra = format!(
-        "[forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nmax_backlog = 2\nhandlers = [\"keyword_alerts\"]\n\
-         [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
-        alerts.url
-    );
-    let t = start_server(&db, &extra).await;
-    let ms = now() * 1000;
-    let first = post_events(
-        &t,
-        "msg_b1",
-        (0..4)
-            .map(|i| envelope(&format!("b{i}"), 2, 10 + i, 200 + i, ms))
-            .collect(),
-    )
-    .await;
+    let t = TestApp::new(&db)
+        .forwarder()
+        .toml(&format!(
+            "[forwarder]\nworkers = 1\nmax_backlog = 2\nhandlers = [\"keyword_alerts\"]\n\
+             [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
+            alerts.url
+        ))
+        .start()
+        .await;
+    let ms = now_s() * 1000;
+    let first = t
+        .post_events(
+            "msg_b1",
+            (0..4)
+                .map(|i| envelope_from(&format!("b{i}"), 2, 10 + i, 200 + i, ms))
+                .collect(),
+        )
+        .await;
     assert_eq!(first.status, 200);
     // The backlog is realm 2's: another realm's batch is still accepted.
-    let other = post_events(&t, "msg_other_realm", vec![envelope("o1", 3, 10, 300, ms)]).await;
+    let other = t
+        .post_events("msg_other_realm", vec![envelope_from("o1", 3, 10, 300, ms)])
+        .await;
     assert_eq!(other.status, 200, "{:?}", other.json);
-    let more = json!({ "events": [envelope("b9", 2, 10, 209, ms)] }).to_string();
+    let more = batch(vec![envelope_from("b9", 2, 10, 209, ms)]);
     let response = t
-        .http
-        .post(format!("{}/zulip/events", t.base))
-        .header("webhook-id", "msg_b2")
-        .header("webhook-timestamp", now().to_string())
-        .header(
-            "webhook-signature",
-            SigningKey::parse(SECRET)
-                .expect("key")
-                .sign("msg_b2", now(), more.as_bytes()),
-        )
-        .body(more.clone())
+        .events_request("msg_b2", now_s(), &more, SECRET)
         .send()
         .await
         .expect("sent");
@@ -276,7 +207,7 @@ async fn a_deep_backlog_is_answered_429_with_retry_after() {
     assert_eq!(body["error"], "over_capacity");
 
     let drained = eventually(Duration::from_secs(15), async || {
-        post_events(&t, "msg_b3", vec![envelope("b10", 2, 10, 210, ms)])
+        t.post_events("msg_b3", vec![envelope_from("b10", 2, 10, 210, ms)])
             .await
             .status
             == 200
@@ -287,98 +218,84 @@ async fn a_deep_backlog_is_answered_429_with_retry_after() {
     alerts.stop().await;
 }
 
-#[actix_web::test]
-async fn realm_and_user_filters_on_both_paths() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let extra = format!(
-            "{}[forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"message_logger\"]\n\
+backend_test!(async fn realm_and_user_filters_on_both_paths);
+async fn realm_and_user_filters_on_both_paths(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let t = TestApp::new(&db)
+        .helper(&["command_bot"])
+        .forwarder()
+        .toml(
+            "[forwarder]\nhandlers = [\"message_logger\"]\n\
              [filters]\nallowed_realms = [2, \"zulip\"]\nblocked_users = [13]\n",
-            helper_bot(r#"["command_bot"]"#)
-        );
-        let t = start_server(&db, &extra).await;
-        let pong = json!({"content": "pong"});
-        let quiet = json!({"response_not_required": true});
-        assert_eq!(
-            t.post_json("/zulip/outgoing", &mention(1, 10, "zulip"))
-                .await
-                .json,
-            pong
-        );
-        assert_eq!(
-            t.post_json("/zulip/outgoing", &mention(2, 10, "elsewhere"))
-                .await
-                .json,
-            quiet
-        );
-        assert_eq!(
-            t.post_json("/zulip/outgoing", &mention(3, 13, "zulip"))
-                .await
-                .json,
-            quiet
-        );
-        let rows = t.query(|c| guard_rows(c, "filters")).await;
-        assert_eq!(rows.len(), 2, "{backend:?}: {rows:?}");
-        assert!(
-            rows[0]
-                .as_deref()
-                .unwrap_or_default()
-                .contains("`elsewhere` is not in filters.allowed_realms")
-        );
-        assert!(
-            rows[1]
-                .as_deref()
-                .unwrap_or_default()
-                .contains("user 13 is in filters.blocked_users")
-        );
+        )
+        .start()
+        .await;
+    let pong = json!({"content": "pong"});
+    let quiet = json!({"response_not_required": true});
+    assert_eq!(ping_from(&t, 1, 10, "zulip").await.json, pong);
+    assert_eq!(ping_from(&t, 2, 10, "elsewhere").await.json, quiet);
+    assert_eq!(ping_from(&t, 3, 13, "zulip").await.json, quiet);
+    let rows = t.query(|c| log_errors(c, "filters")).await;
+    assert_eq!(rows.len(), 2, "{backend:?}: {rows:?}");
+    assert!(
+        rows[0]
+            .as_deref()
+            .unwrap_or_default()
+            .contains("`elsewhere` is not in filters.allowed_realms")
+    );
+    assert!(
+        rows[1]
+            .as_deref()
+            .unwrap_or_default()
+            .contains("user 13 is in filters.blocked_users")
+    );
 
-        let ms = now() * 1000;
-        let old = ms - 2 * 24 * 3600 * 1000;
-        let answer = post_events(
-            &t,
+    let ms = now_s() * 1000;
+    let old = ms - 2 * 24 * 3600 * 1000;
+    let answer = t
+        .post_events(
             "msg_filters",
             vec![
-                envelope("ok", 2, 10, 300, ms),
-                envelope("other-realm", 3, 10, 301, ms),
-                envelope("blocked", 2, 13, 302, ms),
-                envelope("too-old", 2, 10, 303, old),
+                envelope_from("ok", 2, 10, 300, ms),
+                envelope_from("other-realm", 3, 10, 301, ms),
+                envelope_from("blocked", 2, 13, 302, ms),
+                envelope_from("too-old", 2, 10, 303, old),
             ],
         )
         .await;
-        assert_eq!(answer.status, 200);
-        assert_eq!(
-            (
-                answer.json["accepted"].as_i64(),
-                answer.json["filtered"].as_i64(),
-                answer.json["expired"].as_i64()
-            ),
-            (Some(1), Some(2), Some(1))
-        );
-        let (filtered, expired) = t
-            .query(|c| (inbox_row(c, "filtered"), inbox_row(c, "expired")))
-            .await;
-        let reason = |id: &str| {
-            filtered
-                .iter()
-                .find(|(e, _)| e == id)
-                .and_then(|(_, r)| r.clone())
-                .unwrap_or_default()
-        };
-        assert!(
-            reason("other-realm").contains("`r3` (id 3) is not in filters.allowed_realms"),
-            "{filtered:?}"
-        );
-        assert!(reason("blocked").contains("user 13"));
-        assert_eq!(expired.len(), 1);
-        assert!(
-            expired[0]
-                .1
-                .as_deref()
-                .unwrap_or_default()
-                .contains("max_event_age")
-        );
-        t.stop().await;
-    }
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        (
+            answer.json["accepted"].as_i64(),
+            answer.json["filtered"].as_i64(),
+            answer.json["expired"].as_i64()
+        ),
+        (Some(1), Some(2), Some(1))
+    );
+    let (filtered, expired) = t
+        .query(|c| (inbox_row(c, "filtered"), inbox_row(c, "expired")))
+        .await;
+    let reason = |id: &str| {
+        filtered
+            .iter()
+            .find(|(e, _)| e == id)
+            .and_then(|(_, r)| r.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason("other-realm").contains("`r3` (id 3) is not in filters.allowed_realms"),
+        "{filtered:?}"
+    );
+    assert!(reason("blocked").contains("user 13"));
+    assert_eq!(expired.len(), 1);
+    assert!(
+        expired[0]
+            .1
+            .as_deref()
+            .unwrap_or_default()
+            .contains("max_event_age")
+    );
+    t.stop().await;
 }
 
 #[actix_web::test]
@@ -390,17 +307,14 @@ async fn stored_errors_and_logs_are_sanitized() {
     .await;
     service.set_status(500);
     let db = TestDatabase::new(Backend::Sqlite);
-    let extra = format!(
-        "{}[handlers.relay]\nurl = \"{}/\"\n",
-        helper_bot(r#"["relay"]"#),
-        service.url
-    );
-    let t = start_server(&db, &extra).await;
-    let answer = t
-        .post_json("/zulip/outgoing", &mention(1, 10, "zulip"))
+    let t = TestApp::new(&db)
+        .helper(&["relay"])
+        .toml(&format!("[handlers.relay]\nurl = \"{}/\"\n", service.url))
+        .start()
         .await;
+    let answer = ping_from(&t, 1, 10, "zulip").await;
     assert_eq!(answer.json, json!({"response_not_required": true}));
-    let errors = t.query(|c| guard_rows(c, "relay")).await;
+    let errors = t.query(|c| log_errors(c, "relay")).await;
     let error = errors[0].clone().unwrap_or_default();
     assert!(error.contains("a…@example.com"), "{error}");
     assert!(!error.contains("alice.smith"), "{error}");

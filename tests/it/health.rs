@@ -1,25 +1,12 @@
 //! `GET /health` (ok, degraded with reasons, unavailable) and the process metrics on
 //! `/metrics`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use reqwest::Method;
 
 use crate::support::*;
-use serde_json::{Value, json};
-use zulip_listeners::verification::SigningKey;
-
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const ADMIN: &str = "admin-token-for-tests-0123456789";
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-async fn health(t: &TestServer) -> Answer {
-    t.send(t.http.get(format!("{}/health", t.base))).await
-}
+use serde_json::json;
 
 fn reasons(answer: &Answer) -> Vec<String> {
     answer.json["reasons"]
@@ -32,16 +19,28 @@ fn reasons(answer: &Answer) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A server with the admin API whose keyword_alerts listener alerts a target answering 500
+/// on broken builds, with `error_handling` as configuration.
+async fn with_a_failing_target(db: &TestDatabase, error_handling: &str) -> (TestServer, Stub) {
+    let target = Stub::failing().await;
+    let t = TestApp::new(db)
+        .alerting_on_broken(&target.url)
+        .admin()
+        .toml(error_handling)
+        .start()
+        .await;
+    (t, target)
+}
+
 async fn admin_post(t: &TestServer, path: &str) -> Answer {
-    t.send(t.http.post(format!("{}{path}", t.base)).bearer_auth(ADMIN))
-        .await
+    t.send(t.admin(Method::POST, path)).await
 }
 
 /// Polls `/health` until `check` holds (the database facts are cached for a second).
 async fn health_until(t: &TestServer, check: impl Fn(&Answer) -> bool) -> Answer {
     let mut last = None;
     eventually(Duration::from_secs(10), async || {
-        let answer = health(t).await;
+        let answer = t.health().await;
         let ok = check(&answer);
         last = Some(answer);
         ok
@@ -53,108 +52,72 @@ async fn health_until(t: &TestServer, check: impl Fn(&Answer) -> bool) -> Answer
     }
 }
 
-#[actix_web::test]
-async fn ok_then_degraded_by_an_operator_then_ok_again() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let t = start_server(&db, &format!("[admin]\ntoken = \"{ADMIN}\"\n")).await;
+backend_test!(async fn ok_then_degraded_by_an_operator_then_ok_again);
+async fn ok_then_degraded_by_an_operator_then_ok_again(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let t = TestApp::new(&db).admin().start().await;
 
-        let start = health(&t).await;
-        assert_eq!(start.status, 200, "{:?}", start.json);
-        assert_eq!(start.json["status"], "ok", "{:?}", start.json);
-        assert_eq!(reasons(&start), Vec::<String>::new());
-        assert_eq!(start.json["database"], "ok");
-        assert!(
-            start.json["listeners"]
-                .as_array()
-                // Every handler is fine; "off" ones (welcome_bot in config/default.toml) are
-                // switched off in the file, which is not a degradation.
-                .is_some_and(
-                    |h| h.len() >= 4 && h.iter().all(|h| h["state"] == "ok" || h["state"] == "off")
-                ),
-            "{:?}",
-            start.json
-        );
+    let start = t.health().await;
+    assert_eq!(start.status, 200, "{:?}", start.json);
+    assert_eq!(start.json["status"], "ok", "{:?}", start.json);
+    assert_eq!(reasons(&start), Vec::<String>::new());
+    assert_eq!(start.json["database"], "ok");
+    assert!(
+        start.json["listeners"]
+            .as_array()
+            // Every handler is fine; "off" ones (welcome_bot in config/default.toml) are
+            // switched off in the file, which is not a degradation.
+            .is_some_and(
+                |h| h.len() >= 4 && h.iter().all(|h| h["state"] == "ok" || h["state"] == "off")
+            ),
+        "{:?}",
+        start.json
+    );
 
-        assert_eq!(
-            admin_post(&t, "/admin/listeners/relay/disable")
-                .await
-                .status,
-            200
-        );
-        let degraded = health_until(&t, |a| a.json["status"] == "degraded").await;
-        assert_eq!(degraded.status, 200, "degraded still answers 200");
-        assert_eq!(
-            reasons(&degraded),
-            vec![
-                "listener `relay` is disabled by an operator (admin API or command line)"
-                    .to_string()
-            ],
-            "{:?}",
-            degraded.json
-        );
-        assert!(
-            degraded.json["listeners"].as_array().is_some_and(|h| h
-                .iter()
-                .any(|h| h["name"] == "relay" && h["state"] == "disabled")),
-            "{:?}",
-            degraded.json
-        );
+    assert_eq!(
+        admin_post(&t, "/admin/listeners/relay/disable")
+            .await
+            .status,
+        200
+    );
+    let degraded = health_until(&t, |a| a.json["status"] == "degraded").await;
+    assert_eq!(degraded.status, 200, "degraded still answers 200");
+    assert_eq!(
+        reasons(&degraded),
+        vec!["listener `relay` is disabled by an operator (admin API or command line)".to_string()],
+        "{:?}",
+        degraded.json
+    );
+    assert!(
+        degraded.json["listeners"].as_array().is_some_and(|h| h
+            .iter()
+            .any(|h| h["name"] == "relay" && h["state"] == "disabled")),
+        "{:?}",
+        degraded.json
+    );
 
-        assert_eq!(
-            admin_post(&t, "/admin/listeners/relay/enable").await.status,
-            200
-        );
-        let ok = health_until(&t, |a| a.json["status"] == "ok").await;
-        assert_eq!(
-            (ok.status, ok.json["status"].as_str()),
-            (200, Some("ok")),
-            "{:?}",
-            ok.json
-        );
-        t.stop().await;
-    }
-}
-
-fn envelope(event_id: &str, message_id: i64) -> Value {
-    json!({"v": 1, "event_id": event_id, "emitted_at_ms": now() * 1000,
-           "server": {"host": "h", "zulip_version": "10.2", "feature_level": 334},
-           "realm": {"id": 2, "uuid": "u", "string_id": "acme"}, "type": "message", "op": null,
-           "audience": {"count": 1, "user_ids": [10]},
-           "event": {"type": "message", "flags": [], "message": {"id": message_id, "sender_id": 10,
-               "content": "the build is broken", "type": "stream", "display_recipient": "ops",
-               "stream_id": 5, "subject": "ci", "timestamp": 1700000000}}})
+    assert_eq!(
+        admin_post(&t, "/admin/listeners/relay/enable").await.status,
+        200
+    );
+    let ok = health_until(&t, |a| a.json["status"] == "ok").await;
+    assert_eq!(
+        (ok.status, ok.json["status"].as_str()),
+        (200, Some("ok")),
+        "{:?}",
+        ok.json
+    );
+    t.stop().await;
 }
 
 #[actix_web::test]
 async fn an_open_breaker_degrades_until_the_handler_recovers() {
-    let target = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
-    target.set_status(500);
     let db = TestDatabase::new(Backend::Sqlite);
-    let extra = format!(
-        "[forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
-         [admin]\ntoken = \"{ADMIN}\"\n\
-         [error_handling]\nbreaker_failures = 2\nbreaker_cooldown = \"60s\"\nmax_failures_per_hour = 1000\n\
-         [handlers.keyword_alerts]\nrules = [{{ name = \"broken\", pattern = \"broken\", webhook = \"{}/alert\" }}]\n",
-        target.url
-    );
-    let t = start_server(&db, &extra).await;
-    assert_eq!(health(&t).await.json["status"], "ok");
+    let (t, target) = with_a_failing_target(&db, "[error_handling]\nbreaker_failures = 2\nbreaker_cooldown = \"60s\"\nmax_failures_per_hour = 1000\n").await;
+    assert_eq!(t.health().await.json["status"], "ok");
 
-    let body = json!({ "events": [envelope("b1", 701)] }).to_string();
-    let ts = now();
-    let signature = SigningKey::parse(SECRET)
-        .expect("key")
-        .sign("msg_b", ts, body.as_bytes());
     let sent = t
-        .send(
-            t.http
-                .post(format!("{}/zulip/events", t.base))
-                .header("webhook-id", "msg_b")
-                .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", signature)
-                .body(body),
-        )
+        .post_events("msg_b", vec![broken_build("b1", 701, 10)])
         .await;
     assert_eq!(sent.status, 200);
 
@@ -200,20 +163,14 @@ async fn an_open_breaker_degrades_until_the_handler_recovers() {
     // An event parked behind the breaker waits for its cool-down (60 s here): replay it now.
     let replay = t
         .send(
-            t.http
-                .post(format!("{}/admin/dead-letters/replay", t.base))
-                .bearer_auth(ADMIN)
+            t.admin(Method::POST, "/admin/dead-letters/replay")
                 .body(r#"{"all": true, "status": "parked"}"#),
         )
         .await;
     assert_eq!(replay.json["requeued"], 1, "{:?}", replay.json);
     // The replay is kept in the audit trail.
     let audit = t
-        .send(
-            t.http
-                .get(format!("{}/admin/dead-letters?status=parked", t.base))
-                .bearer_auth(ADMIN),
-        )
+        .send(t.admin(Method::GET, "/admin/dead-letters?status=parked"))
         .await;
     let replays = audit.json["replays"].as_array().expect("replays");
     assert_eq!(
@@ -238,27 +195,17 @@ async fn an_open_breaker_degrades_until_the_handler_recovers() {
 #[actix_web::test]
 async fn process_metrics_are_plausible() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start_server(&db, "").await;
-    let addr = t.server.metrics_addr.expect("metrics listener");
+    let t = TestApp::new(&db).start().await;
     // The gauges are refreshed in the background: the per-listener queue lag appears once
     // the first refresh has run.
     let lag_exported = eventually(Duration::from_secs(10), async || {
-        reqwest::get(format!("http://{addr}/metrics"))
+        t.metrics()
             .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("text")
             .contains("zulip_listeners_listener_queue_lag_seconds{handler=\"message_logger\"} 0")
     })
     .await;
     assert!(lag_exported, "queue lag per forwarder listener");
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = t.metrics().await;
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
     let value = |name: &str| -> f64 {
@@ -279,7 +226,7 @@ async fn process_metrics_are_plausible() {
     assert!(value("process_max_fds") >= value("process_open_fds"));
     assert!(value("process_cpu_seconds_total") >= 0.0);
     let started = value("process_start_time_seconds");
-    let now = now() as f64;
+    let now = now_s() as f64;
     assert!(
         started <= now + 1.0 && started > now - 3600.0,
         "started {started}, now {now}"
@@ -289,31 +236,14 @@ async fn process_metrics_are_plausible() {
 
 #[actix_web::test]
 async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
-    let target = Stub::start(r#"{"ok": true}"#, Duration::ZERO).await;
-    target.set_status(500);
     let db = TestDatabase::new(Backend::Sqlite);
-    let extra = format!(
-        "[forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
-         [admin]\ntoken = \"{ADMIN}\"\n\
-         [error_handling]\nbreaker_failures = 1000\nmax_failures_per_hour = 2\n\
-         [handlers.keyword_alerts]\nrules = [{{ name = \"broken\", pattern = \"broken\", webhook = \"{}/alert\" }}]\n",
-        target.url
-    );
-    let t = start_server(&db, &extra).await;
-    let body = json!({ "events": [envelope("c1", 801)] }).to_string();
-    let ts = now();
-    let signature = SigningKey::parse(SECRET)
-        .expect("key")
-        .sign("msg_c", ts, body.as_bytes());
+    let (t, target) = with_a_failing_target(
+        &db,
+        "[error_handling]\nbreaker_failures = 1000\nmax_failures_per_hour = 2\n",
+    )
+    .await;
     let sent = t
-        .send(
-            t.http
-                .post(format!("{}/zulip/events", t.base))
-                .header("webhook-id", "msg_c")
-                .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", signature)
-                .body(body),
-        )
+        .post_events("msg_c", vec![broken_build("c1", 801, 10)])
         .await;
     assert_eq!(sent.status, 200);
 
@@ -332,11 +262,7 @@ async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
     assert_eq!(degraded.json["status"], "degraded");
     // The breaker's decision is in the listener's history.
     let shown = t
-        .send(
-            t.http
-                .get(format!("{}/admin/listeners/keyword_alerts", t.base))
-                .bearer_auth(ADMIN),
-        )
+        .send(t.admin(Method::GET, "/admin/listeners/keyword_alerts"))
         .await;
     let last = &shown.json["history"][0];
     assert_eq!(
@@ -372,9 +298,7 @@ async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
         200
     );
     t.send(
-        t.http
-            .post(format!("{}/admin/dead-letters/replay", t.base))
-            .bearer_auth(ADMIN)
+        t.admin(Method::POST, "/admin/dead-letters/replay")
             .body(r#"{"all": true, "status": "parked"}"#),
     )
     .await;

@@ -1,14 +1,15 @@
 //! The operator's toolkit: a binary without system libpq, logs without colour codes off a
 //! terminal, `doctor`, the monitoring bundle's metric names, the "Try it" commands
 //! (`curl` → pong, `send-sample`), and the `listeners` table and its JSON.
+//!
+//! Long file: the operator's toolkit (doctor, logs, monitoring bundle, Try it, listeners table) with its two stand-ins, one scenario per test.
 
 use std::io::Read as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::support::*;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -16,38 +17,10 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use zulip_listeners::verification::SigningKey;
 
-const BIN: &str = env!("CARGO_BIN_EXE_zulip-listeners");
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const API_KEY: &str = "bot-api-key-0123456789abcdef";
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Runs the binary with `--config` and extra environment; never panics on its exit code.
-fn run(config: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .expect("run the binary")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// The server binary with stderr to a pipe; killed when dropped.
@@ -74,18 +47,6 @@ impl Piped {
             child,
             base: format!("http://127.0.0.1:{port}"),
         }
-    }
-
-    async fn wait_up(&self) {
-        let http = reqwest::Client::new();
-        let up = eventually(Duration::from_secs(20), async || {
-            http.get(format!("{}/healthz", self.base))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        assert!(up, "server at {} did not come up", self.base);
     }
 
     /// Stops it with SIGTERM and returns everything it wrote to stderr.
@@ -141,7 +102,7 @@ async fn logs_carry_no_colour_codes_off_a_terminal() {
             &[("ZULIP_LISTENERS_TELEMETRY__FORMAT", format.to_string())],
             free_port(),
         );
-        server.wait_up().await;
+        wait_until_up(&server.base).await;
         let stderr = server.stop();
         let log = String::from_utf8_lossy(&stderr);
         assert!(
@@ -180,25 +141,19 @@ fn column(header: &str, heading: &str) -> usize {
 
 #[actix_web::test]
 async fn listeners_table_aligns_whatever_the_content_and_has_json() {
-    let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("c.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\nurl = \"sqlite://{}\"\n{}[forwarder]\nsecrets = [\"{SECRET}\"]\n",
-            dir.path().join("l.db").display(),
-            helper_bot(r#"["command_bot", "message_logger"]"#)
-        ),
-    )
-    .expect("config");
+    let db = TestDatabase::new(Backend::Sqlite);
+    let file = TestApp::new(&db)
+        .helper(&["command_bot", "message_logger"])
+        .forwarder()
+        .config_file();
+    let config = &file.path;
     let reason = "Wartung — läuft wieder ab Montag, siehe #ops";
     cli(
-        &config,
+        config,
         &["listeners", "disable", "keyword_alerts", "--reason", reason],
     );
 
-    let listed: Value =
-        serde_json::from_str(&cli(&config, &["listeners", "--json"])).expect("JSON");
+    let listed: Value = serde_json::from_str(&cli(config, &["listeners", "--json"])).expect("JSON");
     let rows = listed.as_array().expect("an array");
     let alerts = rows
         .iter()
@@ -213,7 +168,7 @@ async fn listeners_table_aligns_whatever_the_content_and_has_json() {
     assert_eq!(logger["used_by"], json!(["bot:helper", "forwarder"]));
     assert_eq!(logger["runs"], 0);
 
-    let table = cli(&config, &["listeners"]);
+    let table = cli(config, &["listeners"]);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), rows.len() + 1, "{table}");
     let header = lines[0];
@@ -260,7 +215,7 @@ async fn try_it_curl_gets_pong_and_send_sample_is_accepted() {
         ("ZULIP_LISTENERS_SERVER__BIND", format!("127.0.0.1:{port}")),
     ];
     let server = Piped::start(&config, &env, port);
-    server.wait_up().await;
+    wait_until_up(&server.base).await;
 
     // README: curl … -d @examples/outgoing-ping.json http://127.0.0.1:8080/
     let readme = std::fs::read_to_string(repo("README.md")).expect("README");
@@ -284,8 +239,12 @@ async fn try_it_curl_gets_pong_and_send_sample_is_accepted() {
 
     // send-sample finds the server from server.bind and signs with the configured secret.
     let sent = run(&config, &["send-sample"], &env);
-    assert!(sent.status.success(), "{}", text(&sent));
-    assert!(text(&sent).contains("accepted"), "{}", text(&sent));
+    assert!(sent.status.success(), "{}", output_text(&sent));
+    assert!(
+        output_text(&sent).contains("accepted"),
+        "{}",
+        output_text(&sent)
+    );
     let target = zulip_listeners::config::parse_database_url(&env[0].1).expect("url");
     let stored = eventually(Duration::from_secs(10), async || {
         let mut conn = zulip_listeners::db::establish(&target).expect("connect");
@@ -306,11 +265,11 @@ async fn try_it_curl_gets_pong_and_send_sample_is_accepted() {
         format!("[\"{}\"]", SigningKey::generate()),
     ));
     let refused = run(&config, &["send-sample"], &wrong);
-    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(!refused.status.success(), "{}", output_text(&refused));
     assert!(
-        text(&refused).contains("signature was refused"),
+        output_text(&refused).contains("signature was refused"),
         "{}",
-        text(&refused)
+        output_text(&refused)
     );
     drop(server);
 }
@@ -327,52 +286,51 @@ impl FakeZulip {
     async fn start() -> FakeZulip {
         let skew = Arc::new(AtomicI64::new(0));
         let shared = skew.clone();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let server = HttpServer::new(move || {
-            let skew = shared.clone();
-            App::new().route(
-                "/api/v1/users/me",
-                web::get().to(move |req: HttpRequest| {
-                    let skew = skew.load(Ordering::SeqCst);
-                    async move {
-                        let given = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.strip_prefix("Basic "))
-                            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-                            .map(|v| String::from_utf8_lossy(&v).into_owned())
-                            .unwrap_or_default();
-                        let (email, key) = given.split_once(':').unwrap_or_default();
-                        let when = if skew >= 0 {
-                            SystemTime::now() + Duration::from_secs(skew.unsigned_abs())
-                        } else {
-                            SystemTime::now() - Duration::from_secs(skew.unsigned_abs())
-                        };
-                        let date = httpdate::fmt_http_date(when);
-                        if key == API_KEY {
-                            HttpResponse::Ok()
-                                .insert_header(("date", date))
-                                .json(json!({
+        let (url, handle) = serve_loopback(move |listener| {
+            Ok(HttpServer::new(move || {
+                let skew = shared.clone();
+                App::new().route(
+                    "/api/v1/users/me",
+                    web::get().to(move |req: HttpRequest| {
+                        let skew = skew.load(Ordering::SeqCst);
+                        async move {
+                            let given = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.strip_prefix("Basic "))
+                                .and_then(|v| {
+                                    base64::engine::general_purpose::STANDARD.decode(v).ok()
+                                })
+                                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                                .unwrap_or_default();
+                            let (email, key) = given.split_once(':').unwrap_or_default();
+                            let when = if skew >= 0 {
+                                SystemTime::now() + Duration::from_secs(skew.unsigned_abs())
+                            } else {
+                                SystemTime::now() - Duration::from_secs(skew.unsigned_abs())
+                            };
+                            let date = httpdate::fmt_http_date(when);
+                            if key == API_KEY {
+                                HttpResponse::Ok()
+                                    .insert_header(("date", date))
+                                    .json(json!({
                                 "result": "success", "msg": "", "email": email,
                                 "user_id": 42, "is_bot": true, "full_name": "Helper"}))
-                        } else {
-                            HttpResponse::Unauthorized()
-                                .insert_header(("date", date))
-                                .json(json!({"result": "error", "msg": "Invalid API key",
+                            } else {
+                                HttpResponse::Unauthorized()
+                                    .insert_header(("date", date))
+                                    .json(json!({"result": "error", "msg": "Invalid API key",
                                              "code": "INVALID_API_KEY"}))
+                            }
                         }
-                    }
-                }),
-            )
-        })
-        .workers(1)
-        .listen(listener)
-        .expect("listen")
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+                    }),
+                )
+            })
+            .workers(1)
+            .listen(listener)?
+            .run())
+        });
         FakeZulip { url, skew, handle }
     }
 }
@@ -391,51 +349,44 @@ async fn doctor(config: PathBuf, url: Option<String>) -> Output {
     .expect("doctor ran")
 }
 
-#[actix_web::test]
-async fn doctor_passes_on_a_sound_installation() {
+backend_test!(async fn doctor_passes_on_a_sound_installation);
+async fn doctor_passes_on_a_sound_installation(backend: Backend) {
     let zulip = FakeZulip::start().await;
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let dir = tempfile::tempdir().expect("dir");
-        let config = dir.path().join("c.toml");
-        let bot = format!(
-            "{}api_key = \"{API_KEY}\"\nsite = \"{}/\"\n",
-            helper_bot(r#"["command_bot"]"#),
-            zulip.url
+    let db = TestDatabase::new(backend);
+    let bot = format!(
+        "{}api_key = \"{API_KEY}\"\nsite = \"{}/\"\n",
+        helper_bot(&["command_bot"]),
+        zulip.url
+    );
+    let config = db.config_file(&format!("{bot}[forwarder]\nsecrets = [\"{SECRET}\"]\n"));
+    cli(&config.path, &["migrate"]);
+    let t = TestApp::new(&db).toml(&bot).start().await;
+    let out = doctor(
+        config.path.clone(),
+        Some(format!("{}/zulip/outgoing", t.base)),
+    )
+    .await;
+    let said = output_text(&out);
+    assert!(out.status.success(), "{backend:?}: {said}");
+    assert!(!said.contains("[FAIL]"), "{said}");
+    for expected in [
+        "[ ok ] configuration valid",
+        "[ ok ] database reachable",
+        "[ ok ] database schema up to date",
+        "[ ok ] forwarder secret forwarder.secrets[0] well-formed (24 bytes)",
+        "[ ok ] bot helper: Zulip at",
+        "[ ok ] public URL",
+        "[ ok ] clock in sync",
+    ] {
+        assert!(
+            said.contains(expected),
+            "{backend:?}: `{expected}` in\n{said}"
         );
-        std::fs::write(
-            &config,
-            format!(
-                "[database]\nurl = \"{}\"\n{bot}[forwarder]\nsecrets = [\"{SECRET}\"]\n",
-                db.url
-            ),
-        )
-        .expect("config");
-        cli(&config, &["migrate"]);
-        let t = start_server(&db, &bot).await;
-        let out = doctor(config, Some(format!("{}/zulip/outgoing", t.base))).await;
-        let said = text(&out);
-        assert!(out.status.success(), "{backend:?}: {said}");
-        assert!(!said.contains("[FAIL]"), "{said}");
-        for expected in [
-            "[ ok ] configuration valid",
-            "[ ok ] database reachable",
-            "[ ok ] database schema up to date",
-            "[ ok ] forwarder secret forwarder.secrets[0] well-formed (24 bytes)",
-            "[ ok ] bot helper: Zulip at",
-            "[ ok ] public URL",
-            "[ ok ] clock in sync",
-        ] {
-            assert!(
-                said.contains(expected),
-                "{backend:?}: `{expected}` in\n{said}"
-            );
-        }
-        if backend == Backend::Sqlite {
-            assert!(said.contains("[ ok ] disk space"), "{said}");
-        }
-        t.stop().await;
     }
+    if backend == Backend::Sqlite {
+        assert!(said.contains("[ ok ] disk space"), "{said}");
+    }
+    t.stop().await;
     zulip.handle.stop(false).await;
 }
 
@@ -462,7 +413,7 @@ async fn doctor_names_a_fix_for_every_failure_and_exits_non_zero() {
     )
     .expect("config");
     let out = doctor(config.clone(), Some(format!("{closed}/zulip/outgoing"))).await;
-    let said = text(&out);
+    let said = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     let failures = said.lines().filter(|l| l.starts_with("[FAIL]")).count();
     let fixes = said
@@ -491,7 +442,7 @@ async fn doctor_names_a_fix_for_every_failure_and_exits_non_zero() {
     // An invalid configuration is a failure with a fix too, not a bare error.
     std::fs::write(&config, "[server]\nworkers = \"many\"\n").expect("config");
     let out = doctor(config, None).await;
-    let said = text(&out);
+    let said = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
         said.contains("[FAIL] configuration")
@@ -512,13 +463,6 @@ fn metric_names(text: &str) -> Vec<String> {
     names.sort();
     names.dedup();
     names
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[actix_web::test]
@@ -547,48 +491,26 @@ async fn monitoring_bundle_uses_only_exported_metrics() {
     }
 
     let db = TestDatabase::new(Backend::Sqlite);
-    let extra = format!(
-        "{}[forwarder]\nsecrets = [\"{SECRET}\"]\n",
-        helper_bot(r#"["command_bot", "message_logger"]"#)
-    );
-    let t = start_server(&db, &extra).await;
-    let ping = json!({"bot_email": BOT_EMAIL, "token": TOKEN, "trigger": "mention",
-        "message": {"id": 7, "type": "stream", "content": "@**Helper** ping", "sender_id": 10,
-                    "sender_realm_str": "zulip", "stream_id": 5, "subject": "t"}});
+    let t = TestApp::new(&db)
+        .helper(&["command_bot", "message_logger"])
+        .forwarder()
+        .start()
+        .await;
     assert_eq!(
-        t.post_json("/zulip/outgoing", &ping.to_string()).await.json["content"],
+        t.post_json("/zulip/outgoing", &ping(7)).await.json["content"],
         "pong"
     );
-    let body = zulip_listeners::sample::sample_batch(now_secs() * 1000);
-    let ts = now_secs();
-    let signature = SigningKey::parse(SECRET)
-        .expect("key")
-        .sign("msg_1", ts, body.as_bytes());
-    let answer = t
-        .send(
-            t.http
-                .post(format!("{}/zulip/events", t.base))
-                .header("webhook-id", "msg_1")
-                .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", signature)
-                .body(body),
-        )
-        .await;
+    let body = zulip_listeners::sample::sample_batch(now_s() * 1000);
+    let answer = t.post_batch("msg_1", &body).await;
     assert_eq!(answer.status, 200, "{:?}", answer.json);
 
-    let metrics_addr = t.server.metrics_addr.expect("metrics listener");
     let wanted: Vec<String> = metric_names(&rules)
         .into_iter()
         .chain(metric_names(&dashboard))
         .collect();
     let mut missing = Vec::new();
     let all_there = eventually(Duration::from_secs(15), async || {
-        let scrape = reqwest::get(format!("http://{metrics_addr}/metrics"))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
+        let scrape = t.metrics().await;
         let exported: Vec<&str> = scrape
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -617,11 +539,10 @@ struct SslRow {
 
 #[test]
 fn postgres_over_tls_works_with_the_bundled_libpq() {
-    if !backends().contains(&Backend::Postgres) {
+    let Some(db) = TestDatabase::postgres() else {
         return;
-    }
+    };
     use diesel::prelude::*;
-    let db = TestDatabase::new(Backend::Postgres);
     let url = format!("{}&sslmode=require", db.url);
     let mut conn = diesel::PgConnection::establish(&url)
         .unwrap_or_else(|e| panic!("TLS connection to PostgreSQL ({e}); is ssl on there?"));
@@ -631,9 +552,7 @@ fn postgres_over_tls_works_with_the_bundled_libpq() {
     assert!(row.ssl, "the connection is encrypted");
 
     // The binary's libpq speaks TLS too.
-    let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("c.toml");
-    std::fs::write(&config, format!("[database]\nurl = \"{url}\"\n")).expect("config");
-    let said = cli(&config, &["migrate"]);
+    let config = ConfigFile::new(&format!("[database]\nurl = \"{url}\"\n"));
+    let said = cli(&config.path, &["migrate"]);
     assert!(!said.is_empty(), "{said}");
 }

@@ -76,91 +76,92 @@ fn direct_message(id: i64, trigger: &str, content: &str) -> String {
     .to_string()
 }
 
-#[actix_web::test]
-async fn official_example_gets_a_reply_and_is_logged() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let t = start_server(&db, &helper_bot(r#"["command_bot", "message_logger"]"#)).await;
+backend_test!(async fn official_example_gets_a_reply_and_is_logged);
+async fn official_example_gets_a_reply_and_is_logged(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let t = TestApp::new(&db)
+        .helper(&["command_bot", "message_logger"])
+        .start()
+        .await;
 
-        let answer = t.post_json("/zulip/outgoing", OFFICIAL_EXAMPLE).await;
-        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
-        let reply = answer.json["content"].as_str().expect("a reply");
-        assert!(reply.contains("don't know the command `Zulip`"), "{reply}");
+    let answer = t.post_json("/zulip/outgoing", OFFICIAL_EXAMPLE).await;
+    assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
+    let reply = answer.json["content"].as_str().expect("a reply");
+    assert!(reply.contains("don't know the command `Zulip`"), "{reply}");
 
+    let answer = t
+        .post_json(
+            "/zulip/outgoing",
+            &example(113, "@**Outgoing webhook test** ping"),
+        )
+        .await;
+    assert_eq!(answer.json, json!({"content": "pong"}), "{backend:?}");
+
+    let (stored, logs) = t
+        .query(|c| {
+            (
+                tables::messages::message_by_id(c, 112).expect("query"),
+                log_rows_for(c, 112),
+            )
+        })
+        .await;
+    let stored = stored.expect("message 112 stored by message_logger");
+    assert_eq!(
+        stored.content,
+        "@**Outgoing webhook test** Zulip is the world\u{2019}s most productive group chat!"
+    );
+    assert_eq!(stored.realm, "zulip");
+    assert_eq!(stored.channel.as_deref(), Some("Verona"));
+    assert_eq!(stored.topic.as_deref(), Some("Verona2"));
+    assert_eq!(stored.sender_email.as_deref(), Some("iago@zulip.com"));
+    assert_eq!(stored.sender_name.as_deref(), Some("Iago"));
+    assert_eq!(
+        logs,
+        vec![
+            ("command_bot".to_string(), true),
+            ("message_logger".to_string(), true)
+        ],
+        "{backend:?}"
+    );
+    t.stop().await;
+}
+
+backend_test!(async fn direct_messages_with_both_trigger_spellings);
+async fn direct_messages_with_both_trigger_spellings(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let t = TestApp::new(&db)
+        .helper(&["command_bot", "message_logger"])
+        .start()
+        .await;
+    for (id, trigger) in [(200, "direct_message"), (201, "private_message")] {
         let answer = t
             .post_json(
                 "/zulip/outgoing",
-                &example(113, "@**Outgoing webhook test** ping"),
+                &direct_message(id, trigger, "echo hi there"),
             )
             .await;
-        assert_eq!(answer.json, json!({"content": "pong"}), "{backend:?}");
-
-        let (stored, logs) = t
-            .query(|c| {
-                (
-                    tables::messages::message_by_id(c, 112).expect("query"),
-                    log_rows_for(c, 112),
-                )
-            })
-            .await;
-        let stored = stored.expect("message 112 stored by message_logger");
+        assert_eq!(answer.status, 200);
         assert_eq!(
-            stored.content,
-            "@**Outgoing webhook test** Zulip is the world\u{2019}s most productive group chat!"
+            answer.json,
+            json!({"content": "hi there"}),
+            "{backend:?} {trigger}"
         );
-        assert_eq!(stored.realm, "zulip");
-        assert_eq!(stored.channel.as_deref(), Some("Verona"));
-        assert_eq!(stored.topic.as_deref(), Some("Verona2"));
-        assert_eq!(stored.sender_email.as_deref(), Some("iago@zulip.com"));
-        assert_eq!(stored.sender_name.as_deref(), Some("Iago"));
-        assert_eq!(
-            logs,
-            vec![
-                ("command_bot".to_string(), true),
-                ("message_logger".to_string(), true)
-            ],
-            "{backend:?}"
-        );
-        t.stop().await;
     }
-}
-
-#[actix_web::test]
-async fn direct_messages_with_both_trigger_spellings() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let t = start_server(&db, &helper_bot(r#"["command_bot", "message_logger"]"#)).await;
-        for (id, trigger) in [(200, "direct_message"), (201, "private_message")] {
-            let answer = t
-                .post_json(
-                    "/zulip/outgoing",
-                    &direct_message(id, trigger, "echo hi there"),
-                )
-                .await;
-            assert_eq!(answer.status, 200);
-            assert_eq!(
-                answer.json,
-                json!({"content": "hi there"}),
-                "{backend:?} {trigger}"
-            );
-        }
-        let stored = t
-            .query(|c| tables::messages::message_by_id(c, 201).expect("query"))
-            .await
-            .expect("stored");
-        assert_eq!(stored.message_type, "private");
-        let recipients: serde_json::Value =
-            serde_json::from_str(stored.dm_recipients.as_deref().expect("recipients"))
-                .expect("json");
-        assert_eq!(recipients[0]["id"], json!(9));
-        t.stop().await;
-    }
+    let stored = t
+        .query(|c| tables::messages::message_by_id(c, 201).expect("query"))
+        .await
+        .expect("stored");
+    assert_eq!(stored.message_type, "private");
+    let recipients: serde_json::Value =
+        serde_json::from_str(stored.dm_recipients.as_deref().expect("recipients")).expect("json");
+    assert_eq!(recipients[0]["id"], json!(9));
+    t.stop().await;
 }
 
 #[actix_web::test]
 async fn minimal_bodies_from_zulips_docs_work() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start_server(&db, &helper_bot(r#"["command_bot"]"#)).await;
+    let t = TestApp::new(&db).helper(&["command_bot"]).start().await;
 
     // deploying-bots.md (E2) without its stray trailing comma; and the botserver's test (E6).
     let e2 = format!(
@@ -204,7 +205,7 @@ async fn minimal_bodies_from_zulips_docs_work() {
 #[actix_web::test]
 async fn slack_format_is_answered_with_text() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start_server(&db, &helper_bot(r#"["command_bot"]"#)).await;
+    let t = TestApp::new(&db).helper(&["command_bot"]).start().await;
     let form = format!(
         "token={TOKEN}&team_id=T1512&team_domain=zulip.example.com&channel_id=C123&channel_name=integrations&thread_ts=1532078950&timestamp=1532078950&user_id=U21&user_name=Full+Name&text=%40%2A%2Atest%2A%2A+ping&trigger_word=mention&service_id=27"
     );
@@ -219,9 +220,10 @@ async fn slack_format_is_answered_with_text() {
 #[actix_web::test]
 async fn mistakes_get_specific_json_errors() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let mut config = config_for(&db, &helper_bot(r#"["command_bot"]"#));
-    config.server.max_body_bytes = 4096;
-    let t = start_with(config, Default::default()).await;
+    let t = TestApp::new(&db)
+        .helper(&["command_bot"])
+        .start_edited(|config| config.server.max_body_bytes = 4096)
+        .await;
 
     let wrong_token = example(300, "ping").replace(TOKEN, "wrongwrongwrongwrongwrongwrong00");
     let answer = t.post_json("/zulip/outgoing", &wrong_token).await;
@@ -274,19 +276,12 @@ async fn mistakes_get_specific_json_errors() {
         (413, Some("payload_too_large"))
     );
 
-    let answer = t
-        .send(t.http.get(format!("{}/zulip/outgoing", t.base)))
-        .await;
+    let answer = t.send(t.http.get(t.url("/zulip/outgoing"))).await;
     assert_eq!(
         (answer.status, answer.json["error"].as_str()),
         (405, Some("method_not_allowed"))
     );
-    assert_eq!(
-        t.send(t.http.get(format!("{}/nowhere", t.base)))
-            .await
-            .status,
-        404
-    );
+    assert_eq!(t.send(t.http.get(t.url("/nowhere"))).await.status, 404);
 
     // A trigger this server does not act on is still a 2xx, so Zulip posts no failure.
     let other = example(304, "ping").replace(r#""trigger":"mention""#, r#""trigger":"reaction""#);
@@ -296,44 +291,42 @@ async fn mistakes_get_specific_json_errors() {
     t.stop().await;
 }
 
-#[actix_web::test]
-async fn retries_are_answered_once_even_across_a_restart() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let bots = helper_bot(r#"["command_bot", "message_logger"]"#);
-        let t = start_server(&db, &bots).await;
-        let body = example(400, "@**Outgoing webhook test** echo once");
-        let first = t.post_json("/zulip/outgoing", &body).await;
-        let second = t.post_json("/zulip/outgoing", &body).await;
-        assert_eq!(first.json, json!({"content": "once"}));
-        assert_eq!(
-            second.json, first.json,
-            "{backend:?}: a retry gets the same answer"
-        );
-        assert_eq!(
-            t.query(|c| log_rows_for(c, 400)).await.len(),
-            2,
-            "handlers ran once"
-        );
-        t.stop().await;
+backend_test!(async fn retries_are_answered_once_even_across_a_restart);
+async fn retries_are_answered_once_even_across_a_restart(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let app = || TestApp::new(&db).helper(&["command_bot", "message_logger"]);
+    let t = app().start().await;
+    let body = example(400, "@**Outgoing webhook test** echo once");
+    let first = t.post_json("/zulip/outgoing", &body).await;
+    let second = t.post_json("/zulip/outgoing", &body).await;
+    assert_eq!(first.json, json!({"content": "once"}));
+    assert_eq!(
+        second.json, first.json,
+        "{backend:?}: a retry gets the same answer"
+    );
+    assert_eq!(
+        t.query(|c| log_rows_for(c, 400)).await.len(),
+        2,
+        "handlers ran once"
+    );
+    t.stop().await;
 
-        let t = start_server(&db, &bots).await;
-        let third = t.post_json("/zulip/outgoing", &body).await;
-        assert_eq!(
-            third.json, first.json,
-            "{backend:?}: remembered across a restart"
-        );
-        assert_eq!(
-            t.query(|c| log_rows_for(c, 400)).await.len(),
-            2,
-            "still ran once"
-        );
-        t.stop().await;
-    }
+    let t = app().start().await;
+    let third = t.post_json("/zulip/outgoing", &body).await;
+    assert_eq!(
+        third.json, first.json,
+        "{backend:?}: remembered across a restart"
+    );
+    assert_eq!(
+        t.query(|c| log_rows_for(c, 400)).await.len(),
+        2,
+        "still ran once"
+    );
+    t.stop().await;
 }
 
-#[actix_web::test]
-async fn late_replies_reach_zulips_rest_api() {
+backend_test!(async fn late_replies_reach_zulips_rest_api);
+async fn late_replies_reach_zulips_rest_api(backend: Backend) {
     let bot_service = Stub::start(
         r#"{"content": "the slow answer"}"#,
         Duration::from_millis(1200),
@@ -344,55 +337,56 @@ async fn late_replies_reach_zulips_rest_api() {
         Duration::ZERO,
     )
     .await;
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let extra = format!(
-            "[bots.helper]\nemail = \"{BOT_EMAIL}\"\ntoken = \"{TOKEN}\"\napi_key = \"bot-api-key\"\nsite = \"{}\"\nhandlers = [\"relay\"]\nreply_deadline = \"200ms\"\n[handlers.relay]\nurl = \"{}/\"\n",
+    let db = TestDatabase::new(backend);
+    let t = TestApp::new(&db)
+        .helper(&["relay"])
+        .toml(&format!(
+            "[bots.helper]\napi_key = \"bot-api-key\"\nsite = \"{}\"\nreply_deadline = \"200ms\"\n[handlers.relay]\nurl = \"{}/\"\n",
             zulip.url, bot_service.url
-        );
-        let t = start_server(&db, &extra).await;
-        let before = zulip.requests().len();
-        let started = std::time::Instant::now();
-        let answer = t
-            .post_json(
-                "/zulip/outgoing",
-                &example(500 + before as i64, "deploy please"),
-            )
-            .await;
-        assert!(
-            started.elapsed() < Duration::from_millis(1000),
-            "answered at the deadline"
-        );
-        assert_eq!(answer.json, json!({"response_not_required": true}));
+        ))
+        .start()
+        .await;
+    let before = zulip.requests().len();
+    let started = std::time::Instant::now();
+    let answer = t
+        .post_json(
+            "/zulip/outgoing",
+            &example(500 + before as i64, "deploy please"),
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "answered at the deadline"
+    );
+    assert_eq!(answer.json, json!({"response_not_required": true}));
 
-        let posted = zulip.wait_for(before + 1, Duration::from_secs(10)).await;
-        let request = posted
-            .get(before)
-            .expect("late reply posted to the stub Zulip API");
-        assert_eq!(request.path, "/api/v1/messages");
-        let form: Vec<(String, String)> = serde_urlencoded::from_str(&request.body).expect("form");
-        let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        assert_eq!(field("type"), Some("stream"));
-        assert_eq!(field("to"), Some("5"));
-        assert_eq!(field("topic"), Some("Verona2"));
-        assert_eq!(field("content"), Some("the slow answer"));
-        let expected_auth = format!(
-            "Basic {}",
-            base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                format!("{BOT_EMAIL}:bot-api-key")
-            )
-        );
-        assert_eq!(
-            request.authorization.as_deref(),
-            Some(expected_auth.as_str())
-        );
-        // The relay saw Zulip's body, without the bot's token.
-        let relayed = bot_service.requests();
-        let last = relayed.last().expect("relayed");
-        assert!(last.body.contains("deploy please") && !last.body.contains(TOKEN));
-        t.stop().await;
-    }
+    let posted = zulip.wait_for(before + 1, Duration::from_secs(10)).await;
+    let request = posted
+        .get(before)
+        .expect("late reply posted to the stub Zulip API");
+    assert_eq!(request.path, "/api/v1/messages");
+    let form: Vec<(String, String)> = serde_urlencoded::from_str(&request.body).expect("form");
+    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(field("type"), Some("stream"));
+    assert_eq!(field("to"), Some("5"));
+    assert_eq!(field("topic"), Some("Verona2"));
+    assert_eq!(field("content"), Some("the slow answer"));
+    let expected_auth = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{BOT_EMAIL}:bot-api-key")
+        )
+    );
+    assert_eq!(
+        request.authorization.as_deref(),
+        Some(expected_auth.as_str())
+    );
+    // The relay saw Zulip's body, without the bot's token.
+    let relayed = bot_service.requests();
+    let last = relayed.last().expect("relayed");
+    assert!(last.body.contains("deploy please") && !last.body.contains(TOKEN));
+    t.stop().await;
     zulip.stop().await;
     bot_service.stop().await;
 }
@@ -421,7 +415,7 @@ async fn botserverrc_from_zulip_configures_bots() {
         botserverrc: Some(rc),
     })
     .expect("loads");
-    let t = start_with(config, Default::default()).await;
+    let t = TestServer::start(config, Default::default()).await;
     let answer = t
         .post_json(
             "/bots/helper",
@@ -435,15 +429,14 @@ async fn botserverrc_from_zulip_configures_bots() {
 #[actix_web::test]
 async fn dry_run_writes_only_the_event_log() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let config = config_for(&db, &helper_bot(r#"["command_bot", "message_logger"]"#));
-    let t = start_with(
-        config,
-        zulip_listeners::server::ServeOptions {
+    let t = TestApp::new(&db)
+        .helper(&["command_bot", "message_logger"])
+        .options(zulip_listeners::server::ServeOptions {
             dry_run: true,
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
     let answer = t.post_json("/zulip/outgoing", &example(700, "ping")).await;
     assert_eq!(answer.json, json!({"response_not_required": true}));
     let (logs, stored, replies) = t

@@ -2,8 +2,7 @@
 //! secrets and webhook URLs stay out of every output, outbound calls do not follow redirects
 //! to other hosts and need https, `relay` does not pass the bot token on, weak keys are refused.
 
-use std::net::TcpListener;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::support::*;
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -12,29 +11,6 @@ use serde_json::{Value, json};
 use zulip_listeners::config::Config;
 use zulip_listeners::db::tables;
 use zulip_listeners::listeners::Registry;
-use zulip_listeners::verification::SigningKey;
-
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const ADMIN: &str = "admin-token-for-tests-0123456789";
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn envelope(event_id: &str, event: Value) -> Value {
-    let event_type = event["type"].as_str().unwrap_or_default().to_string();
-    json!({
-        "v": 1, "event_id": event_id, "emitted_at_ms": now() * 1000,
-        "server": {"host": "chat.example.com", "zulip_version": "10.2", "feature_level": 334},
-        "realm": {"id": 2, "uuid": "6a9b5f2e-7c1d-4e2b-9a43-0f7e1c2d3b4a", "string_id": "acme"},
-        "type": event_type, "op": event.get("op").cloned().unwrap_or(Value::Null),
-        "audience": {"count": 2, "user_ids": [10, 11]},
-        "event": event
-    })
-}
 
 fn direct_message(id: i64, content: &str) -> Value {
     json!({"type": "message", "flags": [], "message": {
@@ -48,52 +24,12 @@ fn direct_message(id: i64, content: &str) -> Value {
     ]}})
 }
 
-async fn post_batch(t: &TestServer, webhook_id: &str, envelopes: Vec<Value>) -> Answer {
-    let body = json!({ "events": envelopes }).to_string();
-    let key = SigningKey::parse(SECRET).expect("key");
-    let ts = now();
-    t.send(
-        t.http
-            .post(format!("{}/zulip/events", t.base))
-            .header("content-type", "application/json")
-            .header("webhook-id", webhook_id)
-            .header("webhook-timestamp", ts.to_string())
-            .header(
-                "webhook-signature",
-                key.sign(webhook_id, ts, body.as_bytes()),
-            )
-            .body(body),
-    )
-    .await
-}
-
-fn mention(id: i64, content: &str) -> String {
-    json!({
-        "bot_email": BOT_EMAIL, "bot_full_name": "Helper", "token": TOKEN, "trigger": "mention",
-        "data": content,
-        "message": {"id": id, "type": "stream", "content": content, "sender_id": 10,
-                    "sender_email": "alice@example.com", "sender_full_name": "Alice",
-                    "sender_realm_str": "zulip", "stream_id": 5, "display_recipient": "general",
-                    "subject": "t"}
-    })
-    .to_string()
-}
-
-/// A loopback port nothing listens on.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-#[actix_web::test]
-async fn a_deleted_message_keeps_no_content_nor_personal_data() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let t = start_server(&db, &format!("[forwarder]\nsecrets = [\"{SECRET}\"]\n")).await;
-        let answer = post_batch(
-            &t,
+backend_test!(async fn a_deleted_message_keeps_no_content_nor_personal_data);
+async fn a_deleted_message_keeps_no_content_nor_personal_data(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let t = TestApp::new(&db).forwarder().start().await;
+    let answer = t
+        .post_events(
             "msg_p1",
             vec![envelope(
                 "p1",
@@ -101,26 +37,26 @@ async fn a_deleted_message_keeps_no_content_nor_personal_data() {
             )],
         )
         .await;
-        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
-        let stored = t
-            .query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
-            .await
-            .expect("stored");
-        assert!(
-            stored.content.contains("hunter2"),
-            "{backend:?}: {stored:?}"
-        );
+    assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
+    let stored = t
+        .query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
+        .await
+        .expect("stored");
+    assert!(
+        stored.content.contains("hunter2"),
+        "{backend:?}: {stored:?}"
+    );
 
-        let delete =
-            json!({"type": "delete_message", "message_ids": [3001], "message_type": "private"});
-        let answer = post_batch(&t, "msg_p2", vec![envelope("p2", delete)]).await;
-        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
-        // A copy re-sent later (another event id) and a late edit do not bring it back.
-        let late_edit = json!({"type": "update_message", "user_id": 10, "edit_timestamp": 1700000100,
-            "message_id": 3001, "message_ids": [3001], "rendering_only": false,
-            "content": "edited: hunter2 again", "flags": []});
-        let answer = post_batch(
-            &t,
+    let delete =
+        json!({"type": "delete_message", "message_ids": [3001], "message_type": "private"});
+    let answer = t.post_events("msg_p2", vec![envelope("p2", delete)]).await;
+    assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
+    // A copy re-sent later (another event id) and a late edit do not bring it back.
+    let late_edit = json!({"type": "update_message", "user_id": 10, "edit_timestamp": 1700000100,
+        "message_id": 3001, "message_ids": [3001], "rendering_only": false,
+        "content": "edited: hunter2 again", "flags": []});
+    let answer = t
+        .post_events(
             "msg_p3",
             vec![
                 envelope("p3", direct_message(3001, "my password is hunter2")),
@@ -128,40 +64,34 @@ async fn a_deleted_message_keeps_no_content_nor_personal_data() {
             ],
         )
         .await;
-        assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
+    assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
 
-        let deleted = eventually(Duration::from_secs(10), async || {
-            t.query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
-                .await
-                .is_some_and(|m| m.deleted)
-        })
-        .await;
-        assert!(deleted, "{backend:?}: delete applied");
-        let m = t
-            .query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
+    let deleted = eventually(Duration::from_secs(10), async || {
+        t.query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
             .await
-            .expect("tombstone kept");
-        assert_eq!(m.content, "", "{backend:?}: {m:?}");
-        assert_eq!(
-            (&m.sender_email, &m.sender_name, &m.dm_recipients, &m.topic),
-            (&None, &None, &None, &None),
-            "{backend:?}: {m:?}"
-        );
-        assert_eq!(m.sender_id, Some(10), "{backend:?}: ids are kept");
-        t.stop().await;
-    }
+            .is_some_and(|m| m.deleted)
+    })
+    .await;
+    assert!(deleted, "{backend:?}: delete applied");
+    let m = t
+        .query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
+        .await
+        .expect("tombstone kept");
+    assert_eq!(m.content, "", "{backend:?}: {m:?}");
+    assert_eq!(
+        (&m.sender_email, &m.sender_name, &m.dm_recipients, &m.topic),
+        (&None, &None, &None, &None),
+        "{backend:?}: {m:?}"
+    );
+    assert_eq!(m.sender_id, Some(10), "{backend:?}: ids are kept");
+    t.stop().await;
 }
 
 #[test]
 fn check_config_does_not_print_the_database_password() {
-    let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "[database]\nurl = \"postgres://listener:S3cretDbPass@db.internal/zl\"\n",
-    )
-    .expect("write");
-    let out = cli(&config, &["check-config"]);
+    let config =
+        ConfigFile::new("[database]\nurl = \"postgres://listener:S3cretDbPass@db.internal/zl\"\n");
+    let out = cli(&config.path, &["check-config"]);
     assert!(!out.contains("S3cretDbPass"), "{out}");
     assert!(
         out.contains("listener@db.internal/zl") || out.contains("db.internal"),
@@ -170,20 +100,22 @@ fn check_config_does_not_print_the_database_password() {
 
     let parsed =
         Config::from_toml("[database]\nurl = \"postgres://u:S3cretDbPass@h/db\"\n").expect("valid");
-    let shown = format!("{parsed:?} {:?}", parsed.database_target());
+    let shown = format!("{parsed:?} {:?}", parsed.database.url);
     assert!(!shown.contains("S3cretDbPass"), "{shown}");
 }
 
 #[actix_web::test]
 async fn webhook_urls_stay_out_of_the_event_log_admin_api_and_listeners() {
-    let port = closed_port();
+    let port = free_port();
     let db = TestDatabase::new(Backend::Sqlite);
-    let extra = format!(
-        "{}[admin]\ntoken = \"{ADMIN}\"\n\
-         [handlers.keyword_alerts]\nrules = [{{ name = \"leak\", pattern = \"outage\", webhook = \"http://127.0.0.1:{port}/hooks/SECRETPATH0123?key=QUERYSECRET\" }}]\n",
-        helper_bot(r#"["keyword_alerts"]"#),
-    );
-    let t = start_server(&db, &extra).await;
+    let t = TestApp::new(&db)
+        .helper(&["keyword_alerts"])
+        .admin()
+        .toml(&format!(
+            "[handlers.keyword_alerts]\nrules = [{{ name = \"leak\", pattern = \"outage\", webhook = \"http://127.0.0.1:{port}/hooks/SECRETPATH0123?key=QUERYSECRET\" }}]\n"
+        ))
+        .start()
+        .await;
     let answer = t
         .post_json(
             "/zulip/outgoing",
@@ -192,16 +124,7 @@ async fn webhook_urls_stay_out_of_the_event_log_admin_api_and_listeners() {
         .await;
     assert_eq!(answer.status, 200, "{:?}", answer.json);
 
-    let errors: Vec<Option<String>> = t
-        .query(|c| {
-            use zulip_listeners::db::schema::event_log as log;
-            log::table
-                .filter(log::listener.eq("keyword_alerts"))
-                .select(log::error)
-                .load(c)
-                .expect("event log")
-        })
-        .await;
+    let errors: Vec<Option<String>> = t.query(|c| log_errors(c, "keyword_alerts")).await;
     let error = errors.first().cloned().flatten().expect("a failed run");
     assert!(
         !error.contains("SECRETPATH0123") && !error.contains("QUERYSECRET"),
@@ -213,25 +136,13 @@ async fn webhook_urls_stay_out_of_the_event_log_admin_api_and_listeners() {
     );
 
     let events = t
-        .send(
-            t.http
-                .get(format!("{}/admin/events?handler=keyword_alerts", t.base))
-                .bearer_auth(ADMIN),
-        )
+        .send(t.admin(reqwest::Method::GET, "/admin/events?handler=keyword_alerts"))
         .await;
     assert_eq!(events.status, 200);
     let shown = events.json.to_string();
     assert!(!shown.contains("SECRETPATH0123"), "{shown}");
 
-    let stored: Vec<String> = t
-        .query(|c| {
-            use zulip_listeners::db::schema::listeners;
-            listeners::table
-                .select(listeners::config)
-                .load(c)
-                .expect("listeners")
-        })
-        .await;
+    let stored: Vec<String> = t.query(listener_configs).await;
     let stored = stored.join("\n");
     assert!(
         !stored.contains("SECRETPATH0123") && !stored.contains("QUERYSECRET"),
@@ -240,28 +151,33 @@ async fn webhook_urls_stay_out_of_the_event_log_admin_api_and_listeners() {
     t.stop().await;
 }
 
+/// The stored configuration of every listener.
+fn listener_configs(c: &mut zulip_listeners::db::DbConnection) -> Vec<String> {
+    use zulip_listeners::db::schema::listeners;
+    listeners::table
+        .select(listeners::config)
+        .load(c)
+        .expect("listeners")
+}
+
 /// A loopback server that answers every request with `307 Location: <to>`.
 async fn redirector(to: String) -> (String, actix_web::dev::ServerHandle) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = HttpServer::new(move || {
-        let to = to.clone();
-        App::new().default_service(web::to(move || {
+    serve_loopback(move |listener| {
+        Ok(HttpServer::new(move || {
             let to = to.clone();
-            async move {
-                HttpResponse::TemporaryRedirect()
-                    .insert_header(("location", to))
-                    .finish()
-            }
-        }))
+            App::new().default_service(web::to(move || {
+                let to = to.clone();
+                async move {
+                    HttpResponse::TemporaryRedirect()
+                        .insert_header(("location", to))
+                        .finish()
+                }
+            }))
+        })
+        .workers(1)
+        .listen(listener)?
+        .run())
     })
-    .workers(1)
-    .listen(listener)
-    .expect("listen")
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    (url, handle)
 }
 
 #[actix_web::test]
@@ -271,11 +187,11 @@ async fn relay_follows_no_redirect_to_another_host() {
     let target = elsewhere.url.replace("127.0.0.1", "localhost");
     let (redirect_url, redirect) = redirector(format!("{target}/collect")).await;
     let db = TestDatabase::new(Backend::Sqlite);
-    let extra = format!(
-        "{}[handlers.relay]\nurl = \"{redirect_url}/\"\n",
-        helper_bot(r#"["relay"]"#),
-    );
-    let t = start_server(&db, &extra).await;
+    let t = TestApp::new(&db)
+        .helper(&["relay"])
+        .toml(&format!("[handlers.relay]\nurl = \"{redirect_url}/\"\n"))
+        .start()
+        .await;
     let answer = t
         .post_json("/zulip/outgoing", &mention(5001, "@**Helper** hi"))
         .await;
@@ -296,12 +212,14 @@ async fn relay_follows_no_redirect_to_another_host() {
 async fn relay_sends_its_own_token_not_the_bots() {
     let service = Stub::start(r#"{"content": "ok"}"#, Duration::ZERO).await;
     let db = TestDatabase::new(Backend::Sqlite);
-    let extra = format!(
-        "{}[handlers.relay]\nurl = \"{}/\"\ntoken = \"relay-own-token-0123456789\"\n",
-        helper_bot(r#"["relay"]"#),
-        service.url
-    );
-    let t = start_server(&db, &extra).await;
+    let t = TestApp::new(&db)
+        .helper(&["relay"])
+        .toml(&format!(
+            "[handlers.relay]\nurl = \"{}/\"\ntoken = \"relay-own-token-0123456789\"\n",
+            service.url
+        ))
+        .start()
+        .await;
     let answer = t
         .post_json("/zulip/outgoing", &mention(6001, "@**Helper** hi"))
         .await;
@@ -325,15 +243,7 @@ async fn relay_sends_its_own_token_not_the_bots() {
             request.body
         );
     }
-    let stored: Vec<String> = t
-        .query(|c| {
-            use zulip_listeners::db::schema::listeners;
-            listeners::table
-                .select(listeners::config)
-                .load(c)
-                .expect("listeners")
-        })
-        .await;
+    let stored: Vec<String> = t.query(listener_configs).await;
     assert!(
         !stored.join("").contains("relay-own-token"),
         "settings are stored without secrets: {stored:?}"
@@ -342,13 +252,17 @@ async fn relay_sends_its_own_token_not_the_bots() {
     service.stop().await;
 }
 
-/// The configuration error for `extra` (validation, then the handlers' settings).
+/// The configuration error for `extra` (validation, then the handlers' settings and the
+/// forwarder's signing keys, as `check-config` does).
 fn config_error(extra: &str) -> String {
     match Config::from_toml(extra) {
         Err(e) => e.to_string(),
         Ok(config) => match Registry::build(&config) {
             Err(e) => e.to_string(),
-            Ok(_) => panic!("accepted: {extra}"),
+            Ok(_) => match zulip_listeners::verification::signing_keys(&config.forwarder.secrets) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("accepted: {extra}"),
+            },
         },
     }
 }

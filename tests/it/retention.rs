@@ -1,7 +1,9 @@
 //! Statistics aggregation and data retention (`zulip_listeners::db::retention`) against a real
 //! database: SQLite always, PostgreSQL too when `ZULIP_LISTENERS_TEST_PG_URL` is set.
+//!
+//! Long file: aggregation and retention against both backends, with the row builders they share, one scenario per test.
 
-use crate::support::{TestDatabase, backends};
+use crate::support::*;
 use diesel::prelude::*;
 use zulip_listeners::db::retention::{
     CleanupReport, PersonalCutoffs, PersonalReport, cleanup, expire_personal_data,
@@ -15,19 +17,12 @@ use zulip_listeners::db::tables::{
     event_log::EventLogRow, inbox::NewInboxRow, keyword_alerts::AlertRecord, messages::MessageRow,
     replies::ReplyRecord,
 };
-use zulip_listeners::db::{DbConnection, DbError, establish, run_migrations};
+use zulip_listeners::db::{DbConnection, DbError};
 
 /// One minute, the interval used throughout.
 const I: i64 = 60_000;
 /// A start of an interval (a multiple of `I`) in November 2023.
 const BASE: i64 = 1_699_999_980_000;
-
-fn open(db: &TestDatabase) -> DbConnection {
-    let target = zulip_listeners::config::parse_database_url(&db.url).expect("database url");
-    let mut conn = establish(&target).expect("connect");
-    run_migrations(&mut conn).expect("migrations");
-    conn
-}
 
 fn log(conn: &mut DbConnection, handler: &str, at_ms: i64, duration_us: i64, success: bool) {
     let row = EventLogRow {
@@ -147,337 +142,329 @@ fn no_progress() -> impl FnMut(&str, usize) {
     |_: &str, _: usize| {}
 }
 
-#[test]
-fn aggregation_counts_completed_intervals_per_handler() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let conn = &mut open(&db);
+backend_test!(fn aggregation_counts_completed_intervals_per_handler);
+fn aggregation_counts_completed_intervals_per_handler(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let conn = &mut db.connect();
 
-        assert_eq!(aggregate_stats(conn, I, BASE + 10 * I).expect("empty"), 0);
-        assert!(matches!(
-            aggregate_stats(conn, 0, BASE),
-            Err(DbError::Invalid(_))
-        ));
+    assert_eq!(aggregate_stats(conn, I, BASE + 10 * I).expect("empty"), 0);
+    assert!(matches!(
+        aggregate_stats(conn, 0, BASE),
+        Err(DbError::Invalid(_))
+    ));
 
-        // Interval 0: `a` three runs (one failed), `b` one failed run.
-        log(conn, "a", BASE, 100, true);
-        log(conn, "a", BASE + 20_000, 300, false);
-        log(conn, "b", BASE + 30_000, 50, false);
-        log(conn, "a", BASE + I - 1, 200, true);
-        // Interval 1, from its first to its last millisecond.
-        log(conn, "a", BASE + I, 1_000, true);
-        log(conn, "a", BASE + 2 * I - 1, 10, true);
-        // Interval 2 is still open at `now` (it starts at `now`).
-        log(conn, "a", BASE + 2 * I, 5, true);
-        log(conn, "b", BASE + 2 * I + 10, 5, false);
+    // Interval 0: `a` three runs (one failed), `b` one failed run.
+    log(conn, "a", BASE, 100, true);
+    log(conn, "a", BASE + 20_000, 300, false);
+    log(conn, "b", BASE + 30_000, 50, false);
+    log(conn, "a", BASE + I - 1, 200, true);
+    // Interval 1, from its first to its last millisecond.
+    log(conn, "a", BASE + I, 1_000, true);
+    log(conn, "a", BASE + 2 * I - 1, 10, true);
+    // Interval 2 is still open at `now` (it starts at `now`).
+    log(conn, "a", BASE + 2 * I, 5, true);
+    log(conn, "b", BASE + 2 * I + 10, 5, false);
 
-        let now = BASE + 2 * I;
-        assert_eq!(
-            aggregate_stats(conn, I, now).expect("aggregate"),
-            3,
-            "{backend:?}"
-        );
-        let expected = vec![
-            stats_row("a", BASE, 3, 1, 600, 300),
-            stats_row("b", BASE, 1, 1, 50, 50),
-            stats_row("a", BASE + I, 2, 0, 1_010, 1_000),
-        ];
-        assert_eq!(stats(conn, now), expected, "{backend:?}");
+    let now = BASE + 2 * I;
+    assert_eq!(
+        aggregate_stats(conn, I, now).expect("aggregate"),
+        3,
+        "{backend:?}"
+    );
+    let expected = vec![
+        stats_row("a", BASE, 3, 1, 600, 300),
+        stats_row("b", BASE, 1, 1, 50, 50),
+        stats_row("a", BASE + I, 2, 0, 1_010, 1_000),
+    ];
+    assert_eq!(stats(conn, now), expected, "{backend:?}");
 
-        // Idempotent: the same run again rewrites the same rows.
-        assert_eq!(
-            aggregate_stats(conn, I, now).expect("again"),
-            3,
-            "{backend:?}"
-        );
-        assert_eq!(stats(conn, now), expected, "{backend:?}");
+    // Idempotent: the same run again rewrites the same rows.
+    assert_eq!(
+        aggregate_stats(conn, I, now).expect("again"),
+        3,
+        "{backend:?}"
+    );
+    assert_eq!(stats(conn, now), expected, "{backend:?}");
 
-        // Ordered by interval, then handler; `since` is inclusive.
-        let since: Vec<(String, i64)> = stats_since(conn, BASE + I)
-            .expect("since")
-            .into_iter()
-            .map(|r| (r.listener, r.interval_start_ms))
-            .collect();
-        assert_eq!(since, vec![("a".to_string(), BASE + I)], "{backend:?}");
-    }
+    // Ordered by interval, then handler; `since` is inclusive.
+    let since: Vec<(String, i64)> = stats_since(conn, BASE + I)
+        .expect("since")
+        .into_iter()
+        .map(|r| (r.listener, r.interval_start_ms))
+        .collect();
+    assert_eq!(since, vec![("a".to_string(), BASE + I)], "{backend:?}");
 }
 
-#[test]
-fn late_rows_are_counted_by_the_next_run() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let conn = &mut open(&db);
-        log(conn, "a", BASE + 1, 100, true);
-        log(conn, "a", BASE + I + 1, 200, true);
-        let now = BASE + 2 * I + 1;
-        assert_eq!(aggregate_stats(conn, I, now).expect("aggregate"), 2);
+backend_test!(fn late_rows_are_counted_by_the_next_run);
+fn late_rows_are_counted_by_the_next_run(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let conn = &mut db.connect();
+    log(conn, "a", BASE + 1, 100, true);
+    log(conn, "a", BASE + I + 1, 200, true);
+    let now = BASE + 2 * I + 1;
+    assert_eq!(aggregate_stats(conn, I, now).expect("aggregate"), 2);
 
-        // Committed late into both aggregated intervals (the latest and the one before), by
-        // a handler already known and by a new one; and one into the interval still open.
-        log(conn, "a", BASE + I + 2, 700, false);
-        log(conn, "c", BASE + 5, 30, true);
-        log(conn, "a", BASE + 2 * I + 1, 1, true);
-        let later = BASE + 2 * I + 2;
-        assert_eq!(aggregate_stats(conn, I, later).expect("next run"), 3);
-        assert_eq!(
-            stats(conn, later),
-            vec![
-                stats_row("a", BASE, 1, 0, 100, 100),
-                stats_row("c", BASE, 1, 0, 30, 30),
-                stats_row("a", BASE + I, 2, 1, 900, 700),
-            ],
-            "{backend:?}"
-        );
+    // Committed late into both aggregated intervals (the latest and the one before), by
+    // a handler already known and by a new one; and one into the interval still open.
+    log(conn, "a", BASE + I + 2, 700, false);
+    log(conn, "c", BASE + 5, 30, true);
+    log(conn, "a", BASE + 2 * I + 1, 1, true);
+    let later = BASE + 2 * I + 2;
+    assert_eq!(aggregate_stats(conn, I, later).expect("next run"), 3);
+    assert_eq!(
+        stats(conn, later),
+        vec![
+            stats_row("a", BASE, 1, 0, 100, 100),
+            stats_row("c", BASE, 1, 0, 30, 30),
+            stats_row("a", BASE + I, 2, 1, 900, 700),
+        ],
+        "{backend:?}"
+    );
 
-        // Once interval 2 is complete it is aggregated, with the window starting one
-        // interval before the latest aggregated one (interval 1): interval 0 is recomputed.
-        let next = BASE + 3 * I;
-        assert_eq!(aggregate_stats(conn, I, next).expect("interval 2"), 4);
-        // The next run starts at interval 1, so a row arriving that late in interval 0 is not
-        // counted (the bound on the work).
-        log(conn, "a", BASE + 9, 1, true);
-        let last = BASE + 4 * I;
-        assert_eq!(aggregate_stats(conn, I, last).expect("interval 3"), 2);
-        let summary: Vec<(String, i64, i64, i64)> = stats_since(conn, 0)
-            .expect("stats")
+    // Once interval 2 is complete it is aggregated, with the window starting one
+    // interval before the latest aggregated one (interval 1): interval 0 is recomputed.
+    let next = BASE + 3 * I;
+    assert_eq!(aggregate_stats(conn, I, next).expect("interval 2"), 4);
+    // The next run starts at interval 1, so a row arriving that late in interval 0 is not
+    // counted (the bound on the work).
+    log(conn, "a", BASE + 9, 1, true);
+    let last = BASE + 4 * I;
+    assert_eq!(aggregate_stats(conn, I, last).expect("interval 3"), 2);
+    let summary: Vec<(String, i64, i64, i64)> = stats_since(conn, 0)
+        .expect("stats")
+        .iter()
+        .map(|r| {
+            (
+                r.listener.clone(),
+                r.interval_start_ms,
+                r.runs,
+                r.updated_at_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("a".to_string(), BASE, 1, next),
+            ("c".to_string(), BASE, 1, next),
+            ("a".to_string(), BASE + I, 2, last),
+            ("a".to_string(), BASE + 2 * I, 1, last),
+        ],
+        "{backend:?}"
+    );
+}
+
+backend_test!(fn cleanup_deletes_exactly_the_old_finished_rows);
+fn cleanup_deletes_exactly_the_old_finished_rows(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let conn = &mut db.connect();
+    let before = 1_000_000;
+    let recent = 2_000_000;
+
+    log(conn, "a", before - 1, 1, true);
+    log(conn, "a", recent, 1, true);
+    log(conn, "b", 5, 1, false);
+    log(conn, "b", before, 1, true);
+
+    for (id, status) in [
+        ("done", "done"),
+        ("expired", "expired"),
+        ("filtered", "filtered"),
+        ("pending", "pending"),
+        ("dead", "dead"),
+        ("rate_limited", "rate_limited"),
+        ("parked", "parked"),
+    ] {
+        inbox_event(conn, &format!("old-{id}"), status, 500);
+    }
+    inbox_event(conn, "recent-done", "done", recent);
+    inbox_event(conn, "recent-rate_limited", "rate_limited", recent);
+
+    batch(conn, "msg_old_1", 1);
+    batch(conn, "msg_new", recent);
+    batch(conn, "msg_old_2", before - 1);
+
+    reply(conn, "bot1", 1, 10);
+    reply(conn, "bot2", 1, 20);
+    reply(conn, "bot1", 2, 30);
+    reply(conn, "bot1", 3, recent);
+
+    stored_stats(conn, "a", 0);
+    stored_stats(conn, "b", 0);
+    stored_stats(conn, "a", before);
+
+    assert!(matches!(
+        cleanup(conn, before, 0, &mut no_progress()),
+        Err(DbError::Invalid(_))
+    ));
+
+    let mut tables = Vec::new();
+    let report = cleanup(conn, before, 100, &mut |table: &str, _: usize| {
+        tables.push(table.to_string())
+    })
+    .expect("cleanup");
+    assert_eq!(
+        report,
+        CleanupReport {
+            event_log: 2,
+            inbox: 4,
+            forwarder_batches: 2,
+            outgoing_replies: 3,
+            listener_stats: 2,
+        },
+        "{backend:?}"
+    );
+    assert_eq!(report.total(), 13);
+    assert_eq!(
+        tables,
+        [
+            "event_log",
+            "inbox",
+            "forwarder_batches",
+            "outgoing_replies",
+            "listener_stats"
+        ],
+        "{backend:?}: one batch per table"
+    );
+
+    let log_left: Vec<i64> = event_log::table
+        .select(event_log::created_at_ms)
+        .order(event_log::created_at_ms)
+        .load(conn)
+        .expect("event log");
+    assert_eq!(log_left, vec![before, recent], "{backend:?}");
+    let inbox_left: Vec<String> = inbox::table
+        .select(inbox::event_id)
+        .order(inbox::event_id)
+        .load(conn)
+        .expect("inbox");
+    assert_eq!(
+        inbox_left,
+        [
+            "old-dead",
+            "old-parked",
+            "old-pending",
+            "recent-done",
+            "recent-rate_limited"
+        ],
+        "{backend:?}: events still to be processed or looked at are kept; old rate-limited ones (with their payload) are not"
+    );
+    let batches_left: Vec<String> = forwarder_batches::table
+        .select(forwarder_batches::webhook_id)
+        .load(conn)
+        .expect("batches");
+    assert_eq!(batches_left, ["msg_new"], "{backend:?}");
+    let replies_left: Vec<(String, i64)> = outgoing_replies::table
+        .select((outgoing_replies::bot, outgoing_replies::message_id))
+        .load(conn)
+        .expect("replies");
+    assert_eq!(replies_left, [("bot1".to_string(), 3)], "{backend:?}");
+    let stats_left: Vec<(String, i64)> = listener_stats::table
+        .select((listener_stats::listener, listener_stats::interval_start_ms))
+        .load(conn)
+        .expect("stats");
+    assert_eq!(stats_left, [("a".to_string(), before)], "{backend:?}");
+
+    // Nothing is left to delete.
+    let again = cleanup(conn, before, 100, &mut no_progress()).expect("again");
+    assert_eq!(again, CleanupReport::default(), "{backend:?}");
+}
+
+backend_test!(fn cleanup_works_in_batches);
+fn cleanup_works_in_batches(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let conn = &mut db.connect();
+    let before = 1_000_000;
+    let recent = 2_000_000;
+    // Old rows interleaved with recent ones, so that batches meet rows they must keep.
+    for i in 0..10 {
+        log(conn, "a", i, 1, true);
+        log(conn, "a", recent + i, 1, true);
+        inbox_event(conn, &format!("old-{i}"), "done", i);
+        inbox_event(conn, &format!("new-{i}"), "done", recent);
+        inbox_event(conn, &format!("pending-{i}"), "pending", i);
+        reply(conn, if i % 2 == 0 { "bot1" } else { "bot2" }, i, i);
+        reply(conn, "bot3", i, recent);
+        stored_stats(conn, &format!("h{}", i % 3), i * I);
+    }
+    // Exactly three batches' worth: the last batch finds nothing.
+    for i in 0..9 {
+        batch(conn, &format!("msg_old_{i}"), i);
+        batch(conn, &format!("msg_new_{i}"), recent);
+    }
+    stored_stats(conn, "h0", before);
+    stored_stats(conn, "h0", before + I);
+
+    let mut calls: Vec<(String, usize)> = Vec::new();
+    let report = cleanup(conn, before, 3, &mut |table: &str, deleted: usize| {
+        calls.push((table.to_string(), deleted))
+    })
+    .expect("cleanup");
+    let progress_of = |table: &str| -> Vec<usize> {
+        calls
             .iter()
-            .map(|r| {
-                (
-                    r.listener.clone(),
-                    r.interval_start_ms,
-                    r.runs,
-                    r.updated_at_ms,
-                )
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            vec![
-                ("a".to_string(), BASE, 1, next),
-                ("c".to_string(), BASE, 1, next),
-                ("a".to_string(), BASE + I, 2, last),
-                ("a".to_string(), BASE + 2 * I, 1, last),
-            ],
-            "{backend:?}"
-        );
-    }
-}
+            .filter(|(t, _)| t == table)
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    assert_eq!(progress_of("event_log"), [3, 6, 9, 10], "{backend:?}");
+    assert_eq!(progress_of("inbox"), [3, 6, 9, 10], "{backend:?}");
+    assert_eq!(
+        progress_of("forwarder_batches"),
+        [3, 6, 9, 9],
+        "{backend:?}"
+    );
+    assert_eq!(
+        progress_of("outgoing_replies"),
+        [3, 6, 9, 10],
+        "{backend:?}"
+    );
+    assert_eq!(progress_of("listener_stats"), [3, 6, 9, 10], "{backend:?}");
+    assert_eq!(
+        report,
+        CleanupReport {
+            event_log: 10,
+            inbox: 10,
+            forwarder_batches: 9,
+            outgoing_replies: 10,
+            listener_stats: 10,
+        },
+        "{backend:?}"
+    );
 
-#[test]
-fn cleanup_deletes_exactly_the_old_finished_rows() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let conn = &mut open(&db);
-        let before = 1_000_000;
-        let recent = 2_000_000;
+    let counts = |conn: &mut DbConnection| -> [i64; 5] {
+        [
+            event_log::table.count().get_result(conn).expect("count"),
+            inbox::table.count().get_result(conn).expect("count"),
+            forwarder_batches::table
+                .count()
+                .get_result(conn)
+                .expect("count"),
+            outgoing_replies::table
+                .count()
+                .get_result(conn)
+                .expect("count"),
+            listener_stats::table
+                .count()
+                .get_result(conn)
+                .expect("count"),
+        ]
+    };
+    assert_eq!(counts(conn), [10, 20, 9, 10, 2], "{backend:?}");
+    let old_left: i64 = inbox::table
+        .filter(inbox::status.eq("done"))
+        .filter(inbox::updated_at_ms.lt(before))
+        .count()
+        .get_result(conn)
+        .expect("count");
+    assert_eq!(old_left, 0, "{backend:?}");
 
-        log(conn, "a", before - 1, 1, true);
-        log(conn, "a", recent, 1, true);
-        log(conn, "b", 5, 1, false);
-        log(conn, "b", before, 1, true);
-
-        for (id, status) in [
-            ("done", "done"),
-            ("expired", "expired"),
-            ("filtered", "filtered"),
-            ("pending", "pending"),
-            ("dead", "dead"),
-            ("rate_limited", "rate_limited"),
-            ("parked", "parked"),
-        ] {
-            inbox_event(conn, &format!("old-{id}"), status, 500);
-        }
-        inbox_event(conn, "recent-done", "done", recent);
-        inbox_event(conn, "recent-rate_limited", "rate_limited", recent);
-
-        batch(conn, "msg_old_1", 1);
-        batch(conn, "msg_new", recent);
-        batch(conn, "msg_old_2", before - 1);
-
-        reply(conn, "bot1", 1, 10);
-        reply(conn, "bot2", 1, 20);
-        reply(conn, "bot1", 2, 30);
-        reply(conn, "bot1", 3, recent);
-
-        stored_stats(conn, "a", 0);
-        stored_stats(conn, "b", 0);
-        stored_stats(conn, "a", before);
-
-        assert!(matches!(
-            cleanup(conn, before, 0, &mut no_progress()),
-            Err(DbError::Invalid(_))
-        ));
-
-        let mut tables = Vec::new();
-        let report = cleanup(conn, before, 100, &mut |table: &str, _: usize| {
-            tables.push(table.to_string())
-        })
-        .expect("cleanup");
-        assert_eq!(
-            report,
-            CleanupReport {
-                event_log: 2,
-                inbox: 4,
-                forwarder_batches: 2,
-                outgoing_replies: 3,
-                listener_stats: 2,
-            },
-            "{backend:?}"
-        );
-        assert_eq!(report.total(), 13);
-        assert_eq!(
-            tables,
-            [
-                "event_log",
-                "inbox",
-                "forwarder_batches",
-                "outgoing_replies",
-                "listener_stats"
-            ],
-            "{backend:?}: one batch per table"
-        );
-
-        let log_left: Vec<i64> = event_log::table
-            .select(event_log::created_at_ms)
-            .order(event_log::created_at_ms)
-            .load(conn)
-            .expect("event log");
-        assert_eq!(log_left, vec![before, recent], "{backend:?}");
-        let inbox_left: Vec<String> = inbox::table
-            .select(inbox::event_id)
-            .order(inbox::event_id)
-            .load(conn)
-            .expect("inbox");
-        assert_eq!(
-            inbox_left,
-            [
-                "old-dead",
-                "old-parked",
-                "old-pending",
-                "recent-done",
-                "recent-rate_limited"
-            ],
-            "{backend:?}: events still to be processed or looked at are kept; old rate-limited ones (with their payload) are not"
-        );
-        let batches_left: Vec<String> = forwarder_batches::table
-            .select(forwarder_batches::webhook_id)
-            .load(conn)
-            .expect("batches");
-        assert_eq!(batches_left, ["msg_new"], "{backend:?}");
-        let replies_left: Vec<(String, i64)> = outgoing_replies::table
-            .select((outgoing_replies::bot, outgoing_replies::message_id))
-            .load(conn)
-            .expect("replies");
-        assert_eq!(replies_left, [("bot1".to_string(), 3)], "{backend:?}");
-        let stats_left: Vec<(String, i64)> = listener_stats::table
-            .select((listener_stats::listener, listener_stats::interval_start_ms))
-            .load(conn)
-            .expect("stats");
-        assert_eq!(stats_left, [("a".to_string(), before)], "{backend:?}");
-
-        // Nothing is left to delete.
-        let again = cleanup(conn, before, 100, &mut no_progress()).expect("again");
-        assert_eq!(again, CleanupReport::default(), "{backend:?}");
-    }
-}
-
-#[test]
-fn cleanup_works_in_batches() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let conn = &mut open(&db);
-        let before = 1_000_000;
-        let recent = 2_000_000;
-        // Old rows interleaved with recent ones, so that batches meet rows they must keep.
-        for i in 0..10 {
-            log(conn, "a", i, 1, true);
-            log(conn, "a", recent + i, 1, true);
-            inbox_event(conn, &format!("old-{i}"), "done", i);
-            inbox_event(conn, &format!("new-{i}"), "done", recent);
-            inbox_event(conn, &format!("pending-{i}"), "pending", i);
-            reply(conn, if i % 2 == 0 { "bot1" } else { "bot2" }, i, i);
-            reply(conn, "bot3", i, recent);
-            stored_stats(conn, &format!("h{}", i % 3), i * I);
-        }
-        // Exactly three batches' worth: the last batch finds nothing.
-        for i in 0..9 {
-            batch(conn, &format!("msg_old_{i}"), i);
-            batch(conn, &format!("msg_new_{i}"), recent);
-        }
-        stored_stats(conn, "h0", before);
-        stored_stats(conn, "h0", before + I);
-
-        let mut calls: Vec<(String, usize)> = Vec::new();
-        let report = cleanup(conn, before, 3, &mut |table: &str, deleted: usize| {
-            calls.push((table.to_string(), deleted))
-        })
-        .expect("cleanup");
-        let progress_of = |table: &str| -> Vec<usize> {
-            calls
-                .iter()
-                .filter(|(t, _)| t == table)
-                .map(|(_, n)| *n)
-                .collect()
-        };
-        assert_eq!(progress_of("event_log"), [3, 6, 9, 10], "{backend:?}");
-        assert_eq!(progress_of("inbox"), [3, 6, 9, 10], "{backend:?}");
-        assert_eq!(
-            progress_of("forwarder_batches"),
-            [3, 6, 9, 9],
-            "{backend:?}"
-        );
-        assert_eq!(
-            progress_of("outgoing_replies"),
-            [3, 6, 9, 10],
-            "{backend:?}"
-        );
-        assert_eq!(progress_of("listener_stats"), [3, 6, 9, 10], "{backend:?}");
-        assert_eq!(
-            report,
-            CleanupReport {
-                event_log: 10,
-                inbox: 10,
-                forwarder_batches: 9,
-                outgoing_replies: 10,
-                listener_stats: 10,
-            },
-            "{backend:?}"
-        );
-
-        let counts = |conn: &mut DbConnection| -> [i64; 5] {
-            [
-                event_log::table.count().get_result(conn).expect("count"),
-                inbox::table.count().get_result(conn).expect("count"),
-                forwarder_batches::table
-                    .count()
-                    .get_result(conn)
-                    .expect("count"),
-                outgoing_replies::table
-                    .count()
-                    .get_result(conn)
-                    .expect("count"),
-                listener_stats::table
-                    .count()
-                    .get_result(conn)
-                    .expect("count"),
-            ]
-        };
-        assert_eq!(counts(conn), [10, 20, 9, 10, 2], "{backend:?}");
-        let old_left: i64 = inbox::table
-            .filter(inbox::status.eq("done"))
-            .filter(inbox::updated_at_ms.lt(before))
-            .count()
-            .get_result(conn)
-            .expect("count");
-        assert_eq!(old_left, 0, "{backend:?}");
-
-        let starts: Vec<i64> = listener_stats::table
-            .select(listener_stats::interval_start_ms)
-            .order(listener_stats::interval_start_ms)
-            .load(conn)
-            .expect("stats");
-        assert_eq!(starts, [before, before + I], "{backend:?}");
-    }
+    let starts: Vec<i64> = listener_stats::table
+        .select(listener_stats::interval_start_ms)
+        .order(listener_stats::interval_start_ms)
+        .load(conn)
+        .expect("stats");
+    assert_eq!(starts, [before, before + I], "{backend:?}");
 }
 
 /// A message as `message_logger` stores it, stored at `stored_at_ms`.
@@ -561,98 +548,96 @@ fn message_rows(conn: &mut DbConnection) -> Vec<Kept> {
         .expect("messages")
 }
 
-#[test]
-fn personal_data_is_erased_or_deleted_after_its_own_period() {
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let conn = &mut open(&db);
-        let messages_before = BASE + 100 * I;
-        let activity_before = BASE + 50 * I;
-        let alerts_before = BASE + 20 * I;
-        // Seven messages on either side of the cut-off, five users, six alerts.
-        for id in 1..=7 {
-            stored_message(conn, id, messages_before - 7 * I + id * I);
-        }
-        for user in 1..=5 {
-            activity(conn, 2 + user % 2, user, activity_before - 3 * I + user * I);
-        }
-        for (i, rule) in ["a", "b", "a", "b", "a", "b"].iter().enumerate() {
-            alert(conn, rule, i as i64, alerts_before - 3 * I + i as i64 * I);
-        }
-
-        // Nothing is touched while every period is 0 (keep).
-        let report = expire_personal_data(conn, &PersonalCutoffs::default(), 2, &mut no_progress())
-            .expect("retention");
-        assert_eq!(report, PersonalReport::default(), "{backend:?}");
-
-        let cutoffs = PersonalCutoffs {
-            messages: Some(messages_before),
-            activity: Some(activity_before),
-            alerts: Some(alerts_before),
-        };
-        let mut calls = Vec::new();
-        let report = expire_personal_data(conn, &cutoffs, 2, &mut |table: &str, n: usize| {
-            calls.push((table.to_string(), n))
-        })
-        .expect("retention");
-        assert_eq!(
-            report,
-            PersonalReport {
-                messages_erased: 7 - 1,
-                user_activity: 2,
-                keyword_alerts: 3,
-            },
-            "{backend:?}"
-        );
-        assert!(
-            calls.iter().any(|(t, n)| t == "messages" && *n == 2),
-            "worked in batches of 2: {calls:?}"
-        );
-
-        let rows = message_rows(conn);
-        assert_eq!(rows.len(), 7, "{backend:?}: tombstones stay");
-        for (id, content, topic, dm, email, name, sender) in &rows {
-            if *id < 7 {
-                assert_eq!(
-                    (content.as_str(), topic, dm, email, name),
-                    ("", &None, &None, &None, &None),
-                    "{backend:?}: message {id} erased"
-                );
-                assert_eq!(*sender, Some(10), "ids are kept");
-            } else {
-                assert!(
-                    content.contains("hunter2"),
-                    "{backend:?}: message 7 is recent"
-                );
-                assert_eq!(email.as_deref(), Some("alice@example.com"));
-            }
-        }
-        let users: Vec<i64> = user_activity::table
-            .select(user_activity::user_id)
-            .order(user_activity::user_id)
-            .load(conn)
-            .expect("activity");
-        assert_eq!(users, [3, 4, 5], "{backend:?}");
-        let alerts: Vec<i64> = keyword_alerts::table
-            .select(keyword_alerts::message_id)
-            .order(keyword_alerts::message_id)
-            .load(conn)
-            .expect("alerts");
-        assert_eq!(alerts, [3, 4, 5], "{backend:?}");
-
-        // A second pass finds nothing left to do.
-        let again = expire_personal_data(conn, &cutoffs, 2, &mut no_progress()).expect("again");
-        assert_eq!(again, PersonalReport::default(), "{backend:?}");
+backend_test!(fn personal_data_is_erased_or_deleted_after_its_own_period);
+fn personal_data_is_erased_or_deleted_after_its_own_period(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let conn = &mut db.connect();
+    let messages_before = BASE + 100 * I;
+    let activity_before = BASE + 50 * I;
+    let alerts_before = BASE + 20 * I;
+    // Seven messages on either side of the cut-off, five users, six alerts.
+    for id in 1..=7 {
+        stored_message(conn, id, messages_before - 7 * I + id * I);
     }
+    for user in 1..=5 {
+        activity(conn, 2 + user % 2, user, activity_before - 3 * I + user * I);
+    }
+    for (i, rule) in ["a", "b", "a", "b", "a", "b"].iter().enumerate() {
+        alert(conn, rule, i as i64, alerts_before - 3 * I + i as i64 * I);
+    }
+
+    // Nothing is touched while every period is 0 (keep).
+    let report = expire_personal_data(conn, &PersonalCutoffs::default(), 2, &mut no_progress())
+        .expect("retention");
+    assert_eq!(report, PersonalReport::default(), "{backend:?}");
+
+    let cutoffs = PersonalCutoffs {
+        messages: Some(messages_before),
+        activity: Some(activity_before),
+        alerts: Some(alerts_before),
+    };
+    let mut calls = Vec::new();
+    let report = expire_personal_data(conn, &cutoffs, 2, &mut |table: &str, n: usize| {
+        calls.push((table.to_string(), n))
+    })
+    .expect("retention");
+    assert_eq!(
+        report,
+        PersonalReport {
+            messages_erased: 7 - 1,
+            user_activity: 2,
+            keyword_alerts: 3,
+        },
+        "{backend:?}"
+    );
+    assert!(
+        calls.iter().any(|(t, n)| t == "messages" && *n == 2),
+        "worked in batches of 2: {calls:?}"
+    );
+
+    let rows = message_rows(conn);
+    assert_eq!(rows.len(), 7, "{backend:?}: tombstones stay");
+    for (id, content, topic, dm, email, name, sender) in &rows {
+        if *id < 7 {
+            assert_eq!(
+                (content.as_str(), topic, dm, email, name),
+                ("", &None, &None, &None, &None),
+                "{backend:?}: message {id} erased"
+            );
+            assert_eq!(*sender, Some(10), "ids are kept");
+        } else {
+            assert!(
+                content.contains("hunter2"),
+                "{backend:?}: message 7 is recent"
+            );
+            assert_eq!(email.as_deref(), Some("alice@example.com"));
+        }
+    }
+    let users: Vec<i64> = user_activity::table
+        .select(user_activity::user_id)
+        .order(user_activity::user_id)
+        .load(conn)
+        .expect("activity");
+    assert_eq!(users, [3, 4, 5], "{backend:?}");
+    let alerts: Vec<i64> = keyword_alerts::table
+        .select(keyword_alerts::message_id)
+        .order(keyword_alerts::message_id)
+        .load(conn)
+        .expect("alerts");
+    assert_eq!(alerts, [3, 4, 5], "{backend:?}");
+
+    // A second pass finds nothing left to do.
+    let again = expire_personal_data(conn, &cutoffs, 2, &mut no_progress()).expect("again");
+    assert_eq!(again, PersonalReport::default(), "{backend:?}");
 }
 
 #[test]
 fn the_cleanup_command_applies_the_personal_data_settings() {
-    let db = TestDatabase::new(crate::support::Backend::Sqlite);
+    let db = TestDatabase::new(Backend::Sqlite);
     let now = zulip_listeners::clock::now_ms();
     let day = 86_400_000;
     {
-        let conn = &mut open(&db);
+        let conn = &mut db.connect();
         stored_message(conn, 1, now - 31 * day);
         stored_message(conn, 2, now - day);
         activity(conn, 2, 1, now - 91 * day);
@@ -660,17 +645,11 @@ fn the_cleanup_command_applies_the_personal_data_settings() {
         alert(conn, "r", 1, now - 31 * day);
         alert(conn, "r", 2, now - 29 * day);
     }
-    let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!("[database]\nurl = \"{}\"\n", db.url.replace('\\', "\\\\")),
-    )
-    .expect("write config");
+    let config = db.config_file("");
     // The general period is long; the personal-data defaults (30/90/30 days) still apply.
-    let out = crate::support::cli(&config, &["cleanup", "--days", "365"]);
+    let out = cli(&config.path, &["cleanup", "--days", "365"]);
     assert!(out.contains("1 message(s) erased"), "{out}");
-    let conn = &mut open(&db);
+    let conn = &mut db.connect();
     let rows = message_rows(conn);
     assert_eq!(rows[0].1, "", "old message erased: {rows:?}");
     assert!(rows[1].1.contains("hunter2"), "recent message kept");

@@ -1,61 +1,34 @@
 //! `welcome_bot` against the real server: signed forwarder batches in, greetings out to a
 //! loopback stand-in for Zulip's REST API, each greeting sent once across retries, repeated
 //! events and restarts.
+//!
+//! Long file: welcome_bot end to end, with its stand-ins for Zulip, one scenario per test, read best together.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::support::*;
 use diesel::prelude::*;
 use serde_json::{Value, json};
-use zulip_listeners::db::{DbConnection, tables};
+use zulip_listeners::db::DbConnection;
 use zulip_listeners::server::ServeOptions;
-use zulip_listeners::verification::SigningKey;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const GREETER_EMAIL: &str = "greeter-bot@acme.example.com";
 const ZULIP_OK: &str = r#"{"result": "success", "msg": "", "id": 42}"#;
 
-// The handler's own table, as the migration creates it.
-diesel::table! {
-    welcome_greetings (realm_id, user_id, greeting) {
-        realm_id -> BigInt,
-        user_id -> BigInt,
-        greeting -> Text,
-        sent_at_ms -> BigInt,
-    }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// A server whose forwarded events go to welcome_bot, posting as `greeter` to `zulip`.
-fn config(zulip: &Stub, welcome: &str) -> String {
-    format!(
-        "[bots.greeter]\nemail = \"{GREETER_EMAIL}\"\ntoken = \"{TOKEN}\"\napi_key = \"KEY123\"\nsite = \"{}\"\n\
-         [forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"welcome_bot\"]\nmax_retries = 5\nretry_delay = \"100ms\"\n\
-         [handlers.welcome_bot]\nenabled = true\nbot = \"greeter\"\n{welcome}",
-        zulip.url
-    )
+/// A server whose forwarded events go to welcome_bot, posting as `greeter` to Zulip at
+/// `site`; `welcome` is more of its settings.
+fn app(db: &TestDatabase, site: &str, welcome: &str) -> TestApp {
+    TestApp::new(db).forwarder().toml(&format!(
+        "[bots.greeter]\nemail = \"{GREETER_EMAIL}\"\ntoken = \"{TOKEN}\"\napi_key = \"KEY123\"\nsite = \"{site}\"\n\
+         [forwarder]\nhandlers = [\"welcome_bot\"]\nmax_retries = 5\nretry_delay = \"100ms\"\n\
+         [handlers.welcome_bot]\nenabled = true\nbot = \"greeter\"\n{welcome}"
+    ))
 }
 
 const CHANNELS: &str = "channels = [\n  { channel = \"Engineering\", message = \"Welcome to {channel}, {mention}!\" },\n  { channel = \"help\", topic = \"new faces\" },\n]\n";
 
 fn envelope(event_id: &str, audience: &[i64], event: Value) -> Value {
-    json!({
-        "v": 1,
-        "event_id": event_id,
-        "emitted_at_ms": now() * 1000,
-        "server": {"host": "chat.example.com", "zulip_version": "10.2", "feature_level": 334},
-        "realm": {"id": 2, "uuid": "6a9b5f2e-7c1d-4e2b-9a43-0f7e1c2d3b4a", "string_id": "acme"},
-        "type": event["type"].clone(),
-        "op": event["op"].clone(),
-        "audience": {"count": audience.len(), "user_ids": audience},
-        "event": event
-    })
+    Envelope::new(event_id, event).audience(audience).json()
 }
 
 /// `realm_user` / `add` in Zulip's shape (`create_user.py` `notify_created_user`).
@@ -80,46 +53,10 @@ fn subscribed(channels: &[(i64, &str)]) -> Value {
     json!({"type": "subscription", "op": "add", "subscriptions": subs})
 }
 
+/// Posts `envelopes` as one batch, which must be accepted.
 async fn post(t: &TestServer, webhook_id: &str, envelopes: Vec<Value>) {
-    let body = json!({ "events": envelopes }).to_string();
-    let key = SigningKey::parse(SECRET).expect("key");
-    let timestamp = now();
-    let answer = t
-        .send(
-            t.http
-                .post(format!("{}/zulip/events", t.base))
-                .header("content-type", "application/json")
-                .header("webhook-id", webhook_id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header(
-                    "webhook-signature",
-                    key.sign(webhook_id, timestamp, body.as_bytes()),
-                )
-                .body(body),
-        )
-        .await;
+    let answer = t.post_events(webhook_id, envelopes).await;
     assert_eq!(answer.status, 200, "{:?}", answer.json);
-}
-
-fn count_of(c: &mut DbConnection, status: &str) -> i64 {
-    tables::inbox::inbox_counts(c)
-        .expect("counts")
-        .iter()
-        .find(|(s, _)| s.as_str() == status)
-        .map_or(0, |(_, n)| *n)
-}
-
-/// Waits until `done` events are done and none is pending.
-async fn settle(t: &TestServer, done: i64) {
-    let mut last = (0, 0);
-    let settled = eventually(Duration::from_secs(20), async || {
-        last = t
-            .query(|c| (count_of(c, "done"), count_of(c, "pending")))
-            .await;
-        last.0 >= done && last.1 == 0
-    })
-    .await;
-    assert!(settled, "inbox did not settle: (done, pending) = {last:?}");
 }
 
 /// A greeting the stand-in received, as form fields.
@@ -127,148 +64,160 @@ fn fields(received: &Received) -> std::collections::HashMap<String, String> {
     serde_urlencoded::from_str(&received.body).expect("form body")
 }
 
-fn greetings(c: &mut DbConnection) -> Vec<(i64, i64, String)> {
-    welcome_greetings::table
-        .select((
-            welcome_greetings::realm_id,
-            welcome_greetings::user_id,
-            welcome_greetings::greeting,
-        ))
-        .order((welcome_greetings::user_id, welcome_greetings::greeting))
-        .load(c)
-        .expect("welcome_greetings")
+/// A row of welcome_bot's own table (`welcome_greetings`, which it keeps to itself).
+#[derive(diesel::QueryableByName)]
+struct Greeting {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    realm_id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    greeting: String,
 }
 
-#[actix_web::test]
-async fn a_new_member_is_greeted_once_and_bots_never() {
-    let zulip = Stub::start(ZULIP_OK, Duration::ZERO).await;
-    for backend in backends() {
-        let db = TestDatabase::new(backend);
-        let before = zulip.requests().len();
-        let t = start_server(&db, &config(&zulip, CHANNELS)).await;
-        post(
-            &t,
-            "b1",
-            vec![envelope(
-                "u14",
-                &[10, 11],
-                user_added(14, "New Person", false),
-            )],
-        )
-        .await;
-        settle(&t, 1).await;
-        let sent = zulip.requests()[before..].to_vec();
-        assert_eq!(sent.len(), 1, "{backend:?}: {sent:?}");
-        assert_eq!(sent[0].path, "/api/v1/messages");
-        assert!(
-            sent[0]
-                .authorization
-                .as_deref()
-                .is_some_and(|a| a.starts_with("Basic ")),
-            "posted as the bot"
-        );
-        let form = fields(&sent[0]);
-        assert_eq!(
-            (form["type"].as_str(), form["to"].as_str()),
-            ("private", "[14]"),
-            "a direct message to the new user"
-        );
-        assert!(
-            form["content"].starts_with("Welcome, @**New Person|14**!"),
-            "{form:?}"
-        );
-        assert!(!form["content"].contains("acme.example.com"), "no email");
-
-        // Zulip's other `add` events for the same user (another audience; the placeholder for
-        // guests), and the same event again in a new batch: no second greeting.
-        let mut placeholder = user_added(14, "Unknown user", false);
-        placeholder["inaccessible_user"] = json!(true);
-        post(
-            &t,
-            "b2",
-            vec![
-                envelope("u14-b", &[12], user_added(14, "New Person", false)),
-                envelope("u14-c", &[13], placeholder),
-            ],
-        )
-        .await;
-        post(
-            &t,
-            "b3",
-            vec![envelope(
-                "u14",
-                &[10, 11],
-                user_added(14, "New Person", false),
-            )],
-        )
-        .await;
-        // A bot joins, then is subscribed to a greeted channel: neither is greeted.
-        post(
-            &t,
-            "b4",
-            vec![envelope("u15", &[10], user_added(15, "Helper Bot", true))],
-        )
-        .await;
-        settle(&t, 4).await;
-        post(
-            &t,
-            "b5",
-            vec![envelope("s15", &[15], subscribed(&[(7, "engineering")]))],
-        )
-        .await;
-        settle(&t, 5).await;
-        assert_eq!(
-            zulip.requests().len() - before,
-            1,
-            "{backend:?}: greeted once"
-        );
-        // Zulip's `add` events for one user in one batch: the second runs before the first's
-        // record is committed, and still does not greet again.
-        post(
-            &t,
-            "b5b",
-            vec![
-                envelope("u16-a", &[10], user_added(16, "Other Person", false)),
-                envelope("u16-b", &[12], user_added(16, "Other Person", false)),
-            ],
-        )
-        .await;
-        settle(&t, 7).await;
-        assert_eq!(
-            zulip.requests().len() - before,
-            2,
-            "{backend:?}: user 16 greeted once"
-        );
-        assert_eq!(
-            t.query(greetings).await,
-            vec![
-                (2, 14, "realm".to_string()),
-                (2, 15, "bot".to_string()),
-                (2, 16, "realm".to_string())
-            ]
-        );
-        t.stop().await;
-
-        // After a restart (nothing remembered in memory), the record still holds.
-        let t = start_server(&db, &config(&zulip, CHANNELS)).await;
-        post(
-            &t,
-            "b6",
-            vec![envelope(
-                "u14-d",
-                &[20],
-                user_added(14, "New Person", false),
-            )],
-        )
-        .await;
-        settle(&t, 8).await;
-        assert_eq!(
-            zulip.requests().len() - before,
-            2,
-            "{backend:?}: not greeted again after a restart"
-        );
-        t.stop().await;
+/// The greetings recorded: (realm, user, greeting), by user and greeting.
+fn greetings(c: &mut DbConnection) -> Vec<(i64, i64, String)> {
+    let query = diesel::sql_query(
+        "SELECT realm_id, user_id, greeting FROM welcome_greetings ORDER BY user_id, greeting",
+    );
+    let rows: Vec<Greeting> = match c {
+        DbConnection::Sqlite(c) => query.load(c),
+        DbConnection::Postgres(c) => query.load(c),
     }
+    .expect("welcome_greetings");
+    rows.into_iter()
+        .map(|g| (g.realm_id, g.user_id, g.greeting))
+        .collect()
+}
+
+backend_test!(async fn a_new_member_is_greeted_once_and_bots_never);
+async fn a_new_member_is_greeted_once_and_bots_never(backend: Backend) {
+    let zulip = Stub::start(ZULIP_OK, Duration::ZERO).await;
+    let db = TestDatabase::new(backend);
+    let before = zulip.requests().len();
+    let t = app(&db, &zulip.url, CHANNELS).start().await;
+    post(
+        &t,
+        "b1",
+        vec![envelope(
+            "u14",
+            &[10, 11],
+            user_added(14, "New Person", false),
+        )],
+    )
+    .await;
+    t.settle(1).await;
+    let sent = zulip.requests()[before..].to_vec();
+    assert_eq!(sent.len(), 1, "{backend:?}: {sent:?}");
+    assert_eq!(sent[0].path, "/api/v1/messages");
+    assert!(
+        sent[0]
+            .authorization
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Basic ")),
+        "posted as the bot"
+    );
+    let form = fields(&sent[0]);
+    assert_eq!(
+        (form["type"].as_str(), form["to"].as_str()),
+        ("private", "[14]"),
+        "a direct message to the new user"
+    );
+    assert!(
+        form["content"].starts_with("Welcome, @**New Person|14**!"),
+        "{form:?}"
+    );
+    assert!(!form["content"].contains("acme.example.com"), "no email");
+
+    // Zulip's other `add` events for the same user (another audience; the placeholder for
+    // guests), and the same event again in a new batch: no second greeting.
+    let mut placeholder = user_added(14, "Unknown user", false);
+    placeholder["inaccessible_user"] = json!(true);
+    post(
+        &t,
+        "b2",
+        vec![
+            envelope("u14-b", &[12], user_added(14, "New Person", false)),
+            envelope("u14-c", &[13], placeholder),
+        ],
+    )
+    .await;
+    post(
+        &t,
+        "b3",
+        vec![envelope(
+            "u14",
+            &[10, 11],
+            user_added(14, "New Person", false),
+        )],
+    )
+    .await;
+    // A bot joins, then is subscribed to a greeted channel: neither is greeted.
+    post(
+        &t,
+        "b4",
+        vec![envelope("u15", &[10], user_added(15, "Helper Bot", true))],
+    )
+    .await;
+    t.settle(4).await;
+    post(
+        &t,
+        "b5",
+        vec![envelope("s15", &[15], subscribed(&[(7, "engineering")]))],
+    )
+    .await;
+    t.settle(5).await;
+    assert_eq!(
+        zulip.requests().len() - before,
+        1,
+        "{backend:?}: greeted once"
+    );
+    // Zulip's `add` events for one user in one batch: the second runs before the first's
+    // record is committed, and still does not greet again.
+    post(
+        &t,
+        "b5b",
+        vec![
+            envelope("u16-a", &[10], user_added(16, "Other Person", false)),
+            envelope("u16-b", &[12], user_added(16, "Other Person", false)),
+        ],
+    )
+    .await;
+    t.settle(7).await;
+    assert_eq!(
+        zulip.requests().len() - before,
+        2,
+        "{backend:?}: user 16 greeted once"
+    );
+    assert_eq!(
+        t.query(greetings).await,
+        vec![
+            (2, 14, "realm".to_string()),
+            (2, 15, "bot".to_string()),
+            (2, 16, "realm".to_string())
+        ]
+    );
+    t.stop().await;
+
+    // After a restart (nothing remembered in memory), the record still holds.
+    let t = app(&db, &zulip.url, CHANNELS).start().await;
+    post(
+        &t,
+        "b6",
+        vec![envelope(
+            "u14-d",
+            &[20],
+            user_added(14, "New Person", false),
+        )],
+    )
+    .await;
+    t.settle(8).await;
+    assert_eq!(
+        zulip.requests().len() - before,
+        2,
+        "{backend:?}: not greeted again after a restart"
+    );
+    t.stop().await;
     zulip.stop().await;
 }
 
@@ -276,10 +225,12 @@ async fn a_new_member_is_greeted_once_and_bots_never() {
 async fn subscriptions_greet_in_configured_channels_only() {
     let zulip = Stub::start(ZULIP_OK, Duration::ZERO).await;
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start_server(
+    let t = app(
         &db,
-        &config(&zulip, &format!("new_user_message = \"\"\n{CHANNELS}")),
+        &zulip.url,
+        &format!("new_user_message = \"\"\n{CHANNELS}"),
     )
+    .start()
     .await;
 
     // Not configured: nothing.
@@ -289,7 +240,7 @@ async fn subscriptions_greet_in_configured_channels_only() {
         vec![envelope("s20-a", &[20], subscribed(&[(9, "random")]))],
     )
     .await;
-    settle(&t, 1).await;
+    t.settle(1).await;
     assert!(zulip.requests().is_empty(), "{:?}", zulip.requests());
 
     // Configured (names match regardless of case): a direct message by default, a post in the
@@ -304,7 +255,7 @@ async fn subscriptions_greet_in_configured_channels_only() {
         )],
     )
     .await;
-    settle(&t, 2).await;
+    t.settle(2).await;
     let sent: Vec<_> = zulip
         .wait_for(2, Duration::from_secs(5))
         .await
@@ -348,7 +299,7 @@ async fn subscriptions_greet_in_configured_channels_only() {
         vec![envelope("u21", &[10], user_added(21, "Someone", false))],
     )
     .await;
-    settle(&t, 4).await;
+    t.settle(4).await;
     assert_eq!(zulip.requests().len(), 2);
     assert_eq!(
         t.query(greetings).await,
@@ -370,7 +321,7 @@ async fn a_failing_zulip_is_retried_and_greets_once() {
     .await;
     zulip.set_status(500);
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = start_server(&db, &config(&zulip, CHANNELS)).await;
+    let t = app(&db, &zulip.url, CHANNELS).start().await;
     post(
         &t,
         "f1",
@@ -390,7 +341,7 @@ async fn a_failing_zulip_is_retried_and_greets_once() {
 
     zulip.set_status(200);
     let switched = zulip.requests().len();
-    settle(&t, 1).await;
+    t.settle(1).await;
     // Give a wrongly repeated run time to show up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after: Vec<_> = zulip.requests()[switched..].to_vec();
@@ -424,15 +375,13 @@ async fn a_failing_zulip_is_retried_and_greets_once() {
 async fn dry_run_sends_and_records_nothing() {
     let zulip = Stub::start(ZULIP_OK, Duration::ZERO).await;
     let db = TestDatabase::new(Backend::Sqlite);
-    let config = config_for(&db, &config(&zulip, CHANNELS));
-    let t = start_with(
-        config,
-        ServeOptions {
+    let t = app(&db, &zulip.url, CHANNELS)
+        .options(ServeOptions {
             dry_run: true,
             ..ServeOptions::default()
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
     post(
         &t,
         "d1",
@@ -451,38 +400,19 @@ async fn dry_run_sends_and_records_nothing() {
 
 /// `check-config` with `[handlers.welcome_bot]` settings; returns (success, output).
 fn check_config(settings: &str, forwarder_handlers: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("config.toml");
-    let db = dir.path().join("c.db");
-    std::fs::write(
-        &path,
-        format!(
-            "[database]\nurl = \"sqlite://{}\"\n\
-             [bots.greeter]\nemail = \"{GREETER_EMAIL}\"\ntoken = \"{TOKEN}\"\napi_key = \"K\"\nsite = \"https://chat.example.com\"\n\
-             [bots.plain]\nemail = \"plain-bot@acme.example.com\"\ntoken = \"{TOKEN}x\"\n\
-             [forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = {forwarder_handlers}\n\
-             [handlers.welcome_bot]\n{enabled}{settings}",
-            db.display(),
-            enabled = if settings.contains("enabled") {
-                ""
-            } else {
-                "enabled = true\n"
-            },
-        ),
-    )
-    .expect("write");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_zulip-listeners"))
-        .arg("--config")
-        .arg(&path)
-        .arg("check-config")
-        .output()
-        .expect("run check-config");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    let db = TestDatabase::new(Backend::Sqlite);
+    let enabled = if settings.contains("enabled") {
+        ""
+    } else {
+        "enabled = true\n"
+    };
+    let config = db.config_file(&format!(
+        "[bots.greeter]\nemail = \"{GREETER_EMAIL}\"\ntoken = \"{TOKEN}\"\napi_key = \"K\"\nsite = \"https://chat.example.com\"\n\
+         [bots.plain]\nemail = \"plain-bot@acme.example.com\"\ntoken = \"{TOKEN}x\"\n\
+         [forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = {forwarder_handlers}\n\
+         [handlers.welcome_bot]\n{enabled}{settings}"
+    ));
+    cli_status(&config.path, &["check-config"])
 }
 
 #[test]
@@ -566,29 +496,27 @@ impl PickyZulip {
         let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (shared_bodies, shared_fail) = (bodies.clone(), fail.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let server = HttpServer::new(move || {
-            let (bodies, fail) = (shared_bodies.clone(), shared_fail.clone());
-            App::new().default_service(web::to(move |body: web::Bytes| {
-                let text = String::from_utf8_lossy(&body).into_owned();
-                let refuse = fail.load(Ordering::SeqCst) && text.contains("type=stream");
-                bodies.lock().expect("lock").push(text);
-                async move {
-                    if refuse {
-                        HttpResponse::InternalServerError().body(r#"{"result":"error","msg":"x"}"#)
-                    } else {
-                        HttpResponse::Ok().body(ZULIP_OK)
+        let (url, handle) = serve_loopback(move |listener| {
+            Ok(HttpServer::new(move || {
+                let (bodies, fail) = (shared_bodies.clone(), shared_fail.clone());
+                App::new().default_service(web::to(move |body: web::Bytes| {
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    let refuse = fail.load(Ordering::SeqCst) && text.contains("type=stream");
+                    bodies.lock().expect("lock").push(text);
+                    async move {
+                        if refuse {
+                            HttpResponse::InternalServerError()
+                                .body(r#"{"result":"error","msg":"x"}"#)
+                        } else {
+                            HttpResponse::Ok().body(ZULIP_OK)
+                        }
                     }
-                }
-            }))
-        })
-        .workers(1)
-        .listen(listener)
-        .expect("listen")
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+                }))
+            })
+            .workers(1)
+            .listen(listener)?
+            .run())
+        });
         PickyZulip {
             url,
             bodies,
@@ -606,13 +534,10 @@ impl PickyZulip {
 async fn a_partly_failed_run_is_retried_without_repeating_what_was_sent() {
     let zulip = PickyZulip::start();
     let db = TestDatabase::new(Backend::Sqlite);
-    let extra = format!(
-        "[bots.greeter]\nemail = \"{GREETER_EMAIL}\"\ntoken = \"{TOKEN}\"\napi_key = \"KEY123\"\nsite = \"{}\"\n\
-         [forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = [\"welcome_bot\"]\nmax_retries = 20\nretry_delay = \"100ms\"\n\
-         [handlers.welcome_bot]\nenabled = true\nbot = \"greeter\"\n{CHANNELS}",
-        zulip.url
-    );
-    let t = start_server(&db, &extra).await;
+    let t = app(&db, &zulip.url, CHANNELS)
+        .toml("[forwarder]\nmax_retries = 20\n")
+        .start()
+        .await;
     // Engineering greets by direct message (accepted), help posts in the channel (refused).
     post(
         &t,
@@ -649,7 +574,7 @@ async fn a_partly_failed_run_is_retried_without_repeating_what_was_sent() {
     zulip
         .fail_channel_posts
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    settle(&t, 1).await;
+    t.settle(1).await;
     assert_eq!(direct(&zulip.bodies()), 1);
     assert_eq!(
         t.query(greetings).await,

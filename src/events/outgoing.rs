@@ -1,207 +1,18 @@
-//! Events: the typed form every request is turned into before handlers see it, and the parsers
-//! for Zulip's outgoing-webhook wire formats (generic JSON and Slack-style form).
+//! Zulip's outgoing-webhook wire formats — the generic JSON body and the Slack-compatible form —
+//! and how each becomes an [`Event`]: the message typed, a leading mention of the bot stripped
+//! into the command text. `WireMessage` is also the `message` of a forwarded `message` event.
 //!
 //! Parsing is tolerant the way Zulip's payloads require: unknown fields are ignored, every
 //! `message` field is optional, and the minimal bodies found in Zulip's own docs and tests work.
-
-pub mod forwarded;
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-/// Where an event came from.
-#[derive(Debug, Clone)]
-pub enum Origin {
-    /// An outgoing webhook for the named bot, with the body exactly as Zulip sent it.
-    Outgoing {
-        bot: Arc<str>,
-        trigger: Trigger,
-        raw: RawBody,
-    },
-    /// A batch posted by the Django forwarder.
-    Forwarder { event_id: String },
-}
-
-impl Origin {
-    pub fn source(&self) -> &'static str {
-        match self {
-            Origin::Outgoing { .. } => "outgoing",
-            Origin::Forwarder { .. } => "forwarder",
-        }
-    }
-}
-
-/// A request body as received (shared, not copied).
-#[derive(Debug, Clone)]
-pub struct RawBody {
-    pub bytes: bytes::Bytes,
-    /// Slack-style form encoding rather than JSON.
-    pub form: bool,
-}
-
-/// What made Zulip call an outgoing webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Mention,
-    /// `direct_message` (Zulip 8.0+) or the older `private_message`.
-    DirectMessage,
-}
-
-impl Trigger {
-    /// Reads Zulip's `trigger` value; `None` for values this server does not act on.
-    pub fn parse(value: &str) -> Option<Trigger> {
-        match value {
-            "mention" => Some(Trigger::Mention),
-            "direct_message" | "private_message" => Some(Trigger::DirectMessage),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Mention => "mention",
-            Trigger::DirectMessage => "direct_message",
-        }
-    }
-}
-
-/// The organisation an event belongs to, as far as it is known.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Realm {
-    pub id: Option<i64>,
-    pub string_id: Option<String>,
-}
-
-/// An event, whatever its source.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub origin: Origin,
-    pub realm: Realm,
-    /// The user the event is about: sender, actor or person.
-    pub user_id: Option<i64>,
-    /// When Zulip emitted it (forwarded events), in Unix milliseconds.
-    pub occurred_at_ms: Option<i64>,
-    pub kind: EventKind,
-}
-
-/// The typed payload. Forwarded event types without a Rust type (or with a shape this server
-/// does not recognise) are kept as raw JSON in [`EventKind::Other`].
-#[derive(Debug, Clone)]
-pub enum EventKind {
-    Message(Box<Message>),
-    UpdateMessage(Box<forwarded::UpdateMessage>),
-    DeleteMessage(forwarded::DeleteMessage),
-    Reaction(forwarded::Reaction),
-    Subscription(forwarded::Subscription),
-    Stream(forwarded::StreamChange),
-    RealmUser(forwarded::RealmUser),
-    Presence(forwarded::Presence),
-    Typing(forwarded::Typing),
-    UpdateMessageFlags(forwarded::UpdateMessageFlags),
-    UserStatus(forwarded::UserStatus),
-    RealmEmoji(forwarded::RealmEmoji),
-    CustomProfileFields(forwarded::CustomProfileFields),
-    Other {
-        event_type: String,
-        raw: serde_json::Value,
-    },
-}
-
-impl Event {
-    /// Zulip's event type name.
-    pub fn event_type(&self) -> &str {
-        match &self.kind {
-            EventKind::Message(_) => "message",
-            EventKind::UpdateMessage(_) => "update_message",
-            EventKind::DeleteMessage(_) => "delete_message",
-            EventKind::Reaction(_) => "reaction",
-            EventKind::Subscription(_) => "subscription",
-            EventKind::Stream(_) => "stream",
-            EventKind::RealmUser(_) => "realm_user",
-            EventKind::Presence(_) => "presence",
-            EventKind::Typing(_) => "typing",
-            EventKind::UpdateMessageFlags(_) => "update_message_flags",
-            EventKind::UserStatus(_) => "user_status",
-            EventKind::RealmEmoji(_) => "realm_emoji",
-            EventKind::CustomProfileFields(_) => "custom_profile_fields",
-            EventKind::Other { event_type, .. } => event_type,
-        }
-    }
-
-    pub fn message(&self) -> Option<&Message> {
-        match &self.kind {
-            EventKind::Message(m) => Some(m),
-            _ => None,
-        }
-    }
-
-    /// The message the event is about, when there is exactly one.
-    pub fn message_id(&self) -> Option<i64> {
-        match &self.kind {
-            EventKind::Message(m) => m.id,
-            EventKind::UpdateMessage(u) => u.message_id,
-            EventKind::Reaction(r) => r.message_id,
-            EventKind::DeleteMessage(d) if d.message_ids.len() == 1 => {
-                d.message_ids.first().copied()
-            }
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageType {
-    Stream,
-    Private,
-}
-
-impl MessageType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageType::Stream => "stream",
-            MessageType::Private => "private",
-        }
-    }
-}
-
-/// A participant of a direct-message conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct Recipient {
-    #[serde(default)]
-    pub id: Option<i64>,
-    #[serde(default)]
-    pub email: Option<String>,
-    #[serde(default)]
-    pub full_name: Option<String>,
-}
-
-/// A Zulip message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub id: Option<i64>,
-    pub message_type: MessageType,
-    /// The raw Markdown as sent, mention included.
-    pub content: String,
-    /// The text a command handler reads: `content` without a leading mention of the bot.
-    pub command: String,
-    pub sender_id: Option<i64>,
-    pub sender_email: Option<String>,
-    pub sender_full_name: Option<String>,
-    pub stream_id: Option<i64>,
-    /// Channel name (stream messages).
-    pub channel: Option<String>,
-    /// Topic; `""` is a valid topic in channels since Zulip 10.
-    pub topic: Option<String>,
-    /// Participants (direct messages).
-    pub recipients: Vec<Recipient>,
-    pub timestamp: Option<i64>,
-}
-
-/// A problem with the request body, reported to the client as 400.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PayloadError(pub String);
+use super::{
+    Event, EventKind, Message, MessageType, Origin, PayloadError, RawBody, Realm, Recipient,
+    Trigger,
+};
 
 /// The generic (Zulip-format) outgoing-webhook body.
 #[derive(Debug, Deserialize)]
@@ -316,23 +127,15 @@ impl OutgoingPayload {
         let message = wire.into_message(default_type, |content| {
             strip_leading_mention(content, bot_name).to_string()
         });
-        Event {
-            origin: Origin::Outgoing {
-                bot,
-                trigger,
-                raw: RawBody {
-                    bytes: raw,
-                    form: false,
-                },
-            },
-            realm: Realm {
-                id: None,
-                string_id: realm_str,
-            },
-            user_id: message.sender_id,
-            occurred_at_ms: None,
-            kind: EventKind::Message(Box::new(message)),
-        }
+        let realm = Realm {
+            id: None,
+            string_id: realm_str,
+        };
+        let raw = RawBody {
+            bytes: raw,
+            form: false,
+        };
+        outgoing_event(bot, trigger, raw, realm, message)
     }
 }
 
@@ -421,36 +224,46 @@ impl SlackPayload {
         let content = self.text.unwrap_or_default();
         let command = strip_leading_mention(&content, configured_name).to_string();
         let sender_id = prefixed_id(self.user_id.as_deref(), 'U');
-        Event {
-            origin: Origin::Outgoing {
-                bot,
-                trigger,
-                raw: RawBody {
-                    bytes: raw,
-                    form: true,
-                },
-            },
-            realm: Realm {
-                id: prefixed_id(self.team_id.as_deref(), 'T'),
-                string_id: None,
-            },
-            user_id: sender_id,
-            occurred_at_ms: None,
-            kind: EventKind::Message(Box::new(Message {
-                id: None,
-                message_type: MessageType::Stream,
-                content,
-                command,
-                sender_id,
-                sender_email: None,
-                sender_full_name: self.user_name,
-                stream_id: prefixed_id(self.channel_id.as_deref(), 'C'),
-                channel: self.channel_name,
-                topic: None,
-                recipients: Vec::new(),
-                timestamp: self.timestamp.and_then(|t| t.parse().ok()),
-            })),
-        }
+        let realm = Realm {
+            id: prefixed_id(self.team_id.as_deref(), 'T'),
+            string_id: None,
+        };
+        let message = Message {
+            id: None,
+            message_type: MessageType::Stream,
+            content,
+            command,
+            sender_id,
+            sender_email: None,
+            sender_full_name: self.user_name,
+            stream_id: prefixed_id(self.channel_id.as_deref(), 'C'),
+            channel: self.channel_name,
+            topic: None,
+            recipients: Vec::new(),
+            timestamp: self.timestamp.and_then(|t| t.parse().ok()),
+        };
+        let raw = RawBody {
+            bytes: raw,
+            form: true,
+        };
+        outgoing_event(bot, trigger, raw, realm, message)
+    }
+}
+
+/// The event for a message that came by outgoing webhook: about its sender, time unknown.
+fn outgoing_event(
+    bot: Arc<str>,
+    trigger: Trigger,
+    raw: RawBody,
+    realm: Realm,
+    message: Message,
+) -> Event {
+    Event {
+        origin: Origin::Outgoing { bot, trigger, raw },
+        realm,
+        user_id: message.sender_id,
+        occurred_at_ms: None,
+        kind: EventKind::Message(Box::new(message)),
     }
 }
 
@@ -482,47 +295,6 @@ pub fn strip_leading_mention<'a>(content: &'a str, bot_name: Option<&str>) -> &'
     }
 }
 
-/// Zulip's limit on message length.
-pub const MAX_MESSAGE_LENGTH: usize = 10_000;
-const TRUNCATION_NOTE: &str = "\n[message truncated]";
-
-/// Prepares a reply the way Zulip would treat it: trailing whitespace and leading newlines
-/// removed, NUL bytes (which Zulip rejects) dropped, and anything beyond 10,000 characters cut
-/// with Zulip's own note. `None` when nothing is left to post.
-pub fn normalize_reply(reply: &str) -> Option<String> {
-    let cleaned: String;
-    let text = if reply.contains('\0') {
-        cleaned = reply.replace('\0', "");
-        cleaned.as_str()
-    } else {
-        reply
-    };
-    let text = text.trim_end().trim_start_matches('\n');
-    if text.is_empty() {
-        return None;
-    }
-    let chars = text.chars().count();
-    if chars <= MAX_MESSAGE_LENGTH {
-        return Some(text.to_string());
-    }
-    let keep = MAX_MESSAGE_LENGTH - TRUNCATION_NOTE.chars().count();
-    let mut cut: String = text.chars().take(keep).collect();
-    cut.push_str(TRUNCATION_NOTE);
-    Some(cut)
-}
-
-/// Cuts `text` to `max` characters, marking the cut with "…"; says whether it cut.
-pub fn truncate_chars(text: &str, max: usize) -> (String, bool) {
-    match text.char_indices().nth(max) {
-        None => (text.to_string(), false),
-        Some((byte, _)) => {
-            let mut cut = text[..byte].to_string();
-            cut.push('…');
-            (cut, true)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,25 +322,6 @@ mod tests {
             strip_leading_mention("@**unterminated ping", None),
             "@**unterminated ping"
         );
-    }
-
-    #[test]
-    fn reply_normalisation_matches_zulip() {
-        assert_eq!(normalize_reply("\n\nhi  \n"), Some("hi".into()));
-        assert_eq!(normalize_reply("  \n"), None);
-        assert_eq!(normalize_reply("a\0b"), Some("ab".into()));
-        let long = "é".repeat(10_050);
-        let cut = normalize_reply(&long).expect("non-empty");
-        assert_eq!(cut.chars().count(), MAX_MESSAGE_LENGTH);
-        assert!(cut.ends_with("\n[message truncated]"));
-        let exact = "x".repeat(MAX_MESSAGE_LENGTH);
-        assert_eq!(normalize_reply(&exact), Some(exact.clone()));
-    }
-
-    #[test]
-    fn truncation_counts_characters() {
-        assert_eq!(truncate_chars("héllo", 10), ("héllo".into(), false));
-        assert_eq!(truncate_chars("héllo", 2), ("hé…".into(), true));
     }
 
     #[test]

@@ -1,0 +1,226 @@
+//! The writer thread's loop (group commit): take what has queued up into one [`Batch`], write
+//! it in one transaction, retry with back-off, fall back to item-by-item writes, answer whoever
+//! waits, and hand the spent batch to the janitor thread to free.
+
+use std::time::Duration;
+
+use diesel::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::apply::{store_intake, write_processed};
+use super::{Intake, IntakeBatch, IntakeResult, Processed, WriteOp, connect};
+use crate::config::DatabaseTarget;
+use crate::db::tables::{inbox::NewInboxRow, replies::ReplyRecord};
+use crate::db::{DbConnection, DbError, tables};
+
+/// How often a failing batch is tried again before it is written item by item.
+const BATCH_ATTEMPTS: u32 = 5;
+
+/// An intake's rows and the results processed with them.
+type IntakeData = (Vec<NewInboxRow>, Vec<(usize, Processed)>);
+
+/// The work taken from the channel for one transaction, and who waits for it.
+#[derive(Default)]
+struct Batch {
+    intakes: Vec<Intake>,
+    processed: Vec<Processed>,
+    replies: Vec<ReplyRecord>,
+    releases: Vec<(Vec<String>, Vec<&'static str>)>,
+    waiters: Vec<oneshot::Sender<()>>,
+    stop: bool,
+    rows: usize,
+}
+
+impl Batch {
+    fn push(&mut self, op: WriteOp) {
+        match op {
+            WriteOp::Intake(intake) => {
+                self.rows += intake.batch.rows.len() + 1;
+                for (_, p) in &intake.batch.processed {
+                    self.rows += p.effects.len() + p.logs.len();
+                }
+                self.intakes.push(*intake);
+            }
+            WriteOp::Processed(p) => {
+                self.rows += p.effects.len() + p.logs.len() + 1;
+                self.processed.push(*p);
+            }
+            WriteOp::ProcessedAll(all) => {
+                for p in all {
+                    self.rows += p.effects.len() + p.logs.len() + 1;
+                    self.processed.push(p);
+                }
+            }
+            WriteOp::Reply(row) => {
+                self.rows += 1;
+                self.replies.push(row);
+            }
+            WriteOp::Release(ids, listeners) => {
+                self.rows += ids.len();
+                self.releases.push((ids, listeners));
+            }
+            WriteOp::Flush(tx) => self.waiters.push(tx),
+            WriteOp::Stop(tx) => {
+                self.waiters.push(tx);
+                self.stop = true;
+            }
+        }
+    }
+
+    /// Writes everything in one transaction; returns what each intake stored.
+    fn write(&mut self, conn: &mut DbConnection) -> Result<Vec<IntakeResult>, DbError> {
+        conn.transaction(|conn| {
+            let mut results = Vec::with_capacity(self.intakes.len());
+            let mut processed: Vec<&Processed> = Vec::new();
+            for intake in &mut self.intakes {
+                let result = store_intake(conn, intake)?;
+                if !result.duplicate_batch {
+                    processed.extend(
+                        intake
+                            .batch
+                            .processed
+                            .iter()
+                            .filter(|(row, _)| {
+                                intake.batch.rows.get(*row).is_some_and(|r| {
+                                    !result.known.contains(&r.event_id)
+                                        && !result.rate_limited.contains(&r.event_id)
+                                })
+                            })
+                            .map(|(_, p)| p),
+                    );
+                }
+                results.push(result);
+            }
+            processed.extend(self.processed.iter());
+            write_processed(conn, &processed)?;
+            tables::replies::insert_replies(conn, &self.replies)?;
+            for (ids, listeners) in &self.releases {
+                tables::inbox_work::release_claims(conn, ids, listeners)?;
+            }
+            Ok(results)
+        })
+    }
+
+    /// Answers whoever waits for this batch. Returns what is left to free (the janitor does
+    /// that, not the writer) and whether the writer stops.
+    fn finish(self, intake_results: Result<Vec<IntakeResult>, String>) -> (Spent, bool) {
+        let mut spent = Spent {
+            _intakes: Vec::with_capacity(self.intakes.len()),
+            _processed: self.processed,
+        };
+        let mut results = intake_results.map(Vec::into_iter);
+        for intake in self.intakes {
+            let Intake {
+                batch: IntakeBatch {
+                    rows, processed, ..
+                },
+                reply,
+                ..
+            } = intake;
+            let result = match &mut results {
+                Ok(results) => results
+                    .next()
+                    .ok_or_else(|| "the writer lost track of a batch".to_string()),
+                Err(error) => Err(error.clone()),
+            };
+            let _ = reply.send(result);
+            spent._intakes.push((rows, processed));
+        }
+        for waiter in self.waiters {
+            let _ = waiter.send(());
+        }
+        (spent, self.stop)
+    }
+}
+
+/// A committed batch's data. Freeing it takes time (many small allocations), so the writer
+/// hands it to the janitor thread instead; commit guards in it are dropped there too, after
+/// the commit as they require.
+pub(super) struct Spent {
+    _intakes: Vec<IntakeData>,
+    _processed: Vec<Processed>,
+}
+
+pub(super) fn run(
+    mut conn: DbConnection,
+    target: DatabaseTarget,
+    synchronous: &'static str,
+    mut rx: mpsc::Receiver<WriteOp>,
+    batch_size: usize,
+    janitor: std::sync::mpsc::Sender<Spent>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = Batch::default();
+        batch.push(first);
+        while batch.rows < batch_size && !batch.stop {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let results = if batch.rows > 0 {
+            write_with_retries(&mut conn, &target, synchronous, &mut batch)
+        } else {
+            Ok(Vec::new())
+        };
+        let (spent, stop) = batch.finish(results);
+        if let Err(unsent) = janitor.send(spent) {
+            drop(unsent.0);
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Writes the batch, retrying with back-off. Intakes wait for one retry at most (their HTTP
+/// request is waiting; the forwarder re-sends on a 503); other work is retried longer and,
+/// as a last resort, item by item so that one bad row cannot hold back the rest.
+fn write_with_retries(
+    conn: &mut DbConnection,
+    target: &DatabaseTarget,
+    synchronous: &str,
+    batch: &mut Batch,
+) -> Result<Vec<IntakeResult>, String> {
+    let mut delay = Duration::from_millis(50);
+    let mut intake_error = None;
+    for attempt in 1..=BATCH_ATTEMPTS {
+        match batch.write(conn) {
+            Ok(results) => return intake_error.map_or(Ok(results), Err),
+            Err(error) => {
+                tracing::warn!(%error, attempt, rows = batch.rows, "database write failed; retrying");
+                if attempt >= 2 && !batch.intakes.is_empty() {
+                    let message = error.to_string();
+                    for intake in batch.intakes.drain(..) {
+                        let _ = intake.reply.send(Err(message.clone()));
+                    }
+                    intake_error = Some(message);
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 4).min(Duration::from_secs(5));
+                if let Ok(fresh) = connect(target, synchronous) {
+                    *conn = fresh;
+                }
+            }
+        }
+    }
+    write_item_by_item(conn, batch);
+    Err(intake_error.unwrap_or_else(|| "database write failed".into()))
+}
+
+fn write_item_by_item(conn: &mut DbConnection, batch: &Batch) {
+    let mut failed = 0usize;
+    for p in &batch.processed {
+        failed += usize::from(conn.transaction(|c| write_processed(c, &[p])).is_err());
+    }
+    for row in &batch.replies {
+        failed +=
+            usize::from(tables::replies::insert_replies(conn, std::slice::from_ref(row)).is_err());
+    }
+    for (ids, listeners) in &batch.releases {
+        failed += usize::from(tables::inbox_work::release_claims(conn, ids, listeners).is_err());
+    }
+    if failed > 0 {
+        tracing::error!(failed, "database writer could not store some results");
+    }
+}

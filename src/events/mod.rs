@@ -1,0 +1,339 @@
+//! Events: the typed [`Event`] every request is turned into before handlers see it — where it
+//! came from, its realm, the user it is about and its [`EventKind`] — and which Rust type each
+//! Zulip event type becomes (`EventKind::read`).
+//!
+//! The submodules: [`kinds`] (the Zulip event types handlers consume), [`outgoing`] (the
+//! outgoing-webhook wire formats), [`forwarded`] (the forwarder's batch wire format) and
+//! [`text`] (Zulip's text rules for replies).
+
+pub mod forwarded;
+pub mod kinds;
+pub mod outgoing;
+pub mod text;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer};
+
+use outgoing::WireMessage;
+
+/// Where an event came from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// An outgoing webhook for the named bot, with the body exactly as Zulip sent it.
+    Outgoing {
+        bot: Arc<str>,
+        trigger: Trigger,
+        raw: RawBody,
+    },
+    /// A batch posted by the Django forwarder.
+    Forwarder { event_id: String },
+}
+
+impl Origin {
+    pub fn source(&self) -> &'static str {
+        match self {
+            Origin::Outgoing { .. } => "outgoing",
+            Origin::Forwarder { .. } => "forwarder",
+        }
+    }
+}
+
+/// A request body as received (shared, not copied).
+#[derive(Debug, Clone)]
+pub struct RawBody {
+    pub bytes: bytes::Bytes,
+    /// Slack-style form encoding rather than JSON.
+    pub form: bool,
+}
+
+/// What made Zulip call an outgoing webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Mention,
+    /// `direct_message` (Zulip 8.0+) or the older `private_message`.
+    DirectMessage,
+}
+
+impl Trigger {
+    /// Reads Zulip's `trigger` value; `None` for values this server does not act on.
+    pub fn parse(value: &str) -> Option<Trigger> {
+        match value {
+            "mention" => Some(Trigger::Mention),
+            "direct_message" | "private_message" => Some(Trigger::DirectMessage),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Mention => "mention",
+            Trigger::DirectMessage => "direct_message",
+        }
+    }
+}
+
+/// The organisation an event belongs to, as far as it is known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Realm {
+    pub id: Option<i64>,
+    pub string_id: Option<String>,
+}
+
+/// An event, whatever its source.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub origin: Origin,
+    pub realm: Realm,
+    /// The user the event is about: sender, actor or person.
+    pub user_id: Option<i64>,
+    /// When Zulip emitted it (forwarded events), in Unix milliseconds.
+    pub occurred_at_ms: Option<i64>,
+    pub kind: EventKind,
+}
+
+/// The typed payload. Forwarded event types without a Rust type (or with a shape this server
+/// does not recognise) are kept as raw JSON in [`EventKind::Other`].
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    Message(Box<Message>),
+    UpdateMessage(Box<kinds::UpdateMessage>),
+    DeleteMessage(kinds::DeleteMessage),
+    Reaction(kinds::Reaction),
+    Subscription(kinds::Subscription),
+    Stream(kinds::StreamChange),
+    RealmUser(kinds::RealmUser),
+    Presence(kinds::Presence),
+    Typing(kinds::Typing),
+    UpdateMessageFlags(kinds::UpdateMessageFlags),
+    UserStatus(kinds::UserStatus),
+    RealmEmoji(kinds::RealmEmoji),
+    CustomProfileFields(kinds::CustomProfileFields),
+    Other {
+        event_type: String,
+        raw: serde_json::Value,
+    },
+}
+
+impl Event {
+    /// Zulip's event type name.
+    pub fn event_type(&self) -> &str {
+        match &self.kind {
+            EventKind::Message(_) => "message",
+            EventKind::UpdateMessage(_) => "update_message",
+            EventKind::DeleteMessage(_) => "delete_message",
+            EventKind::Reaction(_) => "reaction",
+            EventKind::Subscription(_) => "subscription",
+            EventKind::Stream(_) => "stream",
+            EventKind::RealmUser(_) => "realm_user",
+            EventKind::Presence(_) => "presence",
+            EventKind::Typing(_) => "typing",
+            EventKind::UpdateMessageFlags(_) => "update_message_flags",
+            EventKind::UserStatus(_) => "user_status",
+            EventKind::RealmEmoji(_) => "realm_emoji",
+            EventKind::CustomProfileFields(_) => "custom_profile_fields",
+            EventKind::Other { event_type, .. } => event_type,
+        }
+    }
+
+    pub fn message(&self) -> Option<&Message> {
+        match &self.kind {
+            EventKind::Message(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The message the event is about, when there is exactly one.
+    pub fn message_id(&self) -> Option<i64> {
+        match &self.kind {
+            EventKind::Message(m) => m.id,
+            EventKind::UpdateMessage(u) => u.message_id,
+            EventKind::Reaction(r) => r.message_id,
+            EventKind::DeleteMessage(d) if d.message_ids.len() == 1 => {
+                d.message_ids.first().copied()
+            }
+            _ => None,
+        }
+    }
+}
+
+impl EventKind {
+    /// Reads an event of Zulip type `event_type` into its Rust type (the one place that maps
+    /// type names to types); a type without one is kept as raw JSON. An event that does not
+    /// have its type's shape is an error.
+    fn read<'de, D: Deserializer<'de>>(event_type: &str, event: D) -> Result<EventKind, D::Error> {
+        Ok(match event_type {
+            "message" => {
+                let e = MessageEvent::deserialize(event)?;
+                EventKind::Message(Box::new(
+                    e.message
+                        .into_message(MessageType::Stream, |c| c.to_string()),
+                ))
+            }
+            "update_message" => {
+                EventKind::UpdateMessage(Box::new(kinds::UpdateMessage::deserialize(event)?))
+            }
+            "delete_message" => EventKind::DeleteMessage(kinds::DeleteMessage::deserialize(event)?),
+            "reaction" => EventKind::Reaction(kinds::Reaction::deserialize(event)?),
+            "subscription" => EventKind::Subscription(kinds::Subscription::deserialize(event)?),
+            "stream" => EventKind::Stream(kinds::StreamChange::deserialize(event)?),
+            "realm_user" => EventKind::RealmUser(kinds::RealmUser::deserialize(event)?),
+            "presence" => EventKind::Presence(kinds::Presence::deserialize(event)?),
+            "typing" => EventKind::Typing(kinds::Typing::deserialize(event)?),
+            "update_message_flags" => {
+                EventKind::UpdateMessageFlags(kinds::UpdateMessageFlags::deserialize(event)?)
+            }
+            "user_status" => EventKind::UserStatus(kinds::UserStatus::deserialize(event)?),
+            "realm_emoji" => EventKind::RealmEmoji(kinds::RealmEmoji::deserialize(event)?),
+            "custom_profile_fields" => {
+                EventKind::CustomProfileFields(kinds::CustomProfileFields::deserialize(event)?)
+            }
+            _ => EventKind::Other {
+                event_type: event_type.to_string(),
+                raw: serde_json::Value::deserialize(event)?,
+            },
+        })
+    }
+}
+
+/// A `message` event: the message in the `GET /messages` format.
+#[derive(Deserialize)]
+struct MessageEvent {
+    message: WireMessage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    Stream,
+    Private,
+}
+
+impl MessageType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::Stream => "stream",
+            MessageType::Private => "private",
+        }
+    }
+}
+
+/// A participant of a direct-message conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct Recipient {
+    #[serde(default)]
+    pub id: Option<i64>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub full_name: Option<String>,
+}
+
+/// A Zulip message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: Option<i64>,
+    pub message_type: MessageType,
+    /// The raw Markdown as sent, mention included.
+    pub content: String,
+    /// The text a command handler reads: `content` without a leading mention of the bot.
+    pub command: String,
+    pub sender_id: Option<i64>,
+    pub sender_email: Option<String>,
+    pub sender_full_name: Option<String>,
+    pub stream_id: Option<i64>,
+    /// Channel name (stream messages).
+    pub channel: Option<String>,
+    /// Topic; `""` is a valid topic in channels since Zulip 10.
+    pub topic: Option<String>,
+    /// Participants (direct messages).
+    pub recipients: Vec<Recipient>,
+    pub timestamp: Option<i64>,
+}
+
+/// A problem with the request body, reported to the client as 400.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PayloadError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::forwarded::testing::one;
+
+    #[test]
+    fn reference_examples_become_typed_events() {
+        let m = one(
+            "message",
+            None,
+            r#"{"type":"message","flags":[],"message":{"id":123,"sender_id":10,"sender_full_name":"Iago","sender_email":"user10@acme.example.com","sender_realm_str":"acme","avatar_url":null,"client":"website","content":"hi **all**","content_type":"text/x-markdown","is_me_message":false,"reactions":[],"submessages":[],"recipient_id":20,"subject":"greetings","topic_links":[],"timestamp":1700000000,"type":"stream","display_recipient":"Denmark","stream_id":5}}"#,
+        );
+        assert_eq!(
+            (m.realm_id, m.user_id, m.event.message_id()),
+            (2, Some(10), Some(123))
+        );
+        assert_eq!(
+            m.event.message().and_then(|x| x.channel.as_deref()),
+            Some("Denmark")
+        );
+
+        let u = one(
+            "update_message",
+            None,
+            r#"{"type":"update_message","user_id":10,"edit_timestamp":1700000100,"message_id":123,"rendering_only":false,"stream_name":"Denmark","stream_id":5,"message_ids":[123],"orig_content":"hi **all**","content":"hi **everyone**","is_me_message":false,"flags":["read"]}"#,
+        );
+        assert!(
+            matches!(&u.event.kind, EventKind::UpdateMessage(x) if x.content.as_deref() == Some("hi **everyone**"))
+        );
+        assert_eq!(u.user_id, Some(10));
+
+        let d = one(
+            "delete_message",
+            None,
+            r#"{"type":"delete_message","message_ids":[123],"message_type":"stream","stream_id":5,"topic":"greetings"}"#,
+        );
+        assert!(matches!(&d.event.kind, EventKind::DeleteMessage(x) if x.message_ids == vec![123]));
+
+        let r = one(
+            "reaction",
+            Some("add"),
+            r#"{"type":"reaction","op":"add","user_id":10,"message_id":123,"emoji_name":"thumbs_up","emoji_code":"1f44d","reaction_type":"unicode_emoji"}"#,
+        );
+        assert!(matches!(&r.event.kind, EventKind::Reaction(x) if x.op.as_deref() == Some("add")));
+        assert_eq!(r.user_id, Some(10));
+
+        let p = one(
+            "presence",
+            None,
+            r#"{"type":"presence","email":"user10@acme.example.com","user_id":11,"server_timestamp":1700000000.12,"presence":{"website":{"client":"website","status":"active","timestamp":1700000000,"pushable":false}}}"#,
+        );
+        assert!(matches!(&p.event.kind, EventKind::Presence(x) if x.status() == Some("active")));
+        assert_eq!(p.user_id, Some(11));
+
+        let t = one(
+            "typing",
+            Some("start"),
+            r#"{"type":"typing","op":"start","message_type":"direct","sender":{"user_id":12,"email":"x"},"recipients":[{"user_id":12,"email":"x"}]}"#,
+        );
+        assert_eq!(t.user_id, Some(12));
+
+        let s = one(
+            "subscription",
+            Some("peer_add"),
+            r#"{"type":"subscription","op":"peer_add","stream_ids":[5],"user_ids":[13]}"#,
+        );
+        assert_eq!(s.user_id, Some(13));
+        let f = one(
+            "update_message_flags",
+            Some("add"),
+            r#"{"type":"update_message_flags","op":"add","operation":"add","flag":"starred","messages":[123],"all":false}"#,
+        );
+        assert_eq!(f.user_id, Some(10), "the acting user is the audience");
+
+        let ru = one(
+            "realm_user",
+            Some("update"),
+            r#"{"type":"realm_user","op":"update","person":{"user_id":14,"is_active":false}}"#,
+        );
+        assert_eq!(ru.user_id, Some(14));
+    }
+}
