@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use zulip_listeners::clock::now_ms;
+use zulip_listeners::clock::{self, now_ms};
 use zulip_listeners::config::{Config, parse_database_url};
 use zulip_listeners::db::tables::{
     event_log::EventLogRow,
@@ -143,18 +143,8 @@ async fn main() {
         .unwrap_or_else(|e| panic!("server: {e}"));
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
-    let since = {
-        let at = now_ms() - 3 * DAY_MS;
-        let secs = at / 1000;
-        let days = secs / 86_400;
-        // 1970-01-01 + days, formatted through the dashboard's own parser's format.
-        let (y, m, d) = civil(days);
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}",
-            secs % 86_400 / 3600,
-            secs % 3600 / 60
-        )
-    };
+    // Three days ago, as the dashboard's time filter reads it.
+    let since = clock::utc_text(now_ms() - 3 * DAY_MS).replace(' ', "T");
     let middle = rows / 2;
     let pages = [
         "/admin/".to_string(),
@@ -195,16 +185,4 @@ async fn main() {
         );
     }
     let _ = server.stop().await;
-}
-
-fn civil(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }

@@ -1,15 +1,15 @@
 //! The admin API under `/admin/`, behind a bearer token compared in constant time (401
-//! without it; the whole API answers 404 while no token is configured), and the health
-//! routes `/healthz`, `/readyz` and `/health`.
+//! without it; the whole API answers 404 while no token is configured): listeners (list, show,
+//! change), the event log, dead letters and their replay, and statistics. Listener changes of
+//! the dashboard go through [`apply_change`] here too.
 
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, HealthFacts, json_ok};
+use super::{ApiError, AppState, json_ok};
 use crate::clock::now_ms;
 use crate::db::tables;
 use crate::db::tables::inbox::InboxStatus;
@@ -18,226 +18,8 @@ use crate::listeners::changes::{self, ChangeError, FieldError, Overrides};
 use crate::telemetry::metric;
 use crate::verification::token_matches;
 
-/// How long `/readyz` waits for a database connection.
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one database ping answers `/readyz`.
-const READY_CACHE: Duration = Duration::from_secs(1);
 /// Largest body of an admin request (a replay list).
 const ADMIN_MAX_BODY: usize = 256 * 1024;
-
-/// `GET /healthz`: the process is alive; no dependency is checked.
-pub async fn healthz() -> HttpResponse {
-    json_ok(r#"{"status":"ok"}"#)
-}
-
-/// `GET /readyz`: 200 when the server takes traffic (database reachable, handlers loaded);
-/// 503 once shutdown has begun or while the database cannot be reached.
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let accepting = state.ready.load(Ordering::Relaxed);
-    let database = database_reachable(&state).await;
-    let handlers = state.registry.entries().len();
-    let ok = accepting && database;
-    let body = json!({
-        "status": if ok { "ready" } else { "unavailable" },
-        "accepting": accepting,
-        // Never the database's own error text (it can name hosts and users): that goes to the
-        // log.
-        "database": if database { "ok" } else { "unreachable" },
-        "handlers": handlers,
-    });
-    let mut response = if ok {
-        HttpResponse::Ok()
-    } else {
-        HttpResponse::ServiceUnavailable()
-    };
-    response
-        .insert_header((header::CONTENT_TYPE, super::JSON_UTF8))
-        .body(body.to_string())
-}
-
-/// `GET /health`: `ok`, `degraded` (200, with one reason per handler whose circuit breaker
-/// is open or that is disabled at runtime, and for dead letters or parked events) or
-/// `unavailable` (503, when `/readyz` would answer 503). Every reason is the server's own
-/// text: handler names, counts and the stored auto-disable reason; never a database error.
-pub async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let body = health_report(&state).await;
-    let mut response = if body["status"] == "unavailable" {
-        HttpResponse::ServiceUnavailable()
-    } else {
-        HttpResponse::Ok()
-    };
-    response
-        .insert_header((header::CONTENT_TYPE, super::JSON_UTF8))
-        .body(body.to_string())
-}
-
-/// The body of `GET /health` (also shown on the dashboard's overview).
-pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
-    let accepting = state.ready.load(Ordering::Relaxed);
-    let database = database_reachable(state).await;
-    let mut unavailable = Vec::new();
-    if !accepting {
-        unavailable.push("not accepting traffic: shutting down or still starting".to_string());
-    }
-    if !database {
-        unavailable.push("the database cannot be reached".to_string());
-    }
-    let facts = if database {
-        let facts = health_facts(state).await;
-        if facts.is_none() {
-            unavailable.push("the database did not answer the health query".to_string());
-        }
-        facts
-    } else {
-        None
-    };
-
-    let now = Instant::now();
-    let mut reasons = Vec::new();
-    let mut handlers = Vec::new();
-    for entry in state.registry.entries() {
-        let name = entry.name();
-        let stored = facts.as_ref().and_then(|f| {
-            f.disabled_reasons
-                .iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, r)| r.clone())
-        });
-        let handler_state = if !entry.enabled()
-            && !entry.auto_disabled()
-            && !entry.file_definition().enabled
-            && stored.is_none()
-        {
-            // Off in the configuration file: a deliberate, static choice, not a degradation.
-            "off"
-        } else if entry.auto_disabled() {
-            let why = stored
-                .filter(|r| r.starts_with(crate::listeners::AUTO_DISABLED))
-                .unwrap_or_else(|| {
-                    format!(
-                        "{} too many failures within an hour",
-                        crate::listeners::AUTO_DISABLED
-                    )
-                });
-            reasons.push(format!("listener `{name}` {why}"));
-            "auto_disabled"
-        } else if !entry.enabled() {
-            reasons.push(format!(
-                "listener `{name}` is disabled by an operator (admin API or command line)"
-            ));
-            "disabled"
-        } else if let Some(until) = entry.health.open_until(now) {
-            let secs = until.saturating_duration_since(now).as_secs_f64().ceil() as u64;
-            reasons.push(format!(
-                "listener `{name}`: circuit breaker open after repeated failures (trial run in {secs} s)"
-            ));
-            "breaker_open"
-        } else {
-            "ok"
-        };
-        handlers.push(json!({ "name": name, "state": handler_state }));
-    }
-    for name in state.coverage.unserved() {
-        reasons.push(format!(
-            "listener `{name}` is run by no live process: its forwarded events wait (start `serve --listeners` with it)"
-        ));
-    }
-    if let Some(f) = &facts {
-        if f.dead > 0 {
-            reasons.push(format!(
-                "{} dead letter(s): forwarded events that failed every retry (GET /admin/dead-letters)",
-                f.dead
-            ));
-        }
-        if f.parked > 0 {
-            reasons.push(format!(
-                "{} event(s) parked, waiting for a paused or disabled handler",
-                f.parked
-            ));
-        }
-    }
-
-    let status = if !unavailable.is_empty() {
-        "unavailable"
-    } else if reasons.is_empty() {
-        "ok"
-    } else {
-        "degraded"
-    };
-    unavailable.extend(reasons);
-    json!({
-        "status": status,
-        "reasons": unavailable,
-        "accepting": accepting,
-        "database": if database { "ok" } else { "unreachable" },
-        "listeners": handlers,
-        "dead_letters": facts.as_ref().map(|f| f.dead),
-        "parked_events": facts.as_ref().map(|f| f.parked),
-    })
-}
-
-/// The database facts of `/health`, read at most once per [`READY_CACHE`] (an
-/// unauthenticated route must not be a way to load the database); `None` when the query
-/// failed or took longer than [`READY_TIMEOUT`] (the error goes to the log only).
-async fn health_facts(state: &AppState) -> Option<HealthFacts> {
-    let mut last = state.health_facts.lock().await;
-    if let Some((at, facts)) = &*last
-        && at.elapsed() < READY_CACHE
-    {
-        return facts.clone();
-    }
-    let query = state.outgoing.db().run(|c| {
-        let rows = crate::db::tables::listeners::rows(c)?;
-        let counts = tables::inbox::inbox_counts(c)?;
-        let count = |status: InboxStatus| {
-            counts
-                .iter()
-                .find(|(s, _)| *s == status)
-                .map_or(0, |(_, n)| *n)
-        };
-        Ok(HealthFacts {
-            disabled_reasons: rows
-                .into_iter()
-                .map(|r| (r.name, r.disabled_reason))
-                .collect(),
-            dead: count(InboxStatus::Dead),
-            parked: count(InboxStatus::Parked),
-        })
-    });
-    let facts = match tokio::time::timeout(READY_TIMEOUT, query).await {
-        Ok(Ok(facts)) => Some(facts),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "health: reading handler states and dead letters failed");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("health: the database did not answer within the readiness timeout");
-            None
-        }
-    };
-    *last = Some((Instant::now(), facts.clone()));
-    facts
-}
-
-/// Whether the database answers, pinged at most once per [`READY_CACHE`]: concurrent
-/// callers wait for the one ping in progress and share its result.
-async fn database_reachable(state: &AppState) -> bool {
-    let mut last = state.readiness.lock().await;
-    if let Some((at, reachable)) = *last
-        && at.elapsed() < READY_CACHE
-    {
-        return reachable;
-    }
-    let reachable = match state.outgoing.db().ping(READY_TIMEOUT).await {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::warn!(%error, "readiness: the database cannot be reached");
-            false
-        }
-    };
-    *last = Some((Instant::now(), reachable));
-    reachable
-}
 
 pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
@@ -271,8 +53,7 @@ pub async fn listeners(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let (counts, rows) = state
-        .outgoing
-        .db()
+        .db
         .run(|c| {
             Ok((
                 tables::event_log::listener_counts(c)?,
@@ -319,8 +100,7 @@ pub async fn listener(
         .ok_or_else(|| ApiError::NotFound(format!("no listener named `{name}`")))?;
     let key = name.clone();
     let (row, stats, history) = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| {
             Ok((
                 crate::db::tables::listeners::row(c, &key)?,
@@ -422,8 +202,7 @@ pub(super) async fn apply_change(
     let registry = state.registry.clone();
     let key = name.to_string();
     let (row, history) = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| Ok(changes::change(c, &registry, &key, &patch, source, None)))
         .await??;
     state.registry.apply_row(&row);
@@ -467,8 +246,7 @@ pub async fn events(
         ))
     })?;
     let rows = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| {
             tables::event_log::event_log_page(
                 c,
@@ -519,8 +297,7 @@ pub async fn dead_letters(
     let status = replayable(q.status)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let (rows, replays) = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| {
             Ok((
                 tables::inbox::inbox_entries(c, &[status], limit)?,
@@ -571,8 +348,7 @@ pub async fn replay(
         format!("{} id(s)", ids.len())
     };
     let requeued = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| {
             let requeued =
                 tables::inbox_work::requeue(c, &[status], (!all).then_some(ids.as_slice()))?;
@@ -593,13 +369,12 @@ pub async fn replay(
 }
 
 /// `GET /admin/stats`: events per minute (last 5 minutes), error rate (last hour), time of
-/// the last event, and the handlers that are active.
+/// the last event, and the listeners that are active.
 pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let now = now_ms();
     let ((recent, _, last), (hour_runs, hour_failures, _)) = state
-        .outgoing
-        .db()
+        .db
         .run(move |c| {
             Ok((
                 tables::event_log::activity_since(c, now - 300_000)?,

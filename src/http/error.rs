@@ -36,6 +36,13 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// A request body that cannot be read as an outgoing webhook is the client's mistake.
+impl From<crate::events::PayloadError> for ApiError {
+    fn from(e: crate::events::PayloadError) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}
+
 impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {

@@ -1,12 +1,15 @@
-//! The HTTP surface: routes, request-body limits, and turning every answer (errors included)
-//! into JSON with `Content-Type: application/json; charset=utf-8`.
+//! The HTTP surface: the state the routes share, the route table, and the middleware
+//! every request passes (requests in flight counted, metrics by route, upgrades refused, the
+//! framework's own error answers turned into JSON with `Content-Type: application/json;
+//! charset=utf-8`) and the admin token gate. The routes themselves live in the submodules.
 
 mod admin;
 pub mod body;
+pub mod connections;
 mod dashboard;
 mod error;
 mod forwarder;
-pub mod listener;
+mod health;
 mod outgoing;
 
 use std::sync::Arc;
@@ -20,15 +23,18 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, http::Method, http::he
 pub use body::{BodyRules, read_body};
 pub use dashboard::Dashboard;
 pub use error::{ApiError, JSON_UTF8, json_error, json_ok};
+use health::HealthFacts;
 
 use crate::config::Secret;
+use crate::db::Db;
 use crate::listeners::Registry;
 use crate::processing::inbox::Inbox;
 use crate::processing::outgoing::OutgoingService;
 use crate::verification::SigningKey;
 
-/// What request handlers share.
+/// What the routes share.
 pub struct AppState {
+    pub db: Db,
     pub outgoing: Arc<OutgoingService>,
     pub max_body_bytes: usize,
     /// `None` when no forwarder secret is configured.
@@ -43,22 +49,13 @@ pub struct AppState {
     /// The last database ping of `/readyz` (when, and whether it succeeded), reused for a
     /// moment so that `/readyz` cannot be used to hammer the database.
     pub readiness: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
-    /// The database facts of the last `GET /health` (handler rows, dead and parked counts),
+    /// The database facts of the last `GET /health` (listener rows, dead and parked counts),
     /// reused for a moment like the readiness ping; `None` inside: the query failed.
     pub health_facts: tokio::sync::Mutex<Option<(std::time::Instant, Option<HealthFacts>)>>,
     /// Which enabled forwarder listeners no live process runs (`serve --listeners`).
     pub coverage: Arc<crate::processing::processes::Coverage>,
     /// Sessions and sign-in attempts of the dashboard (`/admin/`, `/admin/ui/…`).
     pub dashboard: Dashboard,
-}
-
-/// What `GET /health` reads from the database.
-#[derive(Clone)]
-pub struct HealthFacts {
-    /// Each handler's stored disabled reason, if any.
-    pub disabled_reasons: Vec<(String, Option<String>)>,
-    pub dead: i64,
-    pub parked: i64,
 }
 
 /// What the forwarder route needs.
@@ -72,94 +69,65 @@ pub struct ForwarderState {
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/zulip/outgoing")
-            .route(web::post().to(outgoing::by_body))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/")
-            .route(web::post().to(outgoing::by_body))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/bots/{name}")
-            .route(web::post().to(outgoing::by_path))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/zulip/events")
-            .route(web::post().to(forwarder::intake))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/healthz")
-            .route(web::get().to(admin::healthz))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/health")
-            .route(web::get().to(admin::health))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/readyz")
-            .route(web::get().to(admin::readyz))
-            .default_service(web::to(method_not_allowed)),
-    )
+    cfg.service(resource(
+        "/zulip/outgoing",
+        [web::post().to(outgoing::by_body)],
+    ))
+    .service(resource("/", [web::post().to(outgoing::by_body)]))
+    .service(resource(
+        "/bots/{name}",
+        [web::post().to(outgoing::by_path)],
+    ))
+    .service(resource(
+        "/zulip/events",
+        [web::post().to(forwarder::intake)],
+    ))
+    .service(resource("/healthz", [web::get().to(health::healthz)]))
+    .service(resource("/health", [web::get().to(health::health)]))
+    .service(resource("/readyz", [web::get().to(health::readyz)]))
     // The dashboard's pages come first: they take a session cookie or the bearer token.
     .configure(dashboard::routes)
     .service(
         web::scope("/admin")
             .wrap_fn(admin_gate)
-            .service(
-                web::resource("/listeners")
-                    .route(web::get().to(admin::listeners))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/listeners/{name}")
-                    .route(web::get().to(admin::listener))
-                    .route(web::patch().to(admin::patch_listener))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/listeners/{name}/{action}")
-                    .route(web::post().to(admin::set_listener))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/events")
-                    .route(web::get().to(admin::events))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/dead-letters")
-                    .route(web::get().to(admin::dead_letters))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/dead-letters/replay")
-                    .route(web::post().to(admin::replay))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/stats")
-                    .route(web::get().to(admin::stats))
-                    .default_service(web::to(method_not_allowed)),
-            ),
+            .service(resource("/listeners", [web::get().to(admin::listeners)]))
+            .service(resource(
+                "/listeners/{name}",
+                [
+                    web::get().to(admin::listener),
+                    web::patch().to(admin::patch_listener),
+                ],
+            ))
+            .service(resource(
+                "/listeners/{name}/{action}",
+                [web::post().to(admin::set_listener)],
+            ))
+            .service(resource("/events", [web::get().to(admin::events)]))
+            .service(resource(
+                "/dead-letters",
+                [web::get().to(admin::dead_letters)],
+            ))
+            .service(resource(
+                "/dead-letters/replay",
+                [web::post().to(admin::replay)],
+            ))
+            .service(resource("/stats", [web::get().to(admin::stats)])),
     )
     .default_service(web::to(not_found));
 }
 
-/// Routes of the metrics listener: `GET /metrics` in Prometheus' text format.
+/// A resource answering with `routes`, and 405 in JSON to any other method.
+fn resource(path: &str, routes: impl IntoIterator<Item = actix_web::Route>) -> actix_web::Resource {
+    routes
+        .into_iter()
+        .fold(web::resource(path), |resource, route| resource.route(route))
+        .default_service(web::to(method_not_allowed))
+}
+
+/// Routes of the metrics server: `GET /metrics` in Prometheus' text format.
 pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/metrics")
-            .route(web::get().to(metrics))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .default_service(web::to(not_found));
+    cfg.service(resource("/metrics", [web::get().to(metrics)]))
+        .default_service(web::to(not_found));
 }
 
 async fn metrics() -> HttpResponse {

@@ -2,183 +2,28 @@
 //! event types, scope (realms, channels, users), settings and state. Built from
 //! `[listeners.<name>]` and, for every handler, the listener of the handler's own name with
 //! `[handlers.<name>]` settings; changed at runtime through [`changes`] (stored in the
-//! database, winning over the file). This module owns which names exist and checks every
-//! definition against its handler.
+//! database, winning over the file). This file holds the [`Registry`]: which names exist,
+//! every definition checked against its handler, and stored rows applied; `live.rs` holds one
+//! listener's runtime state, `view.rs` how it is shown.
 
 pub mod changes;
+mod live;
 pub mod scope;
+mod view;
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
 
-use serde::Serialize;
-
-use crate::config::{Config, HandlerSettings, QuotaConfig, QuotaOverrides, Scope};
+use crate::config::{Config, HandlerSettings, QuotaConfig, Scope};
 use crate::db::tables::listeners::ListenerRow;
-use crate::events::Event;
-use crate::handlers::{self, Handler, Runnable, health};
+use crate::handlers::{self, Handler, health};
 use crate::ratelimit::Limits;
 use changes::{FieldError, Overrides};
 
+pub use live::{AUTO_DISABLED, Definition, Entry, Live, auto_disabled_row};
+
 /// Index of a listener in the [`Registry`].
 pub type ListenerId = usize;
-
-/// The start of the stored reason of an automatic disable.
-pub const AUTO_DISABLED: &str = "auto-disabled:";
-
-/// What a listener is: the file's values, or those with the runtime overrides applied.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Definition {
-    /// The compiled-in handler it runs.
-    pub handler: String,
-    pub description: String,
-    /// Narrows the handler's event types; empty = all of them.
-    pub events: Vec<String>,
-    #[serde(flatten)]
-    pub scope: Scope,
-    pub enabled: bool,
-    #[serde(serialize_with = "redacted")]
-    pub settings: serde_json::Map<String, serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limits: Option<QuotaOverrides>,
-}
-
-fn redacted<S: serde::Serializer>(
-    settings: &serde_json::Map<String, serde_json::Value>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    crate::redact::settings(&serde_json::Value::Object(settings.clone())).serialize(s)
-}
-
-/// A listener as it runs now: its definition, the handler built from it, and its own quotas.
-pub struct Live {
-    pub definition: Definition,
-    pub handler: Box<dyn Runnable>,
-    /// The listener's own quotas (`rate_limits`), when it has any.
-    pub limits: Option<Limits>,
-}
-
-impl Live {
-    /// Whether the listener takes events of this type at all.
-    pub fn wants_type(&self, event_type: &str) -> bool {
-        self.handler.interest().wants(event_type)
-            && (self.definition.events.is_empty()
-                || self.definition.events.iter().any(|e| e == event_type))
-    }
-
-    /// Whether this event is for the listener: its type and its scope.
-    pub fn wants(&self, event: &Event) -> bool {
-        self.wants_type(event.event_type()) && self.definition.scope.admits(event)
-    }
-
-    /// The event types it takes, for display.
-    pub fn describe_events(&self) -> String {
-        if self.definition.events.is_empty() {
-            self.handler.interest().describe()
-        } else {
-            self.definition.events.join(", ")
-        }
-    }
-}
-
-/// A listener and its runtime state.
-pub struct Entry {
-    /// Leaked once when the registry is built (a handful of short names per process), so that
-    /// it can travel in metric labels and database rows without copies.
-    name: &'static str,
-    /// The definition from the configuration file.
-    file: Definition,
-    live: RwLock<Arc<Live>>,
-    enabled: AtomicBool,
-    /// Disabled automatically after too many failures (events that need it wait), as opposed
-    /// to disabled by an operator (events are handled without it).
-    auto_disabled: AtomicBool,
-    /// The `updated_at_ms` of this listener's database row when it was last applied.
-    applied_row_at_ms: AtomicI64,
-    pub health: health::Health,
-    /// Its run metrics, registered on first use (after the metrics recorder is installed).
-    runs: OnceLock<crate::telemetry::metric::HandlerRuns>,
-}
-
-impl Entry {
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    /// The definition from the configuration file, before runtime changes.
-    pub fn file_definition(&self) -> &Definition {
-        &self.file
-    }
-
-    /// The listener as it runs now (a cheap clone; runtime changes replace it whole).
-    pub fn live(&self) -> Arc<Live> {
-        match self.live.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn replace(&self, live: Live) {
-        let live = Arc::new(live);
-        match self.live.write() {
-            Ok(mut guard) => *guard = live,
-            Err(poisoned) => *poisoned.into_inner() = live,
-        }
-    }
-
-    /// The compiled-in handler it runs.
-    pub fn handler_name(&self) -> &'static str {
-        self.live().handler.name()
-    }
-
-    pub fn is_pure(&self) -> bool {
-        self.live().handler.is_pure()
-    }
-
-    pub fn wants_type(&self, event_type: &str) -> bool {
-        self.live().wants_type(event_type)
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
-    }
-
-    /// Enables or disables the listener on an operator's word.
-    pub fn set_enabled(&self, enabled: bool) {
-        if enabled && !self.enabled() {
-            self.health.reset();
-        }
-        self.enabled.store(enabled, Ordering::Relaxed);
-        self.auto_disabled.store(false, Ordering::Relaxed);
-    }
-
-    /// Disables the listener because it failed too often.
-    pub fn disable_automatically(&self) {
-        self.enabled.store(false, Ordering::Relaxed);
-        self.auto_disabled.store(true, Ordering::Relaxed);
-    }
-
-    pub fn auto_disabled(&self) -> bool {
-        !self.enabled() && self.auto_disabled.load(Ordering::Relaxed)
-    }
-
-    /// Records a run in the metrics.
-    pub fn record_run(&self, ok: bool, seconds: f64) {
-        self.runs
-            .get_or_init(|| crate::telemetry::metric::HandlerRuns::new(self.name))
-            .record(ok, seconds);
-    }
-}
-
-/// Whether a stored row says the listener was disabled by its breaker.
-pub fn auto_disabled_row(row: &ListenerRow) -> bool {
-    !row.enabled
-        && row
-            .disabled_reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with(AUTO_DISABLED))
-}
 
 /// A listener's configuration could not be used; `key` is the full configuration key.
 #[derive(Debug, thiserror::Error)]
@@ -213,16 +58,12 @@ impl Registry {
                 key: config_key(&name, legacy, &e.field),
                 problem: e.problem,
             })?;
-            entries.push(Entry {
-                enabled: AtomicBool::new(definition.enabled),
-                name: Box::leak(name.into_boxed_str()),
-                file: definition,
-                live: RwLock::new(Arc::new(live)),
-                auto_disabled: AtomicBool::new(false),
-                applied_row_at_ms: AtomicI64::new(i64::MIN),
-                health: health::Health::new((&config.error_handling).into()),
-                runs: OnceLock::new(),
-            });
+            entries.push(Entry::new(
+                name,
+                definition,
+                live,
+                health::Health::new((&config.error_handling).into()),
+            ));
         }
         let registry = Registry {
             entries,
@@ -239,7 +80,7 @@ impl Registry {
                 "unknown listener `{name}`; defined are: {}",
                 self.entries
                     .iter()
-                    .map(|e| e.name)
+                    .map(|e| e.name())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -275,7 +116,7 @@ impl Registry {
     }
 
     pub fn id(&self, name: &str) -> Option<ListenerId> {
-        self.entries.iter().position(|e| e.name == name)
+        self.entries.iter().position(|e| e.name() == name)
     }
 
     pub fn get(&self, id: ListenerId) -> Option<&Entry> {
@@ -283,7 +124,7 @@ impl Registry {
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.name == name)
+        self.entries.iter().find(|e| e.name() == name)
     }
 
     pub fn entries(&self) -> &[Entry] {
@@ -308,8 +149,9 @@ impl Registry {
         self.entries
             .iter()
             .map(|e| {
-                let json = serde_json::to_string(&e.file).unwrap_or_else(|_| "{}".into());
-                (e.name.to_string(), json)
+                let json =
+                    serde_json::to_string(e.file_definition()).unwrap_or_else(|_| "{}".into());
+                (e.name().to_string(), json)
             })
             .collect()
     }
@@ -317,7 +159,11 @@ impl Registry {
     /// What `entry` would be with `overrides` (the stored ones) applied, checked against its
     /// handler without changing anything.
     pub fn check(&self, entry: &Entry, overrides: &Overrides) -> Result<Live, FieldError> {
-        prepare(entry.name, &entry.file.with(overrides), &self.config)
+        prepare(
+            entry.name(),
+            &entry.file_definition().with(overrides),
+            &self.config,
+        )
     }
 
     /// Applies a listener's database row if it changed since it was last applied (state and
@@ -329,21 +175,17 @@ impl Registry {
         let Some(entry) = self.by_name(&row.name) else {
             return false;
         };
-        let seen = entry.applied_row_at_ms.load(Ordering::Relaxed);
-        if row.updated_at_ms <= seen {
+        if !entry.mark_row_applied(row.updated_at_ms) {
             return false;
         }
-        entry
-            .applied_row_at_ms
-            .store(row.updated_at_ms, Ordering::Relaxed);
         let definition = changes::effective(entry, row);
         let mut current = entry.live().definition.clone();
         current.enabled = definition.enabled;
         if current != definition {
-            match prepare(entry.name, &definition, &self.config) {
+            match prepare(entry.name(), &definition, &self.config) {
                 Ok(live) => entry.replace(live),
                 Err(error) => tracing::error!(
-                    listener = entry.name,
+                    listener = entry.name(),
                     %error,
                     "stored runtime changes do not suit the handler; keeping the previous definition"
                 ),
@@ -360,85 +202,6 @@ impl Registry {
             entry.set_enabled(definition.enabled);
         }
         true
-    }
-}
-
-impl Registry {
-    /// Who sends this listener events: `bot:<name>` for each bot listing it, `forwarder`.
-    pub fn used_by(&self, name: &str) -> Vec<String> {
-        let mut users: Vec<String> = self
-            .config
-            .bots
-            .iter()
-            .filter(|(_, b)| b.listener_names().iter().any(|h| h == name))
-            .map(|(n, _)| format!("bot:{n}"))
-            .collect();
-        if self
-            .config
-            .forwarder
-            .listener_names()
-            .iter()
-            .any(|h| h == name)
-        {
-            users.push("forwarder".into());
-        }
-        users
-    }
-
-    /// A listener as the admin API and the CLI show it: its definition as it runs here (with
-    /// runtime changes; settings redacted), its state, which fields the database overrides,
-    /// and who sends it events. `row` is its stored state, when read.
-    pub fn view(&self, entry: &Entry, row: Option<&ListenerRow>) -> serde_json::Value {
-        let live = entry.live();
-        let now = std::time::Instant::now();
-        let open_for = entry
-            .health
-            .open_until(now)
-            .map(|u| u.saturating_duration_since(now));
-        let state = if entry.auto_disabled() {
-            "auto_disabled"
-        } else if !entry.enabled()
-            && !entry.file.enabled
-            && row.is_none_or(|r| r.overrides.is_none())
-        {
-            "off"
-        } else if !entry.enabled() {
-            "disabled"
-        } else if open_for.is_some() {
-            "breaker_open"
-        } else {
-            "ok"
-        };
-        let overridden: Vec<&str> = row
-            .map(|r| Overrides::from_stored(r.overrides.as_deref()))
-            .map(|o| {
-                let value = serde_json::to_value(&o).unwrap_or_default();
-                changes::FIELDS
-                    .iter()
-                    .copied()
-                    .filter(|f| value.get(*f).is_some())
-                    .collect()
-            })
-            .unwrap_or_default();
-        serde_json::json!({
-            "name": entry.name,
-            "handler": live.handler.name(),
-            "description": live.definition.description,
-            "events": live.describe_events(),
-            "realms": live.definition.scope.realms,
-            "streams": live.definition.scope.streams,
-            "users": live.definition.scope.users,
-            "settings": crate::redact::settings(&serde_json::Value::Object(live.definition.settings.clone())),
-            "enabled": entry.enabled(),
-            "state": state,
-            "disabled_reason": row.and_then(|r| r.disabled_reason.clone()),
-            "breaker": if open_for.is_some() { "open" } else { "closed" },
-            "breaker_open_for_ms": open_for.map(|d| d.as_millis() as u64),
-            "failures_last_hour": entry.health.failures_last_hour(now),
-            "pure": live.handler.is_pure(),
-            "overridden": overridden,
-            "used_by": self.used_by(entry.name),
-        })
     }
 }
 

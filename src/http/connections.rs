@@ -1,5 +1,5 @@
-//! The HTTP listener: actix-web's application served by actix-server and actix-http directly,
-//! so that every connection can be wrapped in [`HeadDeadline`].
+//! How the HTTP server takes connections: actix-web's application served by actix-server and
+//! actix-http directly, so that every connection can be wrapped in [`HeadDeadline`].
 //!
 //! actix-http times out only the *first* request head of a connection
 //! (`client_request_timeout`); once a kept-alive connection has answered one request, the
@@ -22,9 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-/// How the listener treats connections.
+/// How the server treats connections.
 #[derive(Debug, Clone, Copy)]
-pub struct ListenerLimits {
+pub struct ConnectionLimits {
     pub workers: usize,
     /// Connections per worker.
     pub max_connections_per_worker: usize,
@@ -35,8 +35,8 @@ pub struct ListenerLimits {
     pub shutdown_timeout_secs: u64,
 }
 
-/// Serves the application built by `app` on `listener`.
-pub fn serve<F, T, B>(listener: TcpListener, limits: ListenerLimits, app: F) -> io::Result<Server>
+/// Serves the application built by `app` on `socket`.
+pub fn serve<F, T, B>(socket: TcpListener, limits: ConnectionLimits, app: F) -> io::Result<Server>
 where
     F: Fn() -> App<T> + Send + Clone + 'static,
     T: actix_web::dev::ServiceFactory<
@@ -53,7 +53,7 @@ where
         .max_concurrent_connections(limits.max_connections_per_worker)
         .shutdown_timeout(limits.shutdown_timeout_secs)
         .disable_signals()
-        .listen("zulip-listeners", listener, move || {
+        .listen("zulip-listeners", socket, move || {
             let factory = app()
                 .into_factory()
                 .map_err(|err: actix_web::Error| err.as_response_error().error_response());

@@ -36,48 +36,29 @@
 //! timeout = "10s"
 //! ```
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+mod claims;
+mod record;
+mod template;
 
-use diesel::prelude::*;
+use std::time::Duration;
+
 use serde::Deserialize;
 
-use super::keyword_alerts::inline;
 use super::{
-    Context, CustomEffect, Effect, Effects, Handler, HandlerError, HandlerResult, Interest,
-    SettingsError, typed_settings,
+    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, typed_settings,
 };
-use crate::clock::now_ms;
 use crate::config::{Config, HandlerSettings};
-use crate::db::{DbConnection, DbError};
-use crate::events::kinds::{Person, RealmUser, Subscription};
+use crate::events::kinds::{RealmUser, Subscription};
 use crate::events::{Event, EventKind};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
-
-diesel::table! {
-    /// One row per greeting sent (or, with `greeting = "bot"`, per bot never to greet).
-    welcome_greetings (realm_id, user_id, greeting) {
-        realm_id -> BigInt,
-        user_id -> BigInt,
-        greeting -> Text,
-        sent_at_ms -> BigInt,
-    }
-}
+use claims::Claims;
+use record::{Greeted, greeted};
+use template::{check_template, mention, render};
 
 /// The greeting key of a new user's welcome.
 const JOINED: &str = "realm";
 /// The key that marks a user as a bot.
 const BOT: &str = "bot";
-/// Longest a name may be to go into a mention as it is.
-const MAX_MENTION_NAME_CHARS: usize = 100;
-/// Longest template accepted.
-const MAX_TEMPLATE_CHARS: usize = 8_000;
-/// How long a greeting sent by this process is remembered in memory (its record is committed
-/// long before).
-const REMEMBER_SENT: Duration = Duration::from_secs(600);
-/// Most greetings remembered in memory; older ones are forgotten first.
-const MAX_REMEMBERED: usize = 10_000;
 
 const DEFAULT_NEW_USER_MESSAGE: &str = "Welcome, {mention}! :wave: We are glad to have you here.";
 const DEFAULT_CHANNEL_MESSAGE: &str = "Welcome to {channel}, {mention}!";
@@ -139,14 +120,14 @@ struct ChannelGreeting {
 
 pub struct WelcomeBot {
     /// `None` when no bot is configured (the handler is then off or not in `[forwarder]
-    /// handlers`).
+    /// listeners`).
     api: Option<BotApi>,
     /// `None` when `new_user_message = ""`.
     new_user: Option<NewUserGreeting>,
     channels: Vec<ChannelGreeting>,
     zulip: ZulipClient,
-    /// Greetings sent or being sent by this process: (realm, user, key) → when claimed.
-    claimed: Mutex<HashMap<(i64, i64, String), Instant>>,
+    /// Greetings sent or being sent by this process.
+    claimed: Claims,
 }
 
 impl WelcomeBot {
@@ -252,7 +233,7 @@ impl WelcomeBot {
             new_user,
             channels,
             zulip: ZulipClient::with_client(http),
-            claimed: Mutex::new(HashMap::new()),
+            claimed: Claims::default(),
         })
     }
 
@@ -389,7 +370,7 @@ impl WelcomeBot {
             tracing::info!(greeting = key, user_id, "dry run: not sending the greeting");
             return Ok(());
         }
-        let Some(mut claim) = self.claim(realm_id, user_id, key) else {
+        let Some(mut claim) = self.claimed.claim(realm_id, user_id, key) else {
             tracing::debug!(
                 greeting = key,
                 user_id,
@@ -413,56 +394,6 @@ impl WelcomeBot {
         claim.sent = true;
         effects.push(Greeted::effect(realm_id, user_id, key, true));
         Ok(())
-    }
-
-    /// Claims a greeting for this run; `None` when it was sent or is being sent by another
-    /// run in this process (its record may not be committed yet).
-    fn claim(&self, realm_id: i64, user_id: i64, key: &str) -> Option<Claim<'_>> {
-        let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if claimed.len() >= MAX_REMEMBERED {
-            claimed.retain(|_, at| now.duration_since(*at) < REMEMBER_SENT);
-        }
-        if claimed.len() >= MAX_REMEMBERED {
-            // Still full of recent greetings: forget the oldest half.
-            let mut ages: Vec<Instant> = claimed.values().copied().collect();
-            ages.sort_unstable();
-            let cut = ages[ages.len() / 2];
-            claimed.retain(|_, at| *at > cut);
-        }
-        let slot = (realm_id, user_id, key.to_string());
-        if claimed
-            .get(&slot)
-            .is_some_and(|at| now.duration_since(*at) < REMEMBER_SENT)
-        {
-            return None;
-        }
-        claimed.insert(slot.clone(), now);
-        Some(Claim {
-            owner: self,
-            slot,
-            sent: false,
-        })
-    }
-}
-
-/// A greeting being sent; released on drop unless it was sent (failed, or the run was cut
-/// short by its timeout), so that the retry sends it.
-struct Claim<'a> {
-    owner: &'a WelcomeBot,
-    slot: (i64, i64, String),
-    sent: bool,
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        if !self.sent {
-            self.owner
-                .claimed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&self.slot);
-        }
     }
 }
 
@@ -489,222 +420,7 @@ impl Handler for WelcomeBot {
     }
 }
 
-/// A greeting recorded in `welcome_greetings`.
-#[derive(Debug)]
-struct Greeted {
-    realm_id: i64,
-    user_id: i64,
-    greeting: String,
-    sent_at_ms: i64,
-    /// A message was posted (kept even if the run fails, so that the retry skips it).
-    delivered: bool,
-}
-
-impl Greeted {
-    fn effect(realm_id: i64, user_id: i64, greeting: &str, delivered: bool) -> Effect {
-        Effect::Custom(Box::new(Greeted {
-            realm_id,
-            user_id,
-            greeting: greeting.to_string(),
-            sent_at_ms: now_ms(),
-            delivered,
-        }))
-    }
-}
-
-impl CustomEffect for Greeted {
-    fn apply(&self, conn: &mut DbConnection) -> Result<(), diesel::result::Error> {
-        use welcome_greetings::dsl as g;
-        let row = (
-            g::realm_id.eq(self.realm_id),
-            g::user_id.eq(self.user_id),
-            g::greeting.eq(&self.greeting),
-            g::sent_at_ms.eq(self.sent_at_ms),
-        );
-        match conn {
-            DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(g::welcome_greetings)
-                .values(row)
-                .execute(c)?,
-            DbConnection::Postgres(c) => diesel::insert_into(g::welcome_greetings)
-                .values(row)
-                .on_conflict_do_nothing()
-                .execute(c)?,
-        };
-        Ok(())
-    }
-
-    fn records_delivery(&self) -> bool {
-        self.delivered
-    }
-}
-
-/// The greetings recorded for a user.
-async fn greeted(cx: &Context, realm_id: i64, user_id: i64) -> Result<HashSet<String>, DbError> {
-    cx.db
-        .run(move |c| {
-            use welcome_greetings::dsl as g;
-            Ok(g::welcome_greetings
-                .filter(g::realm_id.eq(realm_id))
-                .filter(g::user_id.eq(user_id))
-                .select(g::greeting)
-                .load::<String>(c)?
-                .into_iter()
-                .collect())
-        })
-        .await
-}
-
 fn non_empty(text: String) -> Option<String> {
     let trimmed = text.trim();
     (!trimmed.is_empty()).then(|| trimmed.to_string())
-}
-
-/// Checks that a template uses only `allowed` placeholders and leaves room, once filled in,
-/// within Zulip's 10,000-character limit.
-fn check_template(template: &str, allowed: &[&str]) -> Result<(), String> {
-    if template.chars().count() > MAX_TEMPLATE_CHARS {
-        return Err(format!(
-            "is longer than {MAX_TEMPLATE_CHARS} characters (Zulip accepts messages of up to \
-             10,000)"
-        ));
-    }
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        let after = &rest[start + 1..];
-        let Some(end) = after.find('}') else {
-            break;
-        };
-        let word = &after[..end];
-        let is_placeholder =
-            !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if is_placeholder && !allowed.contains(&word) {
-            let known: Vec<String> = allowed.iter().map(|a| format!("{{{a}}}")).collect();
-            let why = if word == "name" {
-                " (subscription events do not carry the user's name; use {mention})"
-            } else {
-                ""
-            };
-            return Err(format!(
-                "unknown placeholder `{{{word}}}`{why}; known: {}",
-                known.join(", ")
-            ));
-        }
-        rest = &after[end + 1..];
-    }
-    Ok(())
-}
-
-/// A mention of the user: `@**Full Name|id**` when the name is plain, else `@**|id**`,
-/// which Zulip shows with the user's current name.
-fn mention(user_id: i64, person: Option<&Person>) -> String {
-    let name = person
-        .and_then(|p| p.full_name.as_deref())
-        .map(str::trim)
-        .filter(|n| {
-            !n.is_empty()
-                && n.chars().count() <= MAX_MENTION_NAME_CHARS
-                && !n.contains(['*', '|', '@', '`', '\\', '[', ']'])
-                && !n.chars().any(char::is_control)
-        })
-        .unwrap_or_default();
-    format!("@**{name}|{user_id}**")
-}
-
-/// Fills a template in. Only the configured text and channel name are used as they are; the
-/// user's name is neutralised.
-fn render(template: &str, mention: &str, name: Option<&str>, channel: Option<&str>) -> String {
-    let name = name.map_or_else(|| "there".to_string(), inline);
-    let channel = channel.map_or_else(String::new, |c| {
-        if c.chars().count() <= MAX_MENTION_NAME_CHARS
-            && !c.contains(['*', '>', '`', '@', '\n', '\r', '[', ']'])
-        {
-            format!("#**{c}**")
-        } else {
-            inline(c)
-        }
-    });
-    // One pass, so that a name containing "{mention}" is not filled in again.
-    let mut out = String::with_capacity(template.len() + 64);
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start..];
-        let (value, len) = if after.starts_with("{mention}") {
-            (mention, "{mention}".len())
-        } else if after.starts_with("{name}") {
-            (name.as_str(), "{name}".len())
-        } else if after.starts_with("{channel}") {
-            (channel.as_str(), "{channel}".len())
-        } else {
-            ("{", 1)
-        };
-        out.push_str(value);
-        rest = &after[len..];
-    }
-    out.push_str(rest);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn person(name: &str) -> Person {
-        Person {
-            user_id: Some(14),
-            full_name: Some(name.into()),
-            email: None,
-            is_active: Some(true),
-            is_bot: Some(false),
-            role: Some(400),
-        }
-    }
-
-    #[test]
-    fn mentions_use_the_name_only_when_it_cannot_break_the_syntax() {
-        assert_eq!(mention(14, Some(&person("Ann Lee"))), "@**Ann Lee|14**");
-        assert_eq!(mention(14, Some(&person("Eve** @**all"))), "@**|14**");
-        assert_eq!(mention(14, Some(&person("a|1"))), "@**|14**");
-        assert_eq!(mention(14, None), "@**|14**");
-    }
-
-    #[test]
-    fn names_cannot_mention_or_break_out() {
-        let text = render(
-            "Hi {name}, {mention} {unknown}",
-            "@**|14**",
-            Some("Eve @**all** [x](https://evil.example)\n# big"),
-            None,
-        );
-        assert!(!text.contains("@**all"), "{text}");
-        assert!(!text.contains('\n'), "{text}");
-        assert!(text.contains("\\[x\\]"), "{text}");
-        assert!(text.ends_with("@**|14** {unknown}"), "{text}");
-        // A name that looks like a placeholder stays text.
-        let text = render("{name}!", "M", Some("{mention}"), None);
-        assert_eq!(text, "{mention}!");
-        assert_eq!(
-            render("Welcome to {channel}", "M", None, Some("help")),
-            "Welcome to #**help**"
-        );
-        assert_eq!(
-            render("To {channel}", "M", None, Some("a**b")),
-            "To a\\*\\*b"
-        );
-    }
-
-    #[test]
-    fn templates_name_unknown_placeholders() {
-        assert!(check_template("Hi {mention} {name}", &["mention", "name"]).is_ok());
-        assert!(check_template("JSON {\"a\": 1} and {}", &["mention"]).is_ok());
-        let err = check_template("{name} joined {channel}", &["mention", "channel"])
-            .expect_err("name is unknown for channels");
-        assert!(
-            err.contains("{name}") && err.contains("use {mention}"),
-            "{err}"
-        );
-        assert!(check_template(&"x".repeat(8_001), &["mention"]).is_err());
-        let err = check_template("{email}", &["mention", "name"]).expect_err("no emails");
-        assert!(err.contains("`{email}`"), "{err}");
-    }
 }

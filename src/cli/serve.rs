@@ -1,0 +1,75 @@
+//! `serve`, `migrate` and `check-config`: running the server, bringing the schema up to date,
+//! and validating the configuration with a summary of what it sets up.
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::db::{establish, run_migrations};
+use crate::listeners::Registry;
+use crate::server::{ServeOptions, start};
+
+pub(super) fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
+    let log_file = crate::telemetry::init(&config.telemetry).context("telemetry.file")?;
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        let server = start(config, options).await?;
+        server.run_until_signalled(log_file).await
+    })
+}
+
+pub(super) fn migrate(config: &Config) -> anyhow::Result<()> {
+    let mut conn = establish(&config.database.url).context("connecting to the database")?;
+    let applied = run_migrations(&mut conn)?;
+    if applied.is_empty() {
+        println!("The database is up to date.");
+    } else {
+        for name in applied {
+            println!("applied {name}");
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn check_config(config: &Config) -> anyhow::Result<()> {
+    let registry = Registry::build(config)?;
+    crate::verification::signing_keys(&config.forwarder.secrets)?;
+    println!("Configuration is valid.");
+    println!("  listen:    {}", config.server.bind);
+    println!("  database:  {}", config.database.url);
+    if config.bots.is_empty() {
+        println!("  bots:      none (outgoing webhooks will be refused)");
+    }
+    for (name, bot) in &config.bots {
+        let late = if bot.site.is_some() {
+            "late replies via REST"
+        } else {
+            "no late replies"
+        };
+        println!(
+            "  bot {name}: {} → {} ({late})",
+            bot.email,
+            bot.listener_names().join(", ")
+        );
+    }
+    println!(
+        "  forwarder: {} secret(s), listeners {}",
+        config.forwarder.secrets.len(),
+        config.forwarder.listener_names().join(", ")
+    );
+    for name in config.listeners.keys() {
+        if let Some(entry) = registry.by_name(name) {
+            let live = entry.live();
+            println!(
+                "  listener {name}: {} on {}{}",
+                live.handler.name(),
+                live.describe_events(),
+                if live.definition.scope.is_unrestricted() {
+                    String::new()
+                } else {
+                    " (scoped)".to_string()
+                }
+            );
+        }
+    }
+    Ok(())
+}

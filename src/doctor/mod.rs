@@ -1,0 +1,204 @@
+//! `zulip-listeners doctor`: the checklist an administrator runs after installing. Every
+//! check prints one line, and every failure a fix; the exit code is 0 only when nothing
+//! failed. This file holds the checklist and the checks that need only the configuration
+//! (its validity, the forwarder secrets); [`database`] and [`network`] hold the others.
+
+mod database;
+mod network;
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError, Sources};
+use crate::listeners::Registry;
+use crate::verification::SigningKey;
+
+/// How long one network check (database, Zulip, the public URL) may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Fail,
+    Skip,
+}
+
+/// One line of the checklist.
+struct Check {
+    status: Status,
+    what: String,
+    fix: Option<String>,
+}
+
+impl Check {
+    fn ok(what: impl Into<String>) -> Check {
+        Check {
+            status: Status::Ok,
+            what: what.into(),
+            fix: None,
+        }
+    }
+
+    fn fail(what: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            status: Status::Fail,
+            what: what.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn skip(what: impl Into<String>) -> Check {
+        Check {
+            status: Status::Skip,
+            what: what.into(),
+            fix: None,
+        }
+    }
+}
+
+/// Runs every check, prints the checklist on stdout and returns the exit code (0 when all
+/// passed, 1 otherwise).
+pub fn run(sources: &Sources, url: Option<&str>) -> ExitCode {
+    let checks = match Config::load(sources) {
+        Ok(config) => check_all(&config, url),
+        Err(error) => vec![config_failure(&error)],
+    };
+    print!("{}", render(&checks));
+    if checks.iter().any(|c| c.status == Status::Fail) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn config_failure(error: &ConfigError) -> Check {
+    let what = error.to_string();
+    let what = if what.starts_with("configuration") {
+        what
+    } else {
+        format!("configuration: {what}")
+    };
+    Check::fail(
+        what,
+        "correct the key named above in your --config file or ZULIP_LISTENERS_* variable (config/default.toml documents every key), then run `zulip-listeners check-config`",
+    )
+}
+
+fn render(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for check in checks {
+        let mark = match check.status {
+            Status::Ok => "[ ok ]",
+            Status::Fail => "[FAIL]",
+            Status::Skip => "[skip]",
+        };
+        let _ = writeln!(out, "{mark} {}", check.what);
+        if let Some(fix) = &check.fix {
+            let _ = writeln!(out, "       fix: {fix}");
+        }
+    }
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
+    let _ = if failed == 0 {
+        writeln!(out, "All {} checks passed.", checks.len())
+    } else {
+        writeln!(out, "{failed} of {} checks failed.", checks.len())
+    };
+    out
+}
+
+fn check_all(config: &Config, url: Option<&str>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    match Registry::build(config) {
+        Ok(_) => checks.push(Check::ok(format!(
+            "configuration valid ({} bot(s), {} forwarder secret(s))",
+            config.bots.len(),
+            config.forwarder.secrets.len()
+        ))),
+        Err(error) => checks.push(Check::fail(
+            format!("configuration: {error:#}"),
+            "correct the handler settings named above, then run `zulip-listeners check-config`",
+        )),
+    }
+    checks.extend(database::check_database(&config.database.url));
+    checks.extend(check_secrets(config));
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            checks.push(Check::fail(
+                format!("cannot start the network checks: {error}"),
+                "the system is out of resources (threads, file descriptors); retry",
+            ));
+            return checks;
+        }
+    };
+    let network = runtime.block_on(network::check_network(config, url));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    checks.extend(network);
+    checks
+}
+
+/// The forwarder's signing secrets: present, readable, long enough, not repeated.
+fn check_secrets(config: &Config) -> Vec<Check> {
+    let secrets = &config.forwarder.secrets;
+    if secrets.is_empty() {
+        return vec![Check::skip(
+            "forwarder secret: none set, so POST /zulip/events answers 404 (fine without the forwarder; else `zulip-listeners gen-secret` into forwarder.secrets)",
+        )];
+    }
+    let mut checks = Vec::new();
+    for (i, secret) in secrets.iter().enumerate() {
+        let key = format!("forwarder.secrets[{i}]");
+        let raw = secret.expose().trim();
+        let encoded = raw.strip_prefix("whsec_").unwrap_or(raw);
+        let bytes = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_or(0, |b| b.len())
+        };
+        let check = match SigningKey::parse(raw) {
+            _ if raw.is_empty() => Check::fail(
+                format!("forwarder secret {key} is empty"),
+                "make one with `zulip-listeners gen-secret`",
+            ),
+            Err(problem) => Check::fail(
+                format!("forwarder secret {key} {problem}"),
+                "make one with `zulip-listeners gen-secret` and give the same value to the forwarder",
+            ),
+            Ok(_) if !raw.starts_with("whsec_") => Check::fail(
+                format!("forwarder secret {key} ({bytes} bytes) lacks the `whsec_` prefix"),
+                "write it as `whsec_<base64>`, the form the forwarder's `standardwebhooks` library expects",
+            ),
+            Ok(_) => Check::ok(format!(
+                "forwarder secret {key} well-formed ({bytes} bytes)"
+            )),
+        };
+        checks.push(check);
+    }
+    for (i, a) in secrets.iter().enumerate() {
+        if secrets[..i].iter().any(|b| b.expose() == a.expose()) {
+            checks.push(Check::fail(
+                format!("forwarder secret forwarder.secrets[{i}] repeats an earlier one"),
+                "remove the duplicate",
+            ));
+        }
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checklist_counts_failures() {
+        let text = render(&[Check::ok("a"), Check::fail("b", "do c"), Check::skip("d")]);
+        assert!(text.contains("[FAIL] b\n       fix: do c\n"), "{text}");
+        assert!(text.ends_with("1 of 3 checks failed.\n"), "{text}");
+    }
+}

@@ -1,0 +1,332 @@
+//! The listeners pages (`/admin/ui/listeners`, `/admin/ui/listeners/{name}`): every listener
+//! with its state and figures of the last 24 hours, one listener with its history and edit
+//! form, and the form posts that enable, disable or edit one (through the admin API's
+//! `apply_change`, recorded with source `dashboard`).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::pages::{self, ListenerLine};
+use super::session::read_form;
+use super::{
+    Ctx, DAY_MS, DEFAULT_INTERVAL_MS, db_failed, field, given, listener_names, query, see_other,
+};
+use crate::clock::now_ms;
+use crate::db::tables::listeners::ListenerRow;
+use crate::db::{DbError, tables};
+use crate::http::AppState;
+use crate::listeners::changes::{self, ChangeError, Overrides};
+
+/// Durations sampled for a listener's 95th percentile.
+const P95_SAMPLE: i64 = 1_000;
+
+fn p95(mut durations: Vec<i64>) -> Option<f64> {
+    if durations.is_empty() {
+        return None;
+    }
+    durations.sort_unstable();
+    let rank = (0.95 * durations.len() as f64).ceil() as usize;
+    durations
+        .get(rank.clamp(1, durations.len()) - 1)
+        .map(|us| *us as f64 / 1000.0)
+}
+
+/// Per-interval runs and failures over 24 hours, zeros where no row is stored.
+fn series(rows: &[(i64, i64, i64, i64)], now: i64, interval_ms: i64) -> (Vec<f64>, Vec<f64>) {
+    let interval_ms = interval_ms.max(60_000);
+    let first = (now - DAY_MS) / interval_ms * interval_ms;
+    let n = usize::try_from(DAY_MS / interval_ms + 1).unwrap_or(0);
+    let mut runs = vec![0.0; n];
+    let mut failures = vec![0.0; n];
+    for (start, r, f, _) in rows {
+        if let Ok(i) = usize::try_from((start - first) / interval_ms)
+            && i < n
+        {
+            runs[i] += *r as f64;
+            failures[i] += *f as f64;
+        }
+    }
+    (runs, failures)
+}
+
+async fn read_listeners(
+    state: &AppState,
+    names: Vec<String>,
+) -> Result<(Vec<ListenerRow>, Vec<ListenerFigures>, i64), DbError> {
+    let now = now_ms();
+    state
+        .db
+        .run(move |c| {
+            let rows = crate::db::tables::listeners::rows(c)?;
+            let interval_ms = tables::listener_stats::newest_interval(c)?
+                .map_or(DEFAULT_INTERVAL_MS, |(_, len)| len.max(60_000));
+            let mut figures = Vec::new();
+            for name in names {
+                figures.push(ListenerFigures {
+                    intervals: tables::listener_stats::listener_intervals(c, &name, now - DAY_MS)?,
+                    durations: tables::event_log::recent_durations(
+                        c,
+                        &name,
+                        now - DAY_MS,
+                        P95_SAMPLE,
+                    )?,
+                });
+            }
+            Ok((rows, figures, interval_ms))
+        })
+        .await
+}
+
+struct ListenerFigures {
+    intervals: Vec<(i64, i64, i64, i64)>,
+    durations: Vec<i64>,
+}
+
+fn listener_line(
+    state: &AppState,
+    entry: &crate::listeners::Entry,
+    rows: &[ListenerRow],
+    figures: ListenerFigures,
+    interval_ms: i64,
+) -> ListenerLine {
+    let view = state
+        .registry
+        .view(entry, rows.iter().find(|r| r.name == entry.name()));
+    let (runs_series, failures_series) = series(&figures.intervals, now_ms(), interval_ms);
+    ListenerLine {
+        view,
+        runs: figures.intervals.iter().map(|r| r.1).sum(),
+        failures: figures.intervals.iter().map(|r| r.2).sum(),
+        p95_ms: p95(figures.durations),
+        runs_series,
+        failures_series,
+    }
+}
+
+/// The page for a listener name the registry does not know.
+fn no_such_listener(ctx: &Ctx, name: &str) -> HttpResponse {
+    pages::message(
+        StatusCode::NOT_FOUND,
+        &ctx.base,
+        "No such listener",
+        &format!("There is no listener named `{name}`."),
+    )
+}
+
+pub(super) async fn listeners(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let names = listener_names(&state);
+    let (rows, figures, interval_ms) = match read_listeners(&state, names).await {
+        Ok(read) => read,
+        Err(e) => return db_failed(&ctx, e),
+    };
+    let lines: Vec<ListenerLine> = state
+        .registry
+        .entries()
+        .iter()
+        .zip(figures)
+        .map(|(entry, f)| listener_line(&state, entry, &rows, f, interval_ms))
+        .collect();
+    pages::listeners(&ctx, &lines, query(&req))
+}
+
+pub(super) async fn listener(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let name = path.into_inner();
+    let Some(entry) = state.registry.by_name(&name) else {
+        return no_such_listener(&ctx, &name);
+    };
+    let key = name.clone();
+    let history = state
+        .db
+        .run(move |c| crate::db::tables::listeners::history(c, &key, 50))
+        .await;
+    let read = read_listeners(&state, vec![name]).await;
+    let ((rows, mut figures, interval_ms), history) = match (read, history) {
+        (Ok(read), Ok(history)) => (read, history),
+        (Err(e), _) | (_, Err(e)) => return db_failed(&ctx, e),
+    };
+    let Some(figures) = figures.pop() else {
+        return db_failed(&ctx, DbError::Invalid("no figures".into()));
+    };
+    let line = listener_line(&state, entry, &rows, figures, interval_ms);
+    let definition = entry.live().definition.clone();
+    pages::listener(&ctx, &line, &definition, &history, query(&req), None)
+}
+
+/// `POST /admin/ui/listeners/{name}` with `action` = `enable`, `disable` or `edit` (and the
+/// edited fields): the same change as the admin API's, recorded with source `dashboard`.
+pub(super) async fn change_listener(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let form = match read_form(&req, &state, &ctx, payload).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let name = path.into_inner();
+    let Some(entry) = state.registry.by_name(&name) else {
+        return no_such_listener(&ctx, &name);
+    };
+    let patch = match field(&form, "action") {
+        Some("enable") => Ok(Overrides {
+            enabled: Some(true),
+            ..Overrides::default()
+        }),
+        Some("disable") => Ok(Overrides {
+            enabled: Some(false),
+            ..Overrides::default()
+        }),
+        Some("edit") => edit_patch(&form, &entry.live().definition),
+        _ => Err(changes::FieldError::new(
+            "action",
+            "use enable, disable or edit",
+        )),
+    };
+    let result = match patch {
+        Ok(patch) => apply(&state, &name, patch).await,
+        Err(e) => Err(Refusal::Invalid(e)),
+    };
+    let back = format!(
+        "{}/ui/listeners/{}",
+        ctx.base,
+        pages::format::path_segment(&name)
+    );
+    match result {
+        Ok(changed) => {
+            let done = if changed.is_empty() {
+                "nothing changed".to_string()
+            } else {
+                format!("changed: {}", changed.join(", "))
+            };
+            see_other(&format!(
+                "{back}?done={}",
+                pages::format::query_value(&done)
+            ))
+        }
+        Err(Refusal::Invalid(e)) => {
+            // Show the form again with the problem, keeping what was typed.
+            let line = ListenerLine {
+                view: state.registry.view(entry, None),
+                runs: 0,
+                failures: 0,
+                p95_ms: None,
+                runs_series: Vec::new(),
+                failures_series: Vec::new(),
+            };
+            let mut response = pages::listener(
+                &ctx,
+                &line,
+                &entry.live().definition,
+                &[],
+                form,
+                Some(&e.to_string()),
+            );
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            response
+        }
+        Err(Refusal::Database(e)) => db_failed(&ctx, e),
+    }
+}
+
+enum Refusal {
+    Invalid(changes::FieldError),
+    Database(DbError),
+}
+
+/// The fields of the edit form that differ from the listener's definition, as the admin
+/// API's PATCH body, checked by [`Overrides::parse`].
+fn edit_patch(
+    form: &[(String, String)],
+    current: &crate::listeners::Definition,
+) -> Result<Overrides, changes::FieldError> {
+    let mut patch = serde_json::Map::new();
+    if let Some(description) = field(form, "description")
+        && description.trim() != current.description
+    {
+        patch.insert("description".into(), description.trim().into());
+    }
+    if let Some(events) = field(form, "events") {
+        let list: Vec<String> = events
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect();
+        if list != current.events {
+            patch.insert("events".into(), list.into());
+        }
+    }
+    let scope = serde_json::to_value(&current.scope).unwrap_or_default();
+    for key in ["realms", "streams", "users"] {
+        let Some(text) = field(form, key) else {
+            continue;
+        };
+        let text = if text.trim().is_empty() { "[]" } else { text };
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| changes::FieldError::new(key, format!("not JSON: {e}")))?;
+        let unchanged = scope.get(key).is_some_and(|v| *v == value)
+            || (scope.get(key).is_none() && value == serde_json::json!([]));
+        if !unchanged {
+            patch.insert(key.into(), value);
+        }
+    }
+    if let Some(text) = given(form, "settings") {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| changes::FieldError::new("settings", format!("not JSON: {e}")))?;
+        patch.insert("settings".into(), value);
+    }
+    if patch.is_empty() {
+        return Ok(Overrides::default());
+    }
+    Overrides::parse(&serde_json::Value::Object(patch))
+}
+
+/// Applies a change through [`changes::change`] (source `dashboard`), then to this server's
+/// registry; returns the fields that changed.
+async fn apply(state: &AppState, name: &str, patch: Overrides) -> Result<Vec<String>, Refusal> {
+    if patch == Overrides::default() {
+        return Ok(Vec::new());
+    }
+    let history = match crate::http::admin::apply_change(
+        state,
+        name,
+        patch,
+        changes::source::DASHBOARD,
+    )
+    .await
+    {
+        Ok((_, history)) => history,
+        Err(ChangeError::NotFound(name)) => {
+            return Err(Refusal::Invalid(changes::FieldError::new(
+                "",
+                format!("no listener named `{name}`"),
+            )));
+        }
+        Err(ChangeError::Invalid(e)) => return Err(Refusal::Invalid(e)),
+        Err(ChangeError::Database(e)) => return Err(Refusal::Database(e)),
+    };
+    Ok(history.into_iter().map(|h| h.field).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p95_is_nearest_rank() {
+        let values: Vec<i64> = (1..=100).map(|v| v * 1000).collect();
+        assert_eq!(p95(values), Some(95.0));
+        assert_eq!(p95(Vec::new()), None);
+    }
+}

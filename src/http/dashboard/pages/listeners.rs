@@ -1,0 +1,218 @@
+//! The listeners pages: the table of every listener (state, scope, runs, failure rate, p95,
+//! a sparkline, an enable or disable button) and one listener's page (state, figures, a chart,
+//! the edit form, the history of changes).
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use maud::{Markup, PreEscaped, html};
+
+use super::format::{path_segment, query_value};
+use super::{csrf_field, flash, layout, respond};
+use crate::clock::utc_text;
+use crate::db::tables::listeners::HistoryRow;
+use crate::http::dashboard::charts;
+use crate::http::dashboard::{Ctx, field};
+use crate::listeners::Definition;
+
+/// One listener's row on the listeners page.
+pub struct ListenerLine {
+    pub view: serde_json::Value,
+    pub runs: i64,
+    pub failures: i64,
+    pub p95_ms: Option<f64>,
+    /// Runs and failures per `listener_stats` interval over the last 24 hours.
+    pub runs_series: Vec<f64>,
+    pub failures_series: Vec<f64>,
+}
+
+fn state_badge(view: &serde_json::Value) -> Markup {
+    let state = view["state"].as_str().unwrap_or("unknown");
+    html! { span.badge.(state) { (state.replace('_', " ")) } }
+}
+
+fn scope_text(view: &serde_json::Value) -> String {
+    let mut parts = Vec::new();
+    for key in ["realms", "streams", "users"] {
+        if let Some(list) = view[key].as_array()
+            && !list.is_empty()
+        {
+            parts.push(format!("{key}: {}", serde_json::Value::Array(list.clone())));
+        }
+    }
+    if parts.is_empty() {
+        "everything".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn rate(runs: i64, failures: i64) -> String {
+    if runs == 0 {
+        "–".into()
+    } else {
+        format!("{:.1} %", failures as f64 * 100.0 / runs as f64)
+    }
+}
+
+pub fn listeners(ctx: &Ctx, lines: &[ListenerLine], pairs: Vec<(String, String)>) -> HttpResponse {
+    let body = html! {
+        (flash(&pairs))
+        p.hint { "Runs, failure rate and the sparkline cover the last 24 hours (listener_stats); p95 the newest 1,000 runs." }
+        div.scroll {
+            table.listeners {
+                thead {
+                    tr {
+                        th { "listener" } th { "state" } th { "scope" }
+                        th.num { "runs" } th.num { "failed" } th.num { "p95" } th { "runs, 24 h" } th {}
+                    }
+                }
+                tbody {
+                    @for line in lines {
+                        @let name = line.view["name"].as_str().unwrap_or_default();
+                        tr id=(format!("listener-{name}")) {
+                            td {
+                                a href=(ctx.url(&format!("/ui/listeners/{}", path_segment(name)))) { (name) }
+                                br;
+                                small { (line.view["handler"].as_str().unwrap_or_default()) }
+                            }
+                            td.state {
+                                (state_badge(&line.view))
+                                @if line.view["breaker"] == "open" { " " span.badge.breaker_open { "breaker open" } }
+                                @if let Some(reason) = line.view["disabled_reason"].as_str() {
+                                    br; small { (reason) }
+                                }
+                            }
+                            td { small { (scope_text(&line.view)) } }
+                            td.num { (line.runs) }
+                            td.num { (rate(line.runs, line.failures)) }
+                            td.num { (line.p95_ms.map_or("–".to_string(), |ms| format!("{ms:.1} ms"))) }
+                            td.spark { (PreEscaped(charts::sparkline(&line.runs_series, &line.failures_series).unwrap_or_default())) }
+                            td { (toggle(ctx, name, &line.view)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    respond(
+        StatusCode::OK,
+        layout(&ctx.base, Some(ctx), "Listeners", "listeners", body),
+    )
+}
+
+/// The enable or disable button of a listener.
+fn toggle(ctx: &Ctx, name: &str, view: &serde_json::Value) -> Markup {
+    let enabled = view["enabled"].as_bool().unwrap_or(false);
+    let (action, label) = if enabled {
+        ("disable", "Disable")
+    } else {
+        ("enable", "Enable")
+    };
+    html! {
+        form.inline method="post" action=(ctx.url(&format!("/ui/listeners/{}", path_segment(name)))) {
+            (csrf_field(ctx))
+            input type="hidden" name="action" value=(action);
+            button type="submit" id=(format!("{action}-{name}")) class=(action) { (label) }
+        }
+    }
+}
+
+pub fn listener(
+    ctx: &Ctx,
+    line: &ListenerLine,
+    definition: &Definition,
+    history: &[HistoryRow],
+    pairs: Vec<(String, String)>,
+    error: Option<&str>,
+) -> HttpResponse {
+    let name = line.view["name"].as_str().unwrap_or_default();
+    let typed = |key: &str, current: String| -> String {
+        field(&pairs, key).map(str::to_string).unwrap_or(current)
+    };
+    let scope = serde_json::to_value(&definition.scope).unwrap_or_default();
+    let scope_field =
+        |key: &str| -> String { typed(key, scope.get(key).map_or("[]".into(), |v| v.to_string())) };
+    let settings = crate::redact::settings(&serde_json::Value::Object(definition.settings.clone()));
+    let events_url = ctx.url(&format!("/ui/events?listener={}", query_value(name)));
+    let body = html! {
+        (flash(&pairs))
+        @if let Some(error) = error {
+            p.error id="edit-error" { (error) }
+        }
+        section.card {
+            p { "State: " span id="state" { (state_badge(&line.view)) }
+                " · breaker " (line.view["breaker"].as_str().unwrap_or("closed"))
+                " · failures in the last hour: " (line.view["failures_last_hour"]) }
+            @if let Some(reason) = line.view["disabled_reason"].as_str() {
+                p { "Reason: " (reason) }
+            }
+            p { "Handler " code { (line.view["handler"].as_str().unwrap_or_default()) }
+                " · events: " (line.view["events"].as_str().unwrap_or_default())
+                " · scope: " (scope_text(&line.view)) }
+            p { (line.runs) " runs, " (rate(line.runs, line.failures)) " failed in 24 h · p95 "
+                (line.p95_ms.map_or("–".to_string(), |ms| format!("{ms:.1} ms")))
+                " · " a href=(events_url) { "its events" } }
+            (toggle(ctx, name, &line.view))
+        }
+        @if !line.runs_series.is_empty() {
+            section {
+                h2 { "Runs, last 24 hours" }
+                figure.chart.wide { (PreEscaped(charts::sparkline(&line.runs_series, &line.failures_series).unwrap_or_default())) }
+            }
+        }
+        section {
+            h2 { "Edit" }
+            form.edit method="post" action=(ctx.url(&format!("/ui/listeners/{}", path_segment(name)))) {
+                (csrf_field(ctx))
+                input type="hidden" name="action" value="edit";
+                label for="description" { "Description" }
+                input id="description" name="description" value=(typed("description", definition.description.clone()));
+                label for="events" { "Event types (comma-separated; empty: all the handler takes)" }
+                input id="events" name="events" value=(typed("events", definition.events.join(", ")));
+                label for="realms" { "Realms (JSON list of ids or subdomains, e.g. [2, \"zulip\"]; empty: all)" }
+                textarea id="realms" name="realms" rows="2" { (scope_field("realms")) }
+                label for="streams" { "Channels (JSON list of ids or names)" }
+                textarea id="streams" name="streams" rows="2" { (scope_field("streams")) }
+                label for="users" { "Users (JSON list)" }
+                textarea id="users" name="users" rows="2" { (scope_field("users")) }
+                label for="settings" { "Settings to change (JSON merge patch; null resets a key)" }
+                textarea id="settings" name="settings" rows="3" placeholder="{\"key\": \"value\"}" { (typed("settings", String::new())) }
+                p.hint { "Current settings (secrets hidden): " code { (settings) } }
+                button type="submit" id="save" { "Save" }
+            }
+        }
+        section {
+            h2 { "History" }
+            @if history.is_empty() {
+                p { "No changes recorded." }
+            } @else {
+                div.scroll {
+                    table id="history" {
+                        thead { tr { th { "when (UTC)" } th { "source" } th { "field" } th { "old" } th { "new" } } }
+                        tbody {
+                            @for h in history {
+                                tr {
+                                    td { (utc_text(h.changed_at_ms)) }
+                                    td { (h.source) }
+                                    td { (h.field) }
+                                    td { small { (h.old_value.as_deref().unwrap_or("–")) } }
+                                    td { small { (h.new_value.as_deref().unwrap_or("–")) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    respond(
+        StatusCode::OK,
+        layout(
+            &ctx.base,
+            Some(ctx),
+            &format!("Listener {name}"),
+            "listeners",
+            body,
+        ),
+    )
+}

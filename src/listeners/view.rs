@@ -1,0 +1,86 @@
+//! How a listener is shown by the admin API, the dashboard and the CLI: its definition as it
+//! runs here (settings redacted), its state, which fields the database overrides, and who
+//! sends it events.
+
+use super::changes::{self, Overrides};
+use super::{Entry, Registry};
+use crate::db::tables::listeners::ListenerRow;
+
+impl Registry {
+    /// Who sends this listener events: `bot:<name>` for each bot listing it, `forwarder`.
+    pub fn used_by(&self, name: &str) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .config
+            .bots
+            .iter()
+            .filter(|(_, b)| b.listener_names().iter().any(|h| h == name))
+            .map(|(n, _)| format!("bot:{n}"))
+            .collect();
+        if self
+            .config
+            .forwarder
+            .listener_names()
+            .iter()
+            .any(|h| h == name)
+        {
+            users.push("forwarder".into());
+        }
+        users
+    }
+
+    /// A listener as the admin API and the CLI show it: its definition as it runs here (with
+    /// runtime changes; settings redacted), its state, which fields the database overrides,
+    /// and who sends it events. `row` is its stored state, when read.
+    pub fn view(&self, entry: &Entry, row: Option<&ListenerRow>) -> serde_json::Value {
+        let live = entry.live();
+        let now = std::time::Instant::now();
+        let open_for = entry
+            .health
+            .open_until(now)
+            .map(|u| u.saturating_duration_since(now));
+        let state = if entry.auto_disabled() {
+            "auto_disabled"
+        } else if !entry.enabled()
+            && !entry.file_definition().enabled
+            && row.is_none_or(|r| r.overrides.is_none())
+        {
+            "off"
+        } else if !entry.enabled() {
+            "disabled"
+        } else if open_for.is_some() {
+            "breaker_open"
+        } else {
+            "ok"
+        };
+        let overridden: Vec<&str> = row
+            .map(|r| Overrides::from_stored(r.overrides.as_deref()))
+            .map(|o| {
+                let value = serde_json::to_value(&o).unwrap_or_default();
+                changes::FIELDS
+                    .iter()
+                    .copied()
+                    .filter(|f| value.get(*f).is_some())
+                    .collect()
+            })
+            .unwrap_or_default();
+        serde_json::json!({
+            "name": entry.name(),
+            "handler": live.handler.name(),
+            "description": live.definition.description,
+            "events": live.describe_events(),
+            "realms": live.definition.scope.realms,
+            "streams": live.definition.scope.streams,
+            "users": live.definition.scope.users,
+            "settings": crate::redact::settings(&serde_json::Value::Object(live.definition.settings.clone())),
+            "enabled": entry.enabled(),
+            "state": state,
+            "disabled_reason": row.and_then(|r| r.disabled_reason.clone()),
+            "breaker": if open_for.is_some() { "open" } else { "closed" },
+            "breaker_open_for_ms": open_for.map(|d| d.as_millis() as u64),
+            "failures_last_hour": entry.health.failures_last_hour(now),
+            "pure": live.handler.is_pure(),
+            "overridden": overridden,
+            "used_by": self.used_by(entry.name()),
+        })
+    }
+}
