@@ -1,17 +1,16 @@
 //! Persistence: the connection type over SQLite and PostgreSQL, the r2d2 pool, the embedded
 //! migrations, and the one way the rest of the server reaches the database ([`Db::run`], which
-//! moves blocking diesel work off the async workers). Grouped writes go through [`writer`];
-//! the queries themselves live in [`store`].
+//! moves blocking diesel work off the async workers). The rows and queries of each table live
+//! in [`tables`]; grouped writes go through [`writer`]; old data is removed by [`retention`].
 
 pub mod attempt;
+mod bulk;
 pub mod checkpoint;
-pub mod dashboard;
-pub mod listeners;
-pub mod models;
 pub mod retention;
 pub mod schema;
 mod sqlite_rows;
-pub mod store;
+pub mod tables;
+mod text_enum;
 pub mod writer;
 
 use std::path::Path;

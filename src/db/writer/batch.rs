@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::apply::{store_intake, write_processed};
 use super::{Intake, IntakeBatch, IntakeResult, Processed, WriteOp, connect};
 use crate::config::DatabaseTarget;
-use crate::db::models::{NewInboxRow, ReplyRecord};
-use crate::db::{DbConnection, DbError, store};
+use crate::db::tables::{inbox::NewInboxRow, replies::ReplyRecord};
+use crate::db::{DbConnection, DbError, tables};
 
 /// How often a failing batch is tried again before it is written item by item.
 const BATCH_ATTEMPTS: u32 = 5;
@@ -93,9 +93,9 @@ impl Batch {
             }
             processed.extend(self.processed.iter());
             write_processed(conn, &processed)?;
-            store::insert_replies(conn, &self.replies)?;
+            tables::replies::insert_replies(conn, &self.replies)?;
             for (ids, listeners) in &self.releases {
-                store::release_claims(conn, ids, listeners)?;
+                tables::inbox_work::release_claims(conn, ids, listeners)?;
             }
             Ok(results)
         })
@@ -214,10 +214,11 @@ fn write_item_by_item(conn: &mut DbConnection, batch: &Batch) {
         failed += usize::from(conn.transaction(|c| write_processed(c, &[p])).is_err());
     }
     for row in &batch.replies {
-        failed += usize::from(store::insert_replies(conn, std::slice::from_ref(row)).is_err());
+        failed +=
+            usize::from(tables::replies::insert_replies(conn, std::slice::from_ref(row)).is_err());
     }
     for (ids, listeners) in &batch.releases {
-        failed += usize::from(store::release_claims(conn, ids, listeners).is_err());
+        failed += usize::from(tables::inbox_work::release_claims(conn, ids, listeners).is_err());
     }
     if failed > 0 {
         tracing::error!(failed, "database writer could not store some results");

@@ -26,7 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::attempt::AttemptResult;
 use super::checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
-use super::models::{NewEventLog, NewInboxRow, NewWorkRow, ReplyRecord};
+use super::tables::{
+    event_log::EventLogRow, inbox::NewInboxRow, inbox_work::NewWorkRow, replies::ReplyRecord,
+};
 use super::{DbConnection, DbError, establish};
 use crate::config::DatabaseTarget;
 use crate::ratelimit::Limits;
@@ -51,7 +53,7 @@ pub struct InboxOutcome {
 #[derive(Debug, Default)]
 pub struct Processed {
     pub effects: Vec<Effect>,
-    pub logs: Vec<NewEventLog>,
+    pub logs: Vec<EventLogRow>,
     pub inbox: Option<InboxOutcome>,
     /// Dropped only once the writer has committed this work (or given up on it).
     pub after_commit: Option<AfterCommit>,
