@@ -101,11 +101,11 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     for migration in &applied {
         tracing::info!(migration, "applied migration");
     }
-    let target = db.target().clone();
+    let connector = db.connector().clone();
     let batch_size = config.database.write_batch_size.get();
     let synchronous = config.database.sqlite_synchronous();
     let (writer, writer_thread) =
-        tokio::task::spawn_blocking(move || Writer::spawn(&target, batch_size, synchronous))
+        tokio::task::spawn_blocking(move || Writer::spawn(&connector, batch_size, synchronous))
             .await
             .context("starting the database writer")??;
 

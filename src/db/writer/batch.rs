@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::apply::{store_intake, write_processed};
 use super::{Intake, IntakeBatch, IntakeResult, Processed, WriteOp, connect};
-use crate::config::DatabaseTarget;
+use crate::db::Connector;
 use crate::db::tables::{inbox::NewInboxRow, replies::ReplyRecord};
 use crate::db::{DbConnection, DbError, tables};
 
@@ -143,7 +143,7 @@ pub(super) struct Spent {
 
 pub(super) fn run(
     mut conn: DbConnection,
-    target: DatabaseTarget,
+    connector: Connector,
     synchronous: &'static str,
     mut rx: mpsc::Receiver<WriteOp>,
     batch_size: usize,
@@ -159,7 +159,7 @@ pub(super) fn run(
             }
         }
         let results = if batch.rows > 0 {
-            write_with_retries(&mut conn, &target, synchronous, &mut batch)
+            write_with_retries(&mut conn, &connector, synchronous, &mut batch)
         } else {
             Ok(Vec::new())
         };
@@ -178,7 +178,7 @@ pub(super) fn run(
 /// as a last resort, item by item so that one bad row cannot hold back the rest.
 fn write_with_retries(
     conn: &mut DbConnection,
-    target: &DatabaseTarget,
+    connector: &Connector,
     synchronous: &str,
     batch: &mut Batch,
 ) -> Result<Vec<IntakeResult>, String> {
@@ -198,7 +198,7 @@ fn write_with_retries(
                 }
                 std::thread::sleep(delay);
                 delay = (delay * 4).min(Duration::from_secs(5));
-                if let Ok(fresh) = connect(target, synchronous) {
+                if let Ok(fresh) = connect(connector, synchronous) {
                     *conn = fresh;
                 }
             }
