@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::Serialize;
 
-use crate::config::Scope;
 use crate::config::QuotaOverrides;
+use crate::config::Scope;
 use crate::db::models::ListenerRow;
 use crate::events::Event;
 use crate::handlers::{Runnable, health};
