@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 
 use zulip_listeners::clock::{self, now_ms};
 use zulip_listeners::config::{Config, parse_database_url};
-use zulip_listeners::db::models::{NewEventLog, NewInboxRow};
-use zulip_listeners::db::{establish, retention, run_migrations, store};
+use zulip_listeners::db::tables::{
+    event_log::EventLogRow,
+    inbox::{InboxStatus, NewInboxRow},
+};
+use zulip_listeners::db::{establish, run_migrations, tables};
 use zulip_listeners::server::{ServeOptions, start};
 
 const ADMIN: &str = "dashboard-bench-admin-token-0123456789";
@@ -58,7 +61,7 @@ fn fill(url: &str, rows: i64) {
     let target = parse_database_url(url).unwrap_or_else(|e| panic!("{e}"));
     let mut conn = establish(&target).unwrap_or_else(|e| panic!("{e}"));
     run_migrations(&mut conn).unwrap_or_else(|e| panic!("{e}"));
-    let have = store::count_event_logs(&mut conn).unwrap_or(0);
+    let have = tables::event_log::count_event_logs(&mut conn).unwrap_or(0);
     if have == rows {
         println!("reusing {have} event-log rows");
         return;
@@ -71,10 +74,11 @@ fn fill(url: &str, rows: i64) {
     let chunk = 20_000;
     let mut i = 0i64;
     while i < rows {
-        let batch: Vec<NewEventLog> = (i..(i + chunk).min(rows))
-            .map(|n| NewEventLog {
-                handler: LISTENERS[(n % 5) as usize].to_string(),
-                source: if n % 3 == 0 { "outgoing" } else { "forwarder" },
+        let batch: Vec<EventLogRow> = (i..(i + chunk).min(rows))
+            .map(|n| EventLogRow {
+                id: 0,
+                listener: LISTENERS[(n % 5) as usize].to_string(),
+                source: if n % 3 == 0 { "outgoing" } else { "forwarder" }.into(),
                 event_type: ["message", "reaction", "typing", "presence"][(n % 4) as usize].into(),
                 bot: Some("helper".into()),
                 realm: Some(format!("realm{}", n % 20)),
@@ -88,9 +92,9 @@ fn fill(url: &str, rows: i64) {
                 created_at_ms: start + n * step,
             })
             .collect();
-        let refs: Vec<&NewEventLog> = batch.iter().collect();
+        let refs: Vec<&EventLogRow> = batch.iter().collect();
         use diesel::Connection as _;
-        conn.transaction(|c| store::insert_event_logs(c, &refs))
+        conn.transaction(|c| tables::event_log::insert_event_logs(c, &refs))
             .unwrap_or_else(|e| panic!("{e}"));
         i += chunk;
     }
@@ -104,7 +108,7 @@ fn fill(url: &str, rows: i64) {
             event_type: "reaction".into(),
             op: Some("add".into()),
             payload: "{}".into(),
-            status: "dead",
+            status: InboxStatus::Dead,
             attempts: 5,
             next_attempt_at_ms: 0,
             claimed_until_ms: 0,
@@ -114,8 +118,9 @@ fn fill(url: &str, rows: i64) {
             updated_at_ms: now,
         })
         .collect();
-    store::insert_inbox(&mut conn, &dead).unwrap_or_else(|e| panic!("{e}"));
-    retention::aggregate_stats(&mut conn, 300_000, now).unwrap_or_else(|e| panic!("{e}"));
+    tables::inbox::insert_inbox(&mut conn, &dead).unwrap_or_else(|e| panic!("{e}"));
+    tables::listener_stats::aggregate_stats(&mut conn, 300_000, now)
+        .unwrap_or_else(|e| panic!("{e}"));
     println!(
         "filled {rows} event-log rows in {:.1} s",
         filled.elapsed().as_secs_f64()

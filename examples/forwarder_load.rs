@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use zulip_listeners::config::parse_database_url;
-use zulip_listeners::db::{DbConnection, establish, store};
+use zulip_listeners::db::{DbConnection, establish, tables};
 use zulip_listeners::verification::SigningKey;
 
 /// The event types sent, with the default share of each (per cent).
@@ -609,7 +609,7 @@ async fn main() {
     );
     if let Some(conn) = conn.as_mut() {
         // Every event of this run was acknowledged (or its batch failed): wait for none pending.
-        while store::pending_count(conn).unwrap_or(0) > 0
+        while tables::inbox::pending_count(conn).unwrap_or(0) > 0
             && started.elapsed() < accepted_in + Duration::from_secs(600)
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -692,9 +692,9 @@ async fn sample_rss(http: reqwest::Client, args: Arc<Args>, started: Instant) {
 }
 
 fn count(conn: &mut DbConnection, status: &str) -> i64 {
-    store::inbox_counts(conn)
+    tables::inbox::inbox_counts(conn)
         .unwrap_or_default()
         .into_iter()
-        .find(|(s, _)| s == status)
+        .find(|(s, _)| s.as_str() == status)
         .map_or(0, |(_, n)| n)
 }

@@ -5,7 +5,8 @@ use clap::Subcommand;
 
 use super::connect;
 use crate::config::Config;
-use crate::db::store;
+use crate::db::tables;
+use crate::db::tables::inbox::InboxStatus;
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLetterAction {
@@ -31,26 +32,31 @@ pub enum DeadLetterAction {
     },
 }
 
-/// Inbox statuses an operator may list or replay.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum InboxStatus {
-    Dead,
-    /// Waiting for a paused or disabled listener (retried on their own when it is back).
-    Parked,
-    Expired,
-    RateLimited,
-    Filtered,
-}
+/// The inbox statuses an operator may list or replay, as command-line values: clap's
+/// spelling of enum values (`rate-limited`), in the order `--help` lists them.
+impl clap::ValueEnum for InboxStatus {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            InboxStatus::Dead,
+            InboxStatus::Parked,
+            InboxStatus::Expired,
+            InboxStatus::RateLimited,
+            InboxStatus::Filtered,
+        ]
+    }
 
-impl InboxStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            InboxStatus::Dead => "dead",
-            InboxStatus::Parked => "parked",
-            InboxStatus::Expired => "expired",
-            InboxStatus::RateLimited => "rate_limited",
-            InboxStatus::Filtered => "filtered",
-        }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            InboxStatus::Dead => PossibleValue::new("dead"),
+            InboxStatus::Parked => PossibleValue::new("parked").help(
+                "Waiting for a paused or disabled listener (retried on their own when it is back)",
+            ),
+            InboxStatus::Expired => PossibleValue::new("expired"),
+            InboxStatus::RateLimited => PossibleValue::new("rate-limited"),
+            InboxStatus::Filtered => PossibleValue::new("filtered"),
+            InboxStatus::Pending | InboxStatus::Done => return None,
+        })
     }
 }
 
@@ -58,7 +64,7 @@ pub(super) fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow:
     let mut conn = connect(config)?;
     match action {
         DeadLetterAction::List { status, limit } => {
-            let rows = store::inbox_entries(&mut conn, &[status.as_str()], limit)?;
+            let rows = tables::inbox::inbox_entries(&mut conn, &[status], limit)?;
             if rows.is_empty() {
                 println!("No {} events.", status.as_str());
                 return Ok(());
@@ -84,18 +90,21 @@ pub(super) fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow:
             }
         }
         DeadLetterAction::Replay { ids, all, status } => {
-            let status = status.as_str();
-            let count = store::requeue(&mut conn, &[status], if all { None } else { Some(&ids) })?;
+            let count = tables::inbox_work::requeue(
+                &mut conn,
+                &[status],
+                if all { None } else { Some(&ids) },
+            )?;
             let requested = if all {
                 "all".to_string()
             } else {
                 format!("{} id(s)", ids.len())
             };
-            crate::db::listeners::record(
+            crate::db::tables::listeners::record(
                 &mut conn,
                 &[crate::listeners::changes::replay_record(
                     crate::listeners::changes::source::CLI,
-                    status,
+                    status.as_str(),
                     &requested,
                     count,
                 )],

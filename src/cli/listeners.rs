@@ -8,7 +8,7 @@ use clap::Subcommand;
 use super::connect;
 use super::table::{align_table, format_ms};
 use crate::config::Config;
-use crate::db::store;
+use crate::db::tables;
 use crate::listeners::Registry;
 
 #[derive(Debug, Subcommand)]
@@ -60,8 +60,8 @@ pub enum ListenerAction {
 pub(super) fn listeners(config: &Config, json: bool) -> anyhow::Result<()> {
     let registry = Registry::build(config)?;
     let mut conn = connect(config)?;
-    let counts = store::handler_counts(&mut conn)?;
-    let persisted = crate::db::listeners::rows(&mut conn)?;
+    let counts = tables::event_log::listener_counts(&mut conn)?;
+    let persisted = crate::db::tables::listeners::rows(&mut conn)?;
     let mut rows = Vec::new();
     for entry in registry.entries() {
         let name = entry.name();
@@ -69,7 +69,7 @@ pub(super) fn listeners(config: &Config, json: bool) -> anyhow::Result<()> {
         if let Some(row) = row {
             registry.apply_row(row);
         }
-        let count = counts.iter().find(|c| c.handler == name);
+        let count = counts.iter().find(|c| c.listener == name);
         let mut view = registry.view(entry, row);
         let scope: Vec<String> = ["realms", "streams", "users"]
             .iter()
@@ -195,7 +195,7 @@ pub(super) fn set_listener(config: &Config, action: ListenerAction) -> anyhow::R
     let patch = crate::listeners::changes::Overrides::parse(&change)
         .map_err(|e| anyhow::anyhow!("listener `{name}`: {e}"))?;
     let mut conn = connect(config)?;
-    crate::db::listeners::sync(&mut conn, &registry.listener_rows())?;
+    crate::db::tables::listeners::sync(&mut conn, &registry.listener_rows())?;
     let (_, history) = crate::listeners::changes::change(
         &mut conn,
         &registry,
@@ -266,13 +266,13 @@ pub(super) fn show_listener(config: &Config, name: &str, json: bool) -> anyhow::
         );
     };
     let mut conn = connect(config)?;
-    let row = crate::db::listeners::row(&mut conn, name)?;
+    let row = crate::db::tables::listeners::row(&mut conn, name)?;
     if let Some(row) = &row {
         registry.apply_row(row);
     }
     let since = crate::clock::now_ms() - 86_400_000;
-    let stats = crate::db::listeners::run_stats(&mut conn, name, since)?;
-    let history = crate::db::listeners::history(&mut conn, name, 20)?;
+    let stats = crate::db::tables::event_log::run_stats(&mut conn, name, since)?;
+    let history = crate::db::tables::listeners::history(&mut conn, name, 20)?;
     let mut view = registry.view(entry, row.as_ref());
     // The breaker lives in the serving process; this process has not run anything.
     if let Some(object) = view.as_object_mut() {

@@ -19,7 +19,7 @@ use crate::db::{DbConnection, establish, run_migrations};
 use crate::server::ServeOptions;
 use crate::verification::SigningKey;
 
-pub use dead_letters::{DeadLetterAction, InboxStatus};
+pub use dead_letters::DeadLetterAction;
 pub use listeners::ListenerAction;
 pub use stats::StatsAction;
 

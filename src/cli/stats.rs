@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::connect;
 use super::table::{align_table, format_ms};
 use crate::config::Config;
-use crate::db::retention;
+use crate::db::{retention, tables};
 
 #[derive(Debug, Subcommand)]
 pub enum StatsAction {
@@ -31,7 +31,8 @@ pub enum StatsAction {
 pub(super) fn aggregate(config: &Config) -> anyhow::Result<()> {
     let mut conn = connect(config)?;
     let interval = crate::clock::millis(config.retention.aggregation_interval);
-    let rows = retention::aggregate_stats(&mut conn, interval, crate::clock::now_ms())?;
+    let rows =
+        tables::listener_stats::aggregate_stats(&mut conn, interval, crate::clock::now_ms())?;
     println!("{rows} statistics row(s) written.");
     Ok(())
 }
@@ -44,8 +45,8 @@ pub(super) fn show_stats(
 ) -> anyhow::Result<()> {
     let mut conn = connect(config)?;
     let since = crate::clock::now_ms() - i64::from(hours) * 3_600_000;
-    let mut rows = retention::stats_since(&mut conn, since)?;
-    rows.retain(|r| listener.is_none_or(|l| r.handler == l));
+    let mut rows = tables::listener_stats::stats_since(&mut conn, since)?;
+    rows.retain(|r| listener.is_none_or(|l| r.listener == l));
     rows.reverse();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -76,7 +77,7 @@ pub(super) fn show_stats(
             };
             vec![
                 format_ms(r.interval_start_ms),
-                r.handler.clone(),
+                r.listener.clone(),
                 r.runs.to_string(),
                 r.failures.to_string(),
                 rate,
@@ -104,7 +105,7 @@ pub(super) fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
     let mut conn = connect(config)?;
     let interval = crate::clock::millis(config.retention.aggregation_interval);
     // Summarise first, so that statistics survive the rows they are made from.
-    retention::aggregate_stats(&mut conn, interval, crate::clock::now_ms())?;
+    tables::listener_stats::aggregate_stats(&mut conn, interval, crate::clock::now_ms())?;
     let before = crate::clock::now_ms() - i64::from(days) * 86_400_000;
     let mut progress = Progress::new();
     let report = retention::cleanup(

@@ -2,7 +2,7 @@
 //! type the inbox workers decide (`processing::inbox`) and the writer records
 //! (`inbox_work` status, attempts, due time and error).
 
-use super::store::WorkThen;
+use super::tables::inbox_work::{WorkStatus, WorkThen};
 
 /// What one listener's attempt at a forwarded event comes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,14 +49,15 @@ impl AttemptResult {
         }
     }
 
-    /// The `inbox_work` status the attempt leaves the work in (`done`: the row is deleted).
-    pub fn work_status(&self) -> &'static str {
+    /// The `inbox_work` status the attempt leaves the work in; `None` when it is done (the
+    /// row is deleted).
+    pub fn work_status(&self) -> Option<WorkStatus> {
         match self {
-            AttemptResult::Done => "done",
-            AttemptResult::RetryAt { .. } => "pending",
-            AttemptResult::Parked { .. } => "parked",
-            AttemptResult::Dead { .. } => "dead",
-            AttemptResult::SetAside { .. } => "rate_limited",
+            AttemptResult::Done => None,
+            AttemptResult::RetryAt { .. } => Some(WorkStatus::Pending),
+            AttemptResult::Parked { .. } => Some(WorkStatus::Parked),
+            AttemptResult::Dead { .. } => Some(WorkStatus::Dead),
+            AttemptResult::SetAside { .. } => Some(WorkStatus::RateLimited),
         }
     }
 
@@ -84,7 +85,7 @@ mod tests {
         };
         assert!(!parked.counts_attempt());
         assert_eq!(parked.then(), Some(WorkThen::RetryAt(5)));
-        assert_eq!(parked.work_status(), "parked");
+        assert_eq!(parked.work_status(), Some(WorkStatus::Parked));
         let retry = AttemptResult::RetryAt {
             at_ms: 7,
             error: "boom".into(),

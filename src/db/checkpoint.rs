@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 
-use super::{DbConnection, DbError, establish};
-use crate::config::DatabaseTarget;
+use super::{Connector, DbConnection, DbError};
 
 /// How often the log is copied back.
 const INTERVAL: Duration = Duration::from_millis(250);
@@ -32,10 +31,10 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts checkpointing `target` when it is SQLite; `None` for PostgreSQL (which manages
-    /// its own).
-    pub fn start(target: &DatabaseTarget) -> Result<Option<Checkpointer>, DbError> {
-        let DbConnection::Sqlite(mut conn) = establish(target)? else {
+    /// Starts checkpointing the database when it is SQLite; `None` for PostgreSQL (which
+    /// manages its own).
+    pub fn start(connector: &Connector) -> Result<Option<Checkpointer>, DbError> {
+        let DbConnection::Sqlite(mut conn) = connector.open()? else {
             return Ok(None);
         };
         let (stop, stopped) = mpsc::channel();
@@ -75,6 +74,8 @@ fn checkpoint(conn: &mut diesel::SqliteConnection) -> Result<(), DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DatabaseTarget;
+    use crate::db::establish;
 
     #[test]
     fn copies_the_log_into_the_database_file_without_the_writer() {
@@ -101,7 +102,11 @@ mod tests {
         let before = size(&path);
         assert!(size(&wal) > 70_000_000, "the rows are in the log");
 
-        let checkpointer = Checkpointer::start(&target)
+        let connector = Connector {
+            target,
+            cache_size: -2000,
+        };
+        let checkpointer = Checkpointer::start(&connector)
             .expect("start")
             .expect("SQLite");
         // Only a checkpoint grows the database file; only a restarted log is cut back to

@@ -1,17 +1,16 @@
 //! Persistence: the connection type over SQLite and PostgreSQL, the r2d2 pool, the embedded
 //! migrations, and the one way the rest of the server reaches the database ([`Db::run`], which
-//! moves blocking diesel work off the async workers). Grouped writes go through [`writer`];
-//! the queries themselves live in [`store`].
+//! moves blocking diesel work off the async workers). The rows and queries of each table live
+//! in [`tables`]; grouped writes go through [`writer`]; old data is removed by [`retention`].
 
 pub mod attempt;
+mod bulk;
 pub mod checkpoint;
-pub mod dashboard;
-pub mod listeners;
-pub mod models;
 pub mod retention;
 pub mod schema;
 mod sqlite_rows;
-pub mod store;
+pub mod tables;
+mod text_enum;
 pub mod writer;
 
 use std::path::Path;
@@ -21,8 +20,6 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::R2D2Connection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::config::{DatabaseConfig, DatabaseTarget, MemoryPlan};
 
@@ -41,10 +38,10 @@ const SQLITE_PRAGMAS: &str = "PRAGMA page_size = 16384; PRAGMA busy_timeout = 50
                               PRAGMA wal_autocheckpoint = 2500; \
                               PRAGMA journal_size_limit = 67108864;";
 
-/// `PRAGMA cache_size` of connections opened with [`establish`] (the writer's, the
-/// checkpointer's, command-line tools): the share [`Db::open`] derived from the memory budget,
-/// SQLite's own default (2,000 KiB) until then.
-static SQLITE_CACHE_SIZE: AtomicI64 = AtomicI64::new(-2000);
+/// `PRAGMA cache_size` of connections opened with [`establish`] (command-line tools, tests):
+/// SQLite's own default, 2,000 KiB. The server's connections take their share of the memory
+/// budget through [`Connector`].
+const SQLITE_DEFAULT_CACHE_SIZE: i64 = -2000;
 
 /// Bytes SQLite has allocated in this process (page caches, schemas, statements), from
 /// `sqlite3_status64(SQLITE_STATUS_MEMORY_USED)`; `None` when SQLite does not count.
@@ -121,20 +118,33 @@ pub enum DbError {
     Invalid(String),
 }
 
-/// Opens connections for r2d2, choosing the backend from the configured URL.
+/// How the server opens a connection to its database, with the page cache the memory budget
+/// allots each SQLite connection: r2d2's connection manager for the pool, and the opener of the
+/// writer's and checkpointer's connections of their own.
 #[derive(Debug, Clone)]
-pub struct ConnectionManager {
+pub struct Connector {
     target: DatabaseTarget,
-    /// `PRAGMA cache_size` of each pooled SQLite connection.
+    /// `PRAGMA cache_size` of each SQLite connection.
     cache_size: i64,
 }
 
-impl r2d2::ManageConnection for ConnectionManager {
+impl Connector {
+    /// Opens one connection: for the pool, or of its own (the writer's, the checkpointer's).
+    pub fn open(&self) -> Result<DbConnection, DbError> {
+        establish_with_cache(&self.target, self.cache_size)
+    }
+
+    pub fn target(&self) -> &DatabaseTarget {
+        &self.target
+    }
+}
+
+impl r2d2::ManageConnection for Connector {
     type Connection = DbConnection;
     type Error = DbError;
 
     fn connect(&self) -> Result<DbConnection, DbError> {
-        establish_with_cache(&self.target, self.cache_size)
+        self.open()
     }
 
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), DbError> {
@@ -146,10 +156,10 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 }
 
-/// Opens one connection, outside any pool (migrations, the background writer), with the page
-/// cache [`Db::open`] derived from the memory budget.
+/// Opens one connection outside the server (command-line tools, tests), with SQLite's default
+/// page cache.
 pub fn establish(target: &DatabaseTarget) -> Result<DbConnection, DbError> {
-    establish_with_cache(target, SQLITE_CACHE_SIZE.load(Ordering::Relaxed))
+    establish_with_cache(target, SQLITE_DEFAULT_CACHE_SIZE)
 }
 
 /// Opens one connection with `PRAGMA cache_size = cache_size` on SQLite (negative: KiB).
@@ -208,21 +218,23 @@ pub fn pending_migrations(conn: &mut DbConnection) -> Result<Vec<String>, DbErro
 /// The pool and what the rest of the server needs to know about the database.
 #[derive(Clone)]
 pub struct Db {
-    pool: r2d2::Pool<ConnectionManager>,
-    target: DatabaseTarget,
+    pool: r2d2::Pool<Connector>,
+    connector: Connector,
     backend: Backend,
     memory: MemoryPlan,
 }
 
 impl Db {
     /// Applies migrations on a dedicated connection, then builds the pool. Every SQLite
-    /// connection of the process opened from now on (pooled or by [`establish`]) gets the page
-    /// cache `memory` allots it.
+    /// connection opened through this database's [`Connector`] (pooled, the writer's, the
+    /// checkpointer's) gets the page cache `memory` allots it.
     pub fn open(config: &DatabaseConfig, memory: MemoryPlan) -> Result<(Db, Vec<String>), DbError> {
         let target = config.url.clone();
-        let cache_size = memory.sqlite_cache_size_pragma();
-        SQLITE_CACHE_SIZE.store(cache_size, Ordering::Relaxed);
-        let applied = run_migrations(&mut establish(&target)?)?;
+        let connector = Connector {
+            target: target.clone(),
+            cache_size: memory.sqlite_cache_size_pragma(),
+        };
+        let applied = run_migrations(&mut connector.open()?)?;
         let backend = match target {
             DatabaseTarget::Sqlite(_) => Backend::Sqlite,
             DatabaseTarget::Postgres(_) => Backend::Postgres,
@@ -232,14 +244,11 @@ impl Db {
             .min_idle(Some(1))
             .connection_timeout(config.connection_timeout)
             .error_handler(Box::new(r2d2::LoggingErrorHandler))
-            .build(ConnectionManager {
-                target: target.clone(),
-                cache_size,
-            })?;
+            .build(connector.clone())?;
         Ok((
             Db {
                 pool,
-                target,
+                connector,
                 backend,
                 memory,
             },
@@ -252,7 +261,12 @@ impl Db {
     }
 
     pub fn target(&self) -> &DatabaseTarget {
-        &self.target
+        self.connector.target()
+    }
+
+    /// How this database's connections are opened, for connections of their own.
+    pub fn connector(&self) -> &Connector {
+        &self.connector
     }
 
     /// How the memory budget was shared out when the pool was built.

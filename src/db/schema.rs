@@ -1,4 +1,6 @@
-//! The database schema shared by both backends (portable column types only).
+//! The database schema shared by both backends (portable column types only), as the
+//! migrations in `migrations/{sqlite,postgres}` leave it. A column holding the name of a
+//! configured listener is called `listener`.
 
 diesel::table! {
     listeners (name) {
@@ -27,7 +29,7 @@ diesel::table! {
 diesel::table! {
     event_log (id) {
         id -> BigInt,
-        handler -> Text,
+        listener -> Text,
         source -> Text,
         event_type -> Text,
         bot -> Nullable<Text>,
@@ -144,8 +146,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    listener_stats (handler, interval_start_ms) {
-        handler -> Text,
+    listener_stats (listener, interval_start_ms) {
+        listener -> Text,
         interval_start_ms -> BigInt,
         interval_ms -> BigInt,
         runs -> BigInt,

@@ -7,24 +7,22 @@
 //! every row count. Here a table's row type says once how its values are bound
 //! ([`SqliteRow`]), and a statement holds a fixed number of rows (64, 16, 4 or 1), so there are
 //! four prepared statements per table, each with a static query id, and the bind pass is the
-//! only walk that does any work. PostgreSQL has its own path (column arrays, in `store`).
+//! only walk that does any work. The row types are declared with [`super::bulk::bulk_row!`],
+//! which also gives them their PostgreSQL statement.
 
 use std::marker::PhantomData;
 
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
-use diesel::sql_types::{BigInt, Bool, HasSqlType, Integer, Nullable, Text};
+use diesel::sql_types::HasSqlType;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel::{QueryResult, RunQueryDsl};
-
-use super::models::{ActivityDelta, NewEventLog, NewInboxRow, NewMessage};
-use super::store::{ACTIVITY_UPSERT_HEAD, ACTIVITY_UPSERT_TAIL};
 
 /// A row type written by [`insert`].
 pub trait SqliteRow: 'static {
     /// The statement up to its values, e.g. `INSERT INTO t (a, b) VALUES `.
     const INSERT: &'static str;
-    /// What follows the values, e.g. an `ON CONFLICT` clause.
+    /// What follows the values (after a space), e.g. an `ON CONFLICT` clause.
     const TAIL: &'static str = "";
     /// Binds the row's values in column order, through [`Values::bind`].
     fn bind<'b>(&'b self, values: &mut Values<'_, '_, 'b>) -> QueryResult<()>;
@@ -119,105 +117,12 @@ impl<R: SqliteRow, const N: usize> QueryFragment<Sqlite> for Chunk<'_, R, N> {
             })?;
             out.push_sql(")");
         }
-        out.push_sql(R::TAIL);
+        if !R::TAIL.is_empty() {
+            out.push_sql(" ");
+            out.push_sql(R::TAIL);
+        }
         Ok(())
     }
 }
 
 impl<R, const N: usize> RunQueryDsl<SqliteConnection> for Chunk<'_, R, N> {}
-
-// The tables written this way. Column order follows the `INSERT` text.
-
-impl SqliteRow for NewEventLog {
-    const INSERT: &'static str = "INSERT INTO event_log (handler, source, event_type, bot, realm, \
-         realm_id, user_id, message_id, event_id, duration_us, success, error, created_at_ms) VALUES ";
-
-    fn bind<'b>(&'b self, v: &mut Values<'_, '_, 'b>) -> QueryResult<()> {
-        v.bind::<Text, _>(&self.handler)?
-            .bind::<Text, _>(self.source)?
-            .bind::<Text, _>(&self.event_type)?
-            .bind::<Nullable<Text>, _>(&self.bot)?
-            .bind::<Nullable<Text>, _>(&self.realm)?
-            .bind::<Nullable<BigInt>, _>(&self.realm_id)?
-            .bind::<Nullable<BigInt>, _>(&self.user_id)?
-            .bind::<Nullable<BigInt>, _>(&self.message_id)?
-            .bind::<Nullable<Text>, _>(&self.event_id)?
-            .bind::<BigInt, _>(&self.duration_us)?
-            .bind::<Bool, _>(&self.success)?
-            .bind::<Nullable<Text>, _>(&self.error)?
-            .bind::<BigInt, _>(&self.created_at_ms)?;
-        Ok(())
-    }
-}
-
-impl SqliteRow for NewMessage {
-    const INSERT: &'static str = "INSERT OR IGNORE INTO messages (message_id, realm, realm_id, \
-         message_type, stream_id, channel, topic, dm_recipients, sender_id, sender_email, \
-         sender_name, content, content_truncated, sent_at, source, deleted, edited_at, \
-         stored_at_ms) VALUES ";
-
-    fn bind<'b>(&'b self, v: &mut Values<'_, '_, 'b>) -> QueryResult<()> {
-        v.bind::<BigInt, _>(&self.message_id)?
-            .bind::<Text, _>(&self.realm)?
-            .bind::<Nullable<BigInt>, _>(&self.realm_id)?
-            .bind::<Text, _>(&self.message_type)?
-            .bind::<Nullable<BigInt>, _>(&self.stream_id)?
-            .bind::<Nullable<Text>, _>(&self.channel)?
-            .bind::<Nullable<Text>, _>(&self.topic)?
-            .bind::<Nullable<Text>, _>(&self.dm_recipients)?
-            .bind::<Nullable<BigInt>, _>(&self.sender_id)?
-            .bind::<Nullable<Text>, _>(&self.sender_email)?
-            .bind::<Nullable<Text>, _>(&self.sender_name)?
-            .bind::<Text, _>(&self.content)?
-            .bind::<Bool, _>(&self.content_truncated)?
-            .bind::<Nullable<BigInt>, _>(&self.sent_at)?
-            .bind::<Text, _>(self.source)?
-            .bind::<Bool, _>(&self.deleted)?
-            .bind::<Nullable<BigInt>, _>(&self.edited_at)?
-            .bind::<BigInt, _>(&self.stored_at_ms)?;
-        Ok(())
-    }
-}
-
-impl SqliteRow for NewInboxRow {
-    const INSERT: &'static str = "INSERT OR IGNORE INTO inbox (event_id, webhook_id, realm_id, \
-         realm, user_id, event_type, op, payload, status, attempts, next_attempt_at_ms, \
-         claimed_until_ms, last_error, emitted_at_ms, received_at_ms, updated_at_ms) VALUES ";
-
-    fn bind<'b>(&'b self, v: &mut Values<'_, '_, 'b>) -> QueryResult<()> {
-        v.bind::<Text, _>(&self.event_id)?
-            .bind::<Text, _>(&self.webhook_id)?
-            .bind::<BigInt, _>(&self.realm_id)?
-            .bind::<Text, _>(&self.realm)?
-            .bind::<Nullable<BigInt>, _>(&self.user_id)?
-            .bind::<Text, _>(&self.event_type)?
-            .bind::<Nullable<Text>, _>(&self.op)?
-            .bind::<Text, _>(&self.payload)?
-            .bind::<Text, _>(self.status)?
-            .bind::<Integer, _>(&self.attempts)?
-            .bind::<BigInt, _>(&self.next_attempt_at_ms)?
-            .bind::<BigInt, _>(&self.claimed_until_ms)?
-            .bind::<Nullable<Text>, _>(&self.last_error)?
-            .bind::<Nullable<BigInt>, _>(&self.emitted_at_ms)?
-            .bind::<BigInt, _>(&self.received_at_ms)?
-            .bind::<BigInt, _>(&self.updated_at_ms)?;
-        Ok(())
-    }
-}
-
-impl SqliteRow for ActivityDelta {
-    const INSERT: &'static str = ACTIVITY_UPSERT_HEAD;
-    const TAIL: &'static str = ACTIVITY_UPSERT_TAIL;
-
-    fn bind<'b>(&'b self, v: &mut Values<'_, '_, 'b>) -> QueryResult<()> {
-        v.bind::<BigInt, _>(&self.realm_id)?
-            .bind::<BigInt, _>(&self.user_id)?
-            .bind::<BigInt, _>(&self.seen_at_ms)?
-            .bind::<BigInt, _>(&self.messages)?
-            .bind::<BigInt, _>(&self.reactions)?
-            .bind::<Nullable<Text>, _>(&self.presence)?
-            .bind::<Nullable<BigInt>, _>(&self.presence_at_ms)?
-            .bind::<Nullable<BigInt>, _>(&self.typing_at_ms)?;
-        Ok(())
-    }
-}

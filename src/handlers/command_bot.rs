@@ -5,7 +5,7 @@ use super::{
     Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
 };
 use crate::config::{Config, HandlerSettings};
-use crate::db::store;
+use crate::db::tables;
 use crate::events::{Event, Origin};
 
 pub struct CommandBot;
@@ -32,7 +32,7 @@ impl CommandBot {
     }
 
     async fn stats(cx: &Context) -> HandlerResult {
-        let counts = cx.db.run(store::handler_counts).await?;
+        let counts = cx.db.run(tables::event_log::listener_counts).await?;
         if counts.is_empty() {
             return Ok(Some("No events handled yet.".into()));
         }
@@ -40,7 +40,7 @@ impl CommandBot {
         for c in counts {
             text.push_str(&format!(
                 "| {} | {} | {} |\n",
-                c.handler, c.runs, c.failures
+                c.listener, c.runs, c.failures
             ));
         }
         Ok(Some(text))

@@ -29,8 +29,8 @@ use super::{
 };
 use crate::clock::now_ms;
 use crate::config::{Config, HandlerSettings};
-use crate::db::models::AlertRecord;
-use crate::db::store;
+use crate::db::tables;
+use crate::db::tables::keyword_alerts::AlertRecord;
 use crate::events::text::truncate_chars;
 use crate::events::{Event, Message, MessageType};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
@@ -264,7 +264,11 @@ impl Handler for KeywordAlerts {
             return Ok(None);
         }
         let already = match message.id {
-            Some(id) => cx.db.run(move |c| store::alerted_rules(c, id)).await?,
+            Some(id) => {
+                cx.db
+                    .run(move |c| tables::keyword_alerts::alerted_rules(c, id))
+                    .await?
+            }
             None => Default::default(),
         };
         // Every rule gets its try; the ones delivered are recorded even if another fails.

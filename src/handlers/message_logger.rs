@@ -9,7 +9,7 @@ use super::{
 };
 use crate::clock::now_ms;
 use crate::config::{Config, HandlerSettings};
-use crate::db::models::{MessageEdit, NewMessage};
+use crate::db::tables::messages::{MessageEdit, MessageRow};
 use crate::events::kinds::UpdateMessage;
 use crate::events::text::truncate_chars;
 use crate::events::{Event, EventKind, Message};
@@ -22,13 +22,13 @@ impl MessageLogger {
         Ok(MessageLogger)
     }
 
-    fn row(cx: &Context, event: &Event, message: &Message, id: i64) -> NewMessage {
+    fn row(cx: &Context, event: &Event, message: &Message, id: i64) -> MessageRow {
         let (content, content_truncated) =
             truncate_chars(&message.content, cx.data_protection.max_content_length);
         let dm_recipients = (!message.recipients.is_empty())
             .then(|| serde_json::to_string(&message.recipients).ok())
             .flatten();
-        NewMessage {
+        MessageRow {
             message_id: id,
             realm: event.realm.string_id.clone().unwrap_or_default(),
             realm_id: event.realm.id,
@@ -43,7 +43,7 @@ impl MessageLogger {
             content,
             content_truncated,
             sent_at: message.timestamp,
-            source: event.origin.source(),
+            source: event.origin.source().into(),
             deleted: false,
             edited_at: None,
             stored_at_ms: now_ms(),

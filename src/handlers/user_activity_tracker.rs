@@ -7,7 +7,7 @@ use super::{
     typed_settings,
 };
 use crate::config::{Config, HandlerSettings};
-use crate::db::models::ActivityDelta;
+use crate::db::tables::user_activity::ActivityDelta;
 use crate::events::{Event, EventKind};
 
 pub struct UserActivityTracker;

@@ -11,8 +11,9 @@ use serde_json::json;
 
 use super::{ApiError, AppState, json_ok};
 use crate::clock::now_ms;
-use crate::db::models::{HistoryRow, ListenerRow};
-use crate::db::store;
+use crate::db::tables;
+use crate::db::tables::inbox::InboxStatus;
+use crate::db::tables::listeners::{HistoryRow, ListenerRow};
 use crate::listeners::changes::{self, ChangeError, FieldError, Overrides};
 use crate::telemetry::metric;
 use crate::verification::token_matches;
@@ -53,7 +54,12 @@ pub async fn listeners(
     authorize(&req, &state)?;
     let (counts, rows) = state
         .db
-        .run(|c| Ok((store::handler_counts(c)?, crate::db::listeners::rows(c)?)))
+        .run(|c| {
+            Ok((
+                tables::event_log::listener_counts(c)?,
+                crate::db::tables::listeners::rows(c)?,
+            ))
+        })
         .await
         .map_err(db_error)?;
     let list: Vec<_> = state
@@ -62,7 +68,7 @@ pub async fn listeners(
         .iter()
         .map(|entry| {
             let name = entry.name();
-            let count = counts.iter().find(|c| c.handler == name);
+            let count = counts.iter().find(|c| c.listener == name);
             let mut view = state
                 .registry
                 .view(entry, rows.iter().find(|r| r.name == name));
@@ -97,9 +103,9 @@ pub async fn listener(
         .db
         .run(move |c| {
             Ok((
-                crate::db::listeners::row(c, &key)?,
-                crate::db::listeners::run_stats(c, &key, now_ms() - STATS_WINDOW_MS)?,
-                crate::db::listeners::history(c, &key, HISTORY_ROWS)?,
+                crate::db::tables::listeners::row(c, &key)?,
+                crate::db::tables::event_log::run_stats(c, &key, now_ms() - STATS_WINDOW_MS)?,
+                crate::db::tables::listeners::history(c, &key, HISTORY_ROWS)?,
             ))
         })
         .await
@@ -242,7 +248,7 @@ pub async fn events(
     let rows = state
         .db
         .run(move |c| {
-            store::event_log_page(
+            tables::event_log::event_log_page(
                 c,
                 q.handler.as_deref(),
                 q.event_type.as_deref(),
@@ -264,18 +270,20 @@ pub struct InboxQuery {
     limit: Option<i64>,
 }
 
-const REPLAYABLE: &[&str] = &["dead", "parked", "rate_limited", "expired", "filtered"];
-
-fn replayable(status: Option<String>) -> Result<String, ApiError> {
-    let status = status.unwrap_or_else(|| "dead".into());
-    if REPLAYABLE.contains(&status.as_str()) {
-        Ok(status)
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "status `{status}` is not one of {}",
-            REPLAYABLE.join(", ")
-        )))
-    }
+/// The replayable status a request names; dead when it names none.
+fn replayable(status: Option<String>) -> Result<InboxStatus, ApiError> {
+    let Some(status) = status else {
+        return Ok(InboxStatus::Dead);
+    };
+    InboxStatus::REPLAYABLE
+        .into_iter()
+        .find(|s| s.as_str() == status)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "status `{status}` is not one of {}",
+                InboxStatus::REPLAYABLE.map(InboxStatus::as_str).join(", ")
+            ))
+        })
 }
 
 /// `GET /admin/dead-letters?status=dead&limit=50`: forwarded events not processed.
@@ -292,8 +300,8 @@ pub async fn dead_letters(
         .db
         .run(move |c| {
             Ok((
-                store::inbox_entries(c, &[status.as_str()], limit)?,
-                crate::db::listeners::history(c, changes::REPLAYS, 20)?,
+                tables::inbox::inbox_entries(c, &[status], limit)?,
+                crate::db::tables::listeners::history(c, changes::REPLAYS, 20)?,
             ))
         })
         .await
@@ -342,12 +350,13 @@ pub async fn replay(
     let requeued = state
         .db
         .run(move |c| {
-            let requeued = store::requeue(c, &[status.as_str()], (!all).then_some(ids.as_slice()))?;
-            crate::db::listeners::record(
+            let requeued =
+                tables::inbox_work::requeue(c, &[status], (!all).then_some(ids.as_slice()))?;
+            crate::db::tables::listeners::record(
                 c,
                 &[changes::replay_record(
                     changes::source::ADMIN_API,
-                    &status,
+                    status.as_str(),
                     &requested,
                     requeued,
                 )],
@@ -368,8 +377,8 @@ pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         .db
         .run(move |c| {
             Ok((
-                store::activity_since(c, now - 300_000)?,
-                store::activity_since(c, now - 3_600_000)?,
+                tables::event_log::activity_since(c, now - 300_000)?,
+                tables::event_log::activity_since(c, now - 3_600_000)?,
             ))
         })
         .await

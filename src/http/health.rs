@@ -10,7 +10,8 @@ use actix_web::{HttpResponse, http::header, web};
 use serde_json::json;
 
 use super::{AppState, json_ok};
-use crate::db::store;
+use crate::db::tables;
+use crate::db::tables::inbox::InboxStatus;
 
 /// How long `/readyz` waits for a database connection.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -187,12 +188,12 @@ async fn health_facts(state: &AppState) -> Option<HealthFacts> {
         return facts.clone();
     }
     let query = state.db.run(|c| {
-        let rows = crate::db::listeners::rows(c)?;
-        let counts = store::inbox_counts(c)?;
-        let count = |status: &str| {
+        let rows = crate::db::tables::listeners::rows(c)?;
+        let counts = tables::inbox::inbox_counts(c)?;
+        let count = |status: InboxStatus| {
             counts
                 .iter()
-                .find(|(s, _)| s == status)
+                .find(|(s, _)| *s == status)
                 .map_or(0, |(_, n)| *n)
         };
         Ok(HealthFacts {
@@ -200,8 +201,8 @@ async fn health_facts(state: &AppState) -> Option<HealthFacts> {
                 .into_iter()
                 .map(|r| (r.name, r.disabled_reason))
                 .collect(),
-            dead: count("dead"),
-            parked: count("parked"),
+            dead: count(InboxStatus::Dead),
+            parked: count(InboxStatus::Parked),
         })
     });
     let facts = match tokio::time::timeout(READY_TIMEOUT, query).await {

@@ -10,7 +10,7 @@ use diesel::Connection;
 use super::{Definition, Entry, Registry};
 use crate::clock::now_ms;
 use crate::config::{ChannelSelector, RealmSelector, Scope, UserSelector};
-use crate::db::models::{HistoryRow, ListenerRow};
+use crate::db::tables::listeners::{HistoryRow, ListenerRow};
 use crate::db::{self, DbConnection, DbError};
 
 /// Fields an operator may change, as named in requests and in the history.
@@ -383,13 +383,13 @@ fn save_change(
         .by_name(name)
         .ok_or_else(|| ChangeError::NotFound(name.to_string()))?;
     conn.transaction::<_, ChangeError, _>(|conn| {
-        db::listeners::lock(conn, name)?;
-        let row = db::listeners::row(conn, name)?.unwrap_or_else(|| fresh_row(entry));
+        db::tables::listeners::lock(conn, name)?;
+        let row = db::tables::listeners::row(conn, name)?.unwrap_or_else(|| fresh_row(entry));
         let before = effective(entry, &row);
         let new_row = edit(entry, row)?;
         let after = effective(entry, &new_row);
         let history = history(name, source, &before, &after, now_ms());
-        let saved = db::listeners::save(conn, &new_row, &history)?;
+        let saved = db::tables::listeners::save(conn, &new_row, &history)?;
         Ok((saved, history))
     })
 }

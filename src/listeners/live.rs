@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::QuotaOverrides;
 use crate::config::Scope;
-use crate::db::models::ListenerRow;
+use crate::db::tables::listeners::ListenerRow;
 use crate::events::Event;
 use crate::handlers::{Runnable, health};
 use crate::ratelimit::Limits;

@@ -15,7 +15,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use crate::config::{Config, HandlerSettings, QuotaConfig, Scope};
-use crate::db::models::ListenerRow;
+use crate::db::tables::listeners::ListenerRow;
 use crate::handlers::{self, Handler, health};
 use crate::ratelimit::Limits;
 use changes::{FieldError, Overrides};

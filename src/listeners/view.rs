@@ -4,7 +4,7 @@
 
 use super::changes::{self, Overrides};
 use super::{Entry, Registry};
-use crate::db::models::ListenerRow;
+use crate::db::tables::listeners::ListenerRow;
 
 impl Registry {
     /// Who sends this listener events: `bot:<name>` for each bot listing it, `forwarder`.

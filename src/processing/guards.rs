@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::clock::millis;
 use crate::config::{Config, QuotaOverrides};
+use crate::db::tables::inbox::InboxStatus;
 use crate::events::Realm;
 use crate::filters::Filters;
 use crate::ratelimit::Limits;
@@ -46,13 +47,18 @@ pub enum Guard {
 }
 
 impl Guard {
-    /// The outcome a refused event is counted under, and the inbox status it is stored with.
-    pub fn outcome(self) -> &'static str {
+    /// The inbox status a refused forwarded event is stored with.
+    pub fn inbox_status(self) -> InboxStatus {
         match self {
-            Guard::MaxAge => "expired",
-            Guard::Filters => "filtered",
-            Guard::RateLimit => "rate_limited",
+            Guard::MaxAge => InboxStatus::Expired,
+            Guard::Filters => InboxStatus::Filtered,
+            Guard::RateLimit => InboxStatus::RateLimited,
         }
+    }
+
+    /// The outcome a refused event is counted under: the text of its inbox status.
+    pub fn outcome(self) -> &'static str {
+        self.inbox_status().as_str()
     }
 
     /// The name the guard goes by in logs and event-log rows.

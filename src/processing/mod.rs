@@ -20,7 +20,7 @@ use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::clock::now_ms;
-use crate::db::models::NewEventLog;
+use crate::db::tables::event_log::EventLogRow;
 use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::events::text::{normalize_reply, truncate_chars};
 use crate::events::{Event, Origin};
@@ -200,7 +200,10 @@ impl Processor {
                     event,
                     name,
                     0,
-                    Some(format!("{}{reason}", crate::db::listeners::RATE_LIMITED)),
+                    Some(format!(
+                        "{}{reason}",
+                        crate::db::tables::event_log::RATE_LIMITED
+                    )),
                 ));
                 continue;
             }
@@ -276,14 +279,15 @@ pub(crate) fn log_row(
     handler: &str,
     duration_us: i64,
     error: Option<String>,
-) -> NewEventLog {
+) -> EventLogRow {
     let (bot, event_id) = match &event.origin {
         Origin::Outgoing { bot, .. } => (Some(bot.to_string()), None),
         Origin::Forwarder { event_id } => (None, Some(event_id.clone())),
     };
-    NewEventLog {
-        handler: handler.to_string(),
-        source: event.origin.source(),
+    EventLogRow {
+        id: 0,
+        listener: handler.to_string(),
+        source: event.origin.source().into(),
         event_type: event.event_type().to_string(),
         bot,
         realm: event.realm.string_id.clone(),

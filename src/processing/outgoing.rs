@@ -14,9 +14,9 @@ use super::guards::{Guard, Refused, Subject};
 use super::{Processor, log_row};
 use crate::clock::{millis, now_ms};
 use crate::config::Config;
-use crate::db::models::ReplyRecord;
+use crate::db::tables::replies::ReplyRecord;
 use crate::db::writer::{Processed, WriteOp, Writer};
-use crate::db::{Db, DbError, store};
+use crate::db::{Db, DbError, tables};
 use crate::events::text::normalize_reply;
 use crate::events::{Event, Message};
 use crate::telemetry::metric;
@@ -110,7 +110,10 @@ impl OutgoingService {
     /// recognised). Returns how many were loaded.
     pub async fn load_record(&self) -> Result<usize, DbError> {
         let since = now_ms() - millis(self.window);
-        let rows = self.db.run(move |c| store::replies_since(c, since)).await?;
+        let rows = self
+            .db
+            .run(move |c| tables::replies::replies_since(c, since))
+            .await?;
         let mut loaded = 0;
         for row in rows {
             if let Some(bot) = self.bots.by_name(&row.bot) {
@@ -132,7 +135,7 @@ impl OutgoingService {
         let cutoff = now_ms() - millis(self.window);
         self.record.retain(|_, r| r.at_ms >= cutoff);
         self.db
-            .run(move |c| store::delete_replies_before(c, cutoff))
+            .run(move |c| tables::replies::delete_replies_before(c, cutoff))
             .await
     }
 

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 
 use super::Processor;
 use crate::clock::now_ms;
-use crate::db::models::ProcessRow;
-use crate::db::{Db, store};
+use crate::db::tables::processes::ProcessRow;
+use crate::db::{Db, tables};
 use crate::listeners::ListenerId as HandlerId;
 use crate::telemetry::metric;
 
@@ -87,9 +87,9 @@ pub async fn run(
         };
         let result = db
             .run(move |c| {
-                store::heartbeat(c, &row)?;
-                store::forget_process(c, "", now - FORGET_AFTER_MS)?;
-                store::processes(c)
+                tables::processes::heartbeat(c, &row)?;
+                tables::processes::forget_process(c, "", now - FORGET_AFTER_MS)?;
+                tables::processes::processes(c)
             })
             .await;
         match result {
@@ -119,7 +119,7 @@ pub async fn run(
     }
     let id = process_id.clone();
     if let Err(error) = db
-        .run(move |c| store::forget_process(c, &id, i64::MIN))
+        .run(move |c| tables::processes::forget_process(c, &id, i64::MIN))
         .await
     {
         tracing::warn!(%error, "removing this process's registration failed");

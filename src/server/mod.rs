@@ -101,18 +101,18 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     for migration in &applied {
         tracing::info!(migration, "applied migration");
     }
-    let target = db.target().clone();
+    let connector = db.connector().clone();
     let batch_size = config.database.write_batch_size.get();
     let synchronous = config.database.sqlite_synchronous();
     let (writer, writer_thread) =
-        tokio::task::spawn_blocking(move || Writer::spawn(&target, batch_size, synchronous))
+        tokio::task::spawn_blocking(move || Writer::spawn(&connector, batch_size, synchronous))
             .await
             .context("starting the database writer")??;
 
     let registry = Arc::new(Registry::build(&config)?);
     let listener_rows = registry.listener_rows();
     let persisted = db
-        .run(move |c| crate::db::listeners::sync(c, &listener_rows))
+        .run(move |c| crate::db::tables::listeners::sync(c, &listener_rows))
         .await
         .context("recording the listeners")?;
     apply_persisted_state(&registry, &persisted);
@@ -313,7 +313,7 @@ fn per_worker(max_connections: usize, workers: usize) -> usize {
 
 /// Runtime changes stored in the database win over the file; listeners disabled there (by an
 /// operator, or automatically) stay disabled.
-fn apply_persisted_state(registry: &Registry, rows: &[crate::db::models::ListenerRow]) {
+fn apply_persisted_state(registry: &Registry, rows: &[crate::db::tables::listeners::ListenerRow]) {
     for entry in registry.entries() {
         let name = entry.name();
         if let Some(row) = rows.iter().find(|r| r.name == name) {

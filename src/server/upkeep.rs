@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::LISTENER_SYNC_SECONDS;
 use crate::clock::{millis, now_ms};
-use crate::db::{Db, retention, store};
+use crate::db::tables::inbox::InboxStatus;
+use crate::db::{Db, retention, tables};
 use crate::listeners::Registry;
 use crate::processing::inbox::Inbox;
 use crate::processing::outgoing::OutgoingService;
@@ -66,7 +67,7 @@ pub(super) async fn upkeep(u: Upkeep) {
             _ = listeners.tick() => sync_listeners(&u).await,
             _ = aggregate.tick() => {
                 let interval = millis(u.retention.aggregation_interval);
-                match u.db.run(move |c| retention::aggregate_stats(c, interval, now_ms())).await {
+                match u.db.run(move |c| tables::listener_stats::aggregate_stats(c, interval, now_ms())).await {
                     Ok(rows) => tracing::debug!(rows, "statistics aggregated"),
                     Err(error) => tracing::warn!(%error, "aggregating statistics failed"),
                 }
@@ -94,7 +95,7 @@ pub(super) async fn upkeep(u: Upkeep) {
 /// Reads listener states and runtime changes back from the database (made through another
 /// server sharing it, the CLI, or the breaker elsewhere) and applies what changed.
 async fn sync_listeners(u: &Upkeep) {
-    match u.db.run(crate::db::listeners::rows).await {
+    match u.db.run(crate::db::tables::listeners::rows).await {
         Ok(rows) => {
             for row in &rows {
                 if u.registry.apply_row(row) {
@@ -126,9 +127,9 @@ async fn refresh(u: &Upkeep) {
         .db
         .run(|c| {
             Ok((
-                store::inbox_counts(c)?,
-                store::oldest_pending_by_type(c)?,
-                store::parked_by_handler(c)?,
+                tables::inbox::inbox_counts(c)?,
+                tables::inbox::oldest_pending_by_type(c)?,
+                tables::inbox_work::parked_by_listener(c)?,
             ))
         })
         .await
@@ -158,20 +159,12 @@ async fn refresh(u: &Upkeep) {
                     .map_or(0, |(_, n)| *n);
                 metric::inbox_parked(name, n);
             }
-            for status in [
-                "pending",
-                "parked",
-                "done",
-                "dead",
-                "expired",
-                "rate_limited",
-                "filtered",
-            ] {
+            for &status in InboxStatus::ALL {
                 let n = counts
                     .iter()
-                    .find(|(s, _)| s == status)
+                    .find(|(s, _)| *s == status)
                     .map_or(0, |(_, n)| *n);
-                metric::inbox_events(status, n);
+                metric::inbox_events(status.as_str(), n);
             }
         }
         Err(error) => {

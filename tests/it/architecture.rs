@@ -277,7 +277,6 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
 }
 
 #[test]
-#[ignore = "issue 13 in progress: run with --ignored; enabled when the restructure lands"]
 fn no_module_depends_on_itself_through_others() {
     let mut problems = Vec::new();
     for (parent, graph) in sibling_edges() {
@@ -309,7 +308,6 @@ fn no_module_depends_on_itself_through_others() {
 }
 
 #[test]
-#[ignore = "issue 13 in progress: run with --ignored; enabled when the restructure lands"]
 fn long_source_files_say_why() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut stack = vec![root];

@@ -10,8 +10,11 @@
 
 use crate::support::*;
 use zulip_listeners::clock::now_ms;
-use zulip_listeners::db::models::{NewEventLog, NewInboxRow};
-use zulip_listeners::db::store;
+use zulip_listeners::db::tables;
+use zulip_listeners::db::tables::{
+    event_log::EventLogRow,
+    inbox::{InboxStatus, NewInboxRow},
+};
 
 const BROWSER_ENV: &str = "ZULIP_LISTENERS_TEST_BROWSER";
 
@@ -33,10 +36,11 @@ fn app(db: &TestDatabase) -> TestApp {
 async fn seed(t: &TestServer) {
     t.query(|c| {
         let now = now_ms();
-        let rows: Vec<NewEventLog> = (0..600)
-            .map(|i| NewEventLog {
-                handler: if i % 3 == 0 { "pinger" } else { "alerts-eng" }.into(),
-                source: if i % 2 == 0 { "outgoing" } else { "forwarder" },
+        let rows: Vec<EventLogRow> = (0..600)
+            .map(|i| EventLogRow {
+                id: 0,
+                listener: if i % 3 == 0 { "pinger" } else { "alerts-eng" }.into(),
+                source: if i % 2 == 0 { "outgoing" } else { "forwarder" }.into(),
                 event_type: "message".into(),
                 bot: Some("helper".into()),
                 realm: Some("zulip".into()),
@@ -50,9 +54,10 @@ async fn seed(t: &TestServer) {
                 created_at_ms: now - 7_200_000 + i * 12_000,
             })
             .collect();
-        let refs: Vec<&NewEventLog> = rows.iter().collect();
-        store::insert_event_logs(c, &refs).expect("event log rows");
-        zulip_listeners::db::retention::aggregate_stats(c, 300_000, now).expect("stats");
+        let refs: Vec<&EventLogRow> = rows.iter().collect();
+        tables::event_log::insert_event_logs(c, &refs).expect("event log rows");
+        zulip_listeners::db::tables::listener_stats::aggregate_stats(c, 300_000, now)
+            .expect("stats");
         let dead: Vec<NewInboxRow> = (0..2)
             .map(|i| NewInboxRow {
                 event_id: format!("dead-{i}"),
@@ -63,7 +68,7 @@ async fn seed(t: &TestServer) {
                 event_type: "reaction".into(),
                 op: Some("add".into()),
                 payload: "{}".into(),
-                status: "dead",
+                status: InboxStatus::Dead,
                 attempts: 5,
                 next_attempt_at_ms: 0,
                 claimed_until_ms: 0,
@@ -73,7 +78,7 @@ async fn seed(t: &TestServer) {
                 updated_at_ms: now,
             })
             .collect();
-        store::insert_inbox(c, &dead).expect("dead letters");
+        tables::inbox::insert_inbox(c, &dead).expect("dead letters");
     })
     .await;
 }
@@ -195,12 +200,14 @@ async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
     // Nothing was changed or replayed.
     let (still_enabled, dead) = t
         .query(|c| {
-            let rows = zulip_listeners::db::listeners::rows(c).expect("rows");
+            let rows = zulip_listeners::db::tables::listeners::rows(c).expect("rows");
             let enabled = rows
                 .iter()
                 .find(|r| r.name == "pinger")
                 .is_none_or(|r| r.enabled);
-            let dead = store::inbox_entries(c, &["dead"], 10).expect("inbox").len();
+            let dead = tables::inbox::inbox_entries(c, &[InboxStatus::Dead], 10)
+                .expect("inbox")
+                .len();
             (enabled, dead)
         })
         .await;
@@ -272,7 +279,9 @@ async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
     assert_eq!(answer.status(), 303);
     assert!(!enabled(&t, "pinger").await);
     let history = t
-        .query(|c| zulip_listeners::db::listeners::history(c, "pinger", 5).expect("history"))
+        .query(|c| {
+            zulip_listeners::db::tables::listeners::history(c, "pinger", 5).expect("history")
+        })
         .await;
     assert_eq!(
         history.first().map(|h| h.source.as_str()),
@@ -511,13 +520,22 @@ async fn in_a_real_browser() {
     // again: its empty payload fails at once); the other is untouched.
     let rows = t
         .query(|c| {
-            store::inbox_entries(c, &["dead", "pending", "done", "failed", "parked"], 10)
-                .expect("inbox")
+            tables::inbox::inbox_entries(
+                c,
+                &[
+                    InboxStatus::Dead,
+                    InboxStatus::Pending,
+                    InboxStatus::Done,
+                    InboxStatus::Parked,
+                ],
+                10,
+            )
+            .expect("inbox")
         })
         .await;
     let untouched = rows
         .iter()
-        .filter(|r| r.status == "dead" && r.attempts == 5)
+        .filter(|r| r.status == InboxStatus::Dead && r.attempts == 5)
         .count();
     assert_eq!(
         untouched, 1,

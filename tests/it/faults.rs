@@ -387,7 +387,7 @@ async fn late_handler_results_are_written_during_a_graceful_shutdown(backend: Ba
         .run(|c| {
             use zulip_listeners::db::schema::event_log as log;
             Ok(log::table
-                .select((log::handler, log::success, log::error))
+                .select((log::listener, log::success, log::error))
                 .load::<(String, bool, Option<String>)>(c)?)
         })
         .await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::support::*;
 use diesel::prelude::*;
 use serde_json::{Value, json};
-use zulip_listeners::db::{DbConnection, store};
+use zulip_listeners::db::{DbConnection, tables};
 
 backend_test!(async fn signed_batches_are_stored_and_processed_by_the_handlers);
 async fn signed_batches_are_stored_and_processed_by_the_handlers(backend: Backend) {
@@ -49,15 +49,21 @@ async fn signed_batches_are_stored_and_processed_by_the_handlers(backend: Backen
     let (m1, m2, a10, a11, a12) = t
         .query(|c| {
             (
-                store::message_by_id(c, 1001)
+                tables::messages::message_by_id(c, 1001)
                     .expect("q")
                     .expect("1001 stored"),
-                store::message_by_id(c, 1002)
+                tables::messages::message_by_id(c, 1002)
                     .expect("q")
                     .expect("1002 stored"),
-                store::activity_of(c, 2, 10).expect("q").expect("user 10"),
-                store::activity_of(c, 2, 11).expect("q").expect("user 11"),
-                store::activity_of(c, 2, 12).expect("q").expect("user 12"),
+                tables::user_activity::activity_of(c, 2, 10)
+                    .expect("q")
+                    .expect("user 10"),
+                tables::user_activity::activity_of(c, 2, 11)
+                    .expect("q")
+                    .expect("user 11"),
+                tables::user_activity::activity_of(c, 2, 12)
+                    .expect("q")
+                    .expect("user 12"),
             )
         })
         .await;
@@ -167,8 +173,8 @@ async fn forged_tampered_stale_and_replayed_batches(backend: Backend) {
         .query(|c| {
             (
                 log_rows_for(c, 2001),
-                store::activity_of(c, 2, 20).expect("q"),
-                store::activity_of(c, 2, 21).expect("q"),
+                tables::user_activity::activity_of(c, 2, 20).expect("q"),
+                tables::user_activity::activity_of(c, 2, 21).expect("q"),
             )
         })
         .await;
@@ -301,7 +307,7 @@ async fn pure_handlers_run_at_intake_without_overtaking_a_busy_realm(backend: Ba
     assert_eq!(status, "done", "{backend:?}: done when acknowledged");
     assert_eq!(payload, "", "a processed event's envelope is not kept");
     let activity = t
-        .query(|c| store::activity_of(c, 2, 11).expect("q"))
+        .query(|c| tables::user_activity::activity_of(c, 2, 11).expect("q"))
         .await
         .expect("activity stored with the event");
     assert_eq!(activity.reaction_count, 1);
@@ -331,7 +337,11 @@ async fn pure_handlers_run_at_intake_without_overtaking_a_busy_realm(backend: Ba
     );
     t.settle(3).await;
     let stored = t
-        .query(|c| store::message_by_id(c, 4001).expect("q").expect("stored"))
+        .query(|c| {
+            tables::messages::message_by_id(c, 4001)
+                .expect("q")
+                .expect("stored")
+        })
         .await;
     assert_eq!(
         stored.content, "second thoughts",
@@ -413,7 +423,9 @@ async fn failures_are_retried_then_dead_and_replayable(backend: Backend) {
     })
     .await;
     assert!(done, "{backend:?}: replayed event processed");
-    let alerted = t.query(|c| store::alerted_rules(c, 3001).expect("q")).await;
+    let alerted = t
+        .query(|c| tables::keyword_alerts::alerted_rules(c, 3001).expect("q"))
+        .await;
     assert!(alerted.contains("outage"));
     // Retries and the replay ran only the listener that failed: message_logger ran the
     // event once.
@@ -509,7 +521,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill(backend: Backend) {
         "{backend:?}"
     );
     for user in 40..44 {
-        let activity = store::activity_of(&mut conn, 2, user)
+        let activity = tables::user_activity::activity_of(&mut conn, 2, user)
             .expect("q")
             .expect("user");
         assert_eq!(
@@ -531,7 +543,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill(backend: Backend) {
 fn repeated_runs(conn: &mut DbConnection) -> Vec<(Option<i64>, Option<String>, bool, i64)> {
     use zulip_listeners::db::schema::event_log as log;
     let rows: Vec<(Option<i64>, Option<String>, bool, i64)> = log::table
-        .filter(log::handler.eq("user_activity_tracker"))
+        .filter(log::listener.eq("user_activity_tracker"))
         .select((
             log::message_id,
             log::event_id,

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::support::*;
 use serde_json::{Value, json};
-use zulip_listeners::db::{DbConnection, store};
+use zulip_listeners::db::tables::inbox::InboxStatus;
+use zulip_listeners::db::{DbConnection, tables};
 
 /// Posts an outgoing webhook mentioning `helper` (`ping`) from `sender` of realm `realm`.
 async fn ping_from(t: &TestServer, id: i64, sender: i64, realm: &str) -> Answer {
@@ -33,7 +34,7 @@ fn envelope_from(
 }
 
 fn inbox_row(c: &mut DbConnection, status: &str) -> Vec<(String, Option<String>)> {
-    store::inbox_entries(c, &[status], 100)
+    tables::inbox::inbox_entries(c, &[status.parse().expect("status")], 100)
         .expect("inbox")
         .into_iter()
         .map(|e| (e.event_id, e.last_error))
@@ -136,15 +137,19 @@ async fn forwarded_events_over_quota_are_kept_and_replayable(backend: Backend) {
             .unwrap_or_default()
             .contains("user's rate limit")
     );
-    let kept = t.query(|c| store::message_by_id(c, 102).expect("q")).await;
+    let kept = t
+        .query(|c| tables::messages::message_by_id(c, 102).expect("q"))
+        .await;
     assert!(kept.is_none(), "not dispatched");
 
     let requeued = t
-        .query(|c| store::requeue(c, &["rate_limited"], None).expect("requeue"))
+        .query(|c| {
+            tables::inbox_work::requeue(c, &[InboxStatus::RateLimited], None).expect("requeue")
+        })
         .await;
     assert_eq!(requeued, 1);
     let replayed = eventually(Duration::from_secs(10), async || {
-        t.query(|c| store::message_by_id(c, 102).expect("q"))
+        t.query(|c| tables::messages::message_by_id(c, 102).expect("q"))
             .await
             .is_some()
     })

@@ -332,10 +332,10 @@ async fn the_cli_changes_listeners_and_a_running_server_follows(backend: Backend
 
     // Per-interval statistics: aggregate as if the current interval had ended.
     t.server.flush().await;
-    let target = zulip_listeners::config::parse_database_url(&db.url).expect("url");
-    let mut conn = zulip_listeners::db::establish(&target).expect("connect");
+    let mut conn = db.connect();
     let later = zulip_listeners::clock::now_ms() + 600_000;
-    zulip_listeners::db::retention::aggregate_stats(&mut conn, 300_000, later).expect("aggregate");
+    zulip_listeners::db::tables::listener_stats::aggregate_stats(&mut conn, 300_000, later)
+        .expect("aggregate");
     let intervals: Value = serde_json::from_str(&cli(
         file,
         &["stats", "show", "--listener", "alerts-eng", "--json"],
@@ -432,7 +432,7 @@ async fn a_listener_over_its_own_quota_is_skipped_alone(backend: Backend) {
         .query(|c| {
             (401..=403)
                 .filter(|id| {
-                    zulip_listeners::db::store::message_by_id(c, *id)
+                    zulip_listeners::db::tables::messages::message_by_id(c, *id)
                         .ok()
                         .flatten()
                         .is_some()
@@ -528,7 +528,7 @@ async fn a_forwarded_event_over_a_listener_quota_is_set_aside_and_replayable_for
     t.server.flush().await;
     let logged = t
         .query(|c| {
-            zulip_listeners::db::store::message_by_id(c, 502)
+            zulip_listeners::db::tables::messages::message_by_id(c, 502)
                 .ok()
                 .flatten()
                 .is_some()
@@ -551,7 +551,7 @@ async fn a_forwarded_event_over_a_listener_quota_is_set_aside_and_replayable_for
     t.server.flush().await;
     let runs = t
         .query(|c| {
-            zulip_listeners::db::store::event_log_page(
+            zulip_listeners::db::tables::event_log::event_log_page(
                 c,
                 Some("message_logger"),
                 None,

@@ -5,7 +5,7 @@
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use zulip_listeners::config::{Config, ConfigError, MemoryPlan, parse_byte_size};
-use zulip_listeners::db::{Db, DbConnection, establish};
+use zulip_listeners::db::{Db, DbConnection};
 
 #[derive(QueryableByName)]
 struct CacheSize {
@@ -31,8 +31,7 @@ fn config(extra: &str, db_url: &str) -> Result<Config, ConfigError> {
 fn the_page_cache_of_every_connection_follows_the_budget() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("budget.db").display());
-    // One test (one process) for both budgets: the writer's connections take the size the last
-    // `Db::open` set.
+    // Two budgets over one file: each database's connections follow its own budget.
     for (budget, pool_size, kib) in [
         ("64MiB", 8u32, 16 * 1024 / 10),
         ("200MiB", 3, 50 * 1024 / 5),
@@ -50,8 +49,8 @@ fn the_page_cache_of_every_connection_follows_the_budget() {
             .run_blocking(|c| Ok(cache_size(c)))
             .expect("pooled connection");
         assert_eq!(pooled, -kib, "pooled connection, budget {budget}");
-        // The writer's and checkpointer's connections are opened with `establish`.
-        let mut own = establish(db.target()).expect("establish");
+        // The writer's and checkpointer's connections are opened by the same connector.
+        let mut own = db.connector().open().expect("a connection of its own");
         assert_eq!(
             cache_size(&mut own),
             -kib,

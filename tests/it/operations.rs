@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::support::*;
 use serde_json::{Value, json};
-use zulip_listeners::db::store;
+use zulip_listeners::db::tables;
+use zulip_listeners::db::tables::inbox::InboxStatus;
 
 async fn admin(t: &TestServer, method: reqwest::Method, path: &str, token: Option<&str>) -> Answer {
     let mut request = t.http.request(method, t.url(path));
@@ -259,7 +260,7 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     let mut waiting = Vec::new();
     let paused = eventually(Duration::from_secs(5), async || {
         waiting = t
-            .query(|c| store::inbox_entries(c, &["parked"], 10).expect("q"))
+            .query(|c| tables::inbox::inbox_entries(c, &[InboxStatus::Parked], 10).expect("q"))
             .await;
         waiting.len() == 1
             && waiting[0]
@@ -296,7 +297,7 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     .await;
     assert!(disabled, "auto-disable announced");
     let reason = eventually(Duration::from_secs(5), async || {
-        t.query(|c| zulip_listeners::db::listeners::rows(c).expect("rows"))
+        t.query(|c| zulip_listeners::db::tables::listeners::rows(c).expect("rows"))
             .await
             .iter()
             .any(|r| {
@@ -435,7 +436,7 @@ async fn sigterm_finishes_work_in_hand_and_exits_cleanly(backend: Backend) {
         .expect("count");
     assert_eq!((stored, alerted), (done, done), "{backend:?}");
     let counted: i64 = (20..23)
-        .filter_map(|u| store::activity_of(&mut conn, 2, u).expect("q"))
+        .filter_map(|u| tables::user_activity::activity_of(&mut conn, 2, u).expect("q"))
         .map(|a| a.message_count)
         .sum();
     assert_eq!(counted, done, "{backend:?}");
@@ -538,6 +539,6 @@ async fn operator_commands_for_handlers_statistics_and_retention(backend: Backen
         cleaned.contains("Deleted") && cleaned.contains("event_log"),
         "{cleaned}"
     );
-    let events = store::count_event_logs(&mut db.connect()).expect("count");
+    let events = tables::event_log::count_event_logs(&mut db.connect()).expect("count");
     assert_eq!(events, 0, "{backend:?}: everything was older than 0 days");
 }

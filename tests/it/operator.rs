@@ -248,7 +248,7 @@ async fn try_it_curl_gets_pong_and_send_sample_is_accepted() {
     let target = zulip_listeners::config::parse_database_url(&env[0].1).expect("url");
     let stored = eventually(Duration::from_secs(10), async || {
         let mut conn = zulip_listeners::db::establish(&target).expect("connect");
-        zulip_listeners::db::store::inbox_counts(&mut conn)
+        zulip_listeners::db::tables::inbox::inbox_counts(&mut conn)
             .expect("counts")
             .iter()
             .map(|(_, n)| n)

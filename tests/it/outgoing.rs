@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::support::*;
 use diesel::prelude::*;
 use serde_json::json;
-use zulip_listeners::db::store;
+use zulip_listeners::db::tables;
 
 /// Zulip's official outgoing-webhook example (api docs, `zulip.yaml`), verbatim.
 const OFFICIAL_EXAMPLE: &str = r#"{
@@ -100,7 +100,7 @@ async fn official_example_gets_a_reply_and_is_logged(backend: Backend) {
     let (stored, logs) = t
         .query(|c| {
             (
-                store::message_by_id(c, 112).expect("query"),
+                tables::messages::message_by_id(c, 112).expect("query"),
                 log_rows_for(c, 112),
             )
         })
@@ -148,7 +148,7 @@ async fn direct_messages_with_both_trigger_spellings(backend: Backend) {
         );
     }
     let stored = t
-        .query(|c| store::message_by_id(c, 201).expect("query"))
+        .query(|c| tables::messages::message_by_id(c, 201).expect("query"))
         .await
         .expect("stored");
     assert_eq!(stored.message_type, "private");
@@ -444,7 +444,7 @@ async fn dry_run_writes_only_the_event_log() {
             use zulip_listeners::db::schema::outgoing_replies;
             (
                 log_rows_for(c, 700),
-                store::message_by_id(c, 700).expect("query"),
+                tables::messages::message_by_id(c, 700).expect("query"),
                 outgoing_replies::table
                     .count()
                     .get_result::<i64>(c)

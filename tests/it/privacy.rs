@@ -9,7 +9,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zulip_listeners::config::Config;
-use zulip_listeners::db::store;
+use zulip_listeners::db::tables;
 use zulip_listeners::listeners::Registry;
 
 fn direct_message(id: i64, content: &str) -> Value {
@@ -39,7 +39,7 @@ async fn a_deleted_message_keeps_no_content_nor_personal_data(backend: Backend) 
         .await;
     assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
     let stored = t
-        .query(|c| store::message_by_id(c, 3001).expect("q"))
+        .query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
         .await
         .expect("stored");
     assert!(
@@ -67,14 +67,14 @@ async fn a_deleted_message_keeps_no_content_nor_personal_data(backend: Backend) 
     assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
 
     let deleted = eventually(Duration::from_secs(10), async || {
-        t.query(|c| store::message_by_id(c, 3001).expect("q"))
+        t.query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
             .await
             .is_some_and(|m| m.deleted)
     })
     .await;
     assert!(deleted, "{backend:?}: delete applied");
     let m = t
-        .query(|c| store::message_by_id(c, 3001).expect("q"))
+        .query(|c| tables::messages::message_by_id(c, 3001).expect("q"))
         .await
         .expect("tombstone kept");
     assert_eq!(m.content, "", "{backend:?}: {m:?}");

@@ -5,14 +5,17 @@
 
 use crate::support::*;
 use diesel::prelude::*;
-use zulip_listeners::db::models::{AlertRecord, NewEventLog, NewInboxRow, NewMessage, ReplyRecord};
 use zulip_listeners::db::retention::{
-    CleanupReport, PersonalCutoffs, PersonalReport, StatsRow, aggregate_stats, cleanup,
-    expire_personal_data, stats_since,
+    CleanupReport, PersonalCutoffs, PersonalReport, cleanup, expire_personal_data,
 };
 use zulip_listeners::db::schema::{
     event_log, forwarder_batches, inbox, keyword_alerts, listener_stats, messages,
     outgoing_replies, user_activity,
+};
+use zulip_listeners::db::tables::listener_stats::{StatsRow, aggregate_stats, stats_since};
+use zulip_listeners::db::tables::{
+    event_log::EventLogRow, inbox::NewInboxRow, keyword_alerts::AlertRecord, messages::MessageRow,
+    replies::ReplyRecord,
 };
 use zulip_listeners::db::{DbConnection, DbError};
 
@@ -22,9 +25,10 @@ const I: i64 = 60_000;
 const BASE: i64 = 1_699_999_980_000;
 
 fn log(conn: &mut DbConnection, handler: &str, at_ms: i64, duration_us: i64, success: bool) {
-    let row = NewEventLog {
-        handler: handler.to_string(),
-        source: "test",
+    let row = EventLogRow {
+        id: 0,
+        listener: handler.to_string(),
+        source: "test".into(),
         event_type: "message".to_string(),
         bot: None,
         realm: None,
@@ -52,7 +56,7 @@ fn stats_row(
     max: i64,
 ) -> StatsRow {
     StatsRow {
-        handler: handler.to_string(),
+        listener: handler.to_string(),
         interval_start_ms: start,
         interval_ms: I,
         runs,
@@ -79,7 +83,7 @@ fn stats(conn: &mut DbConnection, now: i64) -> Vec<StatsRow> {
         .collect()
 }
 
-fn inbox_event(conn: &mut DbConnection, event_id: &str, status: &'static str, updated_at_ms: i64) {
+fn inbox_event(conn: &mut DbConnection, event_id: &str, status: &str, updated_at_ms: i64) {
     let row = NewInboxRow {
         event_id: event_id.to_string(),
         webhook_id: "msg_test".to_string(),
@@ -89,7 +93,7 @@ fn inbox_event(conn: &mut DbConnection, event_id: &str, status: &'static str, up
         event_type: "message".to_string(),
         op: None,
         payload: "{}".to_string(),
-        status,
+        status: status.parse().expect("status"),
         attempts: 1,
         next_attempt_at_ms: 0,
         claimed_until_ms: 0,
@@ -186,7 +190,7 @@ fn aggregation_counts_completed_intervals_per_handler(backend: Backend) {
     let since: Vec<(String, i64)> = stats_since(conn, BASE + I)
         .expect("since")
         .into_iter()
-        .map(|r| (r.handler, r.interval_start_ms))
+        .map(|r| (r.listener, r.interval_start_ms))
         .collect();
     assert_eq!(since, vec![("a".to_string(), BASE + I)], "{backend:?}");
 }
@@ -231,7 +235,7 @@ fn late_rows_are_counted_by_the_next_run(backend: Backend) {
         .iter()
         .map(|r| {
             (
-                r.handler.clone(),
+                r.listener.clone(),
                 r.interval_start_ms,
                 r.runs,
                 r.updated_at_ms,
@@ -356,7 +360,7 @@ fn cleanup_deletes_exactly_the_old_finished_rows(backend: Backend) {
         .expect("replies");
     assert_eq!(replies_left, [("bot1".to_string(), 3)], "{backend:?}");
     let stats_left: Vec<(String, i64)> = listener_stats::table
-        .select((listener_stats::handler, listener_stats::interval_start_ms))
+        .select((listener_stats::listener, listener_stats::interval_start_ms))
         .load(conn)
         .expect("stats");
     assert_eq!(stats_left, [("a".to_string(), before)], "{backend:?}");
@@ -465,7 +469,7 @@ fn cleanup_works_in_batches(backend: Backend) {
 
 /// A message as `message_logger` stores it, stored at `stored_at_ms`.
 fn stored_message(conn: &mut DbConnection, id: i64, stored_at_ms: i64) {
-    let row = NewMessage {
+    let row = MessageRow {
         message_id: id,
         realm: "zulip".to_string(),
         realm_id: Some(2),
@@ -480,7 +484,7 @@ fn stored_message(conn: &mut DbConnection, id: i64, stored_at_ms: i64) {
         content: format!("message {id}: my password is hunter2"),
         content_truncated: false,
         sent_at: Some(stored_at_ms / 1000),
-        source: "forwarder",
+        source: "forwarder".into(),
         deleted: false,
         edited_at: None,
         stored_at_ms,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::support::*;
 use diesel::prelude::*;
 use serde_json::Value;
-use zulip_listeners::db::{DbConnection, store};
+use zulip_listeners::db::{DbConnection, tables};
 use zulip_listeners::server::ServeOptions;
 
 const LISTENERS: [&str; 3] = ["message_logger", "user_activity_tracker", "keyword_alerts"];
@@ -43,7 +43,7 @@ fn runs(c: &mut DbConnection) -> HashMap<(String, String), i64> {
     use zulip_listeners::db::schema::event_log as log;
     let rows: Vec<(Option<String>, String)> = log::table
         .filter(log::success.eq(true))
-        .select((log::event_id, log::handler))
+        .select((log::event_id, log::listener))
         .load(c)
         .expect("event log");
     let mut counts = HashMap::new();
@@ -83,7 +83,9 @@ fn assert_exactly_once(c: &mut DbConnection, acked: &[i64], phase: &str) {
         *expected.entry(40 + id % 4).or_insert(0) += 1;
     }
     for (user, n) in expected {
-        let activity = store::activity_of(c, 2, user).expect("q").expect("user");
+        let activity = tables::user_activity::activity_of(c, 2, user)
+            .expect("q")
+            .expect("user");
         assert_eq!(activity.message_count, n, "{phase}: user {user}");
     }
 }

@@ -356,7 +356,7 @@ async fn a_failing_zulip_is_retried_and_greets_once() {
         .query(|c| {
             use zulip_listeners::db::schema::event_log as log;
             log::table
-                .filter(log::handler.eq("welcome_bot"))
+                .filter(log::listener.eq("welcome_bot"))
                 .order(log::id)
                 .select(log::success)
                 .load::<bool>(c)

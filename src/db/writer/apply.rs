@@ -8,8 +8,11 @@ use std::collections::{HashMap, HashSet};
 use super::effect::Effect;
 use super::{Intake, IntakeResult, Processed};
 use crate::db::attempt::AttemptResult;
-use crate::db::models::{ActivityDelta, AlertRecord, NewEventLog, NewMessage, NewWorkRow};
-use crate::db::{DbConnection, DbError, store};
+use crate::db::tables::{
+    event_log::EventLogRow, inbox::InboxStatus, inbox_work::NewWorkRow,
+    keyword_alerts::AlertRecord, messages::MessageRow, user_activity::ActivityDelta,
+};
+use crate::db::{DbConnection, DbError, tables};
 
 /// Stores a forwarder batch: nothing when its `webhook-id` was seen before; else its new inbox
 /// rows, the quota charged for them (those over it stored as `rate_limited`) and the work rows
@@ -20,20 +23,22 @@ pub(super) fn store_intake(
 ) -> Result<IntakeResult, DbError> {
     let batch = &intake.batch;
     let count = i32::try_from(batch.rows.len()).unwrap_or(i32::MAX);
-    if !store::record_batch(conn, &batch.webhook_id, count)? {
+    if !tables::batches::record_batch(conn, &batch.webhook_id, count)? {
         return Ok(IntakeResult {
             duplicate_batch: true,
             ..IntakeResult::default()
         });
     }
-    let known = store::insert_inbox(conn, &batch.rows)?;
+    let known = tables::inbox::insert_inbox(conn, &batch.rows)?;
     // Quota is charged only now that duplicates are known, once per newly stored event that
     // would be dispatched; the few over quota are turned into `rate_limited` rows.
     if intake.limited.is_none() {
         let mut limited = HashMap::new();
         if let Some(limits) = &batch.limits {
             for (index, row) in batch.rows.iter().enumerate() {
-                if matches!(row.status, "expired" | "filtered") || known.contains(&row.event_id) {
+                if matches!(row.status, InboxStatus::Expired | InboxStatus::Filtered)
+                    || known.contains(&row.event_id)
+                {
                     continue;
                 }
                 if let Some(why) = limits.check(row.realm_id, row.user_id).reason() {
@@ -53,7 +58,7 @@ pub(super) fn store_intake(
             Some((_, payload)) => payload.as_str(),
             None => row.payload.as_str(),
         };
-        store::mark_rate_limited(conn, &row.event_id, payload, why)?;
+        tables::inbox::mark_rate_limited(conn, &row.event_id, payload, why)?;
         rate_limited.insert(row.event_id.clone());
     }
     let work: Vec<&NewWorkRow> = batch
@@ -61,7 +66,7 @@ pub(super) fn store_intake(
         .iter()
         .filter(|w| !known.contains(&w.event_id) && !rate_limited.contains(&w.event_id))
         .collect();
-    store::insert_work(conn, &work)?;
+    tables::inbox_work::insert_work(conn, &work)?;
     Ok(IntakeResult {
         duplicate_batch: false,
         known,
@@ -77,10 +82,10 @@ pub(super) fn write_processed(
     conn: &mut DbConnection,
     processed: &[&Processed],
 ) -> Result<(), DbError> {
-    let mut messages: Vec<&NewMessage> = Vec::new();
+    let mut messages: Vec<&MessageRow> = Vec::new();
     let mut alerts: Vec<&AlertRecord> = Vec::new();
     let mut activity: HashMap<(i64, i64), ActivityDelta> = HashMap::new();
-    let mut logs: Vec<&NewEventLog> = Vec::with_capacity(processed.len() * 2);
+    let mut logs: Vec<&EventLogRow> = Vec::with_capacity(processed.len() * 2);
     // Work statuses go first: a result for work that is no longer pending at that attempt
     // is a duplicate (two workers held it after a claim ran out), and its effects must not
     // be applied again. Successes are recorded in bulk, failures one by one.
@@ -94,7 +99,7 @@ pub(super) fn write_processed(
     } else {
         events.sort_unstable();
         events.dedup();
-        store::lock_events(conn, &events)?;
+        tables::inbox::lock_events(conn, &events)?;
     }
     let mut done_by_work: HashMap<(&str, i32), Vec<&str>> = HashMap::new();
     for outcome in processed.iter().filter_map(|p| p.inbox.as_ref()) {
@@ -107,7 +112,7 @@ pub(super) fn write_processed(
     }
     let mut applied: HashSet<(String, &str)> = HashSet::new();
     for ((listener, attempts_before), ids) in &done_by_work {
-        for id in store::finish_work_done(conn, listener, *attempts_before, ids)? {
+        for id in tables::inbox_work::finish_work_done(conn, listener, *attempts_before, ids)? {
             applied.insert((id, listener));
         }
     }
@@ -120,7 +125,7 @@ pub(super) fn write_processed(
                 outcome.attempts_before + i32::from(outcome.result.counts_attempt());
             let finished = match (outcome.result.then(), outcome.result.error()) {
                 (Some(then), Some(error)) => {
-                    let applied = store::finish_work_failed(
+                    let applied = tables::inbox_work::finish_work_failed(
                         conn,
                         &outcome.event_id,
                         outcome.listener,
@@ -147,14 +152,14 @@ pub(super) fn write_processed(
             match effect {
                 Effect::StoreMessage(m) => messages.push(m),
                 Effect::EditMessage(edit) => {
-                    store::insert_messages(conn, &messages)?;
+                    tables::messages::insert_messages(conn, &messages)?;
                     messages.clear();
-                    store::apply_edit(conn, edit)?;
+                    tables::messages::apply_edit(conn, edit)?;
                 }
                 Effect::DeleteMessages(ids) => {
-                    store::insert_messages(conn, &messages)?;
+                    tables::messages::insert_messages(conn, &messages)?;
                     messages.clear();
-                    store::mark_deleted(conn, ids)?;
+                    tables::messages::mark_deleted(conn, ids)?;
                 }
                 Effect::Activity(delta) => merge_activity(&mut activity, delta),
                 Effect::AlertSent(alert) => alerts.push(alert),
@@ -163,11 +168,11 @@ pub(super) fn write_processed(
         }
         logs.extend(p.logs.iter());
     }
-    store::insert_messages(conn, &messages)?;
-    store::insert_alerts(conn, &alerts)?;
-    store::add_activity(conn, activity.values())?;
-    store::settle_events(conn, &settle, &errors)?;
-    store::insert_event_logs(conn, &logs)
+    tables::messages::insert_messages(conn, &messages)?;
+    tables::keyword_alerts::insert_alerts(conn, &alerts)?;
+    tables::user_activity::add_activity(conn, activity.values())?;
+    tables::inbox_work::settle_events(conn, &settle, &errors)?;
+    tables::event_log::insert_event_logs(conn, &logs)
 }
 
 /// Adds one user's activity to what the batch already has for them.

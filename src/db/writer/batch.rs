@@ -9,9 +9,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::apply::{store_intake, write_processed};
 use super::{Intake, IntakeBatch, IntakeResult, Processed, WriteOp, connect};
-use crate::config::DatabaseTarget;
-use crate::db::models::{NewInboxRow, ReplyRecord};
-use crate::db::{DbConnection, DbError, store};
+use crate::db::Connector;
+use crate::db::tables::{inbox::NewInboxRow, replies::ReplyRecord};
+use crate::db::{DbConnection, DbError, tables};
 
 /// How often a failing batch is tried again before it is written item by item.
 const BATCH_ATTEMPTS: u32 = 5;
@@ -93,9 +93,9 @@ impl Batch {
             }
             processed.extend(self.processed.iter());
             write_processed(conn, &processed)?;
-            store::insert_replies(conn, &self.replies)?;
+            tables::replies::insert_replies(conn, &self.replies)?;
             for (ids, listeners) in &self.releases {
-                store::release_claims(conn, ids, listeners)?;
+                tables::inbox_work::release_claims(conn, ids, listeners)?;
             }
             Ok(results)
         })
@@ -143,7 +143,7 @@ pub(super) struct Spent {
 
 pub(super) fn run(
     mut conn: DbConnection,
-    target: DatabaseTarget,
+    connector: Connector,
     synchronous: &'static str,
     mut rx: mpsc::Receiver<WriteOp>,
     batch_size: usize,
@@ -159,7 +159,7 @@ pub(super) fn run(
             }
         }
         let results = if batch.rows > 0 {
-            write_with_retries(&mut conn, &target, synchronous, &mut batch)
+            write_with_retries(&mut conn, &connector, synchronous, &mut batch)
         } else {
             Ok(Vec::new())
         };
@@ -178,7 +178,7 @@ pub(super) fn run(
 /// as a last resort, item by item so that one bad row cannot hold back the rest.
 fn write_with_retries(
     conn: &mut DbConnection,
-    target: &DatabaseTarget,
+    connector: &Connector,
     synchronous: &str,
     batch: &mut Batch,
 ) -> Result<Vec<IntakeResult>, String> {
@@ -198,7 +198,7 @@ fn write_with_retries(
                 }
                 std::thread::sleep(delay);
                 delay = (delay * 4).min(Duration::from_secs(5));
-                if let Ok(fresh) = connect(target, synchronous) {
+                if let Ok(fresh) = connect(connector, synchronous) {
                     *conn = fresh;
                 }
             }
@@ -214,10 +214,11 @@ fn write_item_by_item(conn: &mut DbConnection, batch: &Batch) {
         failed += usize::from(conn.transaction(|c| write_processed(c, &[p])).is_err());
     }
     for row in &batch.replies {
-        failed += usize::from(store::insert_replies(conn, std::slice::from_ref(row)).is_err());
+        failed +=
+            usize::from(tables::replies::insert_replies(conn, std::slice::from_ref(row)).is_err());
     }
     for (ids, listeners) in &batch.releases {
-        failed += usize::from(store::release_claims(conn, ids, listeners).is_err());
+        failed += usize::from(tables::inbox_work::release_claims(conn, ids, listeners).is_err());
     }
     if failed > 0 {
         tracing::error!(failed, "database writer could not store some results");

@@ -4,12 +4,16 @@
 //! on `handlers`.
 
 use crate::db::DbConnection;
-use crate::db::models::{ActivityDelta, AlertRecord, MessageEdit, NewMessage};
+use crate::db::tables::{
+    keyword_alerts::AlertRecord,
+    messages::{MessageEdit, MessageRow},
+    user_activity::ActivityDelta,
+};
 
 /// A change a handler asks for; written with the run's event-log row.
 #[derive(Debug)]
 pub enum Effect {
-    StoreMessage(Box<NewMessage>),
+    StoreMessage(Box<MessageRow>),
     EditMessage(Box<MessageEdit>),
     DeleteMessages(Vec<i64>),
     Activity(ActivityDelta),

@@ -26,9 +26,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::attempt::AttemptResult;
 use super::checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
-use super::models::{NewEventLog, NewInboxRow, NewWorkRow, ReplyRecord};
-use super::{DbConnection, DbError, establish};
-use crate::config::DatabaseTarget;
+use super::tables::{
+    event_log::EventLogRow, inbox::NewInboxRow, inbox_work::NewWorkRow, replies::ReplyRecord,
+};
+use super::{Connector, DbConnection, DbError};
 use crate::ratelimit::Limits;
 use batch::{Spent, run};
 use effect::Effect;
@@ -51,7 +52,7 @@ pub struct InboxOutcome {
 #[derive(Debug, Default)]
 pub struct Processed {
     pub effects: Vec<Effect>,
-    pub logs: Vec<NewEventLog>,
+    pub logs: Vec<EventLogRow>,
     pub inbox: Option<InboxOutcome>,
     /// Dropped only once the writer has committed this work (or given up on it).
     pub after_commit: Option<AfterCommit>,
@@ -192,8 +193,8 @@ impl WriterThread {
 
 /// The writer's own connection. On SQLite it leaves checkpoints to the [`Checkpointer`] and
 /// does one itself only if the log grows far beyond the usual.
-fn connect(target: &DatabaseTarget, synchronous: &str) -> Result<DbConnection, DbError> {
-    let mut conn = establish(target)?;
+fn connect(connector: &Connector, synchronous: &str) -> Result<DbConnection, DbError> {
+    let mut conn = connector.open()?;
     if let DbConnection::Sqlite(c) = &mut conn {
         c.batch_execute(&format!(
             "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}; PRAGMA synchronous = {synchronous};"
@@ -206,22 +207,22 @@ impl Writer {
     /// Opens the writer's connection and starts its thread. `synchronous` is the SQLite
     /// `PRAGMA synchronous` of the writer's connection (`FULL`, `EXTRA` or `NORMAL`).
     pub fn spawn(
-        target: &DatabaseTarget,
+        connector: &Connector,
         batch_size: usize,
         synchronous: &'static str,
     ) -> Result<(Writer, WriterThread), DbError> {
-        let conn = connect(target, synchronous)?;
-        let checkpointer = Checkpointer::start(target)?;
+        let conn = connect(connector, synchronous)?;
+        let checkpointer = Checkpointer::start(connector)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (trash, spent) = std::sync::mpsc::channel::<Spent>();
         let janitor = std::thread::Builder::new()
             .name("db-janitor".into())
             .spawn(move || spent.into_iter().for_each(drop))
             .map_err(|e| DbError::Task(format!("cannot start the janitor thread: {e}")))?;
-        let target = target.clone();
+        let connector = connector.clone();
         let thread = std::thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || run(conn, target, synchronous, rx, batch_size, trash))
+            .spawn(move || run(conn, connector, synchronous, rx, batch_size, trash))
             .map_err(|e| DbError::Task(format!("cannot start the writer thread: {e}")))?;
         Ok((
             Writer { tx },

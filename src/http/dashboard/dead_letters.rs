@@ -5,20 +5,21 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::session::read_form;
-use super::{Ctx, REPLAYABLE, db_failed, given, pages, query, see_other};
-use crate::db::{dashboard as queries, store};
+use super::{Ctx, db_failed, given, pages, query, see_other};
+use crate::db::tables;
+use crate::db::tables::inbox::InboxStatus;
 use crate::http::AppState;
 
 /// Dead letters listed per page.
 const DEAD_LETTERS_SHOWN: i64 = 100;
 
-fn status_of(pairs: &[(String, String)]) -> &'static str {
-    let wanted = given(pairs, "status").unwrap_or("dead");
-    REPLAYABLE
-        .iter()
-        .copied()
-        .find(|s| *s == wanted)
-        .unwrap_or("dead")
+/// The replayable status a request names; dead by default.
+fn status_of(pairs: &[(String, String)]) -> InboxStatus {
+    let wanted = given(pairs, "status");
+    InboxStatus::REPLAYABLE
+        .into_iter()
+        .find(|s| Some(s.as_str()) == wanted)
+        .unwrap_or(InboxStatus::Dead)
 }
 
 pub(super) async fn dead_letters(
@@ -32,8 +33,8 @@ pub(super) async fn dead_letters(
         .db
         .run(move |c| {
             Ok((
-                store::inbox_counts(c)?,
-                store::inbox_entries(c, &[status], DEAD_LETTERS_SHOWN)?,
+                tables::inbox::inbox_counts(c)?,
+                tables::inbox::inbox_entries(c, &[status], DEAD_LETTERS_SHOWN)?,
             ))
         })
         .await;
@@ -60,23 +61,23 @@ pub(super) async fn confirm_replay(
             let key = id.clone();
             state
                 .db
-                .run(move |c| queries::inbox_has(c, &key, &[status]).map(i64::from))
+                .run(move |c| tables::inbox::inbox_has(c, &key, &[status]).map(i64::from))
                 .await
         }
         None => {
             state
                 .db
                 .run(move |c| {
-                    Ok(store::inbox_counts(c)?
+                    Ok(tables::inbox::inbox_counts(c)?
                         .into_iter()
-                        .find(|(s, _)| s == status)
+                        .find(|(s, _)| *s == status)
                         .map_or(0, |(_, n)| n))
                 })
                 .await
         }
     };
     match count {
-        Ok(count) => pages::confirm_replay(&ctx, status, id.as_deref(), count),
+        Ok(count) => pages::confirm_replay(&ctx, status.as_str(), id.as_deref(), count),
         Err(e) => db_failed(&ctx, e),
     }
 }
@@ -109,13 +110,13 @@ pub(super) async fn replay(
     }
     let requeued = state
         .db
-        .run(move |c| store::requeue(c, &[status], (!all).then_some(ids.as_slice())))
+        .run(move |c| tables::inbox_work::requeue(c, &[status], (!all).then_some(ids.as_slice())))
         .await;
     match requeued {
         Ok(n) => {
             tracing::info!(
                 requeued = n,
-                status,
+                status = status.as_str(),
                 "dead letters replayed through the dashboard"
             );
             see_other(&ctx.url(&format!("/ui/dead-letters?status={status}&replayed={n}")))

@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::pages::{self, EventsPage, EventsQuery};
 use super::{Ctx, db_failed, given, listener_names, query};
-use crate::db::dashboard as queries;
+use crate::db::tables;
 use crate::http::AppState;
 
 /// Event-log ids one page of the event log looks at, at most.
@@ -17,8 +17,8 @@ const EVENTS_PER_PAGE: i64 = 50;
 
 fn events_query(pairs: &[(String, String)]) -> EventsQuery {
     EventsQuery {
-        filter: queries::EventFilter {
-            handler: given(pairs, "listener").map(str::to_string),
+        filter: tables::event_log::EventFilter {
+            listener: given(pairs, "listener").map(str::to_string),
             realm: given(pairs, "realm").map(str::to_string),
             event_type: given(pairs, "type").map(str::to_string),
             success: match given(pairs, "success") {
@@ -69,7 +69,7 @@ pub(super) async fn events(ctx: Ctx, req: HttpRequest, state: web::Data<AppState
     let read = state
         .db
         .run(move |c| {
-            let Some(newest) = queries::newest_event_id(c)? else {
+            let Some(newest) = tables::event_log::newest_event_id(c)? else {
                 return Ok(EventsPage {
                     rows: Vec::new(),
                     searched: None,
@@ -78,11 +78,11 @@ pub(super) async fn events(ctx: Ctx, req: HttpRequest, state: web::Data<AppState
             };
             let mut high = before.map_or(newest, |b| b.saturating_sub(1).min(newest));
             if let Some(until) = until {
-                high = high.min(queries::id_at_or_before(c, until)?.unwrap_or(-1));
+                high = high.min(tables::event_log::id_at_or_before(c, until)?.unwrap_or(-1));
             }
-            let mut floor = queries::oldest_event_id(c)?.unwrap_or(0);
+            let mut floor = tables::event_log::oldest_event_id(c)?.unwrap_or(0);
             if let Some(since) = since {
-                floor = floor.max(queries::id_at_or_after(c, since)?.unwrap_or(i64::MAX));
+                floor = floor.max(tables::event_log::id_at_or_after(c, since)?.unwrap_or(i64::MAX));
             }
             if high < floor {
                 return Ok(EventsPage {
@@ -92,7 +92,8 @@ pub(super) async fn events(ctx: Ctx, req: HttpRequest, state: web::Data<AppState
                 });
             }
             let low = floor.max(high.saturating_sub(EVENT_WINDOW - 1));
-            let mut rows = queries::event_window(c, &filter, low, high, EVENTS_PER_PAGE + 1)?;
+            let mut rows =
+                tables::event_log::event_window(c, &filter, low, high, EVENTS_PER_PAGE + 1)?;
             let older = if rows.len() > EVENTS_PER_PAGE as usize {
                 rows.truncate(EVENTS_PER_PAGE as usize);
                 rows.last().map(|r| r.id)
@@ -138,13 +139,13 @@ pub(super) async fn event(
     let read = state
         .db
         .run(move |c| {
-            let Some(row) = queries::event_by_id(c, id)? else {
+            let Some(row) = tables::event_log::event_by_id(c, id)? else {
                 return Ok(None);
             };
             let (related, inbox) = match &row.event_id {
                 Some(event_id) => (
-                    queries::runs_of_event(c, event_id, row.id, SAME_EVENT_SPAN)?,
-                    queries::inbox_entry(c, event_id)?,
+                    tables::event_log::runs_of_event(c, event_id, row.id, SAME_EVENT_SPAN)?,
+                    tables::inbox::inbox_entry(c, event_id)?,
                 ),
                 None => (Vec::new(), None),
             };

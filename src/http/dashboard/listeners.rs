@@ -12,8 +12,8 @@ use super::{
     Ctx, DAY_MS, DEFAULT_INTERVAL_MS, db_failed, field, given, listener_names, query, see_other,
 };
 use crate::clock::now_ms;
-use crate::db::models::ListenerRow;
-use crate::db::{DbError, dashboard as queries};
+use crate::db::tables::listeners::ListenerRow;
+use crate::db::{DbError, tables};
 use crate::http::AppState;
 use crate::listeners::changes::{self, ChangeError, Overrides};
 
@@ -57,14 +57,19 @@ async fn read_listeners(
     state
         .db
         .run(move |c| {
-            let rows = crate::db::listeners::rows(c)?;
-            let interval_ms = queries::newest_interval(c)?
+            let rows = crate::db::tables::listeners::rows(c)?;
+            let interval_ms = tables::listener_stats::newest_interval(c)?
                 .map_or(DEFAULT_INTERVAL_MS, |(_, len)| len.max(60_000));
             let mut figures = Vec::new();
             for name in names {
                 figures.push(ListenerFigures {
-                    intervals: queries::listener_intervals(c, &name, now - DAY_MS)?,
-                    durations: queries::recent_durations(c, &name, now - DAY_MS, P95_SAMPLE)?,
+                    intervals: tables::listener_stats::listener_intervals(c, &name, now - DAY_MS)?,
+                    durations: tables::event_log::recent_durations(
+                        c,
+                        &name,
+                        now - DAY_MS,
+                        P95_SAMPLE,
+                    )?,
                 });
             }
             Ok((rows, figures, interval_ms))
@@ -141,7 +146,7 @@ pub(super) async fn listener(
     let key = name.clone();
     let history = state
         .db
-        .run(move |c| crate::db::listeners::history(c, &key, 50))
+        .run(move |c| crate::db::tables::listeners::history(c, &key, 50))
         .await;
     let read = read_listeners(&state, vec![name]).await;
     let ((rows, mut figures, interval_ms), history) = match (read, history) {

@@ -37,9 +37,6 @@ use crate::db::DbError;
 
 pub use session::Dashboard;
 
-/// Inbox statuses an operator may list and replay.
-const REPLAYABLE: &[&str] = &["dead", "parked", "rate_limited", "expired", "filtered"];
-
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 /// The statistics interval assumed while `listener_stats` has no row.

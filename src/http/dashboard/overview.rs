@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, web};
 use super::pages::{self, Overview};
 use super::{Ctx, DAY_MS, DEFAULT_INTERVAL_MS, HOUR_MS, db_failed};
 use crate::clock::now_ms;
-use crate::db::{dashboard as queries, store};
+use crate::db::tables;
 use crate::http::AppState;
 
 pub(super) async fn overview(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
@@ -15,24 +15,24 @@ pub(super) async fn overview(ctx: Ctx, state: web::Data<AppState>) -> HttpRespon
         .db
         .run(move |c| {
             let hour_start = (now - HOUR_MS) / 60_000 * 60_000;
-            let minutes = queries::runs_by_bucket(c, hour_start, 60_000)?;
+            let minutes = tables::event_log::runs_by_bucket(c, hour_start, 60_000)?;
             let day_start = now - DAY_MS;
-            let newest = queries::newest_interval(c)?;
+            let newest = tables::listener_stats::newest_interval(c)?;
             let interval_ms = newest.map_or(DEFAULT_INTERVAL_MS, |(_, len)| len.max(60_000));
-            let intervals = queries::stats_by_interval(c, day_start)?;
+            let intervals = tables::listener_stats::stats_by_interval(c, day_start)?;
             let tail_start = newest
                 .map_or(day_start, |(start, len)| start + len)
                 .max(day_start)
                 / interval_ms
                 * interval_ms;
-            let tail = queries::runs_by_bucket(c, tail_start, interval_ms)?;
+            let tail = tables::event_log::runs_by_bucket(c, tail_start, interval_ms)?;
             Ok((
                 minutes,
                 intervals,
                 interval_ms,
                 tail,
-                store::inbox_counts(c)?,
-                store::oldest_pending_ms(c)?,
+                tables::inbox::inbox_counts(c)?,
+                tables::inbox::oldest_pending_ms(c)?,
             ))
         })
         .await;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{Inbox, IntakeError};
 use crate::config::Config;
+use crate::db::tables::inbox::InboxStatus;
 use crate::events::forwarded::ForwardedEvent;
 use crate::filters::Filters;
 use crate::processing::guards::{Guards, Refused, Subject};
@@ -36,7 +37,7 @@ impl Admission {
         &self,
         event: &ForwardedEvent,
         now_ms: i64,
-    ) -> (&'static str, Option<String>) {
+    ) -> (InboxStatus, Option<String>) {
         let subject = Subject {
             realm: &event.event.realm,
             realm_key: event.realm_id,
@@ -45,8 +46,8 @@ impl Admission {
         };
         match self.guards.screen(subject, now_ms) {
             // Rate limits are charged by the writer, once it knows which events are new.
-            Ok(()) => ("pending", None),
-            Err(Refused { guard, reason }) => (guard.outcome(), Some(reason)),
+            Ok(()) => (InboxStatus::Pending, None),
+            Err(Refused { guard, reason }) => (guard.inbox_status(), Some(reason)),
         }
     }
 

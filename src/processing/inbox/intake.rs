@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::Inbox;
 use super::plan::{Dispatch, Plan};
+use crate::db::tables::inbox::InboxStatus;
 use crate::db::writer::{IntakeBatch, IntakeResult, IntakeWriteError, WriteOp};
 use crate::events::forwarded::ForwardedEvent;
 use crate::telemetry::metric;
@@ -62,7 +63,7 @@ impl Inbox {
         } = self.plan(webhook_id, events);
         // Each stored row's status as intake decided it, to count the batch once the
         // writer has said which events were known or rate-limited.
-        let statuses: HashMap<String, &'static str> = batch
+        let statuses: HashMap<String, InboxStatus> = batch
             .rows
             .iter()
             .map(|row| (row.event_id.clone(), row.status))
@@ -137,7 +138,7 @@ impl Inbox {
 /// The batch's counts: every event lands in exactly one bucket, published to the metrics.
 fn count(
     order: &[(Option<String>, String)],
-    statuses: &HashMap<String, &'static str>,
+    statuses: &HashMap<String, InboxStatus>,
     stored: &IntakeResult,
 ) -> IntakeSummary {
     let mut summary = IntakeSummary::default();
@@ -149,8 +150,8 @@ fn count(
             Some(id) if stored.known.contains(id) => "duplicate",
             Some(id) if stored.rate_limited.contains(id) => "rate_limited",
             Some(id) => match statuses.get(id).copied() {
-                Some("expired") => "expired",
-                Some("filtered") => "filtered",
+                Some(InboxStatus::Expired) => "expired",
+                Some(InboxStatus::Filtered) => "filtered",
                 _ => "accepted",
             },
         };

@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use super::Processor;
 use crate::config::ForwarderConfig;
 use crate::db::writer::Writer;
-use crate::db::{Backend, Db, DbError, store};
+use crate::db::{Backend, Db, DbError, tables};
 use crate::listeners::ListenerId;
 use crate::telemetry::metric;
 use lanes::{Backlog, Lane, waits_for};
@@ -111,7 +111,7 @@ impl Inbox {
             .iter()
             .filter_map(|&id| processor.handler_name(id))
             .collect();
-        let pending = db.run(store::pending_by_realm_and_type).await?;
+        let pending = db.run(tables::inbox::pending_by_realm_and_type).await?;
         let backlog = Backlog::default();
         for (realm_id, event_type, n) in pending {
             for listener in waits_for(&processor, &mine, &event_type) {
@@ -119,7 +119,7 @@ impl Inbox {
             }
         }
         if db.backend() == Backend::Sqlite {
-            let released = db.run(store::release_all_claims).await?;
+            let released = db.run(tables::inbox_work::release_all_claims).await?;
             if released > 0 {
                 tracing::info!(
                     released,

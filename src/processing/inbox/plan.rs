@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use super::Inbox;
 use crate::clock::{millis, now_ms};
 use crate::db::attempt::AttemptResult;
-use crate::db::models::{NewInboxRow, NewWorkRow};
+use crate::db::tables::inbox::{InboxStatus, NewInboxRow};
+use crate::db::tables::inbox_work::{self, NewWorkRow, WorkStatus};
 use crate::db::writer::IntakeBatch;
 use crate::events::Event;
 use crate::events::forwarded::ForwardedEvent;
@@ -47,7 +48,7 @@ pub(super) struct Queued {
 impl Plan {
     /// Marks `row` (the next to be pushed) done: nothing is left to track.
     fn finish(&mut self, row: &mut NewInboxRow) {
-        row.status = "done";
+        row.status = InboxStatus::Done;
         row.attempts = 1;
         // Kept only while the event may be processed or replayed (the writer puts it back if
         // the event is rate-limited).
@@ -94,7 +95,7 @@ impl Inbox {
                 .push((Some(event.event_id.clone()), event.event_type.clone()));
             let (status, reason) = self.admission.status(&event, now);
             if let Some(reason) = &reason {
-                tracing::info!(event_id = %event.event_id, status, %reason, "event stored, not dispatched");
+                tracing::info!(event_id = %event.event_id, status = status.as_str(), %reason, "event stored, not dispatched");
             }
             let mut row = NewInboxRow {
                 event_id: event.event_id,
@@ -114,7 +115,7 @@ impl Inbox {
                 received_at_ms: now,
                 updated_at_ms: now,
             };
-            if status == "pending" {
+            if status == InboxStatus::Pending {
                 self.plan_pending(
                     &mut plan,
                     &mut row,
@@ -161,7 +162,7 @@ impl Inbox {
                 if left.is_empty() {
                     plan.finish(row);
                 } else {
-                    let settled = |w: &NewWorkRow| w.status == "dead" || w.status == "rate_limited";
+                    let settled = |w: &NewWorkRow| !w.status.is_open();
                     let tried = left.iter().any(|w| w.attempts > 0 && !settled(w));
                     summarise(row, &left);
                     if left
@@ -170,7 +171,7 @@ impl Inbox {
                     {
                         held[lane] = true;
                     }
-                    if row.status == "pending" && tried {
+                    if row.status == InboxStatus::Pending && tried {
                         plan.dispatch.waiting.push((
                             row.realm_id,
                             row.event_type.clone(),
@@ -216,7 +217,7 @@ impl Inbox {
         NewWorkRow {
             event_id: event_id.to_string(),
             listener: self.name(id),
-            status: "pending",
+            status: WorkStatus::Pending,
             attempts: 0,
             next_attempt_at_ms: now,
             claimed_until_ms: claim_until,
@@ -243,10 +244,10 @@ impl Inbox {
         let mut left = Vec::new();
         for id in self.wanting(&self.mine, &row.event_type) {
             let name = self.name(id);
-            let result = match outcome.processed.logs.iter().find(|l| l.handler == name) {
+            let result = match outcome.processed.logs.iter().find(|l| l.listener == name) {
                 Some(log) if log.success => continue,
                 // Skipped over the listener's own quota: set aside, replayable.
-                Some(log) if crate::db::listeners::is_rate_limited(log) => {
+                Some(log) if crate::db::tables::event_log::is_rate_limited(log) => {
                     AttemptResult::SetAside {
                         reason: format!(
                             "{name}: {}",
@@ -266,12 +267,12 @@ impl Inbox {
                     _ => continue,
                 },
             };
-            let Some(error) = result.error() else {
+            let (Some(error), Some(status)) = (result.error(), result.work_status()) else {
                 continue;
             };
             let mut work = self.work_row(&row.event_id, id, 0, now);
             work.attempts = i32::from(result.counts_attempt());
-            work.status = result.work_status();
+            work.status = status;
             if let Some(at) = result.due_at_ms() {
                 work.next_attempt_at_ms = at;
             }
@@ -293,19 +294,11 @@ impl Inbox {
 /// may still run it, `parked` while every one left waits for a paused listener, `dead` when
 /// what is left is dead, `rate_limited` when it is only skips over listeners' own quotas.
 fn summarise(row: &mut NewInboxRow, left: &[NewWorkRow]) {
-    row.status = if left.iter().any(|w| w.status == "pending") {
-        "pending"
-    } else if left.iter().any(|w| w.status == "parked") {
-        "parked"
-    } else if left.iter().any(|w| w.status == "dead") {
-        "dead"
-    } else {
-        "rate_limited"
-    };
+    row.status = inbox_work::event_status(left.iter().map(|w| w.status));
     row.attempts = left.iter().map(|w| w.attempts).max().unwrap_or(0);
     if let Some(next) = left
         .iter()
-        .filter(|w| w.status != "dead" && w.status != "rate_limited")
+        .filter(|w| w.status.is_open())
         .map(|w| w.next_attempt_at_ms)
         .min()
     {

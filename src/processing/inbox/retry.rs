@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Inbox;
 use crate::clock::{millis, now_ms};
 use crate::db::attempt::AttemptResult;
-use crate::db::store;
+use crate::db::tables;
 use crate::processing::Outcome;
 
 /// Longest back-off between two attempts.
@@ -88,7 +88,7 @@ fn decide(
             // until the breaker lets a trial run through, without counting an attempt.
             return AttemptResult::Parked {
                 until_ms,
-                reason: store::parked_reason(listener),
+                reason: tables::inbox_work::parked_reason(listener),
             };
         }
         return AttemptResult::Done;

@@ -10,8 +10,9 @@ use tokio::sync::watch;
 use super::Inbox;
 use crate::clock::{millis, now_ms};
 use crate::db::attempt::AttemptResult;
+use crate::db::tables::inbox_work::WorkStatus;
 use crate::db::writer::{InboxOutcome, WriteOp};
-use crate::db::{DbError, store};
+use crate::db::{DbError, tables};
 use crate::events::forwarded::parse_stored;
 use crate::listeners::ListenerId;
 
@@ -64,7 +65,7 @@ impl Inbox {
                         .filter_map(|id| processor.handler_name(id))
                         .collect()
                 };
-                store::claim_work(c, SWEEP_BATCH, claim_until, &skip, &names, &wanted_by)
+                tables::claims::claim_work(c, SWEEP_BATCH, claim_until, &skip, &names, &wanted_by)
             })
             .await?;
         let claimed = rows.len();
@@ -108,7 +109,7 @@ impl Inbox {
                 .filter_map(|r| registry.id(&r.listener).map(|id| (id, r.attempts)))
                 .collect();
             listeners.sort_by_key(|(id, _)| self.mine.iter().position(|m| m == id));
-            let counted = group.iter().any(|r| r.status == "pending");
+            let counted = group.iter().any(|r| r.status == WorkStatus::Pending);
             let lane = self.lane_of(&event);
             let work = self.track(
                 lane,

@@ -50,7 +50,7 @@ impl Inbox {
                 .processed
                 .logs
                 .iter()
-                .find(|l| crate::db::listeners::is_rate_limited(l))
+                .find(|l| crate::db::tables::event_log::is_rate_limited(l))
                 .map(|l| format!("{}: {}", self.name(id), l.error.as_deref().unwrap_or("")));
             let judged = self.judge(&guard.event_id, &mut outcome, attempts);
             let result = match skipped {

@@ -2,7 +2,7 @@
 //! schema on the PostgreSQL server), and the readers tests use to look into it.
 
 use diesel::prelude::*;
-use zulip_listeners::db::{DbConnection, establish, run_migrations, store};
+use zulip_listeners::db::{DbConnection, establish, run_migrations, tables};
 
 use super::backend::{Backend, PG_ENV, postgres_enabled};
 use super::process::ConfigFile;
@@ -80,7 +80,11 @@ impl Drop for TestDatabase {
 
 /// Inbox events per status.
 pub fn inbox_counts(c: &mut DbConnection) -> Vec<(String, i64)> {
-    store::inbox_counts(c).expect("inbox counts")
+    tables::inbox::inbox_counts(c)
+        .expect("inbox counts")
+        .into_iter()
+        .map(|(status, n)| (status.to_string(), n))
+        .collect()
 }
 
 /// The count of `status` among `counts` (0 when absent).
@@ -102,7 +106,7 @@ pub fn log_rows_for(conn: &mut DbConnection, message: i64) -> Vec<(String, bool)
     log::table
         .filter(log::message_id.eq(message))
         .order(log::id)
-        .select((log::handler, log::success))
+        .select((log::listener, log::success))
         .load(conn)
         .expect("event log")
 }
@@ -122,7 +126,7 @@ pub fn inbox_status(c: &mut DbConnection, event_id: &str) -> (String, String) {
 pub fn log_errors(c: &mut DbConnection, handler: &str) -> Vec<Option<String>> {
     use zulip_listeners::db::schema::event_log as log;
     log::table
-        .filter(log::handler.eq(handler))
+        .filter(log::listener.eq(handler))
         .select(log::error)
         .load(c)
         .expect("event log")

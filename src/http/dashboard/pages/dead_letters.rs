@@ -8,23 +8,23 @@ use maud::html;
 use super::format::{query_value, shorten};
 use super::{csrf_field, flash, layout, respond};
 use crate::clock::utc_text;
-use crate::db::models::InboxEntry;
-use crate::http::dashboard::{Ctx, REPLAYABLE};
+use crate::db::tables::inbox::{InboxEntry, InboxStatus};
+use crate::http::dashboard::Ctx;
 
 pub fn dead_letters(
     ctx: &Ctx,
-    status: &str,
-    counts: &[(String, i64)],
+    status: InboxStatus,
+    counts: &[(InboxStatus, i64)],
     rows: &[InboxEntry],
     pairs: &[(String, String)],
 ) -> HttpResponse {
-    let count = |s: &str| counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
+    let count = |s: InboxStatus| counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
     let body = html! {
         (flash(pairs))
         nav.tabs {
-            @for s in REPLAYABLE {
-                a href=(ctx.url(&format!("/ui/dead-letters?status={s}"))) class=[(*s == status).then_some("current")] {
-                    (s.replace('_', " ")) " (" (count(s)) ")"
+            @for s in InboxStatus::REPLAYABLE {
+                a href=(ctx.url(&format!("/ui/dead-letters?status={s}"))) class=[(s == status).then_some("current")] {
+                    (s.as_str().replace('_', " ")) " (" (count(s)) ")"
                 }
             }
         }

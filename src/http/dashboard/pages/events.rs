@@ -8,13 +8,13 @@ use maud::html;
 use super::format::{encode_pairs, path_segment, shorten};
 use super::{layout, respond};
 use crate::clock::utc_text;
-use crate::db::dashboard as queries;
-use crate::db::models::{EventLogRow, InboxEntry};
+use crate::db::tables;
+use crate::db::tables::{event_log::EventLogRow, inbox::InboxEntry};
 use crate::http::dashboard::Ctx;
 
 /// The event-log page's filters, from the query string.
 pub struct EventsQuery {
-    pub filter: queries::EventFilter,
+    pub filter: tables::event_log::EventFilter,
     pub since: Option<String>,
     pub until: Option<String>,
     pub before: Option<i64>,
@@ -22,7 +22,7 @@ pub struct EventsQuery {
 
 /// A page of the event log and where the next one starts.
 pub struct EventsPage {
-    pub rows: Vec<crate::db::models::EventLogRow>,
+    pub rows: Vec<crate::db::tables::event_log::EventLogRow>,
     /// The ids looked at: `(low, high)`.
     pub searched: Option<(i64, i64)>,
     /// `before=` of the next (older) page.
@@ -38,7 +38,7 @@ pub fn events(
 ) -> HttpResponse {
     let f = &q.filter;
     let mut keep: Vec<(&str, String)> = Vec::new();
-    if let Some(v) = &f.handler {
+    if let Some(v) = &f.listener {
         keep.push(("listener", v.clone()));
     }
     if let Some(v) = &f.realm {
@@ -71,7 +71,7 @@ pub fn events(
                 select name="listener" {
                     option value="" { "any" }
                     @for n in names {
-                        option value=(n) selected[f.handler.as_deref() == Some(n.as_str())] { (n) }
+                        option value=(n) selected[f.listener.as_deref() == Some(n.as_str())] { (n) }
                     }
                 }
             }
@@ -102,7 +102,7 @@ pub fn events(
                             tr class=(if r.success { "ok" } else { "failed" }) {
                                 td { a href=(ctx.url(&format!("/ui/events/{}", r.id))) { (r.id) } }
                                 td { (utc_text(r.created_at_ms)) }
-                                td { (r.handler) }
+                                td { (r.listener) }
                                 td { (r.source) }
                                 td { (r.event_type) }
                                 td { (r.realm.as_deref().unwrap_or("–")) }
@@ -138,7 +138,7 @@ pub fn event(
 ) -> HttpResponse {
     let body = html! {
         dl.detail {
-            dt { "listener" } dd { a href=(ctx.url(&format!("/ui/listeners/{}", path_segment(&row.handler)))) { (row.handler) } }
+            dt { "listener" } dd { a href=(ctx.url(&format!("/ui/listeners/{}", path_segment(&row.listener)))) { (row.listener) } }
             dt { "when (UTC)" } dd { (utc_text(row.created_at_ms)) }
             dt { "source" } dd { (row.source) }
             dt { "type" } dd { (row.event_type) }
@@ -168,7 +168,7 @@ pub fn event(
                         @for r in related {
                             tr {
                                 td { a href=(ctx.url(&format!("/ui/events/{}", r.id))) { (r.id) } }
-                                td { (r.handler) }
+                                td { (r.listener) }
                                 td { (if r.success { "ok" } else { "failed" }) }
                                 td { small { (r.error.as_deref().map(|e| shorten(e, 120)).unwrap_or_default()) } }
                             }

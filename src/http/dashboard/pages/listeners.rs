@@ -9,7 +9,7 @@ use maud::{Markup, PreEscaped, html};
 use super::format::{path_segment, query_value};
 use super::{csrf_field, flash, layout, respond};
 use crate::clock::utc_text;
-use crate::db::models::HistoryRow;
+use crate::db::tables::listeners::HistoryRow;
 use crate::http::dashboard::charts;
 use crate::http::dashboard::{Ctx, field};
 use crate::listeners::Definition;

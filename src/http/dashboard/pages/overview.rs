@@ -7,6 +7,7 @@ use maud::html;
 
 use super::format::{clock, duration_text};
 use super::{layout, respond, svg};
+use crate::db::tables::inbox::InboxStatus;
 use crate::http::dashboard::Ctx;
 use crate::http::dashboard::charts::{self, Series};
 use crate::http::dashboard::{DAY_MS, HOUR_MS};
@@ -21,7 +22,7 @@ pub struct Overview {
     pub interval_ms: i64,
     /// Event-log runs after the newest `listener_stats` interval, in buckets of `interval_ms`.
     pub tail: Vec<(i64, String, bool, i64)>,
-    pub inbox: Vec<(String, i64)>,
+    pub inbox: Vec<(InboxStatus, i64)>,
     pub oldest_pending_ms: Option<i64>,
     pub health: serde_json::Value,
     /// Late replies since the server started, by outcome.

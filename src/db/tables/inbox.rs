@@ -1,0 +1,310 @@
+//! The `inbox` table: every event accepted from the forwarder, stored before its batch is
+//! acknowledged, and where it stands ([`InboxStatus`]). Intake writes it in bulk; the work
+//! per listener is in [`super::inbox_work`], which settles an event's status as its work
+//! changes and replays events. Here: the backlog figures and the operator's listing.
+
+use std::collections::HashSet;
+
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+
+use crate::clock::now_ms;
+use crate::db::bulk::{self, ROWS_PER_STATEMENT, bulk_row};
+use crate::db::schema::inbox;
+use crate::db::text_enum::text_enum;
+use crate::db::{DbConnection, DbError};
+
+text_enum! {
+    /// Where a forwarded event stands (`inbox.status`).
+    pub enum InboxStatus {
+        /// Some listener may still run it (due now or later).
+        Pending = "pending",
+        /// Every listener left waits for one that is paused or disabled after failures.
+        Parked = "parked",
+        /// Every listener that wanted it ran it; its envelope is dropped.
+        Done = "done",
+        /// A listener used up its retries (and none is left to run it).
+        Dead = "dead",
+        /// Too old when received: not processed.
+        Expired = "expired",
+        /// Only listeners over their own quota are left: set aside, replayable for them.
+        RateLimited = "rate_limited",
+        /// Refused by the intake filters: not processed.
+        Filtered = "filtered",
+    }
+}
+
+impl InboxStatus {
+    /// An event that still has work rows (or dead ones): changes to its work settle it.
+    pub const OPEN: [InboxStatus; 3] =
+        [InboxStatus::Pending, InboxStatus::Parked, InboxStatus::Dead];
+
+    /// Events that may be deleted once old. `rate_limited` events keep their envelope (the
+    /// message content) for a replay, so they go after the retention period like the rest of
+    /// the stored data. Pending, parked and dead events are kept whatever their age: they are
+    /// still to be processed, or to be looked at by an operator.
+    pub const FINISHED: [InboxStatus; 4] = [
+        InboxStatus::Done,
+        InboxStatus::Expired,
+        InboxStatus::Filtered,
+        InboxStatus::RateLimited,
+    ];
+
+    /// What an operator may list and replay, in the order the admin API and the dashboard
+    /// show them.
+    pub const REPLAYABLE: [InboxStatus; 5] = [
+        InboxStatus::Dead,
+        InboxStatus::Parked,
+        InboxStatus::RateLimited,
+        InboxStatus::Expired,
+        InboxStatus::Filtered,
+    ];
+}
+
+/// An event accepted from the forwarder.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = inbox, treat_none_as_default_value = false)]
+pub struct NewInboxRow {
+    pub event_id: String,
+    pub webhook_id: String,
+    pub realm_id: i64,
+    pub realm: String,
+    pub user_id: Option<i64>,
+    pub event_type: String,
+    pub op: Option<String>,
+    pub payload: String,
+    pub status: InboxStatus,
+    pub attempts: i32,
+    pub next_attempt_at_ms: i64,
+    pub claimed_until_ms: i64,
+    pub last_error: Option<String>,
+    pub emitted_at_ms: Option<i64>,
+    pub received_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+bulk_row! {
+    NewInboxRow => inbox,
+    sqlite: "INSERT OR IGNORE INTO" + "",
+    postgres: "ON CONFLICT DO NOTHING RETURNING event_id",
+    columns: (
+        event_id, webhook_id, realm_id, realm, user_id, event_type, op, payload, status,
+        attempts, next_attempt_at_ms, claimed_until_ms, last_error, emitted_at_ms,
+        received_at_ms, updated_at_ms,
+    ),
+}
+
+/// An inbox row as listed by `dead-letters list`, the admin API and the dashboard.
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = inbox)]
+pub struct InboxEntry {
+    pub event_id: String,
+    pub realm_id: i64,
+    pub realm: String,
+    pub user_id: Option<i64>,
+    pub event_type: String,
+    pub op: Option<String>,
+    pub status: InboxStatus,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub received_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// An id returned by an insert.
+#[derive(QueryableByName)]
+struct InsertedEventId {
+    #[diesel(sql_type = Text)]
+    event_id: String,
+}
+
+/// Stores accepted events; an event id already stored is left as it is. Returns the ids
+/// that were already stored.
+pub fn insert_inbox(
+    conn: &mut DbConnection,
+    rows: &[NewInboxRow],
+) -> Result<HashSet<String>, DbError> {
+    let rows: Vec<&NewInboxRow> = rows.iter().collect();
+    let mut known = HashSet::new();
+    match conn {
+        DbConnection::Sqlite(c) => {
+            crate::db::sqlite_rows::insert_each_chunk(c, &rows, |c, chunk, inserted| {
+                if inserted < chunk.len() {
+                    known.extend(sqlite_known_events(c, chunk, inserted)?);
+                }
+                Ok(())
+            })?;
+        }
+        DbConnection::Postgres(c) => {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let inserted: HashSet<String> = bulk::pg_query(chunk)
+                    .load::<InsertedEventId>(c)?
+                    .into_iter()
+                    .map(|r| r.event_id)
+                    .collect();
+                known.extend(
+                    chunk
+                        .iter()
+                        .filter(|r| !inserted.contains(&r.event_id))
+                        .map(|r| r.event_id.clone()),
+                );
+            }
+        }
+    }
+    Ok(known)
+}
+
+/// The events of a multi-row `INSERT OR IGNORE` that were in the inbox before it: the
+/// statement skipped them. The rows it did insert got consecutive ids ending at
+/// `last_insert_rowid()` (an `INTEGER PRIMARY KEY` without AUTOINCREMENT takes the largest
+/// id plus one), so the skipped ones are those with a smaller id.
+fn sqlite_known_events(
+    c: &mut diesel::SqliteConnection,
+    chunk: &[&NewInboxRow],
+    inserted: usize,
+) -> QueryResult<Vec<String>> {
+    let ids = chunk.iter().map(|r| r.event_id.as_str());
+    if inserted == 0 {
+        return Ok(ids.map(str::to_string).collect());
+    }
+    let last: i64 =
+        diesel::select(diesel::dsl::sql::<BigInt>("last_insert_rowid()")).get_result(c)?;
+    let first_new = last - i64::try_from(inserted).unwrap_or(i64::MAX) + 1;
+    inbox::table
+        .select(inbox::event_id)
+        .filter(inbox::event_id.eq_any(ids.collect::<Vec<_>>()))
+        .filter(inbox::id.lt(first_new))
+        .load(c)
+}
+
+/// On PostgreSQL, locks the inbox rows of `event_ids` (in id order, so that two writers never
+/// wait for each other in a cycle) for the rest of the transaction: two processes finishing
+/// different listeners of one event then settle its status one after the other, each seeing
+/// the other's work rows as committed. SQLite has one writer; nothing to do.
+pub fn lock_events(conn: &mut DbConnection, event_ids: &[&str]) -> Result<(), DbError> {
+    if let DbConnection::Postgres(c) = conn {
+        for chunk in event_ids.chunks(ROWS_PER_STATEMENT) {
+            inbox::table
+                .filter(inbox::event_id.eq_any(chunk))
+                .order(inbox::id)
+                .select(inbox::id)
+                .for_update()
+                .load::<i64>(c)?;
+        }
+    }
+    Ok(())
+}
+
+/// Turns a row just stored by intake into a `rate_limited` one, with its envelope (rows
+/// processed at intake were stored without it) and no claim or result.
+pub fn mark_rate_limited(
+    conn: &mut DbConnection,
+    event_id: &str,
+    payload: &str,
+    reason: &str,
+) -> Result<(), DbError> {
+    diesel::update(inbox::table.filter(inbox::event_id.eq(event_id)))
+        .set((
+            inbox::status.eq(InboxStatus::RateLimited),
+            inbox::payload.eq(payload),
+            inbox::attempts.eq(0),
+            inbox::claimed_until_ms.eq(0i64),
+            inbox::last_error.eq(reason),
+            inbox::updated_at_ms.eq(now_ms()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// `status = 'pending'` as literal SQL: the form the partial index `inbox_due` matches.
+fn is_pending() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql(&format!("status = '{}'", InboxStatus::Pending))
+}
+
+/// Pending events (due or not), counted through the partial index `inbox_due`.
+pub fn pending_count(conn: &mut DbConnection) -> Result<i64, DbError> {
+    Ok(inbox::table
+        .filter(is_pending())
+        .select(count_star())
+        .first(conn)?)
+}
+
+/// Pending events (due or not) per realm id and event type.
+pub fn pending_by_realm_and_type(
+    conn: &mut DbConnection,
+) -> Result<Vec<(i64, String, i64)>, DbError> {
+    Ok(inbox::table
+        .filter(is_pending())
+        .group_by((inbox::realm_id, inbox::event_type))
+        .select((inbox::realm_id, inbox::event_type, count_star()))
+        .load(conn)?)
+}
+
+/// Events per inbox status.
+pub fn inbox_counts(conn: &mut DbConnection) -> Result<Vec<(InboxStatus, i64)>, DbError> {
+    Ok(inbox::table
+        .group_by(inbox::status)
+        .select((inbox::status, count_star()))
+        .order(inbox::status)
+        .load(conn)?)
+}
+
+/// When the oldest pending forwarded event was received (unix ms), if any is pending.
+pub fn oldest_pending_ms(conn: &mut DbConnection) -> Result<Option<i64>, DbError> {
+    Ok(oldest_pending_by_type(conn)?
+        .into_iter()
+        .map(|(_, at)| at)
+        .min())
+}
+
+/// When the oldest pending event of each type was received (read through the index of
+/// pending rows).
+pub fn oldest_pending_by_type(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, DbError> {
+    let rows: Vec<(String, Option<i64>)> = inbox::table
+        .filter(inbox::status.eq(InboxStatus::Pending))
+        .group_by(inbox::event_type)
+        .select((inbox::event_type, diesel::dsl::min(inbox::received_at_ms)))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(t, at)| at.map(|at| (t, at)))
+        .collect())
+}
+
+/// Inbox rows with one of `statuses`, newest first.
+pub fn inbox_entries(
+    conn: &mut DbConnection,
+    statuses: &[InboxStatus],
+    limit: i64,
+) -> Result<Vec<InboxEntry>, DbError> {
+    Ok(inbox::table
+        .filter(inbox::status.eq_any(statuses))
+        .order(inbox::id.desc())
+        .limit(limit)
+        .select(InboxEntry::as_select())
+        .load(conn)?)
+}
+
+/// A forwarded event in the inbox, by its event id (unique index).
+pub fn inbox_entry(conn: &mut DbConnection, event_id: &str) -> Result<Option<InboxEntry>, DbError> {
+    Ok(inbox::table
+        .filter(inbox::event_id.eq(event_id))
+        .select(InboxEntry::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Whether an inbox row with this event id and one of `statuses` exists.
+pub fn inbox_has(
+    conn: &mut DbConnection,
+    event_id: &str,
+    statuses: &[InboxStatus],
+) -> Result<bool, DbError> {
+    let n: i64 = inbox::table
+        .filter(inbox::event_id.eq(event_id))
+        .filter(inbox::status.eq_any(statuses))
+        .select(count_star())
+        .first(conn)?;
+    Ok(n > 0)
+}
