@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use zulip_listeners::events::Event;
-use zulip_listeners::events::outgoing::{OutgoingPayload, SlackPayload, strip_leading_mention};
+use zulip_listeners::events::outgoing::{Body, strip_leading_mention};
 use zulip_listeners::events::text::{MAX_MESSAGE_LENGTH, normalize_reply, truncate_chars};
 
 fuzz_target!(|data: &[u8]| {
     let raw = bytes::Bytes::copy_from_slice(data);
-    match OutgoingPayload::parse(data) {
+    match Body::parse(false, data) {
         Ok(payload) => {
             if let Ok(trigger) = payload.trigger() {
                 let event =
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => assert!(!e.0.is_empty()),
     }
-    match SlackPayload::parse(data) {
+    match Body::parse(true, data) {
         Ok(payload) => {
             if let Ok(trigger) = payload.trigger() {
                 let event = payload.into_event(Arc::from("bot"), trigger, None, raw);

@@ -1,6 +1,7 @@
 //! Zulip's outgoing-webhook wire formats — the generic JSON body and the Slack-compatible form —
-//! and how each becomes an [`Event`]: the message typed, a leading mention of the bot stripped
-//! into the command text. `WireMessage` is also the `message` of a forwarded `message` event.
+//! read through one [`Body`], and how each becomes an [`Event`]: the message typed, a leading
+//! mention of the bot stripped into the command text. `WireMessage` is also the `message` of a
+//! forwarded `message` event.
 //!
 //! Parsing is tolerant the way Zulip's payloads require: unknown fields are ignored, every
 //! `message` field is optional, and the minimal bodies found in Zulip's own docs and tests work.
@@ -105,15 +106,9 @@ impl OutgoingPayload {
         }
     }
 
-    /// Turns the body into an event for `bot`, stripping a leading mention of the bot (named
-    /// by `bot_full_name`, else `configured_name`; when neither is known, any leading mention).
-    pub fn into_event(
-        self,
-        bot: Arc<str>,
-        trigger: Trigger,
-        configured_name: Option<&str>,
-        raw: bytes::Bytes,
-    ) -> Event {
+    /// The realm and message, a leading mention of the bot stripped into the command (the bot
+    /// named by `bot_full_name`, else `configured_name`; when neither is known, any mention).
+    fn into_message(self, trigger: Trigger, configured_name: Option<&str>) -> (Realm, Message) {
         let mut wire = self.message.unwrap_or_default();
         if wire.content.is_none() {
             wire.content = self.data;
@@ -131,11 +126,7 @@ impl OutgoingPayload {
             id: None,
             string_id: realm_str,
         };
-        let raw = RawBody {
-            bytes: raw,
-            form: false,
-        };
-        outgoing_event(bot, trigger, raw, realm, message)
+        (realm, message)
     }
 }
 
@@ -214,13 +205,9 @@ impl SlackPayload {
         }
     }
 
-    pub fn into_event(
-        self,
-        bot: Arc<str>,
-        trigger: Trigger,
-        configured_name: Option<&str>,
-        raw: bytes::Bytes,
-    ) -> Event {
+    /// The realm and message, a leading mention of the bot (`configured_name`, else any)
+    /// stripped into the command.
+    fn into_message(self, configured_name: Option<&str>) -> (Realm, Message) {
         let content = self.text.unwrap_or_default();
         let command = strip_leading_mention(&content, configured_name).to_string();
         let sender_id = prefixed_id(self.user_id.as_deref(), 'U');
@@ -242,28 +229,75 @@ impl SlackPayload {
             recipients: Vec::new(),
             timestamp: self.timestamp.and_then(|t| t.parse().ok()),
         };
-        let raw = RawBody {
-            bytes: raw,
-            form: true,
-        };
-        outgoing_event(bot, trigger, raw, realm, message)
+        (realm, message)
     }
 }
 
-/// The event for a message that came by outgoing webhook: about its sender, time unknown.
-fn outgoing_event(
-    bot: Arc<str>,
-    trigger: Trigger,
-    raw: RawBody,
-    realm: Realm,
-    message: Message,
-) -> Event {
-    Event {
-        origin: Origin::Outgoing { bot, trigger, raw },
-        realm,
-        user_id: message.sender_id,
-        occurred_at_ms: None,
-        kind: EventKind::Message(Box::new(message)),
+/// An outgoing-webhook body in either of Zulip's formats: its own JSON, or the Slack-compatible
+/// form (which names no bot: the bot is found by the path or the token).
+#[derive(Debug)]
+pub enum Body {
+    Zulip(OutgoingPayload),
+    Slack(SlackPayload),
+}
+
+impl Body {
+    pub fn parse(slack: bool, body: &[u8]) -> Result<Body, PayloadError> {
+        Ok(if slack {
+            Body::Slack(SlackPayload::parse(body)?)
+        } else {
+            Body::Zulip(OutgoingPayload::parse(body)?)
+        })
+    }
+
+    pub fn token(&self) -> &str {
+        let token = match self {
+            Body::Zulip(p) => p.token.as_deref(),
+            Body::Slack(p) => p.token.as_deref(),
+        };
+        token.unwrap_or_default()
+    }
+
+    pub fn bot_email(&self) -> Option<&str> {
+        match self {
+            Body::Zulip(p) => p.bot_email.as_deref(),
+            Body::Slack(_) => None,
+        }
+    }
+
+    pub fn trigger(&self) -> Result<Trigger, String> {
+        match self {
+            Body::Zulip(p) => p.trigger(),
+            Body::Slack(p) => p.trigger(),
+        }
+    }
+
+    /// Turns the body into an event for `bot`, stripping a leading mention of the bot (named
+    /// by the body's `bot_full_name`, else `configured_name`; when neither is known, any
+    /// leading mention). The event is about the sender; when Zulip emitted it is not known.
+    pub fn into_event(
+        self,
+        bot: Arc<str>,
+        trigger: Trigger,
+        configured_name: Option<&str>,
+        raw: bytes::Bytes,
+    ) -> Event {
+        let form = matches!(self, Body::Slack(_));
+        let (realm, message) = match self {
+            Body::Zulip(p) => p.into_message(trigger, configured_name),
+            Body::Slack(p) => p.into_message(configured_name),
+        };
+        Event {
+            origin: Origin::Outgoing {
+                bot,
+                trigger,
+                raw: RawBody { bytes: raw, form },
+            },
+            realm,
+            user_id: message.sender_id,
+            occurred_at_ms: None,
+            kind: EventKind::Message(Box::new(message)),
+        }
     }
 }
 
@@ -327,7 +361,7 @@ mod tests {
     #[test]
     fn ascii_escapes_and_surrogate_pairs_decode() {
         let body = br#"{"token":"t","message":{"content":"h\u00e9llo \ud83d\ude00","subject":""}}"#;
-        let payload = OutgoingPayload::parse(body).expect("parses");
+        let payload = Body::Zulip(OutgoingPayload::parse(body).expect("parses"));
         let event = payload.into_event("b".into(), Trigger::Mention, None, bytes::Bytes::new());
         let message = event.message().expect("message");
         assert_eq!(message.content, "héllo 😀");
@@ -362,7 +396,7 @@ mod tests {
     #[test]
     fn slack_form_maps_prefixed_ids() {
         let body = b"token=v9fp&team_id=T1512&team_domain=zulip.example.com&channel_id=C123&channel_name=integrations&thread_ts=1532078950&timestamp=1532078950&user_id=U21&user_name=Full+Name&text=%40%2A%2Atest%2A%2A+ping&trigger_word=mention&service_id=27";
-        let payload = SlackPayload::parse(body).expect("parses");
+        let payload = Body::Slack(SlackPayload::parse(body).expect("parses"));
         assert_eq!(payload.trigger(), Ok(Trigger::Mention));
         let event = payload.into_event("b".into(), Trigger::Mention, None, bytes::Bytes::new());
         let message = event.message().expect("message");

@@ -8,9 +8,8 @@ use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use tracing::Instrument;
 
 use super::{ApiError, AppState, json_ok, read_body};
-use crate::events::outgoing::{OutgoingPayload, SlackPayload};
-use crate::events::{Event, PayloadError, Trigger};
-use crate::processing::bots::{Bot, BotId};
+use crate::events::outgoing::Body;
+use crate::processing::bots::BotId;
 use crate::processing::outgoing::NO_REPLY;
 
 /// `POST /zulip/outgoing` and `POST /`: the bot is named by the body.
@@ -46,16 +45,22 @@ async fn handle(
     let body = read_body(&req, payload, state.max_body_bytes, &state.body).await?;
     let slack = is_slack(&req, &body);
     let bots = &state.outgoing.bots;
-    let payload = Payload::parse(slack, &body)?;
+    let payload = Body::parse(slack, &body)?;
     let bot_id = authenticate(&state, path_bot, payload.bot_email(), payload.token())?;
     let trigger = match payload.trigger() {
         Ok(trigger) => trigger,
         Err(other) => return Ok(ignored_trigger(&other)),
     };
-    let event = payload.into_event(trigger, bots.get(bot_id), body.clone());
+    let bot = bots.get(bot_id);
+    let event = payload.into_event(
+        bot.name.clone(),
+        trigger,
+        bot.full_name.as_deref(),
+        body.clone(),
+    );
     let span = tracing::info_span!(
         "outgoing",
-        bot = %bots.get(bot_id).name,
+        bot = %bot.name,
         message_id = event.message_id(),
         trigger = trigger.as_str(),
     );
@@ -68,54 +73,6 @@ async fn handle(
         return Ok(json_ok(body));
     }
     Ok(json_ok(answer.body.to_string()))
-}
-
-/// An outgoing-webhook body in either of Zulip's formats: its own JSON, or the Slack-compatible
-/// form (which names no bot: the bot is found by the path or the token).
-enum Payload {
-    Zulip(OutgoingPayload),
-    Slack(SlackPayload),
-}
-
-impl Payload {
-    fn parse(slack: bool, body: &[u8]) -> Result<Payload, PayloadError> {
-        Ok(if slack {
-            Payload::Slack(SlackPayload::parse(body)?)
-        } else {
-            Payload::Zulip(OutgoingPayload::parse(body)?)
-        })
-    }
-
-    fn token(&self) -> &str {
-        let token = match self {
-            Payload::Zulip(p) => p.token.as_deref(),
-            Payload::Slack(p) => p.token.as_deref(),
-        };
-        token.unwrap_or_default()
-    }
-
-    fn bot_email(&self) -> Option<&str> {
-        match self {
-            Payload::Zulip(p) => p.bot_email.as_deref(),
-            Payload::Slack(_) => None,
-        }
-    }
-
-    fn trigger(&self) -> Result<Trigger, String> {
-        match self {
-            Payload::Zulip(p) => p.trigger(),
-            Payload::Slack(p) => p.trigger(),
-        }
-    }
-
-    /// The event for `bot`, with a leading mention of it stripped from the message.
-    fn into_event(self, trigger: Trigger, bot: &Bot, raw: bytes::Bytes) -> Event {
-        let (name, full_name) = (bot.name.clone(), bot.full_name.as_deref());
-        match self {
-            Payload::Zulip(p) => p.into_event(name, trigger, full_name, raw),
-            Payload::Slack(p) => p.into_event(name, trigger, full_name, raw),
-        }
-    }
 }
 
 /// Finds the bot and checks the token: by path, else by `bot_email`, else by the token alone.
