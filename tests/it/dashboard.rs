@@ -147,6 +147,11 @@ const PAGES: &[&str] = &[
     "/admin/ui/dead-letters/replay?status=dead&id=dead-0",
 ];
 
+/// The status a request is answered with.
+async fn status(request: reqwest::RequestBuilder) -> reqwest::StatusCode {
+    request.send().await.expect("request").status()
+}
+
 const FORMS: &[(&str, &str)] = &[
     ("/admin/ui/listeners/pinger", "action=disable"),
     ("/admin/ui/dead-letters/replay", "status=dead&all=1"),
@@ -170,22 +175,12 @@ async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
         assert_eq!(header(&answer, "location"), Some("/admin/login"), "{page}");
         let body = answer.text().await.expect("body");
         assert!(!body.contains("alerts-eng"), "{page} leaks: {body}");
-        // A made-up or stale cookie is no session either.
-        let answer = http
-            .get(format!("{}{page}", t.base))
-            .header("cookie", "zl_admin_session=0123abcd")
-            .send()
-            .await
-            .expect("page");
-        assert_eq!(answer.status(), 303, "{page} with a made-up session");
-        // The wrong bearer token neither.
-        let answer = http
-            .get(format!("{}{page}", t.base))
-            .bearer_auth("wrong-token-wrong-token-wrong")
-            .send()
-            .await
-            .expect("page");
-        assert_eq!(answer.status(), 303, "{page} with a wrong bearer token");
+        // A made-up or stale cookie is no session either, and the wrong bearer token neither.
+        let url = format!("{}{page}", t.base);
+        let made_up = http.get(&url).header("cookie", "zl_admin_session=0123abcd");
+        assert_eq!(status(made_up).await, 303, "{page} with a made-up session");
+        let wrong = http.get(&url).bearer_auth("wrong-token-wrong-token-wrong");
+        assert_eq!(status(wrong).await, 303, "{page} with a wrong bearer token");
     }
     for (form, body) in FORMS {
         let answer = http
@@ -243,27 +238,22 @@ async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
     assert_eq!(api.status(), 401);
 
     // A form post with the session but without (or with a wrong) CSRF token is refused.
+    let pinger = format!("{}/admin/ui/listeners/pinger", t.base);
     for body in ["action=disable", "action=disable&csrf=0000"] {
-        let answer = http
-            .post(format!("{}/admin/ui/listeners/pinger", t.base))
+        let form = http
+            .post(&pinger)
             .header("cookie", &cookie)
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .expect("form");
-        assert_eq!(answer.status(), 403, "{body}");
+            .body(body);
+        assert_eq!(status(form).await, 403, "{body}");
     }
     // …and so is one from another origin, even with the token.
-    let answer = http
-        .post(format!("{}/admin/ui/listeners/pinger", t.base))
+    let elsewhere = http
+        .post(&pinger)
         .header("cookie", &cookie)
         .header("origin", "https://evil.example")
-        .form(&[("action", "disable"), ("csrf", csrf.as_str())])
-        .send()
-        .await
-        .expect("form");
-    assert_eq!(answer.status(), 403);
+        .form(&[("action", "disable"), ("csrf", csrf.as_str())]);
+    assert_eq!(status(elsewhere).await, 403);
     assert!(
         enabled(&t, "pinger").await,
         "no refused form changed anything"

@@ -37,6 +37,23 @@ async fn admin_post(t: &TestServer, path: &str) -> Answer {
 }
 
 /// Polls `/health` until `check` holds (the database facts are cached for a second).
+/// Sends one event that fails, then waits until `/health` gives a reason containing each of
+/// `wanted`.
+async fn fail_until_reasons(
+    t: &TestServer,
+    webhook_id: &str,
+    failing: serde_json::Value,
+    wanted: &[&str],
+) -> Answer {
+    let sent = t.post_events(webhook_id, vec![failing]).await;
+    assert_eq!(sent.status, 200);
+    health_until(t, |a| {
+        let given = reasons(a);
+        wanted.iter().all(|w| given.iter().any(|r| r.contains(w)))
+    })
+    .await
+}
+
 async fn health_until(t: &TestServer, check: impl Fn(&Answer) -> bool) -> Answer {
     let mut last = None;
     eventually(Duration::from_secs(10), async || {
@@ -116,17 +133,12 @@ async fn an_open_breaker_degrades_until_the_handler_recovers() {
     let (t, target) = with_a_failing_target(&db, "[error_handling]\nbreaker_failures = 2\nbreaker_cooldown = \"60s\"\nmax_failures_per_hour = 1000\n").await;
     assert_eq!(t.health().await.json["status"], "ok");
 
-    let sent = t
-        .post_events("msg_b", vec![broken_build("b1", 701, 10)])
-        .await;
-    assert_eq!(sent.status, 200);
-
-    let degraded = health_until(&t, |a| {
-        reasons(a)
-            .iter()
-            .any(|r| r.contains("circuit breaker open"))
-            && reasons(a).iter().any(|r| r.contains("parked"))
-    })
+    let degraded = fail_until_reasons(
+        &t,
+        "msg_b",
+        broken_build("b1", 701, 10),
+        &["circuit breaker open", "parked"],
+    )
     .await;
     assert_eq!(
         (degraded.status, degraded.json["status"].as_str()),
@@ -242,16 +254,12 @@ async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
         "[error_handling]\nbreaker_failures = 1000\nmax_failures_per_hour = 2\n",
     )
     .await;
-    let sent = t
-        .post_events("msg_c", vec![broken_build("c1", 801, 10)])
-        .await;
-    assert_eq!(sent.status, 200);
-
-    let degraded = health_until(&t, |a| {
-        reasons(a)
-            .iter()
-            .any(|r| r.contains("failed 3 times within an hour"))
-    })
+    let degraded = fail_until_reasons(
+        &t,
+        "msg_c",
+        broken_build("c1", 801, 10),
+        &["failed 3 times within an hour"],
+    )
     .await;
     let all = reasons(&degraded);
     assert!(
