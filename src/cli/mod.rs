@@ -121,7 +121,13 @@ pub fn run(cli: Cli) -> ExitCode {
     if let Command::Doctor { url } = &cli.command {
         return crate::doctor::run(&sources, url.as_deref());
     }
-    let config = match Config::load(&sources) {
+    // A configuration that cannot be used, signing keys included, is exit code 2 for every
+    // command, before anything else is done.
+    let loaded = Config::load(&sources).and_then(|config| {
+        crate::verification::signing_keys(&config.forwarder.secrets)?;
+        Ok(config)
+    });
+    let config = match loaded {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
