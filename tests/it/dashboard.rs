@@ -231,11 +231,8 @@ async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
     let (cookie, csrf) = sign_in(&t, &http).await;
     let api = http
         .get(format!("{}/admin/listeners", t.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .expect("api");
-    assert_eq!(api.status(), 401);
+        .header("cookie", &cookie);
+    assert_eq!(status(api).await, 401);
 
     // A form post with the session but without (or with a wrong) CSRF token is refused.
     let pinger = format!("{}/admin/ui/listeners/pinger", t.base);
@@ -336,21 +333,15 @@ async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
     assert!(answer.text().await.expect("body").contains("realms"));
 
     // Signing out ends the session.
-    let answer = http
+    let logout = http
         .post(format!("{}/admin/logout", t.base))
         .header("cookie", &cookie)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .expect("logout");
-    assert_eq!(answer.status(), 303);
-    let answer = http
+        .form(&[("csrf", csrf.as_str())]);
+    assert_eq!(status(logout).await, 303);
+    let after = http
         .get(format!("{}/admin/", t.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .expect("page");
-    assert_eq!(answer.status(), 303);
+        .header("cookie", &cookie);
+    assert_eq!(status(after).await, 303);
 
     // Wrong tokens: 401, then 429 after five failures from one address.
     for attempt in 0..6 {
