@@ -10,6 +10,7 @@ mod guards;
 mod health;
 mod listeners;
 mod memory_budget;
+mod message_writes;
 mod operations;
 mod operator;
 mod outgoing;

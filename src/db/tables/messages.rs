@@ -1,8 +1,10 @@
 //! The `messages` table: messages stored by `message_logger` (written in bulk; a message id
 //! already stored is kept), their later edits and deletions, and the erasure of what a
 //! message said and who was in it (used by deletions and by [`crate::db::retention`]).
+//! [`MessageWrites`] groups a transaction's message effects into few statements.
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 
@@ -77,18 +79,7 @@ pub fn message_by_id(conn: &mut DbConnection, id: i64) -> Result<Option<MessageR
 /// Applies an `update_message` to stored messages.
 pub fn apply_edit(conn: &mut DbConnection, edit: &MessageEdit) -> Result<(), DbError> {
     if let (Some(id), Some((content, truncated))) = (edit.message_id, &edit.content) {
-        // A deleted message keeps no content, whatever a late edit carries.
-        diesel::update(
-            messages::table
-                .filter(messages::message_id.eq(id))
-                .filter(messages::deleted.eq(false)),
-        )
-        .set((
-            messages::content.eq(content),
-            messages::content_truncated.eq(truncated),
-            messages::edited_at.eq(edit.edited_at),
-        ))
-        .execute(conn)?;
+        set_content(conn, id, content, *truncated, edit.edited_at)?;
     }
     let moved: Vec<i64> = if edit.message_ids.is_empty() {
         edit.message_id.into_iter().collect()
@@ -117,6 +108,149 @@ pub fn apply_edit(conn: &mut DbConnection, edit: &MessageEdit) -> Result<(), DbE
                 ))
                 .execute(conn)?;
         }
+    }
+    Ok(())
+}
+
+/// Sets a message's content unless it is deleted: a deleted message keeps no content,
+/// whatever a late edit carries.
+fn set_content(
+    conn: &mut DbConnection,
+    id: i64,
+    content: &str,
+    truncated: bool,
+    edited_at: Option<i64>,
+) -> Result<usize, DbError> {
+    Ok(diesel::update(
+        messages::table
+            .filter(messages::message_id.eq(id))
+            .filter(messages::deleted.eq(false)),
+    )
+    .set((
+        messages::content.eq(content),
+        messages::content_truncated.eq(truncated),
+        messages::edited_at.eq(edited_at),
+    ))
+    .execute(conn)?)
+}
+
+/// Content edits of messages that are not deleted, in one PostgreSQL statement of column
+/// arrays per [`ROWS_PER_STATEMENT`] edits (each message at most once).
+const PG_SET_CONTENTS: &str = "UPDATE messages AS m \
+    SET content = v.content, content_truncated = v.content_truncated, edited_at = v.edited_at \
+    FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::bigint[]) \
+    AS v(message_id, content, content_truncated, edited_at) \
+    WHERE m.message_id = v.message_id AND NOT m.deleted";
+
+/// A content-only edit waiting in [`MessageWrites`].
+struct ContentEdit<'a> {
+    message_id: i64,
+    content: &'a str,
+    truncated: bool,
+    edited_at: Option<i64>,
+}
+
+/// The message effects of one transaction, written in few statements with the same result as
+/// applying them one by one in their order. Stores, content-only edits and deletions each wait
+/// in a group; [`MessageWrites::flush`] writes the groups in that order (stores, edits,
+/// deletions), which is the order of any two effects on one message within the groups. An
+/// effect that must come after a waiting one on the same message in a later group (a store
+/// after an edit or deletion of its id, an edit after a deletion) flushes the groups first, as
+/// does an edit that moves messages (applied on its own, as it comes). A later content edit
+/// of a message replaces an earlier waiting one: it would overwrite all that one sets.
+#[derive(Default)]
+pub struct MessageWrites<'a> {
+    stores: Vec<&'a MessageRow>,
+    edits: Vec<ContentEdit<'a>>,
+    /// Index in `edits` by message id.
+    edited: HashMap<i64, usize>,
+    deletes: Vec<i64>,
+    deleted: HashSet<i64>,
+}
+
+impl<'a> MessageWrites<'a> {
+    /// A message to store (kept as it is if its id is stored already).
+    pub fn store(&mut self, conn: &mut DbConnection, row: &'a MessageRow) -> Result<(), DbError> {
+        if self.edited.contains_key(&row.message_id) || self.deleted.contains(&row.message_id) {
+            self.flush(conn)?;
+        }
+        self.stores.push(row);
+        Ok(())
+    }
+
+    /// An `update_message` to apply.
+    pub fn edit(&mut self, conn: &mut DbConnection, edit: &'a MessageEdit) -> Result<(), DbError> {
+        let content_only = edit.topic.is_none() && edit.stream_id.is_none();
+        let (Some(id), Some((content, truncated)), true) =
+            (edit.message_id, &edit.content, content_only)
+        else {
+            self.flush(conn)?;
+            return apply_edit(conn, edit);
+        };
+        if self.deleted.contains(&id) {
+            self.flush(conn)?;
+        }
+        let waiting = ContentEdit {
+            message_id: id,
+            content,
+            truncated: *truncated,
+            edited_at: edit.edited_at,
+        };
+        match self.edited.get(&id) {
+            Some(&index) => self.edits[index] = waiting,
+            None => {
+                self.edited.insert(id, self.edits.len());
+                self.edits.push(waiting);
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages to mark deleted and erase ([`mark_deleted`]).
+    pub fn delete(&mut self, ids: &[i64]) {
+        for &id in ids {
+            if self.deleted.insert(id) {
+                self.deletes.push(id);
+            }
+        }
+    }
+
+    /// Writes everything waiting: stores, then edits, then deletions.
+    pub fn flush(&mut self, conn: &mut DbConnection) -> Result<(), DbError> {
+        insert_messages(conn, &self.stores)?;
+        self.stores.clear();
+        set_contents(conn, &self.edits)?;
+        self.edits.clear();
+        self.edited.clear();
+        mark_deleted(conn, &self.deletes)?;
+        self.deletes.clear();
+        self.deleted.clear();
+        Ok(())
+    }
+}
+
+/// Applies content edits, each to a different message: on PostgreSQL in statements of column
+/// arrays, on SQLite one prepared statement per edit (no round trip there).
+fn set_contents(conn: &mut DbConnection, edits: &[ContentEdit<'_>]) -> Result<(), DbError> {
+    use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
+    if edits.is_empty() {
+        return Ok(());
+    }
+    if let DbConnection::Postgres(c) = conn {
+        for chunk in edits.chunks(ROWS_PER_STATEMENT) {
+            diesel::sql_query(PG_SET_CONTENTS)
+                .bind::<Array<BigInt>, _>(chunk.iter().map(|e| e.message_id).collect::<Vec<_>>())
+                .bind::<Array<Text>, _>(chunk.iter().map(|e| e.content).collect::<Vec<_>>())
+                .bind::<Array<Bool>, _>(chunk.iter().map(|e| e.truncated).collect::<Vec<_>>())
+                .bind::<Array<Nullable<BigInt>>, _>(
+                    chunk.iter().map(|e| e.edited_at).collect::<Vec<_>>(),
+                )
+                .execute(c)?;
+        }
+        return Ok(());
+    }
+    for e in edits {
+        set_content(conn, e.message_id, e.content, e.truncated, e.edited_at)?;
     }
     Ok(())
 }

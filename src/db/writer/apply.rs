@@ -10,7 +10,7 @@ use super::{Intake, IntakeResult, Processed};
 use crate::db::attempt::AttemptResult;
 use crate::db::tables::{
     event_log::EventLogRow, inbox::InboxStatus, inbox_work::NewWorkRow,
-    keyword_alerts::AlertRecord, messages::MessageRow, user_activity::ActivityDelta,
+    keyword_alerts::AlertRecord, messages::MessageWrites, user_activity::ActivityDelta,
 };
 use crate::db::{DbConnection, DbError, tables};
 
@@ -76,13 +76,14 @@ pub(super) fn store_intake(
 
 /// Writes the results of processing, grouped into as few statements as possible: messages,
 /// alerts and event-log rows as multi-row inserts, activity summed per (realm, user), inbox
-/// rows marked done together. Message effects keep their order, so a message is stored before
-/// a later edit of it applies.
+/// rows marked done together. Message stores, edits and deletions are grouped by
+/// [`MessageWrites`], with the result of applying them in order (a message is stored before a
+/// later edit of it applies).
 pub(super) fn write_processed(
     conn: &mut DbConnection,
     processed: &[&Processed],
 ) -> Result<(), DbError> {
-    let mut messages: Vec<&MessageRow> = Vec::new();
+    let mut messages = MessageWrites::default();
     let mut alerts: Vec<&AlertRecord> = Vec::new();
     let mut activity: HashMap<(i64, i64), ActivityDelta> = HashMap::new();
     let mut logs: Vec<&EventLogRow> = Vec::with_capacity(processed.len() * 2);
@@ -150,17 +151,9 @@ pub(super) fn write_processed(
         }
         for effect in &p.effects {
             match effect {
-                Effect::StoreMessage(m) => messages.push(m),
-                Effect::EditMessage(edit) => {
-                    tables::messages::insert_messages(conn, &messages)?;
-                    messages.clear();
-                    tables::messages::apply_edit(conn, edit)?;
-                }
-                Effect::DeleteMessages(ids) => {
-                    tables::messages::insert_messages(conn, &messages)?;
-                    messages.clear();
-                    tables::messages::mark_deleted(conn, ids)?;
-                }
+                Effect::StoreMessage(m) => messages.store(conn, m)?,
+                Effect::EditMessage(edit) => messages.edit(conn, edit)?,
+                Effect::DeleteMessages(ids) => messages.delete(ids),
                 Effect::Activity(delta) => merge_activity(&mut activity, delta),
                 Effect::AlertSent(alert) => alerts.push(alert),
                 Effect::Custom(custom) => custom.apply(conn)?,
@@ -168,7 +161,7 @@ pub(super) fn write_processed(
         }
         logs.extend(p.logs.iter());
     }
-    tables::messages::insert_messages(conn, &messages)?;
+    messages.flush(conn)?;
     tables::keyword_alerts::insert_alerts(conn, &alerts)?;
     tables::user_activity::add_activity(conn, activity.values())?;
     tables::inbox_work::settle_events(conn, &settle, &errors)?;
