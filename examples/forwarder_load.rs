@@ -15,7 +15,8 @@
 //! (messages with `rendered_content`, audiences of the realm's users), a mix of event types
 //! (`--mix`, default message 30 %, typing 20 %, update_message_flags 15 %, presence 10 %,
 //! reaction 10 %, update_message 7 %, delete_message 3 %, subscription 3 %, realm_user 2 %),
-//! `--realms` realms sharing `--users` users, and event ids that are UUIDv7 (`--ids uuid7`,
+//! `--realms` realms sharing `--users` users, each batch of one realm with the forwarder's
+//! routing header (`X-Zulip-Listeners-Realm`), and event ids that are UUIDv7 (`--ids uuid7`,
 //! what the forwarder sends) or random UUID4 (`--ids uuid4`, older forwarders and replays).
 //!
 //! Throughput mode (`--batches`) builds and signs every batch before the clock starts (the
@@ -330,8 +331,7 @@ impl Generator {
             .join(" ")
     }
 
-    fn envelope(&mut self, emitted_at_ms: u64) -> String {
-        let realm = self.rng.random_range(0..self.realms);
+    fn envelope(&mut self, realm: u64, emitted_at_ms: u64) -> String {
         let index = self.rng.random_range(0..self.users_per_realm);
         let user = self.user_id(realm, index);
         let kind = self.kind();
@@ -426,34 +426,51 @@ impl Generator {
         let event_id = self.ids.next(&mut self.rng);
         format!(
             r#"{{"v":1,"event_id":"{event_id}","emitted_at_ms":{emitted_at_ms},"server":{{"host":"zulip.example.com","zulip_version":"10.2","feature_level":334}},"realm":{{"id":{rid},"uuid":"6c0b1a2e-0000-4000-8000-00000000000{r}","string_id":"r{realm}"}},"type":"{kind}","op":{op},"audience":{audience},"event":{event}}}"#,
-            rid = realm + 2,
+            rid = realm_id(realm),
             r = realm % 10,
         )
     }
 
-    /// One batch body and the bytes of its envelopes.
-    fn batch(&mut self, size: usize) -> (String, usize) {
+    /// One batch body, its realm's id and the bytes of its envelopes. Like the forwarder's,
+    /// each batch holds events of one realm (chosen at random for each batch).
+    fn batch(&mut self, size: usize) -> (String, u64, usize) {
         let now = now_ms();
-        let events: Vec<String> = (0..size).map(|_| self.envelope(now)).collect();
+        let realm = self.rng.random_range(0..self.realms);
+        let events: Vec<String> = (0..size).map(|_| self.envelope(realm, now)).collect();
         let bytes = events.iter().map(String::len).sum();
-        (format!(r#"{{"events":[{}]}}"#, events.join(",")), bytes)
+        (
+            format!(r#"{{"events":[{}]}}"#, events.join(",")),
+            realm_id(realm),
+            bytes,
+        )
     }
+}
+
+/// The header in which the forwarder names a batch's realm.
+const ROUTING_HEADER: &str = "X-Zulip-Listeners-Realm";
+
+/// The `realm.id` of the generator's realm number `realm`.
+fn realm_id(realm: u64) -> u64 {
+    realm + 2
 }
 
 /// One signed batch, ready to post.
 struct Request {
     id: String,
+    /// Sent in the forwarder's routing header.
+    realm_id: u64,
     timestamp: i64,
     signature: String,
     body: bytes::Bytes,
 }
 
-fn sign(key: &SigningKey, run: &str, n: usize, body: String) -> Request {
+fn sign(key: &SigningKey, run: &str, n: usize, body: String, realm_id: u64) -> Request {
     let id = format!("msg_{run}_{n}");
     let timestamp = unix_now();
     let signature = key.sign(&id, timestamp, body.as_bytes());
     Request {
         id,
+        realm_id,
         timestamp,
         signature,
         body: body.into(),
@@ -466,6 +483,7 @@ async fn post(http: &reqwest::Client, url: &str, request: &Request) -> bool {
         .header("webhook-id", &request.id)
         .header("webhook-timestamp", request.timestamp.to_string())
         .header("webhook-signature", &request.signature)
+        .header(ROUTING_HEADER, request.realm_id.to_string())
         .body(request.body.clone())
         .send()
         .await
@@ -539,9 +557,9 @@ async fn main() {
                     } else if started.elapsed() >= length {
                         return;
                     }
-                    let (body, bytes) = generator.batch(args.batch_size);
+                    let (body, realm_id, bytes) = generator.batch(args.batch_size);
                     bytes_total.fetch_add(bytes as u64, Ordering::Relaxed);
-                    let request = sign(&key, &run, b, body);
+                    let request = sign(&key, &run, b, body, realm_id);
                     if post(&http, &args.url, &request).await {
                         sent.fetch_add(args.batch_size, Ordering::Relaxed);
                     } else {
@@ -557,9 +575,9 @@ async fn main() {
         let requests: Arc<Vec<Request>> = Arc::new(
             (0..args.batches)
                 .map(|b| {
-                    let (body, bytes) = generator.batch(args.batch_size);
+                    let (body, realm_id, bytes) = generator.batch(args.batch_size);
                     envelope_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                    sign(&key, &run, b, body)
+                    sign(&key, &run, b, body, realm_id)
                 })
                 .collect(),
         );

@@ -22,6 +22,10 @@ pub struct DatabaseConfig {
     pub connection_timeout: Duration,
     /// Most rows the background writer groups into one transaction.
     pub write_batch_size: NonZeroUsize,
+    /// Writer threads (each with its own connection) on PostgreSQL, realms shared out among
+    /// them; SQLite always has one writer.
+    #[serde(deserialize_with = "postgres_writers")]
+    pub postgres_writers: NonZeroUsize,
     /// SQLite `synchronous` of the writer's connection.
     pub synchronous: Synchronous,
 }
@@ -56,7 +60,34 @@ impl fmt::Debug for DatabaseConfig {
             .field("pool_size", &self.pool_size)
             .field("connection_timeout", &self.connection_timeout)
             .field("write_batch_size", &self.write_batch_size)
+            .field("postgres_writers", &self.postgres_writers)
             .finish()
+    }
+}
+
+/// Most writer threads `database.postgres_writers` may ask for.
+const MAX_POSTGRES_WRITERS: usize = 64;
+
+/// `database.postgres_writers`: 1 to [`MAX_POSTGRES_WRITERS`].
+fn postgres_writers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NonZeroUsize, D::Error> {
+    let writers = NonZeroUsize::deserialize(deserializer)?;
+    if writers.get() > MAX_POSTGRES_WRITERS {
+        return Err(D::Error::custom(format!(
+            "{writers} writers is more than the {MAX_POSTGRES_WRITERS} allowed (each holds a \
+             PostgreSQL connection)"
+        )));
+    }
+    Ok(writers)
+}
+
+impl DatabaseConfig {
+    /// How many writer threads the database gets: `postgres_writers` on PostgreSQL, one on
+    /// SQLite (a single writer is what SQLite allows).
+    pub fn writers(&self) -> usize {
+        match self.url {
+            DatabaseTarget::Postgres(_) => self.postgres_writers.get(),
+            DatabaseTarget::Sqlite(_) => 1,
+        }
     }
 }
 

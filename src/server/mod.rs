@@ -104,10 +104,12 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let connector = db.connector().clone();
     let batch_size = config.database.write_batch_size.get();
     let synchronous = config.database.sqlite_synchronous();
-    let (writer, writer_thread) =
-        tokio::task::spawn_blocking(move || Writer::spawn(&connector, batch_size, synchronous))
-            .await
-            .context("starting the database writer")??;
+    let writers = config.database.writers();
+    let (writer, writer_thread) = tokio::task::spawn_blocking(move || {
+        Writer::spawn(&connector, batch_size, synchronous, writers)
+    })
+    .await
+    .context("starting the database writer")??;
 
     let registry = Arc::new(Registry::build(&config)?);
     let listener_rows = registry.listener_rows();

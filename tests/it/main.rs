@@ -19,3 +19,4 @@ mod retention;
 mod split;
 mod support;
 mod welcome;
+mod writers;

@@ -8,7 +8,7 @@ use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::{store_intake, write_processed};
-use super::{Intake, IntakeBatch, IntakeResult, Processed, WriteOp, connect};
+use super::{Command, Intake, IntakeBatch, IntakeResult, Processed, WriteOp, connect};
 use crate::db::Connector;
 use crate::db::tables::{inbox::NewInboxRow, replies::ReplyRecord};
 use crate::db::{DbConnection, DbError, tables};
@@ -32,7 +32,16 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, op: WriteOp) {
+    fn push(&mut self, command: Command) {
+        let op = match command {
+            Command::Write(op) => op,
+            Command::Flush(tx) => return self.waiters.push(tx),
+            Command::Stop(tx) => {
+                self.waiters.push(tx);
+                self.stop = true;
+                return;
+            }
+        };
         match op {
             WriteOp::Intake(intake) => {
                 self.rows += intake.batch.rows.len() + 1;
@@ -58,11 +67,6 @@ impl Batch {
             WriteOp::Release(ids, listeners) => {
                 self.rows += ids.len();
                 self.releases.push((ids, listeners));
-            }
-            WriteOp::Flush(tx) => self.waiters.push(tx),
-            WriteOp::Stop(tx) => {
-                self.waiters.push(tx);
-                self.stop = true;
             }
         }
     }
@@ -145,7 +149,7 @@ pub(super) fn run(
     mut conn: DbConnection,
     connector: Connector,
     synchronous: &'static str,
-    mut rx: mpsc::Receiver<WriteOp>,
+    mut rx: mpsc::Receiver<Command>,
     batch_size: usize,
     janitor: std::sync::mpsc::Sender<Spent>,
 ) {

@@ -1,4 +1,4 @@
-//! The background writer: one thread with its own connection that takes work from a channel
+//! The background writer: a thread with its own connection that takes work from a channel
 //! and writes whatever has accumulated in one transaction (group commit). Everything the
 //! server writes while running goes through it, so SQLite sees a single writer:
 //!
@@ -7,14 +7,21 @@
 //!   status, always inside one transaction together, so effects land exactly once;
 //! * the outgoing-webhook retry record.
 //!
+//! On PostgreSQL there may be several such threads (`database.writers`), each with its own
+//! connection and the realms whose id falls to it (`realm_id mod writers`): one realm's work
+//! is always committed by the same thread, in the order it was sent, so per-realm order and
+//! exactly-once effects hold as with one writer, while realms are written in parallel. A
+//! forwarder batch that spans several writers' realms is split between them (`shards`).
+//!
 //! Here: the work the writer takes ([`WriteOp`] and what it carries) and its handle
-//! ([`Writer`], [`WriterThread`]). `batch` is the thread's loop (batching, retries, the
+//! ([`Writer`], [`WriterThread`]). `batch` is a thread's loop (batching, retries, the
 //! item-by-item fallback), `apply` writes each kind of work inside the transaction, and
 //! [`effect`] defines the handler effects it applies.
 
 mod apply;
 mod batch;
 pub mod effect;
+mod shards;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -41,6 +48,8 @@ const CHANNEL_CAPACITY: usize = 16_384;
 #[derive(Debug, Clone)]
 pub struct InboxOutcome {
     pub event_id: String,
+    /// The event's realm: its results are committed by that realm's writer.
+    pub realm_id: i64,
     /// The listener whose work this is (its `inbox_work` row).
     pub listener: &'static str,
     /// Attempts made before this one.
@@ -126,9 +135,15 @@ pub enum WriteOp {
     Reply(ReplyRecord),
     /// Makes the work of these listeners on these claimed events due again at once.
     Release(Vec<String>, Vec<&'static str>),
+}
+
+/// What a writer thread takes from its channel.
+#[derive(Debug)]
+enum Command {
+    Write(WriteOp),
     /// Answered once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
-    /// Like `Flush`, then the writer stops.
+    /// Like `Flush`, then the thread stops.
     Stop(oneshot::Sender<()>),
 }
 
@@ -157,8 +172,17 @@ impl WriteOp {
             WriteOp::ProcessedAll(all) => format!("{} results of one processed event", all.len()),
             WriteOp::Reply(_) => "an outgoing-webhook reply record".to_string(),
             WriteOp::Release(ids, _) => format!("release of {} claim(s)", ids.len()),
-            WriteOp::Flush(_) => "flush".to_string(),
-            WriteOp::Stop(_) => "stop".to_string(),
+        }
+    }
+
+    /// The realm whose writer commits this work: an event's results go with the event's
+    /// realm; outgoing-webhook results, reply records and claim releases to the first writer.
+    fn realm(&self) -> Option<i64> {
+        let of = |p: &Processed| p.inbox.as_ref().map(|o| o.realm_id);
+        match self {
+            WriteOp::Processed(p) => of(p),
+            WriteOp::ProcessedAll(all) => all.iter().find_map(of),
+            WriteOp::Intake(_) | WriteOp::Reply(_) | WriteOp::Release(..) => None,
         }
     }
 }
@@ -166,20 +190,23 @@ impl WriteOp {
 /// The sending side; cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<WriteOp>,
+    /// One channel per writer thread; realm `r`'s work goes to `shards[r mod len]`.
+    shards: Arc<[mpsc::Sender<Command>]>,
 }
 
-/// The writer thread, to be joined at shutdown.
+/// The writer threads, to be joined at shutdown.
 pub struct WriterThread {
-    thread: JoinHandle<()>,
+    threads: Vec<JoinHandle<()>>,
     janitor: JoinHandle<()>,
     checkpointer: Option<Checkpointer>,
 }
 
 impl WriterThread {
     pub fn join(self) {
-        if self.thread.join().is_err() {
-            tracing::error!("the database writer thread panicked");
+        for thread in self.threads {
+            if thread.join().is_err() {
+                tracing::error!("a database writer thread panicked");
+            }
         }
         // The writer is gone, so is the janitor's channel: it ends once it has freed the rest.
         if self.janitor.join().is_err() {
@@ -204,59 +231,105 @@ fn connect(connector: &Connector, synchronous: &str) -> Result<DbConnection, DbE
 }
 
 impl Writer {
-    /// Opens the writer's connection and starts its thread. `synchronous` is the SQLite
-    /// `PRAGMA synchronous` of the writer's connection (`FULL`, `EXTRA` or `NORMAL`).
+    /// Opens the writers' connections and starts their threads: `writers` of them (more than
+    /// one only on PostgreSQL; the configuration refuses it for SQLite). `synchronous` is the
+    /// SQLite `PRAGMA synchronous` of the writer's connection (`FULL`, `EXTRA` or `NORMAL`).
     pub fn spawn(
         connector: &Connector,
         batch_size: usize,
         synchronous: &'static str,
+        writers: usize,
     ) -> Result<(Writer, WriterThread), DbError> {
-        let conn = connect(connector, synchronous)?;
+        let connections = (0..writers.max(1))
+            .map(|_| connect(connector, synchronous))
+            .collect::<Result<Vec<_>, _>>()?;
         let checkpointer = Checkpointer::start(connector)?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (trash, spent) = std::sync::mpsc::channel::<Spent>();
         let janitor = std::thread::Builder::new()
             .name("db-janitor".into())
             .spawn(move || spent.into_iter().for_each(drop))
             .map_err(|e| DbError::Task(format!("cannot start the janitor thread: {e}")))?;
-        let connector = connector.clone();
-        let thread = std::thread::Builder::new()
-            .name("db-writer".into())
-            .spawn(move || run(conn, connector, synchronous, rx, batch_size, trash))
-            .map_err(|e| DbError::Task(format!("cannot start the writer thread: {e}")))?;
+        let mut shards = Vec::with_capacity(connections.len());
+        let mut threads = Vec::with_capacity(connections.len());
+        for (index, conn) in connections.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+            let connector = connector.clone();
+            let trash = trash.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("db-writer-{index}"))
+                .spawn(move || run(conn, connector, synchronous, rx, batch_size, trash))
+                .map_err(|e| DbError::Task(format!("cannot start a writer thread: {e}")))?;
+            shards.push(tx);
+            threads.push(thread);
+        }
         Ok((
-            Writer { tx },
+            Writer {
+                shards: shards.into(),
+            },
             WriterThread {
-                thread,
+                threads,
                 janitor,
                 checkpointer,
             },
         ))
     }
 
-    /// Queues work; waits only when the writer is far behind.
+    /// The channel of the writer that commits `realm_id`'s work.
+    fn shard(&self, realm_id: Option<i64>) -> &mpsc::Sender<Command> {
+        let index = shards::index(realm_id.unwrap_or(0), self.shards.len());
+        &self.shards[index]
+    }
+
+    /// Queues work; waits only when its writer is far behind.
     pub async fn send(&self, op: WriteOp) {
-        if let Err(e) = self.tx.send(op).await {
+        if let Err(e) = self.shard(op.realm()).send(Command::Write(op)).await {
             // Only the kind of work and its size: the work itself holds message content,
             // emails and event payloads.
-            tracing::error!(op = %e.0.summary(), "database writer has stopped; not written");
+            let op = match &e.0 {
+                Command::Write(op) => op.summary(),
+                Command::Flush(_) | Command::Stop(_) => "flush".to_string(),
+            };
+            tracing::error!(%op, "database writer has stopped; not written");
         }
     }
 
-    /// Stores a forwarder batch and waits for the commit. `Busy` when the writer has not
-    /// taken the batch within `wait` (it is far behind).
+    /// Stores a forwarder batch and waits for the commit. `Busy` when a writer has not taken
+    /// the batch (or its part of it) within `wait` (it is far behind).
     pub async fn intake(
         &self,
         batch: IntakeBatch,
         wait: Duration,
     ) -> Result<IntakeResult, IntakeWriteError> {
+        if self.shards.len() == 1 {
+            return self.intake_part(0, batch, wait).await;
+        }
+        let parts = shards::split(batch, self.shards.len());
+        let answers = parts.into_iter().map(|part| async move {
+            let result = self.intake_part(part.shard, part.batch, wait).await;
+            (part.event_ids, result)
+        });
+        shards::merge(futures_util::future::join_all(answers).await)
+    }
+
+    /// Stores a batch, or the part of one, through the writer `shard`.
+    async fn intake_part(
+        &self,
+        shard: usize,
+        batch: IntakeBatch,
+        wait: Duration,
+    ) -> Result<IntakeResult, IntakeWriteError> {
         let (reply, answer) = oneshot::channel();
-        let op = WriteOp::Intake(Box::new(Intake {
+        let op = Command::Write(WriteOp::Intake(Box::new(Intake {
             batch,
             limited: None,
             reply,
-        }));
-        match tokio::time::timeout(wait, self.tx.send(op)).await {
+        })));
+        let Some(tx) = self.shards.get(shard) else {
+            return Err(IntakeWriteError::Failed(
+                "no database writer for a part of the batch".into(),
+            ));
+        };
+        match tokio::time::timeout(wait, tx.send(op)).await {
             Err(_) => return Err(IntakeWriteError::Busy),
             Ok(Err(_)) => {
                 return Err(IntakeWriteError::Failed(
@@ -275,15 +348,22 @@ impl Writer {
 
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        self.send(WriteOp::Flush(tx)).await;
-        let _ = rx.await;
+        self.each_shard(Command::Flush).await;
     }
 
-    /// Writes everything queued so far, then stops the writer.
+    /// Writes everything queued so far, then stops the writers.
     pub async fn stop(&self) {
-        let (tx, rx) = oneshot::channel();
-        self.send(WriteOp::Stop(tx)).await;
-        let _ = rx.await;
+        self.each_shard(Command::Stop).await;
+    }
+
+    /// Sends every writer the command and waits for all their answers.
+    async fn each_shard(&self, command: fn(oneshot::Sender<()>) -> Command) {
+        let answers = self.shards.iter().map(|shard| async move {
+            let (tx, rx) = oneshot::channel();
+            if shard.send(command(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        });
+        futures_util::future::join_all(answers).await;
     }
 }

@@ -89,6 +89,7 @@ impl Inbox {
                         let processed = crate::db::writer::Processed {
                             inbox: Some(InboxOutcome {
                                 event_id: row.event_id.clone(),
+                                realm_id: row.realm_id,
                                 listener,
                                 attempts_before: row.attempts,
                                 result: AttemptResult::Dead {

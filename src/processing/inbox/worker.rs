@@ -62,6 +62,7 @@ impl Inbox {
             let mut processed = outcome.processed;
             processed.inbox = Some(InboxOutcome {
                 event_id: guard.event_id.clone(),
+                realm_id,
                 listener: self.name(id),
                 attempts_before: attempts,
                 result,
