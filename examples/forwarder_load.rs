@@ -238,7 +238,11 @@ struct Generator {
     users_per_realm: u64,
     mix: Vec<(&'static str, u32)>,
     mix_total: u32,
-    next_message: u64,
+    /// Messages sent so far in each realm. Message ids are unique over all realms
+    /// (interleaved, as Zulip's are), and a realm's edits, reactions and deletions only ever
+    /// name that realm's own messages.
+    sent: Vec<u64>,
+    first_message_id: u64,
 }
 
 const WORDS: &[&str] = &[
@@ -287,7 +291,8 @@ impl Generator {
             users_per_realm: args.users / args.realms,
             mix: args.mix.clone(),
             mix_total: args.mix.iter().map(|(_, s)| s).sum(),
-            next_message: 1_000_000 + seed * 100_000_000,
+            sent: vec![0; usize::try_from(args.realms).unwrap_or(1)],
+            first_message_id: 1_000_000 + seed * 100_000_000,
         }
     }
 
@@ -324,6 +329,11 @@ impl Generator {
         )
     }
 
+    /// The id of realm `realm`'s `n`th message.
+    fn message_id(&self, realm: u64, n: u64) -> u64 {
+        self.first_message_id + n * self.realms + realm
+    }
+
     fn sentence(&mut self, words: usize) -> String {
         (0..words)
             .map(|_| WORDS[self.rng.random_range(0..WORDS.len())])
@@ -336,12 +346,13 @@ impl Generator {
         let user = self.user_id(realm, index);
         let kind = self.kind();
         let stream = 5 + self.rng.random_range(0..20u64);
-        let recent = self
-            .next_message
-            .saturating_sub(self.rng.random_range(1..500));
+        let sent = self.sent[realm as usize];
+        let back = self.rng.random_range(1..500);
+        let recent = self.message_id(realm, sent.saturating_sub(back));
         let (op, event, audience) = match kind {
             "message" => {
-                self.next_message += 1;
+                self.sent[realm as usize] += 1;
+                let id = self.message_id(realm, sent + 1);
                 let words = self.rng.random_range(8..34);
                 let text = self.sentence(words);
                 let rendered = format!("<p>{}</p>", text.replace("**", ""));
@@ -349,7 +360,7 @@ impl Generator {
                     "null",
                     format!(
                         r#"{{"type":"message","flags":[],"message":{{"id":{id},"sender_id":{user},"sender_full_name":"User {user}","sender_email":"user{user}@r{realm}.example.com","sender_realm_str":"r{realm}","avatar_url":null,"client":"website","content":"{text}","rendered_content":"{rendered}","content_type":"text/x-markdown","is_me_message":false,"reactions":[],"submessages":[],"recipient_id":{recipient},"subject":"release planning","topic_links":[],"timestamp":{ts},"type":"stream","display_recipient":"engineering","stream_id":{stream}}}}}"#,
-                        id = self.next_message,
+                        id = id,
                         recipient = stream + 10,
                         ts = emitted_at_ms / 1000,
                     ),
