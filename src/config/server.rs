@@ -59,8 +59,8 @@ pub struct MetricsConfig {
 
 /// Smallest `server.memory_budget` accepted.
 const MIN_MEMORY_BUDGET: u64 = 16 << 20;
-/// Smallest SQLite page cache a connection may be left with (16 pages of 16 KiB).
-pub(super) const MIN_SQLITE_CACHE_PER_CONNECTION: u64 = 256 << 10;
+/// Smallest SQLite page cache a connection may be left with (8 pages of 16 KiB).
+pub(super) const MIN_SQLITE_CACHE_PER_CONNECTION: u64 = 128 << 10;
 
 /// How `server.memory_budget` is shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,32 +70,50 @@ pub struct MemoryPlan {
     /// SQLite connections that hold a page cache: the pool, the writer's and the
     /// checkpointer's.
     pub sqlite_connections: u64,
-    /// Page cache of each SQLite connection, in bytes (`PRAGMA cache_size = -KiB`).
+    /// Page cache of the writer's connection, in bytes. Every acknowledged event goes through
+    /// it, and a transaction whose changed pages do not fit in it writes them to the log more
+    /// than once (and reads them back), so it gets half of the page caches' share.
+    pub sqlite_writer_cache: u64,
+    /// Page cache of each other SQLite connection (pooled, the checkpointer's), in bytes.
     pub sqlite_cache_per_connection: u64,
 }
 
 impl MemoryPlan {
-    /// A quarter of `budget_bytes` for SQLite's page caches, split over the pool's
-    /// connections plus the writer's and the checkpointer's. The rest is headroom for what
-    /// traffic allocates (bodies being read, batches in flight, rate-limiter keys).
+    /// A quarter of `budget_bytes` for SQLite's page caches: half of it for the writer's
+    /// connection, the other half split over the pool's connections and the checkpointer's.
+    /// The rest of the budget is headroom for what traffic allocates (bodies being read,
+    /// batches in flight, rate-limiter keys).
     pub fn new(budget_bytes: u64, pool_size: u32) -> MemoryPlan {
-        let sqlite_connections = u64::from(pool_size) + 2;
+        let page_caches = budget_bytes / 4;
+        let sqlite_writer_cache = page_caches / 2;
+        let others = u64::from(pool_size) + 1;
         MemoryPlan {
             budget_bytes,
-            sqlite_connections,
-            sqlite_cache_per_connection: budget_bytes / 4 / sqlite_connections,
+            sqlite_connections: others + 1,
+            sqlite_writer_cache,
+            sqlite_cache_per_connection: (page_caches - sqlite_writer_cache) / others,
         }
     }
 
-    /// The value for `PRAGMA cache_size` (negative: KiB rather than pages).
+    /// The value for `PRAGMA cache_size` of a pooled or the checkpointer's connection
+    /// (negative: KiB rather than pages).
     pub fn sqlite_cache_size_pragma(&self) -> i64 {
-        -i64::try_from(self.sqlite_cache_per_connection / 1024).unwrap_or(i64::MAX)
+        kib_pragma(self.sqlite_cache_per_connection)
+    }
+
+    /// The value for `PRAGMA cache_size` of the writer's connection.
+    pub fn sqlite_writer_cache_size_pragma(&self) -> i64 {
+        kib_pragma(self.sqlite_writer_cache)
     }
 
     /// Page-cache bytes of every SQLite connection together, at most.
     pub fn sqlite_cache_total(&self) -> u64 {
-        self.sqlite_cache_per_connection * self.sqlite_connections
+        self.sqlite_writer_cache + self.sqlite_cache_per_connection * (self.sqlite_connections - 1)
     }
+}
+
+fn kib_pragma(bytes: u64) -> i64 {
+    -i64::try_from(bytes / 1024).unwrap_or(i64::MAX)
 }
 
 /// Reads a size like `64MiB`, `512 KiB`, `1GiB`, `65536` (bytes); `MB`/`KB`/`GB` are read as

@@ -36,9 +36,10 @@ impl Config {
             return Err(invalid(
                 "server.memory_budget",
                 format!(
-                    "leaves {} KiB of page cache per database connection (a quarter of the budget \
-                     over database.pool_size + 2 connections); at least 256 KiB is needed: raise \
-                     the budget or lower database.pool_size",
+                    "leaves {} KiB of page cache per pooled database connection (an eighth of \
+                     the budget over database.pool_size + 1 connections; the writer's connection \
+                     has another eighth); at least 128 KiB is needed: raise the budget or lower \
+                     database.pool_size",
                     plan.sqlite_cache_per_connection / 1024
                 ),
             ));

@@ -105,6 +105,7 @@ mod tests {
         let connector = Connector {
             target,
             cache_size: -2000,
+            writer_cache_size: -2000,
         };
         let checkpointer = Checkpointer::start(&connector)
             .expect("start")

@@ -124,14 +124,21 @@ pub enum DbError {
 #[derive(Debug, Clone)]
 pub struct Connector {
     target: DatabaseTarget,
-    /// `PRAGMA cache_size` of each SQLite connection.
+    /// `PRAGMA cache_size` of each pooled connection and of the checkpointer's.
     cache_size: i64,
+    /// `PRAGMA cache_size` of the writer's connection.
+    writer_cache_size: i64,
 }
 
 impl Connector {
-    /// Opens one connection: for the pool, or of its own (the writer's, the checkpointer's).
+    /// Opens one connection: for the pool, or of its own (the checkpointer's).
     pub fn open(&self) -> Result<DbConnection, DbError> {
         establish_with_cache(&self.target, self.cache_size)
+    }
+
+    /// Opens a writer's connection, with the writer's larger share of the page cache.
+    pub fn open_writer(&self) -> Result<DbConnection, DbError> {
+        establish_with_cache(&self.target, self.writer_cache_size)
     }
 
     pub fn target(&self) -> &DatabaseTarget {
@@ -233,6 +240,7 @@ impl Db {
         let connector = Connector {
             target: target.clone(),
             cache_size: memory.sqlite_cache_size_pragma(),
+            writer_cache_size: memory.sqlite_writer_cache_size_pragma(),
         };
         let applied = run_migrations(&mut connector.open()?)?;
         let backend = match target {

@@ -31,10 +31,12 @@ fn config(extra: &str, db_url: &str) -> Result<Config, ConfigError> {
 fn the_page_cache_of_every_connection_follows_the_budget() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("budget.db").display());
-    // Two budgets over one file: each database's connections follow its own budget.
-    for (budget, pool_size, kib) in [
-        ("64MiB", 8u32, 16 * 1024 / 10),
-        ("200MiB", 3, 50 * 1024 / 5),
+    // Two budgets over one file: each database's connections follow its own budget. A quarter
+    // of the budget is page cache: half of that for the writer, the rest shared by the pool
+    // and the checkpointer.
+    for (budget, pool_size, kib, writer_kib) in [
+        ("64MiB", 8u32, 8 * 1024 / 9, 8 * 1024),
+        ("200MiB", 3, 25 * 1024 / 4, 25 * 1024),
     ] {
         let config = config(
             &format!("pool_size = {pool_size}\n[server]\nmemory_budget = \"{budget}\""),
@@ -44,20 +46,36 @@ fn the_page_cache_of_every_connection_follows_the_budget() {
         let plan = config.server.memory(config.database.pool_size);
         assert_eq!(plan.sqlite_connections, u64::from(pool_size) + 2);
         assert_eq!(plan.sqlite_cache_size_pragma(), -kib, "{budget}");
+        assert_eq!(
+            plan.sqlite_writer_cache_size_pragma(),
+            -writer_kib,
+            "{budget}"
+        );
         let (db, _) = Db::open(&config.database, plan).expect("open");
         let pooled = db
             .run_blocking(|c| Ok(cache_size(c)))
             .expect("pooled connection");
         assert_eq!(pooled, -kib, "pooled connection, budget {budget}");
-        // The writer's and checkpointer's connections are opened by the same connector.
+        // The checkpointer's and the writer's connections are opened by the same connector.
         let mut own = db.connector().open().expect("a connection of its own");
         assert_eq!(
             cache_size(&mut own),
             -kib,
+            "checkpointer's connection, budget {budget}"
+        );
+        let mut writer = db
+            .connector()
+            .open_writer()
+            .expect("the writer's connection");
+        assert_eq!(
+            cache_size(&mut writer),
+            -writer_kib,
             "writer's connection, budget {budget}"
         );
         // All connections together stay within a quarter of the budget.
-        assert!(plan.sqlite_cache_total() <= parse_byte_size(budget).expect("size") / 4);
+        let quarter = parse_byte_size(budget).expect("size") / 4;
+        assert!(plan.sqlite_cache_total() <= quarter);
+        assert!(plan.sqlite_cache_total() > quarter - 64 * 1024, "{plan:?}");
     }
 }
 

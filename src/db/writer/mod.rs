@@ -221,7 +221,7 @@ impl WriterThread {
 /// The writer's own connection. On SQLite it leaves checkpoints to the [`Checkpointer`] and
 /// does one itself only if the log grows far beyond the usual.
 fn connect(connector: &Connector, synchronous: &str) -> Result<DbConnection, DbError> {
-    let mut conn = connector.open()?;
+    let mut conn = connector.open_writer()?;
     if let DbConnection::Sqlite(c) = &mut conn {
         c.batch_execute(&format!(
             "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}; PRAGMA synchronous = {synchronous};"
