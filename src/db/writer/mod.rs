@@ -224,7 +224,8 @@ fn connect(connector: &Connector, synchronous: &str) -> Result<DbConnection, DbE
     let mut conn = connector.open_writer()?;
     if let DbConnection::Sqlite(c) = &mut conn {
         c.batch_execute(&format!(
-            "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}; PRAGMA synchronous = {synchronous};"
+            "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}; PRAGMA synchronous = {synchronous}; \
+             PRAGMA temp_store = MEMORY;"
         ))?;
     }
     Ok(conn)
@@ -365,5 +366,44 @@ impl Writer {
             }
         });
         futures_util::future::join_all(answers).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseTarget;
+    use diesel::prelude::*;
+    use diesel::sql_types::BigInt;
+
+    #[derive(QueryableByName)]
+    struct Value {
+        #[diesel(sql_type = BigInt)]
+        value: i64,
+    }
+
+    fn pragma(conn: &mut diesel::SqliteConnection, name: &str) -> i64 {
+        diesel::sql_query(format!("SELECT {name} AS value FROM pragma_{name}"))
+            .get_result::<Value>(conn)
+            .unwrap_or_else(|e| panic!("PRAGMA {name}: {e}"))
+            .value
+    }
+
+    #[test]
+    fn the_writers_connection_keeps_its_cache_and_statement_journals_in_memory() {
+        let dir = tempfile::tempdir().expect("dir");
+        let connector = Connector {
+            target: DatabaseTarget::Sqlite(dir.path().join("w.db")),
+            cache_size: -512,
+            writer_cache_size: -8192,
+        };
+        let DbConnection::Sqlite(mut conn) = connect(&connector, "FULL").expect("connect") else {
+            panic!("expected SQLite");
+        };
+        assert_eq!(pragma(&mut conn, "cache_size"), -8192, "the writer's share");
+        // 2 = MEMORY: statement journals (a multi-row insert's undo copy of each page it
+        // changes) stay in memory instead of spilling to a temporary file.
+        assert_eq!(pragma(&mut conn, "temp_store"), 2);
+        assert_eq!(pragma(&mut conn, "synchronous"), 2, "FULL");
     }
 }
