@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use crate::db::bulk::ROWS_PER_STATEMENT;
+use crate::db::bulk::{self, bulk_row};
 use crate::db::schema::outgoing_replies;
 use crate::db::{DbConnection, DbError};
 
@@ -17,20 +17,17 @@ pub struct ReplyRecord {
     pub created_at_ms: i64,
 }
 
+bulk_row! {
+    ReplyRecord => outgoing_replies,
+    sqlite: "INSERT OR IGNORE INTO" + "",
+    postgres: "ON CONFLICT DO NOTHING",
+    columns: (bot, message_id, response, created_at_ms),
+}
+
 /// Records the answers given to outgoing webhooks; a (bot, message id) already recorded is kept.
 pub fn insert_replies(conn: &mut DbConnection, rows: &[ReplyRecord]) -> Result<(), DbError> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        match conn {
-            DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(outgoing_replies::table)
-                .values(chunk)
-                .execute(c)?,
-            DbConnection::Postgres(c) => diesel::insert_into(outgoing_replies::table)
-                .values(chunk)
-                .on_conflict_do_nothing()
-                .execute(c)?,
-        };
-    }
-    Ok(())
+    let rows: Vec<&ReplyRecord> = rows.iter().collect();
+    bulk::insert(conn, &rows)
 }
 
 /// Answers recorded since `since_ms`, to rebuild the retry record at start-up.
