@@ -352,9 +352,22 @@ async fn admin_extractor_errors_are_json() {
     };
     let answer = t.send(post(b"{not json".to_vec())).await;
     assert_eq!(answer.status, 400);
-    let answer = t.send(post(vec![b' '; 600 * 1024])).await;
+    // The too-large body is answered from its declared length, before it is read, and the
+    // connection is closed: an HTTP client still writing the body may see a broken pipe
+    // before it reads the answer, so this one is sent by hand and only partly.
+    let mut stream = connect(&t.base).await;
+    let head = format!(
+        "POST /admin/dead-letters/replay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        600 * 1024
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.write_all(&[b' '; 16 * 1024]).await.expect("write");
+    let answer = read_answer(&mut stream, Duration::from_secs(3))
+        .await
+        .expect("an answer before the body is sent");
     assert_eq!(answer.status, 413, "{answer:?}");
-    assert_eq!(answer.json["error"], "payload_too_large");
+    assert_eq!(answer.json()["error"], "payload_too_large");
     t.stop().await;
 }
 
