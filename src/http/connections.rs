@@ -105,15 +105,15 @@ impl<T> HeadDeadline<T> {
         }
     }
 
-    /// Follows the bytes read; true once the head's end is seen.
+    /// Follows the bytes read: the head ends at its blank line. The clock starts only when a
+    /// read leaves a head unfinished, so a head that arrives in one read (nearly all of them)
+    /// costs no timer.
     fn scan(&mut self, bytes: &[u8]) {
         if !self.in_head || bytes.is_empty() {
             return;
         }
-        if self.timer.is_none() {
-            self.timer = Some(Box::pin(tokio::time::sleep_until(
-                Instant::now() + self.limit,
-            )));
+        if self.matched == 0 && memchr::memmem::find(bytes, b"\r\n\r\n").is_some() {
+            return self.head_ended();
         }
         for &b in bytes {
             self.matched = match (self.matched, b) {
@@ -123,12 +123,20 @@ impl<T> HeadDeadline<T> {
                 _ => 0,
             };
             if self.matched == 4 {
-                self.in_head = false;
-                self.matched = 0;
-                self.timer = None;
-                return;
+                return self.head_ended();
             }
         }
+        if self.timer.is_none() {
+            self.timer = Some(Box::pin(tokio::time::sleep_until(
+                Instant::now() + self.limit,
+            )));
+        }
+    }
+
+    fn head_ended(&mut self) {
+        self.in_head = false;
+        self.matched = 0;
+        self.timer = None;
     }
 }
 
@@ -152,9 +160,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            let filled = buf.filled();
-            let new = filled.get(before..).unwrap_or_default().to_vec();
-            this.scan(&new);
+            this.scan(buf.filled().get(before..).unwrap_or_default());
         }
         polled
     }
@@ -223,5 +229,21 @@ mod tests {
         d.in_head = true; // as after an answer is written
         d.scan(b"\r\r\n");
         assert_eq!(d.matched, 2, "a stray CR restarts the match");
+    }
+
+    #[tokio::test]
+    async fn a_head_read_whole_starts_no_clock() {
+        let mut d = HeadDeadline::new((), Duration::from_secs(1));
+        d.scan(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}");
+        assert!(!d.in_head && d.timer.is_none());
+        // A head split right after its first CR LF pair still ends where it should.
+        d.in_head = true;
+        d.scan(b"GET / HTTP/1.1\r\n");
+        assert!(
+            d.in_head && d.timer.is_some(),
+            "an unfinished head is timed"
+        );
+        d.scan(b"\r\n");
+        assert!(!d.in_head && d.timer.is_none());
     }
 }
