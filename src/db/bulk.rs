@@ -131,6 +131,13 @@ macro_rules! bulk_field {
 /// ```
 ///
 /// Each column is read from the field of the same name, or from the field named after `=`.
+///
+/// The SQLite verb is `INSERT OR IGNORE INTO` where a duplicate is skipped, else `INSERT OR
+/// FAIL INTO`, never a plain `INSERT INTO`: with the default conflict action (ABORT) a
+/// multi-row statement keeps a statement journal, a copy of every page it changes that the
+/// transaction had changed before, so that it alone can be undone. Every caller undoes the
+/// whole transaction on an error, so that copy (16 KiB per page) would be wasted; `FAIL`
+/// stops the statement where it fails, and the transaction is rolled back all the same.
 macro_rules! bulk_row {
     (
         $row:ty => $table:ident,

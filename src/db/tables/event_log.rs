@@ -41,7 +41,7 @@ pub struct EventLogRow {
 
 bulk_row! {
     EventLogRow => event_log,
-    sqlite: "INSERT INTO" + "",
+    sqlite: "INSERT OR FAIL INTO" + "",
     postgres: "",
     columns: (
         listener, source, event_type, bot, realm, realm_id, user_id, message_id, event_id,

@@ -32,7 +32,7 @@ const ADD_TO_STORED: &str = "ON CONFLICT (realm_id, user_id) DO UPDATE SET \
 
 bulk_row! {
     ActivityDelta => user_activity,
-    sqlite: "INSERT INTO" + ADD_TO_STORED,
+    sqlite: "INSERT OR FAIL INTO" + ADD_TO_STORED,
     postgres: ADD_TO_STORED,
     columns: (
         realm_id, user_id, last_seen_ms = seen_at_ms, message_count = messages,
