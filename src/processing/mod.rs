@@ -46,6 +46,19 @@ pub struct Processor {
     tasks: TaskTracker,
 }
 
+/// How a run begun by [`Processor::start`] stands.
+pub enum Started {
+    /// Every handler finished at once: the first reply, and the results for the caller to
+    /// send to the writer.
+    Finished {
+        reply: Option<String>,
+        processed: Box<Processed>,
+    },
+    /// A handler is waiting: the run goes on as a task and writes its own results; the
+    /// receiver yields the first reply.
+    Running(oneshot::Receiver<Option<String>>),
+}
+
 /// What running an event through its handlers produced.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -92,25 +105,31 @@ impl Processor {
         &self.writer
     }
 
-    /// Starts running `handlers` in order on a task of its own and writes the results. The
+    /// Starts running `handlers` in order: on the calling thread as long as they do not wait
+    /// ([`TaskTracker::run_or_spawn`]). When they all finish at once, the caller gets the
+    /// first reply and the results, to send to the writer with whatever belongs in the same
+    /// commit; otherwise the run goes on as a task that writes its own results, and the
     /// receiver yields the first reply (normalised for Zulip) as soon as a handler produces
     /// one, or `None` once all handlers have finished without one.
-    pub fn spawn(
-        &self,
-        event: Arc<Event>,
-        handlers: Arc<[HandlerId]>,
-    ) -> oneshot::Receiver<Option<String>> {
-        let (tx, rx) = oneshot::channel();
+    pub fn start(&self, event: Arc<Event>, handlers: Arc<[HandlerId]>) -> Started {
+        let (tx, mut rx) = oneshot::channel();
         let this = self.clone();
+        let run = async move { this.run(&event, &handlers, None, Some(tx)).await };
+        let writer = self.writer.clone();
         // Tracked: the results must be written even when the run ends after the answer and a
         // shutdown has begun.
-        self.tasks.spawn(async move {
-            let outcome = this.run(&event, &handlers, None, Some(tx)).await;
-            this.writer
+        let finished = self.tasks.run_or_spawn(run, move |outcome| async move {
+            writer
                 .send(WriteOp::Processed(Box::new(outcome.processed)))
                 .await;
         });
-        rx
+        match finished {
+            Some(outcome) => Started::Finished {
+                reply: rx.try_recv().ok().flatten(),
+                processed: Box::new(outcome.processed),
+            },
+            None => Started::Running(rx),
+        }
     }
 
     /// Whether every listener in `handlers` that takes `event_type` is pure (see

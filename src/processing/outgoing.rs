@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::bots::{BotId, Bots};
 use super::guards::{Guard, Refused, Subject};
-use super::{Processor, log_row};
+use super::{Processor, Started, log_row};
 use crate::clock::{millis, now_ms};
 use crate::config::Config;
 use crate::db::tables::replies::ReplyRecord;
@@ -37,7 +37,7 @@ impl Answer {
     fn new(reply: Option<String>) -> Answer {
         match reply {
             Some(text) => Answer {
-                body: serde_json::json!({ "content": text }).to_string().into(),
+                body: content_body(&text).into(),
                 reply: Some(text.into()),
                 from_record: false,
             },
@@ -56,6 +56,17 @@ impl Answer {
             from_record: true,
         }
     }
+}
+
+/// `{"content": text}`, written directly (a `serde_json::Value` on the way costs a map and a
+/// copy of the text on every request).
+fn content_body(text: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Content<'a> {
+        content: &'a str,
+    }
+    // Serialising a string cannot fail; the fallback only keeps this free of a panic path.
+    serde_json::to_string(&Content { content: text }).unwrap_or_else(|_| NO_REPLY.to_string())
 }
 
 /// A remembered answer; `None` while the first delivery is still being handled.
@@ -161,25 +172,27 @@ impl OutgoingService {
                 }
             }
         }
-        if let Some(answer) = self.refuse(bot_id, &event).await {
-            if let Some((_, message_id)) = key {
-                self.remember(bot_id, message_id, &answer).await;
-            }
+        if let Some((answer, refused)) = self.refuse(bot_id, &event) {
+            self.write(bot_id, key, &answer, Some(refused));
             return answer;
         }
         metric::events_received("outgoing", "message", "accepted", 1);
         let bot = self.bots.get(bot_id);
         let event = Arc::new(event);
-        let mut first_reply = self.processor.spawn(event.clone(), bot.listeners.clone());
-        let reply = match tokio::time::timeout(bot.deadline, &mut first_reply).await {
-            Ok(reply) => reply.unwrap_or(None),
-            Err(_) => {
-                tracing::warn!(
-                    deadline_ms = bot.deadline.as_millis() as u64,
-                    "handlers missed the reply deadline; answering without a reply"
-                );
-                self.spawn_late_delivery(bot_id, event.clone(), first_reply);
-                None
+        let (reply, processed) = match self.processor.start(event.clone(), bot.listeners.clone()) {
+            Started::Finished { reply, processed } => (reply, Some(processed)),
+            Started::Running(mut first_reply) => {
+                match tokio::time::timeout(bot.deadline, &mut first_reply).await {
+                    Ok(reply) => (reply.unwrap_or(None), None),
+                    Err(_) => {
+                        tracing::warn!(
+                            deadline_ms = bot.deadline.as_millis() as u64,
+                            "handlers missed the reply deadline; answering without a reply"
+                        );
+                        self.spawn_late_delivery(bot_id, event.clone(), first_reply);
+                        (None, None)
+                    }
+                }
             }
         };
         let reply = if self.dry_run {
@@ -191,16 +204,14 @@ impl OutgoingService {
             reply
         };
         let answer = Answer::new(reply);
-        if let Some((_, message_id)) = key {
-            self.remember(bot_id, message_id, &answer).await;
-        }
+        self.write(bot_id, key, &answer, processed);
         answer
     }
 
-    /// The bot's guards (filters, then its rate limits): `Some(answer)` when the event is not
-    /// to be handled. A refusal is still a 200 (Zulip posts a public failure for anything
-    /// else), and it is written to the event log with its reason.
-    async fn refuse(&self, bot_id: BotId, event: &Event) -> Option<Answer> {
+    /// The bot's guards (filters, then its rate limits): the answer and the event-log row of
+    /// the refusal when the event is not to be handled. A refusal is still a 200 (Zulip posts
+    /// a public failure for anything else).
+    fn refuse(&self, bot_id: BotId, event: &Event) -> Option<(Answer, Box<Processed>)> {
         let subject = Subject {
             realm: &event.realm,
             // The bot stands for its realm.
@@ -220,18 +231,44 @@ impl OutgoingService {
         };
         tracing::info!(guard = guard.name(), %reason, user_id = ?event.user_id, "outgoing webhook not handled");
         metric::events_received("outgoing", "message", guard.outcome(), 1);
-        let row = log_row(event, guard.name(), 0, Some(reason));
         let processed = Processed {
-            logs: vec![row],
+            logs: vec![log_row(event, guard.name(), 0, Some(reason))],
             ..Processed::default()
         };
-        self.writer
-            .send(WriteOp::Processed(Box::new(processed)))
-            .await;
-        Some(Answer::new(reply))
+        Some((Answer::new(reply), Box::new(processed)))
     }
 
-    async fn remember(&self, bot_id: BotId, message_id: i64, answer: &Answer) {
+    /// Remembers the answer to a message (in memory and, with the run's results, in the
+    /// database) and sends whatever is to be written in one piece to the writer. `processed`
+    /// is `None` when the run went on as a task that writes its own results. If the writer's
+    /// queue is full, the sending goes on as a tracked task, so that it is not lost when Zulip
+    /// hangs up and the request is dropped.
+    fn write(
+        &self,
+        bot_id: BotId,
+        key: Option<(BotId, i64)>,
+        answer: &Answer,
+        processed: Option<Box<Processed>>,
+    ) {
+        let reply = key.and_then(|(_, message_id)| self.remember(bot_id, message_id, answer));
+        let processed = match (processed, reply) {
+            (Some(mut processed), reply) => {
+                processed.reply = reply;
+                processed
+            }
+            (None, Some(reply)) => Box::new(Processed {
+                reply: Some(reply),
+                ..Processed::default()
+            }),
+            (None, None) => return,
+        };
+        let writer = self.writer.clone();
+        let send = async move { writer.send(WriteOp::Processed(processed)).await };
+        self.processor.tasks().run_or_spawn(send, |()| async {});
+    }
+
+    /// Keeps the answer for Zulip's retries; returns the record to store (none in a dry run).
+    fn remember(&self, bot_id: BotId, message_id: i64, answer: &Answer) -> Option<ReplyRecord> {
         let at_ms = now_ms();
         self.record.insert(
             (bot_id, message_id),
@@ -240,16 +277,12 @@ impl OutgoingService {
                 body: Some(answer.body.clone()),
             },
         );
-        if !self.dry_run {
-            self.writer
-                .send(WriteOp::Reply(ReplyRecord {
-                    bot: self.bots.get(bot_id).name.to_string(),
-                    message_id,
-                    response: answer.body.to_string(),
-                    created_at_ms: at_ms,
-                }))
-                .await;
-        }
+        (!self.dry_run).then(|| ReplyRecord {
+            bot: self.bots.get(bot_id).name.to_string(),
+            message_id,
+            response: answer.body.to_string(),
+            created_at_ms: at_ms,
+        })
     }
 
     fn spawn_late_delivery(
@@ -309,6 +342,23 @@ async fn deliver_late(
         Err(error) => {
             metric::late_reply("failed");
             tracing::error!(%error, "late reply could not be posted");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reply_body_is_zulips_content_object() {
+        for text in [
+            "pong",
+            "a \"quoted\"\nline\\ with ünïcode 🎉 and \u{1} control",
+        ] {
+            let body = content_body(text);
+            let parsed: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            assert_eq!(parsed, serde_json::json!({ "content": text }), "{body}");
         }
     }
 }

@@ -5,13 +5,15 @@
 //!
 //! The tasks run on the runtime the tracker was made on (the main one), not on the HTTP
 //! worker that answered: actix stops its workers, and drops every task spawned on them, as
-//! soon as the listener stops.
+//! soon as the listener stops. [`TaskTracker::run_or_spawn`] first polls a task on the
+//! calling thread, in the main runtime's context, and spawns it only if it has to wait.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::Notify;
 
 /// Counts running tasks; cheap to clone.
@@ -64,6 +66,29 @@ impl TaskTracker {
         }
     }
 
+    /// Runs `task` on the calling thread until it first has to wait, inside the tracker's
+    /// runtime (so that whatever it spawns, times or connects belongs to that runtime), and
+    /// returns its output if it finished. If it did not, the rest of it, and then `then` with
+    /// its output, run as a task counted like [`TaskTracker::spawn`]. A task that finishes at
+    /// once (a handler that only computes its reply) costs no hand-over between threads.
+    pub fn run_or_spawn<F, C, G>(&self, task: F, then: C) -> Option<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+        C: FnOnce(F::Output) -> G + Send + 'static,
+        G: Future<Output = ()> + Send + 'static,
+    {
+        let mut task = Box::pin(task);
+        let output = {
+            let _context = self.runtime.as_ref().map(|runtime| runtime.enter());
+            (&mut task).now_or_never()
+        };
+        if output.is_none() {
+            self.spawn(async move { then(task.await).await });
+        }
+        output
+    }
+
     /// Tasks still running.
     pub fn running(&self) -> usize {
         self.inner.running.load(Ordering::Acquire)
@@ -101,6 +126,37 @@ mod tests {
         });
         assert_eq!(tracker.wait(Duration::from_millis(100)).await, 1);
         let _ = tx.send(());
+        assert_eq!(tracker.wait(Duration::from_secs(5)).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_finishes_at_once_is_not_spawned() {
+        let tracker = TaskTracker::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let output = tracker.run_or_spawn(async { 7 }, move |n| async move {
+            let _ = tx.send(n);
+        });
+        assert_eq!(output, Some(7), "finished on this thread");
+        assert_eq!(tracker.running(), 0);
+        drop(rx); // `then` is for a task that had to wait
+
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let task = async move {
+            let _ = wait.await;
+            8
+        };
+        let output = tracker.run_or_spawn(task, move |n| async move {
+            let _ = tx.send(n);
+        });
+        assert_eq!(output, None);
+        assert_eq!(
+            tracker.running(),
+            1,
+            "the waiting rest runs as a counted task"
+        );
+        let _ = go.send(());
+        assert_eq!(rx.await, Ok(8), "and hands its output to `then`");
         assert_eq!(tracker.wait(Duration::from_secs(5)).await, 0);
     }
 }

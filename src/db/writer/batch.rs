@@ -2,7 +2,7 @@
 //! it in one transaction, retry with back-off, fall back to item-by-item writes, answer whoever
 //! waits, and hand the spent batch to the janitor thread to free.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -15,6 +15,15 @@ use crate::db::{DbConnection, DbError, tables};
 
 /// How often a failing batch is tried again before it is written item by item.
 const BATCH_ATTEMPTS: u32 = 5;
+
+/// How long a batch that nobody waits for (results of outgoing-webhook runs, retry records,
+/// claim releases — none of them holds up an answer or a worker) may wait for more work before
+/// it is committed. Under outgoing-webhook load this turns many small commits, each writing the
+/// same last pages of the event log and syncing the log, into fewer large ones. An intake, a
+/// flush, a stop or an inbox worker's results arriving meanwhile end the wait at once (within
+/// [`LINGER_STEP`]).
+const LINGER: Duration = Duration::from_millis(3);
+const LINGER_STEP: Duration = Duration::from_micros(250);
 
 /// An intake's rows and the results processed with them.
 type IntakeData = (Vec<NewInboxRow>, Vec<(usize, Processed)>);
@@ -32,6 +41,36 @@ struct Batch {
 }
 
 impl Batch {
+    /// Whether committing this batch can wait for more work: nobody waits for it (no intake,
+    /// flush or stop, and no inbox worker whose event stays in flight until the commit), and
+    /// it is not full.
+    fn may_linger(&self, batch_size: usize) -> bool {
+        self.intakes.is_empty()
+            && self.waiters.is_empty()
+            && !self.stop
+            && self.processed.iter().all(|p| p.after_commit.is_none())
+            && self.rows < batch_size
+    }
+
+    /// Takes whatever has queued up, up to `batch_size` rows.
+    fn take_queued(&mut self, rx: &mut mpsc::Receiver<Command>, batch_size: usize) {
+        while self.rows < batch_size && !self.stop {
+            match rx.try_recv() {
+                Ok(op) => self.push(op),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn push_processed(&mut self, mut p: Processed) {
+        self.rows += p.effects.len() + p.logs.len() + 1;
+        if let Some(reply) = p.reply.take() {
+            self.rows += 1;
+            self.replies.push(reply);
+        }
+        self.processed.push(p);
+    }
+
     fn push(&mut self, command: Command) {
         let op = match command {
             Command::Write(op) => op,
@@ -50,19 +89,11 @@ impl Batch {
                 }
                 self.intakes.push(*intake);
             }
-            WriteOp::Processed(p) => {
-                self.rows += p.effects.len() + p.logs.len() + 1;
-                self.processed.push(*p);
-            }
+            WriteOp::Processed(p) => self.push_processed(*p),
             WriteOp::ProcessedAll(all) => {
                 for p in all {
-                    self.rows += p.effects.len() + p.logs.len() + 1;
-                    self.processed.push(p);
+                    self.push_processed(p);
                 }
-            }
-            WriteOp::Reply(row) => {
-                self.rows += 1;
-                self.replies.push(row);
             }
             WriteOp::Release(ids, listeners) => {
                 self.rows += ids.len();
@@ -156,14 +187,24 @@ pub(super) fn run(
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Batch::default();
         batch.push(first);
-        while batch.rows < batch_size && !batch.stop {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+        batch.take_queued(&mut rx, batch_size);
+        let linger_until = Instant::now() + LINGER;
+        while batch.may_linger(batch_size) && Instant::now() < linger_until {
+            std::thread::sleep(LINGER_STEP);
+            batch.take_queued(&mut rx, batch_size);
         }
         let results = if batch.rows > 0 {
-            write_with_retries(&mut conn, &connector, synchronous, &mut batch)
+            let started = Instant::now();
+            let results = write_with_retries(&mut conn, &connector, synchronous, &mut batch);
+            tracing::debug!(
+                rows = batch.rows,
+                intakes = batch.intakes.len(),
+                processed = batch.processed.len(),
+                replies = batch.replies.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "batch written"
+            );
+            results
         } else {
             Ok(Vec::new())
         };
@@ -226,5 +267,37 @@ fn write_item_by_item(conn: &mut DbConnection, batch: &Batch) {
     }
     if failed > 0 {
         tracing::error!(failed, "database writer could not store some results");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::AfterCommit;
+    use super::*;
+
+    fn processed(after_commit: Option<AfterCommit>) -> Command {
+        Command::Write(WriteOp::Processed(Box::new(Processed {
+            after_commit,
+            ..Processed::default()
+        })))
+    }
+
+    #[test]
+    fn only_work_nobody_waits_for_lingers() {
+        let mut batch = Batch::default();
+        batch.push(processed(None));
+        assert!(batch.may_linger(100), "an outgoing run's results");
+        assert!(!batch.may_linger(1), "a full batch is written at once");
+        batch.push(processed(Some(AfterCommit(Box::new(())))));
+        assert!(
+            !batch.may_linger(100),
+            "an inbox worker's event stays in flight until the commit"
+        );
+
+        let mut batch = Batch::default();
+        batch.push(processed(None));
+        let (tx, _rx) = oneshot::channel();
+        batch.push(Command::Flush(tx));
+        assert!(!batch.may_linger(100), "a flush waits");
     }
 }

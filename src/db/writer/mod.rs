@@ -63,6 +63,9 @@ pub struct Processed {
     pub effects: Vec<Effect>,
     pub logs: Vec<EventLogRow>,
     pub inbox: Option<InboxOutcome>,
+    /// The answer given to an outgoing webhook, kept for Zulip's retries: committed with the
+    /// rows of the run that produced it.
+    pub reply: Option<ReplyRecord>,
     /// Dropped only once the writer has committed this work (or given up on it).
     pub after_commit: Option<AfterCommit>,
 }
@@ -132,7 +135,6 @@ pub enum WriteOp {
     Processed(Box<Processed>),
     /// Several results committed in one transaction (one event's listeners).
     ProcessedAll(Vec<Processed>),
-    Reply(ReplyRecord),
     /// Makes the work of these listeners on these claimed events due again at once.
     Release(Vec<String>, Vec<&'static str>),
 }
@@ -152,11 +154,16 @@ impl WriteOp {
     pub fn summary(&self) -> String {
         let processed = |p: &Processed| {
             format!(
-                "{} effect(s), {} event-log row(s){}",
+                "{} effect(s), {} event-log row(s){}{}",
                 p.effects.len(),
                 p.logs.len(),
                 if p.inbox.is_some() {
                     ", an inbox result"
+                } else {
+                    ""
+                },
+                if p.reply.is_some() {
+                    ", an outgoing-webhook reply record"
                 } else {
                     ""
                 }
@@ -170,19 +177,19 @@ impl WriteOp {
             ),
             WriteOp::Processed(p) => format!("processed event: {}", processed(p)),
             WriteOp::ProcessedAll(all) => format!("{} results of one processed event", all.len()),
-            WriteOp::Reply(_) => "an outgoing-webhook reply record".to_string(),
             WriteOp::Release(ids, _) => format!("release of {} claim(s)", ids.len()),
         }
     }
 
     /// The realm whose writer commits this work: an event's results go with the event's
-    /// realm; outgoing-webhook results, reply records and claim releases to the first writer.
+    /// realm; outgoing-webhook results (with their reply records) and claim releases to the
+    /// first writer.
     fn realm(&self) -> Option<i64> {
         let of = |p: &Processed| p.inbox.as_ref().map(|o| o.realm_id);
         match self {
             WriteOp::Processed(p) => of(p),
             WriteOp::ProcessedAll(all) => all.iter().find_map(of),
-            WriteOp::Intake(_) | WriteOp::Reply(_) | WriteOp::Release(..) => None,
+            WriteOp::Intake(_) | WriteOp::Release(..) => None,
         }
     }
 }
