@@ -26,5 +26,7 @@ fn main() -> ExitCode {
         // next decides whether to purge.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     }
+    // Before anything opens a database: SQLite's per-connection mutexes are not needed.
+    zulip_listeners::db::use_sqlite_multithread_mode();
     zulip_listeners::cli::run(zulip_listeners::cli::Cli::parse())
 }
