@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use zulip_listeners::clock::{self, now_ms};
 use zulip_listeners::config::{Config, parse_database_url};
+use zulip_listeners::db::event_key::EventKey;
 use zulip_listeners::db::tables::{
     event_log::EventLogRow,
     inbox::{InboxStatus, NewInboxRow},
@@ -101,6 +102,7 @@ fn fill(url: &str, rows: i64) {
     let dead: Vec<NewInboxRow> = (0..2_000)
         .map(|n| NewInboxRow {
             event_id: format!("dead-{n}"),
+            event_key: EventKey::of(&format!("dead-{n}")),
             webhook_id: format!("msg_{n}"),
             realm_id: n % 20,
             realm: format!("realm{}", n % 20),

@@ -2,6 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use zulip_listeners::db::event_key::EventKey;
 use zulip_listeners::events::forwarded::{BatchError, parse_batch, parse_stored};
 
 fuzz_target!(|data: &[u8]| {
@@ -19,6 +20,8 @@ fuzz_target!(|data: &[u8]| {
     for event in &events {
         assert!(!event.event_id.trim().is_empty());
         assert!(event.event_id.len() <= 128);
+        // The inbox stores the id as its compact key and must give back the same text.
+        assert_eq!(EventKey::of(&event.event_id).id(), event.event_id);
         assert!(!event.event_type.is_empty());
         assert_eq!(event.event.event_type(), event.event_type);
         let _ = (event.event.message_id(), format!("{event:?}"));

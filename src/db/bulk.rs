@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use diesel::RunQueryDsl;
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
-use diesel::sql_types::{BigInt, Bool, Integer, Nullable, SqlType, Text};
+use diesel::sql_types::{BigInt, Binary, Bool, Integer, Nullable, SqlType, Text};
 
 use super::sqlite_rows::{self, SqliteRow};
 use super::{DbConnection, DbError};
@@ -50,6 +50,10 @@ pub trait PgArray: SqlType {
 
 impl PgArray for Text {
     const ARRAY: &'static str = "text[]";
+}
+
+impl PgArray for Binary {
+    const ARRAY: &'static str = "bytea[]";
 }
 
 impl PgArray for BigInt {

@@ -6,6 +6,7 @@
 pub mod attempt;
 mod bulk;
 pub mod checkpoint;
+pub mod event_key;
 pub mod retention;
 pub mod schema;
 mod sqlite_rows;

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 
+use super::event_key::EventKey;
 use super::schema::{
     event_log, forwarder_batches, inbox, inbox_work, keyword_alerts, listener_stats, messages,
     outgoing_replies, user_activity,
@@ -315,7 +316,7 @@ fn clean_event_log(
 fn clean_inbox(conn: &mut DbConnection, before_ms: i64, b: &mut Batches) -> Result<usize, DbError> {
     let mut after = i64::MIN;
     b.run(conn, "inbox", |conn, limit| {
-        let keys: Vec<(i64, String)> = inbox::table
+        let keys: Vec<(i64, EventKey)> = inbox::table
             .select((inbox::id, inbox::event_id))
             .filter(inbox::id.gt(after))
             .filter(inbox::status.eq_any(InboxStatus::FINISHED))
@@ -327,7 +328,7 @@ fn clean_inbox(conn: &mut DbConnection, before_ms: i64, b: &mut Batches) -> Resu
             return Ok((0, 0));
         };
         after = last;
-        let (ids, event_ids): (Vec<i64>, Vec<String>) = keys.into_iter().unzip();
+        let (ids, event_ids): (Vec<i64>, Vec<EventKey>) = keys.into_iter().unzip();
         // Work set aside with the event (listeners' quota skips) goes with it.
         diesel::delete(inbox_work::table.filter(inbox_work::event_id.eq_any(&event_ids)))
             .execute(conn)?;

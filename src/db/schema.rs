@@ -95,7 +95,7 @@ diesel::allow_tables_to_appear_in_same_query!(
 diesel::table! {
     inbox (id) {
         id -> BigInt,
-        event_id -> Text,
+        event_id -> Binary,
         webhook_id -> Text,
         realm_id -> BigInt,
         realm -> Text,
@@ -160,7 +160,7 @@ diesel::table! {
 
 diesel::table! {
     inbox_work (event_id, listener) {
-        event_id -> Text,
+        event_id -> Binary,
         listener -> Text,
         status -> Text,
         attempts -> Integer,

@@ -10,6 +10,7 @@
 
 use crate::support::*;
 use zulip_listeners::clock::now_ms;
+use zulip_listeners::db::event_key::EventKey;
 use zulip_listeners::db::tables;
 use zulip_listeners::db::tables::{
     event_log::EventLogRow,
@@ -61,6 +62,7 @@ async fn seed(t: &TestServer) {
         let dead: Vec<NewInboxRow> = (0..2)
             .map(|i| NewInboxRow {
                 event_id: format!("dead-{i}"),
+                event_key: EventKey::of(&format!("dead-{i}")),
                 webhook_id: format!("msg_dead{i}"),
                 realm_id: 2,
                 realm: "zulip".into(),

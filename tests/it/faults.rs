@@ -6,6 +6,7 @@ use crate::support::*;
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zulip_listeners::db::DbConnection;
+use zulip_listeners::db::event_key::EventKey;
 use zulip_listeners::db::schema::inbox;
 
 /// An envelope of realm `realm` (`realm<id>`), emitted `age_s` seconds ago.
@@ -172,8 +173,11 @@ fn parked(c: &mut DbConnection) -> Vec<String> {
     inbox::table
         .filter(inbox::status.eq("parked"))
         .select(inbox::event_id)
-        .load(c)
+        .load::<EventKey>(c)
         .expect("inbox")
+        .into_iter()
+        .map(String::from)
+        .collect()
 }
 
 backend_test!(async fn a_disabled_handler_parks_its_events_without_stalling_intake);

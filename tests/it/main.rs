@@ -11,6 +11,7 @@ mod health;
 mod listeners;
 mod memory_budget;
 mod message_writes;
+mod migrations;
 mod operations;
 mod operator;
 mod outgoing;

@@ -5,6 +5,7 @@
 
 use crate::support::*;
 use diesel::prelude::*;
+use zulip_listeners::db::event_key::EventKey;
 use zulip_listeners::db::retention::{
     CleanupReport, PersonalCutoffs, PersonalReport, cleanup, expire_personal_data,
 };
@@ -86,6 +87,7 @@ fn stats(conn: &mut DbConnection, now: i64) -> Vec<StatsRow> {
 fn inbox_event(conn: &mut DbConnection, event_id: &str, status: &str, updated_at_ms: i64) {
     let row = NewInboxRow {
         event_id: event_id.to_string(),
+        event_key: EventKey::of(event_id),
         webhook_id: "msg_test".to_string(),
         realm_id: 2,
         realm: "zulip".to_string(),
@@ -336,8 +338,11 @@ fn cleanup_deletes_exactly_the_old_finished_rows(backend: Backend) {
     let inbox_left: Vec<String> = inbox::table
         .select(inbox::event_id)
         .order(inbox::event_id)
-        .load(conn)
-        .expect("inbox");
+        .load::<EventKey>(conn)
+        .expect("inbox")
+        .into_iter()
+        .map(String::from)
+        .collect();
     assert_eq!(
         inbox_left,
         [

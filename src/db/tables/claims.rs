@@ -6,19 +6,20 @@
 use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{BigInt, Binary, Text};
 
 use super::inbox::lock_events;
 use super::inbox_work::{EVERY_LISTENER, NewWorkRow, WorkStatus, insert_work, settle_events};
 use crate::clock::now_ms;
 use crate::db::bulk::ROWS_PER_STATEMENT;
+use crate::db::event_key::EventKey;
 use crate::db::schema::inbox_work;
 use crate::db::{DbConnection, DbError};
 
 /// A work row claimed for processing, with its event.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct ClaimedWork {
-    #[diesel(sql_type = Text)]
+    #[diesel(sql_type = Binary, deserialize_as = EventKey)]
     pub event_id: String,
     #[diesel(sql_type = Text)]
     pub listener: String,
@@ -54,7 +55,7 @@ fn sql_names(names: &[&str]) -> String {
 /// A `'*'` work row to expand.
 #[derive(QueryableByName)]
 struct StarRow {
-    #[diesel(sql_type = Text)]
+    #[diesel(sql_type = Binary, deserialize_as = EventKey)]
     event_id: String,
     #[diesel(sql_type = Text)]
     event_type: String,
@@ -121,7 +122,7 @@ pub fn claim_work(
                 diesel::delete(
                     inbox_work::table
                         .filter(inbox_work::listener.eq(EVERY_LISTENER))
-                        .filter(inbox_work::event_id.eq_any(chunk)),
+                        .filter(inbox_work::event_id.eq_any(EventKey::all(chunk.iter().copied()))),
                 )
                 .execute(conn)?;
             }
@@ -163,7 +164,7 @@ pub fn claim_work(
                 diesel::update(
                     inbox_work::table
                         .filter(inbox_work::listener.eq(listener))
-                        .filter(inbox_work::event_id.eq_any(chunk)),
+                        .filter(inbox_work::event_id.eq_any(EventKey::all(chunk.iter().copied()))),
                 )
                 .set(inbox_work::claimed_until_ms.eq(claim_until_ms))
                 .execute(conn)?;

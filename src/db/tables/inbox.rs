@@ -7,10 +7,11 @@ use std::collections::HashSet;
 
 use diesel::dsl::count_star;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{BigInt, Binary};
 
 use crate::clock::now_ms;
 use crate::db::bulk::{self, ROWS_PER_STATEMENT, bulk_row};
+use crate::db::event_key::EventKey;
 use crate::db::schema::inbox;
 use crate::db::text_enum::text_enum;
 use crate::db::{DbConnection, DbError};
@@ -66,7 +67,11 @@ impl InboxStatus {
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = inbox, treat_none_as_default_value = false)]
 pub struct NewInboxRow {
+    #[diesel(skip_insertion)]
     pub event_id: String,
+    /// How `event_id` is stored: `EventKey::of(&event_id)`.
+    #[diesel(column_name = event_id)]
+    pub event_key: EventKey,
     pub webhook_id: String,
     pub realm_id: i64,
     pub realm: String,
@@ -89,7 +94,7 @@ bulk_row! {
     sqlite: "INSERT OR IGNORE INTO" + "",
     postgres: "ON CONFLICT DO NOTHING RETURNING event_id",
     columns: (
-        event_id, webhook_id, realm_id, realm, user_id, event_type, op, payload, status,
+        event_id = event_key, webhook_id, realm_id, realm, user_id, event_type, op, payload, status,
         attempts, next_attempt_at_ms, claimed_until_ms, last_error, emitted_at_ms,
         received_at_ms, updated_at_ms,
     ),
@@ -99,6 +104,7 @@ bulk_row! {
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = inbox)]
 pub struct InboxEntry {
+    #[diesel(deserialize_as = EventKey)]
     pub event_id: String,
     pub realm_id: i64,
     pub realm: String,
@@ -115,8 +121,8 @@ pub struct InboxEntry {
 /// An id returned by an insert.
 #[derive(QueryableByName)]
 struct InsertedEventId {
-    #[diesel(sql_type = Text)]
-    event_id: String,
+    #[diesel(sql_type = Binary)]
+    event_id: EventKey,
 }
 
 /// Stores accepted events; an event id already stored is left as it is. Returns the ids
@@ -141,7 +147,7 @@ pub fn insert_inbox(
                 let inserted: HashSet<String> = bulk::pg_query(chunk)
                     .load::<InsertedEventId>(c)?
                     .into_iter()
-                    .map(|r| r.event_id)
+                    .map(|r| r.event_id.id())
                     .collect();
                 known.extend(
                     chunk
@@ -164,18 +170,18 @@ fn sqlite_known_events(
     chunk: &[&NewInboxRow],
     inserted: usize,
 ) -> QueryResult<Vec<String>> {
-    let ids = chunk.iter().map(|r| r.event_id.as_str());
     if inserted == 0 {
-        return Ok(ids.map(str::to_string).collect());
+        return Ok(chunk.iter().map(|r| r.event_id.clone()).collect());
     }
     let last: i64 =
         diesel::select(diesel::dsl::sql::<BigInt>("last_insert_rowid()")).get_result(c)?;
     let first_new = last - i64::try_from(inserted).unwrap_or(i64::MAX) + 1;
-    inbox::table
+    let known: Vec<EventKey> = inbox::table
         .select(inbox::event_id)
-        .filter(inbox::event_id.eq_any(ids.collect::<Vec<_>>()))
+        .filter(inbox::event_id.eq_any(chunk.iter().map(|r| &r.event_key).collect::<Vec<_>>()))
         .filter(inbox::id.lt(first_new))
-        .load(c)
+        .load(c)?;
+    Ok(known.into_iter().map(String::from).collect())
 }
 
 /// On PostgreSQL, locks the inbox rows of `event_ids` (in id order, so that two writers never
@@ -186,7 +192,7 @@ pub fn lock_events(conn: &mut DbConnection, event_ids: &[&str]) -> Result<(), Db
     if let DbConnection::Postgres(c) = conn {
         for chunk in event_ids.chunks(ROWS_PER_STATEMENT) {
             inbox::table
-                .filter(inbox::event_id.eq_any(chunk))
+                .filter(inbox::event_id.eq_any(EventKey::all(chunk.iter().copied())))
                 .order(inbox::id)
                 .select(inbox::id)
                 .for_update()
@@ -204,7 +210,7 @@ pub fn mark_rate_limited(
     payload: &str,
     reason: &str,
 ) -> Result<(), DbError> {
-    diesel::update(inbox::table.filter(inbox::event_id.eq(event_id)))
+    diesel::update(inbox::table.filter(inbox::event_id.eq(EventKey::of(event_id))))
         .set((
             inbox::status.eq(InboxStatus::RateLimited),
             inbox::payload.eq(payload),
@@ -289,7 +295,7 @@ pub fn inbox_entries(
 /// A forwarded event in the inbox, by its event id (unique index).
 pub fn inbox_entry(conn: &mut DbConnection, event_id: &str) -> Result<Option<InboxEntry>, DbError> {
     Ok(inbox::table
-        .filter(inbox::event_id.eq(event_id))
+        .filter(inbox::event_id.eq(EventKey::of(event_id)))
         .select(InboxEntry::as_select())
         .first(conn)
         .optional()?)
@@ -302,7 +308,7 @@ pub fn inbox_has(
     statuses: &[InboxStatus],
 ) -> Result<bool, DbError> {
     let n: i64 = inbox::table
-        .filter(inbox::event_id.eq(event_id))
+        .filter(inbox::event_id.eq(EventKey::of(event_id)))
         .filter(inbox::status.eq_any(statuses))
         .select(count_star())
         .first(conn)?;

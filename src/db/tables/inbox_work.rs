@@ -13,6 +13,7 @@ use diesel::prelude::*;
 use super::inbox::InboxStatus;
 use crate::clock::now_ms;
 use crate::db::bulk::ROWS_PER_STATEMENT;
+use crate::db::event_key::EventKey;
 use crate::db::schema::{inbox, inbox_work};
 use crate::db::text_enum::text_enum;
 use crate::db::{DbConnection, DbError};
@@ -67,6 +68,7 @@ pub const EVERY_LISTENER: &str = "*";
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = inbox_work, treat_none_as_default_value = false)]
 pub struct NewWorkRow {
+    #[diesel(serialize_as = EventKey)]
     pub event_id: String,
     pub listener: &'static str,
     pub status: WorkStatus,
@@ -83,10 +85,10 @@ pub fn insert_work(conn: &mut DbConnection, rows: &[&NewWorkRow]) -> Result<(), 
         let chunk: Vec<NewWorkRow> = chunk.iter().map(|r| (*r).clone()).collect();
         match conn {
             DbConnection::Sqlite(c) => diesel::insert_or_ignore_into(inbox_work::table)
-                .values(&chunk)
+                .values(chunk)
                 .execute(c)?,
             DbConnection::Postgres(c) => diesel::insert_into(inbox_work::table)
-                .values(&chunk)
+                .values(chunk)
                 .on_conflict_do_nothing()
                 .execute(c)?,
         };
@@ -107,13 +109,13 @@ pub fn finish_work_done(
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let target = inbox_work::table
             .filter(inbox_work::listener.eq(listener))
-            .filter(inbox_work::event_id.eq_any(chunk))
+            .filter(inbox_work::event_id.eq_any(EventKey::all(chunk.iter().copied())))
             .filter(inbox_work::status.eq_any(WorkStatus::OPEN))
             .filter(inbox_work::attempts.eq(attempts_before));
-        let done: Vec<String> = crate::per_backend!(conn, c => diesel::delete(target)
+        let done: Vec<EventKey> = crate::per_backend!(conn, c => diesel::delete(target)
             .returning(inbox_work::event_id)
             .get_results(c))?;
-        applied.extend(done);
+        applied.extend(done.into_iter().map(String::from));
     }
     Ok(applied)
 }
@@ -143,7 +145,7 @@ pub fn finish_work_failed(
     error: &str,
 ) -> Result<bool, DbError> {
     let target = inbox_work::table
-        .filter(inbox_work::event_id.eq(event_id))
+        .filter(inbox_work::event_id.eq(EventKey::of(event_id)))
         .filter(inbox_work::listener.eq(listener))
         .filter(inbox_work::status.eq_any(WorkStatus::OPEN))
         .filter(inbox_work::attempts.eq(attempts_before));
@@ -188,7 +190,7 @@ pub fn settle_events(
     for (n, ids) in &by_attempts {
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let target = inbox::table
-                .filter(inbox::event_id.eq_any(chunk))
+                .filter(inbox::event_id.eq_any(EventKey::all(chunk.iter().copied())))
                 .filter(inbox::status.eq_any(InboxStatus::OPEN))
                 .filter(diesel::dsl::not(diesel::dsl::exists(
                     inbox_work::table.filter(inbox_work::event_id.eq(inbox::event_id)),
@@ -205,11 +207,11 @@ pub fn settle_events(
                 inbox::last_error.eq(None::<String>),
                 inbox::updated_at_ms.eq(now),
             );
-            let ids: Vec<String> = crate::per_backend!(conn, c => diesel::update(target)
+            let ids: Vec<EventKey> = crate::per_backend!(conn, c => diesel::update(target)
                 .set(changes)
                 .returning(inbox::event_id)
                 .get_results(c))?;
-            done.extend(ids);
+            done.extend(ids.into_iter().map(String::from));
         }
     }
     // The others still have work: their status follows what is left.
@@ -217,8 +219,9 @@ pub fn settle_events(
         if done.contains(*id) {
             continue;
         }
+        let key = EventKey::of(id);
         let left: Vec<(WorkStatus, i32, i64)> = inbox_work::table
-            .filter(inbox_work::event_id.eq(*id))
+            .filter(inbox_work::event_id.eq(&key))
             .select((
                 inbox_work::status,
                 inbox_work::attempts,
@@ -234,7 +237,7 @@ pub fn settle_events(
             .min()
             .unwrap_or(0);
         let target = inbox::table
-            .filter(inbox::event_id.eq(*id))
+            .filter(inbox::event_id.eq(&key))
             .filter(inbox::status.eq_any(InboxStatus::OPEN));
         match errors.get(id) {
             Some(error) => diesel::update(target)
@@ -271,7 +274,9 @@ pub fn release_claims(
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         diesel::update(
             inbox_work::table
-                .filter(inbox_work::event_id.eq_any(chunk))
+                .filter(
+                    inbox_work::event_id.eq_any(EventKey::all(chunk.iter().map(String::as_str))),
+                )
                 .filter(inbox_work::listener.eq_any(listeners)),
         )
         .set(inbox_work::claimed_until_ms.eq(0i64))
@@ -334,15 +339,18 @@ pub fn requeue(
     let now = now_ms();
     conn.transaction(|conn| {
         let target = || inbox::table.filter(inbox::status.eq_any(statuses));
-        let found: Vec<String> = match ids {
+        let found: Vec<EventKey> = match ids {
             Some(ids) => {
                 let mut found = Vec::new();
                 for chunk in ids.chunks(ROWS_PER_STATEMENT) {
                     found.extend(
                         target()
-                            .filter(inbox::event_id.eq_any(chunk))
+                            .filter(
+                                inbox::event_id
+                                    .eq_any(EventKey::all(chunk.iter().map(String::as_str))),
+                            )
                             .select(inbox::event_id)
-                            .load::<String>(conn)?,
+                            .load::<EventKey>(conn)?,
                     );
                 }
                 found
@@ -351,11 +359,11 @@ pub fn requeue(
         };
         let mut requeued = 0;
         for chunk in found.chunks(ROWS_PER_STATEMENT) {
-            let with_work: HashSet<String> = inbox_work::table
+            let with_work: HashSet<EventKey> = inbox_work::table
                 .filter(inbox_work::event_id.eq_any(chunk))
                 .select(inbox_work::event_id)
                 .distinct()
-                .load::<String>(conn)?
+                .load::<EventKey>(conn)?
                 .into_iter()
                 .collect();
             diesel::update(inbox_work::table.filter(inbox_work::event_id.eq_any(chunk)))
@@ -365,7 +373,7 @@ pub fn requeue(
                 .iter()
                 .filter(|id| !with_work.contains(*id))
                 .map(|id| NewWorkRow {
-                    event_id: id.clone(),
+                    event_id: id.id(),
                     listener: EVERY_LISTENER,
                     status: WorkStatus::Pending,
                     attempts: 0,

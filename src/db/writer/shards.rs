@@ -128,6 +128,7 @@ pub(super) fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::event_key::EventKey;
     use crate::db::tables::inbox::{InboxStatus, NewInboxRow};
     use crate::db::tables::inbox_work::{NewWorkRow, WorkStatus};
     use crate::db::writer::Processed;
@@ -135,6 +136,7 @@ mod tests {
     fn row(event_id: &str, realm_id: i64) -> NewInboxRow {
         NewInboxRow {
             event_id: event_id.into(),
+            event_key: EventKey::of(event_id),
             webhook_id: "msg_1".into(),
             realm_id,
             realm: format!("r{realm_id}"),

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use super::Inbox;
 use crate::clock::{millis, now_ms};
 use crate::db::attempt::AttemptResult;
+use crate::db::event_key::EventKey;
 use crate::db::tables::inbox::{InboxStatus, NewInboxRow};
 use crate::db::tables::inbox_work::{self, NewWorkRow, WorkStatus};
 use crate::db::writer::IntakeBatch;
@@ -98,6 +99,7 @@ impl Inbox {
                 tracing::info!(event_id = %event.event_id, status = status.as_str(), %reason, "event stored, not dispatched");
             }
             let mut row = NewInboxRow {
+                event_key: EventKey::of(&event.event_id),
                 event_id: event.event_id,
                 webhook_id: webhook_id.to_string(),
                 realm_id: event.realm_id,

@@ -2,6 +2,7 @@
 //! schema on the PostgreSQL server), and the readers tests use to look into it.
 
 use diesel::prelude::*;
+use zulip_listeners::db::event_key::EventKey;
 use zulip_listeners::db::{DbConnection, establish, run_migrations, tables};
 
 use super::backend::{Backend, PG_ENV, postgres_enabled};
@@ -115,7 +116,7 @@ pub fn log_rows_for(conn: &mut DbConnection, message: i64) -> Vec<(String, bool)
 pub fn inbox_status(c: &mut DbConnection, event_id: &str) -> (String, String) {
     use zulip_listeners::db::schema::inbox;
     inbox::table
-        .filter(inbox::event_id.eq(event_id))
+        .filter(inbox::event_id.eq(EventKey::of(event_id)))
         .select((inbox::status, inbox::payload))
         .first(c)
         .expect("inbox row")
