@@ -270,9 +270,20 @@ def poll(describe: str, check: Callable[[], bool], server: Server, dead_letters:
     )
 
 
+def stored_event_id(key: bytes | memoryview) -> str:
+    """The event id the server stored as `key` (its src/db/event_key.rs): a canonical UUID as
+    the byte 0x00 and its 16 bytes, any other id as the byte 0x01 and its UTF-8 text."""
+    key = bytes(key)
+    if key[:1] == b"\x00" and len(key) == 17:
+        return str(uuid.UUID(bytes=key[1:]))
+    if key[:1] == b"\x01":
+        return key[1:].decode("utf-8")
+    raise AssertionError(f"not a stored event id: {key!r}")
+
+
 def inbox_status(database: Database) -> dict[str, str]:
     return {
-        str(event_id): str(status)
+        stored_event_id(event_id): str(status)
         for event_id, status in database.query("SELECT event_id, status FROM inbox")
     }
 
