@@ -23,10 +23,6 @@ use diesel::sql_types::Binary;
 const UUID_TAG: u8 = 0x00;
 /// The tag of any other id, followed by its UTF-8 text.
 const TEXT_TAG: u8 = 0x01;
-/// Lowercase hexadecimal digits, by value.
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-/// Positions of the hyphens in a canonical UUID.
-const HYPHENS: [usize; 4] = [8, 13, 18, 23];
 
 /// An event id in its stored form. Built from an id with [`EventKey::of`]; read back from the
 /// database only when it decodes, so that turning it into the id ([`String::from`]) cannot fail.
@@ -81,45 +77,21 @@ impl fmt::Debug for EventKey {
     }
 }
 
-/// The 16 bytes of `id` when it is a UUID in canonical form.
+/// The 16 bytes of `id` when it is a UUID in canonical form (the `uuid` crate also reads
+/// other spellings, which stay text so that the encoding remains one-to-one).
 fn canonical_uuid(id: &[u8]) -> Option<[u8; 16]> {
-    if id.len() != 36 || HYPHENS.iter().any(|&at| id[at] != b'-') {
-        return None;
-    }
-    let mut bytes = [0u8; 16];
-    let mut digits = id
-        .iter()
-        .enumerate()
-        .filter(|(at, _)| !HYPHENS.contains(at));
-    for byte in &mut bytes {
-        let (_, &high) = digits.next()?;
-        let (_, &low) = digits.next()?;
-        *byte = (lower_hex(high)? << 4) | lower_hex(low)?;
-    }
-    Some(bytes)
-}
-
-fn lower_hex(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        _ => None,
-    }
+    let uuid = uuid::Uuid::try_parse_ascii(id).ok()?;
+    let mut canonical = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let written = uuid.hyphenated().encode_lower(&mut canonical);
+    (written.as_bytes() == id).then(|| uuid.into_bytes())
 }
 
 /// The id stored as `key`; `None` when `key` is not an encoding [`EventKey::of`] makes.
 fn decode(key: &[u8]) -> Option<String> {
     match key.split_first()? {
-        (&UUID_TAG, bytes) if bytes.len() == 16 => {
-            let mut id = String::with_capacity(36);
-            for (at, byte) in bytes.iter().enumerate() {
-                if matches!(at, 4 | 6 | 8 | 10) {
-                    id.push('-');
-                }
-                id.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
-                id.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
-            }
-            Some(id)
+        (&UUID_TAG, bytes) => {
+            let bytes: [u8; 16] = bytes.try_into().ok()?;
+            Some(uuid::Uuid::from_bytes(bytes).hyphenated().to_string())
         }
         (&TEXT_TAG, text) => String::from_utf8(text.to_vec()).ok(),
         _ => None,
