@@ -28,6 +28,31 @@ pub struct DatabaseConfig {
     pub postgres_writers: NonZeroUsize,
     /// SQLite `synchronous` of the writer's connection.
     pub synchronous: Synchronous,
+    /// Free bytes on the SQLite database's filesystem below which new work is refused
+    /// (0: no floor).
+    #[serde(deserialize_with = "byte_size")]
+    pub min_free_space: u64,
+    /// Size of SQLite's write-ahead log above which new writes wait for a checkpoint.
+    #[serde(deserialize_with = "max_wal_size")]
+    pub max_wal_size: u64,
+}
+
+/// A size such as "256MiB".
+fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    super::server::parse_byte_size(&String::deserialize(deserializer)?).map_err(D::Error::custom)
+}
+
+/// Smallest `database.max_wal_size`: below it the log would be emptied almost every commit.
+const MIN_WAL_SIZE: u64 = 1 << 20;
+
+fn max_wal_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let size = byte_size(deserializer)?;
+    if size < MIN_WAL_SIZE {
+        return Err(D::Error::custom(format!(
+            "must be at least 1MiB (is {size} bytes)"
+        )));
+    }
+    Ok(size)
 }
 
 /// `database.synchronous`: how durable a commit of the writer's SQLite connection is before
@@ -43,6 +68,14 @@ pub enum Synchronous {
 }
 
 impl DatabaseConfig {
+    /// The limits that keep a full disk from breaking the database (`db::storage`).
+    pub fn storage_limits(&self) -> crate::db::storage::StorageLimits {
+        crate::db::storage::StorageLimits {
+            min_free_bytes: self.min_free_space,
+            max_wal_bytes: self.max_wal_size,
+        }
+    }
+
     /// The `PRAGMA synchronous` value for the writer's SQLite connection.
     pub fn sqlite_synchronous(&self) -> &'static str {
         match self.synchronous {
@@ -61,6 +94,9 @@ impl fmt::Debug for DatabaseConfig {
             .field("connection_timeout", &self.connection_timeout)
             .field("write_batch_size", &self.write_batch_size)
             .field("postgres_writers", &self.postgres_writers)
+            .field("synchronous", &self.synchronous)
+            .field("min_free_space", &self.min_free_space)
+            .field("max_wal_size", &self.max_wal_size)
             .finish()
     }
 }

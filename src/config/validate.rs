@@ -44,6 +44,18 @@ impl Config {
                 ),
             ));
         }
+        let database = &self.database;
+        if database.min_free_space > 0 && database.max_wal_size > database.min_free_space {
+            return Err(invalid(
+                "database.max_wal_size",
+                format!(
+                    "({} bytes) must not be more than database.min_free_space ({} bytes): \
+                     emptying a full log needs up to its size in free space, which the floor \
+                     keeps",
+                    database.max_wal_size, database.min_free_space
+                ),
+            ));
+        }
         let mut emails = BTreeMap::new();
         for (name, bot) in &self.bots {
             self.validate_bot(name, bot)?;

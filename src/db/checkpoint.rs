@@ -8,13 +8,19 @@
 //! between two transactions, lets the log start over from its beginning. (A `RESTART`
 //! checkpoint from this thread would have to win the write lock from a writer that hardly
 //! ever lets go of it, and would then hold the writer back while waiting for readers.)
+//!
+//! Each round also measures the room left ([`Storage::measure`]). While new work is refused
+//! for lack of room (the writer is idle then), or the log is over `database.max_wal_size`, the
+//! checkpoint is a `TRUNCATE`: it waits for the writer's lock, copies everything and empties
+//! the log file, which gives its space back to the filesystem.
 
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 
+use super::storage::Storage;
 use super::{Connector, DbConnection, DbError};
 
 /// How often the log is copied back.
@@ -33,7 +39,10 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// Starts checkpointing the database when it is SQLite; `None` for PostgreSQL (which
     /// manages its own).
-    pub fn start(connector: &Connector) -> Result<Option<Checkpointer>, DbError> {
+    pub fn start(
+        connector: &Connector,
+        storage: Arc<Storage>,
+    ) -> Result<Option<Checkpointer>, DbError> {
         let DbConnection::Sqlite(mut conn) = connector.open()? else {
             return Ok(None);
         };
@@ -41,14 +50,27 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("db-checkpoint".into())
             .spawn(move || {
+                let mut failing = None;
                 loop {
                     let last = !matches!(
                         stopped.recv_timeout(INTERVAL),
                         Err(mpsc::RecvTimeoutError::Timeout)
                     );
-                    if let Err(error) = checkpoint(&mut conn) {
-                        tracing::warn!(%error, "WAL checkpoint failed; trying again shortly");
+                    let truncate = storage.wants_truncate();
+                    let result = checkpoint(&mut conn, truncate).map_err(|e| e.to_string());
+                    match &result {
+                        Err(error) if failing.as_ref() != Some(error) => {
+                            tracing::warn!(%error, truncate, "WAL checkpoint failed; trying again shortly");
+                            failing = Some(error.clone());
+                        }
+                        Ok(()) if failing.take().is_some() => {
+                            tracing::info!("WAL checkpoint succeeded again");
+                        }
+                        _ => {}
                     }
+                    storage.checkpoint_done(result);
+                    storage.measure();
+                    storage.export_metrics();
                     if last {
                         return;
                     }
@@ -66,9 +88,16 @@ impl Checkpointer {
     }
 }
 
-/// Copies what it can of the log into the database file without waiting for anyone.
-fn checkpoint(conn: &mut diesel::SqliteConnection) -> Result<(), DbError> {
-    Ok(conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);")?)
+/// Copies what it can of the log into the database file without waiting for anyone; with
+/// `truncate`, waits for the writer (up to the busy timeout), copies all of it and empties the
+/// log file.
+fn checkpoint(conn: &mut diesel::SqliteConnection, truncate: bool) -> Result<(), DbError> {
+    let sql = if truncate {
+        "PRAGMA wal_checkpoint(TRUNCATE);"
+    } else {
+        "PRAGMA wal_checkpoint(PASSIVE);"
+    };
+    Ok(conn.batch_execute(sql)?)
 }
 
 #[cfg(test)]
@@ -107,7 +136,14 @@ mod tests {
             cache_size: -2000,
             writer_cache_size: -2000,
         };
-        let checkpointer = Checkpointer::start(&connector)
+        let storage = Arc::new(Storage::new(
+            connector.target(),
+            crate::db::storage::StorageLimits {
+                min_free_bytes: 0,
+                max_wal_bytes: u64::MAX,
+            },
+        ));
+        let checkpointer = Checkpointer::start(&connector, storage)
             .expect("start")
             .expect("SQLite");
         // Only a checkpoint grows the database file; only a restarted log is cut back to

@@ -1,7 +1,8 @@
 //! Persistence: the connection type over SQLite and PostgreSQL, the r2d2 pool, the embedded
 //! migrations, and the one way the rest of the server reaches the database ([`Db::run`], which
 //! moves blocking diesel work off the async workers). The rows and queries of each table live
-//! in [`tables`]; grouped writes go through [`writer`]; old data is removed by [`retention`].
+//! in [`tables`]; grouped writes go through [`writer`]; old data is removed by [`retention`];
+//! [`storage`] keeps a full disk from breaking the database.
 
 pub mod attempt;
 mod bulk;
@@ -10,6 +11,7 @@ pub mod event_key;
 pub mod retention;
 pub mod schema;
 mod sqlite_rows;
+pub mod storage;
 pub mod tables;
 mod text_enum;
 pub mod writer;

@@ -67,6 +67,12 @@ pub async fn intake(
                     "over capacity, send the batch again later: {why}"
                 ))
             }
+            IntakeError::NoRoom(why) => {
+                tracing::warn!(reason = %why, "batch refused: no room in the database");
+                ApiError::StorageFull(format!(
+                    "no room to store the batch; send it again later: {why}"
+                ))
+            }
             IntakeError::Failed(why) => {
                 tracing::error!(error = %why, "batch not stored");
                 ApiError::Unavailable(format!(

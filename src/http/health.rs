@@ -143,6 +143,12 @@ pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
             "listener `{name}` is run by no live process: its forwarded events wait (start `serve --listeners` with it)"
         ));
     }
+    let storage = state.storage.report();
+    if let Some(why) = &storage.refusing {
+        reasons.push(format!(
+            "no room for new work in the database: {why} (forwarder batches get 503 until then)"
+        ));
+    }
     if let Some(f) = &facts {
         if f.dead > 0 {
             reasons.push(format!(
@@ -171,6 +177,7 @@ pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
         "reasons": unavailable,
         "accepting": accepting,
         "database": if database { "ok" } else { "unreachable" },
+        "storage": storage,
         "listeners": listeners,
         "dead_letters": facts.as_ref().map(|f| f.dead),
         "parked_events": facts.as_ref().map(|f| f.parked),

@@ -35,6 +35,8 @@ use crate::verification::SigningKey;
 /// What the routes share.
 pub struct AppState {
     pub db: Db,
+    /// Room for the database: `/health` says when new work is refused for lack of it.
+    pub storage: Arc<crate::db::storage::Storage>,
     pub outgoing: Arc<OutgoingService>,
     pub max_body_bytes: usize,
     /// `None` when no forwarder secret is configured.

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::db::storage::Storage;
 use crate::db::writer::Writer;
 use crate::filters::Filters;
 use crate::handlers::Context;
@@ -105,8 +106,13 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let batch_size = config.database.write_batch_size.get();
     let synchronous = config.database.sqlite_synchronous();
     let writers = config.database.writers();
+    let storage = Arc::new(Storage::new(
+        &config.database.url,
+        config.database.storage_limits(),
+    ));
+    let room = storage.clone();
     let (writer, writer_thread) = tokio::task::spawn_blocking(move || {
-        Writer::spawn(&connector, batch_size, synchronous, writers)
+        Writer::spawn(&connector, batch_size, synchronous, writers, room)
     })
     .await
     .context("starting the database writer")??;
@@ -219,6 +225,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let coverage = inbox.coverage.clone();
     let state = web::Data::new(AppState {
         db: db.clone(),
+        storage,
         coverage,
         outgoing,
         max_body_bytes: config.server.max_body_bytes,

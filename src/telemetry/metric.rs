@@ -208,6 +208,24 @@ pub fn memory(plan: crate::config::MemoryPlan, backend: crate::db::Backend) {
     }
 }
 
+/// Room for the database (see `db::storage`): free bytes on its filesystem and the floor
+/// below which intake is refused, the size of SQLite's log, and whether new work is refused
+/// now (1) or not (0). Free and log sizes only on SQLite.
+pub fn storage(report: &crate::db::storage::StorageReport) {
+    if let Some(free) = report.free_bytes {
+        gauge!("zulip_listeners_database_free_bytes").set(free as f64);
+        gauge!("zulip_listeners_database_min_free_bytes").set(report.min_free_bytes as f64);
+    }
+    if let Some(wal) = report.wal_bytes {
+        gauge!("zulip_listeners_database_wal_bytes").set(wal as f64);
+    }
+    gauge!("zulip_listeners_storage_refusing").set(if report.refusing.is_some() {
+        1.0
+    } else {
+        0.0
+    });
+}
+
 pub fn db_pool(in_use: u32, idle: u32) {
     gauge!("zulip_listeners_db_pool_connections", "state" => "in_use").set(f64::from(in_use));
     gauge!("zulip_listeners_db_pool_connections", "state" => "idle").set(f64::from(idle));

@@ -4,6 +4,7 @@
 
 mod architecture;
 mod dashboard;
+mod fault_disk_full;
 mod faults;
 mod forwarder;
 mod guards;

@@ -1,15 +1,22 @@
 //! The writer thread's loop (group commit): take what has queued up into one [`Batch`], write
 //! it in one transaction, retry with back-off, fall back to item-by-item writes, answer whoever
-//! waits, and hand the spent batch to the janitor thread to free.
+//! waits, and hand the spent batch to the janitor thread to free. While there is no room for
+//! new work ([`Room`]) intakes are refused and the rest waits, so that nothing acknowledged is
+//! dropped and the checkpoint goes first.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::{store_intake, write_processed};
-use super::{Command, Intake, IntakeBatch, IntakeResult, Processed, WriteOp, connect};
+use super::{
+    Command, Intake, IntakeBatch, IntakeResult, IntakeWriteError, Processed, WriteOp, connect,
+};
 use crate::db::Connector;
+use crate::db::storage::{Storage, is_disk_full};
 use crate::db::tables::{inbox::NewInboxRow, replies::ReplyRecord};
 use crate::db::{DbConnection, DbError, tables};
 
@@ -24,6 +31,55 @@ const BATCH_ATTEMPTS: u32 = 5;
 /// [`LINGER_STEP`]).
 const LINGER: Duration = Duration::from_millis(3);
 const LINGER_STEP: Duration = Duration::from_micros(250);
+
+/// How often a writer waiting for room measures again.
+const ROOM_POLL: Duration = Duration::from_millis(250);
+
+/// Room for the database, as the writer sees it.
+pub(super) struct Room {
+    pub(super) storage: Arc<Storage>,
+    /// The server is stopping: no more waiting for room.
+    pub(super) stopping: Arc<AtomicBool>,
+}
+
+impl Room {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Waits while new work is refused for lack of room: the batch's intakes are answered at
+    /// once (the forwarder sends them again), the rest — results of runs already made —
+    /// waits until there is room, or the server stops. Returns the reason if it refused.
+    fn wait(
+        &self,
+        batch: &mut Batch,
+        rx: &mut mpsc::Receiver<Command>,
+        batch_size: usize,
+    ) -> Option<String> {
+        let mut refused = None;
+        while let Some(reason) = self.storage.measure() {
+            for intake in batch.intakes.drain(..) {
+                let _ = intake
+                    .reply
+                    .send(Err(IntakeWriteError::NoRoom(reason.clone())));
+            }
+            if refused.is_none() && batch.has_results() {
+                tracing::warn!(
+                    processed = batch.processed.len(),
+                    replies = batch.replies.len(),
+                    "results wait for room in the database"
+                );
+            }
+            refused = Some(reason);
+            if !batch.has_results() || batch.stop || self.stopping() {
+                break;
+            }
+            std::thread::sleep(ROOM_POLL);
+            batch.take_queued(rx, batch_size);
+        }
+        refused
+    }
+}
 
 /// An intake's rows and the results processed with them.
 type IntakeData = (Vec<NewInboxRow>, Vec<(usize, Processed)>);
@@ -50,6 +106,11 @@ impl Batch {
             && !self.stop
             && self.processed.iter().all(|p| p.after_commit.is_none())
             && self.rows < batch_size
+    }
+
+    /// Whether the batch holds work besides intakes (and waiters).
+    fn has_results(&self) -> bool {
+        !self.processed.is_empty() || !self.replies.is_empty() || !self.releases.is_empty()
     }
 
     /// Takes whatever has queued up, up to `batch_size` rows.
@@ -138,7 +199,7 @@ impl Batch {
 
     /// Answers whoever waits for this batch. Returns what is left to free (the janitor does
     /// that, not the writer) and whether the writer stops.
-    fn finish(self, intake_results: Result<Vec<IntakeResult>, String>) -> (Spent, bool) {
+    fn finish(self, intake_results: Result<Vec<IntakeResult>, IntakeWriteError>) -> (Spent, bool) {
         let mut spent = Spent {
             _intakes: Vec::with_capacity(self.intakes.len()),
             _processed: self.processed,
@@ -153,9 +214,9 @@ impl Batch {
                 ..
             } = intake;
             let result = match &mut results {
-                Ok(results) => results
-                    .next()
-                    .ok_or_else(|| "the writer lost track of a batch".to_string()),
+                Ok(results) => results.next().ok_or_else(|| {
+                    IntakeWriteError::Failed("the writer lost track of a batch".to_string())
+                }),
                 Err(error) => Err(error.clone()),
             };
             let _ = reply.send(result);
@@ -183,6 +244,7 @@ pub(super) fn run(
     mut rx: mpsc::Receiver<Command>,
     batch_size: usize,
     janitor: std::sync::mpsc::Sender<Spent>,
+    room: Room,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Batch::default();
@@ -195,7 +257,15 @@ pub(super) fn run(
         }
         let results = if batch.rows > 0 {
             let started = Instant::now();
-            let results = write_with_retries(&mut conn, &connector, synchronous, &mut batch);
+            let mut writing = Writing {
+                conn: &mut conn,
+                connector: &connector,
+                synchronous,
+                rx: &mut rx,
+                batch_size,
+                room: &room,
+            };
+            let results = writing.write_with_retries(&mut batch);
             tracing::debug!(
                 rows = batch.rows,
                 intakes = batch.intakes.len(),
@@ -218,39 +288,70 @@ pub(super) fn run(
     }
 }
 
-/// Writes the batch, retrying with back-off. Intakes wait for one retry at most (their HTTP
-/// request is waiting; the forwarder re-sends on a 503); other work is retried longer and,
-/// as a last resort, item by item so that one bad row cannot hold back the rest.
-fn write_with_retries(
-    conn: &mut DbConnection,
-    connector: &Connector,
-    synchronous: &str,
-    batch: &mut Batch,
-) -> Result<Vec<IntakeResult>, String> {
-    let mut delay = Duration::from_millis(50);
-    let mut intake_error = None;
-    for attempt in 1..=BATCH_ATTEMPTS {
-        match batch.write(conn) {
-            Ok(results) => return intake_error.map_or(Ok(results), Err),
-            Err(error) => {
-                tracing::warn!(%error, attempt, rows = batch.rows, "database write failed; retrying");
-                if attempt >= 2 && !batch.intakes.is_empty() {
-                    let message = error.to_string();
-                    for intake in batch.intakes.drain(..) {
-                        let _ = intake.reply.send(Err(message.clone()));
-                    }
-                    intake_error = Some(message);
+/// What a write needs besides the batch.
+struct Writing<'a> {
+    conn: &'a mut DbConnection,
+    connector: &'a Connector,
+    synchronous: &'static str,
+    rx: &'a mut mpsc::Receiver<Command>,
+    batch_size: usize,
+    room: &'a Room,
+}
+
+impl Writing<'_> {
+    /// Writes the batch, retrying with back-off. Intakes wait for one retry at most (their
+    /// HTTP request is waiting; the forwarder re-sends on a 503); other work is retried longer
+    /// and, as a last resort, item by item so that one bad row cannot hold back the rest.
+    /// A write that fails for lack of room is not counted as an attempt: the batch waits for
+    /// room ([`Room::wait`]) and is tried again, so no result is dropped for a full disk.
+    fn write_with_retries(
+        &mut self,
+        batch: &mut Batch,
+    ) -> Result<Vec<IntakeResult>, IntakeWriteError> {
+        let mut delay = Duration::from_millis(50);
+        let mut intake_error = None;
+        let mut attempt = 0;
+        loop {
+            if let Some(reason) = self.room.wait(batch, self.rx, self.batch_size) {
+                intake_error.get_or_insert(IntakeWriteError::NoRoom(reason));
+            }
+            if batch.intakes.is_empty() && !batch.has_results() {
+                return intake_error.map_or(Ok(Vec::new()), Err);
+            }
+            let error = match batch.write(self.conn) {
+                Ok(results) => {
+                    self.room.storage.write_succeeded();
+                    return intake_error.map_or(Ok(results), Err);
                 }
-                std::thread::sleep(delay);
-                delay = (delay * 4).min(Duration::from_secs(5));
-                if let Ok(fresh) = connect(connector, synchronous) {
-                    *conn = fresh;
+                Err(error) => error,
+            };
+            if is_disk_full(&error) && !self.room.stopping() && !batch.stop {
+                tracing::warn!(%error, rows = batch.rows, "database write failed for lack of room; waiting for room");
+                self.room.storage.write_failed_full(&error.to_string());
+                continue;
+            }
+            attempt += 1;
+            tracing::warn!(%error, attempt, rows = batch.rows, "database write failed; retrying");
+            if attempt >= 2 && !batch.intakes.is_empty() {
+                let failed = IntakeWriteError::Failed(error.to_string());
+                for intake in batch.intakes.drain(..) {
+                    let _ = intake.reply.send(Err(failed.clone()));
                 }
+                intake_error = Some(failed);
+            }
+            if attempt >= BATCH_ATTEMPTS {
+                break;
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 4).min(Duration::from_secs(5));
+            if let Ok(fresh) = connect(self.connector, self.synchronous) {
+                *self.conn = fresh;
             }
         }
+        write_item_by_item(self.conn, batch);
+        Err(intake_error
+            .unwrap_or_else(|| IntakeWriteError::Failed("database write failed".into())))
     }
-    write_item_by_item(conn, batch);
-    Err(intake_error.unwrap_or_else(|| "database write failed".into()))
 }
 
 fn write_item_by_item(conn: &mut DbConnection, batch: &Batch) {

@@ -25,6 +25,7 @@ mod shards;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::attempt::AttemptResult;
 use super::checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
+use super::storage::Storage;
 use super::tables::{
     event_log::EventLogRow, inbox::NewInboxRow, inbox_work::NewWorkRow, replies::ReplyRecord,
 };
@@ -105,14 +107,16 @@ pub struct Intake {
     /// The limiter's decisions once made (row index → reason), so that a retried write does
     /// not charge the quota twice.
     pub limited: Option<HashMap<usize, String>>,
-    pub reply: oneshot::Sender<Result<IntakeResult, String>>,
+    pub reply: oneshot::Sender<Result<IntakeResult, IntakeWriteError>>,
 }
 
 /// Why intake did not store a batch.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum IntakeWriteError {
     /// The writer did not take the batch in time.
     Busy,
+    /// No room for it (see [`super::storage`]): the reason.
+    NoRoom(String),
     Failed(String),
 }
 
@@ -199,6 +203,10 @@ impl WriteOp {
 pub struct Writer {
     /// One channel per writer thread; realm `r`'s work goes to `shards[r mod len]`.
     shards: Arc<[mpsc::Sender<Command>]>,
+    /// Room for the database; the writers commit nothing new while it refuses.
+    storage: Arc<Storage>,
+    /// Set when the server stops: a writer waiting for room tries once more and gives up.
+    stopping: Arc<AtomicBool>,
 }
 
 /// The writer threads, to be joined at shutdown.
@@ -247,11 +255,15 @@ impl Writer {
         batch_size: usize,
         synchronous: &'static str,
         writers: usize,
+        storage: Arc<Storage>,
     ) -> Result<(Writer, WriterThread), DbError> {
         let connections = (0..writers.max(1))
             .map(|_| connect(connector, synchronous))
             .collect::<Result<Vec<_>, _>>()?;
-        let checkpointer = Checkpointer::start(connector)?;
+        storage.measure();
+        storage.export_metrics();
+        let checkpointer = Checkpointer::start(connector, storage.clone())?;
+        let stopping = Arc::new(AtomicBool::new(false));
         let (trash, spent) = std::sync::mpsc::channel::<Spent>();
         let janitor = std::thread::Builder::new()
             .name("db-janitor".into())
@@ -261,11 +273,15 @@ impl Writer {
         let mut threads = Vec::with_capacity(connections.len());
         for (index, conn) in connections.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+            let room = batch::Room {
+                storage: storage.clone(),
+                stopping: stopping.clone(),
+            };
             let connector = connector.clone();
             let trash = trash.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("db-writer-{index}"))
-                .spawn(move || run(conn, connector, synchronous, rx, batch_size, trash))
+                .spawn(move || run(conn, connector, synchronous, rx, batch_size, trash, room))
                 .map_err(|e| DbError::Task(format!("cannot start a writer thread: {e}")))?;
             shards.push(tx);
             threads.push(thread);
@@ -273,6 +289,8 @@ impl Writer {
         Ok((
             Writer {
                 shards: shards.into(),
+                storage,
+                stopping,
             },
             WriterThread {
                 threads,
@@ -280,6 +298,11 @@ impl Writer {
                 checkpointer,
             },
         ))
+    }
+
+    /// Room for the database: whether new work is refused, and why.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
     }
 
     /// The channel of the writer that commits `realm_id`'s work.
@@ -347,7 +370,7 @@ impl Writer {
             Ok(Ok(())) => {}
         }
         match answer.await {
-            Ok(result) => result.map_err(IntakeWriteError::Failed),
+            Ok(result) => result,
             Err(_) => Err(IntakeWriteError::Failed(
                 "the database writer stopped before committing".into(),
             )),
@@ -359,8 +382,10 @@ impl Writer {
         self.each_shard(Command::Flush).await;
     }
 
-    /// Writes everything queued so far, then stops the writers.
+    /// Writes everything queued so far, then stops the writers. A writer waiting for room
+    /// tries once more and gives up (what it could not write is logged).
     pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
         self.each_shard(Command::Stop).await;
     }
 

@@ -94,7 +94,8 @@ pub(super) fn split(batch: IntakeBatch, writers: usize) -> Vec<Part> {
 
 /// One answer for the whole batch from its parts' answers: a duplicate batch when every part
 /// was stored before; otherwise every event of a part stored before counts as known. Any
-/// part's failure fails the batch (the forwarder sends it again), `Failed` before `Busy`.
+/// part's failure fails the batch (the forwarder sends it again), `Failed` before `NoRoom`
+/// before `Busy`.
 pub(super) fn merge(
     answers: Vec<(Vec<String>, Result<IntakeResult, IntakeWriteError>)>,
 ) -> Result<IntakeResult, IntakeWriteError> {
@@ -104,6 +105,7 @@ pub(super) fn merge(
     };
     let mut busy = false;
     let mut failed = None;
+    let mut no_room = None;
     for (event_ids, answer) in answers {
         match answer {
             Ok(result) if result.duplicate_batch => merged.known.extend(event_ids),
@@ -116,12 +118,16 @@ pub(super) fn merge(
             Err(IntakeWriteError::Failed(error)) => {
                 failed.get_or_insert(error);
             }
+            Err(IntakeWriteError::NoRoom(reason)) => {
+                no_room.get_or_insert(reason);
+            }
         }
     }
-    match (failed, busy) {
-        (Some(error), _) => Err(IntakeWriteError::Failed(error)),
-        (None, true) => Err(IntakeWriteError::Busy),
-        (None, false) => Ok(merged),
+    match (failed, no_room, busy) {
+        (Some(error), _, _) => Err(IntakeWriteError::Failed(error)),
+        (None, Some(reason), _) => Err(IntakeWriteError::NoRoom(reason)),
+        (None, None, true) => Err(IntakeWriteError::Busy),
+        (None, None, false) => Ok(merged),
     }
 }
 

@@ -40,6 +40,9 @@ pub enum IntakeError {
     /// Too much is waiting already; the sender should try again later.
     #[error("{0}")]
     Busy(String),
+    /// No room in the database for new work (see `db::storage`); the reason.
+    #[error("{0}")]
+    NoRoom(String),
     /// Storing failed; nothing was acknowledged.
     #[error("{0}")]
     Failed(String),
@@ -55,6 +58,9 @@ impl Inbox {
         webhook_id: &str,
         events: Vec<ForwardedEvent>,
     ) -> Result<IntakeSummary, IntakeError> {
+        if let Some(reason) = self.writer.storage().refusal() {
+            return Err(IntakeError::NoRoom(reason));
+        }
         self.admit(&events)?;
         let Plan {
             batch,
@@ -87,6 +93,7 @@ impl Inbox {
                 IntakeWriteError::Busy => {
                     IntakeError::Busy("the database writer is behind; try again shortly".into())
                 }
+                IntakeWriteError::NoRoom(reason) => IntakeError::NoRoom(reason),
                 IntakeWriteError::Failed(e) => IntakeError::Failed(e),
             })
     }

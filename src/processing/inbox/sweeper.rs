@@ -29,6 +29,10 @@ impl Inbox {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
             }
+            // No room in the database: claiming is a write, and the work would wait anyway.
+            if self.writer.storage().is_refusing() {
+                continue;
+            }
             loop {
                 match self.sweep_once().await {
                     Ok(claimed) if claimed >= SWEEP_BATCH as usize => continue,

@@ -1,9 +1,13 @@
 //! The workers: each takes events from its lane's queue, runs the listeners left for each
-//! and sends every listener's result to the writer.
+//! and sends every listener's result to the writer. While the database has no room for new
+//! work (`db::storage`) they wait before starting a run: its results could not be committed.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
+
+/// How often a worker waiting for room in the database looks again.
+const ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 use super::Inbox;
 use super::lanes::Work;
@@ -25,6 +29,13 @@ impl Inbox {
                     None => return,
                 },
             };
+            while self.writer.storage().is_refusing() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(ROOM_POLL) => {}
+                }
+            }
             self.process(item).await;
         }
     }
