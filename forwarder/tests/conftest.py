@@ -66,6 +66,16 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(autouse=True)
+def spool_dir(tmp_path: Path) -> Iterator[Path]:
+    """Each test gets a spool directory of its own (the consumer's set-aside batches)."""
+    from django.test import override_settings
+
+    path = tmp_path / "spool"
+    with override_settings(ZULIP_LISTENERS_SPOOL_DIR=str(path)):
+        yield path
+
+
+@pytest.fixture(autouse=True)
 def clean_stub_zulip() -> Iterator[None]:
     """Each test gets RabbitMQ queues of its own, deleted afterwards."""
     stub_queue.isolate()

@@ -1,8 +1,10 @@
 """A real HTTP server on 127.0.0.1 that stands in for the zulip-listeners receiver in tests.
 
-It records every request (path, lower-cased headers, raw body) and answers from a script of
-responses; when the script runs out it answers ``200 {"accepted": N, "duplicates": 0}``.  A
-scripted response can also drop the connection or stall, to provoke client-side errors.
+It records every request (path, lower-cased headers, raw body, when it arrived and the status
+it got) and answers from a script of responses; when the script runs out it asks ``answer``
+(a function of the request, e.g. to refuse one realm), and when that gives nothing it answers
+``200 {"accepted": N, "duplicates": 0}``.  A scripted response can also drop the connection
+or stall, to provoke client-side errors.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -30,6 +33,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)
+    status: int = 0
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -39,6 +44,7 @@ class LocalReceiver:
     def __init__(self, port: int = 0) -> None:
         self.requests: list[Recorded] = []
         self.script: deque[Reply] = deque()
+        self.answer: Callable[[Recorded], Reply | None] | None = None
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
@@ -62,10 +68,19 @@ class LocalReceiver:
         self.script.extend(replies)
 
     def _next_reply(self, recorded: Recorded) -> Reply:
+        reply = self._choose(recorded)
+        recorded.status = reply.status
+        return reply
+
+    def _choose(self, recorded: Recorded) -> Reply:
         with self._lock:
             self.requests.append(recorded)
             if self.script:
                 return self.script.popleft()
+            answer = self.answer
+        chosen = answer(recorded) if answer is not None else None
+        if chosen is not None:
+            return chosen
         try:
             accepted = len(recorded.json()["events"])
         except (ValueError, KeyError, TypeError):

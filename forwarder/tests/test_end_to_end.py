@@ -22,11 +22,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from conftest import make_secret, stop_process
 from django.test import override_settings
+from local_receiver import LocalReceiver, Recorded, Reply
 from samples import (
     message_event,
     message_users,
@@ -39,6 +41,7 @@ from zerver.tornado import django_api
 from zproject import config as stub_config
 from zulip_shapes import PRESENCE_USER, TYPING_USER, VERSIONS, samples_for
 
+from zulip_listeners_forwarder.lanes import Lanes
 from zulip_listeners_forwarder.settings import QUEUE_NAME, SECRET_NAME, load_secrets, load_settings
 from zulip_listeners_forwarder.worker import ForwarderWorker, build_sender
 
@@ -387,3 +390,191 @@ def test_every_event_type_of_every_release_is_handled(
         forwarder,
     )
     assert "unexpected shape" not in server.log_tail(400)
+
+
+# ---------------------------------------------------------------------------
+# One realm over the server's forwarder.max_backlog: only that realm waits
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Alerts:
+    """keyword_alerts' webhook target: fails (503) until released, so realm 2's messages stay
+    pending on the server (its backlog) and the server refuses the realm's next batch."""
+
+    receiver: LocalReceiver
+    released: bool = False
+
+    def answer(self, request: Recorded) -> Reply | None:
+        return None if self.released else Reply(503, {"error": "down"})
+
+
+@pytest.fixture
+def alerts() -> Iterator[Alerts]:
+    target = Alerts(LocalReceiver())
+    target.receiver.answer = target.answer
+    target.receiver.start()
+    yield target
+    target.receiver.stop()
+
+
+@pytest.fixture
+def backlogged_server(database: Database, tmp_path: Path, alerts: Alerts) -> Iterator[Server]:
+    """The real server with forwarder.max_backlog = 1 and a listener (keyword_alerts on
+    messages containing "deploy") that cannot keep up until ``alerts`` is released."""
+    binary = server_binary()
+    port, secret = free_port(), make_secret()
+    config = tmp_path / "listeners.toml"
+    write_config(config, port, database.url, secret)
+    alert_url = alerts.receiver.url.replace("/zulip/events", "/alert")
+    with open(config, "a") as handle:
+        handle.write(
+            'listeners = ["message_logger", "user_activity_tracker", "keyword_alerts"]\n'
+            'workers = 1\nretry_delay = "1s"\nmax_retries = 50\nmax_backlog = 1\n'
+            "[error_handling]\nbreaker_failures = 1000\nmax_failures_per_hour = 1000\n"
+            "[handlers.keyword_alerts]\n"
+            f'rules = [{{ name = "deploys", pattern = "(?i)deploy", webhook = "{alert_url}" }}]\n'
+        )
+    log_path = tmp_path / "server.log"
+    handle_ = Server(f"http://127.0.0.1:{port}", secret, log_path)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(binary), "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        wait_until_healthy(process, handle_)
+        yield handle_
+    finally:
+        stop_process(process)
+
+
+class FrozenClock:
+    """The lanes' monotonic clock, moved by the test (Retry-After: 30 without waiting 30 s)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_realm_over_max_backlog_waits_alone_and_is_sent_again_in_order(
+    realm: Any,
+    backlogged_server: Server,
+    database: Database,
+    alerts: Alerts,
+    tmp_path: Path,
+) -> None:
+    server = backlogged_server
+    other = SimpleNamespace(id=3, string_id="beta", uuid=uuid.uuid4(), host="beta.example.com")
+    dead_letters = tmp_path / "dead.jsonl"
+    stub_config.SECRETS[SECRET_NAME] = server.secret
+    clock = FrozenClock()
+    attempts: list[tuple[int, str, int | None, float]] = []
+    with override_settings(
+        ZULIP_LISTENERS_URL=server.events_url,
+        ZULIP_LISTENERS_DEAD_LETTER_FILE=str(dead_letters),
+        ZULIP_LISTENERS_TIMEOUT_SECONDS=10,
+        ZULIP_LISTENERS_BATCH_SIZE=2,
+        ZULIP_LISTENERS_BATCH_SECONDS=0.2,
+    ):
+        conf = load_settings()
+        sender = build_sender(conf, load_secrets())
+        sender.sleep = BoundedSleep(MAX_RETRY_SECONDS)
+        lanes = Lanes(sender, conf.spool_dir, conf.max_spooled_per_realm, clock=clock)
+        for twin in (lanes.sender, lanes.drain_sender):
+            record_attempts(twin, attempts)
+
+        def consume() -> None:
+            worker = ForwarderWorker(lanes=lanes)
+            worker.setup()
+            worker.start()
+            assert worker.consume_errors == []
+
+        # Realm 2: two messages the slow listener must handle; accepted, now its backlog.
+        for message_id in (MESSAGE_ID, MESSAGE_ID + 1):
+            django_api.send_event_rollback_unsafe(
+                realm, message_event(message_id, f"deploy {message_id}"), message_users()
+            )
+        first_ids = queued_event_ids()
+        consume()
+        assert [a[2] for a in attempts] == [200]
+        poll(
+            "the alert target to be called",
+            lambda: bool(alerts.receiver.requests),
+            server,
+            dead_letters,
+        )
+
+        # Realm 2 again (over max_backlog now) and a typing event of realm 3.
+        django_api.send_event_rollback_unsafe(
+            realm, message_event(MESSAGE_ID + 2, "deploy 3"), message_users()
+        )
+        django_api.send_event_rollback_unsafe(other, typing_sample(), [12, 13])
+        [late_id, typing_id] = queued_event_ids()
+        started = time.monotonic()
+        consume()
+
+        refused = [a for a in attempts[1:] if a[0] == realm.id]
+        typing = [a for a in attempts if a[0] == other.id]
+        assert [a[2] for a in refused] == [429], "the real server refused realm 2"
+        assert [a[2] for a in typing] == [200]
+        assert typing[0][3] - started < 1.0, "realm 3's typing did not wait behind realm 2"
+        assert stub_queue.queued(QUEUE_NAME) == [], "acknowledged; realm 2's event is spooled"
+        poll(
+            "realm 3's typing event to be stored",
+            lambda: typing_id in inbox_status(database),
+            server,
+            dead_letters,
+        )
+        assert late_id not in inbox_status(database)
+
+        # The listener catches up; 30 s later (Retry-After) realm 2's event goes, once.
+        alerts.released = True
+        poll(
+            "realm 2's backlog to be handled",
+            lambda: all(inbox_status(database).get(eid) == "done" for eid in first_ids),
+            server,
+            dead_letters,
+        )
+        clock.now += 30
+        assert lanes.drain_due() is None
+        resent = [a for a in attempts if a[0] == realm.id][2:]
+        assert [a[2] for a in resent] == [200]
+        assert resent[0][1] == refused[0][1], "sent again with its webhook-id"
+        poll(
+            "realm 2's set-aside event to be handled",
+            lambda: inbox_status(database).get(late_id) == "done",
+            server,
+            dead_letters,
+        )
+    assert dead_letter_lines(dead_letters) == []
+    stored = [row[0] for row in database.query("SELECT event_id FROM inbox")]
+    assert len(stored) == len(set(stored)) == 4, "every event stored exactly once"
+
+
+def record_attempts(sender: Any, attempts: list[tuple[int, str, int | None, float]]) -> None:
+    """Wrap ``sender.attempt`` to note (realm, webhook-id, status, when) of each POST."""
+    original = sender.attempt
+
+    def attempt(batch: Any) -> Any:
+        outcome = original(batch)
+        realm_id = batch.events[0]["realm"]["id"]
+        attempts.append((realm_id, batch.webhook_id, outcome.status, time.monotonic()))
+        return outcome
+
+    sender.attempt = attempt
+
+
+def typing_sample() -> dict[str, Any]:
+    sender = {"user_id": TYPING_USER, "email": f"user{TYPING_USER}@example.com"}
+    return {
+        "type": "typing",
+        "op": "start",
+        "message_type": "direct",
+        "sender": sender,
+        "recipients": [sender, {"user_id": 13, "email": "user13@example.com"}],
+    }

@@ -363,6 +363,32 @@ def test_full_queue_sheds_with_a_count_a_log_line_and_a_report(
     assert "shed_before" not in second
 
 
+def test_shedding_is_counted_and_reported_per_realm(
+    realm: Any, fresh_guard: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = types.SimpleNamespace(id=3, string_id="beta", uuid=realm.uuid, host="b.example.com")
+    with (
+        override_settings(ZULIP_LISTENERS_MAX_QUEUED=1, ZULIP_LISTENERS_QUEUE_CHECK_SECONDS=60),
+        caplog.at_level(logging.WARNING, logger="zulip_listeners_forwarder"),
+    ):
+        for sender in (realm, realm, other, realm, other):
+            django_api.send_event_rollback_unsafe(sender, reaction_event(), [10])
+
+    assert fresh_guard.shed_by_realm == {2: 2, 3: 2}
+    [warning] = [r.getMessage() for r in caplog.records if "MAX_QUEUED" in r.getMessage()]
+    assert "by realm: realm 2: 1)" in warning, "the first warning names the realm shed"
+
+    stub_queue.reset()  # the consumer caught up
+    with override_settings(
+        ZULIP_LISTENERS_MAX_QUEUED=10, ZULIP_LISTENERS_QUEUE_CHECK_SECONDS=0.001
+    ):
+        for sender in (other, realm, realm):
+            django_api.send_event_rollback_unsafe(sender, reaction_event(), [10])
+
+    reports = [(e["realm"]["id"], e.get("shed_before")) for e in forwarded()]
+    assert reports == [(3, 2), (2, 2), (2, None)], "each realm is told of its own losses"
+
+
 def test_depth_is_checked_at_most_every_interval(realm: Any, fresh_guard: Any) -> None:
     calls: list[int] = []
     with override_settings(ZULIP_LISTENERS_MAX_QUEUED=2, ZULIP_LISTENERS_QUEUE_CHECK_SECONDS=60):

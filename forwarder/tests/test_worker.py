@@ -129,6 +129,7 @@ def test_several_secrets_are_read_space_separated(
         ("ZULIP_LISTENERS_TIMEOUT_SECONDS", "soon"),
         ("ZULIP_LISTENERS_REALMS", "acme"),
         ("ZULIP_LISTENERS_EVENT_TYPES", "message"),
+        ("ZULIP_LISTENERS_MAX_SPOOLED_PER_REALM", 0),
     ],
 )
 def test_bad_settings_are_named(name: str, value: Any) -> None:
@@ -137,7 +138,7 @@ def test_bad_settings_are_named(name: str, value: Any) -> None:
 
 
 def test_default_settings() -> None:
-    with override_settings(ZULIP_LISTENERS_DEAD_LETTER_FILE=None):
+    with override_settings(ZULIP_LISTENERS_DEAD_LETTER_FILE=None, ZULIP_LISTENERS_SPOOL_DIR=None):
         conf = load_settings()
     assert conf.batch_size == 100 and conf.batch_seconds == 1.0
     assert conf.timeout_seconds == 15 and conf.max_backoff_seconds == 60
@@ -145,6 +146,8 @@ def test_default_settings() -> None:
     assert conf.realms == frozenset()
     assert conf.dead_letter_file == "/var/log/zulip/zulip_listeners_forwarder.deadletter.jsonl"
     assert "message" in conf.event_types and "realm_bot" not in conf.event_types
+    assert conf.spool_dir == "/home/zulip/zulip_listeners_forwarder.spool"
+    assert conf.max_spooled_per_realm == 100_000
 
 
 def test_command_consumes_the_queue(
@@ -202,7 +205,13 @@ class ExplodingSender:
         self.real = real
         self.url = real.url
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
     def send_all(self, events: list[dict[str, Any]]) -> None:
+        raise RuntimeError("unexpected bug in delivery")
+
+    def send_batch(self, events: list[dict[str, Any]], **kwargs: Any) -> None:
         raise RuntimeError("unexpected bug in delivery")
 
     def write_dead_letter(self, *args: Any, **kwargs: Any) -> None:

@@ -12,10 +12,15 @@ tested against a plain local HTTP server.
   capped, a numeric ``Retry-After`` honoured).  A 413 for a batch of several events splits it
   in two.  Any other 4xx appends the batch, status and response body as one JSON line to the
   dead-letter file, and delivery moves on.
+* A caller that keeps per-realm lanes (:mod:`.lanes`) asks for ``refusable`` delivery: then a
+  429 (the receiver refusing that batch's realm for now) is not retried here but handed back
+  in :attr:`SendResult.refused`, with the ``Retry-After`` it came with, so that the caller can
+  set the realm's events aside and go on with other realms.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -38,6 +43,10 @@ USER_AGENT = f"zulip-listeners-forwarder/{__version__}"
 
 #: Statuses worth retrying besides 5xx.
 RETRYABLE_4XX = frozenset({408, 429})
+
+#: The receiver refuses one realm's batches for now (its backlog is over the server's
+#: ``max_backlog``); with ``refusable`` delivery this status is handed back to the caller.
+REFUSED_STATUS = 429
 
 #: How much of a response body is kept in logs and dead-letter records.
 MAX_RESPONSE_BODY_CHARS = 64 * 1024
@@ -168,17 +177,31 @@ class Attempt:
 
 @dataclass
 class SendResult:
-    """Event counts for one or more batches."""
+    """Event counts for one or more batches, and (refusable delivery only) what was refused.
+
+    ``refused`` holds, in order, the batches the receiver refused with 429 and that were not
+    sent after that: the refused batch itself (same ``webhook-id``) and, if it was a part of a
+    split batch, the parts still to go.  ``refusal`` is the 429 answer (its ``retry_after``).
+    """
 
     delivered: int = 0
     dead_lettered: int = 0
     batches: int = 0
+    refused: list[Batch] = field(default_factory=list)
+    refusal: Attempt | None = None
 
     def __iadd__(self, other: SendResult) -> SendResult:
         self.delivered += other.delivered
         self.dead_lettered += other.dead_lettered
         self.batches += other.batches
+        self.refused.extend(other.refused)
+        if other.refusal is not None:
+            self.refusal = other.refusal
         return self
+
+    @property
+    def refused_events(self) -> int:
+        return sum(len(batch.events) for batch in self.refused)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -264,11 +287,18 @@ class BatchSender:
             result += self.send_batch(events)
         return result
 
-    def send_batch(self, events: list[dict[str, Any]]) -> SendResult:
-        return self.deliver(Batch(self.id_factory(), list(events), encode_body(events)))
+    def new_batch(self, events: list[dict[str, Any]]) -> Batch:
+        return Batch(self.id_factory(), list(events), encode_body(events))
 
-    def deliver(self, batch: Batch) -> SendResult:
-        """Send ``batch`` until it is accepted or rejected; retries keep its ``webhook-id``."""
+    def send_batch(self, events: list[dict[str, Any]], *, refusable: bool = False) -> SendResult:
+        return self.deliver(self.new_batch(events), refusable=refusable)
+
+    def deliver(self, batch: Batch, *, refusable: bool = False) -> SendResult:
+        """Send ``batch`` until it is accepted or rejected; retries keep its ``webhook-id``.
+
+        With ``refusable``, a 429 ends the call instead: the batch comes back in
+        :attr:`SendResult.refused` (see :mod:`.lanes`).
+        """
         backoff = Backoff(self.max_backoff)
         attempts = 0
         while True:
@@ -278,7 +308,9 @@ class BatchSender:
                 logger.debug("batch %s delivered (%d events)", batch.webhook_id, len(batch.events))
                 return SendResult(delivered=len(batch.events), batches=1)
             if attempt.rejected:
-                return self.reject(batch, attempt)
+                return self.reject(batch, attempt, refusable=refusable)
+            if refusable and attempt.status == REFUSED_STATUS:
+                return SendResult(refused=[batch], refusal=attempt)
             delay = backoff.delay(attempt.retry_after)
             logger.warning(
                 "batch %s (%d events) not delivered, attempt %d: %s; retrying in %.1f s",
@@ -289,6 +321,14 @@ class BatchSender:
                 delay,
             )
             self.sleep(delay)
+
+    def for_another_thread(self) -> BatchSender:
+        """The same sender with a connection pool of its own (``requests.Session`` is not
+        meant to be shared between threads); a session given by the caller is kept."""
+        twin = copy.copy(self)
+        if type(self.session) is requests.Session:
+            twin.session = requests.Session()
+        return twin
 
     def attempt(self, batch: Batch) -> Attempt:
         """One signed POST, with a fresh timestamp and signature."""
@@ -318,8 +358,12 @@ class BatchSender:
         with response:
             return classify(response)
 
-    def reject(self, batch: Batch, attempt: Attempt) -> SendResult:
-        """A 413 splits a multi-event batch; any other rejection is dead-lettered."""
+    def reject(self, batch: Batch, attempt: Attempt, *, refusable: bool = False) -> SendResult:
+        """A 413 splits a multi-event batch; any other rejection is dead-lettered.
+
+        With ``refusable``, once a part is refused the parts after it are not sent but
+        returned as refused too, so that the caller keeps them in order.
+        """
         if attempt.status == 413 and len(batch.events) > 1:
             middle = len(batch.events) // 2
             logger.warning(
@@ -327,8 +371,11 @@ class BatchSender:
                 batch.webhook_id,
                 len(batch.events),
             )
-            result = self.send_batch(batch.events[:middle])
-            result += self.send_batch(batch.events[middle:])
+            result = self.send_batch(batch.events[:middle], refusable=refusable)
+            if result.refused:
+                result.refused.append(self.new_batch(batch.events[middle:]))
+                return result
+            result += self.send_batch(batch.events[middle:], refusable=refusable)
             return result
         self.dead_letter(batch, attempt)
         return SendResult(dead_lettered=len(batch.events), batches=1)

@@ -251,15 +251,17 @@ def publisher(queue_module: ModuleType) -> Callable[..., None]:
 
 def publish(envelope: dict[str, Any], conf: ForwarderSettings | None = None) -> bool:
     """Put the envelope on the durable queue through Zulip's own queue client, unless the
-    queue is full (then the event is shed and counted, see :mod:`.shedding`)."""
+    queue is full (then the event is shed and counted per realm, see :mod:`.shedding`)."""
     from zerver.lib import queue
 
     conf = conf if conf is not None else load_settings()
     if getattr(django_settings, "USING_RABBITMQ", True):
+        realm = envelope.get("realm")
         shed_before = GUARD.admit(
             conf.max_queued,
             conf.queue_check_seconds,
             lambda: rabbitmq_depth(queue, QUEUE_NAME),
+            realm=realm.get("id") if isinstance(realm, dict) else None,
         )
         if shed_before is None:
             return False

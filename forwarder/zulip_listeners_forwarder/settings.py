@@ -49,6 +49,11 @@ DEFAULT_MAX_BACKOFF_SECONDS = 60.0
 DEFAULT_MAX_QUEUED = 100_000
 DEFAULT_QUEUE_CHECK_SECONDS = 2.0
 DEFAULT_DEAD_LETTER_FILE = "/var/log/zulip/zulip_listeners_forwarder.deadletter.jsonl"
+#: Where the consumer sets aside the batches of a realm the receiver refuses for now (429),
+#: one directory per realm (see lanes.py).  It must survive restarts: not under /tmp.
+DEFAULT_SPOOL_DIR = "/home/zulip/zulip_listeners_forwarder.spool"
+#: Events of one realm that may be set aside; beyond that the realm's new events are shed.
+DEFAULT_MAX_SPOOLED_PER_REALM = 100_000
 
 
 class ForwarderConfigError(ValueError):
@@ -72,6 +77,8 @@ class ForwarderSettings:
     dead_letter_file: str
     max_queued: int = DEFAULT_MAX_QUEUED
     queue_check_seconds: float = DEFAULT_QUEUE_CHECK_SECONDS
+    spool_dir: str = DEFAULT_SPOOL_DIR
+    max_spooled_per_realm: int = DEFAULT_MAX_SPOOLED_PER_REALM
 
     @property
     def enabled(self) -> bool:
@@ -159,6 +166,14 @@ def load_settings() -> ForwarderSettings:
             "ZULIP_LISTENERS_QUEUE_CHECK_SECONDS",
             _setting("ZULIP_LISTENERS_QUEUE_CHECK_SECONDS", DEFAULT_QUEUE_CHECK_SECONDS),
             float,
+        ),
+        spool_dir=str(
+            _setting("ZULIP_LISTENERS_SPOOL_DIR", DEFAULT_SPOOL_DIR) or DEFAULT_SPOOL_DIR
+        ),
+        max_spooled_per_realm=_positive(
+            "ZULIP_LISTENERS_MAX_SPOOLED_PER_REALM",
+            _setting("ZULIP_LISTENERS_MAX_SPOOLED_PER_REALM", DEFAULT_MAX_SPOOLED_PER_REALM),
+            int,
         ),
     )
 

@@ -6,9 +6,17 @@ unbounded, it would eventually trip RabbitMQ's memory or disk alarm, and RabbitM
 queue's depth (at most every ``ZULIP_LISTENERS_QUEUE_CHECK_SECONDS``, with the same
 idempotent ``queue_declare(durable=True)`` Zulip itself issues, which answers the message
 count) and, at ``ZULIP_LISTENERS_MAX_QUEUED`` events, *sheds*: the event is not queued.
-Shedding is counted (per process), logged (a WARNING at most once a minute, with the count)
-and reported to the receiver: the next envelope this process does queue carries
-``"shed_before": N``, the number of events it shed since its previous one.
+Shedding is counted per process and per realm, logged (a WARNING at most once a minute, with
+the counts by realm) and reported to the receiver per realm: the next envelope of a realm
+this process does queue carries ``"shed_before": N``, the number of that realm's events it
+shed since its previous one, so the receiver (whose batches hold one realm each) can tell
+which realm lost events.
+
+The queue only fills when the consumer cannot send at all (the receiver down or answering
+5xx, or the consumer stopped).  A realm the receiver *refuses* (429) does not fill it: the
+consumer sets that realm's events aside in its own bounded per-realm spool and keeps
+draining the queue for the other realms (see ``lanes.py``, which also sheds, per realm,
+what does not fit there).
 
 Nothing here waits: a failed depth check keeps the last known depth (and queues), and the
 check never sleeps or retries.
@@ -31,23 +39,35 @@ LOG_INTERVAL_SECONDS = 60.0
 
 @dataclass
 class QueueGuard:
-    """Per-process state: the last known queue depth and what was shed."""
+    """Per-process state: the last known queue depth and what was shed, in all and by realm."""
 
     clock: Callable[[], float] = time.monotonic
     depth: int = 0
     checked_at: float | None = None
     queued_since_check: int = 0
     shed_total: int = 0
-    shed_unreported: int = 0
     shed_unlogged: int = 0
     logged_at: float | None = None
+    #: Per realm id: events shed in this process, and those not yet reported to the receiver.
+    shed_by_realm: dict[Any, int] = field(default_factory=dict)
+    unreported_by_realm: dict[Any, int] = field(default_factory=dict)
+    unlogged_by_realm: dict[Any, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    @property
+    def shed_unreported(self) -> int:
+        return sum(self.unreported_by_realm.values())
+
     def admit(
-        self, limit: int, check_seconds: float, measure: Callable[[], int | None]
+        self,
+        limit: int,
+        check_seconds: float,
+        measure: Callable[[], int | None],
+        realm: Any = None,
     ) -> int | None:
-        """``None`` to shed the event; otherwise the number of events shed before it (for
-        the envelope's ``shed_before``), which is then considered reported."""
+        """``None`` to shed the event (of ``realm``, its realm id); otherwise the number of
+        events of that realm shed before it (for the envelope's ``shed_before``), which is
+        then considered reported."""
         now = self.clock()
         with self._lock:
             stale = self.checked_at is None or now - self.checked_at >= check_seconds
@@ -60,27 +80,37 @@ class QueueGuard:
         with self._lock:
             if self.depth + self.queued_since_check >= limit:
                 self.shed_total += 1
-                self.shed_unreported += 1
                 self.shed_unlogged += 1
+                for counts in (
+                    self.shed_by_realm,
+                    self.unreported_by_realm,
+                    self.unlogged_by_realm,
+                ):
+                    counts[realm] = counts.get(realm, 0) + 1
                 self._log(now, limit)
                 return None
             self.queued_since_check += 1
-            reported, self.shed_unreported = self.shed_unreported, 0
-            return reported
+            return self.unreported_by_realm.pop(realm, 0)
 
     def _log(self, now: float, limit: int) -> None:
         if self.logged_at is not None and now - self.logged_at < LOG_INTERVAL_SECONDS:
             return
+        by_realm = ", ".join(
+            f"realm {realm}: {count}"
+            for realm, count in sorted(self.unlogged_by_realm.items(), key=lambda i: str(i[0]))
+        )
         logger.warning(
             "zulip_listeners_forwarder: queue holds %d events (ZULIP_LISTENERS_MAX_QUEUED=%d);"
-            " shed %d event(s) since the last warning, %d in total in this process."
-            " Is the consumer running and the receiver reachable?",
+            " shed %d event(s) since the last warning, %d in total in this process (since the"
+            " last warning, by realm: %s). Is the consumer running and the receiver reachable?",
             self.depth + self.queued_since_check,
             limit,
             self.shed_unlogged,
             self.shed_total,
+            by_realm,
         )
         self.logged_at, self.shed_unlogged = now, 0
+        self.unlogged_by_realm.clear()
 
 
 def _safely(measure: Callable[[], int | None]) -> int | None:

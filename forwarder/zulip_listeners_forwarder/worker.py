@@ -10,6 +10,13 @@ possible it raises :class:`BatchRequeued`, a ``BaseException`` that ``do_consume
 catch, so the queue client *nacks* the batch (RabbitMQ keeps it) and the process exits for
 supervisor to restart it.
 
+Delivery goes through per-realm lanes (:mod:`.lanes`): a realm the receiver refuses with 429
+has its events set aside in the on-disk spool (fsynced before ``consume_batch`` returns) and
+sent again by the lanes' drainer thread, which this worker starts and stops with itself, so
+that one refused realm does not hold back the others.  A batch that cannot be set aside
+(:class:`.lanes.SpoolError`) is given back to RabbitMQ the same way, rather than
+dead-lettered, which would put the realm's events out of order.
+
 Zulip's own per-batch timeout is turned off (``MAX_CONSUME_SECONDS = None``) because a
 receiver outage legitimately keeps one call busy for as long as it lasts.
 """
@@ -22,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .delivery import BatchSender, new_webhook_id
+from .lanes import Lanes, SpoolError
 from .settings import (
     QUEUE_NAME,
     ForwarderConfigError,
@@ -64,16 +72,33 @@ def build_sender(conf: ForwarderSettings, secrets: list[str]) -> BatchSender:
     )
 
 
+def build_lanes(conf: ForwarderSettings, sender: BatchSender) -> Lanes:
+    try:
+        return Lanes(sender, conf.spool_dir, conf.max_spooled_per_realm)
+    except SpoolError as exc:
+        raise ForwarderConfigError(f"ZULIP_LISTENERS_SPOOL_DIR: {exc}") from exc
+
+
 def consume_safely(
-    sender: BatchSender,
+    sender: BatchSender | Lanes,
     events: list[dict[str, Any]],
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Deliver ``events``; on any unexpected error dead-letter them; if even that fails,
-    raise :class:`BatchRequeued`.  Never lets an ``Exception`` escape."""
+    """Deliver ``events``; on any unexpected error dead-letter them; if even that fails, or
+    a refused realm's events cannot be set aside, raise :class:`BatchRequeued`.  Never lets
+    an ``Exception`` escape."""
     try:
         sender.send_all(events)
         return
+    except SpoolError:
+        logger.exception(
+            "cannot set a refused realm's events aside; giving the batch of %d events back to"
+            " RabbitMQ in %.0f s and exiting (supervisor restarts the consumer)",
+            len(events),
+            REQUEUE_PAUSE_SECONDS,
+        )
+        sleep(REQUEUE_PAUSE_SECONDS)
+        raise BatchRequeued(f"batch of {len(events)} events re-queued") from None
     except Exception as exc:
         failure = exc
         logger.exception(
@@ -110,6 +135,7 @@ class ForwarderWorker(LoopQueueProcessingWorker):
         self,
         sender: BatchSender | None = None,
         conf: ForwarderSettings | None = None,
+        lanes: Lanes | None = None,
         **kwargs: Any,
     ) -> None:
         conf = conf if conf is not None else load_settings()
@@ -117,8 +143,33 @@ class ForwarderWorker(LoopQueueProcessingWorker):
         # Zulip declares sleep_delay as an int, but it only becomes pika's (float-capable)
         # inactivity_timeout, so fractional seconds work.
         self.sleep_delay = conf.batch_seconds  # type: ignore[assignment]
-        self.sender = sender if sender is not None else build_sender(conf, load_secrets())
+        if lanes is None:
+            sender = sender if sender is not None else build_sender(conf, load_secrets())
+            lanes = build_lanes(conf, sender)
+        self.lanes = lanes
         super().__init__(**kwargs)
 
+    @property
+    def sender(self) -> BatchSender:
+        """The sender the consumer's own thread posts with (the lanes' drainer has a twin)."""
+        return self.lanes.sender
+
+    @sender.setter
+    def sender(self, sender: BatchSender) -> None:
+        self.lanes.sender = sender
+
+    def start(self) -> None:
+        self.lanes.start()
+        try:
+            super().start()
+        finally:
+            self.lanes.stop()
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            self.lanes.stop()
+
     def consume_batch(self, events: list[dict[str, Any]]) -> None:
-        consume_safely(self.sender, events)
+        consume_safely(self.lanes, events)

@@ -6,6 +6,8 @@ the forwarder ships this command and runs it under its own supervisor program.  
 restarts it; unacknowledged events are redelivered by RabbitMQ), then consume forever.
 
 ``--resend FILE`` instead sends every batch of a dead-letter file again and exits.
+``--spool-status`` prints, per realm, the batches set aside in the spool (a realm the receiver
+refused with 429, see ``lanes.py``) and the events shed for that realm, and exits.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from zulip_listeners_forwarder.delivery import resend_dead_letters
+from zulip_listeners_forwarder.lanes import spool_status
 from zulip_listeners_forwarder.settings import ForwarderConfigError, load_secrets, load_settings
 from zulip_listeners_forwarder.versions import UnsupportedZulipError, require_supported_zulip
 
@@ -38,11 +41,19 @@ class Command(BaseCommand):
             help="send the batches of a dead-letter file again, then exit "
             "(move the file aside first; new failures are appended to the configured file)",
         )
+        parser.add_argument(
+            "--spool-status",
+            action="store_true",
+            help="print, per realm, the events set aside because the receiver refused the realm"
+            " (429) and the events shed for it, then exit",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             if options.get("resend"):
                 self.resend(options["resend"])
+            elif options.get("spool_status"):
+                self.spool_status()
             else:
                 self.consume()
         except ForwarderConfigError as exc:
@@ -60,7 +71,12 @@ class Command(BaseCommand):
         worker = ForwarderWorker()
         worker.setup()
         install_signal_handlers(worker)
-        logger.info("consuming %s, posting to %s", worker.queue_name, worker.sender.url)
+        logger.info(
+            "consuming %s, posting to %s; refused realms are set aside in %s",
+            worker.queue_name,
+            worker.sender.url,
+            worker.lanes.spool.directory,
+        )
         worker.start()
 
     def resend(self, path: str) -> None:
@@ -80,6 +96,22 @@ class Command(BaseCommand):
             f"resent {result.delivered} event(s) in {result.batches} batch(es);"
             f" {result.dead_lettered} rejected again (see {conf.dead_letter_file})"
         )
+
+    def spool_status(self) -> None:
+        conf = load_settings()
+        try:
+            lanes = spool_status(conf.spool_dir)
+        except OSError as exc:
+            raise CommandError(f"cannot read the spool {conf.spool_dir}: {exc}") from exc
+        if not lanes:
+            self.stdout.write(f"nothing set aside in {conf.spool_dir}")
+        for lane in lanes:
+            realm = "realm (none)" if lane.realm is None else f"realm {lane.realm}"
+            self.stdout.write(
+                f"{realm}: {lane.events} event(s) set aside in {lane.batches} batch(es);"
+                f" {lane.shed_total} shed, {lane.shed_unreported} of them not yet reported"
+                " to the receiver"
+            )
 
 
 def install_signal_handlers(worker: Any) -> None:
