@@ -4,12 +4,16 @@
 //! actix-http times out only the *first* request head of a connection
 //! (`client_request_timeout`); once a kept-alive connection has answered one request, the
 //! head of the next may trickle in forever, a byte now and then (slow-loris). The wrapper
-//! gives every request head the same deadline, `server.client_timeout`.
+//! gives every request head the same deadline, `server.client_timeout`. It also counts the
+//! connections that are busy ([`BusyConnections`]), so that a stopping server finishes a
+//! request whose connection it has accepted before closing the idle ones.
 
 use std::future::Future;
 use std::io;
 use std::net::TcpListener;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,8 +39,59 @@ pub struct ConnectionLimits {
     pub shutdown_timeout_secs: u64,
 }
 
-/// Serves the application built by `app` on `socket`.
-pub fn serve<F, T, B>(socket: TcpListener, limits: ConnectionLimits, app: F) -> io::Result<Server>
+/// Connections that are busy: accepted and not yet answered, or with a request under way
+/// (from the first byte of its head to the first byte of its answer). An idle kept-alive
+/// connection is not busy.
+#[derive(Clone, Default)]
+pub struct BusyConnections(Arc<AtomicUsize>);
+
+impl BusyConnections {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One connection's share of [`BusyConnections`].
+struct Busy {
+    counter: BusyConnections,
+    busy: bool,
+}
+
+impl Busy {
+    /// A new connection: busy until its first answer.
+    fn new(counter: BusyConnections) -> Busy {
+        counter.0.fetch_add(1, Ordering::SeqCst);
+        Busy {
+            counter,
+            busy: true,
+        }
+    }
+
+    fn set(&mut self, busy: bool) {
+        if busy != self.busy {
+            if busy {
+                self.counter.0.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.counter.0.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.busy = busy;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+/// Serves the application built by `app` on `socket`, counting busy connections in `busy`.
+pub fn serve<F, T, B>(
+    socket: TcpListener,
+    limits: ConnectionLimits,
+    busy: BusyConnections,
+    app: F,
+) -> io::Result<Server>
 where
     F: Fn() -> App<T> + Send + Clone + 'static,
     T: actix_web::dev::ServiceFactory<
@@ -63,11 +118,12 @@ where
                 .client_disconnect_timeout(limits.disconnect_timeout)
                 .h1(map_config(factory, |_| AppConfig::default()));
             let deadline = limits.client_timeout;
+            let busy = busy.clone();
             fn_service(move |io: TcpStream| {
                 let peer = io.peer_addr().ok();
                 let _ = io.set_nodelay(true);
                 std::future::ready(Ok::<_, actix_http::error::DispatchError>((
-                    HeadDeadline::new(io, deadline),
+                    HeadDeadline::new(io, deadline).counted(busy.clone()),
                     peer,
                 )))
             })
@@ -92,6 +148,7 @@ pub struct HeadDeadline<T> {
     /// How much of `\r\n\r\n` the last bytes read matched.
     matched: u8,
     timer: Option<Pin<Box<Sleep>>>,
+    busy: Option<Busy>,
 }
 
 impl<T> HeadDeadline<T> {
@@ -102,7 +159,14 @@ impl<T> HeadDeadline<T> {
             in_head: true,
             matched: 0,
             timer: None,
+            busy: None,
         }
+    }
+
+    /// Counts this connection in `busy` while it is.
+    fn counted(mut self, busy: BusyConnections) -> HeadDeadline<T> {
+        self.busy = Some(Busy::new(busy));
+        self
     }
 
     /// Follows the bytes read: the head ends at its blank line. The clock starts only when a
@@ -111,6 +175,9 @@ impl<T> HeadDeadline<T> {
     fn scan(&mut self, bytes: &[u8]) {
         if !self.in_head || bytes.is_empty() {
             return;
+        }
+        if let Some(busy) = &mut self.busy {
+            busy.set(true);
         }
         if self.matched == 0 && memchr::memmem::find(bytes, b"\r\n\r\n").is_some() {
             return self.head_ended();
@@ -130,6 +197,16 @@ impl<T> HeadDeadline<T> {
             self.timer = Some(Box::pin(tokio::time::sleep_until(
                 Instant::now() + self.limit,
             )));
+        }
+    }
+
+    /// An answer is going out: what is read next starts a new head, and the connection is no
+    /// longer busy.
+    fn answered(&mut self) {
+        self.in_head = true;
+        self.matched = 0;
+        if let Some(busy) = &mut self.busy {
+            busy.set(false);
         }
     }
 
@@ -177,9 +254,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
         if let Poll::Ready(Ok(n)) = polled
             && n > 0
         {
-            // An answer is going out: what is read next starts a new head.
-            this.in_head = true;
-            this.matched = 0;
+            this.answered();
         }
         polled
     }
@@ -202,8 +277,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
         if let Poll::Ready(Ok(n)) = polled
             && n > 0
         {
-            this.in_head = true;
-            this.matched = 0;
+            this.answered();
         }
         polled
     }

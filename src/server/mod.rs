@@ -1,9 +1,11 @@
 //! Assembles the server from the configuration: database and migrations, the background
 //! writer, listeners and their stored state, bots, the inbox workers, the retry record,
-//! background upkeep ([`upkeep`]), the HTTP and metrics servers. The [`RunningServer`] it
+//! background upkeep ([`upkeep`]), the HTTP server on its socket ([`socket`]: bound, or passed
+//! by systemd) and the metrics server. The [`RunningServer`] it
 //! returns takes it down gracefully.
 
 mod running;
+mod socket;
 mod upkeep;
 
 use std::net::TcpListener;
@@ -20,7 +22,7 @@ use crate::db::storage::Storage;
 use crate::db::writer::Writer;
 use crate::filters::Filters;
 use crate::handlers::Context;
-use crate::http::connections::ConnectionLimits;
+use crate::http::connections::{BusyConnections, ConnectionLimits};
 use crate::http::{AppState, ForwarderState, InFlight, metrics_routes, observe, routes};
 use crate::listeners::Registry;
 use crate::processing::Processor;
@@ -241,9 +243,11 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         health_facts: tokio::sync::Mutex::new(None),
         dashboard: crate::http::Dashboard::new(config.admin.public_path.clone()),
     });
-    let socket = TcpListener::bind(config.server.bind)
-        .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
+    let (socket, origin) = socket::listener(config.server.bind)?;
     let addr = socket.local_addr()?;
+    if origin == socket::Origin::Systemd {
+        tracing::info!(%addr, "using the listening socket systemd passed (server.bind is not used)");
+    }
     let shutdown_timeout = config.server.shutdown_timeout.as_secs().max(1);
     let in_flight = InFlight::default();
     let counted = in_flight.clone();
@@ -263,7 +267,8 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         disconnect_timeout: Duration::from_secs(1),
         shutdown_timeout_secs: shutdown_timeout,
     };
-    let server = crate::http::connections::serve(socket, limits, move || {
+    let busy = BusyConnections::default();
+    let server = crate::http::connections::serve(socket, limits, busy.clone(), move || {
         let counted = counted.clone();
         App::new()
             .app_data(state.clone())
@@ -306,6 +311,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         metrics,
         ready,
         in_flight,
+        busy,
         shutdown_timeout: config.server.shutdown_timeout,
         tasks,
         writer,

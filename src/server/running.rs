@@ -12,9 +12,14 @@ use anyhow::Context as _;
 use crate::db::Db;
 use crate::db::writer::{Writer, WriterThread};
 use crate::http::InFlight;
+use crate::http::connections::BusyConnections;
 use crate::processing::inbox::InboxTasks;
 use crate::processing::tasks::TaskTracker;
 use crate::telemetry::metric;
+
+/// How long a stopping server waits, at least, for connections accepted just before it stopped
+/// accepting to reach a worker (and be counted as busy).
+const ACCEPTED_GRACE: Duration = Duration::from_millis(50);
 
 /// A started server.
 pub struct RunningServer {
@@ -30,6 +35,8 @@ pub struct RunningServer {
     )>,
     pub(super) ready: Arc<AtomicBool>,
     pub(super) in_flight: InFlight,
+    /// Connections accepted and not answered yet, or mid-request.
+    pub(super) busy: BusyConnections,
     pub(super) shutdown_timeout: Duration,
     pub(super) tasks: TaskTracker,
     pub(super) writer: Writer,
@@ -70,15 +77,23 @@ impl RunningServer {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.ready.store(false, Ordering::Relaxed);
         metric::ready(false);
-        // Stop accepting connections, then let the requests in flight finish.
+        // Stop accepting connections (with a socket from systemd, new ones wait in its accept
+        // queue for the next process), then let the requests in flight finish, and those of
+        // connections accepted but not answered yet (a fresh connection's request is on its way).
         self.server.pause().await;
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
-        while self.in_flight.count() > 0 && tokio::time::Instant::now() < deadline {
+        let paused = tokio::time::Instant::now();
+        let deadline = paused + self.shutdown_timeout;
+        while (self.in_flight.count() > 0
+            || self.busy.count() > 0
+            || paused.elapsed() < ACCEPTED_GRACE)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if self.in_flight.count() > 0 {
+        if self.in_flight.count() > 0 || self.busy.count() > 0 {
             tracing::warn!(
                 requests = self.in_flight.count(),
+                connections = self.busy.count(),
                 "shutdown timeout: dropping requests still in flight"
             );
         }

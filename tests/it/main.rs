@@ -5,6 +5,7 @@
 mod architecture;
 mod dashboard;
 mod fault_disk_full;
+mod fault_restart;
 mod faults;
 mod forwarder;
 mod guards;
