@@ -4,6 +4,7 @@
 
 mod architecture;
 mod dashboard;
+mod dead_letters;
 mod faults;
 mod forwarder;
 mod guards;
