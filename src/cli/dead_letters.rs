@@ -1,39 +1,79 @@
-//! `dead-letters list|replay`: forwarded events that were not processed, by status, and
-//! queueing them again with fresh retries (recorded in the replay history).
+//! `dead-letters list|show|replay|discard`: forwarded events that were not processed, by
+//! status; one of them with its envelope (redacted); queueing them again with fresh retries;
+//! setting them aside for good with a reason. The actions are those of
+//! [`crate::processing::dead_letters`], recorded in the audit trail with source `CLI`.
 
 use clap::Subcommand;
 
 use super::connect;
+use crate::clock::utc_text;
 use crate::config::Config;
-use crate::db::tables;
 use crate::db::tables::inbox::InboxStatus;
+use crate::listeners::changes::source;
+use crate::processing::dead_letters::{self, DeadLetter, Target};
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLetterAction {
     /// List events with the given status (dead by default), newest first.
     List {
-        /// dead (retries used up), expired (too old when received), rate_limited, filtered.
+        /// dead (retries used up), parked, rate-limited, expired (too old when received),
+        /// filtered, discarded.
         #[arg(long, default_value = "dead")]
         status: InboxStatus,
+        /// Only events with work of this listener left.
+        #[arg(long, value_name = "NAME")]
+        listener: Option<String>,
         /// Most rows shown.
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// Show one event: status, listeners with their attempts and errors, times, and its
+    /// envelope with secrets masked as in the logs.
+    Show {
+        #[arg(value_name = "EVENT_ID")]
+        id: String,
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Queue events again with fresh retries; a running server processes them within a second.
     Replay {
-        /// Only these event ids (repeatable).
+        /// Only these event ids (repeatable); each must be a dead letter, of any status.
         #[arg(long = "id", value_name = "EVENT_ID", required_unless_present = "all")]
         ids: Vec<String>,
         /// Every event with the status.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        /// With --all: the status replayed.
         #[arg(long, default_value = "dead")]
         status: InboxStatus,
+        /// With --all: only events with work of this listener left.
+        #[arg(long, value_name = "NAME", requires = "all")]
+        listener: Option<String>,
+    },
+    /// Set events aside for good: never processed again, envelope erased, kept as
+    /// `discarded` (a re-sent copy is a duplicate) until retention deletes them.
+    Discard {
+        /// These event ids; each must be a dead letter, of any status.
+        #[arg(value_name = "EVENT_ID", required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Every event with the status.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// With --all: the status discarded.
+        #[arg(long, default_value = "dead")]
+        status: InboxStatus,
+        /// With --all: only events with work of this listener left.
+        #[arg(long, value_name = "NAME", requires = "all")]
+        listener: Option<String>,
+        /// Why (required; kept in the audit trail).
+        #[arg(long)]
+        reason: String,
     },
 }
 
-/// The inbox statuses an operator may list or replay, as command-line values: clap's
-/// spelling of enum values (`rate-limited`), in the order `--help` lists them.
+/// The inbox statuses an operator may list, replay or discard, as command-line values:
+/// clap's spelling of enum values (`rate-limited`), in the order `--help` lists them.
 impl clap::ValueEnum for InboxStatus {
     fn value_variants<'a>() -> &'a [Self] {
         &[
@@ -42,6 +82,7 @@ impl clap::ValueEnum for InboxStatus {
             InboxStatus::Expired,
             InboxStatus::RateLimited,
             InboxStatus::Filtered,
+            InboxStatus::Discarded,
         ]
     }
 
@@ -55,16 +96,31 @@ impl clap::ValueEnum for InboxStatus {
             InboxStatus::Expired => PossibleValue::new("expired"),
             InboxStatus::RateLimited => PossibleValue::new("rate-limited"),
             InboxStatus::Filtered => PossibleValue::new("filtered"),
+            InboxStatus::Discarded => PossibleValue::new("discarded")
+                .help("Set aside for good by an operator or by expiry (list and show only)"),
             InboxStatus::Pending | InboxStatus::Done => return None,
         })
     }
 }
 
+fn target(ids: Vec<String>, all: bool, status: InboxStatus, listener: Option<String>) -> Target {
+    if all {
+        Target::All { status, listener }
+    } else {
+        Target::Ids(ids)
+    }
+}
+
 pub(super) fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow::Result<()> {
+    crate::telemetry::configure_scrubbing(&config.data_protection);
     let mut conn = connect(config)?;
     match action {
-        DeadLetterAction::List { status, limit } => {
-            let rows = tables::inbox::inbox_entries(&mut conn, &[status], limit)?;
+        DeadLetterAction::List {
+            status,
+            listener,
+            limit,
+        } => {
+            let rows = dead_letters::list(&mut conn, status, listener.as_deref(), limit)?;
             if rows.is_empty() {
                 println!("No {} events.", status.as_str());
                 return Ok(());
@@ -89,34 +145,85 @@ pub(super) fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow:
                 );
             }
         }
-        DeadLetterAction::Replay { ids, all, status } => {
-            let count = tables::inbox_work::requeue(
-                &mut conn,
-                &[status],
-                if all { None } else { Some(&ids) },
-            )?;
-            let requested = if all {
-                "all".to_string()
+        DeadLetterAction::Show { id, json } => {
+            let shown = dead_letters::show(&mut conn, &id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
-                format!("{} id(s)", ids.len())
-            };
-            crate::db::tables::listeners::record(
-                &mut conn,
-                &[crate::listeners::changes::replay_record(
-                    crate::listeners::changes::source::CLI,
-                    status.as_str(),
-                    &requested,
-                    count,
-                )],
-            )?;
-            println!("{count} {status} event(s) queued again.");
-            if !all && count < ids.len() {
-                println!(
-                    "{} id(s) were not {status} events and were left alone.",
-                    ids.len() - count
-                );
+                print_dead_letter(&shown)?;
             }
         }
+        DeadLetterAction::Replay {
+            ids,
+            all,
+            status,
+            listener,
+        } => {
+            let target = target(ids, all, status, listener);
+            let count = dead_letters::replay(&mut conn, &target, source::CLI)?;
+            match target {
+                Target::All { status, .. } => println!("{count} {status} event(s) queued again."),
+                Target::Ids(_) => println!("{count} event(s) queued again."),
+            }
+        }
+        DeadLetterAction::Discard {
+            ids,
+            all,
+            status,
+            listener,
+            reason,
+        } => {
+            let target = target(ids, all, status, listener);
+            let count = dead_letters::discard(&mut conn, &target, &reason, source::CLI)?;
+            println!("{count} event(s) discarded.");
+        }
+    }
+    Ok(())
+}
+
+fn print_dead_letter(d: &DeadLetter) -> anyhow::Result<()> {
+    let e = &d.entry;
+    let optional = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!("event_id     {}", e.event_id);
+    println!("status       {}", e.status);
+    println!(
+        "type         {}{}",
+        e.event_type,
+        e.op.as_deref()
+            .map(|op| format!(" / {op}"))
+            .unwrap_or_default()
+    );
+    println!("realm        {} (id {})", e.realm, e.realm_id);
+    println!("user_id      {}", optional(e.user_id));
+    println!("attempts     {}", e.attempts);
+    println!("last error   {}", e.last_error.as_deref().unwrap_or("-"));
+    println!("batch        {}", d.webhook_id);
+    println!(
+        "emitted      {}",
+        d.emitted_at_ms.map_or("-".to_string(), utc_text)
+    );
+    println!("received     {}", utc_text(e.received_at_ms));
+    println!("changed      {}", utc_text(e.updated_at_ms));
+    if d.listeners.is_empty() {
+        println!("listeners    -");
+    } else {
+        println!("listeners");
+        for w in &d.listeners {
+            println!(
+                "  {:<24} {:<12} {:>3} attempt(s)  {}",
+                w.listener,
+                w.status.as_str(),
+                w.attempts,
+                w.last_error.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    match &d.payload {
+        Some(payload) => println!(
+            "payload (redacted)\n{}",
+            serde_json::to_string_pretty(payload)?
+        ),
+        None => println!("payload      (erased)"),
     }
     Ok(())
 }

@@ -101,7 +101,8 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
-    /// Forwarded events that were not processed: list them, or queue them again.
+    /// Forwarded events that were not processed: list or show them, queue them again, or
+    /// discard them with a reason.
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,

@@ -33,6 +33,10 @@ pub struct RetentionConfig {
     /// Keyword-alert records older than this many days are deleted; 0 keeps them.
     #[serde(deserialize_with = "days")]
     pub alert_retention_days: u32,
+    /// Dead letters (status `dead`) unchanged for this many days are discarded by the daily
+    /// pass, with the reason "expired after N days" in the audit trail; 0 keeps them.
+    #[serde(deserialize_with = "days")]
+    pub dead_letter_days: u32,
 }
 
 /// A number of days, at most [`MAX_RETENTION_DAYS`]; 0 keeps everything.

@@ -1,7 +1,8 @@
 //! The admin API under `/admin/`, behind a bearer token compared in constant time (401
 //! without it; the whole API answers 404 while no token is configured): listeners (list, show,
-//! change), the event log, dead letters and their replay, and statistics. Listener changes of
-//! the dashboard go through [`apply_change`] here too.
+//! change), the event log and statistics; the dead-letter routes are in
+//! [`super::dead_letters`]. Listener changes of the dashboard go through [`apply_change`] here
+//! too.
 
 use std::time::Instant;
 
@@ -12,14 +13,13 @@ use serde_json::json;
 use super::{ApiError, AppState, json_ok};
 use crate::clock::now_ms;
 use crate::db::tables;
-use crate::db::tables::inbox::InboxStatus;
 use crate::db::tables::listeners::{HistoryRow, ListenerRow};
 use crate::listeners::changes::{self, ChangeError, FieldError, Overrides};
 use crate::telemetry::metric;
 use crate::verification::token_matches;
 
-/// Largest body of an admin request (a replay list).
-const ADMIN_MAX_BODY: usize = 256 * 1024;
+/// Largest body of an admin request (a replay or discard list).
+pub(super) const ADMIN_MAX_BODY: usize = 256 * 1024;
 
 pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
@@ -42,7 +42,7 @@ pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiEr
     }
 }
 
-fn db_error(e: crate::db::DbError) -> ApiError {
+pub(super) fn db_error(e: crate::db::DbError) -> ApiError {
     ApiError::Unavailable(format!("database: {e}"))
 }
 
@@ -158,7 +158,7 @@ pub async fn set_listener(
     change_listener(&state, name, patch).await
 }
 
-fn invalid_field(e: FieldError) -> ApiError {
+pub(super) fn invalid_field(e: FieldError) -> ApiError {
     ApiError::InvalidField {
         field: e.field,
         problem: e.problem,
@@ -262,110 +262,6 @@ pub async fn events(
     Ok(json_ok(
         json!({ "page": page, "per_page": per_page, "events": rows }).to_string(),
     ))
-}
-
-#[derive(Deserialize)]
-pub struct InboxQuery {
-    status: Option<String>,
-    limit: Option<i64>,
-}
-
-/// The replayable status a request names; dead when it names none.
-fn replayable(status: Option<String>) -> Result<InboxStatus, ApiError> {
-    let Some(status) = status else {
-        return Ok(InboxStatus::Dead);
-    };
-    InboxStatus::REPLAYABLE
-        .into_iter()
-        .find(|s| s.as_str() == status)
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "status `{status}` is not one of {}",
-                InboxStatus::REPLAYABLE.map(InboxStatus::as_str).join(", ")
-            ))
-        })
-}
-
-/// `GET /admin/dead-letters?status=dead&limit=50`: forwarded events not processed.
-pub async fn dead_letters(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    query: web::Query<InboxQuery>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
-    let q = query.into_inner();
-    let status = replayable(q.status)?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let (rows, replays) = state
-        .db
-        .run(move |c| {
-            Ok((
-                tables::inbox::inbox_entries(c, &[status], limit)?,
-                crate::db::tables::listeners::history(c, changes::REPLAYS, 20)?,
-            ))
-        })
-        .await
-        .map_err(db_error)?;
-    Ok(json_ok(
-        json!({ "events": rows, "replays": replays }).to_string(),
-    ))
-}
-
-#[derive(Deserialize)]
-pub struct ReplayRequest {
-    #[serde(default)]
-    ids: Vec<String>,
-    #[serde(default)]
-    all: bool,
-    status: Option<String>,
-}
-
-/// `POST /admin/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}` (and an
-/// optional `status`): queues the events again with fresh retries.
-pub async fn replay(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
-    let body = super::read_body(&req, payload, ADMIN_MAX_BODY, &state.body).await?;
-    let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "expected {{\"ids\": [...]}} or {{\"all\": true}}: {e}"
-        ))
-    })?;
-    if request.all != request.ids.is_empty() {
-        return Err(ApiError::BadRequest(
-            "give either `ids` (a non-empty list) or `all: true`".into(),
-        ));
-    }
-    let status = replayable(request.status)?;
-    let ids = request.ids;
-    let all = request.all;
-    let requested = if all {
-        "all".to_string()
-    } else {
-        format!("{} id(s)", ids.len())
-    };
-    let requeued = state
-        .db
-        .run(move |c| {
-            let requeued =
-                tables::inbox_work::requeue(c, &[status], (!all).then_some(ids.as_slice()))?;
-            crate::db::tables::listeners::record(
-                c,
-                &[changes::replay_record(
-                    changes::source::ADMIN_API,
-                    status.as_str(),
-                    &requested,
-                    requeued,
-                )],
-            )?;
-            Ok(requeued)
-        })
-        .await
-        .map_err(db_error)?;
-    Ok(json_ok(json!({ "requeued": requeued }).to_string()))
 }
 
 /// `GET /admin/stats`: events per minute (last 5 minutes), error rate (last hour), time of

@@ -18,6 +18,10 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     NotFound(String),
+    /// What the request names is in a state that does not allow it (a dead-letter action on an
+    /// event that is not a dead letter); the body names the state in `status`.
+    #[error("{message}")]
+    WrongStatus { message: String, status: String },
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("the request body is larger than the {limit} bytes allowed")]
@@ -53,6 +57,7 @@ impl ApiError {
             ApiError::InvalidField { .. } => "invalid_field",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::NotFound(_) => "not_found",
+            ApiError::WrongStatus { .. } => "wrong_status",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::RequestTimeout(_) => "request_timeout",
@@ -72,6 +77,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::WrongStatus { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } | ApiError::TooManyEvents(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -86,8 +92,14 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
-        if let ApiError::InvalidField { field, .. } = self {
-            body["field"] = serde_json::Value::String(field.clone());
+        match self {
+            ApiError::InvalidField { field, .. } => {
+                body["field"] = serde_json::Value::String(field.clone());
+            }
+            ApiError::WrongStatus { status, .. } => {
+                body["status"] = serde_json::Value::String(status.clone());
+            }
+            _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8)));

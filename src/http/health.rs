@@ -152,7 +152,7 @@ pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
     if let Some(f) = &facts {
         if f.dead > 0 {
             reasons.push(format!(
-                "{} dead letter(s): forwarded events that failed every retry (GET /admin/dead-letters)",
+                "{} dead letter(s): forwarded events that failed every retry (GET /admin/dead-letters; replay or discard them)",
                 f.dead
             ));
         }

@@ -7,6 +7,7 @@ mod admin;
 pub mod body;
 pub mod connections;
 mod dashboard;
+mod dead_letters;
 mod error;
 mod forwarder;
 mod health;
@@ -107,11 +108,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(resource("/events", [web::get().to(admin::events)]))
             .service(resource(
                 "/dead-letters",
-                [web::get().to(admin::dead_letters)],
+                [web::get().to(dead_letters::list)],
             ))
             .service(resource(
                 "/dead-letters/replay",
-                [web::post().to(admin::replay)],
+                [web::post().to(dead_letters::replay)],
+            ))
+            .service(resource(
+                "/dead-letters/discard",
+                [web::post().to(dead_letters::discard)],
+            ))
+            .service(resource(
+                "/dead-letters/{id}",
+                [web::get().to(dead_letters::show)],
             ))
             .service(resource("/stats", [web::get().to(admin::stats)])),
     )

@@ -289,6 +289,8 @@ pub mod source {
     pub const BREAKER: &str = "breaker";
     pub const REPLAY: &str = "replay";
     pub const DASHBOARD: &str = "dashboard";
+    /// The daily retention pass (dead letters discarded after `retention.dead_letter_days`).
+    pub const RETENTION: &str = "retention";
 }
 
 /// Why a change was not made.
@@ -393,23 +395,6 @@ fn save_change(
         Ok((saved, history))
     })
 }
-
-/// The history row of a dead-letter replay (kept under the listener name `*`: a replay
-/// concerns every listener the events wait for).
-pub fn replay_record(source: &str, status: &str, requested: &str, requeued: usize) -> HistoryRow {
-    HistoryRow {
-        id: 0,
-        listener: REPLAYS.to_string(),
-        changed_at_ms: now_ms(),
-        source: source.to_string(),
-        field: "replay".to_string(),
-        old_value: Some(format!("{status}: {requested}")),
-        new_value: Some(format!("{requeued} requeued")),
-    }
-}
-
-/// The listener name replays are recorded under.
-pub const REPLAYS: &str = "*";
 
 /// A listener's definition as a stored row makes it: the file's, the overrides on top, and
 /// `enabled` as the operator or the breaker last left it.

@@ -2,10 +2,12 @@
 //! the event log; the first reply is handed back as soon as it exists while later handlers
 //! keep running. The outgoing-webhook path (deadline, retries, late replies) is in
 //! [`outgoing`], its bots in [`bots`]; the forwarder path (durable inbox, workers, retries,
-//! dead letters) in [`inbox`]. Both pass events through the same [`guards`].
+//! dead letters) in [`inbox`], and what operators do with dead letters in [`dead_letters`].
+//! Both paths pass events through the same [`guards`].
 
 pub mod announce;
 pub mod bots;
+pub mod dead_letters;
 pub mod guards;
 pub mod inbox;
 pub mod outgoing;

@@ -1,6 +1,6 @@
 //! The server's periodic background work while it runs: pruning the retry record, forgetting
 //! idle rate-limit keys, refreshing gauges, reading listener states back from the database,
-//! aggregating statistics, and the daily retention passes.
+//! aggregating statistics, and the daily retention passes (with the expiry of dead letters).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +11,7 @@ use crate::clock::{millis, now_ms};
 use crate::db::tables::inbox::InboxStatus;
 use crate::db::{Db, retention, tables};
 use crate::listeners::Registry;
+use crate::processing::dead_letters;
 use crate::processing::inbox::Inbox;
 use crate::processing::outgoing::OutgoingService;
 use crate::telemetry::metric;
@@ -73,6 +74,15 @@ pub(super) async fn upkeep(u: Upkeep) {
                 }
             }
             _ = retention.tick() => {
+                let (days, batch) = (u.retention.dead_letter_days, u.retention.batch_size);
+                if days > 0 {
+                    let expired = u.db.run(move |c| Ok(dead_letters::expire(c, days, now_ms(), batch))).await;
+                    match expired.map_err(dead_letters::DeadLetterError::from).and_then(|r| r) {
+                        Ok(0) => {}
+                        Ok(discarded) => tracing::info!(discarded, days, "expired dead letters discarded"),
+                        Err(error) => tracing::warn!(%error, "discarding expired dead letters failed"),
+                    }
+                }
                 let cutoffs = retention::PersonalCutoffs::from_config(&u.retention, now_ms());
                 let batch = u.retention.batch_size;
                 match u.db.run(move |c| retention::expire_personal_data(c, &cutoffs, batch, &mut |_, _| {})).await {

@@ -147,6 +147,8 @@ const PAGES: &[&str] = &[
     "/admin/ui/dead-letters",
     "/admin/ui/dead-letters?status=parked",
     "/admin/ui/dead-letters/replay?status=dead&id=dead-0",
+    "/admin/ui/dead-letters/dead-0",
+    "/admin/ui/dead-letters/discard?status=dead&id=dead-0",
 ];
 
 /// The status a request is answered with.
@@ -157,6 +159,10 @@ async fn status(request: reqwest::RequestBuilder) -> reqwest::StatusCode {
 const FORMS: &[(&str, &str)] = &[
     ("/admin/ui/listeners/pinger", "action=disable"),
     ("/admin/ui/dead-letters/replay", "status=dead&all=1"),
+    (
+        "/admin/ui/dead-letters/discard",
+        "status=dead&all=1&reason=gone",
+    ),
     ("/admin/logout", ""),
 ];
 

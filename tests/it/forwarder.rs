@@ -415,7 +415,7 @@ async fn failures_are_retried_then_dead_and_replayable(backend: Backend) {
     alerts.set_status(200);
     let replayed = cli(config, &["dead-letters", "replay", "--id", "a1"]);
     assert!(
-        replayed.starts_with("1 dead event(s) queued again"),
+        replayed.starts_with("1 event(s) queued again"),
         "{replayed}"
     );
     let done = eventually(Duration::from_secs(15), async || {

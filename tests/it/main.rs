@@ -4,6 +4,7 @@
 
 mod architecture;
 mod dashboard;
+mod dead_letters;
 mod fault_disk_full;
 mod fault_restart;
 mod faults;

@@ -12,7 +12,7 @@ use diesel::sql_types::{BigInt, Binary};
 use crate::clock::now_ms;
 use crate::db::bulk::{self, ROWS_PER_STATEMENT, bulk_row};
 use crate::db::event_key::EventKey;
-use crate::db::schema::inbox;
+use crate::db::schema::{inbox, inbox_work};
 use crate::db::text_enum::text_enum;
 use crate::db::{DbConnection, DbError};
 
@@ -33,6 +33,10 @@ text_enum! {
         RateLimited = "rate_limited",
         /// Refused by the intake filters: not processed.
         Filtered = "filtered",
+        /// Set aside for good by an operator or by expiry (`processing::dead_letters`): never
+        /// processed again, envelope erased, `last_error` says why; kept, so that a re-sent copy
+        /// counts as a duplicate, until retention deletes it.
+        Discarded = "discarded",
     }
 }
 
@@ -44,22 +48,35 @@ impl InboxStatus {
     /// Events that may be deleted once old. `rate_limited` events keep their envelope (the
     /// message content) for a replay, so they go after the retention period like the rest of
     /// the stored data. Pending, parked and dead events are kept whatever their age: they are
-    /// still to be processed, or to be looked at by an operator.
-    pub const FINISHED: [InboxStatus; 4] = [
+    /// still to be processed, or to be looked at by an operator (or discarded, see
+    /// `retention.dead_letter_days`).
+    pub const FINISHED: [InboxStatus; 5] = [
         InboxStatus::Done,
         InboxStatus::Expired,
         InboxStatus::Filtered,
         InboxStatus::RateLimited,
+        InboxStatus::Discarded,
     ];
 
     /// What an operator may list and replay, in the order the admin API and the dashboard
-    /// show them.
+    /// show them: the dead letters (in the broad sense), which may also be shown and
+    /// discarded.
     pub const REPLAYABLE: [InboxStatus; 5] = [
         InboxStatus::Dead,
         InboxStatus::Parked,
         InboxStatus::RateLimited,
         InboxStatus::Expired,
         InboxStatus::Filtered,
+    ];
+
+    /// What an operator may list and show: the replayable statuses, and what was discarded.
+    pub const LISTED: [InboxStatus; 6] = [
+        InboxStatus::Dead,
+        InboxStatus::Parked,
+        InboxStatus::RateLimited,
+        InboxStatus::Expired,
+        InboxStatus::Filtered,
+        InboxStatus::Discarded,
     ];
 }
 
@@ -313,4 +330,99 @@ pub fn inbox_has(
         .select(count_star())
         .first(conn)?;
     Ok(n > 0)
+}
+
+/// A forwarded event as `dead-letters show` shows it: the listed fields, the batch it came
+/// in, when it was emitted and is due, and its stored envelope (empty once done or
+/// discarded).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = inbox)]
+pub struct InboxDetail {
+    #[diesel(embed)]
+    pub entry: InboxEntry,
+    pub webhook_id: String,
+    pub emitted_at_ms: Option<i64>,
+    pub next_attempt_at_ms: i64,
+    pub payload: String,
+}
+
+/// A forwarded event with its envelope, by its event id.
+pub fn inbox_detail(
+    conn: &mut DbConnection,
+    event_id: &str,
+) -> Result<Option<InboxDetail>, DbError> {
+    Ok(inbox::table
+        .filter(inbox::event_id.eq(EventKey::of(event_id)))
+        .select(InboxDetail::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Inbox rows with `status` that still have work of `listener` (dead, parked or set aside
+/// for it), newest first.
+pub fn inbox_entries_of(
+    conn: &mut DbConnection,
+    status: InboxStatus,
+    listener: &str,
+    limit: i64,
+) -> Result<Vec<InboxEntry>, DbError> {
+    Ok(inbox::table
+        .filter(inbox::status.eq(status))
+        .filter(inbox::event_id.eq_any(work_of_listener(listener)))
+        .order(inbox::id.desc())
+        .limit(limit)
+        .select(InboxEntry::as_select())
+        .load(conn)?)
+}
+
+/// The events that still have work of `listener`.
+fn work_of_listener(
+    listener: &str,
+) -> diesel::dsl::Select<
+    diesel::dsl::Filter<inbox_work::table, diesel::dsl::Eq<inbox_work::listener, &str>>,
+    inbox_work::event_id,
+> {
+    inbox_work::table
+        .filter(inbox_work::listener.eq(listener))
+        .select(inbox_work::event_id)
+}
+
+/// The ids of at most `limit` events with `status`, oldest first: given a listener, only
+/// those with work of it left; given a time, only those last changed before it.
+pub fn event_ids_with(
+    conn: &mut DbConnection,
+    status: InboxStatus,
+    listener: Option<&str>,
+    changed_before_ms: Option<i64>,
+    limit: i64,
+) -> Result<Vec<String>, DbError> {
+    let base = inbox::table
+        .filter(inbox::status.eq(status))
+        .filter(inbox::updated_at_ms.lt(changed_before_ms.unwrap_or(i64::MAX)))
+        .order(inbox::id)
+        .limit(limit)
+        .select(inbox::event_id);
+    let keys: Vec<EventKey> = match listener {
+        None => base.load(conn)?,
+        Some(listener) => base
+            .filter(inbox::event_id.eq_any(work_of_listener(listener)))
+            .load(conn)?,
+    };
+    Ok(keys.into_iter().map(String::from).collect())
+}
+
+/// The status of each of these events that is stored.
+pub fn statuses_of(
+    conn: &mut DbConnection,
+    event_ids: &[String],
+) -> Result<Vec<(String, InboxStatus)>, DbError> {
+    let mut found = Vec::new();
+    for chunk in event_ids.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<(EventKey, InboxStatus)> = inbox::table
+            .filter(inbox::event_id.eq_any(EventKey::all(chunk.iter().map(String::as_str))))
+            .select((inbox::event_id, inbox::status))
+            .load(conn)?;
+        found.extend(rows.into_iter().map(|(id, s)| (String::from(id), s)));
+    }
+    Ok(found)
 }

@@ -395,3 +395,64 @@ pub fn requeue(
         Ok(requeued)
     })
 }
+
+/// One listener's work left on an event, as `dead-letters show` lists it.
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = inbox_work)]
+pub struct WorkEntry {
+    pub listener: String,
+    pub status: WorkStatus,
+    pub attempts: i32,
+    pub next_attempt_at_ms: i64,
+    pub last_error: Option<String>,
+    pub updated_at_ms: i64,
+}
+
+/// The work left on an event, by listener.
+pub fn work_of(conn: &mut DbConnection, event_id: &str) -> Result<Vec<WorkEntry>, DbError> {
+    Ok(inbox_work::table
+        .filter(inbox_work::event_id.eq(EventKey::of(event_id)))
+        .order(inbox_work::listener)
+        .select(WorkEntry::as_select())
+        .load(conn)?)
+}
+
+/// Sets these events aside for good, those that still have one of `statuses`: status
+/// `discarded`, envelope erased, `note` kept as `last_error`, and their work deleted, so that
+/// no sweep, retry or replay runs them again (a result of a run in flight finds no work and
+/// is ignored). Call it within a transaction; returns the ids discarded.
+pub fn discard(
+    conn: &mut DbConnection,
+    statuses: &[InboxStatus],
+    ids: &[String],
+    note: &str,
+) -> Result<Vec<String>, DbError> {
+    let now = now_ms();
+    let mut discarded = Vec::new();
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let keys = EventKey::all(chunk.iter().map(String::as_str));
+        // PostgreSQL: the inbox rows in id order first, as the writer locks them.
+        super::inbox::lock_events(conn, &chunk.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let target = inbox::table
+            .filter(inbox::event_id.eq_any(&keys))
+            .filter(inbox::status.eq_any(statuses));
+        let changes = (
+            inbox::status.eq(InboxStatus::Discarded),
+            inbox::payload.eq(""),
+            inbox::next_attempt_at_ms.eq(0i64),
+            inbox::claimed_until_ms.eq(0i64),
+            inbox::last_error.eq(note),
+            inbox::updated_at_ms.eq(now),
+        );
+        let done: Vec<EventKey> = crate::per_backend!(conn, c => diesel::update(target)
+            .set(changes)
+            .returning(inbox::event_id)
+            .get_results(c))?;
+        if !done.is_empty() {
+            diesel::delete(inbox_work::table.filter(inbox_work::event_id.eq_any(&done)))
+                .execute(conn)?;
+        }
+        discarded.extend(done.into_iter().map(String::from));
+    }
+    Ok(discarded)
+}

@@ -31,7 +31,7 @@ pub struct HistoryRow {
     pub id: i64,
     pub listener: String,
     pub changed_at_ms: i64,
-    /// `admin API`, `CLI`, `breaker` or `replay`.
+    /// `admin API`, `CLI`, `dashboard`, `breaker` or `retention`.
     pub source: String,
     pub field: String,
     pub old_value: Option<String>,
@@ -130,7 +130,7 @@ pub fn save(
     })
 }
 
-/// Records history rows on their own (a dead-letter replay).
+/// Records history rows on their own (a dead-letter replay or discard).
 pub fn record(conn: &mut DbConnection, history: &[HistoryRow]) -> Result<(), DbError> {
     // One statement per row: a handful per change, and multi-row inserts are not portable.
     for row in history {
@@ -149,6 +149,22 @@ pub fn history(
 ) -> Result<Vec<HistoryRow>, DbError> {
     Ok(listener_history::table
         .filter(listener_history::listener.eq(name))
+        .order(listener_history::id.desc())
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// A listener's history of one field, newest first (the replays or the discards of dead
+/// letters, kept under the listener `*`).
+pub fn history_of_field(
+    conn: &mut DbConnection,
+    name: &str,
+    field: &str,
+    limit: i64,
+) -> Result<Vec<HistoryRow>, DbError> {
+    Ok(listener_history::table
+        .filter(listener_history::listener.eq(name))
+        .filter(listener_history::field.eq(field))
         .order(listener_history::id.desc())
         .limit(limit)
         .load(conn)?)

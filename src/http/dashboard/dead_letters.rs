@@ -1,5 +1,7 @@
 //! The dead-letters pages (`/admin/ui/dead-letters`): forwarded events not processed, by
-//! status, and their replay: a confirmation page, then the form post that queues them again.
+//! status; one event with its envelope (redacted); replay and discard, each a confirmation
+//! page then the form post. The actions are those of [`crate::processing::dead_letters`],
+//! recorded in the audit trail with source `dashboard`.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -9,17 +11,47 @@ use super::{Ctx, db_failed, given, pages, query, see_other};
 use crate::db::tables;
 use crate::db::tables::inbox::InboxStatus;
 use crate::http::AppState;
+use crate::listeners::changes::source;
+use crate::processing::dead_letters::{self, DeadLetterError, Target};
 
 /// Dead letters listed per page.
 const DEAD_LETTERS_SHOWN: i64 = 100;
 
-/// The replayable status a request names; dead by default.
+/// The listed status a request names; dead by default.
 fn status_of(pairs: &[(String, String)]) -> InboxStatus {
     let wanted = given(pairs, "status");
-    InboxStatus::REPLAYABLE
+    InboxStatus::LISTED
         .into_iter()
         .find(|s| Some(s.as_str()) == wanted)
         .unwrap_or(InboxStatus::Dead)
+}
+
+/// What a form or a link names: event ids (`id`, repeatable) or `all=1` with the status.
+fn target_of(pairs: &[(String, String)]) -> Option<Target> {
+    let ids: Vec<String> = pairs
+        .iter()
+        .filter(|(k, v)| k == "id" && !v.trim().is_empty())
+        .map(|(_, v)| v.trim().to_string())
+        .collect();
+    match (ids.is_empty(), given(pairs, "all") == Some("1")) {
+        (false, false) => Some(Target::Ids(ids)),
+        (true, true) => Some(Target::All {
+            status: status_of(pairs),
+            listener: None,
+        }),
+        _ => None,
+    }
+}
+
+/// The page for an action that was refused.
+fn refused(ctx: &Ctx, error: DeadLetterError) -> HttpResponse {
+    let (status, title) = match error {
+        DeadLetterError::Database(e) => return db_failed(ctx, e),
+        DeadLetterError::NotFound(_) => (StatusCode::NOT_FOUND, "No such event"),
+        DeadLetterError::NotADeadLetter { .. } => (StatusCode::CONFLICT, "Not a dead letter"),
+        DeadLetterError::Invalid(_) => (StatusCode::BAD_REQUEST, "Not done"),
+    };
+    pages::message(status, &ctx.base, title, &error.to_string())
 }
 
 pub(super) async fn dead_letters(
@@ -34,7 +66,7 @@ pub(super) async fn dead_letters(
         .run(move |c| {
             Ok((
                 tables::inbox::inbox_counts(c)?,
-                tables::inbox::inbox_entries(c, &[status], DEAD_LETTERS_SHOWN)?,
+                dead_letters::list(c, status, None, DEAD_LETTERS_SHOWN)?,
             ))
         })
         .await;
@@ -44,27 +76,38 @@ pub(super) async fn dead_letters(
     }
 }
 
-/// `GET …/dead-letters/replay?status=&id=` (or `all=1`): asks for confirmation.
-pub(super) async fn confirm_replay(
+/// `GET …/dead-letters/{id}`: one event, its work per listener and its envelope.
+pub(super) async fn dead_letter(
     ctx: Ctx,
-    req: HttpRequest,
     state: web::Data<AppState>,
+    path: web::Path<String>,
 ) -> HttpResponse {
-    let pairs = query(&req);
-    let status = status_of(&pairs);
-    let id = given(&pairs, "id").map(str::to_string);
-    if id.is_none() && given(&pairs, "all") != Some("1") {
-        return see_other(&ctx.url(&format!("/ui/dead-letters?status={status}")));
+    let id = path.into_inner();
+    match state.db.run(move |c| Ok(dead_letters::show(c, &id))).await {
+        Ok(Ok(shown)) => pages::dead_letter(&ctx, &shown),
+        Ok(Err(e)) => refused(&ctx, e),
+        Err(e) => db_failed(&ctx, e),
     }
-    let count = match &id {
-        Some(id) => {
-            let key = id.clone();
+}
+
+/// How many events a confirmation page is about.
+async fn count(state: &AppState, target: Option<Target>) -> Result<i64, crate::db::DbError> {
+    match target {
+        None => Ok(0),
+        Some(Target::Ids(ids)) => {
             state
                 .db
-                .run(move |c| tables::inbox::inbox_has(c, &key, &[status]).map(i64::from))
+                .run(move |c| {
+                    let found = tables::inbox::statuses_of(c, &ids)?;
+                    Ok(found
+                        .iter()
+                        .filter(|(_, s)| InboxStatus::REPLAYABLE.contains(s))
+                        .count() as i64)
+                })
                 .await
         }
-        None => {
+        Some(Target::All { status, .. }) if !InboxStatus::REPLAYABLE.contains(&status) => Ok(0),
+        Some(Target::All { status, .. }) => {
             state
                 .db
                 .run(move |c| {
@@ -75,9 +118,45 @@ pub(super) async fn confirm_replay(
                 })
                 .await
         }
+    }
+}
+
+/// `GET …/dead-letters/replay?status=&id=` (or `all=1`): asks for confirmation.
+pub(super) async fn confirm_replay(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    confirm(ctx, req, state, pages::Confirm::Replay).await
+}
+
+/// `GET …/dead-letters/discard?status=&id=` (or `all=1`): asks for confirmation and a reason.
+pub(super) async fn confirm_discard(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    confirm(ctx, req, state, pages::Confirm::Discard).await
+}
+
+async fn confirm(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    action: pages::Confirm,
+) -> HttpResponse {
+    let pairs = query(&req);
+    let status = status_of(&pairs);
+    let target = target_of(&pairs);
+    if target.is_none() {
+        return see_other(&ctx.url(&format!("/ui/dead-letters?status={status}")));
+    }
+    let id = match &target {
+        Some(Target::Ids(ids)) => ids.first().cloned(),
+        _ => None,
     };
-    match count {
-        Ok(count) => pages::confirm_replay(&ctx, status.as_str(), id.as_deref(), count),
+    match count(&state, target).await {
+        Ok(count) => pages::confirm(&ctx, action, status.as_str(), id.as_deref(), count),
         Err(e) => db_failed(&ctx, e),
     }
 }
@@ -94,33 +173,63 @@ pub(super) async fn replay(
         Err(refused) => return refused,
     };
     let status = status_of(&form);
-    let ids: Vec<String> = form
-        .iter()
-        .filter(|(k, v)| k == "id" && !v.trim().is_empty())
-        .map(|(_, v)| v.trim().to_string())
-        .collect();
-    let all = given(&form, "all") == Some("1");
-    if ids.is_empty() != all {
+    let Some(target) = target_of(&form) else {
         return pages::message(
             StatusCode::BAD_REQUEST,
             &ctx.base,
             "Nothing to replay",
             "Give either event ids or all=1.",
         );
-    }
-    let requeued = state
+    };
+    let done = state
         .db
-        .run(move |c| tables::inbox_work::requeue(c, &[status], (!all).then_some(ids.as_slice())))
+        .run(move |c| Ok(dead_letters::replay(c, &target, source::DASHBOARD)))
         .await;
-    match requeued {
-        Ok(n) => {
-            tracing::info!(
-                requeued = n,
-                status = status.as_str(),
-                "dead letters replayed through the dashboard"
-            );
-            see_other(&ctx.url(&format!("/ui/dead-letters?status={status}&replayed={n}")))
+    match done {
+        Ok(Ok(n)) => see_other(&ctx.url(&format!("/ui/dead-letters?status={status}&replayed={n}"))),
+        Ok(Err(e)) => refused(&ctx, e),
+        Err(e) => db_failed(&ctx, e),
+    }
+}
+
+/// `POST …/dead-letters/discard` with `status`, `id` or `all=1`, and `reason`: sets the events
+/// aside for good.
+pub(super) async fn discard(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let form = match read_form(&req, &state, &ctx, payload).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let status = status_of(&form);
+    let Some(target) = target_of(&form) else {
+        return pages::message(
+            StatusCode::BAD_REQUEST,
+            &ctx.base,
+            "Nothing to discard",
+            "Give either event ids or all=1.",
+        );
+    };
+    let reason = given(&form, "reason").unwrap_or_default().to_string();
+    let done = state
+        .db
+        .run(move |c| {
+            Ok(dead_letters::discard(
+                c,
+                &target,
+                &reason,
+                source::DASHBOARD,
+            ))
+        })
+        .await;
+    match done {
+        Ok(Ok(n)) => {
+            see_other(&ctx.url(&format!("/ui/dead-letters?status={status}&discarded={n}")))
         }
+        Ok(Err(e)) => refused(&ctx, e),
         Err(e) => db_failed(&ctx, e),
     }
 }

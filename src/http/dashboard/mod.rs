@@ -9,8 +9,9 @@
 //!   before any request body is read.
 //! - **Forms.** Every POST carries the session's CSRF token in a hidden field (compared in
 //!   constant time) and, when the browser sends `Origin`, must come from the same host.
-//!   Changes go through the same code as the admin API (`admin::apply_change`, recorded in the
-//!   history with source `dashboard`) and answer 303 back to a page (post/redirect/get).
+//!   Changes go through the same code as the admin API (`admin::apply_change`, and the actions
+//!   of `processing::dead_letters`, recorded with source `dashboard`) and answer 303 back to a
+//!   page (post/redirect/get).
 //! - **Path prefix.** Links are built from `admin.public_path` or, when that is unset, the
 //!   proxy's `X-Forwarded-Prefix`, so the dashboard works under e.g. `/listeners/admin/`.
 //! - **No script.** Pages are HTML rendered with maud (checked at compile time), one
@@ -82,6 +83,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         web::get().to(dead_letters::confirm_replay),
                         web::post().to(dead_letters::replay),
                     ],
+                ))
+                .service(resource(
+                    "/dead-letters/discard",
+                    [
+                        web::get().to(dead_letters::confirm_discard),
+                        web::post().to(dead_letters::discard),
+                    ],
+                ))
+                .service(resource(
+                    "/dead-letters/{id}",
+                    [web::get().to(dead_letters::dead_letter)],
                 )),
         );
 }

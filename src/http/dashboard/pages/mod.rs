@@ -15,7 +15,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::{Ctx, given};
 
-pub use dead_letters::{confirm_replay, dead_letters};
+pub use dead_letters::{Confirm, confirm, dead_letter, dead_letters};
 pub use events::{EventsPage, EventsQuery, event, events};
 pub use listeners::{ListenerLine, listener, listeners};
 pub use overview::{Overview, overview};
@@ -106,7 +106,7 @@ pub fn login(base: &str, error: Option<&str>, status: StatusCode) -> HttpRespons
     respond(status, layout(base, None, "Sign in", "login", body))
 }
 
-/// A flash message from the query string (`done=`, `replayed=`).
+/// A flash message from the query string (`done=`, `replayed=`, `discarded=`).
 fn flash(pairs: &[(String, String)]) -> Markup {
     html! {
         @if let Some(done) = given(pairs, "done") {
@@ -114,6 +114,9 @@ fn flash(pairs: &[(String, String)]) -> Markup {
         }
         @if let Some(n) = given(pairs, "replayed") {
             p.ok id="flash" { (n) " event(s) queued again." }
+        }
+        @if let Some(n) = given(pairs, "discarded") {
+            p.ok id="flash" { (n) " event(s) discarded." }
         }
     }
 }
