@@ -30,13 +30,19 @@ from conftest import make_secret, stop_process
 from django.test import override_settings
 from local_receiver import LocalReceiver, Recorded, Reply
 from samples import (
+    INTERNAL_REALM_ID,
+    WELCOME_BOT_ID,
+    ZULIP_HUMANS,
+    ZULIP_REALM_ID,
     message_event,
     message_users,
     reaction_event,
+    system_bot_reaction_event,
     update_message_event,
     update_message_users,
 )
 from zerver.lib import queue as stub_queue
+from zerver.models import users as stub_users
 from zerver.tornado import django_api
 from zproject import config as stub_config
 from zulip_shapes import PRESENCE_USER, TYPING_USER, VERSIONS, samples_for
@@ -390,6 +396,38 @@ def test_every_event_type_of_every_release_is_handled(
         forwarder,
     )
     assert "unexpected shape" not in server.log_tail(400)
+
+
+def test_a_system_bots_reaction_is_stored_under_the_conversations_realm(
+    server: Server, database: Database, forwarder: Path
+) -> None:
+    """The Welcome Bot's reaction comes from Zulip with realm ``zulipinternal``; the server
+    stores (and routes, and counts) it under ``zulip``, the realm of the conversation."""
+    internal = SimpleNamespace(
+        id=INTERNAL_REALM_ID, string_id="zulipinternal", uuid=uuid.UUID(int=1), host="i.example"
+    )
+    zulip = SimpleNamespace(
+        id=ZULIP_REALM_ID, string_id="zulip", uuid=uuid.UUID(int=2), host="zulip.example"
+    )
+    stub_users.add_user(WELCOME_BOT_ID, internal, is_bot=True, bot_type=1)
+    for user_id in ZULIP_HUMANS:
+        stub_users.add_user(user_id, zulip)
+    with override_settings(ZULIP_LISTENERS_REALMS=["zulip"]):
+        django_api.send_event_rollback_unsafe(
+            internal, system_bot_reaction_event(), list(ZULIP_HUMANS)
+        )
+    [event_id] = queued_event_ids()
+
+    run_worker()
+
+    assert dead_letter_lines(forwarder) == []
+    poll(
+        "the reaction to be stored",
+        lambda: inbox_status(database).get(event_id) in {"pending", "done"},
+        server,
+        forwarder,
+    )
+    assert database.query("SELECT realm_id, realm FROM inbox") == [(ZULIP_REALM_ID, "zulip")]
 
 
 # ---------------------------------------------------------------------------
