@@ -82,6 +82,8 @@ class ForwarderSettings:
     queue_check_seconds: float = DEFAULT_QUEUE_CHECK_SECONDS
     spool_dir: str = DEFAULT_SPOOL_DIR
     max_spooled_per_realm: int = DEFAULT_MAX_SPOOLED_PER_REALM
+    #: The receiver's readiness probe; ``None``: ``/readyz`` next to ``url``; ``""``: none.
+    ready_url: str | None = None
     #: Forward the read flags Zulip sets for a service bot on each delivery attempt.
     forward_bot_read_flags: bool = False
     #: Zulip's ``SYSTEM_BOT_REALM``: the realm whose bots act in other realms.
@@ -120,6 +122,18 @@ def _positive(name: str, value: Any, kind: type) -> Any:
     if number <= 0:
         raise ForwarderConfigError(f"{name} must be greater than zero, got {value!r}")
     return number
+
+
+def _ready_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    url = str(value)
+    if url and not url.startswith(("http://", "https://")):
+        raise ForwarderConfigError(
+            f'ZULIP_LISTENERS_READY_URL must start with http:// or https://, or be "" (no'
+            f" probe), got {value!r}"
+        )
+    return url
 
 
 def load_settings() -> ForwarderSettings:
@@ -182,6 +196,7 @@ def load_settings() -> ForwarderSettings:
             _setting("ZULIP_LISTENERS_MAX_SPOOLED_PER_REALM", DEFAULT_MAX_SPOOLED_PER_REALM),
             int,
         ),
+        ready_url=_ready_url(_setting("ZULIP_LISTENERS_READY_URL", None)),
         forward_bot_read_flags=bool(_setting("ZULIP_LISTENERS_FORWARD_BOT_READ_FLAGS", False)),
         system_bot_realm=str(
             _setting(SYSTEM_BOT_REALM_SETTING, DEFAULT_SYSTEM_BOT_REALM) or DEFAULT_SYSTEM_BOT_REALM
