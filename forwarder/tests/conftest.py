@@ -48,7 +48,10 @@ django.setup()
 
 from local_receiver import LocalReceiver  # noqa: E402
 from zerver.lib import queue as stub_queue  # noqa: E402
+from zerver.models import users as stub_users  # noqa: E402
 from zproject import config as stub_config  # noqa: E402
+
+from zulip_listeners_forwarder.audience import FACTS  # noqa: E402
 
 
 def make_secret() -> str:
@@ -77,12 +80,17 @@ def spool_dir(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def clean_stub_zulip() -> Iterator[None]:
-    """Each test gets RabbitMQ queues of its own, deleted afterwards."""
+    """Each test gets RabbitMQ queues of its own, deleted afterwards, and no Zulip users (nor
+    the hook's memo of them) from another test."""
     stub_queue.isolate()
     stub_config.SECRETS.clear()
+    stub_users.reset()
+    FACTS.clear()
     yield
     stub_queue.reset()
     stub_config.SECRETS.clear()
+    stub_users.reset()
+    FACTS.clear()
 
 
 @pytest.fixture

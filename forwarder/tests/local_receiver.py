@@ -5,6 +5,10 @@ it got) and answers from a script of responses; when the script runs out it asks
 (a function of the request, e.g. to refuse one realm), and when that gives nothing it answers
 ``200 {"accepted": N, "duplicates": 0}``.  A scripted response can also drop the connection
 or stall, to provoke client-side errors.
+
+``GET`` requests (the forwarder's readiness probe, ``/readyz``) are recorded apart, in
+``probes``, and answered ``readyz_status`` (200 unless a test changes it), or what
+``readyz_answer`` returns for the request when it is set.
 """
 
 from __future__ import annotations
@@ -43,8 +47,11 @@ class Recorded:
 class LocalReceiver:
     def __init__(self, port: int = 0) -> None:
         self.requests: list[Recorded] = []
+        self.probes: list[Recorded] = []
         self.script: deque[Reply] = deque()
         self.answer: Callable[[Recorded], Reply | None] | None = None
+        self.readyz_status = 200
+        self.readyz_answer: Callable[[Recorded], int] | None = None
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
@@ -87,11 +94,24 @@ class LocalReceiver:
             accepted = 0
         return Reply(200, {"accepted": accepted, "duplicates": 0})
 
+    def _probe_status(self, recorded: Recorded) -> int:
+        with self._lock:
+            self.probes.append(recorded)
+            answer = self.readyz_answer
+        recorded.status = answer(recorded) if answer is not None else self.readyz_status
+        return recorded.status
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                status = receiver._probe_status(Recorded(self.path, headers, b""))
+                ready = "ready" if status == 200 else "unavailable"
+                self._send(Reply(status, {"status": ready}))
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))

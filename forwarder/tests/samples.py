@@ -198,3 +198,51 @@ def reaction_event(message_id: int = 123) -> dict[str, Any]:
         "emoji_code": "1f44d",
         "reaction_type": "unicode_emoji",
     }
+
+
+# ---------------------------------------------------------------------------
+# What a real Zulip server showed (reference: zulip-realism-check-2.md, rows 1 and 7)
+# ---------------------------------------------------------------------------
+
+#: Realm ids and users of a fresh Zulip server: the system bots' realm is created first.
+INTERNAL_REALM_ID = 1
+ZULIP_REALM_ID = 2
+WELCOME_BOT_ID = 5
+ZULIP_HUMANS = (8, 9)
+PONG_BOT_ID = 12
+
+
+def system_bot_reaction_event(message_id: int = 40) -> dict[str, Any]:
+    """The Welcome Bot's turtle on its own greeting in a new organisation, exactly as
+    ``notify_reaction_update`` (``zerver/actions/reactions.py``) builds it; Zulip sends it
+    with ``user_profile.realm``, the bot's realm ``zulipinternal``, and
+    ``list(event_recipient_ids_for_action_on_messages([message]))`` (ints) as the audience."""
+    return {
+        "type": "reaction",
+        "op": "add",
+        "user_id": WELCOME_BOT_ID,
+        "user": {
+            "user_id": WELCOME_BOT_ID,
+            "email": "welcome-bot@zulip.com",
+            "full_name": "Welcome Bot",
+        },
+        "message_id": message_id,
+        "emoji_name": "turtle",
+        "emoji_code": "1f422",
+        "reaction_type": "unicode_emoji",
+    }
+
+
+def bot_read_flag_event(message_id: int = 41) -> dict[str, Any]:
+    """What ``do_flag_service_bots_messages_as_processed`` → ``do_update_message_flags(bot,
+    "add", "read", [id])`` sends after each outgoing-webhook delivery attempt (Zulip ≥ 10),
+    with ``[bot.id]`` as the audience.  A retry finds the message already read, so its
+    ``messages`` list is empty."""
+    return {
+        "type": "update_message_flags",
+        "op": "add",
+        "operation": "add",
+        "flag": "read",
+        "messages": [message_id],
+        "all": False,
+    }

@@ -14,6 +14,7 @@ import os
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -30,17 +31,24 @@ from conftest import make_secret, stop_process
 from django.test import override_settings
 from local_receiver import LocalReceiver, Recorded, Reply
 from samples import (
+    INTERNAL_REALM_ID,
+    WELCOME_BOT_ID,
+    ZULIP_HUMANS,
+    ZULIP_REALM_ID,
     message_event,
     message_users,
     reaction_event,
+    system_bot_reaction_event,
     update_message_event,
     update_message_users,
 )
 from zerver.lib import queue as stub_queue
+from zerver.models import users as stub_users
 from zerver.tornado import django_api
 from zproject import config as stub_config
 from zulip_shapes import PRESENCE_USER, TYPING_USER, VERSIONS, samples_for
 
+from zulip_listeners_forwarder.delivery import ReadinessProbe, SendResult
 from zulip_listeners_forwarder.lanes import Lanes
 from zulip_listeners_forwarder.settings import QUEUE_NAME, SECRET_NAME, load_secrets, load_settings
 from zulip_listeners_forwarder.worker import ForwarderWorker, build_sender
@@ -390,6 +398,94 @@ def test_every_event_type_of_every_release_is_handled(
         forwarder,
     )
     assert "unexpected shape" not in server.log_tail(400)
+
+
+def test_a_system_bots_reaction_is_stored_under_the_conversations_realm(
+    server: Server, database: Database, forwarder: Path
+) -> None:
+    """The Welcome Bot's reaction comes from Zulip with realm ``zulipinternal``; the server
+    stores (and routes, and counts) it under ``zulip``, the realm of the conversation."""
+    internal = SimpleNamespace(
+        id=INTERNAL_REALM_ID, string_id="zulipinternal", uuid=uuid.UUID(int=1), host="i.example"
+    )
+    zulip = SimpleNamespace(
+        id=ZULIP_REALM_ID, string_id="zulip", uuid=uuid.UUID(int=2), host="zulip.example"
+    )
+    stub_users.add_user(WELCOME_BOT_ID, internal, is_bot=True, bot_type=1)
+    for user_id in ZULIP_HUMANS:
+        stub_users.add_user(user_id, zulip)
+    with override_settings(ZULIP_LISTENERS_REALMS=["zulip"]):
+        django_api.send_event_rollback_unsafe(
+            internal, system_bot_reaction_event(), list(ZULIP_HUMANS)
+        )
+    [event_id] = queued_event_ids()
+
+    run_worker()
+
+    assert dead_letter_lines(forwarder) == []
+    poll(
+        "the reaction to be stored",
+        lambda: inbox_status(database).get(event_id) in {"pending", "done"},
+        server,
+        forwarder,
+    )
+    assert database.query("SELECT realm_id, realm FROM inbox") == [(ZULIP_REALM_ID, "zulip")]
+    assert ReadinessProbe(f"{server.base_url}/readyz").ready(), "the probe the consumer uses"
+
+
+def test_the_backlog_reaches_a_server_within_2_s_of_it_being_ready(
+    realm: Any, tmp_path: Path
+) -> None:
+    """The server is down while the consumer backs off (1, 2, 4, then 8 s); it starts; the
+    batch arrives within 2 s of its /readyz first answering 200, not at the next back-off."""
+    database = next(sqlite_database(tmp_path))
+    port, secret = free_port(), make_secret()
+    config = tmp_path / "listeners.toml"
+    write_config(config, port, database.url, secret)
+    handle = Server(f"http://127.0.0.1:{port}", secret, tmp_path / "server.log")
+    stub_config.SECRETS[SECRET_NAME] = secret
+    with override_settings(
+        ZULIP_LISTENERS_URL=handle.events_url,
+        ZULIP_LISTENERS_DEAD_LETTER_FILE=str(tmp_path / "dead.jsonl"),
+        ZULIP_LISTENERS_TIMEOUT_SECONDS=5,
+    ):
+        django_api.send_event_rollback_unsafe(realm, reaction_event(MESSAGE_ID), [10, 11])
+        sender = build_sender(load_settings(), load_secrets())
+    envelopes = stub_queue.queued(QUEUE_NAME)
+    results: list[tuple[SendResult, float]] = []
+    consumer = threading.Thread(
+        target=lambda: results.append((sender.send_all(envelopes), time.monotonic()))
+    )
+    consumer.start()
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        time.sleep(7.5)  # attempts at 0, 1, 3 and 7 s; the next one would be at 15 s
+        with open(handle.log_path, "wb") as log:
+            process = subprocess.Popen(
+                [str(server_binary()), "serve", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
+        ready_at = None
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while ready_at is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{handle.base_url}/readyz", timeout=1) as answer:
+                    if answer.status == 200:
+                        ready_at = time.monotonic()
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+        assert ready_at is not None, f"the server never got ready:\n{handle.log_tail()}"
+        consumer.join(timeout=15)
+    finally:
+        if process is not None:
+            stop_process(process)
+        consumer.join(timeout=30)
+
+    [(result, delivered_at)] = results
+    assert result.delivered == 1
+    assert delivered_at - ready_at < 2.0, f"delivered {delivered_at - ready_at:.1f} s after ready"
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,14 @@ tested against a plain local HTTP server.
   capped, a numeric ``Retry-After`` honoured).  A 413 for a batch of several events splits it
   in two.  Any other 4xx appends the batch, status and response body as one JSON line to the
   dead-letter file, and delivery moves on.
+* **Resuming after an outage.**  While it backs off because the receiver is *down* (no answer,
+  or 502/503/504), the sender asks the receiver's readiness probe (``GET /readyz`` next to
+  ``/zulip/events``, see :class:`ReadinessProbe`) about once a second, and sends the batch as
+  soon as the probe answers 200, instead of sleeping out a back-off that may have reached a
+  minute.  At most one request goes out per second: a probe, or the batch when its back-off
+  is over.  If a batch sent because the probe said ready fails again, the probe evidently
+  does not tell what is wrong (for example the server's disk is full), and that batch goes
+  back to plain back-off until it is delivered.
 * A caller that keeps per-realm lanes (:mod:`.lanes`) asks for ``refusable`` delivery: then a
   429 (the receiver refusing that batch's realm for now) is not retried here but handed back
   in :attr:`SendResult.refused`, with the ``Retry-After`` it came with, so that the caller can
@@ -25,12 +33,14 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
@@ -50,6 +60,21 @@ REFUSED_STATUS = 429
 
 #: How much of a response body is kept in logs and dead-letter records.
 MAX_RESPONSE_BODY_CHARS = 64 * 1024
+
+#: Answers that mean the receiver is down rather than refusing this batch: while backing off
+#: after one of these (or after no answer at all), the sender asks the readiness probe.
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+
+#: How often the readiness probe is asked while the sender backs off.
+PROBE_INTERVAL_SECONDS = 1.0
+
+#: Timeout of one probe (the server's ``/readyz`` waits up to 2 s for its database).
+PROBE_TIMEOUT_SECONDS = 3.0
+
+#: Probe answers meaning there is no probe for us at that URL (not the route, or a proxy that
+#: keeps it from us): probing is then paused for :data:`PROBE_PAUSE_SECONDS`.
+PROBE_ABSENT_STATUSES = frozenset({401, 403, 404, 405})
+PROBE_PAUSE_SECONDS = 600.0
 
 _EMPTY_BODY_BYTES = len(b'{"events":[]}')
 
@@ -232,6 +257,113 @@ class Backoff:
         return min(chosen, self.maximum)
 
 
+def receiver_down(attempt: Attempt) -> bool:
+    """No answer at all, or 502/503/504: the receiver (or its proxy) is not taking batches.
+    A 429, a 500 or a 408 come from a server that is up; the probe would not help there."""
+    return attempt.status is None or attempt.status in UNAVAILABLE_STATUSES
+
+
+# ---------------------------------------------------------------------------
+# Readiness probe
+# ---------------------------------------------------------------------------
+
+
+def ready_url_for(url: str) -> str:
+    """The receiver's ``/readyz`` next to its events URL: ``https://h/zulip/events`` →
+    ``https://h/readyz``; a path prefix in front of ``/zulip/events`` is kept
+    (``https://h/listeners/zulip/events`` → ``https://h/listeners/readyz``)."""
+    parts = urlsplit(url)
+    suffix = "/zulip/events"
+    path = parts.path.rstrip("/")
+    prefix = path[: -len(suffix)] if path.endswith(suffix) else ""
+    return urlunsplit((parts.scheme, parts.netloc, f"{prefix}/readyz", "", ""))
+
+
+class ReadinessProbe:
+    """``GET <url>`` answers 200 once the receiver takes traffic again.
+
+    One small request, never redirected, with a short timeout; any other answer, or none,
+    means not ready.  A sender and its twin in another thread share one probe, which asks at
+    most once per ``interval`` (a caller within that time gets the last answer), so two
+    threads backing off at once still send about one probe a second.  An answer saying there
+    is no probe for us (401, 403, 404, 405) pauses probing for ``pause`` seconds, with a
+    warning, and the senders back off as if there were no probe.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        interval: float = PROBE_INTERVAL_SECONDS,
+        timeout: float = PROBE_TIMEOUT_SECONDS,
+        pause: float = PROBE_PAUSE_SECONDS,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"readiness URL must start with http:// or https://, got {url!r}")
+        self.url = url
+        self.interval = interval
+        self.timeout = timeout
+        self.pause = pause
+        self.session = session if session is not None else requests.Session()
+        self.clock = clock
+        self.probes = 0
+        self._lock = threading.Lock()
+        self._asked_at: float | None = None
+        self._ready = False
+        self._paused_until: float | None = None
+
+    def __repr__(self) -> str:
+        return f"ReadinessProbe({self.url!r})"
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_until is not None and self.clock() < self._paused_until
+
+    def ready(self) -> bool:
+        """Whether the receiver says it is ready (200); asks it unless asked very recently."""
+        with self._lock:
+            if self.paused:
+                return False
+            now = self.clock()
+            # A little under the interval: a thread that slept one interval since its last
+            # probe always asks again, another thread within that time gets this answer.
+            if self._asked_at is not None and now - self._asked_at < self.interval * 0.9:
+                return self._ready
+            self._ready = self._ask()
+            self._asked_at = self.clock()
+            return self._ready
+
+    def _ask(self) -> bool:
+        self.probes += 1
+        try:
+            response = self.session.get(
+                self.url,
+                headers={"User-Agent": USER_AGENT},
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            logger.debug("readiness probe %s: %s", self.url, exc)
+            return False
+        with response:
+            status = response.status_code
+        if status in PROBE_ABSENT_STATUSES:
+            self._paused_until = self.clock() + self.pause
+            logger.warning(
+                "readiness probe GET %s answered HTTP %d: no probe there for the forwarder;"
+                " backing off without it for %.0f s (point ZULIP_LISTENERS_READY_URL at the"
+                ' receiver\'s /readyz, or set it to "" to turn probing off)',
+                self.url,
+                status,
+                self.pause,
+            )
+            return False
+        logger.debug("readiness probe %s: HTTP %d", self.url, status)
+        return status == 200
+
+
 def classify(response: requests.Response) -> Attempt:
     status = response.status_code
     if 200 <= status < 300:
@@ -265,7 +397,10 @@ class BatchSender:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         id_factory: Callable[[], str] = new_webhook_id,
+        probe: ReadinessProbe | None = None,
     ) -> None:
+        """``probe`` is asked while backing off from a receiver that is down (see the module
+        docstring); without one, the sender sleeps out each back-off."""
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"receiver URL must start with http:// or https://, got {url!r}")
         self.url = url
@@ -279,6 +414,7 @@ class BatchSender:
         self.sleep = sleep
         self.clock = clock
         self.id_factory = id_factory
+        self.probe = probe
 
     def send_all(self, envelopes: Iterable[dict[str, Any]]) -> SendResult:
         """Cut ``envelopes`` into batches and deliver each before starting the next."""
@@ -301,6 +437,8 @@ class BatchSender:
         """
         backoff = Backoff(self.max_backoff)
         attempts = 0
+        probing = self.probe is not None
+        sent_on_probe = False
         while True:
             attempts += 1
             attempt = self.attempt(batch)
@@ -311,6 +449,14 @@ class BatchSender:
                 return self.reject(batch, attempt, refusable=refusable)
             if refusable and attempt.status == REFUSED_STATUS:
                 return SendResult(refused=[batch], refusal=attempt)
+            if sent_on_probe:
+                probing = False
+                logger.warning(
+                    "batch %s: the receiver said it was ready (GET %s) but did not take the"
+                    " batch; backing off without the probe until it does",
+                    batch.webhook_id,
+                    self.probe.url if self.probe is not None else "?",
+                )
             delay = backoff.delay(attempt.retry_after)
             logger.warning(
                 "batch %s (%d events) not delivered, attempt %d: %s; retrying in %.1f s",
@@ -320,7 +466,35 @@ class BatchSender:
                 describe(attempt),
                 delay,
             )
+            sent_on_probe = self.wait(delay, probing and receiver_down(attempt))
+            if sent_on_probe:
+                logger.info(
+                    "the receiver is ready again (GET %s answered 200); sending batch %s now",
+                    self.probe.url if self.probe is not None else "?",
+                    batch.webhook_id,
+                )
+
+    def wait(self, delay: float, probe: bool) -> bool:
+        """Sleep ``delay`` seconds; with ``probe``, ask the readiness probe about once per its
+        interval meanwhile and return True as soon as it answers 200 (False: slept it out).
+
+        The probe is not asked when less than an interval would be left, so the probes and
+        the batch itself are never closer than an interval apart.
+        """
+        if not probe or self.probe is None:
             self.sleep(delay)
+            return False
+        remaining, interval = delay, self.probe.interval
+        while remaining > interval:
+            self.sleep(interval)
+            started = self.probe.clock()
+            ready = self.probe.ready()
+            remaining -= interval + (self.probe.clock() - started)
+            if ready:
+                return True
+        if remaining > 0:
+            self.sleep(remaining)
+        return False
 
     def for_another_thread(self) -> BatchSender:
         """The same sender with a connection pool of its own (``requests.Session`` is not

@@ -10,7 +10,10 @@ This module owns the envelope's exact shape::
      "event": {...client-facing event...}}
 
 ``audience.user_ids`` is left out when the operator turns it off; ``count`` is always present.
-Pure Python, no Zulip imports.
+``realm`` is the conversation's realm.  When Zulip sent the event with another realm (a
+cross-realm system bot's action, such as the Welcome Bot's reaction in a new organisation,
+comes with the bot's realm), the envelope also carries that realm as ``"actor_realm": {"id",
+"uuid", "string_id"}``; otherwise the key is absent.  Pure Python, no Zulip imports.
 """
 
 from __future__ import annotations
@@ -101,17 +104,25 @@ def build_envelope(
     include_audience_ids: bool = True,
     clock_ms: Callable[[], int] = now_ms,
     event_id_factory: Callable[[], str] = new_event_id,
+    actor_realm: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Wrap one normalised event; ``type`` and ``op`` are copied from the event itself."""
     op = event.get("op")
-    return {
+    envelope: dict[str, Any] = {
         "v": ENVELOPE_VERSION,
         "event_id": event_id_factory(),
         "emitted_at_ms": clock_ms(),
         "server": server.as_dict(),
         "realm": dict(realm),
-        "type": str(event.get("type")),
-        "op": op if isinstance(op, str) else None,
-        "audience": audience(user_ids, include_audience_ids),
-        "event": dict(event),
     }
+    if actor_realm is not None:
+        envelope["actor_realm"] = dict(actor_realm)
+    envelope.update(
+        {
+            "type": str(event.get("type")),
+            "op": op if isinstance(op, str) else None,
+            "audience": audience(user_ids, include_audience_ids),
+            "event": dict(event),
+        }
+    )
+    return envelope

@@ -9,10 +9,15 @@ This module owns the only code that runs on Zulip's request path:
   up the wrapper too.  Installing twice is harmless.
 * The wrapper calls Zulip's original first, with the same arguments, and then
   :func:`forward_event`, whose failures are logged and never raised.
-* :func:`forward_event` filters by event type and realm, normalises the event, builds the
-  envelope and publishes it to the durable ``zulip_listeners_forwarder`` RabbitMQ queue with
-  Zulip's own ``queue_json_publish_rollback_unsafe`` (older: ``queue_json_publish``).  No HTTP
-  happens here; the consumer command does that.
+* :func:`forward_event` filters by event type, attributes the event to the conversation's
+  realm (Zulip names the actor's realm for a cross-realm system bot's reaction, see
+  :mod:`.audience`), filters by that realm, drops the read flags Zulip sets for a service bot
+  on each delivery attempt (unless ``ZULIP_LISTENERS_FORWARD_BOT_READ_FLAGS``), normalises the
+  event, builds the envelope and publishes it to the durable ``zulip_listeners_forwarder``
+  RabbitMQ queue with Zulip's own ``queue_json_publish_rollback_unsafe`` (older:
+  ``queue_json_publish``).  No HTTP happens here; the consumer command does that.  The only
+  look-ups (Zulip's cached user profile, memoised) are for events Zulip sends with its
+  system-bot realm and for single-user ``read`` flag additions.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from django.conf import settings as django_settings
 
+from .audience import conversation_realm, is_service_bot_read_flag
 from .envelope import ServerInfo, build_envelope, realm_info
 from .normalize import Finalizer, audience_ids, event_field, normalize_event
 from .settings import QUEUE_NAME, ForwarderSettings, load_settings
@@ -182,14 +188,29 @@ def forward_event(realm: Any, event: Any, users: Iterable[Any]) -> None:
     conf = load_settings()
     if not conf.enabled or not conf.wants_type(event_field(event, "type")):
         return
+    user_list = list(users)
+    actor_realm = None
+    conversation = conversation_realm(realm, user_list, conf.system_bot_realm)
+    if conversation is not None:
+        actor_realm, realm = realm, conversation
     if not conf.wants_realm(realm.id, realm.string_id):
         return
-    publish(make_envelope(realm, event, users, conf), conf)
+    if not conf.forward_bot_read_flags and is_service_bot_read_flag(event, user_list):
+        logger.debug("not forwarding a service bot's read flag (%r)", user_list)
+        return
+    publish(make_envelope(realm, event, user_list, conf, actor_realm=actor_realm), conf)
 
 
 def make_envelope(
-    realm: Any, event: Any, users: Iterable[Any], conf: ForwarderSettings
+    realm: Any,
+    event: Any,
+    users: Iterable[Any],
+    conf: ForwarderSettings,
+    *,
+    actor_realm: Any | None = None,
 ) -> dict[str, Any]:
+    """``realm`` is the conversation's realm; ``actor_realm`` the one Zulip named instead, if
+    it named another (kept in the envelope as ``actor_realm``)."""
     user_list = list(users)
     normalized = normalize_event(
         event,
@@ -203,6 +224,7 @@ def make_envelope(
         event=normalized,
         user_ids=audience_ids(user_list),
         include_audience_ids=conf.include_audience_ids,
+        actor_realm=realm_info(actor_realm) if actor_realm is not None else None,
     )
 
 

@@ -1,8 +1,8 @@
 """The forwarder's configuration: Django settings with defaults, and the signing secret.
 
 This module owns every setting name and default value.  Nothing else in the package reads
-``django.conf.settings`` for ``ZULIP_LISTENERS_*`` keys directly; callers take a
-:class:`ForwarderSettings` snapshot from :func:`load_settings`.
+``django.conf.settings`` for ``ZULIP_LISTENERS_*`` keys (or Zulip's own ``SYSTEM_BOT_REALM``)
+directly; callers take a :class:`ForwarderSettings` snapshot from :func:`load_settings`.
 
 The signing secret lives in ``/etc/zulip/zulip-secrets.conf`` and is read through Zulip's own
 ``zproject.config.get_secret`` (see :func:`load_secrets`).
@@ -54,6 +54,9 @@ DEFAULT_DEAD_LETTER_FILE = "/var/log/zulip/zulip_listeners_forwarder.deadletter.
 DEFAULT_SPOOL_DIR = "/home/zulip/zulip_listeners_forwarder.spool"
 #: Events of one realm that may be set aside; beyond that the realm's new events are shed.
 DEFAULT_MAX_SPOOLED_PER_REALM = 100_000
+#: Zulip's own setting naming the realm of its cross-realm system bots, and its default.
+SYSTEM_BOT_REALM_SETTING = "SYSTEM_BOT_REALM"
+DEFAULT_SYSTEM_BOT_REALM = "zulipinternal"
 
 
 class ForwarderConfigError(ValueError):
@@ -79,6 +82,12 @@ class ForwarderSettings:
     queue_check_seconds: float = DEFAULT_QUEUE_CHECK_SECONDS
     spool_dir: str = DEFAULT_SPOOL_DIR
     max_spooled_per_realm: int = DEFAULT_MAX_SPOOLED_PER_REALM
+    #: The receiver's readiness probe; ``None``: ``/readyz`` next to ``url``; ``""``: none.
+    ready_url: str | None = None
+    #: Forward the read flags Zulip sets for a service bot on each delivery attempt.
+    forward_bot_read_flags: bool = False
+    #: Zulip's ``SYSTEM_BOT_REALM``: the realm whose bots act in other realms.
+    system_bot_realm: str = DEFAULT_SYSTEM_BOT_REALM
 
     @property
     def enabled(self) -> bool:
@@ -113,6 +122,18 @@ def _positive(name: str, value: Any, kind: type) -> Any:
     if number <= 0:
         raise ForwarderConfigError(f"{name} must be greater than zero, got {value!r}")
     return number
+
+
+def _ready_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    url = str(value)
+    if url and not url.startswith(("http://", "https://")):
+        raise ForwarderConfigError(
+            f'ZULIP_LISTENERS_READY_URL must start with http:// or https://, or be "" (no'
+            f" probe), got {value!r}"
+        )
+    return url
 
 
 def load_settings() -> ForwarderSettings:
@@ -174,6 +195,11 @@ def load_settings() -> ForwarderSettings:
             "ZULIP_LISTENERS_MAX_SPOOLED_PER_REALM",
             _setting("ZULIP_LISTENERS_MAX_SPOOLED_PER_REALM", DEFAULT_MAX_SPOOLED_PER_REALM),
             int,
+        ),
+        ready_url=_ready_url(_setting("ZULIP_LISTENERS_READY_URL", None)),
+        forward_bot_read_flags=bool(_setting("ZULIP_LISTENERS_FORWARD_BOT_READ_FLAGS", False)),
+        system_bot_realm=str(
+            _setting(SYSTEM_BOT_REALM_SETTING, DEFAULT_SYSTEM_BOT_REALM) or DEFAULT_SYSTEM_BOT_REALM
         ),
     )
 

@@ -2,7 +2,8 @@
 
 The producer hook works wherever ``zerver.tornado.django_api`` has ``send_event`` or
 ``send_event_rollback_unsafe``; the consumer needs ``zerver/worker/base.py``, which exists
-since Zulip 9.0 (PR #29754).  Tested shapes: Zulip 9.x, 10.x, 11.x and main (12.0-dev).
+since Zulip 9.0 (PR #29754).  Supported: Zulip 9.x to 12.x (12.1 is the current release);
+main (13.0-dev) is not verified.
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ that one refused realm does not hold back the others.  A batch that cannot be se
 dead-lettered, which would put the realm's events out of order.
 
 Zulip's own per-batch timeout is turned off (``MAX_CONSUME_SECONDS = None``) because a
-receiver outage legitimately keeps one call busy for as long as it lasts.
+receiver outage legitimately keeps one call busy for as long as it lasts.  While it lasts,
+the sender asks the receiver's ``/readyz`` about once a second (``ZULIP_LISTENERS_READY_URL``,
+see :mod:`.delivery`), so the backlog goes out as soon as the receiver is back.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .delivery import BatchSender, new_webhook_id
+from .delivery import BatchSender, ReadinessProbe, new_webhook_id, ready_url_for
 from .lanes import Lanes, SpoolError
 from .settings import (
     QUEUE_NAME,
@@ -61,6 +63,7 @@ class BatchRequeued(BaseException):
 def build_sender(conf: ForwarderSettings, secrets: list[str]) -> BatchSender:
     if not conf.url:
         raise ForwarderConfigError("ZULIP_LISTENERS_URL is not set in /etc/zulip/settings.py")
+    ready_url = conf.ready_url if conf.ready_url is not None else ready_url_for(conf.url)
     return BatchSender(
         conf.url,
         secrets,
@@ -69,6 +72,7 @@ def build_sender(conf: ForwarderSettings, secrets: list[str]) -> BatchSender:
         batch_size=conf.batch_size,
         batch_max_bytes=conf.batch_max_bytes,
         dead_letter_path=conf.dead_letter_file,
+        probe=ReadinessProbe(ready_url) if ready_url else None,
     )
 
 
