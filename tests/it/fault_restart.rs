@@ -206,3 +206,49 @@ fn a_socket_that_is_not_listening_is_refused() {
     let text = output_text(&output);
     assert!(text.contains("not a listening TCP socket"), "{text}");
 }
+
+/// The shipped units (`deploy/systemd/`) pass `systemd-analyze verify` without a warning: the
+/// service and its socket, and the process split's templates as an instance. The binary path
+/// is pointed at the one just built (verify checks that it can be executed).
+#[test]
+fn the_systemd_units_pass_systemd_analyze_verify() {
+    let Ok(version) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("SKIPPED the_systemd_units_pass_systemd_analyze_verify: systemd-analyze is not installed (Debian package systemd)");
+        return;
+    };
+    assert!(version.status.success());
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd");
+    let dir = tempfile::tempdir().expect("dir");
+    let units = [
+        ("zulip-listeners.socket", "zulip-listeners.socket"),
+        ("zulip-listeners.service", "zulip-listeners.service"),
+        ("zulip-listeners@.socket", "zulip-listeners@8081.socket"),
+        ("zulip-listeners@.service", "zulip-listeners@8081.service"),
+    ];
+    for (name, as_name) in units {
+        let text = std::fs::read_to_string(source.join(name)).expect("unit");
+        if name.ends_with(".service") {
+            assert!(text.contains("/usr/local/bin/zulip-listeners"), "{name}");
+        }
+        std::fs::write(
+            dir.path().join(as_name),
+            text.replace("/usr/local/bin/zulip-listeners", BIN),
+        )
+        .expect("write");
+    }
+    let output = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(units.map(|(_, as_name)| dir.path().join(as_name)))
+        .output()
+        .expect("systemd-analyze verify");
+    let said = output_text(&output);
+    assert!(output.status.success(), "{said}");
+    let warnings: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("zulip-listeners"))
+        .collect();
+    assert!(warnings.is_empty(), "{said}");
+}
