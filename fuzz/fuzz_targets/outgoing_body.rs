@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use zulip_listeners::events::Event;
+use zulip_listeners::events::{Event, MAX_TRIGGER_CHARS, Trigger};
 use zulip_listeners::events::outgoing::{Body, strip_leading_mention};
 use zulip_listeners::events::text::{MAX_MESSAGE_LENGTH, normalize_reply, truncate_chars};
 
@@ -13,24 +13,33 @@ fuzz_target!(|data: &[u8]| {
     let raw = bytes::Bytes::copy_from_slice(data);
     match Body::parse(false, data) {
         Ok(payload) => {
-            if let Ok(trigger) = payload.trigger() {
-                let event =
-                    payload.into_event(Arc::from("bot"), trigger, Some("Helper"), raw.clone());
-                check(&event);
-            }
+            let trigger = payload.trigger();
+            check_trigger(&trigger);
+            let event = payload.into_event(Arc::from("bot"), trigger, Some("Helper"), raw.clone());
+            check(&event);
         }
         Err(e) => assert!(!e.0.is_empty()),
     }
     match Body::parse(true, data) {
         Ok(payload) => {
-            if let Ok(trigger) = payload.trigger() {
-                let event = payload.into_event(Arc::from("bot"), trigger, None, raw);
-                check(&event);
-            }
+            let trigger = payload.trigger();
+            check_trigger(&trigger);
+            let event = payload.into_event(Arc::from("bot"), trigger, None, raw);
+            check(&event);
         }
         Err(e) => assert!(!e.0.is_empty()),
     }
 });
+
+/// An unknown trigger's name is kept short and plain (it goes into logs and spans).
+fn check_trigger(trigger: &Trigger) {
+    let name = trigger.as_str();
+    assert!(!name.is_empty() && name.chars().count() <= MAX_TRIGGER_CHARS);
+    assert!(
+        name.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    );
+}
 
 fn check(event: &Event) {
     let _ = (event.event_type(), event.message_id(), format!("{event:?}"));

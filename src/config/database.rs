@@ -68,14 +68,6 @@ pub enum Synchronous {
 }
 
 impl DatabaseConfig {
-    /// The limits that keep a full disk from breaking the database (`db::storage`).
-    pub fn storage_limits(&self) -> crate::db::storage::StorageLimits {
-        crate::db::storage::StorageLimits {
-            min_free_bytes: self.min_free_space,
-            max_wal_bytes: self.max_wal_size,
-        }
-    }
-
     /// The `PRAGMA synchronous` value for the writer's SQLite connection.
     pub fn sqlite_synchronous(&self) -> &'static str {
         match self.synchronous {

@@ -70,7 +70,6 @@ impl Checkpointer {
                     }
                     storage.checkpoint_done(result);
                     storage.measure();
-                    storage.export_metrics();
                     if last {
                         return;
                     }

@@ -15,7 +15,8 @@
 //! Outgoing webhooks are still answered meanwhile (their replies need no storage); their
 //! results wait in the writer's memory until the refusal is lifted. [`Storage`] holds the
 //! measurements and the reason, read with one atomic load on the request path; `/health` and
-//! the `zulip_listeners_database_*_bytes` gauges show them. On PostgreSQL the database server
+//! the `zulip_listeners_database_*_bytes` gauges (set every second by the server's upkeep)
+//! show them. On PostgreSQL the database server
 //! owns its disk: only a write that fails for lack of room refuses intake, for a short while.
 
 use std::path::{Path, PathBuf};
@@ -76,6 +77,15 @@ pub struct StorageReport {
     pub wal_bytes: Option<u64>,
     pub max_wal_bytes: u64,
     pub refusing: Option<String>,
+}
+
+impl StorageLimits {
+    pub fn from_config(config: &crate::config::DatabaseConfig) -> StorageLimits {
+        StorageLimits {
+            min_free_bytes: config.min_free_space,
+            max_wal_bytes: config.max_wal_size,
+        }
+    }
 }
 
 impl Storage {
@@ -232,11 +242,6 @@ impl Storage {
             max_wal_bytes: self.limits.max_wal_bytes,
             refusing: self.refusal(),
         }
-    }
-
-    /// Sets the storage gauges from the last measurement.
-    pub fn export_metrics(&self) {
-        crate::telemetry::metric::storage(&self.report());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Faults> {

@@ -48,28 +48,53 @@ pub struct RawBody {
 }
 
 /// What made Zulip call an outgoing webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
     Mention,
     /// `direct_message` (Zulip 8.0+) or the older `private_message`.
     DirectMessage,
+    /// A trigger this server does not know (Zulip's planned `all_received`, per-bot triggers):
+    /// listeners run on the message, but Zulip gets no reply — the bot was not addressed.
+    /// Only letters, digits, `_` and `-` of the value are kept, at most [`MAX_TRIGGER_CHARS`].
+    Other(Arc<str>),
 }
 
+/// Most characters of an unknown trigger's name that are kept.
+pub const MAX_TRIGGER_CHARS: usize = 64;
+
 impl Trigger {
-    /// Reads Zulip's `trigger` value; `None` for values this server does not act on.
-    pub fn parse(value: &str) -> Option<Trigger> {
+    /// Reads Zulip's `trigger` value.
+    pub fn parse(value: &str) -> Trigger {
         match value {
-            "mention" => Some(Trigger::Mention),
-            "direct_message" | "private_message" => Some(Trigger::DirectMessage),
-            _ => None,
+            "mention" => Trigger::Mention,
+            "direct_message" | "private_message" => Trigger::DirectMessage,
+            other => {
+                let kept: String = other
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                    .take(MAX_TRIGGER_CHARS)
+                    .collect();
+                Trigger::Other(if kept.is_empty() {
+                    "unknown".into()
+                } else {
+                    kept.into()
+                })
+            }
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             Trigger::Mention => "mention",
             Trigger::DirectMessage => "direct_message",
+            Trigger::Other(name) => name,
         }
+    }
+
+    /// Whether the message was addressed to the bot (a mention or a direct message): only
+    /// then does Zulip show the bot's reply, and do replying handlers answer.
+    pub fn is_addressed(&self) -> bool {
+        !matches!(self, Trigger::Other(_))
     }
 }
 

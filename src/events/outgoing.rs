@@ -88,27 +88,25 @@ impl OutgoingPayload {
         })
     }
 
-    /// The trigger to act on: the `trigger` field, or (for minimal bodies without one) the one
-    /// the message type implies. `Err` carries an unrecognised value.
-    pub fn trigger(&self) -> Result<Trigger, String> {
+    /// The trigger: the `trigger` field, or (for minimal bodies without one) the one the
+    /// message type implies.
+    pub fn trigger(&self) -> Trigger {
         match self.trigger.as_deref() {
-            Some(value) => Trigger::parse(value).ok_or_else(|| value.to_string()),
-            None => Ok(
-                match self
-                    .message
-                    .as_ref()
-                    .and_then(|m| m.message_type.as_deref())
-                {
-                    Some("private") => Trigger::DirectMessage,
-                    _ => Trigger::Mention,
-                },
-            ),
+            Some(value) => Trigger::parse(value),
+            None => match self
+                .message
+                .as_ref()
+                .and_then(|m| m.message_type.as_deref())
+            {
+                Some("private") => Trigger::DirectMessage,
+                _ => Trigger::Mention,
+            },
         }
     }
 
     /// The realm and message, a leading mention of the bot stripped into the command (the bot
     /// named by `bot_full_name`, else `configured_name`; when neither is known, any mention).
-    fn into_message(self, trigger: Trigger, configured_name: Option<&str>) -> (Realm, Message) {
+    fn into_message(self, trigger: &Trigger, configured_name: Option<&str>) -> (Realm, Message) {
         let mut wire = self.message.unwrap_or_default();
         if wire.content.is_none() {
             wire.content = self.data;
@@ -117,7 +115,7 @@ impl OutgoingPayload {
         let realm_str = wire.sender_realm_str.take();
         let default_type = match trigger {
             Trigger::DirectMessage => MessageType::Private,
-            Trigger::Mention => MessageType::Stream,
+            Trigger::Mention | Trigger::Other(_) => MessageType::Stream,
         };
         let message = wire.into_message(default_type, |content| {
             strip_leading_mention(content, bot_name).to_string()
@@ -198,11 +196,10 @@ impl SlackPayload {
             .map_err(|e| PayloadError(format!("the form body cannot be read: {e}")))
     }
 
-    pub fn trigger(&self) -> Result<Trigger, String> {
-        match self.trigger_word.as_deref() {
-            None => Ok(Trigger::Mention),
-            Some(value) => Trigger::parse(value).ok_or_else(|| value.to_string()),
-        }
+    pub fn trigger(&self) -> Trigger {
+        self.trigger_word
+            .as_deref()
+            .map_or(Trigger::Mention, Trigger::parse)
     }
 
     /// The realm and message, a leading mention of the bot (`configured_name`, else any)
@@ -265,7 +262,7 @@ impl Body {
         }
     }
 
-    pub fn trigger(&self) -> Result<Trigger, String> {
+    pub fn trigger(&self) -> Trigger {
         match self {
             Body::Zulip(p) => p.trigger(),
             Body::Slack(p) => p.trigger(),
@@ -284,7 +281,7 @@ impl Body {
     ) -> Event {
         let form = matches!(self, Body::Slack(_));
         let (realm, message) = match self {
-            Body::Zulip(p) => p.into_message(trigger, configured_name),
+            Body::Zulip(p) => p.into_message(&trigger, configured_name),
             Body::Slack(p) => p.into_message(configured_name),
         };
         Event {
@@ -372,11 +369,18 @@ mod tests {
     fn trigger_is_inferred_for_minimal_bodies() {
         let p =
             OutgoingPayload::parse(br#"{"data":"x","message":{"type":"private"}}"#).expect("ok");
-        assert_eq!(p.trigger(), Ok(Trigger::DirectMessage));
+        assert_eq!(p.trigger(), Trigger::DirectMessage);
         let p = OutgoingPayload::parse(br#"{"trigger":"private_message"}"#).expect("ok");
-        assert_eq!(p.trigger(), Ok(Trigger::DirectMessage));
-        let p = OutgoingPayload::parse(br#"{"trigger":"reaction"}"#).expect("ok");
-        assert_eq!(p.trigger(), Err("reaction".into()));
+        assert_eq!(p.trigger(), Trigger::DirectMessage);
+        let p = OutgoingPayload::parse(br#"{"trigger":"all_received"}"#).expect("ok");
+        assert_eq!(p.trigger(), Trigger::Other("all_received".into()));
+        assert!(!p.trigger().is_addressed());
+        let p = OutgoingPayload::parse(br#"{"trigger":"<b>x y</b>"}"#).expect("ok");
+        assert_eq!(
+            p.trigger().as_str(),
+            "bxyb",
+            "only safe characters are kept"
+        );
     }
 
     #[test]
@@ -397,7 +401,7 @@ mod tests {
     fn slack_form_maps_prefixed_ids() {
         let body = b"token=v9fp&team_id=T1512&team_domain=zulip.example.com&channel_id=C123&channel_name=integrations&thread_ts=1532078950&timestamp=1532078950&user_id=U21&user_name=Full+Name&text=%40%2A%2Atest%2A%2A+ping&trigger_word=mention&service_id=27";
         let payload = Body::Slack(SlackPayload::parse(body).expect("parses"));
-        assert_eq!(payload.trigger(), Ok(Trigger::Mention));
+        assert_eq!(payload.trigger(), Trigger::Mention);
         let event = payload.into_event("b".into(), Trigger::Mention, None, bytes::Bytes::new());
         let message = event.message().expect("message");
         assert_eq!(event.realm.id, Some(1512));

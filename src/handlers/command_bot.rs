@@ -52,8 +52,10 @@ impl Handler for CommandBot {
     const INTEREST: Interest = Interest::Types(&["message"]);
 
     async fn handle(&self, cx: &Context, event: &Event, _effects: &mut Effects) -> HandlerResult {
-        // Only messages addressed to a bot are commands; forwarded traffic is not.
-        if !matches!(event.origin, Origin::Outgoing { .. }) {
+        // Only messages addressed to a bot (a mention or a direct message) are commands;
+        // forwarded traffic is not, nor a message Zulip sends for another trigger (e.g.
+        // `all_received`: every message of a conversation the bot is in).
+        if !matches!(&event.origin, Origin::Outgoing { trigger, .. } if trigger.is_addressed()) {
             return Ok(None);
         }
         let Some(message) = event.message() else {

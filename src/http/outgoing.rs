@@ -1,7 +1,8 @@
 //! `POST /zulip/outgoing`, `POST /` and `POST /bots/{name}`: Zulip's outgoing webhooks.
 //!
 //! A valid request always gets a 2xx answer, because Zulip posts a public "Failure!" message
-//! for anything else. Misconfiguration (wrong token 401, unknown bot 404) and broken requests
+//! for anything else. A trigger this server does not know still runs the bot's listeners, but
+//! gets no reply (see [`crate::events::Trigger::Other`]). Misconfiguration (wrong token 401, unknown bot 404) and broken requests
 //! (400, 413) get a JSON error, which Zulip shows so that the administrator can fix it.
 
 use actix_web::{HttpRequest, HttpResponse, http::header, web};
@@ -47,23 +48,21 @@ async fn handle(
     let bots = &state.outgoing.bots;
     let payload = Body::parse(slack, &body)?;
     let bot_id = authenticate(&state, path_bot, payload.bot_email(), payload.token())?;
-    let trigger = match payload.trigger() {
-        Ok(trigger) => trigger,
-        Err(other) => return Ok(ignored_trigger(&other)),
-    };
+    let trigger = payload.trigger();
     let bot = bots.get(bot_id);
+    let span = tracing::info_span!(
+        "outgoing",
+        bot = %bot.name,
+        message_id = tracing::field::Empty,
+        trigger = trigger.as_str(),
+    );
     let event = payload.into_event(
         bot.name.clone(),
         trigger,
         bot.full_name.as_deref(),
         body.clone(),
     );
-    let span = tracing::info_span!(
-        "outgoing",
-        bot = %bot.name,
-        message_id = event.message_id(),
-        trigger = trigger.as_str(),
-    );
+    span.record("message_id", event.message_id());
     let answer = state.outgoing.handle(bot_id, event).instrument(span).await;
     if slack {
         let body = match &answer.reply {
@@ -107,14 +106,6 @@ fn authenticate(
         )));
     }
     Ok(bot_id)
-}
-
-fn ignored_trigger(trigger: &str) -> HttpResponse {
-    tracing::info!(
-        trigger,
-        "outgoing webhook with a trigger this server does not act on; ignored"
-    );
-    json_ok(NO_REPLY)
 }
 
 /// Slack-format bodies come form-encoded; a JSON object sent with a form Content-Type (as

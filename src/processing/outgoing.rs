@@ -18,7 +18,7 @@ use crate::db::tables::replies::ReplyRecord;
 use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::db::{Db, DbError, tables};
 use crate::events::text::normalize_reply;
-use crate::events::{Event, Message};
+use crate::events::{Event, Message, Origin};
 use crate::telemetry::metric;
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 
@@ -172,7 +172,18 @@ impl OutgoingService {
                 }
             }
         }
-        if let Some((answer, refused)) = self.refuse(bot_id, &event) {
+        // A trigger this server does not know (e.g. `all_received`): the listeners run, but the
+        // bot was not addressed, so Zulip gets no reply, not even a rate-limit notice.
+        let addressed = match &event.origin {
+            Origin::Outgoing { trigger, .. } => trigger.is_addressed(),
+            Origin::Forwarder { .. } => true,
+        };
+        if !addressed {
+            tracing::info!(
+                "outgoing webhook with a trigger this server does not know: listeners run, no reply"
+            );
+        }
+        if let Some((answer, refused)) = self.refuse(bot_id, &event, addressed) {
             self.write(bot_id, key, &answer, Some(refused));
             return answer;
         }
@@ -184,7 +195,7 @@ impl OutgoingService {
             Started::Running(mut first_reply) => {
                 match tokio::time::timeout(bot.deadline, &mut first_reply).await {
                     Ok(reply) => (reply.unwrap_or(None), None),
-                    Err(_) => {
+                    Err(_) if addressed => {
                         tracing::warn!(
                             deadline_ms = bot.deadline.as_millis() as u64,
                             "handlers missed the reply deadline; answering without a reply"
@@ -192,10 +203,14 @@ impl OutgoingService {
                         self.spawn_late_delivery(bot_id, event.clone(), first_reply);
                         (None, None)
                     }
+                    // Not addressed: nothing to deliver late; the run goes on as a task.
+                    Err(_) => (None, None),
                 }
             }
         };
-        let reply = if self.dry_run {
+        let reply = if !addressed {
+            None
+        } else if self.dry_run {
             if let Some(text) = &reply {
                 tracing::info!(reply = %crate::telemetry::scrub(text), "dry run: not replying");
             }
@@ -211,7 +226,12 @@ impl OutgoingService {
     /// The bot's guards (filters, then its rate limits): the answer and the event-log row of
     /// the refusal when the event is not to be handled. A refusal is still a 200 (Zulip posts
     /// a public failure for anything else).
-    fn refuse(&self, bot_id: BotId, event: &Event) -> Option<(Answer, Box<Processed>)> {
+    fn refuse(
+        &self,
+        bot_id: BotId,
+        event: &Event,
+        addressed: bool,
+    ) -> Option<(Answer, Box<Processed>)> {
         let subject = Subject {
             realm: &event.realm,
             // The bot stands for its realm.
@@ -226,8 +246,8 @@ impl OutgoingService {
             .check(subject, now_ms())
             .err()?;
         let reply = match guard {
-            Guard::RateLimit => self.notice.clone(),
-            Guard::MaxAge | Guard::Filters => None,
+            Guard::RateLimit if addressed => self.notice.clone(),
+            Guard::RateLimit | Guard::MaxAge | Guard::Filters => None,
         };
         tracing::info!(guard = guard.name(), %reason, user_id = ?event.user_id, "outgoing webhook not handled");
         metric::events_received("outgoing", "message", guard.outcome(), 1);

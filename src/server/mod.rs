@@ -18,7 +18,7 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::db::storage::Storage;
+use crate::db::storage::{Storage, StorageLimits};
 use crate::db::writer::Writer;
 use crate::filters::Filters;
 use crate::handlers::Context;
@@ -110,7 +110,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let writers = config.database.writers();
     let storage = Arc::new(Storage::new(
         &config.database.url,
-        config.database.storage_limits(),
+        StorageLimits::from_config(&config.database),
     ));
     let room = storage.clone();
     let (writer, writer_thread) = tokio::task::spawn_blocking(move || {
@@ -216,6 +216,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         inbox: inbox.clone(),
         registry: registry.clone(),
         db: db.clone(),
+        storage: storage.clone(),
         housekeeping: config.rate_limits.housekeeping_interval,
         retention: config.retention.clone(),
         ready: ready.clone(),

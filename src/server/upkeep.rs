@@ -20,6 +20,9 @@ use crate::telemetry::metric;
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the storage gauges (free space, the log, refusing) are set from the last
+/// measurement (no I/O: the writer and the checkpointer measure).
+const STORAGE_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often listener states and runtime changes are read back from the database, so that a
 /// change made through another server or the CLI applies here within this time.
 const LISTENER_SYNC_INTERVAL: Duration = Duration::from_secs(LISTENER_SYNC_SECONDS);
@@ -31,6 +34,7 @@ pub(super) struct Upkeep {
     pub(super) inbox: Arc<Inbox>,
     pub(super) registry: Arc<Registry>,
     pub(super) db: Db,
+    pub(super) storage: Arc<crate::db::storage::Storage>,
     pub(super) housekeeping: Duration,
     pub(super) retention: crate::config::RetentionConfig,
     /// Taking traffic (false before start-up completes and once shutdown begins).
@@ -43,6 +47,7 @@ pub(super) async fn upkeep(u: Upkeep) {
     let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     let mut limits = tokio::time::interval(u.housekeeping);
     let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
+    let mut storage = tokio::time::interval(STORAGE_GAUGE_INTERVAL);
     let mut listeners = tokio::time::interval(LISTENER_SYNC_INTERVAL);
     let mut aggregate = tokio::time::interval(u.retention.aggregation_interval);
     let mut retention = tokio::time::interval(RETENTION_INTERVAL);
@@ -65,6 +70,7 @@ pub(super) async fn upkeep(u: Upkeep) {
                 tracing::info!(outgoing_keys, forwarder_keys, "rate limiter keys tracked");
             }
             _ = gauges.tick() => refresh(&u).await,
+            _ = storage.tick() => metric::storage(&u.storage.report()),
             _ = listeners.tick() => sync_listeners(&u).await,
             _ = aggregate.tick() => {
                 let interval = millis(u.retention.aggregation_interval);

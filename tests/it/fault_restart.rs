@@ -216,7 +216,9 @@ fn the_systemd_units_pass_systemd_analyze_verify() {
         .arg("--version")
         .output()
     else {
-        eprintln!("SKIPPED the_systemd_units_pass_systemd_analyze_verify: systemd-analyze is not installed (Debian package systemd)");
+        eprintln!(
+            "SKIPPED the_systemd_units_pass_systemd_analyze_verify: systemd-analyze is not installed (Debian package systemd)"
+        );
         return;
     };
     assert!(version.status.success());

@@ -457,3 +457,63 @@ async fn dry_run_writes_only_the_event_log() {
     assert_eq!(replies, 0, "dry run keeps no reply record");
     t.stop().await;
 }
+
+backend_test!(async fn an_unknown_trigger_runs_the_listeners_without_a_reply);
+/// A trigger this server does not know (Zulip's planned `all_received`, per-bot triggers):
+/// Zulip still gets `response_not_required`, but the event is logged and the bot's listeners
+/// get it with its trigger; command_bot answers only when the bot is addressed, and a user over
+/// the quota gets no notice for a message that was not addressed to the bot.
+async fn an_unknown_trigger_runs_the_listeners_without_a_reply(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let t = TestApp::new(&db)
+        .helper(&["command_bot", "message_logger"])
+        .toml("[rate_limits.per_user]\nper_minute = 1\nburst = 2\n")
+        .start()
+        .await;
+    let with_trigger = |id: i64, content: &str, trigger: &str| {
+        let mut body: serde_json::Value =
+            serde_json::from_str(&example(id, content)).expect("json");
+        body["trigger"] = json!(trigger);
+        body.to_string()
+    };
+    let unaddressed = t
+        .post_json(
+            "/zulip/outgoing",
+            &with_trigger(300, "ping", "all_received"),
+        )
+        .await;
+    assert_eq!(unaddressed.status, 200);
+    assert_eq!(unaddressed.json, json!({"response_not_required": true}));
+    let addressed = t
+        .post_json(
+            "/zulip/outgoing",
+            &with_trigger(301, "@**Outgoing webhook test** ping", "mention"),
+        )
+        .await;
+    assert_eq!(addressed.json, json!({"content": "pong"}), "{backend:?}");
+    t.server.flush().await;
+    let logged = t.query(|c| log_rows_for(c, 300)).await;
+    assert_eq!(
+        logged,
+        vec![
+            ("command_bot".to_string(), true),
+            ("message_logger".to_string(), true)
+        ],
+        "{backend:?}: both listeners ran on the unaddressed message"
+    );
+    let stored = t
+        .query(|c| tables::messages::message_by_id(c, 300).expect("query"))
+        .await;
+    assert!(stored.is_some(), "message_logger stored it");
+
+    // Over the quota (burst 2): no notice for a message the bot was not addressed in.
+    let limited = t
+        .post_json(
+            "/zulip/outgoing",
+            &with_trigger(302, "hello", "all_received"),
+        )
+        .await;
+    assert_eq!(limited.status, 200);
+    assert_eq!(limited.json, json!({"response_not_required": true}));
+    t.stop().await;
+}

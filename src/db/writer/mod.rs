@@ -261,7 +261,6 @@ impl Writer {
             .map(|_| connect(connector, synchronous))
             .collect::<Result<Vec<_>, _>>()?;
         storage.measure();
-        storage.export_metrics();
         let checkpointer = Checkpointer::start(connector, storage.clone())?;
         let stopping = Arc::new(AtomicBool::new(false));
         let (trash, spent) = std::sync::mpsc::channel::<Spent>();
