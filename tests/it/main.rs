@@ -4,6 +4,7 @@
 
 mod architecture;
 mod dashboard;
+mod effects;
 mod faults;
 mod forwarder;
 mod guards;
