@@ -8,6 +8,9 @@
 //! * targets are `https://`, except on loopback (`localhost`, `127.0.0.0/8`, `::1`), where
 //!   `http://` is accepted for a service on the same machine; [`check_url`] enforces this when
 //!   the configuration is read.
+//!
+//! What every webhook a listener sends carries on top (Standard Webhooks id, timestamp and
+//! signature) is in `handlers::webhooks`.
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -88,7 +88,8 @@ impl SigningKey {
         mac
     }
 
-    /// The `v1,<base64>` signature of a message (used by tests and the benchmark's signer).
+    /// The `v1,<base64>` signature of a message: what the webhooks listeners send carry
+    /// (`handlers::webhooks`), and what tests and the benchmark's signer send.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         let tag = self
             .mac(id, &timestamp.to_string(), body)

@@ -168,6 +168,7 @@ diesel::table! {
         claimed_until_ms -> BigInt,
         last_error -> Nullable<Text>,
         updated_at_ms -> BigInt,
+        claimed_by -> Text,
     }
 }
 

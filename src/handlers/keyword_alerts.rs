@@ -9,6 +9,10 @@
 //! shortened and neutralised before it goes into an alert: no mention (`@**all**`, `@*group*`)
 //! and no Markdown that could leave the quote block.
 //!
+//! A webhook alert carries the Standard Webhooks headers (`handlers::webhooks`):
+//! `webhook-id` is the same for every attempt at one (event, listener, rule), and with
+//! `secret` / `secret_file` (configuration file only) the alert is signed.
+//!
 //! ```toml
 //! [handlers.keyword_alerts]
 //! rules = [
@@ -16,23 +20,27 @@
 //!   { name = "deploys", pattern = "(?i)deploy", notify_bot = "helper", stream = "ops", topic = "deploys" },
 //! ]
 //! timeout = "10s"
+//! secret_file = "/etc/zulip-listeners/alerts.whsec"
 //! ```
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use regex::Regex;
 use serde::Deserialize;
 
+use super::webhooks;
 use super::{
     Context, Effect, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError,
     http_client, typed_settings,
 };
 use crate::clock::now_ms;
-use crate::config::{Config, HandlerSettings};
+use crate::config::{Config, HandlerSettings, Secret};
 use crate::db::tables;
 use crate::db::tables::keyword_alerts::AlertRecord;
 use crate::events::text::truncate_chars;
 use crate::events::{Event, Message, MessageType};
+use crate::verification::SigningKey;
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 
 /// Most characters of the matched text in an alert.
@@ -51,6 +59,11 @@ struct KeywordSettings {
     /// How long one webhook call may take (default 10 s).
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
+    /// Signs every webhook alert (Standard Webhooks); `whsec_…`.
+    #[serde(default)]
+    secret: Option<Secret>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +115,10 @@ pub struct KeywordAlerts {
     rules: Vec<Rule>,
     http: reqwest::Client,
     zulip: ZulipClient,
+    /// The listener's name, part of each webhook alert's `webhook-id`.
+    listener: String,
+    /// Signs webhook alerts, when a secret is configured.
+    signing: Option<SigningKey>,
 }
 
 impl KeywordAlerts {
@@ -115,6 +132,8 @@ impl KeywordAlerts {
             key,
             problem,
         };
+        let signing = webhooks::signing_secret(typed.secret.as_ref(), typed.secret_file.as_deref())
+            .map_err(|(key, p)| problem(key.into(), p))?;
         let raw = typed.rules;
         let mut rules = Vec::with_capacity(raw.len());
         for (i, rule) in raw.into_iter().enumerate() {
@@ -172,7 +191,17 @@ impl KeywordAlerts {
         }
         let http = http_client(Self::NAME, typed.timeout, Duration::from_secs(10))?;
         let zulip = ZulipClient::new().map_err(|e| problem("rules".into(), e.to_string()))?;
-        Ok(KeywordAlerts { rules, http, zulip })
+        let listener = match settings.listener.as_str() {
+            "" => Self::NAME.to_string(),
+            name => name.to_string(),
+        };
+        Ok(KeywordAlerts {
+            rules,
+            http,
+            zulip,
+            listener,
+            signing,
+        })
     }
 
     async fn send(
@@ -212,18 +241,26 @@ impl KeywordAlerts {
                         "timestamp": message.timestamp,
                     },
                 });
-                let response = self
-                    .http
-                    .post(url.clone())
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        HandlerError::Failed(format!(
-                            "alert webhook unreachable: {}",
-                            crate::redact::http_error(e)
-                        ))
-                    })?;
+                let body = serde_json::to_vec(&body).map_err(|e| {
+                    HandlerError::Failed(format!("alert could not be encoded: {e}"))
+                })?;
+                let id = webhooks::webhook_id(event, &self.listener, &rule.name);
+                let response = webhooks::webhook_post(
+                    &self.http,
+                    url,
+                    "application/json",
+                    body,
+                    &id,
+                    self.signing.as_ref(),
+                )
+                .send()
+                .await
+                .map_err(|e| {
+                    HandlerError::Failed(format!(
+                        "alert webhook unreachable: {}",
+                        crate::redact::http_error(e)
+                    ))
+                })?;
                 if !response.status().is_success() {
                     return Err(HandlerError::Failed(format!(
                         "alert webhook answered {}",

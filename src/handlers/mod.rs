@@ -10,6 +10,7 @@ mod keyword_alerts;
 mod message_logger;
 mod relay;
 mod user_activity_tracker;
+pub mod webhooks;
 mod welcome_bot;
 
 use futures_util::future::BoxFuture;

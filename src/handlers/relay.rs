@@ -8,13 +8,17 @@
 //! that lets anyone post as Zulip to this server, and the bot service has no use for it. A
 //! service that checks a token of its own gets the one in `token` / `token_file` instead.
 //!
+//! Every relayed webhook carries the Standard Webhooks headers (`handlers::webhooks`):
+//! `webhook-id`, the same for every attempt at one (message, listener, service), and
+//! `webhook-signature` when `secret` / `secret_file` is set (configuration file only).
+//!
 //! Settings: `url` (required when a bot uses the handler; https://, or http:// on loopback),
-//! `timeout` (default "30s"), and optionally `token` or `token_file`.
+//! `timeout` (default "30s"), optionally `token` or `token_file`, and optionally `secret` or
+//! `secret_file`.
 
 use std::time::Duration;
 
-use reqwest::header::CONTENT_TYPE;
-
+use super::webhooks;
 use super::{
     Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, http_client,
     typed_settings,
@@ -22,6 +26,7 @@ use super::{
 use crate::config::{Config, HandlerSettings, Secret};
 use crate::events::text::truncate_chars;
 use crate::events::{Event, Origin};
+use crate::verification::SigningKey;
 
 /// `[handlers.relay]` (or a listener's `settings`).
 #[derive(Default, serde::Deserialize)]
@@ -38,12 +43,21 @@ struct RelaySettings {
     token: Option<String>,
     #[serde(default)]
     token_file: Option<std::path::PathBuf>,
+    /// Signs every relayed webhook (Standard Webhooks); `whsec_…`.
+    #[serde(default)]
+    secret: Option<Secret>,
+    #[serde(default)]
+    secret_file: Option<std::path::PathBuf>,
 }
 
 pub struct Relay {
     target: Option<(reqwest::Url, reqwest::Client)>,
     /// The token sent to the bot service in place of the bot's own; none when unset.
     token: Option<Secret>,
+    /// The listener's name, part of each relayed webhook's `webhook-id`.
+    listener: String,
+    /// Signs relayed webhooks, when a secret is configured.
+    signing: Option<SigningKey>,
 }
 
 impl Relay {
@@ -94,7 +108,18 @@ impl Relay {
             }
             (None, None) => None,
         };
-        Ok(Relay { target, token })
+        let signing = webhooks::signing_secret(typed.secret.as_ref(), typed.secret_file.as_deref())
+            .map_err(|(key, p)| problem(key, p))?;
+        let listener = match settings.listener.as_str() {
+            "" => Self::NAME.to_string(),
+            name => name.to_string(),
+        };
+        Ok(Relay {
+            target,
+            token,
+            listener,
+            signing,
+        })
     }
 
     /// The outgoing webhook as the bot service gets it: the bot's `token` removed and this
@@ -205,18 +230,17 @@ impl Handler for Relay {
                 "the outgoing webhook could not be re-encoded without its token".into(),
             ));
         };
-        let response = client
-            .post(url.clone())
-            .header(CONTENT_TYPE, content_type)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                HandlerError::Failed(format!(
-                    "bot service unreachable: {}",
-                    crate::redact::http_error(e)
-                ))
-            })?;
+        let id = webhooks::webhook_id(event, &self.listener, url.as_str());
+        let response =
+            webhooks::webhook_post(client, url, content_type, body, &id, self.signing.as_ref())
+                .send()
+                .await
+                .map_err(|e| {
+                    HandlerError::Failed(format!(
+                        "bot service unreachable: {}",
+                        crate::redact::http_error(e)
+                    ))
+                })?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| {
             HandlerError::Failed(format!(
@@ -242,6 +266,8 @@ mod tests {
         Relay {
             target: None,
             token: token.map(Secret::new),
+            listener: Relay::NAME.into(),
+            signing: None,
         }
     }
 

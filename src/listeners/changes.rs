@@ -93,6 +93,12 @@ impl Overrides {
                 "streams" => out.streams = Some(list(key, value, "channel ids or names")?),
                 "users" => out.users = Some(list(key, value, "user ids or emails")?),
                 "settings" => {
+                    if let Some(at) = crate::handlers::webhooks::signing_secret_key(value) {
+                        return Err(FieldError::new(
+                            format!("settings.{at}"),
+                            "a signing secret is set only in the configuration file, not by a runtime change",
+                        ));
+                    }
                     out.settings = Some(field(key, value, "an object of the handler's settings")?)
                 }
                 other => {

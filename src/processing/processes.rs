@@ -47,8 +47,18 @@ impl Coverage {
     }
 }
 
-/// This process's identity: host, pid and start time (a restarted process is a new one).
-fn identity() -> (String, i64, i64, String) {
+/// A serving process: host, pid and start time (a restarted process is a new one), and the
+/// id made of them, under which it records itself and marks the claims it holds.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub host: String,
+    pub pid: i64,
+    pub started_at_ms: i64,
+    pub process_id: String,
+}
+
+/// This process's identity.
+pub fn identity() -> Identity {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -57,13 +67,19 @@ fn identity() -> (String, i64, i64, String) {
         .unwrap_or_else(|| "unknown".into());
     let pid = i64::from(std::process::id());
     let started = now_ms();
-    let id = format!("{host}:{pid}:{started}");
-    (host, pid, started, id)
+    let process_id = format!("{host}:{pid}:{started}");
+    Identity {
+        host,
+        pid,
+        started_at_ms: started,
+        process_id,
+    }
 }
 
 /// Registers this process, keeps its heartbeat and checks which listeners are served, until
 /// `shutdown`; then removes its row.
 pub async fn run(
+    identity: Identity,
     db: Db,
     processor: Processor,
     all: Arc<[HandlerId]>,
@@ -71,7 +87,12 @@ pub async fn run(
     coverage: Arc<Coverage>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (host, pid, started_at_ms, process_id) = identity();
+    let Identity {
+        host,
+        pid,
+        started_at_ms,
+        process_id,
+    } = identity;
     let listeners = mine.join(",");
     tracing::info!(process_id, listeners, "registered as a serving process");
     let mut beats: u32 = 0;

@@ -191,6 +191,13 @@ pub fn listener_live_processes(listener: &str, count: usize) {
         .set(count as f64);
 }
 
+/// Claims on listeners' work (PostgreSQL): `taken_over` from a process that stopped renewing
+/// them (it died or lost the database), `lost` (a run not started here because another
+/// process took its claim).
+pub fn claims(outcome: &'static str, count: u64) {
+    counter!("zulip_listeners_claims_total", "outcome" => outcome).increment(count);
+}
+
 /// Forwarded events in the inbox by status (`dead` are the dead letters).
 pub fn inbox_events(status: &str, count: i64) {
     gauge!("zulip_listeners_inbox_events", "status" => status.to_string()).set(count as f64);

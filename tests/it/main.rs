@@ -5,6 +5,7 @@
 mod architecture;
 mod dashboard;
 mod dead_letters;
+mod effects;
 mod fault_disk_full;
 mod fault_restart;
 mod faults;

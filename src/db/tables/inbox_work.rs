@@ -77,6 +77,8 @@ pub struct NewWorkRow {
     pub claimed_until_ms: i64,
     pub last_error: Option<String>,
     pub updated_at_ms: i64,
+    /// The process holding the claim (`claimed_by`): empty when unclaimed, and on SQLite.
+    pub claimed_by: String,
 }
 
 /// Stores work rows for events just stored; a row already there is kept.
@@ -163,6 +165,7 @@ pub fn finish_work_failed(
             inbox_work::attempts.eq(attempts_after),
             inbox_work::next_attempt_at_ms.eq(retry_at.unwrap_or(0)),
             inbox_work::claimed_until_ms.eq(0i64),
+            inbox_work::claimed_by.eq(""),
             inbox_work::last_error.eq(error),
             inbox_work::updated_at_ms.eq(now_ms()),
         ))
@@ -279,7 +282,10 @@ pub fn release_claims(
                 )
                 .filter(inbox_work::listener.eq_any(listeners)),
         )
-        .set(inbox_work::claimed_until_ms.eq(0i64))
+        .set((
+            inbox_work::claimed_until_ms.eq(0i64),
+            inbox_work::claimed_by.eq(""),
+        ))
         .execute(conn)?;
     }
     Ok(())
@@ -292,7 +298,10 @@ pub fn release_all_claims(conn: &mut DbConnection) -> Result<usize, DbError> {
             .filter(inbox_work::status.eq_any(WorkStatus::OPEN))
             .filter(inbox_work::claimed_until_ms.gt(0i64)),
     )
-    .set(inbox_work::claimed_until_ms.eq(0i64))
+    .set((
+        inbox_work::claimed_until_ms.eq(0i64),
+        inbox_work::claimed_by.eq(""),
+    ))
     .execute(conn)?)
 }
 
@@ -381,6 +390,7 @@ pub fn requeue(
                     claimed_until_ms: 0,
                     last_error: None,
                     updated_at_ms: now,
+                    claimed_by: String::new(),
                 })
                 .collect();
             insert_work(conn, &stars.iter().collect::<Vec<_>>())?;

@@ -171,6 +171,7 @@ mod tests {
             claimed_until_ms: 0,
             last_error: None,
             updated_at_ms: 0,
+            claimed_by: String::new(),
         }
     }
 

@@ -113,14 +113,13 @@ impl Inbox {
                 continue;
             }
             self.count_in(queued.realm_id, queued.event.event_type());
-            let lane = queued.lane;
-            let work = self.track(
-                lane,
+            let (lane, work) = self.track(
                 queued.event_id,
                 queued.event,
                 queued.listeners,
                 queued.realm_id,
                 true,
+                queued.claim_until,
             );
             match self.lanes[lane].queue.try_send(work) {
                 Ok(()) => {}

@@ -1,14 +1,15 @@
 //! Per-realm ordered lanes: the worker queues, the in-flight guard that hides an event from
-//! the sweeper until its result is committed, and the backlog of pending events per realm and
-//! listener that intake checks before accepting a batch.
+//! the sweeper (and keeps its claims renewed) until its result is committed, and the backlog
+//! of pending events per realm and listener that intake checks before accepting a batch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dashmap::{DashMap, DashSet};
+use dashmap::DashMap;
 use tokio::sync::mpsc;
 
 use super::Inbox;
+use super::claims::Held;
 use crate::events::Event;
 use crate::listeners::ListenerId;
 use crate::processing::Processor;
@@ -26,10 +27,10 @@ pub(super) struct Work {
     pub(super) counted: bool,
 }
 
-/// Keeps an event id in the in-flight set, and counted in its lane, until dropped (after the
-/// commit of its result).
+/// Keeps an event id in the in-flight set (with this process's claims on its work), and
+/// counted in its lane, until dropped (after the commit of its result).
 pub(super) struct InFlight {
-    pub(super) set: Arc<DashSet<String>>,
+    pub(super) set: Arc<DashMap<String, Held>>,
     pub(super) lane: Arc<AtomicUsize>,
     pub(super) event_id: String,
 }
@@ -78,21 +79,24 @@ impl Backlog {
 }
 
 impl Inbox {
-    /// Marks an event in flight, counted in its lane, and wraps it for the lane's worker.
-    /// Dropping the work (a full queue) undoes both.
+    /// Marks an event in flight, with this process's claims on its listeners' work (taken
+    /// until `claim_until`), counted in its lane, and wraps it for the lane's worker: returns
+    /// the lane and the work. Dropping the work (a full queue) undoes both.
     pub(super) fn track(
         &self,
-        lane: usize,
         event_id: String,
         event: Event,
         listeners: Vec<(ListenerId, i32)>,
         realm_id: i64,
         counted: bool,
-    ) -> Work {
-        self.in_flight.insert(event_id.clone());
+        claim_until: i64,
+    ) -> (usize, Work) {
+        self.in_flight
+            .insert(event_id.clone(), self.held(&listeners, claim_until));
+        let lane = self.lane_of(&event);
         let outstanding = self.lanes[lane].outstanding.clone();
         outstanding.fetch_add(1, Ordering::AcqRel);
-        Work {
+        let work = Work {
             event,
             listeners,
             realm_id,
@@ -102,7 +106,8 @@ impl Inbox {
                 lane: outstanding,
                 event_id,
             },
-        }
+        };
+        (lane, work)
     }
 
     /// The listeners an event of `event_type` is counted against (see [`BacklogKey`]).

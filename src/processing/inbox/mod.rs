@@ -16,14 +16,17 @@
 //!
 //! Nothing acknowledged is lost: work handed to workers is *claimed* in the database until a
 //! lease runs out, and a sweeper picks up whatever of its listeners' work is due and
-//! unclaimed — retries, replays, and everything left pending by a crash.
+//! unclaimed — retries, replays, and everything left pending by a crash. On PostgreSQL a
+//! process renews the claims of the work it holds for as long as it waits or runs, and does
+//! not start a run whose claim another process took (`claims.rs`).
 //!
 //! By stage: `admission.rs` (backlog and guards), `plan.rs` (rows, runs at intake, work),
 //! `intake.rs` (`accept`: admit, plan, write, dispatch), `lanes.rs` (per-realm ordered
 //! queues, in-flight guard, backlog counts), `worker.rs`, `retry.rs` (what an attempt comes
-//! to), `sweeper.rs`; this file holds the service, its start and stop.
+//! to), `sweeper.rs`, `claims.rs`; this file holds the service, its start and stop.
 
 mod admission;
+mod claims;
 mod intake;
 mod lanes;
 mod plan;
@@ -34,7 +37,7 @@ mod worker;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use dashmap::DashSet;
+use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -44,6 +47,7 @@ use crate::db::writer::Writer;
 use crate::db::{Backend, Db, DbError, tables};
 use crate::listeners::ListenerId;
 use crate::telemetry::metric;
+use claims::Held;
 use lanes::{Backlog, Lane, waits_for};
 
 pub use admission::Admission;
@@ -68,7 +72,12 @@ pub struct Inbox {
     /// The enabled listeners no live process runs (PostgreSQL; see [`super::processes`]).
     pub coverage: Arc<super::processes::Coverage>,
     lanes: Vec<Lane>,
-    in_flight: Arc<DashSet<String>>,
+    /// Events queued or being processed here, with this process's claims on their work.
+    in_flight: Arc<DashMap<String, Held>>,
+    /// The process id this process marks its claims with (`inbox_work.claimed_by`) when it
+    /// shares the database with other processes (PostgreSQL); empty on SQLite, where one
+    /// server owns the database and claims are only about crash recovery.
+    owner: String,
     config: ForwarderConfig,
     admission: Admission,
     /// Pending events this server knows of (stored, not yet done, dead or parked), per
@@ -82,6 +91,8 @@ pub struct Inbox {
 pub struct InboxTasks {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The renewal of claims (PostgreSQL), stopped last: the workers' last runs keep theirs.
+    renewal: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 impl InboxTasks {
@@ -89,6 +100,10 @@ impl InboxTasks {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Some((stop, task)) = self.renewal {
+            let _ = stop.send(true);
             let _ = task.await;
         }
     }
@@ -127,6 +142,11 @@ impl Inbox {
                 );
             }
         }
+        let identity = super::processes::identity();
+        let owner = match db.backend() {
+            Backend::Postgres => identity.process_id.clone(),
+            Backend::Sqlite => String::new(),
+        };
         let (shutdown, watch_rx) = watch::channel(false);
         let mut lanes = Vec::new();
         let mut receivers = Vec::new();
@@ -148,7 +168,8 @@ impl Inbox {
             split,
             coverage: Arc::default(),
             lanes,
-            in_flight: Arc::new(DashSet::new()),
+            in_flight: Arc::new(DashMap::new()),
+            owner,
             config,
             admission,
             backlog,
@@ -159,6 +180,7 @@ impl Inbox {
         }
         if inbox.db.backend() == Backend::Postgres {
             tasks.push(tokio::spawn(super::processes::run(
+                identity,
                 inbox.db.clone(),
                 inbox.processor.clone(),
                 inbox.listeners.clone(),
@@ -168,7 +190,18 @@ impl Inbox {
             )));
         }
         tasks.push(tokio::spawn(inbox.clone().sweep(watch_rx)));
-        Ok((inbox, InboxTasks { shutdown, tasks }))
+        let renewal = (inbox.db.backend() == Backend::Postgres).then(|| {
+            let (stop, stopped) = watch::channel(false);
+            (stop, tokio::spawn(inbox.clone().renew(stopped)))
+        });
+        Ok((
+            inbox,
+            InboxTasks {
+                shutdown,
+                tasks,
+                renewal,
+            },
+        ))
     }
 
     /// The listeners that get forwarded events.

@@ -37,9 +37,10 @@ pub(super) struct Dispatch {
     pub(super) done: Vec<String>,
 }
 
-/// An event for a worker: its lane and realm, and the listeners that are to run it.
+/// An event for a worker: its realm, the listeners that are to run it, and until when their
+/// work is claimed for this process.
 pub(super) struct Queued {
-    pub(super) lane: usize,
+    pub(super) claim_until: i64,
     pub(super) realm_id: i64,
     pub(super) event_id: String,
     pub(super) event: Event,
@@ -200,7 +201,7 @@ impl Inbox {
                 if !local.is_empty() {
                     held[lane] = true;
                     plan.dispatch.queued.push(Queued {
-                        lane,
+                        claim_until,
                         realm_id: row.realm_id,
                         event_id: row.event_id.clone(),
                         event,
@@ -214,7 +215,8 @@ impl Inbox {
         }
     }
 
-    /// A pending work row for listener `id`, claimed until `claim_until` (0: unclaimed).
+    /// A pending work row for listener `id`, claimed by this process until `claim_until` (0:
+    /// unclaimed).
     fn work_row(&self, event_id: &str, id: ListenerId, claim_until: i64, now: i64) -> NewWorkRow {
         NewWorkRow {
             event_id: event_id.to_string(),
@@ -225,6 +227,11 @@ impl Inbox {
             claimed_until_ms: claim_until,
             last_error: None,
             updated_at_ms: now,
+            claimed_by: if claim_until > 0 {
+                self.owner.clone()
+            } else {
+                String::new()
+            },
         }
     }
 

@@ -49,9 +49,10 @@ impl Inbox {
     /// Claims due work of this process's listeners and queues it, one item per event;
     /// returns how many work rows were claimed.
     async fn sweep_once(&self) -> Result<usize, DbError> {
-        let skip: HashSet<String> = self.in_flight.iter().map(|id| id.clone()).collect();
+        let skip: HashSet<String> = self.in_flight.iter().map(|e| e.key().clone()).collect();
         let claim_until = now_ms() + millis(self.config.claim_lease);
         let names = self.mine_names.clone();
+        let owner = self.owner.clone();
         let processor = self.processor.clone();
         let all = self.listeners.clone();
         let rows = self
@@ -69,10 +70,19 @@ impl Inbox {
                         .filter_map(|id| processor.handler_name(id))
                         .collect()
                 };
-                tables::claims::claim_work(c, SWEEP_BATCH, claim_until, &skip, &names, &wanted_by)
+                tables::claims::claim_work(
+                    c,
+                    SWEEP_BATCH,
+                    &owner,
+                    claim_until,
+                    &skip,
+                    &names,
+                    &wanted_by,
+                )
             })
             .await?;
         let claimed = rows.len();
+        self.note_taken_over(&rows);
         let registry = self.processor.registry().clone();
         let mut rows = rows.into_iter().peekable();
         while let Some(first) = rows.next() {
@@ -115,14 +125,13 @@ impl Inbox {
                 .collect();
             listeners.sort_by_key(|(id, _)| self.mine.iter().position(|m| m == id));
             let counted = group.iter().any(|r| r.status == WorkStatus::Pending);
-            let lane = self.lane_of(&event);
-            let work = self.track(
-                lane,
+            let (lane, work) = self.track(
                 head.event_id.clone(),
                 event,
                 listeners,
                 head.realm_id,
                 counted,
+                claim_until,
             );
             // A closed queue (shutting down) drops the work, which releases it.
             let _ = self.lanes[lane].queue.send(work).await;

@@ -1,6 +1,7 @@
 //! The workers: each takes events from its lane's queue, runs the listeners left for each
-//! and sends every listener's result to the writer. While the database has no room for new
-//! work (`db::storage`) they wait before starting a run: its results could not be committed.
+//! (each run only while this process's claim on its work holds) and sends every listener's
+//! result to the writer. While the database has no room for new work (`db::storage`) they
+//! wait before starting a run: its results could not be committed.
 
 use std::sync::Arc;
 
@@ -53,6 +54,10 @@ impl Inbox {
         let mut results = Vec::with_capacity(listeners.len());
         let mut retrying = false;
         for (id, attempts) in listeners {
+            // Another process took the work (this one's claim lapsed): it is theirs to run.
+            if !self.claim_holds(&guard.event_id, id, attempts).await {
+                continue;
+            }
             let mut outcome = self
                 .processor
                 .run(&event, &[id], Some(self.config.handler_timeout), None)

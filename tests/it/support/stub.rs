@@ -14,6 +14,18 @@ pub struct Received {
     pub path: String,
     pub authorization: Option<String>,
     pub body: String,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Received {
+    /// The value of header `name` (lower case), if it was sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A loopback HTTP server standing in for an external system. Every request is recorded and
@@ -48,6 +60,16 @@ impl Stub {
                                 .and_then(|v| v.to_str().ok())
                                 .map(str::to_string),
                             body: String::from_utf8_lossy(&body).into_owned(),
+                            headers: req
+                                .headers()
+                                .iter()
+                                .map(|(n, v)| {
+                                    (
+                                        n.as_str().to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
+                                .collect(),
                         });
                         tokio::time::sleep(delay).await;
                         let code = actix_web::http::StatusCode::from_u16(status)

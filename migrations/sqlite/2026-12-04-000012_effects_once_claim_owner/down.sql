@@ -1,0 +1,1 @@
+ALTER TABLE inbox_work DROP COLUMN claimed_by;
