@@ -3,9 +3,11 @@
 //! Zulip event type becomes (`EventKind::read`).
 //!
 //! The submodules: [`kinds`] (the Zulip event types handlers consume), [`outgoing`] (the
-//! outgoing-webhook wire formats), [`forwarded`] (the forwarder's batch wire format) and
-//! [`text`] (Zulip's text rules for replies).
+//! outgoing-webhook wire formats), [`forwarded`] (the forwarder's batch wire format),
+//! [`erasure`] (stored envelopes with their content removed) and [`text`] (Zulip's text rules
+//! for replies).
 
+pub mod erasure;
 pub mod forwarded;
 pub mod kinds;
 pub mod outgoing;
@@ -149,9 +151,10 @@ impl Event {
             EventKind::Message(m) => m.id,
             EventKind::UpdateMessage(u) => u.message_id,
             EventKind::Reaction(r) => r.message_id,
-            EventKind::DeleteMessage(d) if d.message_ids.len() == 1 => {
-                d.message_ids.first().copied()
-            }
+            EventKind::DeleteMessage(d) => match d.ids().as_slice() {
+                [only] => Some(*only),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -248,6 +251,9 @@ pub struct Message {
     /// Participants (direct messages).
     pub recipients: Vec<Recipient>,
     pub timestamp: Option<i64>,
+    /// Set when the stored envelope this message was read from had its content removed (the
+    /// message was deleted, or retention erased it): `content` is then empty, not what was said.
+    pub content_removed: Option<erasure::Removal>,
 }
 
 /// A problem with the request body, reported to the client as 400.

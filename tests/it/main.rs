@@ -4,6 +4,7 @@
 
 mod architecture;
 mod dashboard;
+mod erasure;
 mod faults;
 mod forwarder;
 mod guards;
