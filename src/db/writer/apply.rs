@@ -4,7 +4,7 @@
 //! multi-row statements, event-log rows).
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::effect::Effect;
 use super::{Intake, IntakeResult, Processed};
@@ -64,10 +64,15 @@ pub(super) fn store_intake(
         tables::inbox::mark_rate_limited(conn, &row.event_id, envelope, why)?;
         rate_limited.insert(row.event_id.clone());
     }
-    for row in &batch.rows {
-        if !row.erases.is_empty() && !known.contains(&row.event_id) {
-            erase_deleted(conn, row.realm_id, &row.erases)?;
+    // Deletions are few; those of a batch are applied together, per realm.
+    let mut deleted: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for row in batch.rows.iter().filter(|r| !r.erases.is_empty()) {
+        if !known.contains(&row.event_id) {
+            deleted.entry(row.realm_id).or_default().extend(&row.erases);
         }
+    }
+    for (realm_id, ids) in deleted {
+        erase_deleted(conn, realm_id, &ids)?;
     }
     let work: Vec<&NewWorkRow> = batch
         .work
