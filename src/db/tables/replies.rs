@@ -55,6 +55,9 @@ pub fn forget_replies_to(conn: &mut DbConnection, ids: &[i64]) -> Result<usize, 
         }
     }
     let mut forgotten = 0;
+    if bots.is_empty() {
+        return Ok(0);
+    }
     for chunk in ids.chunks(bulk::ROWS_PER_STATEMENT) {
         forgotten += diesel::delete(
             outgoing_replies::table
