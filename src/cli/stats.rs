@@ -142,6 +142,10 @@ pub(super) fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
         report.outgoing_replies,
         report.listener_stats
     );
+    println!(
+        "Erased the content of {} inbox envelope(s) received more than {days} days ago (pending, parked or dead events: kept, replayable without their content).",
+        report.inbox_erased
+    );
     Ok(())
 }
 

@@ -4,8 +4,9 @@
 //!
 //! * [`cleanup`] deletes what is older than a cut-off — event-log rows, finished inbox events
 //!   (with their work rows), accepted forwarder batch ids, outgoing-webhook replies and
-//!   aggregated statistics — in bounded batches, each its own short transaction, so that
-//!   neither backend holds a long write lock while the server keeps writing.
+//!   aggregated statistics — and erases the envelopes of the inbox events it keeps (pending,
+//!   parked, dead), in bounded batches, each its own short transaction, so that neither
+//!   backend holds a long write lock while the server keeps writing.
 //! * [`expire_personal_data`] does the same for personal data, each kind with its own period:
 //!   it erases the content and personal columns of stored messages (keeping a tombstone), and
 //!   deletes the activity of users not seen for long and old keyword-alert records.
@@ -23,20 +24,23 @@ use super::schema::{
     event_log, forwarder_batches, inbox, inbox_work, keyword_alerts, listener_stats, messages,
     outgoing_replies, user_activity,
 };
-use super::tables::inbox::InboxStatus;
+use super::tables::inbox::{InboxStatus, not_erased, rewrite_payloads};
 use super::{DbConnection, DbError};
+use crate::events::erasure::Removal;
 
 /// The largest batch [`cleanup`] deletes at once (larger requests are reduced to it): keeps
 /// the key list of one statement well below the bound-parameter limits of both backends.
 pub const MAX_BATCH_SIZE: i64 = 10_000;
 
-/// Rows deleted per table by [`cleanup`].
+/// Rows deleted per table by [`cleanup`] (and the inbox envelopes it erased).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CleanupReport {
     /// Event-log rows.
     pub event_log: usize,
     /// Finished inbox events (see [`InboxStatus::FINISHED`]).
     pub inbox: usize,
+    /// Envelopes of open inbox events (see [`InboxStatus::OPEN`]) whose content was erased.
+    pub inbox_erased: usize,
     /// Remembered forwarder batch ids.
     pub forwarder_batches: usize,
     /// Recorded outgoing-webhook replies.
@@ -136,7 +140,9 @@ macro_rules! keyed_cleanup {
 ///
 /// * `event_log` rows created before it;
 /// * `inbox` events that are finished or rate-limited (see [`InboxStatus::FINISHED`]) and
-///   were last updated before it — pending, parked and dead events are kept;
+///   were last updated before it; pending, parked and dead events received before it are
+///   kept, still to be processed or replayed, with their envelopes erased (ids and metadata
+///   stay, content goes: [`crate::events::erasure`]);
 /// * `forwarder_batches` received before it (a batch that old is refused by its signature's
 ///   timestamp anyway);
 /// * `outgoing_replies` created before it;
@@ -157,6 +163,7 @@ pub fn cleanup(
     Ok(CleanupReport {
         event_log: clean_event_log(conn, before_ms, &mut batches)?,
         inbox: clean_inbox(conn, before_ms, &mut batches)?,
+        inbox_erased: erase_open_inbox(conn, before_ms, &mut batches)?,
         forwarder_batches: clean_forwarder_batches(conn, before_ms, &mut batches)?,
         // Oldest first through `outgoing_replies_created`.
         outgoing_replies: keyed_cleanup!(conn, batches, outgoing_replies,
@@ -343,6 +350,36 @@ fn clean_inbox(conn: &mut DbConnection, before_ms: i64, b: &mut Batches) -> Resu
     })
 }
 
+/// Envelopes of open events received before `before_ms` and not erased yet, walked in id
+/// order; each is rewritten without its content (a row finished meanwhile keeps no envelope
+/// and is left alone).
+fn erase_open_inbox(
+    conn: &mut DbConnection,
+    before_ms: i64,
+    b: &mut Batches,
+) -> Result<usize, DbError> {
+    let mut after = i64::MIN;
+    b.run(conn, "inbox envelopes", |conn, limit| {
+        let rows: Vec<(i64, String)> = inbox::table
+            .select((inbox::id, inbox::payload))
+            .filter(inbox::id.gt(after))
+            .filter(inbox::status.eq_any(InboxStatus::OPEN))
+            .filter(inbox::received_at_ms.lt(before_ms))
+            .filter(inbox::payload.ne(""))
+            .filter(not_erased())
+            .order(inbox::id)
+            .limit(limit)
+            .load(conn)?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok((0, 0));
+        };
+        after = last;
+        let selected = rows.len();
+        let erased = conn.transaction(|conn| rewrite_payloads(conn, rows, Removal::Retention))?;
+        Ok((selected, erased))
+    })
+}
+
 /// Accepted batch ids, walked in key order.
 fn clean_forwarder_batches(
     conn: &mut DbConnection,
@@ -406,10 +443,11 @@ mod tests {
         let report = CleanupReport {
             event_log: 1,
             inbox: 2,
+            inbox_erased: 6,
             forwarder_batches: 3,
             outgoing_replies: 4,
             listener_stats: 5,
         };
-        assert_eq!(report.total(), 15);
+        assert_eq!(report.total(), 15, "erased envelopes are not deleted rows");
     }
 }

@@ -32,6 +32,8 @@ struct Envelope<'a> {
     audience: Option<Audience>,
     event: Option<EventField<'a>>,
     shed_before: Option<u64>,
+    /// Set on a stored envelope whose content was removed ([`super::erasure`]).
+    content_removed: Option<String>,
 }
 
 enum EventField<'a> {
@@ -52,6 +54,7 @@ enum EnvelopeKey {
     Audience,
     Event,
     ShedBefore,
+    ContentRemoved,
     #[serde(other)]
     Unknown,
 }
@@ -69,6 +72,7 @@ impl EnvelopeKey {
             EnvelopeKey::Audience => "audience",
             EnvelopeKey::Event => "event",
             EnvelopeKey::ShedBefore => "shed_before",
+            EnvelopeKey::ContentRemoved => super::erasure::MARKER,
             EnvelopeKey::Unknown => "?",
         }
     }
@@ -118,6 +122,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 EnvelopeKey::Op => envelope.op = map.next_value()?,
                 EnvelopeKey::Audience => envelope.audience = map.next_value()?,
                 EnvelopeKey::ShedBefore => envelope.shed_before = map.next_value()?,
+                EnvelopeKey::ContentRemoved => envelope.content_removed = map.next_value()?,
                 EnvelopeKey::Event => {
                     envelope.event = match envelope.event_type.as_deref() {
                         Some(event_type) if self.type_event => map
@@ -268,6 +273,9 @@ fn parse_envelope(raw: &RawValue) -> Result<ForwardedEvent, PayloadError> {
         None => return Err(PayloadError("`event` is missing".into())),
     };
     set_op(&mut kind, &envelope.op);
+    if let (Some(why), EventKind::Message(m)) = (&envelope.content_removed, &mut kind) {
+        m.content_removed = Some(super::erasure::Removal::parse(why));
+    }
     let audience = envelope.audience.unwrap_or_default();
     let user_id = user_about(&kind, audience.user_ids.as_deref());
     let realm_string = realm.string_id.unwrap_or_default();

@@ -39,17 +39,33 @@ pub struct UpdateMessage {
     pub propagate_mode: Option<String>,
 }
 
-/// `delete_message` (always the bulk form from the server side).
+/// `delete_message` (always the bulk form from the server side; the legacy singular
+/// `message_id` is read too).
 #[derive(Debug, Clone, Deserialize)]
 pub struct DeleteMessage {
     #[serde(default, deserialize_with = "null_as_default")]
     pub message_ids: Vec<i64>,
+    #[serde(default)]
+    pub message_id: Option<i64>,
     #[serde(default)]
     pub message_type: Option<String>,
     #[serde(default)]
     pub stream_id: Option<i64>,
     #[serde(default)]
     pub topic: Option<String>,
+}
+
+impl DeleteMessage {
+    /// Every message deleted: `message_ids` and the singular `message_id`.
+    pub fn ids(&self) -> Vec<i64> {
+        let mut ids = self.message_ids.clone();
+        if let Some(id) = self.message_id
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+        ids
+    }
 }
 
 /// A `{user_id, email, full_name}` object as older events carry it.
@@ -407,6 +423,9 @@ mod tests {
                 !matches!(e.event.kind, EventKind::Other { .. }),
                 "{event_type} with nulls stayed raw"
             );
+            if let EventKind::DeleteMessage(d) = &e.event.kind {
+                assert_eq!(d.ids(), vec![7], "the singular id counts");
+            }
         }
     }
 

@@ -3,9 +3,11 @@
 //! Zulip event type becomes (`EventKind::read`).
 //!
 //! The submodules: [`kinds`] (the Zulip event types handlers consume), [`outgoing`] (the
-//! outgoing-webhook wire formats), [`forwarded`] (the forwarder's batch wire format) and
-//! [`text`] (Zulip's text rules for replies).
+//! outgoing-webhook wire formats), [`forwarded`] (the forwarder's batch wire format),
+//! [`erasure`] (stored envelopes with their content removed) and [`text`] (Zulip's text rules
+//! for replies).
 
+pub mod erasure;
 pub mod forwarded;
 pub mod kinds;
 pub mod outgoing;
@@ -174,9 +176,10 @@ impl Event {
             EventKind::Message(m) => m.id,
             EventKind::UpdateMessage(u) => u.message_id,
             EventKind::Reaction(r) => r.message_id,
-            EventKind::DeleteMessage(d) if d.message_ids.len() == 1 => {
-                d.message_ids.first().copied()
-            }
+            EventKind::DeleteMessage(d) => match d.ids().as_slice() {
+                [only] => Some(*only),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -273,6 +276,9 @@ pub struct Message {
     /// Participants (direct messages).
     pub recipients: Vec<Recipient>,
     pub timestamp: Option<i64>,
+    /// Set when the stored envelope this message was read from had its content removed (the
+    /// message was deleted, or retention erased it): `content` is then empty, not what was said.
+    pub content_removed: Option<erasure::Removal>,
 }
 
 /// A problem with the request body, reported to the client as 400.
@@ -282,8 +288,92 @@ pub struct PayloadError(pub String);
 
 #[cfg(test)]
 mod tests {
+    use super::erasure::{ERASED_PREFIX, Removal, erase_envelope, is_erased, message_with_text};
+    use super::forwarded::parse_stored;
+    use super::forwarded::testing::envelope;
     use super::*;
     use crate::events::forwarded::testing::one;
+
+    // Erased envelopes read back as the listeners see them (here, not in `erasure`, which the
+    // envelope reader uses).
+    const SECRET: &str = "zebra-4711";
+
+    fn stream_message() -> String {
+        envelope(
+            "message",
+            None,
+            &format!(
+                r#"{{"type":"message","flags":["mentioned"],"message":{{"id":123,"sender_id":10,"sender_full_name":"Iago","sender_email":"iago@acme.example.com","sender_realm_str":"acme","content":"the code is {SECRET}","rendered_content":"<p>the code is {SECRET}</p>","subject":"{SECRET} topic","topic_links":[{{"text":"{SECRET}","url":"https://x/{SECRET}"}}],"timestamp":1700000000,"type":"stream","display_recipient":"Denmark","stream_id":5,"reactions":[{{"emoji_name":"tada","user":{{"full_name":"Iago"}}}}]}}}}"#
+            ),
+        )
+    }
+
+    #[test]
+    fn an_erased_message_keeps_its_ids_and_channel_and_no_text() {
+        let erased = erase_envelope(&stream_message(), Removal::Deleted);
+        assert!(!erased.contains(SECRET), "{erased}");
+        assert!(
+            !erased.contains("iago@") && !erased.contains("Iago"),
+            "{erased}"
+        );
+        assert!(erased.starts_with(ERASED_PREFIX) && is_erased(&erased));
+        let parsed = parse_stored(&erased).expect("still an envelope");
+        assert_eq!(
+            (parsed.event_id.as_str(), parsed.realm_id),
+            ("e-message", 2)
+        );
+        let m = parsed.event.message().expect("still a message");
+        assert_eq!(m.content_removed, Some(Removal::Deleted));
+        assert_eq!(
+            (m.id, m.sender_id, m.stream_id),
+            (Some(123), Some(10), Some(5))
+        );
+        assert_eq!(m.channel.as_deref(), Some("Denmark"));
+        assert_eq!((m.content.as_str(), &m.topic), ("", &None));
+        // Erasing again changes nothing, whatever the reason.
+        assert_eq!(erase_envelope(&erased, Removal::Retention), erased);
+        // A message as received is not marked.
+        let fresh = parse_stored(&stream_message()).expect("envelope");
+        assert_eq!(fresh.event.message().and_then(|m| m.content_removed), None);
+    }
+
+    #[test]
+    fn an_erased_edit_and_direct_message_keep_no_text() {
+        let edit = envelope(
+            "update_message",
+            None,
+            &format!(
+                r#"{{"type":"update_message","user_id":10,"edit_timestamp":1700000100,"message_id":123,"message_ids":[123],"rendering_only":false,"stream_name":"Denmark","orig_content":"{SECRET}","orig_rendered_content":"<p>{SECRET}</p>","prev_content":"{SECRET}","content":"new {SECRET}","rendered_content":"<p>{SECRET}</p>","subject":"{SECRET}","orig_subject":"{SECRET}","flags":["read"]}}"#
+            ),
+        );
+        let erased = erase_envelope(&edit, Removal::Retention);
+        assert!(!erased.contains(SECRET), "{erased}");
+        let parsed = parse_stored(&erased).expect("envelope");
+        let EventKind::UpdateMessage(u) = &parsed.event.kind else {
+            panic!("not an edit: {:?}", parsed.event.kind);
+        };
+        assert_eq!((u.message_id, u.content.as_deref()), (Some(123), None));
+        assert_eq!(message_with_text(&parsed.event.kind), Some(123));
+
+        let dm = envelope(
+            "message",
+            None,
+            &format!(
+                r#"{{"type":"message","message":{{"id":9,"type":"private","content":"{SECRET}","display_recipient":[{{"id":10,"email":"a@x.org","full_name":"Ann"}},{{"id":11,"email":"b@x.org","full_name":"Bob"}}]}}}}"#
+            ),
+        );
+        let erased = erase_envelope(&dm, Removal::Deleted);
+        assert!(
+            !erased.contains(SECRET) && !erased.contains("a@x.org") && !erased.contains("Ann"),
+            "{erased}"
+        );
+        let parsed = parse_stored(&erased).expect("envelope");
+        let m = parsed.event.message().expect("message");
+        assert_eq!(
+            m.recipients.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![Some(10), Some(11)]
+        );
+    }
 
     #[test]
     fn reference_examples_become_typed_events() {

@@ -160,6 +160,7 @@ impl WireMessage {
             topic: self.subject,
             recipients,
             timestamp: self.timestamp,
+            content_removed: None,
         }
     }
 }
@@ -225,6 +226,7 @@ impl SlackPayload {
             topic: None,
             recipients: Vec::new(),
             timestamp: self.timestamp.and_then(|t| t.parse().ok()),
+            content_removed: None,
         };
         (realm, message)
     }

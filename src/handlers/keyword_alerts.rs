@@ -285,7 +285,8 @@ impl Handler for KeywordAlerts {
     const INTEREST: Interest = Interest::Types(&["message"]);
 
     async fn handle(&self, cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
-        let Some(message) = event.message() else {
+        // A message whose stored content was removed (deleted meanwhile) has nothing to match.
+        let Some(message) = event.message().filter(|m| m.content_removed.is_none()) else {
             return Ok(None);
         };
         let matches: Vec<(&Rule, String)> = self
@@ -423,6 +424,7 @@ mod tests {
             topic: Some(topic.into()),
             recipients: Vec::new(),
             timestamp: None,
+            content_removed: None,
         }
     }
 

@@ -1,7 +1,9 @@
 //! `message_logger`: stores every message it sees (id, realm, channel and topic or DM
 //! participants, sender, content cut to `data_protection.max_content_length`, timestamp) and,
 //! for forwarded events, keeps the stored copy true on edits, topic and channel moves, and
-//! deletions.
+//! deletions. A message read from an envelope whose content was removed is never stored as
+//! text: one deleted meanwhile is stored as a deleted tombstone, one erased by retention not
+//! at all.
 
 use super::{
     Context, Effect, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError,
@@ -10,6 +12,7 @@ use super::{
 use crate::clock::now_ms;
 use crate::config::{Config, HandlerSettings};
 use crate::db::tables::messages::{MessageEdit, MessageRow};
+use crate::events::erasure::Removal;
 use crate::events::kinds::UpdateMessage;
 use crate::events::text::truncate_chars;
 use crate::events::{Event, EventKind, Message};
@@ -82,11 +85,24 @@ impl Handler for MessageLogger {
 
     async fn handle(&self, cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
         match &event.kind {
-            EventKind::Message(message) => match message.id {
-                Some(id) => effects.push(Effect::StoreMessage(Box::new(Self::row(
+            EventKind::Message(message) => match (message.id, message.content_removed) {
+                (Some(id), None) => effects.push(Effect::StoreMessage(Box::new(Self::row(
                     cx, event, message, id,
                 )))),
-                None => {
+                (Some(id), Some(Removal::Deleted)) => {
+                    // Deleted after it was received: kept as a tombstone (a re-sent copy is
+                    // then not stored), and any copy stored meanwhile erased.
+                    let mut row = Self::row(cx, event, message, id);
+                    row.deleted = true;
+                    row.topic = None;
+                    row.dm_recipients = None;
+                    effects.push(Effect::StoreMessage(Box::new(row)));
+                    effects.push(Effect::DeleteMessages(vec![id]));
+                }
+                (Some(_), Some(Removal::Retention)) => {
+                    tracing::debug!("message content removed by retention; not stored")
+                }
+                (None, _) => {
                     tracing::debug!("message without an id (minimal or Slack body); not stored")
                 }
             },
@@ -95,8 +111,11 @@ impl Handler for MessageLogger {
                     effects.push(Effect::EditMessage(Box::new(edit)));
                 }
             }
-            EventKind::DeleteMessage(delete) if !delete.message_ids.is_empty() => {
-                effects.push(Effect::DeleteMessages(delete.message_ids.clone()));
+            EventKind::DeleteMessage(delete) => {
+                let ids = delete.ids();
+                if !ids.is_empty() {
+                    effects.push(Effect::DeleteMessages(ids));
+                }
             }
             _ => {}
         }

@@ -51,10 +51,12 @@ pub struct Live {
 }
 
 impl Live {
-    /// Whether the listener takes events of this type at all.
+    /// Whether the listener takes events of this type at all. A handler that takes deletions
+    /// (it keeps messages) gets them whatever the listener's `events` list: they only erase.
     pub fn wants_type(&self, event_type: &str) -> bool {
         self.handler.interest().wants(event_type)
             && (self.definition.events.is_empty()
+                || event_type == "delete_message"
                 || self.definition.events.iter().any(|e| e == event_type))
     }
 

@@ -8,8 +8,13 @@ use crate::events::{Event, EventKind};
 impl Scope {
     /// Whether `event` is within every non-empty part of the scope. An event that names no
     /// channel (a direct message, presence) is outside a scope that lists channels; one whose
-    /// user is unknown is outside a scope that lists users.
+    /// user is unknown is outside a scope that lists users. A deletion is within the scope of
+    /// its realm whatever the channels and users: it carries no user and no channel name, and
+    /// only erases (a message the listener never stored is not touched).
     pub fn admits(&self, event: &Event) -> bool {
+        if matches!(event.kind, EventKind::DeleteMessage(_)) {
+            return self.admits_realm(event);
+        }
         self.admits_realm(event) && self.admits_channel(event) && self.admits_user(event)
     }
 

@@ -6,6 +6,7 @@ mod architecture;
 mod dashboard;
 mod dead_letters;
 mod effects;
+mod erasure;
 mod fault_disk_full;
 mod fault_restart;
 mod faults;

@@ -103,6 +103,8 @@ fn inbox_event(conn: &mut DbConnection, event_id: &str, status: &str, updated_at
         emitted_at_ms: None,
         received_at_ms: updated_at_ms,
         updated_at_ms,
+        message_id: None,
+        erases: Vec::new(),
     };
     diesel::insert_into(inbox::table)
         .values(&row)
@@ -310,6 +312,7 @@ fn cleanup_deletes_exactly_the_old_finished_rows(backend: Backend) {
         CleanupReport {
             event_log: 2,
             inbox: 4,
+            inbox_erased: 3,
             forwarder_batches: 2,
             outgoing_replies: 3,
             listener_stats: 2,
@@ -322,6 +325,7 @@ fn cleanup_deletes_exactly_the_old_finished_rows(backend: Backend) {
         [
             "event_log",
             "inbox",
+            "inbox envelopes",
             "forwarder_batches",
             "outgoing_replies",
             "listener_stats"
@@ -353,6 +357,16 @@ fn cleanup_deletes_exactly_the_old_finished_rows(backend: Backend) {
             "recent-rate_limited"
         ],
         "{backend:?}: events still to be processed or looked at are kept; old rate-limited ones (with their payload) are not"
+    );
+    let kept: Vec<String> = inbox::table
+        .select(inbox::payload)
+        .filter(inbox::status.eq_any(["dead", "parked", "pending"]))
+        .load(conn)
+        .expect("payloads");
+    assert_eq!(
+        kept,
+        vec![r#"{"content_removed":"retention"}"#; 3],
+        "{backend:?}: the old ones kept lose their content"
     );
     let batches_left: Vec<String> = forwarder_batches::table
         .select(forwarder_batches::webhook_id)
@@ -425,11 +439,13 @@ fn cleanup_works_in_batches(backend: Backend) {
         "{backend:?}"
     );
     assert_eq!(progress_of("listener_stats"), [3, 6, 9, 10], "{backend:?}");
+    assert_eq!(progress_of("inbox envelopes"), [3, 6, 9, 10], "{backend:?}");
     assert_eq!(
         report,
         CleanupReport {
             event_log: 10,
             inbox: 10,
+            inbox_erased: 10,
             forwarder_batches: 9,
             outgoing_replies: 10,
             listener_stats: 10,

@@ -1,7 +1,9 @@
 //! The `inbox` table: every event accepted from the forwarder, stored before its batch is
 //! acknowledged, and where it stands ([`InboxStatus`]). Intake writes it in bulk; the work
 //! per listener is in [`super::inbox_work`], which settles an event's status as its work
-//! changes and replays events. Here: the backlog figures and the operator's listing.
+//! changes and replays events. Here: the backlog figures, the operator's listing, and the
+//! erasure of a deleted message's text from every envelope that holds it
+//! ([`erase_message_texts`], through the `message_id` column and its index).
 
 use std::collections::HashSet;
 
@@ -15,6 +17,7 @@ use crate::db::event_key::EventKey;
 use crate::db::schema::{inbox, inbox_work};
 use crate::db::text_enum::text_enum;
 use crate::db::{DbConnection, DbError};
+use crate::events::erasure::{ERASED_PREFIX, Removal, erase_envelope};
 
 text_enum! {
     /// Where a forwarded event stands (`inbox.status`).
@@ -31,7 +34,8 @@ text_enum! {
         Expired = "expired",
         /// Only listeners over their own quota are left: set aside, replayable for them.
         RateLimited = "rate_limited",
-        /// Refused by the intake filters: not processed.
+        /// Refused by the intake filters: not processed, stored without its envelope (only
+        /// what de-duplication and counting need), so not replayable.
         Filtered = "filtered",
         /// Set aside for good by an operator or by expiry (`processing::dead_letters`): never
         /// processed again, envelope erased, `last_error` says why; kept, so that a re-sent copy
@@ -49,7 +53,7 @@ impl InboxStatus {
     /// message content) for a replay, so they go after the retention period like the rest of
     /// the stored data. Pending, parked and dead events are kept whatever their age: they are
     /// still to be processed, or to be looked at by an operator (or discarded, see
-    /// `retention.dead_letter_days`).
+    /// `retention.dead_letter_days`); retention erases their envelopes' content instead.
     pub const FINISHED: [InboxStatus; 5] = [
         InboxStatus::Done,
         InboxStatus::Expired,
@@ -104,6 +108,13 @@ pub struct NewInboxRow {
     pub emitted_at_ms: Option<i64>,
     pub received_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The message whose text `payload` holds (`events::erasure::message_with_text`); `None`
+    /// when the row is stored without its envelope.
+    pub message_id: Option<i64>,
+    /// Messages this event (a `delete_message`) deletes: their text is erased when the row
+    /// is stored (not a column).
+    #[diesel(skip_insertion)]
+    pub erases: Vec<i64>,
 }
 
 bulk_row! {
@@ -113,7 +124,7 @@ bulk_row! {
     columns: (
         event_id = event_key, webhook_id, realm_id, realm, user_id, event_type, op, payload, status,
         attempts, next_attempt_at_ms, claimed_until_ms, last_error, emitted_at_ms,
-        received_at_ms, updated_at_ms,
+        received_at_ms, updated_at_ms, message_id,
     ),
 }
 
@@ -219,18 +230,20 @@ pub fn lock_events(conn: &mut DbConnection, event_ids: &[&str]) -> Result<(), Db
     Ok(())
 }
 
-/// Turns a row just stored by intake into a `rate_limited` one, with its envelope (rows
-/// processed at intake were stored without it) and no claim or result.
+/// Turns a row just stored by intake into a `rate_limited` one, with its envelope and the
+/// message whose text it holds (rows processed at intake were stored without them) and no
+/// claim or result.
 pub fn mark_rate_limited(
     conn: &mut DbConnection,
     event_id: &str,
-    payload: &str,
+    (payload, message_id): (&str, Option<i64>),
     reason: &str,
 ) -> Result<(), DbError> {
     diesel::update(inbox::table.filter(inbox::event_id.eq(EventKey::of(event_id))))
         .set((
             inbox::status.eq(InboxStatus::RateLimited),
             inbox::payload.eq(payload),
+            inbox::message_id.eq(message_id),
             inbox::attempts.eq(0),
             inbox::claimed_until_ms.eq(0i64),
             inbox::last_error.eq(reason),
@@ -425,4 +438,53 @@ pub fn statuses_of(
         found.extend(rows.into_iter().map(|(id, s)| (String::from(id), s)));
     }
     Ok(found)
+}
+
+/// Erases the text of messages `ids` of realm `realm_id` from every inbox envelope that holds
+/// it, whatever the row's status (found through the index `inbox_message`): the envelope keeps
+/// its metadata and ids and is marked `why` ([`erase_envelope`]). Returns the envelopes
+/// erased.
+pub fn erase_message_texts(
+    conn: &mut DbConnection,
+    realm_id: i64,
+    ids: &[i64],
+    why: Removal,
+) -> Result<usize, DbError> {
+    let mut erased = 0;
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let found: Vec<(i64, String)> = inbox::table
+            .filter(inbox::message_id.eq_any(chunk))
+            .filter(inbox::realm_id.eq(realm_id))
+            .filter(inbox::payload.ne(""))
+            .filter(not_erased())
+            .select((inbox::id, inbox::payload))
+            .load(conn)?;
+        erased += rewrite_payloads(conn, found, why)?;
+    }
+    Ok(erased)
+}
+
+/// Payloads not erased yet: they do not start with the marker.
+pub(crate) fn not_erased() -> diesel::dsl::Escape<diesel::dsl::NotLike<inbox::payload, String>> {
+    let pattern = format!("{}%", ERASED_PREFIX.replace('_', "\\_"));
+    inbox::payload.not_like(pattern).escape('\\')
+}
+
+/// Writes the erased form of each `(id, payload)`, unless the row lost its envelope meanwhile.
+pub(crate) fn rewrite_payloads(
+    conn: &mut DbConnection,
+    rows: Vec<(i64, String)>,
+    why: Removal,
+) -> Result<usize, DbError> {
+    let mut erased = 0;
+    for (id, payload) in rows {
+        erased += diesel::update(
+            inbox::table
+                .filter(inbox::id.eq(id))
+                .filter(inbox::payload.ne("")),
+        )
+        .set(inbox::payload.eq(erase_envelope(&payload, why)))
+        .execute(conn)?;
+    }
+    Ok(erased)
 }

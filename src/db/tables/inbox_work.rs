@@ -338,8 +338,9 @@ macro_rules! fresh_retries {
 /// Puts events with one of `statuses` back to pending with fresh attempts; `ids` limits it to
 /// those events. Only the listeners that did not succeed run again: the event's work rows
 /// (dead or parked ones) become pending; an event that has none (it was never dispatched:
-/// rate-limited, filtered, expired) gets a `'*'` row, every listener that wants it. Returns
-/// how many were requeued.
+/// rate-limited, expired) gets a `'*'` row, every listener that wants it. An event stored
+/// without its envelope (filtered) has nothing to replay and is left alone. Returns how many
+/// were requeued.
 pub fn requeue(
     conn: &mut DbConnection,
     statuses: &[InboxStatus],
@@ -347,7 +348,11 @@ pub fn requeue(
 ) -> Result<usize, DbError> {
     let now = now_ms();
     conn.transaction(|conn| {
-        let target = || inbox::table.filter(inbox::status.eq_any(statuses));
+        let target = || {
+            inbox::table
+                .filter(inbox::status.eq_any(statuses))
+                .filter(inbox::payload.ne(""))
+        };
         let found: Vec<EventKey> = match ids {
             Some(ids) => {
                 let mut found = Vec::new();
@@ -397,6 +402,7 @@ pub fn requeue(
             requeued += diesel::update(
                 inbox::table
                     .filter(inbox::status.eq_any(statuses))
+                    .filter(inbox::payload.ne(""))
                     .filter(inbox::event_id.eq_any(chunk)),
             )
             .set(fresh_retries!(inbox, InboxStatus::Pending, now))

@@ -268,6 +268,31 @@ pub fn mark_deleted(conn: &mut DbConnection, ids: &[i64]) -> Result<(), DbError>
     Ok(())
 }
 
+/// [`mark_deleted`] for a deletion in realm `realm_id`: only messages of that realm, or of no
+/// known realm id (stored from an outgoing webhook, which names none), are touched, so that
+/// the same message id from another Zulip server's realm is left alone.
+pub fn mark_deleted_in_realm(
+    conn: &mut DbConnection,
+    realm_id: i64,
+    ids: &[i64],
+) -> Result<usize, DbError> {
+    let mut marked = 0;
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        marked += diesel::update(
+            messages::table
+                .filter(messages::message_id.eq_any(chunk))
+                .filter(
+                    messages::realm_id
+                        .eq(realm_id)
+                        .or(messages::realm_id.is_null()),
+                ),
+        )
+        .set((messages::deleted.eq(true), scrubbed_message()))
+        .execute(conn)?;
+    }
+    Ok(marked)
+}
+
 /// The column values of a message whose content and personal data are erased.
 #[allow(clippy::type_complexity)]
 pub(crate) fn scrubbed_message() -> (

@@ -1,9 +1,10 @@
 //! What the writer does with the work in a batch, inside its transaction: store a forwarder
-//! intake (batch id, inbox rows, quota, work rows) and apply processing results (work statuses,
-//! handler effects grouped into multi-row statements, event-log rows).
+//! intake (batch id, inbox rows, quota, work rows, and the erasure of what its deletions
+//! delete) and apply processing results (work statuses, handler effects grouped into
+//! multi-row statements, event-log rows).
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::effect::Effect;
 use super::{Intake, IntakeResult, Processed};
@@ -13,10 +14,12 @@ use crate::db::tables::{
     keyword_alerts::AlertRecord, messages::MessageWrites, user_activity::ActivityDelta,
 };
 use crate::db::{DbConnection, DbError, tables};
+use crate::events::erasure::Removal;
 
 /// Stores a forwarder batch: nothing when its `webhook-id` was seen before; else its new inbox
 /// rows, the quota charged for them (those over it stored as `rate_limited`) and the work rows
-/// of the rest.
+/// of the rest. Each new `delete_message`, whatever its status, erases its messages' text
+/// wherever it is stored ([`erase_deleted`]).
 pub(super) fn store_intake(
     conn: &mut DbConnection,
     intake: &mut Intake,
@@ -54,12 +57,22 @@ pub(super) fn store_intake(
         let Some(row) = batch.rows.get(*index) else {
             continue;
         };
-        let payload = match batch.payloads.iter().find(|(i, _)| i == index) {
-            Some((_, payload)) => payload.as_str(),
-            None => row.payload.as_str(),
+        let envelope = match batch.payloads.iter().find(|(i, _, _)| i == index) {
+            Some((_, payload, message_id)) => (payload.as_str(), *message_id),
+            None => (row.payload.as_str(), row.message_id),
         };
-        tables::inbox::mark_rate_limited(conn, &row.event_id, payload, why)?;
+        tables::inbox::mark_rate_limited(conn, &row.event_id, envelope, why)?;
         rate_limited.insert(row.event_id.clone());
+    }
+    // Deletions are few; those of a batch are applied together, per realm.
+    let mut deleted: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for row in batch.rows.iter().filter(|r| !r.erases.is_empty()) {
+        if !known.contains(&row.event_id) {
+            deleted.entry(row.realm_id).or_default().extend(&row.erases);
+        }
+    }
+    for (realm_id, ids) in deleted {
+        erase_deleted(conn, realm_id, &ids)?;
     }
     let work: Vec<&NewWorkRow> = batch
         .work
@@ -72,6 +85,24 @@ pub(super) fn store_intake(
         known,
         rate_limited,
     })
+}
+
+/// Erases messages of realm `realm_id` deleted in Zulip wherever their text is stored, before
+/// any listener runs the deletion (or when none will: it may be expired, filtered or over
+/// quota): the inbox envelopes that hold it, the `messages` copy (a tombstone stays) and the
+/// answers recorded for them on the outgoing path. A listener that keeps messages also gets
+/// the deletion in its turn, after the message in its realm's order.
+fn erase_deleted(conn: &mut DbConnection, realm_id: i64, ids: &[i64]) -> Result<(), DbError> {
+    let envelopes = tables::inbox::erase_message_texts(conn, realm_id, ids, Removal::Deleted)?;
+    tables::messages::mark_deleted_in_realm(conn, realm_id, ids)?;
+    let replies = tables::replies::forget_replies_to(conn, ids)?;
+    tracing::debug!(
+        messages = ids.len(),
+        envelopes,
+        replies,
+        "deleted messages erased"
+    );
+    Ok(())
 }
 
 /// Writes the results of processing, grouped into as few statements as possible: messages,

@@ -89,9 +89,10 @@ pub struct IntakeBatch {
     /// Results of events processed as they were accepted, by index in `rows`: written in the
     /// same transaction, and only for rows that were not stored before.
     pub processed: Vec<(usize, Processed)>,
-    /// Payloads of rows processed at intake and stored without theirs (by index in `rows`),
-    /// put back if the row turns out to be rate-limited.
-    pub payloads: Vec<(usize, String)>,
+    /// Payloads (and the message whose text each holds) of rows processed at intake and
+    /// stored without theirs (by index in `rows`), put back if the row turns out to be
+    /// rate-limited.
+    pub payloads: Vec<(usize, String, Option<i64>)>,
     /// Work rows for listener runs not completed at intake, stored only with their event
     /// (not for events stored before or rate-limited).
     pub work: Vec<NewWorkRow>,

@@ -75,11 +75,11 @@ pub(super) fn split(batch: IntakeBatch, writers: usize) -> Vec<Part> {
             p.batch.processed.push((at, result));
         }
     }
-    for (row, payload) in payloads {
+    for (row, payload, message_id) in payloads {
         if let Some(&(shard, at)) = place.get(row)
             && let Some(p) = parts[shard].as_mut()
         {
-            p.batch.payloads.push((at, payload));
+            p.batch.payloads.push((at, payload, message_id));
         }
     }
     for w in work {
@@ -158,6 +158,8 @@ mod tests {
             emitted_at_ms: None,
             received_at_ms: 0,
             updated_at_ms: 0,
+            message_id: None,
+            erases: Vec::new(),
         }
     }
 
@@ -190,7 +192,7 @@ mod tests {
             webhook_id: "msg_1".into(),
             rows: vec![row("a", 1), row("b", 2), row("c", 3), row("d", 2)],
             processed: vec![(0, Processed::default()), (3, Processed::default())],
-            payloads: vec![(3, "payload of d".into())],
+            payloads: vec![(3, "payload of d".into(), Some(7))],
             work: vec![work("c"), work("b")],
             limits: None,
         };
@@ -212,7 +214,10 @@ mod tests {
         };
         assert_eq!(at(odd), [0]);
         assert_eq!(at(even), [1]);
-        assert_eq!(even.batch.payloads, [(1, "payload of d".to_string())]);
+        assert_eq!(
+            even.batch.payloads,
+            [(1, "payload of d".to_string(), Some(7))]
+        );
         assert!(odd.batch.payloads.is_empty());
         let work_of = |p: &Part| {
             p.batch

@@ -12,8 +12,9 @@ use crate::db::event_key::EventKey;
 use crate::db::tables::inbox::{InboxStatus, NewInboxRow};
 use crate::db::tables::inbox_work::{self, NewWorkRow, WorkStatus};
 use crate::db::writer::IntakeBatch;
-use crate::events::Event;
+use crate::events::erasure::message_with_text;
 use crate::events::forwarded::ForwardedEvent;
+use crate::events::{Event, EventKind};
 use crate::listeners::ListenerId;
 use crate::processing::Outcome;
 
@@ -53,11 +54,13 @@ impl Plan {
         row.status = InboxStatus::Done;
         row.attempts = 1;
         // Kept only while the event may be processed or replayed (the writer puts it back if
-        // the event is rate-limited).
+        // the event is rate-limited); a row without its envelope holds no message's text.
         let index = self.batch.rows.len();
-        self.batch
-            .payloads
-            .push((index, std::mem::take(&mut row.payload)));
+        self.batch.payloads.push((
+            index,
+            std::mem::take(&mut row.payload),
+            row.message_id.take(),
+        ));
         self.dispatch.done.push(row.event_id.clone());
     }
 }
@@ -99,6 +102,15 @@ impl Inbox {
             if let Some(reason) = &reason {
                 tracing::info!(event_id = %event.event_id, status = status.as_str(), %reason, "event stored, not dispatched");
             }
+            // Filtered events keep only what de-duplication and counting need.
+            let (payload, message_id) = match status {
+                InboxStatus::Filtered => (String::new(), None),
+                _ => (event.payload, message_with_text(&event.event.kind)),
+            };
+            let erases = match &event.event.kind {
+                EventKind::DeleteMessage(delete) => delete.ids(),
+                _ => Vec::new(),
+            };
             let mut row = NewInboxRow {
                 event_key: EventKey::of(&event.event_id),
                 event_id: event.event_id,
@@ -108,7 +120,7 @@ impl Inbox {
                 user_id: event.user_id,
                 event_type: event.event_type,
                 op: event.op,
-                payload: event.payload,
+                payload,
                 status,
                 attempts: 0,
                 next_attempt_at_ms: now,
@@ -117,6 +129,8 @@ impl Inbox {
                 emitted_at_ms: event.emitted_at_ms,
                 received_at_ms: now,
                 updated_at_ms: now,
+                message_id,
+                erases,
             };
             if status == InboxStatus::Pending {
                 self.plan_pending(
