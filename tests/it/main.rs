@@ -4,6 +4,7 @@
 
 mod architecture;
 mod dashboard;
+mod fault_pg_outage;
 mod faults;
 mod forwarder;
 mod guards;

@@ -1,6 +1,7 @@
 //! The writer thread's loop (group commit): take what has queued up into one [`Batch`], write
-//! it in one transaction, retry with back-off, fall back to item-by-item writes, answer whoever
-//! waits, and hand the spent batch to the janitor thread to free.
+//! it in one transaction, retry with back-off (saying so, so that intake refuses at once), fall
+//! back to item-by-item writes or, while the database is unreachable, keep the work for the
+//! next batch, answer whoever waits, and hand the spent batch to the janitor thread to free.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,10 @@ use crate::db::{DbConnection, DbError, tables};
 /// How often a failing batch is tried again before it is written item by item.
 const BATCH_ATTEMPTS: u32 = 5;
 
+/// How long the writer waits before it tries again the work it could not write while the
+/// database was unreachable, when no other work comes (see [`Unwritten`]).
+const UNWRITTEN_PAUSE: Duration = Duration::from_secs(1);
+
 /// How long a batch that nobody waits for (results of outgoing-webhook runs, retry records,
 /// claim releases — none of them holds up an answer or a worker) may wait for more work before
 /// it is committed. Under outgoing-webhook load this turns many small commits, each writing the
@@ -24,6 +29,22 @@ const BATCH_ATTEMPTS: u32 = 5;
 /// [`LINGER_STEP`]).
 const LINGER: Duration = Duration::from_millis(3);
 const LINGER_STEP: Duration = Duration::from_micros(250);
+
+/// Why a writer's write failed while it is retrying it (`None` otherwise). Intake reads it to
+/// refuse a batch at once instead of waiting behind the retries and their back-off (seconds
+/// while the database is unreachable).
+#[derive(Default)]
+pub(super) struct Retrying(std::sync::Mutex<Option<String>>);
+
+impl Retrying {
+    fn set(&self, why: Option<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    pub(super) fn why(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 /// An intake's rows and the results processed with them.
 type IntakeData = (Vec<NewInboxRow>, Vec<(usize, Processed)>);
@@ -168,6 +189,56 @@ impl Batch {
     }
 }
 
+/// Work the writer could not commit because the database was unreachable (its connection
+/// could not be replaced after the last attempt), kept for its next batch instead of being
+/// given up on. A forwarded event's results keep the event in flight until they are
+/// committed, so it is neither run again meanwhile nor left claimed until its lease runs
+/// out (`forwarder.claim_lease`, minutes) once the database is back.
+#[derive(Default)]
+struct Unwritten {
+    processed: Vec<Processed>,
+    replies: Vec<ReplyRecord>,
+    releases: Vec<(Vec<String>, Vec<&'static str>)>,
+}
+
+impl Unwritten {
+    fn is_empty(&self) -> bool {
+        self.processed.is_empty() && self.replies.is_empty() && self.releases.is_empty()
+    }
+}
+
+impl Batch {
+    /// Takes out what is left to write once intakes have been answered.
+    fn take_unwritten(&mut self) -> Unwritten {
+        Unwritten {
+            processed: std::mem::take(&mut self.processed),
+            replies: std::mem::take(&mut self.replies),
+            releases: std::mem::take(&mut self.releases),
+        }
+    }
+
+    /// Puts work left from the last batch back in.
+    fn put_back(&mut self, left: Unwritten) {
+        for p in left.processed {
+            self.push_processed(p);
+        }
+        self.rows += left.replies.len();
+        self.replies.extend(left.replies);
+        for (ids, listeners) in left.releases {
+            self.rows += ids.len();
+            self.releases.push((ids, listeners));
+        }
+    }
+}
+
+/// What became of a batch's write.
+enum Written {
+    /// Committed, or given up on (`Err`: what intakes were told).
+    Done(Result<Vec<IntakeResult>, String>),
+    /// The database is unreachable: intakes were refused, the rest is to be kept.
+    Unreachable(String),
+}
+
 /// A committed batch's data. Freeing it takes time (many small allocations), so the writer
 /// hands it to the janitor thread instead; commit guards in it are dropped there too, after
 /// the commit as they require.
@@ -183,10 +254,24 @@ pub(super) fn run(
     mut rx: mpsc::Receiver<Command>,
     batch_size: usize,
     janitor: std::sync::mpsc::Sender<Spent>,
+    retrying: &Retrying,
 ) {
-    while let Some(first) = rx.blocking_recv() {
+    let mut left = Unwritten::default();
+    loop {
         let mut batch = Batch::default();
-        batch.push(first);
+        if left.is_empty() {
+            let Some(first) = rx.blocking_recv() else {
+                return;
+            };
+            batch.push(first);
+        } else {
+            if rx.is_closed() {
+                tracing::error!("database writer stopped with results it could not write");
+                return;
+            }
+            std::thread::sleep(UNWRITTEN_PAUSE);
+            batch.put_back(std::mem::take(&mut left));
+        }
         batch.take_queued(&mut rx, batch_size);
         let linger_until = Instant::now() + LINGER;
         while batch.may_linger(batch_size) && Instant::now() < linger_until {
@@ -195,7 +280,8 @@ pub(super) fn run(
         }
         let results = if batch.rows > 0 {
             let started = Instant::now();
-            let results = write_with_retries(&mut conn, &connector, synchronous, &mut batch);
+            let written =
+                write_with_retries(&mut conn, &connector, synchronous, &mut batch, retrying);
             tracing::debug!(
                 rows = batch.rows,
                 intakes = batch.intakes.len(),
@@ -204,15 +290,35 @@ pub(super) fn run(
                 micros = started.elapsed().as_micros() as u64,
                 "batch written"
             );
-            results
+            match written {
+                Written::Done(results) => results,
+                Written::Unreachable(why) => {
+                    left = batch.take_unwritten();
+                    tracing::warn!(
+                        results = left.processed.len(),
+                        "the database is unreachable: results kept to be written when it is back"
+                    );
+                    Err(why)
+                }
+            }
         } else {
             Ok(Vec::new())
         };
+        // While work is kept, intakes are still refused at once.
+        if left.is_empty() {
+            retrying.set(None);
+        }
         let (spent, stop) = batch.finish(results);
         if let Err(unsent) = janitor.send(spent) {
             drop(unsent.0);
         }
         if stop {
+            if !left.is_empty() {
+                tracing::error!(
+                    results = left.processed.len(),
+                    "database writer stopped with results it could not write (their events run again after their claim lease)"
+                );
+            }
             return;
         }
     }
@@ -220,22 +326,29 @@ pub(super) fn run(
 
 /// Writes the batch, retrying with back-off. Intakes wait for one retry at most (their HTTP
 /// request is waiting; the forwarder re-sends on a 503); other work is retried longer and,
-/// as a last resort, item by item so that one bad row cannot hold back the rest.
+/// as a last resort, item by item so that one bad row cannot hold back the rest — unless the
+/// database cannot be reached at all, when the work is kept instead ([`Unwritten`]).
+/// Meanwhile `retrying` says why, so that new intakes are refused at once.
 fn write_with_retries(
     conn: &mut DbConnection,
     connector: &Connector,
     synchronous: &str,
     batch: &mut Batch,
-) -> Result<Vec<IntakeResult>, String> {
+    retrying: &Retrying,
+) -> Written {
     let mut delay = Duration::from_millis(50);
     let mut intake_error = None;
+    // Why the last attempt to replace the connection failed: a write on the old one then
+    // fails for that reason (the database is unreachable), whatever the old one says.
+    let mut unreachable: Option<String> = None;
     for attempt in 1..=BATCH_ATTEMPTS {
         match batch.write(conn) {
-            Ok(results) => return intake_error.map_or(Ok(results), Err),
+            Ok(results) => return Written::Done(intake_error.map_or(Ok(results), Err)),
             Err(error) => {
-                tracing::warn!(%error, attempt, rows = batch.rows, "database write failed; retrying");
+                let message = unreachable.take().unwrap_or_else(|| error.to_string());
+                tracing::warn!(error = %message, attempt, rows = batch.rows, "database write failed; retrying");
+                retrying.set(Some(message.clone()));
                 if attempt >= 2 && !batch.intakes.is_empty() {
-                    let message = error.to_string();
                     for intake in batch.intakes.drain(..) {
                         let _ = intake.reply.send(Err(message.clone()));
                     }
@@ -243,14 +356,21 @@ fn write_with_retries(
                 }
                 std::thread::sleep(delay);
                 delay = (delay * 4).min(Duration::from_secs(5));
-                if let Ok(fresh) = connect(connector, synchronous) {
-                    *conn = fresh;
+                match connect(connector, synchronous) {
+                    Ok(fresh) => *conn = fresh,
+                    Err(e) => unreachable = Some(e.to_string()),
                 }
             }
         }
     }
+    if let Some(why) = unreachable {
+        // Item by item would fail alike.
+        return Written::Unreachable(intake_error.unwrap_or(why));
+    }
     write_item_by_item(conn, batch);
-    Err(intake_error.unwrap_or_else(|| "database write failed".into()))
+    Written::Done(Err(
+        intake_error.unwrap_or_else(|| "database write failed".into())
+    ))
 }
 
 fn write_item_by_item(conn: &mut DbConnection, batch: &Batch) {
@@ -299,5 +419,28 @@ mod tests {
         let (tx, _rx) = oneshot::channel();
         batch.push(Command::Flush(tx));
         assert!(!batch.may_linger(100), "a flush waits");
+    }
+
+    #[test]
+    fn work_kept_while_the_database_is_unreachable_goes_into_the_next_batch() {
+        let mut batch = Batch::default();
+        batch.push(processed(Some(AfterCommit(Box::new(())))));
+        batch.push(Command::Write(WriteOp::Release(
+            vec!["e".into()],
+            vec!["message_logger"],
+        )));
+        let rows = batch.rows;
+        let left = batch.take_unwritten();
+        assert!(!left.is_empty() && batch.processed.is_empty());
+        let mut next = Batch::default();
+        next.put_back(left);
+        assert_eq!(
+            (next.rows, next.processed.len(), next.releases.len()),
+            (rows, 1, 1)
+        );
+        assert!(
+            !next.may_linger(100),
+            "a forwarded event's kept results are written at once"
+        );
     }
 }

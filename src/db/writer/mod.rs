@@ -38,7 +38,7 @@ use super::tables::{
 };
 use super::{Connector, DbConnection, DbError};
 use crate::ratelimit::Limits;
-use batch::{Spent, run};
+use batch::{Retrying, Spent, run};
 use effect::Effect;
 
 /// How much work may wait for the writer before senders are slowed down.
@@ -199,6 +199,8 @@ impl WriteOp {
 pub struct Writer {
     /// One channel per writer thread; realm `r`'s work goes to `shards[r mod len]`.
     shards: Arc<[mpsc::Sender<Command>]>,
+    /// Per writer thread: why it is retrying a failed write, if it is.
+    retrying: Arc<[Arc<Retrying>]>,
 }
 
 /// The writer threads, to be joined at shutdown.
@@ -259,20 +261,25 @@ impl Writer {
             .map_err(|e| DbError::Task(format!("cannot start the janitor thread: {e}")))?;
         let mut shards = Vec::with_capacity(connections.len());
         let mut threads = Vec::with_capacity(connections.len());
+        let mut retrying = Vec::with_capacity(connections.len());
         for (index, conn) in connections.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
             let connector = connector.clone();
             let trash = trash.clone();
+            let failing = Arc::new(Retrying::default());
+            let theirs = failing.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("db-writer-{index}"))
-                .spawn(move || run(conn, connector, synchronous, rx, batch_size, trash))
+                .spawn(move || run(conn, connector, synchronous, rx, batch_size, trash, &theirs))
                 .map_err(|e| DbError::Task(format!("cannot start a writer thread: {e}")))?;
             shards.push(tx);
             threads.push(thread);
+            retrying.push(failing);
         }
         Ok((
             Writer {
                 shards: shards.into(),
+                retrying: retrying.into(),
             },
             WriterThread {
                 threads,
@@ -302,7 +309,9 @@ impl Writer {
     }
 
     /// Stores a forwarder batch and waits for the commit. `Busy` when a writer has not taken
-    /// the batch (or its part of it) within `wait` (it is far behind).
+    /// the batch (or its part of it) within `wait` (it is far behind); `Failed` at once while
+    /// the writer is retrying a failed write (the database is unreachable, say), rather than
+    /// after its retries.
     pub async fn intake(
         &self,
         batch: IntakeBatch,
@@ -337,6 +346,11 @@ impl Writer {
                 "no database writer for a part of the batch".into(),
             ));
         };
+        if let Some(why) = self.retrying.get(shard).and_then(|r| r.why()) {
+            return Err(IntakeWriteError::Failed(format!(
+                "the database writer is retrying a failed write: {why}"
+            )));
+        }
         match tokio::time::timeout(wait, tx.send(op)).await {
             Err(_) => return Err(IntakeWriteError::Busy),
             Ok(Err(_)) => {
