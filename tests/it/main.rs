@@ -8,6 +8,7 @@ mod dead_letters;
 mod effects;
 mod erasure;
 mod fault_disk_full;
+mod fault_pg_outage;
 mod fault_restart;
 mod faults;
 mod forwarder;

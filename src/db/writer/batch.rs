@@ -1,8 +1,9 @@
 //! The writer thread's loop (group commit): take what has queued up into one [`Batch`], write
-//! it in one transaction, retry with back-off, fall back to item-by-item writes, answer whoever
-//! waits, and hand the spent batch to the janitor thread to free. While there is no room for
-//! new work ([`Room`]) intakes are refused and the rest waits, so that nothing acknowledged is
-//! dropped and the checkpoint goes first.
+//! it in one transaction, retry with back-off (saying so, so that intake refuses at once), fall
+//! back to item-by-item writes or, while the database is unreachable, keep the work for the
+//! next batch, answer whoever waits, and hand the spent batch to the janitor thread to free.
+//! While there is no room for new work ([`Room`]) intakes are refused and the rest waits, so
+//! that nothing acknowledged is dropped and the checkpoint goes first.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,10 @@ use crate::db::{DbConnection, DbError, tables};
 /// How often a failing batch is tried again before it is written item by item.
 const BATCH_ATTEMPTS: u32 = 5;
 
+/// How long the writer waits before it tries again the work it could not write while the
+/// database was unreachable, when no other work comes (see [`Unwritten`]).
+const UNWRITTEN_PAUSE: Duration = Duration::from_secs(1);
+
 /// How long a batch that nobody waits for (results of outgoing-webhook runs, retry records,
 /// claim releases — none of them holds up an answer or a worker) may wait for more work before
 /// it is committed. Under outgoing-webhook load this turns many small commits, each writing the
@@ -40,6 +45,8 @@ pub(super) struct Room {
     pub(super) storage: Arc<Storage>,
     /// The server is stopping: no more waiting for room.
     pub(super) stopping: Arc<AtomicBool>,
+    /// Says why while this writer retries a failed write, so that intake refuses at once.
+    pub(super) retrying: Arc<Retrying>,
 }
 
 impl Room {
@@ -78,6 +85,22 @@ impl Room {
             batch.take_queued(rx, batch_size);
         }
         refused
+    }
+}
+
+/// Why a writer's write failed while it is retrying it (`None` otherwise). Intake reads it to
+/// refuse a batch at once instead of waiting behind the retries and their back-off (seconds
+/// while the database is unreachable).
+#[derive(Default)]
+pub(super) struct Retrying(std::sync::Mutex<Option<String>>);
+
+impl Retrying {
+    fn set(&self, why: Option<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    pub(super) fn why(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -229,6 +252,56 @@ impl Batch {
     }
 }
 
+/// Work the writer could not commit because the database was unreachable (its connection
+/// could not be replaced after the last attempt), kept for its next batch instead of being
+/// given up on. A forwarded event's results keep the event in flight until they are
+/// committed, so it is neither run again meanwhile nor left claimed until its lease runs
+/// out (`forwarder.claim_lease`, minutes) once the database is back.
+#[derive(Default)]
+struct Unwritten {
+    processed: Vec<Processed>,
+    replies: Vec<ReplyRecord>,
+    releases: Vec<(Vec<String>, Vec<&'static str>)>,
+}
+
+impl Unwritten {
+    fn is_empty(&self) -> bool {
+        self.processed.is_empty() && self.replies.is_empty() && self.releases.is_empty()
+    }
+}
+
+impl Batch {
+    /// Takes out what is left to write once intakes have been answered.
+    fn take_unwritten(&mut self) -> Unwritten {
+        Unwritten {
+            processed: std::mem::take(&mut self.processed),
+            replies: std::mem::take(&mut self.replies),
+            releases: std::mem::take(&mut self.releases),
+        }
+    }
+
+    /// Puts work left from the last batch back in.
+    fn put_back(&mut self, left: Unwritten) {
+        for p in left.processed {
+            self.push_processed(p);
+        }
+        self.rows += left.replies.len();
+        self.replies.extend(left.replies);
+        for (ids, listeners) in left.releases {
+            self.rows += ids.len();
+            self.releases.push((ids, listeners));
+        }
+    }
+}
+
+/// What became of a batch's write.
+enum Written {
+    /// Committed, or given up on (`Err`: what intakes were told).
+    Done(Result<Vec<IntakeResult>, IntakeWriteError>),
+    /// The database is unreachable: intakes were refused, the rest is to be kept.
+    Unreachable(IntakeWriteError),
+}
+
 /// A committed batch's data. Freeing it takes time (many small allocations), so the writer
 /// hands it to the janitor thread instead; commit guards in it are dropped there too, after
 /// the commit as they require.
@@ -246,9 +319,23 @@ pub(super) fn run(
     janitor: std::sync::mpsc::Sender<Spent>,
     room: Room,
 ) {
-    while let Some(first) = rx.blocking_recv() {
+    let retrying = &*room.retrying;
+    let mut left = Unwritten::default();
+    loop {
         let mut batch = Batch::default();
-        batch.push(first);
+        if left.is_empty() {
+            let Some(first) = rx.blocking_recv() else {
+                return;
+            };
+            batch.push(first);
+        } else {
+            if rx.is_closed() {
+                tracing::error!("database writer stopped with results it could not write");
+                return;
+            }
+            std::thread::sleep(UNWRITTEN_PAUSE);
+            batch.put_back(std::mem::take(&mut left));
+        }
         batch.take_queued(&mut rx, batch_size);
         let linger_until = Instant::now() + LINGER;
         while batch.may_linger(batch_size) && Instant::now() < linger_until {
@@ -265,7 +352,7 @@ pub(super) fn run(
                 batch_size,
                 room: &room,
             };
-            let results = writing.write_with_retries(&mut batch);
+            let written = writing.write_with_retries(&mut batch);
             tracing::debug!(
                 rows = batch.rows,
                 intakes = batch.intakes.len(),
@@ -274,15 +361,35 @@ pub(super) fn run(
                 micros = started.elapsed().as_micros() as u64,
                 "batch written"
             );
-            results
+            match written {
+                Written::Done(results) => results,
+                Written::Unreachable(why) => {
+                    left = batch.take_unwritten();
+                    tracing::warn!(
+                        results = left.processed.len(),
+                        "the database is unreachable: results kept to be written when it is back"
+                    );
+                    Err(why)
+                }
+            }
         } else {
             Ok(Vec::new())
         };
+        // While work is kept, intakes are still refused at once.
+        if left.is_empty() {
+            retrying.set(None);
+        }
         let (spent, stop) = batch.finish(results);
         if let Err(unsent) = janitor.send(spent) {
             drop(unsent.0);
         }
         if stop {
+            if !left.is_empty() {
+                tracing::error!(
+                    results = left.processed.len(),
+                    "database writer stopped with results it could not write (their events run again after their claim lease)"
+                );
+            }
             return;
         }
     }
@@ -301,27 +408,29 @@ struct Writing<'a> {
 impl Writing<'_> {
     /// Writes the batch, retrying with back-off. Intakes wait for one retry at most (their
     /// HTTP request is waiting; the forwarder re-sends on a 503); other work is retried longer
-    /// and, as a last resort, item by item so that one bad row cannot hold back the rest.
-    /// A write that fails for lack of room is not counted as an attempt: the batch waits for
-    /// room ([`Room::wait`]) and is tried again, so no result is dropped for a full disk.
-    fn write_with_retries(
-        &mut self,
-        batch: &mut Batch,
-    ) -> Result<Vec<IntakeResult>, IntakeWriteError> {
+    /// and, as a last resort, item by item so that one bad row cannot hold back the rest —
+    /// unless the database cannot be reached at all, when the work is kept instead
+    /// ([`Unwritten`]). A write that fails for lack of room is not counted as an attempt: the
+    /// batch waits for room ([`Room::wait`]) and is tried again, so no result is dropped for a
+    /// full disk.
+    fn write_with_retries(&mut self, batch: &mut Batch) -> Written {
         let mut delay = Duration::from_millis(50);
         let mut intake_error = None;
         let mut attempt = 0;
+        // Why the last attempt to replace the connection failed: a write on the old one then
+        // fails for that reason (the database is unreachable), whatever the old one says.
+        let mut unreachable: Option<String> = None;
         loop {
             if let Some(reason) = self.room.wait(batch, self.rx, self.batch_size) {
                 intake_error.get_or_insert(IntakeWriteError::NoRoom(reason));
             }
             if batch.intakes.is_empty() && !batch.has_results() {
-                return intake_error.map_or(Ok(Vec::new()), Err);
+                return Written::Done(intake_error.map_or(Ok(Vec::new()), Err));
             }
             let error = match batch.write(self.conn) {
                 Ok(results) => {
                     self.room.storage.write_succeeded();
-                    return intake_error.map_or(Ok(results), Err);
+                    return Written::Done(intake_error.map_or(Ok(results), Err));
                 }
                 Err(error) => error,
             };
@@ -331,9 +440,11 @@ impl Writing<'_> {
                 continue;
             }
             attempt += 1;
-            tracing::warn!(%error, attempt, rows = batch.rows, "database write failed; retrying");
+            let message = unreachable.take().unwrap_or_else(|| error.to_string());
+            tracing::warn!(error = %message, attempt, rows = batch.rows, "database write failed; retrying");
+            self.room.retrying.set(Some(message.clone()));
             if attempt >= 2 && !batch.intakes.is_empty() {
-                let failed = IntakeWriteError::Failed(error.to_string());
+                let failed = IntakeWriteError::Failed(message);
                 for intake in batch.intakes.drain(..) {
                     let _ = intake.reply.send(Err(failed.clone()));
                 }
@@ -344,13 +455,19 @@ impl Writing<'_> {
             }
             std::thread::sleep(delay);
             delay = (delay * 4).min(Duration::from_secs(5));
-            if let Ok(fresh) = connect(self.connector, self.synchronous) {
-                *self.conn = fresh;
+            match connect(self.connector, self.synchronous) {
+                Ok(fresh) => *self.conn = fresh,
+                Err(e) => unreachable = Some(e.to_string()),
             }
         }
+        if let Some(why) = unreachable {
+            // Item by item would fail alike.
+            return Written::Unreachable(intake_error.unwrap_or(IntakeWriteError::Failed(why)));
+        }
         write_item_by_item(self.conn, batch);
-        Err(intake_error
-            .unwrap_or_else(|| IntakeWriteError::Failed("database write failed".into())))
+        Written::Done(Err(intake_error.unwrap_or_else(|| {
+            IntakeWriteError::Failed("database write failed".into())
+        })))
     }
 }
 
@@ -400,5 +517,28 @@ mod tests {
         let (tx, _rx) = oneshot::channel();
         batch.push(Command::Flush(tx));
         assert!(!batch.may_linger(100), "a flush waits");
+    }
+
+    #[test]
+    fn work_kept_while_the_database_is_unreachable_goes_into_the_next_batch() {
+        let mut batch = Batch::default();
+        batch.push(processed(Some(AfterCommit(Box::new(())))));
+        batch.push(Command::Write(WriteOp::Release(
+            vec!["e".into()],
+            vec!["message_logger"],
+        )));
+        let rows = batch.rows;
+        let left = batch.take_unwritten();
+        assert!(!left.is_empty() && batch.processed.is_empty());
+        let mut next = Batch::default();
+        next.put_back(left);
+        assert_eq!(
+            (next.rows, next.processed.len(), next.releases.len()),
+            (rows, 1, 1)
+        );
+        assert!(
+            !next.may_linger(100),
+            "a forwarded event's kept results are written at once"
+        );
     }
 }

@@ -40,7 +40,7 @@ use super::tables::{
 };
 use super::{Connector, DbConnection, DbError};
 use crate::ratelimit::Limits;
-use batch::{Spent, run};
+use batch::{Retrying, Spent, run};
 use effect::Effect;
 
 /// How much work may wait for the writer before senders are slowed down.
@@ -208,6 +208,8 @@ pub struct Writer {
     storage: Arc<Storage>,
     /// Set when the server stops: a writer waiting for room tries once more and gives up.
     stopping: Arc<AtomicBool>,
+    /// Per writer thread: why it is retrying a failed write, if it is.
+    retrying: Arc<[Arc<Retrying>]>,
 }
 
 /// The writer threads, to be joined at shutdown.
@@ -271,11 +273,14 @@ impl Writer {
             .map_err(|e| DbError::Task(format!("cannot start the janitor thread: {e}")))?;
         let mut shards = Vec::with_capacity(connections.len());
         let mut threads = Vec::with_capacity(connections.len());
+        let mut retrying = Vec::with_capacity(connections.len());
         for (index, conn) in connections.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+            let failing = Arc::new(Retrying::default());
             let room = batch::Room {
                 storage: storage.clone(),
                 stopping: stopping.clone(),
+                retrying: failing.clone(),
             };
             let connector = connector.clone();
             let trash = trash.clone();
@@ -285,12 +290,14 @@ impl Writer {
                 .map_err(|e| DbError::Task(format!("cannot start a writer thread: {e}")))?;
             shards.push(tx);
             threads.push(thread);
+            retrying.push(failing);
         }
         Ok((
             Writer {
                 shards: shards.into(),
                 storage,
                 stopping,
+                retrying: retrying.into(),
             },
             WriterThread {
                 threads,
@@ -325,7 +332,9 @@ impl Writer {
     }
 
     /// Stores a forwarder batch and waits for the commit. `Busy` when a writer has not taken
-    /// the batch (or its part of it) within `wait` (it is far behind).
+    /// the batch (or its part of it) within `wait` (it is far behind); `Failed` at once while
+    /// the writer is retrying a failed write (the database is unreachable, say), rather than
+    /// after its retries.
     pub async fn intake(
         &self,
         batch: IntakeBatch,
@@ -360,6 +369,11 @@ impl Writer {
                 "no database writer for a part of the batch".into(),
             ));
         };
+        if let Some(why) = self.retrying.get(shard).and_then(|r| r.why()) {
+            return Err(IntakeWriteError::Failed(format!(
+                "the database writer is retrying a failed write: {why}"
+            )));
+        }
         match tokio::time::timeout(wait, tx.send(op)).await {
             Err(_) => return Err(IntakeWriteError::Busy),
             Ok(Err(_)) => {
