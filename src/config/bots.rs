@@ -44,6 +44,11 @@ pub struct BotConfig {
     /// The bot's display name, used to strip a leading mention when Zulip does not send it.
     #[serde(default)]
     pub full_name: Option<String>,
+    /// The id of the bot's realm. Zulip's outgoing webhooks name the realm only by its
+    /// subdomain; with this, listeners scoped by realm id run on the bot's messages too
+    /// (without it the id is learned from forwarded events, when the forwarder is on).
+    #[serde(default)]
+    pub realm_id: Option<i64>,
     /// Listeners in the order they run (a handler name is the listener of that name); the
     /// first reply wins. See [`BotConfig::listener_names`].
     #[serde(default)]

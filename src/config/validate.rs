@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::listeners::OLD_LIST_KEY;
 use super::server::MIN_SQLITE_CACHE_PER_CONNECTION;
-use super::{BotConfig, Config, ConfigError, MIN_ADMIN_TOKEN_CHARS, invalid};
+use super::{BotConfig, Config, ConfigError, MIN_ADMIN_TOKEN_CHARS, RealmSelector, invalid};
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -66,6 +66,7 @@ impl Config {
                 ));
             }
         }
+        self.check_realm_scopes()?;
         if self.forwarder.list().given_twice() {
             return Err(given_twice("forwarder"));
         }
@@ -116,6 +117,39 @@ impl Config {
         }
         // Whether listener names and handler settings exist and suit their handlers is
         // checked by the listener registry, which owns the handler names.
+        Ok(())
+    }
+
+    /// A bot's listener scoped by realm id could never run on the bot's messages when
+    /// nothing tells the server the realm's id: Zulip's outgoing webhook names the realm only
+    /// by its subdomain, and without the forwarder no event teaches the id.
+    fn check_realm_scopes(&self) -> Result<(), ConfigError> {
+        if !self.forwarder.secrets.is_empty() {
+            return Ok(());
+        }
+        for (bot_name, bot) in self.bots.iter().filter(|(_, b)| b.realm_id.is_none()) {
+            for listener in bot.listener_names() {
+                let Some(definition) = self.listeners.get(&listener) else {
+                    continue;
+                };
+                if let Some(RealmSelector::Id(id)) = definition
+                    .scope
+                    .realms
+                    .iter()
+                    .find(|r| matches!(r, RealmSelector::Id(_)))
+                {
+                    return Err(invalid(
+                        format!("listeners.{listener}.realms"),
+                        format!(
+                            "names realm {id} by id, but bot `{bot_name}`'s outgoing webhooks \
+                             name the realm only by its subdomain (and the forwarder, which \
+                             would tell the id, is off): set bots.{bot_name}.realm_id = {id}, \
+                             or name the realm by its subdomain"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 

@@ -22,6 +22,11 @@ pub struct Bot {
     email: String,
     token: Secret,
     pub full_name: Option<String>,
+    /// `[bots.<name>] realm_id`: the id of the bot's realm, which Zulip's payload does not
+    /// carry.
+    pub realm_id: Option<i64>,
+    /// Whether it was logged that a listener scoped by realm id cannot run on its messages.
+    pub realm_unknown_logged: std::sync::atomic::AtomicBool,
     pub api: Option<BotApi>,
     /// The listeners that run its messages, in order (the first reply wins).
     pub listeners: Arc<[ListenerId]>,
@@ -46,6 +51,8 @@ impl Bots {
                 email: bot.email.to_ascii_lowercase(),
                 token: bot.token.clone(),
                 full_name: bot.full_name.clone(),
+                realm_id: bot.realm_id,
+                realm_unknown_logged: std::sync::atomic::AtomicBool::new(false),
                 api: BotApi::from_config(bot),
                 listeners: registry.ids(&bot.listener_names()).into(),
                 deadline: bot

@@ -3,7 +3,8 @@
 //! keep running. The outgoing-webhook path (deadline, retries, late replies) is in
 //! [`outgoing`], its bots in [`bots`]; the forwarder path (durable inbox, workers, retries,
 //! dead letters) in [`inbox`], and what operators do with dead letters in [`dead_letters`].
-//! Both paths pass events through the same [`guards`].
+//! Both paths pass events through the same [`guards`]; [`realms`] matches realm ids with
+//! subdomains for both.
 
 pub mod announce;
 pub mod bots;
@@ -12,6 +13,7 @@ pub mod guards;
 pub mod inbox;
 pub mod outgoing;
 pub mod processes;
+pub mod realms;
 pub mod tasks;
 
 use std::panic::AssertUnwindSafe;
@@ -46,6 +48,8 @@ pub struct Processor {
     writer: Writer,
     announcer: Arc<Announcer>,
     tasks: TaskTracker,
+    /// Realm ids by subdomain, learned from forwarded events.
+    realms: Arc<realms::RealmDirectory>,
 }
 
 /// How a run begun by [`Processor::start`] stands.
@@ -87,7 +91,13 @@ impl Processor {
             writer,
             announcer,
             tasks,
+            realms: Arc::default(),
         }
+    }
+
+    /// Realm ids by subdomain, as forwarded events have named them.
+    pub fn realms(&self) -> &realms::RealmDirectory {
+        &self.realms
     }
 
     /// The background tasks a graceful shutdown waits for.

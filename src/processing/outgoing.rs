@@ -3,6 +3,7 @@
 //! bots themselves are in [`super::bots`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -13,7 +14,7 @@ use super::bots::{BotId, Bots};
 use super::guards::{Guard, Refused, Subject};
 use super::{Processor, Started, log_row};
 use crate::clock::{millis, now_ms};
-use crate::config::Config;
+use crate::config::{Config, RealmSelector};
 use crate::db::tables::replies::ReplyRecord;
 use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::db::{Db, DbError, tables};
@@ -150,8 +151,48 @@ impl OutgoingService {
             .await
     }
 
+    /// Zulip's payload names the realm only by its subdomain: the id comes from the bot's
+    /// `realm_id`, else from what forwarded events taught ([`super::realms`]). When neither
+    /// knows it and one of the bot's listeners is scoped by realm id (it cannot run on this
+    /// message), that is logged once per bot.
+    fn resolve_realm(&self, bot_id: BotId, event: &mut Event) {
+        if event.realm.id.is_some() {
+            return;
+        }
+        let bot = self.bots.get(bot_id);
+        event.realm.id = bot.realm_id.or_else(|| {
+            let subdomain = event.realm.string_id.as_deref()?;
+            self.processor.realms().id_of(subdomain)
+        });
+        if event.realm.id.is_some() || bot.realm_unknown_logged.load(Ordering::Relaxed) {
+            return;
+        }
+        let registry = self.processor.registry();
+        let scoped_by_id = bot.listeners.iter().find_map(|&id| {
+            let entry = registry.get(id)?;
+            let live = entry.live();
+            let by_id = live
+                .definition
+                .scope
+                .realms
+                .iter()
+                .any(|r| matches!(r, RealmSelector::Id(_)));
+            by_id.then(|| entry.name())
+        });
+        if let Some(listener) = scoped_by_id
+            && !bot.realm_unknown_logged.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                listener,
+                realm = event.realm.string_id.as_deref().unwrap_or(""),
+                "listener is scoped by realm id, but this bot's webhook names its realm only by subdomain and no forwarded event has told its id: set [bots.<name>] realm_id (the listener does not run on these messages until then)"
+            );
+        }
+    }
+
     /// Handles one verified request for `bot`.
-    pub async fn handle(&self, bot_id: BotId, event: Event) -> Answer {
+    pub async fn handle(&self, bot_id: BotId, mut event: Event) -> Answer {
+        self.resolve_realm(bot_id, &mut event);
         let key = event.message_id().map(|id| (bot_id, id));
         if let Some(key) = key {
             match self.record.entry(key) {

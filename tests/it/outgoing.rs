@@ -517,3 +517,99 @@ async fn an_unknown_trigger_runs_the_listeners_without_a_reply(backend: Backend)
     assert_eq!(limited.json, json!({"response_not_required": true}));
     t.stop().await;
 }
+
+backend_test!(async fn realm_scopes_by_id_match_outgoing_webhooks);
+/// Zulip's outgoing payload names the realm only by subdomain (`sender_realm_str`): a listener
+/// scoped by realm id runs on a bot's messages once the id is known — from the bot's
+/// `realm_id`, or from a forwarded batch of that realm — and not for another realm.
+async fn realm_scopes_by_id_match_outgoing_webhooks(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let scoped = "[listeners.zulip_log]\nhandler = \"message_logger\"\nrealms = [7]\n";
+    let logged = |t: &TestServer, id: i64| {
+        let t = t.server.db.clone();
+        async move {
+            t.run(move |c| tables::messages::message_by_id(c, id))
+                .await
+                .expect("query")
+                .is_some()
+        }
+    };
+    // With the bot's realm id configured.
+    let t = TestApp::new(&db)
+        .helper(&["command_bot", "zulip_log"])
+        .toml(&format!("{scoped}[bots.helper]\nrealm_id = 7\n"))
+        .start()
+        .await;
+    let answer = t
+        .post_json(
+            "/zulip/outgoing",
+            &example(400, "@**Outgoing webhook test** ping"),
+        )
+        .await;
+    assert_eq!(answer.json, json!({"content": "pong"}));
+    t.server.flush().await;
+    assert!(
+        logged(&t, 400).await,
+        "{backend:?}: the id-scoped listener ran"
+    );
+    t.stop().await;
+
+    // Without it, the forwarder teaches the id: not known yet, then known.
+    let t = TestApp::new(&db)
+        .helper(&["command_bot", "zulip_log"])
+        .forwarder()
+        .toml(scoped)
+        .start()
+        .await;
+    t.post_json(
+        "/zulip/outgoing",
+        &example(401, "@**Outgoing webhook test** ping"),
+    )
+    .await;
+    t.server.flush().await;
+    assert!(
+        !logged(&t, 401).await,
+        "{backend:?}: realm 7 is not known to be `zulip` yet"
+    );
+    let taught = t
+        .post_events(
+            "msg_realm_7",
+            vec![
+                Envelope::new(
+                    "realm-7-typing",
+                    json!({"type": "typing", "op": "start",
+                "sender": {"user_id": 10, "email": "u10@zulip.example.com"},
+                "recipients": [], "message_type": "direct"}),
+                )
+                .realm(7, "Zulip")
+                .json(),
+            ],
+        )
+        .await;
+    assert_eq!(taught.status, 200, "{:?}", taught.json);
+    t.post_json(
+        "/zulip/outgoing",
+        &example(402, "@**Outgoing webhook test** ping"),
+    )
+    .await;
+    t.server.flush().await;
+    assert!(
+        logged(&t, 402).await,
+        "{backend:?}: learned from the forwarded batch"
+    );
+    t.stop().await;
+}
+
+#[test]
+fn a_realm_id_scope_nothing_can_match_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = ConfigFile::new(&format!(
+        "[database]\nurl = \"sqlite://{}/x.db\"\n{}[listeners.zulip_log]\nhandler = \"message_logger\"\nrealms = [7]\n",
+        dir.path().display(),
+        helper_bot(&["command_bot", "zulip_log"]),
+    ));
+    let (ok, said) = cli_status(&config.path, &["check-config"]);
+    assert!(!ok, "{said}");
+    assert!(said.contains("listeners.zulip_log.realms"), "{said}");
+    assert!(said.contains("bots.helper.realm_id"), "{said}");
+}

@@ -62,6 +62,14 @@ impl Inbox {
             return Err(IntakeError::NoRoom(reason));
         }
         self.admit(&events)?;
+        // Batches hold one realm's events: learn its id and subdomain once per realm.
+        let mut last_realm = None;
+        for event in &events {
+            if last_realm != Some(event.realm_id) {
+                self.processor.realms().learn(event.realm_id, &event.realm);
+                last_realm = Some(event.realm_id);
+            }
+        }
         let Plan {
             batch,
             order,
