@@ -25,6 +25,9 @@ use crate::db::{DbError, tables};
 use crate::listeners::ListenerId;
 use crate::telemetry::metric;
 
+/// How often a claim that could not be checked (the database unreachable) is checked again.
+const CHECK_AGAIN: Duration = Duration::from_secs(1);
+
 /// This process's claims on the work of one event in flight: each listener whose work it
 /// claimed, with the time until which the claim is known to hold (empty on SQLite).
 pub(super) type Held = Vec<(&'static str, i64)>;
@@ -120,42 +123,64 @@ impl Inbox {
         if known {
             return true;
         }
-        let until = now + self.lease_ms();
-        let (owner, event, listener) = (self.owner.clone(), event_id.to_string(), name);
-        let taken = self
-            .db
-            .run(move |c| {
-                tables::claims::retake_claim(c, &owner, &event, listener, attempts, until)
-            })
-            .await;
-        match taken {
-            Ok(true) => {
-                if let Some(mut claims) = self.in_flight.get_mut(event_id) {
-                    for (n, held_until) in claims.iter_mut() {
-                        if *n == name {
-                            *held_until = (*held_until).max(until);
+        let mut waited = false;
+        loop {
+            let until = now_ms() + self.lease_ms();
+            let (owner, event, listener) = (self.owner.clone(), event_id.to_string(), name);
+            let taken = self
+                .db
+                .run(move |c| {
+                    tables::claims::retake_claim(c, &owner, &event, listener, attempts, until)
+                })
+                .await;
+            match taken {
+                Ok(true) => {
+                    if let Some(mut claims) = self.in_flight.get_mut(event_id) {
+                        for (n, held_until) in claims.iter_mut() {
+                            if *n == name {
+                                *held_until = (*held_until).max(until);
+                            }
                         }
                     }
+                    if waited {
+                        tracing::info!(event_id, listener = name, "claim checked again; running");
+                    }
+                    return true;
                 }
-                true
-            }
-            Ok(false) => {
-                metric::claims("lost", 1);
-                tracing::warn!(
-                    event_id,
-                    listener = name,
-                    "not running: the claim on this work lapsed before it was renewed and another process took it (or it has a result already)"
-                );
-                false
-            }
-            Err(error) => {
-                tracing::warn!(
-                    event_id,
-                    listener = name,
-                    %error,
-                    "not running: the claim on this work could not be checked; the next sweep takes it"
-                );
-                false
+                Ok(false) => {
+                    metric::claims("lost", 1);
+                    tracing::warn!(
+                        event_id,
+                        listener = name,
+                        "not running: the claim on this work lapsed before it was renewed and another process took it (or it has a result already)"
+                    );
+                    return false;
+                }
+                // The database cannot be reached: nothing can be written, and no other
+                // process can take the work meanwhile either. The event stays in flight here
+                // (its own claim would keep this process's sweeper from it for the rest of the
+                // lease) and the check is made again once the database answers.
+                Err(error) if !*self.stopping.borrow() => {
+                    if !waited {
+                        tracing::warn!(
+                            event_id,
+                            listener = name,
+                            %error,
+                            "the claim on this work cannot be checked; waiting for the database"
+                        );
+                        waited = true;
+                    }
+                    tokio::time::sleep(CHECK_AGAIN).await;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        event_id,
+                        listener = name,
+                        %error,
+                        "not running: stopping, and the claim on this work cannot be checked; a later sweep takes it"
+                    );
+                    return false;
+                }
             }
         }
     }

@@ -78,6 +78,8 @@ pub struct Inbox {
     /// shares the database with other processes (PostgreSQL); empty on SQLite, where one
     /// server owns the database and claims are only about crash recovery.
     owner: String,
+    /// Turns true when the workers are asked to stop.
+    stopping: watch::Receiver<bool>,
     config: ForwarderConfig,
     admission: Admission,
     /// Pending events this server knows of (stored, not yet done, dead or parked), per
@@ -170,6 +172,7 @@ impl Inbox {
             lanes,
             in_flight: Arc::new(DashMap::new()),
             owner,
+            stopping: watch_rx.clone(),
             config,
             admission,
             backlog,
