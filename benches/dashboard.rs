@@ -118,6 +118,7 @@ fn fill(url: &str, rows: i64) {
             emitted_at_ms: Some(now),
             received_at_ms: now - n,
             updated_at_ms: now,
+            message_id: None,
         })
         .collect();
     tables::inbox::insert_inbox(&mut conn, &dead).unwrap_or_else(|e| panic!("{e}"));

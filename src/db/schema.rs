@@ -111,6 +111,7 @@ diesel::table! {
         emitted_at_ms -> Nullable<BigInt>,
         received_at_ms -> BigInt,
         updated_at_ms -> BigInt,
+        message_id -> Nullable<BigInt>,
     }
 }
 

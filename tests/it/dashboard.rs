@@ -78,6 +78,7 @@ async fn seed(t: &TestServer) {
                 emitted_at_ms: Some(now - 60_000),
                 received_at_ms: now - 60_000 + i,
                 updated_at_ms: now,
+                message_id: None,
             })
             .collect();
         tables::inbox::insert_inbox(c, &dead).expect("dead letters");

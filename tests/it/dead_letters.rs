@@ -404,6 +404,7 @@ fn seed_dead(c: &mut DbConnection, ids: &[&str], status: InboxStatus, updated_ms
             emitted_at_ms: Some(now - updated_ms_ago - 1000),
             received_at_ms: now - updated_ms_ago - 1000,
             updated_at_ms: now - updated_ms_ago,
+            message_id: None,
         })
         .collect();
     tables::inbox::insert_inbox(c, &rows).expect("dead letters");

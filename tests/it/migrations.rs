@@ -108,7 +108,8 @@ fn text_event_ids_become_compact_keys_and_back(backend: Backend) {
     before.sort();
 
     let applied = run_migrations(&mut conn).expect("migrations");
-    assert_eq!(applied, ["20261203000011"]);
+    // 000011 first, then any later migration.
+    assert_eq!(applied.first().map(|v| v.as_str()), Some("20261203000011"));
     for id in IDS {
         let entry = inbox_entry(&mut conn, id)
             .expect("look-up")
@@ -134,12 +135,19 @@ fn text_event_ids_become_compact_keys_and_back(backend: Backend) {
     assert_eq!(stored[2].bytes, 37);
     assert!(stored[4].event_id.starts_with("01"));
 
+    // Reverted down to before 000011, later migrations first.
     let source = migration_files(backend);
-    match &mut conn {
-        DbConnection::Sqlite(c) => c.revert_last_migration(source),
-        DbConnection::Postgres(c) => c.revert_last_migration(source),
+    loop {
+        let reverted = match &mut conn {
+            DbConnection::Sqlite(c) => c.revert_last_migration(source.clone()),
+            DbConnection::Postgres(c) => c.revert_last_migration(source.clone()),
+        }
+        .expect("revert")
+        .to_string();
+        if reverted == "20261203000011" {
+            break;
+        }
     }
-    .expect("revert");
     assert_eq!(text_ids(&mut conn, "inbox"), before);
     assert_eq!(text_ids(&mut conn, "inbox_work"), before);
 }

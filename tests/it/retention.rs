@@ -103,6 +103,7 @@ fn inbox_event(conn: &mut DbConnection, event_id: &str, status: &str, updated_at
         emitted_at_ms: None,
         received_at_ms: updated_at_ms,
         updated_at_ms,
+        message_id: None,
     };
     diesel::insert_into(inbox::table)
         .values(&row)

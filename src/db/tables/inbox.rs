@@ -104,6 +104,8 @@ pub struct NewInboxRow {
     pub emitted_at_ms: Option<i64>,
     pub received_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The Zulip message the event is about, when there is one ([`crate::events::Event::message_id`]).
+    pub message_id: Option<i64>,
 }
 
 bulk_row! {
@@ -113,7 +115,7 @@ bulk_row! {
     columns: (
         event_id = event_key, webhook_id, realm_id, realm, user_id, event_type, op, payload, status,
         attempts, next_attempt_at_ms, claimed_until_ms, last_error, emitted_at_ms,
-        received_at_ms, updated_at_ms,
+        received_at_ms, updated_at_ms, message_id,
     ),
 }
 
@@ -316,6 +318,21 @@ pub fn inbox_entry(conn: &mut DbConnection, event_id: &str) -> Result<Option<Inb
         .select(InboxEntry::as_select())
         .first(conn)
         .optional()?)
+}
+
+/// Forwarded events about Zulip message `message_id` (through the `inbox_message` index),
+/// oldest first, at most `limit`.
+pub fn inbox_entries_about(
+    conn: &mut DbConnection,
+    message_id: i64,
+    limit: i64,
+) -> Result<Vec<InboxEntry>, DbError> {
+    Ok(inbox::table
+        .filter(inbox::message_id.eq(message_id))
+        .order(inbox::id.asc())
+        .limit(limit)
+        .select(InboxEntry::as_select())
+        .load(conn)?)
 }
 
 /// Whether an inbox row with this event id and one of `statuses` exists.

@@ -158,6 +158,7 @@ mod tests {
             emitted_at_ms: None,
             received_at_ms: 0,
             updated_at_ms: 0,
+            message_id: None,
         }
     }
 

@@ -98,6 +98,7 @@ impl Inbox {
             if let Some(reason) = &reason {
                 tracing::info!(event_id = %event.event_id, status = status.as_str(), %reason, "event stored, not dispatched");
             }
+            let message_id = event.event.message_id();
             let mut row = NewInboxRow {
                 event_key: EventKey::of(&event.event_id),
                 event_id: event.event_id,
@@ -116,6 +117,7 @@ impl Inbox {
                 emitted_at_ms: event.emitted_at_ms,
                 received_at_ms: now,
                 updated_at_ms: now,
+                message_id,
             };
             if status == InboxStatus::Pending {
                 self.plan_pending(

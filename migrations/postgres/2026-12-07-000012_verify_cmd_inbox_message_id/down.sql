@@ -1,0 +1,2 @@
+DROP INDEX inbox_message;
+ALTER TABLE inbox DROP COLUMN message_id;
