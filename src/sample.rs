@@ -10,9 +10,14 @@ use serde_json::json;
 use crate::config::Config;
 use crate::verification::SigningKey;
 
-/// Where the sample goes when no `--url` is given: the configured listen address, with a
-/// wildcard address replaced by loopback.
+/// Where the sample goes when no `--url` is given: `/zulip/events` of [`local_base`].
 pub fn default_url(config: &Config) -> String {
+    format!("{}/zulip/events", local_base(config))
+}
+
+/// This server as a command-line tool on the same machine reaches it: the configured listen
+/// address, with a wildcard address replaced by loopback.
+pub fn local_base(config: &Config) -> String {
     let mut bind = config.server.bind;
     if bind.ip().is_unspecified() {
         bind.set_ip(match bind {
@@ -20,7 +25,7 @@ pub fn default_url(config: &Config) -> String {
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    format!("http://{bind}/zulip/events")
+    format!("http://{bind}")
 }
 
 /// The batch: a channel message and a typing notification from one user of realm 1.

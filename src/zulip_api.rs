@@ -1,15 +1,18 @@
-//! The small part of Zulip's REST API the server calls: `POST /api/v1/messages`, to deliver a
-//! bot's reply that was ready only after the HTTP answer had gone back to Zulip, and to post
-//! alerts and greetings as a bot.
+//! The small part of Zulip's REST API this program calls: `POST /api/v1/messages`, to deliver
+//! a bot's reply that was ready only after the HTTP answer had gone back to Zulip, and to post
+//! alerts and greetings as a bot; and for `zulip-listeners verify`, the user and message
+//! look-ups and the deletion of its test messages.
 
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::config::{BotConfig, Secret};
 use crate::events::{Message, MessageType};
 
-/// A bot's REST credentials.
+/// A bot's REST credentials (Zulip authenticates any user this way, so `verify` uses them for
+/// the person it posts as).
 #[derive(Debug, Clone)]
 pub struct BotApi {
     /// The Zulip server, without a trailing slash.
@@ -81,6 +84,61 @@ pub enum ZulipApiError {
     Http(String),
     #[error("Zulip answered {status}: {message}")]
     Rejected { status: u16, message: String },
+    /// A 2xx answer without the fields Zulip's API documents.
+    #[error("Zulip's answer was not understood: {0}")]
+    Unexpected(String),
+}
+
+/// A user as `GET /api/v1/users/me` and `GET /api/v1/users/{email}` describe them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ZulipUser {
+    pub user_id: i64,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub full_name: String,
+    #[serde(default)]
+    pub is_bot: bool,
+    /// 1 generic, 2 incoming webhook, [`OUTGOING_WEBHOOK_BOT`], 4 embedded; `None` for people.
+    #[serde(default)]
+    pub bot_type: Option<i64>,
+    #[serde(default = "active")]
+    pub is_active: bool,
+}
+
+/// `bot_type` of an outgoing-webhook bot.
+pub const OUTGOING_WEBHOOK_BOT: i64 = 3;
+
+fn active() -> bool {
+    true
+}
+
+/// A message as `GET /api/v1/messages` lists it (the fields read here; `content` is the
+/// Markdown source, as asked for with `apply_markdown=false`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListedMessage {
+    pub id: i64,
+    pub sender_id: i64,
+    #[serde(default)]
+    pub sender_email: String,
+    #[serde(default)]
+    pub content: String,
+}
+
+#[derive(Deserialize)]
+struct UserResponse {
+    user: ZulipUser,
+}
+
+#[derive(Deserialize)]
+struct MessagesResponse {
+    messages: Vec<ListedMessage>,
+}
+
+#[derive(Deserialize)]
+struct ErrorResponse {
+    #[serde(default)]
+    msg: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -152,4 +210,89 @@ impl ZulipClient {
         }
         Ok(parsed.and_then(|p| p.id))
     }
+
+    /// `GET /api/v1/users/me`: whose key `api` holds.
+    pub async fn me(&self, api: &BotApi) -> Result<ZulipUser, ZulipApiError> {
+        let url = endpoint(api, &["users", "me"])?;
+        self.call(self.http.get(url), api).await
+    }
+
+    /// `GET /api/v1/users/{email}`: a user (or bot) of the realm by email.
+    pub async fn user(&self, api: &BotApi, email: &str) -> Result<ZulipUser, ZulipApiError> {
+        let url = endpoint(api, &["users", email])?;
+        let found: UserResponse = self.call(self.http.get(url), api).await?;
+        Ok(found.user)
+    }
+
+    /// `GET /api/v1/messages`: up to `count` messages after message `anchor` (not included)
+    /// in `narrow` (Zulip's list of `{"operator", "operand"}` terms), oldest first.
+    pub async fn messages_after(
+        &self,
+        api: &BotApi,
+        anchor: i64,
+        narrow: &serde_json::Value,
+        count: u32,
+    ) -> Result<Vec<ListedMessage>, ZulipApiError> {
+        let url = endpoint(api, &["messages"])?;
+        let query = [
+            ("anchor", anchor.to_string()),
+            ("include_anchor", "false".into()),
+            ("num_before", "0".into()),
+            ("num_after", count.to_string()),
+            ("apply_markdown", "false".into()),
+            ("narrow", narrow.to_string()),
+        ];
+        let listed: MessagesResponse = self.call(self.http.get(url).query(&query), api).await?;
+        Ok(listed.messages)
+    }
+
+    /// `DELETE /api/v1/messages/{id}` (Zulip allows it to administrators, and to senders
+    /// when the organisation lets them delete their own messages).
+    pub async fn delete_message(&self, api: &BotApi, id: i64) -> Result<(), ZulipApiError> {
+        let url = endpoint(api, &["messages", &id.to_string()])?;
+        let _: serde_json::Value = self.call(self.http.delete(url), api).await?;
+        Ok(())
+    }
+
+    /// Sends an API request with `api`'s credentials; a 2xx answer is read as `T`, any other
+    /// as the error Zulip gives in `msg`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        api: &BotApi,
+    ) -> Result<T, ZulipApiError> {
+        let response = request
+            .basic_auth(&api.email, Some(api.api_key.expose()))
+            .send()
+            .await
+            .map_err(|e| ZulipApiError::Http(crate::redact::http_error(e)))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ZulipApiError::Http(crate::redact::http_error(e)))?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<ErrorResponse>(&text)
+                .ok()
+                .and_then(|e| e.msg)
+                .unwrap_or_else(|| crate::events::text::truncate_chars(&text, 200).0);
+            return Err(ZulipApiError::Rejected {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| ZulipApiError::Unexpected(e.to_string()))
+    }
+}
+
+/// `{site}/api/v1/` followed by `segments`, each percent-encoded as one path segment.
+fn endpoint(api: &BotApi, segments: &[&str]) -> Result<reqwest::Url, ZulipApiError> {
+    let mut url = reqwest::Url::parse(&api.site)
+        .map_err(|e| ZulipApiError::Http(format!("the site is not a URL: {e}")))?;
+    url.path_segments_mut()
+        .map_err(|()| ZulipApiError::Http("the site is not an http(s) URL".into()))?
+        .pop_if_empty()
+        .extend(["api", "v1"])
+        .extend(segments);
+    Ok(url)
 }

@@ -1,5 +1,5 @@
 //! The command line (clap): `serve`, `migrate`, `check-config`, `listeners`, `cleanup`,
-//! `stats`, `gen-secret`, `doctor`, `send-sample` and `dead-letters`. This file holds the
+//! `stats`, `gen-secret`, `doctor`, `send-sample`, `dead-letters` and `verify`. This file holds the
 //! arguments and the dispatch; each command group runs in its own file.
 
 mod dead_letters;
@@ -7,6 +7,7 @@ mod listeners;
 mod serve;
 mod stats;
 mod table;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ use crate::verification::SigningKey;
 pub use dead_letters::DeadLetterAction;
 pub use listeners::ListenerAction;
 pub use stats::StatsAction;
+pub use verify::VerifyArgs;
 
 /// zulip-listeners: event-driven features for a Zulip organisation.
 #[derive(Debug, Parser)]
@@ -107,6 +109,13 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Check the installation end to end against your Zulip: mention the bot as a person
+    /// (in --channel, or in a direct message), then wait for the webhook in this server's
+    /// event log, the bot's reply in Zulip and, with the forwarder, the forwarded message in
+    /// the inbox (both through the admin API); prints each step with its latency and a fix
+    /// for every failure, deletes its test messages where allowed; exits 0 only when all
+    /// passed.
+    Verify(VerifyArgs),
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -135,7 +144,11 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match cli.command {
+    let command = match cli.command {
+        Command::Verify(args) => return verify::run(&config, &args),
+        command => command,
+    };
+    let result = match command {
         Command::Serve { dry_run, listeners } => serve::serve(
             config,
             ServeOptions {
@@ -166,7 +179,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     json,
                 },
         } => stats::show_stats(&config, listener.as_deref(), hours, json),
-        Command::GenSecret | Command::Doctor { .. } => Ok(()),
+        Command::GenSecret | Command::Doctor { .. } | Command::Verify(_) => Ok(()),
         Command::SendSample { url } => crate::sample::send(&config, url.as_deref()),
         Command::DeadLetters { action } => dead_letters::dead_letters(&config, action),
     };

@@ -1,7 +1,8 @@
 //! `zulip-listeners doctor`: the checklist an administrator runs after installing. Every
 //! check prints one line, and every failure a fix; the exit code is 0 only when nothing
 //! failed. This file holds the checklist and the checks that need only the configuration
-//! (its validity, the forwarder secrets); [`database`] and [`network`] hold the others.
+//! (its validity, the forwarder secrets); [`database`] and [`network`] hold the others. The
+//! checklist lines ([`Check`], [`render`]) are also those of `zulip-listeners verify`.
 
 mod database;
 mod network;
@@ -18,21 +19,23 @@ use crate::verification::SigningKey;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
+pub(crate) enum Status {
     Ok,
     Fail,
     Skip,
+    /// Worth knowing, not a check: not counted.
+    Note,
 }
 
 /// One line of the checklist.
-struct Check {
-    status: Status,
-    what: String,
-    fix: Option<String>,
+pub(crate) struct Check {
+    pub(crate) status: Status,
+    pub(crate) what: String,
+    pub(crate) fix: Option<String>,
 }
 
 impl Check {
-    fn ok(what: impl Into<String>) -> Check {
+    pub(crate) fn ok(what: impl Into<String>) -> Check {
         Check {
             status: Status::Ok,
             what: what.into(),
@@ -40,7 +43,7 @@ impl Check {
         }
     }
 
-    fn fail(what: impl Into<String>, fix: impl Into<String>) -> Check {
+    pub(crate) fn fail(what: impl Into<String>, fix: impl Into<String>) -> Check {
         Check {
             status: Status::Fail,
             what: what.into(),
@@ -48,9 +51,17 @@ impl Check {
         }
     }
 
-    fn skip(what: impl Into<String>) -> Check {
+    pub(crate) fn skip(what: impl Into<String>) -> Check {
         Check {
             status: Status::Skip,
+            what: what.into(),
+            fix: None,
+        }
+    }
+
+    pub(crate) fn note(what: impl Into<String>) -> Check {
+        Check {
+            status: Status::Note,
             what: what.into(),
             fix: None,
         }
@@ -85,26 +96,40 @@ fn config_failure(error: &ConfigError) -> Check {
     )
 }
 
-fn render(checks: &[Check]) -> String {
-    let mut out = String::new();
-    for check in checks {
-        let mark = match check.status {
+/// The checklist: one line per check (`[ ok ]`, `[FAIL]` with a `fix:` line, `[skip]`,
+/// `[note]`), then the count of failures.
+pub(crate) fn render(checks: &[Check]) -> String {
+    let mut out: String = checks.iter().map(Check::render).collect();
+    out.push_str(&summary(checks));
+    out
+}
+
+impl Check {
+    /// The check's line, and its `fix:` line under a failure.
+    pub(crate) fn render(&self) -> String {
+        let mark = match self.status {
             Status::Ok => "[ ok ]",
             Status::Fail => "[FAIL]",
             Status::Skip => "[skip]",
+            Status::Note => "[note]",
         };
-        let _ = writeln!(out, "{mark} {}", check.what);
-        if let Some(fix) = &check.fix {
+        let mut out = format!("{mark} {}\n", self.what);
+        if let Some(fix) = &self.fix {
             let _ = writeln!(out, "       fix: {fix}");
         }
+        out
     }
+}
+
+/// The last line of the checklist: how many checks failed (notes are not checks).
+pub(crate) fn summary(checks: &[Check]) -> String {
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
-    let _ = if failed == 0 {
-        writeln!(out, "All {} checks passed.", checks.len())
+    let counted = checks.iter().filter(|c| c.status != Status::Note).count();
+    if failed == 0 {
+        format!("All {counted} checks passed.\n")
     } else {
-        writeln!(out, "{failed} of {} checks failed.", checks.len())
-    };
-    out
+        format!("{failed} of {counted} checks failed.\n")
+    }
 }
 
 fn check_all(config: &Config, url: Option<&str>) -> Vec<Check> {
@@ -197,7 +222,13 @@ mod tests {
 
     #[test]
     fn the_checklist_counts_failures() {
-        let text = render(&[Check::ok("a"), Check::fail("b", "do c"), Check::skip("d")]);
+        let text = render(&[
+            Check::ok("a"),
+            Check::fail("b", "do c"),
+            Check::skip("d"),
+            Check::note("e"),
+        ]);
+        assert!(text.contains("[note] e\n"), "{text}");
         assert!(text.contains("[FAIL] b\n       fix: do c\n"), "{text}");
         assert!(text.ends_with("1 of 3 checks failed.\n"), "{text}");
     }

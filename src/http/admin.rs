@@ -1,6 +1,6 @@
 //! The admin API under `/admin/`, behind a bearer token compared in constant time (401
 //! without it; the whole API answers 404 while no token is configured): listeners (list, show,
-//! change), the event log and statistics; the dead-letter routes are in
+//! change), the event log, forwarded events by message, and statistics; the dead-letter routes are in
 //! [`super::dead_letters`]. Listener changes of the dashboard go through [`apply_change`] here
 //! too.
 
@@ -13,6 +13,7 @@ use serde_json::json;
 use super::{ApiError, AppState, json_ok};
 use crate::clock::now_ms;
 use crate::db::tables;
+use crate::db::tables::event_log::EventLogFilter;
 use crate::db::tables::listeners::{HistoryRow, ListenerRow};
 use crate::listeners::changes::{self, ChangeError, FieldError, Overrides};
 use crate::telemetry::metric;
@@ -220,17 +221,38 @@ pub(super) async fn apply_change(
     Ok((row, history))
 }
 
+/// Where an event-log row came from (the `source` filter).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceParam {
+    Outgoing,
+    Forwarder,
+}
+
+impl SourceParam {
+    fn as_str(self) -> &'static str {
+        match self {
+            SourceParam::Outgoing => "outgoing",
+            SourceParam::Forwarder => "forwarder",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub struct EventQuery {
     handler: Option<String>,
     #[serde(rename = "type")]
     event_type: Option<String>,
     success: Option<bool>,
+    source: Option<SourceParam>,
+    message_id: Option<i64>,
+    since_ms: Option<i64>,
     page: Option<i64>,
     per_page: Option<i64>,
 }
 
-/// `GET /admin/events?handler=&type=&success=&page=&per_page=`: the event log, newest first.
+/// `GET /admin/events?handler=&type=&success=&source=&message_id=&since_ms=&page=&per_page=`:
+/// the event log, newest first.
 pub async fn events(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -245,22 +267,51 @@ pub async fn events(
             "page {page} is too large for per_page {per_page} (the offset overflows)"
         ))
     })?;
+    let filter = EventLogFilter {
+        listener: q.handler,
+        event_type: q.event_type,
+        success: q.success,
+        source: q.source.map(|s| s.as_str().to_string()),
+        message_id: q.message_id,
+        since_ms: q.since_ms,
+    };
     let rows = state
         .db
-        .run(move |c| {
-            tables::event_log::event_log_page(
-                c,
-                q.handler.as_deref(),
-                q.event_type.as_deref(),
-                q.success,
-                offset,
-                per_page,
-            )
-        })
+        .run(move |c| tables::event_log::event_log_page(c, &filter, offset, per_page))
         .await
         .map_err(db_error)?;
     Ok(json_ok(
         json!({ "page": page, "per_page": per_page, "events": rows }).to_string(),
+    ))
+}
+
+/// Most forwarded events listed for one message.
+const EVENTS_PER_MESSAGE: i64 = 100;
+
+#[derive(Deserialize)]
+pub struct InboxQuery {
+    message_id: Option<i64>,
+}
+
+/// `GET /admin/inbox?message_id=N`: the forwarded events about Zulip message N (its `message`
+/// event, edits, reactions), oldest first, with their status and when they were received.
+pub async fn inbox(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<InboxQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let message_id = query.message_id.ok_or_else(|| ApiError::InvalidField {
+        field: "message_id".into(),
+        problem: "required: the Zulip message id whose forwarded events to list".into(),
+    })?;
+    let rows = state
+        .db
+        .run(move |c| tables::inbox::inbox_entries_about(c, message_id, EVENTS_PER_MESSAGE))
+        .await
+        .map_err(db_error)?;
+    Ok(json_ok(
+        json!({ "message_id": message_id, "events": rows }).to_string(),
     ))
 }
 

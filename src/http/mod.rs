@@ -106,6 +106,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 [web::post().to(admin::set_listener)],
             ))
             .service(resource("/events", [web::get().to(admin::events)]))
+            .service(resource("/inbox", [web::get().to(admin::inbox)]))
             .service(resource(
                 "/dead-letters",
                 [web::get().to(dead_letters::list)],

@@ -551,16 +551,13 @@ async fn a_forwarded_event_over_a_listener_quota_is_set_aside_and_replayable_for
     t.server.flush().await;
     let runs = t
         .query(|c| {
-            zulip_listeners::db::tables::event_log::event_log_page(
-                c,
-                Some("message_logger"),
-                None,
-                None,
-                0,
-                100,
-            )
-            .map(|rows| rows.len())
-            .unwrap_or_default()
+            let filter = zulip_listeners::db::tables::event_log::EventLogFilter {
+                listener: Some("message_logger".into()),
+                ..Default::default()
+            };
+            zulip_listeners::db::tables::event_log::event_log_page(c, &filter, 0, 100)
+                .map(|rows| rows.len())
+                .unwrap_or_default()
         })
         .await;
     assert_eq!(runs, 2, "{backend:?}: message_logger was not run again");

@@ -25,5 +25,6 @@ mod privacy;
 mod retention;
 mod split;
 mod support;
+mod verify;
 mod welcome;
 mod writers;

@@ -109,24 +109,46 @@ pub fn count_event_logs(conn: &mut DbConnection) -> Result<i64, DbError> {
     Ok(event_log::table.count().get_result(conn)?)
 }
 
-/// A page of the event log, newest first, optionally filtered.
+/// Which event-log rows a page holds; `None` matches any.
+#[derive(Debug, Clone, Default)]
+pub struct EventLogFilter {
+    pub listener: Option<String>,
+    pub event_type: Option<String>,
+    pub success: Option<bool>,
+    /// `outgoing` or `forwarder`.
+    pub source: Option<String>,
+    /// Runs on events about this Zulip message.
+    pub message_id: Option<i64>,
+    /// Rows created at or after this time (Unix ms): with it, a look-up by message reads
+    /// only the recent part of the `event_log_created` index.
+    pub since_ms: Option<i64>,
+}
+
+/// A page of the event log, newest first, filtered.
 pub fn event_log_page(
     conn: &mut DbConnection,
-    listener: Option<&str>,
-    event_type: Option<&str>,
-    success: Option<bool>,
+    filter: &EventLogFilter,
     offset: i64,
     limit: i64,
 ) -> Result<Vec<EventLogRow>, DbError> {
     let mut query = event_log::table.into_boxed();
-    if let Some(listener) = listener {
-        query = query.filter(event_log::listener.eq(listener.to_string()));
+    if let Some(listener) = &filter.listener {
+        query = query.filter(event_log::listener.eq(listener.clone()));
     }
-    if let Some(event_type) = event_type {
-        query = query.filter(event_log::event_type.eq(event_type.to_string()));
+    if let Some(event_type) = &filter.event_type {
+        query = query.filter(event_log::event_type.eq(event_type.clone()));
     }
-    if let Some(success) = success {
+    if let Some(success) = filter.success {
         query = query.filter(event_log::success.eq(success));
+    }
+    if let Some(source) = &filter.source {
+        query = query.filter(event_log::source.eq(source.clone()));
+    }
+    if let Some(message_id) = filter.message_id {
+        query = query.filter(event_log::message_id.eq(message_id));
+    }
+    if let Some(since_ms) = filter.since_ms {
+        query = query.filter(event_log::created_at_ms.ge(since_ms));
     }
     Ok(query
         .order(event_log::id.desc())

@@ -108,8 +108,11 @@ pub struct NewInboxRow {
     pub emitted_at_ms: Option<i64>,
     pub received_at_ms: i64,
     pub updated_at_ms: i64,
-    /// The message whose text `payload` holds (`events::erasure::message_with_text`); `None`
-    /// when the row is stored without its envelope.
+    /// The message whose text the event carries (`events::erasure::message_with_text`: a
+    /// message, or an edit of one), kept once the event is processed and its envelope dropped,
+    /// so that its arrival can be looked up (`GET /admin/inbox?message_id=`); `None` for a
+    /// filtered event, stored without its envelope. A deletion erases the text of the rows
+    /// that still hold an envelope.
     pub message_id: Option<i64>,
     /// Messages this event (a `delete_message`) deletes: their text is erased when the row
     /// is stored (not a column).
@@ -329,6 +332,21 @@ pub fn inbox_entry(conn: &mut DbConnection, event_id: &str) -> Result<Option<Inb
         .select(InboxEntry::as_select())
         .first(conn)
         .optional()?)
+}
+
+/// Forwarded events about Zulip message `message_id` (through the `inbox_message` index),
+/// oldest first, at most `limit`.
+pub fn inbox_entries_about(
+    conn: &mut DbConnection,
+    message_id: i64,
+    limit: i64,
+) -> Result<Vec<InboxEntry>, DbError> {
+    Ok(inbox::table
+        .filter(inbox::message_id.eq(message_id))
+        .order(inbox::id.asc())
+        .limit(limit)
+        .select(InboxEntry::as_select())
+        .load(conn)?)
 }
 
 /// Whether an inbox row with this event id and one of `statuses` exists.

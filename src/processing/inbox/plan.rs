@@ -53,14 +53,13 @@ impl Plan {
     fn finish(&mut self, row: &mut NewInboxRow) {
         row.status = InboxStatus::Done;
         row.attempts = 1;
-        // Kept only while the event may be processed or replayed (the writer puts it back if
-        // the event is rate-limited); a row without its envelope holds no message's text.
+        // The envelope is kept only while the event may be processed or replayed (the writer
+        // puts it back if the event is rate-limited). The message id stays: a processed
+        // message is still found by it (`zulip-listeners verify`, `GET /admin/inbox`).
         let index = self.batch.rows.len();
-        self.batch.payloads.push((
-            index,
-            std::mem::take(&mut row.payload),
-            row.message_id.take(),
-        ));
+        self.batch
+            .payloads
+            .push((index, std::mem::take(&mut row.payload), row.message_id));
         self.dispatch.done.push(row.event_id.clone());
     }
 }

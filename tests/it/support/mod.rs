@@ -11,6 +11,7 @@ mod process;
 mod server;
 mod stub;
 mod wire;
+mod zulip;
 
 pub(crate) use backend::backend_test;
 pub use backend::{Backend, postgres_enabled};
@@ -28,3 +29,4 @@ pub use wire::{
     BOT_EMAIL, Envelope, OTHER_SECRET, SECRET, TOKEN, batch, broken_build, channel_message,
     envelope, mention, mention_json, message, now_s, ping, signed_events,
 };
+pub use zulip::{BOT_ID, FakeZulip, PERSON_EMAIL, PERSON_KEY, ZulipSetup};
