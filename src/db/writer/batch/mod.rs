@@ -344,14 +344,16 @@ impl Writing<'_> {
                 }
                 intake_error = Some(failed);
             }
-            if attempt >= BATCH_ATTEMPTS {
-                break;
-            }
             std::thread::sleep(delay);
             delay = (delay * 4).min(Duration::from_secs(5));
+            // A fresh connection for the next attempt; after the last one, whether the
+            // database can be reached at all decides between item by item and keeping the work.
             match connect(self.connector, self.synchronous) {
                 Ok(fresh) => *self.conn = fresh,
                 Err(e) => unreachable = Some(e.to_string()),
+            }
+            if attempt >= BATCH_ATTEMPTS {
+                break;
             }
         }
         if let Some(why) = unreachable {
