@@ -162,6 +162,10 @@ def write_config(path: Path, port: int, database_url: str, secret: str) -> None:
         "enabled = false\n"
         "[database]\n"
         f"url = {json.dumps(database_url)}\n"
+        # A nearly full disk on a test machine must not refuse the batches (the default
+        # floor is 256 MiB; the server's own tests check the floor itself).
+        'min_free_space = "16MiB"\n'
+        'max_wal_size = "16MiB"\n'
         "[forwarder]\n"
         f"secrets = [{json.dumps(secret)}]\n"
     )

@@ -453,7 +453,7 @@ async fn log_file_is_reopened_on_sighup() {
     std::fs::write(
         &config,
         format!(
-            "[database]\nurl = \"{}\"\n[telemetry]\nformat = \"json\"\nfile = \"{}\"\n",
+            "[database]\nurl = \"{}\"\n{TEST_ROOM}[telemetry]\nformat = \"json\"\nfile = \"{}\"\n",
             db.url,
             log.display()
         ),

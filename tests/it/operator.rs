@@ -95,7 +95,11 @@ async fn logs_carry_no_colour_codes_off_a_terminal() {
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("c.toml");
     let db = dir.path().join("l.db");
-    std::fs::write(&config, format!("[database]\nurl = \"{}\"\n", db.display())).expect("config");
+    std::fs::write(
+        &config,
+        format!("[database]\nurl = \"{}\"\n{TEST_ROOM}", db.display()),
+    )
+    .expect("config");
     for format in ["pretty", "plain", "json"] {
         let server = Piped::start(
             &config,

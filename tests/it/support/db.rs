@@ -54,8 +54,9 @@ impl TestDatabase {
     /// A configuration file naming this database, followed by `extra`.
     pub fn config_file(&self, extra: &str) -> ConfigFile {
         ConfigFile::new(&format!(
-            "[database]\nurl = \"{}\"\n{extra}",
-            self.url.replace('\\', "\\\\")
+            "[database]\nurl = \"{}\"\n{}{extra}",
+            self.url.replace('\\', "\\\\"),
+            super::server::TEST_ROOM
         ))
     }
 

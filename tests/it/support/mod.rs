@@ -23,7 +23,7 @@ pub use poll::eventually;
 pub use process::{
     BIN, ConfigFile, ServerProcess, cli, cli_status, free_port, output_text, run, wait_until_up,
 };
-pub use server::{ADMIN, Answer, TestApp, TestServer, helper_bot};
+pub use server::{ADMIN, Answer, TEST_ROOM, TestApp, TestServer, helper_bot};
 pub use stub::{Received, Stub, serve_loopback};
 pub use wire::{
     BOT_EMAIL, Envelope, OTHER_SECRET, SECRET, TOKEN, batch, broken_build, channel_message,

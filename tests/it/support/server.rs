@@ -21,6 +21,11 @@ pub fn helper_bot(handlers: &[&str]) -> String {
     format!("[bots.helper]\nemail = \"{BOT_EMAIL}\"\ntoken = \"{TOKEN}\"\nhandlers = {handlers}\n")
 }
 
+/// Tests keep a 16 MiB free-space floor instead of the default 256 MiB, so that a nearly full
+/// disk on a test machine does not refuse their batches (the floor itself is tested with a
+/// filesystem of its own, `fault_disk_full`).
+pub const TEST_ROOM: &str = "min_free_space = \"16MiB\"\nmax_wal_size = \"16MiB\"\n";
+
 /// A server configuration, built up from TOML fragments merged table by table (a later
 /// value wins), then started. `[server]` binds 127.0.0.1:0 with 2 workers; `[database]` is
 /// the test's own with a pool of 4.
@@ -36,7 +41,7 @@ impl TestApp {
             options: ServeOptions::default(),
         }
         .toml(&format!(
-            "[server]\nbind = \"127.0.0.1:0\"\nworkers = 2\n[database]\nurl = \"{}\"\npool_size = 4\n",
+            "[server]\nbind = \"127.0.0.1:0\"\nworkers = 2\n[database]\nurl = \"{}\"\npool_size = 4\n{TEST_ROOM}",
             db.url
         ))
     }
