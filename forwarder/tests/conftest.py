@@ -52,6 +52,7 @@ from zerver.models import users as stub_users  # noqa: E402
 from zproject import config as stub_config  # noqa: E402
 
 from zulip_listeners_forwarder.audience import FACTS  # noqa: E402
+from zulip_listeners_forwarder.hook import ERRORS  # noqa: E402
 
 
 def make_secret() -> str:
@@ -81,8 +82,9 @@ def spool_dir(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture(autouse=True)
 def clean_stub_zulip() -> Iterator[None]:
     """Each test gets RabbitMQ queues of its own, deleted afterwards, and no Zulip users (nor
-    the hook's memo of them) from another test."""
+    the hook's memo of them, nor its error log's rate limit) from another test."""
     stub_queue.isolate()
+    ERRORS.reset()
     stub_config.SECRETS.clear()
     stub_users.reset()
     FACTS.clear()

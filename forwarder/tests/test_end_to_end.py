@@ -28,6 +28,12 @@ from typing import Any
 
 import pytest
 from conftest import make_secret, stop_process
+from cost_samples import (
+    LARGE_RECIPIENTS,
+    ORDINARY_RECIPIENTS,
+    big_message_event,
+    big_message_users,
+)
 from django.test import override_settings
 from local_receiver import LocalReceiver, Recorded, Reply
 from samples import (
@@ -336,6 +342,39 @@ def test_events_reach_the_server_and_are_handled(
         forwarder,
     )
     poll("the messages row", lambda: MESSAGE_ID in message_ids(database), server, forwarder)
+
+
+def test_full_size_messages_and_a_huge_audience_are_taken_by_the_server(
+    realm: Any, server: Server, database: Database, forwarder: Path
+) -> None:
+    """The realistic events of the cost benchmark, encoded by orjson on the way in (Zulip's
+    queue client) and out (the consumer's batches): the server takes them, and the message
+    to 10,000 recipients arrives with its audience as a count."""
+    sent = {}
+    for message_id, recipients in (
+        (MESSAGE_ID + 1, ORDINARY_RECIPIENTS),
+        (MESSAGE_ID + 2, LARGE_RECIPIENTS),
+    ):
+        event = big_message_event(recipients)
+        event["message"] = event["message_dict"]["id"] = message_id
+        django_api.send_event_rollback_unsafe(realm, event, big_message_users(recipients))
+        sent[message_id] = recipients
+    queued = stub_queue.queued(QUEUE_NAME)
+    assert [e["audience"].get("user_ids") is None for e in queued] == [False, True]
+    assert queued[1]["audience"] == {"count": LARGE_RECIPIENTS + 1}
+    event_ids = [e["event_id"] for e in queued]
+
+    run_worker()
+
+    rejected = [(r["status"], r["response_body"]) for r in dead_letter_lines(forwarder)]
+    assert rejected == [], f"the server rejected batches: {rejected}"
+    poll(
+        "inbox rows to be 'done'",
+        lambda: all(inbox_status(database).get(eid) == "done" for eid in event_ids),
+        server,
+        forwarder,
+    )
+    poll("the messages rows", lambda: set(sent) <= message_ids(database), server, forwarder)
 
 
 def test_rejected_batch_is_dead_lettered_and_delivery_continues(

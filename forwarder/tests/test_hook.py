@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import types
@@ -248,6 +249,33 @@ def test_audience_ids_can_be_omitted(realm: Any) -> None:
     assert forwarded()[0]["audience"] == {"count": 3}
 
 
+def test_a_big_audience_is_sent_as_a_count_only(realm: Any) -> None:
+    """Security review 2, F3: a message to 10,000 users carried 10,000 ids (61 KiB)."""
+    big = [{"id": uid, "flags": []} for uid in range(100, 10_100)]
+    django_api.send_event_rollback_unsafe(realm, message_event(), [*big, *message_users()])
+    django_api.send_event_rollback_unsafe(realm, reaction_event(), list(range(1, 1001)))
+    django_api.send_event_rollback_unsafe(realm, reaction_event(), list(range(1, 1002)))
+
+    large, at_limit, over_limit = forwarded()
+    assert large["audience"] == {"count": 10_002}
+    assert large["event"]["flags"] == ["read"], "the sender's flags are still found"
+    assert len(json.dumps(large)) < 20_000
+    assert at_limit["audience"] == {"count": 1000, "user_ids": list(range(1, 1001))}
+    assert over_limit["audience"] == {"count": 1001}
+
+
+@override_settings(ZULIP_LISTENERS_AUDIENCE_MAX_IDS=2)
+def test_the_audience_id_limit_is_a_setting(realm: Any) -> None:
+    for audience in ([10], [10, 11], [10, 11, 12]):
+        django_api.send_event_rollback_unsafe(realm, reaction_event(), audience)
+
+    assert [e["audience"] for e in forwarded()] == [
+        {"count": 1, "user_ids": [10]},
+        {"count": 2, "user_ids": [10, 11]},
+        {"count": 3},
+    ]
+
+
 def test_default_allow_list_skips_other_types(realm: Any) -> None:
     django_api.send_event_rollback_unsafe(realm, realm_bot_add_event(), [10])
     django_api.send_event_rollback_unsafe(realm, {"type": "drafts", "op": "add"}, [10])
@@ -406,9 +434,51 @@ def test_unmeasurable_queue_still_forwards(realm: Any, fresh_guard: Any) -> None
     assert fresh_guard.admit(5, 0, broken) == 0
 
 
+def test_queued_bytes_are_bounded_too(
+    realm: Any, fresh_guard: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Security review 2, F3: the bound counted events only (100,000 of 61 KiB: 6 GiB)."""
+    content = "x" * 10_000
+    with (
+        override_settings(
+            ZULIP_LISTENERS_MAX_QUEUED=1000,
+            ZULIP_LISTENERS_MAX_QUEUED_BYTES=25_000,
+            ZULIP_LISTENERS_QUEUE_CHECK_SECONDS=60,
+        ),
+        caplog.at_level(logging.WARNING, logger="zulip_listeners_forwarder"),
+    ):
+        for message_id in range(1, 6):
+            django_api.send_event_rollback_unsafe(
+                realm, message_event(message_id, content), message_users()
+            )
+
+    kept = [e["event"]["message"]["id"] for e in forwarded()]
+    assert kept == [1, 2], "two ~10 KB envelopes fit in 25,000 bytes, a third does not"
+    assert fresh_guard.shed_total == 3
+    [warning] = [r.getMessage() for r in caplog.records if "shed" in r.getMessage()]
+    assert "ZULIP_LISTENERS_MAX_QUEUED_BYTES=25000" in warning
+
+
+def test_the_bytes_estimate_follows_the_measured_depth(fresh_guard: Any) -> None:
+    depth = [0]
+    for _ in range(3):  # this process queues 3 envelopes of 100 bytes
+        assert fresh_guard.admit(1000, 0, lambda: depth[0], size=100, byte_limit=2000) == 0
+    assert fresh_guard.mean_bytes == 100
+    depth[0] = 19  # the queue holds 19 events (of every process): about 1,900 bytes
+    assert fresh_guard.admit(1000, 0, lambda: depth[0], size=100, byte_limit=2000) == 0
+    assert fresh_guard.admit(1000, 0, lambda: depth[0], size=100, byte_limit=1950) is None
+    depth[0] = 0  # the consumer caught up
+    assert fresh_guard.admit(1000, 0, lambda: depth[0], size=100, byte_limit=1950) == 1
+
+
 def test_queue_limit_settings_are_validated() -> None:
     from zulip_listeners_forwarder.settings import ForwarderConfigError, load_settings
 
-    for name in ("ZULIP_LISTENERS_MAX_QUEUED", "ZULIP_LISTENERS_QUEUE_CHECK_SECONDS"):
+    for name in (
+        "ZULIP_LISTENERS_MAX_QUEUED",
+        "ZULIP_LISTENERS_QUEUE_CHECK_SECONDS",
+        "ZULIP_LISTENERS_MAX_QUEUED_BYTES",
+        "ZULIP_LISTENERS_AUDIENCE_MAX_IDS",
+    ):
         with override_settings(**{name: 0}), pytest.raises(ForwarderConfigError, match=name):
             load_settings()

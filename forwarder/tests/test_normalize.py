@@ -105,6 +105,35 @@ def test_message_flags_fall_back_to_first_user_then_empty() -> None:
     assert normalize_event(message_event(), [11, 12])["flags"] == []
 
 
+def test_sender_flags_are_found_in_a_big_audience_and_odd_shapes() -> None:
+    users: list[Any] = [{"id": uid, "flags": []} for uid in range(100, 10_100)]
+    users.append({"id": 10, "flags": ["read", "starred"]})  # the sender, last
+    assert normalize_event(message_event(), users)["flags"] == ["read", "starred"]
+
+    mixed: list[Any] = [7, {"id": 11, "flags": ["mentioned"]}, {"id": 10, "flags": ["read"]}]
+    assert normalize_event(message_event(), mixed)["flags"] == ["read"]
+    assert normalize_event(message_event(), [7, {"id": 11, "flags": ["x"]}])["flags"] == ["x"]
+    no_ids: list[Any] = [{"flags": ["a"]}, {"id": 10, "flags": ["read"]}]
+    assert normalize_event(message_event(), no_ids)["flags"] == ["read"]
+    sender_unknown = copy.deepcopy(message_event())
+    sender_unknown["message_dict"]["sender_id"] = None
+    assert normalize_event(sender_unknown, message_users())["flags"] == []
+    assert normalize_event(message_event(), iter(message_users()))["flags"] == ["read"]
+
+
+def test_notification_lists_are_not_copied_for_messages_and_edits() -> None:
+    class Unreadable(list):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            raise AssertionError("the notification lists were read")
+
+    message = message_event()
+    message["push_device_registered_user_ids"] = Unreadable([1, 2])
+    assert normalize_event(message, message_users())["message"]["id"] == 123
+    edit = update_message_event()
+    edit["presence_idle_user_ids"] = Unreadable([1, 2])
+    assert "presence_idle_user_ids" not in normalize_event(edit, update_message_users())
+
+
 def test_delivery_email_can_be_enabled() -> None:
     result = normalize_event(message_event(), message_users(), include_delivery_emails=True)
     assert result["message"]["sender_delivery_email"] == "iago@example.com"
@@ -212,6 +241,35 @@ def test_to_jsonable_copies() -> None:
     copied = to_jsonable(source)
     copied["a"][0]["b"] = 2
     assert source == {"a": [{"b": 1}]}
+
+
+def test_to_jsonable_fast_path_still_converts_what_is_not_plain() -> None:
+    import enum
+    import uuid
+
+    class Colour(enum.Enum):
+        RED = "red"
+
+    class Name(str):
+        pass
+
+    when = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
+    source = {
+        1: (1, 2),
+        "set": {3},
+        "when": when,
+        "nested": [{"colour": Colour.RED}, uuid.UUID(int=1)],
+        "name": Name("x"),
+    }
+
+    assert to_jsonable(source) == {
+        "1": [1, 2],
+        "set": [3],
+        "when": "2025-01-01T00:00:00+00:00",
+        "nested": [{"colour": "red"}, "00000000-0000-0000-0000-000000000001"],
+        "name": "x",
+    }
+    json.dumps(to_jsonable(source))
 
 
 # ---------------------------------------------------------------------------

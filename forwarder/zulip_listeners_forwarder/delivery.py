@@ -46,6 +46,7 @@ import requests
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 from . import __version__
+from .wire import encode_json
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +87,6 @@ class DeadLetterWriteError(OSError):
 
 def new_webhook_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
-
-
-def encode_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
 
 
 def encode_body(envelopes: Sequence[dict[str, Any]]) -> bytes:

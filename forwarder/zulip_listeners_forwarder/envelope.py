@@ -9,7 +9,9 @@ This module owns the envelope's exact shape::
      "audience": {"count": 2, "user_ids": [10, 11]},
      "event": {...client-facing event...}}
 
-``audience.user_ids`` is left out when the operator turns it off; ``count`` is always present.
+``audience.count`` is always present; ``audience.user_ids`` is left out when the operator turns
+it off, and by the hook for an audience bigger than ``ZULIP_LISTENERS_AUDIENCE_MAX_IDS``
+(the receiver only uses the ids of a one-user audience, and listeners want the count).
 ``realm`` is the conversation's realm.  When Zulip sent the event with another realm (a
 cross-realm system bot's action, such as the Welcome Bot's reaction in a new organisation,
 comes with the bot's realm), the envelope also carries that realm as ``"actor_realm": {"id",
@@ -18,10 +20,9 @@ comes with the bot's realm), the envelope also carries that realm as ``"actor_re
 
 from __future__ import annotations
 
-import secrets
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,7 @@ def realm_info(realm: Any) -> dict[str, Any]:
     }
 
 
-def audience(user_ids: list[int], include_ids: bool) -> dict[str, Any]:
+def audience_of(user_ids: list[int], include_ids: bool) -> dict[str, Any]:
     block: dict[str, Any] = {"count": len(user_ids)}
     if include_ids:
         block["user_ids"] = list(user_ids)
@@ -77,6 +78,7 @@ def new_event_id() -> str:
     12-bit sequence keeps them increasing (RFC 9562 §6.2, method 1). Python has ``uuid.uuid7``
     only from 3.14.
     """
+    random = int.from_bytes(os.urandom(10), "big")  # 11 bits for a new sequence, 62 for rand_b
     with _uuid7_lock:
         ms = now_ms()
         last_ms, seq = _last_uuid7
@@ -85,14 +87,15 @@ def new_event_id() -> str:
             if seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
                 ms, seq = ms + 1, 0
         else:
-            seq = secrets.randbits(11)  # leave room to count up within the millisecond
+            seq = random >> 69  # leave room to count up within the millisecond
         _last_uuid7[0], _last_uuid7[1] = ms, seq
     value = (ms & 0xFFFF_FFFF_FFFF) << 80
     value |= 0x7 << 76  # version 7
     value |= seq << 64  # rand_a: the sequence
     value |= 0b10 << 62  # variant
-    value |= secrets.randbits(62)  # rand_b
-    return str(uuid.UUID(int=value))
+    value |= random & 0x3FFF_FFFF_FFFF_FFFF  # rand_b
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def build_envelope(
@@ -105,8 +108,13 @@ def build_envelope(
     clock_ms: Callable[[], int] = now_ms,
     event_id_factory: Callable[[], str] = new_event_id,
     actor_realm: Mapping[str, Any] | None = None,
+    audience: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Wrap one normalised event; ``type`` and ``op`` are copied from the event itself."""
+    """Wrap one normalised event; ``type`` and ``op`` are copied from the event itself.
+
+    ``audience``, when given, is the audience block as it is (the hook builds it); otherwise
+    it is made from ``user_ids`` and ``include_audience_ids``.
+    """
     op = event.get("op")
     envelope: dict[str, Any] = {
         "v": ENVELOPE_VERSION,
@@ -121,7 +129,11 @@ def build_envelope(
         {
             "type": str(event.get("type")),
             "op": op if isinstance(op, str) else None,
-            "audience": audience(user_ids, include_audience_ids),
+            "audience": (
+                dict(audience)
+                if audience is not None
+                else audience_of(user_ids, include_audience_ids)
+            ),
             "event": dict(event),
         }
     )

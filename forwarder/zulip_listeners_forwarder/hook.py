@@ -18,6 +18,12 @@ This module owns the only code that runs on Zulip's request path:
   ``queue_json_publish``).  No HTTP happens here; the consumer command does that.  The only
   look-ups (Zulip's cached user profile, memoised) are for events Zulip sends with its
   system-bot realm and for single-user ``read`` flag additions.
+
+What this costs Zulip per event is measured by ``tests/test_cost.py`` (numbers in the
+README).  The settings are validated once per process (:func:`.settings.producer_settings`),
+not per event; the event is copied only as far as the envelope keeps it; ``audience.user_ids``
+is left out above ``ZULIP_LISTENERS_AUDIENCE_MAX_IDS`` users, so a message to a big channel
+costs about what an ordinary one does; and failures are logged at most once a minute.
 """
 
 from __future__ import annotations
@@ -26,17 +32,21 @@ import functools
 import inspect
 import logging
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
 
 from .audience import conversation_realm, is_service_bot_read_flag
 from .envelope import ServerInfo, build_envelope, realm_info
 from .normalize import Finalizer, audience_ids, event_field, normalize_event
-from .settings import QUEUE_NAME, ForwarderSettings, load_settings
+from .settings import QUEUE_NAME, ForwarderSettings, producer_settings
 from .shedding import GUARD, rabbitmq_depth
+from .wire import encode_json
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +72,46 @@ FINALIZE_ARGUMENTS: dict[str, Any] = {
 }
 
 Forward = Callable[[Any, Any, Iterable[Any]], None]
+
+#: At most one "could not queue an event" error (with its traceback) per this many seconds
+#: per process; the others are counted and the count is given with the next one.
+ERROR_LOG_INTERVAL_SECONDS = 60.0
+
+
+class RateLimitedErrors:
+    """Logs the wrapper's failures with their traceback, at most once per ``interval``."""
+
+    def __init__(
+        self,
+        interval: float = ERROR_LOG_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.logged_at: float | None = None
+        self.suppressed = 0
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.logged_at, self.suppressed = None, 0
+
+    def exception(self) -> None:
+        """Call from an ``except`` block."""
+        now = self.clock()
+        with self._lock:
+            if self.logged_at is not None and now - self.logged_at < self.interval:
+                self.suppressed += 1
+                return
+            suppressed, self.suppressed, self.logged_at = self.suppressed, 0, now
+        logger.exception(
+            "zulip_listeners_forwarder: could not queue an event; Zulip unaffected%s",
+            f" ({suppressed} more failure(s) since the last one logged)" if suppressed else "",
+        )
+
+
+#: The wrapper's error log, one per process.
+ERRORS = RateLimitedErrors()
 
 
 # ---------------------------------------------------------------------------
@@ -101,9 +151,7 @@ def make_wrapper(
         try:
             (forward if forward is not None else forward_event)(realm, event, users)
         except Exception:  # the never-raise boundary: Zulip must not notice the forwarder
-            logger.exception(
-                "zulip_listeners_forwarder: could not queue an event; Zulip unaffected"
-            )
+            ERRORS.exception()
         return result
 
     setattr(send_event_wrapper, WRAPPER_MARKER, True)
@@ -169,10 +217,12 @@ def zulip_django_api() -> ModuleType:
 
 
 def install_on_ready() -> None:
-    """Called from ``AppConfig.ready()``: install, but never stop Zulip from starting."""
+    """Called from ``AppConfig.ready()``: validate the settings (once; an invalid setting is
+    logged here and turns forwarding off), install, but never stop Zulip from starting."""
     try:
+        conf = producer_settings()
         install()
-        if not load_settings().enabled:
+        if conf is not None and not conf.enabled:
             logger.warning("ZULIP_LISTENERS_URL is not set; no events will be forwarded")
     except Exception:  # a broken forwarder must not take Zulip down with it
         logger.exception("zulip_listeners_forwarder: hook not installed; events are not forwarded")
@@ -185,10 +235,10 @@ def install_on_ready() -> None:
 
 def forward_event(realm: Any, event: Any, users: Iterable[Any]) -> None:
     """Filter, normalise, wrap and queue one event (may raise; the wrapper catches)."""
-    conf = load_settings()
-    if not conf.enabled or not conf.wants_type(event_field(event, "type")):
+    conf = producer_settings()
+    if conf is None or not conf.enabled or not conf.wants_type(event_field(event, "type")):
         return
-    user_list = list(users)
+    user_list = users if type(users) is list else list(users)
     actor_realm = None
     conversation = conversation_realm(realm, user_list, conf.system_bot_realm)
     if conversation is not None:
@@ -201,6 +251,18 @@ def forward_event(realm: Any, event: Any, users: Iterable[Any]) -> None:
     publish(make_envelope(realm, event, user_list, conf, actor_realm=actor_realm), conf)
 
 
+def audience_block(users: list[Any], conf: ForwarderSettings) -> dict[str, Any]:
+    """``{"count": N, "user_ids": [...]}``; ``user_ids`` only when turned on and the audience
+    has at most ``conf.audience_max_ids`` users.  A bigger audience (a message to a big
+    channel) is not read user by user: its count is the length of Zulip's list."""
+    if len(users) > conf.audience_max_ids:
+        return {"count": len(users)}
+    ids = audience_ids(users)
+    if not conf.include_audience_ids:
+        return {"count": len(ids)}
+    return {"count": len(ids), "user_ids": ids}
+
+
 def make_envelope(
     realm: Any,
     event: Any,
@@ -211,7 +273,7 @@ def make_envelope(
 ) -> dict[str, Any]:
     """``realm`` is the conversation's realm; ``actor_realm`` the one Zulip named instead, if
     it named another (kept in the envelope as ``actor_realm``)."""
-    user_list = list(users)
+    user_list = users if type(users) is list else list(users)
     normalized = normalize_event(
         event,
         user_list,
@@ -222,13 +284,15 @@ def make_envelope(
         server=server_info(),
         realm=realm_info(realm),
         event=normalized,
-        user_ids=audience_ids(user_list),
-        include_audience_ids=conf.include_audience_ids,
+        user_ids=[],
+        audience=audience_block(user_list, conf),
         actor_realm=realm_info(actor_realm) if actor_realm is not None else None,
     )
 
 
+@functools.lru_cache(maxsize=1)
 def server_info() -> ServerInfo:
+    """Who emits the events: read once per process (see :func:`_on_setting_changed`)."""
     try:
         from version import API_FEATURE_LEVEL, ZULIP_VERSION
     except ImportError:
@@ -238,6 +302,14 @@ def server_info() -> ServerInfo:
         zulip_version=str(ZULIP_VERSION),
         feature_level=int(API_FEATURE_LEVEL),
     )
+
+
+def _on_setting_changed(*, setting: str, **_: Any) -> None:
+    if setting == "EXTERNAL_HOST":
+        server_info.cache_clear()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="zulip_listeners_forwarder.hook")
 
 
 @functools.lru_cache(maxsize=8)
@@ -252,15 +324,21 @@ def zulip_finalizer(realm: Any) -> Finalizer | None:
     except ImportError:
         return None
     finalize = MessageDict.finalize_payload
+    arguments = dict(finalize_arguments(finalize))
+    if "realm_host" in finalize_parameters(finalize):
+        arguments["realm_host"] = getattr(realm, "host", "")
 
     def run(message: dict[str, Any]) -> dict[str, Any]:
-        accepted = finalize_parameters(finalize)
-        arguments = {key: value for key, value in FINALIZE_ARGUMENTS.items() if key in accepted}
-        if "realm_host" in accepted:
-            arguments["realm_host"] = getattr(realm, "host", "")
         return finalize(message, **arguments)
 
     return run
+
+
+@functools.lru_cache(maxsize=8)
+def finalize_arguments(finalize: Callable[..., Any]) -> tuple[tuple[str, Any], ...]:
+    """The :data:`FINALIZE_ARGUMENTS` this ``finalize_payload`` accepts."""
+    accepted = finalize_parameters(finalize)
+    return tuple((key, value) for key, value in FINALIZE_ARGUMENTS.items() if key in accepted)
 
 
 def publisher(queue_module: ModuleType) -> Callable[..., None]:
@@ -273,10 +351,13 @@ def publisher(queue_module: ModuleType) -> Callable[..., None]:
 
 def publish(envelope: dict[str, Any], conf: ForwarderSettings | None = None) -> bool:
     """Put the envelope on the durable queue through Zulip's own queue client, unless the
-    queue is full (then the event is shed and counted per realm, see :mod:`.shedding`)."""
+    queue is full, in events or in bytes (then the event is shed and counted per realm, see
+    :mod:`.shedding`)."""
     from zerver.lib import queue
 
-    conf = conf if conf is not None else load_settings()
+    conf = conf if conf is not None else producer_settings()
+    if conf is None:
+        return False
     if getattr(django_settings, "USING_RABBITMQ", True):
         realm = envelope.get("realm")
         shed_before = GUARD.admit(
@@ -284,6 +365,8 @@ def publish(envelope: dict[str, Any], conf: ForwarderSettings | None = None) -> 
             conf.queue_check_seconds,
             lambda: rabbitmq_depth(queue, QUEUE_NAME),
             realm=realm.get("id") if isinstance(realm, dict) else None,
+            size=len(encode_json(envelope)),
+            byte_limit=conf.max_queued_bytes,
         )
         if shed_before is None:
             return False

@@ -56,9 +56,9 @@ from .delivery import (
     chunk,
     describe,
     encode_body,
-    encode_json,
     realm_of,
 )
+from .wire import encode_json
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import enum
 import logging
+import operator
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -71,12 +72,33 @@ DELIVERY_EMAIL_KEYS = frozenset({"delivery_email", "sender_delivery_email"})
 # ---------------------------------------------------------------------------
 
 
+#: Types that are JSON values as they are (exact types; subclasses take the slow path).
+_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def to_jsonable(value: Any) -> Any:
     """Return a fresh JSON-compatible copy of ``value``.
 
     Pydantic models (anything with ``model_dump()``) and dataclasses become dicts, tuples and
     sets become lists, datetimes become ISO 8601 strings, UUIDs strings, enums their values.
+    Plain dicts, lists and scalars (almost everything Zulip sends) take a fast path.
     """
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return value
+    if kind is dict:
+        return {
+            key if type(key) is str else str(key): (
+                item if type(item) in _PLAIN_SCALARS else to_jsonable(item)
+            )
+            for key, item in value.items()
+        }
+    if kind is list:
+        return [item if type(item) in _PLAIN_SCALARS else to_jsonable(item) for item in value]
+    return _to_jsonable_other(value)
+
+
+def _to_jsonable_other(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Mapping):
@@ -134,16 +156,55 @@ def user_id_of(user: Any) -> int | None:
     return user_id if isinstance(user_id, int) and not isinstance(user_id, bool) else None
 
 
+_user_id_key = operator.itemgetter("id")
+
+
 def audience_ids(users: Iterable[Any]) -> list[int]:
-    return [uid for uid in (user_id_of(user) for user in users) if uid is not None]
+    """The user ids of ``users`` (ints, or dicts with an ``id``); anything else is skipped."""
+    user_list = users if isinstance(users, list) else list(users)
+    if user_list:
+        try:
+            ids = user_list if type(user_list[0]) is int else list(map(_user_id_key, user_list))
+        except (TypeError, KeyError):
+            ids = None
+        if ids is not None and all(type(uid) is int for uid in ids):
+            return list(ids)
+    return [uid for uid in (user_id_of(user) for user in user_list) if uid is not None]
 
 
-def flags_for(users: Iterable[Any], preferred_user_id: object) -> list[str]:
-    """Per-user flags: the preferred user's (sender / editor), else the first user's, else []."""
+def preferred_user(users: list[Any], preferred_user_id: object) -> Mapping[str, Any] | None:
+    """The user dict whose ``id`` is ``preferred_user_id``, else the first user dict, else None.
+
+    Zulip's ``users`` for a message to a big channel holds one dict per recipient (10,000 of
+    them), so the common case (all dicts, every one with an ``id``) is searched in C.
+    """
+    if not users:
+        return None
+    try:
+        if type(preferred_user_id) is int:
+            found: Mapping[str, Any] = users[
+                operator.indexOf(map(_user_id_key, users), preferred_user_id)
+            ]
+            return found
+    except ValueError:  # not among them
+        first = users[0]
+        return first if type(first) is dict else _first_mapping(users)
+    except (TypeError, KeyError, IndexError):  # ints, or dicts without ids: the slow path
+        pass
     dicts = [user for user in users if isinstance(user, Mapping)]
     chosen = next((user for user in dicts if user.get("id") == preferred_user_id), None)
     if chosen is None and dicts:
         chosen = dicts[0]
+    return chosen
+
+
+def _first_mapping(users: Iterable[Any]) -> Mapping[str, Any] | None:
+    return next((user for user in users if isinstance(user, Mapping)), None)
+
+
+def flags_for(users: Iterable[Any], preferred_user_id: object) -> list[str]:
+    """Per-user flags: the preferred user's (sender / editor), else the first user's, else []."""
+    chosen = preferred_user(users if isinstance(users, list) else list(users), preferred_user_id)
     flags = chosen.get("flags") if chosen is not None else None
     return [str(flag) for flag in flags] if isinstance(flags, (list, tuple)) else []
 
@@ -231,7 +292,9 @@ def is_update_message_internal(key: str) -> bool:
 
 def normalize_update_message_event(event: Mapping[str, Any], users: list[Any]) -> dict[str, Any]:
     """Drop the notification bookkeeping and add the per-user ``flags`` Tornado would add."""
-    clean = {key: value for key, value in event.items() if not is_update_message_internal(key)}
+    clean: dict[str, Any] = to_jsonable(
+        {key: value for key, value in event.items() if not is_update_message_internal(str(key))}
+    )
     clean["flags"] = flags_for(users, event.get("user_id"))
     return clean
 
@@ -269,31 +332,34 @@ def normalize_presence_event(event: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
+_ALWAYS_HIDDEN = SECRET_KEYS | DELIVERY_EMAIL_KEYS
+
+
 def redact(value: Any, *, include_delivery_emails: bool, parent_key: str | None = None) -> Any:
     """Remove secrets everywhere: ``api_key``, channel email tokens (``email_token``,
     ``email_address``), ``token`` and ``config_data`` inside bot ``services`` lists, and
     (unless enabled) ``delivery_email`` / ``sender_delivery_email`` keys."""
     if isinstance(value, list):
         return [
-            redact(item, include_delivery_emails=include_delivery_emails, parent_key=parent_key)
+            item
+            if type(item) in _PLAIN_SCALARS
+            else redact(
+                item, include_delivery_emails=include_delivery_emails, parent_key=parent_key
+            )
             for item in value
         ]
     if not isinstance(value, dict):
         return value
-    result: dict[str, Any] = {}
-    for key, item in value.items():
-        if _is_redacted_key(key, parent_key, include_delivery_emails):
-            continue
-        result[key] = redact(item, include_delivery_emails=include_delivery_emails, parent_key=key)
-    return result
-
-
-def _is_redacted_key(key: str, parent_key: str | None, include_delivery_emails: bool) -> bool:
-    if key in SECRET_KEYS:
-        return True
-    if key in SERVICE_SECRET_KEYS and parent_key == "services":
-        return True
-    return key in DELIVERY_EMAIL_KEYS and not include_delivery_emails
+    hidden = SECRET_KEYS if include_delivery_emails else _ALWAYS_HIDDEN
+    if parent_key == "services":
+        hidden = hidden | SERVICE_SECRET_KEYS
+    return {
+        key: item
+        if type(item) in _PLAIN_SCALARS
+        else redact(item, include_delivery_emails=include_delivery_emails, parent_key=key)
+        for key, item in value.items()
+        if key not in hidden
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -308,19 +374,30 @@ def normalize_event(
     include_delivery_emails: bool = False,
     finalize: Finalizer | None = None,
 ) -> dict[str, Any]:
-    """Return the client-facing, redacted form of an internal event (dict or pydantic object)."""
-    plain = to_jsonable(event)
-    if not isinstance(plain, dict):
-        raise TypeError(f"event is not a mapping: {type(event).__name__}")
-    user_list = list(users)
-    event_type = plain.get("type")
-    if event_type == "message":
-        shaped = normalize_message_event(plain, user_list, finalize, include_delivery_emails)
-    elif event_type == "update_message":
-        shaped = normalize_update_message_event(plain, user_list)
-    elif event_type == "presence":
-        shaped = normalize_presence_event(plain)
+    """Return the client-facing, redacted form of an internal event (dict or pydantic object).
+
+    A ``message`` or ``update_message`` event in a plain dict is not copied whole: only what
+    the result keeps is (Zulip's notification lists, thousands of ids for a big channel, are
+    dropped unread).
+    """
+    user_list = users if isinstance(users, list) else list(users)
+    raw_type = event.get("type") if type(event) is dict else None
+    if raw_type == "message":
+        shaped = normalize_message_event(event, user_list, finalize, include_delivery_emails)
+    elif raw_type == "update_message":
+        shaped = normalize_update_message_event(event, user_list)
     else:
-        shaped = plain
+        plain = to_jsonable(event)
+        if not isinstance(plain, dict):
+            raise TypeError(f"event is not a mapping: {type(event).__name__}")
+        event_type = plain.get("type")
+        if event_type == "message":
+            shaped = normalize_message_event(plain, user_list, finalize, include_delivery_emails)
+        elif event_type == "update_message":
+            shaped = normalize_update_message_event(plain, user_list)
+        elif event_type == "presence":
+            shaped = normalize_presence_event(plain)
+        else:
+            shaped = plain
     redacted: dict[str, Any] = redact(shaped, include_delivery_emails=include_delivery_emails)
     return redacted

@@ -4,17 +4,29 @@ This module owns every setting name and default value.  Nothing else in the pack
 ``django.conf.settings`` for ``ZULIP_LISTENERS_*`` keys (or Zulip's own ``SYSTEM_BOT_REALM``)
 directly; callers take a :class:`ForwarderSettings` snapshot from :func:`load_settings`.
 
+The producer, which runs on Zulip's request path, never reads them per event: it calls
+:func:`producer_settings`, which validates them once (from ``AppConfig.ready()``, or on first
+use) and keeps the result for the life of the process.  Invalid settings are logged once, as
+one ERROR naming the setting and the fix, and turn forwarding off in that process; Zulip goes
+on as if the app were not installed.  (Django's ``setting_changed`` signal, which
+``override_settings`` sends in tests, drops the kept result.)
+
 The signing secret lives in ``/etc/zulip/zulip-secrets.conf`` and is read through Zulip's own
 ``zproject.config.get_secret`` (see :func:`load_secrets`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+
+logger = logging.getLogger(__name__)
 
 #: Name of the durable RabbitMQ queue between the producer hook and the consumer command.
 QUEUE_NAME = "zulip_listeners_forwarder"
@@ -47,6 +59,12 @@ DEFAULT_TIMEOUT_SECONDS = 15.0
 DEFAULT_MAX_BACKOFF_SECONDS = 60.0
 #: Events the queue may hold before the producer sheds new ones (see shedding.py).
 DEFAULT_MAX_QUEUED = 100_000
+#: Bytes (of envelopes, as the producer estimates them) the queue may hold before the producer
+#: sheds new ones: 256 MiB.
+DEFAULT_MAX_QUEUED_BYTES = 256 * 1024 * 1024
+#: ``audience.user_ids`` is sent only for audiences of at most this many users; a bigger one
+#: (a message to a big channel) carries only its ``count``.
+DEFAULT_AUDIENCE_MAX_IDS = 1000
 DEFAULT_QUEUE_CHECK_SECONDS = 2.0
 DEFAULT_DEAD_LETTER_FILE = "/var/log/zulip/zulip_listeners_forwarder.deadletter.jsonl"
 #: Where the consumer sets aside the batches of a realm the receiver refuses for now (429),
@@ -88,6 +106,10 @@ class ForwarderSettings:
     forward_bot_read_flags: bool = False
     #: Zulip's ``SYSTEM_BOT_REALM``: the realm whose bots act in other realms.
     system_bot_realm: str = DEFAULT_SYSTEM_BOT_REALM
+    #: Bytes the queue may hold (estimated by the producer) before new events are shed.
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
+    #: Largest audience whose ``user_ids`` are sent; above it only ``count`` is.
+    audience_max_ids: int = DEFAULT_AUDIENCE_MAX_IDS
 
     @property
     def enabled(self) -> bool:
@@ -109,18 +131,27 @@ def _setting(name: str, default: Any) -> Any:
 
 
 def _string_set(name: str, value: Any) -> frozenset[str]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ForwarderConfigError(f"{name} must be a list, got {value!r}")
+    if isinstance(value, (str, bytes)):
+        raise ForwarderConfigError(
+            f"{name} must be a list, got the string {value!r}; write {name} = [{value!r}]"
+        )
+    if not isinstance(value, Iterable):
+        raise ForwarderConfigError(
+            f'{name} must be a list, got {value!r}; write for example {name} = ["acme"]'
+        )
     return frozenset(str(item) for item in value)
 
 
 def _positive(name: str, value: Any, kind: type) -> Any:
+    example = f"for example {name} = {kind(1)!r}, or remove it for the default"
+    if isinstance(value, bool):
+        raise ForwarderConfigError(f"{name} must be a number, got {value!r}; {example}")
     try:
         number = kind(value)
     except (TypeError, ValueError) as exc:
-        raise ForwarderConfigError(f"{name} must be a number, got {value!r}") from exc
+        raise ForwarderConfigError(f"{name} must be a number, got {value!r}; {example}") from exc
     if number <= 0:
-        raise ForwarderConfigError(f"{name} must be greater than zero, got {value!r}")
+        raise ForwarderConfigError(f"{name} must be greater than zero, got {value!r}; {example}")
     return number
 
 
@@ -201,7 +232,72 @@ def load_settings() -> ForwarderSettings:
         system_bot_realm=str(
             _setting(SYSTEM_BOT_REALM_SETTING, DEFAULT_SYSTEM_BOT_REALM) or DEFAULT_SYSTEM_BOT_REALM
         ),
+        max_queued_bytes=_positive(
+            "ZULIP_LISTENERS_MAX_QUEUED_BYTES",
+            _setting("ZULIP_LISTENERS_MAX_QUEUED_BYTES", DEFAULT_MAX_QUEUED_BYTES),
+            int,
+        ),
+        audience_max_ids=_positive(
+            "ZULIP_LISTENERS_AUDIENCE_MAX_IDS",
+            _setting("ZULIP_LISTENERS_AUDIENCE_MAX_IDS", DEFAULT_AUDIENCE_MAX_IDS),
+            int,
+        ),
     )
+
+
+# ---------------------------------------------------------------------------
+# The producer's settings: validated once per process
+# ---------------------------------------------------------------------------
+
+_producer_lock = threading.Lock()
+#: ``None``: not validated yet; else the settings, or the error that made them invalid.
+_producer: ForwarderSettings | ForwarderConfigError | None = None
+
+
+def producer_settings() -> ForwarderSettings | None:
+    """The settings the producer runs with, validated once per process and then kept.
+
+    ``None`` when they are invalid: forwarding is then off in this process, and the problem
+    was logged once (one ERROR, no traceback) when they were first read.
+    """
+    checked = _producer
+    if checked is None:
+        checked = _check_producer_settings()
+    return checked if isinstance(checked, ForwarderSettings) else None
+
+
+def _check_producer_settings() -> ForwarderSettings | ForwarderConfigError:
+    global _producer
+    with _producer_lock:
+        if _producer is not None:
+            return _producer
+        try:
+            checked: ForwarderSettings | ForwarderConfigError = load_settings()
+        except ForwarderConfigError as error:
+            checked = error
+            logger.error(
+                "zulip_listeners_forwarder: invalid setting in /etc/zulip/settings.py: %s."
+                " No events are forwarded until it is fixed and Zulip is restarted; Zulip"
+                " itself is not affected.",
+                error,
+            )
+        _producer = checked
+        return checked
+
+
+def forget_producer_settings(**_: Any) -> None:
+    """Validate again on next use (after a settings change; tests)."""
+    global _producer
+    with _producer_lock:
+        _producer = None
+
+
+def _on_setting_changed(*, setting: str, **_: Any) -> None:
+    if setting.startswith("ZULIP_LISTENERS_") or setting == SYSTEM_BOT_REALM_SETTING:
+        forget_producer_settings()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="zulip_listeners_forwarder.settings")
 
 
 def parse_secrets(raw: str | None) -> list[str]:
