@@ -36,7 +36,7 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 /// How soon every event must be processed once the last batch is acknowledged: far less
 /// than the claim lease (`forwarder.claim_lease`, 5 min), which work whose results were given
 /// up on would wait for.
-const PROCESSED_WITHIN: Duration = Duration::from_secs(60);
+const PROCESSED_WITHIN: Duration = Duration::from_secs(120);
 /// The keyword_alerts rule (a non-pure listener: its events go through the workers).
 const ALERT_WORD: &str = "deploy";
 

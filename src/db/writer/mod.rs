@@ -312,6 +312,12 @@ impl Writer {
         &self.storage
     }
 
+    /// Whether a writer is retrying a failed write (the database unreachable, say): new runs
+    /// would only add results that cannot be written, and fail on their own reads.
+    pub fn is_retrying(&self) -> bool {
+        self.retrying.iter().any(|r| r.why().is_some())
+    }
+
     /// The channel of the writer that commits `realm_id`'s work.
     fn shard(&self, realm_id: Option<i64>) -> &mpsc::Sender<Command> {
         let index = shards::index(realm_id.unwrap_or(0), self.shards.len());

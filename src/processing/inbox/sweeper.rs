@@ -29,8 +29,9 @@ impl Inbox {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
             }
-            // No room in the database: claiming is a write, and the work would wait anyway.
-            if self.writer.storage().is_refusing() {
+            // No room in the database, or it is unreachable: claiming is a write, and the
+            // work would wait anyway.
+            if self.writer.storage().is_refusing() || self.writer.is_retrying() {
                 continue;
             }
             loop {

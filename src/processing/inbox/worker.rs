@@ -1,7 +1,8 @@
 //! The workers: each takes events from its lane's queue, runs the listeners left for each
 //! (each run only while this process's claim on its work holds) and sends every listener's
-//! result to the writer. While the database has no room for new work (`db::storage`) they
-//! wait before starting a run: its results could not be committed.
+//! result to the writer. While the database has no room for new work (`db::storage`), or a
+//! writer retries a failed write, they wait before starting a run: its results could not be
+//! committed.
 
 use std::sync::Arc;
 
@@ -30,7 +31,10 @@ impl Inbox {
                     None => return,
                 },
             };
-            while self.writer.storage().is_refusing() {
+            // No room for new work, or the database unreachable (a writer retries): a run now
+            // would fail on its own reads, count against its listener's breaker, and add
+            // results that cannot be written.
+            while self.writer.storage().is_refusing() || self.writer.is_retrying() {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => return,
