@@ -73,6 +73,12 @@ impl Health {
         self.state().open_until.filter(|until| *until > now)
     }
 
+    /// Whether the breaker is open: from its opening until a trial run succeeds (the
+    /// cool-down may be over, the trial not yet run), or an operator resets it.
+    pub fn tripped(&self) -> bool {
+        self.state().open_until.is_some()
+    }
+
     /// Failures within the hour before `now`.
     pub fn failures_last_hour(&self, now: Instant) -> usize {
         let mut state = self.state();
@@ -158,16 +164,19 @@ mod tests {
             }]
         );
         assert_eq!(h.open_until(t0), Some(t0 + Duration::from_secs(60)));
+        assert!(h.tripped());
         assert_eq!(
             h.open_until(t0 + Duration::from_secs(60)),
             None,
             "trial allowed after cool-down"
         );
+        assert!(h.tripped(), "still open until the trial succeeds");
         assert_eq!(
             h.record(true, t0 + Duration::from_secs(61)),
             vec![Transition::Closed]
         );
         assert_eq!(h.open_until(t0 + Duration::from_secs(61)), None);
+        assert!(!h.tripped());
     }
 
     #[test]

@@ -169,10 +169,6 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     .await
     .context("starting the inbox workers")?;
     let forwarder = forwarder_state(&config, keys, inbox.clone());
-    if forwarder.is_some() {
-        // Counts from start-up, so that a forwarder that never sends is noticed too.
-        metric::forwarder_batch_accepted();
-    }
     let bots = Bots::build(&config, &registry, &filters);
     if bots.is_empty() {
         tracing::warn!(
@@ -211,6 +207,16 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
             .map(|e| e.name())
             .collect::<Vec<_>>(),
     );
+    for entry in registry.entries() {
+        metric::handler_enabled(entry.name(), entry.enabled());
+        metric::handler_enabled_in_file(entry.name(), entry.file_definition().enabled);
+        metric::handler_circuit_open(entry.name(), false);
+    }
+    if forwarder.is_some() {
+        // Counts from start-up, so that a forwarder silent since the start is noticed too
+        // (set after the recorder is installed: before, the value would go nowhere).
+        metric::forwarder_batch_accepted();
+    }
     let upkeep = tokio::spawn(upkeep::upkeep(upkeep::Upkeep {
         outgoing: outgoing.clone(),
         inbox: inbox.clone(),

@@ -139,6 +139,9 @@ async fn refresh(u: &Upkeep) {
     let (in_use, idle) = u.db.pool_state();
     metric::db_pool(in_use, idle);
     metric::memory(u.db.memory(), u.db.backend());
+    for entry in u.registry.entries() {
+        metric::handler_circuit_open(entry.name(), entry.health.tripped());
+    }
     match u
         .db
         .run(|c| {

@@ -292,8 +292,28 @@ pub fn initialise(handlers: &[&str]) {
     inbox_lag(0.0);
 }
 
+/// Whether the listener is enabled now (1) or disabled (0), whatever disabled it: the
+/// configuration file, an operator, or its failures.
 pub fn handler_enabled(handler: &str, enabled: bool) {
     gauge!("zulip_listeners_handler_enabled", "handler" => handler.to_string()).set(if enabled {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// Whether the configuration file enables the listener (1) or turns it off (0), before runtime
+/// changes: `zulip_listeners_handler_enabled == 0` with this at 1 is a listener disabled at run
+/// time (by an operator, or automatically), which alerts; one off in the file is a choice.
+pub fn handler_enabled_in_file(handler: &str, enabled: bool) {
+    gauge!("zulip_listeners_handler_enabled_in_file", "handler" => handler.to_string())
+        .set(if enabled { 1.0 } else { 0.0 });
+}
+
+/// 1 while the listener's circuit breaker is open: from its opening until a trial run after
+/// the cool-down succeeds (a failed trial opens it again), else 0.
+pub fn handler_circuit_open(handler: &str, open: bool) {
+    gauge!("zulip_listeners_handler_circuit_open", "handler" => handler.to_string()).set(if open {
         1.0
     } else {
         0.0

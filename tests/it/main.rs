@@ -18,6 +18,7 @@ mod listeners;
 mod memory_budget;
 mod message_writes;
 mod migrations;
+mod monitoring;
 mod operations;
 mod operator;
 mod outgoing;
