@@ -1,6 +1,7 @@
-//! `listeners`: the table of every listener (or JSON), `listeners show` with statistics and
-//! history, and `listeners set|enable|disable`, stored in the database like a change through
-//! the admin API and followed by a running server within seconds.
+//! `listeners`: the table of every listener (or JSON), `listeners show` with statistics,
+//! runtime changes beside the file's values and history, and `listeners
+//! set|reset|enable|disable`, stored in the database like a change through the admin API and
+//! followed by a running server within seconds.
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -39,13 +40,18 @@ pub enum ListenerAction {
         #[arg(long, value_name = "USERS")]
         users: Option<String>,
         /// One setting, KEY=VALUE; VALUE is read as JSON when it is JSON, else as text;
-        /// KEY=null goes back to the file's value (repeatable).
+        /// KEY=null drops the runtime change, so the file's value (or the handler's default)
+        /// applies again (repeatable). `*_file` and `secret` keys are set only in the file.
         #[arg(long = "setting", value_name = "KEY=VALUE")]
         settings: Vec<String>,
         /// Any change as a JSON object, as for PATCH /admin/listeners/{name}.
         #[arg(long, value_name = "OBJECT")]
         json: Option<String>,
     },
+    /// Drop a listener's runtime changes, so that the configuration file's values apply
+    /// again (recorded in its history): all of them, or one FIELD (enabled, description,
+    /// events, realms, streams, users, settings, or one settings key as settings.KEY).
+    Reset { name: String, field: Option<String> },
     /// Enable a listener (also after an automatic disable).
     Enable { name: String },
     /// Disable a listener until it is enabled again.
@@ -140,6 +146,7 @@ pub(super) fn set_listener(config: &Config, action: ListenerAction) -> anyhow::R
     let mut reason = None;
     let (name, change) = match action {
         ListenerAction::Show { .. } => return Ok(()),
+        ListenerAction::Reset { name, field } => return reset_listener(config, &name, field),
         ListenerAction::Enable { name } => (name, serde_json::json!({ "enabled": true })),
         ListenerAction::Disable { name, reason: why } => {
             reason = Some(why);
@@ -196,7 +203,7 @@ pub(super) fn set_listener(config: &Config, action: ListenerAction) -> anyhow::R
         .map_err(|e| anyhow::anyhow!("listener `{name}`: {e}"))?;
     let mut conn = connect(config)?;
     crate::db::tables::listeners::sync(&mut conn, &registry.listener_rows())?;
-    let (_, history) = crate::listeners::changes::change(
+    let saved = crate::listeners::changes::change(
         &mut conn,
         &registry,
         &name,
@@ -205,6 +212,7 @@ pub(super) fn set_listener(config: &Config, action: ListenerAction) -> anyhow::R
         reason.as_deref(),
     )
     .map_err(|e| anyhow::anyhow!("listener `{name}`: {e}"))?;
+    let history = saved.history;
     if let Some(enabled) = patch.enabled
         && patch
             == (crate::listeners::changes::Overrides {
@@ -219,10 +227,30 @@ pub(super) fn set_listener(config: &Config, action: ListenerAction) -> anyhow::R
         );
         return Ok(());
     }
+    print_history(&name, &history);
+    Ok(())
+}
+
+/// `listeners reset NAME [FIELD]`: through [`crate::listeners::changes::reset`], like the
+/// admin API's `DELETE /admin/listeners/{name}/overrides[/{field}]`.
+fn reset_listener(config: &Config, name: &str, field: Option<String>) -> anyhow::Result<()> {
+    use crate::listeners::changes::{self, ResetTarget};
+    let target = ResetTarget::parse(field.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registry = Registry::build(config)?;
+    let mut conn = connect(config)?;
+    crate::db::tables::listeners::sync(&mut conn, &registry.listener_rows())?;
+    let saved = changes::reset(&mut conn, &registry, name, &target, changes::source::CLI)
+        .map_err(|e| anyhow::anyhow!("listener `{name}`: {e}"))?;
+    print_history(name, &saved.history);
+    Ok(())
+}
+
+/// What a change did, field by field, and when a running server follows.
+fn print_history(name: &str, history: &[crate::db::tables::listeners::HistoryRow]) {
     if history.is_empty() {
         println!("{name}: nothing changed.");
     }
-    for change in &history {
+    for change in history {
         println!(
             "{name}: {} {} -> {}",
             change.field,
@@ -234,7 +262,6 @@ pub(super) fn set_listener(config: &Config, action: ListenerAction) -> anyhow::R
         "A running server follows within {} seconds.",
         crate::server::LISTENER_SYNC_SECONDS
     );
-    Ok(())
 }
 
 /// A comma-separated list as JSON; with `numbers`, items that are integers become numbers
@@ -304,11 +331,11 @@ pub(super) fn show_listener(config: &Config, name: &str, json: bool) -> anyhow::
         "streams",
         "users",
         "settings",
-        "overridden",
         "used_by",
     ] {
         println!("{key:<16} {}", text(&view[key]));
     }
+    print_overrides(&view);
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
     println!(
         "{:<16} {} runs, {} failures, success {}, avg {}, p95 {}",
@@ -338,4 +365,81 @@ pub(super) fn show_listener(config: &Config, name: &str, json: bool) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// The fields the database overrides, beside the file's values (`listeners show`,
+/// `check-config`), and why they are not applied when they are not.
+pub(super) fn print_overrides(view: &serde_json::Value) {
+    let shown = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "(not set)".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let list = view["overrides"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("{:<16} none (the file's values apply)", "overridden");
+    } else {
+        println!("{:<16} by the database (file -> database):", "overridden");
+        for o in &list {
+            println!(
+                "  {:<22} {} -> {}",
+                o["field"].as_str().unwrap_or_default(),
+                shown(&o["file"]),
+                shown(&o["database"])
+            );
+        }
+        println!(
+            "  drop them with `zulip-listeners listeners reset {} [FIELD]`",
+            view["name"].as_str().unwrap_or_default()
+        );
+    }
+    if let Some(problem) = view["overrides_problem"].as_str() {
+        println!("  NOT APPLIED (they do not suit the handler): {problem}");
+    }
+}
+
+/// `check-config`: the runtime changes the database holds over the file's values, listener by
+/// listener, when the database can be read (it is neither created nor migrated for this).
+pub(super) fn print_stored_changes(config: &Config, registry: &Registry) {
+    let rows = match stored_rows(config) {
+        Ok(Some(rows)) => rows,
+        Ok(None) => {
+            println!("  runtime changes: none (no database yet)");
+            return;
+        }
+        Err(error) => {
+            println!("  runtime changes: not read ({})", error.to_string().trim());
+            return;
+        }
+    };
+    let mut any = false;
+    for row in rows.iter().filter(|r| r.overrides.is_some()) {
+        let Some(entry) = registry.by_name(&row.name) else {
+            continue;
+        };
+        registry.apply_row(row);
+        any = true;
+        println!("  listener {}: runtime changes in the database", row.name);
+        print_overrides(&registry.view(entry, Some(row)));
+    }
+    if !any {
+        println!("  runtime changes: none in the database");
+    }
+}
+
+/// The stored listener rows; `None` when the SQLite file does not exist yet.
+fn stored_rows(
+    config: &Config,
+) -> anyhow::Result<Option<Vec<crate::db::tables::listeners::ListenerRow>>> {
+    use crate::config::DatabaseTarget;
+    let target = match &config.database.url {
+        DatabaseTarget::Sqlite(path) if !path.exists() => return Ok(None),
+        DatabaseTarget::Postgres(url) if !url.contains("connect_timeout") => {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            DatabaseTarget::Postgres(format!("{url}{separator}connect_timeout=5"))
+        }
+        other => other.clone(),
+    };
+    let mut conn = crate::db::establish(&target)?;
+    Ok(Some(crate::db::tables::listeners::rows(&mut conn)?))
 }

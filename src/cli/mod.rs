@@ -64,8 +64,8 @@ pub enum Command {
     /// Load and validate the configuration, print a summary, and exit.
     CheckConfig,
     /// List every listener (handler, event types, state, runs and failures, who sends it
-    /// events), show one with its statistics and history, or change one; a running server
-    /// follows within seconds.
+    /// events), show one with its runtime changes, statistics and history, or change one or
+    /// drop its runtime changes; a running server follows within seconds.
     Listeners {
         /// Print the list as JSON instead of a table.
         #[arg(long)]

@@ -1,5 +1,6 @@
 //! `serve`, `migrate` and `check-config`: running the server, bringing the schema up to date,
-//! and validating the configuration with a summary of what it sets up.
+//! and validating the configuration with a summary of what it sets up (and of the runtime
+//! changes the database holds over it).
 
 use anyhow::Context as _;
 
@@ -70,5 +71,6 @@ pub(super) fn check_config(config: &Config) -> anyhow::Result<()> {
             );
         }
     }
+    super::listeners::print_stored_changes(config, &registry);
     Ok(())
 }

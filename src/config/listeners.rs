@@ -22,6 +22,9 @@ pub struct HandlerSettings {
     pub listener: String,
     #[serde(flatten)]
     pub settings: serde_json::Map<String, serde_json::Value>,
+    /// The files its `*_file` settings name, read when the configuration was loaded.
+    #[serde(skip)]
+    pub files: super::SettingFiles,
 }
 
 impl fmt::Debug for HandlerSettings {
@@ -62,6 +65,9 @@ pub struct ListenerConfig {
     /// This listener's own quotas for its outward actions; none when absent.
     #[serde(default)]
     pub rate_limits: Option<QuotaOverrides>,
+    /// The files its `*_file` settings name, read when the configuration was loaded.
+    #[serde(skip)]
+    pub files: super::SettingFiles,
 }
 
 /// The realms, channels and users a listener's events must concern, as configured (the

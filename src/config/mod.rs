@@ -20,6 +20,7 @@ mod bots;
 mod botserverrc;
 mod checked;
 mod database;
+pub mod files;
 mod filters;
 mod forwarder;
 mod listeners;
@@ -41,6 +42,7 @@ pub use admin::{AdminConfig, ErrorHandlingConfig, MIN_ADMIN_TOKEN_CHARS};
 pub use bots::{BotConfig, DEFAULT_BOT_LISTENERS, OutgoingConfig};
 pub use botserverrc::{ImportedBot, parse_botserverrc, read_botserverrc};
 pub use database::{DatabaseConfig, DatabaseTarget, Synchronous, parse_database_url};
+pub use files::SettingFiles;
 pub use filters::{FiltersConfig, RealmSelector};
 pub use forwarder::{DEFAULT_FORWARDER_LISTENERS, ForwarderConfig};
 pub use listeners::{ChannelSelector, HandlerSettings, ListenerConfig, Scope, UserSelector};
@@ -181,6 +183,13 @@ impl Config {
                 bot.api_key = read_secret_file(&path, &format!("bots.{name}.api_key_file"))?;
             }
         }
+        for (name, handler) in &mut self.handlers {
+            handler.files = SettingFiles::read(&handler.settings, &format!("handlers.{name}."))?;
+        }
+        for (name, listener) in &mut self.listeners {
+            listener.files =
+                SettingFiles::read(&listener.settings, &format!("listeners.{name}.settings."))?;
+        }
         if let Some(path) = self.admin.token_file.take() {
             self.admin.token = read_secret_file(&path, "admin.token_file")?;
         }
@@ -199,6 +208,7 @@ impl Config {
             enabled: true,
             listener: String::new(),
             settings: serde_json::Map::new(),
+            files: SettingFiles::default(),
         })
     }
 }

@@ -1,5 +1,5 @@
 //! Secrets in the configuration: the redacting [`Secret`] wrapper, and reading a secret from a
-//! `*_file` path.
+//! `*_file` path (through [`super::files::read_bounded`]).
 
 use std::fmt;
 use std::path::Path;
@@ -38,7 +38,7 @@ impl fmt::Debug for Secret {
 
 /// The trimmed content of a secret file; an empty file is an error naming `key`.
 pub(super) fn read_secret_file(path: &Path, key: &str) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = super::files::read_bounded(path).map_err(|source| ConfigError::Io {
         what: "secret file",
         path: path.to_path_buf(),
         source,

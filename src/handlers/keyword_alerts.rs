@@ -132,8 +132,12 @@ impl KeywordAlerts {
             key,
             problem,
         };
-        let signing = webhooks::signing_secret(typed.secret.as_ref(), typed.secret_file.as_deref())
-            .map_err(|(key, p)| problem(key.into(), p))?;
+        let signing = webhooks::signing_secret(
+            typed.secret.as_ref(),
+            typed.secret_file.as_deref(),
+            &settings.files,
+        )
+        .map_err(|(key, p)| problem(key.into(), p))?;
         let raw = typed.rules;
         let mut rules = Vec::with_capacity(raw.len());
         for (i, rule) in raw.into_iter().enumerate() {

@@ -24,7 +24,6 @@ use super::{
     typed_settings,
 };
 use crate::config::{Config, HandlerSettings, Secret};
-use crate::events::text::truncate_chars;
 use crate::events::{Event, Origin};
 use crate::verification::SigningKey;
 
@@ -91,13 +90,12 @@ impl Relay {
                 Some(Secret::new(token))
             }
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    problem(
-                        "token_file",
-                        format!("cannot read `{}`: {e}", path.display()),
-                    )
-                })?;
-                let token = text.trim();
+                // Read when the configuration was loaded; never opened here.
+                let text = settings
+                    .files
+                    .content("token_file", &path)
+                    .map_err(|p| problem("token_file", p))?;
+                let token = text.expose().trim();
                 if token.is_empty() {
                     return Err(problem(
                         "token_file",
@@ -108,8 +106,12 @@ impl Relay {
             }
             (None, None) => None,
         };
-        let signing = webhooks::signing_secret(typed.secret.as_ref(), typed.secret_file.as_deref())
-            .map_err(|(key, p)| problem(key, p))?;
+        let signing = webhooks::signing_secret(
+            typed.secret.as_ref(),
+            typed.secret_file.as_deref(),
+            &settings.files,
+        )
+        .map_err(|(key, p)| problem(key, p))?;
         let listener = match settings.listener.as_str() {
             "" => Self::NAME.to_string(),
             name => name.to_string(),
@@ -160,8 +162,8 @@ impl Relay {
 fn parse_reply(body: &[u8], form: bool) -> HandlerResult {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
         HandlerError::Failed(format!(
-            "the bot service's answer is not JSON: {}",
-            truncate_chars(&String::from_utf8_lossy(body), 200).0
+            "the bot service's answer is not JSON ({} bytes)",
+            body.len()
         ))
     })?;
     if value == serde_json::Value::String(String::new()) {
@@ -248,10 +250,11 @@ impl Handler for Relay {
                 crate::redact::http_error(e)
             ))
         })?;
+        // Only the status line is kept: the answer's content is not stored or shown, so
+        // the event log cannot be used to read what a URL answers.
         if !status.is_success() {
             return Err(HandlerError::Failed(format!(
-                "bot service answered {status}: {}",
-                truncate_chars(&String::from_utf8_lossy(&body), 200).0
+                "bot service answered {status}"
             )));
         }
         parse_reply(&body, raw.form)
@@ -320,5 +323,11 @@ mod tests {
         );
         assert!(parse_reply(b"[1]", false).is_err());
         assert!(parse_reply(b"<html>", false).is_err());
+        // What an answer says is not kept in the error (it would be shown in the event log).
+        let error = parse_reply(b"<html>db_password=hunter2</html>", false)
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(error.contains("not JSON (32 bytes)"), "{error}");
     }
 }

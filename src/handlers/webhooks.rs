@@ -8,7 +8,8 @@
 //! * `webhook-timestamp`, per attempt;
 //! * `webhook-signature` when the listener has a signing secret in the configuration file
 //!   ([`signing_secret`]), signed by [`SigningKey::sign`], the code that checks the
-//!   forwarder's signatures. Runtime changes cannot set it ([`signing_secret_key`]).
+//!   forwarder's signatures. Runtime changes cannot set it (`listeners::changes` refuses
+//!   `secret` and every `*_file` key).
 
 use std::path::Path;
 
@@ -18,7 +19,7 @@ use reqwest::Url;
 use reqwest::header::CONTENT_TYPE;
 use sha2::{Digest, Sha256};
 
-use crate::config::Secret;
+use crate::config::{Secret, SettingFiles};
 use crate::events::{Event, Origin};
 use crate::verification::SigningKey;
 
@@ -93,11 +94,12 @@ pub fn webhook_post(
 
 /// A listener's webhook signing key from its settings: `secret` (`whsec_` and base64 of at
 /// least 24 bytes, as `zulip-listeners gen-secret` makes) or `secret_file` (a file holding
-/// one), not both; `None` when neither is given. The error names the key at fault and never
-/// repeats the secret.
+/// one, read with the configuration into `files`), not both; `None` when neither is given.
+/// The error names the key at fault and never repeats the secret.
 pub fn signing_secret(
     secret: Option<&Secret>,
     file: Option<&Path>,
+    files: &SettingFiles,
 ) -> Result<Option<SigningKey>, (&'static str, String)> {
     let (key, text) = match (secret, file) {
         (Some(_), Some(_)) => {
@@ -108,44 +110,16 @@ pub fn signing_secret(
         }
         (Some(secret), None) => ("secret", secret.expose().to_string()),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                (
-                    "secret_file",
-                    format!("cannot read `{}`: {e}", path.display()),
-                )
-            })?;
-            ("secret_file", text)
+            let text = files
+                .content("secret_file", path)
+                .map_err(|p| ("secret_file", p))?;
+            ("secret_file", text.expose().to_string())
         }
         (None, None) => return Ok(None),
     };
     SigningKey::parse(&text)
         .map(Some)
         .map_err(|e| (key, format!("the signing secret {e}")))
-}
-
-/// The settings keys of a webhook signing secret. They are read from the configuration file
-/// only: a runtime change may not set, change or remove them.
-pub const SIGNING_SECRET_KEYS: [&str; 2] = ["secret", "secret_file"];
-
-/// Where `value` (a listener's settings, or part of them) names a signing-secret key, at any
-/// depth (`secret`, `rules[0].secret_file`); `None` when it does not.
-pub fn signing_secret_key(value: &serde_json::Value) -> Option<String> {
-    match value {
-        serde_json::Value::Object(map) => map.iter().find_map(|(key, v)| {
-            if SIGNING_SECRET_KEYS.contains(&key.as_str()) {
-                return Some(key.clone());
-            }
-            signing_secret_key(v).map(|inner| match inner.starts_with('[') {
-                true => format!("{key}{inner}"),
-                false => format!("{key}.{inner}"),
-            })
-        }),
-        serde_json::Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| signing_secret_key(v).map(|inner| format!("[{i}].{inner}"))),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -230,50 +204,40 @@ mod tests {
 
     #[test]
     fn signing_secrets_come_from_a_value_or_a_file_and_errors_hide_them() {
+        let none = SettingFiles::default();
         let secret = Secret::new(V1_SECRET);
-        assert!(matches!(signing_secret(Some(&secret), None), Ok(Some(_))));
-        assert!(matches!(signing_secret(None, None), Ok(None)));
+        assert!(matches!(
+            signing_secret(Some(&secret), None, &none),
+            Ok(Some(_))
+        ));
+        assert!(matches!(signing_secret(None, None, &none), Ok(None)));
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("alerts.whsec");
         std::fs::write(&path, format!("{V1_SECRET}\n")).expect("write");
-        let from_file = signing_secret(None, Some(&path))
+        let config = crate::config::Config::from_toml(&format!(
+            "[handlers.keyword_alerts]\nsecret_file = \"{}\"\n",
+            path.display()
+        ))
+        .expect("valid");
+        let files = config.handler_settings("keyword_alerts").files;
+        let from_file = signing_secret(None, Some(&path), &files)
             .expect("read")
             .expect("key");
         assert_eq!(from_file.sign(V1_ID, V1_TS, V1_BODY), V1_SIG);
-        let (key, problem) = signing_secret(Some(&secret), Some(&path)).unwrap_err();
+        let (key, problem) = signing_secret(Some(&secret), Some(&path), &files).unwrap_err();
         assert_eq!(key, "secret_file", "{problem}");
         let short = Secret::new("whsec_c2hvcnQtU0VDUkVU");
-        let (key, problem) = signing_secret(Some(&short), None).unwrap_err();
+        let (key, problem) = signing_secret(Some(&short), None, &none).unwrap_err();
         assert_eq!(key, "secret");
         assert!(
             problem.contains("too short") && !problem.contains("c2hvcnQtU0VDUkVU"),
             "{problem}"
         );
-        let (key, problem) = signing_secret(None, Some(&dir.path().join("missing"))).unwrap_err();
+        // A path the configuration file did not name is not opened.
+        let (key, problem) = signing_secret(None, Some(&path), &none).unwrap_err();
         assert!(
-            key == "secret_file" && problem.contains("cannot read"),
+            key == "secret_file" && problem.contains("not read from the configuration file"),
             "{problem}"
-        );
-    }
-
-    #[test]
-    fn signing_secret_keys_are_found_at_any_depth() {
-        let found = |v: serde_json::Value| signing_secret_key(&v);
-        assert_eq!(
-            found(serde_json::json!({"secret": "x"})),
-            Some("secret".into())
-        );
-        assert_eq!(
-            found(serde_json::json!({"rules": [{"name": "a"}, {"secret_file": "/x"}]})),
-            Some("rules[1].secret_file".into())
-        );
-        assert_eq!(
-            found(serde_json::json!({"secret": null})),
-            Some("secret".into())
-        );
-        assert_eq!(
-            found(serde_json::json!({"token": "t", "rules": [{"name": "secret"}]})),
-            None
         );
     }
 }

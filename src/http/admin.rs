@@ -1,6 +1,6 @@
 //! The admin API under `/admin/`, behind a bearer token compared in constant time (401
 //! without it; the whole API answers 404 while no token is configured): listeners (list, show,
-//! change), the event log, forwarded events by message, and statistics; the dead-letter routes are in
+//! change, drop runtime changes), the event log, forwarded events by message, and statistics; the dead-letter routes are in
 //! [`super::dead_letters`]. Listener changes of the dashboard go through [`apply_change`] here
 //! too.
 
@@ -15,7 +15,7 @@ use crate::clock::now_ms;
 use crate::db::tables;
 use crate::db::tables::event_log::EventLogFilter;
 use crate::db::tables::listeners::{HistoryRow, ListenerRow};
-use crate::listeners::changes::{self, ChangeError, FieldError, Overrides};
+use crate::listeners::changes::{self, ChangeError, FieldError, Overrides, ResetTarget};
 use crate::telemetry::metric;
 use crate::verification::token_matches;
 
@@ -166,19 +166,58 @@ pub(super) fn invalid_field(e: FieldError) -> ApiError {
     }
 }
 
+/// `DELETE /admin/listeners/{name}/overrides` (every runtime change) or
+/// `…/overrides/{field}` (one field, or one settings key as `settings.KEY`): the file's values
+/// apply again; recorded in the history like a PATCH. 404 when the field is not overridden.
+pub async fn reset_listener(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    answer_change(&state, path.into_inner(), Action::Reset(ResetTarget::All)).await
+}
+
+/// `DELETE /admin/listeners/{name}/overrides/{field}`: see [`reset_listener`].
+pub async fn reset_listener_field(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let (name, field) = path.into_inner();
+    let target = ResetTarget::parse(Some(&field)).map_err(invalid_field)?;
+    answer_change(&state, name, Action::Reset(target)).await
+}
+
+/// An operator's error in a change, as the admin API answers it.
+pub(super) fn change_error(error: ChangeError) -> ApiError {
+    match error {
+        ChangeError::NotFound(name) => ApiError::NotFound(format!("no listener named `{name}`")),
+        ChangeError::Invalid(e) => invalid_field(e),
+        e @ ChangeError::NotOverridden { .. } => ApiError::NotFound(e.to_string()),
+        e @ ChangeError::Conflict(_) => ApiError::Unavailable(e.to_string()),
+        ChangeError::Database(e) => db_error(e),
+    }
+}
+
 async fn change_listener(
     state: &web::Data<AppState>,
     name: String,
     patch: Overrides,
 ) -> Result<HttpResponse, ApiError> {
-    let (row, history) = match apply_change(state, &name, patch, changes::source::ADMIN_API).await {
-        Ok(done) => done,
-        Err(ChangeError::NotFound(name)) => {
-            return Err(ApiError::NotFound(format!("no listener named `{name}`")));
-        }
-        Err(ChangeError::Invalid(e)) => return Err(invalid_field(e)),
-        Err(ChangeError::Database(e)) => return Err(db_error(e)),
-    };
+    answer_change(state, name, Action::Change(patch)).await
+}
+
+/// Makes the change and answers with the listener as it is now and the fields that changed.
+async fn answer_change(
+    state: &web::Data<AppState>,
+    name: String,
+    action: Action,
+) -> Result<HttpResponse, ApiError> {
+    let (row, history) = apply_change(state, &name, action, changes::source::ADMIN_API)
+        .await
+        .map_err(change_error)?;
     let entry = state
         .registry
         .by_name(&name)
@@ -188,13 +227,19 @@ async fn change_listener(
     Ok(json_ok(view.to_string()))
 }
 
-/// Makes an operator's change to a listener (through [`changes::change`], recorded with
-/// `source`) and applies it to this server at once: the one path of the admin API and the
-/// dashboard.
+/// What an operator does to a listener: a change, or dropping runtime changes.
+pub(super) enum Action {
+    Change(Overrides),
+    Reset(ResetTarget),
+}
+
+/// Makes an operator's change to a listener (through [`changes::change`] or
+/// [`changes::reset`], recorded with `source`, on a blocking thread) and applies it to this
+/// server at once with the handler it built: the one path of the admin API and the dashboard.
 pub(super) async fn apply_change(
     state: &AppState,
     name: &str,
-    patch: Overrides,
+    action: Action,
     source: &'static str,
 ) -> Result<(ListenerRow, Vec<HistoryRow>), ChangeError> {
     if state.registry.by_name(name).is_none() {
@@ -202,11 +247,17 @@ pub(super) async fn apply_change(
     }
     let registry = state.registry.clone();
     let key = name.to_string();
-    let (row, history) = state
+    let saved = state
         .db
-        .run(move |c| Ok(changes::change(c, &registry, &key, &patch, source, None)))
+        .run(move |c| {
+            Ok(match &action {
+                Action::Change(patch) => changes::change(c, &registry, &key, patch, source, None),
+                Action::Reset(target) => changes::reset(c, &registry, &key, target, source),
+            })
+        })
         .await??;
-    state.registry.apply_row(&row);
+    let (row, history) = (saved.row.clone(), saved.history.clone());
+    state.registry.apply_saved(saved);
     if let Some(entry) = state.registry.by_name(name) {
         metric::handler_enabled(name, entry.enabled());
     }

@@ -102,6 +102,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 ],
             ))
             .service(resource(
+                "/listeners/{name}/overrides",
+                [web::delete().to(admin::reset_listener)],
+            ))
+            .service(resource(
+                "/listeners/{name}/overrides/{field}",
+                [web::delete().to(admin::reset_listener_field)],
+            ))
+            .service(resource(
                 "/listeners/{name}/{action}",
                 [web::post().to(admin::set_listener)],
             ))

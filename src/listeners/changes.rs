@@ -1,17 +1,30 @@
 //! Runtime changes to a listener: the fields an operator may change (`PATCH
-//! /admin/listeners/{name}`, `zulip-listeners listeners set`), how they are read and checked,
-//! how they combine with the file's definition, and the history they leave.
+//! /admin/listeners/{name}`, `zulip-listeners listeners set`, the dashboard's edit form) and
+//! how they are dropped again ([`reset`]: `listeners reset`, `DELETE
+//! /admin/listeners/{name}/overrides`), how they are read and checked (`overrides.rs`), how
+//! they combine with the file's definition, and the history they leave. The CLI, the admin
+//! API and the dashboard are thin wrappers around [`change`] and [`reset`].
+//!
+//! A change's handler is built once, before the transaction that stores it (the row's lock
+//! is held only to compare and write), and handed back in [`Saved`] for
+//! `Registry::apply_saved`; it never reads a file (see `config::files`).
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+mod overrides;
+mod reset;
+
+use serde_json::Value;
 
 use diesel::Connection;
 
-use super::{Definition, Entry, Registry};
+use super::{Definition, Entry, Live, Registry};
 use crate::clock::now_ms;
-use crate::config::{ChannelSelector, RealmSelector, Scope, UserSelector};
+use crate::config::Scope;
 use crate::db::tables::listeners::{HistoryRow, ListenerRow};
 use crate::db::{self, DbConnection, DbError};
+
+pub(crate) use overrides::refuse_file_only;
+pub use overrides::{Overrides, file_only_key, is_file_only};
+pub use reset::{Overridden, ResetTarget, overridden, reset};
 
 /// Fields an operator may change, as named in requests and in the history.
 pub const FIELDS: &[&str] = &[
@@ -39,192 +52,6 @@ impl FieldError {
             field: field.into(),
             problem: problem.into(),
         }
-    }
-}
-
-/// Changed fields; absent ones keep their value. `settings` is a JSON merge patch (RFC
-/// 7386): a key set to `null` goes back to the file's value or the handler's default.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Overrides {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub events: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub realms: Option<Vec<RealmSelector>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub streams: Option<Vec<ChannelSelector>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub users: Option<Vec<UserSelector>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<Map<String, Value>>,
-}
-
-impl Overrides {
-    /// Reads a change from a JSON object, naming the field at fault.
-    pub fn parse(value: &Value) -> Result<Overrides, FieldError> {
-        let Some(object) = value.as_object() else {
-            return Err(FieldError::new(
-                "",
-                "the body must be a JSON object of the fields to change",
-            ));
-        };
-        if object.is_empty() {
-            return Err(FieldError::new(
-                "",
-                format!("nothing to change; give any of {}", FIELDS.join(", ")),
-            ));
-        }
-        let mut out = Overrides::default();
-        for (key, value) in object {
-            match key.as_str() {
-                "enabled" => out.enabled = Some(field(key, value, "true or false")?),
-                "description" => {
-                    let text: String = field(key, value, "a string")?;
-                    if text.chars().count() > 500 {
-                        return Err(FieldError::new(key, "at most 500 characters"));
-                    }
-                    out.description = Some(text);
-                }
-                "events" => out.events = Some(list(key, value, "event type names")?),
-                "realms" => out.realms = Some(list(key, value, "realm ids or subdomains")?),
-                "streams" => out.streams = Some(list(key, value, "channel ids or names")?),
-                "users" => out.users = Some(list(key, value, "user ids or emails")?),
-                "settings" => {
-                    if let Some(at) = crate::handlers::webhooks::signing_secret_key(value) {
-                        return Err(FieldError::new(
-                            format!("settings.{at}"),
-                            "a signing secret is set only in the configuration file, not by a runtime change",
-                        ));
-                    }
-                    out.settings = Some(field(key, value, "an object of the handler's settings")?)
-                }
-                other => {
-                    return Err(FieldError::new(
-                        other,
-                        format!("not a field that can be changed; use {}", FIELDS.join(", ")),
-                    ));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The stored overrides with `newer` on top.
-    pub fn merged(&self, newer: &Overrides) -> Overrides {
-        let settings = match (&self.settings, &newer.settings) {
-            (Some(old), Some(new)) => {
-                let mut merged = old.clone();
-                for (k, v) in new {
-                    merged.insert(k.clone(), v.clone());
-                }
-                Some(merged)
-            }
-            (old, new) => new.clone().or_else(|| old.clone()),
-        };
-        Overrides {
-            enabled: newer.enabled.or(self.enabled),
-            description: newer.description.clone().or(self.description.clone()),
-            events: newer.events.clone().or(self.events.clone()),
-            realms: newer.realms.clone().or(self.realms.clone()),
-            streams: newer.streams.clone().or(self.streams.clone()),
-            users: newer.users.clone().or(self.users.clone()),
-            settings,
-        }
-    }
-
-    /// Reads stored overrides; unreadable ones (written by a newer version) count as none.
-    pub fn from_stored(text: Option<&str>) -> Overrides {
-        text.and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_default()
-    }
-
-    pub fn to_stored(&self) -> Option<String> {
-        (self != &Overrides::default())
-            .then(|| serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string()))
-    }
-}
-
-fn field<T: serde::de::DeserializeOwned>(
-    key: &str,
-    value: &Value,
-    what: &str,
-) -> Result<T, FieldError> {
-    serde_json::from_value(value.clone())
-        .map_err(|_| FieldError::new(key, format!("must be {what}, not {}", kind_of(value))))
-}
-
-fn list<T: serde::de::DeserializeOwned>(
-    key: &str,
-    value: &Value,
-    what: &str,
-) -> Result<Vec<T>, FieldError> {
-    let Some(items) = value.as_array() else {
-        return Err(FieldError::new(
-            key,
-            format!("must be a list of {what}, not {}", kind_of(value)),
-        ));
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            serde_json::from_value(item.clone()).map_err(|_| {
-                FieldError::new(
-                    format!("{key}[{i}]"),
-                    format!("must be one of {what}, not {}", kind_of(item)),
-                )
-            })
-        })
-        .collect()
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-impl Definition {
-    /// This definition with `overrides` applied.
-    pub fn with(&self, overrides: &Overrides) -> Definition {
-        let mut out = self.clone();
-        if let Some(v) = overrides.enabled {
-            out.enabled = v;
-        }
-        if let Some(v) = &overrides.description {
-            out.description.clone_from(v);
-        }
-        if let Some(v) = &overrides.events {
-            out.events.clone_from(v);
-        }
-        let scope = &mut out.scope;
-        if let Some(v) = &overrides.realms {
-            scope.realms.clone_from(v);
-        }
-        if let Some(v) = &overrides.streams {
-            scope.streams.clone_from(v);
-        }
-        if let Some(v) = &overrides.users {
-            scope.users.clone_from(v);
-        }
-        if let Some(patch) = &overrides.settings {
-            for (k, v) in patch {
-                if v.is_null() {
-                    out.settings.remove(k);
-                } else {
-                    out.settings.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        out
     }
 }
 
@@ -306,6 +133,16 @@ pub enum ChangeError {
     NotFound(String),
     #[error(transparent)]
     Invalid(FieldError),
+    /// A reset of a field the database does not override.
+    #[error("`{listener}` has no runtime change of `{field}`; changed are: {overridden}")]
+    NotOverridden {
+        listener: String,
+        field: String,
+        overridden: String,
+    },
+    /// The stored changes kept changing while this one was checked.
+    #[error("`{0}` was changed by another request at the same time; try again")]
+    Conflict(String),
     #[error(transparent)]
     Database(#[from] DbError),
 }
@@ -329,10 +166,18 @@ fn fresh_row(entry: &Entry) -> ListenerRow {
     }
 }
 
-/// Applies an operator's change (one transaction): merges it with the stored overrides,
-/// checks the result against the handler, stores it with one history row per changed field,
-/// and returns the new row (apply it with [`Registry::apply_row`]) and the history. `reason`
-/// is kept with a disable (default: where it came from).
+/// A change as stored: the new row, the history it left, and the listener built from it
+/// (apply it with [`Registry::apply_saved`]).
+pub struct Saved {
+    pub row: ListenerRow,
+    pub history: Vec<HistoryRow>,
+    pub live: Live,
+}
+
+/// Applies an operator's change: merges it with the stored overrides, checks the result
+/// against the handler, stores it with one history row per changed field (one transaction),
+/// and returns it with the listener built from it. `reason` is kept with a disable (default:
+/// where it came from).
 pub fn change(
     conn: &mut DbConnection,
     registry: &Registry,
@@ -340,24 +185,66 @@ pub fn change(
     patch: &Overrides,
     source: &str,
     reason: Option<&str>,
-) -> Result<(ListenerRow, Vec<HistoryRow>), ChangeError> {
-    save_change(conn, registry, name, source, |entry, row| {
-        let merged = Overrides::from_stored(row.overrides.as_deref()).merged(patch);
-        registry
-            .check(entry, &merged)
+) -> Result<Saved, ChangeError> {
+    store_overrides(
+        conn,
+        registry,
+        name,
+        source,
+        |stored| Ok(stored.merged(patch)),
+        |mut row| {
+            if let Some(enabled) = patch.enabled {
+                row.enabled = enabled;
+                row.disabled_reason = (!enabled).then(|| {
+                    reason.map_or_else(|| format!("disabled through the {source}"), str::to_string)
+                });
+            }
+            row
+        },
+    )
+}
+
+/// How often a change is checked again when the stored overrides changed meanwhile.
+const ATTEMPTS: usize = 3;
+
+/// Stores the overrides `next` makes of the stored ones, and the row as `edit_row` leaves it.
+/// The handler is built (and checked) first, outside the transaction; the transaction then
+/// stores the change only if the stored overrides are still those it was built from.
+fn store_overrides(
+    conn: &mut DbConnection,
+    registry: &Registry,
+    name: &str,
+    source: &str,
+    next: impl Fn(&Overrides) -> Result<Overrides, ChangeError>,
+    edit_row: impl Fn(ListenerRow) -> ListenerRow,
+) -> Result<Saved, ChangeError> {
+    let entry = registry
+        .by_name(name)
+        .ok_or_else(|| ChangeError::NotFound(name.to_string()))?;
+    for _ in 0..ATTEMPTS {
+        let stored = db::tables::listeners::row(conn, name)?.and_then(|r| r.overrides);
+        let overrides = next(&Overrides::from_stored(stored.as_deref()))?;
+        let live = registry
+            .check(entry, &overrides)
             .map_err(ChangeError::Invalid)?;
-        let mut new_row = ListenerRow {
-            overrides: merged.to_stored(),
-            ..row
-        };
-        if let Some(enabled) = patch.enabled {
-            new_row.enabled = enabled;
-            new_row.disabled_reason = (!enabled).then(|| {
-                reason.map_or_else(|| format!("disabled through the {source}"), str::to_string)
-            });
+        let saved = save_change(conn, registry, name, source, |_, row| {
+            if row.overrides != stored {
+                return Err(ChangeError::Conflict(name.to_string()));
+            }
+            Ok(edit_row(ListenerRow {
+                overrides: overrides.to_stored(),
+                ..row
+            }))
+        });
+        match saved {
+            Err(ChangeError::Conflict(_)) => continue,
+            saved => {
+                let (row, history) = saved?;
+                return Ok(Saved { row, history, live });
+            }
         }
-        Ok(new_row)
-    })
+    }
+    Err(ChangeError::Conflict(name.to_string()))
 }
 
 /// Records that the breaker disabled a listener (`reason` starts with [`AUTO_DISABLED`]).
@@ -420,6 +307,7 @@ pub fn effective(entry: &Entry, row: &ListenerRow) -> Definition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RealmSelector;
     use serde_json::json;
 
     fn definition() -> Definition {
@@ -434,6 +322,7 @@ mod tests {
                 .cloned()
                 .unwrap_or_default(),
             rate_limits: None,
+            files: Default::default(),
         }
     }
 
@@ -455,10 +344,74 @@ mod tests {
         let second = Overrides::parse(&json!({"settings": {"a": null}, "realms": [7]})).unwrap();
         let stored = first.merged(&second);
         let effective = definition().with(&stored);
-        assert_eq!(Value::Object(effective.settings), json!({"b": 2, "c": 3}));
+        // `a` is the file's again; `c` stays overridden; `b` was never touched.
+        assert_eq!(
+            Value::Object(effective.settings),
+            json!({"a": 1, "b": 2, "c": 3})
+        );
         assert_eq!(effective.scope.realms, vec![RealmSelector::Id(7)]);
+        assert_eq!(stored.settings, json!({"c": 3}).as_object().cloned());
         let round = Overrides::from_stored(stored.to_stored().as_deref());
         assert_eq!(round, stored);
+        // Null for a key the file has and nothing stored: the file's value, nothing stored.
+        let only_null = Overrides::default()
+            .merged(&Overrides::parse(&json!({"settings": {"b": null}})).unwrap());
+        assert_eq!(only_null, Overrides::default());
+        assert_eq!(
+            definition().with(&only_null).settings,
+            definition().settings
+        );
+        // A null stored by an older version does not delete the file's value either.
+        let legacy = Overrides::from_stored(Some(r#"{"settings":{"a":null}}"#));
+        assert_eq!(definition().with(&legacy).settings, definition().settings);
+    }
+
+    /// A registry with a `relay` listener and a migrated SQLite database beside it.
+    fn relay_and_database(dir: &std::path::Path) -> (Registry, DbConnection) {
+        let config = crate::config::Config::from_toml(&format!(
+            "[database]\nurl = \"sqlite://{}/t.db\"\n[handlers.relay]\nurl = \"http://127.0.0.1:9/\"\n",
+            dir.display()
+        ))
+        .expect("valid");
+        let registry = Registry::build(&config).expect("built");
+        let mut conn = db::establish(&config.database.url).expect("database");
+        db::run_migrations(&mut conn).expect("migrations");
+        db::tables::listeners::sync(&mut conn, &registry.listener_rows()).expect("rows");
+        (registry, conn)
+    }
+
+    #[test]
+    fn a_change_builds_its_handler_once_and_is_applied_with_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (registry, mut conn) = relay_and_database(dir.path());
+        let patch = Overrides::parse(&json!({"settings": {"timeout": "5s"}})).unwrap();
+        let saved = change(&mut conn, &registry, "relay", &patch, source::CLI, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(registry.rebuilt(), 1, "checked once");
+        assert!(registry.apply_saved(saved));
+        assert_eq!(
+            registry.rebuilt(),
+            1,
+            "applied with the handler the check built"
+        );
+        let live = registry.by_name("relay").map(|e| e.live()).expect("relay");
+        assert_eq!(live.definition.settings["timeout"], "5s");
+
+        // Another process reading the row builds it once, too.
+        let (other, mut other_conn) = relay_and_database(dir.path());
+        let row = db::tables::listeners::row(&mut other_conn, "relay")
+            .expect("read")
+            .expect("row");
+        drop(other_conn);
+        assert!(other.apply_row(&row));
+        assert_eq!(other.rebuilt(), 1);
+        // A refused change is checked once and stores nothing.
+        let bad = Overrides::parse(&json!({"settings": {"timeout": "soon"}})).unwrap();
+        let refused = change(&mut conn, &registry, "relay", &bad, source::CLI, None);
+        assert!(matches!(refused, Err(ChangeError::Invalid(_))));
+        assert_eq!(registry.rebuilt(), 2);
+        let stored = db::tables::listeners::row(&mut conn, "relay").expect("read");
+        assert_eq!(stored.and_then(|r| r.overrides), row.overrides);
     }
 
     #[test]

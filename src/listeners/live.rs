@@ -8,8 +8,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::Serialize;
 
-use crate::config::QuotaOverrides;
-use crate::config::Scope;
+use crate::config::{QuotaOverrides, Scope, SettingFiles};
 use crate::db::tables::listeners::ListenerRow;
 use crate::events::Event;
 use crate::handlers::{Runnable, health};
@@ -33,6 +32,10 @@ pub struct Definition {
     pub settings: serde_json::Map<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<QuotaOverrides>,
+    /// The files the file's `*_file` settings name, read when the configuration was loaded
+    /// (a runtime change cannot name another).
+    #[serde(skip)]
+    pub files: SettingFiles,
 }
 
 fn redacted<S: serde::Serializer>(
@@ -89,6 +92,8 @@ pub struct Entry {
     auto_disabled: AtomicBool,
     /// The `updated_at_ms` of this listener's database row when it was last applied.
     applied_row_at_ms: AtomicI64,
+    /// Why the stored runtime changes last read are not applied, when they are not.
+    overrides_problem: RwLock<Option<String>>,
     pub health: health::Health,
     /// Its run metrics, registered on first use (after the metrics recorder is installed).
     runs: OnceLock<crate::telemetry::metric::HandlerRuns>,
@@ -105,6 +110,7 @@ impl Entry {
             live: RwLock::new(Arc::new(live)),
             auto_disabled: AtomicBool::new(false),
             applied_row_at_ms: AtomicI64::new(i64::MIN),
+            overrides_problem: RwLock::new(None),
             health,
             runs: OnceLock::new(),
         }
@@ -144,6 +150,22 @@ impl Entry {
         self.applied_row_at_ms
             .store(updated_at_ms, Ordering::Relaxed);
         true
+    }
+
+    /// Why the stored runtime changes are not applied (they do not suit the handler); `None`
+    /// when they are, or when there are none.
+    pub fn overrides_problem(&self) -> Option<String> {
+        match self.overrides_problem.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(super) fn set_overrides_problem(&self, problem: Option<String>) {
+        match self.overrides_problem.write() {
+            Ok(mut guard) => *guard = problem,
+            Err(poisoned) => *poisoned.into_inner() = problem,
+        }
     }
 
     /// The compiled-in handler it runs.

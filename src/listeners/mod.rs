@@ -13,6 +13,7 @@ mod view;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, HandlerSettings, QuotaConfig, Scope};
 use crate::db::tables::listeners::ListenerRow;
@@ -37,6 +38,8 @@ pub struct ListenerError {
 pub struct Registry {
     entries: Vec<Entry>,
     config: Arc<Config>,
+    /// Handlers built since the start, for runtime changes (checked or applied).
+    rebuilt: AtomicU64,
 }
 
 impl Registry {
@@ -68,6 +71,7 @@ impl Registry {
         let registry = Registry {
             entries,
             config: Arc::new(config.clone()),
+            rebuilt: AtomicU64::new(0),
         };
         registry.check_references(config)?;
         Ok(registry)
@@ -103,6 +107,7 @@ impl Registry {
                         enabled: true,
                         listener: name.clone(),
                         settings: live.definition.settings.clone(),
+                        files: Default::default(),
                     })
                 {
                     return Err(ListenerError {
@@ -131,6 +136,12 @@ impl Registry {
         &self.entries
     }
 
+    /// How many handlers were built since the start for runtime changes (each change is
+    /// built once where it is made, and once by every other server that applies it).
+    pub fn rebuilt(&self) -> u64 {
+        self.rebuilt.load(Ordering::Relaxed)
+    }
+
     /// Forgets idle keys of the listeners' own quotas; returns the keys still tracked.
     pub fn limiter_housekeeping(&self) -> usize {
         self.entries
@@ -157,8 +168,13 @@ impl Registry {
     }
 
     /// What `entry` would be with `overrides` (the stored ones) applied, checked against its
-    /// handler without changing anything.
+    /// handler without changing anything. Overrides of a settings key that only the file may
+    /// set (`*_file`, `secret`; stored by an older version) are refused.
     pub fn check(&self, entry: &Entry, overrides: &Overrides) -> Result<Live, FieldError> {
+        if let Some(settings) = &overrides.settings {
+            changes::refuse_file_only(settings)?;
+        }
+        self.rebuilt.fetch_add(1, Ordering::Relaxed);
         prepare(
             entry.name(),
             &entry.file_definition().with(overrides),
@@ -168,10 +184,21 @@ impl Registry {
 
     /// Applies a listener's database row if it changed since it was last applied (state and
     /// overrides; an operator's change closes an enabled listener's breaker); returns whether
-    /// it did. Only changes are followed, so a stale read never
-    /// undoes a newer decision made in memory. Overrides that no longer suit the handler
-    /// (written by another version) are logged and left unapplied.
+    /// it did. Only changes are followed, so a stale read never undoes a newer decision made
+    /// in memory. Overrides that no longer suit the handler (written by another version) are
+    /// logged, shown with the listener, and left unapplied. Builds the handler when the
+    /// definition changed: call it where blocking is allowed (not on an async worker).
     pub fn apply_row(&self, row: &ListenerRow) -> bool {
+        self.apply(row, None)
+    }
+
+    /// Applies a change just stored through [`changes`] with the listener it built, so that
+    /// the handler is not built a second time.
+    pub fn apply_saved(&self, saved: changes::Saved) -> bool {
+        self.apply(&saved.row, Some(saved.live))
+    }
+
+    fn apply(&self, row: &ListenerRow, built: Option<Live>) -> bool {
         let Some(entry) = self.by_name(&row.name) else {
             return false;
         };
@@ -179,16 +206,31 @@ impl Registry {
             return false;
         }
         let definition = changes::effective(entry, row);
-        let mut current = entry.live().definition.clone();
-        current.enabled = definition.enabled;
-        if current != definition {
-            match prepare(entry.name(), &definition, &self.config) {
-                Ok(live) => entry.replace(live),
-                Err(error) => tracing::error!(
-                    listener = entry.name(),
-                    %error,
-                    "stored runtime changes do not suit the handler; keeping the previous definition"
-                ),
+        let same = |live: &Live| {
+            let mut current = live.definition.clone();
+            current.enabled = definition.enabled;
+            current == definition
+        };
+        if same(&entry.live()) {
+            entry.set_overrides_problem(None);
+        } else {
+            let live = match built.filter(|live| same(live)) {
+                Some(live) => Ok(live),
+                None => self.check(entry, &Overrides::from_stored(row.overrides.as_deref())),
+            };
+            match live {
+                Ok(live) => {
+                    entry.replace(live);
+                    entry.set_overrides_problem(None);
+                }
+                Err(error) => {
+                    tracing::error!(
+                        listener = entry.name(),
+                        %error,
+                        "stored runtime changes do not suit the handler; keeping the previous definition"
+                    );
+                    entry.set_overrides_problem(Some(error.to_string()));
+                }
             }
         }
         if auto_disabled_row(row) {
@@ -241,6 +283,7 @@ fn definitions(config: &Config) -> Result<Vec<(String, Definition)>, ListenerErr
                 enabled: settings.enabled,
                 settings: settings.settings,
                 rate_limits: None,
+                files: settings.files,
             },
         ));
     }
@@ -269,6 +312,7 @@ fn definitions(config: &Config) -> Result<Vec<(String, Definition)>, ListenerErr
                 enabled: listener.enabled,
                 settings: listener.settings.clone(),
                 rate_limits: listener.rate_limits.clone(),
+                files: listener.files.clone(),
             },
         ));
     }
@@ -281,6 +325,7 @@ fn prepare(name: &str, definition: &Definition, config: &Config) -> Result<Live,
         enabled: definition.enabled,
         listener: name.to_string(),
         settings: definition.settings.clone(),
+        files: definition.files.clone(),
     };
     let handler = match handlers::build(&definition.handler, &settings, config) {
         None => {

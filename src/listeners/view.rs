@@ -1,6 +1,6 @@
 //! How a listener is shown by the admin API, the dashboard and the CLI: its definition as it
-//! runs here (settings redacted), its state, which fields the database overrides, and who
-//! sends it events.
+//! runs here (settings redacted), its state, which fields the database overrides (beside the
+//! file's values, and why they are not applied when they are not), and who sends it events.
 
 use super::changes::{self, Overrides};
 use super::{Entry, Registry};
@@ -52,17 +52,15 @@ impl Registry {
         } else {
             "ok"
         };
-        let overridden: Vec<&str> = row
+        let stored = row
             .map(|r| Overrides::from_stored(r.overrides.as_deref()))
-            .map(|o| {
-                let value = serde_json::to_value(&o).unwrap_or_default();
-                changes::FIELDS
-                    .iter()
-                    .copied()
-                    .filter(|f| value.get(*f).is_some())
-                    .collect()
-            })
             .unwrap_or_default();
+        let value = serde_json::to_value(&stored).unwrap_or_default();
+        let overridden: Vec<&str> = changes::FIELDS
+            .iter()
+            .copied()
+            .filter(|f| value.get(*f).is_some())
+            .collect();
         serde_json::json!({
             "name": entry.name(),
             "handler": live.handler.name(),
@@ -80,6 +78,8 @@ impl Registry {
             "failures_last_hour": entry.health.failures_last_hour(now),
             "pure": live.handler.is_pure(),
             "overridden": overridden,
+            "overrides": changes::overridden(entry.file_definition(), &stored),
+            "overrides_problem": entry.overrides_problem(),
             "used_by": self.used_by(entry.name()),
         })
     }

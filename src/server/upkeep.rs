@@ -109,24 +109,34 @@ pub(super) async fn upkeep(u: Upkeep) {
 }
 
 /// Reads listener states and runtime changes back from the database (made through another
-/// server sharing it, the CLI, or the breaker elsewhere) and applies what changed.
+/// server sharing it, the CLI, or the breaker elsewhere) and applies what changed, on a
+/// blocking thread (a changed listener's handler is built there).
 async fn sync_listeners(u: &Upkeep) {
-    match u.db.run(crate::db::tables::listeners::rows).await {
-        Ok(rows) => {
-            for row in &rows {
-                if u.registry.apply_row(row) {
-                    tracing::info!(
-                        listener = row.name,
-                        enabled = u.registry.by_name(&row.name).is_some_and(|e| e.enabled()),
-                        "listener state read from the database"
-                    );
-                }
-            }
-            for entry in u.registry.entries() {
-                metric::handler_enabled(entry.name(), entry.enabled());
+    let rows = match u.db.run(crate::db::tables::listeners::rows).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            tracing::warn!(%error, "reading listener states failed");
+            return;
+        }
+    };
+    let registry = u.registry.clone();
+    let applied = tokio::task::spawn_blocking(move || {
+        for row in &rows {
+            if registry.apply_row(row) {
+                tracing::info!(
+                    listener = row.name,
+                    enabled = registry.by_name(&row.name).is_some_and(|e| e.enabled()),
+                    "listener state read from the database"
+                );
             }
         }
-        Err(error) => tracing::warn!(%error, "reading listener states failed"),
+    })
+    .await;
+    if let Err(error) = applied {
+        tracing::warn!(%error, "applying listener states failed");
+    }
+    for entry in u.registry.entries() {
+        metric::handler_enabled(entry.name(), entry.enabled());
     }
 }
 

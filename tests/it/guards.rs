@@ -316,8 +316,8 @@ async fn stored_errors_and_logs_are_sanitized() {
     assert_eq!(answer.json, json!({"response_not_required": true}));
     let errors = t.query(|c| log_errors(c, "relay")).await;
     let error = errors[0].clone().unwrap_or_default();
-    assert!(error.contains("a…@example.com"), "{error}");
-    assert!(!error.contains("alice.smith"), "{error}");
+    // Only the status line of the answer is kept, none of what it says.
+    assert_eq!(error, "bot service answered 500 Internal Server Error");
     t.stop().await;
     service.stop().await;
 }

@@ -1,7 +1,8 @@
 //! The listeners pages (`/admin/ui/listeners`, `/admin/ui/listeners/{name}`): every listener
-//! with its state and figures of the last 24 hours, one listener with its history and edit
-//! form, and the form posts that enable, disable or edit one (through the admin API's
-//! `apply_change`, recorded with source `dashboard`).
+//! with its state and figures of the last 24 hours, one listener with its history, its runtime
+//! changes beside the file's values and its edit form, and the form posts that enable,
+//! disable, edit one or reset its runtime changes (a confirmation page, then the post; all
+//! through the admin API's `apply_change`, recorded with source `dashboard`).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -15,7 +16,8 @@ use crate::clock::now_ms;
 use crate::db::tables::listeners::ListenerRow;
 use crate::db::{DbError, tables};
 use crate::http::AppState;
-use crate::listeners::changes::{self, ChangeError, Overrides};
+use crate::http::admin::{self, Action};
+use crate::listeners::changes::{self, ChangeError, Overrides, ResetTarget};
 
 /// Durations sampled for a listener's 95th percentile.
 const P95_SAMPLE: i64 = 1_000;
@@ -298,25 +300,126 @@ async fn apply(state: &AppState, name: &str, patch: Overrides) -> Result<Vec<Str
     if patch == Overrides::default() {
         return Ok(Vec::new());
     }
-    let history = match crate::http::admin::apply_change(
+    let history = match admin::apply_change(
         state,
         name,
-        patch,
+        Action::Change(patch),
         changes::source::DASHBOARD,
     )
     .await
     {
         Ok((_, history)) => history,
-        Err(ChangeError::NotFound(name)) => {
-            return Err(Refusal::Invalid(changes::FieldError::new(
-                "",
-                format!("no listener named `{name}`"),
-            )));
-        }
         Err(ChangeError::Invalid(e)) => return Err(Refusal::Invalid(e)),
         Err(ChangeError::Database(e)) => return Err(Refusal::Database(e)),
+        Err(other) => {
+            return Err(Refusal::Invalid(changes::FieldError::new(
+                "",
+                other.to_string(),
+            )));
+        }
     };
     Ok(history.into_iter().map(|h| h.field).collect())
+}
+
+/// `GET …/listeners/{name}/reset?field=`: asks for confirmation before dropping the runtime
+/// changes of one field (`streams`, `settings.url`) or, without `field`, all of them.
+pub(super) async fn confirm_reset(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let name = path.into_inner();
+    let Some(entry) = state.registry.by_name(&name) else {
+        return no_such_listener(&ctx, &name);
+    };
+    let pairs = query(&req);
+    let target = match ResetTarget::parse(given(&pairs, "field")) {
+        Ok(target) => target,
+        Err(e) => {
+            return pages::message(
+                StatusCode::BAD_REQUEST,
+                &ctx.base,
+                "Not done",
+                &e.to_string(),
+            );
+        }
+    };
+    let key = name.clone();
+    let row = match state
+        .db
+        .run(move |c| crate::db::tables::listeners::row(c, &key))
+        .await
+    {
+        Ok(row) => row,
+        Err(e) => return db_failed(&ctx, e),
+    };
+    let view = state.registry.view(entry, row.as_ref());
+    pages::confirm_reset(&ctx, &name, &target, &view)
+}
+
+/// `POST …/listeners/{name}/reset` with `field` (optional): drops those runtime changes
+/// through [`changes::reset`] (source `dashboard`), then back to the listener's page.
+pub(super) async fn reset(
+    ctx: Ctx,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let form = match read_form(&req, &state, &ctx, payload).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let name = path.into_inner();
+    if state.registry.by_name(&name).is_none() {
+        return no_such_listener(&ctx, &name);
+    }
+    let target = match ResetTarget::parse(given(&form, "field")) {
+        Ok(target) => target,
+        Err(e) => {
+            return pages::message(
+                StatusCode::BAD_REQUEST,
+                &ctx.base,
+                "Not done",
+                &e.to_string(),
+            );
+        }
+    };
+    let done = admin::apply_change(
+        &state,
+        &name,
+        Action::Reset(target.clone()),
+        changes::source::DASHBOARD,
+    )
+    .await;
+    let back = format!(
+        "{}/ui/listeners/{}",
+        ctx.base,
+        pages::format::path_segment(&name)
+    );
+    match done {
+        Ok(_) => {
+            let done = match target {
+                ResetTarget::All => "runtime changes reset: the file's values apply".to_string(),
+                other => format!("reset to the file's value: {}", other.describe()),
+            };
+            see_other(&format!(
+                "{back}?done={}",
+                pages::format::query_value(&done)
+            ))
+        }
+        Err(ChangeError::Database(e)) => db_failed(&ctx, e),
+        Err(e @ ChangeError::NotOverridden { .. }) => {
+            pages::message(StatusCode::NOT_FOUND, &ctx.base, "Not done", &e.to_string())
+        }
+        Err(e) => pages::message(
+            StatusCode::BAD_REQUEST,
+            &ctx.base,
+            "Not done",
+            &e.to_string(),
+        ),
+    }
 }
 
 #[cfg(test)]

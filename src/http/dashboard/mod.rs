@@ -71,6 +71,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         web::post().to(listeners::change_listener),
                     ],
                 ))
+                .service(resource(
+                    "/listeners/{name}/reset",
+                    [
+                        web::get().to(listeners::confirm_reset),
+                        web::post().to(listeners::reset),
+                    ],
+                ))
                 .service(resource("/events", [web::get().to(events::events)]))
                 .service(resource("/events/{id}", [web::get().to(events::event)]))
                 .service(resource(

@@ -1,6 +1,7 @@
 //! The listeners pages: the table of every listener (state, scope, runs, failure rate, p95,
 //! a sparkline, an enable or disable button) and one listener's page (state, figures, a chart,
-//! the edit form, the history of changes).
+//! its runtime changes beside the file's values with reset links and the confirmation they
+//! lead to, the edit form, the history of changes).
 
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
@@ -117,6 +118,115 @@ fn toggle(ctx: &Ctx, name: &str, view: &serde_json::Value) -> Markup {
     }
 }
 
+/// JSON as shown in a table cell: strings without quotes, `null` as "not set".
+fn shown(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "– (not set)".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The fields the database overrides, beside the file's values, each with a reset link; and
+/// why the stored changes are not applied, when they are not.
+fn overrides(ctx: &Ctx, name: &str, view: &serde_json::Value) -> Markup {
+    let list = view["overrides"].as_array().cloned().unwrap_or_default();
+    let reset = |field: Option<&str>| {
+        let path = format!("/ui/listeners/{}/reset", path_segment(name));
+        ctx.url(&match field {
+            Some(field) => format!("{path}?field={}", query_value(field)),
+            None => path,
+        })
+    };
+    html! {
+        section id="overrides" {
+            h2 { "Runtime changes" }
+            @if let Some(problem) = view["overrides_problem"].as_str() {
+                p.error id="overrides-problem" { "Not applied: " (problem) }
+            }
+            @if list.is_empty() {
+                p.hint { "None: the configuration file's values apply." }
+            } @else {
+                div.scroll {
+                    table id="overrides-table" {
+                        thead { tr { th { "field" } th { "in the file" } th { "in the database (applies)" } th {} } }
+                        tbody {
+                            @for o in &list {
+                                @let field = o["field"].as_str().unwrap_or_default();
+                                tr {
+                                    td { code { (field) } }
+                                    td { small { (shown(&o["file"])) } }
+                                    td { small { (shown(&o["database"])) } }
+                                    td { a.button.reset href=(reset(Some(field))) { "Reset…" } }
+                                }
+                            }
+                        }
+                    }
+                }
+                p { a.button id="reset-all" href=(reset(None)) { "Reset all to the file…" } }
+            }
+        }
+    }
+}
+
+/// The confirmation asked before dropping runtime changes (`target`) of listener `name`.
+pub fn confirm_reset(
+    ctx: &Ctx,
+    name: &str,
+    target: &crate::listeners::changes::ResetTarget,
+    view: &serde_json::Value,
+) -> HttpResponse {
+    use crate::listeners::changes::ResetTarget;
+    let field = target.describe();
+    let affected: Vec<serde_json::Value> = view["overrides"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| {
+            let f = o["field"].as_str().unwrap_or_default();
+            match target {
+                ResetTarget::All => true,
+                ResetTarget::Field("settings") => f.starts_with("settings."),
+                _ => f == field,
+            }
+        })
+        .collect();
+    let back = ctx.url(&format!("/ui/listeners/{}", path_segment(name)));
+    let body = html! {
+        @if affected.is_empty() {
+            p.notice { "Nothing to reset: " code { (name) } " has no runtime change of " code { (field) } "." }
+            p { a href=(back) { "Back to the listener" } }
+        } @else {
+            form.card method="post" action=(ctx.url(&format!("/ui/listeners/{}/reset", path_segment(name)))) {
+                (csrf_field(ctx))
+                @if *target != ResetTarget::All {
+                    input type="hidden" name="field" value=(field);
+                }
+                p { "Drop these runtime changes of " code { (name) } ", so that the configuration file's values apply again? The change is recorded in the history." }
+                ul {
+                    @for o in &affected {
+                        li { code { (o["field"].as_str().unwrap_or_default()) } ": " (shown(&o["database"])) " → " (shown(&o["file"])) }
+                    }
+                }
+                button type="submit" id="confirm-reset" { "Reset" }
+                " "
+                a href=(back) { "Cancel" }
+            }
+        }
+    };
+    respond(
+        StatusCode::OK,
+        layout(
+            &ctx.base,
+            Some(ctx),
+            &format!("Reset {name}"),
+            "listeners",
+            body,
+        ),
+    )
+}
+
 pub fn listener(
     ctx: &Ctx,
     line: &ListenerLine,
@@ -154,6 +264,7 @@ pub fn listener(
                 " · " a href=(events_url) { "its events" } }
             (toggle(ctx, name, &line.view))
         }
+        (overrides(ctx, name, &line.view))
         @if !line.runs_series.is_empty() {
             section {
                 h2 { "Runs, last 24 hours" }
@@ -175,7 +286,7 @@ pub fn listener(
                 textarea id="streams" name="streams" rows="2" { (scope_field("streams")) }
                 label for="users" { "Users (JSON list)" }
                 textarea id="users" name="users" rows="2" { (scope_field("users")) }
-                label for="settings" { "Settings to change (JSON merge patch; null resets a key)" }
+                label for="settings" { "Settings to change (JSON merge patch; a key set to null goes back to the file's value; *_file and secret keys only in the file)" }
                 textarea id="settings" name="settings" rows="3" placeholder="{\"key\": \"value\"}" { (typed("settings", String::new())) }
                 p.hint { "Current settings (secrets hidden): " code { (settings) } }
                 button type="submit" id="save" { "Save" }

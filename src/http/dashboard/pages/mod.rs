@@ -17,7 +17,7 @@ use super::{Ctx, given};
 
 pub use dead_letters::{Confirm, confirm, dead_letter, dead_letters};
 pub use events::{EventsPage, EventsQuery, event, events};
-pub use listeners::{ListenerLine, listener, listeners};
+pub use listeners::{ListenerLine, confirm_reset, listener, listeners};
 pub use overview::{Overview, overview};
 
 /// Everything the dashboard loads is its own: no inline style or script runs.
