@@ -203,6 +203,7 @@ pub(super) fn set_listener(config: &Config, action: ListenerAction) -> anyhow::R
         &patch,
         crate::listeners::changes::source::CLI,
         reason.as_deref(),
+        None,
     )
     .map_err(|e| anyhow::anyhow!("listener `{name}`: {e}"))?;
     if let Some(enabled) = patch.enabled

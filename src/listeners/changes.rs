@@ -280,6 +280,7 @@ pub fn history(
             field: field.to_string(),
             old_value: Some(a.to_string()),
             new_value: Some(b.to_string()),
+            actor: None,
         })
         .collect()
 }
@@ -332,7 +333,8 @@ fn fresh_row(entry: &Entry) -> ListenerRow {
 /// Applies an operator's change (one transaction): merges it with the stored overrides,
 /// checks the result against the handler, stores it with one history row per changed field,
 /// and returns the new row (apply it with [`Registry::apply_row`]) and the history. `reason`
-/// is kept with a disable (default: where it came from).
+/// is kept with a disable (default: where it came from); `actor` (the admin token's name) is
+/// recorded in the history.
 pub fn change(
     conn: &mut DbConnection,
     registry: &Registry,
@@ -340,8 +342,9 @@ pub fn change(
     patch: &Overrides,
     source: &str,
     reason: Option<&str>,
+    actor: Option<&str>,
 ) -> Result<(ListenerRow, Vec<HistoryRow>), ChangeError> {
-    save_change(conn, registry, name, source, |entry, row| {
+    save_change(conn, registry, name, source, actor, |entry, row| {
         let merged = Overrides::from_stored(row.overrides.as_deref()).merged(patch);
         registry
             .check(entry, &merged)
@@ -367,7 +370,7 @@ pub fn disable_automatically(
     name: &str,
     reason: &str,
 ) -> Result<ListenerRow, ChangeError> {
-    let (row, _) = save_change(conn, registry, name, source::BREAKER, |_, row| {
+    let (row, _) = save_change(conn, registry, name, source::BREAKER, None, |_, row| {
         Ok(ListenerRow {
             enabled: false,
             disabled_reason: Some(reason.to_string()),
@@ -379,12 +382,13 @@ pub fn disable_automatically(
 
 /// One change of a listener's stored row, in one transaction that holds the row's write lock
 /// from the start: `edit` turns the stored row into the new one; the fields that differ in
-/// effect are written to the history.
+/// effect are written to the history, with where the change came from and who made it.
 fn save_change(
     conn: &mut DbConnection,
     registry: &Registry,
     name: &str,
     source: &str,
+    actor: Option<&str>,
     edit: impl FnOnce(&Entry, ListenerRow) -> Result<ListenerRow, ChangeError>,
 ) -> Result<(ListenerRow, Vec<HistoryRow>), ChangeError> {
     let entry = registry
@@ -396,7 +400,10 @@ fn save_change(
         let before = effective(entry, &row);
         let new_row = edit(entry, row)?;
         let after = effective(entry, &new_row);
-        let history = history(name, source, &before, &after, now_ms());
+        let mut history = history(name, source, &before, &after, now_ms());
+        for row in &mut history {
+            row.actor = actor.map(str::to_string);
+        }
         let saved = db::tables::listeners::save(conn, &new_row, &history)?;
         Ok((saved, history))
     })

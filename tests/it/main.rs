@@ -2,6 +2,7 @@
 //! (started in this process on 127.0.0.1:0, or as a process of its own) and real databases.
 //! `support` holds the shared harness.
 
+mod admin_identity;
 mod architecture;
 mod dashboard;
 mod dead_letters;

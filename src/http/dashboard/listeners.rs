@@ -1,21 +1,21 @@
 //! The listeners pages (`/admin/ui/listeners`, `/admin/ui/listeners/{name}`): every listener
 //! with its state and figures of the last 24 hours, one listener with its history and edit
-//! form, and the form posts that enable, disable or edit one (through the admin API's
-//! `apply_change`, recorded with source `dashboard`).
+//! form, and the form posts that enable, disable (with the operator's reason) or edit one
+//! (through the admin API's `apply_change`, recorded with source `dashboard` and the admin's
+//! name). The edit form shows the definition, never values from the query string.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::pages::{self, ListenerLine};
 use super::session::read_form;
-use super::{
-    Ctx, DAY_MS, DEFAULT_INTERVAL_MS, db_failed, field, given, listener_names, query, see_other,
-};
+use super::{Ctx, DAY_MS, DEFAULT_INTERVAL_MS, db_failed, field, given, listener_names, see_other};
 use crate::clock::now_ms;
 use crate::db::tables::listeners::ListenerRow;
 use crate::db::{DbError, tables};
 use crate::http::AppState;
 use crate::listeners::changes::{self, ChangeError, Overrides};
+use crate::processing::dead_letters::MAX_REASON_CHARS;
 
 /// Durations sampled for a listener's 95th percentile.
 const P95_SAMPLE: i64 = 1_000;
@@ -113,11 +113,7 @@ fn no_such_listener(ctx: &Ctx, name: &str) -> HttpResponse {
     )
 }
 
-pub(super) async fn listeners(
-    ctx: Ctx,
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub(super) async fn listeners(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let names = listener_names(&state);
     let (rows, figures, interval_ms) = match read_listeners(&state, names).await {
         Ok(read) => read,
@@ -130,12 +126,12 @@ pub(super) async fn listeners(
         .zip(figures)
         .map(|(entry, f)| listener_line(&state, entry, &rows, f, interval_ms))
         .collect();
-    pages::listeners(&ctx, &lines, query(&req))
+    let done = state.dashboard.take_notice(&ctx);
+    pages::listeners(&ctx, &lines, done.as_deref())
 }
 
 pub(super) async fn listener(
     ctx: Ctx,
-    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> HttpResponse {
@@ -158,11 +154,13 @@ pub(super) async fn listener(
     };
     let line = listener_line(&state, entry, &rows, figures, interval_ms);
     let definition = entry.live().definition.clone();
-    pages::listener(&ctx, &line, &definition, &history, query(&req), None)
+    let done = state.dashboard.take_notice(&ctx);
+    pages::listener(&ctx, &line, &definition, &history, done.as_deref(), None)
 }
 
-/// `POST /admin/ui/listeners/{name}` with `action` = `enable`, `disable` or `edit` (and the
-/// edited fields): the same change as the admin API's, recorded with source `dashboard`.
+/// `POST /admin/ui/listeners/{name}` with `action` = `enable`, `disable` (with an optional
+/// `reason`) or `edit` (and the edited fields): the same change as the admin API's, recorded
+/// with source `dashboard` and the admin's name.
 pub(super) async fn change_listener(
     ctx: Ctx,
     req: HttpRequest,
@@ -193,9 +191,10 @@ pub(super) async fn change_listener(
             "use enable, disable or edit",
         )),
     };
-    let result = match patch {
-        Ok(patch) => apply(&state, &name, patch).await,
-        Err(e) => Err(Refusal::Invalid(e)),
+    let reason = given(&form, "reason");
+    let result = match (patch, reason.map(checked_reason)) {
+        (Err(e), _) | (_, Some(Err(e))) => Err(Refusal::Invalid(e)),
+        (Ok(patch), reason) => apply(&state, &ctx, &name, patch, reason.and_then(Result::ok)).await,
     };
     let back = format!(
         "{}/ui/listeners/{}",
@@ -209,10 +208,8 @@ pub(super) async fn change_listener(
             } else {
                 format!("changed: {}", changed.join(", "))
             };
-            see_other(&format!(
-                "{back}?done={}",
-                pages::format::query_value(&done)
-            ))
+            state.dashboard.set_notice(&ctx, done);
+            see_other(&back)
         }
         Err(Refusal::Invalid(e)) => {
             // Show the form again with the problem, keeping what was typed.
@@ -224,13 +221,18 @@ pub(super) async fn change_listener(
                 runs_series: Vec::new(),
                 failures_series: Vec::new(),
             };
+            let problem = e.to_string();
+            let refused = pages::Refused {
+                posted: &form,
+                problem: &problem,
+            };
             let mut response = pages::listener(
                 &ctx,
                 &line,
                 &entry.live().definition,
                 &[],
-                form,
-                Some(&e.to_string()),
+                None,
+                Some(refused),
             );
             *response.status_mut() = StatusCode::BAD_REQUEST;
             response
@@ -292,9 +294,26 @@ fn edit_patch(
     Overrides::parse(&serde_json::Value::Object(patch))
 }
 
-/// Applies a change through [`changes::change`] (source `dashboard`), then to this server's
-/// registry; returns the fields that changed.
-async fn apply(state: &AppState, name: &str, patch: Overrides) -> Result<Vec<String>, Refusal> {
+/// A disable's reason: at most [`MAX_REASON_CHARS`].
+fn checked_reason(reason: &str) -> Result<&str, changes::FieldError> {
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(changes::FieldError::new(
+            "reason",
+            format!("at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    Ok(reason)
+}
+
+/// Applies a change through [`changes::change`] (source `dashboard`, the admin's name, the
+/// reason of a disable), then to this server's registry; returns the fields that changed.
+async fn apply(
+    state: &AppState,
+    ctx: &Ctx,
+    name: &str,
+    patch: Overrides,
+    reason: Option<&str>,
+) -> Result<Vec<String>, Refusal> {
     if patch == Overrides::default() {
         return Ok(Vec::new());
     }
@@ -303,6 +322,8 @@ async fn apply(state: &AppState, name: &str, patch: Overrides) -> Result<Vec<Str
         name,
         patch,
         changes::source::DASHBOARD,
+        &ctx.admin,
+        reason,
     )
     .await
     {
