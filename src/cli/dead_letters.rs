@@ -160,7 +160,7 @@ pub(super) fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow:
             listener,
         } => {
             let target = target(ids, all, status, listener);
-            let count = dead_letters::replay(&mut conn, &target, source::CLI)?;
+            let count = dead_letters::replay(&mut conn, &target, source::CLI, None)?;
             match target {
                 Target::All { status, .. } => println!("{count} {status} event(s) queued again."),
                 Target::Ids(_) => println!("{count} event(s) queued again."),
@@ -174,7 +174,7 @@ pub(super) fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow:
             reason,
         } => {
             let target = target(ids, all, status, listener);
-            let count = dead_letters::discard(&mut conn, &target, &reason, source::CLI)?;
+            let count = dead_letters::discard(&mut conn, &target, &reason, source::CLI, None)?;
             println!("{count} event(s) discarded.");
         }
     }

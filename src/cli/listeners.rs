@@ -210,6 +210,7 @@ pub(super) fn set_listener(config: &Config, action: ListenerAction) -> anyhow::R
         &patch,
         crate::listeners::changes::source::CLI,
         reason.as_deref(),
+        None,
     )
     .map_err(|e| anyhow::anyhow!("listener `{name}`: {e}"))?;
     let history = saved.history;
@@ -239,8 +240,15 @@ fn reset_listener(config: &Config, name: &str, field: Option<String>) -> anyhow:
     let registry = Registry::build(config)?;
     let mut conn = connect(config)?;
     crate::db::tables::listeners::sync(&mut conn, &registry.listener_rows())?;
-    let saved = changes::reset(&mut conn, &registry, name, &target, changes::source::CLI)
-        .map_err(|e| anyhow::anyhow!("listener `{name}`: {e}"))?;
+    let saved = changes::reset(
+        &mut conn,
+        &registry,
+        name,
+        &target,
+        changes::source::CLI,
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("listener `{name}`: {e}"))?;
     print_history(name, &saved.history);
     Ok(())
 }

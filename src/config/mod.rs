@@ -38,7 +38,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::Deserialize;
 
-pub use admin::{AdminConfig, ErrorHandlingConfig, MIN_ADMIN_TOKEN_CHARS};
+pub use admin::{
+    AdminConfig, DEFAULT_ADMIN_NAME, ErrorHandlingConfig, MIN_ADMIN_TOKEN_CHARS, ProxyRange,
+};
 pub use bots::{BotConfig, DEFAULT_BOT_LISTENERS, OutgoingConfig};
 pub use botserverrc::{ImportedBot, parse_botserverrc, read_botserverrc};
 pub use database::{DatabaseConfig, DatabaseTarget, Synchronous, parse_database_url};
@@ -193,6 +195,7 @@ impl Config {
         if let Some(path) = self.admin.token_file.take() {
             self.admin.token = read_secret_file(&path, "admin.token_file")?;
         }
+        self.admin.read_token_files(read_secret_file)?;
         if let Some(path) = self.forwarder.secrets_file.take() {
             let text = read_secret_file(&path, "forwarder.secrets_file")?;
             self.forwarder

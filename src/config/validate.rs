@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::listeners::OLD_LIST_KEY;
 use super::server::MIN_SQLITE_CACHE_PER_CONNECTION;
-use super::{BotConfig, Config, ConfigError, MIN_ADMIN_TOKEN_CHARS, RealmSelector, invalid};
+use super::{BotConfig, Config, ConfigError, RealmSelector, invalid};
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -70,16 +70,7 @@ impl Config {
         if self.forwarder.list().given_twice() {
             return Err(given_twice("forwarder"));
         }
-        let admin_token = self.admin.token.expose().trim();
-        if !admin_token.is_empty() && admin_token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
-            return Err(invalid(
-                "admin.token",
-                format!(
-                    "is too short: use at least {MIN_ADMIN_TOKEN_CHARS} random characters \
-                     (e.g. `openssl rand -hex 24`)"
-                ),
-            ));
-        }
+        self.admin.validate()?;
         let e = &self.error_handling;
         if let Some(bot) = &e.notification_bot {
             if self.bots.get(bot).is_none_or(|b| b.site.is_none()) {

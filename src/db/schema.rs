@@ -23,6 +23,7 @@ diesel::table! {
         field -> Text,
         old_value -> Nullable<Text>,
         new_value -> Nullable<Text>,
+        actor -> Nullable<Text>,
     }
 }
 

@@ -1,8 +1,9 @@
-//! The admin API under `/admin/`, behind a bearer token compared in constant time (401
-//! without it; the whole API answers 404 while no token is configured): listeners (list, show,
-//! change, drop runtime changes), the event log, forwarded events by message, and statistics; the dead-letter routes are in
-//! [`super::dead_letters`]. Listener changes of the dashboard go through [`apply_change`] here
-//! too.
+//! The admin API under `/admin/`, behind the admin tokens compared in constant time (401
+//! without one; the whole API answers 404 while no token is configured; every handler takes
+//! the [`Admin`] whose token it was): listeners (list, show, change, drop runtime changes), the event log, forwarded
+//! events by message, and statistics; the dead-letter routes are in [`super::dead_letters`].
+//! Listener changes of the dashboard go through [`apply_change`] here too, recorded with the
+//! admin's name.
 
 use std::time::Instant;
 
@@ -10,37 +11,40 @@ use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, json_ok};
+use super::{Admin, ApiError, AppState, json_ok};
 use crate::clock::now_ms;
 use crate::db::tables;
 use crate::db::tables::event_log::EventLogFilter;
 use crate::db::tables::listeners::{HistoryRow, ListenerRow};
 use crate::listeners::changes::{self, ChangeError, FieldError, Overrides, ResetTarget};
 use crate::telemetry::metric;
-use crate::verification::token_matches;
 
 /// Largest body of an admin request (a replay or discard list).
 pub(super) const ADMIN_MAX_BODY: usize = 256 * 1024;
 
-pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let Some(token) = &state.admin_token else {
+/// The admin whose token the request carries (`Authorization: Bearer <token>`): 404 while no
+/// token is configured, 401 for a missing or unknown token.
+pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<Admin, ApiError> {
+    if state.admin.is_off() {
         return Err(ApiError::NotFound(
-            "the admin API is off: set [admin] token or token_file".into(),
+            "the admin API is off: set [admin] token or token_file, or [admin.tokens]".into(),
         ));
-    };
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if token_matches(token, given.trim()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized(
-            "missing or wrong bearer token (Authorization: Bearer <admin token>)".into(),
-        ))
-    }
+    state
+        .admin
+        .identify(given.trim())
+        .map(Admin::new)
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "missing or wrong bearer token (Authorization: Bearer <admin token>)".into(),
+            )
+        })
 }
 
 pub(super) fn db_error(e: crate::db::DbError) -> ApiError {
@@ -49,10 +53,9 @@ pub(super) fn db_error(e: crate::db::DbError) -> ApiError {
 
 /// `GET /admin/listeners`: every listener with its definition, state and run counts.
 pub async fn listeners(
-    req: HttpRequest,
+    _admin: Admin,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let (counts, rows) = state
         .db
         .run(|c| {
@@ -89,11 +92,10 @@ const HISTORY_ROWS: i64 = 100;
 /// `GET /admin/listeners/{name}`: one listener with its statistics of the last 24 hours and
 /// its history of changes.
 pub async fn listener(
-    req: HttpRequest,
+    _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let name = path.into_inner();
     let entry = state
         .registry
@@ -122,26 +124,25 @@ pub async fn listener(
 /// field), stored, applied here at once and by other servers sharing the database within
 /// seconds, and recorded in the listener's history.
 pub async fn patch_listener(
+    admin: Admin,
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let body = super::read_body(&req, payload, ADMIN_MAX_BODY, &state.body).await?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
     let patch = Overrides::parse(&value).map_err(invalid_field)?;
-    change_listener(&state, path.into_inner(), patch).await
+    answer_change(&state, &admin, path.into_inner(), Action::Change(patch)).await
 }
 
 /// `POST /admin/listeners/{name}/enable` or `…/disable`: the same as a PATCH of `enabled`.
 pub async fn set_listener(
-    req: HttpRequest,
+    admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let (name, action) = path.into_inner();
     let enabled = match action.as_str() {
         "enable" => true,
@@ -156,7 +157,7 @@ pub async fn set_listener(
         enabled: Some(enabled),
         ..Overrides::default()
     };
-    change_listener(&state, name, patch).await
+    answer_change(&state, &admin, name, Action::Change(patch)).await
 }
 
 pub(super) fn invalid_field(e: FieldError) -> ApiError {
@@ -170,24 +171,28 @@ pub(super) fn invalid_field(e: FieldError) -> ApiError {
 /// `…/overrides/{field}` (one field, or one settings key as `settings.KEY`): the file's values
 /// apply again; recorded in the history like a PATCH. 404 when the field is not overridden.
 pub async fn reset_listener(
-    req: HttpRequest,
+    admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
-    answer_change(&state, path.into_inner(), Action::Reset(ResetTarget::All)).await
+    answer_change(
+        &state,
+        &admin,
+        path.into_inner(),
+        Action::Reset(ResetTarget::All),
+    )
+    .await
 }
 
 /// `DELETE /admin/listeners/{name}/overrides/{field}`: see [`reset_listener`].
 pub async fn reset_listener_field(
-    req: HttpRequest,
+    admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let (name, field) = path.into_inner();
     let target = ResetTarget::parse(Some(&field)).map_err(invalid_field)?;
-    answer_change(&state, name, Action::Reset(target)).await
+    answer_change(&state, &admin, name, Action::Reset(target)).await
 }
 
 /// An operator's error in a change, as the admin API answers it.
@@ -201,21 +206,15 @@ pub(super) fn change_error(error: ChangeError) -> ApiError {
     }
 }
 
-async fn change_listener(
-    state: &web::Data<AppState>,
-    name: String,
-    patch: Overrides,
-) -> Result<HttpResponse, ApiError> {
-    answer_change(state, name, Action::Change(patch)).await
-}
-
 /// Makes the change and answers with the listener as it is now and the fields that changed.
 async fn answer_change(
     state: &web::Data<AppState>,
+    admin: &Admin,
     name: String,
     action: Action,
 ) -> Result<HttpResponse, ApiError> {
-    let (row, history) = apply_change(state, &name, action, changes::source::ADMIN_API)
+    let source = changes::source::ADMIN_API;
+    let (row, history) = apply_change(state, &name, action, source, admin, None)
         .await
         .map_err(change_error)?;
     let entry = state
@@ -234,25 +233,44 @@ pub(super) enum Action {
 }
 
 /// Makes an operator's change to a listener (through [`changes::change`] or
-/// [`changes::reset`], recorded with `source`, on a blocking thread) and applies it to this
-/// server at once with the handler it built: the one path of the admin API and the dashboard.
+/// [`changes::reset`], recorded with `source` and the admin's name, on a blocking thread) and
+/// applies it to this server at once with the handler it built: the one path of the admin API
+/// and the dashboard. A disable keeps who made it, from where, and the operator's `reason`
+/// when one is given.
 pub(super) async fn apply_change(
     state: &AppState,
     name: &str,
     action: Action,
     source: &'static str,
+    admin: &Admin,
+    reason: Option<&str>,
 ) -> Result<(ListenerRow, Vec<HistoryRow>), ChangeError> {
     if state.registry.by_name(name).is_none() {
         return Err(ChangeError::NotFound(name.to_string()));
     }
     let registry = state.registry.clone();
     let key = name.to_string();
+    let actor = admin.name().to_string();
+    let disabled = match reason.map(str::trim).filter(|r| !r.is_empty()) {
+        Some(reason) => format!("disabled by {actor} through the {source}: {reason}"),
+        None => format!("disabled by {actor} through the {source}"),
+    };
     let saved = state
         .db
         .run(move |c| {
             Ok(match &action {
-                Action::Change(patch) => changes::change(c, &registry, &key, patch, source, None),
-                Action::Reset(target) => changes::reset(c, &registry, &key, target, source),
+                Action::Change(patch) => changes::change(
+                    c,
+                    &registry,
+                    &key,
+                    patch,
+                    source,
+                    Some(&disabled),
+                    Some(&actor),
+                ),
+                Action::Reset(target) => {
+                    changes::reset(c, &registry, &key, target, source, Some(&actor))
+                }
             })
         })
         .await??;
@@ -266,6 +284,7 @@ pub(super) async fn apply_change(
             listener = name,
             field = change.field,
             source,
+            admin = admin.name(),
             "listener changed"
         );
     }
@@ -305,11 +324,10 @@ pub struct EventQuery {
 /// `GET /admin/events?handler=&type=&success=&source=&message_id=&since_ms=&page=&per_page=`:
 /// the event log, newest first.
 pub async fn events(
-    req: HttpRequest,
+    _admin: Admin,
     state: web::Data<AppState>,
     query: web::Query<EventQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let q = query.into_inner();
     let page = q.page.unwrap_or(1).max(1);
     let per_page = q.per_page.unwrap_or(50).clamp(1, 500);
@@ -347,11 +365,10 @@ pub struct InboxQuery {
 /// `GET /admin/inbox?message_id=N`: the forwarded events about Zulip message N (its `message`
 /// event, edits, reactions), oldest first, with their status and when they were received.
 pub async fn inbox(
-    req: HttpRequest,
+    _admin: Admin,
     state: web::Data<AppState>,
     query: web::Query<InboxQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let message_id = query.message_id.ok_or_else(|| ApiError::InvalidField {
         field: "message_id".into(),
         problem: "required: the Zulip message id whose forwarded events to list".into(),
@@ -368,8 +385,7 @@ pub async fn inbox(
 
 /// `GET /admin/stats`: events per minute (last 5 minutes), error rate (last hour), time of
 /// the last event, and the listeners that are active.
-pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+pub async fn stats(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now = now_ms();
     let ((recent, _, last), (hour_runs, hour_failures, _)) = state
         .db

@@ -1,14 +1,14 @@
 //! The admin API's dead-letter routes (behind the admin token, like the rest of `/admin/`):
 //! list, show one, replay, discard. Each parses the request, calls its action in
 //! [`crate::processing::dead_letters`] (which records replays and discards in the audit
-//! trail with source `admin API`) and renders the result as JSON.
+//! trail with source `admin API` and the admin token's name) and renders the result as JSON.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::admin::{ADMIN_MAX_BODY, authorize, db_error, invalid_field};
-use super::{ApiError, AppState, json_ok};
+use super::admin::{ADMIN_MAX_BODY, db_error, invalid_field};
+use super::{Admin, ApiError, AppState, json_ok};
 use crate::db::tables::inbox::InboxStatus;
 use crate::listeners::changes::{FieldError, source};
 use crate::processing::dead_letters::{self, DeadLetterError, Target};
@@ -59,11 +59,10 @@ pub struct ListQuery {
 /// `GET /admin/dead-letters?status=dead&listener=&limit=50`: forwarded events not processed,
 /// newest first, with the last replays and discards (`replays`, `discards`).
 pub async fn list(
-    req: HttpRequest,
+    _admin: Admin,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let q = query.into_inner();
     let status = status_of(q.status.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
@@ -85,11 +84,10 @@ pub async fn list(
 /// `GET /admin/dead-letters/{id}`: one dead letter with its work per listener and its
 /// envelope, redacted as logs are.
 pub async fn show(
-    req: HttpRequest,
+    _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let id = path.into_inner();
     let shown = state
         .db
@@ -155,15 +153,22 @@ impl ActionRequest {
 /// `POST /admin/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}` (and an
 /// optional `status`, `listener`): queues the events again with fresh retries.
 pub async fn replay(
+    admin: Admin,
     req: HttpRequest,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let (_, target) = ActionRequest::read(&req, &state, payload).await?;
     let requeued = state
         .db
-        .run(move |c| Ok(dead_letters::replay(c, &target, source::ADMIN_API)))
+        .run(move |c| {
+            Ok(dead_letters::replay(
+                c,
+                &target,
+                source::ADMIN_API,
+                Some(admin.name()),
+            ))
+        })
         .await
         .map_err(db_error)?
         .map_err(refused)?;
@@ -173,11 +178,11 @@ pub async fn replay(
 /// `POST /admin/dead-letters/discard` with `{"ids": [...], "reason": "..."}` or `{"all": true,
 /// "reason": "..."}` (and an optional `status`, `listener`): sets the events aside for good.
 pub async fn discard(
+    admin: Admin,
     req: HttpRequest,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
     let (request, target) = ActionRequest::read(&req, &state, payload).await?;
     let reason = request.reason.unwrap_or_default();
     let discarded = state
@@ -188,6 +193,7 @@ pub async fn discard(
                 &target,
                 &reason,
                 source::ADMIN_API,
+                Some(admin.name()),
             ))
         })
         .await

@@ -11,6 +11,7 @@ mod dead_letters;
 mod error;
 mod forwarder;
 mod health;
+pub mod identity;
 mod outgoing;
 
 use std::sync::Arc;
@@ -19,14 +20,16 @@ use std::sync::atomic::AtomicBool;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::web;
-use actix_web::{HttpRequest, HttpResponse, ResponseError, http::Method, http::header};
+use actix_web::{
+    HttpMessage, HttpRequest, HttpResponse, ResponseError, http::Method, http::header,
+};
 
 pub use body::{BodyRules, read_body};
 pub use dashboard::Dashboard;
 pub use error::{ApiError, JSON_UTF8, json_error, json_ok};
 use health::HealthFacts;
+pub use identity::{Admin, AdminTokens};
 
-use crate::config::Secret;
 use crate::db::Db;
 use crate::listeners::Registry;
 use crate::processing::inbox::Inbox;
@@ -45,8 +48,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// `false` once shutdown has begun (`/readyz` answers 503).
     pub ready: Arc<AtomicBool>,
-    /// `None`: the admin API is off.
-    pub admin_token: Option<Secret>,
+    /// The admin tokens by name; none: the admin API and the dashboard are off.
+    pub admin: AdminTokens,
     /// Deadline and shared budget for reading request bodies.
     pub body: BodyRules,
     /// The last database ping of `/readyz` (when, and whether it succeeded), reused for a
@@ -295,7 +298,7 @@ where
 }
 
 /// Checks the admin bearer token before anything else of the request is looked at (its
-/// body is never read without the token).
+/// body is never read without the token) and puts the [`Admin`] it names on the request.
 fn admin_gate<S, B>(
     req: ServiceRequest,
     service: &S,
@@ -305,14 +308,19 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody,
 {
-    let refused = match req.app_data::<web::Data<AppState>>() {
-        Some(state) => admin::authorize(req.request(), state).err(),
-        None => Some(ApiError::Internal(
+    let checked = match req.app_data::<web::Data<AppState>>() {
+        Some(state) => admin::authorize(req.request(), state),
+        None => Err(ApiError::Internal(
             "the application state is missing".into(),
         )),
     };
-    let call = match refused {
-        Some(error) => {
+    let call = match checked {
+        // The handlers take the admin as an argument ([`Admin`]).
+        Ok(admin) => {
+            req.extensions_mut().insert(admin);
+            Ok(service.call(req))
+        }
+        Err(error) => {
             let mut response = error.error_response();
             // The body was not read: do not keep a connection whose next bytes are that body.
             response
@@ -320,7 +328,6 @@ where
                 .set_connection_type(actix_web::http::ConnectionType::Close);
             Err(req.into_response(response))
         }
-        None => Ok(service.call(req)),
     };
     async move {
         match call {

@@ -107,6 +107,7 @@ pub fn history(
             field: field.to_string(),
             old_value: Some(a.to_string()),
             new_value: Some(b.to_string()),
+            actor: None,
         })
         .collect()
 }
@@ -177,7 +178,7 @@ pub struct Saved {
 /// Applies an operator's change: merges it with the stored overrides, checks the result
 /// against the handler, stores it with one history row per changed field (one transaction),
 /// and returns it with the listener built from it. `reason` is kept with a disable (default:
-/// where it came from).
+/// where it came from); `actor` (the admin token's name) is recorded in the history.
 pub fn change(
     conn: &mut DbConnection,
     registry: &Registry,
@@ -185,12 +186,13 @@ pub fn change(
     patch: &Overrides,
     source: &str,
     reason: Option<&str>,
+    actor: Option<&str>,
 ) -> Result<Saved, ChangeError> {
     store_overrides(
         conn,
         registry,
         name,
-        source,
+        (source, actor),
         |stored| Ok(stored.merged(patch)),
         |mut row| {
             if let Some(enabled) = patch.enabled {
@@ -207,14 +209,15 @@ pub fn change(
 /// How often a change is checked again when the stored overrides changed meanwhile.
 const ATTEMPTS: usize = 3;
 
-/// Stores the overrides `next` makes of the stored ones, and the row as `edit_row` leaves it.
-/// The handler is built (and checked) first, outside the transaction; the transaction then
-/// stores the change only if the stored overrides are still those it was built from.
+/// Stores the overrides `next` makes of the stored ones, and the row as `edit_row` leaves it,
+/// recorded with `(source, actor)`. The handler is built (and checked) first, outside the
+/// transaction; the transaction then stores the change only if the stored overrides are
+/// still those it was built from.
 fn store_overrides(
     conn: &mut DbConnection,
     registry: &Registry,
     name: &str,
-    source: &str,
+    (source, actor): (&str, Option<&str>),
     next: impl Fn(&Overrides) -> Result<Overrides, ChangeError>,
     edit_row: impl Fn(ListenerRow) -> ListenerRow,
 ) -> Result<Saved, ChangeError> {
@@ -227,7 +230,7 @@ fn store_overrides(
         let live = registry
             .check(entry, &overrides)
             .map_err(ChangeError::Invalid)?;
-        let saved = save_change(conn, registry, name, source, |_, row| {
+        let saved = save_change(conn, registry, name, source, actor, |_, row| {
             if row.overrides != stored {
                 return Err(ChangeError::Conflict(name.to_string()));
             }
@@ -254,7 +257,7 @@ pub fn disable_automatically(
     name: &str,
     reason: &str,
 ) -> Result<ListenerRow, ChangeError> {
-    let (row, _) = save_change(conn, registry, name, source::BREAKER, |_, row| {
+    let (row, _) = save_change(conn, registry, name, source::BREAKER, None, |_, row| {
         Ok(ListenerRow {
             enabled: false,
             disabled_reason: Some(reason.to_string()),
@@ -266,12 +269,13 @@ pub fn disable_automatically(
 
 /// One change of a listener's stored row, in one transaction that holds the row's write lock
 /// from the start: `edit` turns the stored row into the new one; the fields that differ in
-/// effect are written to the history.
+/// effect are written to the history, with where the change came from and who made it.
 fn save_change(
     conn: &mut DbConnection,
     registry: &Registry,
     name: &str,
     source: &str,
+    actor: Option<&str>,
     edit: impl FnOnce(&Entry, ListenerRow) -> Result<ListenerRow, ChangeError>,
 ) -> Result<(ListenerRow, Vec<HistoryRow>), ChangeError> {
     let entry = registry
@@ -283,7 +287,10 @@ fn save_change(
         let before = effective(entry, &row);
         let new_row = edit(entry, row)?;
         let after = effective(entry, &new_row);
-        let history = history(name, source, &before, &after, now_ms());
+        let mut history = history(name, source, &before, &after, now_ms());
+        for row in &mut history {
+            row.actor = actor.map(str::to_string);
+        }
         let saved = db::tables::listeners::save(conn, &new_row, &history)?;
         Ok((saved, history))
     })
@@ -385,8 +392,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let (registry, mut conn) = relay_and_database(dir.path());
         let patch = Overrides::parse(&json!({"settings": {"timeout": "5s"}})).unwrap();
-        let saved = change(&mut conn, &registry, "relay", &patch, source::CLI, None)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let saved = change(
+            &mut conn,
+            &registry,
+            "relay",
+            &patch,
+            source::CLI,
+            None,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(registry.rebuilt(), 1, "checked once");
         assert!(registry.apply_saved(saved));
         assert_eq!(
@@ -407,7 +422,7 @@ mod tests {
         assert_eq!(other.rebuilt(), 1);
         // A refused change is checked once and stores nothing.
         let bad = Overrides::parse(&json!({"settings": {"timeout": "soon"}})).unwrap();
-        let refused = change(&mut conn, &registry, "relay", &bad, source::CLI, None);
+        let refused = change(&mut conn, &registry, "relay", &bad, source::CLI, None, None);
         assert!(matches!(refused, Err(ChangeError::Invalid(_))));
         assert_eq!(registry.rebuilt(), 2);
         let stored = db::tables::listeners::row(&mut conn, "relay").expect("read");

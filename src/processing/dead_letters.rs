@@ -15,7 +15,8 @@
 //!   `retention.dead_letter_days`.
 //!
 //! Every replay and discard is recorded in `listener_history` under the listener
-//! [`AUDIT_LISTENER`] (`*`): when, from where (`source`), what was asked, how many, and why.
+//! [`AUDIT_LISTENER`] (`*`): when, from where (`source`), by whom (`actor`: the admin token's
+//! name), what was asked, how many, and why.
 
 use diesel::Connection;
 use serde::Serialize;
@@ -177,12 +178,13 @@ fn scrub_texts(value: Value) -> Value {
 }
 
 /// Queues events again with fresh retries (only the listeners that did not succeed run) and
-/// records the replay; returns how many were queued. With ids, every one must be a dead
-/// letter, or nothing is replayed.
+/// records the replay, from `source` by `actor` (an admin token's name); returns how many were
+/// queued. With ids, every one must be a dead letter, or nothing is replayed.
 pub fn replay(
     conn: &mut DbConnection,
     target: &Target,
     source: &str,
+    actor: Option<&str>,
 ) -> Result<usize, DeadLetterError> {
     if let Target::All { status, .. } = target {
         replayable(*status, Action::Replay)?;
@@ -216,6 +218,7 @@ pub fn replay(
             conn,
             &[record(
                 source,
+                actor,
                 "replay",
                 what,
                 format!("{requeued} requeued"),
@@ -223,24 +226,28 @@ pub fn replay(
         )?;
         Ok(requeued)
     })?;
-    tracing::info!(source, requeued, "dead letters replayed");
+    tracing::info!(source, admin = actor, requeued, "dead letters replayed");
     Ok(requeued)
 }
 
 /// Sets events aside for good with `reason` (required, at most [`MAX_REASON_CHARS`]) and
-/// records it; returns how many were discarded. With ids, every one must be a dead letter, or
-/// nothing is discarded.
+/// records it, from `source` by `actor` (an admin token's name); returns how many were
+/// discarded. With ids, every one must be a dead letter, or nothing is discarded.
 pub fn discard(
     conn: &mut DbConnection,
     target: &Target,
     reason: &str,
     source: &str,
+    actor: Option<&str>,
 ) -> Result<usize, DeadLetterError> {
     let reason = checked_reason(reason).map_err(DeadLetterError::Invalid)?;
     if let Target::All { status, .. } = target {
         replayable(*status, Action::Discard)?;
     }
-    let note = format!("discarded through the {source}: {reason}");
+    let note = match actor {
+        Some(actor) => format!("discarded by {actor} through the {source}: {reason}"),
+        None => format!("discarded through the {source}: {reason}"),
+    };
     let discarded = conn.transaction::<_, DeadLetterError, _>(|conn| {
         write_lock(conn)?;
         let (what, ids, statuses) = match target {
@@ -264,6 +271,7 @@ pub fn discard(
             conn,
             &[record(
                 source,
+                actor,
                 "discard",
                 what,
                 format!("{n} discarded: {reason}"),
@@ -271,7 +279,13 @@ pub fn discard(
         )?;
         Ok(n)
     })?;
-    tracing::info!(source, discarded, reason, "dead letters discarded");
+    tracing::info!(
+        source,
+        admin = actor,
+        discarded,
+        reason,
+        "dead letters discarded"
+    );
     Ok(discarded)
 }
 
@@ -301,7 +315,7 @@ pub fn expire(
             if n > 0 {
                 let what = format!("dead: unchanged for {days} days");
                 let done = format!("{n} discarded: {reason}");
-                history::record(conn, &[record(source, "discard", what, done)])?;
+                history::record(conn, &[record(source, None, "discard", what, done)])?;
             }
             Ok(n)
         })?;
@@ -412,7 +426,13 @@ fn named(ids: &[String]) -> String {
     }
 }
 
-fn record(source: &str, action: &str, what: String, done: String) -> HistoryRow {
+fn record(
+    source: &str,
+    actor: Option<&str>,
+    action: &str,
+    what: String,
+    done: String,
+) -> HistoryRow {
     HistoryRow {
         id: 0,
         listener: AUDIT_LISTENER.to_string(),
@@ -421,6 +441,7 @@ fn record(source: &str, action: &str, what: String, done: String) -> HistoryRow 
         field: action.to_string(),
         old_value: Some(what),
         new_value: Some(done),
+        actor: actor.map(str::to_string),
     }
 }
 

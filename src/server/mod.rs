@@ -227,8 +227,8 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         retention: config.retention.clone(),
         ready: ready.clone(),
     }));
-    let admin_token = (!config.admin.token.is_empty()).then(|| config.admin.token.clone());
-    if admin_token.is_none() {
+    let admin = crate::http::AdminTokens::new(config.admin.named_tokens());
+    if admin.is_off() {
         tracing::info!("no admin token configured: the admin API is off");
     }
     let coverage = inbox.coverage.clone();
@@ -241,14 +241,17 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         forwarder,
         registry,
         ready: ready.clone(),
-        admin_token,
+        admin,
         body: crate::http::BodyRules::new(
             config.server.client_timeout,
             config.server.unverified_body_bytes,
         ),
         readiness: tokio::sync::Mutex::new(None),
         health_facts: tokio::sync::Mutex::new(None),
-        dashboard: crate::http::Dashboard::new(config.admin.public_path.clone()),
+        dashboard: crate::http::Dashboard::new(
+            config.admin.public_path.clone(),
+            config.admin.trusted_proxies.clone(),
+        ),
     });
     let (socket, origin) = socket::listener(config.server.bind)?;
     let addr = socket.local_addr()?;

@@ -3,8 +3,9 @@
 //! follow the proxy's path prefix; and, in headless Chromium driven through chromedriver
 //! (WebDriver), an operator signs in, reads the overview, disables and re-enables a listener,
 //! replays a dead letter and signs out. The browser test saves a screenshot of each page to
-//! `docs/screenshots/`; it runs when `ZULIP_LISTENERS_TEST_BROWSER` is set (`.ci/run` sets it
-//! after installing Debian's `chromium` and `chromium-driver`).
+//! `target/screenshots/` (copy them to `docs/screenshots/` to refresh the README's); it runs
+//! when `ZULIP_LISTENERS_TEST_BROWSER` is set (`.ci/run` sets it after installing Debian's
+//! `chromium` and `chromium-driver`).
 //!
 //! Long file: every page and form of the dashboard and the browser walk-through that takes the screenshots, each a scenario of its own, read best side by side.
 
@@ -281,8 +282,10 @@ async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
         })
         .await;
     assert_eq!(
-        history.first().map(|h| h.source.as_str()),
-        Some("dashboard")
+        history
+            .first()
+            .map(|h| (h.source.as_str(), h.actor.as_deref())),
+        Some(("dashboard", Some("admin")))
     );
 
     // An edit changes only what differs from the definition, through the admin API's code.
@@ -304,10 +307,21 @@ async fn every_page_and_form_refuses_without_a_session(backend: Backend) {
         .expect("form");
     assert_eq!(answer.status(), 303);
     let location = header(&answer, "location").unwrap_or_default().to_string();
+    assert_eq!(location, "/admin/ui/listeners/alerts-eng");
+    // What changed is said by the page the form leads to (kept in the session, not the URL).
+    let shown = http
+        .get(format!("{}{location}", t.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("body");
     assert!(
-        location.contains("changed%3A+description%2C+realms")
-            || location.contains("changed%3A+realms%2C+description"),
-        "{location}"
+        shown.contains("changed: description, realms")
+            || shown.contains("changed: realms, description"),
+        "{shown}"
     );
     let view = t
         .send(
@@ -444,7 +458,11 @@ async fn in_a_real_browser() {
         );
         return;
     }
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        std::path::PathBuf::from,
+    );
+    let shots = target.join("screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot folder");
     let db = TestDatabase::new(Backend::Sqlite);
     let t = app(&db).start().await;
@@ -463,8 +481,9 @@ async fn in_a_real_browser() {
     browser.type_into("#token", ADMIN).await;
     browser.click("#sign-in").await;
 
-    // The overview: health, both charts, inbox, lag, late replies.
+    // The overview: health, both charts, inbox, lag, late replies; who is signed in.
     let health = wait_text(&browser, "#health-status", "").await;
+    assert!(browser.text("#signed-in-as").await.contains("admin"));
     assert_eq!(health, "degraded", "two dead letters make it degraded");
     assert!(browser.text("#health").await.contains("2 dead letter(s)"));
     assert!(browser.text("#inbox").await.contains("dead"));
@@ -475,10 +494,19 @@ async fn in_a_real_browser() {
     browser.goto(&format!("{base}/admin/ui/listeners")).await;
     assert!(browser.text("#listener-pinger").await.contains("ok"));
     browser.screenshot(&shots.join("listeners.png")).await;
+    browser
+        .type_into("#reason-pinger", "noisy until Monday")
+        .await;
     browser.click("#disable-pinger").await;
     wait_text(&browser, "#flash", "changed: enabled").await;
     wait_text(&browser, "#state", "disabled").await;
     assert!(!enabled(&t, "pinger").await);
+    let shown = browser.text("main").await;
+    assert!(
+        shown.contains("disabled by admin through the dashboard: noisy until Monday"),
+        "{shown}"
+    );
+    assert!(browser.text("#history").await.contains("admin"));
     browser.screenshot(&shots.join("listener.png")).await;
     browser.goto(&format!("{base}/admin/ui/listeners")).await;
     assert!(browser.text("#listener-pinger").await.contains("disabled"));

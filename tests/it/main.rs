@@ -3,6 +3,7 @@
 //! `support` holds the shared harness.
 
 mod admin_changes;
+mod admin_identity;
 mod architecture;
 mod dashboard;
 mod dead_letters;

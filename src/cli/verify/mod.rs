@@ -188,7 +188,7 @@ fn plan(config: &Config, args: &VerifyArgs) -> Result<Plan, Check> {
             .as_ref()
             .map(|c| (c.clone(), args.topic.clone())),
         content: args.content.clone(),
-        admin: if config.admin.token.expose().trim().is_empty() {
+        admin: if config.admin.named_tokens().is_empty() {
             Err(Check::fail(
                 "this configuration has no [admin] token",
                 advice::NO_ADMIN_TOKEN,

@@ -85,7 +85,14 @@ impl Admin {
         Ok(Admin {
             http,
             base: base.as_str().trim_end_matches('/').to_string(),
-            token: Secret::new(config.admin.token.expose().trim()),
+            // `admin.token`, else the first of `[admin.tokens]`.
+            token: config
+                .admin
+                .named_tokens()
+                .into_iter()
+                .next()
+                .map(|(_, token)| token)
+                .unwrap_or_default(),
         })
     }
 

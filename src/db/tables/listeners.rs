@@ -36,6 +36,9 @@ pub struct HistoryRow {
     pub field: String,
     pub old_value: Option<String>,
     pub new_value: Option<String>,
+    /// Who made the change: the name of the admin token (admin API, dashboard); `None` for
+    /// the command line, the breaker and retention.
+    pub actor: Option<String>,
 }
 
 /// Makes sure every listener has a row, records its file definition (redacted) and returns

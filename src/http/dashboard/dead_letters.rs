@@ -1,7 +1,7 @@
 //! The dead-letters pages (`/admin/ui/dead-letters`): forwarded events not processed, by
 //! status; one event with its envelope (redacted); replay and discard, each a confirmation
 //! page then the form post. The actions are those of [`crate::processing::dead_letters`],
-//! recorded in the audit trail with source `dashboard`.
+//! recorded in the audit trail with source `dashboard` and the admin's name.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -70,8 +70,9 @@ pub(super) async fn dead_letters(
             ))
         })
         .await;
+    let done = state.dashboard.take_notice(&ctx);
     match read {
-        Ok((counts, rows)) => pages::dead_letters(&ctx, status, &counts, &rows, &pairs),
+        Ok((counts, rows)) => pages::dead_letters(&ctx, status, &counts, &rows, done.as_deref()),
         Err(e) => db_failed(&ctx, e),
     }
 }
@@ -181,12 +182,25 @@ pub(super) async fn replay(
             "Give either event ids or all=1.",
         );
     };
+    let admin = ctx.admin.clone();
     let done = state
         .db
-        .run(move |c| Ok(dead_letters::replay(c, &target, source::DASHBOARD)))
+        .run(move |c| {
+            Ok(dead_letters::replay(
+                c,
+                &target,
+                source::DASHBOARD,
+                Some(admin.name()),
+            ))
+        })
         .await;
     match done {
-        Ok(Ok(n)) => see_other(&ctx.url(&format!("/ui/dead-letters?status={status}&replayed={n}"))),
+        Ok(Ok(n)) => {
+            state
+                .dashboard
+                .set_notice(&ctx, format!("{n} event(s) queued again."));
+            see_other(&ctx.url(&format!("/ui/dead-letters?status={status}")))
+        }
         Ok(Err(e)) => refused(&ctx, e),
         Err(e) => db_failed(&ctx, e),
     }
@@ -214,6 +228,7 @@ pub(super) async fn discard(
         );
     };
     let reason = given(&form, "reason").unwrap_or_default().to_string();
+    let admin = ctx.admin.clone();
     let done = state
         .db
         .run(move |c| {
@@ -222,12 +237,16 @@ pub(super) async fn discard(
                 &target,
                 &reason,
                 source::DASHBOARD,
+                Some(admin.name()),
             ))
         })
         .await;
     match done {
         Ok(Ok(n)) => {
-            see_other(&ctx.url(&format!("/ui/dead-letters?status={status}&discarded={n}")))
+            state
+                .dashboard
+                .set_notice(&ctx, format!("{n} event(s) discarded."));
+            see_other(&ctx.url(&format!("/ui/dead-letters?status={status}")))
         }
         Ok(Err(e)) => refused(&ctx, e),
         Err(e) => db_failed(&ctx, e),

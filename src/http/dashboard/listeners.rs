@@ -1,8 +1,10 @@
 //! The listeners pages (`/admin/ui/listeners`, `/admin/ui/listeners/{name}`): every listener
 //! with its state and figures of the last 24 hours, one listener with its history, its runtime
 //! changes beside the file's values and its edit form, and the form posts that enable,
-//! disable, edit one or reset its runtime changes (a confirmation page, then the post; all
-//! through the admin API's `apply_change`, recorded with source `dashboard`).
+//! disable (with the operator's reason), edit one or reset its runtime changes (a
+//! confirmation page, then the post; all through the admin API's `apply_change`, recorded with
+//! source `dashboard` and the admin's name). The edit form shows the definition or what was
+//! just posted, never values from the query string.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -18,6 +20,7 @@ use crate::db::{DbError, tables};
 use crate::http::AppState;
 use crate::http::admin::{self, Action};
 use crate::listeners::changes::{self, ChangeError, Overrides, ResetTarget};
+use crate::processing::dead_letters::MAX_REASON_CHARS;
 
 /// Durations sampled for a listener's 95th percentile.
 const P95_SAMPLE: i64 = 1_000;
@@ -115,11 +118,7 @@ fn no_such_listener(ctx: &Ctx, name: &str) -> HttpResponse {
     )
 }
 
-pub(super) async fn listeners(
-    ctx: Ctx,
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub(super) async fn listeners(ctx: Ctx, state: web::Data<AppState>) -> HttpResponse {
     let names = listener_names(&state);
     let (rows, figures, interval_ms) = match read_listeners(&state, names).await {
         Ok(read) => read,
@@ -132,12 +131,12 @@ pub(super) async fn listeners(
         .zip(figures)
         .map(|(entry, f)| listener_line(&state, entry, &rows, f, interval_ms))
         .collect();
-    pages::listeners(&ctx, &lines, query(&req))
+    let done = state.dashboard.take_notice(&ctx);
+    pages::listeners(&ctx, &lines, done.as_deref())
 }
 
 pub(super) async fn listener(
     ctx: Ctx,
-    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> HttpResponse {
@@ -160,11 +159,13 @@ pub(super) async fn listener(
     };
     let line = listener_line(&state, entry, &rows, figures, interval_ms);
     let definition = entry.live().definition.clone();
-    pages::listener(&ctx, &line, &definition, &history, query(&req), None)
+    let done = state.dashboard.take_notice(&ctx);
+    pages::listener(&ctx, &line, &definition, &history, done.as_deref(), None)
 }
 
-/// `POST /admin/ui/listeners/{name}` with `action` = `enable`, `disable` or `edit` (and the
-/// edited fields): the same change as the admin API's, recorded with source `dashboard`.
+/// `POST /admin/ui/listeners/{name}` with `action` = `enable`, `disable` (with an optional
+/// `reason`) or `edit` (and the edited fields): the same change as the admin API's, recorded
+/// with source `dashboard` and the admin's name.
 pub(super) async fn change_listener(
     ctx: Ctx,
     req: HttpRequest,
@@ -195,9 +196,10 @@ pub(super) async fn change_listener(
             "use enable, disable or edit",
         )),
     };
-    let result = match patch {
-        Ok(patch) => apply(&state, &name, patch).await,
-        Err(e) => Err(Refusal::Invalid(e)),
+    let reason = given(&form, "reason");
+    let result = match (patch, reason.map(checked_reason)) {
+        (Err(e), _) | (_, Some(Err(e))) => Err(Refusal::Invalid(e)),
+        (Ok(patch), reason) => apply(&state, &ctx, &name, patch, reason.and_then(Result::ok)).await,
     };
     let back = format!(
         "{}/ui/listeners/{}",
@@ -211,10 +213,8 @@ pub(super) async fn change_listener(
             } else {
                 format!("changed: {}", changed.join(", "))
             };
-            see_other(&format!(
-                "{back}?done={}",
-                pages::format::query_value(&done)
-            ))
+            state.dashboard.set_notice(&ctx, done);
+            see_other(&back)
         }
         Err(Refusal::Invalid(e)) => {
             // Show the form again with the problem, keeping what was typed.
@@ -226,13 +226,18 @@ pub(super) async fn change_listener(
                 runs_series: Vec::new(),
                 failures_series: Vec::new(),
             };
+            let problem = e.to_string();
+            let refused = pages::Refused {
+                posted: &form,
+                problem: &problem,
+            };
             let mut response = pages::listener(
                 &ctx,
                 &line,
                 &entry.live().definition,
                 &[],
-                form,
-                Some(&e.to_string()),
+                None,
+                Some(refused),
             );
             *response.status_mut() = StatusCode::BAD_REQUEST;
             response
@@ -294,9 +299,26 @@ fn edit_patch(
     Overrides::parse(&serde_json::Value::Object(patch))
 }
 
-/// Applies a change through [`changes::change`] (source `dashboard`), then to this server's
-/// registry; returns the fields that changed.
-async fn apply(state: &AppState, name: &str, patch: Overrides) -> Result<Vec<String>, Refusal> {
+/// A disable's reason: at most [`MAX_REASON_CHARS`].
+fn checked_reason(reason: &str) -> Result<&str, changes::FieldError> {
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(changes::FieldError::new(
+            "reason",
+            format!("at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    Ok(reason)
+}
+
+/// Applies a change through [`changes::change`] (source `dashboard`, the admin's name, the
+/// reason of a disable), then to this server's registry; returns the fields that changed.
+async fn apply(
+    state: &AppState,
+    ctx: &Ctx,
+    name: &str,
+    patch: Overrides,
+    reason: Option<&str>,
+) -> Result<Vec<String>, Refusal> {
     if patch == Overrides::default() {
         return Ok(Vec::new());
     }
@@ -305,6 +327,8 @@ async fn apply(state: &AppState, name: &str, patch: Overrides) -> Result<Vec<Str
         name,
         Action::Change(patch),
         changes::source::DASHBOARD,
+        &ctx.admin,
+        reason,
     )
     .await
     {
@@ -391,6 +415,8 @@ pub(super) async fn reset(
         &name,
         Action::Reset(target.clone()),
         changes::source::DASHBOARD,
+        &ctx.admin,
+        None,
     )
     .await;
     let back = format!(
@@ -404,10 +430,8 @@ pub(super) async fn reset(
                 ResetTarget::All => "runtime changes reset: the file's values apply".to_string(),
                 other => format!("reset to the file's value: {}", other.describe()),
             };
-            see_other(&format!(
-                "{back}?done={}",
-                pages::format::query_value(&done)
-            ))
+            state.dashboard.set_notice(&ctx, done);
+            see_other(&back)
         }
         Err(ChangeError::Database(e)) => db_failed(&ctx, e),
         Err(e @ ChangeError::NotOverridden { .. }) => {

@@ -1,17 +1,19 @@
 //! The admin dashboard in the browser, at `/admin/` (overview) and `/admin/ui/…`, on the
 //! main HTTP server and behind the token of the admin API.
 //!
-//! - **Sign-in.** `/admin/login` takes the admin token (compared in constant time, failed
-//!   attempts limited per client address) and sets a session cookie: a random token kept in
-//!   memory for 12 hours, `HttpOnly`, `SameSite=Strict`, `Path=` the admin prefix, `Secure`
-//!   when the request came over HTTPS (`X-Forwarded-Proto`). Every page also accepts the
-//!   bearer token. Without either, a page answers 303 to the sign-in form and a form post 401,
-//!   before any request body is read.
+//! - **Sign-in.** `/admin/login` takes an admin token (compared in constant time; the right
+//!   one always signs in, wrong ones are slowed down per client address) and sets a session
+//!   cookie: a random token kept in memory for 12 hours with the name of the admin token,
+//!   `HttpOnly`, `SameSite=Strict`, `Path=` the admin prefix, `Secure` when the request came
+//!   over HTTPS (`X-Forwarded-Proto`). Every page also accepts the bearer token. Without
+//!   either, a page answers 303 to the sign-in form and a form post 401, before any request
+//!   body is read.
 //! - **Forms.** Every POST carries the session's CSRF token in a hidden field (compared in
 //!   constant time) and, when the browser sends `Origin`, must come from the same host.
 //!   Changes go through the same code as the admin API (`admin::apply_change`, and the actions
-//!   of `processing::dead_letters`, recorded with source `dashboard`) and answer 303 back to a
-//!   page (post/redirect/get).
+//!   of `processing::dead_letters`, recorded with source `dashboard` and the admin's name) and
+//!   answer 303 back to a page (post/redirect/get); the notice saying what was done is kept in
+//!   the session for that page. No form is ever filled from the query string.
 //! - **Path prefix.** Links are built from `admin.public_path` or, when that is unset, the
 //!   proxy's `X-Forwarded-Prefix`, so the dashboard works under e.g. `/listeners/admin/`.
 //! - **No script.** Pages are HTML rendered with maud (checked at compile time), one
@@ -19,7 +21,7 @@
 //!   `Content-Security-Policy` allows nothing else.
 //!
 //! This file holds the route table and what every page's route shares; `session` the
-//! sign-in, sessions and form checks; one file per page its routes (`overview`, `listeners`,
+//! sign-in, sessions and form checks; `throttle` the failed sign-ins; one file per page its routes (`overview`, `listeners`,
 //! `events`, `dead_letters`), and `pages` their HTML.
 
 mod charts;
@@ -29,6 +31,7 @@ mod listeners;
 mod overview;
 mod pages;
 mod session;
+mod throttle;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -112,6 +115,8 @@ pub struct Ctx {
     /// The session's CSRF token; `None` when the request came with the bearer token.
     pub csrf: Option<String>,
     session: Option<String>,
+    /// The admin whose token the request or its session came with.
+    pub admin: crate::http::Admin,
 }
 
 impl Ctx {

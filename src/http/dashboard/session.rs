@@ -1,10 +1,11 @@
-//! Who may use the dashboard: sign-in with the admin token (failed attempts limited per
-//! client address) opening an in-memory session behind a cookie, sign-out, the bearer token
-//! as an alternative, and the checks on every form post (session CSRF token, same origin).
-//! Also the path prefix the browser sees (`admin.public_path` or `X-Forwarded-Prefix`).
+//! Who may use the dashboard: sign-in with an admin token (failed attempts slowed down per
+//! client address, see [`super::throttle`]) opening an in-memory session behind a cookie that
+//! knows whose token it was, sign-out, the bearer token as an alternative, and the checks on
+//! every form post (session CSRF token, same origin). Also the one-time notice a form leaves
+//! in the session for the page it redirects to, and the path prefix the browser sees
+//! (`admin.public_path` or `X-Forwarded-Prefix`).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,9 +18,11 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use rand::Rng;
 use subtle::ConstantTimeEq;
 
+use super::throttle::{self, Failures};
 use super::{Ctx, field, pages, see_other};
-use crate::http::{AppState, read_body};
-use crate::verification::token_matches;
+use crate::config::ProxyRange;
+use crate::http::identity::client_address;
+use crate::http::{Admin, AppState, read_body};
 
 /// Name of the session cookie.
 const SESSION_COOKIE: &str = "zl_admin_session";
@@ -27,39 +30,43 @@ const SESSION_COOKIE: &str = "zl_admin_session";
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most; the oldest go first.
 const MAX_SESSIONS: usize = 1_000;
-/// Failed sign-ins allowed per client address within [`LOGIN_WINDOW`].
-const LOGIN_FAILURES: u32 = 5;
-const LOGIN_WINDOW: Duration = Duration::from_secs(300);
 /// Largest form body.
 const FORM_MAX_BODY: usize = 64 * 1024;
 
 /// The dashboard's own state: sessions and failed sign-ins, in memory.
 pub struct Dashboard {
     sessions: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: Failures,
     /// `admin.public_path`: the prefix in front of `/admin` as the browser sees it.
     public_path: Option<String>,
+    /// `admin.trusted_proxies`: peers whose forwarded-for headers name the client.
+    trusted_proxies: Vec<ProxyRange>,
 }
 
 struct Session {
     csrf: String,
     expires: Instant,
+    /// The name of the admin token that opened it.
+    admin: String,
+    /// The notice of the last form, shown once by the page it redirected to.
+    notice: Option<String>,
 }
 
 impl Dashboard {
-    pub fn new(public_path: Option<String>) -> Dashboard {
+    pub fn new(public_path: Option<String>, trusted_proxies: Vec<ProxyRange>) -> Dashboard {
         Dashboard {
             sessions: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            failures: Failures::new(),
             public_path: public_path
                 .as_deref()
                 .and_then(clean_prefix)
                 .map(str::to_string),
+            trusted_proxies,
         }
     }
 
-    /// Opens a session: `(cookie token, CSRF token)`.
-    fn open_session(&self) -> (String, String) {
+    /// Opens a session for the admin named `admin`: `(cookie token, CSRF token)`.
+    fn open_session(&self, admin: &str) -> (String, String) {
         let token = random_token();
         let csrf = random_token();
         let now = Instant::now();
@@ -78,16 +85,18 @@ impl Dashboard {
             Session {
                 csrf: csrf.clone(),
                 expires: now + SESSION_TTL,
+                admin: admin.to_string(),
+                notice: None,
             },
         );
         (token, csrf)
     }
 
-    /// The CSRF token of a live session.
-    fn session(&self, token: &str) -> Option<String> {
+    /// The CSRF token and the admin's name of a live session.
+    fn session(&self, token: &str) -> Option<(String, String)> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         match sessions.get(token) {
-            Some(s) if s.expires > Instant::now() => Some(s.csrf.clone()),
+            Some(s) if s.expires > Instant::now() => Some((s.csrf.clone(), s.admin.clone())),
             Some(_) => {
                 sessions.remove(token);
                 None
@@ -103,24 +112,29 @@ impl Dashboard {
             .remove(token);
     }
 
-    /// Whether `client` may try to sign in (fewer than [`LOGIN_FAILURES`] recent failures).
-    fn may_try(&self, client: IpAddr) -> bool {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures
-            .get(&client)
-            .is_none_or(|(n, since)| *n < LOGIN_FAILURES || since.elapsed() > LOGIN_WINDOW)
+    /// Leaves `notice` for the next page the session's browser loads (after a form's redirect).
+    pub(super) fn set_notice(&self, ctx: &Ctx, notice: String) {
+        let Some(token) = &ctx.session else {
+            return;
+        };
+        if let Some(session) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(token)
+        {
+            session.notice = Some(notice);
+        }
     }
 
-    fn record_failure(&self, client: IpAddr) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() > 10_000 {
-            failures.retain(|_, (_, since)| since.elapsed() <= LOGIN_WINDOW);
-        }
-        let entry = failures.entry(client).or_insert((0, Instant::now()));
-        if entry.1.elapsed() > LOGIN_WINDOW {
-            *entry = (0, Instant::now());
-        }
-        entry.0 += 1;
+    /// The notice a form left for this page, once; `None` for the bearer token.
+    pub(super) fn take_notice(&self, ctx: &Ctx) -> Option<String> {
+        let token = ctx.session.as_ref()?;
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(token)
+            .and_then(|s| s.notice.take())
     }
 }
 
@@ -172,39 +186,42 @@ fn over_https(req: &HttpRequest) -> bool {
         || req.connection_info().scheme() == "https"
 }
 
-/// Who is asking: the bearer token or a session; otherwise the answer to give (404 while the
-/// admin API is off, 303 to the sign-in form for a page, 401 for a form post).
+/// Who is asking: the bearer token or a session, with the admin's name; otherwise the answer
+/// to give (404 while the admin API is off, 303 to the sign-in form for a page, 401 for a form
+/// post).
 pub(super) fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Ctx, HttpResponse> {
     let base = base_of(req, &state.dashboard);
-    let Some(token) = &state.admin_token else {
+    if state.admin.is_off() {
         return Err(pages::message(
             StatusCode::NOT_FOUND,
             &base,
             "Dashboard off",
-            "The admin API and dashboard are off: set [admin] token or token_file.",
+            "The admin API and dashboard are off: set [admin] token or token_file, or [admin.tokens].",
         ));
-    };
+    }
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if let Some(given) = bearer
-        && token_matches(token, given.trim())
+        && let Some(admin) = state.admin.identify(given.trim())
     {
         return Ok(Ctx {
             base,
             csrf: None,
             session: None,
+            admin: Admin::new(admin),
         });
     }
     if let Some(session) = cookie(req, SESSION_COOKIE)
-        && let Some(csrf) = state.dashboard.session(session)
+        && let Some((csrf, admin)) = state.dashboard.session(session)
     {
         return Ok(Ctx {
             base,
             csrf: Some(csrf),
             session: Some(session.to_string()),
+            admin: Admin::new(admin),
         });
     }
     if req.method() == actix_web::http::Method::GET {
@@ -311,7 +328,7 @@ pub(super) async fn read_form(
 
 pub(super) async fn login_form(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let base = base_of(&req, &state.dashboard);
-    if state.admin_token.is_none() {
+    if state.admin.is_off() {
         return authenticate(&req, &state)
             .err()
             .unwrap_or_else(|| see_other(&base));
@@ -319,27 +336,21 @@ pub(super) async fn login_form(req: HttpRequest, state: web::Data<AppState>) -> 
     pages::login(&base, None, StatusCode::OK)
 }
 
+/// `POST /admin/login` with `token`: the token is checked first, so the right one always
+/// signs in (whoever failed before, from whatever address); a wrong one is counted for the
+/// client address and, past a few, answered slowly.
 pub(super) async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> HttpResponse {
     let base = base_of(&req, &state.dashboard);
-    let Some(token) = state.admin_token.clone() else {
+    if state.admin.is_off() {
         return authenticate(&req, &state)
             .err()
             .unwrap_or_else(|| see_other(&base));
-    };
-    let client = req
-        .peer_addr()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    if !state.dashboard.may_try(client) {
-        return pages::login(
-            &base,
-            Some("Too many failed attempts: wait a few minutes."),
-            StatusCode::TOO_MANY_REQUESTS,
-        );
     }
+    let client = client_address(&req, &state.dashboard.trusted_proxies);
     if !same_origin(&req) {
         return pages::login(
             &base,
@@ -353,12 +364,28 @@ pub(super) async fn login(
     };
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let given = field(&form, "token").unwrap_or_default().trim();
-    if given.is_empty() || !token_matches(&token, given) {
-        state.dashboard.record_failure(client);
-        tracing::info!(%client, "dashboard: failed sign-in");
-        return pages::login(&base, Some("Wrong token."), StatusCode::UNAUTHORIZED);
-    }
-    let (session, _) = state.dashboard.open_session();
+    let Some(admin) = state.admin.identify(given) else {
+        let failures = state.dashboard.failures.record(client, Instant::now());
+        tracing::info!(%client, failures, "dashboard: failed sign-in");
+        if failures <= throttle::FREE_FAILURES {
+            return pages::login(&base, Some("Wrong token."), StatusCode::UNAUTHORIZED);
+        }
+        let wait = throttle::delay(failures);
+        if let Some(_slot) = state.dashboard.failures.wait_slot() {
+            tokio::time::sleep(wait).await;
+        }
+        return pages::login(
+            &base,
+            Some(&format!(
+                "Wrong token. Too many failed attempts from your address: each further one is \
+                 answered after up to {} s.",
+                wait.as_secs()
+            )),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    };
+    tracing::info!(admin, %client, "dashboard: signed in");
+    let (session, _) = state.dashboard.open_session(admin);
     let secure = if over_https(&req) { "; Secure" } else { "" };
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, format!("{base}/")))
@@ -413,25 +440,32 @@ mod tests {
     }
 
     #[test]
-    fn sessions_expire_and_close() {
-        let dashboard = Dashboard::new(None);
-        let (token, csrf) = dashboard.open_session();
-        assert_eq!(dashboard.session(&token), Some(csrf));
+    fn sessions_know_their_admin_expire_and_close() {
+        let dashboard = Dashboard::new(None, Vec::new());
+        let (token, csrf) = dashboard.open_session("alice");
+        assert_eq!(dashboard.session(&token), Some((csrf, "alice".to_string())));
         assert_eq!(dashboard.session("nope"), None);
         dashboard.close_session(&token);
         assert_eq!(dashboard.session(&token), None);
     }
 
     #[test]
-    fn failed_sign_ins_are_limited_per_address() {
-        let dashboard = Dashboard::new(None);
-        let a = IpAddr::from([10, 0, 0, 1]);
-        let b = IpAddr::from([10, 0, 0, 2]);
-        for _ in 0..LOGIN_FAILURES {
-            assert!(dashboard.may_try(a));
-            dashboard.record_failure(a);
-        }
-        assert!(!dashboard.may_try(a));
-        assert!(dashboard.may_try(b));
+    fn a_notice_is_shown_once_and_only_to_its_session() {
+        let dashboard = Dashboard::new(None, Vec::new());
+        let (token, _) = dashboard.open_session("alice");
+        let ctx = |session: Option<&str>| Ctx {
+            base: "/admin".into(),
+            csrf: None,
+            session: session.map(str::to_string),
+            admin: Admin::new("alice"),
+        };
+        dashboard.set_notice(&ctx(Some(&token)), "changed: enabled".into());
+        assert_eq!(dashboard.take_notice(&ctx(None)), None);
+        assert_eq!(dashboard.take_notice(&ctx(Some("other"))), None);
+        assert_eq!(
+            dashboard.take_notice(&ctx(Some(&token))).as_deref(),
+            Some("changed: enabled")
+        );
+        assert_eq!(dashboard.take_notice(&ctx(Some(&token))), None);
     }
 }

@@ -108,13 +108,15 @@ impl ResetTarget {
 /// again: checked, stored and recorded in the history (`source`) like any change, and
 /// returned with the listener built from what remains. Dropping `enabled` also ends a
 /// disable. Resetting a field that is not overridden is refused ([`ChangeError::NotOverridden`]);
-/// resetting everything when nothing is overridden changes nothing.
+/// resetting everything when nothing is overridden changes nothing. `actor` (the admin token's
+/// name) is recorded in the history.
 pub fn reset(
     conn: &mut DbConnection,
     registry: &Registry,
     name: &str,
     target: &ResetTarget,
     source: &str,
+    actor: Option<&str>,
 ) -> Result<Saved, ChangeError> {
     let entry = registry
         .by_name(name)
@@ -125,7 +127,7 @@ pub fn reset(
         conn,
         registry,
         name,
-        source,
+        (source, actor),
         |stored| {
             dropped_enabled.set(target.drops_enabled() && stored.enabled.is_some());
             target.apply(name, file, stored)

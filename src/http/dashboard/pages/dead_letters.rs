@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use maud::{Markup, html};
 
 use super::format::{path_segment, query_value, shorten};
-use super::{csrf_field, flash, layout, respond};
+use super::{csrf_field, layout, notice, respond};
 use crate::clock::utc_text;
 use crate::db::tables::inbox::{InboxEntry, InboxStatus};
 use crate::http::dashboard::Ctx;
@@ -17,12 +17,12 @@ pub fn dead_letters(
     status: InboxStatus,
     counts: &[(InboxStatus, i64)],
     rows: &[InboxEntry],
-    pairs: &[(String, String)],
+    done: Option<&str>,
 ) -> HttpResponse {
     let count = |s: InboxStatus| counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
     let actionable = InboxStatus::REPLAYABLE.contains(&status);
     let body = html! {
-        (flash(pairs))
+        (notice(done))
         nav.tabs {
             @for s in InboxStatus::LISTED {
                 a href=(ctx.url(&format!("/ui/dead-letters?status={s}"))) class=[(s == status).then_some("current")] {

@@ -8,12 +8,13 @@ use actix_web::http::StatusCode;
 use maud::{Markup, PreEscaped, html};
 
 use super::format::{path_segment, query_value};
-use super::{csrf_field, flash, layout, respond};
+use super::{csrf_field, layout, notice, respond};
 use crate::clock::utc_text;
 use crate::db::tables::listeners::HistoryRow;
 use crate::http::dashboard::charts;
 use crate::http::dashboard::{Ctx, field};
 use crate::listeners::Definition;
+use crate::processing::dead_letters::MAX_REASON_CHARS;
 
 /// One listener's row on the listeners page.
 pub struct ListenerLine {
@@ -55,9 +56,9 @@ fn rate(runs: i64, failures: i64) -> String {
     }
 }
 
-pub fn listeners(ctx: &Ctx, lines: &[ListenerLine], pairs: Vec<(String, String)>) -> HttpResponse {
+pub fn listeners(ctx: &Ctx, lines: &[ListenerLine], done: Option<&str>) -> HttpResponse {
     let body = html! {
-        (flash(&pairs))
+        (notice(done))
         p.hint { "Runs, failure rate and the sparkline cover the last 24 hours (listener_stats); p95 the newest 1,000 runs." }
         div.scroll {
             table.listeners {
@@ -101,7 +102,8 @@ pub fn listeners(ctx: &Ctx, lines: &[ListenerLine], pairs: Vec<(String, String)>
     )
 }
 
-/// The enable or disable button of a listener.
+/// The enable or disable button of a listener; a disable takes the operator's reason
+/// (optional: kept with the listener's state, with who disabled it).
 fn toggle(ctx: &Ctx, name: &str, view: &serde_json::Value) -> Markup {
     let enabled = view["enabled"].as_bool().unwrap_or(false);
     let (action, label) = if enabled {
@@ -113,9 +115,20 @@ fn toggle(ctx: &Ctx, name: &str, view: &serde_json::Value) -> Markup {
         form.inline method="post" action=(ctx.url(&format!("/ui/listeners/{}", path_segment(name)))) {
             (csrf_field(ctx))
             input type="hidden" name="action" value=(action);
+            @if enabled {
+                input type="text" name="reason" id=(format!("reason-{name}"))
+                    placeholder="reason (optional)" maxlength=(MAX_REASON_CHARS)
+                    aria-label=(format!("Why {name} is disabled"));
+            }
             button type="submit" id=(format!("{action}-{name}")) class=(action) { (label) }
         }
     }
+}
+
+/// What a refused edit posted, shown again with the problem.
+pub struct Refused<'a> {
+    pub posted: &'a [(String, String)],
+    pub problem: &'a str,
 }
 
 /// JSON as shown in a table cell: strings without quotes, `null` as "not set".
@@ -232,12 +245,14 @@ pub fn listener(
     line: &ListenerLine,
     definition: &Definition,
     history: &[HistoryRow],
-    pairs: Vec<(String, String)>,
-    error: Option<&str>,
+    done: Option<&str>,
+    refused: Option<Refused<'_>>,
 ) -> HttpResponse {
     let name = line.view["name"].as_str().unwrap_or_default();
+    // The form shows the definition, or what a refused post sent: never the query string.
+    let posted = refused.as_ref().map_or(&[][..], |r| r.posted);
     let typed = |key: &str, current: String| -> String {
-        field(&pairs, key).map(str::to_string).unwrap_or(current)
+        field(posted, key).map(str::to_string).unwrap_or(current)
     };
     let scope = serde_json::to_value(&definition.scope).unwrap_or_default();
     let scope_field =
@@ -245,9 +260,9 @@ pub fn listener(
     let settings = crate::redact::settings(&serde_json::Value::Object(definition.settings.clone()));
     let events_url = ctx.url(&format!("/ui/events?listener={}", query_value(name)));
     let body = html! {
-        (flash(&pairs))
-        @if let Some(error) = error {
-            p.error id="edit-error" { (error) }
+        (notice(done))
+        @if let Some(refused) = &refused {
+            p.error id="edit-error" { (refused.problem) }
         }
         section.card {
             p { "State: " span id="state" { (state_badge(&line.view)) }
@@ -299,12 +314,13 @@ pub fn listener(
             } @else {
                 div.scroll {
                     table id="history" {
-                        thead { tr { th { "when (UTC)" } th { "source" } th { "field" } th { "old" } th { "new" } } }
+                        thead { tr { th { "when (UTC)" } th { "source" } th { "by" } th { "field" } th { "old" } th { "new" } } }
                         tbody {
                             @for h in history {
                                 tr {
                                     td { (utc_text(h.changed_at_ms)) }
                                     td { (h.source) }
+                                    td { (h.actor.as_deref().unwrap_or("–")) }
                                     td { (h.field) }
                                     td { small { (h.old_value.as_deref().unwrap_or("–")) } }
                                     td { small { (h.new_value.as_deref().unwrap_or("–")) } }

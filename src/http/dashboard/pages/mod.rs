@@ -13,11 +13,11 @@ use actix_web::HttpResponse;
 use actix_web::http::{StatusCode, header};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use super::{Ctx, given};
+use super::Ctx;
 
 pub use dead_letters::{Confirm, confirm, dead_letter, dead_letters};
 pub use events::{EventsPage, EventsQuery, event, events};
-pub use listeners::{ListenerLine, confirm_reset, listener, listeners};
+pub use listeners::{ListenerLine, Refused, confirm_reset, listener, listeners};
 pub use overview::{Overview, overview};
 
 /// Everything the dashboard loads is its own: no inline style or script runs.
@@ -65,6 +65,7 @@ fn layout(base: &str, ctx: Option<&Ctx>, title: &str, current: &str, body: Marku
                                 a href=(href) class=[(*key == current).then_some("current")] { (label) }
                             }
                         }
+                        span.who id="signed-in-as" { "signed in as " strong { (ctx.admin.name()) } }
                         @if let Some(csrf) = &ctx.csrf {
                             form.logout method="post" action=(format!("{base}/logout")) {
                                 input type="hidden" name="csrf" value=(csrf);
@@ -106,17 +107,12 @@ pub fn login(base: &str, error: Option<&str>, status: StatusCode) -> HttpRespons
     respond(status, layout(base, None, "Sign in", "login", body))
 }
 
-/// A flash message from the query string (`done=`, `replayed=`, `discarded=`).
-fn flash(pairs: &[(String, String)]) -> Markup {
+/// The notice a form left in the session for this page (what was done); never text from
+/// the request, so a link cannot make the dashboard say anything.
+fn notice(text: Option<&str>) -> Markup {
     html! {
-        @if let Some(done) = given(pairs, "done") {
-            p.ok id="flash" { (done) }
-        }
-        @if let Some(n) = given(pairs, "replayed") {
-            p.ok id="flash" { (n) " event(s) queued again." }
-        }
-        @if let Some(n) = given(pairs, "discarded") {
-            p.ok id="flash" { (n) " event(s) discarded." }
+        @if let Some(text) = text {
+            p.ok id="flash" { (text) }
         }
     }
 }

@@ -1,0 +1,1 @@
+ALTER TABLE listener_history DROP COLUMN actor;
