@@ -242,12 +242,9 @@ impl Handler for Relay {
                     ))
                 })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            HandlerError::Failed(format!(
-                "bot service answer unreadable: {}",
-                crate::redact::http_error(e)
-            ))
-        })?;
+        let body = crate::outbound::read_answer(response, crate::outbound::ANSWER_LIMIT)
+            .await
+            .map_err(|e| HandlerError::Failed(format!("bot service answer unreadable: {e}")))?;
         if !status.is_success() {
             return Err(HandlerError::Failed(format!(
                 "bot service answered {status}: {}",

@@ -20,6 +20,7 @@ mod message_writes;
 mod migrations;
 mod operations;
 mod operator;
+mod outbound;
 mod outgoing;
 mod privacy;
 mod retention;
