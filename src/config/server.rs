@@ -226,6 +226,31 @@ mod tests {
     }
 
     #[test]
+    fn one_peers_share_of_the_body_budget() {
+        let largest = |c: &Config| c.server.max_body_bytes.max(c.forwarder.max_body_bytes);
+        let default = Config::from_toml("").expect("defaults load");
+        assert_eq!(default.server.body_share(largest(&default)), 5 << 20);
+        let big =
+            Config::from_toml("[server]\nunverified_body_bytes = 268435456\n").expect("loads");
+        assert_eq!(big.server.body_share(largest(&big)), 32 << 20, "an eighth");
+        let set = Config::from_toml("[server]\nunverified_body_bytes_per_peer = 33554432\n")
+            .expect("loads");
+        assert_eq!(set.server.body_share(largest(&set)), 32 << 20);
+        for wrong in ["1024", "33554433"] {
+            let err = Config::from_toml(&format!(
+                "[server]\nunverified_body_bytes_per_peer = {wrong}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("server.unverified_body_bytes_per_peer")
+                    && err.contains("largest body"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn addresses_are_checked_with_their_key() {
         let err = Config::from_toml("[server]\nbind = \"localhost\"\n")
             .unwrap_err()
