@@ -76,7 +76,8 @@ pub fn send(config: &Config, url: Option<&str>) -> anyhow::Result<()> {
         .context("starting the HTTP client")?;
     let (status, answer) = runtime
         .block_on(async {
-            let http = crate::outbound::client(Duration::from_secs(10))?;
+            let http = crate::outbound::client(Duration::from_secs(10))
+                .map_err(crate::redact::http_error)?;
             let response = http
                 .post(&url)
                 .header("content-type", "application/json")
@@ -85,10 +86,14 @@ pub fn send(config: &Config, url: Option<&str>) -> anyhow::Result<()> {
                 .header("webhook-signature", signature)
                 .body(body)
                 .send()
-                .await?;
+                .await
+                .map_err(crate::redact::http_error)?;
             let status = response.status();
-            Ok::<_, reqwest::Error>((status, response.text().await?))
+            let answer =
+                crate::outbound::read_answer(response, crate::outbound::ANSWER_LIMIT).await?;
+            Ok::<_, String>((status, String::from_utf8_lossy(&answer).into_owned()))
         })
+        .map_err(|e| anyhow::anyhow!(e))
         .with_context(|| format!("posting the sample batch to {url} (is the server running?)"))?;
     println!("POST {url} → {status}");
     println!("{answer}");

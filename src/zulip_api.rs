@@ -10,6 +10,12 @@ use serde::de::DeserializeOwned;
 
 use crate::config::{BotConfig, Secret};
 use crate::events::{Message, MessageType};
+use crate::outbound::ANSWER_LIMIT;
+
+/// Most bytes of a message listing read (`GET /api/v1/messages`: up to 20 messages of up to
+/// 10,000 characters each, with their metadata); every other answer is read up to
+/// [`ANSWER_LIMIT`].
+const LISTING_LIMIT: usize = 1 << 20;
 
 /// A bot's REST credentials (Zulip authenticates any user this way, so `verify` uses them for
 /// the person it posts as).
@@ -194,10 +200,7 @@ impl ZulipClient {
             .await
             .map_err(|e| ZulipApiError::Http(crate::redact::http_error(e)))?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| ZulipApiError::Http(crate::redact::http_error(e)))?;
+        let text = answer_text(response, ANSWER_LIMIT).await?;
         let parsed: Option<SendResponse> = serde_json::from_str(&text).ok();
         if !status.is_success() {
             let message = parsed
@@ -214,13 +217,13 @@ impl ZulipClient {
     /// `GET /api/v1/users/me`: whose key `api` holds.
     pub async fn me(&self, api: &BotApi) -> Result<ZulipUser, ZulipApiError> {
         let url = endpoint(api, &["users", "me"])?;
-        self.call(self.http.get(url), api).await
+        self.call(self.http.get(url), api, ANSWER_LIMIT).await
     }
 
     /// `GET /api/v1/users/{email}`: a user (or bot) of the realm by email.
     pub async fn user(&self, api: &BotApi, email: &str) -> Result<ZulipUser, ZulipApiError> {
         let url = endpoint(api, &["users", email])?;
-        let found: UserResponse = self.call(self.http.get(url), api).await?;
+        let found: UserResponse = self.call(self.http.get(url), api, ANSWER_LIMIT).await?;
         Ok(found.user)
     }
 
@@ -242,7 +245,9 @@ impl ZulipClient {
             ("apply_markdown", "false".into()),
             ("narrow", narrow.to_string()),
         ];
-        let listed: MessagesResponse = self.call(self.http.get(url).query(&query), api).await?;
+        let listed: MessagesResponse = self
+            .call(self.http.get(url).query(&query), api, LISTING_LIMIT)
+            .await?;
         Ok(listed.messages)
     }
 
@@ -250,16 +255,17 @@ impl ZulipClient {
     /// when the organisation lets them delete their own messages).
     pub async fn delete_message(&self, api: &BotApi, id: i64) -> Result<(), ZulipApiError> {
         let url = endpoint(api, &["messages", &id.to_string()])?;
-        let _: serde_json::Value = self.call(self.http.delete(url), api).await?;
+        let _: serde_json::Value = self.call(self.http.delete(url), api, ANSWER_LIMIT).await?;
         Ok(())
     }
 
-    /// Sends an API request with `api`'s credentials; a 2xx answer is read as `T`, any other
-    /// as the error Zulip gives in `msg`.
+    /// Sends an API request with `api`'s credentials; a 2xx answer (of at most `limit` bytes)
+    /// is read as `T`, any other as the error Zulip gives in `msg`.
     async fn call<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
         api: &BotApi,
+        limit: usize,
     ) -> Result<T, ZulipApiError> {
         let response = request
             .basic_auth(&api.email, Some(api.api_key.expose()))
@@ -267,10 +273,7 @@ impl ZulipClient {
             .await
             .map_err(|e| ZulipApiError::Http(crate::redact::http_error(e)))?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| ZulipApiError::Http(crate::redact::http_error(e)))?;
+        let text = answer_text(response, limit).await?;
         if !status.is_success() {
             let message = serde_json::from_str::<ErrorResponse>(&text)
                 .ok()
@@ -283,6 +286,14 @@ impl ZulipClient {
         }
         serde_json::from_str(&text).map_err(|e| ZulipApiError::Unexpected(e.to_string()))
     }
+}
+
+/// An answer's body as text, read up to `limit` bytes ([`crate::outbound::read_answer`]).
+async fn answer_text(response: reqwest::Response, limit: usize) -> Result<String, ZulipApiError> {
+    let body = crate::outbound::read_answer(response, limit)
+        .await
+        .map_err(ZulipApiError::Http)?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// `{site}/api/v1/` followed by `segments`, each percent-encoded as one path segment.

@@ -41,6 +41,10 @@ pub struct ServerConfig {
     /// Most bytes of request bodies being read (not yet verified) at once, over all
     /// requests; a body that would exceed it is answered 503 with `Retry-After`.
     pub unverified_body_bytes: usize,
+    /// Most of those bytes one peer (an IPv4 address, an IPv6 /64) may hold at once; `None`
+    /// is [`ServerConfig::body_share`]'s default.
+    #[serde(default)]
+    pub unverified_body_bytes_per_peer: Option<usize>,
     /// The memory the server sizes its caches and pools for, in bytes, written like
     /// `"64MiB"`: a quarter of it is SQLite's page cache, shared evenly by every connection
     /// (see [`ServerConfig::memory`]).
@@ -155,6 +159,16 @@ fn memory_budget<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::E
 }
 
 impl ServerConfig {
+    /// Most bytes of request bodies one peer may have being read at once:
+    /// `unverified_body_bytes_per_peer` when set, else an eighth of `unverified_body_bytes`
+    /// but at least `largest_body` (the largest body a route allows), so that one body of any
+    /// allowed size always fits.
+    pub fn body_share(&self, largest_body: usize) -> usize {
+        self.unverified_body_bytes_per_peer
+            .unwrap_or((self.unverified_body_bytes / 8).max(largest_body))
+            .min(self.unverified_body_bytes)
+    }
+
     /// How the memory budget is shared out with a pool of `pool_size` connections.
     pub fn memory(&self, pool_size: NonZeroU32) -> MemoryPlan {
         MemoryPlan::new(self.memory_budget, pool_size.get())
@@ -209,6 +223,31 @@ mod tests {
             err.contains("server.zulip_outgoing_webhook_timeout"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn one_peers_share_of_the_body_budget() {
+        let largest = |c: &Config| c.server.max_body_bytes.max(c.forwarder.max_body_bytes);
+        let default = Config::from_toml("").expect("defaults load");
+        assert_eq!(default.server.body_share(largest(&default)), 5 << 20);
+        let big =
+            Config::from_toml("[server]\nunverified_body_bytes = 268435456\n").expect("loads");
+        assert_eq!(big.server.body_share(largest(&big)), 32 << 20, "an eighth");
+        let set = Config::from_toml("[server]\nunverified_body_bytes_per_peer = 33554432\n")
+            .expect("loads");
+        assert_eq!(set.server.body_share(largest(&set)), 32 << 20);
+        for wrong in ["1024", "33554433"] {
+            let err = Config::from_toml(&format!(
+                "[server]\nunverified_body_bytes_per_peer = {wrong}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("server.unverified_body_bytes_per_peer")
+                    && err.contains("largest body"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -31,6 +31,18 @@ impl Config {
                 ),
             ));
         }
+        if let Some(share) = self.server.unverified_body_bytes_per_peer
+            && !(largest_body..=self.server.unverified_body_bytes).contains(&share)
+        {
+            return Err(invalid(
+                "server.unverified_body_bytes_per_peer",
+                format!(
+                    "must be at least the largest body allowed ({largest_body} bytes) and at most \
+                     server.unverified_body_bytes ({} bytes)",
+                    self.server.unverified_body_bytes
+                ),
+            ));
+        }
         let plan = self.server.memory(self.database.pool_size);
         if plan.sqlite_cache_per_connection < MIN_SQLITE_CACHE_PER_CONNECTION {
             return Err(invalid(

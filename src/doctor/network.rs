@@ -38,7 +38,7 @@ pub(super) async fn check_network(config: &Config, url: Option<&str>) -> Vec<Che
         if clock.is_none()
             && let Some(offset) = offset
         {
-            clock = Some((format!("Zulip at {}", site_of(bot)), offset));
+            clock = Some((format!("Zulip at {}", shown_site(bot)), offset));
         }
     }
     match url {
@@ -51,7 +51,7 @@ pub(super) async fn check_network(config: &Config, url: Option<&str>) -> Vec<Che
             if clock.is_none()
                 && let Some(offset) = offset
             {
-                clock = Some((url.to_string(), offset));
+                clock = Some((shown_url(url), offset));
             }
         }
     }
@@ -80,6 +80,35 @@ fn site_of(bot: &BotConfig) -> String {
         .to_string()
 }
 
+/// A bot's site as printed: its origin, without user info or path (they may hold a password).
+fn shown_site(bot: &BotConfig) -> String {
+    crate::redact::url_origin(&site_of(bot))
+}
+
+/// A URL given on the command line as printed: without its user info (a password).
+fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() || !parsed.username().is_empty() {
+                // Both only fail for URLs without a host, which have no user info to remove.
+                let _ = parsed.set_password(None);
+                let _ = parsed.set_username("");
+            }
+            parsed.to_string()
+        }
+        Err(_) => crate::redact::url_origin(url),
+    }
+}
+
+/// An answer's body as JSON (`null` when it is not JSON, or longer than
+/// [`crate::outbound::ANSWER_LIMIT`]).
+async fn json_of(response: reqwest::Response) -> serde_json::Value {
+    match crate::outbound::read_answer(response, crate::outbound::ANSWER_LIMIT).await {
+        Ok(body) => serde_json::from_slice(&body).unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
 /// The offset of a response's `Date` header from this machine's clock, in seconds.
 fn date_offset(response: &reqwest::Response) -> Option<i64> {
     let date = response
@@ -104,10 +133,10 @@ async fn check_bot(http: &reqwest::Client, name: &str, bot: &BotConfig) -> (Chec
             None,
         );
     }
-    let site = site_of(bot);
     let request = http
-        .get(format!("{site}/api/v1/users/me"))
+        .get(format!("{}/api/v1/users/me", site_of(bot)))
         .basic_auth(&bot.email, Some(bot.api_key.expose()));
+    let site = shown_site(bot);
     let fix = format!(
         "check bots.{name}.site (scheme, host name, port), DNS, any proxy and the TLS certificate; try `curl {site}/api/v1/server_settings` from this machine"
     );
@@ -117,7 +146,7 @@ async fn check_bot(http: &reqwest::Client, name: &str, bot: &BotConfig) -> (Chec
     };
     let offset = date_offset(&response);
     let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let body = json_of(response).await;
     let check = if status.is_success() && body["result"] == "success" {
         let email = body["email"].as_str().unwrap_or_default();
         let delivery = body["delivery_email"].as_str().unwrap_or_default();
@@ -166,13 +195,14 @@ async fn check_public_url(http: &reqwest::Client, url: &str) -> (Check, Option<i
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body("{}");
     let fix = "check DNS, the reverse proxy (deploy/nginx/) and its TLS certificate, and that the server runs (`systemctl status zulip-listeners`)";
+    let url = shown_url(url);
     let response = match send(request, &format!("public URL {url}"), fix).await {
         Ok(response) => response,
         Err(failed) => return failed,
     };
     let offset = date_offset(&response);
     let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let body = json_of(response).await;
     let ours = body.get("error").is_some_and(serde_json::Value::is_string)
         || body.get("content").is_some()
         || body.get("response_not_required").is_some();
@@ -190,7 +220,7 @@ async fn check_public_url(http: &reqwest::Client, url: &str) -> (Check, Option<i
 }
 
 /// Sends a check's request; `Err` is the failed check of a server that did not answer: `what`
-/// unreachable, with the causes.
+/// unreachable, with the causes ([`crate::redact::http_error`]: the origin, not the URL).
 async fn send(
     request: reqwest::RequestBuilder,
     what: &str,
@@ -198,24 +228,11 @@ async fn send(
 ) -> Result<reqwest::Response, (Check, Option<i64>)> {
     request.send().await.map_err(|error| {
         (
-            Check::fail(format!("{what} unreachable: {}", chain(&error)), fix),
+            Check::fail(
+                format!("{what} unreachable: {}", crate::redact::http_error(error)),
+                fix,
+            ),
             None,
         )
     })
-}
-
-/// An error with its causes ("error sending request: connection refused"), as reqwest's
-/// own message leaves them out.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
 }

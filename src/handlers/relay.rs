@@ -244,12 +244,9 @@ impl Handler for Relay {
                     ))
                 })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            HandlerError::Failed(format!(
-                "bot service answer unreadable: {}",
-                crate::redact::http_error(e)
-            ))
-        })?;
+        let body = crate::outbound::read_answer(response, crate::outbound::ANSWER_LIMIT)
+            .await
+            .map_err(|e| HandlerError::Failed(format!("bot service answer unreadable: {e}")))?;
         // Only the status line is kept: the answer's content is not stored or shown, so
         // the event log cannot be used to read what a URL answers.
         if !status.is_success() {

@@ -245,6 +245,12 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
         body: crate::http::BodyRules::new(
             config.server.client_timeout,
             config.server.unverified_body_bytes,
+            config.server.body_share(
+                config
+                    .server
+                    .max_body_bytes
+                    .max(config.forwarder.max_body_bytes),
+            ),
         ),
         readiness: tokio::sync::Mutex::new(None),
         health_facts: tokio::sync::Mutex::new(None),

@@ -87,6 +87,19 @@ async fn connect(base: &str) -> TcpStream {
     TcpStream::connect(addr).await.expect("connect")
 }
 
+/// A connection from another loopback address (`127.0.0.{host}`): another peer to the server.
+async fn connect_from(base: &str, host: u8) -> TcpStream {
+    let addr: std::net::SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("server address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(([127, 0, 0, host], 0).into())
+        .expect("bind a loopback address");
+    socket.connect(addr).await.expect("connect")
+}
+
 /// The server with the admin API and `helper` running command_bot; `client_timeout` set
 /// directly when given.
 async fn start(db: &TestDatabase, client_timeout: Option<Duration>) -> TestServer {
@@ -196,8 +209,10 @@ async fn bodies_being_read_share_a_budget() {
         .await;
     let piece = vec![b' '; 64 * 1024];
     let mut streams = Vec::new();
-    for _ in 0..40 {
-        let mut stream = connect(&t.base).await;
+    // From 4 peers, each within its share (1 MiB: the largest body allowed), together over
+    // the budget.
+    for i in 0..40u8 {
+        let mut stream = connect_from(&t.base, 2 + i % 4).await;
         stream
             .write_all(b"POST /zulip/outgoing HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n")
             .await
@@ -241,6 +256,75 @@ async fn bodies_being_read_share_a_budget() {
     })
     .await;
     assert!(up, "the budget was not given back");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn one_peer_gets_only_its_share_of_the_body_budget() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    // An 8 MiB budget and 1 MiB bodies: a peer's share is 1 MiB (an eighth of the budget, and
+    // the largest body allowed).
+    let t = TestApp::new(&db)
+        .forwarder()
+        .helper(&["command_bot"])
+        .start_edited(|config| {
+            config.server.client_timeout = Duration::from_secs(10);
+            config.server.max_body_bytes = 1 << 20;
+            config.forwarder.max_body_bytes = 1 << 20;
+            config.server.unverified_body_bytes = 8 << 20;
+        })
+        .await;
+    // One peer (127.0.0.2) starts 40 bodies of a declared 1 MiB, sends 256 KiB of each (10 MiB
+    // in all, more than the whole budget) and then waits.
+    let piece = vec![b' '; 256 * 1024];
+    let mut streams = Vec::new();
+    for _ in 0..40 {
+        let mut stream = connect_from(&t.base, 2).await;
+        stream
+            .write_all(b"POST /zulip/outgoing HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n")
+            .await
+            .expect("head");
+        // A refused body may be answered before all of it is written: its answer counts.
+        let _ = stream.write_all(&piece).await;
+        streams.push(stream);
+    }
+    // Read every answer at once: a refused body is answered at once, a held one never.
+    let answers = futures_util::future::join_all(
+        streams
+            .iter_mut()
+            .map(|stream| read_answer(stream, Duration::from_secs(3))),
+    )
+    .await;
+    let mut refused = 0;
+    for answer in answers.into_iter().flatten() {
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert!(answer.header("retry-after").is_some(), "{answer:?}");
+        let json = answer.json();
+        assert!(
+            json["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("server.unverified_body_bytes_per_peer")),
+            "{json}"
+        );
+        refused += 1;
+    }
+    // Its share holds 4 whole pieces (a few more in part, while they arrive side by side);
+    // the others are refused.
+    assert!(
+        refused >= 30,
+        "only {refused} of 40 bodies refused beyond the peer's share"
+    );
+    // While it holds them, another peer's outgoing webhook and signed batch go through.
+    let answer = t.post_json("/zulip/outgoing", &ping(9001)).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    let answer = t
+        .post_events(
+            "msg_share_1",
+            vec![envelope("share-1", message(9002, 10, "hello"))],
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    drop(streams);
     t.stop().await;
 }
 

@@ -726,7 +726,11 @@ async fn the_dashboard_shows_overrides_and_resets_them_after_a_confirmation(back
     assert_eq!(view["description"], "Deploy talk");
     assert_eq!(fields(&view), vec!["streams"]);
     assert_eq!(view["history"][0]["source"], "dashboard");
-    assert_eq!(view["history"][0]["actor"], "admin", "{}", view["history"][0]);
+    assert_eq!(
+        view["history"][0]["actor"], "admin",
+        "{}",
+        view["history"][0]
+    );
     let all = http
         .post(&form)
         .header("cookie", &cookie)

@@ -23,6 +23,7 @@ mod migrations;
 mod monitoring;
 mod operations;
 mod operator;
+mod outbound;
 mod outgoing;
 mod privacy;
 mod retention;

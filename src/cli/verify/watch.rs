@@ -28,6 +28,8 @@ const AFTER_FAILURE: Duration = Duration::from_secs(3);
 const CLOCK_MARGIN_MS: i64 = 600_000;
 /// Messages of the bot listed after the mention.
 const BOT_MESSAGES: u32 = 20;
+/// Most bytes of an admin API answer read (a page of the event log or of the inbox).
+const ADMIN_ANSWER_LIMIT: usize = 1 << 20;
 
 /// This server's admin API.
 pub(super) struct Admin {
@@ -110,10 +112,10 @@ impl Admin {
             .await
             .map_err(|e| AdminError::Unreachable(crate::redact::http_error(e)))?;
         let status = response.status().as_u16();
-        let text = response
-            .text()
+        let text = crate::outbound::read_answer(response, ADMIN_ANSWER_LIMIT)
             .await
-            .map_err(|e| AdminError::Unreachable(crate::redact::http_error(e)))?;
+            .map_err(AdminError::Unreachable)?;
+        let text = String::from_utf8_lossy(&text);
         if (200..300).contains(&status) {
             return serde_json::from_str(&text).map_err(|e| {
                 AdminError::Other(status, format!("not the admin API's answer ({e})"))
