@@ -16,6 +16,7 @@ pub mod handlers;
 pub mod http;
 pub mod listeners;
 pub mod outbound;
+pub mod output;
 pub mod processing;
 pub mod ratelimit;
 pub mod redact;

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::output::outln;
 use crate::verification::SigningKey;
 
 /// Where the sample goes when no `--url` is given: `/zulip/events` of [`local_base`].
@@ -95,10 +96,10 @@ pub fn send(config: &Config, url: Option<&str>) -> anyhow::Result<()> {
         })
         .map_err(|e| anyhow::anyhow!(e))
         .with_context(|| format!("posting the sample batch to {url} (is the server running?)"))?;
-    println!("POST {url} → {status}");
-    println!("{answer}");
+    outln!("POST {url} → {status}");
+    outln!("{answer}");
     if status.is_success() {
-        println!(
+        outln!(
             "The server accepted the signed batch (2 events: a message and a typing notification)."
         );
         return Ok(());

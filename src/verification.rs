@@ -50,17 +50,31 @@ pub const MIN_KEY_BYTES: usize = 24;
 /// Why a key could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("is not base64 after the `whsec_` prefix")]
+    #[error(
+        "is not base64 after the `whsec_` prefix: use a secret as `zulip-listeners gen-secret` prints it"
+    )]
     NotBase64,
+    #[error(
+        "does not start with `whsec_`: a forwarder secret is `whsec_` followed by base64, as `zulip-listeners gen-secret` prints it"
+    )]
+    NoPrefix,
     #[error("is too short: use at least 24 random bytes (`zulip-listeners gen-secret`)")]
     TooShort,
 }
 
 impl SigningKey {
-    /// Reads `whsec_<base64>` (the prefix is optional, as in the reference libraries).
+    /// Reads `whsec_<base64>` (the prefix may be left out of a valid key, as in the reference
+    /// libraries; a text that is not one is refused as lacking the prefix).
     pub fn parse(secret: &str) -> Result<SigningKey, KeyError> {
-        let encoded = secret.trim();
-        let encoded = encoded.strip_prefix("whsec_").unwrap_or(encoded);
+        let secret = secret.trim();
+        let Some(encoded) = secret.strip_prefix("whsec_") else {
+            // Bare base64 of a long enough key is still read, as the reference libraries do;
+            // anything else is most likely a password where a generated secret belongs.
+            return match BASE64.decode(secret) {
+                Ok(bytes) if bytes.len() >= MIN_KEY_BYTES => Ok(SigningKey(bytes)),
+                _ => Err(KeyError::NoPrefix),
+            };
+        };
         let bytes = BASE64.decode(encoded).map_err(|_| KeyError::NotBase64)?;
         if bytes.len() < MIN_KEY_BYTES {
             return Err(KeyError::TooShort);
@@ -361,6 +375,11 @@ mod tests {
             SigningKey::parse("whsec_AAAA").unwrap_err(),
             KeyError::TooShort
         );
+        // A password where a generated secret belongs: the message names the prefix.
+        let error = SigningKey::parse("correct horse battery staple").unwrap_err();
+        assert_eq!(error, KeyError::NoPrefix);
+        assert!(error.to_string().contains("start with `whsec_`"), "{error}");
+        assert!(error.to_string().contains("gen-secret"), "{error}");
         let generated = SigningKey::generate();
         assert!(generated.starts_with("whsec_"));
         assert!(SigningKey::parse(&generated).is_ok());

@@ -10,6 +10,7 @@ use crate::clock::utc_text;
 use crate::config::Config;
 use crate::db::tables::inbox::InboxStatus;
 use crate::listeners::changes::source;
+use crate::output::outln;
 use crate::processing::dead_letters::{self, DeadLetter, Target};
 
 #[derive(Debug, Subcommand)]
@@ -122,19 +123,23 @@ pub(super) fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow:
         } => {
             let rows = dead_letters::list(&mut conn, status, listener.as_deref(), limit)?;
             if rows.is_empty() {
-                println!("No {} events.", status.as_str());
+                outln!("No {} events.", status.as_str());
                 return Ok(());
             }
-            println!(
+            outln!(
                 "{:<38} {:>6} {:<12} {:<22} {:>8}  last error",
-                "event_id", "realm", "user", "type/op", "attempts"
+                "event_id",
+                "realm",
+                "user",
+                "type/op",
+                "attempts"
             );
             for row in rows {
                 let kind = match &row.op {
                     Some(op) => format!("{}/{op}", row.event_type),
                     None => row.event_type.clone(),
                 };
-                println!(
+                outln!(
                     "{:<38} {:>6} {:<12} {:<22} {:>8}  {}",
                     row.event_id,
                     row.realm_id,
@@ -148,7 +153,7 @@ pub(super) fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow:
         DeadLetterAction::Show { id, json } => {
             let shown = dead_letters::show(&mut conn, &id)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&shown)?);
+                outln!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
                 print_dead_letter(&shown)?;
             }
@@ -162,8 +167,8 @@ pub(super) fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow:
             let target = target(ids, all, status, listener);
             let count = dead_letters::replay(&mut conn, &target, source::CLI, None)?;
             match target {
-                Target::All { status, .. } => println!("{count} {status} event(s) queued again."),
-                Target::Ids(_) => println!("{count} event(s) queued again."),
+                Target::All { status, .. } => outln!("{count} {status} event(s) queued again."),
+                Target::Ids(_) => outln!("{count} event(s) queued again."),
             }
         }
         DeadLetterAction::Discard {
@@ -175,7 +180,7 @@ pub(super) fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow:
         } => {
             let target = target(ids, all, status, listener);
             let count = dead_letters::discard(&mut conn, &target, &reason, source::CLI, None)?;
-            println!("{count} event(s) discarded.");
+            outln!("{count} event(s) discarded.");
         }
     }
     Ok(())
@@ -184,32 +189,32 @@ pub(super) fn dead_letters(config: &Config, action: DeadLetterAction) -> anyhow:
 fn print_dead_letter(d: &DeadLetter) -> anyhow::Result<()> {
     let e = &d.entry;
     let optional = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
-    println!("event_id     {}", e.event_id);
-    println!("status       {}", e.status);
-    println!(
+    outln!("event_id     {}", e.event_id);
+    outln!("status       {}", e.status);
+    outln!(
         "type         {}{}",
         e.event_type,
         e.op.as_deref()
             .map(|op| format!(" / {op}"))
             .unwrap_or_default()
     );
-    println!("realm        {} (id {})", e.realm, e.realm_id);
-    println!("user_id      {}", optional(e.user_id));
-    println!("attempts     {}", e.attempts);
-    println!("last error   {}", e.last_error.as_deref().unwrap_or("-"));
-    println!("batch        {}", d.webhook_id);
-    println!(
+    outln!("realm        {} (id {})", e.realm, e.realm_id);
+    outln!("user_id      {}", optional(e.user_id));
+    outln!("attempts     {}", e.attempts);
+    outln!("last error   {}", e.last_error.as_deref().unwrap_or("-"));
+    outln!("batch        {}", d.webhook_id);
+    outln!(
         "emitted      {}",
         d.emitted_at_ms.map_or("-".to_string(), utc_text)
     );
-    println!("received     {}", utc_text(e.received_at_ms));
-    println!("changed      {}", utc_text(e.updated_at_ms));
+    outln!("received     {}", utc_text(e.received_at_ms));
+    outln!("changed      {}", utc_text(e.updated_at_ms));
     if d.listeners.is_empty() {
-        println!("listeners    -");
+        outln!("listeners    -");
     } else {
-        println!("listeners");
+        outln!("listeners");
         for w in &d.listeners {
-            println!(
+            outln!(
                 "  {:<24} {:<12} {:>3} attempt(s)  {}",
                 w.listener,
                 w.status.as_str(),
@@ -219,11 +224,11 @@ fn print_dead_letter(d: &DeadLetter) -> anyhow::Result<()> {
         }
     }
     match &d.payload {
-        Some(payload) => println!(
+        Some(payload) => outln!(
             "payload (redacted)\n{}",
             serde_json::to_string_pretty(payload)?
         ),
-        None => println!("payload      (erased)"),
+        None => outln!("payload      (erased)"),
     }
     Ok(())
 }

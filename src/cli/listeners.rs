@@ -11,6 +11,7 @@ use super::table::{align_table, format_ms};
 use crate::config::Config;
 use crate::db::tables;
 use crate::listeners::Registry;
+use crate::output::{out, outln};
 
 #[derive(Debug, Subcommand)]
 pub enum ListenerAction {
@@ -101,7 +102,7 @@ pub(super) fn listeners(config: &Config, json: bool) -> anyhow::Result<()> {
         rows.push(view);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     let text = |v: &serde_json::Value| match v {
@@ -125,7 +126,7 @@ pub(super) fn listeners(config: &Config, json: bool) -> anyhow::Result<()> {
                 .collect()
         })
         .collect();
-    print!("{}", align_table(&LISTENER_COLUMNS, &table));
+    out!("{}", align_table(&LISTENER_COLUMNS, &table));
     Ok(())
 }
 
@@ -221,7 +222,7 @@ pub(super) fn set_listener(config: &Config, action: ListenerAction) -> anyhow::R
                 ..Default::default()
             })
     {
-        println!(
+        outln!(
             "{name} {}; a running server follows within {} seconds.",
             if enabled { "enabled" } else { "disabled" },
             crate::server::LISTENER_SYNC_SECONDS
@@ -256,17 +257,17 @@ fn reset_listener(config: &Config, name: &str, field: Option<String>) -> anyhow:
 /// What a change did, field by field, and when a running server follows.
 fn print_history(name: &str, history: &[crate::db::tables::listeners::HistoryRow]) {
     if history.is_empty() {
-        println!("{name}: nothing changed.");
+        outln!("{name}: nothing changed.");
     }
     for change in history {
-        println!(
+        outln!(
             "{name}: {} {} -> {}",
             change.field,
             change.old_value.as_deref().unwrap_or("-"),
             change.new_value.as_deref().unwrap_or("-"),
         );
     }
-    println!(
+    outln!(
         "A running server follows within {} seconds.",
         crate::server::LISTENER_SYNC_SECONDS
     );
@@ -318,7 +319,7 @@ pub(super) fn show_listener(config: &Config, name: &str, json: bool) -> anyhow::
     view["stats"] = serde_json::json!(stats);
     view["history"] = serde_json::json!(history);
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        outln!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
     let text = |v: &serde_json::Value| match v {
@@ -341,11 +342,11 @@ pub(super) fn show_listener(config: &Config, name: &str, json: bool) -> anyhow::
         "settings",
         "used_by",
     ] {
-        println!("{key:<16} {}", text(&view[key]));
+        outln!("{key:<16} {}", text(&view[key]));
     }
     print_overrides(&view);
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
-    println!(
+    outln!(
         "{:<16} {} runs, {} failures, success {}, avg {}, p95 {}",
         "last 24 h",
         stats.runs,
@@ -357,12 +358,12 @@ pub(super) fn show_listener(config: &Config, name: &str, json: bool) -> anyhow::
         ms(stats.p95_duration_ms),
     );
     if let Some(error) = &stats.last_error {
-        println!("{:<16} {error}", "last error");
+        outln!("{:<16} {error}", "last error");
     }
     if !history.is_empty() {
-        println!("history (newest first):");
+        outln!("history (newest first):");
         for h in &history {
-            println!(
+            outln!(
                 "  {}  {:<10} {:<12} {} -> {}",
                 format_ms(h.changed_at_ms),
                 h.source,
@@ -385,24 +386,24 @@ pub(super) fn print_overrides(view: &serde_json::Value) {
     };
     let list = view["overrides"].as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        println!("{:<16} none (the file's values apply)", "overridden");
+        outln!("{:<16} none (the file's values apply)", "overridden");
     } else {
-        println!("{:<16} by the database (file -> database):", "overridden");
+        outln!("{:<16} by the database (file -> database):", "overridden");
         for o in &list {
-            println!(
+            outln!(
                 "  {:<22} {} -> {}",
                 o["field"].as_str().unwrap_or_default(),
                 shown(&o["file"]),
                 shown(&o["database"])
             );
         }
-        println!(
+        outln!(
             "  drop them with `zulip-listeners listeners reset {} [FIELD]`",
             view["name"].as_str().unwrap_or_default()
         );
     }
     if let Some(problem) = view["overrides_problem"].as_str() {
-        println!("  NOT APPLIED (they do not suit the handler): {problem}");
+        outln!("  NOT APPLIED (they do not suit the handler): {problem}");
     }
 }
 
@@ -412,11 +413,11 @@ pub(super) fn print_stored_changes(config: &Config, registry: &Registry) {
     let rows = match stored_rows(config) {
         Ok(Some(rows)) => rows,
         Ok(None) => {
-            println!("  runtime changes: none (no database yet)");
+            outln!("  runtime changes: none (no database yet)");
             return;
         }
         Err(error) => {
-            println!("  runtime changes: not read ({})", error.to_string().trim());
+            outln!("  runtime changes: not read ({})", error.to_string().trim());
             return;
         }
     };
@@ -427,11 +428,11 @@ pub(super) fn print_stored_changes(config: &Config, registry: &Registry) {
         };
         registry.apply_row(row);
         any = true;
-        println!("  listener {}: runtime changes in the database", row.name);
+        outln!("  listener {}: runtime changes in the database", row.name);
         print_overrides(&registry.view(entry, Some(row)));
     }
     if !any {
-        println!("  runtime changes: none in the database");
+        outln!("  runtime changes: none in the database");
     }
 }
 

@@ -12,11 +12,11 @@ mod verify;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Sources};
 use crate::db::{DbConnection, establish, run_migrations};
+use crate::output::{self, outln};
 use crate::server::ServeOptions;
 use crate::verification::SigningKey;
 
@@ -124,16 +124,28 @@ pub fn run(cli: Cli) -> ExitCode {
         config_file: cli.config.clone(),
         botserverrc: cli.botserverrc.clone(),
     };
+    let code = run_command(cli, &sources);
+    // A closed reader ends the output quietly; another write failure is an error.
+    match output::failure() {
+        Some(error) => {
+            eprintln!("error: could not write to standard output: {error}");
+            ExitCode::FAILURE
+        }
+        None => code,
+    }
+}
+
+fn run_command(cli: Cli, sources: &Sources) -> ExitCode {
     if let Command::GenSecret = cli.command {
-        println!("{}", SigningKey::generate());
+        outln!("{}", SigningKey::generate());
         return ExitCode::SUCCESS;
     }
     if let Command::Doctor { url } = &cli.command {
-        return crate::doctor::run(&sources, url.as_deref());
+        return crate::doctor::run(sources, url.as_deref());
     }
     // A configuration that cannot be used, signing keys included, is exit code 2 for every
     // command, before anything else is done.
-    let loaded = Config::load(&sources).and_then(|config| {
+    let loaded = Config::load(sources).and_then(|config| {
         crate::verification::signing_keys(&config.forwarder.secrets)?;
         Ok(config)
     });
@@ -195,7 +207,7 @@ pub fn run(cli: Cli) -> ExitCode {
 /// One connection for a command-line tool (no pool, no background threads), with the
 /// schema brought up to date.
 fn connect(config: &Config) -> anyhow::Result<DbConnection> {
-    let mut conn = establish(&config.database.url).context("connecting to the database")?;
+    let mut conn = establish(&config.database.url)?;
     run_migrations(&mut conn)?;
     Ok(conn)
 }

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use crate::config::Config;
 use crate::db::{establish, run_migrations};
 use crate::listeners::Registry;
+use crate::output::outln;
 use crate::server::{ServeOptions, start};
 
 pub(super) fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
@@ -19,13 +20,13 @@ pub(super) fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()>
 }
 
 pub(super) fn migrate(config: &Config) -> anyhow::Result<()> {
-    let mut conn = establish(&config.database.url).context("connecting to the database")?;
+    let mut conn = establish(&config.database.url)?;
     let applied = run_migrations(&mut conn)?;
     if applied.is_empty() {
-        println!("The database is up to date.");
+        outln!("The database is up to date.");
     } else {
         for name in applied {
-            println!("applied {name}");
+            outln!("applied {name}");
         }
     }
     Ok(())
@@ -33,11 +34,11 @@ pub(super) fn migrate(config: &Config) -> anyhow::Result<()> {
 
 pub(super) fn check_config(config: &Config) -> anyhow::Result<()> {
     let registry = Registry::build(config)?;
-    println!("Configuration is valid.");
-    println!("  listen:    {}", config.server.bind);
-    println!("  database:  {}", config.database.url);
+    outln!("Configuration is valid.");
+    outln!("  listen:    {}", config.server.bind);
+    outln!("  database:  {}", config.database.url);
     if config.bots.is_empty() {
-        println!("  bots:      none (outgoing webhooks will be refused)");
+        outln!("  bots:      none (outgoing webhooks will be refused)");
     }
     for (name, bot) in &config.bots {
         let late = if bot.site.is_some() {
@@ -45,13 +46,13 @@ pub(super) fn check_config(config: &Config) -> anyhow::Result<()> {
         } else {
             "no late replies"
         };
-        println!(
+        outln!(
             "  bot {name}: {} → {} ({late})",
             bot.email,
             bot.listener_names().join(", ")
         );
     }
-    println!(
+    outln!(
         "  forwarder: {} secret(s), listeners {}",
         config.forwarder.secrets.len(),
         config.forwarder.listener_names().join(", ")
@@ -59,7 +60,7 @@ pub(super) fn check_config(config: &Config) -> anyhow::Result<()> {
     for name in config.listeners.keys() {
         if let Some(entry) = registry.by_name(name) {
             let live = entry.live();
-            println!(
+            outln!(
                 "  listener {name}: {} on {}{}",
                 live.handler.name(),
                 live.describe_events(),

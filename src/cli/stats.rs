@@ -8,6 +8,7 @@ use super::connect;
 use super::table::{align_table, format_ms};
 use crate::config::Config;
 use crate::db::{retention, tables};
+use crate::output::{out, outln};
 
 #[derive(Debug, Subcommand)]
 pub enum StatsAction {
@@ -33,7 +34,7 @@ pub(super) fn aggregate(config: &Config) -> anyhow::Result<()> {
     let interval = crate::clock::millis(config.retention.aggregation_interval);
     let rows =
         tables::listener_stats::aggregate_stats(&mut conn, interval, crate::clock::now_ms())?;
-    println!("{rows} statistics row(s) written.");
+    outln!("{rows} statistics row(s) written.");
     Ok(())
 }
 
@@ -49,11 +50,11 @@ pub(super) fn show_stats(
     rows.retain(|r| listener.is_none_or(|l| r.listener == l));
     rows.reverse();
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "No statistics in the last {hours} h (they are aggregated every \
              retention.aggregation_interval; `stats aggregate` does it now)."
         );
@@ -86,7 +87,7 @@ pub(super) fn show_stats(
             ]
         })
         .collect();
-    print!("{}", align_table(&STATS_COLUMNS, &table));
+    out!("{}", align_table(&STATS_COLUMNS, &table));
     Ok(())
 }
 
@@ -124,7 +125,7 @@ pub(super) fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
     )?;
     progress.finish();
     let r = &config.retention;
-    println!(
+    outln!(
         "Personal data (retention settings): {} message(s) erased (older than {} days), {} user_activity row(s) deleted (not seen for {} days), {} keyword_alerts row(s) deleted (older than {} days); 0 days keeps everything.",
         personal.messages_erased,
         r.message_retention_days,
@@ -133,7 +134,7 @@ pub(super) fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
         personal.keyword_alerts,
         r.alert_retention_days,
     );
-    println!(
+    outln!(
         "Deleted {} rows older than {days} days: event_log {}, inbox {}, forwarder_batches {}, outgoing_replies {}, listener_stats {}.",
         report.total(),
         report.event_log,
@@ -142,7 +143,7 @@ pub(super) fn cleanup(config: &Config, days: u32) -> anyhow::Result<()> {
         report.outgoing_replies,
         report.listener_stats
     );
-    println!(
+    outln!(
         "Erased the content of {} inbox envelope(s) received more than {days} days ago (pending, parked or dead events: kept, replayable without their content).",
         report.inbox_erased
     );

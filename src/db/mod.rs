@@ -112,26 +112,88 @@ impl Backend {
     }
 }
 
-/// Errors of the persistence layer.
+/// Errors of the persistence layer. Each message is complete in itself (no error chain
+/// repeats the cause), and those about reaching the database name `database.url`.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[from] diesel::ConnectionError),
+    #[error("cannot connect to the database in database.url: {}", .0.to_string().trim_end())]
+    Connect(diesel::ConnectionError),
+    #[error(
+        "cannot open the SQLite database `{path}` (database.url): {}; check that this user may write to its folder",
+        .error.to_string().trim_end()
+    )]
+    Open {
+        path: String,
+        error: diesel::ConnectionError,
+    },
     #[error("database query failed: {0}")]
-    Query(#[from] diesel::result::Error),
+    Query(diesel::result::Error),
     #[error("no database connection available: {0}")]
-    Unavailable(#[from] r2d2::Error),
+    Unavailable(r2d2::Error),
     #[error("database migration failed: {0}")]
     Migration(String),
-    #[error("cannot create the database folder `{path}`: {source}")]
-    Folder {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(
+        "the folder `{path}` of the SQLite database in database.url does not exist: create it \
+         (`mkdir -p {path}`) or correct database.url (ZULIP_LISTENERS_DATABASE__URL); only the \
+         default folder `data/` is created by itself, so that a mistyped path does \
+         not become a new, empty database"
+    )]
+    NoFolder { path: String },
+    #[error("cannot create the database folder `{path}` (database.url): {error}")]
+    Folder { path: String, error: std::io::Error },
     #[error("database task failed: {0}")]
     Task(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+// By hand rather than `#[from]`, which would also make the cause the error's `source`: a
+// report of the whole chain (`{:#}`) then printed the cause twice.
+impl From<diesel::ConnectionError> for DbError {
+    fn from(error: diesel::ConnectionError) -> DbError {
+        DbError::Connect(error)
+    }
+}
+
+impl From<diesel::result::Error> for DbError {
+    fn from(error: diesel::result::Error) -> DbError {
+        DbError::Query(error)
+    }
+}
+
+impl From<r2d2::Error> for DbError {
+    fn from(error: r2d2::Error) -> DbError {
+        DbError::Unavailable(error)
+    }
+}
+
+/// The folder of the default SQLite database (`sqlite://data/zulip-listeners.db`), relative to
+/// the working directory: the only one created when it is missing.
+pub const DEFAULT_DATA_DIR: &str = "data";
+
+/// Makes sure the folder of a SQLite database exists: the default relative [`DEFAULT_DATA_DIR`]
+/// is created; any other missing folder is refused (a typo would otherwise give a new, empty
+/// database).
+fn sqlite_folder(path: &Path) -> Result<(), DbError> {
+    let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if parent.is_dir() {
+        return Ok(());
+    }
+    let default = parent
+        .components()
+        .filter(|c| *c != std::path::Component::CurDir)
+        .eq([std::path::Component::Normal(DEFAULT_DATA_DIR.as_ref())]);
+    if !default {
+        return Err(DbError::NoFolder {
+            path: parent.display().to_string(),
+        });
+    }
+    std::fs::create_dir_all(parent).map_err(|error| DbError::Folder {
+        path: parent.display().to_string(),
+        error,
+    })
 }
 
 /// How the server opens a connection to its database, with the page cache the memory budget
@@ -192,13 +254,14 @@ pub fn establish_with_cache(
 ) -> Result<DbConnection, DbError> {
     match target {
         DatabaseTarget::Sqlite(path) => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|source| DbError::Folder {
-                    path: parent.display().to_string(),
-                    source,
+            sqlite_folder(path)?;
+            let mut conn =
+                diesel::SqliteConnection::establish(&path_str(path)?).map_err(|error| {
+                    DbError::Open {
+                        path: path.display().to_string(),
+                        error,
+                    }
                 })?;
-            }
-            let mut conn = diesel::SqliteConnection::establish(&path_str(path)?)?;
             conn.batch_execute(SQLITE_PRAGMAS)?;
             conn.batch_execute(&format!("PRAGMA cache_size = {cache_size};"))?;
             Ok(DbConnection::Sqlite(conn))

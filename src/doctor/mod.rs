@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::config::{Config, ConfigError, Sources};
 use crate::listeners::Registry;
+use crate::output::out;
 use crate::verification::SigningKey;
 
 /// How long one network check (database, Zulip, the public URL) may take.
@@ -75,7 +76,7 @@ pub fn run(sources: &Sources, url: Option<&str>) -> ExitCode {
         Ok(config) => check_all(&config, url),
         Err(error) => vec![config_failure(&error)],
     };
-    print!("{}", render(&checks));
+    out!("{}", render(&checks));
     if checks.iter().any(|c| c.status == Status::Fail) {
         ExitCode::FAILURE
     } else {
@@ -121,14 +122,17 @@ impl Check {
     }
 }
 
-/// The last line of the checklist: how many checks failed (notes are not checks).
+/// The last line of the checklist: how many checks failed, passed and were skipped (notes
+/// are not checks; a skipped check is not counted as passed).
 pub(crate) fn summary(checks: &[Check]) -> String {
-    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
-    let counted = checks.iter().filter(|c| c.status != Status::Note).count();
-    if failed == 0 {
-        format!("All {counted} checks passed.\n")
-    } else {
-        format!("{failed} of {counted} checks failed.\n")
+    let count = |status| checks.iter().filter(|c| c.status == status).count();
+    let (passed, failed, skipped) = (count(Status::Ok), count(Status::Fail), count(Status::Skip));
+    let made = passed + failed;
+    match (failed, skipped) {
+        (0, 0) => format!("All {made} checks passed.\n"),
+        (0, _) => format!("{passed} passed, {skipped} skipped.\n"),
+        (_, 0) => format!("{failed} of {made} checks failed.\n"),
+        _ => format!("{failed} of {made} checks failed, {skipped} skipped.\n"),
     }
 }
 
@@ -230,6 +234,20 @@ mod tests {
         ]);
         assert!(text.contains("[note] e\n"), "{text}");
         assert!(text.contains("[FAIL] b\n       fix: do c\n"), "{text}");
-        assert!(text.ends_with("1 of 3 checks failed.\n"), "{text}");
+        assert!(
+            text.ends_with("1 of 2 checks failed, 1 skipped.\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn skipped_checks_are_not_counted_as_passed() {
+        let checks = [Check::ok("a"), Check::skip("b"), Check::skip("c")];
+        assert_eq!(summary(&checks), "1 passed, 2 skipped.\n");
+        assert_eq!(summary(&checks[..1]), "All 1 checks passed.\n");
+        assert_eq!(
+            summary(&[Check::fail("a", "fix"), Check::ok("b")]),
+            "1 of 2 checks failed.\n"
+        );
     }
 }

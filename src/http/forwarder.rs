@@ -54,7 +54,8 @@ pub async fn intake(
         .iter()
         .find(|e| e.shed_before > 0)
         .map(|e| e.realm_id);
-    let span = tracing::info_span!("forwarder_batch", webhook_id, events = events.len());
+    let count = events.len();
+    let span = tracing::info_span!("forwarder_batch", webhook_id, events = count);
     let summary = forwarder
         .inbox
         .accept(webhook_id, events)
@@ -83,7 +84,20 @@ pub async fn intake(
     crate::telemetry::metric::forwarder_batch_accepted();
     if summary.duplicate_batch {
         tracing::info!("batch already accepted (webhook-id seen before)");
-    } else if shed > 0 {
+    } else {
+        tracing::info!(
+            target: super::TRAFFIC_LOG,
+            webhook_id,
+            events = count,
+            accepted = summary.accepted,
+            duplicates = summary.duplicates,
+            expired = summary.expired,
+            filtered = summary.filtered,
+            rate_limited = summary.rate_limited,
+            "forwarder batch accepted"
+        );
+    }
+    if !summary.duplicate_batch && shed > 0 {
         // Counted once: a re-sent batch (same webhook-id) is not counted again.
         crate::telemetry::metric::forwarder_shed(shed);
         tracing::warn!(

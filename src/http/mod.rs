@@ -30,6 +30,10 @@ pub use error::{ApiError, JSON_UTF8, json_error, json_ok};
 use health::HealthFacts;
 pub use identity::{Admin, AdminTokens};
 
+/// The log target of the one INFO line per answered outgoing webhook and accepted forwarder
+/// batch (no message content): `level = "info,zulip_listeners::traffic=warn"` drops them.
+pub const TRAFFIC_LOG: &str = "zulip_listeners::traffic";
+
 use crate::db::Db;
 use crate::listeners::Registry;
 use crate::processing::inbox::Inbox;

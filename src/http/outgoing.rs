@@ -50,6 +50,7 @@ async fn handle(
     let bot_id = authenticate(&state, path_bot, payload.bot_email(), payload.token())?;
     let trigger = payload.trigger();
     let bot = bots.get(bot_id);
+    let trigger_name = trigger.as_str().to_string();
     let span = tracing::info_span!(
         "outgoing",
         bot = %bot.name,
@@ -62,8 +63,20 @@ async fn handle(
         bot.full_name.as_deref(),
         body.clone(),
     );
-    span.record("message_id", event.message_id());
+    let message_id = event.message_id();
+    span.record("message_id", message_id);
+    let started = std::time::Instant::now();
     let answer = state.outgoing.handle(bot_id, event).instrument(span).await;
+    tracing::info!(
+        target: super::TRAFFIC_LOG,
+        bot = %bot.name,
+        message_id,
+        trigger = %trigger_name,
+        replied = answer.reply.is_some(),
+        retry = answer.from_record,
+        ms = started.elapsed().as_millis() as u64,
+        "outgoing webhook answered"
+    );
     if slack {
         let body = match &answer.reply {
             Some(text) => serde_json::json!({ "text": &**text }).to_string(),

@@ -8,7 +8,6 @@ mod running;
 mod socket;
 mod upkeep;
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -294,8 +293,11 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
     let handle = server.handle();
     let task = tokio::spawn(server);
     let (metrics, metrics_addr) = if config.metrics.enabled {
-        let socket = TcpListener::bind(config.metrics.bind)
-            .with_context(|| format!("cannot listen on {} (metrics.bind)", config.metrics.bind))?;
+        let socket = socket::bind_to(
+            config.metrics.bind,
+            "metrics.bind",
+            "ZULIP_LISTENERS_METRICS__BIND",
+        )?;
         let metrics_addr = socket.local_addr()?;
         let server = HttpServer::new(|| App::new().configure(metrics_routes))
             .disable_signals()
@@ -352,8 +354,19 @@ fn apply_persisted_state(registry: &Registry, rows: &[crate::db::tables::listene
             if row.overrides.is_some() {
                 tracing::info!(listener = name, "runtime changes from the database apply");
             }
-            if !entry.enabled() {
-                tracing::warn!(listener = name, reason = ?row.disabled_reason, "listener is disabled");
+            // Off in the configuration file is a choice (welcome_bot by default): not a warning.
+            // Disabled through the database (an operator, or automatically) is worth one.
+            let off_in_file = !entry.file_definition().enabled
+                && row.overrides.is_none()
+                && !entry.auto_disabled();
+            if !entry.enabled() && !off_in_file {
+                tracing::warn!(
+                    listener = name,
+                    reason = row.disabled_reason.as_deref().unwrap_or("none given"),
+                    "listener is disabled (in the database; `zulip-listeners listeners enable {name}` turns it on)"
+                );
+            } else if !entry.enabled() {
+                tracing::debug!(listener = name, "listener is off in the configuration");
             }
         }
         crate::telemetry::metric::handler_enabled(name, entry.enabled());

@@ -36,9 +36,32 @@ pub fn listener(bind: SocketAddr) -> anyhow::Result<(TcpListener, Origin)> {
     if let Some(socket) = inherited()? {
         return Ok((socket, Origin::Systemd));
     }
-    let socket = TcpListener::bind(bind)
-        .with_context(|| format!("cannot listen on {bind} (server.bind)"))?;
+    let socket = bind_to(bind, "server.bind", "ZULIP_LISTENERS_SERVER__BIND")?;
     Ok((socket, Origin::Bound))
+}
+
+/// Binds `addr`, the value of the configuration key `key` (environment variable `env`); the
+/// error names both and, when the address is taken or not allowed, the likely cause and fix.
+pub fn bind_to(addr: SocketAddr, key: &str, env: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|error| {
+        let why = match error.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "the address is already in use, perhaps by another zulip-listeners instance \
+                 (`ss -ltnp 'sport = :{}'` shows which process): stop it, or give this one \
+                 another address in {key} ({env})",
+                addr.port()
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "not allowed ({error}): ports below 1024 need privileges; choose a port of 1024 \
+                 or more in {key} ({env})"
+            ),
+            std::io::ErrorKind::AddrNotAvailable => format!(
+                "no interface of this machine has that address ({error}): correct {key} ({env})"
+            ),
+            _ => format!("{error}; check {key} ({env})"),
+        };
+        anyhow::anyhow!("cannot listen on {addr} ({key}): {why}")
+    })
 }
 
 /// The listening TCP socket systemd passed, if it passed one to this process.

@@ -67,7 +67,7 @@ pub(super) async fn upkeep(u: Upkeep) {
                 metric::rate_limiter_keys("listeners", listener_keys);
                 metric::rate_limiter_keys("outgoing", outgoing_keys);
                 metric::rate_limiter_keys("forwarder", forwarder_keys);
-                tracing::info!(outgoing_keys, forwarder_keys, "rate limiter keys tracked");
+                tracing::debug!(outgoing_keys, forwarder_keys, "rate limiter keys tracked");
             }
             _ = gauges.tick() => refresh(&u).await,
             _ = storage.tick() => metric::storage(&u.storage.report()),

@@ -29,17 +29,7 @@ impl SmallDisk {
     /// `None` (with the reason) where mounting is impossible.
     fn mount(size: u64) -> Result<SmallDisk, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed (needs root): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        mount_tmpfs(dir.path(), size)?;
         Ok(SmallDisk { dir })
     }
 

@@ -49,29 +49,6 @@ struct PrivatePostgres {
     as_postgres: bool,
 }
 
-/// The directory holding `initdb` and `pg_ctl`: on `PATH`, else the newest
-/// `/usr/lib/postgresql/<version>/bin`.
-fn postgres_bin_dir() -> Option<PathBuf> {
-    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    if let Some(dir) = on_path.into_iter().find(|d| has_tools(d)) {
-        return Some(dir);
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse().ok()?;
-            Some((version, e.path().join("bin")))
-        })
-        .filter(|(_, bin)| has_tools(bin))
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
-}
-
 impl PrivatePostgres {
     /// initdb and start; `None` (said on stderr) when the PostgreSQL binaries are missing.
     fn start() -> Option<PrivatePostgres> {

@@ -21,6 +21,7 @@ mod memory_budget;
 mod message_writes;
 mod migrations;
 mod monitoring;
+mod newcomer;
 mod operations;
 mod operator;
 mod outbound;

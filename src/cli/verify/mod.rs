@@ -21,6 +21,7 @@ use serde_json::json;
 use crate::clock::now_ms;
 use crate::config::{Config, Secret};
 use crate::doctor::{Check, Status, summary};
+use crate::output::out;
 use crate::zulip_api::{BotApi, Destination, OUTGOING_WEBHOOK_BOT, ZulipApiError, ZulipClient};
 use lines::{forwarder_line, ms, reply_line, webhook_line};
 use watch::{Admin, Watch};
@@ -94,10 +95,7 @@ struct Report(Vec<Check>);
 
 impl Report {
     fn push(&mut self, check: Check) {
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(check.render().as_bytes());
-        let _ = out.flush();
+        out!("{}", check.render());
         self.0.push(check);
     }
 
@@ -127,7 +125,7 @@ pub fn run(config: &Config, args: &VerifyArgs) -> ExitCode {
         },
         Err(check) => report.push(check),
     }
-    print!("{}", summary(&report.0));
+    out!("{}", summary(&report.0));
     if report.0.iter().any(|c| c.status == Status::Fail) {
         ExitCode::FAILURE
     } else {

@@ -1,14 +1,15 @@
 //! The `listener_stats` table: listener runs aggregated per interval from the event log, so
 //! that statistics outlive the event log's retention. [`aggregate_stats`] writes it (the
 //! `stats aggregate` command and the server's maintenance), the admin API and dashboard read
-//! it; [`crate::db::retention`] deletes old intervals.
+//! it (the dashboard through [`recent_runs`], with the rows not aggregated yet);
+//! [`crate::db::retention`] deletes old intervals.
 //!
 //! Times are Unix milliseconds (never before the epoch): intervals are aligned to multiples of
 //! the interval length since the epoch.
 
 use diesel::dsl::{case_when, count, count_star, max, not, sql};
 use diesel::prelude::*;
-use diesel::sql_types::BigInt;
+use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::upsert::excluded;
 
 use crate::db::bulk::ROWS_PER_STATEMENT;
@@ -199,24 +200,6 @@ pub fn stats_since(conn: &mut DbConnection, since_ms: i64) -> Result<Vec<StatsRo
         .load(conn)?)
 }
 
-/// `listener_stats` rows since `since_ms`, summed over listeners per interval:
-/// `(interval start, runs, failures)`, oldest first.
-pub fn stats_by_interval(
-    conn: &mut DbConnection,
-    since_ms: i64,
-) -> Result<Vec<(i64, i64, i64)>, DbError> {
-    Ok(listener_stats::table
-        .filter(listener_stats::interval_start_ms.ge(since_ms))
-        .group_by(listener_stats::interval_start_ms)
-        .select((
-            listener_stats::interval_start_ms,
-            sql::<BigInt>("CAST(SUM(runs) AS BIGINT)"),
-            sql::<BigInt>("CAST(SUM(failures) AS BIGINT)"),
-        ))
-        .order(listener_stats::interval_start_ms)
-        .load(conn)?)
-}
-
 /// The newest `listener_stats` interval: `(start, length)`, if it has rows.
 pub fn newest_interval(conn: &mut DbConnection) -> Result<Option<(i64, i64)>, DbError> {
     Ok(listener_stats::table
@@ -229,24 +212,89 @@ pub fn newest_interval(conn: &mut DbConnection) -> Result<Option<(i64, i64)>, Db
         .optional()?)
 }
 
-/// One listener's `listener_stats` rows since `since_ms`: `(interval start, runs,
-/// failures, max duration µs)`, oldest first.
-pub fn listener_intervals(
+/// One listener's runs in one interval, stored in `listener_stats` or counted from event-log
+/// rows not aggregated yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntervalRuns {
+    pub listener: String,
+    /// Start of the interval (Unix ms).
+    pub start_ms: i64,
+    pub runs: i64,
+    pub failures: i64,
+    pub max_duration_us: i64,
+}
+
+/// Runs per listener and interval since `since_ms`, up to now: the stored `listener_stats`
+/// intervals, then the event-log rows after the newest stored interval (not aggregated yet),
+/// counted as [`aggregate_stats`] counts them, in intervals of the same length. Every listener's,
+/// or `listener`'s only. Returns the interval length (`default_interval_ms` while nothing is
+/// stored) and the rows, oldest first.
+///
+/// The one source of the dashboard's runs (the overview's 24 hours, the listeners pages), so
+/// that traffic shows there as soon as it is in the event log, as on the events page and in
+/// `listeners`, instead of after the next aggregation.
+pub fn recent_runs(
     conn: &mut DbConnection,
-    name: &str,
     since_ms: i64,
-) -> Result<Vec<(i64, i64, i64, i64)>, DbError> {
-    Ok(listener_stats::table
-        .filter(listener_stats::listener.eq(name))
+    listener: Option<&str>,
+    default_interval_ms: i64,
+) -> Result<(i64, Vec<IntervalRuns>), DbError> {
+    let newest = newest_interval(conn)?;
+    let interval_ms = newest.map_or(default_interval_ms, |(_, len)| len).max(1);
+    let mut stored = listener_stats::table
         .filter(listener_stats::interval_start_ms.ge(since_ms))
-        .order(listener_stats::interval_start_ms)
         .select((
+            listener_stats::listener,
             listener_stats::interval_start_ms,
             listener_stats::runs,
             listener_stats::failures,
             listener_stats::max_duration_us,
         ))
-        .load(conn)?)
+        .into_boxed();
+    if let Some(name) = listener {
+        stored = stored.filter(listener_stats::listener.eq(name));
+    }
+    let stored: Vec<(String, i64, i64, i64, i64)> = stored.load(conn)?;
+    // Rows from the end of the newest stored interval on are in no stored interval yet.
+    let tail_start = newest
+        .map_or(since_ms, |(start, len)| start + len)
+        .max(since_ms);
+    // As in `aggregate_stats`: the grouping expression is written out with the interval as a
+    // literal (an integer), which PostgreSQL needs to match it in the select list.
+    let bucket = format!("created_at_ms / {interval_ms} * {interval_ms}");
+    let grouped = sql::<(Text, BigInt, BigInt, BigInt, Nullable<BigInt>)>(&format!(
+        "listener, {bucket}, COUNT(*), COUNT(CASE WHEN success THEN NULL ELSE 1 END), \
+         MAX(duration_us)"
+    ));
+    let recent = event_log::table.filter(event_log::created_at_ms.ge(tail_start));
+    let tail: Vec<(String, i64, i64, i64, Option<i64>)> = match listener {
+        Some(name) => recent
+            .filter(event_log::listener.eq(name))
+            .group_by(sql::<BigInt>(&format!("listener, {bucket}")))
+            .select(grouped)
+            .load(conn)?,
+        None => recent
+            .group_by(sql::<BigInt>(&format!("listener, {bucket}")))
+            .select(grouped)
+            .load(conn)?,
+    };
+    let mut rows: Vec<IntervalRuns> = stored
+        .into_iter()
+        .chain(tail.into_iter().map(|(l, start, runs, failures, longest)| {
+            (l, start, runs, failures, longest.unwrap_or(0))
+        }))
+        .map(
+            |(listener, start_ms, runs, failures, max_duration_us)| IntervalRuns {
+                listener,
+                start_ms,
+                runs,
+                failures,
+                max_duration_us,
+            },
+        )
+        .collect();
+    rows.sort_by(|a, b| (a.start_ms, &a.listener).cmp(&(b.start_ms, &b.listener)));
+    Ok((interval_ms, rows))
 }
 
 #[cfg(test)]

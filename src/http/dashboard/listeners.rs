@@ -15,6 +15,7 @@ use super::{
     Ctx, DAY_MS, DEFAULT_INTERVAL_MS, db_failed, field, given, listener_names, query, see_other,
 };
 use crate::clock::now_ms;
+use crate::db::tables::listener_stats::IntervalRuns;
 use crate::db::tables::listeners::ListenerRow;
 use crate::db::{DbError, tables};
 use crate::http::AppState;
@@ -36,19 +37,19 @@ fn p95(mut durations: Vec<i64>) -> Option<f64> {
         .map(|us| *us as f64 / 1000.0)
 }
 
-/// Per-interval runs and failures over 24 hours, zeros where no row is stored.
-fn series(rows: &[(i64, i64, i64, i64)], now: i64, interval_ms: i64) -> (Vec<f64>, Vec<f64>) {
+/// Per-interval runs and failures over 24 hours, zeros where the listener did not run.
+fn series(rows: &[IntervalRuns], now: i64, interval_ms: i64) -> (Vec<f64>, Vec<f64>) {
     let interval_ms = interval_ms.max(60_000);
     let first = (now - DAY_MS) / interval_ms * interval_ms;
     let n = usize::try_from(DAY_MS / interval_ms + 1).unwrap_or(0);
     let mut runs = vec![0.0; n];
     let mut failures = vec![0.0; n];
-    for (start, r, f, _) in rows {
-        if let Ok(i) = usize::try_from((start - first) / interval_ms)
+    for row in rows {
+        if let Ok(i) = usize::try_from((row.start_ms - first) / interval_ms)
             && i < n
         {
-            runs[i] += *r as f64;
-            failures[i] += *f as f64;
+            runs[i] += row.runs as f64;
+            failures[i] += row.failures as f64;
         }
     }
     (runs, failures)
@@ -63,12 +64,20 @@ async fn read_listeners(
         .db
         .run(move |c| {
             let rows = crate::db::tables::listeners::rows(c)?;
-            let interval_ms = tables::listener_stats::newest_interval(c)?
-                .map_or(DEFAULT_INTERVAL_MS, |(_, len)| len.max(60_000));
+            let mut interval_ms = DEFAULT_INTERVAL_MS;
             let mut figures = Vec::new();
             for name in names {
+                // The same runs as the overview's (stored intervals and the event-log rows
+                // not aggregated yet).
+                let (length, intervals) = tables::listener_stats::recent_runs(
+                    c,
+                    now - DAY_MS,
+                    Some(&name),
+                    DEFAULT_INTERVAL_MS,
+                )?;
+                interval_ms = length;
                 figures.push(ListenerFigures {
-                    intervals: tables::listener_stats::listener_intervals(c, &name, now - DAY_MS)?,
+                    intervals,
                     durations: tables::event_log::recent_durations(
                         c,
                         &name,
@@ -83,7 +92,7 @@ async fn read_listeners(
 }
 
 struct ListenerFigures {
-    intervals: Vec<(i64, i64, i64, i64)>,
+    intervals: Vec<IntervalRuns>,
     durations: Vec<i64>,
 }
 
@@ -100,8 +109,8 @@ fn listener_line(
     let (runs_series, failures_series) = series(&figures.intervals, now_ms(), interval_ms);
     ListenerLine {
         view,
-        runs: figures.intervals.iter().map(|r| r.1).sum(),
-        failures: figures.intervals.iter().map(|r| r.2).sum(),
+        runs: figures.intervals.iter().map(|r| r.runs).sum(),
+        failures: figures.intervals.iter().map(|r| r.failures).sum(),
         p95_ms: p95(figures.durations),
         runs_series,
         failures_series,

@@ -16,27 +16,18 @@ pub(super) async fn overview(ctx: Ctx, state: web::Data<AppState>) -> HttpRespon
         .run(move |c| {
             let hour_start = (now - HOUR_MS) / 60_000 * 60_000;
             let minutes = tables::event_log::runs_by_bucket(c, hour_start, 60_000)?;
-            let day_start = now - DAY_MS;
-            let newest = tables::listener_stats::newest_interval(c)?;
-            let interval_ms = newest.map_or(DEFAULT_INTERVAL_MS, |(_, len)| len.max(60_000));
-            let intervals = tables::listener_stats::stats_by_interval(c, day_start)?;
-            let tail_start = newest
-                .map_or(day_start, |(start, len)| start + len)
-                .max(day_start)
-                / interval_ms
-                * interval_ms;
-            let tail = tables::event_log::runs_by_bucket(c, tail_start, interval_ms)?;
+            let (interval_ms, runs) =
+                tables::listener_stats::recent_runs(c, now - DAY_MS, None, DEFAULT_INTERVAL_MS)?;
             Ok((
                 minutes,
-                intervals,
+                per_interval(&runs),
                 interval_ms,
-                tail,
                 tables::inbox::inbox_counts(c)?,
                 tables::inbox::oldest_pending_ms(c)?,
             ))
         })
         .await;
-    let (minutes, intervals, interval_ms, tail, inbox, oldest_pending_ms) = match read {
+    let (minutes, intervals, interval_ms, inbox, oldest_pending_ms) = match read {
         Ok(read) => read,
         Err(e) => return db_failed(&ctx, e),
     };
@@ -46,13 +37,25 @@ pub(super) async fn overview(ctx: Ctx, state: web::Data<AppState>) -> HttpRespon
         minutes,
         intervals,
         interval_ms,
-        tail,
         inbox,
         oldest_pending_ms,
         health,
         late_replies: late_replies(),
     };
     pages::overview(&ctx, &data)
+}
+
+/// Every listener's runs summed per interval: `(interval start, runs, failures)`, oldest first.
+fn per_interval(runs: &[tables::listener_stats::IntervalRuns]) -> Vec<(i64, i64, i64)> {
+    let mut sums = std::collections::BTreeMap::<i64, (i64, i64)>::new();
+    for row in runs {
+        let sum = sums.entry(row.start_ms).or_default();
+        sum.0 += row.runs;
+        sum.1 += row.failures;
+    }
+    sums.into_iter()
+        .map(|(start, (runs, failures))| (start, runs, failures))
+        .collect()
 }
 
 /// Late replies counted since start, from the process's metrics.

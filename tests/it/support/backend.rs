@@ -1,9 +1,9 @@
 //! The database backends a test runs on, and `backend_test!`, which turns one async (or
 //! blocking) test function taking a [`Backend`] into a test per backend. The PostgreSQL test
-//! passes, saying so on stderr, when `ZULIP_LISTENERS_TEST_PG_URL` is not set.
+//! passes, saying so on stderr, when `ZULIP_LISTENERS_TEST_PG_URL` is not set (and
+//! `tests/skipped.rs` reports it skipped at the end of `cargo test`).
 
-/// The environment variable naming the PostgreSQL server the tests may use.
-pub const PG_ENV: &str = "ZULIP_LISTENERS_TEST_PG_URL";
+pub use super::requirements::PG_ENV;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -13,7 +13,7 @@ pub enum Backend {
 
 /// Whether PostgreSQL tests run; if not, the running test says on stderr that it is skipped.
 pub fn postgres_enabled() -> bool {
-    if std::env::var(PG_ENV).is_ok_and(|v| !v.is_empty()) {
+    if super::requirements::postgres_url().is_some() {
         true
     } else {
         let test = std::thread::current()

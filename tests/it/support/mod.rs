@@ -8,6 +8,7 @@ mod browser;
 mod db;
 mod poll;
 mod process;
+mod requirements;
 mod server;
 mod stub;
 mod wire;
@@ -23,6 +24,7 @@ pub use poll::eventually;
 pub use process::{
     BIN, ConfigFile, ServerProcess, cli, cli_status, free_port, output_text, run, wait_until_up,
 };
+pub use requirements::{mount_tmpfs, postgres_bin_dir};
 pub use server::{ADMIN, Answer, TEST_ROOM, TestApp, TestServer, helper_bot};
 pub use stub::{Received, Stub, serve_loopback};
 pub use wire::{

@@ -59,7 +59,7 @@ fn rate(runs: i64, failures: i64) -> String {
 pub fn listeners(ctx: &Ctx, lines: &[ListenerLine], done: Option<&str>) -> HttpResponse {
     let body = html! {
         (notice(done))
-        p.hint { "Runs, failure rate and the sparkline cover the last 24 hours (listener_stats); p95 the newest 1,000 runs." }
+        p.hint { "Runs, failure rate and the sparkline cover the last 24 hours (listener_stats and the event-log rows not aggregated yet); p95 the newest 1,000 runs." }
         div.scroll {
             table.listeners {
                 thead {

@@ -17,11 +17,10 @@ pub struct Overview {
     pub now_ms: i64,
     /// The last hour per minute: (minute, source, success, runs).
     pub minutes: Vec<(i64, String, bool, i64)>,
-    /// The last 24 hours from `listener_stats`: (interval start, runs, failures).
+    /// The last 24 hours per interval, from `listener_stats` and the event-log rows not
+    /// aggregated yet (`listener_stats::recent_runs`): (interval start, runs, failures).
     pub intervals: Vec<(i64, i64, i64)>,
     pub interval_ms: i64,
-    /// Event-log runs after the newest `listener_stats` interval, in buckets of `interval_ms`.
-    pub tail: Vec<(i64, String, bool, i64)>,
     pub inbox: Vec<(InboxStatus, i64)>,
     pub oldest_pending_ms: Option<i64>,
     pub health: serde_json::Value,
@@ -89,20 +88,12 @@ pub fn overview(ctx: &Ctx, data: &Overview) -> HttpResponse {
     // The last 24 hours, per statistics interval, by outcome.
     let day_start = data.now_ms - DAY_MS;
     let minutes_per = data.interval_ms as f64 / 60_000.0;
-    let mut ok_runs: Vec<(i64, i64)> = data
+    let ok_runs: Vec<(i64, i64)> = data
         .intervals
         .iter()
         .map(|(at, runs, failures)| (*at, runs - failures))
         .collect();
-    let mut failed_runs: Vec<(i64, i64)> =
-        data.intervals.iter().map(|(at, _, f)| (*at, *f)).collect();
-    for (at, _, success, n) in &data.tail {
-        if *success {
-            ok_runs.push((*at, *n));
-        } else {
-            failed_runs.push((*at, *n));
-        }
-    }
+    let failed_runs: Vec<(i64, i64)> = data.intervals.iter().map(|(at, _, f)| (*at, *f)).collect();
     let day_chart = charts::lines(
         &[
             Series {
