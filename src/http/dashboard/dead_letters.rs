@@ -162,6 +162,48 @@ async fn confirm(
     }
 }
 
+/// A replay or discard form: the form (CSRF checked), the status the list showed, and the
+/// events it names; or the answer refusing it (`action` names it in the message).
+async fn posted(
+    ctx: &Ctx,
+    req: &HttpRequest,
+    state: &AppState,
+    payload: web::Payload,
+    action: &str,
+) -> Result<(Vec<(String, String)>, InboxStatus, Target), HttpResponse> {
+    let form = read_form(req, state, ctx, payload).await?;
+    let status = status_of(&form);
+    let Some(target) = target_of(&form) else {
+        return Err(pages::message(
+            StatusCode::BAD_REQUEST,
+            &ctx.base,
+            &format!("Nothing to {action}"),
+            "Give either event ids or all=1.",
+        ));
+    };
+    Ok((form, status, target))
+}
+
+/// Back to the list with a notice of how many events `did` (or the error).
+fn answered(
+    ctx: &Ctx,
+    state: &AppState,
+    status: InboxStatus,
+    done: Result<Result<usize, DeadLetterError>, crate::db::DbError>,
+    did: &str,
+) -> HttpResponse {
+    match done {
+        Ok(Ok(n)) => {
+            state
+                .dashboard
+                .set_notice(ctx, format!("{n} event(s) {did}."));
+            see_other(&ctx.url(&format!("/ui/dead-letters?status={status}")))
+        }
+        Ok(Err(e)) => refused(ctx, e),
+        Err(e) => db_failed(ctx, e),
+    }
+}
+
 /// `POST …/dead-letters/replay` with `status` and `id` or `all=1`: queues the events again.
 pub(super) async fn replay(
     ctx: Ctx,
@@ -169,18 +211,9 @@ pub(super) async fn replay(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let form = match read_form(&req, &state, &ctx, payload).await {
-        Ok(form) => form,
+    let (_, status, target) = match posted(&ctx, &req, &state, payload, "replay").await {
+        Ok(posted) => posted,
         Err(refused) => return refused,
-    };
-    let status = status_of(&form);
-    let Some(target) = target_of(&form) else {
-        return pages::message(
-            StatusCode::BAD_REQUEST,
-            &ctx.base,
-            "Nothing to replay",
-            "Give either event ids or all=1.",
-        );
     };
     let admin = ctx.admin.clone();
     let done = state
@@ -194,16 +227,7 @@ pub(super) async fn replay(
             ))
         })
         .await;
-    match done {
-        Ok(Ok(n)) => {
-            state
-                .dashboard
-                .set_notice(&ctx, format!("{n} event(s) queued again."));
-            see_other(&ctx.url(&format!("/ui/dead-letters?status={status}")))
-        }
-        Ok(Err(e)) => refused(&ctx, e),
-        Err(e) => db_failed(&ctx, e),
-    }
+    answered(&ctx, &state, status, done, "queued again")
 }
 
 /// `POST …/dead-letters/discard` with `status`, `id` or `all=1`, and `reason`: sets the events
@@ -214,18 +238,9 @@ pub(super) async fn discard(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let form = match read_form(&req, &state, &ctx, payload).await {
-        Ok(form) => form,
+    let (form, status, target) = match posted(&ctx, &req, &state, payload, "discard").await {
+        Ok(posted) => posted,
         Err(refused) => return refused,
-    };
-    let status = status_of(&form);
-    let Some(target) = target_of(&form) else {
-        return pages::message(
-            StatusCode::BAD_REQUEST,
-            &ctx.base,
-            "Nothing to discard",
-            "Give either event ids or all=1.",
-        );
     };
     let reason = given(&form, "reason").unwrap_or_default().to_string();
     let admin = ctx.admin.clone();
@@ -241,14 +256,5 @@ pub(super) async fn discard(
             ))
         })
         .await;
-    match done {
-        Ok(Ok(n)) => {
-            state
-                .dashboard
-                .set_notice(&ctx, format!("{n} event(s) discarded."));
-            see_other(&ctx.url(&format!("/ui/dead-letters?status={status}")))
-        }
-        Ok(Err(e)) => refused(&ctx, e),
-        Err(e) => db_failed(&ctx, e),
-    }
+    answered(&ctx, &state, status, done, "discarded")
 }
