@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-SETTINGS_TEMPLATE = '''\
+SETTINGS_TEMPLATE = """\
 from typing import Any
 
 ################################################################
@@ -66,7 +66,7 @@ SESSION_EXPIRE_AT_BROWSER_CLOSE = False
 
 LOCAL_UPLOADS_DIR = "/home/zulip/uploads"
 # RABBITMQ_HOST = "127.0.0.1"
-'''
+"""
 
 SECRETS = """\
 [secrets]
@@ -123,14 +123,13 @@ class ZulipStandIn:
     def target(self) -> Path:
         return self.root / "srv" / "zulip-listeners-forwarder"
 
-    def options(self) -> list[str]:
+    def options(self, *, target: bool = True) -> list[str]:
         """The installer's path options pointing at this stand-in."""
         return [
             "--zulip-root", str(self.zulip_home),
             "--etc-zulip", str(self.etc_zulip),
             "--supervisor-dir", str(self.supervisor_dir),
-            "--target", str(self.target),
-        ]  # fmt: skip
+        ] + (["--target", str(self.target)] if target else [])  # fmt: skip
 
     def set_version(self, version: str) -> None:
         (self.deployment / "version.py").write_text(
@@ -160,7 +159,9 @@ def build(root: Path, *, version: str = "11.4") -> ZulipStandIn:
     zulip = ZulipStandIn(root)
     release = zulip.zulip_home / "deployments" / f"{version}-release"
     (release / "analytics").mkdir(parents=True)
-    (release / "analytics" / "__init__.py").write_text('"""Stand-in for Zulip\'s analytics app."""\n')
+    (release / "analytics" / "__init__.py").write_text(
+        '"""Stand-in for Zulip\'s analytics app."""\n'
+    )
     (release / "scripts").mkdir()
     (release / "manage.py").write_text("#!/usr/bin/env python3\n# Stand-in for Zulip's manage.py\n")
     venv_bin = release / ".venv" / "bin"

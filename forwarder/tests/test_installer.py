@@ -108,14 +108,16 @@ def secret_file(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
-def run(wheel: Path, zulip: ZulipStandIn, *args: str) -> subprocess.CompletedProcess[str]:
+def run(
+    wheel: Path, zulip: ZulipStandIn, *args: str, index: str = NO_INDEX, target: bool = True
+) -> subprocess.CompletedProcess[str]:
     """The installer, run from the wheel file with the standard library only."""
     command, *rest = args
-    env = dict(os.environ, PYTHONPATH=str(wheel), PIP_INDEX_URL=NO_INDEX, PIP_RETRIES="0")
+    env = dict(os.environ, PYTHONPATH=str(wheel), PIP_INDEX_URL=index, PIP_RETRIES="0")
     env.pop("PYTHONHOME", None)
     return subprocess.run(
         [sys.executable, "-S", "-m", "zulip_listeners_forwarder.installer", command,
-         *zulip.options(), "--no-root-check", *rest],
+         *zulip.options(target=target), "--no-root-check", *rest],
         capture_output=True,
         text=True,
         env=env,
@@ -167,7 +169,7 @@ def test_install_does_the_readme_steps(wheel: Path, zulip: ZulipStandIn, secret_
     assert secret_file.read_text().strip() not in out, "the secret is never printed"
 
     program = (zulip.supervisor_dir / "zulip-listeners-forwarder.conf").read_text()
-    shipped = (FORWARDER_DIR / "zulip_listeners_forwarder/installer/zulip-listeners-forwarder.conf")
+    shipped = FORWARDER_DIR / "zulip_listeners_forwarder/installer/zulip-listeners-forwarder.conf"
     assert program == shipped.read_text().replace("/home/zulip", str(zulip.zulip_home))
     assert f"command={zulip.deployment}/manage.py run_zulip_listeners_forwarder" in program
 
@@ -302,6 +304,42 @@ def test_uninstall_restores_every_byte(wheel: Path, zulip: ZulipStandIn, secret_
     assert status.returncode == 1 and "not installed" in status.stdout
 
 
+def test_uninstall_finds_a_target_given_at_install(
+    wheel: Path, zulip: ZulipStandIn, secret_file: Path
+) -> None:
+    before = zulip.snapshot()
+    elsewhere = zulip.root / "srv" / "elsewhere"
+    install(wheel, zulip, secret_file, "--target", str(elsewhere))
+    assert (elsewhere / MANIFEST).is_file()
+    status = run(wheel, zulip, "status", target=False)
+    assert f"package       {elsewhere}:" in ok(status)
+    ok(run(wheel, zulip, "uninstall", target=False))
+    assert zulip.snapshot() == before
+
+
+def test_standardwebhooks_from_pypi_with_a_zulip_python_without_pip(
+    wheels: Path, zulip: ZulipStandIn, secret_file: Path, tmp_path: Path
+) -> None:
+    """No standardwebhooks wheel: pip fetches it from PyPI.  Zulip's uv-made virtualenv has no
+    pip, so the installer's own Python's pip does it."""
+    if not _pypi_reachable():
+        pytest.skip("PyPI is unreachable: the PyPI path of the installer is not tested")
+    alone = tmp_path / "forwarder-wheel-only"
+    alone.mkdir()
+    wheel = shutil.copy(next(wheels.glob("zulip_listeners_forwarder-*.whl")), alone)
+    python = zulip.deployment / ".venv" / "bin" / "python3"
+    python.write_text(
+        '#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = pip ]; then echo "No module named pip" >&2;'
+        f' exit 1; fi\nexec "{sys.executable}" "$@"\n'
+    )
+    out = ok(run(Path(wheel), zulip, "install", "--url", URL, "--secret-file",
+                 str(secret_file), index="https://pypi.org/simple"))  # fmt: skip
+    assert "standardwebhooks>=1.1 from PyPI" in out
+    manifest = json.loads((zulip.target / MANIFEST).read_text())
+    assert manifest["standardwebhooks_from"] == "PyPI"
+    assert (zulip.target / "standardwebhooks" / "__init__.py").is_file()
+
+
 def test_dry_run_changes_nothing(wheel: Path, zulip: ZulipStandIn, secret_file: Path) -> None:
     before = zulip.snapshot()
     out = ok(run(wheel, zulip, "install", "--url", URL, "--secret-file", str(secret_file),
@@ -342,7 +380,11 @@ def test_existing_extra_installed_apps_is_extended(
     import runpy
 
     values = runpy.run_path(str(zulip.settings))
-    assert values["EXTRA_INSTALLED_APPS"] == ["analytics", "corporate_sso", "zulip_listeners_forwarder"]
+    assert values["EXTRA_INSTALLED_APPS"] == [
+        "analytics",
+        "corporate_sso",
+        "zulip_listeners_forwarder",
+    ]
     assert zulip.target.as_posix() in values["sys"].path
     values["sys"].path.remove(zulip.target.as_posix())
 

@@ -1,4 +1,4 @@
-"""Which Zulip versions the forwarder supports, checked when the consumer starts and by the installer.
+"""Which Zulip versions the forwarder supports, checked by the consumer at start and the installer.
 
 The producer hook works wherever ``zerver.tornado.django_api`` has ``send_event`` or
 ``send_event_rollback_unsafe``; the consumer needs ``zerver/worker/base.py``, which exists
@@ -27,7 +27,7 @@ def supported_range() -> str:
 def is_supported(version: str) -> bool:
     """Whether a ``ZULIP_VERSION`` string names a supported release (unreadable: no)."""
     parsed = parse_major_minor(version)
-    return parsed is not None and MINIMUM_ZULIP <= parsed and parsed[0] <= NEWEST_SUPPORTED_MAJOR
+    return parsed is not None and parsed >= MINIMUM_ZULIP and parsed[0] <= NEWEST_SUPPORTED_MAJOR
 
 
 class UnsupportedZulipError(ImportError):

@@ -65,7 +65,9 @@ class Plan:
 
 def supervisor_program(zulip_root: Path) -> str:
     """The shipped supervisor program file, for a Zulip home other than /home/zulip if asked."""
-    text = resources.files(__package__).joinpath("zulip-listeners-forwarder.conf").read_text("utf-8")
+    text = (
+        resources.files(__package__).joinpath("zulip-listeners-forwarder.conf").read_text("utf-8")
+    )
     if zulip_root != DEFAULT_ZULIP_ROOT:
         text = text.replace(f"{DEFAULT_ZULIP_ROOT}/", f"{zulip_root}/").replace(
             f'"{DEFAULT_ZULIP_ROOT}"', f'"{zulip_root}"'
@@ -74,11 +76,20 @@ def supervisor_program(zulip_root: Path) -> str:
 
 
 def _layout(args: argparse.Namespace) -> Layout:
+    """The paths; without ``--target``, the directory an installed block names, else the default."""
+    target = args.target
+    settings = args.etc_zulip / "settings.py"
+    if target is None:
+        try:
+            block = read_block(settings.read_text(encoding="utf-8"), settings)
+        except (OSError, UnicodeDecodeError, InstallerError):
+            block = None
+        target = Path(block.target) if block is not None and block.target else DEFAULT_TARGET
     return Layout(
         zulip_root=args.zulip_root,
         etc_zulip=args.etc_zulip,
         supervisor_dir=pick_supervisor_dir(args.supervisor_dir),
-        target=args.target,
+        target=target,
         python=getattr(args, "python", None),
     )
 
@@ -150,7 +161,9 @@ def install(args: argparse.Namespace) -> int:
 
     existing_secret = current_secret(secrets_text, layout.secrets)
     if args.secret_file is not None:
-        new_secrets_text = with_secret(secrets_text, layout.secrets, read_secret_file(args.secret_file))
+        new_secrets_text = with_secret(
+            secrets_text, layout.secrets, read_secret_file(args.secret_file)
+        )
     elif existing_secret is None:
         raise InstallerError(
             f"--secret-file is required: {layout.secrets} has no {SECRET_NAME} yet; give a file"
@@ -308,7 +321,9 @@ def status(args: argparse.Namespace) -> int:
     present = 0
     try:
         version = read_zulip_version(layout.deployment)
-        support = "supported" if check_zulip_version(version, force=True) is None else "NOT supported"
+        support = (
+            "supported" if check_zulip_version(version, force=True) is None else "NOT supported"
+        )
         print(f"Zulip         {version} ({support}) in {layout.deployment}")
     except InstallerError as exc:
         print(f"Zulip         {exc}")
@@ -373,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="supervisor's conf.d (default: /etc/supervisor/conf.d, or /etc/supervisord.d/conf.d)",
     )  # fmt: skip
     common.add_argument(
-        "--target", type=Path, default=DEFAULT_TARGET,
-        help="the forwarder's own package directory (default: %(default)s)",
+        "--target", type=Path,
+        help=f"the forwarder's own package directory (default: the one installed, else"
+        f" {DEFAULT_TARGET})",
     )  # fmt: skip
     common.add_argument(
         "--no-root-check", action="store_true",
@@ -405,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add.add_argument("--python", type=Path, help="Zulip's Python (default: the deployment's venv)")
     add.add_argument("--force", action="store_true", help="install on an unsupported Zulip version")
-    add.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    add.add_argument(
+        "--dry-run", action="store_true", help="print what would change; change nothing"
+    )
     remove = commands.add_parser(
         "uninstall", parents=[common], help="remove exactly what install added"
     )

@@ -8,6 +8,7 @@ edited, the link left as it is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -72,10 +73,8 @@ def write_atomic(path: Path, text: str, *, new_mode: int = 0o644) -> None:
                 os.chown(temporary, before.st_uid, before.st_gid)
         os.replace(temporary, real)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-        except FileNotFoundError:
-            pass
         raise
 
 

@@ -184,7 +184,9 @@ def _run_pip(pip_python: Path, staging: Path, sources: Sources) -> None:
     result = subprocess.run(command, capture_output=True, text=True, env=python_env())
     if result.returncode != 0:
         last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise InstallerError(f"pip could not install the package (exit {result.returncode}): {last[0]}")
+        raise InstallerError(
+            f"pip could not install the package (exit {result.returncode}): {last[0]}"
+        )
 
 
 def check_import(python: Path, directory: Path) -> tuple[str, str]:
@@ -200,7 +202,9 @@ def check_import(python: Path, directory: Path) -> tuple[str, str]:
     real = os.path.realpath(directory) + os.sep
     if result.returncode != 0 or len(lines) < 3:
         error = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise InstallerError(f"{python} cannot import the installed package from {directory}: {error}")
+        raise InstallerError(
+            f"{python} cannot import the installed package from {directory}: {error}"
+        )
     for line in lines[:2]:
         if not os.path.realpath(line).startswith(real):
             raise InstallerError(f"{python} imported {line}, not the copy in {directory}")

@@ -91,7 +91,9 @@ def read_block(text: str, path: Path) -> BlockValues | None:
     try:
         tree = ast.parse("".join(lines))
     except SyntaxError:
-        raise InstallerError(f"{path}: the zulip-listeners-forwarder block does not parse") from None
+        raise InstallerError(
+            f"{path}: the zulip-listeners-forwarder block does not parse"
+        ) from None
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             name = node.targets[0]
@@ -120,11 +122,12 @@ def _mentions(node: ast.AST, name: str) -> bool:
 def _assigned_names(node: ast.AST) -> list[tuple[str, int]]:
     found: list[tuple[str, int]] = []
     for child in ast.walk(node):
-        targets: list[ast.expr] = []
         if isinstance(child, ast.Assign):
             targets = child.targets
         elif isinstance(child, (ast.AnnAssign, ast.AugAssign)):
             targets = [child.target]
+        else:
+            continue
         found += [(t.id, child.lineno) for t in targets if isinstance(t, ast.Name)]
     return found
 
@@ -184,8 +187,10 @@ def _placement(tree: ast.Module, lines: list[str], path: Path, realms: bool) -> 
         index = node.end_lineno or node.lineno
     if index == 0:
         # a "#!" line and an encoding cookie must stay first
-        while index < min(2, len(lines)) and lines[index].startswith("#") and (
-            lines[index].startswith("#!") or "coding" in lines[index]
+        while (
+            index < min(2, len(lines))
+            and lines[index].startswith("#")
+            and (lines[index].startswith("#!") or "coding" in lines[index])
         ):
             index += 1
     return index, False
