@@ -109,14 +109,19 @@ def secret_file(tmp_path: Path) -> Iterator[Path]:
 
 
 def run(
-    wheel: Path, zulip: ZulipStandIn, *args: str, index: str = NO_INDEX, target: bool = True
+    wheel: Path,
+    zulip: ZulipStandIn,
+    *args: str,
+    index: str = NO_INDEX,
+    target: bool = True,
+    python: str = sys.executable,
 ) -> subprocess.CompletedProcess[str]:
     """The installer, run from the wheel file with the standard library only."""
     command, *rest = args
     env = dict(os.environ, PYTHONPATH=str(wheel), PIP_INDEX_URL=index, PIP_RETRIES="0")
     env.pop("PYTHONHOME", None)
     return subprocess.run(
-        [sys.executable, "-S", "-m", "zulip_listeners_forwarder.installer", command,
+        [python, "-S", "-m", "zulip_listeners_forwarder.installer", command,
          *zulip.options(target=target), "--no-root-check", *rest],
         capture_output=True,
         text=True,
@@ -327,17 +332,47 @@ def test_standardwebhooks_from_pypi_with_a_zulip_python_without_pip(
     alone = tmp_path / "forwarder-wheel-only"
     alone.mkdir()
     wheel = shutil.copy(next(wheels.glob("zulip_listeners_forwarder-*.whl")), alone)
-    python = zulip.deployment / ".venv" / "bin" / "python3"
-    python.write_text(
-        '#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = pip ]; then echo "No module named pip" >&2;'
-        f' exit 1; fi\nexec "{sys.executable}" "$@"\n'
-    )
+    _zulip_python_without_pip(zulip)
     out = ok(run(Path(wheel), zulip, "install", "--url", URL, "--secret-file",
                  str(secret_file), index="https://pypi.org/simple"))  # fmt: skip
     assert "standardwebhooks>=1.1 from PyPI" in out
     manifest = json.loads((zulip.target / MANIFEST).read_text())
     assert manifest["standardwebhooks_from"] == "PyPI"
     assert (zulip.target / "standardwebhooks" / "__init__.py").is_file()
+
+
+def _zulip_python_without_pip(zulip: ZulipStandIn) -> None:
+    python = zulip.deployment / ".venv" / "bin" / "python3"
+    python.write_text(
+        '#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = pip ]; then echo "No module named pip" >&2;'
+        f' exit 1; fi\nexec "{sys.executable}" "$@"\n'
+    )
+
+
+def test_without_any_pip_the_local_wheels_are_unpacked(
+    wheel: Path, zulip: ZulipStandIn, secret_file: Path, tmp_path: Path
+) -> None:
+    """Neither Zulip's Python nor the one running the installer has pip (a bare Debian
+    python3 and a uv-made virtualenv): the two local wheels are unpacked as pip would."""
+    venv = tmp_path / "python-without-pip"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    _zulip_python_without_pip(zulip)
+    result = run(wheel, zulip, "install", "--url", URL, "--secret-file", str(secret_file),
+                 python=str(venv / "bin" / "python"))  # fmt: skip
+    ok(result)
+    assert (zulip.target / "standardwebhooks" / "__init__.py").is_file()
+    assert list((zulip.target / "zulip_listeners_forwarder" / "__pycache__").glob("*.pyc"))
+    assert (
+        oct((zulip.target / "zulip_listeners_forwarder" / "hook.py").stat().st_mode) == "0o100644"
+    )
+    # fetching standardwebhooks from PyPI is what needs pip
+    alone = tmp_path / "wheel-only"
+    alone.mkdir()
+    shutil.copy(wheel, alone)
+    ok(run(wheel, zulip, "uninstall"))
+    refused(run(alone / wheel.name, zulip, "install", "--url", URL, "--secret-file",
+                str(secret_file), python=str(venv / "bin" / "python")),
+            "pip is available to neither", "standardwebhooks wheel")  # fmt: skip
 
 
 def test_dry_run_changes_nothing(wheel: Path, zulip: ZulipStandIn, secret_file: Path) -> None:

@@ -191,7 +191,9 @@ def install(args: argparse.Namespace) -> int:
             " install?) or choose another --target"
         )
     package_current = manifest is not None and packaging.is_current(layout.target, sources)
-    pip_python = None if package_current else packaging.pick_pip([python, Path(sys.executable)])
+    pip_python = (
+        None if package_current else packaging.pick_pip([python, Path(sys.executable)], sources)
+    )
 
     print(f"Zulip {version} in {layout.deployment}, Python {python_version} ({python})")
     if warning:
@@ -202,7 +204,6 @@ def install(args: argparse.Namespace) -> int:
     else:
 
         def install_package() -> None:
-            assert pip_python is not None
             packaging.install(layout.target, sources, pip_python, python)
 
         action = "replaced" if manifest is not None else "created"

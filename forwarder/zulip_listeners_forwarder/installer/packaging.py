@@ -9,7 +9,9 @@ second ``requests`` away from Zulip's), into a directory of its own outside Zuli
   network; else ``standardwebhooks>=1.1`` from PyPI (pip's own index settings apply).
 * **Which pip.** Zulip's Python's, else the one of the Python running the installer (a
   virtualenv made by uv, as Zulip's are since it moved to uv, has no pip).  Both wheels are
-  pure Python, so the interpreter pip runs with does not matter.
+  pure Python, so the interpreter pip runs with does not matter.  With neither, two local
+  wheels are unpacked as pip would (pure-Python wheels only) and byte-compiled by Zulip's
+  Python; only fetching standardwebhooks from PyPI needs pip.
 * **How.** Into a fresh directory next to the target, then checked (Zulip's Python imports both
   packages from there, with ``-I -S`` so nothing else can answer the import), then swapped in
   by renames: a re-install leaves no stale files, and a failed one leaves the old directory.
@@ -25,6 +27,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,8 +128,8 @@ def find_sources(wheels_dir: Path | None) -> Sources:
     return Sources(forwarder, webhooks[-1] if webhooks else None)
 
 
-def pick_pip(pythons: list[Path]) -> Path:
-    """The first of ``pythons`` that has pip."""
+def pick_pip(pythons: list[Path], sources: Sources) -> Path | None:
+    """The first of ``pythons`` that has pip; None when none has and the wheels are all here."""
     for python in pythons:
         try:
             result = subprocess.run(
@@ -139,10 +142,40 @@ def pick_pip(pythons: list[Path]) -> Path:
             continue
         if result.returncode == 0:
             return python
+    if sources.standardwebhooks is not None:
+        return None  # both wheels are here: unpacked without pip
     names = " nor ".join(str(python) for python in pythons)
     raise InstallerError(
-        f"pip is available to neither {names}: install it (Debian: apt install python3-pip)"
+        f"pip is available to neither {names}, and it is needed to fetch"
+        f" {STANDARDWEBHOOKS_REQUIREMENT} from PyPI: put a standardwebhooks wheel next to the"
+        " forwarder wheel (or in --wheels DIR), or install pip (Debian: apt install python3-pip)"
     )
+
+
+def _unpack(staging: Path, wheels: list[Path], python: Path) -> None:
+    """What ``pip install --no-deps --target`` does with a pure-Python wheel, without pip."""
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+            info = [n for n in names if n.count("/") == 1 and n.endswith(".dist-info/WHEEL")]
+            text = archive.read(info[0]).decode("utf-8", "replace").lower() if info else ""
+            if "root-is-purelib: true" not in text:
+                raise InstallerError(f"{wheel.name} is not a pure-Python wheel; install pip")
+            for name in names:
+                parts = name.split("/")
+                if name.startswith("/") or ".." in parts or parts[0].endswith(".data"):
+                    raise InstallerError(f"{wheel.name} holds {name}, which needs pip to install")
+            archive.extractall(staging)
+    result = subprocess.run(
+        [str(python), "-I", "-m", "compileall", "-q", str(staging)],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+    )
+    if result.returncode != 0:
+        raise InstallerError(
+            f"{python} cannot compile the unpacked package: {result.stdout[-300:]}"
+        )
 
 
 def sha256(path: Path) -> str:
@@ -216,7 +249,7 @@ def _installed_standardwebhooks(directory: Path) -> str:
     return found[-1].name[len("standardwebhooks-") : -len(".dist-info")] if found else "?"
 
 
-def install(target: Path, sources: Sources, pip_python: Path, check_python: Path) -> str:
+def install(target: Path, sources: Sources, pip_python: Path | None, check_python: Path) -> str:
     """Installs the package into ``target`` (replacing the installer's earlier copy)."""
     if target.exists() and read_manifest(target) is None:
         raise InstallerError(
@@ -227,7 +260,11 @@ def install(target: Path, sources: Sources, pip_python: Path, check_python: Path
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
     try:
         os.chmod(staging, 0o755)
-        _run_pip(pip_python, staging, sources)
+        if pip_python is not None:
+            _run_pip(pip_python, staging, sources)
+        else:
+            assert sources.standardwebhooks is not None
+            _unpack(staging, [sources.forwarder, sources.standardwebhooks], check_python)
         check_import(check_python, staging)
         webhooks = _installed_standardwebhooks(staging)
         manifest = {
