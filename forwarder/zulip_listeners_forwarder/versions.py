@@ -1,9 +1,10 @@
-"""Which Zulip versions the forwarder supports, checked when the consumer starts.
+"""Which Zulip versions the forwarder supports, checked by the consumer at start and the installer.
 
 The producer hook works wherever ``zerver.tornado.django_api`` has ``send_event`` or
 ``send_event_rollback_unsafe``; the consumer needs ``zerver/worker/base.py``, which exists
 since Zulip 9.0 (PR #29754).  Supported: Zulip 9.x to 12.x (12.1 is the current release);
-main (13.0-dev) is not verified.
+main (13.0-dev) is not verified.  This module imports nothing outside the standard library at
+import time: the installer, which must not need Django, uses it too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,20 @@ import re
 
 #: The oldest Zulip release the consumer runs on.
 MINIMUM_ZULIP = (9, 0)
+#: The newest Zulip major release the forwarder is tested against (README "Supported Zulip
+#: versions"); the installer refuses newer ones unless told ``--force``.
+NEWEST_SUPPORTED_MAJOR = 12
+
+
+def supported_range() -> str:
+    """The supported versions as people write them: ``"9.0 to 12.x"``."""
+    return f"{MINIMUM_ZULIP[0]}.{MINIMUM_ZULIP[1]} to {NEWEST_SUPPORTED_MAJOR}.x"
+
+
+def is_supported(version: str) -> bool:
+    """Whether a ``ZULIP_VERSION`` string names a supported release (unreadable: no)."""
+    parsed = parse_major_minor(version)
+    return parsed is not None and parsed >= MINIMUM_ZULIP and parsed[0] <= NEWEST_SUPPORTED_MAJOR
 
 
 class UnsupportedZulipError(ImportError):
