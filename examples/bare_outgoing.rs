@@ -1,7 +1,7 @@
 //! The floor for the outgoing-webhook benchmark: a bare actix-web handler that does only what
 //! any receiver of Zulip's outgoing webhooks must do — read the JSON body into a typed struct,
 //! check the bot's token in constant time and answer `{"content": "pong"}` — with no database,
-//! rate limits, metrics or handlers. README's Benchmarks section runs it side by side with the
+//! rate limits, metrics or handlers. docs/benchmarks.md (`bench/run bare`) runs it side by side with the
 //! real server under the same `wrk` load.
 //!
 //! ```sh

@@ -3,7 +3,7 @@
 //! "ok" for them; this target runs without libtest's harness (`harness = false` in
 //! Cargo.toml), so cargo shows what it prints. It checks what the tests check (the same code,
 //! `tests/it/support/requirements.rs`) and never fails: a skip is not an error, but it should
-//! not look like a pass either. README "Testing" says what each suite needs.
+//! not look like a pass either. docs/testing.md says what each suite needs.
 
 #[path = "it/support/requirements.rs"]
 mod requirements;
@@ -16,7 +16,7 @@ fn main() {
     let suites = requirements::suites();
     let skipped = suites.iter().filter(|s| s.skipped.is_some()).count();
     println!();
-    println!("suites that need more than the build (README \"Testing\"):");
+    println!("suites that need more than the build (docs/testing.md):");
     for suite in &suites {
         match &suite.skipped {
             None => println!("  runs     {}", suite.tests),

@@ -2,7 +2,7 @@
 //! `inbox_work.event_id`). The forwarder's ids are UUIDs, 36 characters of text; stored as
 //! 16 bytes (behind a one-byte tag), the unique index over them is less than half the size.
 //! With random (UUID4) ids nearly every commit changes a different leaf of that index for each
-//! event, so its size is what each commit writes to the log (README, Benchmarks).
+//! event, so its size is what each commit writes to the log (docs/benchmarks.md).
 //!
 //! Any other id is still accepted and kept as its own text. The encoding is one-to-one, so two
 //! ids are the same stored key exactly when they are the same text:

@@ -50,7 +50,7 @@ const SQLITE_DEFAULT_CACHE_SIZE: i64 = -2000;
 /// on a connection. Every connection here belongs to one thread at a time (diesel's
 /// connections are `Send`, not `Sync`), so the serialized default only cost a lock and unlock
 /// per bound value, step and column read: about 7 % of the SQLite writer's time under forwarder
-/// load (README, Benchmarks). SQLite's own shared state (allocator, page cache) stays locked.
+/// load (docs/benchmarks.md). SQLite's own shared state (allocator, page cache) stays locked.
 /// Works only before SQLite's first use in the process; returns whether it took effect.
 pub fn use_sqlite_multithread_mode() -> bool {
     // SAFETY: sqlite3_config with SQLITE_CONFIG_MULTITHREAD takes no further argument; SQLite

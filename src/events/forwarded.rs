@@ -1,5 +1,5 @@
 //! The Django forwarder's batch wire format: the body `{"events": [<envelope>, …]}` and
-//! envelope v1, read in one pass by a hand-written visitor (measured; see the README), then
+//! envelope v1, read in one pass by a hand-written visitor (measured; see docs/benchmarks.md), then
 //! checked field by field into [`ForwardedEvent`]s. The event inside is typed by
 //! `EventKind::read`; the envelope's `op` is the one that counts, and its audience names the
 //! user for events sent only to that user.

@@ -3,7 +3,7 @@
 //! follow the proxy's path prefix; and, in headless Chromium driven through chromedriver
 //! (WebDriver), an operator signs in, reads the overview, disables and re-enables a listener,
 //! replays a dead letter and signs out. The browser test saves a screenshot of each page to
-//! `target/screenshots/` (copy them to `docs/screenshots/` to refresh the README's); it runs
+//! `target/screenshots/` (copy them to `docs/screenshots/` to refresh the pictures of docs/admin.md); it runs
 //! when `ZULIP_LISTENERS_TEST_BROWSER` is set (`.ci/run` sets it after installing Debian's
 //! `chromium` and `chromium-driver`).
 //!

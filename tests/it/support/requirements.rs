@@ -89,7 +89,7 @@ pub struct Suite {
     pub skipped: Option<String>,
 }
 
-/// Every such group, as the tests decide it (in the same order as README "Testing").
+/// Every such group, as the tests decide it (in the same order as docs/testing.md).
 pub fn suites() -> Vec<Suite> {
     let pg = postgres_url().is_some();
     let no_pg = || Some(format!("{PG_ENV} is not set"));
