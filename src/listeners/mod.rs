@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, HandlerSettings, QuotaConfig, Scope};
 use crate::db::tables::listeners::ListenerRow;
-use crate::handlers::{self, Handler, health};
+use crate::handlers::{self, health};
 use crate::ratelimit::Limits;
 use changes::{FieldError, Overrides};
 
@@ -102,17 +102,13 @@ impl Registry {
                     return Err(unknown(key, name));
                 };
                 let live = entry.live();
-                if live.handler.name() == handlers::Relay::NAME
-                    && !handlers::Relay::is_configured(&HandlerSettings {
-                        enabled: true,
-                        listener: name.clone(),
-                        settings: live.definition.settings.clone(),
-                        files: Default::default(),
-                    })
-                {
+                if let Err(problem) = live.handler.check_bot_use() {
                     return Err(ListenerError {
                         key,
-                        problem: format!("`{name}` runs `relay`, which needs a `url` setting"),
+                        problem: format!(
+                            "`{name}` runs `{}`, which {problem}",
+                            live.handler.name()
+                        ),
                     });
                 }
             }
