@@ -389,6 +389,27 @@ mod tests {
         );
     }
 
+    /// A handler says what a bot's listener lacks (`Handler::check_bot_use`): a relay with
+    /// nowhere to relay to is refused with the bot's key; with a `url` it is accepted.
+    #[test]
+    fn a_bot_may_list_a_relay_only_with_a_url() {
+        let bot =
+            "[bots.h]\nemail = \"h@x.org\"\ntoken = \"t\"\nlisteners = [\"command_bot\", \"r\"]\n";
+        let err = build(&format!("{bot}[listeners.r]\nhandler = \"relay\"\n"))
+            .err()
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            "configuration key `bots.h.listeners[1]`: `r` runs `relay`, which needs a `url` setting"
+        );
+        let with_url = format!(
+            "{bot}[listeners.r]\nhandler = \"relay\"\n[listeners.r.settings]\nurl = \"http://127.0.0.1:9/\"\n"
+        );
+        assert!(build(&with_url).is_ok());
+        // Not listed by a bot, a relay without a url is fine.
+        assert!(build("[listeners.r]\nhandler = \"relay\"\n").is_ok());
+    }
+
     #[test]
     fn named_listeners_are_built_with_their_own_settings() {
         let registry = build(
