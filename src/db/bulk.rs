@@ -2,7 +2,9 @@
 //!
 //! A table written in bulk declares its row type once with [`bulk_row!`]: the columns (names
 //! and SQL types come from [`super::schema`], so a column that is renamed or retyped there
-//! fails to compile here) and the statement's verb and tail per backend. From that one list
+//! fails to compile here; and every column of the table must be listed once, written or
+//! generated, so a column added there and forgotten here fails to compile too) and the
+//! statement's verb and tail per backend. From that one list
 //! the macro derives the SQLite multi-row statement ([`super::sqlite_rows`]) and the
 //! PostgreSQL statement of column arrays (`INSERT … SELECT * FROM unnest($1::text[], …)`,
 //! short and the same for any number of rows, where a multi-row VALUES list would be parsed
@@ -113,6 +115,36 @@ pub fn insert<R: BulkRow>(conn: &mut DbConnection, rows: &[&R]) -> Result<(), Db
     Ok(())
 }
 
+/// Whether no two of `names` are the same (at compile time: `str` equality is not `const`).
+pub const fn all_distinct(names: &[&str]) -> bool {
+    let mut i = 0;
+    while i < names.len() {
+        let mut j = i + 1;
+        while j < names.len() {
+            let (a, b) = (names[i].as_bytes(), names[j].as_bytes());
+            if a.len() == b.len() {
+                let mut k = 0;
+                while k < a.len() && a[k] == b[k] {
+                    k += 1;
+                }
+                if k == a.len() {
+                    return false;
+                }
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// One place in a pattern over a table's `all_columns` tuple (see [`bulk_row!`]).
+macro_rules! column_place {
+    ($column:ident) => {
+        _
+    };
+}
+
 /// The value of a row's column: the field of the same name, or the field given after `=`.
 macro_rules! bulk_field {
     ($row:expr, $column:ident) => {
@@ -131,10 +163,19 @@ macro_rules! bulk_field {
 ///     sqlite: "INSERT OR IGNORE INTO" + "",
 ///     postgres: "ON CONFLICT DO NOTHING",
 ///     columns: (message_id, realm, /* … */ last_seen_ms = seen_at_ms),
+///     generated: (id),
 /// }
 /// ```
 ///
 /// Each column is read from the field of the same name, or from the field named after `=`.
+/// `generated` names the columns the database fills (an auto-increment `id`); it may be left
+/// out when there are none.
+///
+/// The list is checked against the table at compile time: every column of the schema's
+/// `table!` appears once, in `columns` or in `generated`. A column missing from the list is a
+/// "mismatched types … a tuple with N elements" error on the macro (the pattern over the
+/// table's `all_columns` has too few places); one listed twice fails the `all_distinct`
+/// assertion.
 ///
 /// The SQLite verb is `INSERT OR IGNORE INTO` where a duplicate is skipped, else `INSERT OR
 /// FAIL INTO`, never a plain `INSERT INTO`: with the default conflict action (ABORT) a
@@ -150,8 +191,30 @@ macro_rules! bulk_row {
         columns: (
             $first:ident $(= $first_field:ident)?
             $(, $column:ident $(= $field:ident)?)* $(,)?
-        ) $(,)?
+        )
+        $(, generated: ($($generated:ident),* $(,)?))? $(,)?
     ) => {
+        // Every column of the table is listed once: one place per column in the pattern
+        // (arity), and no name twice.
+        const _: () = {
+            #[allow(dead_code)]
+            fn every_column_of_the_table_is_listed() {
+                let (
+                    $crate::db::bulk::column_place!($first),
+                    $($crate::db::bulk::column_place!($column),)*
+                    $($($crate::db::bulk::column_place!($generated),)*)?
+                ) = $crate::db::schema::$table::all_columns;
+            }
+            assert!(
+                $crate::db::bulk::all_distinct(&[
+                    <$crate::db::schema::$table::$first as diesel::Column>::NAME,
+                    $(<$crate::db::schema::$table::$column as diesel::Column>::NAME,)*
+                    $($(<$crate::db::schema::$table::$generated as diesel::Column>::NAME,)*)?
+                ]),
+                concat!("bulk_row! lists a column of `", stringify!($table), "` twice"),
+            );
+        };
+
         impl $crate::db::sqlite_rows::SqliteRow for $row {
             const INSERT: &'static str = concat!(
                 $verb, " ", stringify!($table), " (", stringify!($first),
@@ -228,4 +291,17 @@ macro_rules! bulk_row {
     };
 }
 
-pub(crate) use {bulk_field, bulk_row};
+pub(crate) use {bulk_field, bulk_row, column_place};
+
+#[cfg(test)]
+mod tests {
+    use super::all_distinct;
+
+    #[test]
+    fn a_column_listed_twice_is_found() {
+        assert!(all_distinct(&["a", "ab", "b"]));
+        assert!(all_distinct(&[]));
+        assert!(!all_distinct(&["a", "ab", "ab"]));
+        assert!(!all_distinct(&["created_at_ms", "bot", "created_at_ms"]));
+    }
+}

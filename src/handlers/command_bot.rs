@@ -2,9 +2,8 @@
 //! sent a direct message.
 
 use super::{
-    Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError, typed_settings,
+    BuildContext, Context, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError,
 };
-use crate::config::{Config, HandlerSettings};
 use crate::db::tables;
 use crate::events::{Event, Origin};
 
@@ -18,11 +17,6 @@ const COMMANDS: &[(&str, &str)] = &[
 ];
 
 impl CommandBot {
-    pub fn from_settings(settings: &HandlerSettings, _: &Config) -> Result<Self, SettingsError> {
-        typed_settings::<NoSettings>(Self::NAME, settings)?;
-        Ok(CommandBot)
-    }
-
     fn help() -> String {
         let mut text = String::from("I understand these commands:\n");
         for (command, what) in COMMANDS {
@@ -50,6 +44,12 @@ impl CommandBot {
 impl Handler for CommandBot {
     const NAME: &'static str = "command_bot";
     const INTEREST: Interest = Interest::Types(&["message"]);
+
+    type Settings = NoSettings;
+
+    fn build(_: NoSettings, _: &BuildContext<'_>) -> Result<Self, SettingsError> {
+        Ok(CommandBot)
+    }
 
     async fn handle(&self, cx: &Context, event: &Event, _effects: &mut Effects) -> HandlerResult {
         // Only messages addressed to a bot (a mention or a direct message) are commands;

@@ -31,11 +31,11 @@ use serde::Deserialize;
 
 use super::webhooks;
 use super::{
-    Context, Effect, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError,
-    http_client, typed_settings,
+    BuildContext, Context, Effect, Effects, Handler, HandlerError, HandlerResult, Interest,
+    SettingsError, http_client,
 };
 use crate::clock::now_ms;
-use crate::config::{Config, HandlerSettings, Secret};
+use crate::config::Secret;
 use crate::db::tables;
 use crate::db::tables::keyword_alerts::AlertRecord;
 use crate::events::text::truncate_chars;
@@ -53,7 +53,7 @@ const MAX_EXCERPT_CHARS: usize = 500;
 /// `[handlers.keyword_alerts]` (or a listener's `settings`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeywordSettings {
+pub struct KeywordSettings {
     #[serde(default)]
     rules: Vec<RuleSettings>,
     /// How long one webhook call may take (default 10 s).
@@ -122,92 +122,6 @@ pub struct KeywordAlerts {
 }
 
 impl KeywordAlerts {
-    pub fn from_settings(
-        settings: &HandlerSettings,
-        config: &Config,
-    ) -> Result<Self, SettingsError> {
-        let typed: KeywordSettings = typed_settings(Self::NAME, settings)?;
-        let problem = |key: String, problem: String| SettingsError {
-            handler: Self::NAME,
-            key,
-            problem,
-        };
-        let signing = webhooks::signing_secret(
-            typed.secret.as_ref(),
-            typed.secret_file.as_deref(),
-            &settings.files,
-        )
-        .map_err(|(key, p)| problem(key.into(), p))?;
-        let raw = typed.rules;
-        let mut rules = Vec::with_capacity(raw.len());
-        for (i, rule) in raw.into_iter().enumerate() {
-            let key = |k: &str| format!("rules[{i}].{k}");
-            let pattern =
-                Regex::new(&rule.pattern).map_err(|e| problem(key("pattern"), e.to_string()))?;
-            let target = match (&rule.webhook, &rule.notify_bot) {
-                (Some(url), None) => Target::Webhook(
-                    crate::outbound::check_url(url).map_err(|p| problem(key("webhook"), p))?,
-                ),
-                (None, Some(bot)) => {
-                    let bot_config = config.bots.get(bot).ok_or_else(|| {
-                        problem(key("notify_bot"), format!("no bot `{bot}` under [bots]"))
-                    })?;
-                    let api = BotApi::from_config(bot_config).ok_or_else(|| {
-                        problem(
-                            key("notify_bot"),
-                            format!("bot `{bot}` needs api_key and site to post alerts"),
-                        )
-                    })?;
-                    let stream = rule.stream.clone().ok_or_else(|| {
-                        problem(
-                            key("stream"),
-                            "required with notify_bot: the channel to post in".into(),
-                        )
-                    })?;
-                    Target::Zulip {
-                        api,
-                        destination: Destination::Channel {
-                            to: stream,
-                            topic: rule
-                                .topic
-                                .clone()
-                                .unwrap_or_else(|| format!("{} alerts", rule.name)),
-                        },
-                    }
-                }
-                _ => {
-                    return Err(problem(
-                        format!("rules[{i}]"),
-                        "give exactly one of `webhook` or `notify_bot`".into(),
-                    ));
-                }
-            };
-            let key = match settings.listener.as_str() {
-                "" | Self::NAME => rule.name.clone(),
-                listener => format!("{listener}/{}", rule.name),
-            };
-            rules.push(Rule {
-                name: rule.name,
-                key,
-                pattern,
-                target,
-            });
-        }
-        let http = http_client(Self::NAME, typed.timeout, Duration::from_secs(10))?;
-        let zulip = ZulipClient::new().map_err(|e| problem("rules".into(), e.to_string()))?;
-        let listener = match settings.listener.as_str() {
-            "" => Self::NAME.to_string(),
-            name => name.to_string(),
-        };
-        Ok(KeywordAlerts {
-            rules,
-            http,
-            zulip,
-            listener,
-            signing,
-        })
-    }
-
     async fn send(
         &self,
         cx: &Context,
@@ -287,6 +201,81 @@ impl KeywordAlerts {
 impl Handler for KeywordAlerts {
     const NAME: &'static str = "keyword_alerts";
     const INTEREST: Interest = Interest::Types(&["message"]);
+    type Settings = KeywordSettings;
+
+    fn build(typed: KeywordSettings, cx: &BuildContext<'_>) -> Result<Self, SettingsError> {
+        let problem = |key: String, problem: String| cx.problem::<Self>(key, problem);
+        let signing = webhooks::signing_secret(
+            typed.secret.as_ref(),
+            typed.secret_file.as_deref(),
+            cx.files,
+        )
+        .map_err(|(key, p)| problem(key.into(), p))?;
+        let raw = typed.rules;
+        let mut rules = Vec::with_capacity(raw.len());
+        for (i, rule) in raw.into_iter().enumerate() {
+            let key = |k: &str| format!("rules[{i}].{k}");
+            let pattern =
+                Regex::new(&rule.pattern).map_err(|e| problem(key("pattern"), e.to_string()))?;
+            let target = match (&rule.webhook, &rule.notify_bot) {
+                (Some(url), None) => Target::Webhook(
+                    crate::outbound::check_url(url).map_err(|p| problem(key("webhook"), p))?,
+                ),
+                (None, Some(bot)) => {
+                    let bot_config = cx.config.bots.get(bot).ok_or_else(|| {
+                        problem(key("notify_bot"), format!("no bot `{bot}` under [bots]"))
+                    })?;
+                    let api = BotApi::from_config(bot_config).ok_or_else(|| {
+                        problem(
+                            key("notify_bot"),
+                            format!("bot `{bot}` needs api_key and site to post alerts"),
+                        )
+                    })?;
+                    let stream = rule.stream.clone().ok_or_else(|| {
+                        problem(
+                            key("stream"),
+                            "required with notify_bot: the channel to post in".into(),
+                        )
+                    })?;
+                    Target::Zulip {
+                        api,
+                        destination: Destination::Channel {
+                            to: stream,
+                            topic: rule
+                                .topic
+                                .clone()
+                                .unwrap_or_else(|| format!("{} alerts", rule.name)),
+                        },
+                    }
+                }
+                _ => {
+                    return Err(problem(
+                        format!("rules[{i}]"),
+                        "give exactly one of `webhook` or `notify_bot`".into(),
+                    ));
+                }
+            };
+            let key = match cx.listener {
+                Self::NAME => rule.name.clone(),
+                listener => format!("{listener}/{}", rule.name),
+            };
+            rules.push(Rule {
+                name: rule.name,
+                key,
+                pattern,
+                target,
+            });
+        }
+        let http = http_client(Self::NAME, typed.timeout, Duration::from_secs(10))?;
+        let zulip = ZulipClient::new().map_err(|e| problem("rules".into(), e.to_string()))?;
+        Ok(KeywordAlerts {
+            rules,
+            http,
+            zulip,
+            listener: cx.listener.to_string(),
+            signing,
+        })
+    }
 
     async fn handle(&self, cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
         // A message whose stored content was removed (deleted meanwhile) has nothing to match.

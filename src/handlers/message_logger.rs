@@ -6,11 +6,10 @@
 //! at all.
 
 use super::{
-    Context, Effect, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError,
-    typed_settings,
+    BuildContext, Context, Effect, Effects, Handler, HandlerResult, Interest, NoSettings,
+    SettingsError,
 };
 use crate::clock::now_ms;
-use crate::config::{Config, HandlerSettings};
 use crate::db::tables::messages::{MessageEdit, MessageRow};
 use crate::events::erasure::Removal;
 use crate::events::kinds::UpdateMessage;
@@ -20,11 +19,6 @@ use crate::events::{Event, EventKind, Message};
 pub struct MessageLogger;
 
 impl MessageLogger {
-    pub fn from_settings(settings: &HandlerSettings, _: &Config) -> Result<Self, SettingsError> {
-        typed_settings::<NoSettings>(Self::NAME, settings)?;
-        Ok(MessageLogger)
-    }
-
     fn row(cx: &Context, event: &Event, message: &Message, id: i64) -> MessageRow {
         let (content, content_truncated) =
             truncate_chars(&message.content, cx.data_protection.max_content_length);
@@ -82,6 +76,12 @@ impl Handler for MessageLogger {
     const NAME: &'static str = "message_logger";
     const INTEREST: Interest = Interest::Types(&["message", "update_message", "delete_message"]);
     const PURE: bool = true;
+
+    type Settings = NoSettings;
+
+    fn build(_: NoSettings, _: &BuildContext<'_>) -> Result<Self, SettingsError> {
+        Ok(MessageLogger)
+    }
 
     async fn handle(&self, cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
         match &event.kind {

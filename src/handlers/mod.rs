@@ -1,7 +1,14 @@
-//! Handlers: the one trait every compiled-in feature implements ([`Handler`]), the explicit list
-//! of built-ins ([`BUILT_IN`], [`build`]), the context they run with, and what a run may change
-//! ([`Effect`], [`CustomEffect`], collected in [`Effects`]). Which handlers run, on what and
-//! with which settings is decided by the listeners built from them ([`crate::listeners`]).
+//! Handlers: the one trait every compiled-in feature implements ([`Handler`]: its name, the
+//! events it takes, its typed settings, how it is built and how it runs), the explicit list
+//! of built-ins ([`BUILT_IN`], one line each, [`build`]), the context they run with, and what
+//! a run may change ([`Effect`], [`CustomEffect`], collected in [`Effects`]). Which handlers
+//! run, on what and with which settings is decided by the listeners built from them
+//! ([`crate::listeners`]).
+//!
+//! A handler that keeps a table of its own defines it in its module with a [`CustomEffect`]
+//! (as `welcome_bot/record.rs` does); only a table whose rows the writer must merge or insert
+//! in bulk across runs (`messages`, `user_activity`, `keyword_alerts`) is a core table under
+//! `db/tables` with an [`Effect`] variant.
 
 mod command_bot;
 mod effects;
@@ -15,7 +22,7 @@ mod welcome_bot;
 
 use futures_util::future::BoxFuture;
 
-use crate::config::{Config, DataProtectionConfig, HandlerSettings};
+use crate::config::{Config, DataProtectionConfig, HandlerSettings, SettingFiles};
 use crate::db::{Db, DbError};
 use crate::events::Event;
 
@@ -30,35 +37,66 @@ pub use welcome_bot::WelcomeBot;
 
 /// Every compiled-in handler: the one registry of built-ins.
 ///
-/// Adding a handler is its file and one line here: its type and how it is built from its
-/// settings.
+/// Adding a handler is its file (a type implementing [`Handler`]) and one line here.
 const BUILT_IN: &[(&str, Constructor)] = &[
-    (CommandBot::NAME, |s, c| {
-        erase(CommandBot::from_settings(s, c))
-    }),
-    (MessageLogger::NAME, |s, c| {
-        erase(MessageLogger::from_settings(s, c))
-    }),
-    (KeywordAlerts::NAME, |s, c| {
-        erase(KeywordAlerts::from_settings(s, c))
-    }),
-    (Relay::NAME, |s, c| erase(Relay::from_settings(s, c))),
-    (UserActivityTracker::NAME, |s, c| {
-        erase(UserActivityTracker::from_settings(s, c))
-    }),
-    (WelcomeBot::NAME, |s, c| {
-        erase(WelcomeBot::from_settings(s, c))
-    }),
+    built_in::<CommandBot>(),
+    built_in::<MessageLogger>(),
+    built_in::<KeywordAlerts>(),
+    built_in::<Relay>(),
+    built_in::<UserActivityTracker>(),
+    built_in::<WelcomeBot>(),
 ];
 
 /// Builds a handler from its settings (and the whole configuration, for handlers that refer
 /// to a bot), type-erased for the registry.
 type Constructor = fn(&HandlerSettings, &Config) -> Result<Box<dyn Runnable>, SettingsError>;
 
-fn erase<H: Handler>(
-    handler: Result<H, SettingsError>,
+/// The registry line of handler `H`: its name and how it is built.
+const fn built_in<H: Handler>() -> (&'static str, Constructor) {
+    (H::NAME, construct::<H>)
+}
+
+/// The one way a handler is built: its settings read into [`Handler::Settings`] (an error
+/// names the key at fault), then [`Handler::build`].
+fn construct<H: Handler>(
+    settings: &HandlerSettings,
+    config: &Config,
 ) -> Result<Box<dyn Runnable>, SettingsError> {
-    handler.map(|h| Box::new(h) as Box<dyn Runnable>)
+    let typed = typed_settings::<H::Settings>(H::NAME, settings)?;
+    let cx = BuildContext {
+        listener: match settings.listener.as_str() {
+            "" => H::NAME,
+            name => name,
+        },
+        enabled: settings.enabled,
+        files: &settings.files,
+        config,
+    };
+    H::build(typed, &cx).map(|h| Box::new(h) as Box<dyn Runnable>)
+}
+
+/// What a handler is built with besides its own settings.
+pub struct BuildContext<'a> {
+    /// The listener being built: the handler's own name for its default listener. Handlers
+    /// that record what they did use it to keep listeners of one handler apart.
+    pub listener: &'a str,
+    /// Whether the listener is enabled.
+    pub enabled: bool,
+    /// The files its `*_file` settings name, read when the configuration was loaded.
+    pub files: &'a SettingFiles,
+    /// The whole configuration, for handlers that refer to a bot.
+    pub config: &'a Config,
+}
+
+impl BuildContext<'_> {
+    /// A problem with setting `key` of handler `H`.
+    pub fn problem<H: Handler>(&self, key: impl Into<String>, problem: String) -> SettingsError {
+        SettingsError {
+            handler: H::NAME,
+            key: key.into(),
+            problem,
+        }
+    }
 }
 
 /// The names of every compiled-in handler, in the order they are listed.
@@ -119,6 +157,24 @@ pub trait Handler: Send + Sync + Sized + 'static {
     /// the event itself; other events go to the inbox workers.
     const PURE: bool = false;
 
+    /// The handler's settings (`[handlers.<name>]` or a listener's `settings`, without
+    /// `enabled`), read by the registry before [`Handler::build`]. Every field must have a
+    /// default (a bad value is traced to its key by reading each key alone), and the type
+    /// should deny unknown fields so that typos are caught at start-up; [`NoSettings`] for a
+    /// handler that has none.
+    type Settings: serde::de::DeserializeOwned;
+
+    /// Builds the handler from its settings; checks them across keys and against the rest
+    /// of the configuration (a bot it posts as). Called at start-up and for every runtime
+    /// change of a listener's settings, so it must not do I/O beyond building clients.
+    fn build(settings: Self::Settings, cx: &BuildContext<'_>) -> Result<Self, SettingsError>;
+
+    /// Whether a bot may list this listener as it is set up: `Err` says what it lacks, and
+    /// the configuration is refused with the bot's key. Every listener may by default.
+    fn check_bot_use(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Handles one event. Changes to stored data go into `effects`: they are written in the
     /// same transaction as the run's event-log row (and, for forwarded events, the inbox
     /// status), so they take effect exactly once even if the event is delivered again.
@@ -137,6 +193,7 @@ pub trait Runnable: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn interest(&self) -> Interest;
     fn is_pure(&self) -> bool;
+    fn check_bot_use(&self) -> Result<(), String>;
     fn handle<'a>(
         &'a self,
         cx: &'a Context,
@@ -156,6 +213,10 @@ impl<H: Handler> Runnable for H {
 
     fn is_pure(&self) -> bool {
         H::PURE
+    }
+
+    fn check_bot_use(&self) -> Result<(), String> {
+        Handler::check_bot_use(self)
     }
 
     fn handle<'a>(
@@ -200,11 +261,9 @@ pub fn build(
         .map(|(_, construct)| construct(settings, config))
 }
 
-/// Reads a handler's settings (without `enabled`) into its own typed struct — the one way
-/// handlers read settings; an error names the key at fault. Every field of `T` must have a
-/// default (the key is found by reading each one alone), and `T` should deny unknown fields
-/// so that typos are caught at start-up.
-pub(crate) fn typed_settings<T: serde::de::DeserializeOwned>(
+/// Reads a handler's settings (without `enabled`) into its [`Handler::Settings`]; an error
+/// names the key at fault (found by reading each key alone).
+fn typed_settings<T: serde::de::DeserializeOwned>(
     handler: &'static str,
     settings: &HandlerSettings,
 ) -> Result<T, SettingsError> {
@@ -230,7 +289,7 @@ pub(crate) fn typed_settings<T: serde::de::DeserializeOwned>(
 /// The settings of a handler that has none but `enabled`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct NoSettings {}
+pub struct NoSettings {}
 
 /// An HTTP client for a handler that calls an external service, with the handler's `timeout`
 /// setting (`default` when absent).

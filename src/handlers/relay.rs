@@ -20,17 +20,17 @@ use std::time::Duration;
 
 use super::webhooks;
 use super::{
-    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, http_client,
-    typed_settings,
+    BuildContext, Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError,
+    http_client,
 };
-use crate::config::{Config, HandlerSettings, Secret};
+use crate::config::Secret;
 use crate::events::{Event, Origin};
 use crate::verification::SigningKey;
 
 /// `[handlers.relay]` (or a listener's `settings`).
 #[derive(Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RelaySettings {
+pub struct RelaySettings {
     /// The bot service's URL.
     #[serde(default)]
     url: Option<String>,
@@ -60,70 +60,6 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn from_settings(settings: &HandlerSettings, _: &Config) -> Result<Self, SettingsError> {
-        let typed: RelaySettings = typed_settings(Self::NAME, settings)?;
-        let problem = |key: &str, problem: String| SettingsError {
-            handler: Self::NAME,
-            key: key.into(),
-            problem,
-        };
-        let target = match typed.url {
-            None => None,
-            Some(url) => {
-                let url = crate::outbound::check_url(&url).map_err(|p| problem("url", p))?;
-                let client = http_client(Self::NAME, typed.timeout, Duration::from_secs(30))?;
-                Some((url, client))
-            }
-        };
-        let token = match (typed.token, typed.token_file) {
-            (Some(_), Some(_)) => {
-                return Err(problem(
-                    "token_file",
-                    "give `token` or `token_file`, not both".into(),
-                ));
-            }
-            (Some(token), None) => {
-                let token = token.trim();
-                if token.is_empty() {
-                    return Err(problem("token", "must be a non-empty string".into()));
-                }
-                Some(Secret::new(token))
-            }
-            (None, Some(path)) => {
-                // Read when the configuration was loaded; never opened here.
-                let text = settings
-                    .files
-                    .content("token_file", &path)
-                    .map_err(|p| problem("token_file", p))?;
-                let token = text.expose().trim();
-                if token.is_empty() {
-                    return Err(problem(
-                        "token_file",
-                        format!("`{}` is empty", path.display()),
-                    ));
-                }
-                Some(Secret::new(token))
-            }
-            (None, None) => None,
-        };
-        let signing = webhooks::signing_secret(
-            typed.secret.as_ref(),
-            typed.secret_file.as_deref(),
-            &settings.files,
-        )
-        .map_err(|(key, p)| problem(key, p))?;
-        let listener = match settings.listener.as_str() {
-            "" => Self::NAME.to_string(),
-            name => name.to_string(),
-        };
-        Ok(Relay {
-            target,
-            token,
-            listener,
-            signing,
-        })
-    }
-
     /// The outgoing webhook as the bot service gets it: the bot's `token` removed and this
     /// handler's own token, if any, in its place. `None` when the body cannot be read (it was
     /// read before to get here, so this does not happen); the raw body is then not sent.
@@ -149,11 +85,6 @@ impl Relay {
             }
             serde_json::to_vec(&object).ok()
         }
-    }
-
-    /// Whether a URL is configured (a bot may only list `relay` then).
-    pub fn is_configured(settings: &HandlerSettings) -> bool {
-        settings.settings.get("url").is_some()
     }
 }
 
@@ -205,6 +136,70 @@ fn is_truthy(value: &serde_json::Value) -> bool {
 impl Handler for Relay {
     const NAME: &'static str = "relay";
     const INTEREST: Interest = Interest::Types(&["message"]);
+    type Settings = RelaySettings;
+
+    fn build(typed: RelaySettings, cx: &BuildContext<'_>) -> Result<Self, SettingsError> {
+        let problem = |key: &str, problem: String| cx.problem::<Self>(key, problem);
+        let target = match typed.url {
+            None => None,
+            Some(url) => {
+                let url = crate::outbound::check_url(&url).map_err(|p| problem("url", p))?;
+                let client = http_client(Self::NAME, typed.timeout, Duration::from_secs(30))?;
+                Some((url, client))
+            }
+        };
+        let token = match (typed.token, typed.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(problem(
+                    "token_file",
+                    "give `token` or `token_file`, not both".into(),
+                ));
+            }
+            (Some(token), None) => {
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(problem("token", "must be a non-empty string".into()));
+                }
+                Some(Secret::new(token))
+            }
+            (None, Some(path)) => {
+                // Read when the configuration was loaded; never opened here.
+                let text = cx
+                    .files
+                    .content("token_file", &path)
+                    .map_err(|p| problem("token_file", p))?;
+                let token = text.expose().trim();
+                if token.is_empty() {
+                    return Err(problem(
+                        "token_file",
+                        format!("`{}` is empty", path.display()),
+                    ));
+                }
+                Some(Secret::new(token))
+            }
+            (None, None) => None,
+        };
+        let signing = webhooks::signing_secret(
+            typed.secret.as_ref(),
+            typed.secret_file.as_deref(),
+            cx.files,
+        )
+        .map_err(|(key, p)| problem(key, p))?;
+        Ok(Relay {
+            target,
+            token,
+            listener: cx.listener.to_string(),
+            signing,
+        })
+    }
+
+    /// A bot may only list a relay that has somewhere to relay to.
+    fn check_bot_use(&self) -> Result<(), String> {
+        match self.target {
+            Some(_) => Ok(()),
+            None => Err("needs a `url` setting".into()),
+        }
+    }
 
     async fn handle(&self, cx: &Context, event: &Event, _effects: &mut Effects) -> HandlerResult {
         let Origin::Outgoing { raw, .. } = &event.origin else {

@@ -3,21 +3,15 @@
 //! they last started typing. Works on forwarded events (they carry the realm id).
 
 use super::{
-    Context, Effect, Effects, Handler, HandlerResult, Interest, NoSettings, SettingsError,
-    typed_settings,
+    BuildContext, Context, Effect, Effects, Handler, HandlerResult, Interest, NoSettings,
+    SettingsError,
 };
-use crate::config::{Config, HandlerSettings};
 use crate::db::tables::user_activity::ActivityDelta;
 use crate::events::{Event, EventKind};
 
 pub struct UserActivityTracker;
 
 impl UserActivityTracker {
-    pub fn from_settings(settings: &HandlerSettings, _: &Config) -> Result<Self, SettingsError> {
-        typed_settings::<NoSettings>(Self::NAME, settings)?;
-        Ok(UserActivityTracker)
-    }
-
     /// What an event says about its user; `None` when it says nothing.
     fn delta(event: &Event, realm_id: i64, user_id: i64, at_ms: i64) -> Option<ActivityDelta> {
         let mut delta = ActivityDelta {
@@ -62,6 +56,12 @@ impl Handler for UserActivityTracker {
         "user_status",
     ]);
     const PURE: bool = true;
+
+    type Settings = NoSettings;
+
+    fn build(_: NoSettings, _: &BuildContext<'_>) -> Result<Self, SettingsError> {
+        Ok(UserActivityTracker)
+    }
 
     async fn handle(&self, _cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
         let (Some(realm_id), Some(user_id)) = (event.realm.id, event.user_id) else {

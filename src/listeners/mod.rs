@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, HandlerSettings, QuotaConfig, Scope};
 use crate::db::tables::listeners::ListenerRow;
-use crate::handlers::{self, Handler, health};
+use crate::handlers::{self, health};
 use crate::ratelimit::Limits;
 use changes::{FieldError, Overrides};
 
@@ -102,17 +102,13 @@ impl Registry {
                     return Err(unknown(key, name));
                 };
                 let live = entry.live();
-                if live.handler.name() == handlers::Relay::NAME
-                    && !handlers::Relay::is_configured(&HandlerSettings {
-                        enabled: true,
-                        listener: name.clone(),
-                        settings: live.definition.settings.clone(),
-                        files: Default::default(),
-                    })
-                {
+                if let Err(problem) = live.handler.check_bot_use() {
                     return Err(ListenerError {
                         key,
-                        problem: format!("`{name}` runs `relay`, which needs a `url` setting"),
+                        problem: format!(
+                            "`{name}` runs `{}`, which {problem}",
+                            live.handler.name()
+                        ),
                     });
                 }
             }
@@ -391,6 +387,27 @@ mod tests {
             err.contains("bots.h.handlers[0]") && err.contains("nope"),
             "{err}"
         );
+    }
+
+    /// A handler says what a bot's listener lacks (`Handler::check_bot_use`): a relay with
+    /// nowhere to relay to is refused with the bot's key; with a `url` it is accepted.
+    #[test]
+    fn a_bot_may_list_a_relay_only_with_a_url() {
+        let bot =
+            "[bots.h]\nemail = \"h@x.org\"\ntoken = \"t\"\nlisteners = [\"command_bot\", \"r\"]\n";
+        let err = build(&format!("{bot}[listeners.r]\nhandler = \"relay\"\n"))
+            .err()
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            "configuration key `bots.h.listeners[1]`: `r` runs `relay`, which needs a `url` setting"
+        );
+        let with_url = format!(
+            "{bot}[listeners.r]\nhandler = \"relay\"\n[listeners.r.settings]\nurl = \"http://127.0.0.1:9/\"\n"
+        );
+        assert!(build(&with_url).is_ok());
+        // Not listed by a bot, a relay without a url is fine.
+        assert!(build("[listeners.r]\nhandler = \"relay\"\n").is_ok());
     }
 
     #[test]

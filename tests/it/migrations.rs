@@ -1,7 +1,7 @@
 //! Migrations that change stored data, run against rows written the old way: event ids kept
 //! as text become compact keys (000011) and go back to the same text when it is reverted;
 //! inbox rows get the id of the message whose text they hold, and filtered ones lose their
-//! envelope (000013).
+//! envelope (000013). And the diesel CLI is never told to overwrite the hand-written schema.
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -245,4 +245,36 @@ fn inbox_rows_get_the_message_they_hold_and_filtered_ones_lose_their_envelope(ba
     assert_eq!(columns.len(), 7);
     let gone = diesel::sql_query("SELECT message_id FROM inbox").execute(&mut conn);
     assert!(gone.is_err(), "{backend:?}: the column is dropped");
+}
+
+/// `src/db/schema.rs` is written by hand for both backends: `diesel.toml` must not name it as
+/// the file `diesel migration run` regenerates (a `[print_schema] file`), nor any file under
+/// `src/`.
+#[test]
+fn the_diesel_cli_never_overwrites_the_hand_written_schema() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("diesel.toml");
+    let text = std::fs::read_to_string(&path).expect("diesel.toml");
+    let settings: toml::Table = text.parse().expect("diesel.toml is TOML");
+    let written = settings
+        .get("print_schema")
+        .and_then(|section| section.get("file"))
+        .and_then(|file| file.as_str());
+    if let Some(file) = written {
+        assert!(
+            !file.trim_start_matches("./").starts_with("src/"),
+            "diesel.toml: print_schema writes {file}, which is hand-written source"
+        );
+    }
+    assert_eq!(
+        settings
+            .get("migrations_directory")
+            .and_then(|section| section.get("dir"))
+            .and_then(|dir| dir.as_str()),
+        Some("migrations/sqlite")
+    );
+    assert!(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations/sqlite")
+            .is_dir()
+    );
 }

@@ -47,6 +47,7 @@ bulk_row! {
         listener, source, event_type, bot, realm, realm_id, user_id, message_id, event_id,
         duration_us, success, error, created_at_ms,
     ),
+    generated: (id),
 }
 
 /// Runs and failures of one listener, counted from the event log.

@@ -23,7 +23,9 @@ pub mod user_activity;
 #[cfg(test)]
 mod tests {
     //! Every bulk insert ([`crate::db::bulk`]) writes exactly its table's columns (all but a
-    //! generated `id`), in the same order in both backends' statements.
+    //! generated `id`), in the same order in both backends' statements. That each list names
+    //! every column is checked by `bulk_row!` itself at compile time; these tests read the
+    //! statements it derives.
 
     use diesel::prelude::*;
     use diesel::sqlite::Sqlite;
@@ -31,9 +33,10 @@ mod tests {
     use super::event_log::EventLogRow;
     use super::inbox::NewInboxRow;
     use super::messages::MessageRow;
+    use super::replies::ReplyRecord;
     use super::user_activity::ActivityDelta;
     use crate::db::bulk::BulkRow;
-    use crate::db::schema::{event_log, inbox, messages, user_activity};
+    use crate::db::schema::{event_log, inbox, messages, outgoing_replies, user_activity};
 
     /// The column names of a `SELECT` diesel wrote, e.g. from "SELECT `t`.`a`, `t`.`b` FROM".
     fn selected_columns(sql: &str) -> Vec<String> {
@@ -95,6 +98,10 @@ mod tests {
         check::<NewInboxRow>(select_all(inbox::table.select(inbox::all_columns)), &["id"]);
         check::<ActivityDelta>(
             select_all(user_activity::table.select(user_activity::all_columns)),
+            &[],
+        );
+        check::<ReplyRecord>(
+            select_all(outgoing_replies::table.select(outgoing_replies::all_columns)),
             &[],
         );
     }

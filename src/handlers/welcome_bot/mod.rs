@@ -45,9 +45,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError, typed_settings,
+    BuildContext, Context, Effects, Handler, HandlerError, HandlerResult, Interest, SettingsError,
 };
-use crate::config::{Config, HandlerSettings};
 use crate::events::kinds::{RealmUser, Subscription};
 use crate::events::{Event, EventKind};
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
@@ -65,10 +64,10 @@ const DEFAULT_CHANNEL_MESSAGE: &str = "Welcome to {channel}, {mention}!";
 const DEFAULT_NEW_USER_TOPIC: &str = "new members";
 
 /// `[handlers.welcome_bot]`, as written. Every field has a default, so that a bad value can
-/// be traced to its key (see [`typed_settings`]).
+/// be traced to its key (see [`Handler::Settings`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Settings {
+pub struct Settings {
     #[serde(default)]
     bot: Option<String>,
     #[serde(default)]
@@ -131,112 +130,6 @@ pub struct WelcomeBot {
 }
 
 impl WelcomeBot {
-    pub fn from_settings(
-        settings: &HandlerSettings,
-        config: &Config,
-    ) -> Result<Self, SettingsError> {
-        let raw: Settings = typed_settings(Self::NAME, settings)?;
-        let problem = |key: &str, problem: String| SettingsError {
-            handler: Self::NAME,
-            key: key.to_string(),
-            problem,
-        };
-        let api = match &raw.bot {
-            None if settings.enabled
-                && config
-                    .forwarder
-                    .listener_names()
-                    .iter()
-                    .any(|h| h == Self::NAME) =>
-            {
-                return Err(problem(
-                    "bot",
-                    "required when [forwarder] listeners lists welcome_bot: the [bots.<name>] \
-                     (with api_key and site) that posts the greetings"
-                        .into(),
-                ));
-            }
-            None => None,
-            Some(bot) => {
-                let bot_config = config
-                    .bots
-                    .get(bot)
-                    .ok_or_else(|| problem("bot", format!("no bot `{bot}` under [bots]")))?;
-                let api = BotApi::from_config(bot_config)
-                    .filter(|_| !bot_config.api_key.is_empty())
-                    .ok_or_else(|| {
-                        problem(
-                            "bot",
-                            format!("bot `{bot}` needs api_key and site to post greetings"),
-                        )
-                    })?;
-                Some(api)
-            }
-        };
-        let place = match (raw.channel, raw.topic) {
-            (Some(name), topic) => Place::Channel {
-                name: non_empty(name).ok_or_else(|| problem("channel", "is empty".into()))?,
-                topic: topic.unwrap_or_else(|| DEFAULT_NEW_USER_TOPIC.into()),
-            },
-            (None, Some(_)) => {
-                return Err(problem(
-                    "topic",
-                    "needs `channel`: new users are greeted by direct message otherwise".into(),
-                ));
-            }
-            (None, None) => Place::Direct,
-        };
-        let template = raw
-            .new_user_message
-            .unwrap_or_else(|| DEFAULT_NEW_USER_MESSAGE.into());
-        check_template(&template, &["mention", "name"])
-            .map_err(|p| problem("new_user_message", p))?;
-        let new_user = (!template.trim().is_empty()).then_some(NewUserGreeting { template, place });
-        let mut channels: Vec<ChannelGreeting> = Vec::with_capacity(raw.channels.len());
-        for (i, entry) in raw.channels.into_iter().enumerate() {
-            let key = |k: &str| format!("channels[{i}].{k}");
-            let name = non_empty(entry.channel)
-                .ok_or_else(|| problem(&key("channel"), "is empty".into()))?;
-            let greeting_key = format!("channel:{}", name.to_lowercase());
-            if channels.iter().any(|c| c.key == greeting_key) {
-                return Err(problem(
-                    &key("channel"),
-                    format!("`{name}` is listed twice"),
-                ));
-            }
-            let template = entry
-                .message
-                .unwrap_or_else(|| DEFAULT_CHANNEL_MESSAGE.into());
-            if template.trim().is_empty() {
-                return Err(problem(&key("message"), "is empty".into()));
-            }
-            check_template(&template, &["mention", "channel"])
-                .map_err(|p| problem(&key("message"), p))?;
-            let place = match entry.topic {
-                Some(topic) => Place::Channel {
-                    name: name.clone(),
-                    topic,
-                },
-                None => Place::Direct,
-            };
-            channels.push(ChannelGreeting {
-                name,
-                key: greeting_key,
-                template,
-                place,
-            });
-        }
-        let http = crate::outbound::client(raw.timeout.unwrap_or(Duration::from_secs(10)))
-            .map_err(|e| problem("timeout", crate::redact::http_error(e)))?;
-        Ok(WelcomeBot {
-            api,
-            new_user,
-            channels,
-            zulip: ZulipClient::with_client(http),
-            claimed: Claims::default(),
-        })
-    }
-
     /// A new member of the organization.
     async fn on_new_user(
         &self,
@@ -400,6 +293,107 @@ impl WelcomeBot {
 impl Handler for WelcomeBot {
     const NAME: &'static str = "welcome_bot";
     const INTEREST: Interest = Interest::Types(&["realm_user", "subscription"]);
+    type Settings = Settings;
+
+    fn build(raw: Settings, cx: &BuildContext<'_>) -> Result<Self, SettingsError> {
+        let problem = |key: &str, problem: String| cx.problem::<Self>(key, problem);
+        let api = match &raw.bot {
+            None if cx.enabled
+                && cx
+                    .config
+                    .forwarder
+                    .listener_names()
+                    .iter()
+                    .any(|h| h == Self::NAME) =>
+            {
+                return Err(problem(
+                    "bot",
+                    "required when [forwarder] listeners lists welcome_bot: the [bots.<name>] \
+                     (with api_key and site) that posts the greetings"
+                        .into(),
+                ));
+            }
+            None => None,
+            Some(bot) => {
+                let bot_config = cx
+                    .config
+                    .bots
+                    .get(bot)
+                    .ok_or_else(|| problem("bot", format!("no bot `{bot}` under [bots]")))?;
+                let api = BotApi::from_config(bot_config)
+                    .filter(|_| !bot_config.api_key.is_empty())
+                    .ok_or_else(|| {
+                        problem(
+                            "bot",
+                            format!("bot `{bot}` needs api_key and site to post greetings"),
+                        )
+                    })?;
+                Some(api)
+            }
+        };
+        let place = match (raw.channel, raw.topic) {
+            (Some(name), topic) => Place::Channel {
+                name: non_empty(name).ok_or_else(|| problem("channel", "is empty".into()))?,
+                topic: topic.unwrap_or_else(|| DEFAULT_NEW_USER_TOPIC.into()),
+            },
+            (None, Some(_)) => {
+                return Err(problem(
+                    "topic",
+                    "needs `channel`: new users are greeted by direct message otherwise".into(),
+                ));
+            }
+            (None, None) => Place::Direct,
+        };
+        let template = raw
+            .new_user_message
+            .unwrap_or_else(|| DEFAULT_NEW_USER_MESSAGE.into());
+        check_template(&template, &["mention", "name"])
+            .map_err(|p| problem("new_user_message", p))?;
+        let new_user = (!template.trim().is_empty()).then_some(NewUserGreeting { template, place });
+        let mut channels: Vec<ChannelGreeting> = Vec::with_capacity(raw.channels.len());
+        for (i, entry) in raw.channels.into_iter().enumerate() {
+            let key = |k: &str| format!("channels[{i}].{k}");
+            let name = non_empty(entry.channel)
+                .ok_or_else(|| problem(&key("channel"), "is empty".into()))?;
+            let greeting_key = format!("channel:{}", name.to_lowercase());
+            if channels.iter().any(|c| c.key == greeting_key) {
+                return Err(problem(
+                    &key("channel"),
+                    format!("`{name}` is listed twice"),
+                ));
+            }
+            let template = entry
+                .message
+                .unwrap_or_else(|| DEFAULT_CHANNEL_MESSAGE.into());
+            if template.trim().is_empty() {
+                return Err(problem(&key("message"), "is empty".into()));
+            }
+            check_template(&template, &["mention", "channel"])
+                .map_err(|p| problem(&key("message"), p))?;
+            let place = match entry.topic {
+                Some(topic) => Place::Channel {
+                    name: name.clone(),
+                    topic,
+                },
+                None => Place::Direct,
+            };
+            channels.push(ChannelGreeting {
+                name,
+                key: greeting_key,
+                template,
+                place,
+            });
+        }
+        let http = crate::outbound::client(raw.timeout.unwrap_or(Duration::from_secs(10)))
+            .map_err(|e| problem("timeout", crate::redact::http_error(e)))?;
+        Ok(WelcomeBot {
+            api,
+            new_user,
+            channels,
+            zulip: ZulipClient::with_client(http),
+            claimed: Claims::default(),
+        })
+    }
 
     async fn handle(&self, cx: &Context, event: &Event, effects: &mut Effects) -> HandlerResult {
         // Only forwarded events carry the realm id the records are kept under.

@@ -132,6 +132,7 @@ bulk_row! {
         attempts, next_attempt_at_ms, claimed_until_ms, last_error, emitted_at_ms,
         received_at_ms, updated_at_ms, message_id,
     ),
+    generated: (id),
 }
 
 /// An inbox row as listed by `dead-letters list`, the admin API and the dashboard.
