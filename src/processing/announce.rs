@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::handlers::health::Transition;
+use crate::listeners::breaker::Transition;
 use crate::listeners::{AUTO_DISABLED, Entry, Registry, changes};
 use crate::telemetry::metric;
 use crate::zulip_api::{BotApi, Destination, ZulipClient};

@@ -3,13 +3,12 @@
 //! keep running. The outgoing-webhook path (deadline, retries, late replies) is in
 //! [`outgoing`], its bots in [`bots`]; the forwarder path (durable inbox, workers, retries,
 //! dead letters) in [`inbox`], and what operators do with dead letters in [`dead_letters`].
-//! Both paths pass events through the same [`guards`]; [`realms`] matches realm ids with
+//! Both paths pass events through the same [`crate::guards`]; [`realms`] matches realm ids with
 //! subdomains for both.
 
 pub mod announce;
 pub mod bots;
 pub mod dead_letters;
-pub mod guards;
 pub mod inbox;
 pub mod outgoing;
 pub mod processes;

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::db::storage::{Storage, StorageLimits};
 use crate::db::writer::Writer;
-use crate::filters::Filters;
+use crate::guards::filters::Filters;
 use crate::handlers::Context;
 use crate::http::connections::{BusyConnections, ConnectionLimits};
 use crate::http::{AppState, ForwarderState, InFlight, metrics_routes, observe, routes};

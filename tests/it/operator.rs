@@ -504,7 +504,7 @@ async fn monitoring_bundle_uses_only_exported_metrics() {
         t.post_json("/zulip/outgoing", &ping(7)).await.json["content"],
         "pong"
     );
-    let body = zulip_listeners::sample::sample_batch(now_s() * 1000);
+    let body = zulip_listeners::cli::sample::sample_batch(now_s() * 1000);
     let answer = t.post_batch("msg_1", &body).await;
     assert_eq!(answer.status, 200, "{:?}", answer.json);
 

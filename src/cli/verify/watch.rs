@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::Plan;
+use crate::cli::doctor::Check;
 use crate::clock::now_ms;
 use crate::config::{Config, Secret};
-use crate::doctor::Check;
 use crate::zulip_api::{BotApi, ZulipClient};
 
 /// Pause between two rounds of look-ups of this server.
@@ -71,7 +71,7 @@ impl Admin {
         url: Option<&str>,
         timeout: Duration,
     ) -> Result<Admin, Check> {
-        let base = url.map_or_else(|| crate::sample::local_base(config), str::to_string);
+        let base = url.map_or_else(|| crate::cli::sample::local_base(config), str::to_string);
         let base = crate::outbound::check_url(&base).map_err(|problem| {
             Check::fail(
                 format!("--admin-url {problem}"),
