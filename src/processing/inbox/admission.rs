@@ -89,7 +89,7 @@ impl Inbox {
             for listener in self.waits_for(event_type) {
                 let backlog = self.backlog.of((realm_id, listener));
                 if backlog > max {
-                    let what = match listener.and_then(|id| self.processor.handler_name(id)) {
+                    let what = match listener.and_then(|id| self.processor.listener_name(id)) {
                         Some(name) => format!("waiting for `{name}`"),
                         None => "waiting to be processed".to_string(),
                     };
