@@ -33,7 +33,7 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// `GET /readyz`: 200 when the server takes traffic (database reachable, listeners loaded; their
-/// count is the field `handlers`); 503 once shutdown has begun or while the database cannot
+/// count is the field `listeners`, and `handlers`, its deprecated name); 503 once shutdown has begun or while the database cannot
 /// be reached.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let accepting = state.ready.load(Ordering::Relaxed);
@@ -46,6 +46,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         // Never the database's own error text (it can name hosts and users): that goes to the
         // log.
         "database": if database { "ok" } else { "unreachable" },
+        "listeners": listeners,
         "handlers": listeners,
     });
     answer(ok, &body)
@@ -158,7 +159,7 @@ pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
         }
         if f.parked > 0 {
             reasons.push(format!(
-                "{} event(s) parked, waiting for a paused or disabled handler",
+                "{} event(s) parked, waiting for a paused or disabled listener",
                 f.parked
             ));
         }

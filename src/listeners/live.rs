@@ -97,7 +97,7 @@ pub struct Entry {
     overrides_problem: RwLock<Option<String>>,
     pub health: breaker::Health,
     /// Its run metrics, registered on first use (after the metrics recorder is installed).
-    runs: OnceLock<crate::telemetry::metric::HandlerRuns>,
+    runs: OnceLock<crate::telemetry::metric::ListenerRuns>,
 }
 
 impl Entry {
@@ -213,7 +213,7 @@ impl Entry {
     /// Records a run in the metrics.
     pub fn record_run(&self, ok: bool, seconds: f64) {
         self.runs
-            .get_or_init(|| crate::telemetry::metric::HandlerRuns::new(self.name))
+            .get_or_init(|| crate::telemetry::metric::ListenerRuns::new(self.name))
             .record(ok, seconds);
     }
 }

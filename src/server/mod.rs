@@ -207,9 +207,9 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
             .collect::<Vec<_>>(),
     );
     for entry in registry.entries() {
-        metric::handler_enabled(entry.name(), entry.enabled());
-        metric::handler_enabled_in_file(entry.name(), entry.file_definition().enabled);
-        metric::handler_circuit_open(entry.name(), false);
+        metric::listener_enabled(entry.name(), entry.enabled());
+        metric::listener_enabled_in_file(entry.name(), entry.file_definition().enabled);
+        metric::listener_circuit_open(entry.name(), false);
     }
     if forwarder.is_some() {
         // Counts from start-up, so that a forwarder silent since the start is noticed too
@@ -369,7 +369,7 @@ fn apply_persisted_state(registry: &Registry, rows: &[crate::db::tables::listene
                 tracing::debug!(listener = name, "listener is off in the configuration");
             }
         }
-        crate::telemetry::metric::handler_enabled(name, entry.enabled());
+        crate::telemetry::metric::listener_enabled(name, entry.enabled());
     }
 }
 

@@ -260,7 +260,7 @@ async fn only_the_status_line_of_a_bot_services_answer_is_kept(backend: Backend)
         ],
         "{backend:?}"
     );
-    let events = admin(&t, Method::GET, "/admin/events?handler=relay", None).await;
+    let events = admin(&t, Method::GET, "/admin/events?listener=relay", None).await;
     assert!(
         !events.json.to_string().contains("hunter2"),
         "{:?}",

@@ -221,7 +221,7 @@ async fn process_metrics_are_plausible() {
     let lag_exported = eventually(Duration::from_secs(10), async || {
         t.metrics()
             .await
-            .contains("zulip_listeners_listener_queue_lag_seconds{handler=\"message_logger\"} 0")
+            .contains(r#"zulip_listeners_listener_queue_lag_seconds{listener="message_logger",handler="message_logger"} 0"#)
     })
     .await;
     assert!(lag_exported, "queue lag per forwarder listener");

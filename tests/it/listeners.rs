@@ -343,7 +343,10 @@ async fn the_cli_changes_listeners_and_a_running_server_follows(backend: Backend
     .expect("JSON");
     let intervals = intervals.as_array().expect("rows");
     assert!(
-        !intervals.is_empty() && intervals.iter().all(|r| r["handler"] == "alerts-eng"),
+        !intervals.is_empty()
+            && intervals
+                .iter()
+                .all(|r| r["listener"] == "alerts-eng" && r["handler"] == r["listener"]),
         "{intervals:?}"
     );
     let table = cli(file, &["stats", "show", "--listener", "alerts-eng"]);
@@ -457,7 +460,7 @@ async fn a_listener_over_its_own_quota_is_skipped_alone(backend: Backend) {
     let page = admin(
         &t,
         reqwest::Method::GET,
-        "/admin/events?handler=quiet-alerts&success=false",
+        "/admin/events?listener=quiet-alerts&success=false",
         None,
     )
     .await;

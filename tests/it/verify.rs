@@ -432,7 +432,7 @@ async fn the_admin_api_finds_a_message_in_the_event_log_and_the_inbox(backend: B
     let outgoing = get("/admin/events?message_id=101&source=outgoing").await;
     let rows = outgoing.json["events"].as_array().expect("events").clone();
     assert_eq!(rows.len(), 1, "{backend:?}: {:?}", outgoing.json);
-    assert_eq!(rows[0]["handler"], "command_bot");
+    assert_eq!(rows[0]["listener"], "command_bot");
     assert_eq!(rows[0]["message_id"], 101);
     let both = get("/admin/events?message_id=101").await;
     let sources: Vec<&str> = both.json["events"]
