@@ -120,7 +120,7 @@ async fn resent_batches_and_events_consume_no_rate_limit_quota(backend: Backend)
         .await;
     assert_eq!(buckets(&over), [0, 0, 0, 0, 1], "{:?}", over.json);
     let (status, payload) = t.query(|c| inbox_status(c, "q4")).await;
-    assert_eq!(status, "rate_limited");
+    assert_eq!(status, InboxStatus::RateLimited);
     assert!(payload.contains("\"four\""), "{payload}");
     let stored = t
         .query(|c| {
@@ -171,7 +171,7 @@ fn four_alpha_messages(prefix: &str) -> String {
 /// Parked events (status, last error) of the inbox.
 fn parked(c: &mut DbConnection) -> Vec<String> {
     inbox::table
-        .filter(inbox::status.eq("parked"))
+        .filter(inbox::status.eq(InboxStatus::Parked))
         .select(inbox::event_id)
         .load::<EventKey>(c)
         .expect("inbox")
@@ -199,7 +199,7 @@ async fn a_disabled_handler_parks_its_events_without_stalling_intake(backend: Ba
     let mut last = Vec::new();
     let all_parked = eventually(std::time::Duration::from_secs(20), async || {
         last = t.query(parked).await;
-        last.len() == 4 && t.query(|c| inbox_count(c, "pending")).await == 0
+        last.len() == 4 && t.query(|c| inbox_count(c, InboxStatus::Pending)).await == 0
     })
     .await;
     assert!(all_parked, "{backend:?}: parked {last:?}");
@@ -233,7 +233,7 @@ async fn a_disabled_handler_parks_its_events_without_stalling_intake(backend: Ba
 /// Pending events that have been tried at least once.
 fn tried_pending(c: &mut DbConnection) -> i64 {
     inbox::table
-        .filter(inbox::status.eq("pending"))
+        .filter(inbox::status.eq(InboxStatus::Pending))
         .filter(inbox::attempts.ge(1))
         .count()
         .get_result(c)
@@ -272,7 +272,7 @@ async fn a_failing_handler_holds_back_only_the_events_that_need_it(backend: Back
     assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
     assert_eq!(answer.json["accepted"], 1, "{backend:?}: {:?}", answer.json);
     let done = eventually(std::time::Duration::from_secs(10), async || {
-        t.query(|c| inbox_status(c, "d1")).await.0 == "done"
+        t.query(|c| inbox_status(c, "d1")).await.0 == InboxStatus::Done
     })
     .await;
     assert!(done, "{backend:?}: the delete is not held back");
@@ -322,7 +322,7 @@ async fn a_failed_rule_does_not_repeat_alerts_already_delivered(backend: Backend
         .await;
     assert_eq!(answer.status, 200);
     let dead = eventually(std::time::Duration::from_secs(20), async || {
-        t.query(|c| inbox_count(c, "dead")).await == 1
+        t.query(|c| inbox_count(c, InboxStatus::Dead)).await == 1
     })
     .await;
     assert!(dead, "{backend:?}: the event ends dead");

@@ -33,8 +33,8 @@ fn envelope_from(
         .json()
 }
 
-fn inbox_row(c: &mut DbConnection, status: &str) -> Vec<(String, Option<String>)> {
-    tables::inbox::inbox_entries(c, &[status.parse().expect("status")], 100)
+fn inbox_row(c: &mut DbConnection, status: InboxStatus) -> Vec<(String, Option<String>)> {
+    tables::inbox::inbox_entries(c, &[status], 100)
         .expect("inbox")
         .into_iter()
         .map(|e| (e.event_id, e.last_error))
@@ -127,7 +127,7 @@ async fn forwarded_events_over_quota_are_kept_and_replayable(backend: Backend) {
         (Some(2), Some(1))
     );
 
-    let limited = t.query(|c| inbox_row(c, "rate_limited")).await;
+    let limited = t.query(|c| inbox_row(c, InboxStatus::RateLimited)).await;
     assert_eq!(limited.len(), 1, "{backend:?}");
     assert_eq!(limited[0].0, "q2");
     assert!(
@@ -273,7 +273,12 @@ async fn realm_and_user_filters_on_both_paths(backend: Backend) {
         (Some(1), Some(2), Some(1))
     );
     let (filtered, expired) = t
-        .query(|c| (inbox_row(c, "filtered"), inbox_row(c, "expired")))
+        .query(|c| {
+            (
+                inbox_row(c, InboxStatus::Filtered),
+                inbox_row(c, InboxStatus::Expired),
+            )
+        })
         .await;
     let reason = |id: &str| {
         filtered

@@ -99,7 +99,10 @@ async fn metrics_are_prometheus_text() {
         "a histogram with buckets: {:?}",
         latency.value
     );
-    sample("zulip_listeners_inbox_events", ("status", "pending"));
+    sample(
+        "zulip_listeners_inbox_events",
+        ("status", InboxStatus::Pending.as_str()),
+    );
     sample("zulip_listeners_db_pool_connections", ("state", "idle"));
     t.stop().await;
 }
@@ -453,11 +456,11 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let now = t.query(inbox_counts).await;
     assert_eq!(
-        count_of(&now, "parked") + count_of(&now, "pending"),
+        count_of(&now, InboxStatus::Parked) + count_of(&now, InboxStatus::Pending),
         1,
         "{now:?}"
     );
-    assert_eq!(count_of(&now, "done"), 0, "{now:?}");
+    assert_eq!(count_of(&now, InboxStatus::Done), 0, "{now:?}");
 
     // The target recovers; an operator enables the handler; the waiting event is processed.
     let failed_calls = target.requests().len();
@@ -470,7 +473,7 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     )
     .await;
     let done = eventually(Duration::from_secs(15), async || {
-        count_of(&t.query(inbox_counts).await, "done") == 1
+        count_of(&t.query(inbox_counts).await, InboxStatus::Done) == 1
     })
     .await;
     assert!(
@@ -553,8 +556,8 @@ async fn sigterm_finishes_work_in_hand_and_exits_cleanly(backend: Backend) {
 
     // No event is half-processed: every done event has all its effects, no other has any.
     let mut conn = db.connect();
-    let done = count_of(&inbox_counts(&mut conn), "done");
-    let pending = count_of(&inbox_counts(&mut conn), "pending");
+    let done = count_of(&inbox_counts(&mut conn), InboxStatus::Done);
+    let pending = count_of(&inbox_counts(&mut conn), InboxStatus::Pending);
     assert_eq!(done + pending, 20, "{backend:?}");
     assert!(
         pending > 0,

@@ -93,7 +93,10 @@ fn assert_exactly_once(c: &mut DbConnection, acked: &[i64], phase: &str) {
 async fn wait_all_done(c: &mut DbConnection, total: i64, phase: &str) {
     let mut last = (0, 0);
     let done = eventually(Duration::from_secs(90), async || {
-        last = (inbox_count(c, "done"), inbox_count(c, "pending"));
+        last = (
+            inbox_count(c, InboxStatus::Done),
+            inbox_count(c, InboxStatus::Pending),
+        );
         last.0 == total
     })
     .await;
@@ -158,7 +161,7 @@ async fn two_processes_run_every_listener_exactly_once_across_a_kill() {
     // Work of the killed process waits (claims run out after the lease), and its listener is
     // reported as run by no live process, until it is back.
     assert!(
-        inbox_count(&mut conn, "pending") > 0,
+        inbox_count(&mut conn, InboxStatus::Pending) > 0,
         "the kill left work undone"
     );
     drop(b);
@@ -278,7 +281,7 @@ async fn a_replayed_event_without_work_runs_every_listener_once(backend: Backend
         replayed.json
     );
     let done = eventually(Duration::from_secs(15), async || {
-        t.query(|c| inbox_count(c, "done")).await == 1
+        t.query(|c| inbox_count(c, InboxStatus::Done)).await == 1
     })
     .await;
     assert!(done, "{backend:?}: replayed event processed");

@@ -463,7 +463,7 @@ async fn the_admin_api_finds_a_message_in_the_event_log_and_the_inbox(backend: B
     let events = inbox.json["events"].as_array().expect("events");
     assert_eq!(events.len(), 1, "{backend:?}: {:?}", inbox.json);
     assert_eq!(events[0]["event_type"], "message");
-    assert_eq!(events[0]["status"], "done");
+    assert_eq!(events[0]["status"], InboxStatus::Done.as_str());
     assert!(
         events[0]["received_at_ms"]
             .as_i64()

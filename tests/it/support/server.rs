@@ -11,6 +11,7 @@ use super::db::{TestDatabase, count_of, inbox_counts};
 use super::poll::eventually;
 use super::process::ConfigFile;
 use super::wire::{BOT_EMAIL, SECRET, TOKEN, batch, now_s, signed_events};
+use zulip_listeners::db::tables::inbox::InboxStatus;
 
 /// The admin token of [`TestApp::admin`].
 pub const ADMIN: &str = "admin-token-for-tests-0123456789";
@@ -233,11 +234,11 @@ impl TestServer {
 
     /// Waits up to 20 s until at least `done` inbox events are done and none is pending;
     /// returns the inbox counts.
-    pub async fn settle(&self, done: i64) -> Vec<(String, i64)> {
+    pub async fn settle(&self, done: i64) -> Vec<(InboxStatus, i64)> {
         let mut last = Vec::new();
         let settled = eventually(Duration::from_secs(20), async || {
             last = self.query(inbox_counts).await;
-            count_of(&last, "done") >= done && count_of(&last, "pending") == 0
+            count_of(&last, InboxStatus::Done) >= done && count_of(&last, InboxStatus::Pending) == 0
         })
         .await;
         assert!(settled, "inbox did not settle: {last:?}");
