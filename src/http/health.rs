@@ -12,6 +12,7 @@ use serde_json::json;
 use super::{AppState, json_ok};
 use crate::db::tables;
 use crate::db::tables::inbox::InboxStatus;
+use crate::listeners::ListenerState;
 
 /// How long `/readyz` waits for a database connection.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -111,7 +112,7 @@ pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
             && stored.is_none()
         {
             // Off in the configuration file: a deliberate, static choice, not a degradation.
-            "off"
+            ListenerState::Off
         } else if entry.auto_disabled() {
             let why = stored
                 .filter(|r| r.starts_with(crate::listeners::AUTO_DISABLED))
@@ -122,20 +123,20 @@ pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
                     )
                 });
             reasons.push(format!("listener `{name}` {why}"));
-            "auto_disabled"
+            ListenerState::AutoDisabled
         } else if !entry.enabled() {
             reasons.push(format!(
                 "listener `{name}` is disabled by an operator (admin API or command line)"
             ));
-            "disabled"
+            ListenerState::Disabled
         } else if let Some(until) = entry.health.open_until(now) {
             let secs = until.saturating_duration_since(now).as_secs_f64().ceil() as u64;
             reasons.push(format!(
                 "listener `{name}`: circuit breaker open after repeated failures (trial run in {secs} s)"
             ));
-            "breaker_open"
+            ListenerState::BreakerOpen
         } else {
-            "ok"
+            ListenerState::Ok
         };
         listeners.push(json!({ "name": name, "state": listener_state }));
     }

@@ -23,6 +23,7 @@ use crate::handlers::{self, Handler};
 use changes::{FieldError, Overrides};
 
 pub use live::{AUTO_DISABLED, Definition, Entry, Live, auto_disabled_row};
+pub use view::ListenerState;
 
 /// Index of a listener in the [`Registry`].
 pub type ListenerId = usize;

@@ -210,7 +210,10 @@ async fn two_listeners_of_one_handler_keep_their_scopes_and_change_at_runtime(ba
         None,
     )
     .await;
-    assert_eq!((off.status, &off.json["state"]), (200, &json!("disabled")));
+    assert_eq!(
+        (off.status, &off.json["state"]),
+        (200, &json!(ListenerState::Disabled))
+    );
     assert_eq!(
         alerts_after(&t, 105, "ops", 42, &eng, &ops).await,
         (3, 2),
