@@ -42,7 +42,7 @@ pub const LISTENER_SYNC_SECONDS: u64 = 3;
 
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
-    /// Handlers run but store nothing and cause no external side effects.
+    /// Listeners run but store nothing and cause no external side effects.
     pub dry_run: bool,
     /// `serve --listeners`: the forwarder listeners this process runs (`None`: all of
     /// them). PostgreSQL only; other processes sharing the database run the rest.

@@ -303,7 +303,7 @@ async fn alert_webhooks_keep_their_id_across_retries_and_replays(backend: Backen
         .forwarder()
         .admin()
         .toml(&format!(
-            "[forwarder]\nhandlers = [\"keyword_alerts\"]\nmax_retries = 1\nretry_delay = \"100ms\"\n\
+            "[forwarder]\nlisteners = [\"keyword_alerts\"]\nmax_retries = 1\nretry_delay = \"100ms\"\n\
              [handlers.keyword_alerts]\nsecret = \"{ALERT_SECRET}\"\nrules = [\
              {{ name = \"alpha\", pattern = \"alpha\", webhook = \"{0}/a\" }}, \
              {{ name = \"beta\", pattern = \"beta\", webhook = \"{0}/b\" }}]\n",

@@ -110,12 +110,12 @@ fn app(db: &TestDatabase, before: Before, target: &Stub) -> TestApp {
     );
     let failing = |forwarder: &str| {
         format!(
-            "[forwarder]\nhandlers = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\n{forwarder}{alerts}"
+            "[forwarder]\nlisteners = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\n{forwarder}{alerts}"
         )
     };
     let toml = match before {
         Before::Done | Before::Expired => {
-            "[forwarder]\nhandlers = [\"message_logger\"]\n".to_string()
+            "[forwarder]\nlisteners = [\"message_logger\"]\n".to_string()
         }
         Before::Pending => failing("retry_delay = \"1h\"\nmax_retries = 5\n"),
         Before::Dead => failing("max_retries = 0\n"),
@@ -124,10 +124,10 @@ fn app(db: &TestDatabase, before: Before, target: &Stub) -> TestApp {
              [error_handling]\nbreaker_failures = 100\nmax_failures_per_hour = 2\n",
         ),
         Before::Filtered => {
-            "[forwarder]\nhandlers = [\"message_logger\"]\n[filters]\nallowed_realms = [99]\n"
+            "[forwarder]\nlisteners = [\"message_logger\"]\n[filters]\nallowed_realms = [99]\n"
                 .to_string()
         }
-        Before::RateLimited => "[forwarder]\nhandlers = [\"message_logger\"]\n\
+        Before::RateLimited => "[forwarder]\nlisteners = [\"message_logger\"]\n\
              [rate_limits.forwarder.per_user]\nper_minute = 1\nburst = 1\n"
             .to_string(),
     };
@@ -361,7 +361,7 @@ async fn a_logger_scoped_by_channel_or_user_applies_deletions(backend: Backend) 
     let t = TestApp::new(&db)
         .forwarder()
         .toml(
-            "[forwarder]\nhandlers = [\"log-denmark\", \"log-user\"]\n\
+            "[forwarder]\nlisteners = [\"log-denmark\", \"log-user\"]\n\
              [listeners.log-denmark]\nhandler = \"message_logger\"\nstreams = [\"Denmark\"]\n\
              [listeners.log-user]\nhandler = \"message_logger\"\nusers = [10]\nevents = [\"message\"]\n",
         )
@@ -415,7 +415,7 @@ async fn a_deletion_erases_the_outgoing_copies(backend: Backend) {
     let t = TestApp::new(&db)
         .forwarder()
         .helper(&["message_logger", "command_bot"])
-        .toml("[forwarder]\nhandlers = [\"message_logger\"]\n")
+        .toml("[forwarder]\nlisteners = [\"message_logger\"]\n")
         .start()
         .await;
     // `echo` quotes the message in the reply recorded for Zulip's retries.
@@ -451,7 +451,7 @@ async fn cleanup_days_zero_leaves_no_text_in_the_inbox(backend: Backend) {
     let target = Stub::failing().await;
     // No message_logger: the envelopes are the only copies of the text.
     let app = TestApp::new(&db).forwarder().toml(&format!(
-        "[forwarder]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"1h\"\nmax_retries = 5\n\
+        "[forwarder]\nlisteners = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"1h\"\nmax_retries = 5\n\
          [handlers.keyword_alerts]\nrules = [{{ name = \"retained\", pattern = \"alert me\", webhook = \"{}/alert\" }}]\n",
         target.url
     ));
@@ -509,7 +509,7 @@ async fn filtered_events_keep_no_envelope_and_are_still_deduplicated(backend: Ba
     let t = TestApp::new(&db)
         .forwarder()
         .toml(
-            "[forwarder]\nhandlers = [\"message_logger\"]\n\
+            "[forwarder]\nlisteners = [\"message_logger\"]\n\
              [filters]\nblocked_users = [13]\nallowed_realms = [2]\n",
         )
         .start()

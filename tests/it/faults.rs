@@ -146,7 +146,7 @@ fn logger_and_alerts(
     error_handling: &str,
 ) -> TestApp {
     TestApp::new(db).forwarder().toml(&format!(
-        "[forwarder]\nhandlers = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\nretry_delay = \"{retry_delay}\"\nmax_retries = 50\nmax_backlog = 2\n\
+        "[forwarder]\nlisteners = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\nretry_delay = \"{retry_delay}\"\nmax_retries = 50\nmax_backlog = 2\n\
          [error_handling]\n{error_handling}\
          [handlers.keyword_alerts]\nrules = [{{ name = \"alpha\", pattern = \"alpha\", webhook = \"{}/alert\" }}]\n",
         target.url
@@ -305,7 +305,7 @@ async fn a_failed_rule_does_not_repeat_alerts_already_delivered(backend: Backend
     let t = TestApp::new(&db)
         .forwarder()
         .toml(&format!(
-            "[forwarder]\nhandlers = [\"keyword_alerts\"]\nmax_retries = 2\nretry_delay = \"100ms\"\n\
+            "[forwarder]\nlisteners = [\"keyword_alerts\"]\nmax_retries = 2\nretry_delay = \"100ms\"\n\
              [handlers.keyword_alerts]\nrules = [\
              {{ name = \"good\", pattern = \"alpha.*\", webhook = \"{}/ok\" }}, \
              {{ name = \"broken\", pattern = \"alpha\", webhook = \"{}/bad\" }}]\n",

@@ -287,7 +287,7 @@ async fn pure_handlers_run_at_intake_without_overtaking_a_busy_realm(backend: Ba
     let t = TestApp::new(&db)
         .forwarder()
         .toml(&format!(
-            "[forwarder]\nhandlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
+            "[forwarder]\nlisteners = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
              [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
             alerts.url
         ))
@@ -372,7 +372,7 @@ async fn failures_are_retried_then_dead_and_replayable(backend: Backend) {
     let t = TestApp::new(&db)
         .forwarder()
         .toml(&format!(
-            "[forwarder]\nhandlers = [\"message_logger\", \"keyword_alerts\"]\nmax_retries = 2\nretry_delay = \"100ms\"\n\
+            "[forwarder]\nlisteners = [\"message_logger\", \"keyword_alerts\"]\nmax_retries = 2\nretry_delay = \"100ms\"\n\
              [handlers.keyword_alerts]\nrules = [{{ name = \"outage\", pattern = \"(?i)outage\", webhook = \"{}/alerts\" }}]\n",
             alerts.url
         ))
@@ -463,7 +463,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill(backend: Backend) {
     let db = TestDatabase::new(backend);
     let config = db.config_file(&format!(
         "[forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nclaim_lease = \"1s\"\n\
-         handlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
+         listeners = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
          [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
         alerts.url
     ));

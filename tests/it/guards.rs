@@ -108,7 +108,7 @@ async fn forwarded_events_over_quota_are_kept_and_replayable(backend: Backend) {
     let t = TestApp::new(&db)
         .forwarder()
         .toml(
-            "[forwarder]\nhandlers = [\"message_logger\"]\n\
+            "[forwarder]\nlisteners = [\"message_logger\"]\n\
              [rate_limits.forwarder.per_user]\nper_minute = 60\nburst = 2\n",
         )
         .start()
@@ -168,7 +168,7 @@ async fn a_deep_backlog_is_answered_429_with_retry_after() {
     let t = TestApp::new(&db)
         .forwarder()
         .toml(&format!(
-            "[forwarder]\nworkers = 1\nmax_backlog = 2\nhandlers = [\"keyword_alerts\"]\n\
+            "[forwarder]\nworkers = 1\nmax_backlog = 2\nlisteners = [\"keyword_alerts\"]\n\
              [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
             alerts.url
         ))
@@ -225,7 +225,7 @@ async fn realm_and_user_filters_on_both_paths(backend: Backend) {
         .helper(&["command_bot"])
         .forwarder()
         .toml(
-            "[forwarder]\nhandlers = [\"message_logger\"]\n\
+            "[forwarder]\nlisteners = [\"message_logger\"]\n\
              [filters]\nallowed_realms = [2, \"zulip\"]\nblocked_users = [13]\n",
         )
         .start()

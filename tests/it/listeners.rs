@@ -494,7 +494,7 @@ async fn a_forwarded_event_over_a_listener_quota_is_set_aside_and_replayable_for
     let t = TestApp::new(&db)
         .admin()
         .forwarder()
-        .toml("[forwarder]\nhandlers = [\"quiet-alerts\", \"message_logger\"]\nworkers = 1\n")
+        .toml("[forwarder]\nlisteners = [\"quiet-alerts\", \"message_logger\"]\nworkers = 1\n")
         .deploy_alerts(
             "quiet-alerts",
             "rate_limits = { per_user = { per_minute = 60, burst = 1 } }\n",

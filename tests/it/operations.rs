@@ -496,7 +496,7 @@ async fn sigterm_finishes_work_in_hand_and_exits_cleanly(backend: Backend) {
     let db = TestDatabase::new(backend);
     let config = db.config_file(&format!(
         "[server]\nshutdown_timeout = \"10s\"\n\
-         [forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nhandlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
+         [forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nlisteners = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
          [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n\
          [handlers.relay]\nurl = \"{}/\"\n{}",
         alerts.url,

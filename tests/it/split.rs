@@ -33,7 +33,7 @@ fn server_config(db: &TestDatabase, alerts: &str) -> ConfigFile {
         "pool_size = 4\n\
          [forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 2\nclaim_lease = \"2s\"\n\
          retry_delay = \"200ms\"\nmax_retries = 20\n\
-         handlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
+         listeners = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
          [handlers.keyword_alerts]\nrules = [{{ name = \"alpha\", pattern = \"alpha\", webhook = \"{alerts}/alert\" }}]\n"
     ))
 }
@@ -191,7 +191,7 @@ async fn health_names_a_listener_no_live_process_runs() {
     let process = |listeners: &str| {
         TestApp::new(&db)
             .forwarder()
-            .toml("[forwarder]\nhandlers = [\"message_logger\", \"user_activity_tracker\"]\n")
+            .toml("[forwarder]\nlisteners = [\"message_logger\", \"user_activity_tracker\"]\n")
             .options(ServeOptions {
                 listeners: Some(vec![listeners.to_string()]),
                 ..Default::default()
@@ -241,7 +241,7 @@ async fn listeners_option_errors_name_the_problem() {
         };
         let config = TestApp::new(&db)
             .forwarder()
-            .toml("[forwarder]\nhandlers = [\"message_logger\", \"user_activity_tracker\"]\n")
+            .toml("[forwarder]\nlisteners = [\"message_logger\", \"user_activity_tracker\"]\n")
             .config();
         let error = match zulip_listeners::server::start(config, options).await {
             Ok(_) => panic!("{backend:?}: --listeners {listeners} was accepted"),
@@ -260,7 +260,7 @@ async fn a_replayed_event_without_work_runs_every_listener_once(backend: Backend
     let t = TestApp::new(&db)
         .admin()
         .forwarder()
-        .toml("[forwarder]\nhandlers = [\"message_logger\", \"user_activity_tracker\"]\n")
+        .toml("[forwarder]\nlisteners = [\"message_logger\", \"user_activity_tracker\"]\n")
         .start()
         .await;
     let old = Envelope::new("x1", message(9001, 40, "alpha beta"))

@@ -410,7 +410,7 @@ backend_test!(async fn the_admin_api_finds_a_message_in_the_event_log_and_the_in
 async fn the_admin_api_finds_a_message_in_the_event_log_and_the_inbox(backend: Backend) {
     let db = TestDatabase::new(backend);
     let t = app(&db, &["command_bot"])
-        .toml("[forwarder]\nhandlers = [\"message_logger\"]\n")
+        .toml("[forwarder]\nlisteners = [\"message_logger\"]\n")
         .start()
         .await;
     for id in [101, 102] {

@@ -16,10 +16,12 @@ use zulip_listeners::db::tables::inbox::InboxStatus;
 /// The admin token of [`TestApp::admin`].
 pub const ADMIN: &str = "admin-token-for-tests-0123456789";
 
-/// `[bots.helper]`: the bot `helper` ([`BOT_EMAIL`], [`TOKEN`]) running `handlers`.
-pub fn helper_bot(handlers: &[&str]) -> String {
-    let handlers = toml::Value::from(handlers.iter().map(|h| h.to_string()).collect::<Vec<_>>());
-    format!("[bots.helper]\nemail = \"{BOT_EMAIL}\"\ntoken = \"{TOKEN}\"\nhandlers = {handlers}\n")
+/// `[bots.helper]`: the bot `helper` ([`BOT_EMAIL`], [`TOKEN`]) running `listeners`.
+pub fn helper_bot(listeners: &[&str]) -> String {
+    let listeners = toml::Value::from(listeners.iter().map(|l| l.to_string()).collect::<Vec<_>>());
+    format!(
+        "[bots.helper]\nemail = \"{BOT_EMAIL}\"\ntoken = \"{TOKEN}\"\nlisteners = {listeners}\n"
+    )
 }
 
 /// Tests keep a 16 MiB free-space floor instead of the default 256 MiB, so that a nearly full
@@ -61,8 +63,8 @@ impl TestApp {
     }
 
     /// The bot `helper` running `handlers` ([`helper_bot`]).
-    pub fn helper(self, handlers: &[&str]) -> TestApp {
-        self.toml(&helper_bot(handlers))
+    pub fn helper(self, listeners: &[&str]) -> TestApp {
+        self.toml(&helper_bot(listeners))
     }
 
     /// [`TestApp::forwarder`] with forwarded events going to keyword_alerts alone (one worker,
@@ -70,7 +72,7 @@ impl TestApp {
     /// [`super::broken_build`] does).
     pub fn alerting_on_broken(self, target: &str) -> TestApp {
         self.forwarder().toml(&format!(
-            "[forwarder]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
+            "[forwarder]\nlisteners = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
              [handlers.keyword_alerts]\nrules = [{{ name = \"broken\", pattern = \"broken\", webhook = \"{target}/alert\" }}]\n"
         ))
     }
