@@ -104,6 +104,7 @@ async fn metrics_are_prometheus_text() {
         ("status", InboxStatus::Pending.as_str()),
     );
     sample("zulip_listeners_db_pool_connections", ("state", "idle"));
+    assert_deprecated_metric_names_mirror_the_listener_names(&t).await;
     t.stop().await;
 }
 
@@ -111,8 +112,7 @@ async fn metrics_are_prometheus_text() {
 /// removed: each `zulip_listeners_handler_*{handler}` series has the values of its
 /// `zulip_listeners_listener_*{listener}` twin, and a listener series whose name was already
 /// right carries both labels with one value.
-#[actix_web::test]
-async fn deprecated_metric_names_mirror_the_listener_names() {
+async fn assert_deprecated_metric_names_mirror_the_listener_names(t: &TestServer) {
     const RENAMED: &[(&str, &str)] = &[
         (
             "zulip_listeners_listener_runs_total",
@@ -139,16 +139,6 @@ async fn deprecated_metric_names_mirror_the_listener_names() {
             "zulip_listeners_handler_circuit_open",
         ),
     ];
-    let db = TestDatabase::new(Backend::Sqlite);
-    let t = TestApp::new(&db)
-        .helper(&["command_bot"])
-        .forwarder()
-        .start()
-        .await;
-    assert_eq!(
-        t.post_json("/zulip/outgoing", &ping(1)).await.json["content"],
-        "pong"
-    );
     // What a series says apart from its name and its listener label.
     type Series = (String, String, String);
     let series = |scrape: &prometheus_parse::Scrape, name: &str, label: &str| -> Vec<Series> {
@@ -202,7 +192,6 @@ async fn deprecated_metric_names_mirror_the_listener_names() {
     })
     .await;
     assert!(mirrored, "{problems:#?}");
-    t.stop().await;
 }
 
 backend_test!(async fn admin_api_requires_its_token_and_controls_handlers);
