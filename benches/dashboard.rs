@@ -37,7 +37,7 @@ token = "{ADMIN}"
 [bots.helper]
 email = "helper-bot@zulip.example"
 token = "helper-bot-token-0123456789"
-handlers = ["pinger"]
+listeners = ["pinger"]
 [listeners.pinger]
 handler = "command_bot"
 [listeners.alerts]

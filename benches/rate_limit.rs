@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::time::Instant;
 
 use zulip_listeners::config::QuotaConfig;
-use zulip_listeners::ratelimit::Limits;
+use zulip_listeners::guards::ratelimit::Limits;
 
 /// Resident memory of this process, in bytes (Linux).
 fn resident_bytes() -> Option<u64> {

@@ -6,21 +6,18 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
-pub mod doctor;
 pub mod events;
-pub mod filters;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guards;
 pub mod handlers;
 pub mod http;
 pub mod listeners;
 pub mod outbound;
 pub mod output;
 pub mod processing;
-pub mod ratelimit;
 pub mod redact;
-pub mod sample;
 pub mod server;
 pub mod telemetry;
 pub mod verification;

@@ -3,7 +3,9 @@
 //! arguments and the dispatch; each command group runs in its own file.
 
 mod dead_letters;
+mod doctor;
 mod listeners;
+pub mod sample;
 mod serve;
 mod stats;
 mod table;
@@ -141,7 +143,7 @@ fn run_command(cli: Cli, sources: &Sources) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Command::Doctor { url } = &cli.command {
-        return crate::doctor::run(sources, url.as_deref());
+        return doctor::run(sources, url.as_deref());
     }
     // A configuration that cannot be used, signing keys included, is exit code 2 for every
     // command, before anything else is done.
@@ -192,7 +194,7 @@ fn run_command(cli: Cli, sources: &Sources) -> ExitCode {
                 },
         } => stats::show_stats(&config, listener.as_deref(), hours, json),
         Command::GenSecret | Command::Doctor { .. } | Command::Verify(_) => Ok(()),
-        Command::SendSample { url } => crate::sample::send(&config, url.as_deref()),
+        Command::SendSample { url } => sample::send(&config, url.as_deref()),
         Command::DeadLetters { action } => dead_letters::dead_letters(&config, action),
     };
     match result {

@@ -227,13 +227,13 @@ impl TryFrom<String> for ProxyRange {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorHandlingConfig {
-    /// Consecutive failures of a handler that open its circuit breaker.
+    /// Consecutive failures of a listener that open its circuit breaker.
     #[serde(deserialize_with = "checked::count::<1, { u64::MAX }, _, _>")]
     pub breaker_failures: u32,
-    /// How long an open breaker keeps the handler from running.
+    /// How long an open breaker keeps the listener from running.
     #[serde(with = "humantime_serde")]
     pub breaker_cooldown: Duration,
-    /// Failures within an hour above which a handler is disabled until an operator enables it.
+    /// Failures within an hour above which a listener is disabled until an operator enables it.
     #[serde(deserialize_with = "checked::count::<1, { u64::MAX }, _, _>")]
     pub max_failures_per_hour: u32,
     /// A URL that receives a JSON POST for every breaker and auto-disable transition.

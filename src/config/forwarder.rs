@@ -46,7 +46,7 @@ pub struct ForwarderConfig {
     /// Delay before the first retry; doubled for each further one (at most 1 h).
     #[serde(deserialize_with = "checked::duration::<1, { u64::MAX }, _>")]
     pub retry_delay: Duration,
-    /// How long one handler may take with one event.
+    /// How long one listener may take with one event (the key keeps its older name).
     #[serde(deserialize_with = "checked::duration::<10, { u64::MAX }, _>")]
     pub handler_timeout: Duration,
     /// How long an event handed to a worker stays claimed; after that (a crash on another

@@ -21,7 +21,7 @@ pub struct ServerConfig {
     /// Largest request body accepted on the outgoing-webhook routes, in bytes.
     #[serde(deserialize_with = "checked::count::<1024, { u64::MAX }, _, _>")]
     pub max_body_bytes: usize,
-    /// How long handlers may take before the HTTP answer is sent without a reply; `None`
+    /// How long listeners may take before the HTTP answer is sent without a reply; `None`
     /// derives it from `zulip_outgoing_webhook_timeout` (see [`ServerConfig::reply_deadline`]).
     #[serde(default, with = "humantime_serde")]
     pub reply_deadline: Option<Duration>,

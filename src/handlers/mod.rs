@@ -12,7 +12,6 @@
 
 mod command_bot;
 mod effects;
-pub mod health;
 mod keyword_alerts;
 mod message_logger;
 mod relay;

@@ -277,7 +277,7 @@ pub(super) async fn apply_change(
     let (row, history) = (saved.row.clone(), saved.history.clone());
     state.registry.apply_saved(saved);
     if let Some(entry) = state.registry.by_name(name) {
-        metric::handler_enabled(name, entry.enabled());
+        metric::listener_enabled(name, entry.enabled());
     }
     for change in &history {
         tracing::info!(
@@ -310,6 +310,8 @@ impl SourceParam {
 
 #[derive(Deserialize)]
 pub struct EventQuery {
+    listener: Option<String>,
+    /// The deprecated name of `listener`.
     handler: Option<String>,
     #[serde(rename = "type")]
     event_type: Option<String>,
@@ -321,8 +323,9 @@ pub struct EventQuery {
     per_page: Option<i64>,
 }
 
-/// `GET /admin/events?handler=&type=&success=&source=&message_id=&since_ms=&page=&per_page=`:
-/// the event log, newest first.
+/// `GET /admin/events?listener=&type=&success=&source=&message_id=&since_ms=&page=&per_page=`:
+/// the event log, newest first. `handler=` is the deprecated name of `listener=` (the same
+/// filter; both with different values is refused).
 pub async fn events(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -336,8 +339,20 @@ pub async fn events(
             "page {page} is too large for per_page {per_page} (the offset overflows)"
         ))
     })?;
+    let listener = match (q.listener, q.handler) {
+        (Some(listener), Some(handler)) if listener != handler => {
+            return Err(ApiError::InvalidField {
+                field: "handler".into(),
+                problem: format!(
+                    "is the deprecated name of `listener`, which is given too with another value \
+                     (`{listener}`); keep only `listener`"
+                ),
+            });
+        }
+        (listener, handler) => listener.or(handler),
+    };
     let filter = EventLogFilter {
-        listener: q.handler,
+        listener,
         event_type: q.event_type,
         success: q.success,
         source: q.source.map(|s| s.as_str().to_string()),

@@ -12,6 +12,7 @@ use serde_json::json;
 use super::{AppState, json_ok};
 use crate::db::tables;
 use crate::db::tables::inbox::InboxStatus;
+use crate::listeners::ListenerState;
 
 /// How long `/readyz` waits for a database connection.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,7 +34,7 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// `GET /readyz`: 200 when the server takes traffic (database reachable, listeners loaded; their
-/// count is the field `handlers`); 503 once shutdown has begun or while the database cannot
+/// count is the field `listeners`, and `handlers`, its deprecated name); 503 once shutdown has begun or while the database cannot
 /// be reached.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let accepting = state.ready.load(Ordering::Relaxed);
@@ -46,6 +47,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         // Never the database's own error text (it can name hosts and users): that goes to the
         // log.
         "database": if database { "ok" } else { "unreachable" },
+        "listeners": listeners,
         "handlers": listeners,
     });
     answer(ok, &body)
@@ -110,7 +112,7 @@ pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
             && stored.is_none()
         {
             // Off in the configuration file: a deliberate, static choice, not a degradation.
-            "off"
+            ListenerState::Off
         } else if entry.auto_disabled() {
             let why = stored
                 .filter(|r| r.starts_with(crate::listeners::AUTO_DISABLED))
@@ -121,20 +123,20 @@ pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
                     )
                 });
             reasons.push(format!("listener `{name}` {why}"));
-            "auto_disabled"
+            ListenerState::AutoDisabled
         } else if !entry.enabled() {
             reasons.push(format!(
                 "listener `{name}` is disabled by an operator (admin API or command line)"
             ));
-            "disabled"
+            ListenerState::Disabled
         } else if let Some(until) = entry.health.open_until(now) {
             let secs = until.saturating_duration_since(now).as_secs_f64().ceil() as u64;
             reasons.push(format!(
                 "listener `{name}`: circuit breaker open after repeated failures (trial run in {secs} s)"
             ));
-            "breaker_open"
+            ListenerState::BreakerOpen
         } else {
-            "ok"
+            ListenerState::Ok
         };
         listeners.push(json!({ "name": name, "state": listener_state }));
     }
@@ -158,7 +160,7 @@ pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
         }
         if f.parked > 0 {
             reasons.push(format!(
-                "{} event(s) parked, waiting for a paused or disabled handler",
+                "{} event(s) parked, waiting for a paused or disabled listener",
                 f.parked
             ));
         }

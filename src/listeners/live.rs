@@ -8,11 +8,12 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::Serialize;
 
+use super::breaker;
 use crate::config::{QuotaOverrides, Scope, SettingFiles};
 use crate::db::tables::listeners::ListenerRow;
 use crate::events::Event;
-use crate::handlers::{Runnable, health};
-use crate::ratelimit::Limits;
+use crate::guards::ratelimit::Limits;
+use crate::handlers::Runnable;
 
 /// The start of the stored reason of an automatic disable.
 pub const AUTO_DISABLED: &str = "auto-disabled:";
@@ -94,15 +95,20 @@ pub struct Entry {
     applied_row_at_ms: AtomicI64,
     /// Why the stored runtime changes last read are not applied, when they are not.
     overrides_problem: RwLock<Option<String>>,
-    pub health: health::Health,
+    pub health: breaker::Health,
     /// Its run metrics, registered on first use (after the metrics recorder is installed).
-    runs: OnceLock<crate::telemetry::metric::HandlerRuns>,
+    runs: OnceLock<crate::telemetry::metric::ListenerRuns>,
 }
 
 impl Entry {
     /// A listener as the registry builds it: enabled as its file definition says, its breaker
     /// closed, no database row applied yet.
-    pub(super) fn new(name: String, file: Definition, live: Live, health: health::Health) -> Entry {
+    pub(super) fn new(
+        name: String,
+        file: Definition,
+        live: Live,
+        health: breaker::Health,
+    ) -> Entry {
         Entry {
             enabled: AtomicBool::new(file.enabled),
             name: Box::leak(name.into_boxed_str()),
@@ -207,7 +213,7 @@ impl Entry {
     /// Records a run in the metrics.
     pub fn record_run(&self, ok: bool, seconds: f64) {
         self.runs
-            .get_or_init(|| crate::telemetry::metric::HandlerRuns::new(self.name))
+            .get_or_init(|| crate::telemetry::metric::ListenerRuns::new(self.name))
             .record(ok, seconds);
     }
 }

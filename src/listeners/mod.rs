@@ -6,6 +6,7 @@
 //! every definition checked against its handler, and stored rows applied; `live.rs` holds one
 //! listener's runtime state, `view.rs` how it is shown.
 
+pub mod breaker;
 pub mod changes;
 mod live;
 pub mod scope;
@@ -17,11 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, HandlerSettings, QuotaConfig, Scope};
 use crate::db::tables::listeners::ListenerRow;
-use crate::handlers::{self, health};
-use crate::ratelimit::Limits;
+use crate::guards::ratelimit::Limits;
+use crate::handlers;
 use changes::{FieldError, Overrides};
 
 pub use live::{AUTO_DISABLED, Definition, Entry, Live, auto_disabled_row};
+pub use view::ListenerState;
 
 /// Index of a listener in the [`Registry`].
 pub type ListenerId = usize;
@@ -65,7 +67,7 @@ impl Registry {
                 name,
                 definition,
                 live,
-                health::Health::new((&config.error_handling).into()),
+                breaker::Health::new((&config.error_handling).into()),
             ));
         }
         let registry = Registry {

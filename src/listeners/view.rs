@@ -1,10 +1,50 @@
 //! How a listener is shown by the admin API, the dashboard and the CLI: its definition as it
-//! runs here (settings redacted), its state, which fields the database overrides (beside the
-//! file's values, and why they are not applied when they are not), and who sends it events.
+//! runs here (settings redacted), its [`ListenerState`], which fields the database overrides
+//! (beside the file's values, and why they are not applied when they are not), and who sends it
+//! events.
 
 use super::changes::{self, Overrides};
 use super::{Entry, Registry};
 use crate::db::tables::listeners::ListenerRow;
+
+/// How a listener stands, as the admin API, the CLI, the dashboard and `GET /health` show it
+/// (the field `state`, its [`ListenerState::as_str`] text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerState {
+    /// Enabled, its circuit breaker closed.
+    Ok,
+    /// Turned off in the configuration file, and not changed at run time: a choice.
+    Off,
+    /// Disabled at run time by an operator.
+    Disabled,
+    /// Disabled automatically after too many failures within an hour.
+    AutoDisabled,
+    /// Enabled, but its circuit breaker is open: paused until a trial run succeeds.
+    BreakerOpen,
+}
+
+impl ListenerState {
+    /// Every state, in declaration order.
+    pub const ALL: [ListenerState; 5] = [
+        ListenerState::Ok,
+        ListenerState::Off,
+        ListenerState::Disabled,
+        ListenerState::AutoDisabled,
+        ListenerState::BreakerOpen,
+    ];
+
+    /// The text shown for it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ListenerState::Ok => "ok",
+            ListenerState::Off => "off",
+            ListenerState::Disabled => "disabled",
+            ListenerState::AutoDisabled => "auto_disabled",
+            ListenerState::BreakerOpen => "breaker_open",
+        }
+    }
+}
 
 impl Registry {
     /// Who sends this listener events: `bot:<name>` for each bot listing it, `forwarder`.
@@ -39,18 +79,18 @@ impl Registry {
             .open_until(now)
             .map(|u| u.saturating_duration_since(now));
         let state = if entry.auto_disabled() {
-            "auto_disabled"
+            ListenerState::AutoDisabled
         } else if !entry.enabled()
             && !entry.file_definition().enabled
             && row.is_none_or(|r| r.overrides.is_none())
         {
-            "off"
+            ListenerState::Off
         } else if !entry.enabled() {
-            "disabled"
+            ListenerState::Disabled
         } else if open_for.is_some() {
-            "breaker_open"
+            ListenerState::BreakerOpen
         } else {
-            "ok"
+            ListenerState::Ok
         };
         let stored = row
             .map(|r| Overrides::from_stored(r.overrides.as_deref()))
@@ -82,5 +122,17 @@ impl Registry {
             "overrides_problem": entry.overrides_problem(),
             "used_by": self.used_by(entry.name()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ListenerState;
+
+    #[test]
+    fn a_state_is_shown_as_its_text() {
+        for state in ListenerState::ALL {
+            assert_eq!(serde_json::json!(state), state.as_str());
+        }
     }
 }

@@ -1,7 +1,9 @@
-//! Announcing handler health transitions (circuit breaker opened or closed, handler
+//! Announcing listener health transitions (circuit breaker opened or closed, listener
 //! disabled automatically): a log line and a metric always; a JSON POST to
-//! `error_handling.notification_webhook` and a message in Zulip from
-//! `error_handling.notification_bot` when configured. Auto-disable is also persisted.
+//! `error_handling.notification_webhook` (`listener`, `state`, `message`, and `handler`, the
+//! deprecated name of `listener`) and a message in Zulip from `error_handling.notification_bot`
+//! when configured. Auto-disable is also persisted. The log lines keep the field name
+//! `handler` for the listener.
 
 use super::tasks::TaskTracker;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::handlers::health::Transition;
+use crate::listeners::breaker::Transition;
 use crate::listeners::{AUTO_DISABLED, Entry, Registry, changes};
 use crate::telemetry::metric;
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
@@ -59,30 +61,30 @@ impl Announcer {
 
     /// Acts on the transitions of `entry` (on a task of its own; never blocks the caller).
     pub fn announce(self: &Arc<Self>, entry: &Entry, transitions: Vec<Transition>) {
-        let handler = entry.name().to_string();
+        let listener = entry.name().to_string();
         for transition in &transitions {
             match transition {
                 Transition::Opened { failures, cooldown } => {
                     tracing::warn!(
-                        handler,
+                        handler = listener,
                         failures,
                         cooldown_s = cooldown.as_secs(),
                         "circuit breaker opened"
                     );
-                    metric::handler_transition(&handler, "open");
+                    metric::listener_transition(&listener, "open");
                 }
                 Transition::Closed => {
-                    tracing::info!(handler, "circuit breaker closed");
-                    metric::handler_transition(&handler, "closed");
+                    tracing::info!(handler = listener, "circuit breaker closed");
+                    metric::listener_transition(&listener, "closed");
                 }
                 Transition::Disable { failures_last_hour } => {
                     tracing::error!(
-                        handler,
+                        handler = listener,
                         failures_last_hour,
                         "handler disabled automatically"
                     );
-                    metric::handler_transition(&handler, "disabled");
-                    metric::handler_enabled(&handler, false);
+                    metric::listener_transition(&listener, "disabled");
+                    metric::listener_enabled(&listener, false);
                     entry.disable_automatically();
                 }
             }
@@ -90,36 +92,36 @@ impl Announcer {
         let this = self.clone();
         self.tasks.spawn(async move {
             for transition in transitions {
-                this.deliver(&handler, &transition).await;
+                this.deliver(&listener, &transition).await;
             }
         });
     }
 
-    async fn deliver(&self, handler: &str, transition: &Transition) {
+    async fn deliver(&self, listener: &str, transition: &Transition) {
         let (state, text) = match transition {
             Transition::Opened { failures, cooldown } => (
                 "breaker_open",
                 format!(
-                    "Listener `{handler}` failed {failures} times in a row; it is paused for {} s.",
+                    "Listener `{listener}` failed {failures} times in a row; it is paused for {} s.",
                     cooldown.as_secs()
                 ),
             ),
             Transition::Closed => (
                 "breaker_closed",
-                format!("Listener `{handler}` works again."),
+                format!("Listener `{listener}` works again."),
             ),
             Transition::Disable { failures_last_hour } => (
                 "disabled",
                 format!(
-                    "Listener `{handler}` failed {failures_last_hour} times within an hour and was disabled. \
-                     Enable it again with `zulip-listeners listeners enable {handler}` or the admin API."
+                    "Listener `{listener}` failed {failures_last_hour} times within an hour and was disabled. \
+                     Enable it again with `zulip-listeners listeners enable {listener}` or the admin API."
                 ),
             ),
         };
         if let Transition::Disable { .. } = transition {
             let reason = format!("{AUTO_DISABLED} {text}");
             let registry = self.registry.clone();
-            let name = handler.to_string();
+            let name = listener.to_string();
             if let Err(error) = self
                 .db
                 .run(move |c| {
@@ -128,11 +130,17 @@ impl Announcer {
                 })
                 .await
             {
-                tracing::error!(handler, %error, "could not persist the auto-disable");
+                tracing::error!(handler = listener, %error, "could not persist the auto-disable");
             }
         }
         if let Some(url) = &self.webhook {
-            let body = serde_json::json!({ "handler": handler, "state": state, "message": text });
+            // `handler`: the deprecated name of `listener`, sent until it is removed.
+            let body = serde_json::json!({
+                "listener": listener,
+                "state": state,
+                "message": text,
+                "handler": listener,
+            });
             match self.http.post(url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => {

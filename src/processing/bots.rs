@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::guards::Guards;
 use crate::config::{Config, Secret};
-use crate::filters::Filters;
+use crate::guards::Guards;
+use crate::guards::filters::Filters;
 use crate::listeners::{ListenerId, Registry};
 use crate::verification::token_matches;
 use crate::zulip_api::BotApi;

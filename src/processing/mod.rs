@@ -1,15 +1,14 @@
-//! Processing: running an event through a list of handlers. Every run is timed and written to
-//! the event log; the first reply is handed back as soon as it exists while later handlers
-//! keep running. The outgoing-webhook path (deadline, retries, late replies) is in
+//! Processing: running an event through a list of listeners (each a configured instance of a
+//! handler). Every run is timed and written to the event log; the first reply is handed back as
+//! soon as it exists while later listeners keep running. The outgoing-webhook path (deadline, retries, late replies) is in
 //! [`outgoing`], its bots in [`bots`]; the forwarder path (durable inbox, workers, retries,
 //! dead letters) in [`inbox`], and what operators do with dead letters in [`dead_letters`].
-//! Both paths pass events through the same [`guards`]; [`realms`] matches realm ids with
+//! Both paths pass events through the same [`crate::guards`]; [`realms`] matches realm ids with
 //! subdomains for both.
 
 pub mod announce;
 pub mod bots;
 pub mod dead_letters;
-pub mod guards;
 pub mod inbox;
 pub mod outgoing;
 pub mod processes;
@@ -29,18 +28,18 @@ use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::events::text::{normalize_reply, truncate_chars};
 use crate::events::{Event, Origin};
 use crate::handlers::{Context, Effect, Effects, HandlerError};
-use crate::listeners::{ListenerId as HandlerId, Registry};
+use crate::listeners::{ListenerId, Registry};
 use crate::telemetry::scrub;
 use announce::Announcer;
 use tasks::TaskTracker;
 
-/// How often events waiting for an automatically disabled handler look again.
+/// How often events waiting for an automatically disabled listener look again.
 const AUTO_DISABLED_RECHECK_MS: i64 = 5_000;
 
 /// Longest error text kept in an event-log row.
 const MAX_ERROR_CHARS: usize = 1_000;
 
-/// Runs handlers and records each run.
+/// Runs listeners and records each run.
 #[derive(Clone)]
 pub struct Processor {
     cx: Arc<Context>,
@@ -54,26 +53,26 @@ pub struct Processor {
 
 /// How a run begun by [`Processor::start`] stands.
 pub enum Started {
-    /// Every handler finished at once: the first reply, and the results for the caller to
+    /// Every listener finished at once: the first reply, and the results for the caller to
     /// send to the writer.
     Finished {
         reply: Option<String>,
         processed: Box<Processed>,
     },
-    /// A handler is waiting: the run goes on as a task and writes its own results; the
+    /// A listener is waiting: the run goes on as a task and writes its own results; the
     /// receiver yields the first reply.
     Running(oneshot::Receiver<Option<String>>),
 }
 
-/// What running an event through its handlers produced.
+/// What running an event through its listeners produced.
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// Effects (empty in dry-run mode) and event-log rows, ready for the writer.
     pub processed: Processed,
-    /// The first failure, as "handler: error".
+    /// The first failure, as "listener: error".
     pub first_error: Option<String>,
-    /// A handler the event needs has an open circuit breaker: the handler and when it lets
-    /// a trial run through (Unix ms). The handler did not run.
+    /// A listener the event needs has an open circuit breaker (or was disabled automatically):
+    /// the listener and when it lets a trial run through (Unix ms). The listener did not run.
     pub deferred: Option<(String, i64)>,
 }
 
@@ -117,16 +116,16 @@ impl Processor {
         &self.writer
     }
 
-    /// Starts running `handlers` in order: on the calling thread as long as they do not wait
+    /// Starts running `listeners` in order: on the calling thread as long as they do not wait
     /// ([`TaskTracker::run_or_spawn`]). When they all finish at once, the caller gets the
     /// first reply and the results, to send to the writer with whatever belongs in the same
     /// commit; otherwise the run goes on as a task that writes its own results, and the
-    /// receiver yields the first reply (normalised for Zulip) as soon as a handler produces
-    /// one, or `None` once all handlers have finished without one.
-    pub fn start(&self, event: Arc<Event>, handlers: Arc<[HandlerId]>) -> Started {
+    /// receiver yields the first reply (normalised for Zulip) as soon as a listener produces
+    /// one, or `None` once all listeners have finished without one.
+    pub fn start(&self, event: Arc<Event>, listeners: Arc<[ListenerId]>) -> Started {
         let (tx, mut rx) = oneshot::channel();
         let this = self.clone();
-        let run = async move { this.run(&event, &handlers, None, Some(tx)).await };
+        let run = async move { this.run(&event, &listeners, None, Some(tx)).await };
         let writer = self.writer.clone();
         // Tracked: the results must be written even when the run ends after the answer and a
         // shutdown has begun.
@@ -144,10 +143,10 @@ impl Processor {
         }
     }
 
-    /// Whether every listener in `handlers` that takes `event_type` is pure (see
-    /// [`crate::handlers::Handler::is_pure`]), so that the event can be processed at once.
-    pub fn all_pure(&self, event_type: &str, handlers: &[HandlerId]) -> bool {
-        handlers
+    /// Whether every listener in `listeners` that takes `event_type` is pure (its handler's
+    /// [`crate::handlers::Handler::PURE`]), so that the event can be processed at once.
+    pub fn all_pure(&self, event_type: &str, listeners: &[ListenerId]) -> bool {
+        listeners
             .iter()
             .filter_map(|&id| self.registry.get(id))
             .map(|entry| entry.live())
@@ -155,10 +154,10 @@ impl Processor {
             .all(|live| live.handler.is_pure())
     }
 
-    /// The handlers in `handlers` that want `event_type` and are not pure: those an event of
+    /// The listeners in `listeners` that want `event_type` and are not pure: those an event of
     /// that type waits for in a worker.
-    pub fn impure_for(&self, event_type: &str, handlers: &[HandlerId]) -> Vec<HandlerId> {
-        handlers
+    pub fn impure_for(&self, event_type: &str, listeners: &[ListenerId]) -> Vec<ListenerId> {
+        listeners
             .iter()
             .copied()
             .filter(|&id| {
@@ -171,28 +170,28 @@ impl Processor {
     }
 
     /// A listener's name.
-    pub fn handler_name(&self, id: HandlerId) -> Option<&'static str> {
+    pub fn listener_name(&self, id: ListenerId) -> Option<&'static str> {
         self.registry.get(id).map(|entry| entry.name())
     }
 
-    /// Runs pure handlers to the end on the calling thread. `None` when one of them did not
+    /// Runs pure listeners to the end on the calling thread. `None` when one of them did not
     /// finish at once (it was not pure after all); nothing of that run is kept.
-    pub fn run_now(&self, event: &Event, handlers: &[HandlerId]) -> Option<Outcome> {
-        self.run(event, handlers, None, None).now_or_never()
+    pub fn run_now(&self, event: &Event, listeners: &[ListenerId]) -> Option<Outcome> {
+        self.run(event, listeners, None, None).now_or_never()
     }
 
-    /// Runs `handlers` in order, each within `timeout` when one is given. Nothing is written
+    /// Runs `listeners` in order, each within `timeout` when one is given. Nothing is written
     /// here: the caller sends [`Outcome::processed`] to the writer, together with whatever
     /// else must be committed with it.
     pub async fn run(
         &self,
         event: &Event,
-        handlers: &[HandlerId],
+        listeners: &[ListenerId],
         timeout: Option<Duration>,
         mut reply_to: Option<oneshot::Sender<Option<String>>>,
     ) -> Outcome {
         let mut outcome = Outcome::default();
-        for &id in handlers {
+        for &id in listeners {
             let Some(entry) = self.registry.get(id) else {
                 continue;
             };
@@ -304,10 +303,10 @@ impl Processor {
     }
 }
 
-/// An event-log row for one run of `handler` (or a guard that refused the event).
+/// An event-log row for one run of `listener` (or a guard that refused the event).
 pub(crate) fn log_row(
     event: &Event,
-    handler: &str,
+    listener: &str,
     duration_us: i64,
     error: Option<String>,
 ) -> EventLogRow {
@@ -317,7 +316,7 @@ pub(crate) fn log_row(
     };
     EventLogRow {
         id: 0,
-        listener: handler.to_string(),
+        listener: listener.to_string(),
         source: event.origin.source().into(),
         event_type: event.event_type().to_string(),
         bot,

@@ -11,7 +11,6 @@ use dashmap::mapref::entry::Entry;
 use tracing::Instrument;
 
 use super::bots::{BotId, Bots};
-use super::guards::{Guard, Refused, Subject};
 use super::{Processor, Started, log_row};
 use crate::clock::{millis, now_ms};
 use crate::config::{Config, RealmSelector};
@@ -20,6 +19,7 @@ use crate::db::writer::{Processed, WriteOp, Writer};
 use crate::db::{Db, DbError, tables};
 use crate::events::text::normalize_reply;
 use crate::events::{Event, Message, Origin};
+use crate::guards::{Guard, Refused, Subject};
 use crate::telemetry::metric;
 use crate::zulip_api::{BotApi, Destination, ZulipClient};
 

@@ -17,7 +17,7 @@ use super::Processor;
 use crate::clock::now_ms;
 use crate::db::tables::processes::ProcessRow;
 use crate::db::{Db, tables};
-use crate::listeners::ListenerId as HandlerId;
+use crate::listeners::ListenerId;
 use crate::telemetry::metric;
 
 /// How often a process refreshes its heartbeat and checks the others.
@@ -82,7 +82,7 @@ pub async fn run(
     identity: Identity,
     db: Db,
     processor: Processor,
-    all: Arc<[HandlerId]>,
+    all: Arc<[ListenerId]>,
     mine: Vec<&'static str>,
     coverage: Arc<Coverage>,
     mut shutdown: watch::Receiver<bool>,
@@ -149,7 +149,7 @@ pub async fn run(
 
 /// The enabled listeners of `all` that no live process in `rows` runs; sets the gauge of
 /// live processes per listener.
-fn check(processor: &Processor, all: &[HandlerId], rows: &[ProcessRow], now: i64) -> Vec<String> {
+fn check(processor: &Processor, all: &[ListenerId], rows: &[ProcessRow], now: i64) -> Vec<String> {
     let stale_before = now - crate::clock::millis(STALE_AFTER);
     let live: Vec<&ProcessRow> = rows
         .iter()
@@ -158,7 +158,7 @@ fn check(processor: &Processor, all: &[HandlerId], rows: &[ProcessRow], now: i64
     let registry = processor.registry();
     let mut unserved = Vec::new();
     for &id in all {
-        let Some(name) = processor.handler_name(id) else {
+        let Some(name) = processor.listener_name(id) else {
             continue;
         };
         let enabled = registry

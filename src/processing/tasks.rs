@@ -1,6 +1,6 @@
-//! Background tasks whose results must be written before the server stops: handler runs of
+//! Background tasks whose results must be written before the server stops: listener runs of
 //! the outgoing path that go on after the HTTP answer, late replies, and notifications about
-//! handler health. Shutdown waits for them (within `server.shutdown_timeout`) before the
+//! listener health. Shutdown waits for them (within `server.shutdown_timeout`) before the
 //! database writer stops.
 //!
 //! The tasks run on the runtime the tracker was made on (the main one), not on the HTTP
@@ -70,7 +70,7 @@ impl TaskTracker {
     /// runtime (so that whatever it spawns, times or connects belongs to that runtime), and
     /// returns its output if it finished. If it did not, the rest of it, and then `then` with
     /// its output, run as a task counted like [`TaskTracker::spawn`]. A task that finishes at
-    /// once (a handler that only computes its reply) costs no hand-over between threads.
+    /// once (a listener whose handler only computes its reply) costs no hand-over between threads.
     pub fn run_or_spawn<F, C, G>(&self, task: F, then: C) -> Option<F::Output>
     where
         F: Future + Send + 'static,

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::db::storage::{Storage, StorageLimits};
 use crate::db::writer::Writer;
-use crate::filters::Filters;
+use crate::guards::filters::Filters;
 use crate::handlers::Context;
 use crate::http::connections::{BusyConnections, ConnectionLimits};
 use crate::http::{AppState, ForwarderState, InFlight, metrics_routes, observe, routes};
@@ -42,7 +42,7 @@ pub const LISTENER_SYNC_SECONDS: u64 = 3;
 
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
-    /// Handlers run but store nothing and cause no external side effects.
+    /// Listeners run but store nothing and cause no external side effects.
     pub dry_run: bool,
     /// `serve --listeners`: the forwarder listeners this process runs (`None`: all of
     /// them). PostgreSQL only; other processes sharing the database run the rest.
@@ -207,9 +207,9 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Runn
             .collect::<Vec<_>>(),
     );
     for entry in registry.entries() {
-        metric::handler_enabled(entry.name(), entry.enabled());
-        metric::handler_enabled_in_file(entry.name(), entry.file_definition().enabled);
-        metric::handler_circuit_open(entry.name(), false);
+        metric::listener_enabled(entry.name(), entry.enabled());
+        metric::listener_enabled_in_file(entry.name(), entry.file_definition().enabled);
+        metric::listener_circuit_open(entry.name(), false);
     }
     if forwarder.is_some() {
         // Counts from start-up, so that a forwarder silent since the start is noticed too
@@ -369,7 +369,7 @@ fn apply_persisted_state(registry: &Registry, rows: &[crate::db::tables::listene
                 tracing::debug!(listener = name, "listener is off in the configuration");
             }
         }
-        crate::telemetry::metric::handler_enabled(name, entry.enabled());
+        crate::telemetry::metric::listener_enabled(name, entry.enabled());
     }
 }
 

@@ -106,7 +106,7 @@ impl RunningServer {
             let _ = task.await;
         }
         self.upkeep.abort();
-        // Handler runs that go on after their HTTP answer, late replies and notifications
+        // Listener runs that go on after their HTTP answer, late replies and notifications
         // write their results through the writer: let them finish first.
         let left = self
             .tasks

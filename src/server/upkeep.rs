@@ -136,7 +136,7 @@ async fn sync_listeners(u: &Upkeep) {
         tracing::warn!(%error, "applying listener states failed");
     }
     for entry in u.registry.entries() {
-        metric::handler_enabled(entry.name(), entry.enabled());
+        metric::listener_enabled(entry.name(), entry.enabled());
     }
 }
 
@@ -150,7 +150,7 @@ async fn refresh(u: &Upkeep) {
     metric::db_pool(in_use, idle);
     metric::memory(u.db.memory(), u.db.backend());
     for entry in u.registry.entries() {
-        metric::handler_circuit_open(entry.name(), entry.health.tripped());
+        metric::listener_circuit_open(entry.name(), entry.health.tripped());
     }
     match u
         .db

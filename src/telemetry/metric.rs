@@ -1,5 +1,12 @@
 //! Every metric the server exports, named in one place. Hot-path metrics keep their handles
 //! (per thread, or in the caller) instead of looking them up by label values on every use.
+//!
+//! A configured instance of a handler is a *listener*: metrics about one are named
+//! `zulip_listeners_listener_*` and carry its name in the label `listener`. The older names
+//! (`zulip_listeners_handler_*`, label `handler`) are deprecated: each is still emitted beside
+//! its new name, with the same values, until it is removed (docs/deprecations.md says when);
+//! a listener series whose name was already right carries both labels, so that a sum over it
+//! does not count twice.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -131,28 +138,35 @@ pub fn body_refused(reason: &'static str) {
     counter!("zulip_listeners_http_bodies_refused_total", "reason" => reason).increment(1);
 }
 
-/// A handler's run counters and latency histogram, looked up once and kept (a look-up
-/// hashes the labels; a handler runs for every event).
-pub struct HandlerRuns {
-    success: metrics::Counter,
-    failure: metrics::Counter,
-    duration: metrics::Histogram,
+/// A listener's run counters and latency histogram, looked up once and kept (a look-up
+/// hashes the labels; a listener runs for every event it takes). Each is kept twice: under its
+/// name and under its deprecated `handler` name.
+pub struct ListenerRuns {
+    success: [Counter; 2],
+    failure: [Counter; 2],
+    duration: [Histogram; 2],
 }
 
-impl HandlerRuns {
-    pub fn new(handler: &str) -> HandlerRuns {
-        let handler = handler.to_string();
-        HandlerRuns {
-            success: counter!("zulip_listeners_handler_runs_total", "handler" => handler.clone(), "outcome" => "success"),
-            failure: counter!("zulip_listeners_handler_runs_total", "handler" => handler.clone(), "outcome" => "failure"),
-            duration: histogram!("zulip_listeners_handler_duration_seconds", "handler" => handler),
+impl ListenerRuns {
+    pub fn new(listener: &str) -> ListenerRuns {
+        ListenerRuns {
+            success: runs(listener, "success"),
+            failure: runs(listener, "failure"),
+            duration: [
+                histogram!("zulip_listeners_listener_duration_seconds", "listener" => listener.to_string()),
+                histogram!("zulip_listeners_handler_duration_seconds", "handler" => listener.to_string()),
+            ],
         }
     }
 
-    /// A handler run.
+    /// A listener run.
     pub fn record(&self, ok: bool, seconds: f64) {
-        if ok { &self.success } else { &self.failure }.increment(1);
-        self.duration.record(seconds);
+        for counter in if ok { &self.success } else { &self.failure } {
+            counter.increment(1);
+        }
+        for histogram in &self.duration {
+            histogram.record(seconds);
+        }
     }
 }
 
@@ -162,15 +176,32 @@ pub fn late_reply(outcome: &'static str) {
     counter!("zulip_listeners_late_replies_total", "outcome" => outcome).increment(1);
 }
 
-/// A handler's circuit breaker or auto-disable transition.
-pub fn handler_transition(handler: &str, to: &'static str) {
-    counter!("zulip_listeners_handler_transitions_total", "handler" => handler.to_string(), "to" => to)
-        .increment(1);
+/// A listener's run counter of one outcome, under the new and the deprecated name.
+fn runs(listener: &str, outcome: &'static str) -> [Counter; 2] {
+    [
+        counter!("zulip_listeners_listener_runs_total", "listener" => listener.to_string(), "outcome" => outcome),
+        counter!("zulip_listeners_handler_runs_total", "handler" => listener.to_string(), "outcome" => outcome),
+    ]
+}
+
+/// A listener's circuit breaker or auto-disable transition.
+pub fn listener_transition(listener: &str, to: &'static str) {
+    for counter in transitions(listener, to) {
+        counter.increment(1);
+    }
+}
+
+/// The transition counters of a listener, under the new and the deprecated name.
+fn transitions(listener: &str, to: &'static str) -> [Counter; 2] {
+    [
+        counter!("zulip_listeners_listener_transitions_total", "listener" => listener.to_string(), "to" => to),
+        counter!("zulip_listeners_handler_transitions_total", "handler" => listener.to_string(), "to" => to),
+    ]
 }
 
 /// An event skipped by one listener because it was over the listener's own quota.
 pub fn listener_rate_limited(listener: &str) {
-    counter!("zulip_listeners_listener_rate_limited_total", "handler" => listener.to_string())
+    counter!("zulip_listeners_listener_rate_limited_total", "listener" => listener.to_string(), "handler" => listener.to_string())
         .increment(1);
 }
 
@@ -178,9 +209,9 @@ pub fn rate_limiter_keys(path: &'static str, keys: usize) {
     gauge!("zulip_listeners_rate_limiter_keys", "path" => path).set(keys as f64);
 }
 
-/// Forwarded events parked behind a paused or disabled handler, per handler.
-pub fn inbox_parked(handler: &str, count: i64) {
-    gauge!("zulip_listeners_inbox_parked_events", "handler" => handler.to_string())
+/// Forwarded events parked behind a paused or disabled listener, per listener.
+pub fn inbox_parked(listener: &str, count: i64) {
+    gauge!("zulip_listeners_inbox_parked_events", "listener" => listener.to_string(), "handler" => listener.to_string())
         .set(count as f64);
 }
 
@@ -251,7 +282,7 @@ pub fn inbox_lag(seconds: f64) {
 /// How long the oldest pending forwarded event of a type a listener takes has waited, in
 /// seconds (0 when none is).
 pub fn listener_lag(listener: &str, seconds: f64) {
-    gauge!("zulip_listeners_listener_queue_lag_seconds", "handler" => listener.to_string())
+    gauge!("zulip_listeners_listener_queue_lag_seconds", "listener" => listener.to_string(), "handler" => listener.to_string())
         .set(seconds);
 }
 
@@ -270,15 +301,12 @@ pub fn forwarder_shed(events: u64) {
 
 /// Registers the series that alert rules look at with their starting values, so that
 /// they exist before the first event (a rule over a missing series never fires).
-pub fn initialise(handlers: &[&str]) {
-    for &handler in handlers {
-        for outcome in ["success", "failure"] {
-            counter!("zulip_listeners_handler_runs_total", "handler" => handler.to_string(), "outcome" => outcome)
-                .increment(0);
-        }
-        for to in ["open", "closed", "disabled"] {
-            counter!("zulip_listeners_handler_transitions_total", "handler" => handler.to_string(), "to" => to)
-                .increment(0);
+pub fn initialise(listeners: &[&str]) {
+    for &listener in listeners {
+        let outcomes = ["success", "failure"].map(|outcome| runs(listener, outcome));
+        let transitions = ["open", "closed", "disabled"].map(|to| transitions(listener, to));
+        for counter in outcomes.iter().chain(&transitions).flatten() {
+            counter.increment(0);
         }
     }
     for outcome in ["sent", "failed", "dropped"] {
@@ -294,28 +322,26 @@ pub fn initialise(handlers: &[&str]) {
 
 /// Whether the listener is enabled now (1) or disabled (0), whatever disabled it: the
 /// configuration file, an operator, or its failures.
-pub fn handler_enabled(handler: &str, enabled: bool) {
-    gauge!("zulip_listeners_handler_enabled", "handler" => handler.to_string()).set(if enabled {
-        1.0
-    } else {
-        0.0
-    });
+pub fn listener_enabled(listener: &str, enabled: bool) {
+    let value = if enabled { 1.0 } else { 0.0 };
+    gauge!("zulip_listeners_listener_enabled", "listener" => listener.to_string()).set(value);
+    gauge!("zulip_listeners_handler_enabled", "handler" => listener.to_string()).set(value);
 }
 
 /// Whether the configuration file enables the listener (1) or turns it off (0), before runtime
-/// changes: `zulip_listeners_handler_enabled == 0` with this at 1 is a listener disabled at run
+/// changes: `zulip_listeners_listener_enabled == 0` with this at 1 is a listener disabled at run
 /// time (by an operator, or automatically), which alerts; one off in the file is a choice.
-pub fn handler_enabled_in_file(handler: &str, enabled: bool) {
-    gauge!("zulip_listeners_handler_enabled_in_file", "handler" => handler.to_string())
-        .set(if enabled { 1.0 } else { 0.0 });
+pub fn listener_enabled_in_file(listener: &str, enabled: bool) {
+    let value = if enabled { 1.0 } else { 0.0 };
+    gauge!("zulip_listeners_listener_enabled_in_file", "listener" => listener.to_string())
+        .set(value);
+    gauge!("zulip_listeners_handler_enabled_in_file", "handler" => listener.to_string()).set(value);
 }
 
 /// 1 while the listener's circuit breaker is open: from its opening until a trial run after
 /// the cool-down succeeds (a failed trial opens it again), else 0.
-pub fn handler_circuit_open(handler: &str, open: bool) {
-    gauge!("zulip_listeners_handler_circuit_open", "handler" => handler.to_string()).set(if open {
-        1.0
-    } else {
-        0.0
-    });
+pub fn listener_circuit_open(listener: &str, open: bool) {
+    let value = if open { 1.0 } else { 0.0 };
+    gauge!("zulip_listeners_listener_circuit_open", "listener" => listener.to_string()).set(value);
+    gauge!("zulip_listeners_handler_circuit_open", "handler" => listener.to_string()).set(value);
 }

@@ -260,7 +260,7 @@ async fn only_the_status_line_of_a_bot_services_answer_is_kept(backend: Backend)
         ],
         "{backend:?}"
     );
-    let events = admin(&t, Method::GET, "/admin/events?handler=relay", None).await;
+    let events = admin(&t, Method::GET, "/admin/events?listener=relay", None).await;
     assert!(
         !events.json.to_string().contains("hunter2"),
         "{:?}",
@@ -495,7 +495,7 @@ async fn overrides_are_shown_beside_the_file_and_can_be_reset(backend: Backend) 
         None,
     )
     .await;
-    assert_eq!(off.json["state"], "disabled");
+    assert_eq!(off.json["state"], ListenerState::Disabled.as_str());
     let on = admin(
         &t,
         Method::DELETE,
@@ -505,7 +505,7 @@ async fn overrides_are_shown_beside_the_file_and_can_be_reset(backend: Backend) 
     .await;
     assert_eq!(
         (on.status, &on.json["state"]),
-        (200, &json!("ok")),
+        (200, &json!(ListenerState::Ok)),
         "{:?}",
         on.json
     );

@@ -85,7 +85,7 @@ async fn dead_letters_are_shown_redacted_and_discarded_for_good(backend: Backend
     let mut counts = Vec::new();
     let settled = eventually(Duration::from_secs(20), async || {
         counts = t.query(inbox_counts).await;
-        count_of(&counts, "dead") == 5 && count_of(&counts, "done") == 1
+        count_of(&counts, InboxStatus::Dead) == 5 && count_of(&counts, InboxStatus::Done) == 1
     })
     .await;
     assert!(settled, "{backend:?}: {counts:?}");
@@ -96,10 +96,10 @@ async fn dead_letters_are_shown_redacted_and_discarded_for_good(backend: Backend
     let shown = admin_json(&t, Method::GET, "/admin/dead-letters/d1", None).await;
     assert_eq!(shown.status, 200, "{:?}", shown.json);
     let d1 = &shown.json;
-    assert_eq!(d1["status"], "dead");
+    assert_eq!(d1["status"], InboxStatus::Dead.as_str());
     assert_eq!(d1["attempts"], 2, "first attempt and one retry: {d1:?}");
     assert_eq!(d1["listeners"][0]["listener"], "keyword_alerts");
-    assert_eq!(d1["listeners"][0]["status"], "dead");
+    assert_eq!(d1["listeners"][0]["status"], WorkStatus::Dead.as_str());
     assert!(
         d1["last_error"].as_str().is_some_and(|e| e.contains("500")),
         "{d1:?}"
@@ -120,7 +120,7 @@ async fn dead_letters_are_shown_redacted_and_discarded_for_good(backend: Backend
         "{printed}"
     );
     assert!(
-        printed.contains("keyword_alerts") && printed.contains("dead"),
+        printed.contains("keyword_alerts") && printed.contains(InboxStatus::Dead.as_str()),
         "{printed}"
     );
 
@@ -159,7 +159,12 @@ async fn dead_letters_are_shown_redacted_and_discarded_for_good(backend: Backend
     ] {
         let done = admin_json(&t, method, path, body).await;
         assert_refused(&done, 409, "wrong_status");
-        assert_eq!(done.json["status"], "done", "{path}: {:?}", done.json);
+        assert_eq!(
+            done.json["status"],
+            InboxStatus::Done.as_str(),
+            "{path}: {:?}",
+            done.json
+        );
     }
     let mixed = admin_json(
         &t,
@@ -170,7 +175,7 @@ async fn dead_letters_are_shown_redacted_and_discarded_for_good(backend: Backend
     .await;
     assert_refused(&mixed, 404, "not_found");
     assert_eq!(
-        t.query(|c| inbox_count(c, "dead")).await,
+        t.query(|c| inbox_count(c, InboxStatus::Dead)).await,
         5,
         "all or nothing"
     );
@@ -185,7 +190,7 @@ async fn dead_letters_are_shown_redacted_and_discarded_for_good(backend: Backend
     .await;
     assert_eq!(one.json["discarded"], 1, "{:?}", one.json);
     let (status, payload) = t.query(|c| inbox_status(c, "d1")).await;
-    assert_eq!((status.as_str(), payload.as_str()), ("discarded", ""));
+    assert_eq!((status, payload.as_str()), (InboxStatus::Discarded, ""));
     let work = t
         .query(|c| tables::inbox_work::work_of(c, "d1").expect("work"))
         .await;
@@ -193,7 +198,7 @@ async fn dead_letters_are_shown_redacted_and_discarded_for_good(backend: Backend
     let gone = admin_json(&t, Method::GET, "/admin/dead-letters/d1", None).await;
     assert_eq!(
         (gone.json["status"].as_str(), &gone.json["payload"]),
-        (Some("discarded"), &Value::Null)
+        (Some(InboxStatus::Discarded.as_str()), &Value::Null)
     );
     assert!(
         gone.json["last_error"]
@@ -288,7 +293,7 @@ async fn dead_letters_are_shown_redacted_and_discarded_for_good(backend: Backend
     )
     .await;
     assert_refused(&by_id, 409, "wrong_status");
-    assert_eq!(by_id.json["status"], "discarded");
+    assert_eq!(by_id.json["status"], InboxStatus::Discarded.as_str());
     let refused = admin_json(
         &t,
         Method::POST,
@@ -315,7 +320,7 @@ async fn dead_letters_are_shown_redacted_and_discarded_for_good(backend: Backend
         vec![960],
         "{backend:?}: only the new event ran"
     );
-    assert_eq!(t.query(|c| inbox_count(c, "discarded")).await, 5);
+    assert_eq!(t.query(|c| inbox_count(c, InboxStatus::Discarded)).await, 5);
     t.stop().await;
     target.stop().await;
 }
@@ -451,7 +456,7 @@ async fn the_dashboard_shows_discards_and_replays_with_an_audit_record(backend: 
     assert_eq!(post_form(&http, &discard, &cookie, &no_csrf).await.0, 403);
     let no_reason = [("csrf", csrf.as_str()), ("status", "dead"), ("id", "x-0")];
     assert_eq!(post_form(&http, &discard, &cookie, &no_reason).await.0, 400);
-    assert_eq!(t.query(|c| inbox_count(c, "dead")).await, 2);
+    assert_eq!(t.query(|c| inbox_count(c, InboxStatus::Dead)).await, 2);
 
     let form = [
         ("csrf", csrf.as_str()),
@@ -513,15 +518,15 @@ async fn upkeep_discards_only_dead_letters_older_than_dead_letter_days(backend: 
         .start()
         .await;
     let expired = eventually(Duration::from_secs(10), async || {
-        t.query(|c| inbox_count(c, "discarded")).await == 2
+        t.query(|c| inbox_count(c, InboxStatus::Discarded)).await == 2
     })
     .await;
     assert!(expired, "{backend:?}: {:?}", t.query(inbox_counts).await);
     for (id, status) in [
-        ("old-1", "discarded"),
-        ("old-2", "discarded"),
-        ("new-1", "dead"),
-        ("parked-1", "parked"),
+        ("old-1", InboxStatus::Discarded),
+        ("old-2", InboxStatus::Discarded),
+        ("new-1", InboxStatus::Dead),
+        ("parked-1", InboxStatus::Parked),
     ] {
         let (stored, _) = t.query(move |c| inbox_status(c, id)).await;
         assert_eq!(stored, status, "{backend:?}: {id}");

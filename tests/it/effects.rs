@@ -98,7 +98,10 @@ fn alert_runs(c: &mut DbConnection) -> HashMap<String, i64> {
 async fn wait_done(c: &mut DbConnection, total: i64, within: Duration) {
     let mut last = (0, 0);
     let done = eventually(within, async || {
-        last = (inbox_count(c, "done"), inbox_count(c, "pending"));
+        last = (
+            inbox_count(c, InboxStatus::Done),
+            inbox_count(c, InboxStatus::Pending),
+        );
         last.0 == total
     })
     .await;
@@ -300,7 +303,7 @@ async fn alert_webhooks_keep_their_id_across_retries_and_replays(backend: Backen
         .forwarder()
         .admin()
         .toml(&format!(
-            "[forwarder]\nhandlers = [\"keyword_alerts\"]\nmax_retries = 1\nretry_delay = \"100ms\"\n\
+            "[forwarder]\nlisteners = [\"keyword_alerts\"]\nmax_retries = 1\nretry_delay = \"100ms\"\n\
              [handlers.keyword_alerts]\nsecret = \"{ALERT_SECRET}\"\nrules = [\
              {{ name = \"alpha\", pattern = \"alpha\", webhook = \"{0}/a\" }}, \
              {{ name = \"beta\", pattern = \"beta\", webhook = \"{0}/b\" }}]\n",
@@ -317,7 +320,7 @@ async fn alert_webhooks_keep_their_id_across_retries_and_replays(backend: Backen
     assert_eq!(answer.status, 200);
     // Two attempts per rule (the first and one retry), both refused: a dead letter.
     let dead = eventually(Duration::from_secs(20), async || {
-        t.query(|c| inbox_count(c, "dead")).await == 1
+        t.query(|c| inbox_count(c, InboxStatus::Dead)).await == 1
     })
     .await;
     assert!(dead, "{backend:?}: the event ends dead");

@@ -110,12 +110,12 @@ fn app(db: &TestDatabase, before: Before, target: &Stub) -> TestApp {
     );
     let failing = |forwarder: &str| {
         format!(
-            "[forwarder]\nhandlers = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\n{forwarder}{alerts}"
+            "[forwarder]\nlisteners = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\n{forwarder}{alerts}"
         )
     };
     let toml = match before {
         Before::Done | Before::Expired => {
-            "[forwarder]\nhandlers = [\"message_logger\"]\n".to_string()
+            "[forwarder]\nlisteners = [\"message_logger\"]\n".to_string()
         }
         Before::Pending => failing("retry_delay = \"1h\"\nmax_retries = 5\n"),
         Before::Dead => failing("max_retries = 0\n"),
@@ -124,10 +124,10 @@ fn app(db: &TestDatabase, before: Before, target: &Stub) -> TestApp {
              [error_handling]\nbreaker_failures = 100\nmax_failures_per_hour = 2\n",
         ),
         Before::Filtered => {
-            "[forwarder]\nhandlers = [\"message_logger\"]\n[filters]\nallowed_realms = [99]\n"
+            "[forwarder]\nlisteners = [\"message_logger\"]\n[filters]\nallowed_realms = [99]\n"
                 .to_string()
         }
-        Before::RateLimited => "[forwarder]\nhandlers = [\"message_logger\"]\n\
+        Before::RateLimited => "[forwarder]\nlisteners = [\"message_logger\"]\n\
              [rate_limits.forwarder.per_user]\nper_minute = 1\nburst = 1\n"
             .to_string(),
     };
@@ -173,33 +173,36 @@ async fn deleted_after(backend: Backend, before: Before, db: &TestDatabase) -> T
     );
 
     let wanted = match before {
-        Before::Done => "done",
-        Before::Pending => "pending",
-        Before::Parked => "parked",
-        Before::Dead => "dead",
-        Before::Filtered => "filtered",
-        Before::Expired => "expired",
-        Before::RateLimited => "rate_limited",
+        Before::Done => InboxStatus::Done,
+        Before::Pending => InboxStatus::Pending,
+        Before::Parked => InboxStatus::Parked,
+        Before::Dead => InboxStatus::Dead,
+        Before::Filtered => InboxStatus::Filtered,
+        Before::Expired => InboxStatus::Expired,
+        Before::RateLimited => InboxStatus::RateLimited,
     };
-    let mut last = String::new();
+    let mut last = None;
     let reached = eventually(Duration::from_secs(20), async || {
         let (status, _) = t.query(|c| inbox_status(c, "m")).await;
-        last = status;
+        last = Some(status);
         let tried = t
             .query(|c| {
                 use zulip_listeners::db::schema::inbox;
                 inbox::table
                     .filter(inbox::attempts.ge(1))
-                    .filter(inbox::status.eq("pending"))
+                    .filter(inbox::status.eq(InboxStatus::Pending))
                     .count()
                     .get_result::<i64>(c)
                     .expect("count")
             })
             .await;
-        last == wanted && (wanted != "pending" || tried == 1)
+        last == Some(wanted) && (wanted != InboxStatus::Pending || tried == 1)
     })
     .await;
-    assert!(reached, "{backend:?}: the message is {last}, not {wanted}");
+    assert!(
+        reached,
+        "{backend:?}: the message is {last:?}, not {wanted}"
+    );
     let search = word.clone();
     let stored = t.query(move |c| where_found(c, &search)).await;
     if matches!(before, Before::Filtered) {
@@ -223,7 +226,7 @@ async fn deleted_after(backend: Backend, before: Before, db: &TestDatabase) -> T
         answer.json
     );
     let settled = eventually(Duration::from_secs(20), async || {
-        t.query(|c| inbox_status(c, "d")).await.0 != "pending"
+        t.query(|c| inbox_status(c, "d")).await.0 != InboxStatus::Pending
     })
     .await;
     assert!(
@@ -358,7 +361,7 @@ async fn a_logger_scoped_by_channel_or_user_applies_deletions(backend: Backend) 
     let t = TestApp::new(&db)
         .forwarder()
         .toml(
-            "[forwarder]\nhandlers = [\"log-denmark\", \"log-user\"]\n\
+            "[forwarder]\nlisteners = [\"log-denmark\", \"log-user\"]\n\
              [listeners.log-denmark]\nhandler = \"message_logger\"\nstreams = [\"Denmark\"]\n\
              [listeners.log-user]\nhandler = \"message_logger\"\nusers = [10]\nevents = [\"message\"]\n",
         )
@@ -412,7 +415,7 @@ async fn a_deletion_erases_the_outgoing_copies(backend: Backend) {
     let t = TestApp::new(&db)
         .forwarder()
         .helper(&["message_logger", "command_bot"])
-        .toml("[forwarder]\nhandlers = [\"message_logger\"]\n")
+        .toml("[forwarder]\nlisteners = [\"message_logger\"]\n")
         .start()
         .await;
     // `echo` quotes the message in the reply recorded for Zulip's retries.
@@ -448,7 +451,7 @@ async fn cleanup_days_zero_leaves_no_text_in_the_inbox(backend: Backend) {
     let target = Stub::failing().await;
     // No message_logger: the envelopes are the only copies of the text.
     let app = TestApp::new(&db).forwarder().toml(&format!(
-        "[forwarder]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"1h\"\nmax_retries = 5\n\
+        "[forwarder]\nlisteners = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"1h\"\nmax_retries = 5\n\
          [handlers.keyword_alerts]\nrules = [{{ name = \"retained\", pattern = \"alert me\", webhook = \"{}/alert\" }}]\n",
         target.url
     ));
@@ -469,7 +472,7 @@ async fn cleanup_days_zero_leaves_no_text_in_the_inbox(backend: Backend) {
         .await;
     assert_eq!(answer.status, 200, "{:?}", answer.json);
     let tried = eventually(Duration::from_secs(20), async || {
-        t.query(|c| inbox_status(c, "pending")).await.0 == "pending"
+        t.query(|c| inbox_status(c, "pending")).await.0 == InboxStatus::Pending
             && t.query(|c| log_errors(c, "keyword_alerts"))
                 .await
                 .iter()
@@ -492,7 +495,7 @@ async fn cleanup_days_zero_leaves_no_text_in_the_inbox(backend: Backend) {
     assert!(left.is_empty(), "{backend:?}: {left:?}\n{out}");
     // The pending event is kept, still to be processed, marked as erased by retention.
     let (status, payload) = inbox_status(conn, "pending");
-    assert_eq!(status, "pending");
+    assert_eq!(status, InboxStatus::Pending);
     assert!(
         payload.starts_with(r#"{"content_removed":"retention","#),
         "{payload}"
@@ -506,7 +509,7 @@ async fn filtered_events_keep_no_envelope_and_are_still_deduplicated(backend: Ba
     let t = TestApp::new(&db)
         .forwarder()
         .toml(
-            "[forwarder]\nhandlers = [\"message_logger\"]\n\
+            "[forwarder]\nlisteners = [\"message_logger\"]\n\
              [filters]\nblocked_users = [13]\nallowed_realms = [2]\n",
         )
         .start()
@@ -532,8 +535,8 @@ async fn filtered_events_keep_no_envelope_and_are_still_deduplicated(backend: Ba
     for id in ["blocked", "elsewhere"] {
         let (status, payload) = t.query(move |c| inbox_status(c, id)).await;
         assert_eq!(
-            (status.as_str(), payload.as_str()),
-            ("filtered", ""),
+            (status, payload.as_str()),
+            (InboxStatus::Filtered, ""),
             "{backend:?}: {id}"
         );
     }
@@ -548,7 +551,7 @@ async fn filtered_events_keep_no_envelope_and_are_still_deduplicated(backend: Ba
         "{backend:?}: {:?}",
         again.json
     );
-    assert_eq!(t.query(|c| inbox_count(c, "filtered")).await, 2);
+    assert_eq!(t.query(|c| inbox_count(c, InboxStatus::Filtered)).await, 2);
     let left = t.query(|c| where_found(c, "Blocked3w")).await;
     assert!(left.is_empty(), "{backend:?}: {left:?}");
     t.stop().await;

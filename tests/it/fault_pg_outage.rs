@@ -438,11 +438,11 @@ fn tail(path: &Path) -> String {
 }
 
 /// Inbox rows of the test's events: (event id, status).
-fn inbox_rows(c: &mut DbConnection) -> Vec<(String, String)> {
+fn inbox_rows(c: &mut DbConnection) -> Vec<(String, InboxStatus)> {
     use zulip_listeners::db::schema::inbox;
     inbox::table
         .select((inbox::event_id, inbox::status))
-        .load::<(EventKey, String)>(c)
+        .load::<(EventKey, InboxStatus)>(c)
         .expect("inbox")
         .into_iter()
         .map(|(k, s)| (String::from(k), s))
@@ -674,7 +674,7 @@ async fn outage_under_load(outage: Duration, batches: usize) {
     let mut rows = Vec::new();
     let processed = eventually(PROCESSED_WITHIN, async || {
         rows = inbox_rows(&mut conn);
-        rows.len() >= total && rows.iter().all(|(_, s)| s == "done")
+        rows.len() >= total && rows.iter().all(|(_, s)| *s == InboxStatus::Done)
     })
     .await;
     let processing_took = started.elapsed();

@@ -120,7 +120,7 @@ async fn resent_batches_and_events_consume_no_rate_limit_quota(backend: Backend)
         .await;
     assert_eq!(buckets(&over), [0, 0, 0, 0, 1], "{:?}", over.json);
     let (status, payload) = t.query(|c| inbox_status(c, "q4")).await;
-    assert_eq!(status, "rate_limited");
+    assert_eq!(status, InboxStatus::RateLimited);
     assert!(payload.contains("\"four\""), "{payload}");
     let stored = t
         .query(|c| {
@@ -146,7 +146,7 @@ fn logger_and_alerts(
     error_handling: &str,
 ) -> TestApp {
     TestApp::new(db).forwarder().toml(&format!(
-        "[forwarder]\nhandlers = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\nretry_delay = \"{retry_delay}\"\nmax_retries = 50\nmax_backlog = 2\n\
+        "[forwarder]\nlisteners = [\"message_logger\", \"keyword_alerts\"]\nworkers = 1\nretry_delay = \"{retry_delay}\"\nmax_retries = 50\nmax_backlog = 2\n\
          [error_handling]\n{error_handling}\
          [handlers.keyword_alerts]\nrules = [{{ name = \"alpha\", pattern = \"alpha\", webhook = \"{}/alert\" }}]\n",
         target.url
@@ -171,7 +171,7 @@ fn four_alpha_messages(prefix: &str) -> String {
 /// Parked events (status, last error) of the inbox.
 fn parked(c: &mut DbConnection) -> Vec<String> {
     inbox::table
-        .filter(inbox::status.eq("parked"))
+        .filter(inbox::status.eq(InboxStatus::Parked))
         .select(inbox::event_id)
         .load::<EventKey>(c)
         .expect("inbox")
@@ -199,7 +199,7 @@ async fn a_disabled_handler_parks_its_events_without_stalling_intake(backend: Ba
     let mut last = Vec::new();
     let all_parked = eventually(std::time::Duration::from_secs(20), async || {
         last = t.query(parked).await;
-        last.len() == 4 && t.query(|c| inbox_count(c, "pending")).await == 0
+        last.len() == 4 && t.query(|c| inbox_count(c, InboxStatus::Pending)).await == 0
     })
     .await;
     assert!(all_parked, "{backend:?}: parked {last:?}");
@@ -233,7 +233,7 @@ async fn a_disabled_handler_parks_its_events_without_stalling_intake(backend: Ba
 /// Pending events that have been tried at least once.
 fn tried_pending(c: &mut DbConnection) -> i64 {
     inbox::table
-        .filter(inbox::status.eq("pending"))
+        .filter(inbox::status.eq(InboxStatus::Pending))
         .filter(inbox::attempts.ge(1))
         .count()
         .get_result(c)
@@ -272,7 +272,7 @@ async fn a_failing_handler_holds_back_only_the_events_that_need_it(backend: Back
     assert_eq!(answer.status, 200, "{backend:?}: {:?}", answer.json);
     assert_eq!(answer.json["accepted"], 1, "{backend:?}: {:?}", answer.json);
     let done = eventually(std::time::Duration::from_secs(10), async || {
-        t.query(|c| inbox_status(c, "d1")).await.0 == "done"
+        t.query(|c| inbox_status(c, "d1")).await.0 == InboxStatus::Done
     })
     .await;
     assert!(done, "{backend:?}: the delete is not held back");
@@ -305,7 +305,7 @@ async fn a_failed_rule_does_not_repeat_alerts_already_delivered(backend: Backend
     let t = TestApp::new(&db)
         .forwarder()
         .toml(&format!(
-            "[forwarder]\nhandlers = [\"keyword_alerts\"]\nmax_retries = 2\nretry_delay = \"100ms\"\n\
+            "[forwarder]\nlisteners = [\"keyword_alerts\"]\nmax_retries = 2\nretry_delay = \"100ms\"\n\
              [handlers.keyword_alerts]\nrules = [\
              {{ name = \"good\", pattern = \"alpha.*\", webhook = \"{}/ok\" }}, \
              {{ name = \"broken\", pattern = \"alpha\", webhook = \"{}/bad\" }}]\n",
@@ -322,7 +322,7 @@ async fn a_failed_rule_does_not_repeat_alerts_already_delivered(backend: Backend
         .await;
     assert_eq!(answer.status, 200);
     let dead = eventually(std::time::Duration::from_secs(20), async || {
-        t.query(|c| inbox_count(c, "dead")).await == 1
+        t.query(|c| inbox_count(c, InboxStatus::Dead)).await == 1
     })
     .await;
     assert!(dead, "{backend:?}: the event ends dead");

@@ -45,7 +45,11 @@ async fn signed_batches_are_stored_and_processed_by_the_handlers(backend: Backen
     assert_eq!(answer.json["duplicates"], 0);
 
     let counts = t.settle(8).await;
-    assert_eq!(count_of(&counts, "done"), 8, "{backend:?}: {counts:?}");
+    assert_eq!(
+        count_of(&counts, InboxStatus::Done),
+        8,
+        "{backend:?}: {counts:?}"
+    );
     let (m1, m2, a10, a11, a12) = t
         .query(|c| {
             (
@@ -283,7 +287,7 @@ async fn pure_handlers_run_at_intake_without_overtaking_a_busy_realm(backend: Ba
     let t = TestApp::new(&db)
         .forwarder()
         .toml(&format!(
-            "[forwarder]\nhandlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
+            "[forwarder]\nlisteners = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
              [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
             alerts.url
         ))
@@ -304,7 +308,11 @@ async fn pure_handlers_run_at_intake_without_overtaking_a_busy_realm(backend: Ba
         (Some(1), Some(1))
     );
     let (status, payload) = t.query(|c| inbox_status(c, "p1")).await;
-    assert_eq!(status, "done", "{backend:?}: done when acknowledged");
+    assert_eq!(
+        status,
+        InboxStatus::Done,
+        "{backend:?}: done when acknowledged"
+    );
     assert_eq!(payload, "", "a processed event's envelope is not kept");
     let activity = t
         .query(|c| tables::user_activity::activity_of(c, 2, 11).expect("q"))
@@ -349,8 +357,8 @@ async fn pure_handlers_run_at_intake_without_overtaking_a_busy_realm(backend: Ba
     );
     let (status, payload) = t.query(|c| inbox_status(c, "p2")).await;
     assert_eq!(
-        (status.as_str(), payload.as_str()),
-        ("done", ""),
+        (status, payload.as_str()),
+        (InboxStatus::Done, ""),
         "{backend:?}"
     );
     t.stop().await;
@@ -364,7 +372,7 @@ async fn failures_are_retried_then_dead_and_replayable(backend: Backend) {
     let t = TestApp::new(&db)
         .forwarder()
         .toml(&format!(
-            "[forwarder]\nhandlers = [\"message_logger\", \"keyword_alerts\"]\nmax_retries = 2\nretry_delay = \"100ms\"\n\
+            "[forwarder]\nlisteners = [\"message_logger\", \"keyword_alerts\"]\nmax_retries = 2\nretry_delay = \"100ms\"\n\
              [handlers.keyword_alerts]\nrules = [{{ name = \"outage\", pattern = \"(?i)outage\", webhook = \"{}/alerts\" }}]\n",
             alerts.url
         ))
@@ -385,7 +393,7 @@ async fn failures_are_retried_then_dead_and_replayable(backend: Backend) {
     let mut counts = Vec::new();
     let dead = eventually(Duration::from_secs(15), async || {
         counts = t.query(inbox_counts).await;
-        count_of(&counts, "dead") == 1
+        count_of(&counts, InboxStatus::Dead) == 1
     })
     .await;
     assert!(dead, "{backend:?}: {counts:?}");
@@ -419,7 +427,7 @@ async fn failures_are_retried_then_dead_and_replayable(backend: Backend) {
         "{replayed}"
     );
     let done = eventually(Duration::from_secs(15), async || {
-        count_of(&t.query(inbox_counts).await, "done") == 1
+        count_of(&t.query(inbox_counts).await, InboxStatus::Done) == 1
     })
     .await;
     assert!(done, "{backend:?}: replayed event processed");
@@ -455,7 +463,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill(backend: Backend) {
     let db = TestDatabase::new(backend);
     let config = db.config_file(&format!(
         "[forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nclaim_lease = \"1s\"\n\
-         handlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
+         listeners = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
          [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
         alerts.url
     ));
@@ -492,7 +500,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill(backend: Backend) {
         "{backend:?}: every acknowledged event was stored"
     );
     assert!(
-        count_of(&counts, "pending") > 0,
+        count_of(&counts, InboxStatus::Pending) > 0,
         "{backend:?}: the kill must interrupt work: {counts:?}"
     );
 
@@ -500,7 +508,7 @@ async fn nothing_acknowledged_is_lost_across_sigkill(backend: Backend) {
     let mut last = Vec::new();
     let all_done = eventually(Duration::from_secs(60), async || {
         last = inbox_counts(&mut conn);
-        count_of(&last, "done") == acknowledged
+        count_of(&last, InboxStatus::Done) == acknowledged
     })
     .await;
     assert!(all_done, "{backend:?}: {last:?}");

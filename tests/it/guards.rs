@@ -33,8 +33,8 @@ fn envelope_from(
         .json()
 }
 
-fn inbox_row(c: &mut DbConnection, status: &str) -> Vec<(String, Option<String>)> {
-    tables::inbox::inbox_entries(c, &[status.parse().expect("status")], 100)
+fn inbox_row(c: &mut DbConnection, status: InboxStatus) -> Vec<(String, Option<String>)> {
+    tables::inbox::inbox_entries(c, &[status], 100)
         .expect("inbox")
         .into_iter()
         .map(|e| (e.event_id, e.last_error))
@@ -108,7 +108,7 @@ async fn forwarded_events_over_quota_are_kept_and_replayable(backend: Backend) {
     let t = TestApp::new(&db)
         .forwarder()
         .toml(
-            "[forwarder]\nhandlers = [\"message_logger\"]\n\
+            "[forwarder]\nlisteners = [\"message_logger\"]\n\
              [rate_limits.forwarder.per_user]\nper_minute = 60\nburst = 2\n",
         )
         .start()
@@ -127,7 +127,7 @@ async fn forwarded_events_over_quota_are_kept_and_replayable(backend: Backend) {
         (Some(2), Some(1))
     );
 
-    let limited = t.query(|c| inbox_row(c, "rate_limited")).await;
+    let limited = t.query(|c| inbox_row(c, InboxStatus::RateLimited)).await;
     assert_eq!(limited.len(), 1, "{backend:?}");
     assert_eq!(limited[0].0, "q2");
     assert!(
@@ -168,7 +168,7 @@ async fn a_deep_backlog_is_answered_429_with_retry_after() {
     let t = TestApp::new(&db)
         .forwarder()
         .toml(&format!(
-            "[forwarder]\nworkers = 1\nmax_backlog = 2\nhandlers = [\"keyword_alerts\"]\n\
+            "[forwarder]\nworkers = 1\nmax_backlog = 2\nlisteners = [\"keyword_alerts\"]\n\
              [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n",
             alerts.url
         ))
@@ -225,7 +225,7 @@ async fn realm_and_user_filters_on_both_paths(backend: Backend) {
         .helper(&["command_bot"])
         .forwarder()
         .toml(
-            "[forwarder]\nhandlers = [\"message_logger\"]\n\
+            "[forwarder]\nlisteners = [\"message_logger\"]\n\
              [filters]\nallowed_realms = [2, \"zulip\"]\nblocked_users = [13]\n",
         )
         .start()
@@ -273,7 +273,12 @@ async fn realm_and_user_filters_on_both_paths(backend: Backend) {
         (Some(1), Some(2), Some(1))
     );
     let (filtered, expired) = t
-        .query(|c| (inbox_row(c, "filtered"), inbox_row(c, "expired")))
+        .query(|c| {
+            (
+                inbox_row(c, InboxStatus::Filtered),
+                inbox_row(c, InboxStatus::Expired),
+            )
+        })
         .await;
     let reason = |id: &str| {
         filtered

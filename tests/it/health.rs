@@ -55,12 +55,13 @@ async fn fail_until_reasons(
 }
 
 /// The state `/health` gives for one listener.
-fn listener_state<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
-    answer.json["listeners"]
+fn listener_state(answer: &Answer, name: &str) -> Option<ListenerState> {
+    let text = answer.json["listeners"]
         .as_array()?
         .iter()
         .find(|l| l["name"] == name)?["state"]
-        .as_str()
+        .as_str()?;
+    ListenerState::ALL.into_iter().find(|s| s.as_str() == text)
 }
 
 async fn health_until(t: &TestServer, check: impl Fn(&Answer) -> bool) -> Answer {
@@ -93,9 +94,11 @@ async fn ok_then_degraded_by_an_operator_then_ok_again(backend: Backend) {
             .as_array()
             // Every handler is fine; "off" ones (welcome_bot in config/default.toml) are
             // switched off in the file, which is not a degradation.
-            .is_some_and(
-                |h| h.len() >= 4 && h.iter().all(|h| h["state"] == "ok" || h["state"] == "off")
-            ),
+            .is_some_and(|h| h.len() >= 4
+                && h.iter().all(|h| {
+                    h["state"] == ListenerState::Ok.as_str()
+                        || h["state"] == ListenerState::Off.as_str()
+                })),
         "{:?}",
         start.json
     );
@@ -116,7 +119,7 @@ async fn ok_then_degraded_by_an_operator_then_ok_again(backend: Backend) {
     );
     assert_eq!(
         listener_state(&degraded, "relay"),
-        Some("disabled"),
+        Some(ListenerState::Disabled),
         "{:?}",
         degraded.json
     );
@@ -221,7 +224,7 @@ async fn process_metrics_are_plausible() {
     let lag_exported = eventually(Duration::from_secs(10), async || {
         t.metrics()
             .await
-            .contains("zulip_listeners_listener_queue_lag_seconds{handler=\"message_logger\"} 0")
+            .contains(r#"zulip_listeners_listener_queue_lag_seconds{listener="message_logger",handler="message_logger"} 0"#)
     })
     .await;
     assert!(lag_exported, "queue lag per forwarder listener");
@@ -297,10 +300,10 @@ async fn an_auto_disabled_handler_degrades_with_its_stored_reason() {
         "{:?}",
         shown.json["history"]
     );
-    assert_eq!(shown.json["state"], "auto_disabled");
+    assert_eq!(shown.json["state"], ListenerState::AutoDisabled.as_str());
     assert_eq!(
         listener_state(&degraded, "keyword_alerts"),
-        Some("auto_disabled"),
+        Some(ListenerState::AutoDisabled),
         "{:?}",
         degraded.json
     );

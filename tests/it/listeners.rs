@@ -210,7 +210,10 @@ async fn two_listeners_of_one_handler_keep_their_scopes_and_change_at_runtime(ba
         None,
     )
     .await;
-    assert_eq!((off.status, &off.json["state"]), (200, &json!("disabled")));
+    assert_eq!(
+        (off.status, &off.json["state"]),
+        (200, &json!(ListenerState::Disabled))
+    );
     assert_eq!(
         alerts_after(&t, 105, "ops", 42, &eng, &ops).await,
         (3, 2),
@@ -343,7 +346,10 @@ async fn the_cli_changes_listeners_and_a_running_server_follows(backend: Backend
     .expect("JSON");
     let intervals = intervals.as_array().expect("rows");
     assert!(
-        !intervals.is_empty() && intervals.iter().all(|r| r["handler"] == "alerts-eng"),
+        !intervals.is_empty()
+            && intervals
+                .iter()
+                .all(|r| r["listener"] == "alerts-eng" && r["handler"] == r["listener"]),
         "{intervals:?}"
     );
     let table = cli(file, &["stats", "show", "--listener", "alerts-eng"]);
@@ -457,7 +463,7 @@ async fn a_listener_over_its_own_quota_is_skipped_alone(backend: Backend) {
     let page = admin(
         &t,
         reqwest::Method::GET,
-        "/admin/events?handler=quiet-alerts&success=false",
+        "/admin/events?listener=quiet-alerts&success=false",
         None,
     )
     .await;
@@ -488,7 +494,7 @@ async fn a_forwarded_event_over_a_listener_quota_is_set_aside_and_replayable_for
     let t = TestApp::new(&db)
         .admin()
         .forwarder()
-        .toml("[forwarder]\nhandlers = [\"quiet-alerts\", \"message_logger\"]\nworkers = 1\n")
+        .toml("[forwarder]\nlisteners = [\"quiet-alerts\", \"message_logger\"]\nworkers = 1\n")
         .deploy_alerts(
             "quiet-alerts",
             "rate_limits = { per_user = { per_minute = 60, burst = 1 } }\n",

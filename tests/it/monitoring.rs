@@ -193,7 +193,7 @@ fn input_series(scrape: &str, scraped_at: f64, minutes: u32) -> String {
 
 /// Runs `promtool test rules` on the shipped rules with `series` as input and checks that the
 /// alerts firing at each time are exactly `expected` (`alertname`, and the
-/// `handler` label when it has one). `None` when promtool is not installed.
+/// `listener` label when it has one). `None` when promtool is not installed.
 fn promtool_alerts(series: &str, expected: &[(u32, &[(&str, &str)])]) -> Option<()> {
     let Ok(version) = Command::new("promtool").arg("--version").output() else {
         return None;
@@ -202,19 +202,19 @@ fn promtool_alerts(series: &str, expected: &[(u32, &[(&str, &str)])]) -> Option<
     let mut checks = String::new();
     for (minute, alerts) in expected {
         checks.push_str(&format!(
-            "      - expr: 'count by (alertname, handler) (ALERTS{{alertstate=\"firing\"}})'\n        eval_time: {minute}m\n        exp_samples:"
+            "      - expr: 'count by (alertname, listener) (ALERTS{{alertstate=\"firing\"}})'\n        eval_time: {minute}m\n        exp_samples:"
         ));
         if alerts.is_empty() {
             checks.push_str(" []\n");
         }
-        for (alert, handler) in *alerts {
-            let handler = if handler.is_empty() {
+        for (alert, listener) in *alerts {
+            let listener = if listener.is_empty() {
                 String::new()
             } else {
-                format!(r#",handler="{handler}""#)
+                format!(r#",listener="{listener}""#)
             };
             checks.push_str(&format!(
-                "\n          - labels: '{{alertname=\"{alert}\"{handler}}}'\n            value: 1\n"
+                "\n          - labels: '{{alertname=\"{alert}\"{listener}}}'\n            value: 1\n"
             ));
         }
     }
@@ -247,9 +247,9 @@ async fn a_fresh_default_install_sets_off_no_alert() {
     // What the alerts look at, as a default start exports it.
     let (scrape, at) = server
         .scrape_when(&[
-            r#"zulip_listeners_handler_enabled{handler="welcome_bot"} 0"#,
-            r#"zulip_listeners_handler_enabled_in_file{handler="welcome_bot"} 0"#,
-            r#"zulip_listeners_handler_circuit_open{handler="relay"} 0"#,
+            r#"zulip_listeners_listener_enabled{listener="welcome_bot"} 0"#,
+            r#"zulip_listeners_listener_enabled_in_file{listener="welcome_bot"} 0"#,
+            r#"zulip_listeners_listener_circuit_open{listener="relay"} 0"#,
             "process_resident_memory_bytes ",
             "process_open_fds ",
             "process_max_fds ",
@@ -323,10 +323,11 @@ async fn a_listener_disabled_at_run_time_alerts_one_off_in_the_file_does_not() {
     );
     assert!(output.status.success(), "{}", output_text(&output));
     let (scrape, at) = server
-        .scrape_when(&[r#"zulip_listeners_handler_enabled{handler="keyword_alerts"} 0"#])
+        .scrape_when(&[r#"zulip_listeners_listener_enabled{listener="keyword_alerts"} 0"#])
         .await;
     assert!(
-        scrape.contains("\nzulip_listeners_handler_enabled_in_file{handler=\"keyword_alerts\"} 1"),
+        scrape
+            .contains("\nzulip_listeners_listener_enabled_in_file{listener=\"keyword_alerts\"} 1"),
         "{scrape}"
     );
     let series = input_series(&scrape, at, 120);

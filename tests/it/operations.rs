@@ -31,7 +31,9 @@ async fn health_and_readiness() {
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json["database"], "ok");
     assert_eq!(ready.json["accepting"], true);
-    assert!(ready.json["handlers"].as_u64().unwrap_or_default() >= 4);
+    assert!(ready.json["listeners"].as_u64().unwrap_or_default() >= 4);
+    // The deprecated name of the count, until it is removed (docs/deprecations.md).
+    assert_eq!(ready.json["handlers"], ready.json["listeners"]);
     t.stop().await;
 }
 
@@ -58,7 +60,7 @@ async fn metrics_are_prometheus_text() {
         let parsed = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format");
         let has = |name: &str| parsed.samples.iter().any(|s| s.metric == name);
         let ready =
-            has("zulip_listeners_handler_runs_total") && has("zulip_listeners_inbox_events");
+            has("zulip_listeners_listener_runs_total") && has("zulip_listeners_inbox_events");
         scrape = Some(parsed);
         ready
     })
@@ -85,21 +87,111 @@ async fn metrics_are_prometheus_text() {
         ("source", "forwarder"),
     );
     sample(
-        "zulip_listeners_handler_runs_total",
-        ("handler", "command_bot"),
+        "zulip_listeners_listener_runs_total",
+        ("listener", "command_bot"),
     );
     let latency = sample(
-        "zulip_listeners_handler_duration_seconds",
-        ("handler", "command_bot"),
+        "zulip_listeners_listener_duration_seconds",
+        ("listener", "command_bot"),
     );
     assert!(
         matches!(latency.value, prometheus_parse::Value::Histogram(ref buckets) if !buckets.is_empty()),
         "a histogram with buckets: {:?}",
         latency.value
     );
-    sample("zulip_listeners_inbox_events", ("status", "pending"));
+    sample(
+        "zulip_listeners_inbox_events",
+        ("status", InboxStatus::Pending.as_str()),
+    );
     sample("zulip_listeners_db_pool_connections", ("state", "idle"));
+    assert_deprecated_metric_names_mirror_the_listener_names(&t).await;
     t.stop().await;
+}
+
+/// The deprecated metric names (docs/deprecations.md) mirror the new ones until they are
+/// removed: each `zulip_listeners_handler_*{handler}` series has the values of its
+/// `zulip_listeners_listener_*{listener}` twin, and a listener series whose name was already
+/// right carries both labels with one value.
+async fn assert_deprecated_metric_names_mirror_the_listener_names(t: &TestServer) {
+    const RENAMED: &[(&str, &str)] = &[
+        (
+            "zulip_listeners_listener_runs_total",
+            "zulip_listeners_handler_runs_total",
+        ),
+        (
+            "zulip_listeners_listener_duration_seconds",
+            "zulip_listeners_handler_duration_seconds",
+        ),
+        (
+            "zulip_listeners_listener_transitions_total",
+            "zulip_listeners_handler_transitions_total",
+        ),
+        (
+            "zulip_listeners_listener_enabled",
+            "zulip_listeners_handler_enabled",
+        ),
+        (
+            "zulip_listeners_listener_enabled_in_file",
+            "zulip_listeners_handler_enabled_in_file",
+        ),
+        (
+            "zulip_listeners_listener_circuit_open",
+            "zulip_listeners_handler_circuit_open",
+        ),
+    ];
+    // What a series says apart from its name and its listener label.
+    type Series = (String, String, String);
+    let series = |scrape: &prometheus_parse::Scrape, name: &str, label: &str| -> Vec<Series> {
+        let mut found: Vec<Series> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| {
+                let mut rest: Vec<String> = s
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != label)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                rest.sort();
+                let listener = s.labels.get(label).unwrap_or_default().to_string();
+                (listener, rest.join(","), format!("{:?}", s.value))
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let mut problems = Vec::new();
+    let mirrored = eventually(Duration::from_secs(10), async || {
+        let text = t.metrics().await;
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("valid Prometheus text format");
+        problems.clear();
+        for (new, old) in RENAMED {
+            let (by_new, by_old) = (
+                series(&scrape, new, "listener"),
+                series(&scrape, old, "handler"),
+            );
+            if by_new.is_empty() || by_new != by_old {
+                problems.push(format!("{new} {by_new:?} against {old} {by_old:?}"));
+            }
+        }
+        let lag = "zulip_listeners_listener_queue_lag_seconds";
+        let both = scrape.samples.iter().filter(|s| s.metric == lag);
+        if both.clone().count() == 0 {
+            problems.push(format!("no {lag}"));
+        }
+        for s in both {
+            if s.labels.get("listener").is_none()
+                || s.labels.get("listener") != s.labels.get("handler")
+            {
+                problems.push(format!("{lag} labels {:?}", s.labels));
+            }
+        }
+        problems.is_empty()
+    })
+    .await;
+    assert!(mirrored, "{problems:#?}");
 }
 
 backend_test!(async fn admin_api_requires_its_token_and_controls_handlers);
@@ -185,12 +277,37 @@ async fn admin_api_requires_its_token_and_controls_handlers(backend: Backend) {
     let page = admin(
         &t,
         reqwest::Method::GET,
-        "/admin/events?handler=command_bot&per_page=1",
+        "/admin/events?listener=command_bot&per_page=1",
         Some(ADMIN),
     )
     .await;
     let events = page.json["events"].as_array().expect("events");
     assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["listener"], "command_bot");
+    // The deprecated spellings (docs/deprecations.md): `?handler=` filters the same, each row
+    // names its listener as `handler` too, and the two parameters must not disagree.
+    assert_eq!(events[0]["handler"], events[0]["listener"]);
+    let old = admin(
+        &t,
+        reqwest::Method::GET,
+        "/admin/events?handler=command_bot&per_page=1",
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(old.json, page.json);
+    let both = admin(
+        &t,
+        reqwest::Method::GET,
+        "/admin/events?listener=command_bot&handler=relay",
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(
+        (both.status, &both.json["field"]),
+        (400, &json!("handler")),
+        "{:?}",
+        both.json
+    );
     assert_eq!(
         (
             events[0]["message_id"].as_i64(),
@@ -257,6 +374,17 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     })
     .await;
     assert!(opened, "breaker_open announced: {:?}", notices.requests());
+    let notice: Value = notices
+        .requests()
+        .iter()
+        .find(|r| r.body.contains("breaker_open"))
+        .and_then(|r| serde_json::from_str(&r.body).ok())
+        .expect("a JSON notice");
+    assert_eq!(
+        (&notice["listener"], &notice["handler"]),
+        (&json!("keyword_alerts"), &json!("keyword_alerts")),
+        "the listener, and under its deprecated name: {notice}"
+    );
     let mut waiting = Vec::new();
     let paused = eventually(Duration::from_secs(5), async || {
         waiting = t
@@ -317,11 +445,11 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let now = t.query(inbox_counts).await;
     assert_eq!(
-        count_of(&now, "parked") + count_of(&now, "pending"),
+        count_of(&now, InboxStatus::Parked) + count_of(&now, InboxStatus::Pending),
         1,
         "{now:?}"
     );
-    assert_eq!(count_of(&now, "done"), 0, "{now:?}");
+    assert_eq!(count_of(&now, InboxStatus::Done), 0, "{now:?}");
 
     // The target recovers; an operator enables the handler; the waiting event is processed.
     let failed_calls = target.requests().len();
@@ -334,7 +462,7 @@ async fn breaker_opens_keeps_events_pending_and_auto_disables() {
     )
     .await;
     let done = eventually(Duration::from_secs(15), async || {
-        count_of(&t.query(inbox_counts).await, "done") == 1
+        count_of(&t.query(inbox_counts).await, InboxStatus::Done) == 1
     })
     .await;
     assert!(
@@ -357,7 +485,7 @@ async fn sigterm_finishes_work_in_hand_and_exits_cleanly(backend: Backend) {
     let db = TestDatabase::new(backend);
     let config = db.config_file(&format!(
         "[server]\nshutdown_timeout = \"10s\"\n\
-         [forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nhandlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
+         [forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 1\nlisteners = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
          [handlers.keyword_alerts]\nrules = [{{ name = \"all\", pattern = \".\", webhook = \"{}/a\" }}]\n\
          [handlers.relay]\nurl = \"{}/\"\n{}",
         alerts.url,
@@ -417,8 +545,8 @@ async fn sigterm_finishes_work_in_hand_and_exits_cleanly(backend: Backend) {
 
     // No event is half-processed: every done event has all its effects, no other has any.
     let mut conn = db.connect();
-    let done = count_of(&inbox_counts(&mut conn), "done");
-    let pending = count_of(&inbox_counts(&mut conn), "pending");
+    let done = count_of(&inbox_counts(&mut conn), InboxStatus::Done);
+    let pending = count_of(&inbox_counts(&mut conn), InboxStatus::Pending);
     assert_eq!(done + pending, 20, "{backend:?}");
     assert!(
         pending > 0,

@@ -161,13 +161,13 @@ async fn listeners_table_aligns_whatever_the_content_and_has_json() {
     let rows = listed.as_array().expect("an array");
     let alerts = rows
         .iter()
-        .find(|r| r["handler"] == "keyword_alerts")
+        .find(|r| r["name"] == "keyword_alerts")
         .expect("keyword_alerts listed");
     assert_eq!(alerts["enabled"], false);
     assert_eq!(alerts["disabled_reason"], reason);
     let logger = rows
         .iter()
-        .find(|r| r["handler"] == "message_logger")
+        .find(|r| r["name"] == "message_logger")
         .expect("message_logger listed");
     assert_eq!(logger["used_by"], json!(["bot:helper", "forwarder"]));
     assert_eq!(logger["runs"], 0);
@@ -504,7 +504,7 @@ async fn monitoring_bundle_uses_only_exported_metrics() {
         t.post_json("/zulip/outgoing", &ping(7)).await.json["content"],
         "pong"
     );
-    let body = zulip_listeners::sample::sample_batch(now_s() * 1000);
+    let body = zulip_listeners::cli::sample::sample_batch(now_s() * 1000);
     let answer = t.post_batch("msg_1", &body).await;
     assert_eq!(answer.status, 200, "{:?}", answer.json);
 

@@ -136,7 +136,10 @@ async fn webhook_urls_stay_out_of_the_event_log_admin_api_and_listeners() {
     );
 
     let events = t
-        .send(t.admin(reqwest::Method::GET, "/admin/events?handler=keyword_alerts"))
+        .send(t.admin(
+            reqwest::Method::GET,
+            "/admin/events?listener=keyword_alerts",
+        ))
         .await;
     assert_eq!(events.status, 200);
     let shown = events.json.to_string();

@@ -84,7 +84,7 @@ fn stats(conn: &mut DbConnection, now: i64) -> Vec<StatsRow> {
         .collect()
 }
 
-fn inbox_event(conn: &mut DbConnection, event_id: &str, status: &str, updated_at_ms: i64) {
+fn inbox_event(conn: &mut DbConnection, event_id: &str, status: InboxStatus, updated_at_ms: i64) {
     let row = NewInboxRow {
         event_id: event_id.to_string(),
         event_key: EventKey::of(event_id),
@@ -95,7 +95,7 @@ fn inbox_event(conn: &mut DbConnection, event_id: &str, status: &str, updated_at
         event_type: "message".to_string(),
         op: None,
         payload: "{}".to_string(),
-        status: status.parse().expect("status"),
+        status,
         attempts: 1,
         next_attempt_at_ms: 0,
         claimed_until_ms: 0,
@@ -270,19 +270,24 @@ fn cleanup_deletes_exactly_the_old_finished_rows(backend: Backend) {
     log(conn, "b", 5, 1, false);
     log(conn, "b", before, 1, true);
 
-    for (id, status) in [
-        ("done", "done"),
-        ("expired", "expired"),
-        ("filtered", "filtered"),
-        ("pending", "pending"),
-        ("dead", "dead"),
-        ("rate_limited", "rate_limited"),
-        ("parked", "parked"),
+    for status in [
+        InboxStatus::Done,
+        InboxStatus::Expired,
+        InboxStatus::Filtered,
+        InboxStatus::Pending,
+        InboxStatus::Dead,
+        InboxStatus::RateLimited,
+        InboxStatus::Parked,
     ] {
-        inbox_event(conn, &format!("old-{id}"), status, 500);
+        inbox_event(conn, &format!("old-{status}"), status, 500);
     }
-    inbox_event(conn, "recent-done", "done", recent);
-    inbox_event(conn, "recent-rate_limited", "rate_limited", recent);
+    inbox_event(conn, "recent-done", InboxStatus::Done, recent);
+    inbox_event(
+        conn,
+        "recent-rate_limited",
+        InboxStatus::RateLimited,
+        recent,
+    );
 
     batch(conn, "msg_old_1", 1);
     batch(conn, "msg_new", recent);
@@ -360,7 +365,11 @@ fn cleanup_deletes_exactly_the_old_finished_rows(backend: Backend) {
     );
     let kept: Vec<String> = inbox::table
         .select(inbox::payload)
-        .filter(inbox::status.eq_any(["dead", "parked", "pending"]))
+        .filter(inbox::status.eq_any([
+            InboxStatus::Dead,
+            InboxStatus::Parked,
+            InboxStatus::Pending,
+        ]))
         .load(conn)
         .expect("payloads");
     assert_eq!(
@@ -399,9 +408,9 @@ fn cleanup_works_in_batches(backend: Backend) {
     for i in 0..10 {
         log(conn, "a", i, 1, true);
         log(conn, "a", recent + i, 1, true);
-        inbox_event(conn, &format!("old-{i}"), "done", i);
-        inbox_event(conn, &format!("new-{i}"), "done", recent);
-        inbox_event(conn, &format!("pending-{i}"), "pending", i);
+        inbox_event(conn, &format!("old-{i}"), InboxStatus::Done, i);
+        inbox_event(conn, &format!("new-{i}"), InboxStatus::Done, recent);
+        inbox_event(conn, &format!("pending-{i}"), InboxStatus::Pending, i);
         reply(conn, if i % 2 == 0 { "bot1" } else { "bot2" }, i, i);
         reply(conn, "bot3", i, recent);
         stored_stats(conn, &format!("h{}", i % 3), i * I);
@@ -473,7 +482,7 @@ fn cleanup_works_in_batches(backend: Backend) {
     };
     assert_eq!(counts(conn), [10, 20, 9, 10, 2], "{backend:?}");
     let old_left: i64 = inbox::table
-        .filter(inbox::status.eq("done"))
+        .filter(inbox::status.eq(InboxStatus::Done))
         .filter(inbox::updated_at_ms.lt(before))
         .count()
         .get_result(conn)

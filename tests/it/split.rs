@@ -33,7 +33,7 @@ fn server_config(db: &TestDatabase, alerts: &str) -> ConfigFile {
         "pool_size = 4\n\
          [forwarder]\nsecrets = [\"{SECRET}\"]\nworkers = 2\nclaim_lease = \"2s\"\n\
          retry_delay = \"200ms\"\nmax_retries = 20\n\
-         handlers = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
+         listeners = [\"message_logger\", \"user_activity_tracker\", \"keyword_alerts\"]\n\
          [handlers.keyword_alerts]\nrules = [{{ name = \"alpha\", pattern = \"alpha\", webhook = \"{alerts}/alert\" }}]\n"
     ))
 }
@@ -93,7 +93,10 @@ fn assert_exactly_once(c: &mut DbConnection, acked: &[i64], phase: &str) {
 async fn wait_all_done(c: &mut DbConnection, total: i64, phase: &str) {
     let mut last = (0, 0);
     let done = eventually(Duration::from_secs(90), async || {
-        last = (inbox_count(c, "done"), inbox_count(c, "pending"));
+        last = (
+            inbox_count(c, InboxStatus::Done),
+            inbox_count(c, InboxStatus::Pending),
+        );
         last.0 == total
     })
     .await;
@@ -158,7 +161,7 @@ async fn two_processes_run_every_listener_exactly_once_across_a_kill() {
     // Work of the killed process waits (claims run out after the lease), and its listener is
     // reported as run by no live process, until it is back.
     assert!(
-        inbox_count(&mut conn, "pending") > 0,
+        inbox_count(&mut conn, InboxStatus::Pending) > 0,
         "the kill left work undone"
     );
     drop(b);
@@ -188,7 +191,7 @@ async fn health_names_a_listener_no_live_process_runs() {
     let process = |listeners: &str| {
         TestApp::new(&db)
             .forwarder()
-            .toml("[forwarder]\nhandlers = [\"message_logger\", \"user_activity_tracker\"]\n")
+            .toml("[forwarder]\nlisteners = [\"message_logger\", \"user_activity_tracker\"]\n")
             .options(ServeOptions {
                 listeners: Some(vec![listeners.to_string()]),
                 ..Default::default()
@@ -238,7 +241,7 @@ async fn listeners_option_errors_name_the_problem() {
         };
         let config = TestApp::new(&db)
             .forwarder()
-            .toml("[forwarder]\nhandlers = [\"message_logger\", \"user_activity_tracker\"]\n")
+            .toml("[forwarder]\nlisteners = [\"message_logger\", \"user_activity_tracker\"]\n")
             .config();
         let error = match zulip_listeners::server::start(config, options).await {
             Ok(_) => panic!("{backend:?}: --listeners {listeners} was accepted"),
@@ -257,7 +260,7 @@ async fn a_replayed_event_without_work_runs_every_listener_once(backend: Backend
     let t = TestApp::new(&db)
         .admin()
         .forwarder()
-        .toml("[forwarder]\nhandlers = [\"message_logger\", \"user_activity_tracker\"]\n")
+        .toml("[forwarder]\nlisteners = [\"message_logger\", \"user_activity_tracker\"]\n")
         .start()
         .await;
     let old = Envelope::new("x1", message(9001, 40, "alpha beta"))
@@ -278,7 +281,7 @@ async fn a_replayed_event_without_work_runs_every_listener_once(backend: Backend
         replayed.json
     );
     let done = eventually(Duration::from_secs(15), async || {
-        t.query(|c| inbox_count(c, "done")).await == 1
+        t.query(|c| inbox_count(c, InboxStatus::Done)).await == 1
     })
     .await;
     assert!(done, "{backend:?}: replayed event processed");

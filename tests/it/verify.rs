@@ -410,7 +410,7 @@ backend_test!(async fn the_admin_api_finds_a_message_in_the_event_log_and_the_in
 async fn the_admin_api_finds_a_message_in_the_event_log_and_the_inbox(backend: Backend) {
     let db = TestDatabase::new(backend);
     let t = app(&db, &["command_bot"])
-        .toml("[forwarder]\nhandlers = [\"message_logger\"]\n")
+        .toml("[forwarder]\nlisteners = [\"message_logger\"]\n")
         .start()
         .await;
     for id in [101, 102] {
@@ -432,7 +432,7 @@ async fn the_admin_api_finds_a_message_in_the_event_log_and_the_inbox(backend: B
     let outgoing = get("/admin/events?message_id=101&source=outgoing").await;
     let rows = outgoing.json["events"].as_array().expect("events").clone();
     assert_eq!(rows.len(), 1, "{backend:?}: {:?}", outgoing.json);
-    assert_eq!(rows[0]["handler"], "command_bot");
+    assert_eq!(rows[0]["listener"], "command_bot");
     assert_eq!(rows[0]["message_id"], 101);
     let both = get("/admin/events?message_id=101").await;
     let sources: Vec<&str> = both.json["events"]
@@ -463,7 +463,7 @@ async fn the_admin_api_finds_a_message_in_the_event_log_and_the_inbox(backend: B
     let events = inbox.json["events"].as_array().expect("events");
     assert_eq!(events.len(), 1, "{backend:?}: {:?}", inbox.json);
     assert_eq!(events[0]["event_type"], "message");
-    assert_eq!(events[0]["status"], "done");
+    assert_eq!(events[0]["status"], InboxStatus::Done.as_str());
     assert!(
         events[0]["received_at_ms"]
             .as_i64()

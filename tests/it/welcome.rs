@@ -20,7 +20,7 @@ const ZULIP_OK: &str = r#"{"result": "success", "msg": "", "id": 42}"#;
 fn app(db: &TestDatabase, site: &str, welcome: &str) -> TestApp {
     TestApp::new(db).forwarder().toml(&format!(
         "[bots.greeter]\nemail = \"{GREETER_EMAIL}\"\ntoken = \"{TOKEN}\"\napi_key = \"KEY123\"\nsite = \"{site}\"\n\
-         [forwarder]\nhandlers = [\"welcome_bot\"]\nmax_retries = 5\nretry_delay = \"100ms\"\n\
+         [forwarder]\nlisteners = [\"welcome_bot\"]\nmax_retries = 5\nretry_delay = \"100ms\"\n\
          [handlers.welcome_bot]\nenabled = true\nbot = \"greeter\"\n{welcome}"
     ))
 }
@@ -409,7 +409,7 @@ fn check_config(settings: &str, forwarder_handlers: &str) -> (bool, String) {
     let config = db.config_file(&format!(
         "[bots.greeter]\nemail = \"{GREETER_EMAIL}\"\ntoken = \"{TOKEN}\"\napi_key = \"K\"\nsite = \"https://chat.example.com\"\n\
          [bots.plain]\nemail = \"plain-bot@acme.example.com\"\ntoken = \"{TOKEN}x\"\n\
-         [forwarder]\nsecrets = [\"{SECRET}\"]\nhandlers = {forwarder_handlers}\n\
+         [forwarder]\nsecrets = [\"{SECRET}\"]\nlisteners = {forwarder_handlers}\n\
          [handlers.welcome_bot]\n{enabled}{settings}"
     ));
     cli_status(&config.path, &["check-config"])

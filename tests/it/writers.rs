@@ -95,7 +95,7 @@ async fn realms_are_written_in_parallel_each_in_order_and_exactly_once() {
     );
 
     let counts = t.settle(9).await;
-    assert_eq!(count_of(&counts, "done"), 9, "{counts:?}");
+    assert_eq!(count_of(&counts, InboxStatus::Done), 9, "{counts:?}");
     let contents = t
         .query(|c| {
             [3001, 4001, 5001, 5002, 3002, 4002].map(|id| {

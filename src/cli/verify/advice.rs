@@ -7,8 +7,8 @@ use std::path::Path;
 
 use super::read_secret;
 use super::watch::{AdminError, Webhook};
+use crate::cli::doctor::Check;
 use crate::config::{Config, Secret};
-use crate::doctor::Check;
 use crate::zulip_api::ZulipApiError;
 
 /// The fix when this configuration has no admin token.

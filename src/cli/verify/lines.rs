@@ -4,7 +4,7 @@
 use super::Plan;
 use super::advice;
 use super::watch::{self, Seen};
-use crate::doctor::Check;
+use crate::cli::doctor::Check;
 
 pub(super) fn webhook_line(plan: &Plan, seen: &Seen, sent_at: i64) -> Check {
     if let Err(check) = &plan.admin {

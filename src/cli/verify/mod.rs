@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::cli::doctor::{Check, Status, summary};
 use crate::clock::now_ms;
 use crate::config::{Config, Secret};
-use crate::doctor::{Check, Status, summary};
 use crate::output::out;
 use crate::zulip_api::{BotApi, Destination, OUTGOING_WEBHOOK_BOT, ZulipApiError, ZulipClient};
 use lines::{forwarder_line, ms, reply_line, webhook_line};

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::Plan;
+use crate::cli::doctor::Check;
 use crate::clock::now_ms;
 use crate::config::{Config, Secret};
-use crate::doctor::Check;
 use crate::zulip_api::{BotApi, ZulipClient};
 
 /// Pause between two rounds of look-ups of this server.
@@ -71,7 +71,7 @@ impl Admin {
         url: Option<&str>,
         timeout: Duration,
     ) -> Result<Admin, Check> {
-        let base = url.map_or_else(|| crate::sample::local_base(config), str::to_string);
+        let base = url.map_or_else(|| crate::cli::sample::local_base(config), str::to_string);
         let base = crate::outbound::check_url(&base).map_err(|problem| {
             Check::fail(
                 format!("--admin-url {problem}"),
@@ -174,11 +174,23 @@ struct EventPage {
 
 #[derive(Deserialize)]
 struct LogRow {
-    handler: String,
+    /// `None` from a server older than the name (it sends only `handler`).
+    listener: Option<String>,
+    /// The deprecated name of `listener`.
+    handler: Option<String>,
     success: bool,
     error: Option<String>,
     duration_us: i64,
     created_at_ms: i64,
+}
+
+impl LogRow {
+    fn listener(&self) -> &str {
+        self.listener
+            .as_deref()
+            .or(self.handler.as_deref())
+            .unwrap_or("unknown")
+    }
 }
 
 #[derive(Deserialize)]
@@ -312,13 +324,17 @@ impl Watch<'_> {
         else {
             return Ok(None);
         };
-        let mut listeners: Vec<String> = page.events.iter().map(|r| r.handler.clone()).collect();
+        let mut listeners: Vec<String> = page
+            .events
+            .iter()
+            .map(|r| r.listener().to_string())
+            .collect();
         listeners.sort();
         listeners.dedup();
         let failure = page.events.iter().find(|r| !r.success).map(|r| {
             format!(
                 "{}: {}",
-                r.handler,
+                r.listener(),
                 r.error.as_deref().unwrap_or("no error recorded")
             )
         });

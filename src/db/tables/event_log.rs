@@ -14,15 +14,15 @@ use crate::db::schema::event_log;
 use crate::db::{DbConnection, DbError};
 
 /// One listener run: written in bulk by the writer ([`insert_event_logs`]; `None` fields are
-/// NULL, never a column default), and listed by the admin API and the dashboard.
-#[derive(Debug, Clone, Insertable, Queryable, Selectable, serde::Serialize)]
+/// NULL, never a column default), and listed by the admin API and the dashboard. As JSON it is
+/// its fields by name, plus `handler`, the deprecated name of `listener` (same value).
+#[derive(Debug, Clone, Insertable, Queryable, Selectable)]
 #[diesel(table_name = event_log, treat_none_as_default_value = false)]
 pub struct EventLogRow {
     /// The database's id: 0 until the row is stored (never inserted).
     #[diesel(skip_insertion)]
     pub id: i64,
-    /// Shown as `handler` by the admin API.
-    #[serde(rename = "handler")]
+    /// The listener that ran (or the guard that refused the event).
     pub listener: String,
     /// `outgoing` or `forwarder` when written by this server.
     pub source: Cow<'static, str>,
@@ -38,6 +38,50 @@ pub struct EventLogRow {
     pub error: Option<String>,
     pub created_at_ms: i64,
 }
+
+impl serde::Serialize for EventLogRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // Every field named, so that a new one cannot be left out of the JSON unnoticed.
+        let EventLogRow {
+            id,
+            listener,
+            source,
+            event_type,
+            bot,
+            realm,
+            realm_id,
+            user_id,
+            message_id,
+            event_id,
+            duration_us,
+            success,
+            error,
+            created_at_ms,
+        } = self;
+        let mut row = serializer.serialize_struct("EventLogRow", 15)?;
+        row.serialize_field("id", id)?;
+        row.serialize_field("listener", listener)?;
+        row.serialize_field("source", source)?;
+        row.serialize_field("event_type", event_type)?;
+        row.serialize_field("bot", bot)?;
+        row.serialize_field("realm", realm)?;
+        row.serialize_field("realm_id", realm_id)?;
+        row.serialize_field("user_id", user_id)?;
+        row.serialize_field("message_id", message_id)?;
+        row.serialize_field("event_id", event_id)?;
+        row.serialize_field("duration_us", duration_us)?;
+        row.serialize_field("success", success)?;
+        row.serialize_field("error", error)?;
+        row.serialize_field("created_at_ms", created_at_ms)?;
+        row.serialize_field(DEPRECATED_LISTENER_KEY, listener)?;
+        row.end()
+    }
+}
+
+/// The deprecated name of the `listener` field in the JSON of event-log and statistics rows,
+/// written beside it until it is removed (docs/deprecations.md).
+pub const DEPRECATED_LISTENER_KEY: &str = "handler";
 
 bulk_row! {
     EventLogRow => event_log,

@@ -14,14 +14,15 @@ use diesel::upsert::excluded;
 
 use crate::db::bulk::ROWS_PER_STATEMENT;
 use crate::db::schema::{event_log, listener_stats};
+use crate::db::tables::event_log::DEPRECATED_LISTENER_KEY;
 use crate::db::{DbConnection, DbError};
 
-/// One listener's runs in one interval, as stored in `listener_stats`.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, serde::Serialize)]
+/// One listener's runs in one interval, as stored in `listener_stats`. As JSON it is its
+/// fields by name, plus `handler`, the deprecated name of `listener` (same value).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = listener_stats)]
 pub struct StatsRow {
-    /// The listener's name, as in the event log (shown as `handler` by the admin API).
-    #[serde(rename = "handler")]
+    /// The listener's name, as in the event log.
     pub listener: String,
     /// Start of the interval (Unix ms, a multiple of `interval_ms`).
     pub interval_start_ms: i64,
@@ -37,6 +38,34 @@ pub struct StatsRow {
     pub max_duration_us: i64,
     /// When the row was last (re)computed (Unix ms).
     pub updated_at_ms: i64,
+}
+
+impl serde::Serialize for StatsRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // Every field named, so that a new one cannot be left out of the JSON unnoticed.
+        let StatsRow {
+            listener,
+            interval_start_ms,
+            interval_ms,
+            runs,
+            failures,
+            total_duration_us,
+            max_duration_us,
+            updated_at_ms,
+        } = self;
+        let mut row = serializer.serialize_struct("StatsRow", 9)?;
+        row.serialize_field("listener", listener)?;
+        row.serialize_field("interval_start_ms", interval_start_ms)?;
+        row.serialize_field("interval_ms", interval_ms)?;
+        row.serialize_field("runs", runs)?;
+        row.serialize_field("failures", failures)?;
+        row.serialize_field("total_duration_us", total_duration_us)?;
+        row.serialize_field("max_duration_us", max_duration_us)?;
+        row.serialize_field("updated_at_ms", updated_at_ms)?;
+        row.serialize_field(DEPRECATED_LISTENER_KEY, listener)?;
+        row.end()
+    }
 }
 
 /// Start of the interval of length `interval_ms` that contains `at_ms`.

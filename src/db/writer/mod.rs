@@ -39,7 +39,7 @@ use super::tables::{
     event_log::EventLogRow, inbox::NewInboxRow, inbox_work::NewWorkRow, replies::ReplyRecord,
 };
 use super::{Connector, DbConnection, DbError};
-use crate::ratelimit::Limits;
+use crate::guards::ratelimit::Limits;
 use batch::{Retrying, Spent, run};
 use effect::Effect;
 

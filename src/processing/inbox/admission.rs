@@ -1,7 +1,7 @@
 //! Admission of a forwarded batch: refused while too many of its realms' events wait for the
 //! listeners they need (the backlog), and each event's stored status from the shared
 //! [`Guards`] (`expired`, `filtered`, else `pending`). The quota is spent by the writer, once
-//! it knows which events are new (see [`crate::processing::guards`]).
+//! it knows which events are new (see [`crate::guards`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +10,9 @@ use super::{Inbox, IntakeError};
 use crate::config::Config;
 use crate::db::tables::inbox::InboxStatus;
 use crate::events::forwarded::ForwardedEvent;
-use crate::filters::Filters;
-use crate::processing::guards::{Guards, Refused, Subject};
-use crate::ratelimit::Limits;
+use crate::guards::filters::Filters;
+use crate::guards::ratelimit::Limits;
+use crate::guards::{Guard, Guards, Refused, Subject};
 
 /// What decides whether a forwarded event is dispatched: its age, the filters, and the rate
 /// limits; and how much may wait before batches are refused.
@@ -47,7 +47,7 @@ impl Admission {
         match self.guards.screen(subject, now_ms) {
             // Rate limits are charged by the writer, once it knows which events are new.
             Ok(()) => (InboxStatus::Pending, None),
-            Err(Refused { guard, reason }) => (guard.inbox_status(), Some(reason)),
+            Err(Refused { guard, reason }) => (stored_status(guard), Some(reason)),
         }
     }
 
@@ -59,6 +59,15 @@ impl Admission {
     /// Forgets idle rate-limit keys; returns the keys still tracked.
     pub(super) fn housekeeping(&self) -> usize {
         self.guards.housekeeping()
+    }
+}
+
+/// The inbox status a forwarded event refused by `guard` is stored with.
+pub(crate) fn stored_status(guard: Guard) -> InboxStatus {
+    match guard {
+        Guard::MaxAge => InboxStatus::Expired,
+        Guard::Filters => InboxStatus::Filtered,
+        Guard::RateLimit => InboxStatus::RateLimited,
     }
 }
 
@@ -80,7 +89,7 @@ impl Inbox {
             for listener in self.waits_for(event_type) {
                 let backlog = self.backlog.of((realm_id, listener));
                 if backlog > max {
-                    let what = match listener.and_then(|id| self.processor.handler_name(id)) {
+                    let what = match listener.and_then(|id| self.processor.listener_name(id)) {
                         Some(name) => format!("waiting for `{name}`"),
                         None => "waiting to be processed".to_string(),
                     };
@@ -91,5 +100,17 @@ impl Inbox {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_stored_under_its_outcome() {
+        for guard in [Guard::MaxAge, Guard::Filters, Guard::RateLimit] {
+            assert_eq!(stored_status(guard).as_str(), guard.outcome(), "{guard:?}");
+        }
     }
 }

@@ -126,7 +126,7 @@ impl Inbox {
         let split = listeners.iter().any(|id| !mine.contains(id));
         let mine_names: Vec<&'static str> = mine
             .iter()
-            .filter_map(|&id| processor.handler_name(id))
+            .filter_map(|&id| processor.listener_name(id))
             .collect();
         let pending = db.run(tables::inbox::pending_by_realm_and_type).await?;
         let backlog = Backlog::default();
@@ -246,6 +246,6 @@ impl Inbox {
     }
 
     fn name(&self, id: ListenerId) -> &'static str {
-        self.processor.handler_name(id).unwrap_or("unknown")
+        self.processor.listener_name(id).unwrap_or("unknown")
     }
 }

@@ -68,7 +68,7 @@ impl Inbox {
                                 e.wants_type(event_type) && (e.enabled() || e.auto_disabled())
                             })
                         })
-                        .filter_map(|id| processor.handler_name(id))
+                        .filter_map(|id| processor.listener_name(id))
                         .collect()
                 };
                 tables::claims::claim_work(

@@ -3,6 +3,7 @@
 
 use diesel::prelude::*;
 use zulip_listeners::db::event_key::EventKey;
+use zulip_listeners::db::tables::inbox::InboxStatus;
 use zulip_listeners::db::{DbConnection, establish, run_migrations, tables};
 
 use super::backend::{Backend, PG_ENV, postgres_enabled};
@@ -81,24 +82,20 @@ impl Drop for TestDatabase {
 }
 
 /// Inbox events per status.
-pub fn inbox_counts(c: &mut DbConnection) -> Vec<(String, i64)> {
-    tables::inbox::inbox_counts(c)
-        .expect("inbox counts")
-        .into_iter()
-        .map(|(status, n)| (status.to_string(), n))
-        .collect()
+pub fn inbox_counts(c: &mut DbConnection) -> Vec<(InboxStatus, i64)> {
+    tables::inbox::inbox_counts(c).expect("inbox counts")
 }
 
 /// The count of `status` among `counts` (0 when absent).
-pub fn count_of(counts: &[(String, i64)], status: &str) -> i64 {
+pub fn count_of(counts: &[(InboxStatus, i64)], status: InboxStatus) -> i64 {
     counts
         .iter()
-        .find(|(s, _)| s == status)
+        .find(|(s, _)| *s == status)
         .map_or(0, |(_, n)| *n)
 }
 
 /// Inbox events with `status`.
-pub fn inbox_count(c: &mut DbConnection, status: &str) -> i64 {
+pub fn inbox_count(c: &mut DbConnection, status: InboxStatus) -> i64 {
     count_of(&inbox_counts(c), status)
 }
 
@@ -114,7 +111,7 @@ pub fn log_rows_for(conn: &mut DbConnection, message: i64) -> Vec<(String, bool)
 }
 
 /// The status and stored envelope of an inbox event.
-pub fn inbox_status(c: &mut DbConnection, event_id: &str) -> (String, String) {
+pub fn inbox_status(c: &mut DbConnection, event_id: &str) -> (InboxStatus, String) {
     use zulip_listeners::db::schema::inbox;
     inbox::table
         .filter(inbox::event_id.eq(EventKey::of(event_id)))

@@ -32,3 +32,7 @@ pub use wire::{
     envelope, mention, mention_json, message, now_s, ping, signed_events,
 };
 pub use zulip::{BOT_ID, FakeZulip, PERSON_EMAIL, PERSON_KEY, ZulipSetup};
+// The server's own status vocabularies: tests compare against these, never against strings.
+pub use zulip_listeners::db::tables::inbox::InboxStatus;
+pub use zulip_listeners::db::tables::inbox_work::WorkStatus;
+pub use zulip_listeners::listeners::ListenerState;

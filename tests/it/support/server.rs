@@ -11,14 +11,17 @@ use super::db::{TestDatabase, count_of, inbox_counts};
 use super::poll::eventually;
 use super::process::ConfigFile;
 use super::wire::{BOT_EMAIL, SECRET, TOKEN, batch, now_s, signed_events};
+use zulip_listeners::db::tables::inbox::InboxStatus;
 
 /// The admin token of [`TestApp::admin`].
 pub const ADMIN: &str = "admin-token-for-tests-0123456789";
 
-/// `[bots.helper]`: the bot `helper` ([`BOT_EMAIL`], [`TOKEN`]) running `handlers`.
-pub fn helper_bot(handlers: &[&str]) -> String {
-    let handlers = toml::Value::from(handlers.iter().map(|h| h.to_string()).collect::<Vec<_>>());
-    format!("[bots.helper]\nemail = \"{BOT_EMAIL}\"\ntoken = \"{TOKEN}\"\nhandlers = {handlers}\n")
+/// `[bots.helper]`: the bot `helper` ([`BOT_EMAIL`], [`TOKEN`]) running `listeners`.
+pub fn helper_bot(listeners: &[&str]) -> String {
+    let listeners = toml::Value::from(listeners.iter().map(|l| l.to_string()).collect::<Vec<_>>());
+    format!(
+        "[bots.helper]\nemail = \"{BOT_EMAIL}\"\ntoken = \"{TOKEN}\"\nlisteners = {listeners}\n"
+    )
 }
 
 /// Tests keep a 16 MiB free-space floor instead of the default 256 MiB, so that a nearly full
@@ -60,8 +63,8 @@ impl TestApp {
     }
 
     /// The bot `helper` running `handlers` ([`helper_bot`]).
-    pub fn helper(self, handlers: &[&str]) -> TestApp {
-        self.toml(&helper_bot(handlers))
+    pub fn helper(self, listeners: &[&str]) -> TestApp {
+        self.toml(&helper_bot(listeners))
     }
 
     /// [`TestApp::forwarder`] with forwarded events going to keyword_alerts alone (one worker,
@@ -69,7 +72,7 @@ impl TestApp {
     /// [`super::broken_build`] does).
     pub fn alerting_on_broken(self, target: &str) -> TestApp {
         self.forwarder().toml(&format!(
-            "[forwarder]\nhandlers = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
+            "[forwarder]\nlisteners = [\"keyword_alerts\"]\nworkers = 1\nretry_delay = \"50ms\"\nmax_retries = 50\n\
              [handlers.keyword_alerts]\nrules = [{{ name = \"broken\", pattern = \"broken\", webhook = \"{target}/alert\" }}]\n"
         ))
     }
@@ -233,11 +236,11 @@ impl TestServer {
 
     /// Waits up to 20 s until at least `done` inbox events are done and none is pending;
     /// returns the inbox counts.
-    pub async fn settle(&self, done: i64) -> Vec<(String, i64)> {
+    pub async fn settle(&self, done: i64) -> Vec<(InboxStatus, i64)> {
         let mut last = Vec::new();
         let settled = eventually(Duration::from_secs(20), async || {
             last = self.query(inbox_counts).await;
-            count_of(&last, "done") >= done && count_of(&last, "pending") == 0
+            count_of(&last, InboxStatus::Done) >= done && count_of(&last, InboxStatus::Pending) == 0
         })
         .await;
         assert!(settled, "inbox did not settle: {last:?}");

@@ -3,28 +3,39 @@
 //! filters (`[filters]`: realm allow-list, blocked users), then the rate limits
 //! (`[rate_limits]`). Both intakes use one [`Guards`]; each answers a refusal its own way.
 //!
-//! - Outgoing webhooks ([`super::outgoing`]): each bot has its own `Guards` (its quotas, the
+//! - Outgoing webhooks ([`crate::processing::outgoing`]): each bot has its own `Guards` (its quotas, the
 //!   bot standing for its realm) and calls [`Guards::check`], which spends quota at once. A
 //!   refusal becomes a 200 answer and an event-log row named after [`Guard::name`].
-//! - Forwarded batches ([`super::inbox`]): [`Guards::screen`] (age and filters, which spend
+//! - Forwarded batches ([`crate::processing::inbox`]): [`Guards::screen`] (age and filters, which spend
 //!   nothing) gives each event the status it is stored with. The quota is spent later, by
 //!   the database writer, once it knows which events of the batch are new, so that a re-sent
 //!   batch or event never costs quota twice: [`Guards::limits`] hands it the limiter, and an
 //!   event over it is stored as [`Guard::RateLimit`]'s outcome, `rate_limited`.
 //!
 //! [`Guard::outcome`] is the label both paths count refusals under
-//! (`zulip_listeners_events_received_total{outcome}`), and the inbox status of a refused
-//! forwarded event.
+//! (`zulip_listeners_events_received_total{outcome}`), and the text of the inbox status a
+//! refused forwarded event is stored with (the inbox maps one to the other and tests that
+//! they agree).
+//!
+//! The pipeline and its two mechanisms, [`filters`] and [`ratelimit`], live together here, one
+//! layer above `config` and `events` and below `db`, rather than inside `processing`: the
+//! database writer charges the forwarder's quota (`db::writer`) and each listener owns its own
+//! limiter (`listeners::live`), and both sit below `processing`, so a `ratelimit` under
+//! `processing` would be an upward import (and a module cycle). Nothing here imports `db`,
+//! `listeners`, `processing` or `http`; `processing` (both intakes), `listeners`, `db::writer`
+//! and `server` import it.
+
+pub mod filters;
+pub mod ratelimit;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::millis;
 use crate::config::{Config, QuotaOverrides};
-use crate::db::tables::inbox::InboxStatus;
 use crate::events::Realm;
-use crate::filters::Filters;
-use crate::ratelimit::Limits;
+use filters::Filters;
+use ratelimit::Limits;
 
 /// The guards of one intake path.
 pub struct Guards {
@@ -47,18 +58,14 @@ pub enum Guard {
 }
 
 impl Guard {
-    /// The inbox status a refused forwarded event is stored with.
-    pub fn inbox_status(self) -> InboxStatus {
-        match self {
-            Guard::MaxAge => InboxStatus::Expired,
-            Guard::Filters => InboxStatus::Filtered,
-            Guard::RateLimit => InboxStatus::RateLimited,
-        }
-    }
-
-    /// The outcome a refused event is counted under: the text of its inbox status.
+    /// The outcome a refused event is counted under: the text of the inbox status a refused
+    /// forwarded event is stored with.
     pub fn outcome(self) -> &'static str {
-        self.inbox_status().as_str()
+        match self {
+            Guard::MaxAge => "expired",
+            Guard::Filters => "filtered",
+            Guard::RateLimit => "rate_limited",
+        }
     }
 
     /// The name the guard goes by in logs and event-log rows.

@@ -1,6 +1,8 @@
-//! A handler's health: its circuit breaker (open after N consecutive failures, for a
-//! cool-down; one trial run after it, closing again on success) and the failure count of the
-//! last hour that disables it automatically. Pure state; callers act on the transitions.
+//! A listener's health at run time: its circuit breaker (open after N consecutive failures,
+//! for a cool-down; one trial run after it, closing again on success) and the failure count of
+//! the last hour that disables it automatically. Pure state, held by each listener's
+//! [`super::Entry`]; callers act on the transitions. (The HTTP health endpoints are
+//! `http::health`, a different thing.)
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -15,7 +17,7 @@ pub enum Transition {
     Opened { failures: u32, cooldown: Duration },
     /// A trial run after the cool-down succeeded.
     Closed,
-    /// More failures within an hour than allowed: disable the handler.
+    /// More failures within an hour than allowed: disable the listener.
     Disable { failures_last_hour: usize },
 }
 
@@ -46,7 +48,7 @@ impl From<&ErrorHandlingConfig> for Thresholds {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// One handler's health.
+/// One listener's health.
 #[derive(Debug)]
 pub struct Health {
     state: Mutex<State>,
@@ -121,7 +123,7 @@ impl Health {
         transitions
     }
 
-    /// Back to a clean state (an operator enabled the handler again).
+    /// Back to a clean state (an operator enabled the listener again).
     pub fn reset(&self) {
         *self.state() = State::default();
     }
