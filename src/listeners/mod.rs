@@ -22,6 +22,7 @@ use crate::ratelimit::Limits;
 use changes::{FieldError, Overrides};
 
 pub use live::{AUTO_DISABLED, Definition, Entry, Live, auto_disabled_row};
+pub use view::{Breaker, ListenerState, ListenerView};
 
 /// Index of a listener in the [`Registry`].
 pub type ListenerId = usize;

@@ -15,7 +15,9 @@ use crate::db::{DbConnection, DbError};
 
 /// One listener run: written in bulk by the writer ([`insert_event_logs`]; `None` fields are
 /// NULL, never a column default), and listed by the admin API and the dashboard.
-#[derive(Debug, Clone, Insertable, Queryable, Selectable, serde::Serialize)]
+#[derive(
+    Debug, Clone, Insertable, Queryable, Selectable, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[diesel(table_name = event_log, treat_none_as_default_value = false)]
 pub struct EventLogRow {
     /// The database's id: 0 until the row is stored (never inserted).
@@ -25,6 +27,7 @@ pub struct EventLogRow {
     #[serde(rename = "handler")]
     pub listener: String,
     /// `outgoing` or `forwarder` when written by this server.
+    #[schema(value_type = String)]
     pub source: Cow<'static, str>,
     pub event_type: String,
     pub bot: Option<String>,
@@ -182,7 +185,7 @@ pub fn activity_since(
 const DURATION_SAMPLE: i64 = 10_000;
 
 /// What a listener's runs since some time came to; times are of the newest 10,000 runs.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RunStats {
     /// Runs (events skipped over the listener's own quota are not runs).
     pub runs: i64,

@@ -23,7 +23,18 @@ pub struct ListenerRow {
 }
 
 /// One change of one field of a listener.
-#[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Insertable,
+    Queryable,
+    Selectable,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[diesel(table_name = listener_history)]
 pub struct HistoryRow {
     #[diesel(skip_insertion)]
