@@ -51,7 +51,8 @@ pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<Admin, Ap
 
 /// Every listener with its definition, state and run counts.
 #[utoipa::path(get, path = "/admin/listeners", tag = "listeners",
-    responses((status = 200, body = ListenerList), CommonErrors))]
+    responses((status = 200, description = "Every listener",
+        body = ListenerList), CommonErrors))]
 pub async fn listeners(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -92,7 +93,8 @@ const HISTORY_ROWS: i64 = 100;
 /// One listener with its statistics of the last 24 hours and its history of changes.
 #[utoipa::path(get, path = "/admin/listeners/{name}", tag = "listeners",
     params(("name" = String, Path, description = "The listener's name")),
-    responses((status = 200, body = ListenerDetail), CommonErrors))]
+    responses((status = 200, description = "The listener, its last 24 hours and its history",
+        body = ListenerDetail), CommonErrors))]
 pub async fn listener(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -128,7 +130,8 @@ pub async fn listener(
 #[utoipa::path(patch, path = "/admin/listeners/{name}", tag = "listeners",
     params(("name" = String, Path, description = "The listener's name")),
     request_body = ListenerPatch,
-    responses((status = 200, body = ListenerChanged),
+    responses((status = 200, description = "The listener as changed, and the fields that changed",
+        body = ListenerChanged),
         (status = 400, description = "Not JSON, or a field at fault", body = ErrorBody),
         CommonErrors))]
 pub async fn patch_listener(
@@ -149,7 +152,8 @@ pub async fn patch_listener(
 #[utoipa::path(post, path = "/admin/listeners/{name}/{action}", tag = "listeners",
     params(("name" = String, Path, description = "The listener's name"),
         ("action" = String, Path, description = "`enable` or `disable`")),
-    responses((status = 200, body = ListenerChanged), CommonErrors))]
+    responses((status = 200, description = "The listener as it is now, and the fields that changed",
+        body = ListenerChanged), CommonErrors))]
 pub async fn set_listener(
     admin: Admin,
     state: web::Data<AppState>,
@@ -176,7 +180,8 @@ pub async fn set_listener(
 /// history like a PATCH.
 #[utoipa::path(delete, path = "/admin/listeners/{name}/overrides", tag = "listeners",
     params(("name" = String, Path, description = "The listener's name")),
-    responses((status = 200, body = ListenerChanged), CommonErrors))]
+    responses((status = 200, description = "The listener as it is now, and the fields that changed",
+        body = ListenerChanged), CommonErrors))]
 pub async fn reset_listener(
     admin: Admin,
     state: web::Data<AppState>,
@@ -196,7 +201,8 @@ pub async fn reset_listener(
 #[utoipa::path(delete, path = "/admin/listeners/{name}/overrides/{field}", tag = "listeners",
     params(("name" = String, Path, description = "The listener's name"),
         ("field" = String, Path, description = "`enabled`, `streams`, … or `settings.KEY`")),
-    responses((status = 200, body = ListenerChanged),
+    responses((status = 200, description = "The listener as it is now, and the field that changed",
+        body = ListenerChanged),
         (status = 400, description = "Not a field", body = ErrorBody), CommonErrors))]
 pub async fn reset_listener_field(
     admin: Admin,
@@ -294,7 +300,8 @@ pub(super) async fn apply_change(
 
 /// The event log, newest first, filtered and paged.
 #[utoipa::path(get, path = "/admin/events", tag = "events", params(EventQuery),
-    responses((status = 200, body = EventsPage),
+    responses((status = 200, description = "One page of the event log",
+        body = EventsPage),
         (status = 400, description = "A filter that cannot be read", body = ErrorBody),
         CommonErrors))]
 pub async fn events(
@@ -335,7 +342,8 @@ const EVENTS_PER_MESSAGE: i64 = 100;
 /// The forwarded events about one Zulip message (its `message` event, edits, reactions),
 /// oldest first, with their status and when they were received.
 #[utoipa::path(get, path = "/admin/inbox", tag = "events", params(InboxQuery),
-    responses((status = 200, body = InboxEvents),
+    responses((status = 200, description = "The forwarded events about the message",
+        body = InboxEvents),
         (status = 400, description = "No `message_id`", body = ErrorBody), CommonErrors))]
 pub async fn inbox(
     _admin: Admin,
@@ -359,7 +367,8 @@ pub async fn inbox(
 /// Events per minute (last 5 minutes), error rate (last hour), time of the last event, and
 /// the listeners that are active.
 #[utoipa::path(get, path = "/admin/stats", tag = "events",
-    responses((status = 200, body = Stats), CommonErrors))]
+    responses((status = 200, description = "The statistics",
+        body = Stats), CommonErrors))]
 pub async fn stats(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now = now_ms();
     let ((recent, _, last), (hour_runs, hour_failures, _)) = state

@@ -11,7 +11,7 @@ use actix_web::{HttpResponse, Route, web};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::api::CommonErrors;
+use super::api::{CommonErrors, SourceParam};
 use super::{Admin, ApiError, admin, dead_letters, json_ok};
 
 /// Where the admin API lives.
@@ -27,7 +27,9 @@ struct AdminRoute {
 /// Every admin API route, in the order actix matches them: a fixed segment before a
 /// `{placeholder}` in the same place (`/dead-letters/replay` before `/dead-letters/{id}`).
 static ROUTES: [AdminRoute; 14] = [
-    route(Method::GET, "/listeners", || web::route().to(admin::listeners)),
+    route(Method::GET, "/listeners", || {
+        web::route().to(admin::listeners)
+    }),
     route(Method::GET, "/listeners/{name}", || {
         web::route().to(admin::listener)
     }),
@@ -37,9 +39,11 @@ static ROUTES: [AdminRoute; 14] = [
     route(Method::DELETE, "/listeners/{name}/overrides", || {
         web::route().to(admin::reset_listener)
     }),
-    route(Method::DELETE, "/listeners/{name}/overrides/{field}", || {
-        web::route().to(admin::reset_listener_field)
-    }),
+    route(
+        Method::DELETE,
+        "/listeners/{name}/overrides/{field}",
+        || web::route().to(admin::reset_listener_field),
+    ),
     route(Method::POST, "/listeners/{name}/{action}", || {
         web::route().to(admin::set_listener)
     }),
@@ -122,6 +126,8 @@ pub(super) fn register(cfg: &mut web::ServiceConfig) {
         dead_letters::discard,
         document,
     ),
+    // Types only a query string names (`IntoParams` refers to them without adding them).
+    components(schemas(SourceParam)),
     modifiers(&BearerToken),
     security(("admin_token" = [])),
     tags(
@@ -160,6 +166,8 @@ pub async fn document(_admin: Admin) -> Result<HttpResponse, ApiError> {
     let text = TEXT.get_or_init(|| openapi().to_json().map_err(|e| e.to_string()));
     match text {
         Ok(text) => Ok(json_ok(text.clone())),
-        Err(e) => Err(ApiError::Internal(format!("rendering the OpenAPI document: {e}"))),
+        Err(e) => Err(ApiError::Internal(format!(
+            "rendering the OpenAPI document: {e}"
+        ))),
     }
 }

@@ -40,7 +40,8 @@ fn status_of(status: Option<&str>) -> Result<InboxStatus, ApiError> {
 /// Forwarded events not processed (dead letters by default), newest first, with the last
 /// replays and discards.
 #[utoipa::path(get, path = "/admin/dead-letters", tag = "dead letters", params(DeadLetterQuery),
-    responses((status = 200, body = DeadLetterList),
+    responses((status = 200, description = "The events and the last replays and discards",
+        body = DeadLetterList),
         (status = 400, description = "Not a status", body = ErrorBody), CommonErrors))]
 pub async fn list(
     _admin: Admin,
@@ -69,7 +70,8 @@ pub async fn list(
 /// One dead letter with its work per listener and its envelope, redacted as logs are.
 #[utoipa::path(get, path = "/admin/dead-letters/{id}", tag = "dead letters",
     params(("id" = String, Path, description = "The event id")),
-    responses((status = 200, body = DeadLetter),
+    responses((status = 200, description = "The dead letter",
+        body = DeadLetter),
         (status = 409, description = "Not a dead letter; `status` names its status",
             body = ErrorBody), CommonErrors))]
 pub async fn show(
@@ -132,7 +134,8 @@ impl ActionRequest {
 /// and `listener`) again with fresh retries.
 #[utoipa::path(post, path = "/admin/dead-letters/replay", tag = "dead letters",
     request_body = DeadLetterAction,
-    responses((status = 200, body = Requeued),
+    responses((status = 200, description = "The events queued again",
+        body = Requeued),
         (status = 400, description = "Neither `ids` nor `all`, or a field at fault",
             body = ErrorBody),
         (status = 409, description = "An event named is not a dead letter", body = ErrorBody),
@@ -162,7 +165,8 @@ pub async fn replay(
 /// good.
 #[utoipa::path(post, path = "/admin/dead-letters/discard", tag = "dead letters",
     request_body = DeadLetterAction,
-    responses((status = 200, body = Discarded),
+    responses((status = 200, description = "The events set aside",
+        body = Discarded),
         (status = 400, description = "Neither `ids` nor `all`, or a field at fault",
             body = ErrorBody),
         (status = 409, description = "An event named is not a dead letter", body = ErrorBody),

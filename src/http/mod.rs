@@ -27,9 +27,9 @@ use actix_web::{
     HttpMessage, HttpRequest, HttpResponse, ResponseError, http::Method, http::header,
 };
 
+pub use admin_api::{admin_routes, openapi};
 pub use body::{BodyRules, read_body};
 pub use dashboard::Dashboard;
-pub use admin_api::{admin_routes, openapi};
 pub use error::{ApiError, JSON_UTF8, json_error, json_ok, typed_json};
 use health::HealthFacts;
 pub use identity::{Admin, AdminTokens};

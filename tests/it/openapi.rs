@@ -66,9 +66,27 @@ fn required(doc: &Value, schema: &Value) -> BTreeSet<String> {
     keys
 }
 
+/// Every `$ref` anywhere in `value`.
+fn references(value: &Value, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                out.insert(target.clone());
+            }
+            map.values().for_each(|v| references(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| references(v, out)),
+        _ => {}
+    }
+}
+
 /// Reads a 200 answer of `GET path` into `T`, checks that `T` gives back the very same JSON
 /// (no key lost or added), and that it has every key the document requires.
-async fn typed<T: DeserializeOwned + serde::Serialize>(t: &TestServer, doc: &Value, path: &str) -> T {
+async fn typed<T: DeserializeOwned + serde::Serialize>(
+    t: &TestServer,
+    doc: &Value,
+    path: &str,
+) -> T {
     let answer = t.send(t.admin(Method::GET, path)).await;
     assert_eq!(answer.status, 200, "{path}: {:?}", answer.json);
     let value: T = serde_json::from_value(answer.json.clone())
@@ -85,13 +103,19 @@ async fn typed<T: DeserializeOwned + serde::Serialize>(t: &TestServer, doc: &Val
         .keys()
         .find(|p| concrete(p) == route)
         .unwrap_or_else(|| panic!("{route} is not documented"));
-    let schema = &doc["paths"][template]["get"]["responses"]["200"]["content"]["application/json"]
-        ["schema"];
+    let schema =
+        &doc["paths"][template]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
     let wanted = required(doc, schema);
-    assert!(!wanted.is_empty(), "{path}: the 200 schema requires nothing: {schema}");
+    assert!(
+        !wanted.is_empty(),
+        "{path}: the 200 schema requires nothing: {schema}"
+    );
     let object = answer.json.as_object().expect("an object");
     let missing: Vec<_> = wanted.iter().filter(|k| !object.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "{path}: {missing:?} required but absent");
+    assert!(
+        missing.is_empty(),
+        "{path}: {missing:?} required but absent"
+    );
     value
 }
 
@@ -136,7 +160,10 @@ async fn the_openapi_document_lists_every_admin_route_the_server_answers() {
 
     // Behind the token like the rest of the admin API.
     let anonymous = t.send(t.http.get(t.url("/admin/openapi.json"))).await;
-    assert_eq!((anonymous.status, &anonymous.json["error"]), (401, &json!("unauthorized")));
+    assert_eq!(
+        (anonymous.status, &anonymous.json["error"]),
+        (401, &json!("unauthorized"))
+    );
     let fetched = t.send(t.admin(Method::GET, "/admin/openapi.json")).await;
     assert_eq!(fetched.status, 200, "{:?}", fetched.json);
     let doc = fetched.json;
@@ -146,7 +173,11 @@ async fn the_openapi_document_lists_every_admin_route_the_server_answers() {
 
     // Exactly the routes the server is built from, no more, no fewer.
     let served: BTreeSet<(String, String)> = admin_routes().into_iter().collect();
-    assert_eq!(served.len(), admin_routes().len(), "a route is registered twice");
+    assert_eq!(
+        served.len(),
+        admin_routes().len(),
+        "a route is registered twice"
+    );
     let listed = documented(&doc);
     let undocumented: Vec<_> = served.difference(&listed).collect();
     let unserved: Vec<_> = listed.difference(&served).collect();
@@ -170,8 +201,33 @@ async fn the_openapi_document_lists_every_admin_route_the_server_answers() {
             "{method} {path}: {operation}"
         );
     }
+    // Every schema referred to is there; every answer says what it is.
+    let mut referred = BTreeSet::new();
+    references(&doc, &mut referred);
+    let dangling: Vec<_> = referred
+        .iter()
+        .filter(|r| {
+            let name = r.trim_start_matches("#/components/schemas/");
+            !r.starts_with("#/components/schemas/") || doc["components"]["schemas"][name].is_null()
+        })
+        .collect();
+    assert!(dangling.is_empty(), "references to no schema: {dangling:?}");
+    for (method, path) in &served {
+        let responses = doc["paths"][path][method.to_lowercase()]["responses"]
+            .as_object()
+            .expect("responses");
+        for (status, response) in responses {
+            let described = response["description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty());
+            assert!(described, "{method} {path} {status}: no description");
+        }
+    }
     let error_body = required(&doc, &json!({"$ref": "#/components/schemas/ErrorBody"}));
-    assert_eq!(error_body, BTreeSet::from(["error".into(), "message".into()]));
+    assert_eq!(
+        error_body,
+        BTreeSet::from(["error".into(), "message".into()])
+    );
 
     // The server answers each of them: 401 without the token; with it, never the answer of a
     // route it does not have (404 `no route …`) nor of a method the path does not take (405),
@@ -191,7 +247,11 @@ async fn the_openapi_document_lists_every_admin_route_the_server_answers() {
         let method = Method::from_bytes(method.as_bytes()).expect("a method");
         let url = t.url(&concrete(path));
         let anonymous = t.send(t.http.request(method.clone(), &url)).await;
-        assert_eq!(anonymous.status, 401, "{method} {path}: {:?}", anonymous.json);
+        assert_eq!(
+            anonymous.status, 401,
+            "{method} {path}: {:?}",
+            anonymous.json
+        );
         let answered = t.send(t.admin(method.clone(), &concrete(path))).await;
         assert!(!no_route(&answered), "{method} {path}: {:?}", answered.json);
     }
@@ -210,7 +270,9 @@ async fn the_openapi_document_lists_every_admin_route_the_server_answers() {
     let _: Stats = typed(&t, &doc, "/admin/stats").await;
     let mut events = None;
     let logged = eventually(std::time::Duration::from_secs(10), async || {
-        let answer = t.send(t.admin(Method::GET, "/admin/events?per_page=5")).await;
+        let answer = t
+            .send(t.admin(Method::GET, "/admin/events?per_page=5"))
+            .await;
         let page: EventsPage = serde_json::from_value(answer.json).expect("an events page");
         let found = !page.events.is_empty();
         events = Some(page);
@@ -233,7 +295,10 @@ async fn the_openapi_document_lists_every_admin_route_the_server_answers() {
         ..DeadLetterAction::default()
     };
     let replayed = t
-        .send(t.admin(Method::POST, "/admin/dead-letters/replay").json(&action))
+        .send(
+            t.admin(Method::POST, "/admin/dead-letters/replay")
+                .json(&action),
+        )
         .await;
     assert_eq!(replayed.status, 200, "{:?}", replayed.json);
     let requeued: Requeued = serde_json::from_value(replayed.json).expect("requeued");

@@ -16,7 +16,14 @@ use crate::db::{DbConnection, DbError};
 /// One listener run: written in bulk by the writer ([`insert_event_logs`]; `None` fields are
 /// NULL, never a column default), and listed by the admin API and the dashboard.
 #[derive(
-    Debug, Clone, Insertable, Queryable, Selectable, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Insertable,
+    Queryable,
+    Selectable,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
 )]
 #[diesel(table_name = event_log, treat_none_as_default_value = false)]
 pub struct EventLogRow {
@@ -185,7 +192,9 @@ pub fn activity_since(
 const DURATION_SAMPLE: i64 = 10_000;
 
 /// What a listener's runs since some time came to; times are of the newest 10,000 runs.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct RunStats {
     /// Runs (events skipped over the listener's own quota are not runs).
     pub runs: i64,

@@ -135,7 +135,9 @@ bulk_row! {
 }
 
 /// An inbox row as listed by `dead-letters list`, the admin API and the dashboard.
-#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Queryable, Selectable, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[diesel(table_name = inbox)]
 pub struct InboxEntry {
     #[diesel(deserialize_as = EventKey)]
