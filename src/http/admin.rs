@@ -1,9 +1,11 @@
 //! The admin API under `/admin/`, behind the admin tokens compared in constant time (401
 //! without one; the whole API answers 404 while no token is configured; every handler takes
-//! the [`Admin`] whose token it was): listeners (list, show, change, drop runtime changes), the event log, forwarded
-//! events by message, and statistics; the dead-letter routes are in [`super::dead_letters`].
-//! Listener changes of the dashboard go through [`apply_change`] here too, recorded with the
-//! admin's name.
+//! the [`Admin`] whose token it was): listeners (list, show, change, drop runtime changes), the
+//! event log, forwarded events by message, and statistics; the dead-letter routes are in
+//! [`super::dead_letters`]. Each handler answers with a type of [`super::api`] and is
+//! described by its `#[utoipa::path]` for the OpenAPI document ([`super::admin_api`]); domain
+//! errors become [`ApiError`]s through its `From` conversions. Listener changes of the
+//! dashboard go through [`apply_change`] here too, recorded with the admin's name.
 
 use std::time::Instant;
 
