@@ -43,6 +43,17 @@ pub enum CommonErrors {
     Unavailable(ErrorBody),
 }
 
+/// The errors of a dead-letter replay or discard, beside [`CommonErrors`].
+#[derive(IntoResponses)]
+pub enum ActionErrors {
+    /// Neither `ids` nor `all`, or a field at fault (named in `field`).
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// An event named is not a dead letter (`status` names its status).
+    #[response(status = 409)]
+    WrongStatus(ErrorBody),
+}
+
 /// `GET /admin/listeners`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ListenerList {

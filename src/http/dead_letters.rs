@@ -7,8 +7,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::admin::ADMIN_MAX_BODY;
 use super::api::{
-    CommonErrors, DeadLetter, DeadLetterAction, DeadLetterList, DeadLetterQuery, Discarded,
-    ErrorBody, Requeued,
+    ActionErrors, CommonErrors, DeadLetter, DeadLetterAction, DeadLetterList, DeadLetterQuery,
+    Discarded, ErrorBody, Requeued,
 };
 use super::{Admin, ApiError, AppState, json_ok, typed_json};
 use crate::db::tables::inbox::InboxStatus;
@@ -136,10 +136,7 @@ impl ActionRequest {
     request_body = DeadLetterAction,
     responses((status = 200, description = "The events queued again",
         body = Requeued),
-        (status = 400, description = "Neither `ids` nor `all`, or a field at fault",
-            body = ErrorBody),
-        (status = 409, description = "An event named is not a dead letter", body = ErrorBody),
-        CommonErrors))]
+        ActionErrors, CommonErrors))]
 pub async fn replay(
     admin: Admin,
     req: HttpRequest,
@@ -167,10 +164,7 @@ pub async fn replay(
     request_body = DeadLetterAction,
     responses((status = 200, description = "The events set aside",
         body = Discarded),
-        (status = 400, description = "Neither `ids` nor `all`, or a field at fault",
-            body = ErrorBody),
-        (status = 409, description = "An event named is not a dead letter", body = ErrorBody),
-        CommonErrors))]
+        ActionErrors, CommonErrors))]
 pub async fn discard(
     admin: Admin,
     req: HttpRequest,

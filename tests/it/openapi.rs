@@ -11,11 +11,8 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::admin_identity::{app, seed_dead_letters};
 use crate::support::*;
-use zulip_listeners::clock::now_ms;
-use zulip_listeners::db::event_key::EventKey;
-use zulip_listeners::db::tables;
-use zulip_listeners::db::tables::inbox::NewInboxRow;
 use zulip_listeners::http::admin_routes;
 use zulip_listeners::http::api::{
     DeadLetter, DeadLetterAction, DeadLetterList, EventsPage, InboxEvents, ListenerDetail,
@@ -119,44 +116,10 @@ async fn typed<T: DeserializeOwned + serde::Serialize>(
     value
 }
 
-async fn seed_dead_letter(t: &TestServer) {
-    t.query(|c| {
-        let now = now_ms();
-        let row = NewInboxRow {
-            event_id: "dead-0".into(),
-            event_key: EventKey::of("dead-0"),
-            webhook_id: "msg_dead0".into(),
-            realm_id: 2,
-            realm: "zulip".into(),
-            user_id: Some(10),
-            event_type: "reaction".into(),
-            op: Some("add".into()),
-            payload: "{}".into(),
-            status: tables::inbox::InboxStatus::Dead,
-            attempts: 5,
-            next_attempt_at_ms: 0,
-            claimed_until_ms: 0,
-            last_error: Some("pinger: failed".into()),
-            emitted_at_ms: Some(now - 60_000),
-            received_at_ms: now - 60_000,
-            updated_at_ms: now,
-            message_id: Some(77),
-            erases: Vec::new(),
-        };
-        tables::inbox::insert_inbox(c, &[row]).expect("dead letter");
-    })
-    .await;
-}
-
 #[actix_web::test]
 async fn the_openapi_document_lists_every_admin_route_the_server_answers() {
     let db = TestDatabase::new(Backend::Sqlite);
-    let t = TestApp::new(&db)
-        .admin()
-        .helper(&["pinger"])
-        .toml("[listeners.pinger]\nhandler = \"command_bot\"\ndescription = \"Answers ping\"\n")
-        .start()
-        .await;
+    let t = app(&db, "").start().await;
 
     // Behind the token like the rest of the admin API.
     let anonymous = t.send(t.http.get(t.url("/admin/openapi.json"))).await;
@@ -232,7 +195,7 @@ async fn the_openapi_document_lists_every_admin_route_the_server_answers() {
     // The server answers each of them: 401 without the token; with it, never the answer of a
     // route it does not have (404 `no route …`) nor of a method the path does not take (405),
     // as it does for a path off the table.
-    seed_dead_letter(&t).await;
+    seed_dead_letters(&t, 1).await;
     let off_table = t.send(t.admin(Method::GET, "/admin/no-such-route")).await;
     assert_eq!(off_table.status, 404);
     let no_route = |answer: &Answer| {
@@ -283,7 +246,7 @@ async fn the_openapi_document_lists_every_admin_route_the_server_answers() {
     let page: EventsPage = typed(&t, &doc, "/admin/events?per_page=5").await;
     assert_eq!((page.page, page.per_page), (1, 5));
     let about: InboxEvents = typed(&t, &doc, "/admin/inbox?message_id=77").await;
-    assert_eq!(about.events.len(), 1);
+    assert_eq!((about.message_id, about.events.len()), (77, 0));
     let dead: DeadLetterList = typed(&t, &doc, "/admin/dead-letters").await;
     assert_eq!(dead.events.len(), 1, "{dead:?}");
     let shown: DeadLetter = typed(&t, &doc, "/admin/dead-letters/dead-0").await;

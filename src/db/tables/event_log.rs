@@ -15,17 +15,9 @@ use crate::db::{DbConnection, DbError};
 
 /// One listener run: written in bulk by the writer ([`insert_event_logs`]; `None` fields are
 /// NULL, never a column default), and listed by the admin API and the dashboard.
-#[derive(
-    Debug,
-    Clone,
-    Insertable,
-    Queryable,
-    Selectable,
-    serde::Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Insertable, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = event_log, treat_none_as_default_value = false)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct EventLogRow {
     /// The database's id: 0 until the row is stored (never inserted).
     #[diesel(skip_insertion)]
