@@ -12,7 +12,8 @@ pub struct UnknownValue {
 }
 
 /// Declares `pub enum $name` with one stored text per variant, and gives it `as_str`,
-/// `ALL`, `FromStr`, `Display`, `serde::Serialize` (as its text) and diesel's
+/// `ALL`, `FromStr`, `Display`, `serde::Serialize` and `Deserialize` (as its text), an OpenAPI
+/// schema (a string of one of the texts, for the admin API's document) and diesel's
 /// `ToSql`/`FromSql` for `Text` on every backend (SQLite, PostgreSQL, and the
 /// `MultiBackend` of [`super::DbConnection`]).
 macro_rules! text_enum {
@@ -66,6 +67,24 @@ macro_rules! text_enum {
                 serializer.serialize_str(self.as_str())
             }
         }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl<DB> diesel::serialize::ToSql<diesel::sql_types::Text, DB> for $name
         where

@@ -1,22 +1,26 @@
 //! The admin API under `/admin/`, behind the admin tokens compared in constant time (401
 //! without one; the whole API answers 404 while no token is configured; every handler takes
-//! the [`Admin`] whose token it was): listeners (list, show, change, drop runtime changes), the event log, forwarded
-//! events by message, and statistics; the dead-letter routes are in [`super::dead_letters`].
-//! Listener changes of the dashboard go through [`apply_change`] here too, recorded with the
-//! admin's name.
+//! the [`Admin`] whose token it was): listeners (list, show, change, drop runtime changes), the
+//! event log, forwarded events by message, and statistics; the dead-letter routes are in
+//! [`super::dead_letters`]. Each handler answers with a type of [`super::api`] and is
+//! described by its `#[utoipa::path]` for the OpenAPI document ([`super::admin_api`]); domain
+//! errors become [`ApiError`]s through its `From` conversions. Listener changes of the
+//! dashboard go through [`apply_change`] here too, recorded with the admin's name.
 
 use std::time::Instant;
 
 use actix_web::{HttpRequest, HttpResponse, http::header, web};
-use serde::Deserialize;
-use serde_json::json;
 
-use super::{Admin, ApiError, AppState, json_ok};
+use super::api::{
+    CommonErrors, ErrorBody, EventQuery, EventsPage, InboxEvents, InboxQuery, ListenerChanged,
+    ListenerDetail, ListenerList, ListenerPatch, ListenerSummary, Stats,
+};
+use super::{Admin, ApiError, AppState, typed_json};
 use crate::clock::now_ms;
 use crate::db::tables;
 use crate::db::tables::event_log::EventLogFilter;
 use crate::db::tables::listeners::{HistoryRow, ListenerRow};
-use crate::listeners::changes::{self, ChangeError, FieldError, Overrides, ResetTarget};
+use crate::listeners::changes::{self, ChangeError, Overrides, ResetTarget};
 use crate::telemetry::metric;
 
 /// Largest body of an admin request (a replay or discard list).
@@ -47,11 +51,10 @@ pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<Admin, Ap
         })
 }
 
-pub(super) fn db_error(e: crate::db::DbError) -> ApiError {
-    ApiError::Unavailable(format!("database: {e}"))
-}
-
-/// `GET /admin/listeners`: every listener with its definition, state and run counts.
+/// Every listener with its definition, state and run counts.
+#[utoipa::path(get, path = "/admin/listeners", tag = "listeners",
+    responses((status = 200, description = "Every listener",
+        body = ListenerList), CommonErrors))]
 pub async fn listeners(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -64,24 +67,24 @@ pub async fn listeners(
                 crate::db::tables::listeners::rows(c)?,
             ))
         })
-        .await
-        .map_err(db_error)?;
-    let list: Vec<_> = state
+        .await?;
+    let listeners = state
         .registry
         .entries()
         .iter()
         .map(|entry| {
             let name = entry.name();
             let count = counts.iter().find(|c| c.listener == name);
-            let mut view = state
-                .registry
-                .view(entry, rows.iter().find(|r| r.name == name));
-            view["runs"] = json!(count.map_or(0, |c| c.runs));
-            view["failures"] = json!(count.map_or(0, |c| c.failures));
-            view
+            ListenerSummary {
+                listener: state
+                    .registry
+                    .listener_view(entry, rows.iter().find(|r| r.name == name)),
+                runs: count.map_or(0, |c| c.runs),
+                failures: count.map_or(0, |c| c.failures),
+            }
         })
         .collect();
-    Ok(json_ok(json!({ "listeners": list }).to_string()))
+    typed_json(&ListenerList { listeners })
 }
 
 /// Statistics and history shown for one listener: the last 24 hours.
@@ -89,8 +92,11 @@ const STATS_WINDOW_MS: i64 = 86_400_000;
 /// History rows shown for one listener.
 const HISTORY_ROWS: i64 = 100;
 
-/// `GET /admin/listeners/{name}`: one listener with its statistics of the last 24 hours and
-/// its history of changes.
+/// One listener with its statistics of the last 24 hours and its history of changes.
+#[utoipa::path(get, path = "/admin/listeners/{name}", tag = "listeners",
+    params(("name" = String, Path, description = "The listener's name")),
+    responses((status = 200, description = "The listener, its last 24 hours and its history",
+        body = ListenerDetail), CommonErrors))]
 pub async fn listener(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -111,18 +117,25 @@ pub async fn listener(
                 crate::db::tables::listeners::history(c, &key, HISTORY_ROWS)?,
             ))
         })
-        .await
-        .map_err(db_error)?;
-    let mut view = state.registry.view(entry, row.as_ref());
-    view["stats"] = json!(stats);
-    view["history"] = json!(history);
-    Ok(json_ok(view.to_string()))
+        .await?;
+    typed_json(&ListenerDetail {
+        listener: state.registry.listener_view(entry, row.as_ref()),
+        stats,
+        history,
+    })
 }
 
-/// `PATCH /admin/listeners/{name}` with any of `enabled`, `description`, `events`, `realms`,
-/// `streams`, `users`, `settings`: checked like the configuration file (400 naming the
-/// field), stored, applied here at once and by other servers sharing the database within
-/// seconds, and recorded in the listener's history.
+/// Changes any of `enabled`, `description`, `events`, `realms`, `streams`, `users`,
+/// `settings`: checked like the configuration file (400 naming the field), stored, applied
+/// here at once and by other servers sharing the database within seconds, and recorded in the
+/// listener's history.
+#[utoipa::path(patch, path = "/admin/listeners/{name}", tag = "listeners",
+    params(("name" = String, Path, description = "The listener's name")),
+    request_body = ListenerPatch,
+    responses((status = 200, description = "The listener as changed, and the fields that changed",
+        body = ListenerChanged),
+        (status = 400, description = "Not JSON, or a field at fault", body = ErrorBody),
+        CommonErrors))]
 pub async fn patch_listener(
     admin: Admin,
     req: HttpRequest,
@@ -133,11 +146,16 @@ pub async fn patch_listener(
     let body = super::read_body(&req, payload, ADMIN_MAX_BODY, &state.body).await?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
-    let patch = Overrides::parse(&value).map_err(invalid_field)?;
+    let patch = Overrides::parse(&value)?;
     answer_change(&state, &admin, path.into_inner(), Action::Change(patch)).await
 }
 
-/// `POST /admin/listeners/{name}/enable` or `…/disable`: the same as a PATCH of `enabled`.
+/// Enables or disables a listener: the same as a PATCH of `enabled`.
+#[utoipa::path(post, path = "/admin/listeners/{name}/{action}", tag = "listeners",
+    params(("name" = String, Path, description = "The listener's name"),
+        ("action" = String, Path, description = "`enable` or `disable`")),
+    responses((status = 200, description = "The listener as it is now, and the fields that changed",
+        body = ListenerChanged), CommonErrors))]
 pub async fn set_listener(
     admin: Admin,
     state: web::Data<AppState>,
@@ -160,16 +178,12 @@ pub async fn set_listener(
     answer_change(&state, &admin, name, Action::Change(patch)).await
 }
 
-pub(super) fn invalid_field(e: FieldError) -> ApiError {
-    ApiError::InvalidField {
-        field: e.field,
-        problem: e.problem,
-    }
-}
-
-/// `DELETE /admin/listeners/{name}/overrides` (every runtime change) or
-/// `…/overrides/{field}` (one field, or one settings key as `settings.KEY`): the file's values
-/// apply again; recorded in the history like a PATCH. 404 when the field is not overridden.
+/// Drops every runtime change of a listener: the file's values apply again; recorded in the
+/// history like a PATCH.
+#[utoipa::path(delete, path = "/admin/listeners/{name}/overrides", tag = "listeners",
+    params(("name" = String, Path, description = "The listener's name")),
+    responses((status = 200, description = "The listener as it is now, and the fields that changed",
+        body = ListenerChanged), CommonErrors))]
 pub async fn reset_listener(
     admin: Admin,
     state: web::Data<AppState>,
@@ -184,26 +198,22 @@ pub async fn reset_listener(
     .await
 }
 
-/// `DELETE /admin/listeners/{name}/overrides/{field}`: see [`reset_listener`].
+/// Drops the runtime change of one field (or one settings key as `settings.KEY`): the file's
+/// value applies again. 404 when the field is not overridden.
+#[utoipa::path(delete, path = "/admin/listeners/{name}/overrides/{field}", tag = "listeners",
+    params(("name" = String, Path, description = "The listener's name"),
+        ("field" = String, Path, description = "`enabled`, `streams`, … or `settings.KEY`")),
+    responses((status = 200, description = "The listener as it is now, and the field that changed",
+        body = ListenerChanged),
+        (status = 400, description = "Not a field", body = ErrorBody), CommonErrors))]
 pub async fn reset_listener_field(
     admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, field) = path.into_inner();
-    let target = ResetTarget::parse(Some(&field)).map_err(invalid_field)?;
+    let target = ResetTarget::parse(Some(&field))?;
     answer_change(&state, &admin, name, Action::Reset(target)).await
-}
-
-/// An operator's error in a change, as the admin API answers it.
-pub(super) fn change_error(error: ChangeError) -> ApiError {
-    match error {
-        ChangeError::NotFound(name) => ApiError::NotFound(format!("no listener named `{name}`")),
-        ChangeError::Invalid(e) => invalid_field(e),
-        e @ ChangeError::NotOverridden { .. } => ApiError::NotFound(e.to_string()),
-        e @ ChangeError::Conflict(_) => ApiError::Unavailable(e.to_string()),
-        ChangeError::Database(e) => db_error(e),
-    }
 }
 
 /// Makes the change and answers with the listener as it is now and the fields that changed.
@@ -214,16 +224,15 @@ async fn answer_change(
     action: Action,
 ) -> Result<HttpResponse, ApiError> {
     let source = changes::source::ADMIN_API;
-    let (row, history) = apply_change(state, &name, action, source, admin, None)
-        .await
-        .map_err(change_error)?;
+    let (row, history) = apply_change(state, &name, action, source, admin, None).await?;
     let entry = state
         .registry
         .by_name(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no listener named `{name}`")))?;
-    let mut view = state.registry.view(entry, Some(&row));
-    view["changed"] = json!(history.iter().map(|h| h.field.as_str()).collect::<Vec<_>>());
-    Ok(json_ok(view.to_string()))
+    typed_json(&ListenerChanged {
+        listener: state.registry.listener_view(entry, Some(&row)),
+        changed: history.into_iter().map(|h| h.field).collect(),
+    })
 }
 
 /// What an operator does to a listener: a change, or dropping runtime changes.
@@ -291,41 +300,14 @@ pub(super) async fn apply_change(
     Ok((row, history))
 }
 
-/// Where an event-log row came from (the `source` filter).
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceParam {
-    Outgoing,
-    Forwarder,
-}
-
-impl SourceParam {
-    fn as_str(self) -> &'static str {
-        match self {
-            SourceParam::Outgoing => "outgoing",
-            SourceParam::Forwarder => "forwarder",
-        }
-    }
-}
-
-#[derive(Deserialize)]
-pub struct EventQuery {
-    listener: Option<String>,
-    /// The deprecated name of `listener`.
-    handler: Option<String>,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    success: Option<bool>,
-    source: Option<SourceParam>,
-    message_id: Option<i64>,
-    since_ms: Option<i64>,
-    page: Option<i64>,
-    per_page: Option<i64>,
-}
-
-/// `GET /admin/events?listener=&type=&success=&source=&message_id=&since_ms=&page=&per_page=`:
-/// the event log, newest first. `handler=` is the deprecated name of `listener=` (the same
-/// filter; both with different values is refused).
+/// The event log, newest first, filtered and paged. `handler=` is the deprecated name of
+/// `listener=` (the same filter; both with different values is refused).
+/// The event log, newest first, filtered and paged.
+#[utoipa::path(get, path = "/admin/events", tag = "events", params(EventQuery),
+    responses((status = 200, description = "One page of the event log",
+        body = EventsPage),
+        (status = 400, description = "A filter that cannot be read", body = ErrorBody),
+        CommonErrors))]
 pub async fn events(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -362,23 +344,23 @@ pub async fn events(
     let rows = state
         .db
         .run(move |c| tables::event_log::event_log_page(c, &filter, offset, per_page))
-        .await
-        .map_err(db_error)?;
-    Ok(json_ok(
-        json!({ "page": page, "per_page": per_page, "events": rows }).to_string(),
-    ))
+        .await?;
+    typed_json(&EventsPage {
+        page,
+        per_page,
+        events: rows,
+    })
 }
 
 /// Most forwarded events listed for one message.
 const EVENTS_PER_MESSAGE: i64 = 100;
 
-#[derive(Deserialize)]
-pub struct InboxQuery {
-    message_id: Option<i64>,
-}
-
-/// `GET /admin/inbox?message_id=N`: the forwarded events about Zulip message N (its `message`
-/// event, edits, reactions), oldest first, with their status and when they were received.
+/// The forwarded events about one Zulip message (its `message` event, edits, reactions),
+/// oldest first, with their status and when they were received.
+#[utoipa::path(get, path = "/admin/inbox", tag = "events", params(InboxQuery),
+    responses((status = 200, description = "The forwarded events about the message",
+        body = InboxEvents),
+        (status = 400, description = "No `message_id`", body = ErrorBody), CommonErrors))]
 pub async fn inbox(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -391,15 +373,18 @@ pub async fn inbox(
     let rows = state
         .db
         .run(move |c| tables::inbox::inbox_entries_about(c, message_id, EVENTS_PER_MESSAGE))
-        .await
-        .map_err(db_error)?;
-    Ok(json_ok(
-        json!({ "message_id": message_id, "events": rows }).to_string(),
-    ))
+        .await?;
+    typed_json(&InboxEvents {
+        message_id,
+        events: rows,
+    })
 }
 
-/// `GET /admin/stats`: events per minute (last 5 minutes), error rate (last hour), time of
-/// the last event, and the listeners that are active.
+/// Events per minute (last 5 minutes), error rate (last hour), time of the last event, and
+/// the listeners that are active.
+#[utoipa::path(get, path = "/admin/stats", tag = "events",
+    responses((status = 200, description = "The statistics",
+        body = Stats), CommonErrors))]
 pub async fn stats(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now = now_ms();
     let ((recent, _, last), (hour_runs, hour_failures, _)) = state
@@ -410,29 +395,25 @@ pub async fn stats(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResp
                 tables::event_log::activity_since(c, now - 3_600_000)?,
             ))
         })
-        .await
-        .map_err(db_error)?;
-    let active: Vec<&str> = state
+        .await?;
+    let active_listeners = state
         .registry
         .entries()
         .iter()
         .filter(|e| e.enabled() && e.health.open_until(Instant::now()).is_none())
-        .map(|e| e.name())
+        .map(|e| e.name().to_string())
         .collect();
     let error_rate = if hour_runs > 0 {
         hour_failures as f64 / hour_runs as f64
     } else {
         0.0
     };
-    Ok(json_ok(
-        json!({
-            "events_per_minute": recent as f64 / 5.0,
-            "error_rate": error_rate,
-            "runs_last_hour": hour_runs,
-            "failures_last_hour": hour_failures,
-            "last_event_time_ms": last,
-            "active_listeners": active,
-        })
-        .to_string(),
-    ))
+    typed_json(&Stats {
+        events_per_minute: recent as f64 / 5.0,
+        error_rate,
+        runs_last_hour: hour_runs,
+        failures_last_hour: hour_failures,
+        last_event_time_ms: last,
+        active_listeners,
+    })
 }

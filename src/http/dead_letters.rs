@@ -4,14 +4,16 @@
 //! trail with source `admin API` and the admin token's name) and renders the result as JSON.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Deserialize;
-use serde_json::json;
 
-use super::admin::{ADMIN_MAX_BODY, db_error, invalid_field};
-use super::{Admin, ApiError, AppState, json_ok};
+use super::admin::ADMIN_MAX_BODY;
+use super::api::{
+    ActionErrors, CommonErrors, DeadLetter, DeadLetterAction, DeadLetterList, DeadLetterQuery,
+    Discarded, ErrorBody, Requeued,
+};
+use super::{Admin, ApiError, AppState, json_ok, typed_json};
 use crate::db::tables::inbox::InboxStatus;
 use crate::listeners::changes::{FieldError, source};
-use crate::processing::dead_letters::{self, DeadLetterError, Target};
+use crate::processing::dead_letters::{self, Target};
 
 /// Replays and discards listed with the dead letters.
 const AUDIT_ROWS: i64 = 20;
@@ -25,7 +27,7 @@ fn status_of(status: Option<&str>) -> Result<InboxStatus, ApiError> {
         .into_iter()
         .find(|s| s.as_str() == status)
         .ok_or_else(|| {
-            invalid_field(FieldError::new(
+            ApiError::from(FieldError::new(
                 "status",
                 format!(
                     "`{status}` is not one of {}",
@@ -35,33 +37,16 @@ fn status_of(status: Option<&str>) -> Result<InboxStatus, ApiError> {
         })
 }
 
-/// An error of a dead-letter action as the API answers it: 404 for an unknown event, 409
-/// naming the status of one that is not a dead letter, 400 naming the field at fault.
-fn refused(e: DeadLetterError) -> ApiError {
-    match e {
-        DeadLetterError::NotFound(_) => ApiError::NotFound(e.to_string()),
-        DeadLetterError::NotADeadLetter { status, .. } => ApiError::WrongStatus {
-            message: e.to_string(),
-            status: status.to_string(),
-        },
-        DeadLetterError::Invalid(field) => invalid_field(field),
-        DeadLetterError::Database(e) => db_error(e),
-    }
-}
-
-#[derive(Deserialize)]
-pub struct ListQuery {
-    status: Option<String>,
-    listener: Option<String>,
-    limit: Option<i64>,
-}
-
-/// `GET /admin/dead-letters?status=dead&listener=&limit=50`: forwarded events not processed,
-/// newest first, with the last replays and discards (`replays`, `discards`).
+/// Forwarded events not processed (dead letters by default), newest first, with the last
+/// replays and discards.
+#[utoipa::path(get, path = "/admin/dead-letters", tag = "dead letters", params(DeadLetterQuery),
+    responses((status = 200, description = "The events and the last replays and discards",
+        body = DeadLetterList),
+        (status = 400, description = "Not a status", body = ErrorBody), CommonErrors))]
 pub async fn list(
     _admin: Admin,
     state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
+    query: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
     let status = status_of(q.status.as_deref())?;
@@ -74,15 +59,21 @@ pub async fn list(
                 dead_letters::audit(c, AUDIT_ROWS)?,
             ))
         })
-        .await
-        .map_err(db_error)?;
-    Ok(json_ok(
-        json!({ "events": rows, "replays": replays, "discards": discards }).to_string(),
-    ))
+        .await?;
+    typed_json(&DeadLetterList {
+        events: rows,
+        replays,
+        discards,
+    })
 }
 
-/// `GET /admin/dead-letters/{id}`: one dead letter with its work per listener and its
-/// envelope, redacted as logs are.
+/// One dead letter with its work per listener and its envelope, redacted as logs are.
+#[utoipa::path(get, path = "/admin/dead-letters/{id}", tag = "dead letters",
+    params(("id" = String, Path, description = "The event id")),
+    responses((status = 200, description = "The dead letter",
+        body = DeadLetter),
+        (status = 409, description = "Not a dead letter; `status` names its status",
+            body = ErrorBody), CommonErrors))]
 pub async fn show(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -92,26 +83,15 @@ pub async fn show(
     let shown = state
         .db
         .run(move |c| Ok(dead_letters::show(c, &id)))
-        .await
-        .map_err(db_error)?
-        .map_err(refused)?;
-    let body = serde_json::to_string(&shown)
+        .await??;
+    // The struct's own key order, as this answer always had (not through a `Value`).
+    let body = serde_json::to_string::<DeadLetter>(&shown)
         .map_err(|e| ApiError::Internal(format!("rendering the dead letter: {e}")))?;
     Ok(json_ok(body))
 }
 
-/// The body of a replay or a discard.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionRequest {
-    #[serde(default)]
-    ids: Vec<String>,
-    #[serde(default)]
-    all: bool,
-    status: Option<String>,
-    listener: Option<String>,
-    reason: Option<String>,
-}
+/// Reads a replay or discard body into what it targets.
+struct ActionRequest;
 
 impl ActionRequest {
     /// Reads the body: `{"ids": [...]}` or `{"all": true}` with an optional `status` and
@@ -120,9 +100,9 @@ impl ActionRequest {
         req: &HttpRequest,
         state: &AppState,
         payload: web::Payload,
-    ) -> Result<(ActionRequest, Target), ApiError> {
+    ) -> Result<(DeadLetterAction, Target), ApiError> {
         let body = super::read_body(req, payload, ADMIN_MAX_BODY, &state.body).await?;
-        let request: ActionRequest = serde_json::from_slice(&body).map_err(|e| {
+        let request: DeadLetterAction = serde_json::from_slice(&body).map_err(|e| {
             ApiError::BadRequest(format!(
                 "expected {{\"ids\": [...]}} or {{\"all\": true}} (with `status`, `listener`, `reason`): {e}"
             ))
@@ -135,7 +115,7 @@ impl ActionRequest {
             },
             (false, false) if request.listener.is_none() => Target::Ids(request.ids.clone()),
             (false, false) => {
-                return Err(invalid_field(FieldError::new(
+                return Err(ApiError::from(FieldError::new(
                     "listener",
                     "narrows `all: true`; with `ids` name the events alone",
                 )));
@@ -150,8 +130,13 @@ impl ActionRequest {
     }
 }
 
-/// `POST /admin/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}` (and an
-/// optional `status`, `listener`): queues the events again with fresh retries.
+/// Queues the events named (`{"ids": [...]}`, or `{"all": true}` with an optional `status`
+/// and `listener`) again with fresh retries.
+#[utoipa::path(post, path = "/admin/dead-letters/replay", tag = "dead letters",
+    request_body = DeadLetterAction,
+    responses((status = 200, description = "The events queued again",
+        body = Requeued),
+        ActionErrors, CommonErrors))]
 pub async fn replay(
     admin: Admin,
     req: HttpRequest,
@@ -169,14 +154,17 @@ pub async fn replay(
                 Some(admin.name()),
             ))
         })
-        .await
-        .map_err(db_error)?
-        .map_err(refused)?;
-    Ok(json_ok(json!({ "requeued": requeued }).to_string()))
+        .await??;
+    typed_json(&Requeued { requeued })
 }
 
-/// `POST /admin/dead-letters/discard` with `{"ids": [...], "reason": "..."}` or `{"all": true,
-/// "reason": "..."}` (and an optional `status`, `listener`): sets the events aside for good.
+/// Sets the events named (`{"ids": [...]}` or `{"all": true}`, with a `reason`) aside for
+/// good.
+#[utoipa::path(post, path = "/admin/dead-letters/discard", tag = "dead letters",
+    request_body = DeadLetterAction,
+    responses((status = 200, description = "The events set aside",
+        body = Discarded),
+        ActionErrors, CommonErrors))]
 pub async fn discard(
     admin: Admin,
     req: HttpRequest,
@@ -196,8 +184,6 @@ pub async fn discard(
                 Some(admin.name()),
             ))
         })
-        .await
-        .map_err(db_error)?
-        .map_err(refused)?;
-    Ok(json_ok(json!({ "discarded": discarded }).to_string()))
+        .await??;
+    typed_json(&Discarded { discarded })
 }

@@ -1,9 +1,15 @@
 //! The HTTP layer's errors and how they are rendered: a status code and a JSON body
-//! `{"error": "<code>", "message": "<what is wrong>"}`.
+//! `{"error": "<code>", "message": "<what is wrong>"}` ([`ErrorBody`]), and the conversions
+//! of the domain's errors into them.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
+
+use super::api::ErrorBody;
+use crate::db::DbError;
+use crate::listeners::changes::{ChangeError, FieldError};
+use crate::processing::dead_letters::DeadLetterError;
 
 pub const JSON_UTF8: &str = "application/json; charset=utf-8";
 
@@ -50,6 +56,55 @@ impl From<crate::events::PayloadError> for ApiError {
     }
 }
 
+/// The database failing is not the client's mistake: 503, to be tried again.
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        ApiError::Unavailable(format!("database: {e}"))
+    }
+}
+
+/// One field of the request is not acceptable: 400 naming it.
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::InvalidField {
+            field: e.field,
+            problem: e.problem,
+        }
+    }
+}
+
+/// An operator's error in a listener change: 404 for an unknown listener or a field that is
+/// not overridden, 400 naming the field at fault, 503 for a concurrent change.
+impl From<ChangeError> for ApiError {
+    fn from(error: ChangeError) -> Self {
+        match error {
+            ChangeError::NotFound(name) => {
+                ApiError::NotFound(format!("no listener named `{name}`"))
+            }
+            ChangeError::Invalid(e) => e.into(),
+            e @ ChangeError::NotOverridden { .. } => ApiError::NotFound(e.to_string()),
+            e @ ChangeError::Conflict(_) => ApiError::Unavailable(e.to_string()),
+            ChangeError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// An error of a dead-letter action: 404 for an unknown event, 409 naming the status of one
+/// that is not a dead letter, 400 naming the field at fault.
+impl From<DeadLetterError> for ApiError {
+    fn from(e: DeadLetterError) -> Self {
+        match e {
+            DeadLetterError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            DeadLetterError::NotADeadLetter { status, .. } => ApiError::WrongStatus {
+                message: e.to_string(),
+                status: status.to_string(),
+            },
+            DeadLetterError::Invalid(field) => field.into(),
+            DeadLetterError::Database(e) => e.into(),
+        }
+    }
+}
+
 impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
@@ -91,16 +146,18 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
-        match self {
-            ApiError::InvalidField { field, .. } => {
-                body["field"] = serde_json::Value::String(field.clone());
-            }
-            ApiError::WrongStatus { status, .. } => {
-                body["status"] = serde_json::Value::String(status.clone());
-            }
-            _ => {}
-        }
+        let body = ErrorBody {
+            error: self.code().to_string(),
+            field: match self {
+                ApiError::InvalidField { field, .. } => Some(field.clone()),
+                _ => None,
+            },
+            message: self.to_string(),
+            status: match self {
+                ApiError::WrongStatus { status, .. } => Some(status.clone()),
+                _ => None,
+            },
+        };
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8)));
         match self {
@@ -112,8 +169,21 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.body(body.to_string())
+        response.body(error_text(&body))
     }
+}
+
+/// The error body as text (it has only strings: it always serializes).
+fn error_text(body: &ErrorBody) -> String {
+    serde_json::to_string(body).unwrap_or_default()
+}
+
+/// A 200 answer with `body` as JSON, its keys in alphabetical order at every level (it is
+/// serialized through a [`serde_json::Value`]), as the admin API has always answered.
+pub fn typed_json<T: serde::Serialize>(body: &T) -> Result<HttpResponse, ApiError> {
+    let value = serde_json::to_value(body)
+        .map_err(|e| ApiError::Internal(format!("rendering the answer: {e}")))?;
+    Ok(json_ok(value.to_string()))
 }
 
 /// A 200 answer with a JSON body.
@@ -145,8 +215,13 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
 
 /// A JSON error answer `{"error": code, "message": message}`.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    let body = serde_json::json!({ "error": code, "message": message });
+    let body = ErrorBody {
+        error: code.to_string(),
+        field: None,
+        message: message.to_string(),
+        status: None,
+    };
     HttpResponse::build(status)
         .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8)))
-        .body(body.to_string())
+        .body(error_text(&body))
 }

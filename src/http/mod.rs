@@ -1,9 +1,12 @@
 //! The HTTP surface: the state the routes share, the route table, and the middleware
 //! every request passes (requests in flight counted, metrics by route, upgrades refused, the
 //! framework's own error answers turned into JSON with `Content-Type: application/json;
-//! charset=utf-8`) and the admin token gate. The routes themselves live in the submodules.
+//! charset=utf-8`) and the admin token gate. The routes themselves live in the submodules; the
+//! admin API's are listed in one table ([`admin_api`]), typed by [`api`].
 
 mod admin;
+pub mod admin_api;
+pub mod api;
 pub mod body;
 pub mod connections;
 mod dashboard;
@@ -24,9 +27,10 @@ use actix_web::{
     HttpMessage, HttpRequest, HttpResponse, ResponseError, http::Method, http::header,
 };
 
+pub use admin_api::{admin_routes, openapi};
 pub use body::{BodyRules, read_body};
 pub use dashboard::Dashboard;
-pub use error::{ApiError, JSON_UTF8, json_error, json_ok};
+pub use error::{ApiError, JSON_UTF8, json_error, json_ok, typed_json};
 use health::HealthFacts;
 pub use identity::{Admin, AdminTokens};
 
@@ -97,49 +101,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/readyz", [web::get().to(health::readyz)]))
     // The dashboard's pages come first: they take a session cookie or the bearer token.
     .configure(dashboard::routes)
-    .service(
-        web::scope("/admin")
-            .wrap_fn(admin_gate)
-            .service(resource("/listeners", [web::get().to(admin::listeners)]))
-            .service(resource(
-                "/listeners/{name}",
-                [
-                    web::get().to(admin::listener),
-                    web::patch().to(admin::patch_listener),
-                ],
-            ))
-            .service(resource(
-                "/listeners/{name}/overrides",
-                [web::delete().to(admin::reset_listener)],
-            ))
-            .service(resource(
-                "/listeners/{name}/overrides/{field}",
-                [web::delete().to(admin::reset_listener_field)],
-            ))
-            .service(resource(
-                "/listeners/{name}/{action}",
-                [web::post().to(admin::set_listener)],
-            ))
-            .service(resource("/events", [web::get().to(admin::events)]))
-            .service(resource("/inbox", [web::get().to(admin::inbox)]))
-            .service(resource(
-                "/dead-letters",
-                [web::get().to(dead_letters::list)],
-            ))
-            .service(resource(
-                "/dead-letters/replay",
-                [web::post().to(dead_letters::replay)],
-            ))
-            .service(resource(
-                "/dead-letters/discard",
-                [web::post().to(dead_letters::discard)],
-            ))
-            .service(resource(
-                "/dead-letters/{id}",
-                [web::get().to(dead_letters::show)],
-            ))
-            .service(resource("/stats", [web::get().to(admin::stats)])),
-    )
+    .configure(admin_api::register)
     .default_service(web::to(not_found));
 }
 

@@ -23,7 +23,7 @@ use crate::handlers;
 use changes::{FieldError, Overrides};
 
 pub use live::{AUTO_DISABLED, Definition, Entry, Live, auto_disabled_row};
-pub use view::ListenerState;
+pub use view::{Breaker, ListenerState, ListenerView};
 
 /// Index of a listener in the [`Registry`].
 pub type ListenerId = usize;

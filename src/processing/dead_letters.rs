@@ -104,7 +104,7 @@ fn allowed(action: Action) -> String {
 }
 
 /// One event as `show` gives it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     #[serde(flatten)]
     pub entry: InboxEntry,

@@ -18,7 +18,7 @@ const ALICE: &str = "alice-token-0123456789abcdef";
 const BOB: &str = "bob-token-0123456789abcdefghi";
 
 /// A `command_bot` listener `pinger`, the admin token [`ADMIN`], and `extra`.
-fn app(db: &TestDatabase, extra: &str) -> TestApp {
+pub(crate) fn app(db: &TestDatabase, extra: &str) -> TestApp {
     TestApp::new(db)
         .admin()
         .helper(&["pinger"])
@@ -27,7 +27,7 @@ fn app(db: &TestDatabase, extra: &str) -> TestApp {
 }
 
 /// Dead letters `dead-0` … `dead-{n-1}`.
-async fn seed_dead_letters(t: &TestServer, n: usize) {
+pub(crate) async fn seed_dead_letters(t: &TestServer, n: usize) {
     t.query(move |c| {
         let now = now_ms();
         let rows: Vec<NewInboxRow> = (0..n)

@@ -16,6 +16,7 @@ use zulip_listeners::db::DbConnection;
 use zulip_listeners::db::event_key::EventKey;
 use zulip_listeners::db::tables;
 use zulip_listeners::db::tables::inbox::{InboxStatus, NewInboxRow};
+use zulip_listeners::http::api::DeadLetterList;
 
 /// An API key the envelope of `d1` carries; never shown.
 const API_KEY: &str = "zK3yV4lu3ThatMustNotShow";
@@ -34,14 +35,21 @@ async fn admin_json(t: &TestServer, method: Method, path: &str, body: Option<Val
 /// The last replays or discards (`kind`) of `GET /admin/dead-letters`, newest first, as
 /// (source, old_value, new_value).
 async fn audit(t: &TestServer, kind: &str) -> Vec<(String, String, String)> {
-    let listed = admin_json(t, Method::GET, "/admin/dead-letters", None).await;
-    listed.json[kind]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {kind}: {:?}", listed.json))
-        .iter()
+    let answer = admin_json(t, Method::GET, "/admin/dead-letters", None).await;
+    let listed: DeadLetterList = serde_json::from_value(answer.json.clone())
+        .unwrap_or_else(|e| panic!("not a dead-letter list ({e}): {:?}", answer.json));
+    let rows = match kind {
+        "replays" => listed.replays,
+        "discards" => listed.discards,
+        other => panic!("no audit of {other}"),
+    };
+    rows.into_iter()
         .map(|r| {
-            let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-            (text("source"), text("old_value"), text("new_value"))
+            (
+                r.source,
+                r.old_value.unwrap_or_default(),
+                r.new_value.unwrap_or_default(),
+            )
         })
         .collect()
 }

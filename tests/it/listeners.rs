@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use serde_json::{Value, json};
+use zulip_listeners::http::api::{ListenerChanged, ListenerList};
 
 /// The bot `helper` running two `keyword_alerts` listeners, one per channel, each alerting
 /// its own stub; with the admin API.
@@ -104,11 +105,9 @@ async fn two_listeners_of_one_handler_keep_their_scopes_and_change_at_runtime(ba
     )
     .await;
     assert_eq!(changed.status, 200, "{:?}", changed.json);
-    assert_eq!(changed.json["changed"], json!(["description", "streams"]));
-    assert_eq!(
-        changed.json["overridden"],
-        json!(["description", "streams"])
-    );
+    let changed: ListenerChanged = serde_json::from_value(changed.json).expect("a change");
+    assert_eq!(changed.changed, ["description", "streams"]);
+    assert_eq!(changed.listener.overridden, ["description", "streams"]);
     assert_eq!(
         alerts_after(&t, 104, "ops", 42, &eng, &ops).await,
         (2, 2),
@@ -229,11 +228,11 @@ async fn two_listeners_of_one_handler_keep_their_scopes_and_change_at_runtime(ba
         "{backend:?}"
     );
     let list = admin(&t, reqwest::Method::GET, "/admin/listeners", None).await;
-    let names: Vec<&str> = list.json["listeners"]
-        .as_array()
-        .expect("list")
+    let list: ListenerList = serde_json::from_value(list.json).expect("a listener list");
+    let names: Vec<&str> = list
+        .listeners
         .iter()
-        .filter_map(|l| l["name"].as_str())
+        .map(|l| l.listener.name.as_str())
         .collect();
     assert!(
         names.contains(&"alerts-eng") && names.contains(&"keyword_alerts"),

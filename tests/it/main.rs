@@ -24,6 +24,7 @@ mod message_writes;
 mod migrations;
 mod monitoring;
 mod newcomer;
+mod openapi;
 mod operations;
 mod operator;
 mod outbound;

@@ -9,6 +9,7 @@ use crate::support::*;
 use serde_json::{Value, json};
 use zulip_listeners::db::tables;
 use zulip_listeners::db::tables::inbox::InboxStatus;
+use zulip_listeners::http::api::Stats;
 
 async fn admin(t: &TestServer, method: reqwest::Method, path: &str, token: Option<&str>) -> Answer {
     let mut request = t.http.request(method, t.url(path));
@@ -316,19 +317,10 @@ async fn admin_api_requires_its_token_and_controls_handlers(backend: Backend) {
         (Some(4), Some(true))
     );
     let stats = admin(&t, reqwest::Method::GET, "/admin/stats", Some(ADMIN)).await;
-    assert!(
-        stats.json["runs_last_hour"].as_i64().unwrap_or_default() >= 2,
-        "{:?}",
-        stats.json
-    );
-    assert!(stats.json["last_event_time_ms"].as_i64().is_some());
-    assert!(
-        stats.json["active_listeners"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .any(|h| h == "command_bot")
-    );
+    let stats: Stats = serde_json::from_value(stats.json).expect("statistics");
+    assert!(stats.runs_last_hour >= 2, "{stats:?}");
+    assert!(stats.last_event_time_ms.is_some());
+    assert!(stats.active_listeners.iter().any(|h| h == "command_bot"));
     assert_eq!(
         admin(
             &t,

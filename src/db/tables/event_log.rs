@@ -18,6 +18,7 @@ use crate::db::{DbConnection, DbError};
 /// its fields by name, plus `handler`, the deprecated name of `listener` (same value).
 #[derive(Debug, Clone, Insertable, Queryable, Selectable)]
 #[diesel(table_name = event_log, treat_none_as_default_value = false)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct EventLogRow {
     /// The database's id: 0 until the row is stored (never inserted).
     #[diesel(skip_insertion)]
@@ -25,6 +26,7 @@ pub struct EventLogRow {
     /// The listener that ran (or the guard that refused the event).
     pub listener: String,
     /// `outgoing` or `forwarder` when written by this server.
+    #[schema(value_type = String)]
     pub source: Cow<'static, str>,
     pub event_type: String,
     pub bot: Option<String>,
@@ -227,7 +229,9 @@ pub fn activity_since(
 const DURATION_SAMPLE: i64 = 10_000;
 
 /// What a listener's runs since some time came to; times are of the newest 10,000 runs.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct RunStats {
     /// Runs (events skipped over the listener's own quota are not runs).
     pub runs: i64,

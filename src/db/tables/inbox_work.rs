@@ -415,6 +415,7 @@ pub fn requeue(
 /// One listener's work left on an event, as `dead-letters show` lists it.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = inbox_work)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct WorkEntry {
     pub listener: String,
     pub status: WorkStatus,

@@ -25,6 +25,7 @@ pub struct ListenerRow {
 /// One change of one field of a listener.
 #[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = listener_history)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct HistoryRow {
     #[diesel(skip_insertion)]
     #[serde(skip)]

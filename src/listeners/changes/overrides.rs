@@ -15,7 +15,9 @@ use crate::listeners::Definition;
 /// Changed fields; absent ones keep their value. `settings` is a JSON merge patch (RFC
 /// 7386) of the stored overrides: a key set to `null` is no longer overridden, so the file's
 /// value (or the handler's default, when the file has none) applies again.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// It is also the body of the admin API's `PATCH /admin/listeners/{name}`, as its OpenAPI
+/// document describes it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Overrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
@@ -24,10 +26,13 @@ pub struct Overrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Value>>)]
     pub realms: Option<Vec<RealmSelector>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Value>>)]
     pub streams: Option<Vec<ChannelSelector>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Value>>)]
     pub users: Option<Vec<UserSelector>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<Map<String, Value>>,

@@ -144,7 +144,7 @@ pub fn reset(
 
 /// One field the database overrides: its value in the configuration file (`null` when the
 /// file does not set it) and in the database; settings shown redacted.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Overridden {
     /// `streams`, or `settings.url` for one settings key.
     pub field: String,

@@ -138,6 +138,7 @@ bulk_row! {
 /// An inbox row as listed by `dead-letters list`, the admin API and the dashboard.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = inbox)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct InboxEntry {
     #[diesel(deserialize_as = EventKey)]
     pub event_id: String,
