@@ -93,35 +93,31 @@ version = 16
 
 @dataclass(frozen=True)
 class ZulipStandIn:
+    """Where the stand-in keeps what a Zulip server has (paths as on a real host, below root)."""
+
     root: Path
+    zulip_home: Path
+    deployment: Path
+    etc_zulip: Path
+    settings: Path
+    secrets: Path
+    supervisor_dir: Path
+    target: Path
 
-    @property
-    def zulip_home(self) -> Path:
-        return self.root / "home" / "zulip"
-
-    @property
-    def deployment(self) -> Path:
-        return self.zulip_home / "deployments" / "current"
-
-    @property
-    def etc_zulip(self) -> Path:
-        return self.root / "etc" / "zulip"
-
-    @property
-    def settings(self) -> Path:
-        return self.etc_zulip / "settings.py"
-
-    @property
-    def secrets(self) -> Path:
-        return self.etc_zulip / "zulip-secrets.conf"
-
-    @property
-    def supervisor_dir(self) -> Path:
-        return self.root / "etc" / "supervisor" / "conf.d"
-
-    @property
-    def target(self) -> Path:
-        return self.root / "srv" / "zulip-listeners-forwarder"
+    @classmethod
+    def at(cls, root: Path) -> ZulipStandIn:
+        home = root / "home/zulip"
+        etc = root / "etc/zulip"
+        return cls(
+            root=root,
+            zulip_home=home,
+            deployment=home / "deployments/current",
+            etc_zulip=etc,
+            settings=etc / "settings.py",
+            secrets=etc / "zulip-secrets.conf",
+            supervisor_dir=root / "etc/supervisor/conf.d",
+            target=root / "srv/zulip-listeners-forwarder",
+        )
 
     def options(self, *, target: bool = True) -> list[str]:
         """The installer's path options pointing at this stand-in."""
@@ -156,7 +152,7 @@ class ZulipStandIn:
 
 
 def build(root: Path, *, version: str = "11.4") -> ZulipStandIn:
-    zulip = ZulipStandIn(root)
+    zulip = ZulipStandIn.at(root)
     release = zulip.zulip_home / "deployments" / f"{version}-release"
     (release / "analytics").mkdir(parents=True)
     (release / "analytics" / "__init__.py").write_text(
