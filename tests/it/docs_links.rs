@@ -6,10 +6,6 @@
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
-/// Pages another branch writes: a link to one is accepted while the file does not exist yet,
-/// and checked like any other once it does.
-const WRITTEN_ON_ANOTHER_BRANCH: &[&str] = &["docs/install-debian.md"];
-
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -166,15 +162,10 @@ fn broken_links(page: &str) -> Vec<String> {
         };
         let full = repo().join(&file);
         if !full.exists() {
-            let pending = WRITTEN_ON_ANOTHER_BRANCH
-                .iter()
-                .any(|p| Path::new(p) == file.as_path());
-            if !pending {
-                problems.push(format!(
-                    "{page}: `{target}`: {} does not exist",
-                    file.display()
-                ));
-            }
+            problems.push(format!(
+                "{page}: `{target}`: {} does not exist",
+                file.display()
+            ));
             continue;
         }
         if let Some(anchor) = anchor

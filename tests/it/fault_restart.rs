@@ -233,11 +233,11 @@ fn the_systemd_units_pass_systemd_analyze_verify() {
     for (name, as_name) in units {
         let text = std::fs::read_to_string(source.join(name)).expect("unit");
         if name.ends_with(".service") {
-            assert!(text.contains("/usr/local/bin/zulip-listeners"), "{name}");
+            assert!(text.contains("/usr/bin/zulip-listeners"), "{name}");
         }
         std::fs::write(
             dir.path().join(as_name),
-            text.replace("/usr/local/bin/zulip-listeners", BIN),
+            text.replace("/usr/bin/zulip-listeners", BIN),
         )
         .expect("write");
     }
