@@ -77,23 +77,24 @@ fn answer(available: bool, body: &serde_json::Value) -> HttpResponse {
 /// The body of `GET /health` (also shown on the dashboard's overview).
 pub(super) async fn health_report(state: &AppState) -> serde_json::Value {
     let accepting = state.ready.load(Ordering::Relaxed);
-    let database = database_reachable(state).await;
+    let reachable = database_reachable(state).await;
     let mut unavailable = Vec::new();
     if !accepting {
         unavailable.push("not accepting traffic: shutting down or still starting".to_string());
     }
-    if !database {
-        unavailable.push("the database cannot be reached".to_string());
-    }
-    let facts = if database {
-        let facts = health_facts(state).await;
-        if facts.is_none() {
-            unavailable.push("the database did not answer the health query".to_string());
-        }
-        facts
+    let facts = if reachable {
+        health_facts(state).await
     } else {
         None
     };
+    // A database that stops answering between the two queries is unreachable too.
+    let database = facts.is_some();
+    if !reachable {
+        unavailable.push("the database cannot be reached".to_string());
+    } else if !database {
+        unavailable
+            .push("the database cannot be reached: it did not answer the health query".to_string());
+    }
 
     let now = Instant::now();
     let mut reasons = Vec::new();

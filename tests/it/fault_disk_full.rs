@@ -328,13 +328,29 @@ async fn a_full_disk_refuses_intake_before_it_breaks_and_recovers_by_itself() {
     let recovered_in = freed.elapsed();
     eprintln!("accepting again {recovered_in:?} after space was freed");
 
-    // The forwarder sends the refused batches again (same webhook-id), and new ones.
+    // The forwarder sends the refused batches again (same webhook-id), and new ones. A burst
+    // of resends can push the write-ahead log over `max_wal_size` for a moment; the server
+    // then refuses with `storage_full` until its checkpoint empties the log, and the forwarder
+    // sends the batch again after Retry-After, as it does here (within 10 s).
     for b in refused
         .iter()
         .chain(std::iter::once(&messages(next_message, 100)))
     {
-        let reply = post(&http, &base, b).await;
-        assert_eq!(reply.status, 200, "{}", reply.json);
+        let resent = Instant::now();
+        loop {
+            let reply = post(&http, &base, b).await;
+            if reply.status == 200 {
+                break;
+            }
+            assert_eq!(reply.status, 503, "{}", reply.json);
+            assert_eq!(reply.json["error"], "storage_full", "{}", reply.json);
+            assert!(
+                resent.elapsed() < Duration::from_secs(10),
+                "a resent batch still refused after 10 s: {}",
+                reply.json
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         acknowledged.extend(b.events.iter().cloned());
     }
     let total = acknowledged.len() as i64;
